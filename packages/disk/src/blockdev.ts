@@ -1,0 +1,84 @@
+/**
+ * The one abstraction the engine speaks (see ../../shared/DESIGN.md): a BlockDevice is a
+ * virtual disk of `size` bytes. Format drivers turn a ByteSource into a BlockDevice; layers
+ * (backing chains, partition windows, overlays) stack on BlockDevices; operations (convert,
+ * check, map, ...) are functions over BlockDevices.
+ */
+import { DiskError } from './errors.js';
+
+/**
+ * One run of the virtual disk with uniform allocation status, as `qemu-img map` reports it.
+ * - `data`:    the layer at `depth` stores data for this range (it is allocated there).
+ * - `zero`:    reads return zeroes (a zero cluster, a hole in raw, or unallocated everywhere).
+ * - `present`: some layer of the chain provides the range (false: falls through every layer).
+ * - `depth`:   0 = the top image, 1 = its backing file, ...; for `present: false` it is the
+ *              chain length (as qemu-img prints it).
+ * A hole is `data: false`; a hole that reads as zeroes is `{ data: false, zero: true }`.
+ */
+export interface Extent {
+  offset: number;
+  length: number;
+  data: boolean;
+  zero: boolean;
+  present: boolean;
+  depth: number;
+  /** Host offset in the file of layer `depth`, when the range is stored there contiguously and uncompressed. */
+  hostOffset?: number;
+  /** Host file (layer at `depth`) that `hostOffset` refers to. */
+  hostFile?: string;
+  /** The range is stored compressed (qcow2 compressed clusters, vmdk streamOptimized grains). */
+  compressed?: boolean;
+}
+
+export interface WriteZeroesOptions {
+  /** The caller allows the range to be deallocated (punched) rather than written. */
+  mayUnmap?: boolean;
+}
+
+export interface BlockDevice {
+  /** Virtual size in bytes. */
+  readonly size: number;
+  /** Read `buf.length` bytes at `offset`; the range must lie inside [0, size). */
+  read(buf: Uint8Array, offset: number): Promise<void>;
+  write?(buf: Uint8Array, offset: number): Promise<void>;
+  writeZeroes?(offset: number, length: number, options?: WriteZeroesOptions): Promise<void>;
+  /** Deallocate; later reads return zeroes or backing data, as the format defines. */
+  discard?(offset: number, length: number): Promise<void>;
+  /**
+   * Allocation status of [offset, offset+length), as contiguous extents in ascending order
+   * covering the whole range (clipped to `size`). Adjacent extents may share a status.
+   */
+  blockStatus(offset: number, length: number): AsyncIterable<Extent>;
+  flush?(): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** Check a request against a device's size; throws EINVAL with a clear message. */
+export function checkRange(size: number, offset: number, length: number, what = 'request'): void {
+  if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > size) {
+    throw new DiskError('EINVAL', `${what} at offset ${offset} length ${length} is outside the device (size ${size})`);
+  }
+}
+
+/** Merge adjacent extents with the same status (what qemu-img map does before printing). */
+export function sameStatus(a: Extent, b: Extent): boolean {
+  if (a.data !== b.data || a.zero !== b.zero || a.present !== b.present || a.depth !== b.depth) return false;
+  if (!!a.compressed !== !!b.compressed) return false;
+  if (a.hostFile !== b.hostFile) return false;
+  if (a.hostOffset === undefined || b.hostOffset === undefined) return a.hostOffset === b.hostOffset;
+  return a.hostOffset + a.length === b.hostOffset;
+}
+
+export async function* coalesce(extents: AsyncIterable<Extent>): AsyncIterable<Extent> {
+  let cur: Extent | undefined;
+  for await (const e of extents) {
+    if (e.length === 0) continue;
+    if (cur && cur.offset + cur.length === e.offset && sameStatus(cur, e)) {
+      cur = { ...cur, length: cur.length + e.length };
+      continue;
+    }
+    if (cur) yield cur;
+    cur = { ...e };
+  }
+  if (cur) yield cur;
+}

@@ -1,0 +1,33 @@
+/** The format registry: every driver the engine has, in probe order. */
+import type { FormatDriver } from './format.js';
+import { DiskError } from './errors.js';
+import { rawDriver } from './raw/index.js';
+
+const drivers = new Map<string, FormatDriver>();
+
+export function registerFormat(driver: FormatDriver): void {
+  drivers.set(driver.name, driver);
+}
+
+export function getFormat(name: string): FormatDriver {
+  const d = drivers.get(name);
+  if (!d) throw new DiskError('EFORMAT', `Unknown driver '${name}'`);
+  return d;
+}
+
+export function listFormats(): FormatDriver[] {
+  return [...drivers.values()];
+}
+
+/** Pick the driver that scores highest on the first bytes of a file (raw if none claims it). */
+export function probeFormat(head: Uint8Array, filename?: string): FormatDriver {
+  let best: FormatDriver = rawDriver;
+  let bestScore = 0;
+  for (const d of drivers.values()) {
+    const score = d.probe(head, filename);
+    if (score > bestScore) { best = d; bestScore = score; }
+  }
+  return best;
+}
+
+registerFormat(rawDriver);

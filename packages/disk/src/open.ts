@@ -1,0 +1,107 @@
+/**
+ * Opening images by path: format probing, backing-chain resolution (relative names resolved
+ * against the directory of the image that names them, as QEMU does), a depth cap and loop
+ * detection by (device, inode).
+ */
+import { stat } from 'node:fs/promises';
+import { dirname, isAbsolute, join } from 'node:path';
+import { DiskError } from './errors.js';
+import type { Image, OpenOptions } from './format.js';
+import { getFormat, probeFormat } from './formats.js';
+import { FileSource, type ByteSource } from './source.js';
+
+/** Deepest backing chain we open; QEMU has no fixed cap, but a chain this deep is hostile or broken. */
+export const MAX_BACKING_DEPTH = 256;
+/** Bytes handed to probe(): enough for every header we detect (ISO 9660's volume descriptor is at 32 KiB). */
+export const PROBE_BYTES = 64 * 1024;
+
+export interface OpenImageOptions extends OpenOptions {
+  /** Format name; probed from content when absent. */
+  format?: string;
+  /** Open the backing chain (default true). `qemu-img info` without --backing-chain passes false. */
+  backing?: boolean;
+  /** Override the top image's backing file (convert -B, rebase). */
+  backingOverride?: { filename: string; format?: string } | null;
+}
+
+export async function readHead(source: ByteSource, bytes = PROBE_BYTES): Promise<Uint8Array> {
+  const head = new Uint8Array(bytes);
+  const n = await source.read(head, 0);
+  return head.subarray(0, n);
+}
+
+/** Resolve a backing file name found in `imagePath` the way QEMU does. */
+export function resolveBackingPath(imagePath: string, backing: string): string {
+  if (isAbsolute(backing) || /^[a-z][a-z0-9+.-]*:/i.test(backing)) return backing;
+  return join(dirname(imagePath), backing);
+}
+
+export async function openSource(source: ByteSource, options: OpenImageOptions = {}): Promise<Image> {
+  const driver = options.format ? getFormat(options.format) : probeFormat(await readHead(source), source.name);
+  return driver.open(source, options);
+}
+
+/** Open an image file and (unless options.backing === false) its whole backing chain. */
+export async function openImage(path: string, options: OpenImageOptions = {}): Promise<Image> {
+  const seen = new Set<string>();
+  const top = await openOne(path, options, seen);
+  if (options.backing === false) return top;
+  try {
+    let cur = top;
+    for (let depth = 1; ; depth++) {
+      const ref = depth === 1 && options.backingOverride !== undefined ? options.backingOverride : cur.backingRef;
+      if (!ref) break;
+      if (depth > MAX_BACKING_DEPTH) {
+        throw new DiskError('ELOOP', `${path}: backing chain is deeper than ${MAX_BACKING_DEPTH} images`);
+      }
+      const backingPath = resolveBackingPath(cur.source.name, ref.filename);
+      cur.backing = await openOne(backingPath, { format: ref.format, allowExternalData: options.allowExternalData }, seen, cur.source.name);
+      cur = cur.backing;
+    }
+  } catch (e) {
+    await closeChain(top);
+    throw e;
+  }
+  return top;
+}
+
+async function openOne(path: string, options: OpenImageOptions, seen: Set<string>, namedBy?: string): Promise<Image> {
+  let id: string;
+  try {
+    const st = await stat(path);
+    id = `${st.dev}:${st.ino}`;
+  } catch (e) {
+    const err = e as NodeJS.ErrnoException;
+    if (namedBy && err.code === 'ENOENT') {
+      throw new DiskError('ENOENT', `Could not open backing file '${path}' of '${namedBy}': No such file or directory`);
+    }
+    throw new DiskError(err.code === 'ENOENT' ? 'ENOENT' : 'EIO', `Could not open '${path}': ${err.code === 'ENOENT' ? 'No such file or directory' : err.message}`);
+  }
+  if (seen.has(id)) throw new DiskError('ELOOP', `Backing file loop: '${path}' appears twice in the chain of images`);
+  seen.add(id);
+  const source = await FileSource.open(path, { readOnly: !options.writable });
+  try {
+    return await openSource(source, {
+      ...options,
+      openRelated: options.openRelated ?? ((name, writable) => FileSource.open(resolveBackingPath(path, name), { readOnly: !writable })),
+    });
+  } catch (e) {
+    await source.close();
+    throw e;
+  }
+}
+
+export async function closeChain(image: Image | undefined): Promise<void> {
+  while (image) {
+    const next = image.backing;
+    await image.close();
+    image = next;
+  }
+}
+
+/** The images of a chain, top first. */
+export function chainOf(image: Image): Image[] {
+  const out: Image[] = [];
+  for (let cur: Image | undefined = image; cur; cur = cur.backing) out.push(cur);
+  return out;
+}

@@ -1,0 +1,89 @@
+/**
+ * raw: the virtual disk is the file, byte for byte. Sparse-aware both ways: block status
+ * comes from the host file's holes (SEEK_DATA/SEEK_HOLE via ByteSource.hostExtents), and
+ * writeZeroes/discard punch holes instead of writing zero bytes.
+ */
+import { checkRange, type Extent, type WriteZeroesOptions } from '../blockdev.js';
+import { DiskError } from '../errors.js';
+import type { FormatDriver, Image, ImageInfo, OpenOptions, CreateRequest } from '../format.js';
+import type { ByteSource } from '../source.js';
+
+export class RawImage implements Image {
+  readonly format = 'raw';
+  constructor(readonly source: ByteSource, public size: number, private readonly writable: boolean) {}
+
+  async read(buf: Uint8Array, offset: number): Promise<void> {
+    checkRange(this.size, offset, buf.length, 'read');
+    const n = await this.source.read(buf, offset);
+    // A file shorter than its size (being grown elsewhere) reads as zeroes past its end.
+    if (n < buf.length) buf.fill(0, n);
+  }
+
+  async write(buf: Uint8Array, offset: number): Promise<void> {
+    this.checkWritable();
+    checkRange(this.size, offset, buf.length, 'write');
+    await this.source.write(buf, offset);
+  }
+
+  async writeZeroes(offset: number, length: number, _options?: WriteZeroesOptions): Promise<void> {
+    this.checkWritable();
+    checkRange(this.size, offset, length, 'write zeroes');
+    await this.source.punchHole(offset, length);
+  }
+
+  async discard(offset: number, length: number): Promise<void> {
+    await this.writeZeroes(offset, length);
+  }
+
+  async *blockStatus(offset: number, length: number): AsyncIterable<Extent> {
+    checkRange(this.size, offset, length, 'block status');
+    for await (const h of this.source.hostExtents(offset, length)) {
+      yield h.data
+        ? { offset: h.offset, length: h.length, data: true, zero: false, present: true, depth: 0, hostOffset: h.offset, hostFile: this.source.name }
+        : { offset: h.offset, length: h.length, data: false, zero: true, present: true, depth: 0, hostOffset: h.offset, hostFile: this.source.name };
+    }
+  }
+
+  async info(): Promise<ImageInfo> {
+    return {
+      'virtual-size': this.size,
+      filename: this.source.name,
+      format: 'raw',
+      'actual-size': await this.source.allocatedSize(),
+      'dirty-flag': false,
+    };
+  }
+
+  async flush(): Promise<void> { await this.source.flush(); }
+  async close(): Promise<void> { await this.source.close(); }
+
+  private checkWritable(): void {
+    if (!this.writable) throw new DiskError('EROFS', `${this.source.name}: image is opened read-only`);
+  }
+}
+
+export const rawDriver: FormatDriver = {
+  name: 'raw',
+  probe: () => 1,
+  async open(source: ByteSource, options: OpenOptions): Promise<Image> {
+    return new RawImage(source, await source.size(), !!options.writable);
+  },
+  createOptions: [
+    { name: 'size', type: 'size', help: 'Virtual disk size' },
+    { name: 'preallocation', type: 'string', help: 'Preallocation mode (allowed values: off, falloc, full)', default: 'off' },
+  ],
+  async create(target: ByteSource, request: CreateRequest): Promise<void> {
+    const prealloc = request.options.preallocation ?? 'off';
+    if (!['off', 'falloc', 'full'].includes(prealloc)) {
+      throw new DiskError('EINVAL', `Parameter 'preallocation' does not accept value '${prealloc}'`);
+    }
+    if (request.backingFile) throw new DiskError('EUNSUPPORTED', "Backing file not supported for file format 'raw'");
+    await target.truncate(request.size);
+    if (prealloc === 'full') {
+      const zero = new Uint8Array(Math.min(request.size, 1 << 20));
+      for (let off = 0; off < request.size; off += zero.length) {
+        await target.write(zero.subarray(0, Math.min(zero.length, request.size - off)), off);
+      }
+    }
+  },
+};

@@ -1,0 +1,190 @@
+/**
+ * Byte sources: the bottom of the block-device stack. A ByteSource is a host file (or
+ * buffer, or remote object) addressed by byte offset; format drivers read their metadata
+ * and data clusters from one.
+ */
+import { open as fsOpen, type FileHandle } from 'node:fs/promises';
+import { constants as fsConstants } from 'node:fs';
+import { DiskError, fromNodeError } from './errors.js';
+
+/** A run of the host file that holds data (`data: true`) or is a hole (`data: false`). */
+export interface HostExtent {
+  offset: number;
+  length: number;
+  data: boolean;
+}
+
+export interface ByteSource {
+  /** Human-readable name (a path for files); used in messages and as the base for relative backing paths. */
+  readonly name: string;
+  readonly readOnly: boolean;
+  /** Current length of the source in bytes. */
+  size(): Promise<number>;
+  /** Read up to buf.length bytes at offset; returns the count (short only at end of source). */
+  read(buf: Uint8Array, offset: number): Promise<number>;
+  write(buf: Uint8Array, offset: number): Promise<void>;
+  truncate(size: number): Promise<void>;
+  /**
+   * Which parts of [offset, offset+length) hold data and which are holes (SEEK_DATA /
+   * SEEK_HOLE). Sources that cannot tell report everything as data.
+   */
+  hostExtents(offset: number, length: number): AsyncIterable<HostExtent>;
+  /** Make a range a hole if the source can (fallocate PUNCH_HOLE); otherwise write zeroes. */
+  punchHole(offset: number, length: number): Promise<void>;
+  /** Bytes the source occupies on the host (st_blocks * 512 for files). */
+  allocatedSize(): Promise<number>;
+  flush(): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** Read exactly buf.length bytes or throw ETRUNCATED naming what was being read. */
+export async function readExact(src: ByteSource, buf: Uint8Array, offset: number, what: string): Promise<void> {
+  const n = await src.read(buf, offset);
+  if (n !== buf.length) {
+    throw new DiskError('ETRUNCATED', `${src.name}: ${what} at offset ${offset} (${buf.length} bytes) extends past the end of the file`);
+  }
+}
+
+const ZERO_CHUNK = new Uint8Array(1 << 20);
+
+export interface FileSourceOptions {
+  readOnly?: boolean;
+  /** Create (or truncate) the file. */
+  create?: boolean;
+  /** With create: fail if the file exists. */
+  exclusive?: boolean;
+}
+
+export class FileSource implements ByteSource {
+  readonly name: string;
+  readonly readOnly: boolean;
+  private constructor(private readonly fh: FileHandle, name: string, readOnly: boolean) {
+    this.name = name;
+    this.readOnly = readOnly;
+  }
+
+  static async open(path: string, options: FileSourceOptions = {}): Promise<FileSource> {
+    const readOnly = options.readOnly ?? !options.create;
+    let flags = readOnly ? fsConstants.O_RDONLY : fsConstants.O_RDWR;
+    if (options.create) flags |= fsConstants.O_CREAT | (options.exclusive ? fsConstants.O_EXCL : fsConstants.O_TRUNC);
+    try {
+      const fh = await fsOpen(path, flags, 0o644);
+      const st = await fh.stat();
+      if (st.isDirectory()) {
+        await fh.close();
+        throw new DiskError('EINVAL', `Could not open '${path}': Is a directory`);
+      }
+      return new FileSource(fh, path, readOnly);
+    } catch (e) {
+      throw fromNodeError(e, path);
+    }
+  }
+
+  get fd(): number { return this.fh.fd; }
+
+  async size(): Promise<number> {
+    return (await this.fh.stat()).size;
+  }
+
+  async read(buf: Uint8Array, offset: number): Promise<number> {
+    let done = 0;
+    while (done < buf.length) {
+      const { bytesRead } = await this.fh.read(buf, done, buf.length - done, offset + done);
+      if (bytesRead === 0) break;
+      done += bytesRead;
+    }
+    return done;
+  }
+
+  async write(buf: Uint8Array, offset: number): Promise<void> {
+    if (this.readOnly) throw new DiskError('EROFS', `${this.name}: opened read-only`);
+    let done = 0;
+    while (done < buf.length) {
+      const { bytesWritten } = await this.fh.write(buf, done, buf.length - done, offset + done);
+      done += bytesWritten;
+    }
+  }
+
+  async truncate(size: number): Promise<void> {
+    if (this.readOnly) throw new DiskError('EROFS', `${this.name}: opened read-only`);
+    await this.fh.truncate(size);
+  }
+
+  async *hostExtents(offset: number, length: number): AsyncIterable<HostExtent> {
+    // Placeholder until SEEK_DATA/SEEK_HOLE support lands: report everything as data.
+    const size = await this.size();
+    const end = Math.min(offset + length, size);
+    if (end > offset) yield { offset, length: end - offset, data: true };
+    if (offset + length > Math.max(size, offset)) {
+      const from = Math.max(size, offset);
+      yield { offset: from, length: offset + length - from, data: false };
+    }
+  }
+
+  async punchHole(offset: number, length: number): Promise<void> {
+    // Without fallocate(PUNCH_HOLE) the portable fallback is writing zeroes.
+    for (let done = 0; done < length; done += ZERO_CHUNK.length) {
+      await this.write(ZERO_CHUNK.subarray(0, Math.min(ZERO_CHUNK.length, length - done)), offset + done);
+    }
+  }
+
+  async allocatedSize(): Promise<number> {
+    const st = await this.fh.stat();
+    return st.blocks * 512;
+  }
+
+  async flush(): Promise<void> {
+    if (!this.readOnly) await this.fh.datasync();
+  }
+
+  async close(): Promise<void> {
+    await this.fh.close();
+  }
+}
+
+/** An in-memory byte source (tests, small images, the browser-side prober). */
+export class MemorySource implements ByteSource {
+  readonly readOnly: boolean;
+  private buf: Uint8Array;
+  private len: number;
+  constructor(data: Uint8Array = new Uint8Array(0), readonly name = 'memory', readOnly = false) {
+    this.buf = data;
+    this.len = data.length;
+    this.readOnly = readOnly;
+  }
+  get bytes(): Uint8Array { return this.buf.subarray(0, this.len); }
+  async size(): Promise<number> { return this.len; }
+  async read(buf: Uint8Array, offset: number): Promise<number> {
+    const n = Math.max(0, Math.min(buf.length, this.len - offset));
+    buf.set(this.buf.subarray(offset, offset + n));
+    return n;
+  }
+  private ensure(size: number): void {
+    if (size <= this.buf.length) return;
+    const next = new Uint8Array(Math.max(size, this.buf.length * 2));
+    next.set(this.buf.subarray(0, this.len));
+    this.buf = next;
+  }
+  async write(buf: Uint8Array, offset: number): Promise<void> {
+    if (this.readOnly) throw new DiskError('EROFS', `${this.name}: read-only`);
+    this.ensure(offset + buf.length);
+    this.buf.set(buf, offset);
+    this.len = Math.max(this.len, offset + buf.length);
+  }
+  async truncate(size: number): Promise<void> {
+    if (size > this.len) { this.ensure(size); this.buf.fill(0, this.len, size); }
+    this.len = size;
+  }
+  async *hostExtents(offset: number, length: number): AsyncIterable<HostExtent> {
+    const end = Math.min(offset + length, this.len);
+    if (end > offset) yield { offset, length: end - offset, data: true };
+    const from = Math.max(this.len, offset);
+    if (offset + length > from) yield { offset: from, length: offset + length - from, data: false };
+  }
+  async punchHole(offset: number, length: number): Promise<void> {
+    this.buf.fill(0, offset, Math.min(this.len, offset + length));
+  }
+  async allocatedSize(): Promise<number> { return this.len; }
+  async flush(): Promise<void> {}
+  async close(): Promise<void> {}
+}
