@@ -67,6 +67,55 @@ export interface Image extends BlockDevice {
   backing?: Image;
   info(): Promise<ImageInfo>;
   snapshots?(): Promise<SnapshotInfo[]>;
+  /** Allocation granularity (qcow2 cluster size, vmdk grain...); converters align writes to it. */
+  readonly clusterSize?: number;
+  /**
+   * Store one cluster-aligned, cluster-sized run compressed (`convert -c`). `buf` may be
+   * shorter than a cluster only at the end of the disk.
+   */
+  writeCompressed?(buf: Uint8Array, offset: number): Promise<void>;
+}
+
+/** `qemu-img check` options. */
+export interface CheckOptions {
+  /** `-r leaks` or `-r all`; absent: report only. */
+  repair?: 'leaks' | 'all';
+  signal?: AbortSignal;
+}
+
+/**
+ * What `qemu-img check --output=json` prints (same keys), plus the human report lines.
+ * Exit codes follow from it: 0 clean, 2 corruptions, 3 leaks only (1 = check failed, an error thrown).
+ */
+export interface CheckResult {
+  filename: string;
+  format: string;
+  'check-errors': number;
+  corruptions?: number;
+  leaks?: number;
+  'corruptions-fixed'?: number;
+  'leaks-fixed'?: number;
+  'image-end-offset'?: number;
+  'total-clusters'?: number;
+  'allocated-clusters'?: number;
+  'fragmented-clusters'?: number;
+  'compressed-clusters'?: number;
+  /** Lines qemu-img prints before the summary ("Leaked cluster 5 refcount=1 reference=0", "ERROR ..."). */
+  messages: string[];
+}
+
+/** `qemu-img measure` input: a size, or a source device whose allocation is measured. */
+export interface MeasureRequest {
+  size?: number;
+  source?: BlockDevice;
+  options: Record<string, string>;
+}
+
+/** `qemu-img measure --output=json` keys. */
+export interface MeasureResult {
+  required: number;
+  'fully-allocated': number;
+  bitmaps?: number;
 }
 
 export interface CreateOption {
@@ -97,4 +146,8 @@ export interface FormatDriver {
   readonly createOptions?: readonly CreateOption[];
   /** Write a new, empty image into `target` (already created and empty). */
   create?(target: ByteSource, request: CreateRequest): Promise<void>;
+  /** `qemu-img check` for this format (absent: "This image format does not support checks", exit 63). */
+  check?(source: ByteSource, options: CheckOptions): Promise<CheckResult>;
+  /** `qemu-img measure -O NAME`. */
+  measure?(request: MeasureRequest): Promise<MeasureResult>;
 }
