@@ -5,3 +5,4 @@ export * from './format.js';
 export * from './formats.js';
 export * from './open.js';
 export { RawImage, rawDriver } from './raw/index.js';
+export * from './ops/index.js';

@@ -1,27 +1,53 @@
-/** `diskhub img`: qemu-img's command line over the disk engine. */
-import { openImage, closeChain, isDiskError } from '@diskhub/disk';
+/**
+ * `diskhub img`: qemu-img's command line over the disk engine. One file per command; this
+ * file parses the global options and dispatches. Other parts of diskhub add a command with
+ * one line in COMMANDS.
+ */
+import { getopt, UsageError } from './getopt.js';
+import { report, out } from './common.js';
+import { HELP, VERSION } from './help.js';
+import { infoCommand } from './info.js';
+import { checkCommand } from './check.js';
+import { createCommand } from './create.js';
+import { convertCommand } from './convert.js';
+import { compareCommand } from './compare.js';
+import { mapCommand } from './map.js';
+import { measureCommand } from './measure.js';
+
+/** A command gets argv with its own name at argv[0], as qemu-img's commands do. */
+export type ImgCommand = (argv: string[]) => Promise<number>;
+
+const COMMANDS: Record<string, ImgCommand> = {
+  check: checkCommand,
+  compare: compareCommand,
+  convert: convertCommand,
+  create: createCommand,
+  info: infoCommand,
+  map: mapCommand,
+  measure: measureCommand,
+};
 
 export async function imgMain(argv: string[]): Promise<number> {
-  const [cmd, ...args] = argv;
   try {
-    switch (cmd) {
-      case 'info': {
-        const file = args.filter((a) => !a.startsWith('-')).pop();
-        if (!file) throw new Error('Expecting one image file name');
-        const img = await openImage(file, { backing: false });
-        try {
-          process.stdout.write(JSON.stringify(await img.info(), null, 4) + '\n');
-        } finally {
-          await closeChain(img);
-        }
-        return 0;
-      }
-      default:
-        process.stderr.write(`qemu-img: Command not found: ${cmd}\n`);
-        return 1;
+    // Global options stop at the first non-option (the command), as with getopt's '+'.
+    let i = 0;
+    for (; i < argv.length; i++) {
+      const a = argv[i]!;
+      if (a === '-h' || a === '--help') { out(HELP); return 0; }
+      if (a === '-V' || a === '--version') { out(VERSION); return 0; }
+      if (a === '-T' || a === '--trace') { i++; continue; }
+      if (a.startsWith('--trace=') || (a.startsWith('-T') && a.length > 2)) continue;
+      if (a === '--') { i++; break; }
+      if (a.startsWith('-')) throw new UsageError(`unrecognized option '${a}'`);
+      break;
     }
+    const cmd = argv[i];
+    if (cmd === undefined) throw new UsageError('Not enough arguments');
+    const command = Object.hasOwn(COMMANDS, cmd) ? COMMANDS[cmd] : undefined;
+    if (!command) throw new UsageError(`Command not found: ${cmd}`);
+    return await command(argv.slice(i));
   } catch (e) {
-    process.stderr.write(`qemu-img: ${isDiskError(e) || e instanceof Error ? e.message : String(e)}\n`);
-    return 1;
+    return report(e);
   }
 }
+

@@ -5,7 +5,7 @@
  */
 import { checkRange, type Extent, type WriteZeroesOptions } from '../blockdev.js';
 import { DiskError } from '../errors.js';
-import type { FormatDriver, Image, ImageInfo, OpenOptions, CreateRequest } from '../format.js';
+import type { FormatDriver, Image, ImageInfo, OpenOptions, CreateRequest, MeasureRequest, MeasureResult } from '../format.js';
 import type { ByteSource } from '../source.js';
 
 export class RawImage implements Image {
@@ -66,23 +66,34 @@ export const rawDriver: FormatDriver = {
   name: 'raw',
   probe: () => 1,
   async open(source: ByteSource, options: OpenOptions): Promise<Image> {
-    return new RawImage(source, await source.size(), !!options.writable);
+    // Like QEMU, a raw image is a whole number of 512-byte sectors; a partial last sector
+    // reads as zeroes past the end of the file.
+    return new RawImage(source, Math.ceil((await source.size()) / 512) * 512, !!options.writable);
   },
+  // preallocation is an option of the host file (the "protocol" level in qemu-img's terms),
+  // which `create -o help` lists separately; create() still honours it.
   createOptions: [
     { name: 'size', type: 'size', help: 'Virtual disk size' },
-    { name: 'preallocation', type: 'string', help: 'Preallocation mode (allowed values: off, falloc, full)', default: 'off' },
   ],
+  async measure(request: MeasureRequest): Promise<MeasureResult> {
+    // A raw image is its virtual size, rounded up to whole 512-byte sectors.
+    const size = request.source ? request.source.size : request.size ?? 0;
+    const rounded = Math.ceil(size / 512) * 512;
+    return { required: rounded, 'fully-allocated': rounded };
+  },
   async create(target: ByteSource, request: CreateRequest): Promise<void> {
     const prealloc = request.options.preallocation ?? 'off';
     if (!['off', 'falloc', 'full'].includes(prealloc)) {
-      throw new DiskError('EINVAL', `Parameter 'preallocation' does not accept value '${prealloc}'`);
+      throw new DiskError('EINVAL', `invalid parameter value: ${prealloc}`);
     }
     if (request.backingFile) throw new DiskError('EUNSUPPORTED', "Backing file not supported for file format 'raw'");
-    await target.truncate(request.size);
+    // QEMU rounds the file up to whole 512-byte sectors.
+    const size = Math.ceil(request.size / 512) * 512;
+    await target.truncate(size);
     if (prealloc === 'full') {
-      const zero = new Uint8Array(Math.min(request.size, 1 << 20));
-      for (let off = 0; off < request.size; off += zero.length) {
-        await target.write(zero.subarray(0, Math.min(zero.length, request.size - off)), off);
+      const zero = new Uint8Array(Math.min(size, 1 << 20));
+      for (let off = 0; off < size; off += zero.length) {
+        await target.write(zero.subarray(0, Math.min(zero.length, size - off)), off);
       }
     }
   },

@@ -1,0 +1,64 @@
+/** What every `diskhub img` command shares: errors and exit codes, opening images, --output. */
+import { openImage, isDiskError, type Image, type OpenImageOptions } from '@diskhub/disk';
+import { UsageError } from './getopt.js';
+
+/** A failure with qemu-img's message (printed after "qemu-img: ") and exit code. */
+export class CliError extends Error {
+  constructor(message: string, readonly exitCode = 1) { super(message); }
+}
+
+export type OutputFormat = 'human' | 'json';
+
+export function parseOutputFormat(arg: string | undefined): OutputFormat {
+  if (arg === 'human' || arg === 'json') return arg;
+  throw new UsageError('--output must be used with human or json as argument.', false);
+}
+
+/** Open an image (and its chain) the way the command line names it; errors read like qemu-img's. */
+export async function openCliImage(path: string, options: OpenImageOptions = {}): Promise<Image> {
+  try {
+    return await openImage(path, options);
+  } catch (e) {
+    throw new CliError(`Could not open '${path}': ${errorMessage(e)}`);
+  }
+}
+
+export function errorMessage(e: unknown): string {
+  if (isDiskError(e) || e instanceof Error) return e.message;
+  return String(e);
+}
+
+export const out = (s: string): void => { process.stdout.write(s); };
+export const err = (s: string): void => { process.stderr.write(s); };
+
+/** Print an error as qemu-img does and return its exit code. */
+export function report(e: unknown, defaultCode = 1): number {
+  if (e instanceof UsageError) {
+    err(`qemu-img: ${e.message}\n`);
+    if (e.tryHelp) err(`Try 'qemu-img --help' for more information\n`);
+    return 1;
+  }
+  if (e instanceof CliError) {
+    err(`qemu-img: ${e.message}\n`);
+    return e.exitCode;
+  }
+  err(`qemu-img: ${errorMessage(e)}\n`);
+  return defaultCode;
+}
+
+/** qemu-img's progress display: "    (12.34/100%)\r", redrawn when it moves by 1% or more. */
+export class Progress {
+  private last = -1;
+  constructor(private readonly enabled: boolean) {}
+  update(done: number, total: number): void {
+    if (!this.enabled) return;
+    const pct = total > 0 ? (done / total) * 100 : 100;
+    if (this.last >= 0 && pct < 100 && pct - this.last < 1) return;
+    this.last = pct;
+    out(`    (${pct.toFixed(2)}/100%)\r`);
+  }
+  finish(): void {
+    if (!this.enabled) return;
+    out('    (100.00/100%)\r\n');
+  }
+}

@@ -1,0 +1,171 @@
+/**
+ * `diskhub img convert`: qemu-img convert. The target is written under a temporary name in
+ * the destination directory and renamed into place only when complete; a failure, Ctrl-C or
+ * SIGTERM removes the temporary file. Sources are opened read-only.
+ */
+import { randomBytes } from 'node:crypto';
+import { rename, unlink } from 'node:fs/promises';
+import { unlinkSync } from 'node:fs';
+import { basename, dirname, join } from 'node:path';
+import {
+  closeChain, convertImage, createImage, getFormat, openImage, ConcatDevice, DEFAULT_SPARSE_SIZE, MAX_PARALLEL,
+  isDiskError, type BlockDevice, type FormatDriver, type Image,
+} from '@diskhub/disk';
+import { getopt, UsageError } from './getopt.js';
+import { CliError, errorMessage, openCliImage, out, Progress } from './common.js';
+import { parseSize } from './output.js';
+import { parseOptionString, optionHelp, validateOptions } from './createopts.js';
+import { snapshotParam } from './measure.js';
+import { printHelp } from './help.js';
+
+const MAX_SPARSE = 16 << 20;
+const SUFFIX_HELP = 'You may use k, M, G, T, P or E suffixes for\nqemu-img: kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.';
+
+export async function convertCommand(argv: string[]): Promise<number> {
+  const { options, positional } = getopt(argv, ':hf:O:B:CcF:o:l:s:S:pt:T:qnm:WUr:', [
+    { name: 'help', hasArg: 0, val: 'h' },
+    { name: 'object', hasArg: 1, val: 'object' },
+    { name: 'image-opts', hasArg: 0, val: 'image-opts' },
+    { name: 'target-image-opts', hasArg: 0, val: 'target-image-opts' },
+    { name: 'salvage', hasArg: 0, val: 'salvage' },
+    { name: 'target-is-zero', hasArg: 0, val: 'target-is-zero' },
+    { name: 'bitmaps', hasArg: 0, val: 'bitmaps' },
+    { name: 'skip-broken-bitmaps', hasArg: 0, val: 'skip-broken-bitmaps' },
+    { name: 'force-share', hasArg: 0, val: 'U' },
+  ]);
+  let srcFormat: string | undefined;
+  let outFormat = 'raw';
+  let backingFile: string | undefined;
+  let backingFormat: string | undefined;
+  let compress = false;
+  const given: [string, string][] = [];
+  let help = false;
+  let snapshot: string | undefined;
+  let sparseSize = DEFAULT_SPARSE_SIZE;
+  let progress = false;
+  let quiet = false;
+  let noCreate = false;
+  let parallel = 8;
+  let outOfOrder = false;
+  let targetIsZero = false;
+  for (const o of options) {
+    switch (o.opt) {
+      case 'h': return printHelp();
+      case 'f': srcFormat = o.arg; break;
+      case 'O': outFormat = o.arg!; break;
+      case 'B': backingFile = o.arg; break;
+      case 'F': backingFormat = o.arg; break;
+      case 'c': compress = true; break;
+      case 'o': { const p = parseOptionString(o.arg!); given.push(...p.options); help ||= p.help; break; }
+      case 'l': snapshot = snapshotParam(o.arg!); break;
+      case 's': snapshot = o.arg; break; // older qemu-img's -s snapshot_id
+      case 'S': {
+        const v = parseSize(o.arg!);
+        if (v === null) throw new UsageError(`Invalid buffer size for sparse output specified. ${SUFFIX_HELP}`, false);
+        if (v > BigInt(MAX_SPARSE) || v % 512n !== 0n) {
+          throw new UsageError(`Invalid buffer size for sparse output specified. Valid sizes are multiples of 512 up to ${MAX_SPARSE}. Select 0 to disable sparse detection (fully allocates output).`, false);
+        }
+        sparseSize = Number(v);
+        break;
+      }
+      case 'p': progress = true; break;
+      case 'q': quiet = true; break;
+      case 'n': noCreate = true; break;
+      case 'm': {
+        const n = /^\d+$/.test(o.arg!) ? Number(o.arg) : NaN;
+        if (!(n >= 1 && n <= MAX_PARALLEL)) throw new UsageError(`Invalid number of coroutines. Allowed number of coroutines is between 1 and ${MAX_PARALLEL}`, false);
+        parallel = n;
+        break;
+      }
+      case 'W': outOfOrder = true; break;
+      case 'target-is-zero': targetIsZero = true; break;
+      case 'image-opts': case 'target-image-opts': throw new UsageError(`--${o.opt} is not supported`, false);
+      // -t/-T (cache modes), -C (copy offloading), -U, -r (rate limit), --salvage, --bitmaps: accepted, no effect.
+    }
+  }
+  let driver: FormatDriver;
+  try { driver = getFormat(outFormat); } catch { throw new CliError(`Unknown file format '${outFormat}'`); }
+  if (help) { out(optionHelp(driver, false)); return 0; }
+  if (positional.length < 2) throw new CliError('Must specify image file name');
+  if (targetIsZero && !noCreate) throw new CliError('--target-is-zero requires use of -n flag');
+  const target = positional[positional.length - 1]!;
+  const sourceNames = positional.slice(0, -1);
+  if (snapshot !== undefined && sourceNames.length > 1) throw new CliError('No support for concatenating multiple snapshot');
+  let values: Map<string, string>;
+  try { values = validateOptions(driver, given); } catch (e) { throw new CliError(errorMessage(e)); }
+  if (values.has('backing_file')) backingFile ??= values.get('backing_file');
+  if (values.has('backing_fmt')) backingFormat ??= values.get('backing_fmt');
+  if (backingFile !== undefined && !driver.createOptions?.some((o) => o.name === 'backing_file')) {
+    throw new CliError(`Backing file not supported for file format '${driver.name}'`);
+  }
+
+  const sources: Image[] = [];
+  let dst: Image | undefined;
+  let tempPath: string | undefined;
+  const controller = new AbortController();
+  const onSignal = (sig: NodeJS.Signals) => { interrupted = sig; controller.abort(); };
+  let interrupted: NodeJS.Signals | undefined;
+  // Last resort if the process dies between signal and cleanup: the temporary file goes.
+  const onExit = () => { if (tempPath) { try { unlinkSync(tempPath); } catch { /* already gone */ } } };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  process.on('exit', onExit);
+  try {
+    for (const name of sourceNames) {
+      const img = await openCliImage(name, { format: srcFormat, snapshot });
+      sources.push(img);
+      if (snapshot !== undefined && typeof img.snapshots !== 'function') {
+        throw new CliError(`Failed to load snapshot: Block format '${img.format}' used by device '' does not support temporarily loading internal snapshots`);
+      }
+    }
+    const src: BlockDevice = sources.length === 1 ? sources[0]! : new ConcatDevice(sources);
+    const formatOptions: Record<string, string> = {};
+    for (const [k, v] of values) if (k !== 'size' && k !== 'backing_file' && k !== 'backing_fmt') formatOptions[k] = v;
+
+    if (noCreate) {
+      dst = await openCliImage(target, { format: outFormat, writable: true });
+    } else {
+      tempPath = join(dirname(target), `.${basename(target)}.${process.pid}-${randomBytes(4).toString('hex')}.diskhub-tmp`);
+      try {
+        await createImage(tempPath, driver, { size: src.size, options: formatOptions, backingFile, backingFormat }, { exclusive: true });
+      } catch (e) {
+        throw new CliError(`${target}: error while converting ${driver.name}: ${errorMessage(e).split(tempPath).join(target).replace(/^Could not open '/, "Could not create '")}`);
+      }
+      try {
+        dst = await openImage(tempPath, { format: driver.name, writable: true });
+      } catch (e) {
+        throw new CliError(`Could not open '${target}': ${errorMessage(e).split(tempPath).join(target)}`);
+      }
+    }
+    if (compress && !dst.writeCompressed) throw new CliError('Compression not supported for this file format');
+    const bar = new Progress(progress && !quiet);
+    await convertImage(src, dst, {
+      sparseSize, compress, parallel, outOfOrder,
+      targetIsZero: noCreate ? targetIsZero : true,
+      targetHasBacking: backingFile !== undefined,
+      signal: controller.signal,
+      onProgress: (d, t) => bar.update(d, t),
+    });
+    bar.finish();
+    await closeChain(dst);
+    dst = undefined;
+    if (tempPath) {
+      await rename(tempPath, target);
+      tempPath = undefined;
+    }
+    return 0;
+  } catch (e) {
+    if (interrupted) return interrupted === 'SIGINT' ? 130 : 143;
+    if (e instanceof CliError || e instanceof UsageError) throw e;
+    if (isDiskError(e, 'EABORTED')) throw new CliError('Operation cancelled');
+    throw new CliError(`error while converting ${driver.name}: ${errorMessage(e)}`);
+  } finally {
+    await closeChain(dst).catch(() => undefined);
+    for (const s of sources) await closeChain(s).catch(() => undefined);
+    if (tempPath) await unlink(tempPath).catch(() => undefined);
+    tempPath = undefined;
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+    process.off('exit', onExit);
+  }
+}

@@ -1,0 +1,34 @@
+/** `diskhub img --help` and `--version`. */
+import { out } from './common.js';
+
+/** The qemu-img release whose behaviour `diskhub img` reproduces. */
+export const QEMU_IMG_COMPAT = '7.2';
+
+export const VERSION = `diskhub img (qemu-img ${QEMU_IMG_COMPAT} compatible)\n`;
+
+export const HELP = `${VERSION}usage: diskhub img [standard options] command [command options]
+A drop-in for qemu-img: the same commands, options, output and exit codes.
+
+    '-h', '--help'       display this help and exit
+    '-V', '--version'    output version information and exit
+
+Command syntax:
+  check [-q] [-f fmt] [--output=ofmt] [-r [leaks | all]] [-U] filename
+  compare [-f fmt] [-F fmt] [-p] [-q] [-s] [-U] filename1 filename2
+  convert [-c] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt] [-B backing_file [-F backing_fmt]]
+          [-o options] [-l snapshot_param] [-S sparse_size] [-r rate_limit] [-m num_coroutines] [-W]
+          [--target-is-zero] [-n] [-p] [-q] [-U] filename [filename2 [...]] output_filename
+  create [-q] [-f fmt] [-b backing_file [-F backing_fmt]] [-u] [-o options] filename [size]
+  info [-f fmt] [--output=ofmt] [--backing-chain] [-U] filename
+  map [-f fmt] [--output=ofmt] [--start-offset=offset] [--max-length=len] [-U] filename
+  measure [--output=ofmt] [-O output_fmt] [-o options] [--size N | [-f fmt] [-l snapshot_param] filename]
+
+Sizes take the suffixes k, M, G, T, P, E (powers of 1024) or b for bytes.
+'--output' is 'human' (default) or 'json'.
+`;
+
+/** Commands call this for -h/--help. */
+export function printHelp(): number {
+  out(HELP);
+  return 0;
+}

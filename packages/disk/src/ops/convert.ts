@@ -1,0 +1,207 @@
+/**
+ * `qemu-img convert` as a function over block devices: copy what the source allocates into
+ * the target, skipping unallocated and zero ranges (from blockStatus, never by reading
+ * holes), detecting zero runs inside data (`-S`), optionally compressing each cluster.
+ *
+ * Reads run ahead of writes with at most `parallel` chunks in flight (bounded memory:
+ * parallel × chunkSize); writes happen in order unless `outOfOrder` (`-W`).
+ */
+import type { BlockDevice } from '../blockdev.js';
+import { DiskError, throwIfAborted } from '../errors.js';
+import type { Image } from '../format.js';
+import { walkExtents, isZero, type OperationOptions } from './common.js';
+
+export interface ConvertOptions extends OperationOptions {
+  /** `-S`: zero runs of at least this many bytes (aligned) become holes; 0 writes every byte. Default 4 KiB. */
+  sparseSize?: number;
+  /** `-c`: store each cluster compressed (the target needs writeCompressed). */
+  compress?: boolean;
+  /** The target already reads as zeroes (freshly created, or --target-is-zero). */
+  targetIsZero?: boolean;
+  /** The target has a backing file (`-B`): leave ranges the source does not allocate unallocated, write zeroes explicitly. */
+  targetHasBacking?: boolean;
+  /** `-m`: chunks in flight. Default 8. */
+  parallel?: number;
+  /** `-W`: allow writes to complete out of order. */
+  outOfOrder?: boolean;
+  /** Bytes per chunk (rounded up to the target's cluster size). Default 2 MiB. */
+  chunkSize?: number;
+}
+
+export interface ConvertStats {
+  /** Bytes of the source actually read. */
+  bytesRead: number;
+  /** Bytes written as data to the target. */
+  bytesWritten: number;
+  /** Bytes written as explicit zeroes. */
+  bytesZeroed: number;
+}
+
+export const DEFAULT_SPARSE_SIZE = 4096;
+const DEFAULT_CHUNK = 2 << 20;
+/** qemu-img's limit for -m. */
+export const MAX_PARALLEL = 16;
+
+type Job =
+  | { kind: 'data'; offset: number; length: number; buf?: Uint8Array }
+  | { kind: 'zero'; offset: number; length: number }
+  | { kind: 'fill'; offset: number; length: number };
+
+type ConvertTarget = BlockDevice & Partial<Pick<Image, 'writeCompressed' | 'clusterSize'>>;
+
+export async function convertImage(src: BlockDevice, dst: ConvertTarget, options: ConvertOptions = {}): Promise<ConvertStats> {
+  const { signal, onProgress } = options;
+  const sparse = options.sparseSize ?? DEFAULT_SPARSE_SIZE;
+  const parallel = options.parallel ?? 8;
+  if (!Number.isSafeInteger(sparse) || sparse < 0) throw new DiskError('EINVAL', `Invalid sparse size ${sparse}`);
+  if (!Number.isInteger(parallel) || parallel < 1 || parallel > MAX_PARALLEL) {
+    throw new DiskError('EINVAL', `Invalid number of coroutines. Allowed number of coroutines is between 1 and ${MAX_PARALLEL}`);
+  }
+  if (dst.size < src.size) throw new DiskError('EINVAL', `The target is smaller (${dst.size} bytes) than the source (${src.size} bytes)`);
+  if (!dst.write) throw new DiskError('EROFS', 'The target image is not writable');
+  const cluster = dst.clusterSize && dst.clusterSize > 0 ? dst.clusterSize : 512;
+  if (options.compress && !dst.writeCompressed) throw new DiskError('EUNSUPPORTED', 'Compression not supported for this file format');
+  const chunk = Math.ceil((options.chunkSize ?? DEFAULT_CHUNK) / cluster) * cluster;
+  const targetIsZero = !!options.targetIsZero && !options.targetHasBacking;
+  const stats: ConvertStats = { bytesRead: 0, bytesWritten: 0, bytesZeroed: 0 };
+  const total = src.size;
+
+  // Buffers are reused: at most `parallel` chunks exist at any time.
+  const pool: Uint8Array[] = [];
+  const takeBuffer = () => pool.pop() ?? new Uint8Array(chunk);
+  const giveBuffer = (b: Uint8Array) => { if (b.byteLength === chunk && pool.length < parallel) pool.push(b); };
+  const fillZero = new Uint8Array(Math.min(chunk, DEFAULT_CHUNK));
+
+  async function* plan(): AsyncIterable<Job> {
+    for await (const e of walkExtents(src, 0, src.size, signal)) {
+      const isZeroRange = !e.data && e.zero;
+      if (isZeroRange && sparse > 0) {
+        if (options.targetHasBacking && !e.present) continue;
+        if (!targetIsZero) yield { kind: 'zero', offset: e.offset, length: e.length };
+        continue;
+      }
+      // Data (or, with -S 0, everything): chunks aligned to the chunk size so that target
+      // clusters are written whole.
+      for (let pos = e.offset; pos < e.offset + e.length;) {
+        const next = Math.min(e.offset + e.length, (Math.floor(pos / chunk) + 1) * chunk);
+        yield isZeroRange ? { kind: 'fill', offset: pos, length: next - pos } : { kind: 'data', offset: pos, length: next - pos };
+        pos = next;
+      }
+    }
+  }
+
+  async function read(job: Job): Promise<Job> {
+    if (job.kind === 'data') {
+      const buf = takeBuffer().subarray(0, job.length);
+      await src.read(buf, job.offset);
+      stats.bytesRead += job.length;
+      job.buf = buf;
+    }
+    return job;
+  }
+
+  async function writeZeroes(offset: number, length: number): Promise<void> {
+    if (targetIsZero) return;
+    if (dst.writeZeroes) await dst.writeZeroes(offset, length, { mayUnmap: !options.targetHasBacking });
+    else {
+      for (let p = offset; p < offset + length; p += fillZero.length) {
+        await dst.write!(fillZero.subarray(0, Math.min(fillZero.length, offset + length - p)), p);
+      }
+    }
+    stats.bytesZeroed += length;
+  }
+
+  async function writeData(buf: Uint8Array, offset: number): Promise<void> {
+    if (options.compress) {
+      // One cluster at a time; an all-zero cluster stays a hole.
+      for (let p = 0; p < buf.length;) {
+        const abs = offset + p;
+        const next = Math.min(buf.length, (Math.floor(abs / cluster) + 1) * cluster - offset);
+        const piece = buf.subarray(p, next);
+        if (isZero(piece)) await writeZeroes(abs, piece.length);
+        else if (abs % cluster === 0 && (piece.length === cluster || abs + piece.length === dst.size || abs + piece.length === src.size)) {
+          await dst.writeCompressed!(piece, abs);
+          stats.bytesWritten += piece.length;
+        } else {
+          await dst.write!(piece, abs);
+          stats.bytesWritten += piece.length;
+        }
+        p = next;
+      }
+      return;
+    }
+    if (sparse === 0) {
+      await dst.write!(buf, offset);
+      stats.bytesWritten += buf.length;
+      return;
+    }
+    // Runs of sparse-size-aligned blocks, zero or not.
+    let runStart = 0;
+    let runZero: boolean | undefined;
+    const flush = async (end: number) => {
+      if (end <= runStart) return;
+      if (runZero) await writeZeroes(offset + runStart, end - runStart);
+      else { await dst.write!(buf.subarray(runStart, end), offset + runStart); stats.bytesWritten += end - runStart; }
+    };
+    for (let p = 0; p < buf.length;) {
+      const next = Math.min(buf.length, (Math.floor((offset + p) / sparse) + 1) * sparse - offset);
+      const zero = isZero(buf.subarray(p, next));
+      if (runZero !== undefined && zero !== runZero) { await flush(p); runStart = p; }
+      runZero = zero;
+      p = next;
+    }
+    await flush(buf.length);
+  }
+
+  async function write(job: Job): Promise<void> {
+    throwIfAborted(signal);
+    if (job.kind === 'zero') await writeZeroes(job.offset, job.length);
+    else if (job.kind === 'fill') {
+      for (let p = job.offset; p < job.offset + job.length; p += fillZero.length) {
+        const n = Math.min(fillZero.length, job.offset + job.length - p);
+        await dst.write!(fillZero.subarray(0, n), p);
+        stats.bytesWritten += n;
+      }
+    } else {
+      await writeData(job.buf!, job.offset);
+      giveBuffer(new Uint8Array(job.buf!.buffer, job.buf!.byteOffset, chunk));
+      job.buf = undefined;
+    }
+    done += job.length;
+    onProgress?.(Math.min(done, total), total);
+  }
+
+  let done = 0;
+  onProgress?.(0, total);
+  // Every read or write started and not yet settled; on failure we wait for them all.
+  const pending = new Set<Promise<unknown>>();
+  const track = <T>(p: Promise<T>): Promise<T> => {
+    pending.add(p);
+    p.then(() => pending.delete(p), () => pending.delete(p));
+    return p;
+  };
+  try {
+    if (options.outOfOrder) {
+      for await (const job of plan()) {
+        throwIfAborted(signal);
+        track(read(job).then(write));
+        if (pending.size >= parallel) await Promise.race(pending);
+      }
+      await Promise.all(pending);
+    } else {
+      const queue: Promise<Job>[] = [];
+      for await (const job of plan()) {
+        throwIfAborted(signal);
+        queue.push(track(read(job)));
+        if (queue.length >= parallel) await track(write(await queue.shift()!));
+      }
+      while (queue.length > 0) await track(write(await queue.shift()!));
+    }
+  } finally {
+    // Never leave reads or writes running behind the caller's back (it may delete the target).
+    await Promise.allSettled([...pending]);
+  }
+  if (dst.flush) await dst.flush();
+  onProgress?.(total, total);
+  return stats;
+}

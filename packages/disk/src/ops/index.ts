@@ -1,0 +1,8 @@
+/** Operations: plain functions over block devices, each with progress and cancellation. */
+export * from './common.js';
+export * from './map.js';
+export * from './info.js';
+export * from './compare.js';
+export * from './convert.js';
+export * from './dispatch.js';
+export * from './concat.js';
