@@ -13,13 +13,12 @@ import {
 } from '@diskhub/disk';
 import { getopt, UsageError } from './getopt.js';
 import { CliError, errorMessage, openCliImage, out, Progress } from './common.js';
-import { parseSize } from './output.js';
+import { parseSize, SUFFIX_HELP } from './output.js';
 import { parseOptionString, optionHelp, validateOptions } from './createopts.js';
 import { snapshotParam } from './measure.js';
 import { printHelp } from './help.js';
 
 const MAX_SPARSE = 16 << 20;
-const SUFFIX_HELP = 'You may use k, M, G, T, P or E suffixes for\nqemu-img: kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.';
 
 export async function convertCommand(argv: string[]): Promise<number> {
   const { options, positional } = getopt(argv, ':hf:O:B:CcF:o:l:s:S:pt:T:qnm:WUr:', [

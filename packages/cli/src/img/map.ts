@@ -2,10 +2,9 @@
 import { closeChain, mapImage, type Extent } from '@diskhub/disk';
 import { getopt, UsageError } from './getopt.js';
 import { CliError, openCliImage, parseOutputFormat, out, type OutputFormat } from './common.js';
-import { parseSize, INT64_MAX } from './output.js';
+import { parseSize, INT64_MAX, SUFFIX_HELP } from './output.js';
 import { printHelp } from './help.js';
 
-const SUFFIX_HELP = 'You may use k, M, G, T, P or E suffixes for\nqemu-img: kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.';
 
 function offsetArg(text: string, what: string): number {
   const v = parseSize(text);

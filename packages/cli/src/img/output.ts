@@ -138,7 +138,7 @@ export function parseSize(text: string, defaultUnit: 'b' | 'm' = 'b'): bigint | 
   return whole * mul;
 }
 
-const SUFFIX_HELP = 'You may use k, M, G, T, P or E suffixes for\nqemu-img: kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.';
+export const SUFFIX_HELP = 'You may use k, M, G, T, P or E suffixes for\nqemu-img: kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.';
 
 /** An image size argument (create, measure --size, convert -S...); throws qemu-img's messages. */
 export function parseImageSize(text: string, what = 'image size'): number {
