@@ -72,19 +72,37 @@ export async function convertImage(src: BlockDevice, dst: ConvertTarget, options
   const giveBuffer = (b: Uint8Array) => { if (b.byteLength === chunk && pool.length < parallel) pool.push(b); };
   const fillZero = new Uint8Array(Math.min(chunk, DEFAULT_CHUNK));
 
-  async function* plan(): AsyncIterable<Job> {
+  /** What to do with each range, before chunking: copy, zero, skip. */
+  type Action = 'copy' | 'fill' | 'zero' | 'skip';
+  const actionOf = (e: { data: boolean; zero: boolean; present: boolean }): Action => {
+    const isZeroRange = !e.data && e.zero;
+    if (!isZeroRange) return 'copy';
+    if (sparse === 0) return 'fill';
+    if (options.targetHasBacking && !e.present) return 'skip';
+    return targetIsZero ? 'skip' : 'zero';
+  };
+
+  /** Ranges with one action, adjacent extents merged (drivers may report cluster by cluster). */
+  async function* ranges(): AsyncIterable<{ action: Action; offset: number; length: number }> {
+    let cur: { action: Action; offset: number; length: number } | undefined;
     for await (const e of walkExtents(src, 0, src.size, signal)) {
-      const isZeroRange = !e.data && e.zero;
-      if (isZeroRange && sparse > 0) {
-        if (options.targetHasBacking && !e.present) continue;
-        if (!targetIsZero) yield { kind: 'zero', offset: e.offset, length: e.length };
-        continue;
-      }
-      // Data (or, with -S 0, everything): chunks aligned to the chunk size so that target
-      // clusters are written whole.
-      for (let pos = e.offset; pos < e.offset + e.length;) {
-        const next = Math.min(e.offset + e.length, (Math.floor(pos / chunk) + 1) * chunk);
-        yield isZeroRange ? { kind: 'fill', offset: pos, length: next - pos } : { kind: 'data', offset: pos, length: next - pos };
+      const action = actionOf(e);
+      if (cur && cur.action === action && cur.offset + cur.length === e.offset) { cur.length += e.length; continue; }
+      if (cur) yield cur;
+      cur = { action, offset: e.offset, length: e.length };
+    }
+    if (cur) yield cur;
+  }
+
+  async function* plan(): AsyncIterable<Job> {
+    for await (const r of ranges()) {
+      if (r.action === 'skip') continue;
+      if (r.action === 'zero') { yield { kind: 'zero', offset: r.offset, length: r.length }; continue; }
+      // Data (or, with -S 0, zeroes written as data): chunks aligned to the chunk size so
+      // that target clusters are written whole.
+      for (let pos = r.offset; pos < r.offset + r.length;) {
+        const next = Math.min(r.offset + r.length, (Math.floor(pos / chunk) + 1) * chunk);
+        yield r.action === 'fill' ? { kind: 'fill', offset: pos, length: next - pos } : { kind: 'data', offset: pos, length: next - pos };
         pos = next;
       }
     }

@@ -1,0 +1,199 @@
+/**
+ * The operations (convert, compare, map) over in-memory layered devices whose allocation is
+ * known exactly, so that what they read, write and skip can be asserted.
+ */
+import test from 'node:test';
+import assert from 'node:assert/strict';
+import { convertImage, compareImages, mapImage, ConcatDevice, isDiskError, type BlockDevice, type Extent } from '@diskhub/disk';
+
+type State = 'data' | 'zero' | 'unalloc';
+const CL = 64 * 1024;
+
+/** A device made of clusters that are data, zero or unallocated (falling through to `backing`). */
+class LayeredDevice implements BlockDevice {
+  readonly clusterSize = CL;
+  readonly states: State[];
+  readonly bytes: Uint8Array;
+  reads: [number, number][] = [];
+  writes: [number, number][] = [];
+  zeroed: [number, number][] = [];
+  compressed: number[] = [];
+  inFlightReads = 0;
+  maxInFlightReads = 0;
+  constructor(readonly size: number, readonly backing?: LayeredDevice) {
+    this.states = new Array(Math.ceil(size / CL)).fill('unalloc');
+    this.bytes = new Uint8Array(size);
+  }
+  fill(cluster: number, byte: number): this {
+    this.states[cluster] = 'data';
+    this.bytes.fill(byte, cluster * CL, (cluster + 1) * CL);
+    return this;
+  }
+  depth(): number { return this.backing ? 1 + this.backing.depth() : 0; }
+  private stateAt(c: number, d = 0): { state: State; depth: number } {
+    const s = this.states[c]!;
+    if (s !== 'unalloc' || !this.backing) return { state: s, depth: s === 'unalloc' ? this.depth() + d : d };
+    return this.backing.stateAt(c, d + 1);
+  }
+  async read(buf: Uint8Array, offset: number): Promise<void> {
+    this.reads.push([offset, buf.length]);
+    this.inFlightReads++;
+    this.maxInFlightReads = Math.max(this.maxInFlightReads, this.inFlightReads);
+    await new Promise((r) => setImmediate(r));
+    this.inFlightReads--;
+    for (let i = 0; i < buf.length; i++) {
+      const c = Math.floor((offset + i) / CL);
+      let dev: LayeredDevice | undefined = this;
+      while (dev && dev.states[c] === 'unalloc') dev = dev.backing;
+      buf[i] = dev && dev.states[c] === 'data' ? dev.bytes[offset + i]! : 0;
+    }
+  }
+  async write(buf: Uint8Array, offset: number): Promise<void> {
+    this.writes.push([offset, buf.length]);
+    this.bytes.set(buf, offset);
+    for (let c = Math.floor(offset / CL); c * CL < offset + buf.length; c++) this.states[c] = 'data';
+  }
+  async writeZeroes(offset: number, length: number): Promise<void> {
+    this.zeroed.push([offset, length]);
+    this.bytes.fill(0, offset, offset + length);
+    for (let c = Math.floor(offset / CL); c * CL < offset + length; c++) this.states[c] = 'zero';
+  }
+  async writeCompressed(buf: Uint8Array, offset: number): Promise<void> {
+    this.compressed.push(offset);
+    await this.write(buf, offset);
+  }
+  async *blockStatus(offset: number, length: number): AsyncIterable<Extent> {
+    for (let pos = offset; pos < offset + length;) {
+      const c = Math.floor(pos / CL);
+      const end = Math.min(offset + length, (c + 1) * CL);
+      const { state, depth } = this.stateAt(c);
+      yield {
+        offset: pos, length: end - pos, depth,
+        data: state === 'data', zero: state !== 'data', present: state !== 'unalloc',
+        ...(state === 'data' ? { hostOffset: c * CL * 2 + (pos - c * CL) } : {}),
+      };
+      pos = end;
+    }
+  }
+  async close(): Promise<void> {}
+}
+
+const covers = (ranges: [number, number][], off: number, len: number) => ranges.some(([o, l]) => o <= off && off + len <= o + l);
+const overlaps = (ranges: [number, number][], off: number, len: number) => ranges.some(([o, l]) => o < off + len && off < o + l);
+
+test('convert: reads only allocated data, turns zero runs into holes, keeps content', async () => {
+  const src = new LayeredDevice(64 * CL).fill(1, 0x11).fill(2, 0x22).fill(40, 0x40);
+  src.bytes.fill(0, 2 * CL, 2 * CL + 8192); // a zero run inside data
+  src.states[10] = 'zero';
+  const dst = new LayeredDevice(64 * CL);
+  const stats = await convertImage(src, dst, { targetIsZero: true });
+  for (const [o, l] of src.reads) assert.ok([1, 2, 40].includes(Math.floor(o / CL)) && l <= 2 * CL, `read ${o}+${l} is inside data`);
+  assert.equal(stats.bytesRead, 3 * CL);
+  assert.ok(!overlaps(dst.writes, 2 * CL, 8192), 'zero run inside data is not written');
+  assert.ok(!overlaps(dst.writes, 10 * CL, CL), 'zero cluster not written');
+  assert.deepEqual(dst.zeroed, [], 'a zero target needs no explicit zeroes');
+  assert.deepEqual(Buffer.from(dst.bytes), Buffer.from(src.bytes));
+});
+
+test('convert: -S 0 writes every byte; a non-zero target gets explicit zeroes', async () => {
+  const src = new LayeredDevice(8 * CL).fill(3, 0x33);
+  const full = new LayeredDevice(8 * CL);
+  await convertImage(src, full, { sparseSize: 0, targetIsZero: true });
+  assert.ok(covers(full.writes, 0, CL) && full.states.every((s) => s === 'data'));
+  const dirty = new LayeredDevice(8 * CL);
+  for (let c = 0; c < 8; c++) dirty.fill(c, 0xee);
+  await convertImage(src, dirty, { targetIsZero: false });
+  assert.deepEqual(Buffer.from(dirty.bytes), Buffer.from(src.bytes));
+  assert.ok(covers(dirty.zeroed, 0, 3 * CL));
+});
+
+test('convert with a backing file on the target (-B): unallocated stays unallocated, zeroes are explicit', async () => {
+  const base = new LayeredDevice(8 * CL).fill(0, 0x01).fill(1, 0x01);
+  const top = new LayeredDevice(8 * CL, base).fill(2, 0x02);
+  top.states[1] = 'zero';
+  const dst = new LayeredDevice(8 * CL);
+  await convertImage(top, dst, { targetIsZero: true, targetHasBacking: true });
+  // Cluster 0 comes from the source's own backing: present, copied. Cluster 1 is a zero
+  // cluster over data: written as zeroes. Clusters 3.. are unallocated everywhere: skipped.
+  assert.equal(dst.states[0], 'data');
+  assert.equal(dst.states[1], 'zero');
+  assert.equal(dst.states[2], 'data');
+  assert.deepEqual(dst.states.slice(3), new Array(5).fill('unalloc'));
+});
+
+test('convert -c: every non-zero cluster goes through writeCompressed, zero clusters stay holes', async () => {
+  const src = new LayeredDevice(16 * CL).fill(0, 1).fill(1, 2).fill(5, 3);
+  src.bytes.fill(0, CL, 2 * CL);
+  const dst = new LayeredDevice(16 * CL);
+  await convertImage(src, dst, { compress: true, targetIsZero: true });
+  assert.deepEqual(dst.compressed.sort((a, b) => a - b), [0, 5 * CL]);
+  assert.deepEqual(dst.writes.filter(([o]) => !dst.compressed.includes(o)), []);
+  const plain = { size: 4 * CL, read: async () => {}, write: async () => {}, blockStatus: src.blockStatus.bind(src), close: async () => {} } as unknown as BlockDevice;
+  await assert.rejects(convertImage(src, plain, { compress: true }), (e) => isDiskError(e, 'EINVAL') || isDiskError(e, 'EUNSUPPORTED'));
+});
+
+test('convert: at most `parallel` reads in flight on a huge image; abort stops it with EABORTED', async () => {
+  const size = 2048 * CL; // 128 MiB
+  const src = new LayeredDevice(size);
+  for (let c = 0; c < 2048; c += 2) src.states[c] = 'data';
+  const dst = new LayeredDevice(size);
+  await convertImage(src, dst, { parallel: 3, targetIsZero: true, chunkSize: CL });
+  assert.ok(src.maxInFlightReads <= 3 && src.maxInFlightReads >= 2, `max in flight ${src.maxInFlightReads}`);
+  const ac = new AbortController();
+  let seen = 0;
+  const dst2 = new LayeredDevice(size);
+  await assert.rejects(convertImage(src, dst2, {
+    targetIsZero: true, signal: ac.signal,
+    onProgress: (done) => { if (done > 0 && ++seen === 5) ac.abort(); },
+  }), (e) => isDiskError(e, 'EABORTED'));
+  const writesAtAbort = dst2.writes.length;
+  await new Promise((r) => setTimeout(r, 20));
+  assert.equal(dst2.writes.length, writesAtAbort, 'nothing written after the abort returned');
+  assert.ok(writesAtAbort < 1024);
+});
+
+test('map: merges runs with the same status and reports depth and presence through the chain', async () => {
+  const base = new LayeredDevice(8 * CL).fill(4, 9).fill(5, 9);
+  const top = new LayeredDevice(8 * CL, base).fill(0, 1);
+  top.states[6] = 'zero';
+  const out: Extent[] = [];
+  for await (const e of mapImage(top)) out.push(e);
+  assert.deepEqual(out.map((e) => [e.offset / CL, e.length / CL, e.depth, e.present, e.data, e.zero]), [
+    [0, 1, 0, true, true, false],
+    [1, 3, 1, false, false, true],
+    [4, 1, 1, true, true, false], // host offsets of clusters 4 and 5 are not contiguous
+    [5, 1, 1, true, true, false],
+    [6, 1, 0, true, false, true],
+    [7, 1, 1, false, false, true],
+  ]);
+  const part: Extent[] = [];
+  for await (const e of mapImage(top, { start: CL / 2, length: CL })) part.push(e);
+  assert.deepEqual(part.map((e) => [e.offset, e.length]), [[CL / 2, CL / 2], [CL, CL / 2]]);
+});
+
+test('compare: first differing sector, zero vs unallocated is equal, strict sees allocation and size', async () => {
+  const a = new LayeredDevice(8 * CL).fill(1, 5);
+  const b = new LayeredDevice(8 * CL).fill(1, 5);
+  b.bytes[CL + 1000] = 6;
+  assert.deepEqual(await compareImages(a, b), { identical: false, sizeMismatch: false, reason: 'content', offset: CL + 512 });
+  const c = new LayeredDevice(8 * CL).fill(1, 5);
+  c.states[3] = 'zero';
+  assert.deepEqual(await compareImages(a, c), { identical: true, sizeMismatch: false });
+  assert.deepEqual(await compareImages(a, c, { strict: true }), { identical: false, sizeMismatch: false, reason: 'allocation', offset: 3 * CL });
+  const longer = new LayeredDevice(9 * CL).fill(1, 5).fill(8, 7);
+  assert.deepEqual(await compareImages(a, longer), { identical: false, sizeMismatch: true, reason: 'content', offset: 8 * CL });
+  assert.deepEqual(await compareImages(a, longer, { strict: true }), { identical: false, sizeMismatch: true, reason: 'size' });
+});
+
+test('concatenated sources read and report status across the seams', async () => {
+  const a = new LayeredDevice(2 * CL).fill(1, 1);
+  const b = new LayeredDevice(3 * CL).fill(0, 2);
+  const cat = new ConcatDevice([a, b]);
+  assert.equal(cat.size, 5 * CL);
+  const buf = new Uint8Array(4);
+  await cat.read(buf, 2 * CL - 2);
+  assert.deepEqual([...buf], [1, 1, 2, 2]);
+  const st: Extent[] = [];
+  for await (const e of cat.blockStatus(0, cat.size)) st.push(e);
+  assert.deepEqual(st.filter((e) => e.data).map((e) => e.offset / CL), [1, 2]);
+});
