@@ -55,8 +55,7 @@ export async function checkCommand(argv: string[]): Promise<number> {
     await source.close();
   }
   for (const m of result.messages) err(m.endsWith('\n') ? m : m + '\n');
-  if (output === 'json') out(qemuJson(checkJson(result, filename)) + '\n');
-  else if (!quiet) out(humanCheck(result));
+  if (!quiet) out(output === 'json' ? qemuJson(checkJson(result, filename)) + '\n' : humanCheck(result));
   if (result['check-errors']) return 1;
   if (result.corruptions) return 2;
   if (result.leaks) return 3;
@@ -76,7 +75,7 @@ export function checkJson(r: CheckResult, filename: string): Record<string, unkn
     'corruptions-fixed': nz(r['corruptions-fixed']),
     'leaks-fixed': nz(r['leaks-fixed']),
     'total-clusters': nz(r['total-clusters']),
-    'allocated-clusters': r['total-clusters'] ? r['allocated-clusters'] : undefined,
+    'allocated-clusters': nz(r['allocated-clusters']),
     'fragmented-clusters': nz(r['fragmented-clusters']),
     'compressed-clusters': nz(r['compressed-clusters']),
   };

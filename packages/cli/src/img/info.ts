@@ -68,7 +68,7 @@ export function humanInfo(info: ImageInfo): string {
 }
 
 const row = (id: string, tag: string, vmSize: string, date: string, clock: string, icount: string) =>
-  `${id.padEnd(9)} ${tag.padEnd(17)} ${vmSize.padStart(7)} ${date.padStart(19)} ${clock.padStart(12)} ${icount.padStart(10)}`;
+  `${id.padEnd(9)} ${tag.padEnd(16)} ${vmSize.padStart(8)} ${date.padStart(19)} ${clock.padStart(12)} ${icount.padStart(10)}`;
 
 export function snapshotHeader(): string {
   return row('ID', 'TAG', 'VM SIZE', 'DATE', 'VM CLOCK', 'ICOUNT');

@@ -59,12 +59,12 @@ export function qemuJson(value: unknown, indent = 0): string {
   if (typeof value === 'number' || typeof value === 'bigint') return String(value);
   if (typeof value === 'boolean') return value ? 'true' : 'false';
   if (Array.isArray(value)) {
-    if (value.length === 0) return '[]';
+    if (value.length === 0) return '[\n' + ' '.repeat(indent) + ']';
     return '[\n' + value.map((v) => pad + qemuJson(v, indent + 4)).join(',\n') + '\n' + ' '.repeat(indent) + ']';
   }
   const obj = value as Record<string, unknown>;
   const keys = qdictOrder(obj);
-  if (keys.length === 0) return '{}';
+  if (keys.length === 0) return '{\n' + ' '.repeat(indent) + '}';
   return '{\n' + keys.map((k) => `${pad}${qemuJsonString(k)}: ${qemuJson(obj[k], indent + 4)}`).join(',\n') + '\n' + ' '.repeat(indent) + '}';
 }
 
@@ -108,7 +108,13 @@ export function sizeToStr(bytes: number): string {
 function formatG3(v: number): string {
   if (v === 0) return '0';
   let s = v.toPrecision(3);
-  if (s.includes('e')) return String(Number(s));
+  if (s.includes('e')) {
+    // C's %g: mantissa without trailing zeros, exponent with a sign and at least two digits.
+    const [mant, exp] = s.split('e') as [string, string];
+    const m = mant.includes('.') ? mant.replace(/0+$/, '').replace(/\.$/, '') : mant;
+    const n = Number(exp);
+    return `${m}e${n < 0 ? '-' : '+'}${String(Math.abs(n)).padStart(2, '0')}`;
+  }
   if (s.includes('.')) s = s.replace(/0+$/, '').replace(/\.$/, '');
   return s;
 }
