@@ -1,6 +1,6 @@
 /** Argument handling of `diskhub img`: the same messages and exit codes as qemu-img for bad flags and files. */
 import test from 'node:test';
-import { writeFile } from 'node:fs/promises';
+import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { needs, tempDir } from '@diskhub/testkit';
 import { assertSame } from './peer.js';
@@ -22,12 +22,16 @@ const CASES = [
   'create -f raw -o foo=bar x.raw 1G', 'create -f raw x.raw 1e3', 'create -f raw x.raw 9E', 'create -f raw x.raw 1.5',
   'create -f raw -o help', 'create -f raw -o ? x.raw', 'create -f raw -b a.raw -F raw x.raw 1M',
   'create -f raw -o size=1M x.raw 1M', 'create -f raw -o preallocation=bad x.raw 1M',
+  'info adir', 'check adir', 'map adir', 'compare adir a.raw', 'convert adir x', 'convert a.raw adir', 'convert a.raw adir/',
+  'create -f raw adir 1M', 'measure adir', 'info -f bogus a.raw', 'map -f bogus a.raw', 'convert -f bogus a.raw x',
+  'check -f bogus a.raw', 'compare -f bogus a.raw a.raw', 'compare a.raw -F bogus a.raw', 'info /dev/null',
 ];
 
 test('img: errors and exit codes match qemu-img', needs('qemu-img'), async (t) => {
   const dir = await tempDir(t);
   await writeFile(join(dir, 'a.raw'), Buffer.alloc(1 << 20, 7));
   await writeFile(join(dir, 'b.raw'), Buffer.alloc(1 << 20, 7));
+  await mkdir(join(dir, 'adir'));
   for (const c of CASES) {
     await assertSame(c === '' ? [] : c.split(' '), dir, c);
   }

@@ -71,7 +71,10 @@ export interface Image extends BlockDevice {
   readonly clusterSize?: number;
   /**
    * Store one cluster-aligned, cluster-sized run compressed (`convert -c`). `buf` may be
-   * shorter than a cluster only at the end of the disk.
+   * shorter than a cluster only at the end of the disk. convertImage calls it for several
+   * clusters at once (up to a chunk's worth, never the same cluster twice) so that async
+   * zlib/zstd work spreads over the libuv threadpool: the driver must serialise its own
+   * allocation and metadata updates. `buf` is the caller's again once the promise settles.
    */
   writeCompressed?(buf: Uint8Array, offset: number): Promise<void>;
 }

@@ -72,7 +72,8 @@ export class FileSource implements ByteSource {
       const st = await fh.stat();
       if (st.isDirectory()) {
         await fh.close();
-        throw new DiskError('EINVAL', `Could not open '${path}': Is a directory`);
+        // QEMU's wording: its 'file' protocol driver opens regular files only.
+        throw new DiskError('EINVAL', `'file' driver requires '${path}' to be a regular file`);
       }
       return new FileSource(fh, path, readOnly);
     } catch (e) {

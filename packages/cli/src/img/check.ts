@@ -1,5 +1,5 @@
 /** `diskhub img check`: qemu-img check (exit 0 clean, 1 check failed, 2 corruptions, 3 leaks, 63 unsupported). */
-import { FileSource, checkSource, CheckNotSupported, type CheckResult } from '@diskhub/disk';
+import { FileSource, checkSource, getFormat, isDiskError, CheckNotSupported, type CheckResult } from '@diskhub/disk';
 import { getopt, UsageError } from './getopt.js';
 import { CliError, errorMessage, parseOutputFormat, out, err, type OutputFormat } from './common.js';
 import { qemuJson } from './output.js';
@@ -38,6 +38,7 @@ export async function checkCommand(argv: string[]): Promise<number> {
   const filename = positional[0]!;
   let source: FileSource;
   try {
+    if (format !== undefined) getFormat(format);
     source = await FileSource.open(filename, { readOnly: !repair });
   } catch (e) {
     throw new CliError(`Could not open '${filename}': ${errorMessage(e)}`);
@@ -49,6 +50,10 @@ export async function checkCommand(argv: string[]): Promise<number> {
     if (e instanceof CheckNotSupported) {
       err(`qemu-img: ${e.message}\n`);
       return EXIT_CHECK_UNSUPPORTED;
+    }
+    // Headers too broken to open the image are open errors in qemu-img, not check results.
+    if (isDiskError(e) && ['EFORMAT', 'ETRUNCATED', 'ELIMIT', 'EUNSUPPORTED', 'EUNSAFE', 'ENOENT'].includes(e.code)) {
+      throw new CliError(`Could not open '${filename}': ${e.message}`);
     }
     throw new CliError(`Check failed: ${errorMessage(e)}`);
   } finally {

@@ -4,7 +4,7 @@
  * SIGTERM removes the temporary file. Sources are opened read-only.
  */
 import { randomBytes } from 'node:crypto';
-import { rename, unlink } from 'node:fs/promises';
+import { rename, stat, unlink } from 'node:fs/promises';
 import { unlinkSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import {
@@ -121,6 +121,7 @@ export async function convertCommand(argv: string[]): Promise<number> {
     const formatOptions: Record<string, string> = {};
     for (const [k, v] of values) if (k !== 'size' && k !== 'backing_file' && k !== 'backing_fmt') formatOptions[k] = v;
 
+    if (!noCreate) await refuseDirectory(target, driver.name);
     if (noCreate) {
       dst = await openCliImage(target, { format: outFormat, writable: true });
     } else {
@@ -167,4 +168,10 @@ export async function convertCommand(argv: string[]): Promise<number> {
     process.off('SIGTERM', onSignal);
     process.off('exit', onExit);
   }
+}
+
+/** A destination that is a directory fails before any work, as qemu-img's create does. */
+async function refuseDirectory(target: string, format: string): Promise<void> {
+  const isDir = target.endsWith('/') || (await stat(target).then((st) => st.isDirectory(), () => false));
+  if (isDir) throw new CliError(`${target}: error while converting ${format}: Could not create '${target}': Is a directory`);
 }

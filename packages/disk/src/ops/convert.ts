@@ -131,21 +131,25 @@ export async function convertImage(src: BlockDevice, dst: ConvertTarget, options
 
   async function writeData(buf: Uint8Array, offset: number): Promise<void> {
     if (options.compress) {
-      // One cluster at a time; an all-zero cluster stays a hole.
+      // Whole clusters are compressed concurrently (the driver spreads the work over the
+      // threadpool); an all-zero cluster stays a hole; partial clusters at the edges of a
+      // range are written plainly.
+      const work: Promise<void>[] = [];
       for (let p = 0; p < buf.length;) {
         const abs = offset + p;
         const next = Math.min(buf.length, (Math.floor(abs / cluster) + 1) * cluster - offset);
         const piece = buf.subarray(p, next);
-        if (isZero(piece)) await writeZeroes(abs, piece.length);
-        else if (abs % cluster === 0 && (piece.length === cluster || abs + piece.length === dst.size || abs + piece.length === src.size)) {
-          await dst.writeCompressed!(piece, abs);
-          stats.bytesWritten += piece.length;
-        } else {
-          await dst.write!(piece, abs);
+        const whole = abs % cluster === 0 && (piece.length === cluster || abs + piece.length === dst.size || abs + piece.length === src.size);
+        if (isZero(piece)) work.push(writeZeroes(abs, piece.length));
+        else {
+          work.push(whole ? dst.writeCompressed!(piece, abs) : dst.write!(piece, abs));
           stats.bytesWritten += piece.length;
         }
         p = next;
       }
+      const results = await Promise.allSettled(work);
+      const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+      if (failed) throw failed.reason;
       return;
     }
     if (sparse === 0) {
