@@ -29,6 +29,27 @@ export function errorMessage(e: unknown): string {
 }
 
 export const out = (s: string): void => { process.stdout.write(s); };
+
+/**
+ * Batched stdout for long listings (map of a fragmented image): text is written in blocks of
+ * about 64 KiB and waits for a slow reader, so memory stays bounded whatever the output size.
+ */
+export class OutputBuffer {
+  private parts: string[] = [];
+  private size = 0;
+  async add(s: string): Promise<void> {
+    this.parts.push(s);
+    this.size += s.length;
+    if (this.size >= 64 * 1024) await this.flush();
+  }
+  async flush(): Promise<void> {
+    if (this.parts.length === 0) return;
+    const text = this.parts.join('');
+    this.parts = [];
+    this.size = 0;
+    if (!process.stdout.write(text)) await new Promise<void>((resolve) => process.stdout.once('drain', resolve));
+  }
+}
 export const err = (s: string): void => { process.stderr.write(s); };
 
 /** Print an error as qemu-img does and return its exit code. */

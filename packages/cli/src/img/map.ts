@@ -1,7 +1,7 @@
 /** `diskhub img map`: qemu-img map (human and json). */
 import { closeChain, mapImage, type Extent } from '@diskhub/disk';
 import { getopt, UsageError } from './getopt.js';
-import { CliError, openCliImage, parseOutputFormat, out, type OutputFormat } from './common.js';
+import { CliError, OutputBuffer, openCliImage, parseOutputFormat, type OutputFormat } from './common.js';
 import { parseSize, INT64_MAX, SUFFIX_HELP } from './output.js';
 import { printHelp } from './help.js';
 
@@ -41,26 +41,31 @@ export async function mapCommand(argv: string[]): Promise<number> {
   if (positional.length !== 1) throw new UsageError('Expecting one image file name');
   const filename = positional[0]!;
   const image = await openCliImage(filename, { format });
+  const out = new OutputBuffer();
   try {
     const length = maxLength === undefined ? image.size : Math.min(maxLength, Math.max(0, image.size - start));
     if (output === 'json') {
       let first = true;
-      out('[');
+      await out.add('[');
       for await (const e of mapImage(image, { start, length })) {
-        out((first ? '' : ',\n') + jsonEntry(e));
+        await out.add((first ? '' : ',\n') + jsonEntry(e));
         first = false;
       }
       // qemu-img prints one empty entry when there is nothing to map.
-      if (first) out(`{ "start": ${start}, "length": 0, "depth": 0, "present": false, "zero": false, "data": false}`);
-      out(']\n');
+      if (first) await out.add(`{ "start": ${start}, "length": 0, "depth": 0, "present": false, "zero": false, "data": false}`);
+      await out.add(']\n');
     } else {
-      out('Offset          Length          Mapped to       File\n');
+      await out.add('Offset          Length          Mapped to       File\n');
       for await (const e of mapImage(image, { start, length })) {
         if (!e.data) continue;
-        if (e.hostOffset === undefined) throw new CliError('File contains external, encrypted or compressed clusters.');
-        out(`${hex(e.offset)}${hex(e.length)}${hex(e.hostOffset)}${e.hostFile ?? filename}\n`);
+        if (e.hostOffset === undefined) {
+          await out.flush();
+          throw new CliError('File contains external, encrypted or compressed clusters.');
+        }
+        await out.add(`${hex(e.offset)}${hex(e.length)}${hex(e.hostOffset)}${e.hostFile ?? filename}\n`);
       }
     }
+    await out.flush();
   } finally {
     await closeChain(image);
   }
