@@ -25,6 +25,7 @@ const CASES = [
   'info adir', 'check adir', 'map adir', 'compare adir a.raw', 'convert adir x', 'convert a.raw adir', 'convert a.raw adir/',
   'create -f raw adir 1M', 'measure adir', 'info -f bogus a.raw', 'map -f bogus a.raw', 'convert -f bogus a.raw x',
   'check -f bogus a.raw', 'compare -f bogus a.raw a.raw', 'compare a.raw -F bogus a.raw', 'info /dev/null',
+  'convert -O raw a.raw a.raw', 'convert -n -O raw a.raw a.raw', 'convert b.raw a.raw a.raw',
 ];
 
 test('img: errors and exit codes match qemu-img', needs('qemu-img'), async (t) => {

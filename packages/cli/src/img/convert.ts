@@ -8,7 +8,7 @@ import { rename, stat, unlink } from 'node:fs/promises';
 import { unlinkSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import {
-  closeChain, convertImage, createImage, getFormat, openImage, ConcatDevice, DEFAULT_SPARSE_SIZE, MAX_PARALLEL,
+  chainOf, closeChain, convertImage, createImage, getFormat, openImage, ConcatDevice, DEFAULT_SPARSE_SIZE, MAX_PARALLEL,
   isDiskError, type BlockDevice, type FormatDriver, type Image,
 } from '@diskhub/disk';
 import { getopt, UsageError } from './getopt.js';
@@ -122,6 +122,12 @@ export async function convertCommand(argv: string[]): Promise<number> {
     for (const [k, v] of values) if (k !== 'size' && k !== 'backing_file' && k !== 'backing_fmt') formatOptions[k] = v;
 
     if (!noCreate) await refuseDirectory(target, driver.name);
+    // Writing over an image being read (or one of its backing files) would destroy the
+    // source; qemu-img's image locking refuses it, and so do we.
+    if (await isInChains(target, sources)) {
+      const lock = `Failed to get "write" lock\nIs another process using the image [${target}]?`;
+      throw new CliError(noCreate ? `Could not open '${target}': ${lock}` : `${target}: error while converting ${driver.name}: ${lock}`);
+    }
     if (noCreate) {
       dst = await openCliImage(target, { format: outFormat, writable: true });
     } else {
@@ -174,4 +180,17 @@ export async function convertCommand(argv: string[]): Promise<number> {
 async function refuseDirectory(target: string, format: string): Promise<void> {
   const isDir = target.endsWith('/') || (await stat(target).then((st) => st.isDirectory(), () => false));
   if (isDir) throw new CliError(`${target}: error while converting ${format}: Could not create '${target}': Is a directory`);
+}
+
+/** Is `path` the same file as an image of one of these chains? */
+async function isInChains(path: string, images: Image[]): Promise<boolean> {
+  const st = await stat(path).catch(() => undefined);
+  if (!st) return false;
+  for (const top of images) {
+    for (const img of chainOf(top)) {
+      const other = await stat(img.source.name).catch(() => undefined);
+      if (other && other.dev === st.dev && other.ino === st.ino) return true;
+    }
+  }
+  return false;
 }
