@@ -25,6 +25,8 @@ const CASES = [
   'info adir', 'check adir', 'map adir', 'compare adir a.raw', 'convert adir x', 'convert a.raw adir', 'convert a.raw adir/',
   'create -f raw adir 1M', 'measure adir', 'info -f bogus a.raw', 'map -f bogus a.raw', 'convert -f bogus a.raw x',
   'check -f bogus a.raw', 'compare -f bogus a.raw a.raw', 'compare a.raw -F bogus a.raw', 'info /dev/null',
+  'create -f raw zz.raw 1M 2M', 'measure -o help', 'measure -O raw -o help --size 1G', 'convert -t x a.raw x', 'convert -T x a.raw x',
+  'compare -T x a.raw a.raw', 'check --repair=leaks a.raw', 'check -r all -f raw a.raw', 'check -T x a.raw', 'check -T writethrough a.raw', 'convert -r x a.raw x',
   'convert -O raw a.raw a.raw', 'convert -n -O raw a.raw a.raw', 'convert b.raw a.raw a.raw',
 ];
 

@@ -1,7 +1,7 @@
 /** `diskhub img check`: qemu-img check (exit 0 clean, 1 check failed, 2 corruptions, 3 leaks, 63 unsupported). */
-import { FileSource, checkSource, getFormat, isDiskError, CheckNotSupported, type CheckResult } from '@diskhub/disk';
+import { FileSource, checkSource, getFormat, probeFormat, readHead, isDiskError, CheckNotSupported, type CheckResult } from '@diskhub/disk';
 import { getopt, UsageError } from './getopt.js';
-import { CliError, errorMessage, parseOutputFormat, out, err, type OutputFormat } from './common.js';
+import { CliError, checkCacheMode, errorMessage, parseOutputFormat, out, err, type OutputFormat } from './common.js';
 import { qemuJson } from './output.js';
 import { printHelp } from './help.js';
 
@@ -31,6 +31,7 @@ export async function checkCommand(argv: string[]): Promise<number> {
         break;
       case 'output': output = parseOutputFormat(o.arg); break;
       case 'q': quiet = true; break;
+      case 'T': checkCacheMode(o.arg, true); break;
       case 'image-opts': throw new UsageError('--image-opts is not supported', false);
     }
   }
@@ -42,6 +43,12 @@ export async function checkCommand(argv: string[]): Promise<number> {
     source = await FileSource.open(filename, { readOnly: !repair });
   } catch (e) {
     throw new CliError(`Could not open '${filename}': ${errorMessage(e)}`);
+  }
+  if (repair && format === undefined && probeFormat(await readHead(source), filename).name === 'raw') {
+    // Opening a probed raw image for writing: qemu-img warns (and so we stay output-compatible).
+    err(`WARNING: Image format was not specified for '${filename}' and probing guessed raw.\n` +
+      '         Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.\n' +
+      "         Specify the 'raw' format explicitly to remove the restrictions.\n");
   }
   let result: CheckResult;
   try {

@@ -83,3 +83,11 @@ export class Progress {
     out('    (100.00/100%)\r\n');
   }
 }
+
+const CACHE_MODES = ['none', 'writeback', 'unsafe', 'directsync', 'writethrough'];
+
+/** `-t` / `-T` cache modes: accepted and validated like qemu-img's (we always use the page cache). */
+export function checkCacheMode(mode: string | undefined, source: boolean, exitCode = 1): void {
+  if (mode === undefined || CACHE_MODES.includes(mode)) return;
+  throw new CliError(`Invalid ${source ? 'source ' : ''}cache option: ${mode}`, exitCode);
+}

@@ -1,7 +1,7 @@
 /** `diskhub img compare`: qemu-img compare (exit 0 identical, 1 different, 2 error). */
 import { closeChain, compareImages, type Image } from '@diskhub/disk';
 import { getopt, UsageError } from './getopt.js';
-import { CliError, openCliImage, out, Progress } from './common.js';
+import { CliError, checkCacheMode, openCliImage, out, Progress } from './common.js';
 import { printHelp } from './help.js';
 
 export async function compareCommand(argv: string[]): Promise<number> {
@@ -24,6 +24,7 @@ export async function compareCommand(argv: string[]): Promise<number> {
       case 'p': progress = true; break;
       case 'q': quiet = true; break;
       case 's': strict = true; break;
+      case 'T': checkCacheMode(o.arg, true, 2); break;
       case 'image-opts': throw new UsageError('--image-opts is not supported', false);
     }
   }

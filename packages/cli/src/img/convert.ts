@@ -12,7 +12,7 @@ import {
   isDiskError, type BlockDevice, type FormatDriver, type Image,
 } from '@diskhub/disk';
 import { getopt, UsageError } from './getopt.js';
-import { CliError, errorMessage, openCliImage, out, Progress } from './common.js';
+import { CliError, checkCacheMode, errorMessage, openCliImage, out, Progress } from './common.js';
 import { parseSize, SUFFIX_HELP } from './output.js';
 import { parseOptionString, optionHelp, validateOptions } from './createopts.js';
 import { snapshotParam } from './measure.js';
@@ -78,8 +78,13 @@ export async function convertCommand(argv: string[]): Promise<number> {
       }
       case 'W': outOfOrder = true; break;
       case 'target-is-zero': targetIsZero = true; break;
+      case 't': checkCacheMode(o.arg, false); break;
+      case 'T': checkCacheMode(o.arg, true); break;
+      case 'r':
+        if (parseSize(o.arg!) === null) throw new UsageError(`Invalid rate limit specified. ${SUFFIX_HELP}`, false);
+        break;
       case 'image-opts': case 'target-image-opts': throw new UsageError(`--${o.opt} is not supported`, false);
-      // -t/-T (cache modes), -C (copy offloading), -U, -r (rate limit), --salvage, --bitmaps: accepted, no effect.
+      // -C (copy offloading), -U, --salvage, --bitmaps: accepted, no effect; -r is not enforced.
     }
   }
   let driver: FormatDriver;

@@ -46,7 +46,7 @@ export async function createCommand(argv: string[]): Promise<number> {
     return 0;
   }
   if (filename === undefined) throw new UsageError('Expecting image file name');
-  if (positional.length > 2) throw new UsageError('Expecting one image file name');
+  if (positional.length > 2) throw new UsageError(`Unexpected argument: ${positional[2]}`);
   let size: number | undefined;
   if (positional[1] !== undefined) size = parseImageSize(positional[1]);
   const at = (msg: string) => new CliError(`${filename}: ${msg}`);

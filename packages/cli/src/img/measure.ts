@@ -3,7 +3,7 @@ import { closeChain, getFormat, measureImage, type FormatDriver, type Image } fr
 import { getopt, UsageError } from './getopt.js';
 import { CliError, errorMessage, openCliImage, parseOutputFormat, out, err, type OutputFormat } from './common.js';
 import { parseImageSize, qemuJson } from './output.js';
-import { parseOptionString, optionHelp, validateOptions } from './createopts.js';
+import { parseOptionString, validateOptions } from './createopts.js';
 import { printHelp } from './help.js';
 
 export async function measureCommand(argv: string[]): Promise<number> {
@@ -38,12 +38,13 @@ export async function measureCommand(argv: string[]): Promise<number> {
   if (positional.length > 1) throw new UsageError('Expecting one image file name');
   if (filename === undefined && (format !== undefined || snapshot !== undefined)) throw new CliError('--image-opts, -f, and -l require a filename argument.');
   if (filename !== undefined && size !== undefined) throw new CliError('--size N cannot be used together with a filename.');
-  if (filename === undefined && size === undefined && !help) throw new CliError('Either --size N or one filename must be specified.');
+  if (filename === undefined && size === undefined) throw new CliError('Either --size N or one filename must be specified.');
   let driver: FormatDriver;
   try { driver = getFormat(outFormat); } catch { throw new CliError(`Unknown file format '${outFormat}'`); }
-  if (help) { out(optionHelp(driver, false)); return 0; }
   let values: Map<string, string>;
   try {
+    // measure has no option listing: "help" is just an unknown parameter here.
+    if (help) given.unshift(['help', 'on']);
     values = validateOptions(driver, given);
   } catch (e) {
     err(`qemu-img: ${errorMessage(e)}\n`);
