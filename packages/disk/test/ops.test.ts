@@ -197,3 +197,21 @@ test('concatenated sources read and report status across the seams', async () =>
   for await (const e of cat.blockStatus(0, cat.size)) st.push(e);
   assert.deepEqual(st.filter((e) => e.data).map((e) => e.offset / CL), [1, 2]);
 });
+
+test('convert: a failing write stops the copy with the failing offset, nothing keeps running', async () => {
+  const src = new LayeredDevice(256 * CL);
+  for (let c = 0; c < 256; c++) src.fill(c, 1 + (c % 200));
+  const dst = new LayeredDevice(256 * CL);
+  let writes = 0;
+  const realWrite = dst.write.bind(dst);
+  dst.write = async (buf, off) => {
+    if (++writes === 20) throw Object.assign(new Error('No space left on device'), { code: 'ENOSPC' });
+    return realWrite(buf, off);
+  };
+  await assert.rejects(convertImage(src, dst, { targetIsZero: true, chunkSize: CL, parallel: 4 }),
+    (e) => isDiskError(e, 'EIO') && /^error while writing at byte \d+: No space left on device$/.test(e.message));
+  const settled = dst.writes.length;
+  await new Promise((r) => setTimeout(r, 20));
+  assert.equal(dst.writes.length, settled);
+  assert.equal(src.inFlightReads, 0, 'no read left running');
+});

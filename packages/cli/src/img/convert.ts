@@ -169,7 +169,8 @@ export async function convertCommand(argv: string[]): Promise<number> {
     if (interrupted) return interrupted === 'SIGINT' ? 130 : 143;
     if (e instanceof CliError || e instanceof UsageError) throw e;
     if (isDiskError(e, 'EABORTED')) throw new CliError('Operation cancelled');
-    throw new CliError(`error while converting ${driver.name}: ${errorMessage(e)}`);
+    const message = errorMessage(e);
+    throw new CliError(message.startsWith('error while') ? message : `error while converting ${driver.name}: ${message}`);
   } finally {
     await closeChain(dst).catch(() => undefined);
     for (const s of sources) await closeChain(s).catch(() => undefined);

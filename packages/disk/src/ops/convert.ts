@@ -49,6 +49,13 @@ type Job =
 
 type ConvertTarget = BlockDevice & Partial<Pick<Image, 'writeCompressed' | 'clusterSize'>>;
 
+/** An I/O failure with where it happened, worded as qemu-img words it. */
+function located(e: unknown, doing: 'reading' | 'writing', offset: number): unknown {
+  if (e instanceof DiskError && (e.code === 'EABORTED' || e.message.startsWith('error while'))) return e;
+  const message = e instanceof Error ? e.message : String(e);
+  return new DiskError(e instanceof DiskError ? e.code : 'EIO', `error while ${doing} at byte ${offset}: ${message}`, { cause: e });
+}
+
 export async function convertImage(src: BlockDevice, dst: ConvertTarget, options: ConvertOptions = {}): Promise<ConvertStats> {
   const { signal, onProgress } = options;
   const sparse = options.sparseSize ?? DEFAULT_SPARSE_SIZE;
@@ -111,7 +118,7 @@ export async function convertImage(src: BlockDevice, dst: ConvertTarget, options
   async function read(job: Job): Promise<Job> {
     if (job.kind === 'data') {
       const buf = takeBuffer().subarray(0, job.length);
-      await src.read(buf, job.offset);
+      await src.read(buf, job.offset).catch((e) => { throw located(e, 'reading', job.offset); });
       stats.bytesRead += job.length;
       job.buf = buf;
     }
@@ -177,6 +184,12 @@ export async function convertImage(src: BlockDevice, dst: ConvertTarget, options
 
   async function write(job: Job): Promise<void> {
     throwIfAborted(signal);
+    await writeJob(job).catch((e) => { throw located(e, 'writing', job.offset); });
+    done += job.length;
+    onProgress?.(Math.min(done, total), total);
+  }
+
+  async function writeJob(job: Job): Promise<void> {
     if (job.kind === 'zero') await writeZeroes(job.offset, job.length);
     else if (job.kind === 'fill') {
       for (let p = job.offset; p < job.offset + job.length; p += fillZero.length) {
@@ -189,8 +202,6 @@ export async function convertImage(src: BlockDevice, dst: ConvertTarget, options
       giveBuffer(new Uint8Array(job.buf!.buffer, job.buf!.byteOffset, chunk));
       job.buf = undefined;
     }
-    done += job.length;
-    onProgress?.(Math.min(done, total), total);
   }
 
   let done = 0;
