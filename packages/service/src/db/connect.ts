@@ -1,0 +1,84 @@
+/**
+ * One query layer (Kysely) over three databases, chosen by URL:
+ *   sqlite:PATH | sqlite:///ABS/PATH | sqlite::memory:   embedded (better-sqlite3)
+ *   postgres://user:pass@host:port/db                     PostgreSQL (pg)
+ *   mysql://user:pass@host:port/db (or mariadb://)        MariaDB / MySQL (mysql2)
+ */
+import { Kysely, MysqlDialect, PostgresDialect, SqliteDialect, type Dialect } from 'kysely';
+import { createRequire } from 'node:module';
+import { mkdirSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
+import type { Database } from './schema.js';
+import { migrate } from './migrations.js';
+
+const require = createRequire(import.meta.url);
+
+export type DialectName = 'sqlite' | 'postgres' | 'mysql';
+
+export interface Db {
+  kysely: Kysely<Database>;
+  dialect: DialectName;
+  close(): Promise<void>;
+}
+
+export class DatabaseUrlError extends Error {}
+
+export function dialectOf(url: string): DialectName {
+  const scheme = url.slice(0, url.indexOf(':')).toLowerCase();
+  if (scheme === 'sqlite') return 'sqlite';
+  if (scheme === 'postgres' || scheme === 'postgresql') return 'postgres';
+  if (scheme === 'mysql' || scheme === 'mariadb') return 'mysql';
+  throw new DatabaseUrlError(`unsupported database URL '${url.replace(/\/\/[^@]*@/, '//***@')}': use sqlite:, postgres:// or mysql://`);
+}
+
+/** The file a sqlite: URL names (relative names resolve against `baseDir`). */
+export function sqlitePath(url: string, baseDir: string): string {
+  let rest = url.slice('sqlite:'.length);
+  if (rest === ':memory:' || rest === '//:memory:') return ':memory:';
+  if (rest.startsWith('///')) rest = rest.slice(2);          // sqlite:///abs → /abs
+  else if (rest.startsWith('//')) rest = rest.slice(2);      // sqlite://rel  → rel
+  return resolve(baseDir, rest);
+}
+
+function makeDialect(url: string, baseDir: string): Dialect {
+  const kind = dialectOf(url);
+  if (kind === 'sqlite') {
+    const Sqlite = require('better-sqlite3') as typeof import('better-sqlite3');
+    const path = sqlitePath(url, baseDir);
+    if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true });
+    const conn = new Sqlite(path);
+    // WAL lets readers run while an upload's final update commits; busy_timeout rides out
+    // the short write locks another process (a second API node on the same file) holds.
+    conn.pragma('journal_mode = WAL');
+    conn.pragma('busy_timeout = 5000');
+    conn.pragma('synchronous = NORMAL');
+    return new SqliteDialect({ database: conn });
+  }
+  if (kind === 'postgres') {
+    const pg = require('pg') as typeof import('pg');
+    return new PostgresDialect({ pool: new pg.Pool({ connectionString: url, max: 10 }) });
+  }
+  const mysql = require('mysql2') as typeof import('mysql2');
+  const u = new URL(url.replace(/^mariadb:/i, 'mysql:'));
+  return new MysqlDialect({
+    pool: mysql.createPool({
+      host: u.hostname, port: u.port ? Number(u.port) : 3306,
+      user: decodeURIComponent(u.username), password: decodeURIComponent(u.password),
+      database: u.pathname.replace(/^\//, ''), connectionLimit: 10,
+      supportBigNumbers: true, charset: 'utf8mb4',
+    }),
+  });
+}
+
+/** Connect and bring the schema up to date. */
+export async function openDatabase(url: string, baseDir: string): Promise<Db> {
+  const kysely = new Kysely<Database>({ dialect: makeDialect(url, baseDir) });
+  const db: Db = { kysely, dialect: dialectOf(url), close: () => kysely.destroy() };
+  try {
+    await migrate(db);
+  } catch (e) {
+    await kysely.destroy().catch(() => {});
+    throw e;
+  }
+  return db;
+}

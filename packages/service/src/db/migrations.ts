@@ -1,0 +1,129 @@
+/**
+ * Schema migrations, in order. Kysely's Migrator records what ran (kysely_migration) and
+ * takes a lock, so several API nodes starting at once migrate exactly once.
+ */
+import { Migrator, sql, type Kysely, type Migration, type MigrationProvider } from 'kysely';
+import type { Db } from './connect.js';
+
+// Key columns are bounded VARCHARs: MariaDB cannot index TEXT without a prefix length.
+const ID = 'varchar(64)';
+const NAME = 'varchar(255)';
+const TS = 'varchar(32)';
+
+const migrations: Record<string, Migration> = {
+  '0001_initial': {
+    async up(db: Kysely<any>): Promise<void> {
+      await db.schema.createTable('images')
+        .addColumn('id', sql`varchar(36)`, (c) => c.primaryKey())
+        .addColumn('name', sql`varchar(255)`)
+        .addColumn('disk_format', sql`varchar(32)`)
+        .addColumn('container_format', sql`varchar(32)`)
+        .addColumn('size', 'bigint')
+        .addColumn('virtual_size', 'bigint')
+        .addColumn('status', sql`varchar(32)`, (c) => c.notNull())
+        .addColumn('visibility', sql`varchar(16)`, (c) => c.notNull())
+        .addColumn('protected', 'integer', (c) => c.notNull().defaultTo(0))
+        .addColumn('os_hidden', 'integer', (c) => c.notNull().defaultTo(0))
+        .addColumn('checksum', sql`varchar(32)`)
+        .addColumn('os_hash_algo', sql`varchar(64)`)
+        .addColumn('os_hash_value', sql`varchar(128)`)
+        .addColumn('min_disk', 'integer', (c) => c.notNull().defaultTo(0))
+        .addColumn('min_ram', 'integer', (c) => c.notNull().defaultTo(0))
+        .addColumn('owner', sql`varchar(255)`)
+        .addColumn('location', sql`varchar(1024)`)
+        .addColumn('store', sql`varchar(64)`)
+        .addColumn('created_at', sql`varchar(32)`, (c) => c.notNull())
+        .addColumn('updated_at', sql`varchar(32)`, (c) => c.notNull())
+        .addColumn('revision', 'integer', (c) => c.notNull().defaultTo(0))
+        .addColumn('deleted', 'integer', (c) => c.notNull().defaultTo(0))
+        .addColumn('deleted_at', sql`varchar(32)`)
+        .execute();
+      await db.schema.createIndex('ix_images_owner').on('images').columns(['owner', 'deleted']).execute();
+      await db.schema.createIndex('ix_images_visibility').on('images').columns(['visibility', 'deleted']).execute();
+      await db.schema.createIndex('ix_images_created').on('images').columns(['created_at', 'id']).execute();
+
+      await db.schema.createTable('image_properties')
+        .addColumn('image_id', sql`varchar(36)`, (c) => c.notNull())
+        .addColumn('name', sql`varchar(255)`, (c) => c.notNull())
+        .addColumn('value', 'text', (c) => c.notNull())
+        .addPrimaryKeyConstraint('pk_image_properties', ['image_id', 'name'])
+        .execute();
+      await db.schema.createTable('image_tags')
+        .addColumn('image_id', sql`varchar(36)`, (c) => c.notNull())
+        .addColumn('value', sql`varchar(255)`, (c) => c.notNull())
+        .addPrimaryKeyConstraint('pk_image_tags', ['image_id', 'value'])
+        .execute();
+      await db.schema.createIndex('ix_image_tags_value').on('image_tags').column('value').execute();
+      await db.schema.createTable('image_members')
+        .addColumn('image_id', sql`varchar(36)`, (c) => c.notNull())
+        .addColumn('member', sql`varchar(255)`, (c) => c.notNull())
+        .addColumn('status', sql`varchar(20)`, (c) => c.notNull())
+        .addColumn('created_at', sql`varchar(32)`, (c) => c.notNull())
+        .addColumn('updated_at', sql`varchar(32)`, (c) => c.notNull())
+        .addPrimaryKeyConstraint('pk_image_members', ['image_id', 'member'])
+        .execute();
+      await db.schema.createIndex('ix_image_members_member').on('image_members').column('member').execute();
+
+      await db.schema.createTable('domains')
+        .addColumn('id', sql.raw(ID), (c) => c.primaryKey())
+        .addColumn('name', sql.raw(NAME), (c) => c.notNull().unique())
+        .addColumn('enabled', 'integer', (c) => c.notNull().defaultTo(1))
+        .addColumn('description', 'text')
+        .execute();
+      await db.schema.createTable('projects')
+        .addColumn('id', sql.raw(ID), (c) => c.primaryKey())
+        .addColumn('name', sql.raw(NAME), (c) => c.notNull())
+        .addColumn('domain_id', sql.raw(ID), (c) => c.notNull())
+        .addColumn('enabled', 'integer', (c) => c.notNull().defaultTo(1))
+        .addColumn('description', 'text')
+        .addColumn('created_at', sql.raw(TS), (c) => c.notNull())
+        .addUniqueConstraint('uq_projects_domain_name', ['domain_id', 'name'])
+        .execute();
+      await db.schema.createTable('users')
+        .addColumn('id', sql.raw(ID), (c) => c.primaryKey())
+        .addColumn('name', sql.raw(NAME), (c) => c.notNull())
+        .addColumn('domain_id', sql.raw(ID), (c) => c.notNull())
+        .addColumn('enabled', 'integer', (c) => c.notNull().defaultTo(1))
+        .addColumn('password_hash', sql`varchar(512)`)
+        .addColumn('default_project_id', sql.raw(ID))
+        .addColumn('email', sql.raw(NAME))
+        .addColumn('created_at', sql.raw(TS), (c) => c.notNull())
+        .addUniqueConstraint('uq_users_domain_name', ['domain_id', 'name'])
+        .execute();
+      await db.schema.createTable('roles')
+        .addColumn('id', sql.raw(ID), (c) => c.primaryKey())
+        .addColumn('name', sql.raw(NAME), (c) => c.notNull().unique())
+        .execute();
+      await db.schema.createTable('role_assignments')
+        .addColumn('user_id', sql.raw(ID), (c) => c.notNull())
+        .addColumn('project_id', sql.raw(ID), (c) => c.notNull())
+        .addColumn('role_id', sql.raw(ID), (c) => c.notNull())
+        .addPrimaryKeyConstraint('pk_role_assignments', ['user_id', 'project_id', 'role_id'])
+        .execute();
+      await db.schema.createTable('revoked_tokens')
+        .addColumn('audit_id', sql.raw(ID), (c) => c.primaryKey())
+        .addColumn('expires_at', sql.raw(TS), (c) => c.notNull())
+        .execute();
+      await db.schema.createTable('settings')
+        .addColumn('name', sql.raw(NAME), (c) => c.primaryKey())
+        .addColumn('value', 'text', (c) => c.notNull())
+        .execute();
+      await db.schema.createTable('uploads')
+        .addColumn('image_id', sql`varchar(36)`, (c) => c.primaryKey())
+        .addColumn('node', sql.raw(NAME), (c) => c.notNull())
+        .addColumn('temp_key', sql`varchar(1024)`, (c) => c.notNull())
+        .addColumn('started_at', sql.raw(TS), (c) => c.notNull())
+        .execute();
+    },
+  },
+};
+
+const provider: MigrationProvider = { getMigrations: async () => migrations };
+
+export async function migrate(db: Db): Promise<void> {
+  const { error, results } = await new Migrator({ db: db.kysely, provider }).migrateToLatest();
+  if (error) {
+    const failed = results?.find((r) => r.status === 'Error');
+    throw new Error(`database migration ${failed?.migrationName ?? ''} failed: ${(error as Error).message ?? error}`, { cause: error });
+  }
+}

@@ -1,0 +1,88 @@
+/**
+ * The tables of the image service, as Kysely types. Portable column choices (one schema for
+ * SQLite, PostgreSQL and MariaDB): timestamps are ISO-8601 UTC strings (they sort as text),
+ * booleans are 0/1 integers, sizes are BIGINT (PostgreSQL hands those back as strings, so
+ * readers go through `num()`).
+ */
+export interface ImagesTable {
+  id: string;
+  name: string | null;
+  disk_format: string | null;
+  container_format: string | null;
+  size: number | string | null;
+  virtual_size: number | string | null;
+  status: string;
+  visibility: string;
+  protected: number;
+  os_hidden: number;
+  checksum: string | null;
+  os_hash_algo: string | null;
+  os_hash_value: string | null;
+  min_disk: number;
+  min_ram: number;
+  owner: string | null;
+  /** Where the data lives in the store (a store-specific key); null without data. */
+  location: string | null;
+  /** Which store holds it (`file`), null without data. */
+  store: string | null;
+  created_at: string;
+  updated_at: string;
+  /** Bumped on every change: updates are compare-and-set on it, so concurrent nodes never lose writes. */
+  revision: number;
+  deleted: number;
+  deleted_at: string | null;
+}
+
+export interface ImagePropertiesTable {
+  image_id: string;
+  name: string;
+  value: string;
+}
+
+export interface ImageTagsTable {
+  image_id: string;
+  value: string;
+}
+
+export interface ImageMembersTable {
+  image_id: string;
+  member: string;
+  status: string;
+  created_at: string;
+  updated_at: string;
+}
+
+export interface DomainsTable { id: string; name: string; enabled: number; description: string | null }
+export interface ProjectsTable { id: string; name: string; domain_id: string; enabled: number; description: string | null; created_at: string }
+export interface UsersTable {
+  id: string; name: string; domain_id: string; enabled: number; password_hash: string | null;
+  default_project_id: string | null; email: string | null; created_at: string;
+}
+export interface RolesTable { id: string; name: string }
+export interface RoleAssignmentsTable { user_id: string; project_id: string; role_id: string }
+export interface RevokedTokensTable { audit_id: string; expires_at: string }
+/** Node-independent settings (the token signing key); shared by every API node through the database. */
+export interface SettingsTable { name: string; value: string }
+/** A record per in-flight upload: who is writing and since when, so a restart can clean up after a crash. */
+export interface UploadsTable { image_id: string; node: string; temp_key: string; started_at: string }
+
+export interface Database {
+  images: ImagesTable;
+  image_properties: ImagePropertiesTable;
+  image_tags: ImageTagsTable;
+  image_members: ImageMembersTable;
+  domains: DomainsTable;
+  projects: ProjectsTable;
+  users: UsersTable;
+  roles: RolesTable;
+  role_assignments: RoleAssignmentsTable;
+  revoked_tokens: RevokedTokensTable;
+  settings: SettingsTable;
+  uploads: UploadsTable;
+}
+
+/** BIGINT columns come back as strings from pg; numbers elsewhere. */
+export function num(v: number | string | bigint | null | undefined): number | null {
+  if (v === null || v === undefined) return null;
+  return typeof v === 'number' ? v : Number(v);
+}

@@ -1,0 +1,125 @@
+/**
+ * The image record: its attributes as the API shows them, which of them a client may set,
+ * and validation of values against the image schema (types, enums, patterns, lengths).
+ */
+import { HttpError, badRequest, forbidden } from './http.js';
+import { CONTAINER_FORMATS, DISK_FORMATS, UUID_PATTERN, VISIBILITIES } from './schemas.js';
+import { num, type ImagesTable } from './db/schema.js';
+
+/** Attributes stored as columns (everything else is an extra property). */
+export const BASE_ATTRS = new Set([
+  'id', 'name', 'status', 'visibility', 'protected', 'os_hidden', 'checksum', 'os_hash_algo', 'os_hash_value',
+  'owner', 'size', 'virtual_size', 'container_format', 'disk_format', 'created_at', 'updated_at', 'tags',
+  'min_ram', 'min_disk', 'self', 'file', 'schema', 'direct_url', 'locations', 'stores',
+]);
+/** Set by the service only. `id` may be given at create time. */
+export const READ_ONLY = new Set(['created_at', 'updated_at', 'status', 'checksum', 'os_hash_algo', 'os_hash_value', 'size', 'virtual_size', 'direct_url', 'self', 'file', 'schema', 'stores']);
+/** Never settable (Glance's reserved names and its os_glance_* namespace). */
+export const RESERVED = new Set(['deleted', 'deleted_at', 'location', 'owner_id', 'is_public']);
+export const isReserved = (key: string) => RESERVED.has(key) || key.startsWith('os_glance');
+
+export const MAX_PROPERTIES = 128;
+export const MAX_TAGS = 128;
+
+export interface ImageRecord extends ImagesTable {
+  properties: Record<string, string>;
+  tags: string[];
+}
+
+/** Glance prints times to the second. */
+export const apiTime = (iso: string) => iso.replace(/\.\d+Z$/, 'Z');
+
+export function imageView(img: ImageRecord, storeId: string): Record<string, unknown> {
+  const out: Record<string, unknown> = { ...img.properties };
+  Object.assign(out, {
+    name: img.name,
+    disk_format: img.disk_format,
+    container_format: img.container_format,
+    visibility: img.visibility,
+    size: num(img.size),
+    virtual_size: num(img.virtual_size),
+    status: img.status,
+    checksum: img.checksum,
+    protected: !!img.protected,
+    min_ram: img.min_ram,
+    min_disk: img.min_disk,
+    owner: img.owner,
+    os_hidden: !!img.os_hidden,
+    os_hash_algo: img.os_hash_algo,
+    os_hash_value: img.os_hash_value,
+    id: img.id,
+    created_at: apiTime(img.created_at),
+    updated_at: apiTime(img.updated_at),
+    tags: [...img.tags].sort(),
+    self: `/v2/images/${img.id}`,
+    file: `/v2/images/${img.id}/file`,
+    schema: '/v2/schemas/image',
+  });
+  if (img.location) out.stores = storeId;
+  return out;
+}
+
+const uuidRe = new RegExp(UUID_PATTERN);
+
+function schemaError(detail: string): HttpError {
+  return badRequest(`Provided object does not match schema 'image': ${detail}`);
+}
+
+/** Check one attribute's value against the image schema. */
+export function validateAttr(key: string, value: unknown): void {
+  const isStrOrNull = (max: number) => {
+    if (value !== null && typeof value !== 'string') throw schemaError(`${JSON.stringify(value)} is not of type 'null', 'string'`);
+    if (typeof value === 'string' && value.length > max) throw schemaError(`'${key}' is too long (maximum ${max})`);
+  };
+  const oneOf = (values: readonly (string | null)[]) => {
+    if (!values.includes(value as string | null)) throw schemaError(`${JSON.stringify(value)} is not one of [${values.map((v) => (v === null ? 'None' : `'${v}'`)).join(', ')}]`);
+  };
+  switch (key) {
+    case 'id':
+      if (typeof value !== 'string' || !uuidRe.test(value)) throw schemaError(`${JSON.stringify(value)} does not match '${UUID_PATTERN}'`);
+      return;
+    case 'name': return isStrOrNull(255);
+    case 'owner': return isStrOrNull(255);
+    case 'visibility': return oneOf(VISIBILITIES);
+    case 'container_format': return oneOf([null, ...CONTAINER_FORMATS]);
+    case 'disk_format': return oneOf([null, ...DISK_FORMATS]);
+    case 'protected':
+    case 'os_hidden':
+      if (typeof value !== 'boolean') throw schemaError(`${JSON.stringify(value)} is not of type 'boolean'`);
+      return;
+    case 'min_ram':
+    case 'min_disk':
+      if (typeof value !== 'number' || !Number.isInteger(value)) throw schemaError(`${JSON.stringify(value)} is not of type 'integer'`);
+      if (value < 0 || value > 2 ** 31 - 1) throw badRequest(`'${key}' must be between 0 and ${2 ** 31 - 1}`);
+      return;
+    case 'tags':
+      if (!Array.isArray(value)) throw schemaError(`${JSON.stringify(value)} is not of type 'array'`);
+      for (const t of value) validateTag(t);
+      if (value.length > MAX_TAGS) throw new HttpError(413, `Maximum number of tags exceeded (${MAX_TAGS}).`);
+      return;
+    case 'kernel_id':
+    case 'ramdisk_id':
+      if (value === null) return;
+      if (typeof value !== 'string' || !uuidRe.test(value)) throw schemaError(`${JSON.stringify(value)} does not match '${UUID_PATTERN}'`);
+      return;
+    case 'cinder_encryption_key_deletion_policy':
+      return oneOf(['on_image_deletion', 'do_not_delete']);
+    default:
+      if (typeof value !== 'string') throw schemaError(`${JSON.stringify(value)} is not of type 'string'`);
+      if (key.length > 255) throw badRequest(`Property name '${key.slice(0, 40)}…' is longer than 255 characters.`);
+      if (value.length > 65535) throw badRequest(`Property '${key}' value is longer than 65535 characters.`);
+  }
+}
+
+export function validateTag(t: unknown): asserts t is string {
+  if (typeof t !== 'string') throw schemaError(`${JSON.stringify(t)} is not of type 'string'`);
+  if (t.length > 255) throw badRequest(`Tag '${t.slice(0, 40)}…' is longer than 255 characters.`);
+}
+
+/** What a client may write: 403 for read-only and reserved names, as Glance answers. */
+export function checkWritable(key: string, creating: boolean): void {
+  if (key === 'id' && creating) return;
+  if (READ_ONLY.has(key) || key === 'id') throw forbidden(`Attribute '${key}' is read-only.`);
+  if (isReserved(key)) throw forbidden(`Attribute '${key}' is reserved.`);
+  if (key === 'locations' || key === 'direct_url') throw badRequest(`Invalid JSON pointer for this resource: '/${key}'`);
+}

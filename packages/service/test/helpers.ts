@@ -1,0 +1,71 @@
+/** Test helpers: a real service on a free loopback port with a temporary data dir. */
+import type { TestContext } from 'node:test';
+import { tempDir } from '@diskhub/testkit';
+import { loadConfig, startService, jsonLogger, type Service } from '../src/index.js';
+
+export const ADMIN_PASSWORD = 'admin-secret';
+
+export interface TestService extends Service { dataDir: string }
+
+export async function startTestService(t: TestContext | { after(fn: () => unknown): void }, env: Record<string, string> = {}): Promise<TestService> {
+  const dataDir = await tempDir(t, 'diskhub-service-');
+  const cfg = loadConfig({ DISKHUB_DATA_DIR: dataDir, DISKHUB_PORT: '0', DISKHUB_BIND: '127.0.0.1', DISKHUB_ADMIN_PASSWORD: ADMIN_PASSWORD, ...env });
+  const service = await startService(cfg, jsonLogger(process.stdout, 'silent'));
+  t.after(() => service.close());
+  return Object.assign(service, { dataDir });
+}
+
+/** The OS_* environment the openstack and glance clients read. */
+export function osEnv(url: string, user = 'admin', password = ADMIN_PASSWORD, project = 'admin'): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = { ...process.env };
+  for (const k of Object.keys(env)) if (k.startsWith('OS_')) delete env[k];
+  return {
+    ...env,
+    OS_AUTH_URL: `${url}/identity/v3`, OS_USERNAME: user, OS_PASSWORD: password, OS_PROJECT_NAME: project,
+    OS_USER_DOMAIN_NAME: 'Default', OS_PROJECT_DOMAIN_NAME: 'Default', OS_IDENTITY_API_VERSION: '3', OS_IMAGE_API_VERSION: '2',
+    OS_INTERFACE: 'public',
+  };
+}
+
+/** A token for user/project through the identity API, as the curl flow in Glance's docs does. */
+export async function token(url: string, user = 'admin', password = ADMIN_PASSWORD, project = 'admin'): Promise<string> {
+  const r = await fetch(`${url}/identity/v3/auth/tokens`, {
+    method: 'POST', headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify({ auth: { identity: { methods: ['password'], password: { user: { name: user, domain: { name: 'Default' }, password } } }, scope: { project: { name: project, domain: { name: 'Default' } } } } }),
+  });
+  if (r.status !== 201) throw new Error(`token for ${user}: ${r.status} ${await r.text()}`);
+  return r.headers.get('x-subject-token')!;
+}
+
+export interface Api {
+  (method: string, path: string, opts?: { body?: unknown; raw?: string | Buffer; type?: string; headers?: Record<string, string> }): Promise<{ status: number; headers: Headers; text: string; json: any }>;
+}
+
+/** A small JSON client for one token. */
+export function api(url: string, tok: string | null): Api {
+  return async (method, path, opts = {}) => {
+    const headers: Record<string, string> = { Accept: 'application/json', ...opts.headers };
+    if (tok) headers['X-Auth-Token'] = tok;
+    let body: string | Buffer | undefined;
+    if (opts.raw !== undefined) { body = opts.raw; headers['Content-Type'] ??= opts.type ?? 'application/octet-stream'; }
+    else if (opts.body !== undefined) { body = JSON.stringify(opts.body); headers['Content-Type'] ??= opts.type ?? 'application/json'; }
+    const r = await fetch(`${url}${path}`, { method, headers, body });
+    const text = await r.text();
+    let json: any;
+    try { json = text ? JSON.parse(text) : undefined; } catch { json = undefined; }
+    return { status: r.status, headers: r.headers, text, json };
+  };
+}
+
+/** Create a project with a user holding `role` on it (admin token). */
+export async function addProjectUser(url: string, adminToken: string, project: string, user: string, password: string, role = 'member'): Promise<{ projectId: string; userId: string }> {
+  const a = api(url, adminToken);
+  const p = await a('POST', '/identity/v3/projects', { body: { project: { name: project, domain_id: 'default' } } });
+  if (p.status !== 201) throw new Error(`project create: ${p.status} ${p.text}`);
+  const u = await a('POST', '/identity/v3/users', { body: { user: { name: user, password, domain_id: 'default', default_project_id: p.json.project.id } } });
+  if (u.status !== 201) throw new Error(`user create: ${u.status} ${u.text}`);
+  const roles = await a('GET', `/identity/v3/roles?name=${role}`);
+  const r = await a('PUT', `/identity/v3/projects/${p.json.project.id}/users/${u.json.user.id}/roles/${roles.json.roles[0].id}`);
+  if (r.status !== 204) throw new Error(`role add: ${r.status} ${r.text}`);
+  return { projectId: p.json.project.id, userId: u.json.user.id };
+}
