@@ -27,6 +27,7 @@ const CASES = [
   'check -f bogus a.raw', 'compare -f bogus a.raw a.raw', 'compare a.raw -F bogus a.raw', 'info /dev/null',
   'create -f raw zz.raw 1M 2M', 'measure -o help', 'measure -O raw -o help --size 1G', 'convert -t x a.raw x', 'convert -T x a.raw x',
   'compare -T x a.raw a.raw', 'check --repair=leaks a.raw', 'check -r all -f raw a.raw', 'check -T x a.raw', 'check -T writethrough a.raw', 'convert -r x a.raw x',
+  'snapshot', 'snapshot -l -f raw a.raw', 'snapshot -l a.raw', 'snapshot -lU a.raw', 'snapshot -c x -l a.raw', 'snapshot -l nonexist', 'snapshot -l a.raw b.raw',
   'convert -O raw a.raw a.raw', 'convert -n -O raw a.raw a.raw', 'convert b.raw a.raw a.raw',
 ];
 

@@ -102,6 +102,7 @@ export async function convertCommand(argv: string[]): Promise<number> {
   if (backingFile !== undefined && !driver.createOptions?.some((o) => o.name === 'backing_file')) {
     throw new CliError(`Backing file not supported for file format '${driver.name}'`);
   }
+  if (backingFile !== undefined && backingFormat === undefined) throw new CliError('Use of backing file requires explicit backing format');
 
   const sources: Image[] = [];
   let dst: Image | undefined;

@@ -13,6 +13,7 @@ import { convertCommand } from './convert.js';
 import { compareCommand } from './compare.js';
 import { mapCommand } from './map.js';
 import { measureCommand } from './measure.js';
+import { snapshotCommand } from './snapshot.js';
 
 /** A command gets argv with its own name at argv[0], as qemu-img's commands do. */
 export type ImgCommand = (argv: string[]) => Promise<number>;
@@ -25,6 +26,7 @@ const COMMANDS: Record<string, ImgCommand> = {
   info: infoCommand,
   map: mapCommand,
   measure: measureCommand,
+  snapshot: snapshotCommand,
 };
 
 export async function imgMain(argv: string[]): Promise<number> {
