@@ -56,7 +56,11 @@ function makeDialect(url: string, baseDir: string): Dialect {
   }
   if (kind === 'postgres') {
     const pg = require('pg') as typeof import('pg');
-    return new PostgresDialect({ pool: new pg.Pool({ connectionString: url, max: 10 }) });
+    const pool = new pg.Pool({ connectionString: url, max: 10 });
+    // An idle connection the server drops (restart, failover) must not take the process down;
+    // the pool replaces it on the next query.
+    pool.on('error', () => {});
+    return new PostgresDialect({ pool });
   }
   const mysql = require('mysql2') as typeof import('mysql2');
   const u = new URL(url.replace(/^mariadb:/i, 'mysql:'));

@@ -10,7 +10,9 @@ const ID = 'varchar(64)';
 const NAME = 'varchar(255)';
 const TS = 'varchar(32)';
 
-const migrations: Record<string, Migration> = {
+const TABLES = ['images', 'image_properties', 'image_tags', 'image_members', 'domains', 'projects', 'users', 'roles', 'role_assignments', 'revoked_tokens', 'settings', 'uploads'];
+
+const migrations = (dialect: Db['dialect']): Record<string, Migration> => ({
   '0001_initial': {
     async up(db: Kysely<any>): Promise<void> {
       await db.schema.createTable('images')
@@ -114,14 +116,20 @@ const migrations: Record<string, Migration> = {
         .addColumn('temp_key', sql`varchar(1024)`, (c) => c.notNull())
         .addColumn('started_at', sql.raw(TS), (c) => c.notNull())
         .execute();
+      if (dialect === 'postgres') {
+        // Sort names by code point whatever locale the cluster was created with (as the others do).
+        await sql`ALTER TABLE images ALTER COLUMN name TYPE varchar(255) COLLATE "C"`.execute(db);
+      }
+      if (dialect === 'mysql') {
+        // Names, tags and ids compare exactly (as on SQLite and PostgreSQL), not case-folded.
+        for (const t of TABLES) await sql`ALTER TABLE ${sql.table(t)} CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_bin`.execute(db);
+      }
     },
   },
-};
-
-const provider: MigrationProvider = { getMigrations: async () => migrations };
+});
 
 export async function migrate(db: Db): Promise<void> {
-  const { error, results } = await new Migrator({ db: db.kysely, provider }).migrateToLatest();
+  const { error, results } = await new Migrator({ db: db.kysely, provider: { getMigrations: async () => migrations(db.dialect) } satisfies MigrationProvider }).migrateToLatest();
   if (error) {
     const failed = results?.find((r) => r.status === 'Error');
     throw new Error(`database migration ${failed?.migrationName ?? ''} failed: ${(error as Error).message ?? error}`, { cause: error });
