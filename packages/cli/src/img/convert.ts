@@ -108,8 +108,18 @@ export async function convertCommand(argv: string[]): Promise<number> {
   let dst: Image | undefined;
   let tempPath: string | undefined;
   const controller = new AbortController();
-  const onSignal = (sig: NodeJS.Signals) => { interrupted = sig; controller.abort(); };
+  // While preparing (opening, creating: driver work we cannot interrupt), a signal ends the
+  // process at once after removing the temporary file; while copying, it aborts the copy,
+  // which unwinds and cleans up; while finishing (flush, rename) the image is complete and
+  // we let it land.
+  let phase: 'preparing' | 'copying' | 'finishing' = 'preparing';
   let interrupted: NodeJS.Signals | undefined;
+  const signalExit = (sig: NodeJS.Signals) => (sig === 'SIGINT' ? 130 : 143);
+  const onSignal = (sig: NodeJS.Signals) => {
+    interrupted = sig;
+    if (phase === 'preparing') { onExit(); process.exit(signalExit(sig)); }
+    if (phase === 'copying') controller.abort();
+  };
   // Last resort if the process dies between signal and cleanup: the temporary file goes.
   const onExit = () => { if (tempPath) { try { unlinkSync(tempPath); } catch { /* already gone */ } } };
   process.on('SIGINT', onSignal);
@@ -151,6 +161,7 @@ export async function convertCommand(argv: string[]): Promise<number> {
     }
     if (compress && !dst.writeCompressed) throw new CliError('Compression not supported for this file format');
     const bar = new Progress(progress && !quiet);
+    phase = 'copying';
     await convertImage(src, dst, {
       sparseSize, compress, parallel, outOfOrder,
       targetIsZero: noCreate ? targetIsZero : true,
@@ -159,15 +170,16 @@ export async function convertCommand(argv: string[]): Promise<number> {
       onProgress: (d, t) => bar.update(d, t),
     });
     bar.finish();
+    phase = 'finishing';
     await closeChain(dst);
     dst = undefined;
     if (tempPath) {
       await rename(tempPath, target);
       tempPath = undefined;
     }
-    return 0;
+    return interrupted ? signalExit(interrupted) : 0;
   } catch (e) {
-    if (interrupted) return interrupted === 'SIGINT' ? 130 : 143;
+    if (interrupted) return signalExit(interrupted);
     if (e instanceof CliError || e instanceof UsageError) throw e;
     if (isDiskError(e, 'EABORTED')) throw new CliError('Operation cancelled');
     const message = errorMessage(e);

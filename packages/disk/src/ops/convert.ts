@@ -39,6 +39,8 @@ export interface ConvertStats {
 
 export const DEFAULT_SPARSE_SIZE = 4096;
 const DEFAULT_CHUNK = 2 << 20;
+/** Largest single writeZeroes request. */
+const ZERO_STEP = 256 << 20;
 /** qemu-img's limit for -m. */
 export const MAX_PARALLEL = 16;
 
@@ -127,8 +129,13 @@ export async function convertImage(src: BlockDevice, dst: ConvertTarget, options
 
   async function writeZeroes(offset: number, length: number): Promise<void> {
     if (targetIsZero) return;
-    if (dst.writeZeroes) await dst.writeZeroes(offset, length, { mayUnmap: !options.targetHasBacking });
-    else {
+    if (dst.writeZeroes) {
+      // In bounded steps, so that cancelling never waits for a huge range to be zeroed.
+      for (let p = offset; p < offset + length; p += ZERO_STEP) {
+        throwIfAborted(signal);
+        await dst.writeZeroes(p, Math.min(ZERO_STEP, offset + length - p), { mayUnmap: !options.targetHasBacking });
+      }
+    } else {
       for (let p = offset; p < offset + length; p += fillZero.length) {
         await dst.write!(fillZero.subarray(0, Math.min(fillZero.length, offset + length - p)), p);
       }
