@@ -119,6 +119,10 @@ test('convert with a backing file on the target (-B): unallocated stays unalloca
   assert.equal(dst.states[1], 'zero');
   assert.equal(dst.states[2], 'data');
   assert.deepEqual(dst.states.slice(3), new Array(5).fill('unalloc'));
+  // -S 0 allocates everything the source has, but still leaves the backing file visible.
+  const full = new LayeredDevice(8 * CL);
+  await convertImage(top, full, { targetIsZero: true, targetHasBacking: true, sparseSize: 0 });
+  assert.deepEqual(full.states, ['data', 'data', 'data', 'unalloc', 'unalloc', 'unalloc', 'unalloc', 'unalloc']);
 });
 
 test('convert -c: every non-zero cluster goes through writeCompressed, zero clusters stay holes', async () => {

@@ -84,10 +84,11 @@ export async function convertImage(src: BlockDevice, dst: ConvertTarget, options
   /** What to do with each range, before chunking: copy, zero, skip. */
   type Action = 'copy' | 'fill' | 'zero' | 'skip';
   const actionOf = (e: { data: boolean; zero: boolean; present: boolean }): Action => {
+    // What the source does not allocate anywhere reads through the target's own backing file.
+    if (options.targetHasBacking && !e.present) return 'skip';
     const isZeroRange = !e.data && e.zero;
     if (!isZeroRange) return 'copy';
     if (sparse === 0) return 'fill';
-    if (options.targetHasBacking && !e.present) return 'skip';
     return targetIsZero ? 'skip' : 'zero';
   };
 
