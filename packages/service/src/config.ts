@@ -21,6 +21,8 @@ export interface ServiceConfig {
   limitMax: number;
   limitDefault: number;
   logLevel: 'info' | 'warn' | 'error' | 'silent';
+  /** How long shutdown waits for uploads in flight before cutting them off. */
+  shutdownGraceSeconds: number;
 }
 
 export class ConfigError extends Error {}
@@ -36,9 +38,10 @@ const ENV: Record<string, keyof ServiceConfig> = {
   DISKHUB_TOKEN_TTL: 'tokenTtlSeconds',
   DISKHUB_IMAGE_SIZE_CAP: 'imageSizeCap',
   DISKHUB_LOG_LEVEL: 'logLevel',
+  DISKHUB_SHUTDOWN_GRACE: 'shutdownGraceSeconds',
 };
 
-const NUMERIC = new Set<keyof ServiceConfig>(['port', 'tokenTtlSeconds', 'imageSizeCap', 'limitMax', 'limitDefault']);
+const NUMERIC = new Set<keyof ServiceConfig>(['port', 'tokenTtlSeconds', 'imageSizeCap', 'limitMax', 'limitDefault', 'shutdownGraceSeconds']);
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Partial<Record<keyof ServiceConfig, string | number>> = {}, configFile?: string): ServiceConfig {
   const raw: Record<string, unknown> = {};
@@ -63,6 +66,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
     limitMax: 1000,
     limitDefault: 25,
     logLevel: 'info',
+    shutdownGraceSeconds: 60,
   };
   for (const [key, v] of Object.entries(raw)) {
     if (key === 'dataDir' || v === undefined) continue;

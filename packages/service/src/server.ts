@@ -131,10 +131,15 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
       // Stop accepting, let in-flight uploads and imports finish, then release the database.
       const stopped = new Promise<void>((resolve) => server.close(() => resolve()));
       server.closeIdleConnections();
+      // A client that stalls does not hold the process forever: after the grace period its
+      // connection is cut, and the upload cleans up as any interrupted upload does.
+      let timer: NodeJS.Timeout | undefined;
+      const grace = new Promise<void>((resolve) => { timer = setTimeout(resolve, cfg.shutdownGraceSeconds * 1000); });
+      await Promise.race([Promise.allSettled([...images.inFlight]), grace]);
+      clearTimeout(timer);
+      server.closeAllConnections();
       await Promise.allSettled([...images.inFlight]);
-      const t = setTimeout(() => server.closeAllConnections(), 10_000);
       await stopped;
-      clearTimeout(t);
       await db.close();
     })(),
   };
