@@ -47,6 +47,8 @@ export async function convertCommand(argv: string[]): Promise<number> {
   let parallel = 8;
   let outOfOrder = false;
   let targetIsZero = false;
+  // qemu-img convert writes the target with cache=unsafe unless told otherwise: no fsync.
+  let cacheMode = 'unsafe';
   for (const o of options) {
     switch (o.opt) {
       case 'h': return printHelp();
@@ -78,7 +80,7 @@ export async function convertCommand(argv: string[]): Promise<number> {
       }
       case 'W': outOfOrder = true; break;
       case 'target-is-zero': targetIsZero = true; break;
-      case 't': checkCacheMode(o.arg, false); break;
+      case 't': checkCacheMode(o.arg, false); cacheMode = o.arg!; break;
       case 'T': checkCacheMode(o.arg, true); break;
       case 'r':
         if (parseSize(o.arg!) === null) throw new UsageError(`Invalid rate limit specified. ${SUFFIX_HELP}`, false);
@@ -163,7 +165,7 @@ export async function convertCommand(argv: string[]): Promise<number> {
     const bar = new Progress(progress && !quiet);
     phase = 'copying';
     await convertImage(src, dst, {
-      sparseSize, compress, parallel, outOfOrder,
+      sparseSize, compress, parallel, outOfOrder, flush: cacheMode !== 'unsafe',
       targetIsZero: noCreate ? targetIsZero : true,
       targetHasBacking: backingFile !== undefined,
       signal: controller.signal,

@@ -26,6 +26,8 @@ export interface ConvertOptions extends OperationOptions {
   outOfOrder?: boolean;
   /** Bytes per chunk (rounded up to the target's cluster size). Default 2 MiB. */
   chunkSize?: number;
+  /** Flush the target to stable storage at the end (default true; qemu-img's default cache mode "unsafe" does not). */
+  flush?: boolean;
 }
 
 export interface ConvertStats {
@@ -242,7 +244,7 @@ export async function convertImage(src: BlockDevice, dst: ConvertTarget, options
     // Never leave reads or writes running behind the caller's back (it may delete the target).
     await Promise.allSettled([...pending]);
   }
-  if (dst.flush) await dst.flush();
+  if (dst.flush && options.flush !== false) await dst.flush();
   onProgress?.(total, total);
   return stats;
 }
