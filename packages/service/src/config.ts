@@ -4,6 +4,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
 
 export interface ServiceConfig {
   dataDir: string;
@@ -21,6 +22,8 @@ export interface ServiceConfig {
   limitMax: number;
   limitDefault: number;
   logLevel: 'info' | 'warn' | 'error' | 'silent';
+  /** The dashboard's built files (served to browsers); default: packages/web/dist of this checkout. */
+  webDir?: string;
   /** How long shutdown waits for uploads in flight before cutting them off. */
   shutdownGraceSeconds: number;
 }
@@ -39,6 +42,7 @@ const ENV: Record<string, keyof ServiceConfig> = {
   DISKHUB_IMAGE_SIZE_CAP: 'imageSizeCap',
   DISKHUB_LOG_LEVEL: 'logLevel',
   DISKHUB_SHUTDOWN_GRACE: 'shutdownGraceSeconds',
+  DISKHUB_WEB_DIR: 'webDir',
 };
 
 const NUMERIC = new Set<keyof ServiceConfig>(['port', 'tokenTtlSeconds', 'imageSizeCap', 'limitMax', 'limitDefault', 'shutdownGraceSeconds']);
@@ -67,10 +71,11 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
     limitDefault: 25,
     logLevel: 'info',
     shutdownGraceSeconds: 60,
+    webDir: fileURLToPath(new URL('../../../web/dist', import.meta.url)),
   };
   for (const [key, v] of Object.entries(raw)) {
     if (key === 'dataDir' || v === undefined) continue;
-    if (!(key in cfg) && key !== 'adminPassword' && key !== 'publicUrl') throw new ConfigError(`unknown configuration setting '${key}'`);
+    if (!(key in cfg) && key !== 'adminPassword' && key !== 'publicUrl' && key !== 'webDir') throw new ConfigError(`unknown configuration setting '${key}'`);
     if (NUMERIC.has(key as keyof ServiceConfig)) {
       const n = Number(v);
       if (!Number.isInteger(n) || n < 0) throw new ConfigError(`${key} must be a non-negative integer, got '${v}'`);

@@ -2,7 +2,7 @@
  * The Images API v2 (Glance compatible): images, image data, staging and import, tags,
  * members, schemas and discovery.
  */
-import { createHash, randomUUID } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import { pipeline } from 'node:stream/promises';
 import { Transform, type Readable } from 'node:stream';
 import { createReadStream } from 'node:fs';
@@ -14,6 +14,7 @@ import { insertIgnore, now, type AuthContext } from './identity.js';
 import { BASE_ATTRS, MAX_PROPERTIES, checkWritable, imageView, isReserved, validateAttr, validateTag, type ImageRecord } from './images-model.js';
 import { canSee, hydrate, listImages, loadImage } from './images-repo.js';
 import { inspectFile } from './inspect.js';
+import { UploadHasher } from './hashing.js';
 import { imageSchema, imagesSchema, memberSchema, membersSchema } from './schemas.js';
 import type { Store } from './store.js';
 import type { Logger } from './log.js';
@@ -272,8 +273,7 @@ export function imageRoutes(router: Router, db: Db, store: Store, auth: Auth, op
 
   /** Stream `input` into the store while hashing and counting; verify; make the image active. */
   async function ingest(img: ImageRecord, input: Readable, declaredLength: number | null, revertTo: string): Promise<void> {
-    const md5 = createHash('md5');
-    const sha512 = createHash('sha512');
+    const hasher = new UploadHasher();
     let size = 0;
     const staged = await store.begin(img.id);
     await k.insertInto('uploads').values({ image_id: img.id, node: opts.node, temp_key: staged.tempKey, started_at: now() }).execute()
@@ -283,8 +283,7 @@ export function imageRoutes(router: Router, db: Db, store: Store, auth: Auth, op
       transform(chunk: Buffer, _enc, cb) {
         size += chunk.length;
         if (size > cap) { cb(new HttpError(413, `Image exceeds the storage quota: the image size cap is ${cap} bytes.`)); return; }
-        md5.update(chunk);
-        sha512.update(chunk);
+        hasher.update(chunk);
         cb(null, chunk);
       },
     });
@@ -300,16 +299,18 @@ export function imageRoutes(router: Router, db: Db, store: Store, auth: Auth, op
       if (declaredLength !== null && size !== declaredLength) throw badRequest(`Image data ended after ${size} of ${declaredLength} bytes.`);
     } catch (e) {
       if (e instanceof HttpError) return fail(e);
+      log.warn('upload interrupted', { image: img.id, bytes: size, error: (e as Error).message });
       return fail(new HttpError(400, 'Image upload was interrupted; no data was kept.'));
     }
+    const digests = hasher.digest();
     const inspection = await inspectFile(staged.path, img.disk_format, size).catch((e) => ({ virtualSize: null, refusal: `Image data could not be inspected: ${(e as Error).message}` }));
     if (inspection.refusal) return fail(badRequest(inspection.refusal));
     const location = img.id;
     await staged.commit(location);
     const ts = touch();
     const r = await k.updateTable('images').set({
-      status: 'active', size, virtual_size: inspection.virtualSize, checksum: md5.digest('hex'),
-      os_hash_algo: 'sha512', os_hash_value: sha512.digest('hex'), location, store: store.id, updated_at: ts,
+      status: 'active', size, virtual_size: inspection.virtualSize, checksum: digests.md5,
+      os_hash_algo: 'sha512', os_hash_value: digests.sha512, location, store: store.id, updated_at: ts,
     }).where('id', '=', img.id).where('deleted', '=', 0).where('status', 'in', ['saving', 'importing']).executeTakeFirst();
     await k.deleteFrom('uploads').where('image_id', '=', img.id).execute();
     if (Number(r.numUpdatedRows) !== 1) {

@@ -5,7 +5,8 @@
 import { createServer, type Server } from 'node:http';
 import { randomUUID } from 'node:crypto';
 import { hostname } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
+import { existsSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { Counter, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { ServiceConfig } from './config.js';
@@ -16,6 +17,7 @@ import { identityRoutes } from './identity-api.js';
 import { imageRoutes } from './images.js';
 import { jsonLogger, type Logger } from './log.js';
 import { FileStore } from './store.js';
+import { serveStatic, wantsHtml } from './static.js';
 
 export interface Service {
   server: Server;
@@ -70,6 +72,7 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
     stagingDir: join(cfg.dataDir, 'staging'), node,
   }, log);
   await images.recover();
+  const webDir = cfg.webDir && existsSync(join(cfg.webDir, 'index.html')) ? resolve(cfg.webDir) : null;
 
   const server = createServer({ requestTimeout: 0, headersTimeout: 60_000, maxHeaderSize: 16384 }, (req, res) => {
     const started = process.hrtime.bigint();
@@ -89,7 +92,10 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
       }
     });
     void (async () => {
+      // A browser opening the service gets the dashboard; API clients get the versions document.
+      if (webDir && path === '/' && wantsHtml(req) && await serveStatic(webDir, '/', req, res)) { ctx.route = 'static'; return; }
       const m = router.match(req.method ?? 'GET', path);
+      if (!m && webDir && ctx.api === 'other' && await serveStatic(webDir, path, req, res)) { ctx.route = 'static'; return; }
       if (!m) throw new HttpError(404, `The resource could not be found.`);
       if ('allowed' in m) throw new HttpError(405, `The method ${req.method} is not allowed for this resource.`, { Allow: [...new Set(m.allowed)].join(', ') });
       ctx.params = m.params;
@@ -111,6 +117,8 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
       }
     });
   });
+  // Idle keep-alive connections stay open long enough for clients that pause between calls.
+  server.keepAliveTimeout = 30_000;
   server.on('clientError', (_err, socket) => {
     if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
     else socket.destroy();

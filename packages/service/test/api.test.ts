@@ -293,3 +293,25 @@ test('hostile uploads: over the cap, lying about the format, disconnect halfway;
   // The same image still takes a good upload.
   assert.equal((await a('PUT', `/v2/images/${cut}/file`, { raw: randomBytes(1000) })).status, 204);
 });
+
+test('the dashboard files are served to browsers; API clients still get the API', async (t) => {
+  const { mkdtemp, writeFile } = await import('node:fs/promises');
+  const { tmpdir } = await import('node:os');
+  const web = await mkdtemp(join(tmpdir(), 'diskhub-web-'));
+  await writeFile(join(web, 'index.html'), '<!doctype html><title>diskhub</title>');
+  await writeFile(join(web, 'app.js'), 'console.log(1)');
+  const svc = await startTestService(t, { DISKHUB_WEB_DIR: web });
+  const get = (path: string, accept: string) => fetch(`${svc.url}${path}`, { headers: { Accept: accept } });
+  const page = await get('/', 'text/html,application/xhtml+xml');
+  assert.equal(page.status, 200);
+  assert.match(await page.text(), /<title>diskhub/);
+  assert.equal((await get('/', 'application/json')).status, 300, 'version discovery unchanged');
+  const js = await get('/app.js', '*/*');
+  assert.equal(js.status, 200);
+  assert.match(js.headers.get('content-type')!, /javascript/);
+  assert.equal((await get('/images/some-id', 'text/html')).status, 200, 'client-side routes get the app');
+  assert.equal((await get('/missing.js', '*/*')).status, 404);
+  assert.equal((await get('/%2e%2e/%2e%2e/etc/passwd', 'text/html')).status, 200, 'traversal falls back to the app, never the file');
+  assert.doesNotMatch(await (await get('/%2e%2e/%2e%2e/etc/passwd', 'text/html')).text(), /root:/);
+  assert.equal((await get('/v2/nothing', 'text/html')).status, 404);
+});

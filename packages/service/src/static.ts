@@ -1,0 +1,54 @@
+/**
+ * The dashboard's files (a built single-page app) served by the service itself, so a browser
+ * pointed at the service gets the dashboard while API clients get the API: only requests no
+ * API route takes reach here, and `/` serves the app only to clients that ask for HTML.
+ */
+import { createReadStream } from 'node:fs';
+import { stat } from 'node:fs/promises';
+import { extname, join, normalize, sep } from 'node:path';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+
+const TYPES: Record<string, string> = {
+  '.html': 'text/html; charset=utf-8', '.js': 'text/javascript; charset=utf-8', '.mjs': 'text/javascript; charset=utf-8',
+  '.css': 'text/css; charset=utf-8', '.json': 'application/json', '.svg': 'image/svg+xml', '.png': 'image/png',
+  '.ico': 'image/x-icon', '.woff2': 'font/woff2', '.txt': 'text/plain; charset=utf-8', '.map': 'application/json',
+};
+
+export function wantsHtml(req: IncomingMessage): boolean {
+  return /text\/html/.test(req.headers.accept ?? '');
+}
+
+/** Serve `path` from `dir` (or index.html for an HTML navigation); false when there is nothing to serve. */
+export async function serveStatic(dir: string, path: string, req: IncomingMessage, res: ServerResponse): Promise<boolean> {
+  if (req.method !== 'GET' && req.method !== 'HEAD') return false;
+  let rel: string;
+  try { rel = decodeURIComponent(path); } catch { return false; }
+  const file = normalize(join(dir, rel));
+  if (file !== dir && !file.startsWith(dir.endsWith(sep) ? dir : dir + sep)) return false;
+  let target = file;
+  let st = await stat(target).catch(() => null);
+  if (st?.isDirectory()) { target = join(target, 'index.html'); st = await stat(target).catch(() => null); }
+  if (!st?.isFile()) {
+    // Client-side routes of the app: any other page a browser navigates to gets the app.
+    if (!wantsHtml(req) || extname(rel)) return false;
+    target = join(dir, 'index.html');
+    st = await stat(target).catch(() => null);
+    if (!st?.isFile()) return false;
+  }
+  const isIndex = target.endsWith(`${sep}index.html`);
+  res.writeHead(200, {
+    'Content-Type': TYPES[extname(target)] ?? 'application/octet-stream',
+    'Content-Length': st.size,
+    // Hashed asset names can be cached for good; the page itself must be revalidated.
+    'Cache-Control': isIndex ? 'no-cache' : 'public, max-age=3600',
+    'X-Content-Type-Options': 'nosniff',
+  });
+  if (req.method === 'HEAD') { res.end(); return true; }
+  await new Promise<void>((resolve) => {
+    const s = createReadStream(target);
+    s.on('error', () => { res.destroy(); resolve(); });
+    s.on('end', () => resolve());
+    s.pipe(res);
+  });
+  return true;
+}
