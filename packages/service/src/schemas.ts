@@ -121,3 +121,80 @@ export function membersSchema(): Record<string, unknown> {
     links: [{ rel: 'describedby', href: '{schema}' }],
   };
 }
+
+// --- metadata definitions (/v2/schemas/metadefs/*): same structure and constraints as Glance's.
+const TYPES = ['array', 'boolean', 'integer', 'number', 'object', 'string', null];
+const created = { type: 'string', readOnly: true, description: 'Creation time', format: 'date-time' };
+const updated = { type: 'string', readOnly: true, description: 'Last modification time', format: 'date-time' };
+const definitions = {
+  positiveInteger: { type: 'integer', minimum: 0 },
+  positiveIntegerDefault0: { allOf: [{ $ref: '#/definitions/positiveInteger' }, { default: 0 }] },
+  stringArray: { type: 'array', items: { type: 'string' }, uniqueItems: true },
+};
+function propertyBody(): Record<string, unknown> {
+  return {
+    name: { type: 'string', maxLength: 80 }, title: { type: 'string' }, description: { type: 'string' },
+    operators: { type: 'array', items: { type: 'string' } }, type: { type: 'string', enum: TYPES },
+    required: { $ref: '#/definitions/stringArray' }, minimum: { type: 'number' }, maximum: { type: 'number' },
+    maxLength: { $ref: '#/definitions/positiveInteger' }, minLength: { $ref: '#/definitions/positiveIntegerDefault0' },
+    pattern: { type: 'string', format: 'regex' }, enum: { type: 'array' }, readonly: { type: 'boolean' }, default: {},
+    items: { type: 'object', properties: { type: { type: 'string', enum: TYPES }, enum: { type: 'array' } } },
+    maxItems: { $ref: '#/definitions/positiveInteger' }, minItems: { $ref: '#/definitions/positiveIntegerDefault0' },
+    uniqueItems: { type: 'boolean', default: false }, additionalItems: { type: 'boolean' },
+  };
+}
+const propertyMap = { type: 'object', additionalProperties: { type: 'object', required: ['title', 'type'], properties: propertyBody() } };
+const listOf = (name: string, key: string, item: Record<string, unknown>, extra: Record<string, unknown> = {}) => ({
+  name, properties: { [key]: { type: 'array', items: item }, first: { type: 'string' }, next: { type: 'string' }, schema: { type: 'string' } },
+  links: [{ rel: 'first', href: '{first}' }, { rel: 'next', href: '{next}' }, { rel: 'describedby', href: '{schema}' }], ...extra,
+});
+
+export function metadefSchemas(): Record<string, Record<string, unknown>> {
+  const association = {
+    name: 'resource_type_association',
+    properties: { name: { type: 'string', description: 'Resource type name', maxLength: 80 }, prefix: { type: 'string', description: 'Prefix of the properties for this resource type', maxLength: 80 }, properties_target: { type: 'string', description: 'Which metadata of the resource the properties apply to', maxLength: 80 }, created_at: created, updated_at: updated },
+    additionalProperties: false, required: ['name'],
+  };
+  const object = {
+    name: 'object',
+    properties: { name: { type: 'string', maxLength: 80 }, description: { type: 'string' }, required: { $ref: '#/definitions/stringArray' }, properties: { $ref: '#/definitions/property' }, schema: { readOnly: true, type: 'string' }, self: { readOnly: true, type: 'string' }, created_at: created, updated_at: updated },
+    additionalProperties: false, required: ['name'], definitions: { ...definitions, property: propertyMap },
+  };
+  const tag = { name: 'tag', properties: { name: { type: 'string', maxLength: 80 }, created_at: created, updated_at: updated }, additionalProperties: false, required: ['name'] };
+  const namespace = {
+    name: 'namespace',
+    properties: {
+      namespace: { type: 'string', description: 'Unique namespace name', maxLength: 80 },
+      display_name: { type: 'string', description: 'Name shown to people', maxLength: 80 },
+      description: { type: 'string', description: 'What the namespace is for', maxLength: 500 },
+      visibility: { type: 'string', description: 'Who can see it', enum: ['public', 'private'] },
+      protected: { type: 'boolean', description: 'A protected namespace cannot be deleted' },
+      owner: { type: 'string', description: 'Owning project', maxLength: 255 },
+      created_at: created, updated_at: updated,
+      schema: { readOnly: true, type: 'string' }, self: { readOnly: true, type: 'string' },
+      resource_type_associations: { type: 'array', items: { type: 'object', properties: { name: { type: 'string' }, prefix: { type: 'string' }, properties_target: { type: 'string' } } } },
+      properties: { $ref: '#/definitions/property' },
+      objects: { type: 'array', items: { type: 'object', properties: { name: { type: 'string' }, description: { type: 'string' }, required: { $ref: '#/definitions/stringArray' }, properties: { $ref: '#/definitions/property' } } } },
+      tags: { type: 'array', items: { type: 'object', properties: { name: { type: 'string' } } } },
+    },
+    additionalProperties: false, required: ['namespace'], definitions: { ...definitions, property: propertyMap },
+  };
+  const property = { name: 'property', properties: propertyBody(), additionalProperties: false, definitions: { ...definitions, stringArray: { ...definitions.stringArray, minItems: 1 } }, required: ['type', 'title', 'name'] };
+  return {
+    namespace,
+    namespaces: listOf('namespaces', 'namespaces', namespace, { definitions: namespace.definitions }),
+    property,
+    properties: {
+      name: 'properties',
+      properties: { properties: { type: 'object', additionalProperties: { ...property, required: ['type', 'title'] } }, first: { type: 'string' }, next: { type: 'string' }, schema: { type: 'string' } },
+      links: [{ rel: 'first', href: '{first}' }, { rel: 'next', href: '{next}' }, { rel: 'describedby', href: '{schema}' }],
+      definitions: property.definitions,
+    },
+    object,
+    objects: listOf('objects', 'objects', object, { definitions: object.definitions }),
+    resource_type: association,
+    resource_types: listOf('resource_type_associations', 'resource_type_associations', association),
+    tag,
+    tags: listOf('tags', 'tags', tag),
+  };
+}

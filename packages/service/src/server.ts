@@ -15,6 +15,7 @@ import { HttpError, Router, sendError, sendJson, type Ctx } from './http.js';
 import { Identity, type AuthContext } from './identity.js';
 import { identityRoutes } from './identity-api.js';
 import { imageRoutes } from './images.js';
+import { metadefsRoutes } from './metadefs.js';
 import { jsonLogger, type Logger } from './log.js';
 import { FileStore } from './store.js';
 import { serveStatic, wantsHtml } from './static.js';
@@ -66,6 +67,7 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
     ctx.res.end(text);
   });
   identityRoutes(router, db, identity);
+  metadefsRoutes(router, auth);
   const node = `${hostname()}:${cfg.dataDir}`;
   const images = imageRoutes(router, db, store, auth, {
     imageSizeCap: cfg.imageSizeCap, limitMax: cfg.limitMax, limitDefault: cfg.limitDefault,

@@ -315,3 +315,18 @@ test('the dashboard files are served to browsers; API clients still get the API'
   assert.doesNotMatch(await (await get('/%2e%2e/%2e%2e/etc/passwd', 'text/html')).text(), /root:/);
   assert.equal((await get('/v2/nothing', 'text/html')).status, 404);
 });
+
+test('metadata definitions: namespaces by resource type, properties with types and allowed values', async (t) => {
+  const svc = await startTestService(t);
+  const a = api(svc.url, await token(svc.url));
+  const all = await a('GET', '/v2/metadefs/namespaces');
+  assert.equal(all.status, 200);
+  assert.ok(all.json.namespaces.length >= 5);
+  const forVolumes = await a('GET', '/v2/metadefs/namespaces?resource_types=OS::Cinder::Volume');
+  assert.deepEqual(forVolumes.json.namespaces.map((n: any) => n.namespace), ['OS::OperatingSystem']);
+  const ns = await a('GET', '/v2/metadefs/namespaces/OS::Compute::LibvirtImage');
+  assert.ok(ns.json.properties.hw_disk_bus.enum.includes('virtio'));
+  assert.equal((await a('GET', '/v2/metadefs/namespaces/nope')).status, 404);
+  assert.equal((await a('GET', '/v2/schemas/metadefs/namespace')).json.name, 'namespace');
+  assert.equal((await api(svc.url, null)('GET', '/v2/metadefs/namespaces')).status, 401);
+});

@@ -137,3 +137,20 @@ function toJson(table: string): string {
   }
   return JSON.stringify(out);
 }
+
+test('glance client: metadata definitions (md-namespace-list/show, md-property-list/show)', needs('glance'), async (t) => {
+  const svc = await startTestService(t);
+  const env = osEnv(svc.url);
+  const list = await runOk('glance', ['md-namespace-list'], { env });
+  assert.match(list, /OS::Compute::LibvirtImage/);
+  assert.match(list, /OS::OperatingSystem/);
+  const show = await runOk('glance', ['md-namespace-show', 'OS::Compute::LibvirtImage'], { env });
+  assert.match(show, /hw_disk_bus/);
+  const props = await runOk('glance', ['md-property-list', 'OS::Compute::Watchdog'], { env });
+  assert.match(props, /hw_watchdog_action\s*\|\s*Watchdog action\s*\|\s*string/);
+  const prop = await runOk('glance', ['md-property-show', 'OS::Compute::LibvirtImage', 'hw_disk_bus'], { env });
+  assert.match(prop, /virtio/);
+  const missing = await run('glance', ['md-namespace-show', 'OS::Nope'], { env });
+  assert.notEqual(missing.code, 0);
+  assert.match(missing.stderr, /404|not found/i);
+});
