@@ -3,8 +3,8 @@
  *   img   qemu-img compatible disk image tool
  *   serve the image service (Glance v2 / Keystone v3 compatible)
  */
-import { imgMain } from './img/main.js';
-import { serveMain } from '@diskhub/service/main';
+// Subcommands are loaded on demand: `diskhub img` must not pay for loading the service's
+// HTTP server and database drivers (hundreds of milliseconds per invocation).
 
 const USAGE = `usage: diskhub <command> [arguments]
 
@@ -17,9 +17,9 @@ export async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
   switch (cmd) {
     case 'img':
-      return imgMain(rest);
+      return (await import('./img/main.js')).imgMain(rest);
     case 'serve':
-      return serveMain(rest);
+      return (await import('@diskhub/service/main')).serveMain(rest);
     case undefined:
     case '-h':
     case '--help':

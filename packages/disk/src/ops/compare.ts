@@ -64,6 +64,50 @@ async function checkZero(dev: BlockDevice, offset: number, end: number, buf: Uin
   return -1;
 }
 
+/** Chunks read ahead while the current one is compared. */
+const READ_AHEAD = 4;
+
+/**
+ * Compare [start, end) of two devices that both hold data there: chunks are read ahead
+ * (bounded: READ_AHEAD pairs of CHUNK buffers) and compared in order. Returns the first
+ * differing sector or -1.
+ */
+async function compareRange(a: BlockDevice, b: BlockDevice, start: number, end: number, options: CompareOptions): Promise<number> {
+  const { signal, onProgress } = options;
+  const total = Math.max(a.size, b.size);
+  const pending: { pos: number; va: Uint8Array; vb: Uint8Array; ready: Promise<unknown> }[] = [];
+  // Buffer pairs are reused (READ_AHEAD in flight + the one being compared); no zero-filling
+  // needed, reads overwrite them entirely.
+  const free: [Uint8Array, Uint8Array][] = [];
+  let next = start;
+  const issue = () => {
+    const n = Math.min(CHUNK, end - next);
+    const pair = free.pop() ?? [Buffer.allocUnsafeSlow(CHUNK), Buffer.allocUnsafeSlow(CHUNK)];
+    const va = pair[0].subarray(0, n);
+    const vb = pair[1].subarray(0, n);
+    const ready = Promise.all([a.read(va, next), b.read(vb, next)]);
+    ready.catch(() => undefined);
+    pending.push({ pos: next, va, vb, ready });
+    next += n;
+  };
+  try {
+    while (next < end && pending.length < READ_AHEAD) issue();
+    while (pending.length > 0) {
+      throwIfAborted(signal);
+      const job = pending.shift()!;
+      await job.ready;
+      const d = firstDifference(job.va, job.vb);
+      if (d >= 0) return job.pos + d;
+      free.push([new Uint8Array(job.va.buffer, job.va.byteOffset, CHUNK), new Uint8Array(job.vb.buffer, job.vb.byteOffset, CHUNK)]);
+      if (next < end) issue();
+      onProgress?.(job.pos + job.va.length, total);
+    }
+    return -1;
+  } finally {
+    await Promise.allSettled(pending.map((p) => p.ready));
+  }
+}
+
 export async function compareImages(a: BlockDevice, b: BlockDevice, options: CompareOptions = {}): Promise<CompareResult> {
   const { signal, onProgress } = options;
   const sizeMismatch = a.size !== b.size;
@@ -71,7 +115,6 @@ export async function compareImages(a: BlockDevice, b: BlockDevice, options: Com
   const common = Math.min(a.size, b.size);
   const total = Math.max(a.size, b.size);
   const bufA = new Uint8Array(CHUNK);
-  const bufB = new Uint8Array(CHUNK);
   onProgress?.(0, total);
   for await (const [ea, eb, start, end] of zipExtents(walkExtents(a, 0, common, signal), walkExtents(b, 0, common, signal))) {
     throwIfAborted(signal);
@@ -88,16 +131,8 @@ export async function compareImages(a: BlockDevice, b: BlockDevice, options: Com
       onProgress?.(end, total);
       continue;
     }
-    for (let pos = start; pos < end; pos += CHUNK) {
-      throwIfAborted(signal);
-      const n = Math.min(CHUNK, end - pos);
-      const va = bufA.subarray(0, n);
-      const vb = bufB.subarray(0, n);
-      await Promise.all([a.read(va, pos), b.read(vb, pos)]);
-      const d = firstDifference(va, vb);
-      if (d >= 0) return { identical: false, sizeMismatch, reason: 'content', offset: pos + d };
-      onProgress?.(pos + n, total);
-    }
+    const d = await compareRange(a, b, start, end, options);
+    if (d >= 0) return { identical: false, sizeMismatch, reason: 'content', offset: d };
   }
   if (sizeMismatch) {
     const longer = a.size > b.size ? a : b;
