@@ -19,6 +19,10 @@ export interface ServiceConfig {
   region: string;
   tokenTtlSeconds: number;
   imageSizeCap: number;
+  /** Images a project may own (0: unlimited). */
+  projectImageQuota: number;
+  /** Bytes of image data a project may store (0: unlimited). */
+  projectStorageQuota: number;
   limitMax: number;
   limitDefault: number;
   logLevel: 'info' | 'warn' | 'error' | 'silent';
@@ -40,12 +44,14 @@ const ENV: Record<string, keyof ServiceConfig> = {
   DISKHUB_REGION: 'region',
   DISKHUB_TOKEN_TTL: 'tokenTtlSeconds',
   DISKHUB_IMAGE_SIZE_CAP: 'imageSizeCap',
+  DISKHUB_PROJECT_IMAGE_QUOTA: 'projectImageQuota',
+  DISKHUB_PROJECT_STORAGE_QUOTA: 'projectStorageQuota',
   DISKHUB_LOG_LEVEL: 'logLevel',
   DISKHUB_SHUTDOWN_GRACE: 'shutdownGraceSeconds',
   DISKHUB_WEB_DIR: 'webDir',
 };
 
-const NUMERIC = new Set<keyof ServiceConfig>(['port', 'tokenTtlSeconds', 'imageSizeCap', 'limitMax', 'limitDefault', 'shutdownGraceSeconds']);
+const NUMERIC = new Set<keyof ServiceConfig>(['port', 'tokenTtlSeconds', 'imageSizeCap', 'projectImageQuota', 'projectStorageQuota', 'limitMax', 'limitDefault', 'shutdownGraceSeconds']);
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Partial<Record<keyof ServiceConfig, string | number>> = {}, configFile?: string): ServiceConfig {
   const raw: Record<string, unknown> = {};
@@ -67,6 +73,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
     region: 'RegionOne',
     tokenTtlSeconds: 3600,
     imageSizeCap: 1099511627776, // 1 TiB, Glance's default image_size_cap
+    projectImageQuota: 0,
+    projectStorageQuota: 0,
     limitMax: 1000,
     limitDefault: 25,
     logLevel: 'info',

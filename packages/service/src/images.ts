@@ -5,7 +5,7 @@
 import { randomUUID } from 'node:crypto';
 import { pipeline } from 'node:stream/promises';
 import { Transform, type Readable } from 'node:stream';
-import { createReadStream } from 'node:fs';
+import { createReadStream, createWriteStream } from 'node:fs';
 import { mkdir, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Db } from './db/connect.js';
@@ -22,6 +22,9 @@ import type { Logger } from './log.js';
 export interface ImagesOptions {
   /** Largest image accepted, in bytes (Glance's image_size_cap). */
   imageSizeCap: number;
+  /** Per-project limits; 0 = unlimited. */
+  projectImageQuota: number;
+  projectStorageQuota: number;
   /** Largest page a list returns (Glance's api_limit_max) and the default page size. */
   limitMax: number;
   limitDefault: number;
@@ -29,6 +32,9 @@ export interface ImagesOptions {
   /** Identifies this API node in upload records (crash recovery). */
   node: string;
 }
+
+/** Bytes gathered before one write to the store. */
+const WRITE_BATCH = 4 << 20;
 
 const PATCH_TYPES = ['application/openstack-images-v2.0-json-patch', 'application/openstack-images-v2.1-json-patch'];
 const IMPORT_METHODS = ['glance-direct'];
@@ -80,6 +86,10 @@ export function imageRoutes(router: Router, db: Db, store: Store, auth: Auth, op
     if (!isObject(body)) throw badRequest('Body must be a JSON object describing the image.');
     mayWrite(a, 'add_image');
     for (const [key, v] of Object.entries(body)) { checkWritable(key, true); validateAttr(key, v); }
+    if (opts.projectImageQuota && a.projectId) {
+      const n = await k.selectFrom('images').select((eb) => eb.fn.countAll().as('n')).where('owner', '=', a.projectId).where('deleted', '=', 0).executeTakeFirstOrThrow();
+      if (Number(n.n) >= opts.projectImageQuota) throw new HttpError(413, `Maximum number of images exceeded: the project may have ${opts.projectImageQuota} images.`);
+    }
     const props: Record<string, string> = {};
     for (const [key, v] of Object.entries(body)) if (!BASE_ATTRS.has(key)) props[key] = v as string;
     if (Object.keys(props).length > MAX_PROPERTIES) throw new HttpError(413, `Maximum number of image properties exceeded (${MAX_PROPERTIES}).`);
@@ -271,6 +281,25 @@ export function imageRoutes(router: Router, db: Db, store: Store, auth: Auth, op
     return img.revision + 1;
   };
 
+  /**
+   * The most an upload for `owner` may write: the image size cap, and what is left of the
+   * project's storage quota (bytes of its images that hold data).
+   */
+  async function uploadLimit(owner: string | null): Promise<{ cap: number; tooBig: (n: number) => HttpError }> {
+    const sizeCap = opts.imageSizeCap;
+    if (!opts.projectStorageQuota || owner === null) {
+      return { cap: sizeCap, tooBig: () => new HttpError(413, `Image exceeds the storage quota: the image size cap is ${sizeCap} bytes.`) };
+    }
+    const used = await k.selectFrom('images').select((eb) => eb.fn.sum<number | string | null>('size').as('used'))
+      .where('owner', '=', owner).where('deleted', '=', 0).executeTakeFirstOrThrow();
+    const remaining = Math.max(0, opts.projectStorageQuota - Number(used.used ?? 0));
+    if (remaining >= sizeCap) return uploadLimit(null);
+    return {
+      cap: remaining,
+      tooBig: (n) => new HttpError(413, `Denying attempt to upload image because it exceeds the quota: the project may store ${opts.projectStorageQuota} bytes and has ${remaining} bytes left; this upload reached ${n} bytes.`),
+    };
+  }
+
   /** Stream `input` into the store while hashing and counting; verify; make the image active. */
   async function ingest(img: ImageRecord, input: Readable, declaredLength: number | null, revertTo: string): Promise<void> {
     const hasher = new UploadHasher();
@@ -278,15 +307,35 @@ export function imageRoutes(router: Router, db: Db, store: Store, auth: Auth, op
     const staged = await store.begin(img.id);
     await k.insertInto('uploads').values({ image_id: img.id, node: opts.node, temp_key: staged.tempKey, started_at: now() }).execute()
       .catch(async () => { await k.updateTable('uploads').set({ node: opts.node, temp_key: staged.tempKey, started_at: now() }).where('image_id', '=', img.id).execute(); });
-    const cap = opts.imageSizeCap;
-    const meter = new Transform({
-      transform(chunk: Buffer, _enc, cb) {
+    const { cap, tooBig } = await uploadLimit(img.owner);
+    /**
+     * Read, hash and write in one loop: chunks are batched into ~4 MiB writev calls with one
+     * write in flight while the next batch is received, so the socket, the hashes and the
+     * disk stay busy without an unbounded buffer (memory per upload stays around 8 MiB).
+     */
+    const receive = async () => {
+      let batch: Buffer[] = [];
+      let batchBytes = 0;
+      let writing: Promise<void> = Promise.resolve();
+      for await (const chunk of input as AsyncIterable<Buffer>) {
         size += chunk.length;
-        if (size > cap) { cb(new HttpError(413, `Image exceeds the storage quota: the image size cap is ${cap} bytes.`)); return; }
+        if (size > cap) throw tooBig(size);
         hasher.update(chunk);
-        cb(null, chunk);
-      },
-    });
+        batch.push(chunk);
+        batchBytes += chunk.length;
+        if (batchBytes >= WRITE_BATCH) {
+          await writing;
+          writing = staged.write(batch);
+          writing.catch(() => {}); // awaited below; never an unhandled rejection meanwhile
+          batch = [];
+          batchBytes = 0;
+        }
+      }
+      await writing;
+      if (batch.length) await staged.write(batch);
+      // A client that hangs up may end the stream without an error: a request body is whole only when complete.
+      if ('complete' in input && !(input as { complete: boolean }).complete) throw new Error('request body ended early');
+    };
     const fail = async (e: unknown) => {
       await staged.discard().catch(() => {});
       await k.updateTable('images').set({ status: revertTo, updated_at: touch() }).where('id', '=', img.id).where('status', 'in', ['saving', 'importing']).execute().catch(() => {});
@@ -294,8 +343,8 @@ export function imageRoutes(router: Router, db: Db, store: Store, auth: Auth, op
       throw e;
     };
     try {
-      if (declaredLength !== null && declaredLength > cap) throw new HttpError(413, `Image exceeds the storage quota: the image size cap is ${cap} bytes.`);
-      await pipeline(input, meter, staged.stream);
+      if (declaredLength !== null && declaredLength > cap) throw tooBig(declaredLength);
+      await receive();
       if (declaredLength !== null && size !== declaredLength) throw badRequest(`Image data ended after ${size} of ${declaredLength} bytes.`);
     } catch (e) {
       if (e instanceof HttpError) return fail(e);
@@ -347,11 +396,10 @@ export function imageRoutes(router: Router, db: Db, store: Store, auth: Auth, op
     const path = join(opts.stagingDir, img.id);
     await mkdir(opts.stagingDir, { recursive: true });
     let size = 0;
-    const cap = opts.imageSizeCap;
+    const { cap, tooBig } = await uploadLimit(img.owner);
     try {
-      const { createWriteStream } = await import('node:fs');
       await track(pipeline(ctx.req, new Transform({
-        transform(chunk: Buffer, _e, cb) { size += chunk.length; cb(size > cap ? new HttpError(413, `Image exceeds the storage quota: the image size cap is ${cap} bytes.`) : null, chunk); },
+        transform(chunk: Buffer, _e, cb) { size += chunk.length; cb(size > cap ? tooBig(size) : null, chunk); },
       }), createWriteStream(path)));
     } catch (e) {
       await rm(path, { force: true });

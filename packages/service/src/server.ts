@@ -70,7 +70,7 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
   metadefsRoutes(router, auth);
   const node = `${hostname()}:${cfg.dataDir}`;
   const images = imageRoutes(router, db, store, auth, {
-    imageSizeCap: cfg.imageSizeCap, limitMax: cfg.limitMax, limitDefault: cfg.limitDefault,
+    imageSizeCap: cfg.imageSizeCap, projectImageQuota: cfg.projectImageQuota, projectStorageQuota: cfg.projectStorageQuota, limitMax: cfg.limitMax, limitDefault: cfg.limitDefault,
     stagingDir: join(cfg.dataDir, 'staging'), node,
   }, log);
   await images.recover();

@@ -4,17 +4,18 @@
  * renamed into place only once it is complete and verified, so a reader (or a restart after
  * a crash) never sees partial data under an image's name.
  */
-import { createReadStream, createWriteStream } from 'node:fs';
-import { mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
+import { createReadStream } from 'node:fs';
+import { mkdir, open, readdir, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import type { Readable, Writable } from 'node:stream';
+import type { Readable } from 'node:stream';
 
 export interface StagedWrite {
   /** The key the data will have once committed. */
   readonly tempKey: string;
   readonly path: string;
-  readonly stream: Writable;
+  /** Append chunks (one write call; the caller keeps at most one write in flight). */
+  write(chunks: Buffer[]): Promise<void>;
   /** Make the data visible under `key`. */
   commit(key: string): Promise<string>;
   /** Throw the partial data away. */
@@ -52,20 +53,29 @@ export class FileStore implements Store {
   async begin(imageId: string): Promise<StagedWrite> {
     const tempKey = `${TEMP_PREFIX}${imageId}-${randomBytes(6).toString('hex')}`;
     const path = join(this.dir, tempKey);
-    const stream = createWriteStream(path, { flags: 'wx', highWaterMark: 1 << 20 });
-    await new Promise<void>((resolve, reject) => { stream.once('open', () => resolve()); stream.once('error', reject); });
+    const fh = await open(path, 'wx', 0o644);
     let done = false;
+    let closed = false;
+    const close = async () => { if (!closed) { closed = true; await fh.close(); } };
     return {
-      tempKey, path, stream,
+      tempKey, path,
+      write: async (chunks: Buffer[]) => {
+        let pending = chunks;
+        while (pending.length) {
+          const { bytesWritten } = await fh.writev(pending);
+          pending = dropBytes(pending, bytesWritten);
+        }
+      },
       commit: async (key: string) => {
         done = true;
+        await close();
         await rename(path, this.pathOf(key));
         return key;
       },
       discard: async () => {
         if (done) return;
         done = true;
-        stream.destroy();
+        await close().catch(() => {});
         await rm(path, { force: true });
       },
     };
@@ -93,4 +103,13 @@ export class FileStore implements Store {
     }
     return removed;
   }
+}
+
+/** The chunks left after the first `n` bytes were written (a short writev). */
+function dropBytes(chunks: Buffer[], n: number): Buffer[] {
+  let i = 0;
+  while (i < chunks.length && n >= chunks[i]!.length) { n -= chunks[i]!.length; i++; }
+  const rest = chunks.slice(i);
+  if (n > 0 && rest.length) rest[0] = rest[0]!.subarray(n);
+  return rest;
 }

@@ -330,3 +330,27 @@ test('metadata definitions: namespaces by resource type, properties with types a
   assert.equal((await a('GET', '/v2/schemas/metadefs/namespace')).json.name, 'namespace');
   assert.equal((await api(svc.url, null)('GET', '/v2/metadefs/namespaces')).status, 401);
 });
+
+test('project quotas: image count and storage; an upload over the quota is cut off with 413 and leaves nothing', async (t) => {
+  const svc = await startTestService(t, { DISKHUB_PROJECT_IMAGE_QUOTA: '3', DISKHUB_PROJECT_STORAGE_QUOTA: '100000' });
+  const a = api(svc.url, await token(svc.url));
+  const ids: string[] = [];
+  for (let i = 0; i < 3; i++) {
+    const r = await a('POST', '/v2/images', { body: { name: `q${i}`, disk_format: 'raw', container_format: 'bare' } });
+    assert.equal(r.status, 201);
+    ids.push(r.json.id);
+  }
+  const fourth = await a('POST', '/v2/images', { body: { name: 'q3' } });
+  assert.equal(fourth.status, 413);
+  assert.match(fourth.json.message, /Maximum number of images/);
+  assert.equal((await a('PUT', `/v2/images/${ids[0]}/file`, { raw: randomBytes(60_000) })).status, 204);
+  const over = await a('PUT', `/v2/images/${ids[1]}/file`, { raw: randomBytes(60_000) });
+  assert.equal(over.status, 413);
+  assert.match(over.json.message, /exceeds the quota/);
+  assert.equal((await a('GET', `/v2/images/${ids[1]}`)).json.status, 'queued');
+  assert.deepEqual(await readdir(join(svc.dataDir, 'images')), [ids[0]], 'only the accepted upload is stored');
+  assert.equal((await a('PUT', `/v2/images/${ids[1]}/stage`, { raw: randomBytes(60_000) })).status, 413, 'staging counts too');
+  assert.equal((await a('PUT', `/v2/images/${ids[1]}/file`, { raw: randomBytes(30_000) })).status, 204, 'what fits is accepted');
+  assert.equal((await a('DELETE', `/v2/images/${ids[0]}`)).status, 204);
+  assert.equal((await a('POST', '/v2/images', { body: { name: 'after-delete' } })).status, 201, 'deleting frees quota');
+});
