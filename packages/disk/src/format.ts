@@ -121,6 +121,16 @@ export interface MeasureResult {
   bitmaps?: number;
 }
 
+/**
+ * One `-o` option of a format. `diskhub img` derives three outputs from the driver's list:
+ * `-o help` (sorted by name, "  name=<type> - help"), the validation of `-o` values (unknown
+ * key, size syntax, on/off), and `create`'s "Formatting 'f', fmt=... k=v ..." line, which walks
+ * the list in its declared order printing each option that was given or has a `default`.
+ * So: declare options in the order qemu-img prints them, and give `default` only to options
+ * qemu-img prints without being asked (qcow2: cluster_size, extended_l2, compression_type,
+ * lazy_refcounts, refcount_bits — not preallocation or compat). Host-file options (size,
+ * nocow, preallocation, extent_size_hint) are added by the CLI after the format's own.
+ */
 export interface CreateOption {
   name: string;
   type: 'size' | 'number' | 'bool' | 'string';
