@@ -114,6 +114,14 @@ test('img convert: SIGINT / SIGTERM mid-way leave no destination file and an unc
     const left = (await readdir(dir)).filter((f) => f !== 'big.raw');
     assert.deepEqual(left, [], `nothing left after ${sig}`);
   }
+  // Interrupted while the target is still being created (full preallocation of 1 GiB).
+  const out = join(dir, 'prealloc.raw');
+  const child = spawn(process.execPath, [diskhubBin, 'img', 'convert', '-o', 'preallocation=full', src, out], { stdio: 'ignore' });
+  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+  for (let i = 0; i < 200 && !(await readdir(dir)).some((f) => f.includes('diskhub-tmp')); i++) await new Promise((r) => setTimeout(r, 10));
+  child.kill('SIGINT');
+  assert.equal(await exited, 130);
+  assert.deepEqual((await readdir(dir)).filter((f) => f !== 'big.raw'), [], 'nothing left after SIGINT during creation');
   assert.equal(await sha(src), before, 'source unchanged');
   assert.equal((await stat(src)).mtimeMs, srcStat.mtimeMs);
 });
