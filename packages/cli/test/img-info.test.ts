@@ -47,4 +47,11 @@ test('img create: Formatting line, sizes and options match qemu-img for raw', ne
   }
   await assertSame(['create', '-q', '-f', 'raw', 'q.raw', '1M'], dir);
   await assertSame(['create', 'q.raw', '1M'], dir);
+  // What create leaves on disk: same size and allocation as qemu-img's file.
+  for (const size of ['100', '4k', '1G']) {
+    assert.equal((await diskhub(['img', 'create', '-q', '-f', 'raw', 'ours.raw', size], { cwd: dir })).code, 0);
+    await qemuImg('create', '-q', '-f', 'raw', join(dir, 'theirs.raw'), size);
+    const [a, b] = await Promise.all([stat(join(dir, 'ours.raw')), stat(join(dir, 'theirs.raw'))]);
+    assert.deepEqual([a.size, a.blocks], [b.size, b.blocks], `create ${size}`);
+  }
 });
