@@ -26,6 +26,11 @@ export interface ServiceConfig {
   limitMax: number;
   limitDefault: number;
   logLevel: 'info' | 'warn' | 'error' | 'silent';
+  /** External identity: Keystone's v3 URL; tokens are validated there instead of built in. */
+  keystoneUrl?: string;
+  keystoneUser: string;
+  keystonePassword?: string;
+  keystoneProject: string;
   /** The dashboard's built files (served to browsers); default: packages/web/dist of this checkout. */
   webDir?: string;
   /** How long shutdown waits for uploads in flight before cutting them off. */
@@ -49,6 +54,10 @@ const ENV: Record<string, keyof ServiceConfig> = {
   DISKHUB_LOG_LEVEL: 'logLevel',
   DISKHUB_SHUTDOWN_GRACE: 'shutdownGraceSeconds',
   DISKHUB_WEB_DIR: 'webDir',
+  DISKHUB_KEYSTONE_URL: 'keystoneUrl',
+  DISKHUB_KEYSTONE_USER: 'keystoneUser',
+  DISKHUB_KEYSTONE_PASSWORD: 'keystonePassword',
+  DISKHUB_KEYSTONE_PROJECT: 'keystoneProject',
 };
 
 const NUMERIC = new Set<keyof ServiceConfig>(['port', 'tokenTtlSeconds', 'imageSizeCap', 'projectImageQuota', 'projectStorageQuota', 'limitMax', 'limitDefault', 'shutdownGraceSeconds']);
@@ -79,11 +88,13 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
     limitDefault: 25,
     logLevel: 'info',
     shutdownGraceSeconds: 60,
+    keystoneUser: 'glance',
+    keystoneProject: 'service',
     webDir: fileURLToPath(new URL('../../../web/dist', import.meta.url)),
   };
   for (const [key, v] of Object.entries(raw)) {
     if (key === 'dataDir' || v === undefined) continue;
-    if (!(key in cfg) && key !== 'adminPassword' && key !== 'publicUrl' && key !== 'webDir') throw new ConfigError(`unknown configuration setting '${key}'`);
+    if (!(key in cfg) && key !== 'adminPassword' && key !== 'publicUrl' && key !== 'webDir' && key !== 'keystoneUrl' && key !== 'keystonePassword') throw new ConfigError(`unknown configuration setting '${key}'`);
     if (NUMERIC.has(key as keyof ServiceConfig)) {
       const n = Number(v);
       if (!Number.isInteger(n) || n < 0) throw new ConfigError(`${key} must be a non-negative integer, got '${v}'`);

@@ -12,7 +12,8 @@ import { Counter, Histogram, Registry, collectDefaultMetrics } from 'prom-client
 import type { ServiceConfig } from './config.js';
 import { openDatabase, type Db } from './db/connect.js';
 import { HttpError, Router, sendError, sendJson, type Ctx } from './http.js';
-import { Identity, type AuthContext } from './identity.js';
+import { AuthError, Identity, type AuthContext } from './identity.js';
+import { KeystoneClient } from './keystone-client.js';
 import { identityRoutes } from './identity-api.js';
 import { imageRoutes } from './images.js';
 import { metadefsRoutes } from './metadefs.js';
@@ -37,7 +38,11 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
   await mkdir(cfg.dataDir, { recursive: true });
   const db = await openDatabase(cfg.databaseUrl, cfg.dataDir);
   const identity = new Identity(db, { tokenTtlSeconds: cfg.tokenTtlSeconds, region: cfg.region });
-  const { generatedPassword } = await identity.bootstrap(cfg.adminPassword);
+  // With an external Keystone, it is the only source of users and tokens: nothing is bootstrapped here.
+  const external = cfg.keystoneUrl ? new KeystoneClient({
+    url: cfg.keystoneUrl, username: cfg.keystoneUser, password: cfg.keystonePassword ?? '', project: cfg.keystoneProject,
+  }) : null;
+  const { generatedPassword } = external ? { generatedPassword: undefined } : await identity.bootstrap(cfg.adminPassword);
   const store = new FileStore(join(cfg.dataDir, 'images'));
   await store.init();
 
@@ -49,9 +54,14 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
   const router = new Router();
   const auth = async (ctx: Ctx): Promise<AuthContext> => {
     const token = ctx.req.headers['x-auth-token'];
-    const unauthorized = () => new HttpError(401, 'The request you have made requires authentication.', { 'WWW-Authenticate': `Keystone uri="${ctx.baseUrl}/identity"` });
+    const authUri = external ? cfg.keystoneUrl!.replace(/\/v3\/?$/, '') : `${ctx.baseUrl}/identity`;
+    const unauthorized = () => new HttpError(401, 'The request you have made requires authentication.', { 'WWW-Authenticate': `Keystone uri="${authUri}"` });
     if (typeof token !== 'string' || !token) throw unauthorized();
-    try { return await identity.validate(token); } catch { throw unauthorized(); }
+    try { return await (external ?? identity).validate(token); } catch (e) {
+      if (e instanceof AuthError || !external) throw unauthorized();
+      log.error('identity service unavailable', { error: (e as Error).message });
+      throw new HttpError(503, 'The identity service is unavailable; try again later.');
+    }
   };
   const versions = (ctx: Ctx) => VERSIONS.map((v, i) => ({ id: `v${v}`, status: i === 0 ? 'CURRENT' : 'SUPPORTED', links: [{ rel: 'self', href: `${ctx.baseUrl}/v2/` }] }));
   router.add('GET', '/', (ctx) => sendJson(ctx, 300, { versions: versions(ctx) }));
@@ -66,7 +76,7 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
     ctx.res.writeHead(200, { 'Content-Type': registry.contentType });
     ctx.res.end(text);
   });
-  identityRoutes(router, db, identity);
+  if (!external) identityRoutes(router, db, identity);
   metadefsRoutes(router, auth);
   const node = `${hostname()}:${cfg.dataDir}`;
   const images = imageRoutes(router, db, store, auth, {

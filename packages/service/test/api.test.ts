@@ -354,3 +354,28 @@ test('project quotas: image count and storage; an upload over the quota is cut o
   assert.equal((await a('DELETE', `/v2/images/${ids[0]}`)).status, 204);
   assert.equal((await a('POST', '/v2/images', { body: { name: 'after-delete' } })).status, 201, 'deleting frees quota');
 });
+
+test('external identity: tokens from another Keystone are validated there (project, roles, outage → 503)', async (t) => {
+  // A diskhub with built-in identity plays the external Keystone; a second one trusts it.
+  const keystone = await startTestService(t);
+  const adminTok = await token(keystone.url);
+  await addProjectUser(keystone.url, adminTok, 'service', 'glance', 'glance-pw', 'admin');
+  const { projectId } = await addProjectUser(keystone.url, adminTok, 'team', 'alice', 'alice-pw');
+  const images = await startTestService(t, {
+    DISKHUB_KEYSTONE_URL: `${keystone.url}/identity/v3`, DISKHUB_KEYSTONE_USER: 'glance', DISKHUB_KEYSTONE_PASSWORD: 'glance-pw', DISKHUB_KEYSTONE_PROJECT: 'service',
+  });
+  assert.equal((await api(images.url, null)('GET', '/identity/v3')).status, 404, 'no built-in identity');
+  const aliceTok = await token(keystone.url, 'alice', 'alice-pw', 'team');
+  const alice = api(images.url, aliceTok);
+  const created = await alice('POST', '/v2/images', { body: { name: 'from-external' } });
+  assert.equal(created.status, 201, created.text);
+  assert.equal(created.json.owner, projectId);
+  assert.equal((await alice('POST', '/v2/images', { body: { visibility: 'public' } })).status, 403, 'member, not admin');
+  const denied = await api(images.url, 'dh1.bogus.token')('GET', '/v2/images');
+  assert.equal(denied.status, 401);
+  assert.equal(denied.headers.get('www-authenticate'), `Keystone uri="${keystone.url}/identity"`);
+  await keystone.close();
+  // A token not in the validation cache cannot be checked now.
+  const other = await api(images.url, 'dh1.not.cached')('GET', '/v2/images');
+  assert.equal(other.status, 503, 'Keystone down: unavailable, not unauthorized');
+});
