@@ -6,7 +6,7 @@ import { randomUUID } from 'node:crypto';
 import { pipeline } from 'node:stream/promises';
 import { Transform, type Readable } from 'node:stream';
 import { createReadStream, createWriteStream } from 'node:fs';
-import { mkdir, rm, stat } from 'node:fs/promises';
+import { mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Db } from './db/connect.js';
 import { HttpError, badRequest, conflict, forbidden, isObject, mediaType, notFound, readJson, sendEmpty, sendJson, type Ctx, type Router } from './http.js';
@@ -32,6 +32,11 @@ export interface ImagesOptions {
   /** Identifies this API node in upload records (crash recovery). */
   node: string;
 }
+
+/** Suffix of staging files still being written. */
+const PARTIAL_SUFFIX = '.partial';
+/** temp_key of an `uploads` row that records staging in progress. */
+const STAGE_KEY = 'stage';
 
 /** Bytes gathered before one write to the store. */
 const WRITE_BATCH = 4 << 20;
@@ -394,15 +399,25 @@ export function imageRoutes(router: Router, db: Db, store: Store, auth: Auth, op
     const img = await ownedImage(a, ctx.params.id!, 'upload_image');
     await transition(img, ['queued'], 'uploading');
     const path = join(opts.stagingDir, img.id);
+    // Written under a partial name and renamed when whole: a crash leaves only a .partial
+    // file, which the next start removes (and puts the image back to queued).
+    const partial = `${path}${PARTIAL_SUFFIX}`;
     await mkdir(opts.stagingDir, { recursive: true });
     let size = 0;
     const { cap, tooBig } = await uploadLimit(img.owner);
+    // Recorded so that a restart after a crash knows this node's staging was cut off.
+    await insertIgnore(db, 'uploads', { image_id: img.id, node: opts.node, temp_key: STAGE_KEY, started_at: now() });
+    const done = () => k.deleteFrom('uploads').where('image_id', '=', img.id).where('temp_key', '=', STAGE_KEY).execute().catch(() => {});
     try {
       await track(pipeline(ctx.req, new Transform({
         transform(chunk: Buffer, _e, cb) { size += chunk.length; cb(size > cap ? tooBig(size) : null, chunk); },
-      }), createWriteStream(path)));
+      }), createWriteStream(partial)));
+      if (!ctx.req.complete) throw new Error('request body ended early');
+      await rename(partial, path);
+      await done();
     } catch (e) {
-      await rm(path, { force: true });
+      await done();
+      await rm(partial, { force: true });
       await k.updateTable('images').set({ status: 'queued', updated_at: touch() }).where('id', '=', img.id).where('status', '=', 'uploading').execute();
       throw e instanceof HttpError ? e : badRequest('Image upload was interrupted; no data was kept.');
     }
@@ -524,7 +539,7 @@ export function imageRoutes(router: Router, db: Db, store: Store, auth: Auth, op
 
   /** After a crash: uploads this node had in flight are gone; put their images back and drop partial data. */
   async function recover(): Promise<void> {
-    const stale = await k.selectFrom('uploads').selectAll().where('node', '=', opts.node).execute();
+    const stale = await k.selectFrom('uploads').selectAll().where('node', '=', opts.node).where('temp_key', '<>', STAGE_KEY).execute();
     for (const u of stale) {
       await k.updateTable('images').set({ status: 'queued', updated_at: now() }).where('id', '=', u.image_id).where('status', 'in', ['saving', 'importing']).execute();
       await k.deleteFrom('uploads').where('image_id', '=', u.image_id).execute();
@@ -533,7 +548,22 @@ export function imageRoutes(router: Router, db: Db, store: Store, auth: Auth, op
     const live = new Set((await k.selectFrom('uploads').select('temp_key').execute()).map((r) => r.temp_key));
     const removed = await store.sweep(live);
     if (removed.length) log.info('removed partial data files', { count: removed.length });
-    // Images left 'uploading' after a crash keep their staged data only if it is there.
+    // Staging cut off by a crash: drop the partial file; an image whose staged data is not
+    // whole goes back to queued (one whose staging completed keeps it, ready for import).
+    await mkdir(opts.stagingDir, { recursive: true });
+    const staged = new Set<string>();
+    for (const name of await readdir(opts.stagingDir)) {
+      if (name.endsWith(PARTIAL_SUFFIX)) await rm(join(opts.stagingDir, name), { force: true });
+      else staged.add(name);
+    }
+    const stages = await k.selectFrom('uploads').select('image_id').where('node', '=', opts.node).where('temp_key', '=', STAGE_KEY).execute();
+    for (const { image_id: id } of stages) {
+      if (!staged.has(id)) {
+        await k.updateTable('images').set({ status: 'queued', updated_at: now() }).where('id', '=', id).where('status', '=', 'uploading').execute();
+        log.info('recovered interrupted staging', { image: id });
+      }
+      await k.deleteFrom('uploads').where('image_id', '=', id).execute();
+    }
   }
 
   return { recover, inFlight };

@@ -128,3 +128,28 @@ test('SIGTERM waits for an upload in flight, then exits 0', async (t) => {
   assert.equal(img.status, 'active');
   assert.equal(img.size, head.length + rest.length);
 });
+
+test('SIGKILL during staging: after restart the image is queued and the partial staged data is gone', async (t) => {
+  const dir = await tempDir(t);
+  const port = await freePort();
+  const env = { DISKHUB_ADMIN_PASSWORD: ADMIN_PASSWORD };
+  const first = await serve(dir, port, env);
+  t.after(() => { first.child.kill('SIGKILL'); });
+  const tok = await token(first.url);
+  const a = api(first.url, tok);
+  const id = (await a('POST', '/v2/images', { body: { name: 'stage-crash', disk_format: 'raw', container_format: 'bare' } })).json.id;
+  const u = new URL(`${first.url}/v2/images/${id}/stage`);
+  const req = request({ host: u.hostname, port: u.port, path: u.pathname, method: 'PUT', headers: { 'X-Auth-Token': tok, 'Content-Type': 'application/octet-stream', 'Content-Length': String(4 << 20) } });
+  req.on('error', () => {});
+  req.write(randomBytes(1 << 20));
+  await waitFor(async () => (await a('GET', `/v2/images/${id}`)).json.status === 'uploading', 'uploading');
+  await waitFor(async () => (await readdir(join(dir, 'staging')).catch(() => [])).length > 0, 'a partial staging file');
+  first.child.kill('SIGKILL');
+  await first.exited;
+  req.destroy();
+  const second = await serve(dir, port, env);
+  t.after(() => { second.child.kill('SIGKILL'); });
+  const b = api(second.url, await token(second.url));
+  assert.equal((await b('GET', `/v2/images/${id}`)).json.status, 'queued');
+  assert.deepEqual(await readdir(join(dir, 'staging')), []);
+});
