@@ -1,0 +1,74 @@
+#!/usr/bin/env node
+// `diskhub img` against qemu-img on the same inputs in the same run: wall time (best of
+// BENCH_RUNS, alternating the two tools) and peak RSS (GNU time's %M), with the ratio.
+// Inputs (made once under bench/work/img): a raw image of BENCH_SIZE_MB virtual size (default
+// 2048) holding a mix of random data, compressible text and zero runs in 1 MiB pieces (about
+// half the image), the rest holes. Formats other than raw join the table as drivers land.
+//   node bench/img.mjs        (after npm run build; needs qemu-img and /usr/bin/time)
+import { execFileSync, spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, openSync, writeSync, closeSync, rmSync, ftruncateSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { join, dirname, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+const work = join(root, 'bench', 'work', 'img');
+const SIZE = Number(process.env.BENCH_SIZE_MB ?? 2048) * 2 ** 20;
+const RUNS = Number(process.env.BENCH_RUNS ?? 3);
+const diskhub = [process.execPath, join(root, 'packages', 'cli', 'bin', 'diskhub.js'), 'img'];
+mkdirSync(work, { recursive: true });
+
+const src = join(work, `mixed-${SIZE / 2 ** 20}M.raw`);
+if (!existsSync(src)) {
+  const fd = openSync(src, 'w');
+  ftruncateSync(fd, SIZE);
+  const random = randomBytes(1 << 20);
+  const text = Buffer.from('The quick brown fox jumps over the lazy dog. '.repeat(23302).slice(0, 1 << 20));
+  const zero = Buffer.alloc(1 << 20);
+  // Per 4 MiB: random, text, zeros (written, so allocated), hole.
+  for (let off = 0; off < SIZE; off += 4 << 20) {
+    writeSync(fd, random, 0, random.length, off);
+    writeSync(fd, text, 0, text.length, off + (1 << 20));
+    writeSync(fd, zero, 0, zero.length, off + (2 << 20));
+  }
+  closeSync(fd);
+}
+const copy = join(work, 'copy.raw');
+if (!existsSync(copy)) execFileSync('cp', ['--sparse=always', src, copy]);
+
+/** Run under GNU time; returns [seconds, peak RSS KiB]. */
+function timed(cmd, args) {
+  const r = spawnSync('/usr/bin/time', ['-f', '%e %M', cmd, ...args], { encoding: 'utf8', maxBuffer: 1 << 30 });
+  if (r.status !== 0 && r.status !== 1) throw new Error(`${cmd} ${args.join(' ')}: ${r.stderr}`);
+  const [s, kb] = r.stderr.trim().split('\n').pop().split(' ').map(Number);
+  return [s, kb];
+}
+
+const cases = [
+  ['convert raw→raw', (out) => ['convert', '-O', 'raw', src, out]],
+  ['convert raw→raw -W -m 16', (out) => ['convert', '-W', '-m', '16', '-O', 'raw', src, out]],
+  ['compare (identical)', () => ['compare', src, copy]],
+  ['map --output=json', () => ['map', '--output=json', src]],
+  ['info --output=json', () => ['info', '--output=json', src]],
+];
+
+console.log(`input: ${src} (${SIZE / 2 ** 20} MiB virtual), best of ${RUNS}`);
+console.log('| command | diskhub s | qemu-img s | ratio | diskhub peak RSS | qemu-img peak RSS |');
+console.log('| --- | ---: | ---: | ---: | ---: | ---: |');
+for (const [name, args] of cases) {
+  const best = { ours: [Infinity, 0], peer: [Infinity, 0] };
+  for (let i = 0; i < RUNS; i++) {
+    for (const who of ['ours', 'peer']) {
+      const out = join(work, `out-${who}.raw`);
+      rmSync(out, { force: true });
+      const [s, kb] = who === 'ours' ? timed(diskhub[0], [...diskhub.slice(1), ...args(out)]) : timed('qemu-img', args(out));
+      if (s < best[who][0]) best[who][0] = s;
+      best[who][1] = Math.max(best[who][1], kb);
+      rmSync(out, { force: true });
+    }
+  }
+  const mib = (kb) => `${(kb / 1024).toFixed(0)} MiB`;
+  // GNU time reports 10 ms steps; a zero is "under 10 ms".
+  const ratio = best.peer[0] > 0 ? (best.ours[0] / best.peer[0]).toFixed(2) : `> ${(best.ours[0] / 0.01).toFixed(0)}`;
+  console.log(`| ${name} | ${best.ours[0].toFixed(2)} | ${best.peer[0].toFixed(2)} | ${ratio} | ${mib(best.ours[1])} | ${mib(best.peer[1])} |`);
+}
