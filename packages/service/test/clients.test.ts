@@ -154,3 +154,37 @@ test('glance client: metadata definitions (md-namespace-list/show, md-property-l
   assert.notEqual(missing.code, 0);
   assert.match(missing.stderr, /404|not found/i);
 });
+
+test('openstack client: protected images, deactivate/activate, sorted and limited listing, token revoke', needs('openstack'), async (t) => {
+  const svc = await startTestService(t);
+  const dir = await tempDir(t);
+  const env = osEnv(svc.url);
+  const file = join(dir, 'p.raw');
+  await writeFile(file, randomBytes(4096));
+  await os(env, 'image', 'create', '--file', file, '--disk-format', 'raw', '--container-format', 'bare', '--protected', 'keep-me');
+  // (Without --file the client reads image data from a non-terminal stdin.)
+  await os(env, 'image', 'create', '--file', file, '--disk-format', 'raw', '--container-format', 'bare', 'b-image');
+  await os(env, 'image', 'create', '--file', file, '--disk-format', 'raw', '--container-format', 'bare', 'a-image');
+  const refused = await run('openstack', ['image', 'delete', 'keep-me'], { env });
+  assert.notEqual(refused.code, 0);
+  assert.match(refused.stderr, /protected/i);
+
+  const sorted = await osJson(env, 'image', 'list', '--sort', 'name:asc', '--limit', '2');
+  assert.deepEqual(sorted.map((i: any) => i.Name), ['a-image', 'b-image']);
+  const long = await osJson(env, 'image', 'list', '--long', '--name', 'keep-me');
+  assert.equal(long[0].Protected, true);
+  assert.equal(long[0]['Disk Format'], 'raw');
+
+  await os(env, 'image', 'set', '--deactivate', 'keep-me');
+  assert.equal((await osJson(env, 'image', 'show', 'keep-me')).status, 'deactivated');
+  await os(env, 'image', 'set', '--activate', '--unprotected', 'keep-me');
+  const shown = await osJson(env, 'image', 'show', 'keep-me');
+  assert.equal(shown.status, 'active');
+  assert.equal(shown.protected, false);
+  await os(env, 'image', 'delete', 'keep-me');
+
+  const tok = await osJson(env, 'token', 'issue');
+  await os(env, 'token', 'revoke', tok.id);
+  const r = await fetch(`${svc.url}/v2/images`, { headers: { 'X-Auth-Token': tok.id } });
+  assert.equal(r.status, 401, 'a revoked token no longer works');
+});
