@@ -6,3 +6,4 @@ export * from './formats.js';
 export * from './open.js';
 export { RawImage, rawDriver } from './raw/index.js';
 export * from './ops/index.js';
+export * from './partition/index.js';
