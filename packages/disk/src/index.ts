@@ -7,3 +7,5 @@ export * from './open.js';
 export { RawImage, rawDriver } from './raw/index.js';
 export * from './ops/index.js';
 export * from './partition/index.js';
+export * from './lvm/index.js';
+export * from './fsid/index.js';

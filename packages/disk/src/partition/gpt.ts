@@ -6,7 +6,7 @@
  */
 import type { BlockDevice } from '../blockdev.js';
 import { DiskError } from '../errors.js';
-import { crc32 } from './crc32.js';
+import { crc32 } from '../crc32.js';
 import { formatGuid, isZeroGuid } from './guid.js';
 import { GPT_TYPE_NAMES } from './types.js';
 import { checkOverlaps } from './mbr.js';
