@@ -9,3 +9,4 @@ export * from './ops/index.js';
 export * from './partition/index.js';
 export * from './lvm/index.js';
 export * from './fsid/index.js';
+export { crc32, crcRegister } from './crc32.js';

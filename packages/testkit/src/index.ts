@@ -72,3 +72,4 @@ export async function tempDir(t: TestContext | { after(fn: () => unknown): void 
   t.after(() => rm(dir, { recursive: true, force: true }));
   return dir;
 }
+export * from './lvm.js';
