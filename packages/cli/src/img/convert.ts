@@ -17,6 +17,7 @@ import { parseSize, SUFFIX_HELP } from './output.js';
 import { parseOptionString, optionHelp, validateOptions } from './createopts.js';
 import { snapshotParam } from './measure.js';
 import { printHelp } from './help.js';
+import { INSIDE_OPTIONS, insideOption, selectInside, type InsideSelection } from './inside.js';
 
 const MAX_SPARSE = 16 << 20;
 
@@ -31,7 +32,9 @@ export async function convertCommand(argv: string[]): Promise<number> {
     { name: 'bitmaps', hasArg: 0, val: 'bitmaps' },
     { name: 'skip-broken-bitmaps', hasArg: 0, val: 'skip-broken-bitmaps' },
     { name: 'force-share', hasArg: 0, val: 'U' },
+    ...INSIDE_OPTIONS,
   ]);
+  const inside: InsideSelection = {};
   let srcFormat: string | undefined;
   let outFormat = 'raw';
   let backingFile: string | undefined;
@@ -87,6 +90,7 @@ export async function convertCommand(argv: string[]): Promise<number> {
         break;
       case 'image-opts': case 'target-image-opts': throw new UsageError(`--${o.opt} is not supported`, false);
       // -C (copy offloading), -U, --salvage, --bitmaps: accepted, no effect; -r is not enforced.
+      default: insideOption(o.opt, o.arg, inside); break;
     }
   }
   let driver: FormatDriver;
@@ -135,7 +139,10 @@ export async function convertCommand(argv: string[]): Promise<number> {
         throw new CliError(`Failed to load snapshot: Block format '${img.format}' used by device '' does not support temporarily loading internal snapshots`);
       }
     }
-    const src: BlockDevice = sources.length === 1 ? sources[0]! : new ConcatDevice(sources);
+    // --partition / --lv: each source contributes the selected part (its own image if none).
+    const parts: BlockDevice[] = [];
+    for (const [i, img] of sources.entries()) parts.push((await selectInside(img, sourceNames[i]!, inside)).device);
+    const src: BlockDevice = parts.length === 1 ? parts[0]! : new ConcatDevice(parts);
     const formatOptions: Record<string, string> = {};
     for (const [k, v] of values) if (k !== 'size' && k !== 'backing_file' && k !== 'backing_fmt') formatOptions[k] = v;
 

@@ -22,10 +22,12 @@ Command syntax:
   info [-f fmt] [--output=ofmt] [--backing-chain] [-U] filename
   map [-f fmt] [--output=ofmt] [--start-offset=offset] [--max-length=len] [-U] filename
   snapshot [-l] [-U] filename
+  partitions [-f fmt] [--output=ofmt] filename
   measure [--output=ofmt] [-O output_fmt] [-o options] [--size N | [-f fmt] [-l snapshot_param] filename]
 
 Sizes take the suffixes k, M, G, T, P, E (powers of 1024) or b for bytes.
 '--output' is 'human' (default) or 'json'.
+info, map and convert take '--partition N' or '--lv VG/LV' to work on one partition or LVM logical volume.
 `;
 
 /** Commands call this for -h/--help. */

@@ -4,6 +4,7 @@ import { getopt, UsageError } from './getopt.js';
 import { openCliImage, parseOutputFormat, out, type OutputFormat } from './common.js';
 import { qemuJson, humanDump, sizeToStr } from './output.js';
 import { printHelp } from './help.js';
+import { INSIDE_OPTIONS, insideOption, selectInside, selectionInfo, hasSelection, type InsideSelection } from './inside.js';
 
 export async function infoCommand(argv: string[]): Promise<number> {
   const { options, positional } = getopt(argv, ':f:hU', [
@@ -14,7 +15,9 @@ export async function infoCommand(argv: string[]): Promise<number> {
     { name: 'force-share', hasArg: 0, val: 'U' },
     { name: 'object', hasArg: 1, val: 'object' },
     { name: 'image-opts', hasArg: 0, val: 'image-opts' },
+    ...INSIDE_OPTIONS,
   ]);
+  const inside: InsideSelection = {};
   let format: string | undefined;
   let output: OutputFormat = 'human';
   let chain = false;
@@ -26,13 +29,20 @@ export async function infoCommand(argv: string[]): Promise<number> {
       case 'backing-chain': chain = true; break;
       case 'U': break; // we never lock images, so sharing is always allowed
       case 'image-opts': throw new UsageError('--image-opts is not supported', false);
+      default: insideOption(o.opt, o.arg, inside);
     }
   }
   if (positional.length !== 1) throw new UsageError('Expecting one image file name');
   const filename = positional[0]!;
-  const image = await openCliImage(filename, { format, backing: chain });
+  if (chain && hasSelection(inside)) throw new UsageError('--backing-chain cannot be combined with --partition or --lv', false);
+  const image = await openCliImage(filename, { format, backing: chain || hasSelection(inside) });
   try {
     const infos = await infoChain(image, chain);
+    if (hasSelection(inside)) {
+      const { info, human } = await selectionInfo(infos[0]!, await selectInside(image, filename, inside));
+      out(output === 'json' ? qemuJson(info) + '\n' : humanInfo(info) + human);
+      return 0;
+    }
     if (output === 'json') out(qemuJson(chain ? infos : infos[0]) + '\n');
     else out(infos.map(humanInfo).join('\n'));
   } finally {

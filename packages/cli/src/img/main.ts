@@ -14,6 +14,7 @@ import { compareCommand } from './compare.js';
 import { mapCommand } from './map.js';
 import { measureCommand } from './measure.js';
 import { snapshotCommand } from './snapshot.js';
+import { partitionsCommand } from './partitions.js';
 
 /** A command gets argv with its own name at argv[0], as qemu-img's commands do. */
 export type ImgCommand = (argv: string[]) => Promise<number>;
@@ -26,6 +27,7 @@ const COMMANDS: Record<string, ImgCommand> = {
   info: infoCommand,
   map: mapCommand,
   measure: measureCommand,
+  partitions: partitionsCommand,
   snapshot: snapshotCommand,
 };
 

@@ -4,6 +4,7 @@ import { getopt, UsageError } from './getopt.js';
 import { CliError, OutputBuffer, openCliImage, parseOutputFormat, type OutputFormat } from './common.js';
 import { parseSize, INT64_MAX, SUFFIX_HELP } from './output.js';
 import { printHelp } from './help.js';
+import { INSIDE_OPTIONS, insideOption, selectInside, type InsideSelection } from './inside.js';
 
 
 function offsetArg(text: string, what: string): number {
@@ -23,7 +24,9 @@ export async function mapCommand(argv: string[]): Promise<number> {
     { name: 'force-share', hasArg: 0, val: 'U' },
     { name: 'start-offset', hasArg: 1, val: 's' },
     { name: 'max-length', hasArg: 1, val: 'l' },
+    ...INSIDE_OPTIONS,
   ]);
+  const inside: InsideSelection = {};
   let format: string | undefined;
   let output: OutputFormat = 'human';
   let start = 0;
@@ -36,6 +39,7 @@ export async function mapCommand(argv: string[]): Promise<number> {
       case 's': start = offsetArg(o.arg!, 'start offset'); break;
       case 'l': maxLength = offsetArg(o.arg!, 'max length'); break;
       case 'image-opts': throw new UsageError('--image-opts is not supported', false);
+      default: insideOption(o.opt, o.arg, inside);
     }
   }
   if (positional.length !== 1) throw new UsageError('Expecting one image file name');
@@ -43,11 +47,12 @@ export async function mapCommand(argv: string[]): Promise<number> {
   const image = await openCliImage(filename, { format });
   const out = new OutputBuffer();
   try {
-    const length = maxLength === undefined ? image.size : Math.min(maxLength, Math.max(0, image.size - start));
+    const { device } = await selectInside(image, filename, inside);
+    const length = maxLength === undefined ? device.size : Math.min(maxLength, Math.max(0, device.size - start));
     if (output === 'json') {
       let first = true;
       await out.add('[');
-      for await (const e of mapImage(image, { start, length })) {
+      for await (const e of mapImage(device, { start, length })) {
         await out.add((first ? '' : ',\n') + jsonEntry(e));
         first = false;
       }
@@ -56,7 +61,7 @@ export async function mapCommand(argv: string[]): Promise<number> {
       await out.add(']\n');
     } else {
       await out.add('Offset          Length          Mapped to       File\n');
-      for await (const e of mapImage(image, { start, length })) {
+      for await (const e of mapImage(device, { start, length })) {
         if (!e.data) continue;
         if (e.hostOffset === undefined) {
           await out.flush();
