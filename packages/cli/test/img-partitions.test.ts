@@ -181,3 +181,33 @@ test('img partitions finds LVM inside a partition; --lv reads a logical volume f
   assert.equal(c.code, 0, c.stderr);
   assert.ok((await readFile(out)).equals(await readFile(fsFile)), 'convert --lv extracts the filesystem byte for byte');
 });
+
+test('a partition extracted with convert is a filesystem the ext4 tools and the kernel accept (e2fsck, debugfs, mount)', needs('sfdisk', 'mkfs.ext4', 'e2fsck', 'debugfs'), async (t) => {
+  const dir = await tempDir(t);
+  const content = join(dir, 'content');
+  await runOk('mkdir', ['-p', join(content, 'etc')]);
+  const hello = 'hello from inside partition 2\n'.repeat(1000);
+  await writeFile(join(content, 'etc', 'hello.txt'), hello);
+  const disk = await sparseFile(join(dir, 'vm.img'), 40 * MiB);
+  await runOk('sfdisk', ['-q', disk], { input: 'label: gpt\nstart=2048,size=8192,type=U\nsize=61440,type=L,name=root\n' });
+  const p2 = JSON.parse((await diskhub(['img', 'partitions', '--output=json', disk])).stdout).partitiontable.partitions[1];
+  await runOk('mkfs.ext4', ['-q', '-F', '-L', 'vmroot', '-d', content, '-E', `offset=${p2.offset}`, disk, `${p2.size / 1024}k`]);
+
+  const out = join(dir, 'root.raw');
+  const r = await diskhub(['img', 'convert', '-O', 'raw', '--partition', '2', disk, out]);
+  assert.equal(r.code, 0, r.stderr);
+  await runOk('e2fsck', ['-fn', out]);
+  assert.equal(await runOk('debugfs', ['-R', 'cat /etc/hello.txt', out]), hello);
+  if (needsLoopDevices().skip) return;
+  // The kernel's own ext4 driver reads it too.
+  const mnt = join(dir, 'mnt');
+  await runOk('mkdir', [mnt]);
+  await withLoopDevices([out], async ([loop]) => {
+    await runOk('mount', ['-o', 'ro', loop!, mnt]);
+    try {
+      assert.equal(await readFile(join(mnt, 'etc', 'hello.txt'), 'utf8'), hello);
+    } finally {
+      await runOk('umount', [mnt]);
+    }
+  });
+});

@@ -297,3 +297,45 @@ test('a partition opened from a raw image reads and writes the same bytes as dd 
   // The table itself is untouched (sfdisk still reads it).
   assert.equal((await sfdiskJson(path)).partitions.length, 2);
 });
+
+/** A small deterministic generator, so a failure can be replayed. */
+function prng(seed: number) {
+  return () => { seed = (seed * 1103515245 + 12345) & 0x7fffffff; return seed; };
+}
+
+test('damaged tables (random bytes over real MBR/EBR/GPT sectors): a table, null, or a DiskError, in bounded time', needs('sfdisk', 'sgdisk'), async (t) => {
+  const dir = await tempDir(t);
+  const dos = await blankImage(dir, 'f-dos.img', 4 * MiB);
+  await runOk('sfdisk', ['-q', dos], { input: 'label: dos\nsize=1024,type=83\ntype=5\nsize=512\nsize=512\nsize=512\n' });
+  const gpt = await blankImage(dir, 'f-gpt.img', 4 * MiB);
+  await runOk('sgdisk', ['-n1:0:+1M', '-n2:0:+1M', gpt]);
+  const rand = prng(7);
+  for (const file of [dos, gpt]) {
+    const original = new Uint8Array(await readFile(file));
+    // The sectors that hold table structures: 0-33, the backup GPT header, and every sector
+    // ending in 0x55AA (the MBR and the EBRs of the dos disk).
+    const hot = [...Array(34).keys()].map((s) => s * 512);
+    for (let at = 0; at < original.length; at += 512) if (original[at + 510] === 0x55 && original[at + 511] === 0xaa) hot.push(at);
+    hot.push(original.length - 512);
+    assert.ok(file === gpt || hot.length > 34 + 3, 'the EBRs are among the targets');
+    for (let round = 0; round < 300; round++) {
+      const bytes = original.slice();
+      const flips = 1 + (rand() % 24);
+      for (let i = 0; i < flips; i++) {
+        const base = hot[rand() % hot.length]!;
+        const at = Math.min(bytes.length - 1, Math.max(0, base + (rand() % 512)));
+        bytes[at] = rand() & 0xff;
+      }
+      const dev = memoryDevice(bytes);
+      try {
+        const tbl = await readPartitionTable(dev);
+        // Whatever was read can be opened or refused with a typed error.
+        for (const p of tbl?.partitions ?? []) {
+          try { await (await openPartition(dev, p.number, { table: tbl })).read(new Uint8Array(1), 0); } catch (e) { assert.ok(isDiskError(e), String(e)); }
+        }
+      } catch (e) {
+        assert.ok(isDiskError(e), `round ${round}: ${e}`);
+      }
+    }
+  }
+});
