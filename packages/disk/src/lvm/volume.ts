@@ -6,6 +6,7 @@
 import { checkRange, type BlockDevice, type Extent } from '../blockdev.js';
 import { DiskError } from '../errors.js';
 import type { LogicalVolumeInfo, LvSegment, VolumeGroupInfo } from './vg.js';
+import { remapExtents } from '../partition/window.js';
 
 interface Piece {
   /** Bytes from `offset` that map contiguously. */
@@ -108,14 +109,7 @@ export class LogicalVolumeDevice implements BlockDevice {
       if (!p.device) {
         yield { offset: at, length: p.length, data: false, zero: true, present: true, depth: 0 };
       } else {
-        for await (const e of p.device.blockStatus(p.deviceOffset!, p.length)) {
-          const from = Math.max(e.offset, p.deviceOffset!);
-          const to = Math.min(e.offset + e.length, p.deviceOffset! + p.length);
-          if (to <= from) continue;
-          const shifted: Extent = { ...e, offset: at + (from - p.deviceOffset!), length: to - from };
-          if (e.hostOffset !== undefined) shifted.hostOffset = e.hostOffset + (from - e.offset);
-          yield shifted;
-        }
+        yield* remapExtents(p.device.blockStatus(p.deviceOffset!, p.length), p.deviceOffset!, p.length, at);
       }
       done += p.length;
     }

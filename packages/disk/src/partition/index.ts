@@ -10,7 +10,7 @@ import type { Partition, PartitionTable } from './model.js';
 import { WindowDevice, type WindowOptions } from './window.js';
 
 export type { Partition, PartitionTable, GptDetails } from './model.js';
-export { WindowDevice, type WindowOptions } from './window.js';
+export { WindowDevice, remapExtents, type WindowOptions } from './window.js';
 export { formatGuid } from './guid.js';
 export { MBR_TYPE_NAMES, GPT_TYPE_NAMES } from './types.js';
 export { MAX_LOGICAL_PARTITIONS } from './mbr.js';

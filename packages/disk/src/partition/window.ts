@@ -68,15 +68,7 @@ export class WindowDevice implements BlockDevice {
 
   async *blockStatus(offset: number, length: number): AsyncIterable<Extent> {
     checkRange(this.size, offset, length, `${this.name}: block status`);
-    for await (const e of this.parent.blockStatus(this.start + offset, length)) {
-      // Clip defensively: a parent may report a run that starts before or ends after the window.
-      const from = Math.max(e.offset, this.start + offset);
-      const to = Math.min(e.offset + e.length, this.start + offset + length);
-      if (to <= from) continue;
-      const shifted: Extent = { ...e, offset: from - this.start, length: to - from };
-      if (e.hostOffset !== undefined) shifted.hostOffset = e.hostOffset + (from - e.offset);
-      yield shifted;
-    }
+    yield* remapExtents(this.parent.blockStatus(this.start + offset, length), this.start + offset, length, offset);
   }
 
   async flush(): Promise<void> {
@@ -87,5 +79,21 @@ export class WindowDevice implements BlockDevice {
     if (this.closed) return;
     this.closed = true;
     await this.options.onClose?.();
+  }
+}
+
+/**
+ * Extents of the parent range [parentOffset, parentOffset+length) seen at `offset` of a
+ * device stacked on it (a partition, an LV piece). Runs the parent reports beyond the range
+ * are clipped; host offsets move with the clipped start.
+ */
+export async function* remapExtents(parentExtents: AsyncIterable<Extent>, parentOffset: number, length: number, offset: number): AsyncIterable<Extent> {
+  for await (const e of parentExtents) {
+    const from = Math.max(e.offset, parentOffset);
+    const to = Math.min(e.offset + e.length, parentOffset + length);
+    if (to <= from) continue;
+    const shifted: Extent = { ...e, offset: offset + (from - parentOffset), length: to - from };
+    if (e.hostOffset !== undefined) shifted.hostOffset = e.hostOffset + (from - e.offset);
+    yield shifted;
   }
 }
