@@ -211,3 +211,27 @@ test('a partition extracted with convert is a filesystem the ext4 tools and the 
     }
   });
 });
+
+test('img partitions on a 600-partition GPT lists all of them (as sfdisk does) and probes only the first 256; a GPT with no usable header fails cleanly', needs('sfdisk'), async (t) => {
+  const dir = await tempDir(t);
+  const disk = await sparseFile(join(dir, 'many.img'), 8 * MiB);
+  const lines = ['label: gpt', 'table-length: 1024', ...Array.from({ length: 600 }, (_, i) => `start=${2048 + i * 16},size=16`)];
+  await runOk('sfdisk', ['-q', disk], { input: lines.join('\n') + '\n' });
+  const peer = JSON.parse(await runOk('sfdisk', ['--json', disk])).partitiontable.partitions;
+  const r = await diskhub(['img', 'partitions', '--output=json', disk]);
+  assert.equal(r.code, 0, r.stderr);
+  const ours = JSON.parse(r.stdout).partitiontable.partitions;
+  assert.equal(ours.length, peer.length);
+  assert.deepEqual(ours.map((p: { start: number; uuid: string }) => [p.start, p.uuid]), peer.map((p: { start: number; uuid: string }) => [p.start, p.uuid]));
+  assert.match(r.stderr, /344 partitions past the first 256 were not looked into/);
+
+  // Both GPT headers destroyed behind a protective MBR: an error naming both, exit 1.
+  const fh = await open(disk, 'r+');
+  const size = (await fh.stat()).size;
+  await fh.write(Buffer.alloc(8), 0, 8, 512);
+  await fh.write(Buffer.alloc(8), 0, 8, size - 512);
+  await fh.close();
+  const bad = await diskhub(['img', 'partitions', disk]);
+  assert.equal(bad.code, 1);
+  assert.match(bad.stderr, /protective MBR found, but no GPT header/);
+});

@@ -47,26 +47,41 @@ export interface Selected {
   lv?: { vg: string; name: string; uuid: string; segmentType: string };
 }
 
+/**
+ * Partitions we look into (filesystem, LVM label). Linux gives a disk at most 256 partitions;
+ * a table listing thousands is hostile, and probing each would read gigabytes.
+ */
+export const MAX_PROBED_PARTITIONS = 256;
+
 /** The devices an image holds where PVs or filesystems may sit: its partitions, or the whole disk when it has no table. */
-export async function contentDevices(image: Image, table: PartitionTable | null): Promise<{ devices: NamedDevice[]; partitions: Map<NamedDevice, Partition> }> {
+export async function contentDevices(image: Image, table: PartitionTable | null): Promise<{ devices: NamedDevice[]; partitions: Map<NamedDevice, Partition>; skipped: number }> {
   const partitions = new Map<NamedDevice, Partition>();
-  if (!table) return { devices: [{ name: 'whole disk', device: image }], partitions };
+  if (!table) return { devices: [{ name: 'whole disk', device: image }], partitions, skipped: 0 };
   const devices: NamedDevice[] = [];
+  let skipped = 0;
   for (const p of table.partitions) {
     if (p.kind === 'extended' || p.beyondDisk) continue;
+    if (devices.length >= MAX_PROBED_PARTITIONS) { skipped++; continue; }
     const d = { name: `partition ${p.number}`, device: await openPartition(image, p.number, { table }) };
     devices.push(d);
     partitions.set(d, p);
   }
-  return { devices, partitions };
+  return { devices, partitions, skipped };
+}
+
+/** Scan devices for LVM physical volumes (`identified`: filesystems already found, to save probing twice). */
+export async function scanDevicesLvm(devices: NamedDevice[], identified?: Map<NamedDevice, FilesystemInfo | null>): Promise<LvmScan> {
+  const pvs: NamedDevice[] = [];
+  for (const d of devices) {
+    const fs = identified ? identified.get(d) : await filesystemOf(d.device);
+    if (fs?.type === 'LVM2_member') pvs.push(d);
+  }
+  return scanLvm(pvs);
 }
 
 /** Scan an image's partitions (or the whole disk) for LVM physical volumes. */
 export async function scanImageLvm(image: Image, table: PartitionTable | null): Promise<LvmScan> {
-  const { devices } = await contentDevices(image, table);
-  const pvs: NamedDevice[] = [];
-  for (const d of devices) if ((await identifyFilesystem(d.device))?.type === 'LVM2_member') pvs.push(d);
-  return scanLvm(pvs);
+  return scanDevicesLvm((await contentDevices(image, table)).devices);
 }
 
 /** Apply a selection to an opened image; errors read "Could not open 'NAME': ..." like qemu-img's. */

@@ -5,11 +5,11 @@
  */
 import {
   closeChain, readPartitionTable, openLogicalVolume, isDiskError,
-  type Image, type PartitionTable, type FilesystemInfo, type LvmScan,
+  type Image, type PartitionTable, type FilesystemInfo, type LvmScan, type NamedDevice,
 } from '@diskhub/disk';
 import { getopt, UsageError } from './getopt.js';
 import { CliError, openCliImage, parseOutputFormat, out, err, type OutputFormat } from './common.js';
-import { contentDevices, filesystemOf, scanImageLvm } from './inside.js';
+import { contentDevices, filesystemOf, scanDevicesLvm, MAX_PROBED_PARTITIONS } from './inside.js';
 
 export const PARTITIONS_HELP = `usage: diskhub img partitions [-f fmt] [--output=human|json] filename
 List the partition table of an image (MBR or GPT), the filesystem on each partition, and the
@@ -68,16 +68,18 @@ export async function partitionsCommand(argv: string[]): Promise<number> {
 
 async function report(image: Image, filename: string, output: OutputFormat): Promise<number> {
   const pt: PartitionTable | null = await readPartitionTable(image);
-  const { devices, partitions } = await contentDevices(image, pt);
+  const { devices, partitions, skipped } = await contentDevices(image, pt);
   const fsByPartition = new Map<number, FilesystemInfo | null>();
+  const identified = new Map<NamedDevice, FilesystemInfo | null>();
   let wholeDisk: FilesystemInfo | null = null;
   for (const d of devices) {
     const fs = await filesystemOf(d.device);
+    identified.set(d, fs);
     const p = partitions.get(d);
     if (p) fsByPartition.set(p.number, fs);
     else wholeDisk = fs;
   }
-  const scan: LvmScan = await scanImageLvm(image, pt);
+  const scan: LvmScan = await scanDevicesLvm(devices, identified);
   const lvs = new Map<string, LvReport[]>();
   for (const g of scan.vgs) {
     const list: LvReport[] = [];
@@ -95,6 +97,7 @@ async function report(image: Image, filename: string, output: OutputFormat): Pro
     lvs.set(g.vg.uuid, list);
   }
   const warnings = [...(pt?.warnings ?? []), ...scan.warnings];
+  if (skipped) warnings.push(`${skipped} partitions past the first ${MAX_PROBED_PARTITIONS} were not looked into`);
   const pvName = new Map(scan.pvs.map((p) => [p.label.uuid, p.name]));
 
   if (output === 'json') {
