@@ -44,6 +44,12 @@ const CASES: FsCase[] = [
   { name: 'fat32', tools: ['mkfs.vfat'], size: 64 * MiB, make: (f) => runOk('mkfs.vfat', ['-F', '32', '-n', 'EFI BOOT', f]), expect: { TYPE: 'vfat', VERSION: 'FAT32', LABEL: 'EFI BOOT' } },
   { name: 'ntfs', tools: ['mkntfs'], size: 16 * MiB, make: (f) => runOk('mkntfs', ['-q', '-F', '-f', '-L', 'Windows Data', f]), expect: { TYPE: 'ntfs', LABEL: 'Windows Data' } },
   { name: 'swap', tools: ['mkswap'], size: 8 * MiB, make: (f) => runOk('mkswap', ['-L', 'swap0', '-U', '0f0e0d0c-0b0a-4908-8706-050403020100', f]), expect: { TYPE: 'swap', VERSION: '1', LABEL: 'swap0' } },
+  { name: 'ext4-nojournal', tools: ['mkfs.ext4'], size: 8 * MiB, make: (f) => runOk('mkfs.ext4', ['-q', '-F', '-O', '^has_journal', f]), expect: { TYPE: 'ext4' } },
+  { name: 'ext2-minimal', tools: ['mkfs.ext2'], size: 4 * MiB, make: (f) => runOk('mkfs.ext2', ['-q', '-F', '-O', '^resize_inode,^dir_index', f]), expect: { TYPE: 'ext2' } },
+  { name: 'jbd', tools: ['mke2fs'], size: 8 * MiB, make: (f) => runOk('mke2fs', ['-q', '-F', '-O', 'journal_dev', '-b', '4096', '-L', 'journal', f]), expect: { TYPE: 'jbd', LABEL: 'journal' } },
+  { name: 'xfs-v4', tools: ['mkfs.xfs'], size: 300 * MiB, make: (f) => runOk('mkfs.xfs', ['-q', '-f', '-m', 'crc=0', f]), expect: { TYPE: 'xfs' } },
+  { name: 'fat-nolabel', tools: ['mkfs.vfat'], size: 16 * MiB, make: (f) => runOk('mkfs.vfat', [f]), expect: { TYPE: 'vfat' } },
+  { name: 'ntfs-nolabel', tools: ['mkntfs'], size: 8 * MiB, make: (f) => runOk('mkntfs', ['-q', '-F', '-f', f]), expect: { TYPE: 'ntfs' } },
   { name: 'luks1', tools: ['cryptsetup'], size: 8 * MiB, make: (f) => runOk('cryptsetup', ['luksFormat', '-q', '--type', 'luks1', '--pbkdf-force-iterations', '1000', '-d', '-', f], { input: 'secret' }), expect: { TYPE: 'crypto_LUKS', VERSION: '1' } },
   { name: 'luks2', tools: ['cryptsetup'], size: 24 * MiB, make: (f) => runOk('cryptsetup', ['luksFormat', '-q', '--type', 'luks2', '--label', 'vault', '--subsystem', 'test', '--pbkdf', 'pbkdf2', '--pbkdf-force-iterations', '1000', '-d', '-', f], { input: 'secret' }), expect: { TYPE: 'crypto_LUKS', VERSION: '2', LABEL: 'vault' } },
 ];

@@ -39,10 +39,14 @@ export const probeExt: Prober = (ctx) => {
   if (incompat & INCOMPAT_64BIT) blocks += v.getUint32(0x150, true) * 2 ** 32;
   const uuid = sb.subarray(0x68, 0x78);
   const label = cString(sb.subarray(0x78, 0x88));
+  // s_journal_uuid: set when the journal lives on another device (a jbd device's UUID).
+  const journalUuid = sb.subarray(0xd0, 0xe0);
   return {
     type, usage: type === 'jbd' ? 'other' : 'filesystem',
     ...(label ? { label } : {}),
     ...(isZero(uuid) ? {} : { uuid: uuidString(uuid) }),
+    ...(type === 'jbd' && !isZero(uuid) ? { logUuid: uuidString(uuid) } : {}),
+    ...(hasJournal && type !== 'jbd' && !isZero(journalUuid) ? { externalJournal: uuidString(journalUuid) } : {}),
     ...(secType ? { secType } : {}),
     version: `${v.getUint32(0x4c, true)}.${v.getUint16(0x3e, true)}`,
     blockSize,

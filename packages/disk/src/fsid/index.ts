@@ -48,6 +48,8 @@ export function blkidFields(info: FilesystemInfo): Record<string, string> {
   if (info.label !== undefined) out.LABEL = info.label;
   if (info.uuid !== undefined) out.UUID = info.uuid;
   if (info.uuidSub !== undefined) out.UUID_SUB = info.uuidSub;
+  if (info.logUuid !== undefined) out.LOGUUID = info.logUuid;
+  if (info.externalJournal !== undefined) out.EXT_JOURNAL = info.externalJournal;
   if (info.secType !== undefined) out.SEC_TYPE = info.secType;
   if (info.version !== undefined) out.VERSION = info.version;
   if (info.blockSize !== undefined) out.BLOCK_SIZE = String(info.blockSize);

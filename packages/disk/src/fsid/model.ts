@@ -14,6 +14,10 @@ export interface FilesystemInfo {
   uuidSub?: string;
   /** VERSION */
   version?: string;
+  /** LOGUUID (an ext3/4 journal device: its own UUID) */
+  logUuid?: string;
+  /** EXT_JOURNAL (an ext3/4 filesystem with its journal on another device: that device's UUID) */
+  externalJournal?: string;
   /** SEC_TYPE: the type an older tool would call it (ext3 → ext2, FAT12/16 → msdos). */
   secType?: string;
   /** BLOCK_SIZE */
