@@ -24,14 +24,17 @@ interface PeerLayout {
 }
 
 /**
- * Two PV files made by the real LVM tools on loop devices: VG vg0 (1 MiB extents) with
+ * Two PV files made by the real LVM tools on loop devices (A with two metadata areas, B with
+ * none): VG vg0 (1 MiB extents) with
  * root (linear on PV A), data (striped over A and B, 64 KiB chunks) and rest (linear, two
  * segments: the end of B then the end of A). Returns the files and what lvs/pvs/vgs say.
  */
 async function makePhysicalVolumes(dir: string): Promise<{ files: string[]; layout: PeerLayout; loopNames: string[] }> {
   const files = [await sparseFile(join(dir, 'pv-a.img'), 32 * MiB), await sparseFile(join(dir, 'pv-b.img'), 32 * MiB)];
   return withLoopDevices(files, async (loops) => {
-    await lvm('pvcreate', loops, loops);
+    // PV A keeps two metadata copies (the second at its end), PV B none: the VG text is only on A.
+    await lvm('pvcreate', ['--pvmetadatacopies', '2', loops[0]!], loops);
+    await lvm('pvcreate', ['--pvmetadatacopies', '0', loops[1]!], loops);
     await lvm('vgcreate', ['-s', '1M', 'vg0', ...loops], loops);
     await lvm('lvcreate', ['-an', '-Zn', '-L', '12M', '-n', 'root', 'vg0', loops[0]!], loops);
     await lvm('lvcreate', ['-an', '-Zn', '-i', '2', '-I', '64k', '-L', '16M', '-n', 'data', 'vg0'], loops);
@@ -88,6 +91,8 @@ test('LVM made by pvcreate/vgcreate/lvcreate: VGs, LVs and segments as vgs/pvs/l
   assert.deepEqual([group.vg.name, group.vg.uuid, group.vg.extentSize, group.vg.seqno], [peerVg.vg_name, peerVg.vg_uuid, Number(peerVg.vg_extent_size), Number(peerVg.vg_seqno)]);
   assert.deepEqual(group.missing, []);
   assert.deepEqual(group.vg.pvs.map((p) => p.peStart), layout.pvs.map((p) => Number(p.pe_start)));
+  assert.deepEqual(scan.pvs.map((p) => p.label.metadataAreas.length), [2, 0]);
+  assert.deepEqual(scan.pvs.map((p) => p.vgName), ['vg0', 'vg0']);
 
   // LVs: names, UUIDs, sizes, segment types, and each segment's PV extent ranges.
   const ours = group.vg.lvs.flatMap((lv) => lv.segments.map((s) => ({
@@ -174,8 +179,10 @@ test('LVM made by pvcreate/vgcreate/lvcreate: VGs, LVs and segments as vgs/pvs/l
 
 /** Rewrite the committed metadata of a PV image: new text, placed at `at` in the area (wrapping if it must), checksums redone. */
 function rewriteMetadata(pv: Uint8Array, transform: (text: string) => string, at?: number): void {
-  const label = parsePvLabel(pv.subarray(0, 2048))!;
-  const area = label.metadataAreas[0]!;
+  for (const area of parsePvLabel(pv.subarray(0, 2048))!.metadataAreas) rewriteArea(pv, area, transform, at);
+}
+
+function rewriteArea(pv: Uint8Array, area: { offset: number; size: number }, transform: (text: string) => string, at?: number): void {
   const hv = new DataView(pv.buffer, pv.byteOffset + area.offset, 512);
   const oldOffset = Number(hv.getBigUint64(40, true));
   const oldSize = Number(hv.getBigUint64(48, true));
@@ -205,13 +212,23 @@ test('LVM metadata: wrapped circular buffer, bad checksums, unsupported segment 
   assert.deepEqual(scan.warnings, []);
   assert.deepEqual(scan.vgs[0]!.vg.lvs.map((l) => l.name).sort(), ['data', 'rest', 'root']);
 
-  // A damaged text: the checksum catches it, reported as a warning, no VG invented.
+  // A damaged text: the checksum catches it; the PV's second metadata copy (at its end) still serves.
   const damaged = original.slice();
-  const hv = new DataView(damaged.buffer, area.offset, 512);
-  damaged[area.offset + Number(hv.getBigUint64(40, true)) + 10]! ^= 1;
+  const areas = parsePvLabel(damaged.subarray(0, 2048))!.metadataAreas;
+  assert.equal(areas.length, 2);
+  const damage = (a: { offset: number }) => {
+    const hv = new DataView(damaged.buffer, a.offset, 512);
+    damaged[a.offset + Number(hv.getBigUint64(40, true)) + 10]! ^= 1;
+  };
+  damage(areas[0]!);
+  scan = await scanOf(damaged);
+  assert.equal(scan.vgs.length, 1);
+  assert.match(scan.warnings.join('\n'), /metadata text checksum mismatch/);
+  // Both copies damaged: reported, no VG invented.
+  damage(areas[1]!);
   scan = await scanOf(damaged);
   assert.equal(scan.vgs.length, 0);
-  assert.match(scan.warnings.join('\n'), /metadata text checksum mismatch/);
+  assert.equal(scan.warnings.filter((w) => /metadata text checksum mismatch/.test(w)).length, 2);
 
   // A thin pool segment: listed, marked unsupported, refused on open with EUNSUPPORTED.
   const thin = original.slice();
