@@ -235,3 +235,23 @@ test('img partitions on a 600-partition GPT lists all of them (as sfdisk does) a
   assert.equal(bad.code, 1);
   assert.match(bad.stderr, /protective MBR found, but no GPT header/);
 });
+
+test('img partitions on whole-disk filesystems (no table): FAT and NTFS boot sectors are not taken for an MBR', needs('mkfs.vfat', 'mkntfs', 'mkfs.ext4', 'blkid'), async (t) => {
+  const dir = await tempDir(t);
+  for (const [name, cmd, args] of [
+    ['fat16', 'mkfs.vfat', ['-F', '16', '-n', 'WHOLE16']],
+    ['fat32', 'mkfs.vfat', ['-F', '32', '-n', 'WHOLE32']],
+    ['ntfs', 'mkntfs', ['-q', '-F', '-f', '-L', 'whole']],
+    ['ext4', 'mkfs.ext4', ['-q', '-F', '-L', 'whole']],
+  ] as const) {
+    const file = await sparseFile(join(dir, `${name}.img`), 40 * MiB);
+    await runOk(cmd, [...args, file]);
+    const r = await diskhub(['img', 'partitions', '--output=json', file]);
+    assert.equal(r.code, 0, r.stderr);
+    const j = JSON.parse(r.stdout);
+    assert.equal(j.partitiontable, null, name);
+    const b = await blkidAt(file, 0, 40 * MiB);
+    assert.equal(b.PTTYPE, undefined, `${name}: blkid sees no table either`);
+    assert.deepEqual([j.filesystem.type, j.filesystem.label, j.filesystem.uuid], [b.TYPE, b.LABEL, b.UUID], name);
+  }
+});

@@ -161,6 +161,10 @@ test('LVM made by pvcreate/vgcreate/lvcreate: VGs, LVs and segments as vgs/pvs/l
     pattern.fill(0xa5, chunk / 2, chunk / 2 + 3 * chunk);
     await data.read(got, 0);
     assert.ok(Buffer.from(got).equals(pattern), 'write through the stripes lands where reads find it');
+    await data.writeZeroes!(chunk - 10, 2 * chunk + 20);
+    pattern.fill(0, chunk - 10, 3 * chunk + 10);
+    await data.read(got, 0);
+    assert.ok(Buffer.from(got).equals(pattern), 'zeroes written through the stripes');
     // Block status covers the LV exactly, in order.
     let next = 0;
     for await (const e of data.blockStatus(0, data.size)) { assert.equal(e.offset, next); next += e.length; }

@@ -172,6 +172,15 @@ test('gpt with a corrupted primary header or entry array: the backup header is u
   assert.match(table.warnings.join('\n'), /backup GPT header is not usable/);
 });
 
+test('a hybrid MBR (sgdisk -h) in front of a GPT: the GPT is what counts, as in Linux', needs('sgdisk', 'sfdisk'), async (t) => {
+  const dir = await tempDir(t);
+  const path = await blankImage(dir, 'hybrid.img', 16 * MiB);
+  await runOk('sgdisk', ['-n1:0:+4M', '-t1:0700', '-n2:0:+4M', '-h', '1', path]);
+  const table = (await tableOf(path))!;
+  assert.equal(table.type, 'gpt');
+  assert.deepEqual(asSfdisk(table), (await sfdiskJson(path)).partitions);
+});
+
 test('gpt with 4096-byte sectors (fdisk -b 4096)', needs('fdisk'), async (t) => {
   const dir = await tempDir(t);
   const path = await blankImage(dir, '4k.img');

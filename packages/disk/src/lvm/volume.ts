@@ -3,10 +3,10 @@
  * in the kernel, done here over the PVs' block devices. An LV byte maps to a segment, a
  * stripe and an extent of a PV; requests are split where the mapping changes.
  */
-import { checkRange, type BlockDevice, type Extent } from '../blockdev.js';
+import { checkRange, type BlockDevice, type Extent, type WriteZeroesOptions } from '../blockdev.js';
 import { DiskError } from '../errors.js';
 import type { LogicalVolumeInfo, LvSegment, VolumeGroupInfo } from './vg.js';
-import { remapExtents } from '../partition/window.js';
+import { remapExtents, writeZeroBytes } from '../partition/window.js';
 
 interface Piece {
   /** Bytes from `offset` that map contiguously. */
@@ -96,6 +96,20 @@ export class LogicalVolumeDevice implements BlockDevice {
         const p = this.piece(offset + done, buf.length - done);
         if (!p.device) throw new DiskError('EIO', `${this.name}: write at ${offset + done} hits a "${p.segment.type}" segment`);
         await p.device.write!(buf.subarray(done, done + p.length), p.deviceOffset!);
+        done += p.length;
+      }
+    };
+  }
+
+  get writeZeroes(): ((offset: number, length: number, options?: WriteZeroesOptions) => Promise<void>) | undefined {
+    if (this.readOnly) return undefined;
+    return async (offset, length, options) => {
+      checkRange(this.size, offset, length, `${this.name}: write zeroes`);
+      for (let done = 0; done < length; ) {
+        const p = this.piece(offset + done, length - done);
+        if (p.device?.writeZeroes) await p.device.writeZeroes(p.deviceOffset!, p.length, options);
+        else if (p.device) await writeZeroBytes(p.device, p.deviceOffset!, p.length);
+        else if (p.segment.type !== 'zero') throw new DiskError('EIO', `${this.name}: write at ${offset + done} hits a "${p.segment.type}" segment`);
         done += p.length;
       }
     };

@@ -49,12 +49,7 @@ export class WindowDevice implements BlockDevice {
     return async (offset, length, options) => {
       checkRange(this.size, offset, length, `${this.name}: write zeroes`);
       if (this.parent.writeZeroes) return this.parent.writeZeroes(this.start + offset, length, options);
-      // A parent without writeZeroes still takes zero bytes, in bounded steps.
-      const zero = new Uint8Array(Math.min(length, 1 << 20));
-      for (let done = 0; done < length; done += zero.length) {
-        const n = Math.min(zero.length, length - done);
-        await this.parent.write!(zero.subarray(0, n), this.start + offset + done);
-      }
+      await writeZeroBytes(this.parent, this.start + offset, length);
     };
   }
 
@@ -95,5 +90,13 @@ export async function* remapExtents(parentExtents: AsyncIterable<Extent>, parent
     const shifted: Extent = { ...e, offset: offset + (from - parentOffset), length: to - from };
     if (e.hostOffset !== undefined) shifted.hostOffset = e.hostOffset + (from - e.offset);
     yield shifted;
+  }
+}
+
+/** Zeroes for a device without writeZeroes: plain writes, in bounded steps. */
+export async function writeZeroBytes(dev: BlockDevice, offset: number, length: number): Promise<void> {
+  const zero = new Uint8Array(Math.min(length, 1 << 20));
+  for (let done = 0; done < length; done += zero.length) {
+    await dev.write!(zero.subarray(0, Math.min(zero.length, length - done)), offset + done);
   }
 }
