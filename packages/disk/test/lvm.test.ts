@@ -243,18 +243,21 @@ test('LVM metadata: wrapped circular buffer, bad checksums, unsupported segment 
   assert.throws(() => openLogicalVolume(scan, 'vg0/root'), (e) => isDiskError(e, 'EUNSUPPORTED'));
 
   // Extents past the end of the PV, segments with gaps, garbage: ECORRUPT warnings, never a crash.
-  for (const [what, edit] of [
-    ['extents past the PV', (s: string) => s.replace(/pe_count = \d+/, 'pe_count = 1')],
-    ['a gap between segments', (s: string) => s.replace(/start_extent = 0/, 'start_extent = 5')],
-    ['unterminated section', (s: string) => s.slice(0, s.lastIndexOf('}'))],
-    ['a huge number', (s: string) => s.replace(/extent_size = \d+/, 'extent_size = 99999999999999999999999')],
-    ['binary junk', () => '\u0001\u0002{{{}}}=[[[['],
+  for (const [what, edit, message] of [
+    ['extents past the PV', (s: string) => s.replace(/pe_count = \d+/, 'pe_count = 1'), /lie past the end of pv0/],
+    ['a gap between segments', (s: string) => s.replace(/start_extent = 0/, 'start_extent = 5'), /segments do not follow each other/],
+    ['an empty segment', (s: string) => s.replace(/extent_count = \d+/, 'extent_count = 0'), /extent_count is 0/],
+    ['an absurd LV size', (s: string) => s.replace(/type = "striped"\nstripe_count = 1/, 'type = "zero"\nstripe_count = 1').replace(/extent_count = \d+/, 'extent_count = 9007199254740991'), /is too large/],
+    ['unterminated section', (s: string) => s.replace(/\}\s*\n# Generated/, '\n# Generated'), /unexpected end|missing '\}'|expected/],
+    ['unterminated string', (s: string) => s + '\nx = "never closed', /LVM metadata line \d+:/],
+    ['a huge number', (s: string) => s.replace(/extent_size = \d+/, 'extent_size = 99999999999999999999999'), /too large/],
+    ['binary junk', () => '\u0001\u0002{{{}}}=[[[[', /expected a name/],
   ] as const) {
     const bytes = original.slice();
     rewriteMetadata(bytes, edit);
     scan = await scanOf(bytes);
     assert.equal(scan.vgs.length, 0, what);
-    assert.match(scan.warnings.join('\n'), /LVM metadata/, what);
+    assert.match(scan.warnings.join('\n'), message, what);
   }
 
   // The config parser on its own: nesting limits and sane values.

@@ -124,6 +124,7 @@ function parseLv(name: string, l: ConfigSection, vgName: string, extentSize: num
     const sw = `${where} ${key}`;
     const type = str(s, 'type', sw);
     const seg: LvSegment = { startExtent: num(s, 'start_extent', sw), extentCount: num(s, 'extent_count', sw), type, stripes: [] };
+    if (seg.extentCount === 0) bad(`${sw}: extent_count is 0`);
     if (type === 'striped') {
       const count = num(s, 'stripe_count', sw);
       const list = Array.isArray(s.stripes) ? s.stripes : [];
@@ -155,6 +156,7 @@ function parseLv(name: string, l: ConfigSection, vgName: string, extentSize: num
     if (seg.startExtent !== next) bad(`${where}: segments do not follow each other at extent ${next}`);
     next += seg.extentCount;
   }
+  if (!Number.isSafeInteger(next * extentSize)) bad(`${where}: ${next} extents of ${extentSize} bytes is too large`);
   const striped = segments.filter((s) => s.type === 'striped');
   const segmentType = segments.find((s) => s.type !== 'striped')?.type
     ?? (striped.some((s) => s.stripes.length > 1) ? 'striped' : 'linear');
