@@ -4,7 +4,7 @@ import { readFile, truncate, writeFile, open } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
   openImage, closeChain, openPartition, scanLvm, openLogicalVolume, identifyFilesystem, blkidFields, parsePvLabel,
-  parseLvmConfig, crcRegister, RawImage, MemorySource, isDiskError, type Image,
+  parseLvmConfig, crcRegister, RawImage, MemorySource, isDiskError, type Image, type BlockDevice,
 } from '@diskhub/disk';
 import { tempDir, needs, runOk, lvm, withLoopDevices, needsLoopDevices } from '@diskhub/testkit';
 
@@ -263,4 +263,51 @@ test('LVM metadata: wrapped circular buffer, bad checksums, unsupported segment 
   // The config parser on its own: nesting limits and sane values.
   assert.throws(() => parseLvmConfig('a {'.repeat(100)), (e) => isDiskError(e, 'ECORRUPT'));
   assert.deepEqual(JSON.parse(JSON.stringify(parseLvmConfig('x = [1, "two", 3] # comment\ny { z = "q\\"uote" }'))), { x: [1, 'two', 3], y: { z: 'q"uote' } });
+});
+
+test('randomly damaged PV labels and metadata headers: a scan result or warnings, never a crash', { ...needs('lvm', 'losetup'), ...needsLoopDevices() }, async (t) => {
+  const dir = await tempDir(t);
+  const { files } = await makePhysicalVolumes(dir);
+  const original = new Uint8Array(await readFile(files[0]!));
+  const areas = parsePvLabel(original.subarray(0, 2048))!.metadataAreas;
+  // The label sector and the first 1 KiB of each metadata area (header and start of the text).
+  const targets = [512, ...areas.flatMap((a) => [a.offset, a.offset + 512])];
+  let seed = 99;
+  const rand = () => { seed = (seed * 1103515245 + 12345) & 0x7fffffff; return seed; };
+  for (let round = 0; round < 300; round++) {
+    // The damage as a patch list over the untouched image (copying 32 MiB per round is slow).
+    const patches = new Map<number, number>();
+    for (let i = 1 + (rand() % 16); i > 0; i--) patches.set(targets[rand() % targets.length]! + (rand() % 512), rand() & 0xff);
+    if (round % 2 === 0) {
+      // Half the rounds keep the label and header checksums valid, so the damage reaches the parsers behind them.
+      const fixCrc = (sectorAt: number, crcAt: number, from: number) => {
+        const sector = original.slice(sectorAt, sectorAt + 512);
+        for (const [at, v] of patches) if (at >= sectorAt && at < sectorAt + 512) sector[at - sectorAt] = v;
+        const crc = crcRegister(sector.subarray(from), 0xf597a6cf);
+        for (let b = 0; b < 4; b++) patches.set(sectorAt + crcAt + b, (crc >>> (8 * b)) & 0xff);
+      };
+      fixCrc(512, 16, 20);
+      for (const a of areas) fixCrc(a.offset, 0, 4);
+    }
+    const device: BlockDevice = {
+      size: original.length,
+      async read(buf, offset) {
+        buf.set(original.subarray(offset, offset + buf.length));
+        for (const [at, v] of patches) if (at >= offset && at < offset + buf.length) buf[at - offset] = v;
+      },
+      async *blockStatus(offset, length) { yield { offset, length, data: true, zero: false, present: true, depth: 0 }; },
+      async close() {},
+    };
+    const scan = await scanLvm([{ name: 'pv', device }]);
+    for (const g of scan.vgs) {
+      for (const lv of g.vg.lvs) {
+        try {
+          const dev = openLogicalVolume(scan, `${g.vg.name}/${lv.name}`);
+          await dev.read(new Uint8Array(Math.min(dev.size, 4096)), 0);
+        } catch (e) {
+          assert.ok(isDiskError(e), `round ${round}: ${e}`);
+        }
+      }
+    }
+  }
 });
