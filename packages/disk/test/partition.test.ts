@@ -4,7 +4,7 @@ import { readFile, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import * as zlib from 'node:zlib';
 import {
-  openImage, closeChain, readPartitionTable, openPartition, WindowDevice, RawImage, MemorySource, isDiskError,
+  openImage, closeChain, readPartitionTable, openPartition, WindowDevice, RawImage, MemorySource, isDiskError, MBR_TYPE_NAMES, GPT_TYPE_NAMES,
   type BlockDevice, type Extent, type PartitionTable,
 } from '@diskhub/disk';
 import { tempDir, needs, runOk } from '@diskhub/testkit';
@@ -347,4 +347,35 @@ test('damaged tables (random bytes over real MBR/EBR/GPT sectors): a table, null
       }
     }
   }
+});
+
+test('partition type names are the ones sfdisk -l prints, for every MBR and GPT type we name', needs('sfdisk'), async (t) => {
+  const dir = await tempDir(t);
+  const names = async (path: string) => {
+    const out = await runOk('sfdisk', ['-l', '-o', 'Device,Type', path]);
+    return new Map(out.split('\n').filter((l) => l.startsWith(path)).map((l) => [Number(/^\S*?(\d+)\s/.exec(l)![1]), l.replace(/^\S+\s+/, '').trim()]));
+  };
+  // MBR: every named type except the container kinds, as logical partitions of one extended partition.
+  const mbrTypes = [...MBR_TYPE_NAMES.keys()].filter((k) => k !== 0 && k !== 0xee && k !== 0x05 && k !== 0x0f && k !== 0x85);
+  const dos = await blankImage(dir, 'types-dos.img', 128 * MiB);
+  await runOk('sfdisk', ['-q', dos], { input: `label: dos\ntype=5\n${mbrTypes.map((k) => `size=1024,type=${k.toString(16)}`).join('\n')}\n` });
+  let table = (await tableOf(dos))!;
+  let peer = await names(dos);
+  assert.equal(table.partitions.length, mbrTypes.length + 1);
+  for (const p of table.partitions) assert.equal(p.typeName, peer.get(p.number), `MBR type ${p.type}`);
+  // GPT: every named type GUID; sfdisk 2.38 does not know the newest few ("unknown"), those are skipped.
+  const guids = [...GPT_TYPE_NAMES.keys()];
+  const gpt = await blankImage(dir, 'types-gpt.img', 64 * MiB);
+  await runOk('sfdisk', ['-q', gpt], { input: `label: gpt\n${guids.map((g) => `size=1024,type=${g}`).join('\n')}\n` });
+  table = (await tableOf(gpt))!;
+  peer = await names(gpt);
+  assert.equal(table.partitions.length, guids.length);
+  let compared = 0;
+  for (const p of table.partitions) {
+    const theirs = peer.get(p.number)!;
+    if (theirs === 'unknown') continue; // newer than this sfdisk
+    assert.equal(p.typeName, theirs, `GPT type ${p.type}`);
+    compared++;
+  }
+  assert.ok(compared >= guids.length - 2, `${compared} of ${guids.length} GPT type names compared`);
 });
