@@ -92,13 +92,15 @@ test('filesystems made by mkfs.* identified on their own and inside GPT partitio
 test('iso9660 from genisoimage', needs('genisoimage', 'blkid'), async (t) => {
   const dir = await tempDir(t);
   await writeFile(join(dir, 'hello.txt'), 'hello\n');
-  const iso = join(dir, 'cd.iso');
-  await runOk('genisoimage', ['-quiet', '-V', 'INSTALL_CD', '-o', iso, join(dir, 'hello.txt')]);
-  const img = await openImage(iso, { format: 'raw' });
-  try {
-    const info = (await identifyFilesystem(img))!;
-    assert.deepEqual(blkidFields(info), await blkid(iso));
-  } finally { await closeChain(img); }
+  for (const [name, args] of [['plain', ['-V', 'INSTALL_CD']], ['joliet', ['-J', '-V', 'Mixed Case Label']]] as const) {
+    const iso = join(dir, `${name}.iso`);
+    await runOk('genisoimage', ['-quiet', ...args, '-o', iso, join(dir, 'hello.txt')]);
+    const img = await openImage(iso, { format: 'raw' });
+    try {
+      const info = (await identifyFilesystem(img))!;
+      assert.deepEqual(blkidFields(info), await blkid(iso), name);
+    } finally { await closeChain(img); }
+  }
 });
 
 /** A small deterministic generator, so a failure can be replayed. */

@@ -12,17 +12,41 @@ function isoTime(b: Uint8Array): string | undefined {
   return `${s.slice(0, 4)}-${s.slice(4, 6)}-${s.slice(6, 8)}-${s.slice(8, 10)}-${s.slice(10, 12)}-${s.slice(12, 14)}-${s.slice(14, 16)}`;
 }
 
-export const probeIso9660: Prober = (ctx) => {
+/** Volume descriptors we read after the primary before giving up on a terminator. */
+const MAX_DESCRIPTORS = 32;
+/** Joliet's UCS-2 escape sequences in a supplementary descriptor (the Joliet specification, §4). */
+const JOLIET_ESCAPES = ['%/@', '%/C', '%/E'];
+
+const trimLabel = (s: string) => s.replace(/[ \0]+$/, '');
+
+/** The volume identifier of a Joliet supplementary descriptor (UCS-2 big-endian), if the image has one. */
+async function jolietLabel(ctx: Parameters<Prober>[0]): Promise<string | undefined> {
+  for (let i = 1; i <= MAX_DESCRIPTORS; i++) {
+    const d = await ctx.read(PVD + i * 2048, 2048);
+    if (!d || ascii(d.subarray(1, 6)) !== 'CD001' || d[0] === 255) return undefined;
+    if (d[0] !== 2 || !JOLIET_ESCAPES.includes(ascii(d.subarray(88, 91)))) continue;
+    const units = d.subarray(40, 72);
+    let s = '';
+    for (let j = 0; j + 1 < units.length; j += 2) s += String.fromCharCode((units[j]! << 8) | units[j + 1]!);
+    return trimLabel(s);
+  }
+  return undefined;
+}
+
+export const probeIso9660: Prober = async (ctx) => {
   const d = ctx.at(PVD, 2048);
   if (!d || d[0] !== 1 || ascii(d.subarray(1, 6)) !== 'CD001') return null;
   const v = view(d);
   const blockSize = v.getUint16(128, true);
-  const label = ascii(d.subarray(40, 72)).replace(/[ \0]+$/, '');
+  const joliet = await jolietLabel(ctx);
+  // Joliet's label keeps case and non-ASCII characters the primary descriptor cannot hold.
+  const label = joliet || trimLabel(new TextDecoder().decode(d.subarray(40, 72)));
   const uuid = isoTime(d.subarray(830, 847)) ?? isoTime(d.subarray(813, 830));
   return {
     type: 'iso9660', usage: 'filesystem',
     ...(label ? { label } : {}),
     ...(uuid ? { uuid } : {}),
+    ...(joliet !== undefined ? { version: 'Joliet Extension' } : {}),
     blockSize,
     size: v.getUint32(80, true) * blockSize,
   };
