@@ -10,8 +10,8 @@ const FAT12_MAX_CLUSTERS = 4084;
 const ATTR_VOLUME_ID = 0x08;
 const ATTR_LONG_NAME = 0x0f;
 const NO_NAME = 'NO NAME    ';
-/** Root-directory clusters we follow on FAT32 before giving up on finding a label. */
-const MAX_ROOT_CLUSTERS = 64;
+/** Root-directory bytes we read on FAT32 (following its cluster chain) before giving up on finding a label. */
+const MAX_ROOT_BYTES = 4 << 20;
 
 interface Bpb {
   sectorSize: number;
@@ -69,7 +69,8 @@ async function rootDirectoryLabel(ctx: ProbeContext, b: Bpb): Promise<string | u
   }
   const clusterBytes = b.sectorsPerCluster * b.sectorSize;
   const seen = new Set<number>();
-  for (let cluster = b.rootCluster; cluster >= 2 && cluster < 0x0ffffff7 && seen.size < MAX_ROOT_CLUSTERS; ) {
+  const maxClusters = Math.max(1, Math.floor(MAX_ROOT_BYTES / clusterBytes));
+  for (let cluster = b.rootCluster; cluster >= 2 && cluster < 0x0ffffff7 && seen.size < maxClusters; ) {
     if (seen.has(cluster)) return undefined;
     seen.add(cluster);
     const dir = await ctx.read((firstDataSector + (cluster - 2) * b.sectorsPerCluster) * b.sectorSize, clusterBytes);
