@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import {
   openImage, closeChain, openPartition, identifyFilesystem, blkidFields, RawImage, MemorySource, isDiskError,
 } from '@diskhub/disk';
-import { tempDir, needs, runOk, hasTool } from '@diskhub/testkit';
+import { tempDir, needs, run, runOk, hasTool } from '@diskhub/testkit';
 
 const MiB = 1 << 20;
 
@@ -30,6 +30,23 @@ async function sparseFile(path: string, size: number): Promise<string> {
   await truncate(path, size);
   return path;
 }
+
+/** The size each filesystem's own tool reports (bytes), to check ours against. */
+const PEER_SIZE: Record<string, (file: string) => Promise<number>> = {
+  ext: async (f) => {
+    const h = await runOk('dumpe2fs', ['-h', f]);
+    return Number(/^Block count:\s+(\d+)/m.exec(h)![1]) * Number(/^Block size:\s+(\d+)/m.exec(h)![1]);
+  },
+  xfs: async (f) => {
+    const h = await runOk('xfs_db', ['-r', '-c', 'sb 0', '-c', 'p dblocks blocksize', f]);
+    return Number(/dblocks = (\d+)/.exec(h)![1]) * Number(/blocksize = (\d+)/.exec(h)![1]);
+  },
+  btrfs: async (f) => Number(/^total_bytes\s+(\d+)/m.exec(await runOk('btrfs', ['inspect-internal', 'dump-super', f]))![1]),
+  vfat: async (f) => {
+    const h = (await run('fsck.fat', ['-nv', f])).stdout;
+    return Number(/(\d+) sectors total/.exec(h)![1]) * Number(/(\d+) bytes per logical sector/.exec(h)![1]);
+  },
+};
 
 interface FsCase { name: string; tools: string[]; size: number; make: (file: string) => Promise<unknown>; expect: Record<string, string> }
 
@@ -75,6 +92,8 @@ test('filesystems made by mkfs.* identified on their own and inside GPT partitio
       const info = await identifyFilesystem(fsImg);
       assert.ok(info, `${c.name}: identified`);
       assert.deepEqual(blkidFields(info), alone, c.name);
+      const peerSize = PEER_SIZE[info.type.startsWith('ext') ? 'ext' : info.type];
+      if (peerSize) assert.equal(info.size, await peerSize(file), `${c.name}: size as its own tool reports it`);
     } finally { await closeChain(fsImg); }
     const part = await openPartition(img, i + 1);
     await runOk('dd', [`if=${file}`, `of=${disk}`, 'bs=64K', `seek=${part.start / 65536}`, 'conv=notrunc,sparse', 'status=none']);
