@@ -10,3 +10,4 @@ export * from './partition/index.js';
 export * from './lvm/index.js';
 export * from './fsid/index.js';
 export { crc32, crcRegister } from './crc32.js';
+export * from './inside/index.js';

@@ -4,7 +4,7 @@ import { readFile, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import * as zlib from 'node:zlib';
 import {
-  openImage, closeChain, readPartitionTable, openPartition, WindowDevice, RawImage, MemorySource, isDiskError, MBR_TYPE_NAMES, GPT_TYPE_NAMES,
+  openImage, closeChain, readPartitionTable, openPartition, WindowDevice, RawImage, MemorySource, isDiskError, MBR_TYPE_NAMES, GPT_TYPE_NAMES, openInside,
   type BlockDevice, type Extent, type PartitionTable,
 } from '@diskhub/disk';
 import { tempDir, needs, runOk } from '@diskhub/testkit';
@@ -378,4 +378,18 @@ test('partition type names are the ones sfdisk -l prints, for every MBR and GPT 
     compared++;
   }
   assert.ok(compared >= guids.length - 2, `${compared} of ${guids.length} GPT type names compared`);
+});
+
+test('openInside: a partition by number, the disk itself when nothing is selected, typed errors otherwise', needs('sfdisk'), async (t) => {
+  const dir = await tempDir(t);
+  const path = await blankImage(dir, 'inside.img', 8 * MiB);
+  await runOk('sfdisk', ['-q', path], { input: 'label: dos\nstart=2048,size=4096,type=83\n' });
+  const img = await openImage(path, { format: 'raw' });
+  try {
+    assert.equal((await openInside(img, {})).device, img);
+    const p1 = await openInside(img, { partition: 1 });
+    assert.deepEqual([p1.device.size, p1.partition!.start, p1.table!.type], [4096 * 512, 2048 * 512, 'dos']);
+    await assert.rejects(openInside(img, { partition: 1, lv: 'a/b' }), (e) => isDiskError(e, 'EINVAL'));
+    await assert.rejects(openInside(img, { lv: 'vg/lv' }), (e) => isDiskError(e, 'EINVAL') && /volume group vg not found/.test(e.message));
+  } finally { await closeChain(img); }
 });

@@ -4,12 +4,11 @@
  * `blkid`), and the LVM volume groups and logical volumes found on them (like `lvs`).
  */
 import {
-  closeChain, readPartitionTable, openLogicalVolume, isDiskError,
+  closeChain, readPartitionTable, openLogicalVolume, isDiskError, contentDevices, filesystemOf, scanDevicesLvm, MAX_PROBED_PARTITIONS,
   type Image, type PartitionTable, type FilesystemInfo, type LvmScan, type NamedDevice,
 } from '@diskhub/disk';
 import { getopt, UsageError } from './getopt.js';
 import { CliError, openCliImage, parseOutputFormat, out, err, type OutputFormat } from './common.js';
-import { contentDevices, filesystemOf, scanDevicesLvm, MAX_PROBED_PARTITIONS } from './inside.js';
 
 export const PARTITIONS_HELP = `usage: diskhub img partitions [-f fmt] [--output=human|json] filename
 List the partition table of an image (MBR or GPT), the filesystem on each partition, and the
