@@ -69,6 +69,11 @@ const CASES: FsCase[] = [
   { name: 'ntfs-nolabel', tools: ['mkntfs'], size: 8 * MiB, make: (f) => runOk('mkntfs', ['-q', '-F', '-f', f]), expect: { TYPE: 'ntfs' } },
   { name: 'luks1', tools: ['cryptsetup'], size: 8 * MiB, make: (f) => runOk('cryptsetup', ['luksFormat', '-q', '--type', 'luks1', '--pbkdf-force-iterations', '1000', '-d', '-', f], { input: 'secret' }), expect: { TYPE: 'crypto_LUKS', VERSION: '1' } },
   { name: 'luks2', tools: ['cryptsetup'], size: 24 * MiB, make: (f) => runOk('cryptsetup', ['luksFormat', '-q', '--type', 'luks2', '--label', 'vault', '--subsystem', 'test', '--pbkdf', 'pbkdf2', '--pbkdf-force-iterations', '1000', '-d', '-', f], { input: 'secret' }), expect: { TYPE: 'crypto_LUKS', VERSION: '2', LABEL: 'vault' } },
+  { name: 'luks2-primary-wiped', tools: ['cryptsetup', 'dd'], size: 24 * MiB, make: async (f) => {
+    await runOk('cryptsetup', ['luksFormat', '-q', '--type', 'luks2', '--label', 'second', '--pbkdf', 'pbkdf2', '--pbkdf-force-iterations', '1000', '-d', '-', f], { input: 'secret' });
+    // Wipe the first binary header: blkid (and we) find the LUKS2 secondary header.
+    await runOk('dd', ['if=/dev/zero', `of=${f}`, 'bs=4096', 'count=1', 'conv=notrunc', 'status=none']);
+  }, expect: { TYPE: 'crypto_LUKS', VERSION: '2', LABEL: 'second' } },
 ];
 
 test('filesystems made by mkfs.* identified on their own and inside GPT partitions, as blkid -p reports them', needs('sgdisk', 'blkid', 'dd'), async (t) => {
