@@ -255,3 +255,29 @@ test('img partitions on whole-disk filesystems (no table): FAT and NTFS boot sec
     assert.deepEqual([j.filesystem.type, j.filesystem.label, j.filesystem.uuid], [b.TYPE, b.LABEL, b.UUID], name);
   }
 });
+
+test('img partitions with several images: a volume group spanning two disks is assembled; with one disk its missing PV is named', { ...needs('lvm', 'losetup', 'mkfs.ext4'), ...needsLoopDevices() }, async (t) => {
+  const dir = await tempDir(t);
+  const disks = [await sparseFile(join(dir, 'vda.img'), 24 * MiB), await sparseFile(join(dir, 'vdb.img'), 24 * MiB)];
+  const peer = await withLoopDevices(disks, async (loops) => {
+    await lvm('pvcreate', loops, loops);
+    await lvm('vgcreate', ['-s', '1M', 'spanvg', ...loops], loops);
+    await lvm('lvcreate', ['-an', '-Zn', '-l', '100%FREE', '-n', 'data', 'spanvg'], loops);
+    return JSON.parse(await lvm('lvs', ['--reportformat', 'json', '--units', 'b', '--nosuffix', '-o', 'lv_name,lv_size,seg_pe_ranges', '--segments'], loops)).report[0].seg as { lv_size: string; seg_pe_ranges: string }[];
+  });
+  assert.equal(peer.length, 2, 'the LV has a segment on each PV');
+  const both = await diskhub(['img', 'partitions', '--output=json', ...disks]);
+  assert.equal(both.code, 0, both.stderr);
+  const j = JSON.parse(both.stdout);
+  assert.deepEqual(j.disks.map((d: { filename: string; filesystem: { type: string } }) => [d.filename, d.filesystem.type]), disks.map((d) => [d, 'LVM2_member']));
+  assert.deepEqual(j.lvm[0].missing, []);
+  assert.deepEqual(j.lvm[0].pvs.map((p: { device: string }) => p.device), disks.map((d) => `${d} whole disk`));
+  assert.equal(j.lvm[0].lvs[0].size, Number(peer[0]!.lv_size));
+  assert.equal(j.lvm[0].lvs[0].unsupported, undefined);
+
+  const one = await diskhub(['img', 'partitions', '--output=json', disks[0]!]);
+  const k = JSON.parse(one.stdout);
+  assert.equal(k.lvm[0].missing.length, 1);
+  assert.match(k.lvm[0].lvs[0].unsupported, /needs physical volume .* which was not given/);
+  assert.match((await diskhub(['img', 'partitions', disks[0]!])).stdout, /spanvg\/data .* linear \(cannot open\)/);
+});

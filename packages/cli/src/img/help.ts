@@ -22,7 +22,7 @@ Command syntax:
   info [-f fmt] [--output=ofmt] [--backing-chain] [-U] filename
   map [-f fmt] [--output=ofmt] [--start-offset=offset] [--max-length=len] [-U] filename
   snapshot [-l] [-U] filename
-  partitions [-f fmt] [--output=ofmt] filename
+  partitions [-f fmt] [--output=ofmt] filename [filename2 [...]]
   measure [--output=ofmt] [-O output_fmt] [-o options] [--size N | [-f fmt] [-l snapshot_param] filename]
 
 Sizes take the suffixes k, M, G, T, P, E (powers of 1024) or b for bytes.
