@@ -281,3 +281,28 @@ test('img partitions with several images: a volume group spanning two disks is a
   assert.match(k.lvm[0].lvs[0].unsupported, /needs physical volume .* which was not given/);
   assert.match((await diskhub(['img', 'partitions', disks[0]!])).stdout, /spanvg\/data .* linear \(cannot open\)/);
 });
+
+test('--partition N selects the same bytes as nbdkit\'s partition filter, for MBR primaries and logicals and for GPT', needs('nbdkit', 'nbdcopy', 'sfdisk'), async (t) => {
+  const dir = await tempDir(t);
+  // Every byte different enough that a wrong offset cannot match.
+  const pattern = Buffer.alloc(48 * MiB);
+  for (let i = 0; i < pattern.length; i += 4) pattern.writeUInt32LE((i * 2654435761) >>> 0, i);
+  for (const [label, script] of [
+    ['dos', 'label: dos\nstart=2048,size=8192,type=83\ntype=5\nsize=4096,type=83\nsize=6144,type=82\nsize=2048,type=8e\n'],
+    ['gpt', 'label: gpt\nstart=2048,size=8192\nsize=4096,name=b\nstart=30000,size=2048,name=c\n'],
+  ] as const) {
+    const disk = join(dir, `${label}.img`);
+    await writeFile(disk, pattern);
+    await runOk('sfdisk', ['-q', '--wipe', 'never', disk], { input: script });
+    const parts = JSON.parse((await diskhub(['img', 'partitions', '--output=json', disk])).stdout).partitiontable.partitions as { number: number; kind: string }[];
+    for (const p of parts.filter((x) => x.kind !== 'extended')) {
+      const ours = join(dir, `${label}-${p.number}.ours`);
+      const theirs = join(dir, `${label}-${p.number}.nbdkit`);
+      const r = await diskhub(['img', 'convert', '-O', 'raw', '--partition', String(p.number), disk, ours]);
+      assert.equal(r.code, 0, r.stderr);
+      await runOk('nbdkit', ['-U', '-', '--filter=partition', 'file', disk, `partition=${p.number}`, '--run', `nbdcopy "$uri" '${theirs}'`]);
+      assert.ok((await readFile(ours)).equals(await readFile(theirs)), `${label} partition ${p.number}`);
+    }
+    assert.deepEqual(parts.map((p) => p.number), label === 'dos' ? [1, 2, 5, 6, 7] : [1, 2, 3]);
+  }
+});
