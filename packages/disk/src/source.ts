@@ -5,6 +5,7 @@
  */
 import { open as fsOpen, type FileHandle } from 'node:fs/promises';
 import { constants as fsConstants } from 'node:fs';
+import { hostio } from '@diskhub/hostio';
 import { DiskError, fromNodeError } from './errors.js';
 
 /** A run of the host file that holds data (`data: true`) or is a hole (`data: false`). */
@@ -31,6 +32,11 @@ export interface ByteSource {
   hostExtents(offset: number, length: number): AsyncIterable<HostExtent>;
   /** Make a range a hole if the source can (fallocate PUNCH_HOLE); otherwise write zeroes. */
   punchHole(offset: number, length: number): Promise<void>;
+  /**
+   * Reserve space for a range (fallocate; `preallocation=falloc`), extending the source when
+   * the range passes its end. Sources that cannot reserve space just extend their size.
+   */
+  allocate(offset: number, length: number): Promise<void>;
   /** Bytes the source occupies on the host (st_blocks * 512 for files). */
   allocatedSize(): Promise<number>;
   flush(): Promise<void>;
@@ -58,6 +64,9 @@ export interface FileSourceOptions {
 export class FileSource implements ByteSource {
   readonly name: string;
   readonly readOnly: boolean;
+  /** Cleared when the filesystem refuses SEEK_DATA / PUNCH_HOLE, so we stop asking. */
+  private seekWorks = true;
+  private punchWorks = true;
   private constructor(private readonly fh: FileHandle, name: string, readOnly: boolean) {
     this.name = name;
     this.readOnly = readOnly;
@@ -111,22 +120,77 @@ export class FileSource implements ByteSource {
     await this.fh.truncate(size);
   }
 
+  /**
+   * SEEK_DATA/SEEK_HOLE through the hostio addon: holes cost one lseek each, never a read.
+   * Past the end of the file everything is a hole. Without the addon (or on a filesystem
+   * that refuses SEEK_DATA) the file is reported as data up to its end.
+   */
   async *hostExtents(offset: number, length: number): AsyncIterable<HostExtent> {
-    // Placeholder until SEEK_DATA/SEEK_HOLE support lands: report everything as data.
+    const end = offset + length;
     const size = await this.size();
-    const end = Math.min(offset + length, size);
-    if (end > offset) yield { offset, length: end - offset, data: true };
-    if (offset + length > Math.max(size, offset)) {
-      const from = Math.max(size, offset);
-      yield { offset: from, length: offset + length - from, data: false };
+    let pos = offset;
+    if (hostio && this.seekWorks) {
+      try {
+        while (pos < end && pos < size) {
+          const data = hostio.seek(this.fh.fd, pos, 0);
+          const dataAt = data < 0 ? size : Math.min(data, size);
+          if (dataAt > pos) {
+            yield { offset: pos, length: Math.min(dataAt, end) - pos, data: false };
+            pos = Math.min(dataAt, end);
+            if (pos >= end || pos >= size) break;
+          }
+          const hole = Math.min(hostio.seek(this.fh.fd, pos, 1), size, end);
+          // A file that changes under us could report a hole at pos; never loop in place.
+          const next = hole > pos ? hole : Math.min(pos + 512, end);
+          yield { offset: pos, length: next - pos, data: true };
+          pos = next;
+        }
+      } catch (e) {
+        const code = (e as { code?: string }).code;
+        if (code !== 'EINVAL' && code !== 'EOPNOTSUPP') throw fromNodeError(e, this.name);
+        this.seekWorks = false; // e.g. a filesystem without SEEK_DATA support
+      }
     }
+    if (pos < size && pos < end) {
+      yield { offset: pos, length: Math.min(size, end) - pos, data: true };
+      pos = Math.min(size, end);
+    }
+    if (end > pos) yield { offset: pos, length: end - pos, data: false };
   }
 
   async punchHole(offset: number, length: number): Promise<void> {
+    if (this.readOnly) throw new DiskError('EROFS', `${this.name}: opened read-only`);
+    if (length === 0) return;
+    if (hostio && this.punchWorks) {
+      try {
+        hostio.punchHole(this.fh.fd, offset, length);
+        // KEEP_SIZE leaves the size alone; a range past the end must still extend the file
+        // so that it reads as zeroes of the expected length.
+        if ((await this.size()) < offset + length) await this.fh.truncate(offset + length);
+        return;
+      } catch (e) {
+        if ((e as { code?: string }).code !== 'EOPNOTSUPP') throw fromNodeError(e, this.name);
+        this.punchWorks = false;
+      }
+    }
     // Without fallocate(PUNCH_HOLE) the portable fallback is writing zeroes.
     for (let done = 0; done < length; done += ZERO_CHUNK.length) {
       await this.write(ZERO_CHUNK.subarray(0, Math.min(ZERO_CHUNK.length, length - done)), offset + done);
     }
+  }
+
+  async allocate(offset: number, length: number): Promise<void> {
+    if (this.readOnly) throw new DiskError('EROFS', `${this.name}: opened read-only`);
+    if (length === 0) return;
+    if (hostio) {
+      try {
+        hostio.allocate(this.fh.fd, offset, length);
+        return;
+      } catch (e) {
+        if ((e as { code?: string }).code !== 'EOPNOTSUPP') throw fromNodeError(e, this.name);
+      }
+    }
+    if ((await this.size()) < offset + length) await this.fh.truncate(offset + length);
   }
 
   async allocatedSize(): Promise<number> {
@@ -184,6 +248,9 @@ export class MemorySource implements ByteSource {
   }
   async punchHole(offset: number, length: number): Promise<void> {
     this.buf.fill(0, offset, Math.min(this.len, offset + length));
+  }
+  async allocate(offset: number, length: number): Promise<void> {
+    if (offset + length > this.len) await this.truncate(offset + length);
   }
   async allocatedSize(): Promise<number> { return this.len; }
   async flush(): Promise<void> {}

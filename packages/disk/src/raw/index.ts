@@ -90,6 +90,7 @@ export const rawDriver: FormatDriver = {
     // QEMU rounds the file up to whole 512-byte sectors.
     const size = Math.ceil(request.size / 512) * 512;
     await target.truncate(size);
+    if (prealloc === 'falloc') await target.allocate(0, size);
     // Like QEMU, allocate the first block (up to 4 KiB) so that later alignment probing and
     // `info`'s disk size see what qemu-img's images show.
     if (size > 0 && prealloc !== 'full') await target.write(new Uint8Array(Math.min(size, 4096)), 0);

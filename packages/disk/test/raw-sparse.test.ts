@@ -1,0 +1,111 @@
+/**
+ * Sparse raw files: block status from SEEK_DATA/SEEK_HOLE (the hostio addon), hole punching
+ * for write-zeroes, fallocate preallocation; checked against qemu-img map/info on the same files.
+ */
+import test from 'node:test';
+import assert from 'node:assert/strict';
+import { open, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { hostio, hostioLoadError } from '@diskhub/hostio';
+import { openImage, closeChain, FileSource } from '@diskhub/disk';
+import { tempDir, qemuImg, needs, diskhub } from '@diskhub/testkit';
+
+const ci = process.env.CI === 'true';
+/** The addon is built by `npm run build`; in CI a missing addon is a failure, locally a skip. */
+const addon = (): { skip?: string } => (hostio || ci ? {} : { skip: `hostio addon unavailable: ${hostioLoadError}` });
+
+const MiB = 1 << 20;
+
+/** A 64 MiB sparse file with data at 1 MiB (64 KiB), 10 MiB (3 MiB) and the last 4 KiB. */
+async function sparseFile(dir: string): Promise<{ path: string; data: [number, number][] }> {
+  const path = join(dir, 'sparse.raw');
+  const fh = await open(path, 'w');
+  await fh.truncate(64 * MiB);
+  const data: [number, number][] = [[1 * MiB, 65536], [10 * MiB, 3 * MiB], [64 * MiB - 4096, 4096]];
+  for (const [off, len] of data) await fh.write(new Uint8Array(len).fill(0xa5), 0, len, off);
+  await fh.close();
+  return { path, data };
+}
+
+test('hostio: the addon is built and loads (required in CI)', () => {
+  if (!ci && !hostio) return;
+  assert.ok(hostio, `hostio addon failed to load: ${hostioLoadError}`);
+});
+
+test('raw: host extents come from SEEK_DATA/SEEK_HOLE, holes are never read', addon(), async (t) => {
+  const dir = await tempDir(t);
+  const { path, data } = await sparseFile(dir);
+  const src = await FileSource.open(path, { readOnly: true });
+  try {
+    const got: [number, number][] = [];
+    let covered = 0;
+    for await (const e of src.hostExtents(0, 64 * MiB + 8192)) {
+      assert.equal(e.offset, covered, 'extents are contiguous');
+      covered += e.length;
+      if (e.data) got.push([e.offset, e.length]);
+    }
+    assert.equal(covered, 64 * MiB + 8192);
+    // Filesystems allocate in blocks (4 KiB here), so data runs are exactly what we wrote.
+    assert.deepEqual(got, data);
+    // A window starting inside a hole and ending inside data.
+    const part: Array<[number, number, boolean]> = [];
+    for await (const e of src.hostExtents(MiB - 4096, 8192)) part.push([e.offset, e.length, e.data]);
+    assert.deepEqual(part, [[MiB - 4096, 4096, false], [MiB, 4096, true]]);
+  } finally {
+    await src.close();
+  }
+});
+
+test('raw: map agrees with qemu-img map on a sparse file', { ...addon(), ...needs('qemu-img') }, async (t) => {
+  const dir = await tempDir(t);
+  const { path } = await sparseFile(dir);
+  type MapEntry = { start: number; length: number; data: boolean; zero: boolean };
+  const peer = JSON.parse(await qemuImg('map', '--output=json', '-f', 'raw', path)) as MapEntry[];
+  const ours = JSON.parse((await diskhub(['img', 'map', '--output=json', '-f', 'raw', path])).stdout) as MapEntry[];
+  const shape = (l: MapEntry[]) => l.map((e) => [e.start, e.length, e.data, e.zero]);
+  assert.deepEqual(shape(ours), shape(peer));
+});
+
+test('raw: write-zeroes punches a hole (blocks freed, reads zero)', addon(), async (t) => {
+  const dir = await tempDir(t);
+  const { path } = await sparseFile(dir);
+  const before = (await stat(path)).blocks * 512;
+  const img = await openImage(path, { writable: true });
+  try {
+    await img.writeZeroes!(10 * MiB, 2 * MiB);
+    await img.flush!();
+    const buf = new Uint8Array(3 * MiB);
+    await img.read(buf, 10 * MiB);
+    assert.ok(buf.subarray(0, 2 * MiB).every((b) => b === 0));
+    assert.ok(buf.subarray(2 * MiB).every((b) => b === 0xa5));
+  } finally {
+    await closeChain(img);
+  }
+  const after = (await stat(path)).blocks * 512;
+  assert.equal(before - after, 2 * MiB);
+  assert.equal((await stat(path)).size, 64 * MiB);
+});
+
+test('raw: create -o preallocation=falloc reserves the blocks like qemu-img', { ...addon(), ...needs('qemu-img') }, async (t) => {
+  const dir = await tempDir(t);
+  const ours = join(dir, 'ours.raw');
+  const peer = join(dir, 'peer.raw');
+  const r = await diskhub(['img', 'create', '-f', 'raw', '-o', 'preallocation=falloc', ours, '8M']);
+  assert.equal(r.code, 0, r.stderr);
+  await qemuImg('create', '-f', 'raw', '-o', 'preallocation=falloc', peer, '8M');
+  const [a, b] = [JSON.parse(await qemuImg('info', '--output=json', ours)), JSON.parse(await qemuImg('info', '--output=json', peer))];
+  assert.equal(a['virtual-size'], b['virtual-size']);
+  assert.equal(a['actual-size'], b['actual-size']);
+  assert.ok(a['actual-size'] >= 8 * MiB);
+});
+
+test('raw: convert keeps a sparse source sparse and equal', { ...addon(), ...needs('qemu-img') }, async (t) => {
+  const dir = await tempDir(t);
+  const { path } = await sparseFile(dir);
+  const out = join(dir, 'out.raw');
+  const r = await diskhub(['img', 'convert', '-f', 'raw', '-O', 'raw', path, out]);
+  assert.equal(r.code, 0, r.stderr);
+  await qemuImg('compare', '-f', 'raw', '-F', 'raw', path, out);
+  // Only the written data (3 MiB + 68 KiB) may be allocated, not the 64 MiB.
+  assert.ok((await stat(out)).blocks * 512 <= 4 * MiB, `output allocates ${(await stat(out)).blocks * 512} bytes`);
+});

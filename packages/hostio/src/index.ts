@@ -1,0 +1,36 @@
+/**
+ * Loader for the hostio native addon (native/hostio.c, built by build.mjs at install/build
+ * time). `hostio` is null when the addon could not be built or loaded; callers then fall
+ * back to portable behaviour (report everything as data, write zeroes instead of punching).
+ */
+import { createRequire } from 'node:module';
+
+export interface HostIo {
+  /**
+   * lseek(SEEK_DATA) (`whence` 0) or lseek(SEEK_HOLE) (`whence` 1) from `offset`.
+   * Returns -1 when no data follows `offset` (ENXIO). Throws an Error with an errno `code`.
+   */
+  seek(fd: number, offset: number, whence: 0 | 1): number;
+  /** fallocate(PUNCH_HOLE | KEEP_SIZE): the range reads as zeroes and frees its blocks. */
+  punchHole(fd: number, offset: number, length: number): void;
+  /** fallocate(ZERO_RANGE): the range reads as zeroes, blocks stay allocated. */
+  zeroRange(fd: number, offset: number, length: number): void;
+  /** fallocate(0): allocate blocks (extends the file when the range passes its end). */
+  allocate(fd: number, offset: number, length: number): void;
+}
+
+function load(): { hostio: HostIo | null; loadError?: string } {
+  if (process.platform !== 'linux') return { hostio: null, loadError: `not supported on ${process.platform}` };
+  try {
+    const require = createRequire(import.meta.url);
+    // dist/src/index.js → ../../build/hostio.node
+    return { hostio: require('../../build/hostio.node') as HostIo };
+  } catch (e) {
+    return { hostio: null, loadError: (e as Error).message };
+  }
+}
+
+const loaded = load();
+export const hostio: HostIo | null = loaded.hostio;
+/** Why the addon is unavailable (for diagnostics and for tests that require it). */
+export const hostioLoadError: string | undefined = loaded.loadError;
