@@ -35,3 +35,20 @@ export function crcRegister(data: Uint8Array, initial: number): number {
   // update(init, d) = ~crc32(d, ~init): zlib's pre- and post-inversion cancel out.
   return (~crc32(data, ~initial >>> 0)) >>> 0;
 }
+
+let tableC: Uint32Array | undefined;
+
+/** CRC-32C (Castagnoli, reflected polynomial 0x82F63B78): VHDX checksums its headers, region and log entries with it (MS-VHDX §2.2). */
+export function crc32c(data: Uint8Array, previous = 0): number {
+  if (!tableC) {
+    tableC = new Uint32Array(256);
+    for (let n = 0; n < 256; n++) {
+      let c = n;
+      for (let k = 0; k < 8; k++) c = c & 1 ? 0x82f63b78 ^ (c >>> 1) : c >>> 1;
+      tableC[n] = c >>> 0;
+    }
+  }
+  let crc = ~previous >>> 0;
+  for (let i = 0; i < data.length; i++) crc = tableC[(crc ^ data[i]!) & 0xff]! ^ (crc >>> 8);
+  return (crc ^ 0xffffffff) >>> 0;
+}

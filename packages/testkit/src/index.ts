@@ -41,7 +41,7 @@ export function needs(...tools: string[]): { skip?: string } {
 export interface RunResult { stdout: string; stderr: string; code: number }
 
 /** Run a program; never throws on a non-zero exit (the code is returned). */
-export async function run(cmd: string, args: string[], opts: { input?: string; env?: NodeJS.ProcessEnv; cwd?: string; timeoutMs?: number } = {}): Promise<RunResult> {
+export async function run(cmd: string, args: string[], opts: { input?: string | Uint8Array; env?: NodeJS.ProcessEnv; cwd?: string; timeoutMs?: number } = {}): Promise<RunResult> {
   try {
     const p = execFileP(cmd, args, { maxBuffer: 256 << 20, env: opts.env ?? process.env, cwd: opts.cwd, timeout: opts.timeoutMs ?? 120_000, encoding: 'utf8' });
     if (opts.input !== undefined) { p.child.stdin?.end(opts.input); }

@@ -23,6 +23,7 @@ Command syntax:
   map [-f fmt] [--output=ofmt] [--start-offset=offset] [--max-length=len] [-U] filename
   snapshot [-l] [-U] filename
   partitions [-f fmt] [--output=ofmt] filename [filename2 [...]]
+  probe [-f declared_fmt] [--output=ofmt] filename|-   (format detection and safety inspection; exit 0 safe, 2 unsafe)
   measure [--output=ofmt] [-O output_fmt] [-o options] [--size N | [-f fmt] [-l snapshot_param] filename]
 
 Sizes take the suffixes k, M, G, T, P, E (powers of 1024) or b for bytes.

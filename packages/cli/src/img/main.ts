@@ -15,6 +15,7 @@ import { mapCommand } from './map.js';
 import { measureCommand } from './measure.js';
 import { snapshotCommand } from './snapshot.js';
 import { partitionsCommand } from './partitions.js';
+import { probeCommand } from './probe.js';
 
 /** A command gets argv with its own name at argv[0], as qemu-img's commands do. */
 export type ImgCommand = (argv: string[]) => Promise<number>;
@@ -28,6 +29,7 @@ const COMMANDS: Record<string, ImgCommand> = {
   map: mapCommand,
   measure: measureCommand,
   partitions: partitionsCommand,
+  probe: probeCommand,
   snapshot: snapshotCommand,
 };
 
