@@ -93,6 +93,16 @@ test('inspector: luks and ISO 9660 (El Torito) images', needs('qemu-img', 'genis
   assert.equal(iso.safe, true);
   assert.equal(checkDeclaredFormat(iso, 'iso').safe, true);
   assert.equal(checkDeclaredFormat(iso, 'qcow2').safe, false);
+  // UDF-only media (no ISO 9660 bridge): the volume recognition sequence from sector 16.
+  const udf = new Uint8Array(64 * 1024);
+  for (const [sector, id] of [[16, 'BEA01'], [17, 'NSR02'], [18, 'TEA01']] as const) {
+    udf.set(new TextEncoder().encode(id), sector * 2048 + 1);
+  }
+  await writeFile(join(dir, 'udf.iso'), udf);
+  const u = await inspect(join(dir, 'udf.iso'));
+  assert.equal(u.format, 'iso');
+  assert.equal(u.subformat, 'udf');
+  assert.equal(checkDeclaredFormat(u, 'iso').safe, true);
 });
 
 test('inspector: qcow2 with a backing file is refused, naming it', needs('qemu-img'), async (t) => {

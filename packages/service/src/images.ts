@@ -13,7 +13,7 @@ import { HttpError, badRequest, conflict, forbidden, isObject, mediaType, notFou
 import { insertIgnore, now, type AuthContext } from './identity.js';
 import { BASE_ATTRS, MAX_PROPERTIES, checkWritable, imageView, isReserved, validateAttr, validateTag, type ImageRecord } from './images-model.js';
 import { canSee, hydrate, listImages, loadImage } from './images-repo.js';
-import { inspectFile } from './inspect.js';
+import { UploadInspection } from './inspect.js';
 import { UploadHasher } from './hashing.js';
 import { imageSchema, imagesSchema, memberSchema, membersSchema } from './schemas.js';
 import type { Store } from './store.js';
@@ -308,6 +308,7 @@ export function imageRoutes(router: Router, db: Db, store: Store, auth: Auth, op
   /** Stream `input` into the store while hashing and counting; verify; make the image active. */
   async function ingest(img: ImageRecord, input: Readable, declaredLength: number | null, revertTo: string): Promise<void> {
     const hasher = new UploadHasher();
+    const inspection = new UploadInspection(img.id);
     let size = 0;
     const staged = await store.begin(img.id);
     await k.insertInto('uploads').values({ image_id: img.id, node: opts.node, temp_key: staged.tempKey, started_at: now() }).execute()
@@ -326,6 +327,7 @@ export function imageRoutes(router: Router, db: Db, store: Store, auth: Auth, op
         size += chunk.length;
         if (size > cap) throw tooBig(size);
         hasher.update(chunk);
+        await inspection.write(chunk);
         batch.push(chunk);
         batchBytes += chunk.length;
         if (batchBytes >= WRITE_BATCH) {
@@ -357,13 +359,14 @@ export function imageRoutes(router: Router, db: Db, store: Store, auth: Auth, op
       return fail(new HttpError(400, 'Image upload was interrupted; no data was kept.'));
     }
     const digests = hasher.digest();
-    const inspection = await inspectFile(staged.path, img.disk_format, size).catch((e) => ({ virtualSize: null, refusal: `Image data could not be inspected: ${(e as Error).message}` }));
-    if (inspection.refusal) return fail(badRequest(inspection.refusal));
+    const verdict = await inspection.finish(img.disk_format, img.container_format)
+      .catch((e): { virtualSize: null; refusal: string } => ({ virtualSize: null, refusal: `Image data could not be inspected: ${(e as Error).message}` }));
+    if (verdict.refusal) return fail(badRequest(verdict.refusal));
     const location = img.id;
     await staged.commit(location);
     const ts = touch();
     const r = await k.updateTable('images').set({
-      status: 'active', size, virtual_size: inspection.virtualSize, checksum: digests.md5,
+      status: 'active', size, virtual_size: verdict.virtualSize, checksum: digests.md5,
       os_hash_algo: 'sha512', os_hash_value: digests.sha512, location, store: store.id, updated_at: ts,
     }).where('id', '=', img.id).where('deleted', '=', 0).where('status', 'in', ['saving', 'importing']).executeTakeFirst();
     await k.deleteFrom('uploads').where('image_id', '=', img.id).execute();

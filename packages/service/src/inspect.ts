@@ -1,54 +1,42 @@
 /**
- * What the disk engine says about uploaded data: the virtual size, and whether the content
- * is safe to hand to a hypervisor. The service knows nothing of formats; it asks @diskhub/disk.
+ * Upload inspection: the disk engine's safety inspector runs on the bytes as they stream in
+ * (no second read of the stored data, works the same for every store). At the end it says
+ * the real virtual size, and why the data must be refused: not the declared disk_format, or
+ * unsafe to hand to a hypervisor (a backing or external data file, vmdk extents in other
+ * files, a differencing disk, metadata pointing outside the file, two formats at once).
  */
-import { DiskError, FileSource, getFormat, probeFormat, readHead } from '@diskhub/disk';
-import { INCOMPAT_DATA_FILE, isQcow2, parseHeader } from '@diskhub/disk/qcow2/layout';
+import { StreamInspector, checkDeclaredFormat, describeIssues, type InspectionReport } from '@diskhub/disk';
 
 export interface Inspection {
   virtualSize: number | null;
-  /** Why the content must be refused (declared format contradicted, or unsafe features). */
+  /** Why the content must be refused. */
   refusal?: string;
+  report?: InspectionReport;
 }
 
-/** Inspect a complete file whose declared format is `diskFormat`. */
-export async function inspectFile(path: string, diskFormat: string | null, size: number): Promise<Inspection> {
-  if (diskFormat === 'raw' || diskFormat === 'iso') return { virtualSize: size };
-  const source = await FileSource.open(path, { readOnly: true });
-  try {
-    const head = await readHead(source);
-    if (diskFormat === 'qcow2') {
-      if (!isQcow2(head)) return { virtualSize: null, refusal: 'Image data is not in the declared disk format qcow2.' };
-      let header;
-      try { header = parseHeader(head, size, 'upload'); } catch (e) {
-        if (e instanceof DiskError) return { virtualSize: null, refusal: `Image data is not a valid qcow2 image: ${e.message}` };
-        throw e;
+/** Container formats whose data is an archive rather than a disk image: no disk format check. */
+const ARCHIVES = new Set(['ova', 'docker', 'compressed']);
+
+export class UploadInspection {
+  private readonly inspector: StreamInspector;
+  constructor(name: string) {
+    this.inspector = new StreamInspector(name);
+  }
+
+  write(chunk: Uint8Array): Promise<void> {
+    return this.inspector.write(chunk);
+  }
+
+  async finish(diskFormat: string | null, containerFormat: string | null): Promise<Inspection> {
+    let report = await this.inspector.end();
+    if (containerFormat && ARCHIVES.has(containerFormat)) {
+      if (containerFormat === 'ova' && report.format !== 'ova' && report.format !== 'tar') {
+        return { virtualSize: null, report, refusal: `Image data was refused: the data is ${report.format === 'raw' ? 'not a tar archive' : `in ${report.format} format`}, not an OVA (a tar archive) as container_format ova declares` };
       }
-      if (header.backingFile) return { virtualSize: header.size, refusal: 'Image data names a backing file; refusing an image that would read another file.' };
-      if (header.dataFile !== undefined || (header.incompatibleFeatures & INCOMPAT_DATA_FILE)) {
-        return { virtualSize: header.size, refusal: 'Image data names an external data file; refusing an image that would read another file.' };
-      }
-      if (header.cryptMethod !== 0) return { virtualSize: header.size, refusal: 'Encrypted qcow2 images are not accepted.' };
-      return { virtualSize: header.size };
+      return { virtualSize: null, report };
     }
-    if (!diskFormat) return { virtualSize: null };
-    // Other formats: use a registered driver when the engine has one.
-    let driver;
-    try { driver = getFormat(diskFormat); } catch { return { virtualSize: null }; }
-    if (driver.probe(head, path) === 0 && probeFormat(head, path).name !== diskFormat) {
-      return { virtualSize: null, refusal: `Image data is not in the declared disk format ${diskFormat}.` };
-    }
-    try {
-      const img = await driver.open(source, { allowExternalData: false });
-      try {
-        if (img.backingRef) return { virtualSize: img.size, refusal: 'Image data refers to a backing file; refusing an image that would read another file.' };
-        return { virtualSize: img.size };
-      } finally { await img.close(); }
-    } catch (e) {
-      if (e instanceof DiskError) return { virtualSize: null, refusal: `Image data is not a valid ${diskFormat} image: ${e.message}` };
-      throw e;
-    }
-  } finally {
-    await source.close().catch(() => {});
+    if (diskFormat) report = checkDeclaredFormat(report, diskFormat);
+    if (!report.safe) return { virtualSize: report.virtualSize, report, refusal: `Image data was refused: ${describeIssues(report)}` };
+    return { virtualSize: report.virtualSize, report };
   }
 }

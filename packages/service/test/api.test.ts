@@ -268,7 +268,7 @@ test('hostile uploads: over the cap, lying about the format, disconnect halfway;
   const liar = await mk('qcow2');
   const lie = await a('PUT', `/v2/images/${liar}/file`, { raw: randomBytes(20_000) });
   assert.equal(lie.status, 400);
-  assert.match(lie.json.message, /not in the declared disk format qcow2/);
+  assert.match(lie.json.message, /format-mismatch: the data is a raw disk image, not the declared qcow2/);
   assert.equal((await a('GET', `/v2/images/${liar}`)).json.status, 'queued');
 
   // A client that sends half of what it announced and hangs up.

@@ -462,9 +462,23 @@ export const inspectDmg: FormatInspection = async (r) => {
 
 // --- formats recognised away from byte 0 ---
 
+/** UDF's volume recognition sequence (ECMA-167 §2/9.1): BEA01, then NSR02 or NSR03, from sector 16. */
+function isUdf(sectors: Uint8Array[]): boolean {
+  const ids = sectors.map((s) => ascii(s, 1, 6));
+  return ids.includes('BEA01') && (ids.includes('NSR02') || ids.includes('NSR03'));
+}
+
 export const inspectIso: FormatInspection = async (r) => {
-  const [pvd, boot] = await Promise.all([r.read(32768, 2048), r.read(34816, 2048)]);
-  if (pvd.length < 2048 || pvd[0] !== 1 || ascii(pvd, 1, 6) !== 'CD001') return null;
+  const [pvd, boot, s18] = await Promise.all([r.read(32768, 2048), r.read(34816, 2048), r.read(36864, 2048)]);
+  const iso9660 = pvd.length >= 2048 && pvd[0] === 1 && ascii(pvd, 1, 6) === 'CD001';
+  if (!iso9660) {
+    // A UDF-only disc image (no ISO 9660 bridge) is still an ISO in Glance's sense.
+    if (!isUdf([pvd, boot, s18])) return null;
+    const f = finding('iso', 'elsewhere');
+    f.subformat = 'udf';
+    f.virtualSize = await r.size();
+    return f;
+  }
   const f = finding('iso', 'elsewhere');
   f.details['volume-id'] = ascii(pvd, 40, 72).replace(/[ \0]+$/, '');
   // El Torito (the "El Torito" Bootable CD-ROM Format Specification 1.0): a boot record
