@@ -5,19 +5,22 @@
  */
 import * as zlib from 'node:zlib';
 
+/** The byte-at-a-time table of a reflected CRC-32 polynomial. */
+function makeTable(poly: number): Uint32Array {
+  const t = new Uint32Array(256);
+  for (let n = 0; n < 256; n++) {
+    let c = n;
+    for (let k = 0; k < 8; k++) c = c & 1 ? poly ^ (c >>> 1) : c >>> 1;
+    t[n] = c >>> 0;
+  }
+  return t;
+}
+
 let table: Uint32Array | undefined;
 
 /** The bare register update (no inversions): crc' = update(crc, data). */
-function update(crc: number, data: Uint8Array): number {
-  if (!table) {
-    table = new Uint32Array(256);
-    for (let n = 0; n < 256; n++) {
-      let c = n;
-      for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
-      table[n] = c >>> 0;
-    }
-  }
-  for (let i = 0; i < data.length; i++) crc = table[(crc ^ data[i]!) & 0xff]! ^ (crc >>> 8);
+function update(crc: number, data: Uint8Array, t: Uint32Array = (table ??= makeTable(0xedb88320))): number {
+  for (let i = 0; i < data.length; i++) crc = t[(crc ^ data[i]!) & 0xff]! ^ (crc >>> 8);
   return crc >>> 0;
 }
 
@@ -40,15 +43,5 @@ let tableC: Uint32Array | undefined;
 
 /** CRC-32C (Castagnoli, reflected polynomial 0x82F63B78): VHDX checksums its headers, region and log entries with it (MS-VHDX §2.2). */
 export function crc32c(data: Uint8Array, previous = 0): number {
-  if (!tableC) {
-    tableC = new Uint32Array(256);
-    for (let n = 0; n < 256; n++) {
-      let c = n;
-      for (let k = 0; k < 8; k++) c = c & 1 ? 0x82f63b78 ^ (c >>> 1) : c >>> 1;
-      tableC[n] = c >>> 0;
-    }
-  }
-  let crc = ~previous >>> 0;
-  for (let i = 0; i < data.length; i++) crc = tableC[(crc ^ data[i]!) & 0xff]! ^ (crc >>> 8);
-  return (crc ^ 0xffffffff) >>> 0;
+  return (update(~previous >>> 0, data, (tableC ??= makeTable(0x82f63b78))) ^ 0xffffffff) >>> 0;
 }
