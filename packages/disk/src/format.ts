@@ -44,6 +44,9 @@ export interface BackingRef {
   format?: string;
 }
 
+/** The message (DiskError ENOENT) of opening a snapshot view that does not exist, as QEMU words it. */
+export const SNAPSHOT_NOT_FOUND = "Can't find snapshot";
+
 export interface OpenOptions {
   /** Open for writing. */
   writable?: boolean;

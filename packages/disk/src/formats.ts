@@ -2,6 +2,7 @@
 import type { FormatDriver } from './format.js';
 import { DiskError } from './errors.js';
 import { rawDriver } from './raw/index.js';
+import { qcow2Driver } from './qcow2/index.js';
 
 const drivers = new Map<string, FormatDriver>();
 
@@ -31,3 +32,4 @@ export function probeFormat(head: Uint8Array, filename?: string): FormatDriver {
 }
 
 registerFormat(rawDriver);
+registerFormat(qcow2Driver);

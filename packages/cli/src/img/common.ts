@@ -1,5 +1,5 @@
 /** What every `diskhub img` command shares: errors and exit codes, opening images, --output. */
-import { openImage, isDiskError, type Image, type OpenImageOptions } from '@diskhub/disk';
+import { openImage, isDiskError, SNAPSHOT_NOT_FOUND, type Image, type OpenImageOptions } from '@diskhub/disk';
 import { UsageError } from './getopt.js';
 
 /** A failure with qemu-img's message (printed after "qemu-img: ") and exit code. */
@@ -19,6 +19,10 @@ export async function openCliImage(path: string, options: OpenImageOptions = {})
   try {
     return await openImage(path, options);
   } catch (e) {
+    // qemu-img loads -l snapshots after opening, so a missing one is not an open failure.
+    if (options.snapshot !== undefined && isDiskError(e, 'ENOENT') && e.message === SNAPSHOT_NOT_FOUND) {
+      throw new CliError(`Failed to load snapshot: ${SNAPSHOT_NOT_FOUND}`);
+    }
     throw new CliError(`Could not open '${path}': ${errorMessage(e)}`);
   }
 }

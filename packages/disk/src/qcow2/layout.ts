@@ -141,7 +141,7 @@ export function isQcow2(head: Uint8Array): boolean {
 export function parseHeader(head: Uint8Array, fileSize: number, file = 'image'): Qcow2Header {
   if (head.length < V2_HEADER_LENGTH) throw new DiskError('ETRUNCATED', `${file}: qcow2 header is truncated`);
   const v = new DataView(head.buffer, head.byteOffset, head.byteLength);
-  if (v.getUint32(0, false) !== QCOW2_MAGIC) throw new DiskError('EFORMAT', `${file}: not a qcow2 image (bad magic)`);
+  if (v.getUint32(0, false) !== QCOW2_MAGIC) throw new DiskError('EFORMAT', 'Image is not in qcow2 format');
   const version = v.getUint32(4, false);
   if (version !== 2 && version !== 3) {
     throw new DiskError('EUNSUPPORTED', `${file}: Unsupported qcow2 version ${version}`);

@@ -1,0 +1,482 @@
+/**
+ * A qcow2 image as a BlockDevice (QEMU docs/interop/qcow2.txt): guest offsets map through
+ * the L1 table to L2 tables (kept in a bounded cache) to host clusters, which hold data, read
+ * as zeroes, fall through to the backing image, or are compressed (zlib or zstd). With
+ * extended L2 entries each cluster is 32 subclusters with their own allocation and zero bits.
+ *
+ * This file is the read side; writes (allocation, refcounts, compression) live in write.ts
+ * and extend this class through the hooks marked "write path".
+ */
+import * as zlib from 'node:zlib';
+import { promisify } from 'node:util';
+import { Decompress } from 'fzstd';
+import { checkRange, type Extent } from '../blockdev.js';
+import { DiskError } from '../errors.js';
+import { SNAPSHOT_NOT_FOUND, type BackingRef, type Image, type ImageInfo, type OpenOptions, type SnapshotInfo } from '../format.js';
+import { resolveBackingPath } from '../open.js';
+import { readExact, type ByteSource } from '../source.js';
+import {
+  AUTOCLEAR_DATA_FILE_RAW, COMPAT_LAZY_REFCOUNTS, COMPRESSION_ZSTD, INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE, INCOMPAT_DIRTY,
+  MAX_L1_SIZE_BYTES, decodeL2Entry, geometry, parseHeader, parseSnapshotTable,
+  type Qcow2Geometry, type Qcow2Header, type Qcow2Snapshot,
+} from './layout.js';
+
+const inflateRaw = promisify(zlib.inflateRaw);
+
+/** Memory the L2 cache may hold (QEMU's default l2-cache-size is 32 MiB as well). */
+export const L2_CACHE_BYTES = 32 << 20;
+
+/** How a run of guest bytes is stored. */
+export type RunKind = 'data' | 'zero' | 'zero-alloc' | 'unallocated' | 'compressed';
+
+export interface Run {
+  offset: number;
+  length: number;
+  kind: RunKind;
+  /** data / zero-alloc: host offset (in the data file) of `offset`. */
+  hostOffset?: number;
+  /** compressed: where the compressed cluster is, and the guest offset its cluster starts at. */
+  compressed?: { hostOffset: number; size: number; clusterStart: number };
+}
+
+/** The header-derived state a Qcow2Image works from. */
+export interface Qcow2State {
+  header: Qcow2Header;
+  geo: Qcow2Geometry;
+  /** The active L1 table (or a snapshot's), as raw big-endian entries. */
+  l1: Uint8Array;
+  snapshots: Qcow2Snapshot[];
+}
+
+export class Qcow2Image implements Image {
+  readonly format = 'qcow2';
+  size: number;
+  readonly clusterSize: number;
+  readonly backingRef?: BackingRef;
+  backing?: Image;
+  protected readonly geo: Qcow2Geometry;
+  protected header: Qcow2Header;
+  protected l1: Uint8Array;
+  protected l1View: DataView;
+  protected snapshotList: Qcow2Snapshot[];
+  /** L2 tables by host offset, least recently used first. */
+  protected readonly l2Cache = new Map<number, Uint8Array>();
+  private readonly l2Loading = new Map<number, Promise<Uint8Array>>();
+  private readonly maxL2Tables: number;
+  private lastCompressed?: { hostOffset: number; data: Uint8Array };
+
+  constructor(
+    readonly source: ByteSource,
+    /** Where data clusters live: the image itself, or its external data file. */
+    protected readonly dataSource: ByteSource,
+    state: Qcow2State,
+    protected readonly writable: boolean,
+    private readonly snapshotView?: Qcow2Snapshot,
+  ) {
+    this.header = state.header;
+    this.geo = state.geo;
+    this.clusterSize = state.geo.clusterSize;
+    this.size = snapshotView?.diskSize ?? state.header.size;
+    this.l1 = state.l1;
+    this.l1View = new DataView(this.l1.buffer, this.l1.byteOffset, this.l1.byteLength);
+    this.snapshotList = state.snapshots;
+    this.maxL2Tables = Math.max(4, Math.floor(L2_CACHE_BYTES / this.clusterSize));
+    if (state.header.backingFile !== undefined) {
+      this.backingRef = { filename: state.header.backingFile, ...(state.header.backingFormat ? { format: state.header.backingFormat } : {}) };
+    }
+  }
+
+  /** Bytes of guest data one L2 table maps. */
+  protected get l2Span(): number { return this.geo.l2Entries * this.clusterSize; }
+
+  /** Host offset of the L2 table for L1 index `i` (0 when unallocated). */
+  protected l1Entry(i: number): number {
+    if (i * 8 + 8 > this.l1.length) return 0;
+    const hi = this.l1View.getUint32(i * 8, false), lo = this.l1View.getUint32(i * 8 + 4, false);
+    return (hi & 0x00ffffff) * 2 ** 32 + ((lo & 0xfffffe00) >>> 0);
+  }
+
+  /** The L2 table at `offset`, from the cache or the file. */
+  protected async l2Table(offset: number): Promise<Uint8Array> {
+    const hit = this.l2Cache.get(offset);
+    if (hit) {
+      this.l2Cache.delete(offset);
+      this.l2Cache.set(offset, hit);
+      return hit;
+    }
+    let loading = this.l2Loading.get(offset);
+    if (!loading) {
+      loading = (async () => {
+        if (offset % this.clusterSize !== 0) {
+          throw new DiskError('ECORRUPT', `${this.source.name}: L2 table offset 0x${offset.toString(16)} unaligned`);
+        }
+        const t = new Uint8Array(this.clusterSize);
+        const n = await this.source.read(t, offset);
+        if (n !== t.length) throw new DiskError('ECORRUPT', `${this.source.name}: L2 table at offset 0x${offset.toString(16)} lies past the end of the file`);
+        this.cacheL2(offset, t);
+        return t;
+      })();
+      this.l2Loading.set(offset, loading);
+      void loading.finally(() => this.l2Loading.delete(offset)).catch(() => {});
+    }
+    return loading;
+  }
+
+  protected cacheL2(offset: number, table: Uint8Array): void {
+    this.l2Cache.delete(offset);
+    this.l2Cache.set(offset, table);
+    while (this.l2Cache.size > this.maxL2Tables) this.evictL2();
+  }
+
+  /** Drop the least recently used table (the write path flushes dirty tables before they go). */
+  protected evictL2(): void {
+    const first = this.l2Cache.keys().next();
+    if (!first.done) this.l2Cache.delete(first.value);
+  }
+
+  /**
+   * How [offset, offset+length) is stored, as runs in order covering the range; adjacent
+   * units with the same kind (and contiguous host offsets) are merged, compressed clusters
+   * come one per cluster.
+   */
+  async *runs(offset: number, length: number): AsyncIterable<Run> {
+    const end = offset + length;
+    const cs = this.clusterSize;
+    const span = this.l2Span;
+    const ext = this.geo.extendedL2;
+    const unit = this.geo.subclusterSize;
+    const entrySize = this.geo.l2EntrySize;
+    const v3 = this.header.version >= 3;
+    let cur: Run | undefined;
+    const emit = (r: Run): Run | undefined => {
+      if (cur && r.kind === cur.kind && r.kind !== 'compressed' && cur.offset + cur.length === r.offset
+        && (cur.hostOffset === undefined ? r.hostOffset === undefined : cur.hostOffset + cur.length === r.hostOffset)) {
+        cur.length += r.length;
+        return undefined;
+      }
+      const out = cur;
+      cur = r;
+      return out;
+    };
+    let pos = offset;
+    while (pos < end) {
+      const l1Index = Math.floor(pos / span);
+      const tableEnd = Math.min(end, (l1Index + 1) * span);
+      const l2Offset = this.l1Entry(l1Index);
+      if (l2Offset === 0) {
+        const done = emit({ offset: pos, length: tableEnd - pos, kind: 'unallocated' });
+        if (done) yield done;
+        pos = tableEnd;
+        continue;
+      }
+      const table = await this.l2Table(l2Offset);
+      const tv = new DataView(table.buffer, table.byteOffset, table.byteLength);
+      while (pos < tableEnd) {
+        const clusterStart = Math.floor(pos / cs) * cs;
+        const index = (clusterStart - l1Index * span) / cs;
+        const clusterEnd = Math.min(tableEnd, clusterStart + cs);
+        const hi = tv.getUint32(index * entrySize, false), lo = tv.getUint32(index * entrySize + 4, false);
+        if (hi & 0x40000000) {
+          const m = decodeL2Entry(tv.getBigUint64(index * entrySize, false), this.geo.clusterBits, this.header.version);
+          const done = emit({ offset: pos, length: clusterEnd - pos, kind: 'compressed', compressed: { hostOffset: m.hostOffset, size: m.compressedSize, clusterStart } });
+          if (done) yield done;
+          pos = clusterEnd;
+          continue;
+        }
+        const host = (hi & 0x00ffffff) * 2 ** 32 + ((lo & 0xfffffe00) >>> 0);
+        if (host % cs !== 0) {
+          throw new DiskError('ECORRUPT', `${this.source.name}: cluster allocation offset 0x${host.toString(16)} unaligned (L2 offset 0x${l2Offset.toString(16)}, L2 index ${index})`);
+        }
+        if (!ext) {
+          const kind: RunKind = v3 && (lo & 1) ? (host ? 'zero-alloc' : 'zero') : host ? 'data' : 'unallocated';
+          const r: Run = { offset: pos, length: clusterEnd - pos, kind };
+          if (host) r.hostOffset = host + (pos - clusterStart);
+          const done = emit(r);
+          if (done) yield done;
+          pos = clusterEnd;
+          continue;
+        }
+        // Extended L2: the bitmap's high word is "reads as zero", its low word "allocated".
+        const zeroBits = tv.getUint32(index * entrySize + 8, false), allocBits = tv.getUint32(index * entrySize + 12, false);
+        if (!host && allocBits) {
+          throw new DiskError('ECORRUPT', `${this.source.name}: subclusters allocated in an unallocated cluster (L2 offset 0x${l2Offset.toString(16)}, L2 index ${index})`);
+        }
+        while (pos < clusterEnd) {
+          const sc = Math.floor((pos - clusterStart) / unit);
+          const scEnd = Math.min(clusterEnd, clusterStart + (sc + 1) * unit);
+          const bit = 1 << sc;
+          const kind: RunKind = allocBits & bit ? 'data' : zeroBits & bit ? (host ? 'zero-alloc' : 'zero') : 'unallocated';
+          const r: Run = { offset: pos, length: scEnd - pos, kind };
+          // Even an unallocated subcluster of an allocated cluster has a place in the file
+          // (QEMU reports it when nothing below provides the range).
+          if (host) r.hostOffset = host + (pos - clusterStart);
+          const done = emit(r);
+          if (done) yield done;
+          pos = scEnd;
+        }
+      }
+    }
+    if (cur) yield cur;
+  }
+
+  async read(buf: Uint8Array, offset: number): Promise<void> {
+    checkRange(this.size, offset, buf.length, 'read');
+    const reads: Promise<unknown>[] = [];
+    for await (const r of this.runs(offset, buf.length)) {
+      const slice = buf.subarray(r.offset - offset, r.offset - offset + r.length);
+      switch (r.kind) {
+        case 'data':
+          reads.push(this.dataSource.read(slice, r.hostOffset!).then((n) => { if (n < slice.length) slice.fill(0, n); }));
+          break;
+        case 'zero':
+        case 'zero-alloc':
+          slice.fill(0);
+          break;
+        case 'unallocated':
+          reads.push(this.readBacking(slice, r.offset));
+          break;
+        case 'compressed': {
+          const c = r.compressed!;
+          const data = await this.decompress(c.hostOffset, c.size);
+          slice.set(data.subarray(r.offset - c.clusterStart, r.offset - c.clusterStart + r.length));
+          break;
+        }
+      }
+      if (reads.length >= 16) await Promise.all(reads.splice(0));
+    }
+    await Promise.all(reads);
+  }
+
+  /** Guest bytes this image does not allocate: the backing image's, or zeroes past its end. */
+  protected async readBacking(slice: Uint8Array, offset: number): Promise<void> {
+    const b = this.backing;
+    const n = b ? Math.max(0, Math.min(slice.length, b.size - offset)) : 0;
+    if (n > 0) await b!.read(slice.subarray(0, n), offset);
+    if (n < slice.length) slice.fill(0, n);
+  }
+
+  /** The guest cluster stored compressed at `hostOffset` (at most `size` bytes of input). */
+  protected async decompress(hostOffset: number, size: number): Promise<Uint8Array> {
+    if (this.lastCompressed?.hostOffset === hostOffset) return this.lastCompressed.data;
+    const fileSize = await this.dataSource.size();
+    const n = Math.min(size, fileSize - hostOffset);
+    if (n <= 0) throw new DiskError('ECORRUPT', `${this.source.name}: compressed cluster at 0x${hostOffset.toString(16)} lies past the end of the file`);
+    const input = new Uint8Array(n);
+    await readExact(this.dataSource, input, hostOffset, 'compressed cluster');
+    const data = this.header.compressionType === COMPRESSION_ZSTD ? this.zstdCluster(input, hostOffset) : await this.zlibCluster(input, hostOffset);
+    this.lastCompressed = { hostOffset, data };
+    return data;
+  }
+
+  private async zlibCluster(input: Uint8Array, hostOffset: number): Promise<Uint8Array> {
+    let out: Buffer;
+    try {
+      // Raw deflate (QEMU: window bits -12); the input may run on past the stream's end.
+      out = await inflateRaw(input, { maxOutputLength: this.clusterSize, finishFlush: zlib.constants.Z_SYNC_FLUSH });
+    } catch (e) {
+      throw new DiskError('ECORRUPT', `${this.source.name}: compressed cluster at 0x${hostOffset.toString(16)} does not decompress: ${(e as Error).message}`);
+    }
+    if (out.length !== this.clusterSize) {
+      throw new DiskError('ECORRUPT', `${this.source.name}: compressed cluster at 0x${hostOffset.toString(16)} decompresses to ${out.length} bytes, not ${this.clusterSize}`);
+    }
+    return out;
+  }
+
+  private zstdCluster(input: Uint8Array, hostOffset: number): Uint8Array {
+    // A zstd frame followed by whatever shares its last sector (often the next cluster's
+    // frame): decode until the cluster is full and ignore the rest, as QEMU's streaming
+    // decoder does.
+    const out = new Uint8Array(this.clusterSize);
+    let filled = 0;
+    const d = new Decompress((chunk) => {
+      const n = Math.min(chunk.length, out.length - filled);
+      out.set(chunk.subarray(0, n), filled);
+      filled += n;
+    });
+    try {
+      d.push(input, true);
+    } catch (e) {
+      if (filled !== out.length) {
+        throw new DiskError('ECORRUPT', `${this.source.name}: compressed cluster at 0x${hostOffset.toString(16)} does not decompress: ${(e as Error).message}`);
+      }
+    }
+    if (filled !== out.length) {
+      throw new DiskError('ECORRUPT', `${this.source.name}: zstd cluster at 0x${hostOffset.toString(16)} decompresses to ${filled} bytes, not ${this.clusterSize}`);
+    }
+    return out;
+  }
+
+  async *blockStatus(offset: number, length: number): AsyncIterable<Extent> {
+    checkRange(this.size, offset, length, 'block status');
+    const hostFile = this.dataSource.name;
+    for await (const r of this.runs(offset, length)) {
+      switch (r.kind) {
+        case 'data':
+          yield { offset: r.offset, length: r.length, data: true, zero: false, present: true, depth: 0, hostOffset: r.hostOffset!, hostFile };
+          break;
+        case 'zero':
+          yield { offset: r.offset, length: r.length, data: false, zero: true, present: true, depth: 0 };
+          break;
+        case 'zero-alloc':
+          yield { offset: r.offset, length: r.length, data: false, zero: true, present: true, depth: 0, hostOffset: r.hostOffset!, hostFile };
+          break;
+        case 'compressed':
+          yield { offset: r.offset, length: r.length, data: true, zero: false, present: true, depth: 0, compressed: true };
+          break;
+        case 'unallocated':
+          if (!this.backing && r.hostOffset !== undefined) {
+            yield { offset: r.offset, length: r.length, data: false, zero: true, present: false, depth: 0, hostOffset: r.hostOffset, hostFile };
+          } else {
+            yield* this.backingStatus(r.offset, r.length);
+          }
+          break;
+      }
+    }
+  }
+
+  /** Status of a range this image leaves to its backing file, one level deeper. */
+  private async *backingStatus(offset: number, length: number): AsyncIterable<Extent> {
+    const b = this.backing;
+    if (!b) {
+      yield { offset, length, data: false, zero: true, present: false, depth: 0 };
+      return;
+    }
+    const inside = Math.max(0, Math.min(length, b.size - offset));
+    if (inside > 0) {
+      for await (const e of b.blockStatus(offset, inside)) yield { ...e, depth: e.depth + 1 };
+    }
+    if (inside < length) yield { offset: offset + inside, length: length - inside, data: false, zero: true, present: false, depth: 1 };
+  }
+
+  async snapshots(): Promise<SnapshotInfo[]> {
+    return this.snapshotList.map(snapshotInfo);
+  }
+
+  async info(): Promise<ImageInfo> {
+    const h = this.header;
+    const data: Record<string, unknown> = {
+      compat: h.version === 2 ? '0.10' : '1.1',
+      'compression-type': h.compressionType === COMPRESSION_ZSTD ? 'zstd' : 'zlib',
+      'refcount-bits': this.geo.refcountBits,
+    };
+    if (h.version >= 3) {
+      data['lazy-refcounts'] = (h.compatibleFeatures & COMPAT_LAZY_REFCOUNTS) !== 0n;
+      if (h.dataFile !== undefined) {
+        data['data-file'] = h.dataFile;
+        data['data-file-raw'] = (h.autoclearFeatures & AUTOCLEAR_DATA_FILE_RAW) !== 0n;
+      }
+      data.corrupt = (h.incompatibleFeatures & INCOMPAT_CORRUPT) !== 0n;
+      data['extended-l2'] = this.geo.extendedL2;
+    }
+    const info: ImageInfo = {
+      'virtual-size': this.size,
+      filename: this.source.name,
+      'cluster-size': this.clusterSize,
+      format: 'qcow2',
+      'actual-size': await this.source.allocatedSize(),
+    };
+    if (h.cryptMethod !== 0) info.encrypted = true;
+    if (this.backingRef) {
+      info['backing-filename'] = this.backingRef.filename;
+      info['full-backing-filename'] = resolveBackingPath(this.source.name, this.backingRef.filename);
+      if (this.backingRef.format) info['backing-filename-format'] = this.backingRef.format;
+    }
+    if (this.snapshotList.length) info.snapshots = this.snapshotList.map(snapshotInfo);
+    info['format-specific'] = { type: 'qcow2', data };
+    info['dirty-flag'] = (h.incompatibleFeatures & INCOMPAT_DIRTY) !== 0n;
+    return info;
+  }
+
+  async flush(): Promise<void> {
+    if (this.writable) await this.source.flush();
+  }
+
+  async close(): Promise<void> {
+    if (this.dataSource !== this.source) await this.dataSource.close().catch(() => {});
+    await this.source.close();
+  }
+}
+
+function snapshotInfo(s: Qcow2Snapshot): SnapshotInfo {
+  const clock = s.vmClockNsec;
+  return {
+    id: s.id,
+    name: s.name,
+    'vm-state-size': s.vmStateSizeLarge ?? s.vmStateSize,
+    'date-sec': s.dateSec,
+    'date-nsec': s.dateNsec,
+    'vm-clock-sec': Number(clock / 1_000_000_000n),
+    'vm-clock-nsec': Number(clock % 1_000_000_000n),
+    ...(s.icount !== undefined && s.icount !== 0xffffffffffffffffn ? { icount: Number(s.icount) } : {}),
+  };
+}
+
+/** Read and check what opening needs: header, snapshot table, and the L1 table to use. */
+export async function readQcow2State(source: ByteSource, snapshot?: string): Promise<Qcow2State & { view?: Qcow2Snapshot }> {
+  const fileSize = await source.size();
+  const probe = new Uint8Array(Math.min(fileSize, 512));
+  await readExact(source, probe, 0, 'qcow2 header');
+  const clusterBits = probe.length >= 24 ? new DataView(probe.buffer).getUint32(20, false) : 16;
+  const headLen = Math.min(fileSize, 2 ** Math.min(Math.max(clusterBits, 9), 21));
+  const head = new Uint8Array(headLen);
+  await readExact(source, head, 0, 'qcow2 header cluster');
+  const header = parseHeader(head, fileSize, source.name);
+  const geo = geometry(header);
+  let snapshots: Qcow2Snapshot[] = [];
+  if (header.nbSnapshots > 0) {
+    // Entries are at most 40 + 1024 + 2 * 65535 bytes; read generously but bounded.
+    const maxLen = Math.min(fileSize - header.snapshotsOffset, header.nbSnapshots * (40 + 1024 + 2 * 65535 + 8), 64 << 20);
+    if (maxLen <= 0) throw new DiskError('ECORRUPT', `${source.name}: snapshot table lies past the end of the file`);
+    const buf = new Uint8Array(maxLen);
+    const n = await source.read(buf, header.snapshotsOffset);
+    snapshots = parseSnapshotTable(buf.subarray(0, n), header.nbSnapshots, source.name).snapshots;
+  }
+  let l1Offset = header.l1TableOffset;
+  let l1Size = header.l1Size;
+  let view: Qcow2Snapshot | undefined;
+  if (snapshot !== undefined) {
+    view = findSnapshot(snapshots, snapshot);
+    if (!view) throw new DiskError('ENOENT', SNAPSHOT_NOT_FOUND);
+    l1Offset = view.l1TableOffset;
+    l1Size = view.l1Size;
+    if (l1Size * 8 > MAX_L1_SIZE_BYTES) throw new DiskError('ELIMIT', `${source.name}: snapshot L1 table too large`);
+    if (l1Size && (l1Offset % geo.clusterSize !== 0 || l1Offset + l1Size * 8 > fileSize)) {
+      throw new DiskError('ECORRUPT', `${source.name}: snapshot '${view.name}' L1 table lies outside the file`);
+    }
+  }
+  const l1 = new Uint8Array(l1Size * 8);
+  if (l1.length) await readExact(source, l1, l1Offset, 'L1 table');
+  return { header, geo, l1, snapshots, ...(view ? { view } : {}) };
+}
+
+/**
+ * A snapshot named the way qemu-img's -s/-l take it: "snapshot.id=ID", "snapshot.name=NAME",
+ * or a plain string matched as an ID first, then as a name.
+ */
+export function findSnapshot(list: Qcow2Snapshot[], spec: string): Qcow2Snapshot | undefined {
+  const m = /^snapshot\.(id|name)=(.*)$/.exec(spec);
+  if (m) return list.find((s) => (m[1] === 'id' ? s.id : s.name) === m[2]);
+  return list.find((s) => s.id === spec) ?? list.find((s) => s.name === spec);
+}
+
+/** Open options checked against the header's incompatible features. */
+export async function openQcow2(source: ByteSource, options: OpenOptions): Promise<{ state: Qcow2State; dataSource: ByteSource; view?: Qcow2Snapshot }> {
+  const { view, ...state } = await readQcow2State(source, options.snapshot);
+  const h = state.header;
+  if (h.cryptMethod !== 0) {
+    throw new DiskError('EUNSUPPORTED', `${source.name}: encrypted qcow2 images (${h.cryptMethod === 2 ? 'LUKS' : 'AES'}) are not supported`);
+  }
+  if (options.writable && (h.incompatibleFeatures & INCOMPAT_CORRUPT)) {
+    throw new DiskError('ECORRUPT', `${source.name}: qcow2: Image is corrupt; cannot be opened read/write`);
+  }
+  let dataSource = source;
+  if (h.incompatibleFeatures & INCOMPAT_DATA_FILE) {
+    if (h.dataFile === undefined) throw new DiskError('EINVAL', `${source.name}: 'data-file' is required for this image`);
+    if (!options.allowExternalData) {
+      throw new DiskError('EUNSAFE', `${source.name}: the image keeps its data in the external file '${h.dataFile}'; opening it needs an explicit opt-in (allowExternalData)`);
+    }
+    if (!options.openRelated) throw new DiskError('EINVAL', `${source.name}: cannot open the external data file '${h.dataFile}'`);
+    dataSource = await options.openRelated(h.dataFile, !!options.writable);
+  }
+  return { state, dataSource, ...(view ? { view } : {}) };
+}

