@@ -148,6 +148,8 @@ export interface CreateRequest {
   options: Record<string, string>;
   backingFile?: string;
   backingFormat?: string;
+  /** Create (or truncate) a file the new image names, such as a qcow2 external data file; relative names resolve against the image's directory. */
+  createRelated?: (filename: string) => Promise<ByteSource>;
 }
 
 export interface FormatDriver {

@@ -1,5 +1,5 @@
 /** `diskhub img create`: qemu-img create. */
-import { createImage, getFormat, openImage, closeChain, resolveBackingPath, type FormatDriver } from '@diskhub/disk';
+import { createImage, getFormat, listFormats, openImage, closeChain, resolveBackingPath, type FormatDriver } from '@diskhub/disk';
 import { getopt, UsageError } from './getopt.js';
 import { CliError, errorMessage, out } from './common.js';
 import { parseImageSize } from './output.js';
@@ -73,6 +73,10 @@ export async function createCommand(argv: string[]): Promise<number> {
     // The backing image must open; it also gives the size when none is given.
     const backingPath = resolveBackingPath(filename, backingFile);
     let backing;
+    // qemu-img looks the backing format up before it touches the file.
+    if (backingFormat !== undefined && !listFormats().some((d) => d.name === backingFormat)) {
+      throw at(`Unknown driver '${backingFormat}'\nCould not open backing image.`);
+    }
     try {
       backing = await openImage(backingPath, { format: backingFormat });
     } catch (e) {

@@ -6,7 +6,7 @@ import { unlink } from 'node:fs/promises';
 import { DiskError } from '../errors.js';
 import type { CheckResult, CreateRequest, MeasureRequest, MeasureResult, FormatDriver } from '../format.js';
 import { getFormat, probeFormat } from '../formats.js';
-import { readHead } from '../open.js';
+import { readHead, resolveBackingPath } from '../open.js';
 import { FileSource, type ByteSource } from '../source.js';
 
 /** Create an image file of `format` at `path` (replacing what is there, as qemu-img does). */
@@ -15,7 +15,10 @@ export async function createImage(path: string, format: string | FormatDriver, r
   if (!driver.create) throw new DiskError('EUNSUPPORTED', `Format driver '${driver.name}' does not support image creation`);
   const target = await FileSource.open(path, { create: true, exclusive: options.exclusive });
   try {
-    await driver.create(target, request);
+    await driver.create(target, {
+      createRelated: (name) => FileSource.open(resolveBackingPath(path, name), { create: true }),
+      ...request,
+    });
     await target.flush();
   } catch (e) {
     await target.close().catch(() => undefined);

@@ -7,6 +7,7 @@ import type { FormatDriver, Image, OpenOptions } from '../format.js';
 import type { ByteSource } from '../source.js';
 import { Qcow2Image, openQcow2 } from './image.js';
 import { QCOW2_MAGIC } from './layout.js';
+import { QCOW2_CREATE_OPTIONS, createQcow2 } from './create.js';
 
 export const qcow2Driver: FormatDriver = {
   name: 'qcow2',
@@ -16,6 +17,8 @@ export const qcow2Driver: FormatDriver = {
     // Version 1 is the older "qcow" format with the same magic.
     return v.getUint32(0, false) === QCOW2_MAGIC && v.getUint32(4, false) >= 2 ? 100 : 0;
   },
+  createOptions: QCOW2_CREATE_OPTIONS,
+  create: createQcow2,
   async open(source: ByteSource, options: OpenOptions): Promise<Image> {
     if (options.writable) throw new DiskError('EUNSUPPORTED', `${source.name}: writing qcow2 images is not supported yet`);
     const { state, dataSource, view } = await openQcow2(source, options);
