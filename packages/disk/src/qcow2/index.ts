@@ -6,6 +6,7 @@ import { DiskError } from '../errors.js';
 import type { FormatDriver, Image, OpenOptions } from '../format.js';
 import type { ByteSource } from '../source.js';
 import { Qcow2Image, openQcow2 } from './image.js';
+import { Qcow2WritableImage } from './write.js';
 import { QCOW2_MAGIC } from './layout.js';
 import { QCOW2_CREATE_OPTIONS, createQcow2 } from './create.js';
 
@@ -20,9 +21,12 @@ export const qcow2Driver: FormatDriver = {
   createOptions: QCOW2_CREATE_OPTIONS,
   create: createQcow2,
   async open(source: ByteSource, options: OpenOptions): Promise<Image> {
-    if (options.writable) throw new DiskError('EUNSUPPORTED', `${source.name}: writing qcow2 images is not supported yet`);
+    if (options.writable && options.snapshot !== undefined) throw new DiskError('EINVAL', `${source.name}: a snapshot view is read-only`);
     const { state, dataSource, view } = await openQcow2(source, options);
-    return new Qcow2Image(source, dataSource, state, false, view);
+    if (!options.writable) return new Qcow2Image(source, dataSource, state, false, view);
+    const img = new Qcow2WritableImage(source, dataSource, state);
+    await img.init();
+    return img;
   },
 };
 

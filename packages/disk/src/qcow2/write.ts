@@ -1,0 +1,569 @@
+/**
+ * Writing qcow2 in place (QEMU docs/interop/qcow2.txt "Host cluster management"): new
+ * clusters are taken from the end of the file and counted in the refcount blocks (growing the
+ * refcount table when it is full); shared clusters (refcount > 1, after a snapshot) are copied
+ * before they change; partial writes into unallocated clusters copy the rest of the cluster
+ * from the backing image. Metadata is cached and written back in the order that keeps the
+ * file consistent after a crash (at worst leaking clusters): data, then refcount blocks, then
+ * L2 tables, then the L1 table.
+ *
+ * One operation runs at a time (allocation and copy-on-write need it); the callers' own
+ * parallelism still overlaps compression and reads.
+ */
+import * as zlib from 'node:zlib';
+import { promisify } from 'node:util';
+import { checkRange, type WriteZeroesOptions } from '../blockdev.js';
+import { DiskError } from '../errors.js';
+import type { ByteSource } from '../source.js';
+import { COMPRESSION_ZSTD, INCOMPAT_DIRTY, decodeL2Entry } from './layout.js';
+import { Qcow2Image, type Qcow2State } from './image.js';
+
+const deflateRaw = promisify(zlib.deflateRaw);
+const COPIED = 0x80000000;
+const ZERO_FLAG = 1;
+
+/** A byte range of the file to write, gathered so that adjacent pieces go out as one write. */
+interface DataWrite {
+  host: number;
+  data: Uint8Array;
+}
+
+export class Qcow2WritableImage extends Qcow2Image {
+  /** Next free host offset: new clusters are appended. */
+  private fileEnd = 0;
+  private reftable: number[] = [];
+  private reftableDirty = false;
+  private readonly refblocks = new Map<number, Uint8Array>();
+  private readonly dirtyRefblocks = new Set<number>();
+  private readonly dirtyL2 = new Set<number>();
+  private l1Dirty = false;
+  private queue: Promise<unknown> = Promise.resolve();
+  /** Where the next compressed cluster goes, and the end of the host cluster it is in. */
+  private compressedAt = 0;
+  private compressedEnd = 0;
+  private readonly maxRefblocks: number;
+
+  constructor(source: ByteSource, dataSource: ByteSource, state: Qcow2State) {
+    super(source, dataSource, state, true);
+    this.maxRefblocks = Math.max(8, Math.floor((32 << 20) / this.clusterSize));
+  }
+
+  /** Load the refcount table; called once by the driver after construction. */
+  async init(): Promise<void> {
+    if (this.header.incompatibleFeatures & INCOMPAT_DIRTY) {
+      throw new DiskError('EUNSUPPORTED', `${this.source.name}: the image was not closed cleanly (dirty bit set); repair its refcounts with 'diskhub img check -r all' before writing`);
+    }
+    const h = this.header;
+    const cs = this.clusterSize;
+    const table = new Uint8Array(h.refcountTableClusters * cs);
+    const n = await this.source.read(table, h.refcountTableOffset);
+    if (n !== table.length) throw new DiskError('ECORRUPT', `${this.source.name}: refcount table lies past the end of the file`);
+    const v = new DataView(table.buffer);
+    this.reftable = [];
+    for (let i = 0; i < table.length / 8; i++) {
+      const hi = v.getUint32(i * 8, false), lo = v.getUint32(i * 8 + 4, false);
+      const off = (hi & 0x00ffffff) * 2 ** 32 + ((lo & 0xfffffe00) >>> 0);
+      if (off % cs !== 0) throw new DiskError('ECORRUPT', `${this.source.name}: refcount block offset 0x${off.toString(16)} unaligned`);
+      this.reftable.push(off);
+    }
+    this.fileEnd = Math.ceil((await this.source.size()) / cs) * cs;
+  }
+
+  /** Run `fn` after every operation queued before it. */
+  private serial<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.queue.then(fn, fn);
+    this.queue = run.catch(() => {});
+    return run;
+  }
+
+  // ---- refcounts ----
+
+  private refcountMax(): number {
+    return this.geo.refcountBits >= 53 ? Number.MAX_SAFE_INTEGER : 2 ** this.geo.refcountBits - 1;
+  }
+
+  private getRef(block: Uint8Array, i: number): number {
+    const bits = this.geo.refcountBits;
+    if (bits < 8) return (block[(i * bits) >> 3]! >> ((i * bits) & 7)) & ((1 << bits) - 1);
+    const bytes = bits / 8;
+    let v = 0;
+    for (let k = 0; k < bytes; k++) v = v * 256 + block[i * bytes + k]!;
+    return v;
+  }
+
+  private setRef(block: Uint8Array, i: number, value: number): void {
+    const bits = this.geo.refcountBits;
+    if (bits < 8) {
+      const at = (i * bits) >> 3, shift = (i * bits) & 7, mask = ((1 << bits) - 1) << shift;
+      block[at] = (block[at]! & ~mask) | ((value << shift) & mask);
+      return;
+    }
+    const bytes = bits / 8;
+    for (let k = bytes - 1; k >= 0; k--) {
+      block[i * bytes + k] = value % 256;
+      value = Math.floor(value / 256);
+    }
+  }
+
+  private async refblock(offset: number): Promise<Uint8Array> {
+    let b = this.refblocks.get(offset);
+    if (b) {
+      this.refblocks.delete(offset);
+      this.refblocks.set(offset, b);
+      return b;
+    }
+    b = new Uint8Array(this.clusterSize);
+    const n = await this.source.read(b, offset);
+    if (n !== b.length && offset < this.fileEnd - this.clusterSize) {
+      throw new DiskError('ECORRUPT', `${this.source.name}: refcount block at 0x${offset.toString(16)} lies past the end of the file`);
+    }
+    this.refblocks.set(offset, b);
+    if (this.refblocks.size > this.maxRefblocks) {
+      for (const k of this.refblocks.keys()) {
+        if (this.refblocks.size <= this.maxRefblocks) break;
+        if (!this.dirtyRefblocks.has(k) && k !== offset) this.refblocks.delete(k);
+      }
+    }
+    return b;
+  }
+
+  /** Add `delta` to the refcount of the cluster at `host`, creating refcount blocks as needed. */
+  private async addRef(host: number, delta: number): Promise<void> {
+    const cs = this.clusterSize;
+    const cluster = Math.floor(host / cs);
+    const perBlock = this.geo.refcountBlockEntries;
+    const ti = Math.floor(cluster / perBlock);
+    if (ti >= this.reftable.length) await this.growReftable(ti + 1);
+    let rb = this.reftable[ti]!;
+    if (rb === 0) {
+      rb = this.fileEnd;
+      this.fileEnd += cs;
+      this.reftable[ti] = rb;
+      this.reftableDirty = true;
+      this.refblocks.set(rb, new Uint8Array(cs));
+      this.dirtyRefblocks.add(rb);
+      // The new block is a cluster too; it is counted where it belongs (perhaps in itself).
+      await this.addRef(rb, 1);
+    }
+    const block = await this.refblock(rb);
+    const i = cluster % perBlock;
+    const value = this.getRef(block, i) + delta;
+    if (value < 0) throw new DiskError('ECORRUPT', `${this.source.name}: refcount of cluster ${cluster} would drop below zero`);
+    if (value > this.refcountMax()) throw new DiskError('ELIMIT', `${this.source.name}: refcount of cluster ${cluster} would overflow ${this.geo.refcountBits} bits`);
+    this.setRef(block, i, value);
+    this.dirtyRefblocks.add(rb);
+  }
+
+  /** Refcount of the cluster at `host` (0 when no block covers it). */
+  private async refcount(host: number): Promise<number> {
+    const cluster = Math.floor(host / this.clusterSize);
+    const ti = Math.floor(cluster / this.geo.refcountBlockEntries);
+    const rb = this.reftable[ti] ?? 0;
+    if (!rb) return 0;
+    return this.getRef(await this.refblock(rb), cluster % this.geo.refcountBlockEntries);
+  }
+
+  /** A bigger refcount table at the end of the file; the old one is freed once the header names the new. */
+  private async growReftable(minEntries: number): Promise<void> {
+    const cs = this.clusterSize;
+    const entries = Math.max(minEntries + 1, this.reftable.length * 2);
+    const clusters = Math.ceil((entries * 8) / cs);
+    const old = { offset: this.header.refcountTableOffset, clusters: this.header.refcountTableClusters };
+    const at = this.fileEnd;
+    this.fileEnd += clusters * cs;
+    while (this.reftable.length < (clusters * cs) / 8) this.reftable.push(0);
+    for (let i = 0; i < clusters; i++) await this.addRef(at + i * cs, 1);
+    // Blocks and table must be on disk before the header points at the table.
+    await this.writeRefblocks();
+    await this.source.write(this.serializeReftable(), at);
+    this.header.refcountTableOffset = at;
+    this.header.refcountTableClusters = clusters;
+    const hv = new Uint8Array(12);
+    new DataView(hv.buffer).setBigUint64(0, BigInt(at), false);
+    new DataView(hv.buffer).setUint32(8, clusters, false);
+    await this.source.flush();
+    await this.source.write(hv, 48);
+    await this.source.flush();
+    this.reftableDirty = false;
+    for (let i = 0; i < old.clusters; i++) await this.addRef(old.offset + i * cs, -1);
+  }
+
+  private serializeReftable(): Uint8Array {
+    const t = new Uint8Array(this.reftable.length * 8);
+    const v = new DataView(t.buffer);
+    this.reftable.forEach((off, i) => { if (off) v.setBigUint64(i * 8, BigInt(off), false); });
+    return t;
+  }
+
+  /** Take `n` contiguous new clusters from the end of the file, counted once each. */
+  private async allocate(n: number): Promise<number> {
+    const at = this.fileEnd;
+    this.fileEnd += n * this.clusterSize;
+    for (let i = 0; i < n; i++) await this.addRef(at + i * this.clusterSize, 1);
+    return at;
+  }
+
+  /** Drop one reference to whatever an L2 entry points at (a cluster, or compressed bytes). */
+  private async release(hi: number, lo: number, entryOffset: number, table: DataView): Promise<void> {
+    if (hi & 0x40000000) {
+      const m = decodeL2Entry(table.getBigUint64(entryOffset, false), this.geo.clusterBits, this.header.version);
+      // qemu-img check counts the sectors the descriptor names, from the first one's start.
+      const first = m.hostOffset - (m.hostOffset % 512);
+      const end = first + Math.ceil((m.compressedSize + (m.hostOffset % 512)) / 512) * 512;
+      for (let c = Math.floor(first / this.clusterSize); c * this.clusterSize < end; c++) await this.addRef(c * this.clusterSize, -1);
+      return;
+    }
+    const host = (hi & 0x00ffffff) * 2 ** 32 + ((lo & 0xfffffe00) >>> 0);
+    if (host) await this.addRef(host, -1);
+  }
+
+  // ---- L1 / L2 ----
+
+  private setL1(i: number, l2Offset: number): void {
+    this.l1View.setUint32(i * 8, (COPIED | Math.floor(l2Offset / 2 ** 32)) >>> 0, false);
+    this.l1View.setUint32(i * 8 + 4, l2Offset % 2 ** 32, false);
+    this.l1Dirty = true;
+  }
+
+  /** The L2 table for L1 index `i`, ready to be changed: allocated, or copied when shared. */
+  private async l2ForWrite(i: number): Promise<{ offset: number; view: DataView; table: Uint8Array }> {
+    const hi = this.l1View.getUint32(i * 8, false);
+    let offset = this.l1Entry(i);
+    let table: Uint8Array;
+    if (offset === 0) {
+      offset = await this.allocate(1);
+      table = new Uint8Array(this.clusterSize);
+      this.cacheL2(offset, table);
+      this.setL1(i, offset);
+    } else {
+      table = await this.l2Table(offset);
+      if (!(hi & COPIED)) {
+        // Shared with a snapshot: write a copy and let the snapshot keep the original.
+        const copy = table.slice();
+        const old = offset;
+        offset = await this.allocate(1);
+        this.cacheL2(offset, copy);
+        this.setL1(i, offset);
+        await this.addRef(old, -1);
+        table = copy;
+      }
+    }
+    this.dirtyL2.add(offset);
+    return { offset, table, view: new DataView(table.buffer, table.byteOffset, table.byteLength) };
+  }
+
+  protected override evictL2(): void {
+    for (const k of this.l2Cache.keys()) {
+      if (!this.dirtyL2.has(k)) {
+        this.l2Cache.delete(k);
+        return;
+      }
+    }
+  }
+
+  private setL2(view: DataView, at: number, host: number, flags: number): void {
+    view.setUint32(at, (COPIED | Math.floor(host / 2 ** 32)) >>> 0, false);
+    view.setUint32(at + 4, ((host % 2 ** 32) | flags) >>> 0, false);
+  }
+
+  // ---- writes ----
+
+  async write(buf: Uint8Array, offset: number): Promise<void> {
+    checkRange(this.size, offset, buf.length, 'write');
+    if (buf.length === 0) return;
+    await this.serial(() => this.writeRange(offset, buf.length, buf));
+  }
+
+  /** Write `data` (or zeroes when null) over [offset, offset+length). */
+  private async writeRange(offset: number, length: number, data: Uint8Array | null): Promise<void> {
+    const cs = this.clusterSize;
+    const span = this.l2Span;
+    const pending: DataWrite[] = [];
+    let pos = offset;
+    const end = offset + length;
+    while (pos < end) {
+      const l1i = Math.floor(pos / span);
+      const tableEnd = Math.min(end, (l1i + 1) * span);
+      const l2 = await this.l2ForWrite(l1i);
+      while (pos < tableEnd) {
+        const clusterStart = Math.floor(pos / cs) * cs;
+        const clusterEnd = Math.min(tableEnd, clusterStart + cs);
+        const piece = data ? data.subarray(pos - offset, clusterEnd - offset) : new Uint8Array(clusterEnd - pos);
+        await this.writeInCluster(l2.view, (clusterStart - l1i * span) / cs, clusterStart, pos, piece, pending);
+        pos = clusterEnd;
+      }
+      if (pending.length > 64) await this.flushData(pending);
+    }
+    await this.flushData(pending);
+    await this.maybeWriteBack();
+  }
+
+  /** What a reader sees in the cluster at `clusterStart` now (zero-padded past the disk's end). */
+  private async currentCluster(clusterStart: number): Promise<Uint8Array> {
+    const cluster = new Uint8Array(this.clusterSize);
+    await super.read(cluster.subarray(0, Math.min(this.clusterSize, this.size - clusterStart)), clusterStart);
+    return cluster;
+  }
+
+  /** Write `piece` at guest offset `pos` inside the cluster at `clusterStart`. */
+  private async writeInCluster(view: DataView, index: number, clusterStart: number, pos: number, piece: Uint8Array, pending: DataWrite[]): Promise<void> {
+    const cs = this.clusterSize;
+    const at = index * this.geo.l2EntrySize;
+    const hi = view.getUint32(at, false), lo = view.getUint32(at + 4, false);
+    const compressed = (hi & 0x40000000) !== 0;
+    const host = compressed ? 0 : (hi & 0x00ffffff) * 2 ** 32 + ((lo & 0xfffffe00) >>> 0);
+    const owned = host !== 0 && (hi & COPIED) !== 0;
+    const inner = pos - clusterStart;
+    if (this.geo.extendedL2 && !compressed && (owned || !host)) {
+      await this.writeSubclusters(view, at, clusterStart, pos, piece, host, pending);
+      return;
+    }
+    const zeroFlag = !this.geo.extendedL2 && this.header.version >= 3 && (lo & ZERO_FLAG) !== 0;
+    if (owned && !zeroFlag) {
+      pending.push({ host: host + inner, data: piece });
+      return;
+    }
+    // A new cluster (or a zeroed one of our own): the old contents with the piece laid over.
+    let cluster: Uint8Array;
+    if (inner === 0 && piece.length === cs) cluster = piece;
+    else {
+      cluster = await this.currentCluster(clusterStart);
+      cluster.set(piece, inner);
+    }
+    let target = host;
+    if (!(owned && zeroFlag)) {
+      target = await this.allocate(1);
+      if (compressed || host) await this.release(hi, lo, at, view);
+    }
+    pending.push({ host: target, data: cluster });
+    this.setL2(view, at, target, 0);
+    if (this.geo.extendedL2) {
+      view.setUint32(at + 8, 0, false);
+      view.setUint32(at + 12, 0xffffffff, false);
+    }
+  }
+
+  /**
+   * Extended L2, a cluster of our own or none yet: only the touched subclusters change; the
+   * others keep falling through to the backing image or reading as zeroes.
+   */
+  private async writeSubclusters(view: DataView, at: number, clusterStart: number, pos: number, piece: Uint8Array, host: number, pending: DataWrite[]): Promise<void> {
+    const sc = this.geo.subclusterSize;
+    let zeroBits = view.getUint32(at + 8, false) >>> 0;
+    let allocBits = view.getUint32(at + 12, false) >>> 0;
+    const first = Math.floor((pos - clusterStart) / sc);
+    const last = Math.floor((pos - clusterStart + piece.length - 1) / sc);
+    const from = clusterStart + first * sc;
+    const to = Math.min(clusterStart + (last + 1) * sc, this.size);
+    const target = host || (await this.allocate(1));
+    let region = piece;
+    if (pos !== from || pos + piece.length !== to) {
+      // Partly covered subclusters at either end keep their old bytes around the piece.
+      region = new Uint8Array(to - from);
+      for (const s of new Set([first, last])) {
+        const a = clusterStart + s * sc;
+        const slot = region.subarray(a - from, Math.min(region.length, a - from + sc));
+        const bit = 2 ** s;
+        if (allocBits & bit) await this.dataSource.read(slot, target + s * sc);
+        else if (!(zeroBits & bit)) await this.readBacking(slot, a);
+      }
+      region.set(piece, pos - from);
+    }
+    pending.push({ host: target + (from - clusterStart), data: region });
+    for (let s = first; s <= last; s++) {
+      allocBits = (allocBits | 2 ** s) >>> 0;
+      zeroBits = (zeroBits & ~(2 ** s)) >>> 0;
+    }
+    this.setL2(view, at, target, 0);
+    view.setUint32(at + 8, zeroBits, false);
+    view.setUint32(at + 12, allocBits, false);
+  }
+
+  /** Write gathered data, merging pieces that are adjacent in the file. */
+  private async flushData(pending: DataWrite[]): Promise<void> {
+    pending.sort((a, b) => a.host - b.host);
+    let i = 0;
+    const writes: Promise<void>[] = [];
+    while (i < pending.length) {
+      let j = i + 1;
+      let end = pending[i]!.host + pending[i]!.data.length;
+      while (j < pending.length && pending[j]!.host === end && j - i < 512) { end += pending[j]!.data.length; j++; }
+      if (j - i === 1) writes.push(this.dataSource.write(pending[i]!.data, pending[i]!.host));
+      else {
+        const merged = new Uint8Array(end - pending[i]!.host);
+        let off = 0;
+        for (let k = i; k < j; k++) { merged.set(pending[k]!.data, off); off += pending[k]!.data.length; }
+        writes.push(this.dataSource.write(merged, pending[i]!.host));
+      }
+      i = j;
+      if (writes.length >= 8) await Promise.all(writes.splice(0));
+    }
+    await Promise.all(writes);
+    pending.length = 0;
+  }
+
+  async writeZeroes(offset: number, length: number, options: WriteZeroesOptions = {}): Promise<void> {
+    checkRange(this.size, offset, length, 'write zeroes');
+    await this.serial(() => this.zeroRange(offset, length, !!options.mayUnmap, false));
+  }
+
+  async discard(offset: number, length: number): Promise<void> {
+    checkRange(this.size, offset, length, 'discard');
+    await this.serial(() => this.zeroRange(offset, length, true, true));
+  }
+
+  /**
+   * Whole clusters become zero clusters (v3) or unallocated (v2 without a backing image, or a
+   * discard); partial clusters are written with zeroes, except by discard, which may leave them.
+   */
+  private async zeroRange(offset: number, length: number, unmap: boolean, isDiscard: boolean): Promise<void> {
+    const cs = this.clusterSize;
+    const end = offset + length;
+    let pos = offset;
+    while (pos < end) {
+      const clusterStart = Math.floor(pos / cs) * cs;
+      const clusterEnd = Math.min(clusterStart + cs, this.size);
+      const stop = Math.min(end, clusterEnd);
+      if (pos !== clusterStart || stop !== clusterEnd) {
+        if (!isDiscard) await this.writeRange(pos, stop - pos, null);
+        pos = stop;
+        continue;
+      }
+      const l1i = Math.floor(pos / this.l2Span);
+      const index = (clusterStart - l1i * this.l2Span) / cs;
+      const v3 = this.header.version >= 3;
+      if (!v3 && !this.backing && this.l1Entry(l1i) === 0) { pos = stop; continue; }
+      if (!v3 && this.backing && !isDiscard) {
+        await this.writeRange(pos, stop - pos, null);
+        pos = stop;
+        continue;
+      }
+      const l2 = await this.l2ForWrite(l1i);
+      const at = index * this.geo.l2EntrySize;
+      const hi = l2.view.getUint32(at, false), lo = l2.view.getUint32(at + 4, false);
+      const host = hi & 0x40000000 ? 0 : (hi & 0x00ffffff) * 2 ** 32 + ((lo & 0xfffffe00) >>> 0);
+      // v3 can mark a cluster of our own as zero and keep it; v2 can only let it go.
+      const keep = v3 && !unmap && host !== 0 && (hi & COPIED) !== 0 && !(hi & 0x40000000);
+      if (!keep && (host || (hi & 0x40000000))) await this.release(hi, lo, at, l2.view);
+      if (this.geo.extendedL2) {
+        this.setL2(l2.view, at, keep ? host : 0, 0);
+        if (!keep) l2.view.setUint32(at, 0, false);
+        l2.view.setUint32(at + 8, 0xffffffff, false);
+        l2.view.setUint32(at + 12, 0, false);
+      } else if (v3) {
+        if (keep) this.setL2(l2.view, at, host, ZERO_FLAG);
+        else { l2.view.setUint32(at, 0, false); l2.view.setUint32(at + 4, ZERO_FLAG, false); }
+      } else {
+        l2.view.setUint32(at, 0, false);
+        l2.view.setUint32(at + 4, 0, false);
+      }
+      pos = stop;
+    }
+    await this.maybeWriteBack();
+  }
+
+  // ---- compressed clusters (convert -c) ----
+
+  async writeCompressed(buf: Uint8Array, offset: number): Promise<void> {
+    const cs = this.clusterSize;
+    if (offset % cs !== 0 || (buf.length !== cs && offset + buf.length !== this.size) || buf.length > cs) {
+      throw new DiskError('EINVAL', `compressed writes must cover whole clusters (offset ${offset}, ${buf.length} bytes)`);
+    }
+    checkRange(this.size, offset, buf.length, 'write');
+    if (this.header.compressionType === COMPRESSION_ZSTD) {
+      throw new DiskError('EUNSUPPORTED', 'writing zstd-compressed clusters is not supported yet (use compression_type=zlib)');
+    }
+    const full = buf.length === cs ? buf : (() => { const b = new Uint8Array(cs); b.set(buf); return b; })();
+    // Compression runs outside the queue so that several clusters compress at once.
+    const packed = await deflateRaw(full, { windowBits: 12, level: 6 });
+    await this.serial(async () => {
+      // Not worth it (or not representable): store the cluster plainly.
+      if (packed.length >= cs - 512) return this.writeRange(offset, buf.length, buf);
+      await this.placeCompressed(offset, packed);
+    });
+  }
+
+  private async placeCompressed(offset: number, packed: Uint8Array): Promise<void> {
+    const cs = this.clusterSize;
+    // Compressed data is packed byte after byte and may run into the next host cluster when
+    // that one directly follows (nothing else was allocated in between).
+    let at = this.compressedAt;
+    const fits = at !== 0 && at + packed.length <= this.compressedEnd;
+    const canGrow = at !== 0 && this.compressedEnd === this.fileEnd && at + packed.length <= this.compressedEnd + cs;
+    if (!fits && !canGrow) {
+      at = this.fileEnd;
+      this.fileEnd += cs;
+      this.compressedEnd = this.fileEnd;
+    } else if (!fits) {
+      this.fileEnd += cs;
+      this.compressedEnd = this.fileEnd;
+    }
+    // Refcounts as qemu-img check counts them: +1 for every host cluster the descriptor's
+    // sectors touch, once per compressed cluster.
+    const first = at - (at % 512);
+    const sectors = Math.ceil((packed.length + (at % 512)) / 512);
+    for (let c = Math.floor(first / cs); c * cs < first + sectors * 512; c++) await this.addRef(c * cs, 1);
+    await this.dataSource.write(packed, at);
+    this.compressedAt = at + packed.length;
+    // L2 entry: bit 62, then the sector count - 1 above the offset bits (qcow2.txt
+    // "Compressed Clusters Descriptor").
+    const l1i = Math.floor(offset / this.l2Span);
+    const l2 = await this.l2ForWrite(l1i);
+    const entryAt = ((offset - l1i * this.l2Span) / cs) * this.geo.l2EntrySize;
+    const hi = l2.view.getUint32(entryAt, false), lo = l2.view.getUint32(entryAt + 4, false);
+    if ((hi & 0x40000000) || (hi & 0x00ffffff) || (lo & 0xfffffe00)) await this.release(hi, lo, entryAt, l2.view);
+    const x = BigInt(62 - (this.geo.clusterBits - 8));
+    l2.view.setBigUint64(entryAt, (1n << 62n) | (BigInt(sectors - 1) << x) | BigInt(at), false);
+    if (this.geo.extendedL2) l2.view.setBigUint64(entryAt + 8, 0n, false);
+    await this.maybeWriteBack();
+  }
+
+  // ---- write-back ----
+
+  private async writeRefblocks(): Promise<void> {
+    const writes: Promise<void>[] = [];
+    for (const off of this.dirtyRefblocks) writes.push(this.source.write(this.refblocks.get(off)!, off));
+    await Promise.all(writes);
+    this.dirtyRefblocks.clear();
+  }
+
+  /** Write metadata back: refcounts, then L2 tables, then the L1 and refcount tables. */
+  private async writeBack(): Promise<void> {
+    await this.writeRefblocks();
+    if (this.reftableDirty) {
+      await this.source.write(this.serializeReftable(), this.header.refcountTableOffset);
+      this.reftableDirty = false;
+    }
+    const writes: Promise<void>[] = [];
+    for (const off of this.dirtyL2) {
+      const t = this.l2Cache.get(off);
+      if (t) writes.push(this.source.write(t, off));
+    }
+    await Promise.all(writes);
+    this.dirtyL2.clear();
+    if (this.l1Dirty) {
+      await this.source.write(this.l1, this.header.l1TableOffset);
+      this.l1Dirty = false;
+    }
+  }
+
+  private async maybeWriteBack(): Promise<void> {
+    if (this.dirtyL2.size > 64 || this.dirtyRefblocks.size > this.maxRefblocks / 2) await this.writeBack();
+  }
+
+  override async flush(): Promise<void> {
+    await this.serial(async () => {
+      await this.writeBack();
+      if (this.dataSource !== this.source) await this.dataSource.flush();
+      await this.source.flush();
+    });
+  }
+
+  override async close(): Promise<void> {
+    try {
+      await this.serial(() => this.writeBack());
+    } finally {
+      await super.close();
+    }
+  }
+}
