@@ -9,7 +9,7 @@ import test from 'node:test';
 import assert from 'node:assert/strict';
 import { copyFile, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { openImage, closeChain, type Image } from '@diskhub/disk';
+import { openImage, closeChain, checkSource, FileSource, type Image } from '@diskhub/disk';
 import { tempDir, qemuImg, qemuIo, needs, run } from '@diskhub/testkit';
 
 /** A small deterministic PRNG, so a failure can be replayed. */
@@ -75,6 +75,18 @@ async function runScenario(dir: string, s: Scenario): Promise<void> {
   const check = await run('qemu-img', ['check', img]);
   assert.equal(check.code, 0, `${s.name}: qemu-img check:\n${check.stdout}${check.stderr}`);
   assert.doesNotMatch(check.stdout, /leaked/i, `${s.name}: leaks`);
+  // Our own check agrees with qemu-img's.
+  const src = await FileSource.open(img, { readOnly: true });
+  try {
+    const ours = await checkSource(src, { format: 'qcow2' });
+    assert.deepEqual([ours.corruptions, ours.leaks, ours['check-errors']], [0, 0, 0], `${s.name}: ${ours.messages.join('\n')}`);
+    const peer = JSON.parse((await run('qemu-img', ['check', '--output=json', img])).stdout);
+    assert.equal(ours['image-end-offset'], peer['image-end-offset'], `${s.name}: image end offset`);
+    assert.equal(ours['allocated-clusters'] ?? 0, peer['allocated-clusters'] ?? 0, `${s.name}: allocated clusters`);
+    assert.equal(ours['fragmented-clusters'] ?? 0, peer['fragmented-clusters'] ?? 0, `${s.name}: fragmented clusters`);
+  } finally {
+    await src.close();
+  }
   const cmp = await run('qemu-img', ['compare', '-f', 'raw', '-F', 'qcow2', ref, img]);
   assert.equal(cmp.code, 0, `${s.name}: qemu-img compare: ${cmp.stdout}${cmp.stderr}`);
 }

@@ -9,7 +9,7 @@ import type { CreateOption, CreateRequest } from '../format.js';
 import type { ByteSource } from '../source.js';
 import {
   AUTOCLEAR_DATA_FILE_RAW, COMPAT_LAZY_REFCOUNTS, COMPRESSION_ZLIB, COMPRESSION_ZSTD, INCOMPAT_COMPRESSION, INCOMPAT_DATA_FILE,
-  INCOMPAT_EXTL2, MAX_L1_SIZE_BYTES, MAX_REFTABLE_SIZE_BYTES, STANDARD_FEATURE_NAMES, geometry, serializeHeader, type Qcow2Header,
+  INCOMPAT_EXTL2, MAX_L1_SIZE_BYTES, MAX_REFTABLE_SIZE_BYTES, STANDARD_FEATURE_NAMES, geometry, serializeHeader, setRefcount, type Qcow2Header,
 } from './layout.js';
 
 export const QCOW2_CREATE_OPTIONS: readonly CreateOption[] = [
@@ -201,7 +201,7 @@ export async function createQcow2(target: ByteSource, request: CreateRequest): P
     const block = new Uint8Array(cs);
     const from = b * geo.refcountBlockEntries;
     const count = Math.max(0, Math.min(geo.refcountBlockEntries, plan.totalClusters - from));
-    setRefcountsToOne(block, count, bits);
+    for (let i = 0; i < count; i++) setRefcount(block, i, bits, 1);
     await target.write(block, (firstBlock + b) * cs);
   }
 
@@ -246,20 +246,6 @@ export async function createQcow2(target: ByteSource, request: CreateRequest): P
     } finally {
       await df.close();
     }
-  }
-}
-
-/** Fill the first `count` refcount entries of a block with 1 (big-endian, `bits` wide). */
-function setRefcountsToOne(block: Uint8Array, count: number, bits: number): void {
-  if (bits >= 8) {
-    const bytes = bits / 8;
-    for (let i = 0; i < count; i++) block[i * bytes + bytes - 1] = 1;
-    return;
-  }
-  // Sub-byte widths: entry i sits at bit (i * bits) counted from each byte's least significant bit.
-  for (let i = 0; i < count; i++) {
-    const bit = i * bits;
-    block[bit >> 3]! |= 1 << (bit & 7);
   }
 }
 

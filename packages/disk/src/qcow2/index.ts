@@ -9,6 +9,8 @@ import { Qcow2Image, openQcow2 } from './image.js';
 import { Qcow2WritableImage } from './write.js';
 import { QCOW2_MAGIC } from './layout.js';
 import { QCOW2_CREATE_OPTIONS, createQcow2 } from './create.js';
+import { checkQcow2 } from './check.js';
+import { measureQcow2 } from './measure.js';
 
 export const qcow2Driver: FormatDriver = {
   name: 'qcow2',
@@ -20,6 +22,8 @@ export const qcow2Driver: FormatDriver = {
   },
   createOptions: QCOW2_CREATE_OPTIONS,
   create: createQcow2,
+  check: checkQcow2,
+  measure: measureQcow2,
   async open(source: ByteSource, options: OpenOptions): Promise<Image> {
     if (options.writable && options.snapshot !== undefined) throw new DiskError('EINVAL', `${source.name}: a snapshot view is read-only`);
     const { state, dataSource, view } = await openQcow2(source, options);

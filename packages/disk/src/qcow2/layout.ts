@@ -499,3 +499,35 @@ export function serializeSnapshotTable(snapshots: Qcow2Snapshot[]): Uint8Array {
   for (const p of parts) { out.set(p, off); off += p.length; }
   return out;
 }
+
+// ---- Refcount blocks (qcow2.txt "Host cluster management") ----
+
+/**
+ * Entry `i` of a refcount block with `bits`-wide entries: big-endian for 8 bits and more;
+ * narrower entries are packed into bytes starting at the least significant bit.
+ */
+export function getRefcount(block: Uint8Array, i: number, bits: number): number {
+  if (bits < 8) return (block[(i * bits) >> 3]! >> ((i * bits) & 7)) & ((1 << bits) - 1);
+  const bytes = bits / 8;
+  let v = 0;
+  for (let k = 0; k < bytes; k++) v = v * 256 + block[i * bytes + k]!;
+  return v;
+}
+
+export function setRefcount(block: Uint8Array, i: number, bits: number, value: number): void {
+  if (bits < 8) {
+    const at = (i * bits) >> 3, shift = (i * bits) & 7, mask = ((1 << bits) - 1) << shift;
+    block[at] = (block[at]! & ~mask) | ((value << shift) & mask);
+    return;
+  }
+  const bytes = bits / 8;
+  for (let k = bytes - 1; k >= 0; k--) {
+    block[i * bytes + k] = value % 256;
+    value = Math.floor(value / 256);
+  }
+}
+
+/** The largest refcount an entry of `bits` holds (capped at what a JS number counts exactly). */
+export function refcountMax(bits: number): number {
+  return bits >= 53 ? Number.MAX_SAFE_INTEGER : 2 ** bits - 1;
+}

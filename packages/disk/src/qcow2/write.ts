@@ -15,7 +15,7 @@ import { promisify } from 'node:util';
 import { checkRange, type WriteZeroesOptions } from '../blockdev.js';
 import { DiskError } from '../errors.js';
 import type { ByteSource } from '../source.js';
-import { COMPRESSION_ZSTD, INCOMPAT_DIRTY, decodeL2Entry } from './layout.js';
+import { COMPRESSION_ZSTD, INCOMPAT_DIRTY, decodeL2Entry, getRefcount, refcountMax, setRefcount } from './layout.js';
 import { Qcow2Image, type Qcow2State } from './image.js';
 
 const deflateRaw = promisify(zlib.deflateRaw);
@@ -78,33 +78,6 @@ export class Qcow2WritableImage extends Qcow2Image {
 
   // ---- refcounts ----
 
-  private refcountMax(): number {
-    return this.geo.refcountBits >= 53 ? Number.MAX_SAFE_INTEGER : 2 ** this.geo.refcountBits - 1;
-  }
-
-  private getRef(block: Uint8Array, i: number): number {
-    const bits = this.geo.refcountBits;
-    if (bits < 8) return (block[(i * bits) >> 3]! >> ((i * bits) & 7)) & ((1 << bits) - 1);
-    const bytes = bits / 8;
-    let v = 0;
-    for (let k = 0; k < bytes; k++) v = v * 256 + block[i * bytes + k]!;
-    return v;
-  }
-
-  private setRef(block: Uint8Array, i: number, value: number): void {
-    const bits = this.geo.refcountBits;
-    if (bits < 8) {
-      const at = (i * bits) >> 3, shift = (i * bits) & 7, mask = ((1 << bits) - 1) << shift;
-      block[at] = (block[at]! & ~mask) | ((value << shift) & mask);
-      return;
-    }
-    const bytes = bits / 8;
-    for (let k = bytes - 1; k >= 0; k--) {
-      block[i * bytes + k] = value % 256;
-      value = Math.floor(value / 256);
-    }
-  }
-
   private async refblock(offset: number): Promise<Uint8Array> {
     let b = this.refblocks.get(offset);
     if (b) {
@@ -147,10 +120,10 @@ export class Qcow2WritableImage extends Qcow2Image {
     }
     const block = await this.refblock(rb);
     const i = cluster % perBlock;
-    const value = this.getRef(block, i) + delta;
+    const value = getRefcount(block, i, this.geo.refcountBits) + delta;
     if (value < 0) throw new DiskError('ECORRUPT', `${this.source.name}: refcount of cluster ${cluster} would drop below zero`);
-    if (value > this.refcountMax()) throw new DiskError('ELIMIT', `${this.source.name}: refcount of cluster ${cluster} would overflow ${this.geo.refcountBits} bits`);
-    this.setRef(block, i, value);
+    if (value > refcountMax(this.geo.refcountBits)) throw new DiskError('ELIMIT', `${this.source.name}: refcount of cluster ${cluster} would overflow ${this.geo.refcountBits} bits`);
+    setRefcount(block, i, this.geo.refcountBits, value);
     this.dirtyRefblocks.add(rb);
   }
 
@@ -160,7 +133,7 @@ export class Qcow2WritableImage extends Qcow2Image {
     const ti = Math.floor(cluster / this.geo.refcountBlockEntries);
     const rb = this.reftable[ti] ?? 0;
     if (!rb) return 0;
-    return this.getRef(await this.refblock(rb), cluster % this.geo.refcountBlockEntries);
+    return getRefcount(await this.refblock(rb), cluster % this.geo.refcountBlockEntries, this.geo.refcountBits);
   }
 
   /** A bigger refcount table at the end of the file; the old one is freed once the header names the new. */
