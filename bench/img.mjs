@@ -3,7 +3,8 @@
 // BENCH_RUNS, alternating the two tools) and peak RSS (GNU time's %M), with the ratio.
 // Inputs (made once under bench/work/img): a raw image of BENCH_SIZE_MB virtual size (default
 // 2048) holding a mix of random data, compressible text and zero runs in 1 MiB pieces (about
-// half the image), the rest holes. Formats other than raw join the table as drivers land.
+// half the image), the rest holes; qcow2 images made from it by qemu-img. BENCH_CASES=regex
+// runs only the matching rows.
 //   node bench/img.mjs        (after npm run build; needs qemu-img and /usr/bin/time)
 import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, openSync, writeSync, closeSync, rmSync, ftruncateSync } from 'node:fs';
@@ -44,7 +45,32 @@ function timed(cmd, args) {
   return [s, kb];
 }
 
+// qcow2 inputs made by qemu-img from the same data: plain, compressed, 1 KiB clusters (over a
+// million allocated clusters for `check`), and a 1 TiB sparse image with scattered data for `map`.
+const q = (name, args) => {
+  const path = join(work, name);
+  if (!existsSync(path)) execFileSync('qemu-img', args(path));
+  return path;
+};
+const qcow = q(`mixed-${SIZE / 2 ** 20}M.qcow2`, (p) => ['convert', '-O', 'qcow2', src, p]);
+const qcowZ = q(`mixed-${SIZE / 2 ** 20}M-c.qcow2`, (p) => ['convert', '-c', '-O', 'qcow2', src, p]);
+const qcow1k = q(`mixed-${SIZE / 2 ** 20}M-1k.qcow2`, (p) => ['convert', '-O', 'qcow2', '-o', 'cluster_size=1k', src, p]);
+const sparse = join(work, 'sparse-1T.qcow2');
+if (!existsSync(sparse)) {
+  execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', sparse, '1T']);
+  const io = [];
+  for (let i = 0; i < 2000; i++) io.push('-c', `write -P ${i % 250} ${(i * 524287 * 1024) % (2 ** 40 - 2 ** 20)} 64k`);
+  execFileSync('qemu-io', ['-f', 'qcow2', ...io, sparse]);
+}
+
 const cases = [
+  ['convert raw→qcow2', (out) => ['convert', '-O', 'qcow2', src, out]],
+  ['convert qcow2→raw', (out) => ['convert', '-O', 'raw', qcow, out]],
+  ['convert raw→qcow2 -c', (out) => ['convert', '-c', '-O', 'qcow2', src, out]],
+  ['convert compressed qcow2→raw', (out) => ['convert', '-O', 'raw', qcowZ, out]],
+  ['check qcow2 (1 KiB clusters, >1M allocated)', () => ['check', qcow1k]],
+  ['info qcow2', () => ['info', '--output=json', qcow]],
+  ['map 1 TiB sparse qcow2', () => ['map', '--output=json', sparse]],
   ['convert raw→raw', (out) => ['convert', '-O', 'raw', src, out]],
   ['convert raw→raw -W -m 16', (out) => ['convert', '-W', '-m', '16', '-O', 'raw', src, out]],
   ['compare (identical)', () => ['compare', src, copy]],
@@ -55,7 +81,9 @@ const cases = [
 console.log(`input: ${src} (${SIZE / 2 ** 20} MiB virtual), best of ${RUNS}`);
 console.log('| command | diskhub s | qemu-img s | ratio | diskhub peak RSS | qemu-img peak RSS |');
 console.log('| --- | ---: | ---: | ---: | ---: | ---: |');
+const only = process.env.BENCH_CASES ? new RegExp(process.env.BENCH_CASES) : null;
 for (const [name, args] of cases) {
+  if (only && !only.test(name)) continue;
   const best = { ours: [Infinity, 0], peer: [Infinity, 0] };
   for (let i = 0; i < RUNS; i++) {
     for (const who of ['ours', 'peer']) {

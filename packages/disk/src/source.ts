@@ -24,6 +24,8 @@ export interface ByteSource {
   /** Read up to buf.length bytes at offset; returns the count (short only at end of source). */
   read(buf: Uint8Array, offset: number): Promise<number>;
   write(buf: Uint8Array, offset: number): Promise<void>;
+  /** Write buffers back to back from `offset` (one pwritev for files); optional. */
+  writev?(bufs: Uint8Array[], offset: number): Promise<void>;
   truncate(size: number): Promise<void>;
   /**
    * Which parts of [offset, offset+length) hold data and which are holes (SEEK_DATA /
@@ -112,6 +114,21 @@ export class FileSource implements ByteSource {
     while (done < buf.length) {
       const { bytesWritten } = await this.fh.write(buf, done, buf.length - done, offset + done);
       done += bytesWritten;
+    }
+  }
+
+  /** Several buffers at consecutive offsets in one system call (pwritev), without joining them first. */
+  async writev(bufs: Uint8Array[], offset: number): Promise<void> {
+    if (this.readOnly) throw new DiskError('EROFS', `${this.name}: opened read-only`);
+    let rest = bufs.filter((b) => b.length > 0);
+    let pos = offset;
+    while (rest.length) {
+      const { bytesWritten } = await this.fh.writev(rest, pos);
+      pos += bytesWritten;
+      // A short write: drop what went out and continue with the remainder.
+      let skip = bytesWritten;
+      while (rest.length && skip >= rest[0]!.length) { skip -= rest[0]!.length; rest = rest.slice(1); }
+      if (skip && rest.length) rest = [rest[0]!.subarray(skip), ...rest.slice(1)];
     }
   }
 

@@ -146,3 +146,44 @@ test('qcow2 open: randomly damaged headers open with a DiskError or read without
     }
   }
 });
+
+test('qcow2 read: a large sparse image (4 TiB virtual) maps and converts like qemu-img', needs('qemu-img', 'qemu-io'), async (t) => {
+  const dir = await tempDir(t);
+  const p = join(dir, 'big.qcow2');
+  await qemuImg('create', '-q', '-f', 'qcow2', p, '4T');
+  await qemuIo('-f', 'qcow2', '-c', 'write -P 1 0 64k', '-c', 'write -P 2 1T 1M', '-c', 'write -z 2T 64k', '-c', 'write -P 3 4398046445568 65536', p);
+  const peerMap = await run('qemu-img', ['map', '--output=json', p]);
+  const { diskhub } = await import('@diskhub/testkit');
+  const ourMap = await diskhub(['img', 'map', '--output=json', p]);
+  assert.equal(ourMap.stdout, peerMap.stdout);
+  const ours = join(dir, 'ours.raw'), peer = join(dir, 'peer.raw');
+  const r = await diskhub(['img', 'convert', '-O', 'raw', p, ours]);
+  assert.equal(r.code, 0, r.stderr);
+  await qemuImg('convert', '-O', 'raw', p, peer);
+  const cmp = await run('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', ours, peer]);
+  assert.equal(cmp.code, 0, cmp.stdout);
+});
+
+test('qcow2 open: absurd header fields, truncation and backing loops give clear typed errors quickly', needs('qemu-img'), async (t) => {
+  const dir = await tempDir(t);
+  const base = join(dir, 'base.qcow2');
+  await qemuImg('create', '-q', '-f', 'qcow2', base, '64M');
+  const variants: Array<[string, (p: string) => Promise<void>, RegExp]> = [
+    ['cluster_bits 30', (p) => patch(p, 20, new Uint8Array([0, 0, 0, 30])), /cluster size/i],
+    ['huge L1 size', (p) => patch(p, 36, new Uint8Array([0x7f, 0xff, 0xff, 0xff])), /L1 table too large/],
+    ['L1 past the end', (p) => patch(p, 40, be64(1n << 44n)), /L1 table .* past the end/],
+    ['refcount table past the end', (p) => patch(p, 48, be64(1n << 44n)), /refcount table .* past the end/],
+    ['backing name longer than the header', async (p) => { await patch(p, 8, be64(65000n)); await patch(p, 16, new Uint8Array([0, 0, 3, 0])); }, /backing file name/i],
+    ['truncated header', (p) => open(p, 'r+').then(async (fh) => { await fh.truncate(50); await fh.close(); }), /truncated|past the end/],
+  ];
+  for (const [name, damage, message] of variants) {
+    const p = join(dir, `${name.replace(/\W+/g, '-')}.qcow2`);
+    await copyFile(base, p);
+    await damage(p);
+    await assert.rejects(openImage(p, { format: 'qcow2' }), (e) => isDiskError(e) && message.test(e.message), name);
+  }
+  // a → b → a
+  await qemuImg('create', '-q', '-f', 'qcow2', '-u', '-b', 'b.qcow2', '-F', 'qcow2', join(dir, 'a.qcow2'), '1M');
+  await qemuImg('create', '-q', '-f', 'qcow2', '-u', '-b', 'a.qcow2', '-F', 'qcow2', join(dir, 'b.qcow2'), '1M');
+  await assert.rejects(openImage(join(dir, 'a.qcow2')), (e) => isDiskError(e, 'ELOOP'));
+});

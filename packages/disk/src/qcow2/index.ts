@@ -7,7 +7,7 @@ import type { FormatDriver, Image, OpenOptions } from '../format.js';
 import type { ByteSource } from '../source.js';
 import { Qcow2Image, openQcow2 } from './image.js';
 import { Qcow2WritableImage } from './write.js';
-import { QCOW2_MAGIC } from './layout.js';
+import { INCOMPAT_DIRTY, QCOW2_MAGIC } from './layout.js';
 import { QCOW2_CREATE_OPTIONS, createQcow2 } from './create.js';
 import { checkQcow2 } from './check.js';
 import { measureQcow2 } from './measure.js';
@@ -26,9 +26,21 @@ export const qcow2Driver: FormatDriver = {
   measure: measureQcow2,
   async open(source: ByteSource, options: OpenOptions): Promise<Image> {
     if (options.writable && options.snapshot !== undefined) throw new DiskError('EINVAL', `${source.name}: a snapshot view is read-only`);
-    const { state, dataSource, view } = await openQcow2(source, options);
-    if (!options.writable) return new Qcow2Image(source, dataSource, state, false, view);
-    const img = new Qcow2WritableImage(source, dataSource, state);
+    let opened = await openQcow2(source, options);
+    const { state, view } = opened;
+    if (!options.writable) return new Qcow2Image(source, opened.dataSource, state, false, view);
+    if (state.header.incompatibleFeatures & INCOMPAT_DIRTY) {
+      // Not closed cleanly with lazy refcounts: rebuild the refcounts from the tables, then
+      // clear the dirty bit, as QEMU does when it opens such an image for writing.
+      if (opened.dataSource !== source) await opened.dataSource.close();
+      await checkQcow2(source, { repair: 'all' });
+      const features = new Uint8Array(8);
+      new DataView(features.buffer).setBigUint64(0, state.header.incompatibleFeatures & ~INCOMPAT_DIRTY, false);
+      await source.write(features, 72);
+      await source.flush();
+      opened = await openQcow2(source, options);
+    }
+    const img = new Qcow2WritableImage(source, opened.dataSource, opened.state);
     await img.init();
     return img;
   },

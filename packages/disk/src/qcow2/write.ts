@@ -244,14 +244,46 @@ export class Qcow2WritableImage extends Qcow2Image {
   async write(buf: Uint8Array, offset: number): Promise<void> {
     checkRange(this.size, offset, buf.length, 'write');
     if (buf.length === 0) return;
-    await this.serial(() => this.writeRange(offset, buf.length, buf));
+    // Allocation and metadata under the queue; the data itself goes out after it, so that
+    // several writes' data are in flight at once (write-back waits for them before it writes
+    // any L2 table that points at them).
+    const pending: DataWrite[] = [];
+    let flight: Promise<void> | undefined;
+    await this.serial(async () => {
+      await this.writeRange(offset, buf.length, buf, pending);
+      // Registered before the queue moves on, so the next operation sees these bytes in flight.
+      flight = this.track(pending);
+    });
+    await flight;
   }
 
-  /** Write `data` (or zeroes when null) over [offset, offset+length). */
-  private async writeRange(offset: number, length: number, data: Uint8Array | null): Promise<void> {
+  /** Data writes still in flight, with the host ranges they cover. */
+  private readonly inflight = new Map<Promise<void>, Array<[number, number]>>();
+
+  private track(pending: DataWrite[]): Promise<void> {
+    const ranges = pending.map((d): [number, number] => [d.host, d.host + d.data.length]);
+    const p = this.flushData(pending);
+    this.inflight.set(p, ranges);
+    const done = () => { this.inflight.delete(p); };
+    p.then(done, done);
+    return p;
+  }
+
+  /** Wait for in-flight data writes that touch [from, to) (a later write there must land after them). */
+  private async settle(from: number, to: number): Promise<void> {
+    const waits: Promise<void>[] = [];
+    for (const [p, ranges] of this.inflight) if (ranges.some(([a, b]) => a < to && from < b)) waits.push(p);
+    if (waits.length) await Promise.allSettled(waits);
+  }
+
+  /**
+   * Write `data` (or zeroes when null) over [offset, offset+length). With `out`, the data
+   * writes are handed back to the caller instead of being written here.
+   */
+  private async writeRange(offset: number, length: number, data: Uint8Array | null, out?: DataWrite[]): Promise<void> {
     const cs = this.clusterSize;
     const span = this.l2Span;
-    const pending: DataWrite[] = [];
+    const pending: DataWrite[] = out ?? [];
     let pos = offset;
     const end = offset + length;
     while (pos < end) {
@@ -265,9 +297,9 @@ export class Qcow2WritableImage extends Qcow2Image {
         await this.writeInCluster(l2.view, (clusterStart - l1i * span) / cs, clusterStart, pos, piece, pending);
         pos = clusterEnd;
       }
-      if (pending.length > 64) await this.flushData(pending);
+      if (!out && pending.length > 64) await this.flushData(pending);
     }
-    await this.flushData(pending);
+    if (!out) await this.flushData(pending);
     await this.maybeWriteBack();
   }
 
@@ -293,6 +325,7 @@ export class Qcow2WritableImage extends Qcow2Image {
     }
     const zeroFlag = !this.geo.extendedL2 && this.header.version >= 3 && (lo & ZERO_FLAG) !== 0;
     if (owned && !zeroFlag) {
+      await this.settle(host, host + cs);
       pending.push({ host: host + inner, data: piece });
       return;
     }
@@ -304,6 +337,7 @@ export class Qcow2WritableImage extends Qcow2Image {
       cluster.set(piece, inner);
     }
     let target = host;
+    if (owned && zeroFlag) await this.settle(host, host + cs);
     if (!(owned && zeroFlag)) {
       target = await this.allocate(1);
       if (compressed || host) await this.release(hi, lo, at, view);
@@ -329,6 +363,7 @@ export class Qcow2WritableImage extends Qcow2Image {
     const from = clusterStart + first * sc;
     const to = Math.min(clusterStart + (last + 1) * sc, this.size);
     const target = host || (await this.allocate(1));
+    if (host) await this.settle(host, host + this.clusterSize);
     let region = piece;
     if (pos !== from || pos + piece.length !== to) {
       // Partly covered subclusters at either end keep their old bytes around the piece.
@@ -352,22 +387,19 @@ export class Qcow2WritableImage extends Qcow2Image {
     view.setUint32(at + 12, allocBits, false);
   }
 
-  /** Write gathered data, merging pieces that are adjacent in the file. */
+  /** Write gathered data; pieces adjacent in the file go out together (pwritev). */
   private async flushData(pending: DataWrite[]): Promise<void> {
     pending.sort((a, b) => a.host - b.host);
-    let i = 0;
     const writes: Promise<void>[] = [];
+    let i = 0;
     while (i < pending.length) {
       let j = i + 1;
       let end = pending[i]!.host + pending[i]!.data.length;
       while (j < pending.length && pending[j]!.host === end && j - i < 512) { end += pending[j]!.data.length; j++; }
-      if (j - i === 1) writes.push(this.dataSource.write(pending[i]!.data, pending[i]!.host));
-      else {
-        const merged = new Uint8Array(end - pending[i]!.host);
-        let off = 0;
-        for (let k = i; k < j; k++) { merged.set(pending[k]!.data, off); off += pending[k]!.data.length; }
-        writes.push(this.dataSource.write(merged, pending[i]!.host));
-      }
+      const group = pending.slice(i, j);
+      if (group.length === 1) writes.push(this.dataSource.write(group[0]!.data, group[0]!.host));
+      else if (this.dataSource.writev) writes.push(this.dataSource.writev(group.map((g) => g.data), group[0]!.host));
+      else for (const g of group) writes.push(this.dataSource.write(g.data, g.host));
       i = j;
       if (writes.length >= 8) await Promise.all(writes.splice(0));
     }
@@ -502,6 +534,8 @@ export class Qcow2WritableImage extends Qcow2Image {
 
   /** Write metadata back: refcounts, then L2 tables, then the L1 and refcount tables. */
   private async writeBack(): Promise<void> {
+    // L2 entries must never reach the disk before the data they point at.
+    while (this.inflight.size) await Promise.allSettled([...this.inflight.keys()]);
     await this.writeRefblocks();
     if (this.reftableDirty) {
       await this.source.write(this.serializeReftable(), this.header.refcountTableOffset);
