@@ -76,3 +76,20 @@ test('qcow2 info / map / compare / convert -O raw agree with qemu-img on the cor
   await assertSame(['snapshot', 'c64k.qcow2'], dir);
 });
 
+
+test('qcow2 with an external data file: refused without DISKHUB_ALLOW_EXTERNAL_DATA=1, read like qemu-img with it', needs('qemu-img', 'qemu-io'), async (t) => {
+  const dir = await tempDir(t);
+  const img = join(dir, 'df.qcow2');
+  await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', `data_file=${join(dir, 'df.data')}`, img, '4M']);
+  await qemuIo('-f', 'qcow2', '-c', 'write -P 7 0 1M', img);
+  const refused = await diskhub(['img', 'info', img]);
+  assert.equal(refused.code, 1);
+  assert.match(refused.stderr, /external file .*df\.data.*DISKHUB_ALLOW_EXTERNAL_DATA=1/);
+  const env = { ...process.env, DISKHUB_ALLOW_EXTERNAL_DATA: '1' };
+  const ours = await diskhub(['img', 'info', '--output=json', img], { env });
+  const peer = await run('qemu-img', ['info', '--output=json', img]);
+  assert.equal(ours.stdout, peer.stdout);
+  const out = join(dir, 'out.raw');
+  assert.equal((await diskhub(['img', 'convert', '-O', 'raw', img, out], { env })).code, 0);
+  assert.equal((await run('qemu-img', ['compare', '-F', 'raw', img, out])).code, 0);
+});

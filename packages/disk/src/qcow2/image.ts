@@ -184,13 +184,17 @@ export class Qcow2Image implements Image {
           continue;
         }
         const host = (hi & 0x00ffffff) * 2 ** 32 + ((lo & 0xfffffe00) >>> 0);
+        // With an external data file, offset 0 with COPIED set is the data file's first cluster
+        // (qcow2.txt "Standard Cluster Descriptor"); otherwise offset 0 means unallocated.
+        const atZero = host === 0 && (hi & 0x80000000) !== 0 && this.dataSource !== this.source;
         if (host % cs !== 0) {
           throw new DiskError('ECORRUPT', `${this.source.name}: cluster allocation offset 0x${host.toString(16)} unaligned (L2 offset 0x${l2Offset.toString(16)}, L2 index ${index})`);
         }
         if (!ext) {
-          const kind: RunKind = v3 && (lo & 1) ? (host ? 'zero-alloc' : 'zero') : host ? 'data' : 'unallocated';
+          const allocated = host !== 0 || atZero;
+          const kind: RunKind = v3 && (lo & 1) ? (allocated ? 'zero-alloc' : 'zero') : allocated ? 'data' : 'unallocated';
           const r: Run = { offset: pos, length: clusterEnd - pos, kind };
-          if (host) r.hostOffset = host + (pos - clusterStart);
+          if (allocated) r.hostOffset = host + (pos - clusterStart);
           const done = emit(r);
           if (done) yield done;
           pos = clusterEnd;
@@ -198,18 +202,19 @@ export class Qcow2Image implements Image {
         }
         // Extended L2: the bitmap's high word is "reads as zero", its low word "allocated".
         const zeroBits = tv.getUint32(index * entrySize + 8, false), allocBits = tv.getUint32(index * entrySize + 12, false);
-        if (!host && allocBits) {
+        const allocated = host !== 0 || atZero;
+        if (!allocated && allocBits) {
           throw new DiskError('ECORRUPT', `${this.source.name}: subclusters allocated in an unallocated cluster (L2 offset 0x${l2Offset.toString(16)}, L2 index ${index})`);
         }
         while (pos < clusterEnd) {
           const sc = Math.floor((pos - clusterStart) / unit);
           const scEnd = Math.min(clusterEnd, clusterStart + (sc + 1) * unit);
           const bit = 1 << sc;
-          const kind: RunKind = allocBits & bit ? 'data' : zeroBits & bit ? (host ? 'zero-alloc' : 'zero') : 'unallocated';
+          const kind: RunKind = allocBits & bit ? 'data' : zeroBits & bit ? (allocated ? 'zero-alloc' : 'zero') : 'unallocated';
           const r: Run = { offset: pos, length: scEnd - pos, kind };
           // Even an unallocated subcluster of an allocated cluster has a place in the file
           // (QEMU reports it when nothing below provides the range).
-          if (host) r.hostOffset = host + (pos - clusterStart);
+          if (allocated) r.hostOffset = host + (pos - clusterStart);
           const done = emit(r);
           if (done) yield done;
           pos = scEnd;
