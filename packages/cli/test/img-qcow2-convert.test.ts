@@ -21,8 +21,8 @@ test('qcow2 convert: raw→qcow2 (plain, -c, -o, -B, -n) passes qemu-img check a
   await closeChain(probe);
   const variants: string[][] = [[], ['-o', 'cluster_size=4k'], ['-o', 'compat=0.10'], ['-o', 'extended_l2=on'], ['-p', '-m', '4', '-W'], ['-S', '0'],
     ['-B', 'base.qcow2', '-F', 'qcow2']];
-  // zstd-compressed output is not written yet (reading it is): see the README.
-  variants.push(['-c'], ['-c', '-o', 'cluster_size=4k'], ['-c', '-W', '-m', '16'], ['-c', '-o', 'compat=0.10']);
+  variants.push(['-c'], ['-c', '-o', 'cluster_size=4k'], ['-c', '-W', '-m', '16'], ['-c', '-o', 'compat=0.10'],
+    ['-c', '-o', 'compression_type=zstd'], ['-c', '-o', 'compression_type=zstd,cluster_size=2M']);
   for (const [i, v] of variants.entries()) {
     const out = `out${i}.qcow2`;
     const r = await diskhub(['img', 'convert', '-O', 'qcow2', ...v, 'src.raw', out], opt);

@@ -19,6 +19,13 @@ import { COMPRESSION_ZSTD, INCOMPAT_DIRTY, decodeL2Entry, getRefcount, refcountM
 import { Qcow2Image, type Qcow2State } from './image.js';
 
 const deflateRaw = promisify(zlib.deflateRaw);
+
+/** The zstd encoder, loaded on first use (QEMU writes one zstd frame per compressed cluster). */
+let zstdModule: Promise<{ compress(data: Uint8Array, level: number): Uint8Array }> | undefined;
+function zstd(): Promise<{ compress(data: Uint8Array, level: number): Uint8Array }> {
+  zstdModule ??= import('@bokuweb/zstd-wasm').then(async (m) => { await m.init(); return m; });
+  return zstdModule;
+}
 const COPIED = 0x80000000;
 const ZERO_FLAG = 1;
 
@@ -475,12 +482,12 @@ export class Qcow2WritableImage extends Qcow2Image {
       throw new DiskError('EINVAL', `compressed writes must cover whole clusters (offset ${offset}, ${buf.length} bytes)`);
     }
     checkRange(this.size, offset, buf.length, 'write');
-    if (this.header.compressionType === COMPRESSION_ZSTD) {
-      throw new DiskError('EUNSUPPORTED', 'writing zstd-compressed clusters is not supported yet (use compression_type=zlib)');
-    }
     const full = buf.length === cs ? buf : (() => { const b = new Uint8Array(cs); b.set(buf); return b; })();
-    // Compression runs outside the queue so that several clusters compress at once.
-    const packed = await deflateRaw(full, { windowBits: 12, level: 6 });
+    // Compression runs outside the queue so that several clusters compress at once (zlib on
+    // the libuv threadpool; zstd, from a WebAssembly build of the reference library, inline).
+    const packed = this.header.compressionType === COMPRESSION_ZSTD
+      ? (await zstd()).compress(full, 3)
+      : await deflateRaw(full, { windowBits: 12, level: 6 });
     await this.serial(async () => {
       // Not worth it (or not representable): store the cluster plainly.
       if (packed.length >= cs - 512) return this.writeRange(offset, buf.length, buf);
