@@ -14,7 +14,7 @@ import { DiskError } from '../errors.js';
 import type { CheckOptions, CheckResult } from '../format.js';
 import { readExact, type ByteSource } from '../source.js';
 import {
-  EXT_BITMAPS, L1E_RESERVED_MASK, L2E_STD_RESERVED_MASK, decodeL2Entry, geometry, getRefcount, parseHeader, parseSnapshotTable,
+  MAX_BITMAP_DIRECTORY, parseBitmapDirectory, parseBitmapExtension, L1E_RESERVED_MASK, L2E_STD_RESERVED_MASK, decodeL2Entry, geometry, getRefcount, parseHeader, parseSnapshotTable,
   refcountMax, setRefcount, type Qcow2Geometry, type Qcow2Header,
 } from './layout.js';
 
@@ -218,36 +218,31 @@ class Qcow2Checker {
 
   /** Persistent dirty bitmaps (qcow2.txt "Bitmaps extension"): directory, tables and data clusters. */
   private async checkBitmaps(): Promise<void> {
-    const ext = this.h.extensions.find((x) => x.type === EXT_BITMAPS);
-    if (!ext || ext.data.length < 24) return;
-    const dv = new DataView(ext.data.buffer, ext.data.byteOffset, ext.data.byteLength);
-    const count = dv.getUint32(0, false);
-    const dirSize = Number(dv.getBigUint64(8, false));
-    const dirOffset = Number(dv.getBigUint64(16, false));
-    if (dirSize > 64 << 20) {
-      this.say(`ERROR bitmap directory of ${dirSize} bytes is too large`);
+    const ext = parseBitmapExtension(this.h);
+    if (!ext) return;
+    if (ext.directorySize > MAX_BITMAP_DIRECTORY) {
+      this.say(`ERROR bitmap directory of ${ext.directorySize} bytes is too large`);
       this.c.corruptions++;
       return;
     }
-    this.inc(dirOffset, dirSize);
-    const dir = await this.readTable(dirOffset, dirSize);
-    const d = new DataView(dir.buffer);
-    let at = 0;
-    for (let b = 0; b < count && at + 24 <= dir.length; b++) {
-      const tableOffset = Number(d.getBigUint64(at, false));
-      const tableSize = d.getUint32(at + 8, false);
-      const nameSize = d.getUint16(at + 18, false);
-      const extra = d.getUint32(at + 20, false);
-      if (tableSize * 8 <= 64 << 20) {
-        this.inc(tableOffset, tableSize * 8);
-        const t = await this.readTable(tableOffset, tableSize * 8);
-        const tv = new DataView(t.buffer);
-        for (let i = 0; i < tableSize; i++) {
-          const off = Number(tv.getBigUint64(i * 8, false) & 0x00fffffffffffe00n);
-          if (off) this.inc(off, this.cs);
-        }
+    this.inc(ext.directoryOffset, ext.directorySize);
+    let entries;
+    try {
+      entries = parseBitmapDirectory(await this.readTable(ext.directoryOffset, ext.directorySize), ext.count, this.src.name);
+    } catch (e) {
+      this.say(`ERROR ${(e as Error).message}`);
+      this.c.corruptions++;
+      return;
+    }
+    for (const bm of entries) {
+      if (bm.tableSize * 8 > MAX_BITMAP_DIRECTORY) continue;
+      this.inc(bm.tableOffset, bm.tableSize * 8);
+      const t = await this.readTable(bm.tableOffset, bm.tableSize * 8);
+      const tv = new DataView(t.buffer);
+      for (let i = 0; i < bm.tableSize; i++) {
+        const off = Number(tv.getBigUint64(i * 8, false) & 0x00fffffffffffe00n);
+        if (off) this.inc(off, this.cs);
       }
-      at += Math.ceil((24 + extra + nameSize) / 8) * 8;
     }
   }
 

@@ -16,7 +16,8 @@ import { SNAPSHOT_NOT_FOUND, type BackingRef, type Image, type ImageInfo, type O
 import { resolveBackingPath } from '../open.js';
 import { readExact, type ByteSource } from '../source.js';
 import {
-  AUTOCLEAR_DATA_FILE_RAW, COMPAT_LAZY_REFCOUNTS, COMPRESSION_ZSTD, INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE, INCOMPAT_DIRTY,
+  AUTOCLEAR_BITMAPS, AUTOCLEAR_DATA_FILE_RAW, BME_FLAG_AUTO, BME_FLAG_IN_USE, COMPAT_LAZY_REFCOUNTS, MAX_BITMAP_DIRECTORY,
+  parseBitmapDirectory, parseBitmapExtension, type BitmapEntry, COMPRESSION_ZSTD, INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE, INCOMPAT_DIRTY,
   MAX_L1_SIZE_BYTES, decodeL2Entry, geometry, parseHeader, parseSnapshotTable,
   type Qcow2Geometry, type Qcow2Header, type Qcow2Snapshot,
 } from './layout.js';
@@ -46,6 +47,8 @@ export interface Qcow2State {
   /** The active L1 table (or a snapshot's), as raw big-endian entries. */
   l1: Uint8Array;
   snapshots: Qcow2Snapshot[];
+  /** Persistent dirty bitmaps (listed only while the autoclear bitmaps bit vouches for them). */
+  bitmaps: BitmapEntry[];
 }
 
 export class Qcow2Image implements Image {
@@ -59,6 +62,7 @@ export class Qcow2Image implements Image {
   protected l1: Uint8Array;
   protected l1View: DataView;
   protected snapshotList: Qcow2Snapshot[];
+  protected bitmapList: BitmapEntry[];
   /** L2 tables by host offset, least recently used first. */
   protected readonly l2Cache = new Map<number, Uint8Array>();
   private readonly l2Loading = new Map<number, Promise<Uint8Array>>();
@@ -80,6 +84,7 @@ export class Qcow2Image implements Image {
     this.l1 = state.l1;
     this.l1View = new DataView(this.l1.buffer, this.l1.byteOffset, this.l1.byteLength);
     this.snapshotList = state.snapshots;
+    this.bitmapList = state.bitmaps;
     this.maxL2Tables = Math.max(4, Math.floor(L2_CACHE_BYTES / this.clusterSize));
     if (state.header.backingFile !== undefined) {
       this.backingRef = { filename: state.header.backingFile, ...(state.header.backingFormat ? { format: state.header.backingFormat } : {}) };
@@ -366,6 +371,13 @@ export class Qcow2Image implements Image {
     };
     if (h.version >= 3) {
       data['lazy-refcounts'] = (h.compatibleFeatures & COMPAT_LAZY_REFCOUNTS) !== 0n;
+      if (this.bitmapList.length) {
+        data.bitmaps = this.bitmapList.map((b) => ({
+          flags: [...(b.flags & BME_FLAG_IN_USE ? ['in-use'] : []), ...(b.flags & BME_FLAG_AUTO ? ['auto'] : [])],
+          name: b.name,
+          granularity: 2 ** b.granularityBits,
+        }));
+      }
       if (h.dataFile !== undefined) {
         data['data-file'] = h.dataFile;
         data['data-file-raw'] = (h.autoclearFeatures & AUTOCLEAR_DATA_FILE_RAW) !== 0n;
@@ -451,7 +463,14 @@ export async function readQcow2State(source: ByteSource, snapshot?: string): Pro
   }
   const l1 = new Uint8Array(l1Size * 8);
   if (l1.length) await readExact(source, l1, l1Offset, 'L1 table');
-  return { header, geo, l1, snapshots, ...(view ? { view } : {}) };
+  let bitmaps: BitmapEntry[] = [];
+  const bm = parseBitmapExtension(header);
+  if (bm && (header.autoclearFeatures & AUTOCLEAR_BITMAPS) && bm.directorySize <= MAX_BITMAP_DIRECTORY) {
+    const dir = new Uint8Array(bm.directorySize);
+    await readExact(source, dir, bm.directoryOffset, 'bitmap directory');
+    bitmaps = parseBitmapDirectory(dir, bm.count, source.name);
+  }
+  return { header, geo, l1, snapshots, bitmaps, ...(view ? { view } : {}) };
 }
 
 /**

@@ -531,3 +531,55 @@ export function setRefcount(block: Uint8Array, i: number, bits: number, value: n
 export function refcountMax(bits: number): number {
   return bits >= 53 ? Number.MAX_SAFE_INTEGER : 2 ** bits - 1;
 }
+
+// ---- Persistent dirty bitmaps (qcow2.txt "Bitmaps extension", "Bitmap directory") ----
+
+export interface BitmapExtension {
+  count: number;
+  directorySize: number;
+  directoryOffset: number;
+}
+
+export interface BitmapEntry {
+  tableOffset: number;
+  /** Entries of the bitmap table (8 bytes each). */
+  tableSize: number;
+  flags: number;
+  granularityBits: number;
+  name: string;
+}
+
+export const BME_FLAG_IN_USE = 1;
+export const BME_FLAG_AUTO = 2;
+/** A directory larger than this is refused (QEMU caps it at 64 MiB as well). */
+export const MAX_BITMAP_DIRECTORY = 64 << 20;
+
+export function parseBitmapExtension(h: Qcow2Header): BitmapExtension | undefined {
+  const ext = h.extensions.find((x) => x.type === EXT_BITMAPS);
+  if (!ext || ext.data.length < 24) return undefined;
+  const v = new DataView(ext.data.buffer, ext.data.byteOffset, ext.data.byteLength);
+  return { count: v.getUint32(0, false), directorySize: Number(v.getBigUint64(8, false)), directoryOffset: Number(v.getBigUint64(16, false)) };
+}
+
+/** Entries of a bitmap directory (each 24 bytes + extra data + name, padded to 8). */
+export function parseBitmapDirectory(dir: Uint8Array, count: number, file = 'image'): BitmapEntry[] {
+  const v = new DataView(dir.buffer, dir.byteOffset, dir.byteLength);
+  const out: BitmapEntry[] = [];
+  let at = 0;
+  for (let i = 0; i < count; i++) {
+    if (at + 24 > dir.length) throw new DiskError('ECORRUPT', `${file}: bitmap directory is truncated`);
+    const nameSize = v.getUint16(at + 18, false);
+    const extra = v.getUint32(at + 20, false);
+    const end = at + 24 + extra + nameSize;
+    if (end > dir.length) throw new DiskError('ECORRUPT', `${file}: bitmap directory entry ${i} overruns the directory`);
+    out.push({
+      tableOffset: Number(v.getBigUint64(at, false)),
+      tableSize: v.getUint32(at + 8, false),
+      flags: v.getUint32(at + 12, false),
+      granularityBits: v.getUint8(at + 17),
+      name: utf8(dir.subarray(at + 24 + extra, end)),
+    });
+    at = Math.ceil(end / 8) * 8;
+  }
+  return out;
+}

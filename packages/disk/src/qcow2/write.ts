@@ -15,7 +15,10 @@ import { promisify } from 'node:util';
 import { checkRange, type WriteZeroesOptions } from '../blockdev.js';
 import { DiskError } from '../errors.js';
 import type { ByteSource } from '../source.js';
-import { COMPRESSION_ZSTD, INCOMPAT_DIRTY, decodeL2Entry, getRefcount, refcountMax, setRefcount } from './layout.js';
+import {
+  AUTOCLEAR_BITMAPS, COMPRESSION_ZSTD, EXT_BITMAPS, INCOMPAT_DIRTY, MAX_BITMAP_DIRECTORY, decodeL2Entry, getRefcount, parseBitmapExtension,
+  refcountMax, serializeHeader, setRefcount,
+} from './layout.js';
 import { Qcow2Image, type Qcow2State } from './image.js';
 
 const deflateRaw = promisify(zlib.deflateRaw);
@@ -74,6 +77,41 @@ export class Qcow2WritableImage extends Qcow2Image {
       this.reftable.push(off);
     }
     this.fileEnd = Math.ceil((await this.source.size()) / cs) * cs;
+    if (h.version >= 3 && (h.autoclearFeatures || parseBitmapExtension(h))) await this.dropBitmaps();
+  }
+
+  /**
+   * Persistent dirty bitmaps are not maintained by this writer, so they go before the first
+   * write: their clusters are released and the extension removed, and the autoclear bits
+   * cleared (qcow2.txt: a writer that does not know a feature clears its autoclear bit).
+   */
+  private async dropBitmaps(): Promise<void> {
+    const h = this.header;
+    const cs = this.clusterSize;
+    const release = async (offset: number, length: number) => {
+      for (let c = Math.floor(offset / cs); c * cs < offset + length; c++) await this.addRef(c * cs, -1);
+    };
+    const ext = parseBitmapExtension(h);
+    if (ext && (h.autoclearFeatures & AUTOCLEAR_BITMAPS)) {
+      for (const bm of this.bitmapList) {
+        const table = new Uint8Array(Math.min(bm.tableSize * 8, MAX_BITMAP_DIRECTORY));
+        await this.source.read(table, bm.tableOffset);
+        const tv = new DataView(table.buffer);
+        for (let i = 0; i < table.length / 8; i++) {
+          const off = Number(tv.getBigUint64(i * 8, false) & 0x00fffffffffffe00n);
+          if (off) await this.addRef(off, -1);
+        }
+        await release(bm.tableOffset, bm.tableSize * 8);
+      }
+      await release(ext.directoryOffset, ext.directorySize);
+    }
+    h.extensions = h.extensions.filter((e) => e.type !== EXT_BITMAPS);
+    h.autoclearFeatures = 0n;
+    this.bitmapList = [];
+    await this.writeRefblocks();
+    await this.source.flush();
+    await this.source.write(serializeHeader(h, cs), 0);
+    await this.source.flush();
   }
 
   /** Run `fn` after every operation queued before it. */
