@@ -1,0 +1,122 @@
+/**
+ * `diskhub nbd`: serve an image (or one partition or LVM volume of it) over NBD, with
+ * qemu-nbd's options. Differences on purpose: it binds to 127.0.0.1 unless told otherwise
+ * (qemu-nbd binds to every interface), and `--lv VG/LV` selects a logical volume.
+ */
+import { writeFileSync, unlinkSync } from 'node:fs';
+import { closeChain, openImage, openInside, type Image } from '@diskhub/disk';
+import { NbdServer } from '@diskhub/nbd';
+import { getopt, UsageError } from '../img/getopt.js';
+
+const USAGE = `usage: diskhub nbd [OPTIONS] FILE
+Serve FILE (any image format diskhub reads) over the NBD protocol, like qemu-nbd.
+
+  -p, --port=PORT          port to listen on (default 10809)
+  -b, --bind=IFACE         address to bind to (default 127.0.0.1)
+  -k, --socket=PATH        listen on a unix socket instead of TCP
+  -x, --export-name=NAME   the export's name (default: the empty name)
+  -D, --description=TEXT   a description clients can read (NBD_INFO_DESCRIPTION)
+  -e, --shared=NUM         serve up to NUM clients at once (default 1)
+  -t, --persistent         keep serving after the last client disconnects
+  -r, --read-only          refuse writes
+  -f, --format=FORMAT      the image format (probed when absent)
+  -l, --load-snapshot=NAME serve an internal snapshot (read-only)
+  -P, --partition=NUM      serve partition NUM (MBR/GPT, Linux numbering)
+      --lv=VG/LV           serve an LVM logical volume of the image
+  -A, --allocation-depth   also offer the qemu:allocation-depth metadata context
+      --pid-file=PATH      write the process id to PATH once listening
+  -v, --verbose            say where the server listens
+  -h, --help               this help
+`;
+
+const errorMessageOf = (e: unknown) => (e instanceof Error ? e.message : String(e));
+
+function fail(message: string): number {
+  process.stderr.write(`diskhub nbd: ${message}\n`);
+  return 1;
+}
+
+export async function nbdMain(argv: string[]): Promise<number> {
+  let parsed;
+  try {
+    parsed = getopt(['nbd', ...argv], ':p:b:k:x:D:e:trf:l:P:Avh', [
+      { name: 'port', hasArg: 1, val: 'p' }, { name: 'bind', hasArg: 1, val: 'b' }, { name: 'socket', hasArg: 1, val: 'k' },
+      { name: 'export-name', hasArg: 1, val: 'x' }, { name: 'description', hasArg: 1, val: 'D' }, { name: 'shared', hasArg: 1, val: 'e' },
+      { name: 'persistent', hasArg: 0, val: 't' }, { name: 'read-only', hasArg: 0, val: 'r' }, { name: 'format', hasArg: 1, val: 'f' },
+      { name: 'load-snapshot', hasArg: 1, val: 'l' }, { name: 'partition', hasArg: 1, val: 'P' }, { name: 'lv', hasArg: 1, val: 'lv' },
+      { name: 'allocation-depth', hasArg: 0, val: 'A' }, { name: 'pid-file', hasArg: 1, val: 'pid-file' },
+      { name: 'verbose', hasArg: 0, val: 'v' }, { name: 'help', hasArg: 0, val: 'h' },
+    ]);
+  } catch (e) {
+    if (e instanceof UsageError) return fail(e.message);
+    throw e;
+  }
+  let port = 10809, host = '127.0.0.1', socketPath: string | undefined, name = '', description: string | undefined;
+  let shared = 1, persistent = false, readOnly = false, format: string | undefined, snapshot: string | undefined;
+  let partition: number | undefined, lv: string | undefined, allocationDepth = false, pidFile: string | undefined, verbose = false;
+  for (const o of parsed.options) {
+    switch (o.opt) {
+      case 'h': process.stdout.write(USAGE); return 0;
+      case 'p': port = Number(o.arg); if (!Number.isInteger(port) || port < 0 || port > 65535) return fail(`Invalid port '${o.arg}'`); break;
+      case 'b': host = o.arg!; break;
+      case 'k': socketPath = o.arg; break;
+      case 'x': name = o.arg!; break;
+      case 'D': description = o.arg; break;
+      case 'e': shared = Number(o.arg); if (!Number.isInteger(shared) || shared < 1) return fail(`Invalid shared device number '${o.arg}'`); break;
+      case 't': persistent = true; break;
+      case 'r': readOnly = true; break;
+      case 'f': format = o.arg; break;
+      case 'l': snapshot = o.arg!.replace(/^snapshot\.(?:name|id)=/, ''); readOnly = true; break;
+      case 'P': partition = Number(o.arg); if (!Number.isInteger(partition) || partition < 1) return fail(`Invalid partition '${o.arg}'`); break;
+      case 'lv': lv = o.arg; break;
+      case 'A': allocationDepth = true; break;
+      case 'pid-file': pidFile = o.arg; break;
+      case 'v': verbose = true; break;
+    }
+  }
+  if (parsed.positional.length !== 1) return fail('Expecting one image file name');
+  const filename = parsed.positional[0]!;
+  let image: Image;
+  try {
+    image = await openImage(filename, { format, writable: !readOnly, ...(snapshot !== undefined ? { snapshot } : {}) });
+  } catch (e) {
+    return fail(`Failed to blk_new_open '${filename}': ${errorMessageOf(e)}`);
+  }
+  let device;
+  try {
+    device = (await openInside(image, { ...(partition !== undefined ? { partition } : {}), ...(lv !== undefined ? { lv } : {}) })).device;
+  } catch (e) {
+    await closeChain(image);
+    return fail(`Could not select ${partition !== undefined ? `partition ${partition}` : `logical volume ${lv}`}: ${errorMessageOf(e)}`);
+  }
+  let stopping: Promise<void> | undefined;
+  const stop = () => (stopping ??= (async () => {
+    await server.close();
+    await image.flush?.().catch(() => {});
+    await closeChain(image);
+    if (pidFile) { try { unlinkSync(pidFile); } catch { /* gone */ } }
+  })());
+  const server = new NbdServer({
+    exports: [{ name, device, readOnly, ...(description ? { description } : {}), allocationDepth }],
+    maxConnections: shared,
+    onIdle: () => { if (!persistent) void stop().then(() => process.exit(0)); },
+    onError: (m) => { if (verbose) process.stderr.write(`${m}\n`); },
+  });
+  try {
+    const where = await server.listen(socketPath ? { path: socketPath } : { port, host });
+    if (verbose) {
+      const url = typeof where === 'string' ? `nbd+unix:///${name}?socket=${where}` : `nbd://${where.address}:${where.port}/${name}`;
+      process.stderr.write(`serving '${filename}' at ${url}\n`);
+    }
+  } catch (e) {
+    await closeChain(image);
+    return fail(`Failed to listen: ${errorMessageOf(e)}`);
+  }
+  if (pidFile) writeFileSync(pidFile, `${process.pid}\n`);
+  await new Promise<void>((resolve) => {
+    const onSignal = () => { void stop().then(resolve); };
+    process.once('SIGINT', onSignal);
+    process.once('SIGTERM', onSignal);
+  });
+  return 0;
+}

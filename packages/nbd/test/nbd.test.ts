@@ -1,0 +1,197 @@
+/**
+ * `diskhub nbd` against the real NBD clients: nbdinfo (sizes, flags, contexts, allocation
+ * map), nbdcopy and qemu-img over nbd:// (byte-exact copies), qemu-io writing through the
+ * server, partitions of an MBR disk, several clients at once, unix sockets, and a raw-socket
+ * client that breaks the protocol in every way we could think of.
+ */
+import test from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { connect } from 'node:net';
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { diskhubBin, needs, qemuImg, qemuIo, run, tempDir } from '@diskhub/testkit';
+
+let nextPort = 20000 + (process.pid % 5000) * 4;
+
+interface Served { url: string; port: number; proc: ChildProcess; stop(): Promise<number | null> }
+
+/** Start `diskhub nbd -v ARGS` and wait until it listens. */
+async function serve(t: { after(fn: () => unknown): void }, args: string[], opts: { socket?: string } = {}): Promise<Served> {
+  const port = nextPort++;
+  const proc = spawn(process.execPath, [diskhubBin, 'nbd', '-v', ...(opts.socket ? ['-k', opts.socket] : ['-p', String(port)]), ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let err = '';
+  await new Promise<void>((resolve, reject) => {
+    proc.stderr!.on('data', (d) => { err += d; if (/serving/.test(err)) resolve(); });
+    proc.on('exit', (code) => reject(new Error(`diskhub nbd exited ${code}: ${err}`)));
+  });
+  const exited = new Promise<number | null>((resolve) => proc.on('exit', (code) => resolve(code)));
+  const stop = async () => { if (proc.exitCode === null) proc.kill('SIGTERM'); return exited; };
+  t.after(stop);
+  const url = opts.socket ? `nbd+unix:///?socket=${opts.socket}` : `nbd://127.0.0.1:${port}`;
+  return { url, port, proc, stop };
+}
+
+async function sample(dir: string): Promise<string> {
+  const p = join(dir, 'disk.qcow2');
+  await qemuImg('create', '-q', '-f', 'qcow2', p, '64M');
+  await qemuIo('-f', 'qcow2', '-c', 'write -P 0x61 1M 2M', '-c', 'write -z 10M 1M', '-c', 'write -P 0x62 40M 64k', p);
+  return p;
+}
+
+test('nbd: nbdinfo sees the export, its flags, block sizes and metadata contexts', needs('qemu-img', 'qemu-io', 'nbdinfo'), async (t) => {
+  const dir = await tempDir(t);
+  const img = await sample(dir);
+  const rw = await serve(t, ['-t', '-x', 'disk', '-D', 'a test disk', '-A', img]);
+  const info = JSON.parse((await run('nbdinfo', ['--json', `${rw.url}/disk`])).stdout);
+  const e = info.exports[0];
+  assert.equal(info.protocol, 'newstyle-fixed');
+  assert.equal(e['export-size'], 64 << 20);
+  assert.equal(e['is_read_only'], false);
+  assert.equal(e.description, 'a test disk');
+  assert.deepEqual(e.contexts.sort(), ['base:allocation', 'qemu:allocation-depth']);
+  assert.equal(e.block_size_maximum, 32 << 20);
+  for (const flag of ['can_flush', 'can_fua', 'can_trim', 'can_zero', 'can_cache', 'can_df']) assert.equal(e[flag], true, flag);
+  const list = await run('nbdinfo', ['--list', rw.url]);
+  assert.match(list.stdout, /export="disk"/);
+  await rw.stop();
+  const ro = await serve(t, ['-t', '-r', '-e', '2', img]);
+  const roInfo = JSON.parse((await run('nbdinfo', ['--json', ro.url])).stdout).exports[0];
+  assert.equal(roInfo['is_read_only'], true);
+  assert.equal(roInfo['can_multi_conn'], true);
+  await ro.stop();
+  // One client at a time (qemu-nbd's default -e 1): no multi-conn promise.
+  const single = await serve(t, ['-t', '-r', img]);
+  assert.equal(JSON.parse((await run('nbdinfo', ['--json', single.url])).stdout).exports[0]['can_multi_conn'], false);
+  const missing = await run('nbdinfo', [`${single.url}/nope`]);
+  assert.notEqual(missing.code, 0);
+});
+
+test('nbd: the allocation map agrees with qemu-img map of the image', needs('qemu-img', 'qemu-io', 'nbdinfo'), async (t) => {
+  const dir = await tempDir(t);
+  const img = await sample(dir);
+  const s = await serve(t, ['-t', '-r', img]);
+  const ours = JSON.parse((await run('nbdinfo', ['--map', '--json', s.url])).stdout) as Array<{ offset: number; length: number; type: number }>;
+  const peer = JSON.parse(await qemuImg('map', '--output=json', img)) as Array<{ start: number; length: number; data: boolean; zero: boolean }>;
+  // Byte by byte (in 64 KiB steps): data vs hole, zero vs not, as qemu-img sees it.
+  const at = <T extends { length: number }>(list: T[], start: (x: T) => number, off: number) => list.find((x) => start(x) <= off && off < start(x) + x.length)!;
+  for (let off = 0; off < 64 << 20; off += 65536) {
+    const o = at(ours, (x) => x.offset, off), p = at(peer, (x) => x.start, off);
+    assert.equal((o.type & 1) === 0, p.data, `data at ${off}`);
+    assert.equal((o.type & 2) !== 0, p.zero, `zero at ${off}`);
+  }
+});
+
+test('nbd: nbdcopy, qemu-img convert and qemu-io through the server', needs('qemu-img', 'qemu-io', 'nbdcopy'), async (t) => {
+  const dir = await tempDir(t);
+  const img = await sample(dir);
+  const s = await serve(t, ['-t', '-e', '4', img]);
+  await run('nbdcopy', [s.url, join(dir, 'copy.raw')]);
+  assert.equal((await run('qemu-img', ['compare', '-F', 'raw', img, join(dir, 'copy.raw')])).code, 0);
+  await qemuImg('convert', '-f', 'raw', '-O', 'raw', s.url, join(dir, 'conv.raw'));
+  assert.ok((await readFile(join(dir, 'conv.raw'))).equals(await readFile(join(dir, 'copy.raw'))));
+  // Three clients copying at once.
+  await Promise.all([0, 1, 2].map((i) => run('nbdcopy', [s.url, join(dir, `par${i}.raw`)])));
+  for (const i of [0, 1, 2]) assert.ok((await readFile(join(dir, `par${i}.raw`))).equals(await readFile(join(dir, 'copy.raw'))));
+  // Writes, zeroes and trims through NBD land in the qcow2 file.
+  await qemuIo('-f', 'raw', '-c', 'write -P 0x77 0 64k', '-c', 'write -z 1M 64k', '-c', 'discard 40M 64k', '-c', 'flush', s.url);
+  assert.equal(await s.stop(), 0);
+  await qemuIo('-f', 'qcow2', '-c', 'read -P 0x77 0 64k', '-c', 'read -P 0 1M 64k', '-c', 'read -P 0 40M 64k', img);
+  assert.equal((await run('qemu-img', ['check', img])).code, 0);
+});
+
+test('nbd: read-only exports refuse writes; a snapshot is served read-only', needs('qemu-img', 'qemu-io'), async (t) => {
+  const dir = await tempDir(t);
+  const img = await sample(dir);
+  await qemuImg('snapshot', '-c', 'snap', img);
+  await qemuIo('-f', 'qcow2', '-c', 'write -P 0x99 1M 64k', img);
+  const s = await serve(t, ['-t', '-r', img]);
+  const w = await run('qemu-io', ['-f', 'raw', '-c', 'write -P 1 0 4k', s.url]);
+  assert.match(w.stdout + w.stderr, /Operation not permitted|read-only|Permission denied/i);
+  await s.stop();
+  const snap = await serve(t, ['-t', '-l', 'snap', img]);
+  await qemuIo('-f', 'raw', '-r', '-c', 'read -P 0x61 1M 64k', snap.url);
+});
+
+test('nbd: --partition serves one partition of an MBR disk, byte for byte', needs('qemu-img', 'sfdisk', 'nbdcopy'), async (t) => {
+  const dir = await tempDir(t);
+  const disk = join(dir, 'mbr.raw');
+  await qemuImg('create', '-q', '-f', 'raw', disk, '32M');
+  await run('sh', ['-c', `printf 'start=2048, size=20480, type=83\\nstart=22528, size=30720, type=83\\n' | sfdisk -q ${disk}`]);
+  await qemuIo('-f', 'raw', '-c', `write -P 0x5a ${22528 * 512} 1M`, '-c', `write -P 0x5b ${22528 * 512 + (4 << 20)} 4k`, disk);
+  const s = await serve(t, ['-t', '-r', '-f', 'raw', '-P', '2', disk]);
+  await run('nbdcopy', [s.url, join(dir, 'p2.raw')]);
+  const part = (await readFile(disk)).subarray(22528 * 512, (22528 + 30720) * 512);
+  assert.ok((await readFile(join(dir, 'p2.raw'))).equals(part));
+});
+
+test('nbd: a unix socket, and a server that leaves after its only client (no -t)', needs('qemu-img', 'qemu-io', 'nbdinfo'), async (t) => {
+  const dir = await tempDir(t);
+  const img = await sample(dir);
+  const sock = join(dir, 'nbd.sock');
+  const s = await serve(t, ['-r', img], { socket: sock });
+  const info = JSON.parse((await run('nbdinfo', ['--json', s.url])).stdout);
+  assert.equal(info.exports[0]['export-size'], 64 << 20);
+  assert.equal(await s.stop(), 0, 'exits by itself after the client');
+});
+
+/** A raw client: send bytes, collect what comes back until the server closes or goes quiet. */
+async function rawSession(port: number, send: (write: (b: Buffer) => void, received: () => Buffer) => Promise<void>): Promise<{ data: Buffer; closed: boolean }> {
+  const sock = connect(port, '127.0.0.1');
+  const chunks: Buffer[] = [];
+  let closed = false;
+  sock.on('data', (d) => chunks.push(d));
+  sock.on('close', () => { closed = true; });
+  sock.on('error', () => {});
+  await new Promise((r) => sock.once('connect', r));
+  await send((b) => sock.write(b), () => Buffer.concat(chunks));
+  await new Promise((r) => setTimeout(r, 300));
+  sock.destroy();
+  return { data: Buffer.concat(chunks), closed };
+}
+const be = (bits: 16 | 32 | 64, n: number | bigint) => {
+  const b = Buffer.alloc(bits / 8);
+  if (bits === 16) b.writeUInt16BE(Number(n)); else if (bits === 32) b.writeUInt32BE(Number(n)); else b.writeBigUInt64BE(BigInt(n));
+  return b;
+};
+const wait = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+test('nbd: hostile clients get an error or a clean disconnect, and the server keeps serving', needs('qemu-img', 'qemu-io', 'nbdinfo'), async (t) => {
+  const dir = await tempDir(t);
+  const img = await sample(dir);
+  const s = await serve(t, ['-t', '-e', '8', img]);
+  const IHAVEOPT = 0x49484156454f5054n;
+  // Unknown client flags: disconnected after the greeting.
+  const a = await rawSession(s.port, async (w) => { w(be(32, 0xff)); });
+  assert.equal(a.closed, true);
+  assert.equal(a.data.length, 18, 'only the greeting');
+  // Bad option magic.
+  const b = await rawSession(s.port, async (w) => { w(be(32, 1)); w(Buffer.alloc(16, 0x41)); });
+  assert.equal(b.closed, true);
+  // An option that claims 10 MiB: refused with NBD_REP_ERR_TOO_BIG once the data is skipped.
+  const c = await rawSession(s.port, async (w) => {
+    w(be(32, 3)); w(be(64, IHAVEOPT)); w(be(32, 6)); w(be(32, 10 << 20)); w(Buffer.alloc(10 << 20));
+    await wait(200);
+  });
+  assert.equal(c.data.readUInt32BE(18 + 12), 0x80000009);
+  // Go, then requests that lie: a read past the end and an oversized read (EINVAL), a bad magic (disconnect).
+  const d = await rawSession(s.port, async (w, got) => {
+    w(be(32, 3));
+    w(Buffer.concat([be(64, IHAVEOPT), be(32, 7), be(32, 6), be(32, 0), be(16, 0)]));
+    await wait(100);
+    const req = (type: number, handle: number, offset: bigint, length: number) => Buffer.concat([be(32, 0x25609513), be(16, 0), be(16, type), be(64, handle), be(64, offset), be(32, length)]);
+    w(req(0, 1, 1n << 40n, 4096));
+    w(req(0, 2, 0n, 64 << 20));
+    await wait(100);
+    void got;
+    w(Buffer.alloc(28, 0x13));
+  });
+  assert.equal(d.closed, true);
+  const replies = d.data.toString('hex');
+  // Two simple error replies with EINVAL (22) for handles 1 and 2.
+  assert.match(replies, /67446698000000160000000000000001/);
+  assert.match(replies, /67446698000000160000000000000002/);
+  // After all that, a real client still works.
+  const info = JSON.parse((await run('nbdinfo', ['--json', s.url])).stdout);
+  assert.equal(info.exports[0]['export-size'], 64 << 20);
+});
