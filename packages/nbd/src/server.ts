@@ -16,6 +16,19 @@ export interface NbdExport {
   description?: string;
   /** Offer the qemu:allocation-depth context (qemu-nbd --allocation-depth). */
   allocationDepth?: boolean;
+  /** qemu-nbd --discard: 'ignore' (default) answers TRIM without deallocating; 'unmap' deallocates. */
+  discard?: 'ignore' | 'unmap';
+  /** qemu-nbd --detect-zeroes: writes of all-zero data become write-zeroes ('unmap' may deallocate). */
+  detectZeroes?: 'off' | 'on' | 'unmap';
+}
+
+const ZERO_PAGE = Buffer.alloc(1 << 16);
+function allZero(b: Buffer): boolean {
+  for (let off = 0; off < b.length; off += ZERO_PAGE.length) {
+    const n = Math.min(ZERO_PAGE.length, b.length - off);
+    if (b.compare(ZERO_PAGE, 0, n, off, off + n) !== 0) return false;
+  }
+  return true;
 }
 
 export interface NbdServerOptions {
@@ -393,14 +406,18 @@ class Connection {
           return await this.read(dev, handle, flags, offset, length);
         case P.CMD_WRITE:
           if (!dev.write) return this.fail(handle, P.EPERM, 'the export is read-only');
-          await dev.write(payload!, offset);
+          if (e.detectZeroes && e.detectZeroes !== 'off' && dev.writeZeroes && allZero(payload!)) {
+            await dev.writeZeroes(offset, length, { mayUnmap: e.detectZeroes === 'unmap' && e.discard === 'unmap' });
+          } else {
+            await dev.write(payload!, offset);
+          }
           break;
         case P.CMD_TRIM:
-          if (dev.discard) await dev.discard(offset, length);
+          if (e.discard === 'unmap' && dev.discard) await dev.discard(offset, length);
           break;
         case P.CMD_WRITE_ZEROES:
           if (!dev.writeZeroes) return this.fail(handle, P.ENOTSUP, 'write zeroes is not supported');
-          await dev.writeZeroes(offset, length, { mayUnmap: !(flags & P.CMD_FLAG_NO_HOLE) });
+          await dev.writeZeroes(offset, length, { mayUnmap: e.discard === 'unmap' && !(flags & P.CMD_FLAG_NO_HOLE) });
           break;
         case P.CMD_FLUSH:
           await dev.flush?.();

@@ -85,8 +85,11 @@ test('nbd: the allocation map agrees with qemu-img map of the image', needs('qem
 test('nbd: nbdcopy, qemu-img convert and qemu-io through the server', needs('qemu-img', 'qemu-io', 'nbdcopy'), async (t) => {
   const dir = await tempDir(t);
   const img = await sample(dir);
-  const s = await serve(t, ['-t', '-e', '4', img]);
+  const s = await serve(t, ['-t', '-e', '4', '--discard=unmap', img]);
   await run('nbdcopy', [s.url, join(dir, 'copy.raw')]);
+  const info = await run('qemu-img', ['info', '--output=json', s.url]);
+  assert.equal(JSON.parse(info.stdout)['virtual-size'], 64 << 20);
+  assert.equal((await run('qemu-img', ['compare', '-F', 'raw', img, s.url])).code, 0, 'qemu-img compare against nbd://');
   assert.equal((await run('qemu-img', ['compare', '-F', 'raw', img, join(dir, 'copy.raw')])).code, 0);
   await qemuImg('convert', '-f', 'raw', '-O', 'raw', s.url, join(dir, 'conv.raw'));
   assert.ok((await readFile(join(dir, 'conv.raw'))).equals(await readFile(join(dir, 'copy.raw'))));
@@ -194,4 +197,45 @@ test('nbd: hostile clients get an error or a clean disconnect, and the server ke
   // After all that, a real client still works.
   const info = JSON.parse((await run('nbdinfo', ['--json', s.url])).stdout);
   assert.equal(info.exports[0]['export-size'], 64 << 20);
+});
+
+test('nbd: nbdcopy into the server (file → qcow2 export), and a client that hangs up mid-write', needs('qemu-img', 'qemu-io', 'nbdcopy'), async (t) => {
+  const dir = await tempDir(t);
+  const src = join(dir, 'src.raw');
+  await qemuImg('create', '-q', '-f', 'raw', src, '32M');
+  await qemuIo('-f', 'raw', '-c', 'write -P 0x31 0 5M', '-c', 'write -P 0x32 20M 3M', src);
+  const img = join(dir, 'target.qcow2');
+  await qemuImg('create', '-q', '-f', 'qcow2', img, '32M');
+  const s = await serve(t, ['-t', '-e', '8', img]);
+  await run('nbdcopy', [src, s.url]);
+  // A raw client announces a 1 MiB write, sends 1000 bytes and hangs up.
+  const cut = await rawSession(s.port, async (w) => {
+    w(be(32, 3));
+    w(Buffer.concat([be(64, 0x49484156454f5054n), be(32, 7), be(32, 6), be(32, 0), be(16, 0)]));
+    await wait(100);
+    w(Buffer.concat([be(32, 0x25609513), be(16, 0), be(16, 1), be(64, 9), be(64, 0n), be(32, 1 << 20), Buffer.alloc(1000, 0xee)]));
+  });
+  assert.equal(cut.closed, false, 'the server waits for the rest; the client is the one who left');
+  await qemuIo('-f', 'raw', '-c', 'read -P 0x31 0 64k', s.url);
+  assert.equal(await s.stop(), 0);
+  assert.equal((await run('qemu-img', ['check', img])).code, 0);
+  assert.equal((await run('qemu-img', ['compare', '-f', 'raw', '-F', 'qcow2', src, img])).code, 0);
+});
+
+test('nbd: --snapshot keeps the image untouched; --detect-zeroes=unmap deallocates zero writes', needs('qemu-img', 'qemu-io'), async (t) => {
+  const dir = await tempDir(t);
+  const img = await sample(dir);
+  const before = await readFile(img);
+  const snap = await serve(t, ['-t', '-s', img]);
+  await qemuIo('-f', 'raw', '-c', 'write -P 0x44 0 2M', '-c', 'read -P 0x44 0 2M', snap.url);
+  assert.equal(await snap.stop(), 0);
+  assert.ok((await readFile(img)).equals(before), 'the image changed under --snapshot');
+  const dz = await serve(t, ['-t', '--detect-zeroes=unmap', '--discard=unmap', img]);
+  await qemuIo('-f', 'raw', '-c', 'write -P 0 1M 1M', dz.url);
+  assert.equal(await dz.stop(), 0);
+  const map = JSON.parse(await qemuImg('map', '--output=json', img)) as Array<{ start: number; length: number; data: boolean; zero: boolean }>;
+  const at1M = map.find((m) => m.start <= (1 << 20) && (1 << 20) < m.start + m.length)!;
+  assert.equal(at1M.data, false);
+  assert.equal(at1M.zero, true);
+  assert.equal((await run('qemu-img', ['check', img])).code, 0);
 });

@@ -3,8 +3,10 @@
  * qemu-nbd's options. Differences on purpose: it binds to 127.0.0.1 unless told otherwise
  * (qemu-nbd binds to every interface), and `--lv VG/LV` selects a logical volume.
  */
-import { writeFileSync, unlinkSync } from 'node:fs';
-import { closeChain, openImage, openInside, type Image } from '@diskhub/disk';
+import { mkdtempSync, rmSync, writeFileSync, unlinkSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { closeChain, createImage, openImage, openInside, type Image } from '@diskhub/disk';
 import { NbdServer } from '@diskhub/nbd';
 import { getopt, UsageError } from '../img/getopt.js';
 
@@ -23,9 +25,12 @@ Serve FILE (any image format diskhub reads) over the NBD protocol, like qemu-nbd
   -l, --load-snapshot=NAME serve an internal snapshot (read-only)
   -P, --partition=NUM      serve partition NUM (MBR/GPT, Linux numbering)
       --lv=VG/LV           serve an LVM logical volume of the image
+  -s, --snapshot           serve a temporary overlay: writes never reach FILE
+      --discard=MODE       ignore (default) or unmap: what TRIM does
+      --detect-zeroes=MODE off (default), on or unmap: turn all-zero writes into zero writes
   -A, --allocation-depth   also offer the qemu:allocation-depth metadata context
       --pid-file=PATH      write the process id to PATH once listening
-  -v, --verbose            say where the server listens
+  -v, --verbose            say where the server listens (on stderr, once listening)
   -h, --help               this help
 `;
 
@@ -39,13 +44,14 @@ function fail(message: string): number {
 export async function nbdMain(argv: string[]): Promise<number> {
   let parsed;
   try {
-    parsed = getopt(['nbd', ...argv], ':p:b:k:x:D:e:trf:l:P:Avh', [
+    parsed = getopt(['nbd', ...argv], ':p:b:k:x:D:e:trf:l:P:Avhs', [
       { name: 'port', hasArg: 1, val: 'p' }, { name: 'bind', hasArg: 1, val: 'b' }, { name: 'socket', hasArg: 1, val: 'k' },
       { name: 'export-name', hasArg: 1, val: 'x' }, { name: 'description', hasArg: 1, val: 'D' }, { name: 'shared', hasArg: 1, val: 'e' },
       { name: 'persistent', hasArg: 0, val: 't' }, { name: 'read-only', hasArg: 0, val: 'r' }, { name: 'format', hasArg: 1, val: 'f' },
       { name: 'load-snapshot', hasArg: 1, val: 'l' }, { name: 'partition', hasArg: 1, val: 'P' }, { name: 'lv', hasArg: 1, val: 'lv' },
       { name: 'allocation-depth', hasArg: 0, val: 'A' }, { name: 'pid-file', hasArg: 1, val: 'pid-file' },
       { name: 'verbose', hasArg: 0, val: 'v' }, { name: 'help', hasArg: 0, val: 'h' },
+      { name: 'snapshot', hasArg: 0, val: 's' }, { name: 'discard', hasArg: 1, val: 'discard' }, { name: 'detect-zeroes', hasArg: 1, val: 'detect-zeroes' },
     ]);
   } catch (e) {
     if (e instanceof UsageError) return fail(e.message);
@@ -54,6 +60,7 @@ export async function nbdMain(argv: string[]): Promise<number> {
   let port = 10809, host = '127.0.0.1', socketPath: string | undefined, name = '', description: string | undefined;
   let shared = 1, persistent = false, readOnly = false, format: string | undefined, snapshot: string | undefined;
   let partition: number | undefined, lv: string | undefined, allocationDepth = false, pidFile: string | undefined, verbose = false;
+  let overlay = false, discard: 'ignore' | 'unmap' = 'ignore', detectZeroes: 'off' | 'on' | 'unmap' = 'off';
   for (const o of parsed.options) {
     switch (o.opt) {
       case 'h': process.stdout.write(USAGE); return 0;
@@ -72,14 +79,37 @@ export async function nbdMain(argv: string[]): Promise<number> {
       case 'A': allocationDepth = true; break;
       case 'pid-file': pidFile = o.arg; break;
       case 'v': verbose = true; break;
+      case 's': overlay = true; break;
+      case 'discard':
+        if (o.arg !== 'ignore' && o.arg !== 'unmap' && o.arg !== 'off' && o.arg !== 'on') return fail(`Invalid discard option '${o.arg}'`);
+        discard = o.arg === 'unmap' || o.arg === 'on' ? 'unmap' : 'ignore';
+        break;
+      case 'detect-zeroes':
+        if (o.arg !== 'off' && o.arg !== 'on' && o.arg !== 'unmap') return fail(`Invalid detect-zeroes option '${o.arg}'`);
+        detectZeroes = o.arg;
+        break;
     }
   }
   if (parsed.positional.length !== 1) return fail('Expecting one image file name');
   const filename = parsed.positional[0]!;
   let image: Image;
+  let tempDir: string | undefined;
   try {
-    image = await openImage(filename, { format, writable: !readOnly, ...(snapshot !== undefined ? { snapshot } : {}) });
+    if (overlay && !readOnly) {
+      // --snapshot: a temporary qcow2 on top of FILE takes the writes; FILE is only read.
+      const base = await openImage(filename, { format, backing: false });
+      const baseFormat = base.format;
+      const size = base.size;
+      await closeChain(base);
+      tempDir = mkdtempSync(join(tmpdir(), 'diskhub-nbd-'));
+      const top = join(tempDir, 'overlay.qcow2');
+      await createImage(top, 'qcow2', { size, options: {}, backingFile: resolve(filename), backingFormat: baseFormat });
+      image = await openImage(top, { writable: true });
+    } else {
+      image = await openImage(filename, { format, writable: !readOnly, ...(snapshot !== undefined ? { snapshot } : {}) });
+    }
   } catch (e) {
+    if (tempDir) rmSync(tempDir, { recursive: true, force: true });
     return fail(`Failed to blk_new_open '${filename}': ${errorMessageOf(e)}`);
   }
   let device;
@@ -95,9 +125,10 @@ export async function nbdMain(argv: string[]): Promise<number> {
     await image.flush?.().catch(() => {});
     await closeChain(image);
     if (pidFile) { try { unlinkSync(pidFile); } catch { /* gone */ } }
+    if (tempDir) rmSync(tempDir, { recursive: true, force: true });
   })());
   const server = new NbdServer({
-    exports: [{ name, device, readOnly, ...(description ? { description } : {}), allocationDepth }],
+    exports: [{ name, device, readOnly, ...(description ? { description } : {}), allocationDepth, discard, detectZeroes }],
     maxConnections: shared,
     onIdle: () => { if (!persistent) void stop().then(() => process.exit(0)); },
     onError: (m) => { if (verbose) process.stderr.write(`${m}\n`); },
