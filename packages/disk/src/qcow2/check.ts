@@ -14,7 +14,7 @@ import { DiskError } from '../errors.js';
 import type { CheckOptions, CheckResult } from '../format.js';
 import { readExact, type ByteSource } from '../source.js';
 import {
-  MAX_BITMAP_DIRECTORY, parseBitmapDirectory, parseBitmapExtension, L1E_RESERVED_MASK, L2E_STD_RESERVED_MASK, decodeL2Entry, geometry, getRefcount, parseHeader, parseSnapshotTable,
+  MAX_BITMAP_DIRECTORY, parseBitmapDirectory, parseBitmapExtension, L1E_RESERVED_MASK, decodeL2Entry, geometry, getRefcount, parseHeader, parseSnapshotTable,
   refcountMax, setRefcount, type Qcow2Geometry, type Qcow2Header,
 } from './layout.js';
 
@@ -46,8 +46,6 @@ class Qcow2Checker {
   private rebuild = false;
   private reftable: number[] = [];
   private readonly refblockCache = new Map<number, Uint8Array>();
-  /** Active L1/L2 entries to check against COPIED after the refcounts settle. */
-  private readonly copiedChecks: Array<{ where: 'l1' | 'l2'; tableOffset: number; index: number; entry: bigint; host: number }> = [];
 
   constructor(private readonly src: ByteSource, private readonly fix?: 'leaks' | 'all') {}
 
@@ -63,6 +61,7 @@ class Qcow2Checker {
     this.nbClusters = Math.ceil(this.fileSize / this.cs);
     this.refs = new Float64Array(this.nbClusters);
     await this.loadReftable();
+    await this.loadRefblocks();
 
     this.inc(0, this.cs);
     await this.checkL1(this.h.l1TableOffset, this.h.l1Size, true);
@@ -151,7 +150,6 @@ class Qcow2Checker {
         this.say(`ERROR l2_offset=${hex(l2)}: Table is not cluster aligned; L1 entry corrupted`);
         this.c.corruptions++;
       }
-      if (active) this.copiedChecks.push({ where: 'l1', tableOffset: l1Offset, index: i, entry: e, host: l2 });
       // Fragmentation is judged within each L2 table, as QEMU does.
       await this.checkL2(l2, active, { offset: 0 });
     }
@@ -162,10 +160,15 @@ class Qcow2Checker {
     const v = new DataView(table.buffer);
     const es = this.geo.l2EntrySize;
     const v3 = this.h.version >= 3;
+    const ext = this.geo.extendedL2;
     for (let i = 0; i < this.geo.l2Entries; i++) {
-      const e = v.getBigUint64(i * es, false);
-      const bitmap = this.geo.extendedL2 ? v.getBigUint64(i * es + 8, false) : 0n;
-      if (e & (1n << 62n)) {
+      // 32-bit halves: most entries are decided without building a BigInt.
+      const hi = v.getUint32(i * es, false), lo = v.getUint32(i * es + 4, false);
+      const allocBits = ext ? v.getUint32(i * es + 12, false) : 0;
+      if (hi === 0 && lo === 0 && (!ext || (allocBits === 0 && v.getUint32(i * es + 8, false) === 0))) continue;
+      if (hi & 0x40000000) {
+        const e = v.getBigUint64(i * es, false);
+        const bitmap = ext ? v.getBigUint64(i * es + 8, false) : 0n;
         if (e & COPIED) {
           this.say(`ERROR: coffset=0x${hex(e & ((1n << 62n) - 1n))}: copied flag must never be set for compressed clusters`);
           this.c.corruptions++;
@@ -180,13 +183,14 @@ class Qcow2Checker {
         if (active) { this.c.allocated++; this.c.compressed++; this.c.fragmented++; }
         continue;
       }
-      const host = Number(e & 0x00fffffffffffe00n);
+      const host = (hi & 0x00ffffff) * 2 ** 32 + ((lo & 0xfffffe00) >>> 0);
       if (!host) continue;
-      if (e & L2E_STD_RESERVED_MASK) {
-        this.say(`ERROR found l2 entry with reserved bits set: ${hex(e)}`);
+      const entry = () => (BigInt(hi) << 32n) | BigInt(lo);
+      if ((hi & 0x3f000000) || (lo & 0x1fe)) {
+        this.say(`ERROR found l2 entry with reserved bits set: ${hex(entry())}`);
         this.c.corruptions++;
       }
-      const zero = this.geo.extendedL2 ? (bitmap & 0xffffffffn) === 0n : v3 && (e & 1n) !== 0n;
+      const zero = ext ? allocBits === 0 : v3 && (lo & 1) !== 0;
       if (host % this.cs) {
         this.c.corruptions++;
         if (zero) {
@@ -209,7 +213,6 @@ class Qcow2Checker {
         this.c.allocated++;
         if (next.offset && host !== next.offset) this.c.fragmented++;
         next.offset = host + this.cs;
-        this.copiedChecks.push({ where: 'l2', tableOffset: l2Offset, index: i, entry: e, host });
       }
       // With an external data file, data clusters are not in this file.
       if (this.h.dataFile === undefined) this.inc(host, this.cs);
@@ -288,28 +291,29 @@ class Qcow2Checker {
     }
   }
 
-  private async refblock(offset: number): Promise<Uint8Array> {
-    let b = this.refblockCache.get(offset);
-    if (!b) {
-      b = await this.readTable(offset, this.cs);
-      this.refblockCache.set(offset, b);
+  /** Every refcount block inside the file, read once (their total is a small fraction of the file). */
+  private async loadRefblocks(): Promise<void> {
+    this.refblockCache.clear();
+    for (const off of this.reftable) {
+      if (!off || off % this.cs || off >= this.fileSize || this.refblockCache.has(off)) continue;
+      this.refblockCache.set(off, await this.readTable(off, this.cs));
     }
-    return b;
   }
 
   /** The stored refcount of cluster `k` (0 where no refcount block covers it). */
-  private async stored(k: number): Promise<number> {
+  private stored(k: number): number {
     const per = this.geo.refcountBlockEntries;
     const off = this.reftable[Math.floor(k / per)] ?? 0;
-    if (!off || off % this.cs || off >= this.fileSize) return 0;
-    return getRefcount(await this.refblock(off), k % per, this.geo.refcountBits);
+    const block = off ? this.refblockCache.get(off) : undefined;
+    return block ? getRefcount(block, k % per, this.geo.refcountBits) : 0;
   }
 
   private async setStored(k: number, value: number): Promise<boolean> {
     const per = this.geo.refcountBlockEntries;
     const off = this.reftable[Math.floor(k / per)] ?? 0;
     if (!off || off % this.cs || off >= this.fileSize) return false;
-    const block = await this.refblock(off);
+    const block = this.refblockCache.get(off);
+    if (!block) return false;
     setRefcount(block, k % per, this.geo.refcountBits, value);
     await this.src.write(block, off);
     return true;
@@ -320,7 +324,7 @@ class Qcow2Checker {
   private async compare(fixing: boolean): Promise<void> {
     this.highest = 0;
     for (let k = 0; k < this.nbClusters; k++) {
-      const r1 = await this.stored(k);
+      const r1 = this.stored(k);
       const r2 = this.refs[k] ?? 0;
       if (r1 > 0 || r2 > 0) this.highest = k;
       if (r1 === r2) continue;
@@ -397,24 +401,43 @@ class Qcow2Checker {
     const probe = new Uint8Array(Math.min(this.fileSize, 2 << 20));
     await readExact(this.src, probe, 0, 'qcow2 header');
     this.h = parseHeader(probe, this.fileSize, this.src.name);
-    this.refblockCache.clear();
     await this.loadReftable();
+    await this.loadRefblocks();
     const repair = this.fix === 'all' || (this.fix === 'leaks' && !this.c.checkErrors && !this.c.corruptions && !this.c.leaks);
-    for (const x of this.copiedChecks) {
-      const refcount = x.where === 'l2' && this.h.dataFile !== undefined ? 1 : await this.stored(Math.floor(x.host / this.cs));
-      const copied = (x.entry & COPIED) !== 0n;
-      if ((refcount === 1) === copied) continue;
-      const what = x.where === 'l1' ? `L2 cluster: l1_index=${x.index} l1_entry=${hex(x.entry)}` : `data cluster: l2_entry=${hex(x.entry)}`;
+    // A second walk over the active tables (as QEMU does) keeps memory flat: nothing per
+    // cluster is remembered from the first.
+    const verify = async (entry: bigint, refcount: number, what: string, at: number) => {
+      if ((refcount === 1) === ((entry & COPIED) !== 0n)) return;
       this.say(`${repair ? 'Repairing' : 'ERROR'} OFLAG_COPIED ${what} refcount=${refcount}`);
       if (!repair) {
         this.c.corruptions++;
-        continue;
+        return;
       }
       const fixed = new Uint8Array(8);
-      new DataView(fixed.buffer).setBigUint64(0, refcount === 1 ? x.entry | COPIED : x.entry & ~COPIED, false);
-      const at = x.where === 'l1' ? x.tableOffset + x.index * 8 : x.tableOffset + x.index * this.geo.l2EntrySize;
+      new DataView(fixed.buffer).setBigUint64(0, refcount === 1 ? entry | COPIED : entry & ~COPIED, false);
       await this.src.write(fixed, at);
       this.c.corruptionsFixed++;
+    };
+    const l1 = await this.readTable(this.h.l1TableOffset, this.h.l1Size * 8);
+    const l1v = new DataView(l1.buffer);
+    const es = this.geo.l2EntrySize;
+    for (let i = 0; i < this.h.l1Size; i++) {
+      const e = l1v.getBigUint64(i * 8, false);
+      const l2 = Number(e & 0x00fffffffffffe00n);
+      if (!l2) continue;
+      await verify(e, this.stored(Math.floor(l2 / this.cs)), `L2 cluster: l1_index=${i} l1_entry=${hex(e)}`, this.h.l1TableOffset + i * 8);
+      const table = await this.readTable(l2, this.cs);
+      const v = new DataView(table.buffer);
+      for (let j = 0; j < this.geo.l2Entries; j++) {
+        const hi = v.getUint32(j * es, false), lo = v.getUint32(j * es + 4, false);
+        if (hi & 0x40000000) continue;
+        const host = (hi & 0x00ffffff) * 2 ** 32 + ((lo & 0xfffffe00) >>> 0);
+        if (!host) continue;
+        const refcount = this.h.dataFile !== undefined ? 1 : this.stored(Math.floor(host / this.cs));
+        if ((refcount === 1) === ((hi & 0x80000000) !== 0)) continue;
+        const entry = (BigInt(hi) << 32n) | BigInt(lo);
+        await verify(entry, refcount, `data cluster: l2_entry=${hex(entry)}`, l2 + j * es);
+      }
     }
   }
 
