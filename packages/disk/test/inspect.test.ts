@@ -6,14 +6,14 @@
  */
 import test from 'node:test';
 import assert from 'node:assert/strict';
-import { open, readFile, writeFile, truncate, copyFile } from 'node:fs/promises';
+import { mkdir, open, readFile, writeFile, truncate, copyFile } from 'node:fs/promises';
 import { createReadStream } from 'node:fs';
 import { join } from 'node:path';
 import {
   inspectFile, StreamInspector, checkDeclaredFormat, crc32c, type InspectionReport, type IssueCode,
 } from '@diskhub/disk';
 import { vhdChecksum } from '@diskhub/disk/vpc/header';
-import { tempDir, qemuImg, qemuIo, needs, run } from '@diskhub/testkit';
+import { tempDir, qemuImg, qemuIo, needs, run, runOk } from '@diskhub/testkit';
 
 async function streamed(path: string, chunk: number): Promise<InspectionReport> {
   const insp = new StreamInspector(path);
@@ -81,12 +81,15 @@ test('inspector: every format qemu-img writes is recognised, sized like qemu-img
 
 test('inspector: luks and ISO 9660 (El Torito) images', needs('qemu-img', 'genisoimage'), async (t) => {
   const dir = await tempDir(t);
-  await qemuImg('create', '-q', '-f', 'luks', '--object', 'secret,id=s,data=pw', '-o', 'key-secret=s', join(dir, 'a.luks'), '16M');
+  await qemuImg('create', '-q', '-f', 'luks', '--object', 'secret,id=s,data=pw', '-o', 'key-secret=s,iter-time=10', join(dir, 'a.luks'), '16M');
   const luks = await inspect(join(dir, 'a.luks'));
   assert.equal(luks.format, 'luks');
   assert.equal(luks.virtualSize, 16 << 20);
-  await writeFile(join(dir, 'boot.img'), new Uint8Array(1474560));
-  await run('genisoimage', ['-quiet', '-o', join(dir, 'boot.iso'), '-b', 'boot.img', '-c', 'boot.cat', dir]);
+  // The ISO's content in a folder of its own (not the folder the ISO is written to).
+  const tree = join(dir, 'tree');
+  await mkdir(tree);
+  await writeFile(join(tree, 'boot.img'), new Uint8Array(1474560));
+  await runOk('genisoimage', ['-quiet', '-o', join(dir, 'boot.iso'), '-b', 'boot.img', '-c', 'boot.cat', tree]);
   const iso = await inspect(join(dir, 'boot.iso'));
   assert.equal(iso.format, 'iso');
   assert.equal(iso.details.bootable, true);
