@@ -246,9 +246,11 @@ export class Qcow2Image implements Image {
           reads.push(this.readBacking(slice, r.offset));
           break;
         case 'compressed': {
+          // Inflated on the threadpool, several clusters at once (both cores, for zlib).
           const c = r.compressed!;
-          const data = await this.decompress(c.hostOffset, c.size);
-          slice.set(data.subarray(r.offset - c.clusterStart, r.offset - c.clusterStart + r.length));
+          reads.push(this.decompress(c.hostOffset, c.size).then((data) => {
+            slice.set(data.subarray(r.offset - c.clusterStart, r.offset - c.clusterStart + r.length));
+          }));
           break;
         }
       }
