@@ -454,20 +454,17 @@ class Connection {
         else pieces.push({ offset: x.offset, length: x.length, zero });
       }
     }
-    const chunks: Buffer[][] = [];
-    for (const piece of pieces) {
-      if (piece.zero) chunks.push([u64(piece.offset), u32(piece.length)]);
-      else {
+    const parts: Buffer[] = [];
+    for (const [i, piece] of pieces.entries()) {
+      const done = i === pieces.length - 1 ? P.REPLY_FLAG_DONE : 0;
+      if (piece.zero) {
+        parts.push(...this.chunk(handle, done, P.REPLY_TYPE_OFFSET_HOLE, [u64(piece.offset), u32(piece.length)]));
+      } else {
         const buf = Buffer.alloc(piece.length);
         await dev.read(buf, piece.offset);
-        chunks.push([u64(piece.offset), buf]);
+        parts.push(...this.chunk(handle, done, P.REPLY_TYPE_OFFSET_DATA, [u64(piece.offset), buf]));
       }
     }
-    const parts: Buffer[] = [];
-    pieces.forEach((piece, i) => {
-      const done = i === pieces.length - 1 ? P.REPLY_FLAG_DONE : 0;
-      parts.push(...this.chunk(handle, done, piece.zero ? P.REPLY_TYPE_OFFSET_HOLE : P.REPLY_TYPE_OFFSET_DATA, chunks[i]!));
-    });
     await this.send(parts);
   }
 

@@ -14,7 +14,7 @@ import { DiskError } from '../errors.js';
 import type { CheckOptions, CheckResult } from '../format.js';
 import { readExact, type ByteSource } from '../source.js';
 import {
-  MAX_BITMAP_DIRECTORY, parseBitmapDirectory, parseBitmapExtension, L1E_RESERVED_MASK, decodeL2Entry, geometry, getRefcount, parseHeader, parseSnapshotTable,
+  MAX_BITMAP_DIRECTORY, compressedSpan, entryOffset, parseBitmapDirectory, parseBitmapExtension, L1E_RESERVED_MASK, decodeL2Entry, geometry, getRefcount, parseHeader, parseSnapshotTable,
   refcountMax, setRefcount, type Qcow2Geometry, type Qcow2Header,
 } from './layout.js';
 
@@ -178,12 +178,12 @@ class Qcow2Checker {
           this.c.corruptions++;
         }
         const m = decodeL2Entry(e & ~COPIED, this.geo.clusterBits, this.h.version);
-        const start = m.hostOffset - (m.hostOffset % 512);
-        this.inc(start, m.compressedSize + (m.hostOffset % 512));
+        const { start, end } = compressedSpan(m);
+        this.inc(start, end - start);
         if (active) { this.c.allocated++; this.c.compressed++; this.c.fragmented++; }
         continue;
       }
-      const host = (hi & 0x00ffffff) * 2 ** 32 + ((lo & 0xfffffe00) >>> 0);
+      const host = entryOffset(hi, lo);
       if (!host) continue;
       const entry = () => (BigInt(hi) << 32n) | BigInt(lo);
       if ((hi & 0x3f000000) || (lo & 0x1fe)) {
@@ -431,7 +431,7 @@ class Qcow2Checker {
       for (let j = 0; j < this.geo.l2Entries; j++) {
         const hi = v.getUint32(j * es, false), lo = v.getUint32(j * es + 4, false);
         if (hi & 0x40000000) continue;
-        const host = (hi & 0x00ffffff) * 2 ** 32 + ((lo & 0xfffffe00) >>> 0);
+        const host = entryOffset(hi, lo);
         if (!host) continue;
         const refcount = this.h.dataFile !== undefined ? 1 : this.stored(Math.floor(host / this.cs));
         if ((refcount === 1) === ((hi & 0x80000000) !== 0)) continue;

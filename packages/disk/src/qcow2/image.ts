@@ -18,7 +18,7 @@ import { readExact, type ByteSource } from '../source.js';
 import {
   AUTOCLEAR_BITMAPS, AUTOCLEAR_DATA_FILE_RAW, BME_FLAG_AUTO, BME_FLAG_IN_USE, COMPAT_LAZY_REFCOUNTS, MAX_BITMAP_DIRECTORY,
   parseBitmapDirectory, parseBitmapExtension, type BitmapEntry, COMPRESSION_ZSTD, INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE, INCOMPAT_DIRTY,
-  MAX_L1_SIZE_BYTES, decodeL2Entry, geometry, parseHeader, parseSnapshotTable,
+  MAX_L1_SIZE_BYTES, decodeL2Entry, entryOffset, geometry, parseHeader, parseSnapshotTable,
   type Qcow2Geometry, type Qcow2Header, type Qcow2Snapshot,
 } from './layout.js';
 
@@ -98,7 +98,7 @@ export class Qcow2Image implements Image {
   protected l1Entry(i: number): number {
     if (i * 8 + 8 > this.l1.length) return 0;
     const hi = this.l1View.getUint32(i * 8, false), lo = this.l1View.getUint32(i * 8 + 4, false);
-    return (hi & 0x00ffffff) * 2 ** 32 + ((lo & 0xfffffe00) >>> 0);
+    return entryOffset(hi, lo);
   }
 
   /** The L2 table at `offset`, from the cache or the file. */
@@ -188,7 +188,7 @@ export class Qcow2Image implements Image {
           pos = clusterEnd;
           continue;
         }
-        const host = (hi & 0x00ffffff) * 2 ** 32 + ((lo & 0xfffffe00) >>> 0);
+        const host = entryOffset(hi, lo);
         // With an external data file, offset 0 with COPIED set is the data file's first cluster
         // (qcow2.txt "Standard Cluster Descriptor"); otherwise offset 0 means unallocated.
         const atZero = host === 0 && (hi & 0x80000000) !== 0 && this.dataSource !== this.source;
@@ -499,7 +499,7 @@ export async function openQcow2(source: ByteSource, options: OpenOptions): Promi
   if (h.incompatibleFeatures & INCOMPAT_DATA_FILE) {
     if (h.dataFile === undefined) throw new DiskError('EINVAL', `${source.name}: 'data-file' is required for this image`);
     if (!options.allowExternalData) {
-      throw new DiskError('EUNSAFE', `${source.name}: the image keeps its data in the external file '${h.dataFile}'; opening it needs an explicit opt-in (allowExternalData)`);
+      throw new DiskError('EUNSAFE', `${source.name}: the image keeps its data in the external file '${h.dataFile}'; opening it needs an explicit opt-in`);
     }
     if (!options.openRelated) throw new DiskError('EINVAL', `${source.name}: cannot open the external data file '${h.dataFile}'`);
     dataSource = await options.openRelated(h.dataFile, !!options.writable);

@@ -405,6 +405,23 @@ export function decodeL2Entry(entry: bigint, clusterBits: number, version: numbe
   return { kind: hostOffset ? 'normal' : 'unallocated', hostOffset, compressedSize: 0, copied };
 }
 
+/**
+ * Host offset (bits 9-55) of an L1, L2 or refcount table entry given as its two big-endian
+ * 32-bit halves: the hot paths decode entries without building a BigInt.
+ */
+export function entryOffset(hi: number, lo: number): number {
+  return (hi & 0x00ffffff) * 2 ** 32 + ((lo & 0xfffffe00) >>> 0);
+}
+
+/**
+ * The host bytes a compressed cluster descriptor accounts for: whole sectors from the one
+ * holding its first byte (what refcounts count, as qemu-img check counts them).
+ */
+export function compressedSpan(m: Pick<L2Mapping, 'hostOffset' | 'compressedSize'>): { start: number; end: number } {
+  const start = m.hostOffset - (m.hostOffset % 512);
+  return { start, end: start + Math.ceil((m.compressedSize + (m.hostOffset % 512)) / 512) * 512 };
+}
+
 /** Extended L2 subcluster bitmap: bit n = subcluster n allocated, bit 32+n = reads as zero. */
 export function subclusterBits(bitmap: bigint, index: number): { allocated: boolean; zero: boolean } {
   return {

@@ -16,8 +16,8 @@ import { checkRange, type WriteZeroesOptions } from '../blockdev.js';
 import { DiskError } from '../errors.js';
 import type { ByteSource } from '../source.js';
 import {
-  AUTOCLEAR_BITMAPS, COMPRESSION_ZSTD, EXT_BITMAPS, INCOMPAT_DIRTY, MAX_BITMAP_DIRECTORY, decodeL2Entry, getRefcount, parseBitmapExtension,
-  refcountMax, serializeHeader, setRefcount,
+  AUTOCLEAR_BITMAPS, COMPRESSION_ZSTD, EXT_BITMAPS, MAX_BITMAP_DIRECTORY, decodeL2Entry, getRefcount, parseBitmapExtension,
+  compressedSpan, entryOffset, refcountMax, serializeHeader, setRefcount,
 } from './layout.js';
 import { Qcow2Image, type Qcow2State } from './image.js';
 
@@ -58,11 +58,11 @@ export class Qcow2WritableImage extends Qcow2Image {
     this.maxRefblocks = Math.max(8, Math.floor((32 << 20) / this.clusterSize));
   }
 
-  /** Load the refcount table; called once by the driver after construction. */
+  /**
+   * Load the refcount table; called once by the driver after construction (which has already
+   * repaired an image left dirty by a crash).
+   */
   async init(): Promise<void> {
-    if (this.header.incompatibleFeatures & INCOMPAT_DIRTY) {
-      throw new DiskError('EUNSUPPORTED', `${this.source.name}: the image was not closed cleanly (dirty bit set); repair its refcounts with 'diskhub img check -r all' before writing`);
-    }
     const h = this.header;
     const cs = this.clusterSize;
     const table = new Uint8Array(h.refcountTableClusters * cs);
@@ -72,7 +72,7 @@ export class Qcow2WritableImage extends Qcow2Image {
     this.reftable = [];
     for (let i = 0; i < table.length / 8; i++) {
       const hi = v.getUint32(i * 8, false), lo = v.getUint32(i * 8 + 4, false);
-      const off = (hi & 0x00ffffff) * 2 ** 32 + ((lo & 0xfffffe00) >>> 0);
+      const off = entryOffset(hi, lo);
       if (off % cs !== 0) throw new DiskError('ECORRUPT', `${this.source.name}: refcount block offset 0x${off.toString(16)} unaligned`);
       this.reftable.push(off);
     }
@@ -172,15 +172,6 @@ export class Qcow2WritableImage extends Qcow2Image {
     this.dirtyRefblocks.add(rb);
   }
 
-  /** Refcount of the cluster at `host` (0 when no block covers it). */
-  private async refcount(host: number): Promise<number> {
-    const cluster = Math.floor(host / this.clusterSize);
-    const ti = Math.floor(cluster / this.geo.refcountBlockEntries);
-    const rb = this.reftable[ti] ?? 0;
-    if (!rb) return 0;
-    return getRefcount(await this.refblock(rb), cluster % this.geo.refcountBlockEntries, this.geo.refcountBits);
-  }
-
   /** A bigger refcount table at the end of the file; the old one is freed once the header names the new. */
   private async growReftable(minEntries: number): Promise<void> {
     const cs = this.clusterSize;
@@ -222,24 +213,21 @@ export class Qcow2WritableImage extends Qcow2Image {
   }
 
   /** Drop one reference to whatever an L2 entry points at (a cluster, or compressed bytes). */
-  private async release(hi: number, lo: number, entryOffset: number, table: DataView): Promise<void> {
+  private async release(hi: number, lo: number, at: number, table: DataView): Promise<void> {
     if (hi & 0x40000000) {
-      const m = decodeL2Entry(table.getBigUint64(entryOffset, false), this.geo.clusterBits, this.header.version);
-      // qemu-img check counts the sectors the descriptor names, from the first one's start.
-      const first = m.hostOffset - (m.hostOffset % 512);
-      const end = first + Math.ceil((m.compressedSize + (m.hostOffset % 512)) / 512) * 512;
-      for (let c = Math.floor(first / this.clusterSize); c * this.clusterSize < end; c++) await this.addRef(c * this.clusterSize, -1);
+      const m = decodeL2Entry(table.getBigUint64(at, false), this.geo.clusterBits, this.header.version);
+      const { start, end } = compressedSpan(m);
+      for (let c = Math.floor(start / this.clusterSize); c * this.clusterSize < end; c++) await this.addRef(c * this.clusterSize, -1);
       return;
     }
-    const host = (hi & 0x00ffffff) * 2 ** 32 + ((lo & 0xfffffe00) >>> 0);
+    const host = entryOffset(hi, lo);
     if (host) await this.addRef(host, -1);
   }
 
   // ---- L1 / L2 ----
 
   private setL1(i: number, l2Offset: number): void {
-    this.l1View.setUint32(i * 8, (COPIED | Math.floor(l2Offset / 2 ** 32)) >>> 0, false);
-    this.l1View.setUint32(i * 8 + 4, l2Offset % 2 ** 32, false);
+    this.setL2(this.l1View, i * 8, l2Offset, 0);
     this.l1Dirty = true;
   }
 
@@ -279,6 +267,7 @@ export class Qcow2WritableImage extends Qcow2Image {
     }
   }
 
+  /** An L1 or L2 entry for a table or cluster of our own (COPIED: refcount 1). */
   private setL2(view: DataView, at: number, host: number, flags: number): void {
     view.setUint32(at, (COPIED | Math.floor(host / 2 ** 32)) >>> 0, false);
     view.setUint32(at + 4, ((host % 2 ** 32) | flags) >>> 0, false);
@@ -361,7 +350,7 @@ export class Qcow2WritableImage extends Qcow2Image {
     const at = index * this.geo.l2EntrySize;
     const hi = view.getUint32(at, false), lo = view.getUint32(at + 4, false);
     const compressed = (hi & 0x40000000) !== 0;
-    const host = compressed ? 0 : (hi & 0x00ffffff) * 2 ** 32 + ((lo & 0xfffffe00) >>> 0);
+    const host = compressed ? 0 : entryOffset(hi, lo);
     const owned = host !== 0 && (hi & COPIED) !== 0;
     const inner = pos - clusterStart;
     if (this.geo.extendedL2 && !compressed && (owned || !host)) {
@@ -491,7 +480,7 @@ export class Qcow2WritableImage extends Qcow2Image {
       const l2 = await this.l2ForWrite(l1i);
       const at = index * this.geo.l2EntrySize;
       const hi = l2.view.getUint32(at, false), lo = l2.view.getUint32(at + 4, false);
-      const host = hi & 0x40000000 ? 0 : (hi & 0x00ffffff) * 2 ** 32 + ((lo & 0xfffffe00) >>> 0);
+      const host = hi & 0x40000000 ? 0 : entryOffset(hi, lo);
       // v3 can mark a cluster of our own as zero and keep it; v2 can only let it go.
       const keep = v3 && !unmap && host !== 0 && (hi & COPIED) !== 0 && !(hi & 0x40000000);
       if (!keep && (host || (hi & 0x40000000))) await this.release(hi, lo, at, l2.view);
