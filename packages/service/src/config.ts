@@ -31,7 +31,7 @@ export interface ServiceConfig {
   keystoneUser: string;
   keystonePassword?: string;
   keystoneProject: string;
-  /** The dashboard's built files (served to browsers); default: packages/web/dist of this checkout. */
+  /** The dashboard's built files (served to browsers); default: packages/web/dist/app of this checkout. */
   webDir?: string;
   /** How long shutdown waits for uploads in flight before cutting them off. */
   shutdownGraceSeconds: number;
@@ -90,7 +90,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
     shutdownGraceSeconds: 60,
     keystoneUser: 'glance',
     keystoneProject: 'service',
-    webDir: fileURLToPath(new URL('../../../web/dist', import.meta.url)),
+    webDir: fileURLToPath(new URL('../../../web/dist/app', import.meta.url)),
   };
   for (const [key, v] of Object.entries(raw)) {
     if (key === 'dataDir' || v === undefined) continue;

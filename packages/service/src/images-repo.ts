@@ -128,7 +128,13 @@ function parseSizeFilter(name: string, raw: string): number {
   return Number(raw);
 }
 
-const CONTROL_PARAMS = new Set(['limit', 'marker', 'sort_key', 'sort_dir', 'sort', 'member_status', 'visibility', 'tag', 'size_min', 'size_max', 'created_at', 'updated_at', 'os_hidden', 'protected']);
+/**
+ * diskhub extension: a case-insensitive substring match on the name (Glance has only exact
+ * names), so a dashboard can search thousands of images without listing them all.
+ */
+export const NAME_CONTAINS_PARAM = 'x-diskhub-name-contains';
+
+const CONTROL_PARAMS = new Set([NAME_CONTAINS_PARAM, 'limit', 'marker', 'sort_key', 'sort_dir', 'sort', 'member_status', 'visibility', 'tag', 'size_min', 'size_max', 'created_at', 'updated_at', 'os_hidden', 'protected']);
 const COLUMN_FILTERS = new Set(['name', 'status', 'owner', 'disk_format', 'container_format', 'id', 'checksum', 'os_hash_value', 'min_ram', 'min_disk']);
 
 export interface ListResult { rows: Database['images'][]; more: boolean }
@@ -193,6 +199,13 @@ export async function listImages(db: Db, auth: AuthContext, sp: URLSearchParams,
     if (name.length > 255) throw badRequest('Filter name too long.');
     q = q.where((eb) => eb.exists(eb.selectFrom('image_properties').select('image_properties.image_id')
       .whereRef('image_properties.image_id', '=', 'images.id').where('image_properties.name', '=', name).where('image_properties.value', '=', raw)));
+  }
+  const contains = sp.get(NAME_CONTAINS_PARAM);
+  if (contains) {
+    if (contains.length > 255) throw badRequest('Filter name too long.');
+    // '!' escapes LIKE's wildcards the same way in SQLite, PostgreSQL and MariaDB.
+    const pattern = `%${contains.toLowerCase().replace(/[!%_]/g, (c) => `!${c}`)}%`;
+    q = q.where(sql<SqlBool>`lower(images.name) like ${pattern} escape '!'`);
   }
   for (const tag of sp.getAll('tag')) {
     q = q.where((eb) => eb.exists(eb.selectFrom('image_tags').select('image_tags.image_id')

@@ -14,6 +14,7 @@ import { insertIgnore, now, type AuthContext } from './identity.js';
 import { BASE_ATTRS, MAX_PROPERTIES, checkWritable, imageView, isReserved, validateAttr, validateTag, type ImageRecord } from './images-model.js';
 import { canSee, hydrate, listImages, loadImage } from './images-repo.js';
 import { UploadInspection } from './inspect.js';
+import { DEFAULT_BUCKETS, MAX_BUCKETS, describeInside } from './inside.js';
 import { UploadHasher } from './hashing.js';
 import { imageSchema, imagesSchema, memberSchema, membersSchema } from './schemas.js';
 import type { Store } from './store.js';
@@ -475,6 +476,17 @@ export function imageRoutes(router: Router, db: Db, store: Store, auth: Auth, op
       body = store.open(img.location);
     }
     await pipeline(body, ctx.res).catch(() => { ctx.res.destroy(); });
+  });
+
+  // --- diskhub extension: what is inside the image (inside.ts)
+  router.add('GET', '/v2/images/:id/x-diskhub/inside', async (ctx) => {
+    const a = await auth(ctx);
+    const img = await visibleImage(a, ctx.params.id!);
+    if (!img.location || (img.status !== 'active' && img.status !== 'deactivated')) throw conflict(`Image ${img.id} has no data (status ${img.status}).`);
+    const raw = ctx.url.searchParams.get('buckets');
+    const buckets = raw === null ? DEFAULT_BUCKETS : Number(raw);
+    if (!Number.isInteger(buckets) || buckets < 1 || buckets > MAX_BUCKETS) throw badRequest(`Invalid value for buckets: ${raw}. It must be an integer from 1 to ${MAX_BUCKETS}.`);
+    sendJson(ctx, 200, { image_id: img.id, ...await describeInside(store.pathOf(img.location), buckets) });
   });
 
   // --- members

@@ -97,6 +97,11 @@ for (const [dialect, provision] of Object.entries(provisioners)) {
     assert.deepEqual(await names('os_distro=fedora'), ['gamma']);
     assert.deepEqual(await names('disk_format=in:raw,iso&sort=name:asc'), ['Alpha', 'beta', 'gamma']);
     assert.deepEqual(await names('size_min=4000'), ['gamma']);
+    // diskhub's name search: case-insensitive substring, LIKE wildcards taken literally.
+    assert.deepEqual(await names('x-diskhub-name-contains=LPH&sort=name:asc'), ['Alpha', 'alpha']);
+    assert.deepEqual(await names('x-diskhub-name-contains=%25'), []);
+    assert.deepEqual(await names('x-diskhub-name-contains=_'), []);
+    assert.deepEqual(await names('x-diskhub-name-contains=a&disk_format=raw&sort=name:asc'), ['Alpha', 'beta']);
     // Keyset pagination over a sort with NULLs and ties visits each image once.
     for (const sort of ['name:asc', 'size:desc,name:desc', 'disk_format:asc', 'created_at:asc']) {
       const seen: string[] = [];

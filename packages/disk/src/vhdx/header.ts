@@ -6,7 +6,7 @@
  * checksummed with CRC-32C over the structure with its checksum field zeroed.
  */
 import { DiskError } from '../errors.js';
-import { crc32c } from '../crc32.js';
+import { crc32c } from '../crc32c.js';
 import { formatGuid } from '../partition/guid.js';
 
 export const KiB = 1024;
