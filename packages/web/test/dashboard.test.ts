@@ -7,7 +7,8 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdir, stat } from 'node:fs/promises';
+import { mkdir, readFile, stat } from 'node:fs/promises';
+import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { chromium, type Browser, type Page } from 'playwright-core';
 import { needs, qemuImg, qemuIo, repoRoot, tempDir } from '@diskhub/testkit';
@@ -21,8 +22,24 @@ async function launch(): Promise<Browser> {
   return chromium.launch({ executablePath: CHROMIUM, headless: true, args: ['--no-sandbox', '--disable-dev-shm-usage'] });
 }
 
+const AXE = createRequire(import.meta.url).resolve('axe-core/axe.min.js');
+/** Screens audited for accessibility (axe-core's WCAG 2 A/AA rules), by screenshot name. */
+const audited: string[] = [];
+
+/**
+ * A screenshot of the screen for people to look at, and an accessibility audit of it: labels,
+ * roles, names, contrast, landmarks. Any serious or critical finding fails the test.
+ */
 async function shot(page: Page, name: string): Promise<void> {
   await page.screenshot({ path: join(SHOTS, `${name}.png`), fullPage: true });
+  if (!(await page.evaluate(() => 'axe' in window))) await page.addScriptTag({ content: await readFile(AXE, 'utf8') });
+  const violations = await page.evaluate(async () => {
+    const r = await (window as unknown as { axe: { run(ctx: unknown, opts: unknown): Promise<{ violations: { id: string; impact: string; help: string; nodes: { target: string[] }[] }[] }> } })
+      .axe.run(document, { runOnly: { type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21aa'] } });
+    return r.violations.filter((v) => v.impact === 'serious' || v.impact === 'critical').map((v) => `${v.id} (${v.help}): ${v.nodes.map((n) => n.target.join(' ')).slice(0, 5).join(', ')}`);
+  });
+  assert.deepEqual(violations, [], `accessibility of ${name}`);
+  audited.push(name);
 }
 
 async function logIn(page: Page, user: string, password: string, project: string): Promise<void> {
@@ -49,7 +66,12 @@ test('dashboard: log in, upload, inspect, edit, share, protect, delete, Chinese'
   const adminUser = (await admin('GET', '/identity/v3/users?name=admin')).json.users[0].id;
   const memberRole = (await admin('GET', '/identity/v3/roles?name=member')).json.roles[0].id;
   assert.equal((await admin('PUT', `/identity/v3/projects/${partner.projectId}/users/${adminUser}/roles/${memberRole}`)).status, 204);
-  // A few images made through the API, so the list has something to search and sort.
+  // Images made through the API, so the list has something to search, sort and page through.
+  // (the newest first: they head the default list, newest first)
+  for (let i = 0; i < 57; i++) {
+    const r = await admin('POST', '/v2/images', { body: { name: `bulk-${String(i).padStart(3, '0')}`, disk_format: 'qcow2', container_format: 'bare', visibility: 'private' } });
+    assert.equal(r.status, 201);
+  }
   for (const name of ['alpha-server', 'beta-desktop', 'alpha-minimal']) {
     const r = await admin('POST', '/v2/images', { body: { name, disk_format: 'raw', container_format: 'bare' } });
     assert.equal(r.status, 201);
@@ -100,6 +122,30 @@ test('dashboard: log in, upload, inspect, edit, share, protect, delete, Chinese'
   });
 
   let imageId = '';
+  await t.test('page through the list', async () => {
+    await page.goto(`${svc.url}/images`);
+    await page.getByLabel('Search by name').fill('bulk-');
+    await page.waitForURL(/q=bulk-/);
+    await page.getByRole('button', { name: 'Sort by Name' }).click();
+    await page.waitForURL(/sort_key=name/);
+    await page.getByLabel('Per page').selectOption('25');
+    const names = () => page.locator('table.images tbody tr td:first-child a').allTextContents();
+    await page.getByRole('link', { name: 'bulk-000' }).waitFor();
+    const seen: string[] = [...await names()];
+    for (const last of ['bulk-049', 'bulk-056']) {
+      await page.getByRole('button', { name: 'Next page' }).click();
+      await page.getByRole('link', { name: last }).waitFor();
+      seen.push(...await names());
+    }
+    assert.ok(await page.getByRole('button', { name: 'Next page' }).isDisabled(), 'the last page has no next');
+    assert.deepEqual(seen, Array.from({ length: 57 }, (_, i) => `bulk-${String(i).padStart(3, '0')}`));
+    await page.getByRole('button', { name: 'Previous page' }).click();
+    await page.getByRole('link', { name: 'bulk-025' }).waitFor();
+    await page.getByText('Page 2').waitFor();
+    await page.getByRole('button', { name: 'Clear filters' }).click();
+    await page.goto(`${svc.url}/images`);
+  });
+
   await t.test('create an image and watch the upload progress to the end', async () => {
     await page.getByRole('link', { name: 'Create image' }).first().click();
     await page.waitForURL(/\/images\/new/);
@@ -198,6 +244,19 @@ test('dashboard: log in, upload, inspect, edit, share, protect, delete, Chinese'
     assert.equal(r.json.hw_disk_bus, 'virtio');
   });
 
+  await t.test('deactivate, reactivate and download', async () => {
+    await page.getByRole('button', { name: 'Deactivate' }).click();
+    await page.getByTestId('status').getByText('Deactivated').waitFor();
+    assert.equal((await admin('GET', `/v2/images/${imageId}`)).json.status, 'deactivated');
+    await page.getByRole('button', { name: 'Reactivate' }).click();
+    await page.getByTestId('status').getByText('Active').waitFor();
+    const downloaded = page.waitForEvent('download');
+    await page.getByRole('button', { name: 'Download' }).click();
+    const file = await (await downloaded).path();
+    assert.ok(file);
+    assert.deepEqual(await readFile(file), await readFile(qcow2), 'the download is the uploaded file');
+  });
+
   await t.test('share with another project', async () => {
     await page.getByRole('button', { name: 'Make it shared' }).click();
     await page.getByLabel('Project ID or name').fill('partner');
@@ -293,6 +352,19 @@ test('dashboard: log in, upload, inspect, edit, share, protect, delete, Chinese'
     await shot(page, '10-phone-list');
   });
 
+  await t.test('a Chinese browser gets the dashboard in Chinese', async () => {
+    const zh = await browser.newContext({ locale: 'zh-CN' });
+    const p = await zh.newPage();
+    await p.goto(`${svc.url}/`);
+    await p.getByRole('heading', { name: '登录' }).waitFor();
+    await p.getByLabel('用户名').fill('admin');
+    await p.getByLabel('密码').fill(ADMIN_PASSWORD);
+    await p.getByLabel('项目', { exact: true }).fill('admin');
+    await p.getByRole('button', { name: '登录' }).click();
+    await p.getByRole('columnheader', { name: '名称' }).waitFor();
+    await zh.close();
+  });
+
   assert.deepEqual(pageErrors, [], 'no uncaught errors in the page');
-  t.diagnostic(`screenshots: ${SHOTS}`);
+  t.diagnostic(`screenshots (each audited for accessibility): ${audited.join(', ')} in ${SHOTS}`);
 });
