@@ -15,6 +15,7 @@ import { BASE_ATTRS, MAX_PROPERTIES, checkWritable, imageView, isReserved, valid
 import { canSee, hydrate, listImages, loadImage } from './images-repo.js';
 import { UploadInspection } from './inspect.js';
 import { DEFAULT_BUCKETS, MAX_BUCKETS, describeInside } from './inside.js';
+import { SIGNATURE_PARAM, type DownloadUrls } from './download-urls.js';
 import { UploadHasher } from './hashing.js';
 import { imageSchema, imagesSchema, memberSchema, membersSchema } from './schemas.js';
 import type { Store } from './store.js';
@@ -32,6 +33,8 @@ export interface ImagesOptions {
   stagingDir: string;
   /** Identifies this API node in upload records (crash recovery). */
   node: string;
+  /** Signs and checks the x-diskhub download URLs. */
+  downloadUrls: DownloadUrls;
 }
 
 /** Suffix of staging files still being written. */
@@ -453,13 +456,25 @@ export function imageRoutes(router: Router, db: Db, store: Store, auth: Auth, op
     sendEmpty(ctx, 202, importHeaders);
   });
 
+  const DEACTIVATED = 'The requested image has been deactivated. Image data download is forbidden.';
   router.add('GET', '/v2/images/:id/file', async (ctx) => {
-    const a = await auth(ctx);
-    const img = await visibleImage(a, ctx.params.id!);
-    if (img.status === 'deactivated' && !a.isAdmin) throw forbidden('The requested image has been deactivated. Image data download is forbidden.');
+    const headers: Record<string, string> = { 'Content-Type': 'application/octet-stream' };
+    let img: ImageRecord;
+    if (ctx.url.searchParams.has(SIGNATURE_PARAM)) {
+      // A signed URL (x-diskhub/download-url) stands in for the token; a browser saves the file.
+      if (!opts.downloadUrls.verify(ctx.params.id!, ctx.url.searchParams)) throw new HttpError(401, 'The download URL is not valid or has expired.');
+      const found = await loadImage(db, ctx.params.id!);
+      if (!found) throw notFound(`No image found with ID ${ctx.params.id}`);
+      if (found.status === 'deactivated') throw forbidden(DEACTIVATED);
+      img = found;
+      headers['Content-Disposition'] = `attachment; filename="${downloadName(img)}"`;
+    } else {
+      const a = await auth(ctx);
+      img = await visibleImage(a, ctx.params.id!);
+      if (img.status === 'deactivated' && !a.isAdmin) throw forbidden(DEACTIVATED);
+    }
     if (!img.location || img.status !== 'active' && img.status !== 'deactivated') { sendEmpty(ctx, 204); return; }
     const size = Number(img.size);
-    const headers: Record<string, string> = { 'Content-Type': 'application/octet-stream' };
     if (img.checksum) headers['Content-MD5'] = img.checksum;
     const range = parseRange(ctx.req.headers.range, size);
     let body: Readable;
@@ -476,6 +491,16 @@ export function imageRoutes(router: Router, db: Db, store: Store, auth: Auth, op
       body = store.open(img.location);
     }
     await pipeline(body, ctx.res).catch(() => { ctx.res.destroy(); });
+  });
+
+  // --- diskhub extension: signed download URLs (download-urls.ts)
+  router.add('POST', '/v2/images/:id/x-diskhub/download-url', async (ctx) => {
+    const a = await auth(ctx);
+    const img = await visibleImage(a, ctx.params.id!);
+    if (img.status === 'deactivated' && !a.isAdmin) throw forbidden(DEACTIVATED);
+    if (!img.location || img.status !== 'active') throw conflict(`Image ${img.id} has no data to download (status ${img.status}).`);
+    const { query, expires } = opts.downloadUrls.sign(img.id);
+    sendJson(ctx, 201, { url: `${ctx.baseUrl}/v2/images/${img.id}/file?${query}`, expires_at: new Date(expires * 1000).toISOString().replace(/\.\d+Z$/, 'Z') });
   });
 
   // --- diskhub extension: what is inside the image (inside.ts)
@@ -615,4 +640,11 @@ export function parseRange(header: string | undefined, size: number): { start: n
   else { start = Number(m[1]); end = m[2] === '' ? size - 1 : Math.min(Number(m[2]), size - 1); }
   if (start >= size || start > end) throw unsatisfiable();
   return { start, end };
+}
+
+/** A file name for a download: the image name (or id) with the disk format as extension, safe in a header. */
+function downloadName(img: ImageRecord): string {
+  const base = (img.name || img.id).replace(/[^A-Za-z0-9._ -]+/g, '_').slice(0, 200);
+  const ext = img.disk_format && !base.toLowerCase().endsWith(`.${img.disk_format}`) ? `.${img.disk_format}` : '';
+  return base + ext;
 }

@@ -19,6 +19,7 @@ import { imageRoutes } from './images.js';
 import { metadefsRoutes } from './metadefs.js';
 import { jsonLogger, type Logger } from './log.js';
 import { FileStore } from './store.js';
+import { DownloadUrls } from './download-urls.js';
 import { serveStatic, wantsHtml } from './static.js';
 
 export interface Service {
@@ -81,7 +82,7 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
   const node = `${hostname()}:${cfg.dataDir}`;
   const images = imageRoutes(router, db, store, auth, {
     imageSizeCap: cfg.imageSizeCap, projectImageQuota: cfg.projectImageQuota, projectStorageQuota: cfg.projectStorageQuota, limitMax: cfg.limitMax, limitDefault: cfg.limitDefault,
-    stagingDir: join(cfg.dataDir, 'staging'), node,
+    stagingDir: join(cfg.dataDir, 'staging'), node, downloadUrls: await DownloadUrls.open(db),
   }, log);
   await images.recover();
   const webDir = cfg.webDir && existsSync(join(cfg.webDir, 'index.html')) ? resolve(cfg.webDir) : null;

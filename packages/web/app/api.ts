@@ -291,22 +291,8 @@ export function uploadData(id: string, file: Blob, onProgress: (p: Progress) => 
   return { done, abort: () => xhr.abort() };
 }
 
-/** Download the image's data, reporting progress, as a Blob. */
-export async function downloadData(id: string, onProgress: (p: Progress) => void, signal?: AbortSignal): Promise<Blob | null> {
-  const r = await fetch(`/v2/images/${encodeURIComponent(id)}/file`, { headers: current ? { 'X-Auth-Token': current.token } : {}, signal });
-  if (r.status === 401) expiredHandler?.();
-  if (!r.ok) throw await failure(r);
-  if (r.status === 204 || !r.body) return null;
-  const total = Number(r.headers.get('Content-Length') ?? 0);
-  const reader = r.body.getReader();
-  const parts: Uint8Array[] = [];
-  let loaded = 0;
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    parts.push(value);
-    loaded += value.length;
-    onProgress({ loaded, total });
-  }
-  return new Blob(parts as BlobPart[], { type: 'application/octet-stream' });
-}
+/**
+ * A short-lived signed URL for the image's data (the x-diskhub/download-url extension): the
+ * browser's own download manager fetches it and streams it to disk, whatever the size.
+ */
+export const downloadUrl = (id: string) => call<{ url: string; expires_at: string }>('POST', `/v2/images/${encodeURIComponent(id)}/x-diskhub/download-url`);

@@ -1,7 +1,7 @@
 /** One image: every attribute and property, checksums, tags, what is inside, sharing, actions. */
 import { Fragment, type ComponentChildren } from 'preact';
 import { useEffect, useState } from 'preact/hooks';
-import { deleteImage, downloadData, getImage, imageAction, isAdmin, type Image } from '../api.js';
+import { deleteImage, downloadUrl, getImage, imageAction, isAdmin, type Image } from '../api.js';
 import { notice, useApp } from '../context.js';
 import { describeError } from '../errors.js';
 import { formatBytes } from '../format.js';
@@ -17,7 +17,6 @@ export function ImageDetail({ id }: { id: string }) {
   const [image, setImage] = useState<Image | null>(null);
   const [error, setError] = useState('');
   const [confirming, setConfirming] = useState(false);
-  const [downloading, setDownloading] = useState<string | null>(null);
 
   const load = () => getImage(id).then(setImage, (e) => setError(describeError(t, e)));
   useEffect(() => { setImage(null); setError(''); void load(); }, [id]);
@@ -45,19 +44,11 @@ export function ImageDetail({ id }: { id: string }) {
     notify(notice('info', (tr) => tr('detail.deleted', { name }), '/images'));
   }, 'delete');
   const download = () => run(async () => {
-    setDownloading(formatBytes(0));
-    try {
-      const blob = await downloadData(image.id, (p) => setDownloading(`${formatBytes(p.loaded)} / ${formatBytes(p.total)}`));
-      if (!blob) return;
-      const url = URL.createObjectURL(blob);
-      const a = document.createElement('a');
-      a.href = url;
-      a.download = `${image.name || image.id}.${image.disk_format ?? 'img'}`;
-      a.click();
-      setTimeout(() => URL.revokeObjectURL(url), 60_000);
-    } finally {
-      setDownloading(null);
-    }
+    const { url } = await downloadUrl(image.id);
+    const a = document.createElement('a');
+    a.href = url;
+    a.download = '';
+    a.click();
   });
 
   const row = (label: string, value: ComponentChildren, testid?: string) => (
@@ -76,7 +67,7 @@ export function ImageDetail({ id }: { id: string }) {
         {mayEdit && <a class="button" href={`/images/${image.id}/edit`}>{t('detail.edit')}</a>}
         {mayEdit && image.status === 'active' && <button type="button" onClick={() => run(async () => { await imageAction(image.id, 'deactivate'); await load(); })}>{t('detail.deactivate')}</button>}
         {mayEdit && image.status === 'deactivated' && <button type="button" onClick={() => run(async () => { await imageAction(image.id, 'reactivate'); await load(); })}>{t('detail.reactivate')}</button>}
-        {image.status === 'active' && <button type="button" onClick={download} disabled={downloading !== null}>{downloading !== null ? t('detail.downloading', { done: downloading }) : t('detail.download')}</button>}
+        {image.status === 'active' && <button type="button" onClick={download}>{t('detail.download')}</button>}
         {mayEdit && <button type="button" class="danger" onClick={() => setConfirming(true)}>{t('detail.delete')}</button>}
       </div>
       <Confirm open={confirming} danger message={t('detail.deleteConfirm', { name })} confirmLabel={t('detail.delete')} onConfirm={remove} onCancel={() => setConfirming(false)} />
