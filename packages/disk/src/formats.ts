@@ -3,6 +3,7 @@ import type { FormatDriver } from './format.js';
 import { DiskError } from './errors.js';
 import { rawDriver } from './raw/index.js';
 import { qcow2Driver } from './qcow2/index.js';
+import { vdiDriver } from './vdi/index.js';
 
 const drivers = new Map<string, FormatDriver>();
 
@@ -33,3 +34,4 @@ export function probeFormat(head: Uint8Array, filename?: string): FormatDriver {
 
 registerFormat(rawDriver);
 registerFormat(qcow2Driver);
+registerFormat(vdiDriver);

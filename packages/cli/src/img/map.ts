@@ -67,6 +67,8 @@ export async function mapCommand(argv: string[]): Promise<number> {
           await out.flush();
           throw new CliError('File contains external, encrypted or compressed clusters.');
         }
+        // Data that reads as zeroes (a preallocated host hole) is not listed, as in qemu-img.
+        if (e.zero) continue;
         await out.add(`${hex(e.offset)}${hex(e.length)}${hex(e.hostOffset)}${e.hostFile ?? filename}\n`);
       }
     }
