@@ -8,9 +8,9 @@ import test from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { connect } from 'node:net';
-import { readFile } from 'node:fs/promises';
+import { mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { diskhubBin, needs, qemuImg, qemuIo, run, tempDir } from '@diskhub/testkit';
+import { diskhubBin, needs, qemuImg, qemuIo, run, runOk, tempDir } from '@diskhub/testkit';
 
 let nextPort = 20000 + (process.pid % 5000) * 4;
 
@@ -238,4 +238,70 @@ test('nbd: --snapshot keeps the image untouched; --detect-zeroes=unmap deallocat
   assert.equal(at1M.data, false);
   assert.equal(at1M.zero, true);
   assert.equal((await run('qemu-img', ['check', img])).code, 0);
+});
+
+test('nbd: --fork returns once the server listens, with the pid file naming the server', needs('qemu-img', 'qemu-io', 'nbdinfo'), async (t) => {
+  const dir = await tempDir(t);
+  const img = await sample(dir);
+  const port = nextPort++;
+  const pidFile = join(dir, 'nbd.pid');
+  // run() waits for the command's output streams to close: the server must not hold them.
+  const r = await run(process.execPath, [diskhubBin, 'nbd', '--fork', '-v', '-t', '-p', String(port), '--pid-file', pidFile, img], { timeoutMs: 20_000 });
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stderr, new RegExp(`serving .* at nbd://127\\.0\\.0\\.1:${port}/`));
+  const pid = Number((await readFile(pidFile, 'utf8')).trim());
+  t.after(() => { try { process.kill(pid, 'SIGTERM'); } catch { /* stopped */ } });
+  // Listening already: no wait, no retry.
+  assert.equal((await run('nbdinfo', ['--size', `nbd://127.0.0.1:${port}`])).stdout.trim(), String(64 << 20));
+  process.kill(pid, 'SIGTERM');
+  for (let i = 0; i < 100 && await readFile(pidFile).then(() => true, () => false); i++) await new Promise((res) => setTimeout(res, 50));
+  await assert.rejects(readFile(pidFile), 'the server removes its pid file when it stops');
+
+  const bad = await run(process.execPath, [diskhubBin, 'nbd', '--fork', '-p', String(nextPort++), join(dir, 'missing.qcow2')], { timeoutMs: 20_000 });
+  assert.equal(bad.code, 1);
+  assert.match(bad.stderr, /Failed to blk_new_open .*missing\.qcow2/);
+});
+
+/** Whether this machine lets us attach loop devices (a container may not). */
+async function loopUsable(): Promise<boolean> {
+  return (await run('losetup', ['-f']).catch(() => ({ code: 1 }))).code === 0 && (await run('test', ['-c', '/dev/fuse'])).code === 0;
+}
+
+test('nbd: a partition exported with --partition mounts (nbdfuse + loop device) and its files read back', needs('qemu-img', 'sfdisk', 'mkfs.ext4', 'nbdfuse', 'fusermount3', 'losetup', 'mount'), async (t) => {
+  if (!(await loopUsable())) { t.skip('no usable loop device or /dev/fuse on this machine'); return; }
+  const dir = await tempDir(t);
+  const root = join(dir, 'root');
+  await mkdir(join(root, 'etc'), { recursive: true });
+  const hello = `hello from partition 2 of a qcow2 (${process.pid})\n`;
+  await writeFile(join(root, 'etc', 'motd'), hello);
+  // A GPT disk: a small first partition, then ext4 (populated from a folder, no mount needed) in the second.
+  const raw = join(dir, 'disk.raw');
+  await qemuImg('create', '-q', '-f', 'raw', raw, '64M');
+  await run('sfdisk', ['-q', raw], { input: 'label: gpt\nstart=2048, size=8192, type=uefi\nstart=10240, size=81920, type=linux, name="root"\n' });
+  await runOk('mkfs.ext4', ['-q', '-F', '-L', 'root', '-d', root, '-E', `offset=${10240 * 512}`, raw, `${81920 / 2}k`]);
+  const qcow2 = join(dir, 'disk.qcow2');
+  await qemuImg('convert', '-O', 'qcow2', raw, qcow2);
+
+  const s = await serve(t, ['-t', '-r', '-P', '2', qcow2]);
+  const fuse = join(dir, 'fuse');
+  const mnt = join(dir, 'mnt');
+  await mkdir(fuse);
+  await mkdir(mnt);
+  const fusePid = join(dir, 'nbdfuse.pid');
+  const nbdfuse = spawn('nbdfuse', ['-r', '-P', fusePid, fuse, s.url], { stdio: 'ignore' });
+  const fuseExited = new Promise((res) => nbdfuse.on('exit', res));
+  let mounted = false;
+  // Unmounted here, in order, before the temporary folder (holding both mount points) is removed.
+  try {
+    for (let i = 0; i < 200 && !(await readFile(fusePid).then(() => true, () => false)); i++) await new Promise((res) => setTimeout(res, 50));
+    assert.equal((await stat(join(fuse, 'nbd'))).size, 81920 * 512, 'the FUSE file is the partition');
+    await runOk('mount', ['-o', 'loop,ro', join(fuse, 'nbd'), mnt]);
+    mounted = true;
+    assert.equal(await readFile(join(mnt, 'etc', 'motd'), 'utf8'), hello);
+  } finally {
+    if (mounted) await runOk('umount', [mnt]);
+    await run('fusermount3', ['-u', fuse]);
+    if (nbdfuse.exitCode === null) nbdfuse.kill();
+    await fuseExited;
+  }
 });

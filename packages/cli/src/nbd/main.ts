@@ -3,7 +3,8 @@
  * qemu-nbd's options. Differences on purpose: it binds to 127.0.0.1 unless told otherwise
  * (qemu-nbd binds to every interface), and `--lv VG/LV` selects a logical volume.
  */
-import { mkdtempSync, rmSync, writeFileSync, unlinkSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { closeSync, mkdtempSync, rmSync, writeFileSync, writeSync, unlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { closeChain, createImage, openImage, openInside, type Image } from '@diskhub/disk';
@@ -30,6 +31,7 @@ Serve FILE (any image format diskhub reads) over the NBD protocol, like qemu-nbd
       --detect-zeroes=MODE off (default), on or unmap: turn all-zero writes into zero writes
   -A, --allocation-depth   also offer the qemu:allocation-depth metadata context
       --pid-file=PATH      write the process id to PATH once listening
+      --fork               run the server in the background; return (exit 0) once it listens
   -v, --verbose            say where the server listens (on stderr, once listening)
   -h, --help               this help
 `;
@@ -50,7 +52,7 @@ export async function nbdMain(argv: string[]): Promise<number> {
       { name: 'persistent', hasArg: 0, val: 't' }, { name: 'read-only', hasArg: 0, val: 'r' }, { name: 'format', hasArg: 1, val: 'f' },
       { name: 'load-snapshot', hasArg: 1, val: 'l' }, { name: 'partition', hasArg: 1, val: 'P' }, { name: 'lv', hasArg: 1, val: 'lv' },
       { name: 'allocation-depth', hasArg: 0, val: 'A' }, { name: 'pid-file', hasArg: 1, val: 'pid-file' },
-      { name: 'verbose', hasArg: 0, val: 'v' }, { name: 'help', hasArg: 0, val: 'h' },
+      { name: 'verbose', hasArg: 0, val: 'v' }, { name: 'help', hasArg: 0, val: 'h' }, { name: 'fork', hasArg: 0, val: 'fork' },
       { name: 'snapshot', hasArg: 0, val: 's' }, { name: 'discard', hasArg: 1, val: 'discard' }, { name: 'detect-zeroes', hasArg: 1, val: 'detect-zeroes' },
     ]);
   } catch (e) {
@@ -60,6 +62,7 @@ export async function nbdMain(argv: string[]): Promise<number> {
   let port = 10809, host = '127.0.0.1', socketPath: string | undefined, name = '', description: string | undefined;
   let shared = 1, persistent = false, readOnly = false, format: string | undefined, snapshot: string | undefined;
   let partition: number | undefined, lv: string | undefined, allocationDepth = false, pidFile: string | undefined, verbose = false;
+  let fork = false;
   let overlay = false, discard: 'ignore' | 'unmap' = 'ignore', detectZeroes: 'off' | 'on' | 'unmap' = 'off';
   for (const o of parsed.options) {
     switch (o.opt) {
@@ -79,6 +82,7 @@ export async function nbdMain(argv: string[]): Promise<number> {
       case 'A': allocationDepth = true; break;
       case 'pid-file': pidFile = o.arg; break;
       case 'v': verbose = true; break;
+      case 'fork': fork = true; break;
       case 's': overlay = true; break;
       case 'discard':
         if (o.arg !== 'ignore' && o.arg !== 'unmap' && o.arg !== 'off' && o.arg !== 'on') return fail(`Invalid discard option '${o.arg}'`);
@@ -91,6 +95,7 @@ export async function nbdMain(argv: string[]): Promise<number> {
     }
   }
   if (parsed.positional.length !== 1) return fail('Expecting one image file name');
+  if (fork) return forkServer(argv);
   const filename = parsed.positional[0]!;
   let image: Image;
   let tempDir: string | undefined;
@@ -144,10 +149,59 @@ export async function nbdMain(argv: string[]): Promise<number> {
     return fail(`Failed to listen: ${errorMessageOf(e)}`);
   }
   if (pidFile) writeFileSync(pidFile, `${process.pid}\n`);
+  signalReady();
   await new Promise<void>((resolve) => {
     const onSignal = () => { void stop().then(resolve); };
     process.once('SIGINT', onSignal);
     process.once('SIGTERM', onSignal);
   });
   return 0;
+}
+
+/** The file descriptor a forked server reports readiness on (set by forkServer in the child's environment). */
+const READY_FD_ENV = 'DISKHUB_NBD_READY_FD';
+
+/** In a server started by --fork: tell the parent it listens, and let the parent go. */
+function signalReady(): void {
+  const fd = Number(process.env[READY_FD_ENV]);
+  if (!Number.isInteger(fd) || fd < 3) return;
+  delete process.env[READY_FD_ENV];
+  // The parent stops relaying our stderr once we are ready: later messages have nowhere to go.
+  process.stderr.on('error', () => {});
+  try { writeSync(fd, 'ready\n'); closeSync(fd); } catch { /* the parent is gone: keep serving */ }
+}
+
+/**
+ * --fork, as qemu-nbd: the server runs in a detached child; this process relays the child's
+ * messages until it listens (exit 0; the pid file, if asked for, already names the child) or
+ * fails (exit 1). The child holds none of our stdio afterwards, so a script (or a test runner
+ * waiting for our output to end) can go on as soon as the command returns.
+ */
+function forkServer(argv: string[]): Promise<number> {
+  const args = argv.filter((a) => a !== '--fork');
+  const child = spawn(process.execPath, [...process.execArgv, process.argv[1]!, 'nbd', ...args], {
+    detached: true,
+    stdio: ['ignore', 'ignore', 'pipe', 'pipe'],
+    env: { ...process.env, [READY_FD_ENV]: '3' },
+  });
+  return new Promise<number>((resolve) => {
+    let said = '';
+    const messages = child.stderr!;
+    messages.on('data', (d: Buffer) => process.stderr.write(d));
+    const ready = child.stdio[3] as NodeJS.ReadableStream;
+    ready.on('data', (d: Buffer) => {
+      said += d.toString();
+      if (said.includes('ready')) {
+        ready.removeAllListeners();
+        (ready as unknown as { destroy(): void }).destroy();
+        messages.removeAllListeners('data');
+        messages.destroy();
+        child.removeAllListeners('exit');
+        child.unref();
+        resolve(0);
+      }
+    });
+    ready.on('error', () => {});
+    child.on('exit', (code) => resolve(code === 0 ? 1 : code ?? 1));
+  });
 }
