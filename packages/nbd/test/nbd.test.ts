@@ -14,7 +14,7 @@ import { diskhubBin, needs, qemuImg, qemuIo, run, runOk, tempDir } from '@diskhu
 
 let nextPort = 20000 + (process.pid % 5000) * 4;
 
-interface Served { url: string; port: number; proc: ChildProcess; stop(): Promise<number | null> }
+interface Served { url: string; port: number; proc: ChildProcess; stop(): Promise<number | null>; stderr(): string }
 
 /** Start `diskhub nbd -v ARGS` and wait until it listens. */
 async function serve(t: { after(fn: () => unknown): void }, args: string[], opts: { socket?: string } = {}): Promise<Served> {
@@ -29,7 +29,7 @@ async function serve(t: { after(fn: () => unknown): void }, args: string[], opts
   const stop = async () => { if (proc.exitCode === null) proc.kill('SIGTERM'); return exited; };
   t.after(stop);
   const url = opts.socket ? `nbd+unix:///?socket=${opts.socket}` : `nbd://127.0.0.1:${port}`;
-  return { url, port, proc, stop };
+  return { url, port, proc, stop, stderr: () => err };
 }
 
 async function sample(dir: string): Promise<string> {
@@ -304,4 +304,17 @@ test('nbd: a partition exported with --partition mounts (nbdfuse + loop device) 
     if (nbdfuse.exitCode === null) nbdfuse.kill();
     await fuseExited;
   }
+});
+
+test('nbd: long reads wait for the socket without piling up listeners', needs('qemu-img', 'qemu-io', 'nbdcopy'), async (t) => {
+  const dir = await tempDir(t);
+  const img = join(dir, 'big.qcow2');
+  await qemuImg('create', '-q', '-f', 'qcow2', img, '192M');
+  await qemuIo('-f', 'qcow2', '-c', 'write -P 0x3c 0 160M', img);
+  const s = await serve(t, ['-t', '-r', '-e', '4', img]);
+  // Slow consumers make the server wait for 'drain' many times on each connection.
+  for (let i = 0; i < 2; i++) await runOk('nbdcopy', ['--connections=1', s.url, 'null:']);
+  await runOk('nbdcopy', [s.url, join(dir, 'out.raw')]);
+  assert.equal((await run('qemu-img', ['compare', '-f', 'qcow2', '-F', 'raw', img, join(dir, 'out.raw')])).code, 0);
+  assert.doesNotMatch(s.stderr(), /MaxListenersExceeded|memory leak/);
 });
