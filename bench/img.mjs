@@ -56,6 +56,7 @@ const qcow = q(`mixed-${SIZE / 2 ** 20}M.qcow2`, (p) => ['convert', '-O', 'qcow2
 const qcowZ = q(`mixed-${SIZE / 2 ** 20}M-c.qcow2`, (p) => ['convert', '-c', '-O', 'qcow2', src, p]);
 const qcow1k = q(`mixed-${SIZE / 2 ** 20}M-1k.qcow2`, (p) => ['convert', '-O', 'qcow2', '-o', 'cluster_size=1k', src, p]);
 const vdi = q(`mixed-${SIZE / 2 ** 20}M.vdi`, (p) => ['convert', '-O', 'vdi', src, p]);
+const vhd = q(`mixed-${SIZE / 2 ** 20}M.vhd`, (p) => ['convert', '-O', 'vpc', src, p]);
 const sparse = join(work, 'sparse-1T.qcow2');
 if (!existsSync(sparse)) {
   execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', sparse, '1T']);
@@ -75,6 +76,8 @@ const cases = [
   ['convert raw→vdi', (out) => ['convert', '-O', 'vdi', src, out]],
   ['convert vdi→qcow2', (out) => ['convert', '-O', 'qcow2', vdi, out]],
   ['convert vdi→raw', (out) => ['convert', '-O', 'raw', vdi, out]],
+  ['convert raw→vpc', (out) => ['convert', '-O', 'vpc', src, out]],
+  ['convert vpc→raw', (out) => ['convert', '-O', 'raw', vhd, out]],
   ['convert raw→raw', (out) => ['convert', '-O', 'raw', src, out]],
   ['convert raw→raw -W -m 16', (out) => ['convert', '-W', '-m', '16', '-O', 'raw', src, out]],
   ['compare (identical)', () => ['compare', src, copy]],

@@ -5,7 +5,7 @@
  */
 import test from 'node:test';
 import assert from 'node:assert/strict';
-import { readFile } from 'node:fs/promises';
+import { open, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { needs, tempDir, qemuImg, qemuIo, run, diskhub } from '@diskhub/testkit';
 import { assertSame } from './peer.js';
@@ -62,4 +62,75 @@ test('vdi convert: raw/qcow2 → vdi → qcow2 pass qemu-img check and compare i
   }
   // Our compare agrees with qemu-img's on a vdi and its source.
   await assertSame(['compare', 'src.qcow2', 'out.vdi'], dir);
+});
+
+/**
+ * A vhd's footer (the last 512 bytes, timestamp, checksum and UUID blanked) and, for dynamic
+ * disks (small files), the bytes between the footer copies. Fixed disks may be huge and sparse.
+ */
+async function footerAndRest(path: string): Promise<{ length: number; footer: Buffer; rest?: Buffer }> {
+  const fh = await open(path);
+  try {
+    const length = (await fh.stat()).size;
+    const footer = Buffer.alloc(512);
+    if (length >= 512) await fh.read(footer, 0, 512, length - 512);
+    footer.fill(0, 24, 28);
+    footer.fill(0, 64, 84);
+    let rest: Buffer | undefined;
+    if (footer.readUInt32BE(60) === 3) {
+      rest = Buffer.alloc(length - 1024);
+      await fh.read(rest, 0, rest.length, 512);
+    }
+    return { length, footer, rest };
+  } finally {
+    await fh.close();
+  }
+}
+
+test('vpc create: options, CHS-rounded and forced sizes, layout as qemu-img', needs('qemu-img'), async (t) => {
+  const dir = await tempDir(t);
+  await assertSame(['create', '-f', 'vpc', '-o', 'help'], dir);
+  const sizes = ['512', '3000001', '10M', '1G', '127G', '200G', '2040G', '2041G'];
+  for (const size of sizes) {
+    for (const opts of [[], ['-o', 'subformat=fixed'], ['-o', 'force_size=on']]) {
+      const what = `${size} ${opts.join(' ')}`;
+      await assertSame(['create', '-f', 'vpc', ...opts, 'ours.vhd', size], dir, `create ${what}`);
+      await run('qemu-img', ['create', '-q', '-f', 'vpc', ...opts, 'peer.vhd', size], { cwd: dir });
+      const [ours, peer] = [await footerAndRest(join(dir, 'ours.vhd')), await footerAndRest(join(dir, 'peer.vhd'))];
+      assert.equal(ours.length, peer.length, `file length of ${what}`);
+      if (!ours.length) continue;
+      assert.ok(ours.footer.equals(peer.footer), `footer of ${what}`);
+      if (ours.rest) assert.ok(peer.rest && ours.rest.equals(peer.rest), `header and BAT of ${what}`);
+      const peerSize = JSON.parse(await qemuImg('info', '-f', 'vpc', '--output=json', join(dir, 'peer.vhd')))['virtual-size'];
+      const ourSize = JSON.parse((await diskhub(['img', 'info', '-f', 'vpc', '--output=json', 'ours.vhd'], { cwd: dir })).stdout)['virtual-size'];
+      assert.equal(ourSize, peerSize, `virtual size of ${what}`);
+    }
+  }
+});
+
+test('vpc info, map, convert and compare as qemu-img', needs('qemu-img', 'qemu-io'), async (t) => {
+  const dir = await tempDir(t);
+  await qemuImg('create', '-q', '-f', 'vpc', join(dir, 'd.vhd'), '10M');
+  await qemuImg('create', '-q', '-f', 'vpc', '-o', 'subformat=fixed', join(dir, 'f.vhd'), '10M');
+  for (const f of ['d.vhd', 'f.vhd']) {
+    await qemuIo('-f', 'vpc', '-c', 'write -P 0x11 1000 3000000', '-c', 'write -P 0x22 6291456 7', '-c', 'write -z 8000000 100000', join(dir, f));
+    for (const args of [['info', '--output=json'], ['info'], ['map', '--output=json'], ['map'], ['check']]) {
+      await assertSame([...args, '-f', 'vpc', f], dir);
+    }
+  }
+  await assertSame(['info', '--output=json', 'd.vhd'], dir); // probed
+  await assertSame(['compare', '-f', 'vpc', '-F', 'vpc', 'd.vhd', 'f.vhd'], dir);
+  const src = join(dir, 'src.qcow2');
+  await qemuImg('create', '-q', '-f', 'qcow2', src, '9M');
+  await qemuIo('-c', 'write -P 0x41 12345 2000000', '-c', 'write -P 0x42 8388607 100', src);
+  for (const opts of [[], ['-o', 'subformat=fixed'], ['-o', 'force_size=on']]) {
+    const r = await diskhub(['img', 'convert', '-O', 'vpc', ...opts, src, 'out.vhd'], { cwd: dir });
+    assert.equal(r.code, 0, r.stderr);
+    // CHS rounding makes the vhd larger than the source unless force_size: compare's tail check covers that.
+    const cmp = await run('qemu-img', ['compare', '-F', 'vpc', src, join(dir, 'out.vhd')]);
+    assert.equal(cmp.code, 0, `${opts.join(' ')}: ${cmp.stdout}${cmp.stderr}`);
+    const ours = JSON.parse((await diskhub(['img', 'info', '-f', 'vpc', '--output=json', 'out.vhd'], { cwd: dir })).stdout);
+    const peer = JSON.parse(await qemuImg('info', '-f', 'vpc', '--output=json', join(dir, 'out.vhd')));
+    for (const k of ['virtual-size', 'format', 'cluster-size']) assert.equal(ours[k], peer[k], `${k} after convert ${opts.join(' ')}`);
+  }
 });

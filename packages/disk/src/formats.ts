@@ -4,6 +4,7 @@ import { DiskError } from './errors.js';
 import { rawDriver } from './raw/index.js';
 import { qcow2Driver } from './qcow2/index.js';
 import { vdiDriver } from './vdi/index.js';
+import { vpcDriver } from './vpc/index.js';
 
 const drivers = new Map<string, FormatDriver>();
 
@@ -35,3 +36,4 @@ export function probeFormat(head: Uint8Array, filename?: string): FormatDriver {
 registerFormat(rawDriver);
 registerFormat(qcow2Driver);
 registerFormat(vdiDriver);
+registerFormat(vpcDriver);

@@ -13,3 +13,4 @@ export { crc32, crcRegister } from './crc32.js';
 export * from './inside/index.js';
 export { inspectReader, inspectSource, inspectFile, StreamInspector, checkDeclaredFormat, describeIssues, SourceReader, StreamReader, type InspectReader, type InspectionReport, type FormatFinding, type Issue, type IssueCode } from './inspect/index.js';
 export { crc32c } from './crc32.js';
+export { vhdChecksum, vpcVirtualSize } from './vpc/header.js';

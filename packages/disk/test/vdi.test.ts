@@ -10,17 +10,8 @@ import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { openImage, closeChain, checkSource, FileSource, isDiskError } from '@diskhub/disk';
 import { tempDir, qemuImg, qemuIo, needs, run } from '@diskhub/testkit';
+import { randomWrites, readAll } from './random-writes.js';
 
-async function readAll(path: string): Promise<Uint8Array> {
-  const img = await openImage(path);
-  try {
-    const buf = new Uint8Array(img.size);
-    await img.read(buf, 0);
-    return buf;
-  } finally {
-    await closeChain(img);
-  }
-}
 
 test('vdi read: qemu-io patterns in dynamic and static images read back as qemu-img convert -O raw gives them', needs('qemu-img', 'qemu-io'), async (t) => {
   const dir = await tempDir(t);
@@ -48,11 +39,6 @@ test('vdi read: qemu-io patterns in dynamic and static images read back as qemu-
   }
 });
 
-function prng(seed: number): (n: number) => number {
-  let x = seed >>> 0 || 1;
-  return (n) => { x ^= x << 13; x >>>= 0; x ^= x >>> 17; x ^= x << 5; x >>>= 0; return x % n; };
-}
-
 test('vdi write: random writes and zero ranges pass qemu-img check and compare equal to a raw reference', needs('qemu-img', 'qemu-io'), async (t) => {
   const dir = await tempDir(t);
   const size = 6 * 1048576 + 512;
@@ -62,26 +48,10 @@ test('vdi write: random writes and zero ranges pass qemu-img check and compare e
     await qemuImg('create', '-q', '-f', 'vdi', ...opts, img, String(size));
     if (name === 'prefilled') await qemuIo('-c', 'write -P 0x5a 524288 2097152', img);
     await qemuImg('convert', '-O', 'raw', img, ref);
-    const rnd = prng(seed);
     const image = await openImage(img, { writable: true });
     const reference = new Uint8Array(await readFile(ref));
     try {
-      for (let i = 0; i < 40; i++) {
-        const off = rnd(size - 1);
-        const len = 1 + rnd(Math.min(size - off, 1536 * 1024));
-        if (rnd(4) === 0) {
-          await image.writeZeroes!(off, len);
-          reference.fill(0, off, off + len);
-        } else {
-          const data = new Uint8Array(len).fill(1 + rnd(255));
-          await image.write!(data, off);
-          reference.set(data, off);
-        }
-      }
-      // Concurrent writes into one fresh block must not allocate it twice.
-      await Promise.all([0, 1, 2, 3].map((k) => image.write!(new Uint8Array(1000).fill(0xc0 + k), 5 * 1048576 + k * 4096)));
-      for (let k = 0; k < 4; k++) reference.fill(0xc0 + k, 5 * 1048576 + k * 4096, 5 * 1048576 + k * 4096 + 1000);
-      await image.flush!();
+      await randomWrites(image, reference, seed, 40, 1536 * 1024, 5 * 1048576);
     } finally {
       await closeChain(image);
     }

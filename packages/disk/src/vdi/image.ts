@@ -7,6 +7,7 @@
  */
 import { checkRange, type Extent } from '../blockdev.js';
 import { DiskError } from '../errors.js';
+import { QueuedWriteImage, blockPieces } from '../blockwalk.js';
 import type { CheckResult, Image, ImageInfo } from '../format.js';
 import type { ByteSource } from '../source.js';
 import {
@@ -81,7 +82,7 @@ function isZero(b: Uint8Array, at: number): boolean {
   return true;
 }
 
-export class VdiImage implements Image {
+export class VdiImage extends QueuedWriteImage implements Image {
   readonly format = 'vdi';
   readonly clusterSize = VDI_BLOCK_SIZE;
   readonly size: number;
@@ -89,10 +90,9 @@ export class VdiImage implements Image {
   private readonly header: VdiHeader;
   private readonly bmap: Uint32Array;
   private blocksAllocated: number;
-  /** Writes run one after another: allocation appends at the end and rewrites the header and map. */
-  private writeQueue: Promise<unknown> = Promise.resolve();
 
-  constructor(readonly source: ByteSource, opened: OpenedVdi, private readonly writable: boolean) {
+  constructor(source: ByteSource, opened: OpenedVdi, writable: boolean) {
+    super(source, writable);
     this.header = opened.header;
     this.size = opened.size;
     this.bmap = opened.bmap;
@@ -131,30 +131,20 @@ export class VdiImage implements Image {
   async write(buf: Uint8Array, offset: number): Promise<void> {
     this.checkWritable();
     checkRange(this.size, offset, buf.length, 'write');
-    await this.queued(() => this.writeLocked(buf, offset));
+    await this.writeQueue.run(() => this.writeLocked(buf, offset));
   }
 
   async writeZeroes(offset: number, length: number): Promise<void> {
     this.checkWritable();
     checkRange(this.size, offset, length, 'write zeroes');
-    await this.queued(async () => {
+    await this.writeQueue.run(async () => {
       // Unallocated and discarded blocks already read as zeroes; allocated ones are zeroed in place.
       const zero = new Uint8Array(Math.min(length, VDI_BLOCK_SIZE));
-      for (let pos = offset; pos < offset + length;) {
-        const block = Math.floor(pos / VDI_BLOCK_SIZE);
-        const inBlock = pos % VDI_BLOCK_SIZE;
-        const n = Math.min(offset + length - pos, VDI_BLOCK_SIZE - inBlock);
-        const entry = this.bmap[block]!;
-        if (isVdiAllocated(entry)) await this.source.write(zero.subarray(0, n), this.hostOffset(entry, inBlock));
-        pos += n;
+      for (const p of blockPieces(offset, length, VDI_BLOCK_SIZE)) {
+        const entry = this.bmap[p.block]!;
+        if (isVdiAllocated(entry)) await this.source.write(zero.subarray(0, p.length), this.hostOffset(entry, p.inBlock));
       }
     });
-  }
-
-  private queued<T>(fn: () => Promise<T>): Promise<T> {
-    const run = this.writeQueue.then(fn, fn);
-    this.writeQueue = run.catch(() => {});
-    return run;
   }
 
   private async writeLocked(buf: Uint8Array, offset: number): Promise<void> {
@@ -206,10 +196,7 @@ export class VdiImage implements Image {
     checkRange(this.size, offset, length, 'block status');
     const hostFile = this.source.name;
     const isStatic = this.header.imageType === VDI_TYPE_STATIC;
-    for (let pos = offset; pos < offset + length;) {
-      const block = Math.floor(pos / VDI_BLOCK_SIZE);
-      const inBlock = pos % VDI_BLOCK_SIZE;
-      const n = Math.min(offset + length - pos, VDI_BLOCK_SIZE - inBlock);
+    for (const { pos, block, inBlock, length: n } of blockPieces(offset, length, VDI_BLOCK_SIZE)) {
       const entry = this.bmap[block]!;
       if (!isVdiAllocated(entry)) {
         yield { offset: pos, length: n, data: false, zero: true, present: true, depth: 0 };
@@ -223,7 +210,6 @@ export class VdiImage implements Image {
           yield { offset: pos + (h.offset - host), length: h.length, data: true, zero: !h.data, present: true, depth: 0, hostOffset: h.offset, hostFile };
         }
       }
-      pos += n;
     }
   }
 
@@ -266,19 +252,5 @@ export class VdiImage implements Image {
       result.corruptions!++;
     }
     return result;
-  }
-
-  async flush(): Promise<void> {
-    await this.writeQueue;
-    if (this.writable) await this.source.flush();
-  }
-
-  async close(): Promise<void> {
-    await this.writeQueue;
-    await this.source.close();
-  }
-
-  private checkWritable(): void {
-    if (!this.writable) throw new DiskError('EROFS', `${this.source.name}: image is opened read-only`);
   }
 }

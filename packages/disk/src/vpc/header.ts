@@ -148,3 +148,108 @@ export function parseDynamicHeader(b: Uint8Array, file = 'image'): DynamicHeader
     parentLocators,
   };
 }
+
+/** The largest disk QEMU opens or creates: 2040 GiB (0xff000000 sectors). */
+export const VHD_MAX_SECTORS = 0xff000000;
+/** VHD timestamps count seconds from 2000-01-01 00:00:00 UTC. */
+export const VHD_TIMESTAMP_BASE = 946684800;
+/** Block allocation table entry of a block that is not allocated. */
+export const BAT_UNALLOCATED = 0xffffffff;
+
+export interface Geometry { cylinders: number; heads: number; sectorsPerTrack: number }
+
+/**
+ * The CHS geometry the VHD specification (appendix "CHS calculation") derives from a sector
+ * count. The product may fall short of the count: callers search upwards for one that covers it.
+ */
+export function chsGeometry(totalSectors: number): Geometry {
+  const sectors = Math.min(totalSectors, MAX_CHS_SECTORS);
+  let spt: number;
+  let heads: number;
+  let cylTimesHeads: number;
+  if (sectors >= 65535 * 16 * 63) {
+    spt = 255;
+    heads = 16;
+    cylTimesHeads = Math.floor(sectors / spt);
+  } else {
+    spt = 17;
+    cylTimesHeads = Math.floor(sectors / spt);
+    heads = Math.max(4, Math.ceil(cylTimesHeads / 1024));
+    if (cylTimesHeads >= heads * 1024 || heads > 16) {
+      spt = 31;
+      heads = 16;
+      cylTimesHeads = Math.floor(sectors / spt);
+    }
+    if (cylTimesHeads >= heads * 1024) {
+      spt = 63;
+      heads = 16;
+      cylTimesHeads = Math.floor(sectors / spt);
+    }
+  }
+  return { cylinders: Math.floor(cylTimesHeads / heads), heads, sectorsPerTrack: spt };
+}
+
+export interface NewFooter {
+  dataOffset: number;
+  creatorApp: string;
+  size: number;
+  geometry: Geometry;
+  diskType: number;
+  uuid: Uint8Array;
+  timestamp: number;
+}
+
+/** A footer as QEMU writes it (creator "qemu"/"qem2" 5.3 on "Wi2k"), checksum included. */
+export function serializeFooter(f: NewFooter): Uint8Array {
+  const b = new Uint8Array(FOOTER_SIZE);
+  const v = new DataView(b.buffer);
+  const ascii4 = (s: string, at: number) => { for (let i = 0; i < s.length; i++) b[at + i] = s.charCodeAt(i); };
+  ascii4('conectix', 0);
+  v.setUint32(8, 2, false); // features: "reserved", always set
+  v.setUint32(12, 0x00010000, false);
+  v.setBigUint64(16, f.dataOffset < 0 ? 0xffffffffffffffffn : BigInt(f.dataOffset), false);
+  v.setUint32(24, f.timestamp >>> 0, false);
+  ascii4(f.creatorApp, 28);
+  v.setUint32(32, 0x00050003, false);
+  ascii4('Wi2k', 36);
+  v.setBigUint64(40, BigInt(f.size), false);
+  v.setBigUint64(48, BigInt(f.size), false);
+  v.setUint16(56, f.geometry.cylinders, false);
+  v.setUint8(58, f.geometry.heads);
+  v.setUint8(59, f.geometry.sectorsPerTrack);
+  v.setUint32(60, f.diskType, false);
+  b.set(f.uuid, 68);
+  v.setUint32(64, vhdChecksum(b, 64), false);
+  return b;
+}
+
+/** A dynamic disk header without a parent, checksum included. */
+export function serializeDynamicHeader(tableOffset: number, maxTableEntries: number, blockSize: number): Uint8Array {
+  const b = new Uint8Array(DYNAMIC_HEADER_SIZE);
+  const v = new DataView(b.buffer);
+  b.set(new TextEncoder().encode('cxsparse'), 0);
+  v.setBigUint64(8, 0xffffffffffffffffn, false);
+  v.setBigUint64(16, BigInt(tableOffset), false);
+  v.setUint32(24, 0x00010000, false);
+  v.setUint32(28, maxTableEntries, false);
+  v.setUint32(32, blockSize, false);
+  v.setUint32(36, vhdChecksum(b, 36), false);
+  return b;
+}
+
+/**
+ * The parent's file name from a differencing disk's locators: the relative Windows path
+ * (W2ru) first, then the absolute one (W2ku), both UTF-16LE; MacX holds a UTF-8 file URL.
+ * `locatorData` reads a locator's bytes. Falls back to the header's parent name.
+ */
+export async function parentFileName(h: DynamicHeader, locatorData: (l: ParentLocator) => Promise<Uint8Array>): Promise<string | undefined> {
+  for (const code of ['W2ru', 'W2ku', 'MacX']) {
+    const l = h.parentLocators.find((p) => p.platformCode === code);
+    if (!l || l.dataLength === 0 || l.dataOffset < 0) continue;
+    const data = await locatorData(l);
+    let name = code === 'MacX' ? new TextDecoder('utf-8').decode(data).replace(/^file:\/\//, '') : new TextDecoder('utf-16le').decode(data);
+    name = name.replace(/\0+$/, '').replace(/\\/g, '/').replace(/^\.\//, '');
+    if (name) return name;
+  }
+  return h.parentName || undefined;
+}

@@ -1,0 +1,62 @@
+/**
+ * Helpers shared by the drivers of block-mapped formats (vdi, vpc): walking a byte range
+ * block by block, and running metadata-changing writes one after another.
+ */
+import { DiskError } from './errors.js';
+import type { ByteSource } from './source.js';
+
+/** One piece of a byte range that lies inside a single block. */
+export interface BlockPiece {
+  /** Virtual offset of the piece. */
+  pos: number;
+  block: number;
+  inBlock: number;
+  length: number;
+}
+
+export function* blockPieces(offset: number, length: number, blockSize: number): Generator<BlockPiece> {
+  for (let pos = offset; pos < offset + length;) {
+    const inBlock = pos % blockSize;
+    const n = Math.min(offset + length - pos, blockSize - inBlock);
+    yield { pos, block: Math.floor(pos / blockSize), inBlock, length: n };
+    pos += n;
+  }
+}
+
+/** Runs tasks strictly one after another (allocation appends and rewrites tables); a failed task does not block later ones. */
+export class SerialQueue {
+  private tail: Promise<unknown> = Promise.resolve();
+  run<T>(fn: () => Promise<T>): Promise<T> {
+    const next = this.tail.then(fn, fn);
+    this.tail = next.catch(() => {});
+    return next;
+  }
+  /** Resolves when everything queued so far has finished. */
+  async idle(): Promise<void> {
+    await this.tail;
+  }
+}
+
+/**
+ * What vdi and vpc images share: a host file, writes serialised through one queue, and the
+ * read-only guard. Subclasses implement the format.
+ */
+export abstract class QueuedWriteImage {
+  /** Writes run one after another: allocation appends at the end and rewrites tables. */
+  protected readonly writeQueue = new SerialQueue();
+  constructor(readonly source: ByteSource, protected readonly writable: boolean) {}
+
+  async flush(): Promise<void> {
+    await this.writeQueue.idle();
+    if (this.writable) await this.source.flush();
+  }
+
+  async close(): Promise<void> {
+    await this.writeQueue.idle();
+    await this.source.close();
+  }
+
+  protected checkWritable(): void {
+    if (!this.writable) throw new DiskError('EROFS', `${this.source.name}: image is opened read-only`);
+  }
+}

@@ -1,0 +1,44 @@
+/** Random writes and zero ranges mirrored onto an in-memory reference (shared by the block-mapped format tests). */
+import { openImage, closeChain, type Image } from '@diskhub/disk';
+
+/** The whole virtual disk of an image (and its chain), read through our engine. */
+export async function readAll(path: string, format?: string): Promise<Uint8Array> {
+  const img = await openImage(path, { format });
+  try {
+    const buf = new Uint8Array(img.size);
+    await img.read(buf, 0);
+    return buf;
+  } finally {
+    await closeChain(img);
+  }
+}
+
+/** A small deterministic PRNG, so a failure can be replayed. */
+export function prng(seed: number): (n: number) => number {
+  let x = seed >>> 0 || 1;
+  return (n) => { x ^= x << 13; x >>>= 0; x ^= x >>> 17; x ^= x << 5; x >>>= 0; return x % n; };
+}
+
+/**
+ * `count` writes (a quarter of them write-zeroes) of up to `maxLength` bytes at random offsets,
+ * then concurrent small writes into the fresh block at `concurrentAt` (they must not allocate
+ * it twice). `reference` ends up holding what the image should read back.
+ */
+export async function randomWrites(image: Image, reference: Uint8Array, seed: number, count: number, maxLength: number, concurrentAt: number): Promise<void> {
+  const rnd = prng(seed);
+  for (let i = 0; i < count; i++) {
+    const off = rnd(image.size - 1);
+    const len = 1 + rnd(Math.min(image.size - off, maxLength));
+    if (rnd(4) === 0) {
+      await image.writeZeroes!(off, len);
+      reference.fill(0, off, off + len);
+    } else {
+      const data = new Uint8Array(len).fill(1 + rnd(255));
+      await image.write!(data, off);
+      reference.set(data, off);
+    }
+  }
+  await Promise.all([0, 1, 2, 3].map((k) => image.write!(new Uint8Array(1000).fill(0xc0 + k), concurrentAt + k * 4096)));
+  for (let k = 0; k < 4; k++) reference.fill(0xc0 + k, concurrentAt + k * 4096, concurrentAt + k * 4096 + 1000);
+  await image.flush!();
+}
