@@ -78,7 +78,7 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
     ctx.res.end(text);
   });
   if (!external) identityRoutes(router, db, identity);
-  metadefsRoutes(router, auth);
+  await metadefsRoutes(router, db, auth);
   const node = `${hostname()}:${cfg.dataDir}`;
   const images = imageRoutes(router, db, store, auth, {
     imageSizeCap: cfg.imageSizeCap, projectImageQuota: cfg.projectImageQuota, projectStorageQuota: cfg.projectStorageQuota, limitMax: cfg.limitMax, limitDefault: cfg.limitDefault,

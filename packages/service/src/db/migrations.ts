@@ -126,6 +126,34 @@ const migrations = (dialect: Db['dialect']): Record<string, Migration> => ({
       }
     },
   },
+  '0002_metadefs': {
+    // Metadata definitions: a namespace and everything in it (properties, objects, tags,
+    // resource type associations) is one JSON document, read and replaced as a whole under a
+    // revision check; resource types are shared by name.
+    async up(db: Kysely<any>): Promise<void> {
+      await db.schema.createTable('metadef_namespaces')
+        .addColumn('namespace', sql.raw(NAME), (c) => c.primaryKey())
+        .addColumn('owner', sql.raw(NAME))
+        .addColumn('visibility', sql`varchar(16)`, (c) => c.notNull())
+        .addColumn('protected', 'integer', (c) => c.notNull().defaultTo(0))
+        .addColumn('display_name', 'text')
+        .addColumn('description', 'text')
+        .addColumn('document', 'text', (c) => c.notNull())
+        .addColumn('created_at', sql.raw(TS), (c) => c.notNull())
+        .addColumn('updated_at', sql.raw(TS), (c) => c.notNull())
+        .addColumn('revision', 'integer', (c) => c.notNull().defaultTo(0))
+        .execute();
+      await db.schema.createTable('metadef_resource_types')
+        .addColumn('name', sql.raw(NAME), (c) => c.primaryKey())
+        .addColumn('protected', 'integer', (c) => c.notNull().defaultTo(0))
+        .addColumn('created_at', sql.raw(TS), (c) => c.notNull())
+        .addColumn('updated_at', sql.raw(TS), (c) => c.notNull())
+        .execute();
+      if (dialect === 'mysql') {
+        for (const t of ['metadef_namespaces', 'metadef_resource_types']) await sql`ALTER TABLE ${sql.table(t)} CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_bin`.execute(db);
+      }
+    },
+  },
 });
 
 export async function migrate(db: Db): Promise<void> {

@@ -66,6 +66,13 @@ export interface SettingsTable { name: string; value: string }
 /** A record per in-flight upload: who is writing and since when, so a restart can clean up after a crash. */
 export interface UploadsTable { image_id: string; node: string; temp_key: string; started_at: string }
 
+export interface MetadefNamespacesTable {
+  namespace: string; owner: string | null; visibility: string; protected: number; display_name: string | null; description: string | null;
+  /** JSON: { properties, objects, tags, resource_type_associations } */
+  document: string; created_at: string; updated_at: string; revision: number;
+}
+export interface MetadefResourceTypesTable { name: string; protected: number; created_at: string; updated_at: string }
+
 export interface Database {
   images: ImagesTable;
   image_properties: ImagePropertiesTable;
@@ -79,6 +86,8 @@ export interface Database {
   revoked_tokens: RevokedTokensTable;
   settings: SettingsTable;
   uploads: UploadsTable;
+  metadef_namespaces: MetadefNamespacesTable;
+  metadef_resource_types: MetadefResourceTypesTable;
 }
 
 /** BIGINT columns come back as strings from pg; numbers elsewhere. */
