@@ -1,5 +1,5 @@
-/** Random writes and zero ranges mirrored onto an in-memory reference (shared by the block-mapped format tests). */
-import { openImage, closeChain, type Image } from '@diskhub/disk';
+/** Helpers shared by the block-mapped format tests (vdi, vpc): whole reads, random writes against a reference, mutation rounds. */
+import { openImage, closeChain, isDiskError, MemorySource, type FormatDriver, type Image } from '@diskhub/disk';
 
 /** The whole virtual disk of an image (and its chain), read through our engine. */
 export async function readAll(path: string, format?: string): Promise<Uint8Array> {
@@ -41,4 +41,41 @@ export async function randomWrites(image: Image, reference: Uint8Array, seed: nu
   await Promise.all([0, 1, 2, 3].map((k) => image.write!(new Uint8Array(1000).fill(0xc0 + k), concurrentAt + k * 4096)));
   for (let k = 0; k < 4; k++) reference.fill(0xc0 + k, concurrentAt + k * 4096, concurrentAt + k * 4096 + 1000);
   await image.flush!();
+}
+
+/**
+ * A bounded mutation run over a format parser: `rounds` copies of `image` with a few random
+ * bytes (biased to `hot`, the [start, end) range where the headers and tables are) overwritten are
+ * opened, read in full and walked with blockStatus. Anything other than a DiskError is a bug;
+ * so is a read that takes long (each round must finish quickly: images here are small).
+ */
+export async function mutationRounds(driver: FormatDriver, image: Uint8Array, rounds: number, hot: [number, number], seed: number): Promise<{ opened: number; refused: number }> {
+  const rnd = prng(seed);
+  let opened = 0;
+  let refused = 0;
+  for (let round = 0; round < rounds; round++) {
+    const bytes = image.slice();
+    for (let k = 1 + rnd(4); k > 0; k--) {
+      const at = rnd(3) ? hot[0] + rnd(hot[1] - hot[0]) : rnd(bytes.length);
+      bytes[at] = rnd(5) === 0 ? 0xff : rnd(256);
+    }
+    try {
+      const img = await driver.open(new MemorySource(bytes, `mutant-${round}`, true), {});
+      opened++;
+      try {
+        // Bounded work: a mutated size may claim terabytes; read at most the first 8 MiB.
+        const len = Math.min(img.size, 8 << 20);
+        await img.read(new Uint8Array(len), 0);
+        let extents = 0;
+        for await (const _ of img.blockStatus(0, len)) if (++extents > 100000) throw new Error('blockStatus does not end');
+        await img.info();
+      } finally {
+        await img.close();
+      }
+    } catch (e) {
+      if (!isDiskError(e)) throw new Error(`round ${round} (seed ${seed}): ${(e as Error)?.stack ?? e}`);
+      refused++;
+    }
+  }
+  return { opened, refused };
 }

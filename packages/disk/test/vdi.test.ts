@@ -8,9 +8,9 @@ import test from 'node:test';
 import assert from 'node:assert/strict';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { openImage, closeChain, checkSource, FileSource, isDiskError } from '@diskhub/disk';
+import { openImage, closeChain, checkSource, FileSource, isDiskError, getFormat } from '@diskhub/disk';
 import { tempDir, qemuImg, qemuIo, needs, run } from '@diskhub/testkit';
-import { randomWrites, readAll } from './random-writes.js';
+import { mutationRounds, randomWrites, readAll } from './random-writes.js';
 
 
 test('vdi read: qemu-io patterns in dynamic and static images read back as qemu-img convert -O raw gives them', needs('qemu-img', 'qemu-io'), async (t) => {
@@ -132,4 +132,13 @@ test('vdi hostile headers: typed errors with clear messages, bounded memory', as
   await far.read(b, 0);
   assert.ok(b.every((x) => x === 0));
   await closeChain(far);
+});
+
+test('vdi mutations: damaged copies of a qemu-made image only ever give DiskErrors', needs('qemu-img', 'qemu-io'), async (t) => {
+  const dir = await tempDir(t);
+  const img = join(dir, 'm.vdi');
+  await qemuImg('create', '-q', '-f', 'vdi', img, '3M');
+  await qemuIo('-c', 'write -P 0x61 0 4096', '-c', 'write -P 0x62 2097152 4096', img);
+  const r = await mutationRounds(getFormat('vdi'), new Uint8Array(await readFile(img)), 1500, [0, 1024], 101);
+  assert.ok(r.opened > 0 && r.refused > 0, `both outcomes seen: ${JSON.stringify(r)}`);
 });

@@ -9,9 +9,9 @@ import test from 'node:test';
 import assert from 'node:assert/strict';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { openImage, closeChain, isDiskError, vhdChecksum, type Extent } from '@diskhub/disk';
+import { openImage, closeChain, isDiskError, vhdChecksum, getFormat, type Extent } from '@diskhub/disk';
 import { tempDir, qemuImg, qemuIo, needs, run, diskhub } from '@diskhub/testkit';
-import { randomWrites, readAll } from './random-writes.js';
+import { mutationRounds, randomWrites, readAll } from './random-writes.js';
 
 
 const MiB = 1024 * 1024;
@@ -148,5 +148,18 @@ test('vpc hostile headers: typed errors with clear messages, bounded memory', ne
     const path = join(dir, `${name.replace(/ /g, '-')}.vhd`);
     await writeFile(path, out);
     await assert.rejects(openImage(path, { format: 'vpc' }), (e) => isDiskError(e) && message.test(e.message), name);
+  }
+});
+
+test('vpc mutations: damaged copies of qemu-made images only ever give DiskErrors', needs('qemu-img', 'qemu-io'), async (t) => {
+  const dir = await tempDir(t);
+  for (const sub of ['dynamic', 'fixed']) {
+    const img = join(dir, `m-${sub}.vhd`);
+    await qemuImg('create', '-q', '-f', 'vpc', '-o', `subformat=${sub}`, img, '3M');
+    await qemuIo('-f', 'vpc', '-c', 'write -P 0x61 0 4096', '-c', 'write -P 0x62 2097152 4096', img);
+    const bytes = new Uint8Array(await readFile(img));
+    // Dynamic disks: the footer copy, dynamic header and BAT lead the file; fixed ones end with the footer.
+    const r = await mutationRounds(getFormat('vpc'), bytes, 1000, sub === 'fixed' ? [bytes.length - 512, bytes.length] : [0, 2048], sub === 'fixed' ? 202 : 303);
+    assert.ok(r.opened > 0 && r.refused > 0, `${sub}: both outcomes seen: ${JSON.stringify(r)}`);
   }
 });
