@@ -108,6 +108,7 @@ test('vpc differencing: sectors with clear bitmap bits and unallocated blocks re
       [[0, MiB, 1, true], [MiB, MiB, 0, true]]);
     const info = await img.info();
     assert.equal(info['backing-filename'], 'parent.vhd');
+    assert.equal(info['full-backing-filename'], parent);
     await assert.rejects(openImage(child, { writable: true }), (e) => isDiskError(e, 'EUNSUPPORTED'));
   } finally {
     await closeChain(img);

@@ -12,6 +12,7 @@ import { DiskError } from '../errors.js';
 import { QueuedWriteImage, blockPieces } from '../blockwalk.js';
 import type { BackingRef, Image, ImageInfo } from '../format.js';
 import { readExact, type ByteSource } from '../source.js';
+import { resolveBackingPath } from '../open.js';
 import {
   BAT_UNALLOCATED, DISK_DIFFERENCING, DISK_DYNAMIC, DISK_FIXED, DYNAMIC_HEADER_SIZE, FOOTER_SIZE, VHD_MAX_SECTORS,
   isFooter, parentFileName, parseDynamicHeader, parseFooter, vpcVirtualSize, type VhdFooter,
@@ -295,7 +296,10 @@ export class VpcImage extends QueuedWriteImage implements Image {
     if (this.clusterSize) info['cluster-size'] = this.clusterSize;
     info.format = 'vpc';
     info['actual-size'] = await this.source.allocatedSize();
-    if (this.backingRef) info['backing-filename'] = this.backingRef.filename;
+    if (this.backingRef) {
+      info['backing-filename'] = this.backingRef.filename;
+      info['full-backing-filename'] = resolveBackingPath(this.source.name, this.backingRef.filename);
+    }
     info['dirty-flag'] = false;
     return info as ImageInfo;
   }
