@@ -4,6 +4,8 @@
 // Prints upload/download throughput, create/show/list request rates at 1 and 32 concurrent
 // clients, and peak RSS, with the diskhub/Glance ratio.
 //   BENCH_SIZE_MB (default 1024)  BENCH_IMAGES (default 1000)  BENCH_SECONDS (default 5 per load)
+//   BENCH_CONCURRENT (default 10): uploads of BENCH_SIZE_MB run at once at the end, with the
+//   servers' resident memory sampled throughout (0 skips the phase)
 //   GLANCE_PEER (default ../shared/peers/glance next to the repository)
 import { spawn, execFileSync } from 'node:child_process';
 import { createReadStream, existsSync, readFileSync, createWriteStream } from 'node:fs';
@@ -19,6 +21,7 @@ const work = join(root, 'bench', 'work', 'service');
 const SIZE = Number(process.env.BENCH_SIZE_MB ?? 1024) << 20;
 const IMAGES = Number(process.env.BENCH_IMAGES ?? 1000);
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
+const CONCURRENT = Number(process.env.BENCH_CONCURRENT ?? 10);
 const peer = process.env.GLANCE_PEER ?? [resolve(root, '..', 'shared', 'peers', 'glance'), '/work/shared/peers/glance'].find((p) => existsSync(join(p, 'start.sh')));
 if (!peer) throw new Error('reference Glance scripts not found: set GLANCE_PEER to shared/peers/glance');
 const agent = new Agent({ keepAlive: true, maxSockets: 64 });
@@ -47,6 +50,14 @@ function rssOf(pids) {
   let kb = 0;
   for (const pid of pids) {
     try { kb += Number(/VmHWM:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))[1]); } catch { /* gone */ }
+  }
+  return kb * 1024;
+}
+/** Resident memory now (VmRSS), summed over the processes. */
+function rssNow(pids) {
+  let kb = 0;
+  for (const pid of pids) {
+    try { kb += Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))[1]); } catch { /* gone */ }
   }
   return kb * 1024;
 }
@@ -120,7 +131,30 @@ async function measure(s, file) {
   while (next) { const r = await http(`${s.url}${next}`, { headers: s.headers }); const b = JSON.parse(r.text); n += b.images.length; next = b.next; }
   out.walkMs = performance.now() - t0; out.walked = n;
   out.peakRssMB = rssOf(s.pids()) / 2 ** 20;
+  if (CONCURRENT > 0) Object.assign(out, await concurrentUploads(s, file, hdr));
   return out;
+}
+
+/** CONCURRENT uploads of `file` at once (curl each): aggregate throughput, and resident memory before and at its highest. */
+async function concurrentUploads(s, file, hdr) {
+  const ids = await Promise.all(Array.from({ length: CONCURRENT }, (_, i) => createImage(s, `concurrent-${i}`)));
+  const before = rssNow(s.pids());
+  let peak = before;
+  const sampler = setInterval(() => { peak = Math.max(peak, rssNow(s.pids())); }, 100);
+  const t0 = performance.now();
+  const codes = await Promise.all(ids.map((id) => new Promise((res, rej) => {
+    const c = spawn('curl', ['-sS', '-o', '/dev/null', '-w', '%{http_code}', ...hdr, '-H', 'Content-Type: application/octet-stream', '-T', file, `${s.url}/v2/images/${id}/file`]);
+    let out = '';
+    c.stdout.on('data', (d) => { out += d; });
+    c.on('error', rej);
+    c.on('exit', () => res(out));
+  })));
+  const seconds = (performance.now() - t0) / 1000;
+  clearInterval(sampler);
+  // A failed upload is a result (the peer's SQLite may refuse one under load), not a crash of the benchmark.
+  const failed = codes.filter((c) => c !== '204').length;
+  if (failed) console.error(`${s.name}: ${failed} of ${CONCURRENT} concurrent uploads failed (HTTP ${codes.join(', ')})`);
+  return { concurrentFailed: failed, concurrentMBps: ((CONCURRENT - failed) * SIZE) / 2 ** 20 / seconds, concurrentRssBeforeMB: before / 2 ** 20, concurrentRssPeakMB: peak / 2 ** 20 };
 }
 
 await mkdir(work, { recursive: true });
@@ -135,6 +169,8 @@ for (const start of [startDiskhub, startGlance]) {
   const s = await start();
   console.error(`measuring ${s.name} at ${s.url}`);
   try { results[s.name] = await measure(s, file); } finally { s.stop(); }
+  // The uploaded data is not needed after the run (it is several GiB with the concurrent phase).
+  await rm(join(work, s.name), { recursive: true, force: true }).catch(() => {});
 }
 const d = results.diskhub, g = results.glance;
 const row = (what, a, b, unit, higherBetter = true) => console.log(`${what.padEnd(30)} ${a.toFixed(1).padStart(10)} ${b.toFixed(1).padStart(10)} ${unit.padEnd(6)} ${(higherBetter ? a / b : b / a).toFixed(2).padStart(6)}x`);
@@ -151,4 +187,10 @@ for (const c of [1, 32]) {
 }
 row(`walk all ${d.walked} (limit 100)`, d.walkMs, g.walkMs, 'ms', false);
 row('peak RSS (all processes)', d.peakRssMB, g.peakRssMB, 'MiB', false);
+if (CONCURRENT > 0) {
+  row(`${CONCURRENT} uploads at once, total`, d.concurrentMBps, g.concurrentMBps, 'MiB/s');
+  row(`RSS before ${CONCURRENT} uploads`, d.concurrentRssBeforeMB, g.concurrentRssBeforeMB, 'MiB', false);
+  row(`RSS peak during ${CONCURRENT} uploads`, d.concurrentRssPeakMB, g.concurrentRssPeakMB, 'MiB', false);
+  console.log(`${'failed of the concurrent uploads'.padEnd(30)} ${String(d.concurrentFailed).padStart(10)} ${String(g.concurrentFailed).padStart(10)}`);
+}
 agent.destroy();
