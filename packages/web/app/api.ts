@@ -29,17 +29,21 @@ export function onSessionExpired(handler: () => void): void {
   expiredHandler = handler;
 }
 
+/** The session calls are made with: the one last loaded or saved. */
+let current: Session | null = null;
+
 export function loadSession(): Session | null {
   try {
     const s = JSON.parse(sessionStorage.getItem(SESSION_KEY) ?? 'null') as Session | null;
-    if (!s || Date.parse(s.expiresAt) <= Date.now()) return null;
-    return s;
+    current = s && Date.parse(s.expiresAt) > Date.now() ? s : null;
   } catch {
-    return null;
+    current = null;
   }
+  return current;
 }
 
 export function saveSession(s: Session | null): void {
+  current = s;
   if (s) sessionStorage.setItem(SESSION_KEY, JSON.stringify(s));
   else sessionStorage.removeItem(SESSION_KEY);
 }
@@ -67,11 +71,6 @@ export interface RequestOptions {
   /** Content type of `body` (default JSON). */
   type?: string;
   signal?: AbortSignal;
-}
-
-let current: Session | null = null;
-export function useToken(s: Session | null): void {
-  current = s;
 }
 
 /** One authenticated API call; JSON in and out (undefined for empty answers). */

@@ -3,11 +3,13 @@
  * disk engine's format inspections (the same code the service runs on uploads), reading only
  * the slices the inspections ask for.
  */
-import { checkDeclaredFormat, inspectReader } from '@diskhub/disk/inspect/combine';
+import { inspectReader } from '@diskhub/disk/inspect/combine';
 import type { InspectReader } from '@diskhub/disk/inspect/reader';
 import type { InspectionReport } from '@diskhub/disk/inspect/report';
 
 export type { InspectionReport };
+/** Adds a format-mismatch issue when a declared Glance disk_format does not fit the data. */
+export { checkDeclaredFormat } from '@diskhub/disk/inspect/combine';
 
 /** Random access over a File through Blob.slice. */
 class BlobReader implements InspectReader {
@@ -29,9 +31,6 @@ class BlobReader implements InspectReader {
 export function inspectBlob(file: Blob, name: string): Promise<InspectionReport> {
   return inspectReader(new BlobReader(file), name);
 }
-
-/** The report with a format-mismatch issue when `declared` (a Glance disk_format) does not fit. */
-export const checkDeclared = checkDeclaredFormat;
 
 /** The Glance disk and container formats to suggest for what was detected. */
 export function suggestedFormats(report: InspectionReport): { disk: string; container: string } {

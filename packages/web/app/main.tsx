@@ -4,7 +4,7 @@
  */
 import { render } from 'preact';
 import { useEffect, useMemo, useState } from 'preact/hooks';
-import { loadSession, onSessionExpired, saveSession, useToken, type Session } from './api.js';
+import { loadSession, onSessionExpired, saveSession, type Session } from './api.js';
 import { AppContext, type Notice } from './context.js';
 import { initialLang, storeLang, translator, type Lang } from './i18n.js';
 import { match, navigate, onLinkClick, useLocation } from './router.js';
@@ -22,9 +22,8 @@ function App() {
   const [notice, setNotice] = useState<Notice | null>(null);
   const loc = useLocation();
   const t = useMemo(() => translator(lang), [lang]);
-  useToken(session);
 
-  const setSession = (s: Session | null) => { saveSession(s); useToken(s); setSessionState(s); };
+  const setSession = (s: Session | null) => { saveSession(s); setSessionState(s); };
   const setLang = (l: Lang) => { storeLang(l); setLangState(l); };
   useEffect(() => { document.documentElement.lang = lang; document.title = t('app.title'); }, [lang]);
 

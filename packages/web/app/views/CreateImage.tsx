@@ -7,7 +7,7 @@ import type { JSX } from 'preact';
 import { useEffect, useRef, useState } from 'preact/hooks';
 import { createImage, deleteImage, getImage, uploadData, type Image } from '../api.js';
 import { notice, useApp } from '../context.js';
-import { checkDeclared, inspectBlob, suggestedFormats, type InspectionReport } from '../detect.js';
+import { checkDeclaredFormat, inspectBlob, suggestedFormats, type InspectionReport } from '../detect.js';
 import { describeError } from '../errors.js';
 import { formatBytes, formatDuration } from '../format.js';
 import type { MessageKey } from '../i18n.js';
@@ -56,7 +56,7 @@ export function CreateImage() {
   };
 
   // What the service will say about this file with the chosen formats (the same inspector).
-  const verdict = report && !ARCHIVE_CONTAINERS.has(containerFormat) ? checkDeclared(report, diskFormat) : report;
+  const verdict = report && !ARCHIVE_CONTAINERS.has(containerFormat) ? checkDeclaredFormat(report, diskFormat) : report;
   const mismatch = verdict?.issues.find((i) => i.code === 'format-mismatch');
   const otherIssues = verdict?.issues.filter((i) => i.code !== 'format-mismatch') ?? [];
 
