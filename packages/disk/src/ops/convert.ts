@@ -9,7 +9,7 @@
 import type { BlockDevice } from '../blockdev.js';
 import { DiskError, throwIfAborted } from '../errors.js';
 import type { Image } from '../format.js';
-import { walkExtents, isZero, type OperationOptions } from './common.js';
+import { walkExtents, isZero, isZeroRange, type OperationOptions } from './common.js';
 
 export interface ConvertOptions extends OperationOptions {
   /** `-S`: zero runs of at least this many bytes (aligned) become holes; 0 writes every byte. Default 4 KiB. */
@@ -47,9 +47,12 @@ const ZERO_STEP = 256 << 20;
 export const MAX_PARALLEL = 16;
 
 type Job =
-  | { kind: 'data'; offset: number; length: number; buf?: Uint8Array }
+  | { kind: 'data'; offset: number; length: number; buf?: Uint8Array; runs?: Run[] }
   | { kind: 'zero'; offset: number; length: number }
   | { kind: 'fill'; offset: number; length: number };
+
+/** A piece of a data chunk [start, end) that is all zeroes (`zero`) or not, at `-S` granularity. */
+interface Run { start: number; end: number; zero: boolean }
 
 type ConvertTarget = BlockDevice & Partial<Pick<Image, 'writeCompressed' | 'clusterSize'>>;
 
@@ -88,8 +91,7 @@ export async function convertImage(src: BlockDevice, dst: ConvertTarget, options
   const actionOf = (e: { data: boolean; zero: boolean; present: boolean }): Action => {
     // What the source does not allocate anywhere reads through the target's own backing file.
     if (options.targetHasBacking && !e.present) return 'skip';
-    const isZeroRange = !e.data && e.zero;
-    if (!isZeroRange) return 'copy';
+    if (e.data || !e.zero) return 'copy';
     if (sparse === 0) return 'fill';
     return targetIsZero ? 'skip' : 'zero';
   };
@@ -146,7 +148,7 @@ export async function convertImage(src: BlockDevice, dst: ConvertTarget, options
     stats.bytesZeroed += length;
   }
 
-  async function writeData(buf: Uint8Array, offset: number): Promise<void> {
+  async function writeData(buf: Uint8Array, offset: number, runs?: Run[]): Promise<void> {
     if (options.compress) {
       // Whole clusters are compressed concurrently (the driver spreads the work over the
       // threadpool); an all-zero cluster stays a hole; partial clusters at the edges of a
@@ -174,22 +176,30 @@ export async function convertImage(src: BlockDevice, dst: ConvertTarget, options
       stats.bytesWritten += buf.length;
       return;
     }
-    // Runs of sparse-size-aligned blocks, zero or not.
-    let runStart = 0;
-    let runZero: boolean | undefined;
-    const flush = async (end: number) => {
-      if (end <= runStart) return;
-      if (runZero) await writeZeroes(offset + runStart, end - runStart);
-      else { await dst.write!(buf.subarray(runStart, end), offset + runStart); stats.bytesWritten += end - runStart; }
-    };
+    for (const r of runs ?? zeroRuns(buf, offset)) {
+      if (r.zero) await writeZeroes(offset + r.start, r.end - r.start);
+      else { await dst.write!(buf.subarray(r.start, r.end), offset + r.start); stats.bytesWritten += r.end - r.start; }
+    }
+  }
+
+  /** Runs of sparse-size-aligned blocks of `buf` (at guest `offset`), zero or not. */
+  function zeroRuns(buf: Uint8Array, offset: number): Run[] {
+    const runs: Run[] = [];
+    let cur: Run | undefined;
     for (let p = 0; p < buf.length;) {
       const next = Math.min(buf.length, (Math.floor((offset + p) / sparse) + 1) * sparse - offset);
-      const zero = isZero(buf.subarray(p, next));
-      if (runZero !== undefined && zero !== runZero) { await flush(p); runStart = p; }
-      runZero = zero;
+      const zero = isZeroRange(buf, p, next);
+      if (cur && cur.zero === zero) cur.end = next;
+      else runs.push(cur = { start: p, end: next, zero });
       p = next;
     }
-    await flush(buf.length);
+    return runs;
+  }
+
+  /** After a read: find the chunk's zero runs now, while earlier chunks are still being written. */
+  function prepare(job: Job): Job {
+    if (job.kind === 'data' && sparse > 0 && !options.compress) job.runs = zeroRuns(job.buf!, job.offset);
+    return job;
   }
 
   async function write(job: Job): Promise<void> {
@@ -208,7 +218,7 @@ export async function convertImage(src: BlockDevice, dst: ConvertTarget, options
         stats.bytesWritten += n;
       }
     } else {
-      await writeData(job.buf!, job.offset);
+      await writeData(job.buf!, job.offset, job.runs);
       giveBuffer(new Uint8Array(job.buf!.buffer, job.buf!.byteOffset, chunk));
       job.buf = undefined;
     }
@@ -232,13 +242,19 @@ export async function convertImage(src: BlockDevice, dst: ConvertTarget, options
       }
       await Promise.all(pending);
     } else {
-      const queue: Promise<Job>[] = [];
+      // Writes run one after another in guest order; each chunk's read and zero scan run as
+      // soon as a slot is free, overlapping the writes before it.
+      const queue: Promise<void>[] = [];
+      let tail: Promise<void> = Promise.resolve();
       for await (const job of plan()) {
         throwIfAborted(signal);
-        queue.push(track(read(job)));
-        if (queue.length >= parallel) await track(write(await queue.shift()!));
+        const ready = track(read(job).then(prepare));
+        const previous = tail;
+        tail = track(ready.then(async (j) => { await previous; await write(j); }));
+        queue.push(tail);
+        if (queue.length >= parallel) await queue.shift();
       }
-      while (queue.length > 0) await track(write(await queue.shift()!));
+      await Promise.all(queue);
     }
   } finally {
     // Never leave reads or writes running behind the caller's back (it may delete the target).
