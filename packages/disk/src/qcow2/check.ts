@@ -20,6 +20,8 @@ import {
 
 const hex = (n: number | bigint) => n.toString(16);
 const COPIED = 1n << 63n;
+/** Table reads kept in flight while walking many small tables. */
+const TABLE_READ_AHEAD = 32;
 
 interface Counters {
   corruptions: number;
@@ -39,6 +41,7 @@ class Qcow2Checker {
   private h!: Qcow2Header;
   private geo!: Qcow2Geometry;
   private cs = 0;
+  private maxRefcount = 0;
   private fileSize = 0;
   /** Computed references per host cluster. */
   private refs = new Float64Array(0);
@@ -58,6 +61,7 @@ class Qcow2Checker {
     this.h = parseHeader(probe, this.fileSize, this.src.name);
     this.geo = geometry(this.h);
     this.cs = this.geo.clusterSize;
+    this.maxRefcount = refcountMax(this.geo.refcountBits);
     this.nbClusters = Math.ceil(this.fileSize / this.cs);
     this.refs = new Float64Array(this.nbClusters);
     await this.loadReftable();
@@ -117,7 +121,7 @@ class Qcow2Checker {
     this.grow(last + 1);
     this.nbClusters = Math.max(this.nbClusters, last + 1);
     for (let k = Math.floor(offset / this.cs); k <= last; k++) {
-      if (this.refs[k]! >= refcountMax(this.geo.refcountBits)) {
+      if (this.refs[k]! >= this.maxRefcount) {
         this.say(`ERROR: overflow cluster offset=0x${hex(k * this.cs)}`);
         this.c.corruptions++;
         continue;
@@ -129,34 +133,70 @@ class Qcow2Checker {
   private async readTable(offset: number, size: number): Promise<Uint8Array> {
     const buf = new Uint8Array(size);
     // Past the end of the file a table reads as zeroes (as QEMU's file driver returns them).
-    if (offset < this.fileSize) await this.src.read(buf, offset);
+    if (offset < this.fileSize) {
+      if (this.src.readSync) this.src.readSync(buf, offset);
+      else await this.src.read(buf, offset);
+    }
     return buf;
+  }
+
+  /**
+   * Tables at `offsets`, in order, with up to TABLE_READ_AHEAD reads in flight: a check walks
+   * thousands of small tables (8,192 L2 tables for a million 1 KiB clusters) and one read at a
+   * time would spend its time on round trips to the I/O threads (sources that can read
+   * synchronously skip them altogether). While repairing, tables are read one at a time so
+   * that a repair always lands before the next read.
+   */
+  private async *readTables(offsets: number[], size: number): AsyncIterable<Uint8Array> {
+    const ahead = this.fix ? 1 : TABLE_READ_AHEAD;
+    const reads: Promise<Uint8Array>[] = [];
+    let next = 0;
+    try {
+      while (next < offsets.length || reads.length) {
+        while (next < offsets.length && reads.length < ahead) {
+          const read = this.readTable(offsets[next++]!, size);
+          read.catch(() => {}); // awaited in order below; a failure surfaces there
+          reads.push(read);
+        }
+        yield await reads.shift()!;
+      }
+    } finally {
+      await Promise.allSettled(reads);
+    }
   }
 
   private async checkL1(l1Offset: number, l1Size: number, active: boolean): Promise<void> {
     this.inc(l1Offset, l1Size * 8);
     const l1 = await this.readTable(l1Offset, l1Size * 8);
     const v = new DataView(l1.buffer);
-    for (let i = 0; i < l1Size; i++) {
-      const e = v.getBigUint64(i * 8, false);
-      if (e & L1E_RESERVED_MASK) {
-        this.say(`ERROR found L1 entry with reserved bits set: ${hex(e)}`);
-        this.c.corruptions++;
+    const l2Of = (i: number) => Number(v.getBigUint64(i * 8, false) & 0x00fffffffffffe00n);
+    const l2s: number[] = [];
+    for (let i = 0; i < l1Size; i++) if (l2Of(i)) l2s.push(l2Of(i));
+    const tables = this.readTables(l2s, this.cs)[Symbol.asyncIterator]();
+    try {
+      for (let i = 0; i < l1Size; i++) {
+        const e = v.getBigUint64(i * 8, false);
+        if (e & L1E_RESERVED_MASK) {
+          this.say(`ERROR found L1 entry with reserved bits set: ${hex(e)}`);
+          this.c.corruptions++;
+        }
+        const l2 = l2Of(i);
+        if (!l2) continue;
+        this.inc(l2, this.cs);
+        if (l2 % this.cs) {
+          this.say(`ERROR l2_offset=${hex(l2)}: Table is not cluster aligned; L1 entry corrupted`);
+          this.c.corruptions++;
+        }
+        const table = (await tables.next()).value as Uint8Array;
+        // Fragmentation is judged within each L2 table, as QEMU does.
+        await this.checkL2(l2, table, active, { offset: 0 });
       }
-      const l2 = Number(e & 0x00fffffffffffe00n);
-      if (!l2) continue;
-      this.inc(l2, this.cs);
-      if (l2 % this.cs) {
-        this.say(`ERROR l2_offset=${hex(l2)}: Table is not cluster aligned; L1 entry corrupted`);
-        this.c.corruptions++;
-      }
-      // Fragmentation is judged within each L2 table, as QEMU does.
-      await this.checkL2(l2, active, { offset: 0 });
+    } finally {
+      await tables.return?.();
     }
   }
 
-  private async checkL2(l2Offset: number, active: boolean, next: { offset: number }): Promise<void> {
-    const table = await this.readTable(l2Offset, this.cs);
+  private async checkL2(l2Offset: number, table: Uint8Array, active: boolean, next: { offset: number }): Promise<void> {
     const v = new DataView(table.buffer);
     const es = this.geo.l2EntrySize;
     const v3 = this.h.version >= 3;
@@ -294,10 +334,9 @@ class Qcow2Checker {
   /** Every refcount block inside the file, read once (their total is a small fraction of the file). */
   private async loadRefblocks(): Promise<void> {
     this.refblockCache.clear();
-    for (const off of this.reftable) {
-      if (!off || off % this.cs || off >= this.fileSize || this.refblockCache.has(off)) continue;
-      this.refblockCache.set(off, await this.readTable(off, this.cs));
-    }
+    const offsets = [...new Set(this.reftable.filter((off) => off && off % this.cs === 0 && off < this.fileSize))];
+    let k = 0;
+    for await (const block of this.readTables(offsets, this.cs)) this.refblockCache.set(offsets[k++]!, block);
   }
 
   /** The stored refcount of cluster `k` (0 where no refcount block covers it). */
@@ -421,12 +460,17 @@ class Qcow2Checker {
     const l1 = await this.readTable(this.h.l1TableOffset, this.h.l1Size * 8);
     const l1v = new DataView(l1.buffer);
     const es = this.geo.l2EntrySize;
+    const l1Indexes: number[] = [];
+    const l2s: number[] = [];
     for (let i = 0; i < this.h.l1Size; i++) {
+      const l2 = Number(l1v.getBigUint64(i * 8, false) & 0x00fffffffffffe00n);
+      if (l2) { l1Indexes.push(i); l2s.push(l2); }
+    }
+    let k = 0;
+    for await (const table of this.readTables(l2s, this.cs)) {
+      const i = l1Indexes[k]!, l2 = l2s[k++]!;
       const e = l1v.getBigUint64(i * 8, false);
-      const l2 = Number(e & 0x00fffffffffffe00n);
-      if (!l2) continue;
       await verify(e, this.stored(Math.floor(l2 / this.cs)), `L2 cluster: l1_index=${i} l1_entry=${hex(e)}`, this.h.l1TableOffset + i * 8);
-      const table = await this.readTable(l2, this.cs);
       const v = new DataView(table.buffer);
       for (let j = 0; j < this.geo.l2Entries; j++) {
         const hi = v.getUint32(j * es, false), lo = v.getUint32(j * es + 4, false);
