@@ -181,6 +181,21 @@ export class Qcow2Image implements Image {
         const index = (clusterStart - l1Index * span) / cs;
         const clusterEnd = Math.min(tableEnd, clusterStart + cs);
         const hi = tv.getUint32(index * entrySize, false), lo = tv.getUint32(index * entrySize + 4, false);
+        if (hi === 0 && lo === 0 && (!ext || tv.getBigUint64(index * entrySize + 8) === 0n)) {
+          // An unallocated cluster: the entries after it that are all zero too join it in one
+          // step (a sparse image's tables are mostly these; one object per entry was the cost).
+          const last = Math.ceil((tableEnd - l1Index * span) / cs);
+          let j = index + 1;
+          for (; j < last; j++) {
+            const at = j * entrySize;
+            if (tv.getUint32(at) !== 0 || tv.getUint32(at + 4) !== 0 || (ext && tv.getBigUint64(at + 8) !== 0n)) break;
+          }
+          const runEnd = Math.min(tableEnd, l1Index * span + j * cs);
+          const done = emit({ offset: pos, length: runEnd - pos, kind: 'unallocated' });
+          if (done) yield done;
+          pos = runEnd;
+          continue;
+        }
         if (hi & 0x40000000) {
           const m = decodeL2Entry(tv.getBigUint64(index * entrySize, false), this.geo.clusterBits, this.header.version);
           const done = emit({ offset: pos, length: clusterEnd - pos, kind: 'compressed', compressed: { hostOffset: m.hostOffset, size: m.compressedSize, clusterStart } });
