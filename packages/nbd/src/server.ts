@@ -98,6 +98,34 @@ class SocketReader {
   }
 }
 
+/**
+ * Read buffers by power-of-two size, reused once the socket has written them: a fresh buffer
+ * per request costs an allocation, first-touch page faults, and later a collection.
+ * Shared by all connections, holding at most POOL_BYTES while idle.
+ */
+class BufferPool {
+  private readonly free = new Map<number, Buffer[]>();
+  private bytes = 0;
+  constructor(private readonly maxBytes: number) {}
+  take(length: number): Buffer {
+    const size = sizeClass(length);
+    const b = this.free.get(size)?.pop();
+    if (b) this.bytes -= size;
+    return (b ?? Buffer.allocUnsafeSlow(size)).subarray(0, length);
+  }
+  give(buf: Buffer): void {
+    const size = buf.buffer.byteLength;
+    if (buf.byteOffset !== 0 || size !== sizeClass(size) || this.bytes + size > this.maxBytes) return;
+    let list = this.free.get(size);
+    if (!list) this.free.set(size, (list = []));
+    list.push(Buffer.from(buf.buffer, 0, size));
+    this.bytes += size;
+  }
+}
+const sizeClass = (n: number) => Math.max(4096, 2 ** Math.ceil(Math.log2(Math.max(n, 1))));
+const POOL_BYTES = 64 << 20;
+const readBuffers = new BufferPool(POOL_BYTES);
+
 function u16(n: number): Buffer { const b = Buffer.alloc(2); b.writeUInt16BE(n); return b; }
 function u32(n: number): Buffer { const b = Buffer.alloc(4); b.writeUInt32BE(n >>> 0); return b; }
 function u64(n: number | bigint): Buffer { const b = Buffer.alloc(8); b.writeBigUInt64BE(BigInt(n)); return b; }
@@ -176,12 +204,15 @@ class Connection {
     this.reader = new SocketReader(socket);
   }
 
-  /** Write one reply (all its pieces back to back) and wait if the socket is full. */
-  private async send(parts: Buffer[]): Promise<void> {
+  /**
+   * Write one reply (all its pieces back to back) and wait if the socket is full. `written`
+   * runs once the socket is done with the pieces (they may be reused then).
+   */
+  private async send(parts: Buffer[], written?: () => void): Promise<void> {
     if (this.socket.destroyed) throw new Disconnect('client went away');
     // Corked, a reply's header and payload leave in one writev rather than a syscall each.
     this.socket.cork();
-    for (const p of parts) this.socket.write(p);
+    parts.forEach((p, i) => this.socket.write(p, i === parts.length - 1 ? written : undefined));
     this.socket.uncork();
     if (this.socket.writableNeedDrain) {
       this.draining ??= new Promise<void>((resolve) => {
@@ -383,8 +414,8 @@ class Connection {
     }
   }
 
-  private async simpleReply(handle: Buffer, error: number, data?: Buffer): Promise<void> {
-    await this.send([u32(P.SIMPLE_REPLY_MAGIC), u32(error), handle, ...(data ? [data] : [])]);
+  private async simpleReply(handle: Buffer, error: number, data?: Buffer, written?: () => void): Promise<void> {
+    await this.send([u32(P.SIMPLE_REPLY_MAGIC), u32(error), handle, ...(data ? [data] : [])], written);
   }
 
   private chunk(handle: Buffer, flags: number, type: number, payload: Buffer[]): Buffer[] {
@@ -445,36 +476,50 @@ class Connection {
   }
 
   private async read(dev: BlockDevice, handle: Buffer, flags: number, offset: number, length: number): Promise<void> {
-    // Read buffers are not zero-filled first: a device read fills all of it or throws (and then only an error is sent).
-    if (!this.structured) {
-      const buf = Buffer.allocUnsafe(length);
-      await dev.read(buf, offset);
-      return this.simpleReply(handle, 0, buf);
-    }
-    if (length === 0) return this.send(this.chunk(handle, P.REPLY_FLAG_DONE, P.REPLY_TYPE_NONE, []));
-    // Structured: holes travel as OFFSET_HOLE chunks (unless the client asked for one piece).
-    const pieces: Array<{ offset: number; length: number; zero: boolean }> = [];
-    if (flags & P.CMD_FLAG_DF) pieces.push({ offset, length, zero: false });
-    else {
-      for await (const x of dev.blockStatus(offset, length)) {
-        const last = pieces[pieces.length - 1];
-        const zero = x.zero;
-        if (last && last.zero === zero && last.offset + last.length === x.offset) last.length += x.length;
-        else pieces.push({ offset: x.offset, length: x.length, zero });
+    // Read buffers come from the pool and are not zero-filled first: a device read fills all
+    // of it or throws (and then only an error is sent).
+    const taken: Buffer[] = [];
+    const take = (n: number) => { const b = readBuffers.take(n); taken.push(b); return b; };
+    const release = () => { for (const b of taken.splice(0)) readBuffers.give(b); };
+    let handed = false;
+    try {
+      if (!this.structured) {
+        const buf = take(length);
+        await dev.read(buf, offset);
+        handed = true;
+        return await this.simpleReply(handle, 0, buf, release);
       }
-    }
-    const parts: Buffer[] = [];
-    for (const [i, piece] of pieces.entries()) {
-      const done = i === pieces.length - 1 ? P.REPLY_FLAG_DONE : 0;
-      if (piece.zero) {
-        parts.push(...this.chunk(handle, done, P.REPLY_TYPE_OFFSET_HOLE, [u64(piece.offset), u32(piece.length)]));
-      } else {
-        const buf = Buffer.allocUnsafe(piece.length);
-        await dev.read(buf, piece.offset);
-        parts.push(...this.chunk(handle, done, P.REPLY_TYPE_OFFSET_DATA, [u64(piece.offset), buf]));
+      if (length === 0) return await this.send(this.chunk(handle, P.REPLY_FLAG_DONE, P.REPLY_TYPE_NONE, []));
+      // Structured: holes travel as OFFSET_HOLE chunks (unless the client asked for one piece).
+      const pieces: Array<{ offset: number; length: number; zero: boolean }> = [];
+      if (flags & P.CMD_FLAG_DF) pieces.push({ offset, length, zero: false });
+      else {
+        for await (const x of dev.blockStatus(offset, length)) {
+          const last = pieces[pieces.length - 1];
+          const zero = x.zero;
+          if (last && last.zero === zero && last.offset + last.length === x.offset) last.length += x.length;
+          else pieces.push({ offset: x.offset, length: x.length, zero });
+        }
       }
+      const parts: Buffer[] = [];
+      for (const [i, piece] of pieces.entries()) {
+        const done = i === pieces.length - 1 ? P.REPLY_FLAG_DONE : 0;
+        if (piece.zero) {
+          parts.push(...this.chunk(handle, done, P.REPLY_TYPE_OFFSET_HOLE, [u64(piece.offset), u32(piece.length)]));
+        } else {
+          const buf = take(piece.length);
+          await dev.read(buf, piece.offset);
+          parts.push(...this.chunk(handle, done, P.REPLY_TYPE_OFFSET_DATA, [u64(piece.offset), buf]));
+        }
+      }
+      handed = true;
+      await this.send(parts, release);
+    } catch (e) {
+      // Never handed to the socket (the read failed): back to the pool now. Once handed, only
+      // the socket's write callback returns them.
+      if (!handed) release();
+      throw e;
     }
-    await this.send(parts);
   }
 
   private async blockStatus(dev: BlockDevice, handle: Buffer, flags: number, offset: number, length: number): Promise<void> {
