@@ -17,6 +17,7 @@ export type DiskErrorCode =
   | 'ELIMIT'        // a header field asks for more than the engine's safety limits
   | 'ELOOP'         // backing chain loop or too deep
   | 'ELOCKED'       // image is in use by another process
+  | 'EACCES'        // an encrypted image's secret is missing or does not unlock it
   | 'EABORTED';     // operation cancelled through an AbortSignal
 
 export class DiskError extends Error {

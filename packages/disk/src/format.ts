@@ -54,6 +54,16 @@ export interface OpenOptions {
   allowExternalData?: boolean;
   /** Open this internal snapshot's view (read-only). */
   snapshot?: string;
+  /**
+   * The passphrase of an encrypted image (the bytes of the secret its key-secret /
+   * encrypt.key-secret option names). Never put into messages.
+   */
+  secret?: Uint8Array;
+  /**
+   * Only the image's description will be read (`qemu-img info`, QEMU's BDRV_O_NO_IO): an
+   * encrypted image then opens without its secret, and reads fail.
+   */
+  headerOnly?: boolean;
   /** Resolve a file name relative to the image (for external data files and extents). */
   openRelated?: (filename: string, writable: boolean) => Promise<ByteSource>;
 }
@@ -148,6 +158,8 @@ export interface CreateRequest {
   options: Record<string, string>;
   backingFile?: string;
   backingFormat?: string;
+  /** The passphrase for an encrypted image (the secret that key-secret / encrypt.key-secret names). */
+  secret?: Uint8Array;
   /** Create (or truncate) a file the new image names, such as a qcow2 external data file; relative names resolve against the image's directory. */
   createRelated?: (filename: string) => Promise<ByteSource>;
 }

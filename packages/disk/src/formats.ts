@@ -5,6 +5,7 @@ import { rawDriver } from './raw/index.js';
 import { qcow2Driver } from './qcow2/index.js';
 import { vdiDriver } from './vdi/index.js';
 import { vpcDriver } from './vpc/index.js';
+import { luksDriver } from './luks/index.js';
 
 const drivers = new Map<string, FormatDriver>();
 
@@ -37,3 +38,4 @@ registerFormat(rawDriver);
 registerFormat(qcow2Driver);
 registerFormat(vdiDriver);
 registerFormat(vpcDriver);
+registerFormat(luksDriver);

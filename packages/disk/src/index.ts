@@ -14,3 +14,5 @@ export * from './inside/index.js';
 export { inspectReader, inspectSource, inspectFile, StreamInspector, checkDeclaredFormat, describeIssues, SourceReader, StreamReader, type InspectReader, type InspectionReport, type FormatFinding, type Issue, type IssueCode } from './inspect/index.js';
 export { crc32c } from './crc32.js';
 export { vhdChecksum, vpcVirtualSize } from './vpc/header.js';
+export { LuksImage, luksDriver, INVALID_PASSWORD, MAX_KDF_ITERATIONS, LUKS_KEY_SECRET_REQUIRED } from './luks/index.js';
+export { KEY_SECRET_REQUIRED, isEncryptedHead } from './qcow2/crypto.js';

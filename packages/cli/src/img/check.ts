@@ -1,7 +1,8 @@
 /** `diskhub img check`: qemu-img check (exit 0 clean, 1 check failed, 2 corruptions, 3 leaks, 63 unsupported). */
-import { FileSource, checkSource, getFormat, probeFormat, readHead, isDiskError, CheckNotSupported, type CheckResult } from '@diskhub/disk';
+import { FileSource, checkSource, closeChain, getFormat, probeFormat, readHead, isDiskError, isEncryptedHead, CheckNotSupported, type CheckResult } from '@diskhub/disk';
 import { getopt, UsageError } from './getopt.js';
-import { CliError, checkCacheMode, errorMessage, parseOutputFormat, out, err, type OutputFormat } from './common.js';
+import { SECRET_LONG_OPTIONS, Secrets, openOptionsOf } from './secrets.js';
+import { CliError, checkCacheMode, errorMessage, openCliImage, parseOutputFormat, out, err, type OutputFormat } from './common.js';
 import { qemuJson } from './output.js';
 import { printHelp } from './help.js';
 
@@ -13,15 +14,16 @@ export async function checkCommand(argv: string[]): Promise<number> {
     { name: 'format', hasArg: 1, val: 'f' },
     { name: 'repair', hasArg: 1, val: 'r' },
     { name: 'output', hasArg: 1, val: 'output' },
-    { name: 'object', hasArg: 1, val: 'object' },
-    { name: 'image-opts', hasArg: 0, val: 'image-opts' },
+    ...SECRET_LONG_OPTIONS,
     { name: 'force-share', hasArg: 0, val: 'U' },
   ]);
   let format: string | undefined;
   let output: OutputFormat = 'human';
   let repair: 'leaks' | 'all' | undefined;
   let quiet = false;
+  const secrets = new Secrets();
   for (const o of options) {
+    if (secrets.option(o)) continue;
     switch (o.opt) {
       case 'h': return printHelp();
       case 'f': format = o.arg; break;
@@ -32,17 +34,27 @@ export async function checkCommand(argv: string[]): Promise<number> {
       case 'output': output = parseOutputFormat(o.arg); break;
       case 'q': quiet = true; break;
       case 'T': checkCacheMode(o.arg, true); break;
-      case 'image-opts': throw new UsageError('--image-opts is not supported', false);
     }
   }
   if (positional.length !== 1) throw new UsageError('Expecting one image file name');
-  const filename = positional[0]!;
+  const arg = secrets.image(positional[0]!, format);
+  const filename = arg.path;
+  format = arg.format;
   let source: FileSource;
   try {
     if (format !== undefined) getFormat(format);
     source = await FileSource.open(filename, { readOnly: !repair });
   } catch (e) {
-    throw new CliError(`Could not open '${filename}': ${errorMessage(e)}`);
+    throw new CliError(`Could not open '${arg.display}': ${errorMessage(e)}`);
+  }
+  if (isEncryptedHead(await readHead(source, 64))) {
+    // qemu-img opens the image (unlocking it) before checking; a missing or wrong secret fails here.
+    try {
+      await closeChain(await openCliImage(filename, { ...openOptionsOf(arg), backing: false }, arg.display));
+    } catch (e) {
+      await source.close();
+      throw e;
+    }
   }
   if (repair && format === undefined && probeFormat(await readHead(source), filename).name === 'raw') {
     // Opening a probed raw image for writing: qemu-img warns (and so we stay output-compatible).
@@ -67,7 +79,7 @@ export async function checkCommand(argv: string[]): Promise<number> {
     await source.close();
   }
   for (const m of result.messages) err(m.endsWith('\n') ? m : m + '\n');
-  if (!quiet) out(output === 'json' ? qemuJson(checkJson(result, filename)) + '\n' : humanCheck(result));
+  if (!quiet) out(output === 'json' ? qemuJson(checkJson(result, arg.display)) + '\n' : humanCheck(result));
   if (result['check-errors']) return 1;
   if (result.corruptions) return 2;
   if (result.leaks) return 3;
@@ -121,3 +133,4 @@ export function humanCheck(r: CheckResult): string {
   if (r['image-end-offset']) s += `Image end offset: ${r['image-end-offset']}\n`;
   return s;
 }
+

@@ -15,17 +15,17 @@ export function parseOutputFormat(arg: string | undefined): OutputFormat {
 }
 
 /** Open an image (and its chain) the way the command line names it; errors read like qemu-img's. */
-export async function openCliImage(path: string, options: OpenImageOptions = {}): Promise<Image> {
+export async function openCliImage(path: string, options: OpenImageOptions = {}, display = path): Promise<Image> {
   try {
     // A qcow2 external data file is another file the image makes us read: only on request.
     return await openImage(path, { allowExternalData: process.env.DISKHUB_ALLOW_EXTERNAL_DATA === '1', ...options });
   } catch (e) {
-    if (isDiskError(e, 'EUNSAFE')) throw new CliError(`Could not open '${path}': ${e.message}; set DISKHUB_ALLOW_EXTERNAL_DATA=1 to allow it`);
+    if (isDiskError(e, 'EUNSAFE')) throw new CliError(`Could not open '${display}': ${e.message}; set DISKHUB_ALLOW_EXTERNAL_DATA=1 to allow it`);
     // qemu-img loads -l snapshots after opening, so a missing one is not an open failure.
     if (options.snapshot !== undefined && isDiskError(e, 'ENOENT') && e.message === SNAPSHOT_NOT_FOUND) {
       throw new CliError(`Failed to load snapshot: ${SNAPSHOT_NOT_FOUND}`);
     }
-    throw new CliError(`Could not open '${path}': ${errorMessage(e)}`);
+    throw new CliError(`Could not open '${display}': ${errorMessage(e)}`);
   }
 }
 

@@ -1,14 +1,14 @@
 /** `diskhub img compare`: qemu-img compare (exit 0 identical, 1 different, 2 error). */
 import { closeChain, compareImages, type Image } from '@diskhub/disk';
 import { getopt, UsageError } from './getopt.js';
+import { SECRET_LONG_OPTIONS, Secrets, openOptionsOf } from './secrets.js';
 import { CliError, checkCacheMode, openCliImage, out, Progress } from './common.js';
 import { printHelp } from './help.js';
 
 export async function compareCommand(argv: string[]): Promise<number> {
   const { options, positional } = getopt(argv, ':hf:F:T:pqsU', [
     { name: 'help', hasArg: 0, val: 'h' },
-    { name: 'object', hasArg: 1, val: 'object' },
-    { name: 'image-opts', hasArg: 0, val: 'image-opts' },
+    ...SECRET_LONG_OPTIONS,
     { name: 'force-share', hasArg: 0, val: 'U' },
   ]);
   let fmt1: string | undefined;
@@ -16,7 +16,9 @@ export async function compareCommand(argv: string[]): Promise<number> {
   let progress = false;
   let quiet = false;
   let strict = false;
+  const secrets = new Secrets();
   for (const o of options) {
+    if (secrets.option(o)) continue;
     switch (o.opt) {
       case 'h': return printHelp();
       case 'f': fmt1 = o.arg; break;
@@ -25,7 +27,6 @@ export async function compareCommand(argv: string[]): Promise<number> {
       case 'q': quiet = true; break;
       case 's': strict = true; break;
       case 'T': checkCacheMode(o.arg, true, 2); break;
-      case 'image-opts': throw new UsageError('--image-opts is not supported', false);
     }
   }
   if (positional.length !== 2) throw new UsageError('Expecting two image file names');
@@ -34,8 +35,9 @@ export async function compareCommand(argv: string[]): Promise<number> {
   let a: Image | undefined;
   let b: Image | undefined;
   try {
-    a = await openCliImage(file1, { format: fmt1 });
-    b = await openCliImage(file2, { format: fmt2 });
+    const arg1 = secrets.image(file1, fmt1), arg2 = secrets.image(file2, fmt2);
+    a = await openCliImage(arg1.path, openOptionsOf(arg1), arg1.display);
+    b = await openCliImage(arg2.path, openOptionsOf(arg2), arg2.display);
     const bar = new Progress(progress && !quiet);
     const result = await compareImages(a, b, { strict, onProgress: (d, t) => bar.update(d, t) });
     bar.finish();

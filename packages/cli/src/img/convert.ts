@@ -12,6 +12,7 @@ import {
   isDiskError, type BlockDevice, type FormatDriver, type Image,
 } from '@diskhub/disk';
 import { getopt, UsageError } from './getopt.js';
+import { SECRET_LONG_OPTIONS, Secrets, openOptionsOf } from './secrets.js';
 import { CliError, checkCacheMode, errorMessage, openCliImage, out, Progress } from './common.js';
 import { parseSize, SUFFIX_HELP } from './output.js';
 import { parseOptionString, optionHelp, validateOptions } from './createopts.js';
@@ -24,8 +25,7 @@ const MAX_SPARSE = 16 << 20;
 export async function convertCommand(argv: string[]): Promise<number> {
   const { options, positional } = getopt(argv, ':hf:O:B:CcF:o:l:s:S:pt:T:qnm:WUr:', [
     { name: 'help', hasArg: 0, val: 'h' },
-    { name: 'object', hasArg: 1, val: 'object' },
-    { name: 'image-opts', hasArg: 0, val: 'image-opts' },
+    ...SECRET_LONG_OPTIONS,
     { name: 'target-image-opts', hasArg: 0, val: 'target-image-opts' },
     { name: 'salvage', hasArg: 0, val: 'salvage' },
     { name: 'target-is-zero', hasArg: 0, val: 'target-is-zero' },
@@ -50,9 +50,12 @@ export async function convertCommand(argv: string[]): Promise<number> {
   let parallel = 8;
   let outOfOrder = false;
   let targetIsZero = false;
+  let targetImageOpts = false;
   // qemu-img convert writes the target with cache=unsafe unless told otherwise: no fsync.
   let cacheMode = 'unsafe';
+  const secrets = new Secrets();
   for (const o of options) {
+    if (secrets.option(o)) continue;
     switch (o.opt) {
       case 'h': return printHelp();
       case 'f': srcFormat = o.arg; break;
@@ -88,7 +91,7 @@ export async function convertCommand(argv: string[]): Promise<number> {
       case 'r':
         if (parseSize(o.arg!) === null) throw new UsageError(`Invalid rate limit specified. ${SUFFIX_HELP}`, false);
         break;
-      case 'image-opts': case 'target-image-opts': throw new UsageError(`--${o.opt} is not supported`, false);
+      case 'target-image-opts': targetImageOpts = true; break;
       // -C (copy offloading), -U, --salvage, --bitmaps: accepted, no effect; -r is not enforced.
       default: insideOption(o.opt, o.arg, inside); break;
     }
@@ -133,7 +136,8 @@ export async function convertCommand(argv: string[]): Promise<number> {
   process.on('exit', onExit);
   try {
     for (const name of sourceNames) {
-      const img = await openCliImage(name, { format: srcFormat, snapshot });
+      const arg = secrets.image(name, srcFormat);
+      const img = await openCliImage(arg.path, { ...openOptionsOf(arg), ...(snapshot !== undefined ? { snapshot } : {}) }, arg.display);
       sources.push(img);
       if (snapshot !== undefined && typeof img.snapshots !== 'function') {
         throw new CliError(`Failed to load snapshot: Block format '${img.format}' used by device '' does not support temporarily loading internal snapshots`);
@@ -153,17 +157,20 @@ export async function convertCommand(argv: string[]): Promise<number> {
       const lock = `Failed to get "write" lock\nIs another process using the image [${target}]?`;
       throw new CliError(noCreate ? `Could not open '${target}': ${lock}` : `${target}: error while converting ${driver.name}: ${lock}`);
     }
+    // The target's passphrase: -o encrypt.key-secret / key-secret, or --target-image-opts.
+    const targetSecret = secrets.createSecret(values, driver.name === 'luks' ? 'key-secret' : 'encrypt.key-secret');
     if (noCreate) {
-      dst = await openCliImage(target, { format: outFormat, writable: true });
+      const arg = targetImageOpts ? secrets.imageFromOptions(target) : { path: target, display: target, format: outFormat };
+      dst = await openCliImage(arg.path, { format: outFormat, ...openOptionsOf(arg), writable: true, ...(targetSecret ? { secret: targetSecret } : {}) }, arg.display);
     } else {
       tempPath = join(dirname(target), `.${basename(target)}.${process.pid}-${randomBytes(4).toString('hex')}.diskhub-tmp`);
       try {
-        await createImage(tempPath, driver, { size: src.size, options: formatOptions, backingFile, backingFormat }, { exclusive: true });
+        await createImage(tempPath, driver, { size: src.size, options: formatOptions, backingFile, backingFormat, ...(targetSecret ? { secret: targetSecret } : {}) }, { exclusive: true });
       } catch (e) {
         throw new CliError(`${target}: error while converting ${driver.name}: ${errorMessage(e).split(tempPath).join(target).replace(/^Could not open '/, "Could not create '")}`);
       }
       try {
-        dst = await openImage(tempPath, { format: driver.name, writable: true });
+        dst = await openImage(tempPath, { format: driver.name, writable: true, ...(targetSecret ? { secret: targetSecret } : {}) });
       } catch (e) {
         throw new CliError(`Could not open '${target}': ${errorMessage(e).split(tempPath).join(target)}`);
       }

@@ -1,6 +1,7 @@
 /** `diskhub img create`: qemu-img create. */
 import { createImage, getFormat, listFormats, openImage, closeChain, resolveBackingPath, type FormatDriver } from '@diskhub/disk';
 import { getopt, UsageError } from './getopt.js';
+import { SECRET_LONG_OPTIONS, Secrets } from './secrets.js';
 import { CliError, errorMessage, out } from './common.js';
 import { parseImageSize } from './output.js';
 import { parseOptionString, optionHelp, validateOptions, describeOptions } from './createopts.js';
@@ -9,7 +10,7 @@ import { printHelp } from './help.js';
 export async function createCommand(argv: string[]): Promise<number> {
   const { options, positional } = getopt(argv, ':F:b:f:ho:qu', [
     { name: 'help', hasArg: 0, val: 'h' },
-    { name: 'object', hasArg: 1, val: 'object' },
+    ...SECRET_LONG_OPTIONS,
   ]);
   let format = 'raw';
   let backingFile: string | undefined;
@@ -18,7 +19,9 @@ export async function createCommand(argv: string[]): Promise<number> {
   let unsafe = false;
   const given: [string, string][] = [];
   let help = false;
+  const secrets = new Secrets();
   for (const o of options) {
+    if (secrets.option(o)) continue;
     switch (o.opt) {
       case 'h': return printHelp();
       case 'f': format = o.arg!; break;
@@ -99,7 +102,8 @@ export async function createCommand(argv: string[]): Promise<number> {
   const formatOptions: Record<string, string> = {};
   for (const [k, v] of values) if (k !== 'size' && k !== 'backing_file' && k !== 'backing_fmt') formatOptions[k] = v;
   try {
-    await createImage(filename, driver, { size, options: formatOptions, backingFile, backingFormat });
+    const secret = secrets.createSecret(values, driver.name === 'luks' ? 'key-secret' : 'encrypt.key-secret');
+    await createImage(filename, driver, { size, options: formatOptions, backingFile, backingFormat, ...(secret ? { secret } : {}) });
   } catch (e) {
     throw at(errorMessage(e).replace(/^Could not open '/, "Could not create '"));
   }

@@ -2,6 +2,7 @@
 import { closeChain, infoChain, type ImageInfo, type SnapshotInfo } from '@diskhub/disk';
 import { getopt, UsageError } from './getopt.js';
 import { openCliImage, parseOutputFormat, out, type OutputFormat } from './common.js';
+import { SECRET_LONG_OPTIONS, Secrets, openOptionsOf } from './secrets.js';
 import { qemuJson, humanDump, sizeToStr } from './output.js';
 import { printHelp } from './help.js';
 import { INSIDE_OPTIONS, insideOption, selectInside, selectionInfo, hasSelection, type InsideSelection } from './inside.js';
@@ -13,29 +14,31 @@ export async function infoCommand(argv: string[]): Promise<number> {
     { name: 'output', hasArg: 1, val: 'output' },
     { name: 'backing-chain', hasArg: 0, val: 'backing-chain' },
     { name: 'force-share', hasArg: 0, val: 'U' },
-    { name: 'object', hasArg: 1, val: 'object' },
-    { name: 'image-opts', hasArg: 0, val: 'image-opts' },
+    ...SECRET_LONG_OPTIONS,
     ...INSIDE_OPTIONS,
   ]);
   const inside: InsideSelection = {};
   let format: string | undefined;
   let output: OutputFormat = 'human';
   let chain = false;
+  const secrets = new Secrets();
   for (const o of options) {
+    if (secrets.option(o)) continue;
     switch (o.opt) {
       case 'h': return printHelp();
       case 'f': format = o.arg; break;
       case 'output': output = parseOutputFormat(o.arg); break;
       case 'backing-chain': chain = true; break;
       case 'U': break; // we never lock images, so sharing is always allowed
-      case 'image-opts': throw new UsageError('--image-opts is not supported', false);
       default: insideOption(o.opt, o.arg, inside);
     }
   }
   if (positional.length !== 1) throw new UsageError('Expecting one image file name');
   const filename = positional[0]!;
   if (chain && hasSelection(inside)) throw new UsageError('--backing-chain cannot be combined with --partition or --lv', false);
-  const image = await openCliImage(filename, { format, backing: chain || hasSelection(inside) });
+  const arg = secrets.image(filename, format);
+  // Like qemu-img info (BDRV_O_NO_IO), an encrypted image's description needs no secret.
+  const image = await openCliImage(arg.path, { ...openOptionsOf(arg), backing: chain || hasSelection(inside), headerOnly: !hasSelection(inside) }, arg.display);
   try {
     const infos = await infoChain(image, chain);
     if (hasSelection(inside)) {

@@ -1,6 +1,7 @@
 /** `diskhub img map`: qemu-img map (human and json). */
 import { closeChain, mapImage, type Extent } from '@diskhub/disk';
 import { getopt, UsageError } from './getopt.js';
+import { SECRET_LONG_OPTIONS, Secrets, openOptionsOf } from './secrets.js';
 import { CliError, OutputBuffer, openCliImage, parseOutputFormat, type OutputFormat } from './common.js';
 import { parseSize, INT64_MAX, SUFFIX_HELP } from './output.js';
 import { printHelp } from './help.js';
@@ -19,8 +20,7 @@ export async function mapCommand(argv: string[]): Promise<number> {
     { name: 'help', hasArg: 0, val: 'h' },
     { name: 'format', hasArg: 1, val: 'f' },
     { name: 'output', hasArg: 1, val: 'output' },
-    { name: 'object', hasArg: 1, val: 'object' },
-    { name: 'image-opts', hasArg: 0, val: 'image-opts' },
+    ...SECRET_LONG_OPTIONS,
     { name: 'force-share', hasArg: 0, val: 'U' },
     { name: 'start-offset', hasArg: 1, val: 's' },
     { name: 'max-length', hasArg: 1, val: 'l' },
@@ -31,20 +31,22 @@ export async function mapCommand(argv: string[]): Promise<number> {
   let output: OutputFormat = 'human';
   let start = 0;
   let maxLength: number | undefined;
+  const secrets = new Secrets();
   for (const o of options) {
+    if (secrets.option(o)) continue;
     switch (o.opt) {
       case 'h': return printHelp();
       case 'f': format = o.arg; break;
       case 'output': output = parseOutputFormat(o.arg); break;
       case 's': start = offsetArg(o.arg!, 'start offset'); break;
       case 'l': maxLength = offsetArg(o.arg!, 'max length'); break;
-      case 'image-opts': throw new UsageError('--image-opts is not supported', false);
       default: insideOption(o.opt, o.arg, inside);
     }
   }
   if (positional.length !== 1) throw new UsageError('Expecting one image file name');
   const filename = positional[0]!;
-  const image = await openCliImage(filename, { format });
+  const arg = secrets.image(filename, format);
+  const image = await openCliImage(arg.path, openOptionsOf(arg), arg.display);
   const out = new OutputBuffer();
   try {
     const { device } = await selectInside(image, filename, inside);

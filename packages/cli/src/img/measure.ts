@@ -1,6 +1,7 @@
 /** `diskhub img measure`: qemu-img measure. */
 import { closeChain, getFormat, measureImage, type FormatDriver, type Image } from '@diskhub/disk';
 import { getopt, UsageError } from './getopt.js';
+import { SECRET_LONG_OPTIONS, Secrets, openOptionsOf } from './secrets.js';
 import { CliError, errorMessage, openCliImage, parseOutputFormat, out, err, type OutputFormat } from './common.js';
 import { parseImageSize, qemuJson } from './output.js';
 import { parseOptionString, validateOptions } from './createopts.js';
@@ -9,8 +10,7 @@ import { printHelp } from './help.js';
 export async function measureCommand(argv: string[]): Promise<number> {
   const { options, positional } = getopt(argv, ':hf:O:o:l:U', [
     { name: 'help', hasArg: 0, val: 'h' },
-    { name: 'image-opts', hasArg: 0, val: 'image-opts' },
-    { name: 'object', hasArg: 1, val: 'object' },
+    ...SECRET_LONG_OPTIONS,
     { name: 'output', hasArg: 1, val: 'output' },
     { name: 'size', hasArg: 1, val: 'size' },
     { name: 'force-share', hasArg: 0, val: 'U' },
@@ -22,7 +22,9 @@ export async function measureCommand(argv: string[]): Promise<number> {
   let snapshot: string | undefined;
   const given: [string, string][] = [];
   let help = false;
+  const secrets = new Secrets();
   for (const o of options) {
+    if (secrets.option(o)) continue;
     switch (o.opt) {
       case 'h': return printHelp();
       case 'f': format = o.arg; break;
@@ -31,7 +33,6 @@ export async function measureCommand(argv: string[]): Promise<number> {
       case 'l': snapshot = snapshotParam(o.arg!); break;
       case 'output': output = parseOutputFormat(o.arg); break;
       case 'size': size = parseImageSize(o.arg!); break;
-      case 'image-opts': throw new UsageError('--image-opts is not supported', false);
     }
   }
   const filename = positional[0];
@@ -52,7 +53,10 @@ export async function measureCommand(argv: string[]): Promise<number> {
   }
   let source: Image | undefined;
   try {
-    if (filename !== undefined) source = await openCliImage(filename, { format, snapshot });
+    if (filename !== undefined) {
+      const arg = secrets.image(filename, format);
+      source = await openCliImage(arg.path, { ...openOptionsOf(arg), ...(snapshot !== undefined ? { snapshot } : {}) }, arg.display);
+    }
     const result = await measureImage(driver.name, { size, source, options: Object.fromEntries(values) });
     if (output === 'json') out(qemuJson({ required: result.required, 'fully-allocated': result['fully-allocated'], bitmaps: result.bitmaps }) + '\n');
     else {

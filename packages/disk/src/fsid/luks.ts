@@ -6,12 +6,14 @@
  */
 import { type Prober, type FilesystemInfo, view, cString } from './model.js';
 
-const PRIMARY_MAGIC = [0x4c, 0x55, 0x4b, 0x53, 0xba, 0xbe];
+/** "LUKS\xba\xbe": also what the LUKS block driver (../luks/) checks. */
+export const LUKS_MAGIC: readonly number[] = [0x4c, 0x55, 0x4b, 0x53, 0xba, 0xbe];
+const PRIMARY_MAGIC = LUKS_MAGIC;
 const SECONDARY_MAGIC = [0x53, 0x4b, 0x55, 0x4c, 0xba, 0xbe];
 /** Where a LUKS2 secondary header may sit (LUKS2 on-disk format, §2: 16 KiB .. 4 MiB). */
 const SECONDARY_OFFSETS = [0x4000, 0x8000, 0x10000, 0x20000, 0x40000, 0x80000, 0x100000, 0x200000, 0x400000];
 
-function parseHeader(h: Uint8Array, magic: number[]): FilesystemInfo | null {
+function parseHeader(h: Uint8Array, magic: readonly number[]): FilesystemInfo | null {
   if (!magic.every((b, i) => h[i] === b)) return null;
   const version = view(h).getUint16(6, false);
   if (version !== 1 && version !== 2) return null;

@@ -10,10 +10,12 @@
  * Memory is one counter per host cluster of the file (bounded by the file size), and every
  * table read is bounded by the header limits parseHeader enforces.
  */
+import { cryptoHeaderPointer } from './crypto.js';
 import { DiskError } from '../errors.js';
 import type { CheckOptions, CheckResult } from '../format.js';
 import { readExact, type ByteSource } from '../source.js';
 import {
+  CRYPT_LUKS,
   MAX_BITMAP_DIRECTORY, compressedSpan, entryOffset, parseBitmapDirectory, parseBitmapExtension, L1E_RESERVED_MASK, decodeL2Entry, geometry, getRefcount, parseHeader, parseSnapshotTable,
   refcountMax, setRefcount, type Qcow2Geometry, type Qcow2Header,
 } from './layout.js';
@@ -77,6 +79,11 @@ class Qcow2Checker {
       this.inc(this.h.snapshotsOffset, length);
     }
     this.inc(this.h.refcountTableOffset, this.h.refcountTableClusters * this.cs);
+    if (this.h.cryptMethod === CRYPT_LUKS) {
+      // The LUKS header and key material (qcow2.txt "Full disk encryption header pointer").
+      const area = cryptoHeaderPointer(this.h, this.fileSize, this.src.name);
+      this.inc(area.offset, area.length);
+    }
     await this.checkBitmaps();
     await this.checkRefblocks();
 

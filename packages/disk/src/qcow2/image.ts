@@ -14,10 +14,12 @@ import { DiskError } from '../errors.js';
 import { SNAPSHOT_NOT_FOUND, type BackingRef, type Image, type ImageInfo, type OpenOptions, type SnapshotInfo } from '../format.js';
 import { resolveBackingPath } from '../open.js';
 import { readExact, type ByteSource } from '../source.js';
+import { luksInfo, type LuksHeader } from '../luks/header.js';
+import { openQcow2Crypto } from './crypto.js';
 import {
   AUTOCLEAR_BITMAPS, AUTOCLEAR_DATA_FILE_RAW, BME_FLAG_AUTO, BME_FLAG_IN_USE, COMPAT_LAZY_REFCOUNTS, MAX_BITMAP_DIRECTORY,
   parseBitmapDirectory, parseBitmapExtension, type BitmapEntry, COMPRESSION_ZSTD, INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE, INCOMPAT_DIRTY,
-  MAX_L1_SIZE_BYTES, decodeL2Entry, entryOffset, geometry, parseHeader, parseSnapshotTable,
+  CRYPT_AES, MAX_L1_SIZE_BYTES, decodeL2Entry, entryOffset, geometry, parseHeader, parseSnapshotTable,
   type Qcow2Geometry, type Qcow2Header, type Qcow2Snapshot,
 } from './layout.js';
 
@@ -54,6 +56,8 @@ export interface Qcow2State {
   snapshots: Qcow2Snapshot[];
   /** Persistent dirty bitmaps (listed only while the autoclear bitmaps bit vouches for them). */
   bitmaps: BitmapEntry[];
+  /** encrypt.format=luks: the LUKS header kept in the crypto header extension's clusters. */
+  luks?: LuksHeader;
 }
 
 export class Qcow2Image implements Image {
@@ -68,6 +72,9 @@ export class Qcow2Image implements Image {
   protected l1View: DataView;
   protected snapshotList: Qcow2Snapshot[];
   protected bitmapList: BitmapEntry[];
+  protected readonly luks?: LuksHeader;
+  /** Data clusters live in an external data file (dataSource is that file, not the image). */
+  protected readonly externalData: boolean;
   /** L2 tables by host offset, least recently used first. */
   protected readonly l2Cache = new Map<number, Uint8Array>();
   private readonly l2Loading = new Map<number, Promise<Uint8Array>>();
@@ -90,6 +97,8 @@ export class Qcow2Image implements Image {
     this.l1View = new DataView(this.l1.buffer, this.l1.byteOffset, this.l1.byteLength);
     this.snapshotList = state.snapshots;
     this.bitmapList = state.bitmaps;
+    if (state.luks) this.luks = state.luks;
+    this.externalData = (state.header.incompatibleFeatures & INCOMPAT_DATA_FILE) !== 0n;
     this.maxL2Tables = Math.max(4, Math.floor(L2_CACHE_BYTES / this.clusterSize));
     if (state.header.backingFile !== undefined) {
       this.backingRef = { filename: state.header.backingFile, ...(state.header.backingFormat ? { format: state.header.backingFormat } : {}) };
@@ -211,7 +220,7 @@ export class Qcow2Image implements Image {
         const host = entryOffset(hi, lo);
         // With an external data file, offset 0 with COPIED set is the data file's first cluster
         // (qcow2.txt "Standard Cluster Descriptor"); otherwise offset 0 means unallocated.
-        const atZero = host === 0 && (hi & 0x80000000) !== 0 && this.dataSource !== this.source;
+        const atZero = host === 0 && (hi & 0x80000000) !== 0 && this.externalData;
         if (host % cs !== 0) {
           throw new DiskError('ECORRUPT', `${this.source.name}: cluster allocation offset 0x${host.toString(16)} unaligned (L2 offset 0x${l2Offset.toString(16)}, L2 index ${index})`);
         }
@@ -373,22 +382,24 @@ export class Qcow2Image implements Image {
   async *blockStatus(offset: number, length: number): AsyncIterable<Extent> {
     checkRange(this.size, offset, length, 'block status');
     const hostFile = this.dataSource.name;
+    // Host bytes of an encrypted image are ciphertext: QEMU reports no offset for them.
+    const mapped = this.header.cryptMethod === 0;
     for await (const r of this.runs(offset, length)) {
       switch (r.kind) {
         case 'data':
-          yield { offset: r.offset, length: r.length, data: true, zero: false, present: true, depth: 0, hostOffset: r.hostOffset!, hostFile };
+          yield { offset: r.offset, length: r.length, data: true, zero: false, present: true, depth: 0, ...(mapped ? { hostOffset: r.hostOffset!, hostFile } : {}) };
           break;
         case 'zero':
           yield { offset: r.offset, length: r.length, data: false, zero: true, present: true, depth: 0 };
           break;
         case 'zero-alloc':
-          yield { offset: r.offset, length: r.length, data: false, zero: true, present: true, depth: 0, hostOffset: r.hostOffset!, hostFile };
+          yield { offset: r.offset, length: r.length, data: false, zero: true, present: true, depth: 0, ...(mapped ? { hostOffset: r.hostOffset!, hostFile } : {}) };
           break;
         case 'compressed':
           yield { offset: r.offset, length: r.length, data: true, zero: false, present: true, depth: 0, compressed: true };
           break;
         case 'unallocated':
-          if (!this.backing && r.hostOffset !== undefined) {
+          if (!this.backing && r.hostOffset !== undefined && mapped) {
             yield { offset: r.offset, length: r.length, data: false, zero: true, present: false, depth: 0, hostOffset: r.hostOffset, hostFile };
           } else {
             yield* this.backingStatus(r.offset, r.length);
@@ -423,6 +434,8 @@ export class Qcow2Image implements Image {
       'compression-type': h.compressionType === COMPRESSION_ZSTD ? 'zstd' : 'zlib',
       'refcount-bits': this.geo.refcountBits,
     };
+    if (this.luks) data.encrypt = luksInfo(this.luks, 'luks');
+    else if (h.cryptMethod === CRYPT_AES) data.encrypt = { format: 'aes' };
     if (h.version >= 3) {
       data['lazy-refcounts'] = (h.compatibleFeatures & COMPAT_LAZY_REFCOUNTS) !== 0n;
       if (this.bitmapList.length) {
@@ -463,7 +476,7 @@ export class Qcow2Image implements Image {
   }
 
   async close(): Promise<void> {
-    if (this.dataSource !== this.source) await this.dataSource.close().catch(() => {});
+    if (this.externalData) await this.dataSource.close().catch(() => {});
     await this.source.close();
   }
 }
@@ -541,9 +554,6 @@ export function findSnapshot(list: Qcow2Snapshot[], spec: string): Qcow2Snapshot
 export async function openQcow2(source: ByteSource, options: OpenOptions): Promise<{ state: Qcow2State; dataSource: ByteSource; view?: Qcow2Snapshot }> {
   const { view, ...state } = await readQcow2State(source, options.snapshot);
   const h = state.header;
-  if (h.cryptMethod !== 0) {
-    throw new DiskError('EUNSUPPORTED', `${source.name}: encrypted qcow2 images (${h.cryptMethod === 2 ? 'LUKS' : 'AES'}) are not supported`);
-  }
   if (options.writable && (h.incompatibleFeatures & INCOMPAT_CORRUPT)) {
     throw new DiskError('ECORRUPT', `${source.name}: qcow2: Image is corrupt; cannot be opened read/write`);
   }
@@ -555,6 +565,16 @@ export async function openQcow2(source: ByteSource, options: OpenOptions): Promi
     }
     if (!options.openRelated) throw new DiskError('EINVAL', `${source.name}: cannot open the external data file '${h.dataFile}'`);
     dataSource = await options.openRelated(h.dataFile, !!options.writable);
+  }
+  if (h.cryptMethod !== 0) {
+    try {
+      const crypto = await openQcow2Crypto(source, h, options);
+      if (crypto.luks) state.luks = crypto.luks;
+      if (crypto.wrap) dataSource = crypto.wrap(dataSource);
+    } catch (e) {
+      if (dataSource !== source) await dataSource.close().catch(() => {});
+      throw e;
+    }
   }
   return { state, dataSource, ...(view ? { view } : {}) };
 }

@@ -7,7 +7,7 @@ import type { FormatDriver, Image, OpenOptions } from '../format.js';
 import type { ByteSource } from '../source.js';
 import { Qcow2Image, openQcow2 } from './image.js';
 import { Qcow2WritableImage } from './write.js';
-import { INCOMPAT_DIRTY, QCOW2_MAGIC } from './layout.js';
+import { INCOMPAT_DATA_FILE, INCOMPAT_DIRTY, QCOW2_MAGIC } from './layout.js';
 import { QCOW2_CREATE_OPTIONS, createQcow2 } from './create.js';
 import { checkQcow2 } from './check.js';
 import { measureQcow2 } from './measure.js';
@@ -32,7 +32,7 @@ export const qcow2Driver: FormatDriver = {
     if (state.header.incompatibleFeatures & INCOMPAT_DIRTY) {
       // Not closed cleanly with lazy refcounts: rebuild the refcounts from the tables, then
       // clear the dirty bit, as QEMU does when it opens such an image for writing.
-      if (opened.dataSource !== source) await opened.dataSource.close();
+      if (opened.state.header.incompatibleFeatures & INCOMPAT_DATA_FILE) await opened.dataSource.close();
       await checkQcow2(source, { repair: 'all' });
       const features = new Uint8Array(8);
       new DataView(features.buffer).setBigUint64(0, state.header.incompatibleFeatures & ~INCOMPAT_DIRTY, false);
@@ -40,7 +40,7 @@ export const qcow2Driver: FormatDriver = {
       await source.flush();
       opened = await openQcow2(source, options);
     }
-    if (opened.dataSource !== source) {
+    if (opened.state.header.incompatibleFeatures & INCOMPAT_DATA_FILE) {
       // Data clusters of an external file sit at their guest offsets and are not refcounted.
       await opened.dataSource.close();
       throw new DiskError('EUNSUPPORTED', `${source.name}: writing qcow2 images with an external data file is not supported yet`);

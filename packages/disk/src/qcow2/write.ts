@@ -595,7 +595,7 @@ export class Qcow2WritableImage extends Qcow2Image {
   override async flush(): Promise<void> {
     await this.serial(async () => {
       await this.writeBack();
-      if (this.dataSource !== this.source) await this.dataSource.flush();
+      if (this.externalData) await this.dataSource.flush();
       await this.source.flush();
     });
   }

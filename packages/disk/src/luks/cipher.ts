@@ -1,0 +1,210 @@
+/**
+ * The pieces a LUKS1 volume is built from (cryptsetup's "LUKS On-Disk Format Specification"
+ * 1.2, and QEMU's crypto/ layer which implements the same names): block ciphers by name and
+ * key size, cipher modes, IV generators, PBKDF2 and the anti-forensic splitter. Node's
+ * OpenSSL supplies AES (ECB, CBC, CTR, XTS) and the hashes; serpent, twofish and cast5 are
+ * not in it, so volumes using them are refused with EUNSUPPORTED.
+ */
+import { createCipheriv, createDecipheriv, createHash, pbkdf2 as pbkdf2Callback, randomBytes, timingSafeEqual } from 'node:crypto';
+import { promisify } from 'node:util';
+import { DiskError } from '../errors.js';
+
+const pbkdf2Async = promisify(pbkdf2Callback);
+
+/** Sectors are 512 bytes in LUKS1, for the key material as for the payload. */
+export const SECTOR_SIZE = 512;
+
+/** Hash names as LUKS headers and QEMU's options spell them, with their digest sizes. */
+export const HASH_DIGEST_BYTES: Readonly<Record<string, number>> = {
+  md5: 16, sha1: 20, sha224: 28, sha256: 32, sha384: 48, sha512: 64, ripemd160: 20,
+};
+
+export type CipherMode = 'ecb' | 'cbc' | 'xts' | 'ctr';
+export type IvGenAlg = 'plain' | 'plain64' | 'essiv';
+export const CIPHER_MODES: readonly CipherMode[] = ['ecb', 'cbc', 'xts', 'ctr'];
+export const IVGEN_ALGS: readonly IvGenAlg[] = ['plain', 'plain64', 'essiv'];
+
+/** Cipher families LUKS names and the key sizes (bytes) QEMU accepts for each. */
+export const CIPHER_KEY_SIZES: Readonly<Record<string, readonly number[]>> = {
+  aes: [16, 24, 32], cast5: [16], serpent: [16, 24, 32], twofish: [16, 24, 32],
+};
+
+/** "aes-256" etc.: the cipher-alg option values, which QEMU also prints in info. */
+export function cipherAlgName(family: string, keyBytes: number): string {
+  return `${family}-${keyBytes * 8}`;
+}
+
+export function parseCipherAlg(name: string): { family: string; keyBytes: number } | undefined {
+  const m = /^([a-z0-9]+)-(\d+)$/.exec(name);
+  if (!m) return undefined;
+  const keyBytes = Number(m[2]) / 8;
+  return CIPHER_KEY_SIZES[m[1]!]?.includes(keyBytes) ? { family: m[1]!, keyBytes } : undefined;
+}
+
+export function checkHash(name: string): void {
+  if (HASH_DIGEST_BYTES[name] === undefined) throw new DiskError('EUNSUPPORTED', `Hash algorithm ${name} not supported`);
+}
+
+/** PBKDF2 on the threadpool (RFC 8018), the KDF of LUKS1 key slots and the master key digest. */
+export async function pbkdf2(hash: string, password: Uint8Array, salt: Uint8Array, iterations: number, length: number): Promise<Buffer> {
+  return pbkdf2Async(password, salt, iterations, length, hash);
+}
+
+/** How many PBKDF2 iterations of `hash` this machine does in one second (for `iter-time`). */
+export async function pbkdf2PerSecond(hash: string, password: Uint8Array, salt: Uint8Array, length: number): Promise<number> {
+  // Time growing rounds until one takes long enough to measure (QEMU counts the same way).
+  for (let iterations = 1 << 14; ; iterations *= 2) {
+    const start = process.hrtime.bigint();
+    await pbkdf2(hash, password, salt, iterations, length);
+    const ms = Number(process.hrtime.bigint() - start) / 1e6;
+    if (ms >= 100 || iterations >= 1 << 28) return Math.floor((iterations * 1000) / Math.max(ms, 1));
+  }
+}
+
+/**
+ * The anti-forensic diffuser of the LUKS spec (§2.4): the buffer is hashed in digest-sized
+ * blocks, each block prefixed with its big-endian index; a short last block keeps only as many
+ * hash bytes as it has.
+ */
+function diffuse(hash: string, buf: Uint8Array): void {
+  const d = HASH_DIGEST_BYTES[hash]!;
+  const index = new Uint8Array(4);
+  for (let i = 0, at = 0; at < buf.length; i++, at += d) {
+    const n = Math.min(d, buf.length - at);
+    new DataView(index.buffer).setUint32(0, i, false);
+    const digest = createHash(hash).update(index).update(buf.subarray(at, at + n)).digest();
+    buf.set(digest.subarray(0, n), at);
+  }
+}
+
+/** AF-split `key` into `stripes` stripes (random except the last). */
+export function afSplit(hash: string, key: Uint8Array, stripes: number): Uint8Array {
+  const n = key.length;
+  const out = new Uint8Array(n * stripes);
+  out.set(randomBytes(n * (stripes - 1)));
+  const acc = new Uint8Array(n);
+  for (let s = 0; s < stripes - 1; s++) {
+    xorInto(acc, out.subarray(s * n, (s + 1) * n));
+    diffuse(hash, acc);
+  }
+  const last = out.subarray((stripes - 1) * n);
+  for (let i = 0; i < n; i++) last[i] = acc[i]! ^ key[i]!;
+  return out;
+}
+
+/** Recombine AF-split material into the key it hides. */
+export function afMerge(hash: string, material: Uint8Array, keyBytes: number, stripes: number): Uint8Array {
+  const acc = new Uint8Array(keyBytes);
+  for (let s = 0; s < stripes - 1; s++) {
+    xorInto(acc, material.subarray(s * keyBytes, (s + 1) * keyBytes));
+    diffuse(hash, acc);
+  }
+  const last = material.subarray((stripes - 1) * keyBytes, stripes * keyBytes);
+  for (let i = 0; i < keyBytes; i++) acc[i]! ^= last[i]!;
+  return acc;
+}
+
+function xorInto(acc: Uint8Array, b: Uint8Array): void {
+  for (let i = 0; i < acc.length; i++) acc[i]! ^= b[i]!;
+}
+
+export function digestsEqual(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && timingSafeEqual(a, b);
+}
+
+export interface CipherSpec {
+  /** Cipher family as the header names it ("aes"). */
+  family: string;
+  mode: CipherMode;
+  ivgen: IvGenAlg;
+  /** The ESSIV hash (also kept, and ignored, when a plain IV generator names one). */
+  ivgenHash?: string;
+  /** Bytes of key the mode takes (twice the cipher's for XTS). */
+  keyBytes: number;
+}
+
+/** Bytes of key of the cipher itself (XTS keys are two of them). */
+export function cipherKeyBytes(spec: Pick<CipherSpec, 'mode' | 'keyBytes'>): number {
+  return spec.mode === 'xts' ? spec.keyBytes / 2 : spec.keyBytes;
+}
+
+/** Check that Node can run `spec` (and that its parts fit together), as QEMU does on open. */
+export function checkCipherSpec(spec: CipherSpec): void {
+  const sizes = CIPHER_KEY_SIZES[spec.family];
+  const keyBytes = cipherKeyBytes(spec);
+  if (!sizes || !sizes.includes(keyBytes) || (spec.mode === 'xts' && spec.keyBytes % 2 !== 0)) {
+    throw new DiskError('EUNSUPPORTED', `Algorithm ${spec.family} with key size ${keyBytes} bytes not supported`);
+  }
+  if (spec.family !== 'aes') throw new DiskError('EUNSUPPORTED', `Cipher ${cipherAlgName(spec.family, keyBytes)} is not available (only AES is)`);
+  if (spec.ivgen === 'essiv') {
+    if (!spec.ivgenHash) throw new DiskError('EINVAL', 'Missing IV generator hash specification');
+    checkHash(spec.ivgenHash);
+    if (spec.mode === 'ecb') throw new DiskError('EUNSUPPORTED', 'ESSIV needs a cipher mode with an IV');
+    const d = HASH_DIGEST_BYTES[spec.ivgenHash]!;
+    if (!CIPHER_KEY_SIZES.aes!.includes(d)) throw new DiskError('EUNSUPPORTED', `No AES cipher with key size ${d} available`);
+  }
+}
+
+/**
+ * Encrypts and decrypts whole 512-byte sectors with one key: each sector gets the IV its
+ * number gives (plain: low 32 bits, plain64: 64 bits, little-endian, zero-padded; essiv: the
+ * 64-bit number encrypted under the hash of the key, with an AES key as long as that hash —
+ * dm-crypt's choice, which QEMU follows).
+ */
+export class SectorCipher {
+  private readonly algorithm: string;
+  private readonly essivKey?: Buffer;
+  private readonly essivAlgorithm?: string;
+
+  constructor(readonly spec: CipherSpec, private readonly key: Uint8Array) {
+    checkCipherSpec(spec);
+    if (key.length !== spec.keyBytes) throw new DiskError('EINVAL', `cipher key is ${key.length} bytes, not ${spec.keyBytes}`);
+    this.algorithm = `aes-${cipherKeyBytes(spec) * 8}-${spec.mode}`;
+    if (spec.ivgen === 'essiv') {
+      this.essivKey = createHash(spec.ivgenHash!).update(key).digest();
+      this.essivAlgorithm = `aes-${this.essivKey.length * 8}-ecb`;
+    }
+  }
+
+  private iv(sector: number): Buffer | null {
+    if (this.spec.mode === 'ecb') return null;
+    const iv = Buffer.alloc(16);
+    if (this.spec.ivgen === 'plain') iv.writeUInt32LE(sector % 2 ** 32, 0);
+    else iv.writeBigUInt64LE(BigInt(sector), 0);
+    if (this.essivKey) {
+      const c = createCipheriv(this.essivAlgorithm!, this.essivKey, null).setAutoPadding(false);
+      return Buffer.concat([c.update(iv), c.final()]);
+    }
+    return iv;
+  }
+
+  /** Decrypt `buf` (whole sectors) in place; its first sector is number `firstSector`. */
+  decrypt(buf: Uint8Array, firstSector: number): void {
+    this.run(buf, buf, firstSector, false);
+  }
+
+  /** Encrypt `src` (whole sectors) into `dst` (which may be `src`). */
+  encrypt(src: Uint8Array, dst: Uint8Array, firstSector: number): void {
+    this.run(src, dst, firstSector, true);
+  }
+
+  private run(src: Uint8Array, dst: Uint8Array, firstSector: number, encrypt: boolean): void {
+    if (src.length % SECTOR_SIZE !== 0) throw new DiskError('EINVAL', `encrypted I/O of ${src.length} bytes is not whole sectors`);
+    if (this.spec.mode === 'ecb') {
+      // No IV: the whole run in one call.
+      const c = encrypt ? createCipheriv(this.algorithm, this.key, null) : createDecipheriv(this.algorithm, this.key, null);
+      c.setAutoPadding(false);
+      dst.set(c.update(src));
+      c.final();
+      return;
+    }
+    for (let at = 0, sector = firstSector; at < src.length; at += SECTOR_SIZE, sector++) {
+      const iv = this.iv(sector);
+      const c = encrypt ? createCipheriv(this.algorithm, this.key, iv) : createDecipheriv(this.algorithm, this.key, iv);
+      c.setAutoPadding(false);
+      const out = c.update(src.subarray(at, at + SECTOR_SIZE));
+      c.final();
+      dst.set(out, at);
+    }
+  }
+}

@@ -1,0 +1,155 @@
+/**
+ * Unlocking and formatting LUKS1 volumes: a passphrase runs through PBKDF2 to a slot key,
+ * which decrypts the slot's AF-split key material; merged, that is a candidate master key,
+ * right when its PBKDF2 digest matches the header's (LUKS spec §3.2). Formatting does the
+ * reverse for key slot 0 with a fresh random master key, the way QEMU lays volumes out.
+ */
+import { randomBytes, randomUUID } from 'node:crypto';
+import { DiskError } from '../errors.js';
+import {
+  HASH_DIGEST_BYTES, SECTOR_SIZE, SectorCipher, afMerge, afSplit, checkCipherSpec, checkHash, digestsEqual, parseCipherAlg,
+  pbkdf2, pbkdf2PerSecond, CIPHER_MODES, IVGEN_ALGS, type CipherMode, type CipherSpec, type IvGenAlg,
+} from './cipher.js';
+import {
+  DIGEST_BYTES, KEY_SLOTS, KEY_SLOT_ALIGN, LUKS_HEADER_SIZE, MAX_KDF_ITERATIONS, SALT_BYTES, STRIPES, materialBytes, serializeLuksHeader,
+  type LuksHeader,
+} from './header.js';
+
+/** QEMU's words when no key slot opens with the passphrase. */
+export const INVALID_PASSWORD = 'Invalid password, cannot unlock any keyslot';
+
+/** Reads bytes of the LUKS area (offsets relative to the header's first byte). */
+export type AreaReader = (buf: Uint8Array, offset: number) => Promise<number>;
+
+/** Unlock the volume with `passphrase`: the payload cipher, keyed with the master key. */
+export async function unlockLuks(h: LuksHeader, read: AreaReader, passphrase: Uint8Array, file: string): Promise<SectorCipher> {
+  for (const slot of h.slots) {
+    if (!slot.active) continue;
+    const slotKey = await pbkdf2(h.hashSpec, passphrase, slot.salt, slot.iterations, h.keyBytes);
+    const bytes = materialBytes(h, slot);
+    const material = new Uint8Array(Math.ceil(bytes / SECTOR_SIZE) * SECTOR_SIZE);
+    const n = await read(material, slot.keyOffset * SECTOR_SIZE);
+    if (n < bytes) throw new DiskError('ETRUNCATED', `${file}: LUKS key material lies past the end of the file`);
+    // The material is encrypted like payload sectors, numbered from 0 at its start.
+    new SectorCipher(h.spec, slotKey).decrypt(material, 0);
+    const candidate = afMerge(h.hashSpec, material, h.keyBytes, slot.stripes);
+    const digest = await pbkdf2(h.hashSpec, candidate, h.mkDigestSalt, h.mkDigestIterations, DIGEST_BYTES);
+    if (digestsEqual(digest, h.mkDigest)) return new SectorCipher(h.spec, candidate);
+  }
+  throw new DiskError('EACCES', INVALID_PASSWORD);
+}
+
+/** The encrypt.* / luks create options (names as qemu-img spells them, without a prefix). */
+export interface LuksCreateOptions {
+  'cipher-alg'?: string;
+  'cipher-mode'?: string;
+  'ivgen-alg'?: string;
+  'ivgen-hash-alg'?: string;
+  'hash-alg'?: string;
+  'iter-time'?: string;
+}
+
+export const LUKS_OPTION_HELP: ReadonlyArray<{ name: keyof LuksCreateOptions | 'key-secret'; type: 'string' | 'number'; help: string }> = [
+  { name: 'key-secret', type: 'string', help: 'ID of the secret that provides the keyslot passphrase' },
+  { name: 'cipher-alg', type: 'string', help: 'Name of encryption cipher algorithm' },
+  { name: 'cipher-mode', type: 'string', help: 'Name of encryption cipher mode' },
+  { name: 'ivgen-alg', type: 'string', help: 'Name of IV generator algorithm' },
+  { name: 'ivgen-hash-alg', type: 'string', help: 'Name of IV generator hash algorithm' },
+  { name: 'hash-alg', type: 'string', help: 'Name of encryption hash algorithm' },
+  { name: 'iter-time', type: 'number', help: 'Time to spend in PBKDF in milliseconds' },
+];
+
+/** The cipher a set of create options describes (QEMU's defaults: aes-256, xts, plain64, sha256). */
+export function luksSpecFromOptions(o: LuksCreateOptions): { spec: CipherSpec; hash: string; iterTime: number } {
+  const alg = o['cipher-alg'] ?? 'aes-256';
+  const parsed = parseCipherAlg(alg);
+  if (!parsed) throw new DiskError('EINVAL', `Invalid parameter '${alg}'`);
+  const mode = o['cipher-mode'] ?? 'xts';
+  if (!CIPHER_MODES.includes(mode as CipherMode)) throw new DiskError('EINVAL', `Invalid parameter '${mode}'`);
+  const ivgen = o['ivgen-alg'] ?? 'plain64';
+  if (!IVGEN_ALGS.includes(ivgen as IvGenAlg)) throw new DiskError('EINVAL', `Invalid parameter '${ivgen}'`);
+  let ivgenHash = o['ivgen-hash-alg'];
+  if (ivgen === 'essiv' && ivgenHash === undefined) ivgenHash = 'sha256';
+  if (ivgenHash !== undefined && HASH_DIGEST_BYTES[ivgenHash] === undefined) throw new DiskError('EINVAL', `Invalid parameter '${ivgenHash}'`);
+  const hash = o['hash-alg'] ?? 'sha256';
+  if (HASH_DIGEST_BYTES[hash] === undefined) throw new DiskError('EINVAL', `Invalid parameter '${hash}'`);
+  checkHash(hash);
+  const iterText = o['iter-time'] ?? '2000';
+  if (!/^\d+$/.test(iterText)) throw new DiskError('EINVAL', `Parameter 'iter-time' expects a number`);
+  const iterTime = Number(iterText);
+  const spec: CipherSpec = {
+    family: parsed.family,
+    mode: mode as CipherMode,
+    ivgen: ivgen as IvGenAlg,
+    ...(ivgenHash !== undefined ? { ivgenHash } : {}),
+    keyBytes: mode === 'xts' ? parsed.keyBytes * 2 : parsed.keyBytes,
+  };
+  checkCipherSpec(spec);
+  return { spec, hash, iterTime };
+}
+
+export interface FormattedLuks {
+  header: LuksHeader;
+  /** The header area: the header, then slot 0's key material; `payloadOffset` sectors long. */
+  area: Uint8Array;
+  cipher: SectorCipher;
+}
+
+/** A new LUKS1 volume with one key slot opened by `passphrase`. */
+export async function formatLuks(options: LuksCreateOptions, passphrase: Uint8Array): Promise<FormattedLuks> {
+  const { spec, hash, iterTime } = luksSpecFromOptions(options);
+  const masterKey = randomBytes(spec.keyBytes);
+  const mkDigestSalt = randomBytes(SALT_BYTES);
+  // iter-time is the time one slot's PBKDF2 takes; the master key digest gets an eighth of it.
+  const mkRate = await pbkdf2PerSecond(hash, masterKey, mkDigestSalt, DIGEST_BYTES);
+  const mkDigestIterations = clampIterations(Math.floor(Math.floor((mkRate * iterTime) / 1000) / 8));
+  const mkDigest = await pbkdf2(hash, masterKey, mkDigestSalt, mkDigestIterations, DIGEST_BYTES);
+  const splitBytes = spec.keyBytes * STRIPES;
+  const slotSectors = Math.ceil(Math.ceil(splitBytes / SECTOR_SIZE) / (KEY_SLOT_ALIGN / SECTOR_SIZE)) * (KEY_SLOT_ALIGN / SECTOR_SIZE);
+  const firstSlot = KEY_SLOT_ALIGN / SECTOR_SIZE;
+  const slotSalt = randomBytes(SALT_BYTES);
+  const slotRate = await pbkdf2PerSecond(hash, passphrase, slotSalt, spec.keyBytes);
+  const slotIterations = clampIterations(Math.floor((slotRate * iterTime) / 1000));
+  const slotKey = await pbkdf2(hash, passphrase, slotSalt, slotIterations, spec.keyBytes);
+  const header: LuksHeader = {
+    cipherName: spec.family,
+    cipherModeSpec: `${spec.mode}-${spec.ivgen}${spec.ivgenHash !== undefined ? `:${spec.ivgenHash}` : ''}`,
+    hashSpec: hash,
+    payloadOffset: firstSlot + slotSectors * KEY_SLOTS,
+    keyBytes: spec.keyBytes,
+    mkDigest, mkDigestSalt, mkDigestIterations,
+    uuid: randomUUID(),
+    slots: Array.from({ length: KEY_SLOTS }, (_, i) => ({
+      active: i === 0,
+      iterations: i === 0 ? slotIterations : 0,
+      salt: i === 0 ? slotSalt : new Uint8Array(SALT_BYTES),
+      keyOffset: firstSlot + slotSectors * i,
+      stripes: STRIPES,
+    })),
+    spec,
+  };
+  const material = afSplit(hash, masterKey, STRIPES);
+  const padded = new Uint8Array(Math.ceil(material.length / SECTOR_SIZE) * SECTOR_SIZE);
+  padded.set(material);
+  new SectorCipher(spec, slotKey).encrypt(padded, padded, 0);
+  const area = new Uint8Array(header.payloadOffset * SECTOR_SIZE);
+  area.set(serializeLuksHeader(header), 0);
+  area.set(padded.subarray(0, materialBytes(header, header.slots[0]!)), firstSlot * SECTOR_SIZE);
+  return { header, area, cipher: new SectorCipher(spec, masterKey) };
+}
+
+function clampIterations(n: number): number {
+  // QEMU's floor is 1000 for both; our ceiling is the one we accept on open.
+  return Math.min(MAX_KDF_ITERATIONS, Math.max(1000, n));
+}
+
+/**
+ * Write a formatted volume's header and slot 0's key material (relative offsets); the rest of
+ * the area stays unwritten (QEMU leaves it sparse too).
+ */
+export async function writeLuksArea(volume: FormattedLuks, write: (buf: Uint8Array, offset: number) => Promise<void>): Promise<void> {
+  const slot = volume.header.slots[0]!;
+  const start = slot.keyOffset * SECTOR_SIZE;
+  await write(volume.area.subarray(0, LUKS_HEADER_SIZE), 0);
+  await write(volume.area.subarray(start, start + materialBytes(volume.header, slot)), start);
+}
