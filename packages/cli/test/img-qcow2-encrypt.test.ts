@@ -77,3 +77,63 @@ test('secrets come from data, file and base64 the way qemu-img takes them', need
   }
   await assertSame(['info', '--object', 'secret,id=sec0', 'f.luks'], dir);
 });
+
+test('create and convert write encrypted qcow2 and LUKS images qemu-img reads, checks clean and compares identical', needs('qemu-img', 'qemu-io'), async (t) => {
+  const dir = await tempDir(t);
+  await runOk('qemu-img', ['create', '-q', '-f', 'raw', 'src.raw', '12M'], { cwd: dir });
+  await runOk('qemu-io', ['-f', 'raw', '-c', 'write -P 0x61 0 3M', '-c', 'write -P 0x62 5M 100k', '-c', 'write -P 0x63 11M 4097', 'src.raw'], { cwd: dir });
+  const targets: Array<{ fmt: string; o: string; name: string; opts: (f: string) => string }> = [
+    { fmt: 'qcow2', name: 'xts.qcow2', o: 'encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10', opts: qcowOpts },
+    { fmt: 'qcow2', name: 'cbc.qcow2', o: 'encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10,encrypt.cipher-alg=aes-128,encrypt.cipher-mode=cbc,encrypt.ivgen-alg=essiv,encrypt.ivgen-hash-alg=sha256,encrypt.hash-alg=sha512,cluster_size=4k', opts: qcowOpts },
+    { fmt: 'qcow2', name: 'v2.qcow2', o: 'encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10,compat=0.10,encrypt.ivgen-alg=plain', opts: qcowOpts },
+    { fmt: 'luks', name: 'out.luks', o: 'key-secret=sec0,iter-time=10', opts: luksOpts },
+    { fmt: 'luks', name: 'cbc.luks', o: 'key-secret=sec0,iter-time=10,cipher-alg=aes-128,cipher-mode=cbc,hash-alg=sha1', opts: luksOpts },
+  ];
+  for (const { fmt, o, name, opts } of targets) {
+    // convert into a new encrypted image...
+    const conv = await diskhub(['img', 'convert', ...OBJ, '-O', fmt, '-o', o, 'src.raw', name], { cwd: dir });
+    assert.equal(conv.code, 0, `${name}: ${conv.stderr}`);
+    if (fmt === 'qcow2') await runOk('qemu-img', ['check', ...OBJ, '--image-opts', opts(name)], { cwd: dir });
+    const same = await run('qemu-img', ['compare', ...OBJ, '--image-opts', opts(name), 'driver=raw,file.filename=src.raw'], { cwd: dir });
+    assert.equal(same.code, 0, `${name}: ${same.stdout}${same.stderr}`);
+    // Settle delayed allocation first: "disk size" is the file's st_blocks.
+    await run('sync', [name], { cwd: dir });
+    await assertSame(['info', '--output=json', name], dir);
+    await assertSame(['info', name], dir);
+    // ...and create one that qemu-io writes into and qemu-img reads back.
+    const created = `new-${name}`;
+    const ours = await diskhub(['img', 'create', '-q', ...OBJ, '-f', fmt, '-o', o, created, '6M'], { cwd: dir });
+    assert.equal(ours.code, 0, ours.stderr);
+    await qemuIo(dir, opts(created), ['write -P 0x44 512 70000', 'write -P 0x45 2M 64k']);
+    if (fmt === 'qcow2') await runOk('qemu-img', ['check', ...OBJ, '--image-opts', opts(created)], { cwd: dir });
+    await runOk('qemu-img', ['convert', ...OBJ, '--image-opts', opts(created), '-O', 'raw', `${created}.q.raw`], { cwd: dir });
+    const back = await diskhub(['img', 'convert', ...OBJ, '--image-opts', opts(created), '-O', 'raw', `${created}.d.raw`], { cwd: dir });
+    assert.equal(back.code, 0, back.stderr);
+    assert.ok((await readFile(join(dir, `${created}.d.raw`))).equals(await readFile(join(dir, `${created}.q.raw`))));
+  }
+  // convert -n into an existing encrypted image named with --target-image-opts.
+  await runOk('qemu-img', ['create', '-q', '-f', 'qcow2', ...OBJ, '-o', 'encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10', 'pre.qcow2', '12M'], { cwd: dir });
+  const n = await diskhub(['img', 'convert', '-n', ...OBJ, '--target-image-opts', 'src.raw', qcowOpts('pre.qcow2')], { cwd: dir });
+  assert.equal(n.code, 0, n.stderr);
+  assert.equal((await run('qemu-img', ['compare', ...OBJ, '--image-opts', qcowOpts('pre.qcow2'), 'driver=raw,file.filename=src.raw'], { cwd: dir })).code, 0);
+});
+
+test('create, measure and their errors with encryption options match qemu-img', needs('qemu-img'), async (t) => {
+  const dir = await tempDir(t);
+  await runOk('qemu-img', ['create', '-q', '-f', 'raw', 'src.raw', '3M'], { cwd: dir });
+  for (const args of [
+    ['measure', '-O', 'qcow2', '--size', '1G', '-o', 'encrypt.format=luks'],
+    ['measure', ...OBJ, '-O', 'qcow2', '--size', '1G', '-o', 'encrypt.format=luks,encrypt.key-secret=sec0'],
+    ['measure', ...OBJ, '-O', 'qcow2', '--size', '1G', '-o', 'encrypt.format=luks,encrypt.key-secret=sec0,encrypt.cipher-alg=aes-128,encrypt.cipher-mode=cbc'],
+    ['measure', ...OBJ, '--output=json', '-O', 'qcow2', '-o', 'encrypt.format=luks,encrypt.key-secret=sec0,cluster_size=4k', 'src.raw'],
+    ['measure', ...OBJ, '-O', 'luks', '--size', '1G', '-o', 'key-secret=sec0'],
+    ['measure', ...OBJ, '-O', 'luks', '--size', '1G'],
+    ['create', '-f', 'qcow2', '-o', 'encrypt.format=luks', 'x.qcow2', '1M'],
+    ['create', '-f', 'qcow2', ...OBJ, '-o', 'encrypt.format=luks,encrypt.key-secret=sec0,encrypt.cipher-alg=foo', 'x.qcow2', '1M'],
+    ['create', '-f', 'qcow2', ...OBJ, '-o', 'encrypt.format=luks,encrypt.key-secret=sec0,encrypt.hash-alg=md4', 'x.qcow2', '1M'],
+    ['create', '-f', 'qcow2', ...OBJ, '-o', 'encrypt.format=luks,encrypt.key-secret=nosuch', 'x.qcow2', '1M'],
+    ['create', '-f', 'luks', ...OBJ, 'x.luks', '1M'],
+    ['create', '-f', 'luks', '-o', 'help'],
+    ['create', '-f', 'qcow2', '-o', 'help'],
+  ]) await assertSame(args, dir);
+});

@@ -80,6 +80,11 @@ export interface Image extends BlockDevice {
   backing?: Image;
   info(): Promise<ImageInfo>;
   snapshots?(): Promise<SnapshotInfo[]>;
+  /**
+   * False when a newly created image does not read as zeroes (a LUKS payload that was never
+   * written decrypts to noise), so a converter must write the source's zero runs as well.
+   */
+  readonly zeroInit?: boolean;
   /** Allocation granularity (qcow2 cluster size, vmdk grain...); converters align writes to it. */
   readonly clusterSize?: number;
   /**

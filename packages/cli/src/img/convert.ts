@@ -180,7 +180,7 @@ export async function convertCommand(argv: string[]): Promise<number> {
     phase = 'copying';
     await convertImage(src, dst, {
       sparseSize, compress, parallel, outOfOrder, flush: cacheMode !== 'unsafe',
-      targetIsZero: noCreate ? targetIsZero : true,
+      targetIsZero: noCreate ? targetIsZero : dst.zeroInit ?? true,
       targetHasBacking: backingFile !== undefined,
       signal: controller.signal,
       onProgress: (d, t) => bar.update(d, t),

@@ -108,6 +108,12 @@ export function sizeToStr(bytes: number): string {
 function formatG3(v: number): string {
   if (v === 0) return '0';
   let s = v.toPrecision(3);
+  // toPrecision rounds a tie up; printf rounds an exact tie to even (16.25 -> "16.2").
+  const digits = Math.floor(Math.log10(v));
+  const scaled = v * 10 ** (2 - digits);
+  if (digits >= 0 && digits < 3 && scaled - Math.floor(scaled) === 0.5 && Math.floor(scaled) % 2 === 0) {
+    s = (Math.floor(scaled) / 10 ** (2 - digits)).toFixed(2 - digits);
+  }
   if (s.includes('e')) {
     // C's %g: mantissa without trailing zeros, exponent with a sign and at least two digits.
     const [mant, exp] = s.split('e') as [string, string];

@@ -5,12 +5,12 @@
  */
 import { checkRange, type Extent, type WriteZeroesOptions } from '../blockdev.js';
 import { DiskError } from '../errors.js';
-import type { CreateOption, CreateRequest, FormatDriver, Image, ImageInfo, OpenOptions } from '../format.js';
+import type { CreateOption, CreateRequest, FormatDriver, Image, ImageInfo, MeasureRequest, MeasureResult, OpenOptions } from '../format.js';
 import type { ByteSource } from '../source.js';
 import { SECTOR_SIZE } from './cipher.js';
 import { LUKS_HEADER_SIZE, isLuks1, luksInfo, parseLuksHeader, type LuksHeader } from './header.js';
 import { EncryptedSource } from './source.js';
-import { LUKS_OPTION_HELP, formatLuks, unlockLuks, writeLuksArea, type LuksCreateOptions } from './volume.js';
+import { LUKS_OPTION_HELP, formatLuks, luksAreaBytes, luksSpecFromOptions, unlockLuks, writeLuksArea, type LuksCreateOptions } from './volume.js';
 
 export { SectorCipher } from './cipher.js';
 export { EncryptedSource } from './source.js';
@@ -22,6 +22,7 @@ export const LUKS_KEY_SECRET_REQUIRED = "Parameter 'key-secret' is required for 
 
 export class LuksImage implements Image {
   readonly format = 'luks';
+  readonly zeroInit = false;
   constructor(
     readonly source: ByteSource,
     readonly header: LuksHeader,
@@ -126,6 +127,14 @@ export const luksDriver: FormatDriver = {
       payload = new EncryptedSource(source, cipher, payloadStart);
     }
     return new LuksImage(source, header, payload, fileSize - payloadStart, !!options.writable);
+  },
+  async measure(request: MeasureRequest): Promise<MeasureResult> {
+    // The header area, then the payload: the virtual size, every byte of it written.
+    const size = request.source ? request.source.size : request.size ?? 0;
+    const { spec } = luksSpecFromOptions(luksCreateOptions(request.options));
+    if (request.options['key-secret'] === undefined) throw new DiskError('EACCES', LUKS_KEY_SECRET_REQUIRED);
+    const total = luksAreaBytes(spec.keyBytes) + size;
+    return { required: total, 'fully-allocated': total };
   },
   async create(target: ByteSource, request: CreateRequest): Promise<void> {
     if (request.backingFile) throw new DiskError('EUNSUPPORTED', "Backing file not supported for file format 'luks'");

@@ -7,7 +7,7 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import { DiskError } from '../errors.js';
 import {
-  HASH_DIGEST_BYTES, SECTOR_SIZE, SectorCipher, afMerge, afSplit, checkCipherSpec, checkHash, digestsEqual, parseCipherAlg,
+  HASH_DIGEST_BYTES, SECTOR_SIZE, SectorCipher, afMerge, afSplit, checkCipherSpec, digestsEqual, parseCipherAlg,
   pbkdf2, pbkdf2PerSecond, CIPHER_MODES, IVGEN_ALGS, type CipherMode, type CipherSpec, type IvGenAlg,
 } from './cipher.js';
 import {
@@ -63,20 +63,18 @@ export const LUKS_OPTION_HELP: ReadonlyArray<{ name: keyof LuksCreateOptions | '
 export function luksSpecFromOptions(o: LuksCreateOptions): { spec: CipherSpec; hash: string; iterTime: number } {
   const alg = o['cipher-alg'] ?? 'aes-256';
   const parsed = parseCipherAlg(alg);
-  if (!parsed) throw new DiskError('EINVAL', `Invalid parameter '${alg}'`);
+  const refuse = (name: string, v: string) => new DiskError('EINVAL', `Parameter '${name}' does not accept value '${v}'`);
+  if (!parsed) throw refuse('cipher-alg', alg);
   const mode = o['cipher-mode'] ?? 'xts';
-  if (!CIPHER_MODES.includes(mode as CipherMode)) throw new DiskError('EINVAL', `Invalid parameter '${mode}'`);
+  if (!CIPHER_MODES.includes(mode as CipherMode)) throw refuse('cipher-mode', mode);
   const ivgen = o['ivgen-alg'] ?? 'plain64';
-  if (!IVGEN_ALGS.includes(ivgen as IvGenAlg)) throw new DiskError('EINVAL', `Invalid parameter '${ivgen}'`);
+  if (!IVGEN_ALGS.includes(ivgen as IvGenAlg)) throw refuse('ivgen-alg', ivgen);
   let ivgenHash = o['ivgen-hash-alg'];
   if (ivgen === 'essiv' && ivgenHash === undefined) ivgenHash = 'sha256';
-  if (ivgenHash !== undefined && HASH_DIGEST_BYTES[ivgenHash] === undefined) throw new DiskError('EINVAL', `Invalid parameter '${ivgenHash}'`);
+  if (ivgenHash !== undefined && HASH_DIGEST_BYTES[ivgenHash] === undefined) throw refuse('ivgen-hash-alg', ivgenHash);
   const hash = o['hash-alg'] ?? 'sha256';
-  if (HASH_DIGEST_BYTES[hash] === undefined) throw new DiskError('EINVAL', `Invalid parameter '${hash}'`);
-  checkHash(hash);
-  const iterText = o['iter-time'] ?? '2000';
-  if (!/^\d+$/.test(iterText)) throw new DiskError('EINVAL', `Parameter 'iter-time' expects a number`);
-  const iterTime = Number(iterText);
+  if (HASH_DIGEST_BYTES[hash] === undefined) throw refuse('hash-alg', hash);
+  const iterTime = Number(o['iter-time'] ?? 2000);
   const spec: CipherSpec = {
     family: parsed.family,
     mode: mode as CipherMode,
@@ -86,6 +84,12 @@ export function luksSpecFromOptions(o: LuksCreateOptions): { spec: CipherSpec; h
   };
   checkCipherSpec(spec);
   return { spec, hash, iterTime };
+}
+
+/** Bytes of the header area (payload offset) a volume with these options gets: header, then 8 key slots. */
+export function luksAreaBytes(keyBytes: number): number {
+  const slotBytes = Math.ceil((keyBytes * STRIPES) / KEY_SLOT_ALIGN) * KEY_SLOT_ALIGN;
+  return KEY_SLOT_ALIGN + slotBytes * KEY_SLOTS;
 }
 
 export interface FormattedLuks {

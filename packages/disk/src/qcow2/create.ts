@@ -7,21 +7,23 @@
 import { DiskError } from '../errors.js';
 import type { CreateOption, CreateRequest } from '../format.js';
 import type { ByteSource } from '../source.js';
+import { LUKS_OPTION_HELP, formatLuks, luksAreaBytes, luksSpecFromOptions, writeLuksArea, type LuksCreateOptions } from '../luks/volume.js';
+import { luksCreateOptions } from '../luks/index.js';
+import { KEY_SECRET_REQUIRED } from './crypto.js';
 import {
-  AUTOCLEAR_DATA_FILE_RAW, COMPAT_LAZY_REFCOUNTS, COMPRESSION_ZLIB, COMPRESSION_ZSTD, INCOMPAT_COMPRESSION, INCOMPAT_DATA_FILE,
+  AUTOCLEAR_DATA_FILE_RAW, COMPAT_LAZY_REFCOUNTS, CRYPT_LUKS, EXT_CRYPTO_HEADER, COMPRESSION_ZLIB, COMPRESSION_ZSTD, INCOMPAT_COMPRESSION, INCOMPAT_DATA_FILE,
   INCOMPAT_EXTL2, MAX_L1_SIZE_BYTES, MAX_REFTABLE_SIZE_BYTES, STANDARD_FEATURE_NAMES, geometry, serializeHeader, setRefcount, type Qcow2Header,
 } from './layout.js';
 
 export const QCOW2_CREATE_OPTIONS: readonly CreateOption[] = [
   { name: 'encryption', type: 'bool', help: "Encrypt the image with format 'aes'. (Deprecated in favor of encrypt.format=aes)" },
   { name: 'encrypt.format', type: 'string', help: "Encrypt the image, format choices: 'aes', 'luks'" },
-  { name: 'encrypt.key-secret', type: 'string', help: 'ID of secret providing qcow AES key or LUKS passphrase' },
-  { name: 'encrypt.cipher-alg', type: 'string', help: 'Name of encryption cipher algorithm' },
-  { name: 'encrypt.cipher-mode', type: 'string', help: 'Name of encryption cipher mode' },
-  { name: 'encrypt.ivgen-alg', type: 'string', help: 'Name of IV generator algorithm' },
-  { name: 'encrypt.ivgen-hash-alg', type: 'string', help: 'Name of IV generator hash algorithm' },
-  { name: 'encrypt.hash-alg', type: 'string', help: 'Name of encryption hash algorithm' },
-  { name: 'encrypt.iter-time', type: 'number', help: 'Time to spend in PBKDF in milliseconds' },
+  // The LUKS options with an "encrypt." prefix (qcow2 words key-secret's help its own way).
+  ...LUKS_OPTION_HELP.map((o) => ({
+    ...o,
+    name: `encrypt.${o.name}`,
+    ...(o.name === 'key-secret' ? { help: 'ID of secret providing qcow AES key or LUKS passphrase' } : {}),
+  })),
   { name: 'cluster_size', type: 'size', help: 'qcow2 cluster size', default: '65536' },
   { name: 'extended_l2', type: 'bool', help: 'Extended L2 tables', default: 'off' },
   { name: 'preallocation', type: 'string', help: 'Preallocation mode (allowed values: off, metadata, falloc, full)' },
@@ -52,14 +54,29 @@ export interface Qcow2CreateParams {
   backingFormat?: string;
   dataFile?: string;
   dataFileRaw: boolean;
+  /** encrypt.format=luks: the LUKS options (without their prefix). */
+  luks?: LuksCreateOptions;
 }
 
 /** Validate `-o` options the way qemu-img does; messages are qemu-img's. */
 export function createParams(request: CreateRequest): Qcow2CreateParams {
   const o = request.options;
   const bool = (k: string) => o[k] === 'on';
-  if (bool('encryption') || o['encrypt.format'] !== undefined) {
-    throw new DiskError('EUNSUPPORTED', 'Encrypted qcow2 images are not supported');
+  const encryptFormat = bool('encryption') ? 'aes' : o['encrypt.format'];
+  if (bool('encryption') && o['encrypt.format'] !== undefined) {
+    throw new DiskError('EINVAL', "Options 'encryption' and 'encrypt.format' are mutually exclusive");
+  }
+  if (encryptFormat !== undefined && encryptFormat !== 'luks') {
+    if (encryptFormat === 'aes') throw new DiskError('EUNSUPPORTED', 'Creating qcow2 images with the legacy AES encryption is not supported; use encrypt.format=luks');
+    throw new DiskError('EINVAL', `Parameter 'encrypt.format' does not accept value '${encryptFormat}'`);
+  }
+  let luks: LuksCreateOptions | undefined;
+  if (encryptFormat === 'luks') {
+    luks = luksCreateOptions(o, 'encrypt.');
+    luksSpecFromOptions(luks); // values checked before anything is written
+  } else {
+    const stray = Object.keys(o).find((k) => k.startsWith('encrypt.') && k !== 'encrypt.format');
+    if (stray) throw new DiskError('EINVAL', `Parameter '${stray}' is only valid with encrypt.format=luks`);
   }
   const compat = o.compat ?? '1.1';
   let version: 2 | 3;
@@ -108,6 +125,7 @@ export function createParams(request: CreateRequest): Qcow2CreateParams {
     ...(request.backingFormat !== undefined ? { backingFormat: request.backingFormat } : {}),
     ...(dataFile !== undefined ? { dataFile } : {}),
     dataFileRaw,
+    ...(luks ? { luks } : {}),
   };
 }
 
@@ -117,6 +135,9 @@ export interface Qcow2Plan {
   reftableClusters: number;
   refblocks: number;
   l1Clusters: number;
+  /** The LUKS header area (encrypt.format=luks), right after the L1 table; 0 clusters without. */
+  cryptoClusters: number;
+  cryptoBytes: number;
   /** Preallocated L2 tables and data clusters (0 without preallocation). */
   l2Tables: number;
   dataClusters: number;
@@ -148,6 +169,8 @@ export function planImage(p: Qcow2CreateParams): Qcow2Plan {
     throw new DiskError('EINVAL', "The image size is too large for file format 'qcow2' (try using a larger cluster size)");
   }
   const l1Clusters = Math.max(1, Math.ceil((l1Size * 8) / cs));
+  const cryptoBytes = p.luks ? luksAreaBytes(luksSpecFromOptions(p.luks).spec.keyBytes) : 0;
+  const cryptoClusters = Math.ceil(cryptoBytes / cs);
   const prealloc = p.preallocation !== 'off';
   const l2Tables = prealloc ? l1Size : 0;
   // With an external data file the data clusters live there, not in the image.
@@ -156,7 +179,7 @@ export function planImage(p: Qcow2CreateParams): Qcow2Plan {
   let reftableClusters = 1;
   let refblocks = 1;
   for (;;) {
-    const total = 1 + reftableClusters + refblocks + l1Clusters + l2Tables + dataClusters;
+    const total = 1 + reftableClusters + refblocks + l1Clusters + cryptoClusters + l2Tables + dataClusters;
     const needBlocks = Math.ceil(total / rbEntries);
     const needTable = Math.max(1, Math.ceil((needBlocks * 8) / cs));
     if (needBlocks === refblocks && needTable === reftableClusters) break;
@@ -173,14 +196,24 @@ export function planImage(p: Qcow2CreateParams): Qcow2Plan {
     l1TableOffset: l1Offset,
     refcountTableClusters: reftableClusters,
   };
-  const totalClusters = 1 + reftableClusters + refblocks + l1Clusters + l2Tables + dataClusters;
-  const fileSize = prealloc ? totalClusters * cs : l1Offset + Math.max(l1Size * 8, 0);
-  return { header, reftableClusters, refblocks, l1Clusters, l2Tables, dataClusters, totalClusters, fileSize };
+  if (cryptoClusters) {
+    // qcow2.txt "Full disk encryption header pointer": offset and length of the LUKS area.
+    const ptr = new Uint8Array(16);
+    const pv = new DataView(ptr.buffer);
+    pv.setBigUint64(0, BigInt(l1Offset + l1Clusters * cs), false);
+    pv.setBigUint64(8, BigInt(cryptoBytes), false);
+    header.cryptMethod = CRYPT_LUKS;
+    header.extensions = [{ type: EXT_CRYPTO_HEADER, offset: 0, data: ptr }];
+  }
+  const totalClusters = 1 + reftableClusters + refblocks + l1Clusters + cryptoClusters + l2Tables + dataClusters;
+  const fileSize = prealloc || cryptoClusters ? totalClusters * cs : l1Offset + Math.max(l1Size * 8, 0);
+  return { header, reftableClusters, refblocks, l1Clusters, cryptoClusters, cryptoBytes, l2Tables, dataClusters, totalClusters, fileSize };
 }
 
 /** Write a new, empty (or preallocated) image into `target`. */
 export async function createQcow2(target: ByteSource, request: CreateRequest): Promise<void> {
   const params = createParams(request);
+  if (params.luks && request.secret === undefined) throw new DiskError('EACCES', KEY_SECRET_REQUIRED);
   const plan = planImage(params);
   const h = plan.header;
   const cs = 2 ** h.clusterBits;
@@ -208,7 +241,8 @@ export async function createQcow2(target: ByteSource, request: CreateRequest): P
   // L1 table, then (preallocated) L2 tables pointing at contiguous data clusters.
   const l1 = new Uint8Array(h.l1Size * 8);
   const l1v = new DataView(l1.buffer);
-  const l2Start = (h.l1TableOffset / cs) + plan.l1Clusters;
+  const cryptoStart = (h.l1TableOffset / cs) + plan.l1Clusters;
+  const l2Start = cryptoStart + plan.cryptoClusters;
   const dataStart = l2Start + plan.l2Tables;
   const COPIED = 1n << 63n;
   if (plan.l2Tables) {
@@ -232,6 +266,10 @@ export async function createQcow2(target: ByteSource, request: CreateRequest): P
   }
   await target.write(l1, h.l1TableOffset);
   if (plan.fileSize > h.l1TableOffset + l1.length) await target.truncate(plan.fileSize);
+  if (params.luks) {
+    const volume = await formatLuks(params.luks, request.secret!);
+    await writeLuksArea(volume, (buf, offset) => target.write(buf, cryptoStart * cs + offset));
+  }
   const dataBytes = plan.dataClusters * cs;
   if (dataBytes) await preallocate(target, dataStart * cs, dataBytes, params.preallocation);
   if (params.dataFile !== undefined) {

@@ -313,9 +313,12 @@ export function serializeHeader(h: Qcow2Header, clusterSize: number): Uint8Array
   const exts: Array<[number, Uint8Array]> = [];
   if (h.backingFormat) exts.push([EXT_BACKING_FORMAT, enc.encode(h.backingFormat)]);
   if (h.dataFile) exts.push([EXT_DATA_FILE, enc.encode(h.dataFile)]);
+  // QEMU's order: the encryption header pointer comes before the feature name table.
+  const crypto = h.extensions.find((e) => e.type === EXT_CRYPTO_HEADER);
+  if (crypto) exts.push([EXT_CRYPTO_HEADER, crypto.data]);
   if (h.version === 3 && h.featureNames.length) exts.push([EXT_FEATURE_TABLE, encodeFeatureTable(h.featureNames)]);
   for (const e of h.extensions) {
-    if ([EXT_BACKING_FORMAT, EXT_DATA_FILE, EXT_FEATURE_TABLE].includes(e.type)) continue;
+    if ([EXT_BACKING_FORMAT, EXT_DATA_FILE, EXT_FEATURE_TABLE, EXT_CRYPTO_HEADER].includes(e.type)) continue;
     exts.push([e.type, e.data]);
   }
   for (const [type, data] of exts) {

@@ -7,6 +7,9 @@
 import { walkExtents } from '../ops/common.js';
 import type { MeasureRequest, MeasureResult } from '../format.js';
 import { createParams } from './create.js';
+import { DiskError } from '../errors.js';
+import { luksAreaBytes, luksSpecFromOptions } from '../luks/volume.js';
+import { KEY_SECRET_REQUIRED } from './crypto.js';
 
 /** Refcount table and blocks for `clusters` clusters, themselves included. */
 export function refcountMetadataSize(clusters: number, clusterSize: number, refcountOrder: number): number {
@@ -57,7 +60,10 @@ export async function measureQcow2(request: MeasureRequest): Promise<MeasureResu
   }
   if (p.preallocation === 'full' || p.preallocation === 'falloc') required = virtualSize;
   const fully = fullyAllocatedSize(virtualSize, cs, p.refcountOrder, p.extendedL2);
-  const result: MeasureResult = { required: fully - virtualSize + required, 'fully-allocated': fully };
+  // encrypt.format=luks: the LUKS header area, in whole clusters, comes on top of both.
+  const luks = p.luks ? Math.ceil(luksAreaBytes(luksSpecFromOptions(p.luks).spec.keyBytes) / cs) * cs : 0;
+  if (p.luks && request.options['encrypt.key-secret'] === undefined) throw new DiskError('EACCES', KEY_SECRET_REQUIRED);
+  const result: MeasureResult = { required: fully - virtualSize + required + luks, 'fully-allocated': fully + luks };
   // Persistent bitmaps travel only from a qcow2 source into a v3 image.
   if (p.version >= 3 && request.source && 'format' in request.source && request.source.format === 'qcow2') result.bitmaps = 0;
   return result;
