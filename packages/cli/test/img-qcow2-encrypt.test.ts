@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { needs, tempDir, run, runOk, diskhub } from '@diskhub/testkit';
-import { assertSame } from './peer.js';
+import { assertSame, both } from './peer.js';
 
 const PASS = 'pa55 w0rd,x';
 /** --object with the passphrase (commas doubled, as QEMU option syntax wants). */
@@ -135,5 +135,9 @@ test('create, measure and their errors with encryption options match qemu-img', 
     ['create', '-f', 'luks', ...OBJ, 'x.luks', '1M'],
     ['create', '-f', 'luks', '-o', 'help'],
     ['create', '-f', 'qcow2', '-o', 'help'],
-  ]) await assertSame(args, dir);
+  ]) {
+    // All three at once, so that a difference shows the whole story.
+    const { ours, peer } = await both(args, dir);
+    assert.deepEqual(ours, peer, args.join(' '));
+  }
 });

@@ -170,7 +170,8 @@ export async function convertCommand(argv: string[]): Promise<number> {
         throw new CliError(`${target}: error while converting ${driver.name}: ${errorMessage(e).split(tempPath).join(target).replace(/^Could not open '/, "Could not create '")}`);
       }
       try {
-        dst = await openImage(tempPath, { format: driver.name, writable: true, ...(targetSecret ? { secret: targetSecret } : {}) });
+        // An external data file named by our own -o data_file is ours to write.
+        dst = await openImage(tempPath, { format: driver.name, writable: true, allowExternalData: values.has('data_file'), ...(targetSecret ? { secret: targetSecret } : {}) });
       } catch (e) {
         throw new CliError(`Could not open '${target}': ${errorMessage(e).split(tempPath).join(target)}`);
       }

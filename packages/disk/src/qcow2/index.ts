@@ -40,11 +40,6 @@ export const qcow2Driver: FormatDriver = {
       await source.flush();
       opened = await openQcow2(source, options);
     }
-    if (opened.state.header.incompatibleFeatures & INCOMPAT_DATA_FILE) {
-      // Data clusters of an external file sit at their guest offsets and are not refcounted.
-      await opened.dataSource.close();
-      throw new DiskError('EUNSUPPORTED', `${source.name}: writing qcow2 images with an external data file is not supported yet`);
-    }
     const img = new Qcow2WritableImage(source, opened.dataSource, opened.state);
     await img.init();
     return img;

@@ -5,7 +5,7 @@
  * refcount metadata counts itself), plus the data clusters the source really allocates.
  */
 import { walkExtents } from '../ops/common.js';
-import type { MeasureRequest, MeasureResult } from '../format.js';
+import type { Image, MeasureRequest, MeasureResult } from '../format.js';
 import { createParams } from './create.js';
 import { DiskError } from '../errors.js';
 import { luksAreaBytes, luksSpecFromOptions } from '../luks/volume.js';
@@ -65,6 +65,29 @@ export async function measureQcow2(request: MeasureRequest): Promise<MeasureResu
   if (p.luks && request.options['encrypt.key-secret'] === undefined) throw new DiskError('EACCES', KEY_SECRET_REQUIRED);
   const result: MeasureResult = { required: fully - virtualSize + required + luks, 'fully-allocated': fully + luks };
   // Persistent bitmaps travel only from a qcow2 source into a v3 image.
-  if (p.version >= 3 && request.source && 'format' in request.source && request.source.format === 'qcow2') result.bitmaps = 0;
+  if (p.version >= 3 && request.source && 'format' in request.source && request.source.format === 'qcow2') {
+    result.bitmaps = await bitmapsSize(request.source as Image, cs);
+  }
   return result;
+}
+
+/**
+ * Room the source's persistent dirty bitmaps take in an image with `clusterSize` clusters, as
+ * QEMU reckons it: every bitmap fully allocated (one bit per granule of the virtual disk), its
+ * bitmap table rounded up to clusters, and the bitmap directory (24-byte entries plus the name,
+ * 8-byte aligned) rounded up to clusters.
+ */
+async function bitmapsSize(source: Image, clusterSize: number): Promise<number> {
+  const data = (await source.info())['format-specific']?.data;
+  const list = (data?.bitmaps ?? []) as Array<{ name: string; granularity: number }>;
+  let size = 0;
+  let directory = 0;
+  for (const bm of list) {
+    const bytes = Math.ceil(Math.ceil(source.size / bm.granularity) / 8);
+    const clusters = Math.ceil(bytes / clusterSize);
+    size += clusters * clusterSize;
+    size += Math.ceil((clusters * 8) / clusterSize) * clusterSize;
+    directory += Math.ceil((24 + new TextEncoder().encode(bm.name).length) / 8) * 8;
+  }
+  return size + Math.ceil(directory / clusterSize) * clusterSize;
 }

@@ -16,7 +16,7 @@ import { checkRange, type WriteZeroesOptions } from '../blockdev.js';
 import { DiskError } from '../errors.js';
 import type { ByteSource } from '../source.js';
 import {
-  AUTOCLEAR_BITMAPS, COMPRESSION_ZSTD, EXT_BITMAPS, MAX_BITMAP_DIRECTORY, decodeL2Entry, getRefcount, parseBitmapExtension,
+  AUTOCLEAR_BITMAPS, AUTOCLEAR_DATA_FILE_RAW, COMPRESSION_ZSTD, EXT_BITMAPS, MAX_BITMAP_DIRECTORY, decodeL2Entry, getRefcount, parseBitmapExtension,
   compressedSpan, entryOffset, refcountMax, serializeHeader, setRefcount,
 } from './layout.js';
 import { Qcow2Image, type Qcow2State } from './image.js';
@@ -53,8 +53,12 @@ export class Qcow2WritableImage extends Qcow2Image {
   private compressedEnd = 0;
   private readonly maxRefblocks: number;
 
+  /** data_file_raw: the external data file is kept valid as a raw image of the disk. */
+  private readonly dataFileRaw: boolean;
+
   constructor(source: ByteSource, dataSource: ByteSource, state: Qcow2State) {
     super(source, dataSource, state, true);
+    this.dataFileRaw = this.externalData && (state.header.autoclearFeatures & AUTOCLEAR_DATA_FILE_RAW) !== 0n;
     this.maxRefblocks = Math.max(8, Math.floor((32 << 20) / this.clusterSize));
   }
 
@@ -77,7 +81,7 @@ export class Qcow2WritableImage extends Qcow2Image {
       this.reftable.push(off);
     }
     this.fileEnd = Math.ceil((await this.source.size()) / cs) * cs;
-    if (h.version >= 3 && (h.autoclearFeatures || parseBitmapExtension(h))) await this.dropBitmaps();
+    if (h.version >= 3 && ((h.autoclearFeatures & ~AUTOCLEAR_DATA_FILE_RAW) || parseBitmapExtension(h))) await this.dropBitmaps();
   }
 
   /**
@@ -106,7 +110,8 @@ export class Qcow2WritableImage extends Qcow2Image {
       await release(ext.directoryOffset, ext.directorySize);
     }
     h.extensions = h.extensions.filter((e) => e.type !== EXT_BITMAPS);
-    h.autoclearFeatures = 0n;
+    // data_file_raw is the one autoclear feature this writer keeps true.
+    h.autoclearFeatures &= AUTOCLEAR_DATA_FILE_RAW;
     this.bitmapList = [];
     await this.writeRefblocks();
     await this.source.flush();
@@ -212,8 +217,25 @@ export class Qcow2WritableImage extends Qcow2Image {
     return at;
   }
 
+  /**
+   * A data cluster for the guest cluster at `clusterStart`: a new cluster of the image, or,
+   * with an external data file, the data file's cluster at the same offset (qcow2.txt: data
+   * file clusters are not refcounted, and QEMU maps them one to one).
+   */
+  private async allocateData(clusterStart: number): Promise<number> {
+    return this.externalData ? clusterStart : this.allocate(1);
+  }
+
+  /** Whether an L2 entry maps a data cluster (in an external data file, offset 0 is one when COPIED is set). */
+  private mapsCluster(hi: number, lo: number): boolean {
+    if (hi & 0x40000000) return false;
+    return entryOffset(hi, lo) !== 0 || (this.externalData && (hi & COPIED) !== 0);
+  }
+
   /** Drop one reference to whatever an L2 entry points at (a cluster, or compressed bytes). */
   private async release(hi: number, lo: number, at: number, table: DataView): Promise<void> {
+    // Clusters of an external data file are not refcounted.
+    if (this.externalData && !(hi & 0x40000000)) return;
     if (hi & 0x40000000) {
       const m = decodeL2Entry(table.getBigUint64(at, false), this.geo.clusterBits, this.header.version);
       const { start, end } = compressedSpan(m);
@@ -351,10 +373,11 @@ export class Qcow2WritableImage extends Qcow2Image {
     const hi = view.getUint32(at, false), lo = view.getUint32(at + 4, false);
     const compressed = (hi & 0x40000000) !== 0;
     const host = compressed ? 0 : entryOffset(hi, lo);
-    const owned = host !== 0 && (hi & COPIED) !== 0;
+    const mapped = this.mapsCluster(hi, lo);
+    const owned = mapped && (hi & COPIED) !== 0;
     const inner = pos - clusterStart;
-    if (this.geo.extendedL2 && !compressed && (owned || !host)) {
-      await this.writeSubclusters(view, at, clusterStart, pos, piece, host, pending);
+    if (this.geo.extendedL2 && !compressed && (owned || !mapped)) {
+      await this.writeSubclusters(view, at, clusterStart, pos, piece, mapped ? host : undefined, pending);
       return;
     }
     const zeroFlag = !this.geo.extendedL2 && this.header.version >= 3 && (lo & ZERO_FLAG) !== 0;
@@ -373,8 +396,8 @@ export class Qcow2WritableImage extends Qcow2Image {
     let target = host;
     if (owned && zeroFlag) await this.settle(host, host + cs);
     if (!(owned && zeroFlag)) {
-      target = await this.allocate(1);
-      if (compressed || host) await this.release(hi, lo, at, view);
+      target = await this.allocateData(clusterStart);
+      if (compressed || mapped) await this.release(hi, lo, at, view);
     }
     pending.push({ host: target, data: cluster });
     this.setL2(view, at, target, 0);
@@ -388,7 +411,7 @@ export class Qcow2WritableImage extends Qcow2Image {
    * Extended L2, a cluster of our own or none yet: only the touched subclusters change; the
    * others keep falling through to the backing image or reading as zeroes.
    */
-  private async writeSubclusters(view: DataView, at: number, clusterStart: number, pos: number, piece: Uint8Array, host: number, pending: DataWrite[]): Promise<void> {
+  private async writeSubclusters(view: DataView, at: number, clusterStart: number, pos: number, piece: Uint8Array, host: number | undefined, pending: DataWrite[]): Promise<void> {
     const sc = this.geo.subclusterSize;
     let zeroBits = view.getUint32(at + 8, false) >>> 0;
     let allocBits = view.getUint32(at + 12, false) >>> 0;
@@ -396,8 +419,8 @@ export class Qcow2WritableImage extends Qcow2Image {
     const last = Math.floor((pos - clusterStart + piece.length - 1) / sc);
     const from = clusterStart + first * sc;
     const to = Math.min(clusterStart + (last + 1) * sc, this.size);
-    const target = host || (await this.allocate(1));
-    if (host) await this.settle(host, host + this.clusterSize);
+    const target = host ?? (await this.allocateData(clusterStart));
+    if (host !== undefined) await this.settle(host, host + this.clusterSize);
     let region = piece;
     if (pos !== from || pos + piece.length !== to) {
       // Partly covered subclusters at either end keep their old bytes around the piece.
@@ -481,9 +504,19 @@ export class Qcow2WritableImage extends Qcow2Image {
       const at = index * this.geo.l2EntrySize;
       const hi = l2.view.getUint32(at, false), lo = l2.view.getUint32(at + 4, false);
       const host = hi & 0x40000000 ? 0 : entryOffset(hi, lo);
+      const mapped = this.mapsCluster(hi, lo);
+      if (this.dataFileRaw) {
+        // The data file must stay the disk by itself: its bytes become zeroes, the mapping stays.
+        if (mapped) {
+          await this.settle(host, host + cs);
+          await this.dataSource.punchHole(host, stop - clusterStart);
+        } else await this.writeRange(pos, stop - pos, null);
+        pos = stop;
+        continue;
+      }
       // v3 can mark a cluster of our own as zero and keep it; v2 can only let it go.
-      const keep = v3 && !unmap && host !== 0 && (hi & COPIED) !== 0 && !(hi & 0x40000000);
-      if (!keep && (host || (hi & 0x40000000))) await this.release(hi, lo, at, l2.view);
+      const keep = v3 && !unmap && mapped && (hi & COPIED) !== 0;
+      if (!keep && (mapped || (hi & 0x40000000))) await this.release(hi, lo, at, l2.view);
       if (this.geo.extendedL2) {
         this.setL2(l2.view, at, keep ? host : 0, 0);
         if (!keep) l2.view.setUint32(at, 0, false);
@@ -509,6 +542,7 @@ export class Qcow2WritableImage extends Qcow2Image {
       throw new DiskError('EINVAL', `compressed writes must cover whole clusters (offset ${offset}, ${buf.length} bytes)`);
     }
     checkRange(this.size, offset, buf.length, 'write');
+    if (this.externalData) throw new DiskError('EUNSUPPORTED', `${this.source.name}: compressed clusters cannot be written to an image with an external data file`);
     const full = buf.length === cs ? buf : (() => { const b = new Uint8Array(cs); b.set(buf); return b; })();
     // Compression runs outside the queue so that several clusters compress at once (zlib on
     // the libuv threadpool; zstd, from a WebAssembly build of the reference library, inline).
