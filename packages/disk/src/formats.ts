@@ -6,6 +6,7 @@ import { qcow2Driver } from './qcow2/index.js';
 import { vdiDriver } from './vdi/index.js';
 import { vpcDriver } from './vpc/index.js';
 import { luksDriver } from './luks/index.js';
+import { vmdkDriver } from './vmdk/index.js';
 
 const drivers = new Map<string, FormatDriver>();
 
@@ -39,3 +40,4 @@ registerFormat(qcow2Driver);
 registerFormat(vdiDriver);
 registerFormat(vpcDriver);
 registerFormat(luksDriver);
+registerFormat(vmdkDriver);
