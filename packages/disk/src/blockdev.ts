@@ -60,6 +60,27 @@ export function checkRange(size: number, offset: number, length: number, what = 
   }
 }
 
+/**
+ * Read what an image leaves to its backing device (qcow2/qed unallocated clusters, a
+ * differencing VHD's unset sectors): the backing device's bytes, zeroes past its end or
+ * without one.
+ */
+export async function readBacking(backing: BlockDevice | undefined, buf: Uint8Array, offset: number): Promise<void> {
+  const inside = backing ? Math.max(0, Math.min(buf.length, backing.size - offset)) : 0;
+  if (inside > 0) await backing!.read(buf.subarray(0, inside), offset);
+  if (inside < buf.length) buf.fill(0, inside);
+}
+
+/**
+ * Block status of a range an image leaves to its backing device: the backing device's
+ * extents one level deeper; past its end, or without one, unallocated zeroes.
+ */
+export async function* backingStatus(backing: BlockDevice | undefined, offset: number, length: number): AsyncIterable<Extent> {
+  const inside = backing ? Math.max(0, Math.min(length, backing.size - offset)) : 0;
+  if (inside > 0) for await (const e of backing!.blockStatus(offset, inside)) yield { ...e, depth: e.depth + 1 };
+  if (inside < length) yield { offset: offset + inside, length: length - inside, data: false, zero: true, present: false, depth: backing ? 1 : 0 };
+}
+
 /** Merge adjacent extents with the same status (what qemu-img map does before printing). */
 export function sameStatus(a: Extent, b: Extent): boolean {
   if (a.data !== b.data || a.zero !== b.zero || a.present !== b.present || a.depth !== b.depth) return false;

@@ -9,7 +9,7 @@
  */
 import * as zlib from 'node:zlib';
 import { Decompress } from 'fzstd';
-import { checkRange, type Extent } from '../blockdev.js';
+import { backingStatus, checkRange, readBacking, type Extent } from '../blockdev.js';
 import { DiskError } from '../errors.js';
 import { SNAPSHOT_NOT_FOUND, type BackingRef, type Image, type ImageInfo, type OpenOptions, type SnapshotInfo } from '../format.js';
 import { resolveBackingPath } from '../open.js';
@@ -273,7 +273,7 @@ export class Qcow2Image implements Image {
           slice.fill(0);
           break;
         case 'unallocated':
-          reads.push(this.readBacking(slice, r.offset));
+          reads.push(readBacking(this.backing, slice, r.offset));
           break;
         case 'compressed':
           compressed.push({ ...r.compressed!, offset: r.offset, slice });
@@ -286,13 +286,6 @@ export class Qcow2Image implements Image {
     await Promise.all(reads);
   }
 
-  /** Guest bytes this image does not allocate: the backing image's, or zeroes past its end. */
-  protected async readBacking(slice: Uint8Array, offset: number): Promise<void> {
-    const b = this.backing;
-    const n = b ? Math.max(0, Math.min(slice.length, b.size - offset)) : 0;
-    if (n > 0) await b!.read(slice.subarray(0, n), offset);
-    if (n < slice.length) slice.fill(0, n);
-  }
 
   /**
    * Compressed clusters into their slices. Clusters stored next to each other in the file (as
@@ -402,7 +395,7 @@ export class Qcow2Image implements Image {
           if (!this.backing && r.hostOffset !== undefined && mapped) {
             yield { offset: r.offset, length: r.length, data: false, zero: true, present: false, depth: 0, hostOffset: r.hostOffset, hostFile };
           } else {
-            yield* this.backingStatus(r.offset, r.length);
+            yield* backingStatus(this.backing, r.offset, r.length);
           }
           break;
       }
@@ -410,18 +403,6 @@ export class Qcow2Image implements Image {
   }
 
   /** Status of a range this image leaves to its backing file, one level deeper. */
-  private async *backingStatus(offset: number, length: number): AsyncIterable<Extent> {
-    const b = this.backing;
-    if (!b) {
-      yield { offset, length, data: false, zero: true, present: false, depth: 0 };
-      return;
-    }
-    const inside = Math.max(0, Math.min(length, b.size - offset));
-    if (inside > 0) {
-      for await (const e of b.blockStatus(offset, inside)) yield { ...e, depth: e.depth + 1 };
-    }
-    if (inside < length) yield { offset: offset + inside, length: length - inside, data: false, zero: true, present: false, depth: 1 };
-  }
 
   async snapshots(): Promise<SnapshotInfo[]> {
     return this.snapshotList.map(snapshotInfo);

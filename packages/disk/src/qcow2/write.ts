@@ -12,7 +12,7 @@
  */
 import * as zlib from 'node:zlib';
 import { promisify } from 'node:util';
-import { checkRange, type WriteZeroesOptions } from '../blockdev.js';
+import { checkRange, readBacking, type WriteZeroesOptions } from '../blockdev.js';
 import { DiskError } from '../errors.js';
 import type { ByteSource } from '../source.js';
 import {
@@ -430,7 +430,7 @@ export class Qcow2WritableImage extends Qcow2Image {
         const slot = region.subarray(a - from, Math.min(region.length, a - from + sc));
         const bit = 2 ** s;
         if (allocBits & bit) await this.dataSource.read(slot, target + s * sc);
-        else if (!(zeroBits & bit)) await this.readBacking(slot, a);
+        else if (!(zeroBits & bit)) await readBacking(this.backing, slot, a);
       }
       region.set(piece, pos - from);
     }

@@ -7,7 +7,7 @@
  * Allocation puts the bitmap where the footer copy at the end of the file was, writes the
  * footer after the new block, then the BAT entry (QEMU's order).
  */
-import { checkRange, type Extent } from '../blockdev.js';
+import { backingStatus, checkRange, readBacking, type Extent } from '../blockdev.js';
 import { DiskError } from '../errors.js';
 import { QueuedWriteImage, blockPieces } from '../blockwalk.js';
 import type { BackingRef, Image, ImageInfo } from '../format.js';
@@ -149,14 +149,14 @@ export class VpcImage extends QueuedWriteImage implements Image {
       const part = buf.subarray(done, done + n);
       const entry = block < d.bat.length ? d.bat[block]! : BAT_UNALLOCATED;
       if (entry === BAT_UNALLOCATED) {
-        await this.readParent(part, pos);
+        await readBacking(this.backing, part, pos);
       } else if (!this.differencing) {
         await this.readHost(part, this.blockData(entry, inBlock));
       } else {
         for await (const run of this.bitmapRuns(entry, inBlock, n)) {
           const sub = part.subarray(run.from - inBlock, run.to - inBlock);
           if (run.set) await this.readHost(sub, this.blockData(entry, run.from));
-          else await this.readParent(sub, pos + run.from - inBlock);
+          else await readBacking(this.backing, sub, pos + run.from - inBlock);
         }
       }
       done += n;
@@ -169,12 +169,6 @@ export class VpcImage extends QueuedWriteImage implements Image {
     if (got < buf.length) buf.fill(0, got);
   }
 
-  private async readParent(buf: Uint8Array, offset: number): Promise<void> {
-    const b = this.backing;
-    const inside = b ? Math.max(0, Math.min(buf.length, b.size - offset)) : 0;
-    if (inside > 0) await b!.read(buf.subarray(0, inside), offset);
-    buf.fill(0, inside);
-  }
 
   /** Runs of sectors with the same bitmap bit in [inBlock, inBlock+n) of a block (bit set: stored here). */
   private async *bitmapRuns(entry: number, inBlock: number, n: number): AsyncIterable<{ from: number; to: number; set: boolean }> {
@@ -280,14 +274,8 @@ export class VpcImage extends QueuedWriteImage implements Image {
   }
 
   private async *parentStatus(offset: number, length: number): AsyncIterable<Extent> {
-    if (!this.differencing) {
-      yield { offset, length, data: false, zero: true, present: true, depth: 0 };
-      return;
-    }
-    const b = this.backing;
-    const inside = b ? Math.max(0, Math.min(length, b.size - offset)) : 0;
-    if (inside > 0) for await (const e of b!.blockStatus(offset, inside)) yield { ...e, depth: e.depth + 1 };
-    if (inside < length) yield { offset: offset + inside, length: length - inside, data: false, zero: true, present: false, depth: b ? 1 : 0 };
+    if (!this.differencing) yield { offset, length, data: false, zero: true, present: true, depth: 0 };
+    else yield* backingStatus(this.backing, offset, length);
   }
 
   async info(): Promise<ImageInfo> {
