@@ -373,6 +373,8 @@ export const inspectQed: FormatInspection = async (r, file) => {
   if (!isQed(head)) return null;
   const f = finding('qed', 'start');
   return guard(f, async () => {
+    // A file cut short inside the header: parseQedHeader says so.
+    if (head.length < 64) parseQedHeader(head, file);
     const v = view(head);
     const clusterSize = v.getUint32(4, true), headerClusters = v.getUint32(12, true);
     const headerBytes = Math.min(MAX_READ, Math.max(64, clusterSize * Math.min(headerClusters, 16)));
