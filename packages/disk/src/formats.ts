@@ -5,6 +5,7 @@ import { rawDriver } from './raw/index.js';
 import { qcow2Driver } from './qcow2/index.js';
 import { vdiDriver } from './vdi/index.js';
 import { vpcDriver } from './vpc/index.js';
+import { qedDriver } from './qed/index.js';
 import { luksDriver } from './luks/index.js';
 import { vmdkDriver } from './vmdk/index.js';
 
@@ -39,5 +40,6 @@ registerFormat(rawDriver);
 registerFormat(qcow2Driver);
 registerFormat(vdiDriver);
 registerFormat(vpcDriver);
+registerFormat(qedDriver);
 registerFormat(luksDriver);
 registerFormat(vmdkDriver);

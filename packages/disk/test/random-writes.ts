@@ -1,4 +1,5 @@
 /** Helpers shared by the block-mapped format tests (vdi, vpc): whole reads, random writes against a reference, mutation rounds. */
+import assert from 'node:assert/strict';
 import { openImage, closeChain, isDiskError, MemorySource, type FormatDriver, type Image } from '@diskhub/disk';
 
 /** The whole virtual disk of an image (and its chain), read through our engine. */
@@ -10,6 +11,24 @@ export async function readAll(path: string, format?: string): Promise<Uint8Array
     return buf;
   } finally {
     await closeChain(img);
+  }
+}
+
+/**
+ * The image at `path` reads as `expected` in full, and in reads at odd offsets that span
+ * blocks/clusters (the first byte, across the 1 MiB mark, a long unaligned run, the tail).
+ */
+export async function assertReadsAsExpected(path: string, expected: Uint8Array, what: string): Promise<void> {
+  assert.ok(Buffer.from(await readAll(path)).equals(Buffer.from(expected)), `${what}: contents`);
+  const image = await openImage(path);
+  try {
+    for (const [off, len] of [[1, 1048576], [1048575, 2], [3145000, 1048577], [expected.length - 192, 192]] as const) {
+      const b = new Uint8Array(len);
+      await image.read(b, off);
+      assert.ok(Buffer.from(b).equals(Buffer.from(expected.subarray(off, off + len))), `${what}: read ${off}+${len}`);
+    }
+  } finally {
+    await closeChain(image);
   }
 }
 

@@ -31,6 +31,42 @@ export interface QedHeader {
   backingFile?: string;
 }
 
+/** Bytes of the fixed header fields (the backing file name, if any, follows them). */
+export const QED_HEADER_BYTES = 64;
+/** An L2 entry that reads as zeroes without a data cluster (QEMU's QED_CLUSTER_ZERO). */
+export const QED_ZERO_CLUSTER = 1;
+export const QED_DEFAULT_CLUSTER_SIZE = 64 * 1024;
+export const QED_DEFAULT_TABLE_SIZE = 4;
+
+/** Largest virtual size a geometry can map: (entries per table)^2 clusters. */
+export function qedMaxImageSize(clusterSize: number, tableSize: number): number {
+  const entries = (tableSize * clusterSize) / 8;
+  return entries * entries * clusterSize;
+}
+
+/** The fixed header fields as stored at offset 0 (the backing file name is written separately). */
+export function serializeQedHeader(h: QedHeader): Uint8Array {
+  const b = new Uint8Array(QED_HEADER_BYTES);
+  const v = new DataView(b.buffer);
+  v.setUint32(0, QED_MAGIC, true);
+  v.setUint32(4, h.clusterSize, true);
+  v.setUint32(8, h.tableSize, true);
+  v.setUint32(12, h.headerSize, true);
+  v.setBigUint64(16, h.features, true);
+  v.setBigUint64(24, h.compatFeatures, true);
+  v.setBigUint64(32, h.autoclearFeatures, true);
+  v.setBigUint64(40, BigInt(h.l1TableOffset), true);
+  v.setBigUint64(48, BigInt(h.imageSize), true);
+  v.setUint32(56, h.backingFilenameOffset, true);
+  v.setUint32(60, h.backingFilenameSize, true);
+  return b;
+}
+
+/** Header flags for a new image's backing file (QEMU stores only "raw, do not probe"). */
+export function backingFeatures(backingFormat: string | undefined): bigint {
+  return QED_F_BACKING_FILE | (backingFormat === 'raw' ? QED_F_BACKING_FORMAT_NO_PROBE : 0n);
+}
+
 export function isQed(b: Uint8Array): boolean {
   return b.length >= 4 && new DataView(b.buffer, b.byteOffset, 4).getUint32(0, true) === QED_MAGIC;
 }
