@@ -40,8 +40,23 @@ export function needs(...tools: string[]): { skip?: string } {
 
 export interface RunResult { stdout: string; stderr: string; code: number }
 
+/**
+ * QEMU times its LUKS key derivation with the thread's CPU clock and gives up with this message
+ * when its first measurement reads 0 ms — which happens on kernels with tick-based CPU
+ * accounting when the machine is busy, whatever iter-time says. It is a property of the
+ * measurement, not of the command: such runs are retried.
+ */
+const QEMU_PBKDF_TIMING = 'Unable to get accurate CPU usage';
+
 /** Run a program; never throws on a non-zero exit (the code is returned). */
 export async function run(cmd: string, args: string[], opts: { input?: string | Uint8Array; env?: NodeJS.ProcessEnv; cwd?: string; timeoutMs?: number } = {}): Promise<RunResult> {
+  for (let attempt = 1; ; attempt++) {
+    const r = await runOnce(cmd, args, opts);
+    if (r.code === 0 || attempt >= 5 || !cmd.startsWith('qemu-') || !r.stderr.includes(QEMU_PBKDF_TIMING)) return r;
+  }
+}
+
+async function runOnce(cmd: string, args: string[], opts: Parameters<typeof run>[2] = {}): Promise<RunResult> {
   try {
     const p = execFileP(cmd, args, { maxBuffer: 256 << 20, env: opts.env ?? process.env, cwd: opts.cwd, timeout: opts.timeoutMs ?? 120_000, encoding: 'utf8' });
     if (opts.input !== undefined) { p.child.stdin?.end(opts.input); }
