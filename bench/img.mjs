@@ -57,6 +57,8 @@ const qcowZ = q(`mixed-${SIZE / 2 ** 20}M-c.qcow2`, (p) => ['convert', '-c', '-O
 const qcow1k = q(`mixed-${SIZE / 2 ** 20}M-1k.qcow2`, (p) => ['convert', '-O', 'qcow2', '-o', 'cluster_size=1k', src, p]);
 const vdi = q(`mixed-${SIZE / 2 ** 20}M.vdi`, (p) => ['convert', '-O', 'vdi', src, p]);
 const vhd = q(`mixed-${SIZE / 2 ** 20}M.vhd`, (p) => ['convert', '-O', 'vpc', src, p]);
+const vmdkStream = q(`mixed-${SIZE / 2 ** 20}M-stream.vmdk`, (p) => ['convert', '-O', 'vmdk', '-o', 'subformat=streamOptimized', src, p]);
+const vmdkSparse = q(`mixed-${SIZE / 2 ** 20}M.vmdk`, (p) => ['convert', '-O', 'vmdk', src, p]);
 const sparse = join(work, 'sparse-1T.qcow2');
 if (!existsSync(sparse)) {
   execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', sparse, '1T']);
@@ -78,6 +80,10 @@ const cases = [
   ['convert vdi→raw', (out) => ['convert', '-O', 'raw', vdi, out]],
   ['convert raw→vpc', (out) => ['convert', '-O', 'vpc', src, out]],
   ['convert vpc→raw', (out) => ['convert', '-O', 'raw', vhd, out]],
+  ['convert vmdk streamOptimized→qcow2', (out) => ['convert', '-O', 'qcow2', vmdkStream, out]],
+  ['convert qcow2→vmdk streamOptimized', (out) => ['convert', '-O', 'vmdk', '-o', 'subformat=streamOptimized', qcow, out]],
+  ['convert raw→vmdk', (out) => ['convert', '-O', 'vmdk', src, out]],
+  ['convert vmdk→raw', (out) => ['convert', '-O', 'raw', vmdkSparse, out]],
   ['convert raw→raw', (out) => ['convert', '-O', 'raw', src, out]],
   ['convert raw→raw -W -m 16', (out) => ['convert', '-W', '-m', '16', '-O', 'raw', src, out]],
   ['compare (identical)', () => ['compare', src, copy]],

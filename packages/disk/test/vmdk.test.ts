@@ -10,7 +10,7 @@ import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { openImage, closeChain, isDiskError, getFormat, mapImage, FileSource, checkSource } from '@diskhub/disk';
 import { tempDir, qemuImg, qemuIo, needs, run, diskhub } from '@diskhub/testkit';
-import { mutationRounds, readAll } from './random-writes.js';
+import { mutationRounds, randomWrites, readAll } from './random-writes.js';
 
 const SUBFORMATS = ['monolithicSparse', 'monolithicFlat', 'twoGbMaxExtentSparse', 'twoGbMaxExtentFlat', 'streamOptimized'] as const;
 /** Writes that cross grains (64 KiB), the 2 GiB extent boundary of the split subformats, and zero a range. */
@@ -257,4 +257,48 @@ test('vmdk mutations: damaged copies of qemu-made images only ever give DiskErro
     const r = await mutationRounds(getFormat('vmdk'), bytes, 700, [0, 1024], 17);
     assert.ok(r.opened > 0 && r.refused > 0, `${sub}: both outcomes seen: ${JSON.stringify(r)}`);
   }
+});
+
+test('vmdk write: random writes and zero ranges pass qemu-img check and compare equal to a raw reference', needs('qemu-img', 'qemu-io'), async (t) => {
+  const dir = await tempDir(t);
+  const size = 6 * 1048576 + 512;
+  for (const [name, opts, seed] of [
+    ['sparse', [], 7], ['zeroed', ['-o', 'zeroed_grain=on'], 11], ['flat', ['-o', 'subformat=monolithicFlat'], 13],
+    ['split', ['-o', 'subformat=twoGbMaxExtentSparse'], 17], ['prefilled', [], 19],
+  ] as const) {
+    const img = join(dir, `${name}.vmdk`);
+    const ref = join(dir, `${name}.raw`);
+    await qemuImg('create', '-q', '-f', 'vmdk', ...opts, img, String(size));
+    if (name === 'prefilled') await qemuIo('-f', 'vmdk', '-c', 'write -P 0x5a 524288 2097152', img);
+    await qemuImg('convert', '-O', 'raw', img, ref);
+    const image = await openImage(img, { writable: true });
+    const reference = new Uint8Array(await readFile(ref));
+    try {
+      await randomWrites(image, reference, seed, 40, 1536 * 1024, 5 * 1048576);
+    } finally {
+      await closeChain(image);
+    }
+    await writeFile(ref, reference);
+    const check = await run('qemu-img', ['check', img]);
+    assert.equal(check.code, 0, `${name}: qemu-img check: ${check.stdout}${check.stderr}`);
+    const cmp = await run('qemu-img', ['compare', '-f', 'vmdk', '-F', 'raw', img, ref]);
+    assert.equal(cmp.code, 0, `${name}: qemu-img compare: ${cmp.stdout}${cmp.stderr}`);
+    assert.ok(Buffer.from(await readAll(img)).equals(Buffer.from(reference)), `${name}: our read-back`);
+  }
+  // A write into a delta disk copies the rest of the grain from the parent (qemu-img reads it the same).
+  await qemuImg('create', '-q', '-f', 'vmdk', join(dir, 'base.vmdk'), '1M');
+  await qemuIo('-f', 'vmdk', '-c', 'write -P 0x31 0 1M', join(dir, 'base.vmdk'));
+  await qemuImg('create', '-q', '-f', 'vmdk', '-b', 'base.vmdk', '-F', 'vmdk', join(dir, 'top.vmdk'));
+  const top = await openImage(join(dir, 'top.vmdk'), { writable: true });
+  await top.write!(new Uint8Array(100).fill(0x32), 70000);
+  await closeChain(top);
+  await qemuImg('convert', '-O', 'raw', join(dir, 'top.vmdk'), join(dir, 'top.raw'));
+  const expected = Buffer.alloc(1048576, 0x31);
+  expected.fill(0x32, 70000, 70100);
+  assert.ok((await readFile(join(dir, 'top.raw'))).equals(expected), 'delta write over the parent');
+  // streamOptimized grains are written once: a second write to one is refused, as QEMU refuses it.
+  await qemuImg('convert', '-O', 'vmdk', '-o', 'subformat=streamOptimized', join(dir, 'top.raw'), join(dir, 's.vmdk'));
+  const s = await openImage(join(dir, 's.vmdk'), { writable: true });
+  await assert.rejects(s.write!(new Uint8Array(65536), 0), (e) => isDiskError(e, 'EIO') && /allocated cluster for streamOptimized/.test(e.message));
+  await closeChain(s);
 });

@@ -44,6 +44,11 @@ export class VmdkImage extends QueuedWriteImage implements Image {
   /** The last grain inflated: sequential reads of a compressed grain decompress it once. */
   private lastGrain?: { extent: SparseExtent; sector: number; data: Uint8Array };
   private cidChecked = false;
+  /**
+   * streamOptimized: a grain written in pieces (convert writes data runs and skips zero runs)
+   * is gathered here and compressed once, when a write moves to another grain or on flush.
+   */
+  private pending?: { ext: SparseExtent; rel: number; data: Uint8Array };
   private cidUpdated = false;
 
   constructor(private readonly opened: OpenedVmdk, writable: boolean) {
@@ -123,6 +128,12 @@ export class VmdkImage extends QueuedWriteImage implements Image {
         const got = await ext.file.read(part, ext.fileOffset + rel);
         if (got < n) part.fill(0, got);
       } else {
+        const p = this.pending;
+        if (p && p.ext === ext && rel >= p.rel && rel < p.rel + p.data.length) {
+          part.set(p.data.subarray(rel - p.rel, rel - p.rel + n));
+          pos += n;
+          continue;
+        }
         const st = await this.grainState(ext, rel);
         if (st.kind === 'error') throw this.corrupt(ext, st.why);
         if (st.kind === 'zeroed') part.fill(0);
@@ -288,21 +299,16 @@ export class VmdkImage extends QueuedWriteImage implements Image {
     const inGrain = rel % ext.grainBytes;
     if (ext.compressed) {
       if (st.kind === 'data') throw new DiskError('EIO', `${ext.file.name}: Could not write to allocated cluster for streamOptimized`);
-      const grainEnd = Math.min(ext.grainBytes, ext.bytes - (rel - inGrain));
-      if (inGrain !== 0 || part.length !== grainEnd) {
-        throw new DiskError('EINVAL', `${ext.file.name}: streamOptimized vmdk takes whole grains only (write of ${part.length} bytes at grain offset ${inGrain})`);
+      const grainRel = rel - inGrain;
+      const grainLen = Math.min(ext.grainBytes, ext.bytes - grainRel);
+      const p = this.pending;
+      if (p && (p.ext !== ext || p.rel !== grainRel)) await this.commitPending();
+      if (inGrain !== 0 || part.length !== grainLen || this.pending) {
+        if (!this.pending) this.pending = { ext, rel: grainRel, data: new Uint8Array(grainLen) };
+        this.pending.data.set(part, inGrain);
+        return;
       }
-      const packed = new Uint8Array(await deflateAsync(part));
-      const at = ext.nextGrainSector * SECTOR;
-      const total = GRAIN_MARKER_SIZE + packed.length;
-      const out = new Uint8Array(Math.ceil(total / SECTOR) * SECTOR);
-      const v = new DataView(out.buffer);
-      v.setBigUint64(0, BigInt(Math.floor((ext.start + rel) / SECTOR)), true);
-      v.setUint32(8, packed.length, true);
-      out.set(packed, GRAIN_MARKER_SIZE);
-      await ext.file.write(out, at);
-      ext.nextGrainSector += out.length / SECTOR;
-      await this.setGte(ext, rel, at / SECTOR);
+      await this.writeCompressedGrain(ext, grainRel, part);
       return;
     }
     if (st.kind === 'data') {
@@ -327,6 +333,28 @@ export class VmdkImage extends QueuedWriteImage implements Image {
     await ext.file.write(grain, sector * SECTOR);
     ext.nextGrainSector += ext.grainBytes / SECTOR;
     await this.setGte(ext, rel, sector);
+  }
+
+  /** Compress one grain and append it behind its marker, then point the grain table at it. */
+  private async writeCompressedGrain(ext: SparseExtent, rel: number, part: Uint8Array): Promise<void> {
+    const packed = new Uint8Array(await deflateAsync(part));
+    const at = ext.nextGrainSector * SECTOR;
+    const total = GRAIN_MARKER_SIZE + packed.length;
+    const out = new Uint8Array(Math.ceil(total / SECTOR) * SECTOR);
+    const v = new DataView(out.buffer);
+    v.setBigUint64(0, BigInt(Math.floor((ext.start + rel) / SECTOR)), true);
+    v.setUint32(8, packed.length, true);
+    out.set(packed, GRAIN_MARKER_SIZE);
+    await ext.file.write(out, at);
+    ext.nextGrainSector += out.length / SECTOR;
+    await this.setGte(ext, rel, at / SECTOR);
+  }
+
+  private async commitPending(): Promise<void> {
+    const p = this.pending;
+    if (!p) return;
+    this.pending = undefined;
+    await this.writeCompressedGrain(p.ext, p.rel, p.data);
   }
 
   /** Set a grain table entry in the table and in its redundant copy. */
@@ -367,12 +395,12 @@ export class VmdkImage extends QueuedWriteImage implements Image {
   }
 
   override async flush(): Promise<void> {
-    await this.writeQueue.idle();
+    await this.writeQueue.run(() => this.commitPending());
     if (this.writable) for (const f of this.files()) await f.flush();
   }
 
   override async close(): Promise<void> {
-    await this.writeQueue.idle();
+    await this.writeQueue.run(() => this.commitPending());
     await this.closeExtents();
     await this.source.close();
   }

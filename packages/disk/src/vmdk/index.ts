@@ -7,7 +7,9 @@ import { DiskError } from '../errors.js';
 import type { CheckOptions, CheckResult, FormatDriver, Image, OpenOptions } from '../format.js';
 import { CheckNotSupported } from '../ops/dispatch.js';
 import { FileSource, type ByteSource } from '../source.js';
-import { resolveBackingPath } from '../open.js';
+import { readHead, resolveBackingPath } from '../open.js';
+import { probeFormat } from '../formats.js';
+import { VMDK_CREATE_OPTIONS, createVmdk } from './create.js';
 import { COWD_MAGIC, SPARSE_MAGIC, looksLikeDescriptor } from './header.js';
 import { VmdkImage } from './image.js';
 import { openVmdk } from './open.js';
@@ -21,6 +23,8 @@ export const vmdkDriver: FormatDriver = {
     }
     return looksLikeDescriptor(head) ? 100 : 0;
   },
+  createOptions: VMDK_CREATE_OPTIONS,
+  create: (target, request) => createVmdk(target, request, (backing) => parentCid(target.name, backing)),
   async open(source: ByteSource, options: OpenOptions): Promise<Image> {
     if (options.snapshot !== undefined) throw new DiskError('EUNSUPPORTED', `${source.name}: vmdk images have no internal snapshots`);
     return new VmdkImage(await openVmdk(source, options), !!options.writable);
@@ -37,5 +41,20 @@ export const vmdkDriver: FormatDriver = {
     }
   },
 };
+
+/** The CID of the parent a new delta disk names (qemu-img opens it, and refuses a parent that is not vmdk). */
+async function parentCid(imagePath: string, backing: string): Promise<number> {
+  const path = resolveBackingPath(imagePath, backing);
+  const source = await FileSource.open(path, { readOnly: true });
+  try {
+    const format = probeFormat(await readHead(source), path);
+    if (format.name !== 'vmdk') throw new DiskError('EINVAL', `Invalid backing file format: ${format.name}. Must be vmdk`);
+    const opened = await openVmdk(source, { openRelated: (name) => FileSource.open(resolveBackingPath(path, name), { readOnly: true }) });
+    for (const e of opened.extents) if (e.ownFile) await e.file.close();
+    return opened.cid;
+  } finally {
+    await source.close();
+  }
+}
 
 export { VmdkImage } from './image.js';
