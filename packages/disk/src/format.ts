@@ -54,6 +54,8 @@ export interface OpenOptions {
   allowExternalData?: boolean;
   /** Open this internal snapshot's view (read-only). */
   snapshot?: string;
+  /** Which disk of an OVA appliance to open (0 = the first; `appliance.ova:N` on a path). */
+  ovaDisk?: number;
   /**
    * The passphrase of an encrypted image (the bytes of the secret its key-secret /
    * encrypt.key-secret option names). Never put into messages.

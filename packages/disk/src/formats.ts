@@ -8,6 +8,7 @@ import { vpcDriver } from './vpc/index.js';
 import { qedDriver } from './qed/index.js';
 import { luksDriver } from './luks/index.js';
 import { vmdkDriver } from './vmdk/index.js';
+import { ovaDriver } from './ova/index.js';
 
 const drivers = new Map<string, FormatDriver>();
 
@@ -43,3 +44,4 @@ registerFormat(vpcDriver);
 registerFormat(qedDriver);
 registerFormat(luksDriver);
 registerFormat(vmdkDriver);
+registerFormat(ovaDriver);

@@ -65,7 +65,29 @@ export async function openImage(path: string, options: OpenImageOptions = {}): P
   return top;
 }
 
+/** `appliance.ova:2`: a disk of an OVA, named by its index, when no file has that very name. */
+async function splitDiskIndex(path: string): Promise<{ path: string; disk: number } | undefined> {
+  const m = /^(.+):(\d{1,4})$/.exec(path);
+  if (!m) return undefined;
+  try {
+    await stat(path);
+    return undefined;
+  } catch {
+    try {
+      await stat(m[1]!);
+      return { path: m[1]!, disk: Number(m[2]) };
+    } catch {
+      return undefined;
+    }
+  }
+}
+
 async function openOne(path: string, options: OpenImageOptions, seen: Set<string>, namedBy?: string): Promise<Image> {
+  const indexed = namedBy ? undefined : await splitDiskIndex(path);
+  if (indexed) {
+    path = indexed.path;
+    options = { ...options, ovaDisk: indexed.disk };
+  }
   let id: string;
   try {
     const st = await stat(path);
@@ -81,12 +103,18 @@ async function openOne(path: string, options: OpenImageOptions, seen: Set<string
   seen.add(id);
   const source = await FileSource.open(path, { readOnly: !options.writable });
   try {
-    return await openSource(source, {
+    const image = await openSource(source, {
       ...options,
       openRelated: options.openRelated ?? ((name, writable) => FileSource.open(resolveBackingPath(path, name), { readOnly: !writable })),
     });
+    if (indexed && image.format !== 'ova') {
+      // Only an appliance has numbered disks: "file:N" of anything else is a missing file.
+      await image.close();
+      throw new DiskError('ENOENT', `Could not open '${path}:${indexed.disk}': No such file or directory`);
+    }
+    return image;
   } catch (e) {
-    await source.close();
+    await source.close().catch(() => {});
     throw e;
   }
 }
