@@ -59,6 +59,7 @@ const vdi = q(`mixed-${SIZE / 2 ** 20}M.vdi`, (p) => ['convert', '-O', 'vdi', sr
 const vhd = q(`mixed-${SIZE / 2 ** 20}M.vhd`, (p) => ['convert', '-O', 'vpc', src, p]);
 const vmdkStream = q(`mixed-${SIZE / 2 ** 20}M-stream.vmdk`, (p) => ['convert', '-O', 'vmdk', '-o', 'subformat=streamOptimized', src, p]);
 const vmdkSparse = q(`mixed-${SIZE / 2 ** 20}M.vmdk`, (p) => ['convert', '-O', 'vmdk', src, p]);
+const vhdx = q(`mixed-${SIZE / 2 ** 20}M.vhdx`, (p) => ['convert', '-O', 'vhdx', src, p]);
 const sparse = join(work, 'sparse-1T.qcow2');
 if (!existsSync(sparse)) {
   execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', sparse, '1T']);
@@ -84,6 +85,8 @@ const cases = [
   ['convert qcow2→vmdk streamOptimized', (out) => ['convert', '-O', 'vmdk', '-o', 'subformat=streamOptimized', qcow, out]],
   ['convert raw→vmdk', (out) => ['convert', '-O', 'vmdk', src, out]],
   ['convert vmdk→raw', (out) => ['convert', '-O', 'raw', vmdkSparse, out]],
+  ['convert raw→vhdx', (out) => ['convert', '-O', 'vhdx', src, out]],
+  ['convert vhdx→raw', (out) => ['convert', '-O', 'raw', vhdx, out]],
   ['convert raw→raw', (out) => ['convert', '-O', 'raw', src, out]],
   ['convert raw→raw -W -m 16', (out) => ['convert', '-W', '-m', '16', '-O', 'raw', src, out]],
   ['compare (identical)', () => ['compare', src, copy]],

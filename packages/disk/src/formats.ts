@@ -9,6 +9,7 @@ import { qedDriver } from './qed/index.js';
 import { luksDriver } from './luks/index.js';
 import { vmdkDriver } from './vmdk/index.js';
 import { ovaDriver } from './ova/index.js';
+import { vhdxDriver } from './vhdx/index.js';
 
 const drivers = new Map<string, FormatDriver>();
 
@@ -45,3 +46,4 @@ registerFormat(qedDriver);
 registerFormat(luksDriver);
 registerFormat(vmdkDriver);
 registerFormat(ovaDriver);
+registerFormat(vhdxDriver);

@@ -88,3 +88,4 @@ export async function tempDir(t: TestContext | { after(fn: () => unknown): void 
   return dir;
 }
 export * from './lvm.js';
+export * from './vhdx.js';

@@ -71,7 +71,7 @@ export async function checkCommand(argv: string[]): Promise<number> {
       return EXIT_CHECK_UNSUPPORTED;
     }
     // Headers too broken to open the image are open errors in qemu-img, not check results.
-    if (isDiskError(e) && ['EFORMAT', 'ETRUNCATED', 'ELIMIT', 'EUNSUPPORTED', 'EUNSAFE', 'ENOENT'].includes(e.code)) {
+    if (isDiskError(e) && ['EFORMAT', 'ETRUNCATED', 'ELIMIT', 'EUNSUPPORTED', 'EUNSAFE', 'ENOENT', 'EROFS'].includes(e.code)) {
       throw new CliError(`Could not open '${filename}': ${e.message}`);
     }
     throw new CliError(`Check failed: ${errorMessage(e)}`);

@@ -172,3 +172,102 @@ export function parseParentLocator(b: Uint8Array, file = 'image'): { type: strin
   }
   return { type: formatGuid(b.subarray(0, 16)), entries };
 }
+
+// --- What the driver needs beyond the inspector: limits, block states, the log, writers ---
+
+/** The header section (file identifier, headers, region tables) fills the first 1 MiB (§2.1). */
+export const HEADER_SECTION_SIZE = MiB;
+/** Block sizes QEMU and the spec accept (§2.6.2.1): powers of two from 1 MiB to 256 MiB. */
+export const BLOCK_SIZE_MIN = MiB;
+export const BLOCK_SIZE_MAX = 256 * MiB;
+/** The largest virtual disk the spec allows (§2.6.2.2) and qemu-img creates. */
+export const MAX_IMAGE_SIZE = 64 * 1024 * 1024 * MiB;
+/** Sectors a sector bitmap block describes (§2.5: 1 MiB of bits); sets the chunk ratio. */
+export const MAX_SECTORS_PER_BLOCK = 1 << 23;
+
+/** BAT entry states (§2.5.1): the low 3 bits of an entry; the file offset in MiB is bits 20-63. */
+export const PAYLOAD_BLOCK_NOT_PRESENT = 0;
+export const PAYLOAD_BLOCK_UNDEFINED = 1;
+export const PAYLOAD_BLOCK_ZERO = 2;
+export const PAYLOAD_BLOCK_UNMAPPED = 3;
+/** The value drafts of the spec (v0.95) used for UNMAPPED; QEMU reads it as unmapped too. */
+export const PAYLOAD_BLOCK_UNMAPPED_V095 = 5;
+export const PAYLOAD_BLOCK_FULLY_PRESENT = 6;
+export const PAYLOAD_BLOCK_PARTIALLY_PRESENT = 7;
+export const SB_BLOCK_PRESENT = 6;
+export const BAT_STATE_MASK = 7n;
+export const BAT_OFFSET_MASK = ~0xfffffn & 0xffffffffffffffffn;
+
+/** The log (§2.3): 4 KiB sectors; an entry is a header sector with descriptors, then data sectors. */
+export const LOG_SECTOR_SIZE = 4096;
+export const LOG_ENTRY_HEADER_SIZE = 64;
+export const LOG_DESCRIPTOR_SIZE = 32;
+
+export const FILE_SIGNATURE = 'vhdxfile';
+
+/** Page 83 (§2.6.2.5) — the driver writes one, reading only checks presence. */
+export const METADATA_FLAG_IS_USER = 1;
+export const METADATA_FLAG_IS_VIRTUAL_DISK = 2;
+export const METADATA_FLAG_IS_REQUIRED = 4;
+
+/** GUID text → the 16 bytes VHDX stores (first three fields little-endian). */
+export function guidBytes(guid: string): Uint8Array {
+  const h = guid.replace(/-/g, '');
+  const b = new Uint8Array(16);
+  for (let i = 0; i < 16; i++) b[i] = parseInt(h.slice(i * 2, i * 2 + 2), 16);
+  b.subarray(0, 4).reverse();
+  b.subarray(4, 6).reverse();
+  b.subarray(6, 8).reverse();
+  return b;
+}
+
+/** Parse one header slot without checks (the driver decides validity itself, as QEMU does). */
+export function readHeaderFields(b: Uint8Array): VhdxHeader & { signature: string; checksumOk: boolean } {
+  const v = dv(b);
+  return {
+    signature: ascii(b.subarray(0, 4)),
+    checksumOk: b.length >= HEADER_SIZE && checksumWithHole(b.subarray(0, HEADER_SIZE), 4) === v.getUint32(4, true),
+    sequenceNumber: v.getBigUint64(8, true),
+    fileWriteGuid: formatGuid(b.subarray(16, 32)),
+    dataWriteGuid: formatGuid(b.subarray(32, 48)),
+    logGuid: formatGuid(b.subarray(48, 64)),
+    logVersion: v.getUint16(64, true),
+    version: v.getUint16(66, true),
+    logLength: v.getUint32(68, true),
+    logOffset: Number(v.getBigUint64(72, true)),
+  };
+}
+
+/** Write `h` into a 4 KiB header slot (keeping its reserved bytes) and set the checksum. */
+export function serializeVhdxHeader(h: VhdxHeader, slot: Uint8Array = new Uint8Array(HEADER_SIZE)): Uint8Array {
+  const b = slot.slice(0, HEADER_SIZE);
+  const v = dv(b);
+  b.set(new TextEncoder().encode('head'), 0);
+  v.setBigUint64(8, h.sequenceNumber, true);
+  b.set(guidBytes(h.fileWriteGuid), 16);
+  b.set(guidBytes(h.dataWriteGuid), 32);
+  b.set(guidBytes(h.logGuid), 48);
+  v.setUint16(64, h.logVersion, true);
+  v.setUint16(66, h.version, true);
+  v.setUint32(68, h.logLength, true);
+  v.setBigUint64(72, BigInt(h.logOffset), true);
+  v.setUint32(4, checksumWithHole(b, 4), true);
+  return b;
+}
+
+/** A 64 KiB region table with the given entries, checksummed. */
+export function serializeRegionTable(entries: RegionEntry[]): Uint8Array {
+  const b = new Uint8Array(REGION_TABLE_SIZE);
+  const v = dv(b);
+  b.set(new TextEncoder().encode('regi'), 0);
+  v.setUint32(8, entries.length, true);
+  entries.forEach((e, i) => {
+    const at = 16 + i * 32;
+    b.set(guidBytes(e.guid), at);
+    v.setBigUint64(at + 16, BigInt(e.fileOffset), true);
+    v.setUint32(at + 24, e.length, true);
+    v.setUint32(at + 28, e.required ? 1 : 0, true);
+  });
+  v.setUint32(4, checksumWithHole(b, 4), true);
+  return b;
+}
