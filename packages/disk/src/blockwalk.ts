@@ -1,5 +1,5 @@
 /**
- * Helpers shared by the drivers of block-mapped formats (vdi, vpc): walking a byte range
+ * Helpers shared by the drivers of block-mapped formats (vdi, vpc, vhdx): walking a byte range
  * block by block, and running metadata-changing writes one after another.
  */
 import { DiskError } from './errors.js';
@@ -21,6 +21,12 @@ export function* blockPieces(offset: number, length: number, blockSize: number):
     yield { pos, block: Math.floor(pos / blockSize), inBlock, length: n };
     pos += n;
   }
+}
+
+/** Host bytes; past the end of the file they read as zeroes (QEMU's file layer does the same). */
+export async function readHostOrZero(source: ByteSource, buf: Uint8Array, at: number): Promise<void> {
+  const got = await source.read(buf, at);
+  if (got < buf.length) buf.fill(0, got);
 }
 
 /** Runs tasks strictly one after another (allocation appends and rewrites tables); a failed task does not block later ones. */

@@ -57,20 +57,9 @@ export const ZERO_GUID = '00000000-0000-0000-0000-000000000000';
 
 /** Parse one 4 KiB header; null when its signature or checksum is wrong (the other copy may serve). */
 export function parseVhdxHeader(b: Uint8Array): VhdxHeader | null {
-  if (b.length < HEADER_SIZE || ascii(b.subarray(0, 4)) !== 'head') return null;
-  const h = b.subarray(0, HEADER_SIZE);
-  const v = dv(h);
-  if (checksumWithHole(h, 4) !== v.getUint32(4, true)) return null;
-  return {
-    sequenceNumber: v.getBigUint64(8, true),
-    fileWriteGuid: formatGuid(h.subarray(16, 32)),
-    dataWriteGuid: formatGuid(h.subarray(32, 48)),
-    logGuid: formatGuid(h.subarray(48, 64)),
-    logVersion: v.getUint16(64, true),
-    version: v.getUint16(66, true),
-    logLength: v.getUint32(68, true),
-    logOffset: Number(v.getBigUint64(72, true)),
-  };
+  if (b.length < HEADER_SIZE) return null;
+  const { signature, checksumOk, ...header } = readHeaderFields(b);
+  return signature === 'head' && checksumOk ? header : null;
 }
 
 /** The current header: the valid one with the higher sequence number (§2.2.2.1). */

@@ -13,9 +13,9 @@
  * write the data, and then update the BAT entry through the log, as QEMU does: a crash in
  * between leaves an unreferenced block or a log entry that the next open replays.
  */
-import { checkRange, type Extent } from '../blockdev.js';
+import { backingStatus, checkRange, readBacking, type Extent } from '../blockdev.js';
 import { DiskError } from '../errors.js';
-import { QueuedWriteImage, blockPieces } from '../blockwalk.js';
+import { QueuedWriteImage, blockPieces, readHostOrZero } from '../blockwalk.js';
 import type { BackingRef, CheckResult, Image, ImageInfo } from '../format.js';
 import { readExact, type ByteSource } from '../source.js';
 import { resolveBackingPath } from '../open.js';
@@ -287,16 +287,12 @@ export class VhdxImage extends QueuedWriteImage implements Image {
     }
   }
 
-  private async readHost(buf: Uint8Array, at: number): Promise<void> {
-    const got = await this.source.read(buf, at);
-    if (got < buf.length) buf.fill(0, got);
+  private readHost(buf: Uint8Array, at: number): Promise<void> {
+    return readHostOrZero(this.source, buf, at);
   }
 
-  private async readParent(buf: Uint8Array, offset: number): Promise<void> {
-    const b = this.backing;
-    const inside = b ? Math.max(0, Math.min(buf.length, b.size - offset)) : 0;
-    if (inside > 0) await b!.read(buf.subarray(0, inside), offset);
-    buf.fill(0, inside);
+  private readParent(buf: Uint8Array, offset: number): Promise<void> {
+    return readBacking(this.backing, buf, offset);
   }
 
   /** Runs of logical sectors with the same bitmap bit in [inBlock, inBlock+n) of a block (§2.5.2: bit i of the chunk's bitmap = sector i). */
@@ -350,11 +346,8 @@ export class VhdxImage extends QueuedWriteImage implements Image {
     }
   }
 
-  private async *parentStatus(offset: number, length: number): AsyncIterable<Extent> {
-    const b = this.backing;
-    const inside = b ? Math.max(0, Math.min(length, b.size - offset)) : 0;
-    if (inside > 0) for await (const e of b!.blockStatus(offset, inside)) yield { ...e, depth: e.depth + 1 };
-    if (inside < length) yield { offset: offset + inside, length: length - inside, data: false, zero: true, present: false, depth: b ? 1 : 0 };
+  private parentStatus(offset: number, length: number): AsyncIterable<Extent> {
+    return backingStatus(this.backing, offset, length);
   }
 
   async write(buf: Uint8Array, offset: number): Promise<void> {
