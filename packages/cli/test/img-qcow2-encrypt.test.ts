@@ -141,3 +141,22 @@ test('create, measure and their errors with encryption options match qemu-img', 
     assert.deepEqual(ours, peer, args.join(' '));
   }
 });
+
+test('legacy encrypt.format=aes qcow2 images read as qemu-img reads them; writing them is refused', needs('qemu-img', 'qemu-io'), async (t) => {
+  const dir = await tempDir(t);
+  for (const [name, pass] of [['aes.qcow2', PASS], ['long.qcow2', 'a passphrase longer than sixteen bytes']] as const) {
+    const obj = ['--object', `secret,id=sec0,data=${pass.replace(/,/g, ',,')}`];
+    await runOk('qemu-img', ['create', '-q', '-f', 'qcow2', ...obj, '-o', 'encrypt.format=aes,encrypt.key-secret=sec0', name, '6M'], { cwd: dir });
+    await runOk('qemu-io', [...obj, '--image-opts', qcowOpts(name), ...PATTERN.flatMap((c) => ['-c', c])], { cwd: dir });
+    await runOk('qemu-img', ['convert', ...obj, '--image-opts', qcowOpts(name), '-O', 'raw', `${name}.q.raw`], { cwd: dir });
+    const ours = await diskhub(['img', 'convert', ...obj, '--image-opts', qcowOpts(name), '-O', 'raw', `${name}.d.raw`], { cwd: dir });
+    assert.equal(ours.code, 0, ours.stderr);
+    assert.ok((await readFile(join(dir, `${name}.d.raw`))).equals(await readFile(join(dir, `${name}.q.raw`))), name);
+    await assertSame(['info', '--output=json', name], dir);
+    await assertSame(['map', '--output=json', ...obj, '--image-opts', qcowOpts(name)], dir);
+    await assertSame(['convert', '-O', 'raw', name, 'never.raw'], dir);
+  }
+  const w = await diskhub(['img', 'convert', '-n', ...OBJ, '--target-image-opts', 'aes.qcow2.q.raw', qcowOpts('aes.qcow2')], { cwd: dir });
+  assert.equal(w.code, 1);
+  assert.match(w.stderr, /legacy AES encryption is not supported/);
+});

@@ -121,3 +121,29 @@ test('random writes through the engine to encrypted qcow2 and LUKS read back in 
     if (c.name.endsWith('.qcow2')) await runOk('qemu-img', ['check', ...OBJ, '--image-opts', c.opts(path)]);
   }
 });
+
+test('hostile crypto header pointers in qcow2 give typed errors', needs('qemu-img'), async (t) => {
+  const dir = await tempDir(t);
+  const path = join(dir, 'e.qcow2');
+  await runOk('qemu-img', ['create', '-q', '-f', 'qcow2', ...OBJ, '-o', 'encrypt.format=luks,encrypt.key-secret=s,encrypt.iter-time=10', path, '1M']);
+  const good = await readFile(path);
+  // The crypto header extension follows the 112-byte v3 header: type, length, offset, length.
+  assert.equal(good.readUInt32BE(112), 0x0537be77);
+  const variant = async (name: string, patch: (b: Buffer) => void): Promise<string> => {
+    const b = Buffer.from(good);
+    patch(b);
+    const p = join(dir, name);
+    await writeFile(p, b);
+    return p;
+  };
+  await rejects(await variant('past-eof.qcow2', (b) => b.writeBigUInt64BE(1n << 50n, 120)), 'ECORRUPT', /crypto header .* lies outside the file/);
+  await rejects(await variant('unaligned.qcow2', (b) => b.writeBigUInt64BE(0x40001n, 120)), 'ECORRUPT', /lies outside the file/);
+  await rejects(await variant('huge-len.qcow2', (b) => b.writeBigUInt64BE(1n << 62n, 128)), 'ECORRUPT', /lies outside the file/);
+  const luksAt = Number(good.readBigUInt64BE(120));
+  await rejects(await variant('iters.qcow2', (b) => b.writeUInt32BE(0xffffffff, luksAt + 208 + 4)), 'ELIMIT', /PBKDF2 iterations/);
+  await rejects(await variant('nomagic.qcow2', (b) => b.writeUInt32BE(0, luksAt)), 'EFORMAT', /not in LUKS format/);
+  // Header-only opens (info) still describe a well-formed image without the secret.
+  const img = await openImage(path, { headerOnly: true });
+  assert.equal((await img.info()).encrypted, true);
+  await img.close();
+});

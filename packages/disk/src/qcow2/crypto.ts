@@ -5,8 +5,9 @@
  * offset (QEMU sets crypt_physical_offset for LUKS), so an EncryptedSource over the data file
  * serves the read and write paths unchanged. Metadata (L1/L2, refcounts) stays in clear.
  *
- * crypt_method 1 (legacy AES-CBC, IVs from the guest offset) is recognised for info but not
- * opened for I/O.
+ * crypt_method 1 (legacy "aes": AES-128-CBC keyed with the passphrase itself, zero-padded or
+ * cut to 16 bytes, plain64 IVs from the guest offset) is read, as qemu-img still reads it;
+ * writing it is refused.
  */
 import { DiskError } from '../errors.js';
 import type { OpenOptions } from '../format.js';
@@ -14,6 +15,7 @@ import type { ByteSource } from '../source.js';
 import { LUKS_HEADER_SIZE, parseLuksHeader, type LuksHeader } from '../luks/header.js';
 import { unlockLuks } from '../luks/volume.js';
 import { EncryptedSource } from '../luks/source.js';
+import { SectorCipher } from '../luks/cipher.js';
 import { CRYPT_AES, CRYPT_LUKS, EXT_CRYPTO_HEADER, QCOW2_MAGIC, type Qcow2Header } from './layout.js';
 import { isLuks1 } from '../luks/header.js';
 
@@ -38,12 +40,20 @@ export interface Qcow2Crypto {
   luks?: LuksHeader;
   /** Wrap the data file so that data clusters are encrypted and decrypted (absent: header only). */
   wrap?: (data: ByteSource) => ByteSource;
+  /** Legacy AES: the cipher whose IVs come from guest offsets (the reader decrypts per run). */
+  guestCipher?: SectorCipher;
 }
 
 export async function openQcow2Crypto(source: ByteSource, h: Qcow2Header, options: OpenOptions): Promise<Qcow2Crypto> {
   if (h.cryptMethod === CRYPT_AES) {
     if (options.headerOnly) return {};
-    throw new DiskError('EUNSUPPORTED', `${source.name}: qcow2 images with the legacy AES encryption (encrypt.format=aes) are not supported; convert them with qemu-img to encrypt.format=luks`);
+    if (options.secret === undefined) throw new DiskError('EACCES', KEY_SECRET_REQUIRED);
+    if (options.writable) {
+      throw new DiskError('EUNSUPPORTED', `${source.name}: writing qcow2 images with the legacy AES encryption is not supported; convert them to encrypt.format=luks`);
+    }
+    const key = new Uint8Array(16);
+    key.set(options.secret.subarray(0, 16));
+    return { guestCipher: new SectorCipher({ family: 'aes', mode: 'cbc', ivgen: 'plain64', keyBytes: 16 }, key) };
   }
   if (h.cryptMethod !== CRYPT_LUKS) throw new DiskError('EUNSUPPORTED', `${source.name}: unknown qcow2 encryption method ${h.cryptMethod}`);
   const fileSize = await source.size();

@@ -15,6 +15,8 @@ import { SNAPSHOT_NOT_FOUND, type BackingRef, type Image, type ImageInfo, type O
 import { resolveBackingPath } from '../open.js';
 import { readExact, type ByteSource } from '../source.js';
 import { luksInfo, type LuksHeader } from '../luks/header.js';
+import { EncryptedSource } from '../luks/source.js';
+import type { SectorCipher } from '../luks/cipher.js';
 import { openQcow2Crypto } from './crypto.js';
 import {
   AUTOCLEAR_BITMAPS, AUTOCLEAR_DATA_FILE_RAW, BME_FLAG_AUTO, BME_FLAG_IN_USE, COMPAT_LAZY_REFCOUNTS, MAX_BITMAP_DIRECTORY,
@@ -58,6 +60,8 @@ export interface Qcow2State {
   bitmaps: BitmapEntry[];
   /** encrypt.format=luks: the LUKS header kept in the crypto header extension's clusters. */
   luks?: LuksHeader;
+  /** encrypt.format=aes: data sectors are decrypted with IVs from their guest offsets. */
+  guestCipher?: SectorCipher;
 }
 
 export class Qcow2Image implements Image {
@@ -73,6 +77,7 @@ export class Qcow2Image implements Image {
   protected snapshotList: Qcow2Snapshot[];
   protected bitmapList: BitmapEntry[];
   protected readonly luks?: LuksHeader;
+  private readonly guestCipher?: SectorCipher;
   /** Data clusters live in an external data file (dataSource is that file, not the image). */
   protected readonly externalData: boolean;
   /** L2 tables by host offset, least recently used first. */
@@ -98,6 +103,7 @@ export class Qcow2Image implements Image {
     this.snapshotList = state.snapshots;
     this.bitmapList = state.bitmaps;
     if (state.luks) this.luks = state.luks;
+    if (state.guestCipher) this.guestCipher = state.guestCipher;
     this.externalData = (state.header.incompatibleFeatures & INCOMPAT_DATA_FILE) !== 0n;
     this.maxL2Tables = Math.max(4, Math.floor(L2_CACHE_BYTES / this.clusterSize));
     if (state.header.backingFile !== undefined) {
@@ -265,9 +271,13 @@ export class Qcow2Image implements Image {
     for await (const r of this.runs(offset, buf.length)) {
       const slice = buf.subarray(r.offset - offset, r.offset - offset + r.length);
       switch (r.kind) {
-        case 'data':
-          reads.push(this.dataSource.read(slice, r.hostOffset!).then((n) => { if (n < slice.length) slice.fill(0, n); }));
+        case 'data': {
+          // Legacy AES: a view of the data file in which offsets are guest offsets (IV sectors).
+          const from = this.guestCipher ? new EncryptedSource(this.dataSource, this.guestCipher, r.hostOffset! - r.offset) : this.dataSource;
+          const at = this.guestCipher ? r.offset : r.hostOffset!;
+          reads.push(from.read(slice, at).then((n) => { if (n < slice.length) slice.fill(0, n); }));
           break;
+        }
         case 'zero':
         case 'zero-alloc':
           slice.fill(0);
@@ -552,6 +562,7 @@ export async function openQcow2(source: ByteSource, options: OpenOptions): Promi
       const crypto = await openQcow2Crypto(source, h, options);
       if (crypto.luks) state.luks = crypto.luks;
       if (crypto.wrap) dataSource = crypto.wrap(dataSource);
+      if (crypto.guestCipher) state.guestCipher = crypto.guestCipher;
     } catch (e) {
       if (dataSource !== source) await dataSource.close().catch(() => {});
       throw e;
