@@ -60,6 +60,10 @@ const vhd = q(`mixed-${SIZE / 2 ** 20}M.vhd`, (p) => ['convert', '-O', 'vpc', sr
 const vmdkStream = q(`mixed-${SIZE / 2 ** 20}M-stream.vmdk`, (p) => ['convert', '-O', 'vmdk', '-o', 'subformat=streamOptimized', src, p]);
 const vmdkSparse = q(`mixed-${SIZE / 2 ** 20}M.vmdk`, (p) => ['convert', '-O', 'vmdk', src, p]);
 const vhdx = q(`mixed-${SIZE / 2 ** 20}M.vhdx`, (p) => ['convert', '-O', 'vhdx', src, p]);
+// Encrypted (LUKS, aes-256-xts-plain64); iter-time is tiny so PBKDF2 does not dominate.
+const SECRET = ['--object', 'secret,id=sec0,data=bench'];
+const LUKS_OPTS = 'encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10';
+const qcowLuks = q(`mixed-${SIZE / 2 ** 20}M-luks.qcow2`, (p) => ['convert', ...SECRET, '-O', 'qcow2', '-o', LUKS_OPTS, src, p]);
 const sparse = join(work, 'sparse-1T.qcow2');
 if (!existsSync(sparse)) {
   execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', sparse, '1T']);
@@ -73,6 +77,8 @@ const cases = [
   ['convert qcow2→raw', (out) => ['convert', '-O', 'raw', qcow, out]],
   ['convert raw→qcow2 -c', (out) => ['convert', '-c', '-O', 'qcow2', src, out]],
   ['convert compressed qcow2→raw', (out) => ['convert', '-O', 'raw', qcowZ, out]],
+  ['convert raw→qcow2 encrypt.format=luks', (out) => ['convert', ...SECRET, '-O', 'qcow2', '-o', LUKS_OPTS, src, out]],
+  ['convert LUKS qcow2→raw', (out) => ['convert', ...SECRET, '--image-opts', `driver=qcow2,file.filename=${qcowLuks},encrypt.key-secret=sec0`, '-O', 'raw', out]],
   ['check qcow2 (1 KiB clusters, >1M allocated)', () => ['check', qcow1k]],
   ['info qcow2', () => ['info', '--output=json', qcow]],
   ['map 1 TiB sparse qcow2', () => ['map', '--output=json', sparse]],

@@ -134,6 +134,8 @@ test('create, measure and their errors with encryption options match qemu-img', 
     ['create', '-f', 'qcow2', ...OBJ, '-o', 'encrypt.format=luks,encrypt.key-secret=nosuch', 'x.qcow2', '1M'],
     ['create', '-f', 'luks', ...OBJ, 'x.luks', '1M'],
     ['create', '-f', 'luks', '-o', 'help'],
+    ['convert', '-c', ...OBJ, '-O', 'qcow2', '-o', 'encrypt.format=luks,encrypt.key-secret=sec0', 'src.raw', 'never.qcow2'],
+    ['convert', '-c', ...OBJ, '-O', 'luks', '-o', 'key-secret=sec0,iter-time=10', 'src.raw', 'never.luks'],
     ['create', '-f', 'qcow2', '-o', 'help'],
   ]) {
     // All three at once, so that a difference shows the whole story.

@@ -112,6 +112,7 @@ export async function convertCommand(argv: string[]): Promise<number> {
     throw new CliError(`Backing file not supported for file format '${driver.name}'`);
   }
   if (backingFile !== undefined && backingFormat === undefined) throw new CliError('Use of backing file requires explicit backing format');
+  if (compress && (values.has('encrypt.format') || values.get('encryption') === 'on')) throw new CliError('Compression and encryption not supported at the same time');
 
   const sources: Image[] = [];
   let dst: Image | undefined;

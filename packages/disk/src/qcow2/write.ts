@@ -543,6 +543,7 @@ export class Qcow2WritableImage extends Qcow2Image {
     }
     checkRange(this.size, offset, buf.length, 'write');
     if (this.externalData) throw new DiskError('EUNSUPPORTED', `${this.source.name}: compressed clusters cannot be written to an image with an external data file`);
+    if (this.header.cryptMethod !== 0) throw new DiskError('EUNSUPPORTED', 'Compression and encryption not supported at the same time');
     const full = buf.length === cs ? buf : (() => { const b = new Uint8Array(cs); b.set(buf); return b; })();
     // Compression runs outside the queue so that several clusters compress at once (zlib on
     // the libuv threadpool; zstd, from a WebAssembly build of the reference library, inline).
