@@ -53,6 +53,8 @@ test('encrypted qcow2 and LUKS made by qemu read back as qemu-img reads them', n
     await assertSame(['info', name], dir);
     await assertSame(['info', '--output=json', name], dir);
     await assertSame(['map', '--output=json', ...OBJ, '--image-opts', opts], dir);
+    await assertSame(['info', ...OBJ, '--image-opts', opts], dir);
+    await assertSame(['info', '--output=json', ...OBJ, '--image-opts', opts], dir);
     await assertSame(['check', ...OBJ, '--image-opts', opts], dir);
     await assertSame(['compare', ...OBJ, '--image-opts', opts, `driver=raw,file.filename=${name}.qemu.raw`], dir);
     // Wrong and missing passphrases, as qemu-img words them (and with its exit codes).

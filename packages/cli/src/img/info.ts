@@ -41,6 +41,7 @@ export async function infoCommand(argv: string[]): Promise<number> {
   const image = await openCliImage(arg.path, { ...openOptionsOf(arg), backing: chain || hasSelection(inside), headerOnly: !hasSelection(inside) }, arg.display);
   try {
     const infos = await infoChain(image, chain);
+    if (arg.jsonName !== undefined) infos[0]!.filename = arg.jsonName;
     if (hasSelection(inside)) {
       const { info, human } = await selectionInfo(infos[0]!, await selectInside(image, filename, inside));
       out(output === 'json' ? qemuJson(info) + '\n' : humanInfo(info) + human);

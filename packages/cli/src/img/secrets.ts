@@ -8,6 +8,7 @@ import { readFileSync } from 'node:fs';
 import type { OpenImageOptions } from '@diskhub/disk';
 import { CliError } from './common.js';
 import { parseOptionString } from './createopts.js';
+import { qdictOrder, qemuJsonString } from './output.js';
 import type { ParsedOption } from './getopt.js';
 
 /** Options every image-taking command accepts for secrets and image options. */
@@ -23,6 +24,8 @@ export interface ImageArg {
   display: string;
   format?: string;
   secret?: Uint8Array;
+  /** The "json:{...}" name `info` shows for an image given with options beyond driver and file. */
+  jsonName?: string;
 }
 
 export class Secrets {
@@ -100,6 +103,14 @@ export class Secrets {
   imageFromOptions(text: string): ImageArg {
     const { options } = parseOptionString(text);
     let path: string | undefined, driver: string | undefined, secretId: string | undefined;
+    // QEMU's flattened view of the options: file.* nested under "file", the rest as given.
+    const tree: Record<string, unknown> = {};
+    for (const [k, v] of options) {
+      if (k.startsWith('file.') || k === 'file') {
+        const file = (tree.file ??= { driver: 'file' }) as Record<string, string>;
+        file[k === 'file' ? 'filename' : k.slice(5)] = v;
+      } else tree[k] = v;
+    }
     for (const [k, v] of options) {
       switch (k) {
         case 'driver': driver = v; break;
@@ -118,7 +129,13 @@ export class Secrets {
     } catch (e) {
       throw new CliError(`Could not open '${text}': ${(e as Error).message}`);
     }
-    return { path, display: text, ...(driver !== undefined ? { format: driver } : {}), ...(secret ? { secret } : {}) };
+    const plain = Object.keys(tree).every((k) => k === 'driver' || k === 'file');
+    return {
+      path, display: text,
+      ...(driver !== undefined ? { format: driver } : {}),
+      ...(secret ? { secret } : {}),
+      ...(plain ? {} : { jsonName: `json:${compactJson(tree)}` }),
+    };
   }
 
   /** The passphrase a create option (-o key-secret=ID or encrypt.key-secret=ID) names, if any. */
@@ -126,6 +143,15 @@ export class Secrets {
     const id = values.get(key);
     return id === undefined ? undefined : this.passphrase(id);
   }
+}
+
+/** QEMU's one-line JSON ("{"a": 1, "b": {...}}"), keys in QDict order. */
+function compactJson(v: unknown): string {
+  if (v !== null && typeof v === 'object') {
+    const o = v as Record<string, unknown>;
+    return `{${qdictOrder(o).map((k) => `${qemuJsonString(k)}: ${compactJson(o[k])}`).join(', ')}}`;
+  }
+  return qemuJsonString(String(v));
 }
 
 /** Open options for a resolved image argument. */
