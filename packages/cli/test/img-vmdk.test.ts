@@ -34,10 +34,15 @@ test('vmdk create: every subformat and option as qemu-img (files, layout, descri
     assert.deepEqual((await readdir(join(dir, 'ours'))).filter((f) => f.startsWith(name)).sort(), files, `${name}: files`);
     for (const f of files) {
       const [oursSize, peerSize] = [(await stat(join(dir, 'ours', f))).size, (await stat(join(dir, 'peer', f))).size];
-      assert.equal(oursSize, peerSize, `${name}/${f}: length`);
-      if (peerSize > 16 << 20) continue; // a flat extent: a hole of the extent's size
+      if (peerSize > 16 << 20) { // a flat extent: a hole of the extent's size
+        assert.equal(oursSize, peerSize, `${name}/${f}: length`);
+        continue;
+      }
       const ours = await readFile(join(dir, 'ours', f));
       const peer = await readFile(join(dir, 'peer', f));
+      // A separate descriptor file is as long as its text, and the random CID is printed
+      // without leading zeroes (as QEMU does): its length is compared with the CID taken out.
+      if (!peer.subarray(0, 21).equals(Buffer.from('# Disk DescriptorFile'))) assert.equal(oursSize, peerSize, `${name}/${f}: length`);
       assert.ok(noCid(ours) === noCid(peer), `${name}/${f}: bytes apart from the CID`);
     }
     const check = await run('qemu-img', ['check', join(dir, 'ours', `${name}.vmdk`)]);
