@@ -1,5 +1,6 @@
 /** Helpers shared by the block-mapped format tests (vdi, vpc): whole reads, random writes against a reference, mutation rounds. */
 import assert from 'node:assert/strict';
+import { run } from '@diskhub/testkit';
 import { openImage, closeChain, isDiskError, MemorySource, type FormatDriver, type Image } from '@diskhub/disk';
 
 /** The whole virtual disk of an image (and its chain), read through our engine. */
@@ -30,6 +31,18 @@ export async function assertReadsAsExpected(path: string, expected: Uint8Array, 
   } finally {
     await closeChain(image);
   }
+}
+
+/**
+ * After writes through our engine: `qemu-img check` is clean, and qemu-img and our reader both
+ * see `reference` (what the image should hold; `ref` is the raw file it is saved to).
+ */
+export async function assertWritesLanded(img: string, format: string, ref: string, reference: Uint8Array, what: string, cwd?: string): Promise<void> {
+  const check = await run('qemu-img', ['check', img]);
+  assert.equal(check.code, 0, `${what}: qemu-img check: ${check.stdout}${check.stderr}`);
+  const cmp = await run('qemu-img', ['compare', '-f', format, '-F', 'raw', img, ref], cwd ? { cwd } : {});
+  assert.equal(cmp.code, 0, `${what}: qemu-img compare: ${cmp.stdout}${cmp.stderr}`);
+  assert.ok(Buffer.from(await readAll(img)).equals(Buffer.from(reference)), `${what}: our read-back`);
 }
 
 /** A small deterministic PRNG, so a failure can be replayed. */
