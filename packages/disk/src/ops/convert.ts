@@ -56,6 +56,14 @@ interface Run { start: number; end: number; zero: boolean }
 
 type ConvertTarget = BlockDevice & Partial<Pick<Image, 'writeCompressed' | 'clusterSize'>>;
 
+/** Wait for every promise; then fail with the first failure, if any (nothing is left running). */
+async function settled(work: Promise<void>[]): Promise<void> {
+  if (work.length === 1) return work[0];
+  const results = await Promise.allSettled(work);
+  const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (failed) throw failed.reason;
+}
+
 /** An I/O failure with where it happened, worded as qemu-img words it. */
 function located(e: unknown, doing: 'reading' | 'writing', offset: number): unknown {
   if (e instanceof DiskError && (e.code === 'EABORTED' || e.message.startsWith('error while'))) return e;
@@ -148,38 +156,38 @@ export async function convertImage(src: BlockDevice, dst: ConvertTarget, options
     stats.bytesZeroed += length;
   }
 
-  async function writeData(buf: Uint8Array, offset: number, runs?: Run[]): Promise<void> {
+  /**
+   * Start the writes of one data chunk and return their completion. Every driver call is made
+   * before this returns, so calls for consecutive chunks reach the target in guest order (its
+   * allocation order) while their I/O overlaps.
+   */
+  function writeData(buf: Uint8Array, offset: number, runs?: Run[]): Promise<void> {
+    const work: Promise<void>[] = [];
+    const data = (piece: Uint8Array, at: number, compressed: boolean) => {
+      work.push(compressed ? dst.writeCompressed!(piece, at) : dst.write!(piece, at));
+      stats.bytesWritten += piece.length;
+    };
     if (options.compress) {
       // Whole clusters are compressed concurrently (the driver spreads the work over the
       // threadpool); an all-zero cluster stays a hole; partial clusters at the edges of a
       // range are written plainly.
-      const work: Promise<void>[] = [];
       for (let p = 0; p < buf.length;) {
         const abs = offset + p;
         const next = Math.min(buf.length, (Math.floor(abs / cluster) + 1) * cluster - offset);
         const piece = buf.subarray(p, next);
         const whole = abs % cluster === 0 && (piece.length === cluster || abs + piece.length === dst.size || abs + piece.length === src.size);
         if (isZero(piece)) work.push(writeZeroes(abs, piece.length));
-        else {
-          work.push(whole ? dst.writeCompressed!(piece, abs) : dst.write!(piece, abs));
-          stats.bytesWritten += piece.length;
-        }
+        else data(piece, abs, whole);
         p = next;
       }
-      const results = await Promise.allSettled(work);
-      const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-      if (failed) throw failed.reason;
-      return;
+    } else if (sparse === 0) data(buf, offset, false);
+    else {
+      for (const r of runs ?? zeroRuns(buf, offset)) {
+        if (r.zero) work.push(writeZeroes(offset + r.start, r.end - r.start));
+        else data(buf.subarray(r.start, r.end), offset + r.start, false);
+      }
     }
-    if (sparse === 0) {
-      await dst.write!(buf, offset);
-      stats.bytesWritten += buf.length;
-      return;
-    }
-    for (const r of runs ?? zeroRuns(buf, offset)) {
-      if (r.zero) await writeZeroes(offset + r.start, r.end - r.start);
-      else { await dst.write!(buf.subarray(r.start, r.end), offset + r.start); stats.bytesWritten += r.end - r.start; }
-    }
+    return settled(work);
   }
 
   /** Runs of sparse-size-aligned blocks of `buf` (at guest `offset`), zero or not. */
@@ -202,26 +210,30 @@ export async function convertImage(src: BlockDevice, dst: ConvertTarget, options
     return job;
   }
 
-  async function write(job: Job): Promise<void> {
+  /** Start a job's writes (all driver calls made before it returns); resolves when they have landed. */
+  function write(job: Job): Promise<void> {
     throwIfAborted(signal);
-    await writeJob(job).catch((e) => { throw located(e, 'writing', job.offset); });
-    done += job.length;
-    onProgress?.(Math.min(done, total), total);
+    return writeJob(job).then(() => {
+      done += job.length;
+      onProgress?.(Math.min(done, total), total);
+    }, (e) => { throw located(e, 'writing', job.offset); });
   }
 
-  async function writeJob(job: Job): Promise<void> {
-    if (job.kind === 'zero') await writeZeroes(job.offset, job.length);
-    else if (job.kind === 'fill') {
+  function writeJob(job: Job): Promise<void> {
+    if (job.kind === 'zero') return writeZeroes(job.offset, job.length);
+    if (job.kind === 'fill') {
+      const work: Promise<void>[] = [];
       for (let p = job.offset; p < job.offset + job.length; p += fillZero.length) {
         const n = Math.min(fillZero.length, job.offset + job.length - p);
-        await dst.write!(fillZero.subarray(0, n), p);
+        work.push(dst.write!(fillZero.subarray(0, n), p));
         stats.bytesWritten += n;
       }
-    } else {
-      await writeData(job.buf!, job.offset, job.runs);
+      return settled(work);
+    }
+    return writeData(job.buf!, job.offset, job.runs).then(() => {
       giveBuffer(new Uint8Array(job.buf!.buffer, job.buf!.byteOffset, chunk));
       job.buf = undefined;
-    }
+    });
   }
 
   let done = 0;
@@ -242,16 +254,24 @@ export async function convertImage(src: BlockDevice, dst: ConvertTarget, options
       }
       await Promise.all(pending);
     } else {
-      // Writes run one after another in guest order; each chunk's read and zero scan run as
-      // soon as a slot is free, overlapping the writes before it.
+      // Writes are started one chunk after another in guest order (the target allocates in
+      // that order) and overlap each other; each chunk's read and zero scan run as soon as
+      // a slot is free. At most `parallel` chunks are read or being written at once.
       const queue: Promise<void>[] = [];
-      let tail: Promise<void> = Promise.resolve();
+      let issued: Promise<unknown> = Promise.resolve();
+      let failure: unknown;
       for await (const job of plan()) {
         throwIfAborted(signal);
         const ready = track(read(job).then(prepare));
-        const previous = tail;
-        tail = track(ready.then(async (j) => { await previous; await write(j); }));
-        queue.push(tail);
+        const previous = issued;
+        const started = ready.then(async (j) => {
+          await previous;
+          if (failure !== undefined) throw failure;
+          return { landed: write(j) };
+        });
+        issued = started.then(() => undefined, () => undefined);
+        const finished = track(started.then((s) => s.landed).catch((e: unknown) => { failure ??= e; throw e; }));
+        queue.push(finished);
         if (queue.length >= parallel) await queue.shift();
       }
       await Promise.all(queue);
