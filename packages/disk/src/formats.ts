@@ -10,6 +10,7 @@ import { luksDriver } from './luks/index.js';
 import { vmdkDriver } from './vmdk/index.js';
 import { ovaDriver } from './ova/index.js';
 import { vhdxDriver } from './vhdx/index.js';
+import { dmgDriver } from './dmg/index.js';
 
 const drivers = new Map<string, FormatDriver>();
 
@@ -47,3 +48,4 @@ registerFormat(luksDriver);
 registerFormat(vmdkDriver);
 registerFormat(ovaDriver);
 registerFormat(vhdxDriver);
+registerFormat(dmgDriver);
