@@ -13,8 +13,9 @@ import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import fc from 'fast-check';
-import { MemorySource, getFormat, isDiskError, listFormats, probeFormat } from '../src/index.js';
+import { DiskError, MemorySource, getFormat, isDiskError, listFormats, probeFormat, type OpenOptions } from '../src/index.js';
 import { StreamInspector, inspectSource } from '../src/inspect/index.js';
+import { buildSeSparse, seSparseBytes, seSparseDescriptor } from './sesparse-writer.js';
 
 /**
  * A mutant costing more CPU time than this is a hang (the issue's bound). CPU time, not wall
@@ -35,7 +36,12 @@ export interface Seed {
   name: string;
   format: string;
   bytes: Uint8Array;
+  /** `bytes` is an extent file that this (unmutated) descriptor names; the image is opened through it. */
+  descriptor?: Descriptor;
 }
+
+/** A text descriptor and the name under which it refers to the (mutated) extent bytes. */
+export interface Descriptor { text: string; extent: string }
 
 interface SeedSpec { name: string; format: string; create: string[]; writes?: string[] }
 
@@ -79,7 +85,28 @@ export function makeSeeds(dir: string): Seed[] {
     if (streamOptimized) execFileSync('qemu-img', ['convert', '-O', 'vmdk', ...spec.create, made, path]);
     seeds.push({ name: spec.name, format: spec.format, bytes: new Uint8Array(readFileSync(path)) });
   });
+  if (known.has('vmdk')) seeds.push(seSparseSeed());
   return seeds;
+}
+
+/**
+ * qemu-img cannot create seSparse: a crafted extent (test/sesparse-writer.ts) of 20 MiB with
+ * data, zero and unmapped grains in two grain tables, opened through its descriptor.
+ */
+function seSparseSeed(): Seed {
+  const capacity = (20 << 20) / 512;
+  const grain = (v: number) => new Uint8Array(4096).fill(v);
+  const file = buildSeSparse({
+    capacity,
+    grains: [
+      { grain: 0, kind: 'data', data: grain(0x5a) }, { grain: 1, kind: 'zero' }, { grain: 2, kind: 'unmapped' },
+      { grain: 300, kind: 'data', data: grain(0xa5) }, { grain: 4097, kind: 'data', data: grain(0x11), index: 2 },
+    ],
+  });
+  return {
+    name: 'vmdk seSparse (crafted)', format: 'vmdk', bytes: seSparseBytes(file),
+    descriptor: { text: seSparseDescriptor({ extent: 'seed-sesparse.vmdk', sectors: capacity }), extent: 'seed-sesparse.vmdk' },
+  };
 }
 
 /** One change to the seed's bytes. Positions are taken modulo the file length. */
@@ -158,9 +185,17 @@ async function guarded(what: string, work: () => Promise<unknown>): Promise<void
 }
 
 /** Everything untrusted bytes meet; throws FuzzFailure when the property does not hold. */
-export async function exercise(format: string, bytes: Uint8Array): Promise<void> {
+export async function exercise(format: string, bytes: Uint8Array, descriptor?: Descriptor): Promise<void> {
   const started = process.cpuUsage();
   const source = () => new MemorySource(bytes, 'mutant', true);
+  // With a descriptor, the driver opens the descriptor and finds the mutant as its extent.
+  const image = () => descriptor ? new MemorySource(new TextEncoder().encode(descriptor.text), 'mutant-descriptor', true) : source();
+  const openOptions: OpenOptions = descriptor ? {
+    openRelated: async (name) => {
+      if (name === descriptor.extent) return source();
+      throw new DiskError('ENOENT', `no file ${name}`);
+    },
+  } : {};
   await guarded('inspectSource', () => inspectSource(source()));
   await guarded('StreamInspector', async () => {
     // As an upload arrives: uneven chunks.
@@ -171,7 +206,7 @@ export async function exercise(format: string, bytes: Uint8Array): Promise<void>
   await guarded('probeFormat', async () => probeFormat(bytes.subarray(0, 1 << 20), 'mutant'));
   const driver = getFormat(format);
   await guarded(`${format} open/read/blockStatus/info`, async () => {
-    const img = await driver.open(source(), {});
+    const img = await driver.open(image(), openOptions);
     try {
       await img.read(new Uint8Array(Math.min(img.size, READ_LIMIT)), 0);
       if (img.size > READ_LIMIT) await img.read(new Uint8Array(4096), Math.floor(img.size / 2 / 4096) * 4096);
@@ -201,7 +236,7 @@ export async function fuzzSeed(seed: Seed, options: { runs?: number; seconds?: n
   const result = await fc.check(
     fc.asyncProperty(mutations(), async (ms) => {
       runs++;
-      await exercise(seed.format, mutate(seed.bytes, ms));
+      await exercise(seed.format, mutate(seed.bytes, ms), seed.descriptor);
     }),
     {
       numRuns: options.runs ?? Number.MAX_SAFE_INTEGER,

@@ -15,7 +15,7 @@ import { DiskError } from '../errors.js';
 import type { BackingRef, CheckResult, Image, ImageInfo } from '../format.js';
 import { resolveBackingPath } from '../open.js';
 import type { ByteSource } from '../source.js';
-import { GRAIN_MARKER_SIZE, GTE_ZEROED, SECTOR } from './header.js';
+import { GRAIN_MARKER_SIZE, GTE_ZEROED, SECTOR, SESPARSE_GRAIN_SECTORS } from './header.js';
 import type { OpenedVmdk, SparseExtent, VmdkExtent } from './open.js';
 
 const inflateAsync = promisify(inflate);
@@ -23,6 +23,11 @@ const deflateAsync = promisify(deflate);
 
 /** Grain tables kept in memory per extent (each at most 512 entries, 2 KiB); the cache is dropped when it fills. */
 const GT_CACHE_ENTRIES = 1024;
+
+/** Decoded seSparse grain table entries that are not grain sectors (those are >= 0). */
+const SE_ZEROED = -1;
+const SE_INVALID = -2;
+const SE_OUT_OF_RANGE = -3;
 
 type GrainState =
   | { kind: 'unallocated' }
@@ -40,7 +45,7 @@ export class VmdkImage extends QueuedWriteImage implements Image {
   readonly cid: number;
   readonly parentCid: number;
   private readonly extents: VmdkExtent[];
-  private readonly gtCache = new Map<SparseExtent, Map<number, Uint32Array>>();
+  private readonly gtCache = new Map<SparseExtent, Map<number, Uint32Array | Float64Array>>();
   /** The last grain inflated: sequential reads of a compressed grain decompress it once. */
   private lastGrain?: { extent: SparseExtent; sector: number; data: Uint8Array };
   private cidChecked = false;
@@ -86,17 +91,22 @@ export class VmdkImage extends QueuedWriteImage implements Image {
     return { ext, rel, n: Math.min(end - pos, limit, ext.bytes - rel) };
   }
 
-  private async grainTable(ext: SparseExtent, sector: number): Promise<Uint32Array> {
+  private async grainTable(ext: SparseExtent, sector: number): Promise<Uint32Array | Float64Array> {
     let cache = this.gtCache.get(ext);
     if (!cache) this.gtCache.set(ext, cache = new Map());
     const hit = cache.get(sector);
     if (hit) return hit;
-    const raw = new Uint8Array(ext.gtEntries * 4);
+    const raw = new Uint8Array(ext.gtEntries * (ext.seSparse ? 8 : 4));
     // A table past the end of the file reads as zeroes (unallocated), as through QEMU's file layer.
     await ext.file.read(raw, sector * SECTOR);
     const v = new DataView(raw.buffer);
-    const gt = new Uint32Array(ext.gtEntries);
-    for (let i = 0; i < gt.length; i++) gt[i] = v.getUint32(i * 4, true);
+    let gt: Uint32Array | Float64Array;
+    if (ext.seSparse) {
+      gt = decodeSeSparseTable(v, ext.gtEntries, ext.seSparse.grainsSector);
+    } else {
+      gt = new Uint32Array(ext.gtEntries);
+      for (let i = 0; i < gt.length; i++) gt[i] = v.getUint32(i * 4, true);
+    }
     if (cache.size >= GT_CACHE_ENTRIES) cache.clear();
     cache.set(sector, gt);
     return gt;
@@ -108,7 +118,12 @@ export class VmdkImage extends QueuedWriteImage implements Image {
     if (gdIndex >= ext.gd.length) return { kind: 'error', why: `grain ${grain} is beyond the grain directory` };
     const gtSector = ext.gd[gdIndex]!;
     if (gtSector === 0) return { kind: 'unallocated' };
+    if (gtSector < 0) return { kind: 'error', why: `seSparse grain directory entry ${gdIndex} is invalid` };
     const gte = (await this.grainTable(ext, gtSector))[grain % ext.gtEntries]!;
+    if (ext.seSparse && gte < 0) {
+      if (gte === SE_ZEROED) return { kind: 'zeroed' };
+      return { kind: 'error', why: gte === SE_INVALID ? `seSparse grain table entry of grain ${grain} is invalid` : `seSparse grain ${grain} lies beyond any addressable offset` };
+    }
     if (ext.zeroGrain && gte === GTE_ZEROED) return { kind: 'zeroed' };
     if (gte === 0) return { kind: 'unallocated' };
     return { kind: 'data', sector: gte };
@@ -467,4 +482,37 @@ export class VmdkImage extends QueuedWriteImage implements Image {
     }
     return result;
   }
+}
+
+/**
+ * seSparse grain table entries (64-bit, QEMU's reading): the top nibble is the type. 0 with
+ * nothing else set: unallocated; 1 (unmapped by the guest) and 2: zeroes; 3: allocated, the
+ * grain index split as 12 low bits in bits 48..59 and the rest in bits 0..47. Grain sectors
+ * come back as numbers; the other kinds as the negative SE_* codes (0 stays unallocated, and so
+ * does a grain that resolves to sector 0, as in QEMU).
+ */
+function decodeSeSparseTable(v: DataView, entries: number, grainsSector: number): Float64Array {
+  const gt = new Float64Array(entries);
+  for (let i = 0; i < entries; i++) {
+    const lo = v.getUint32(i * 8, true);
+    const hi = v.getUint32(i * 8 + 4, true);
+    switch (hi >>> 28) {
+      case 0:
+        gt[i] = lo === 0 && hi === 0 ? 0 : SE_INVALID;
+        break;
+      case 1:
+      case 2:
+        gt[i] = SE_ZEROED;
+        break;
+      case 3: {
+        const index = ((hi & 0xffff) * 0x100000000 + lo) * 4096 + ((hi >>> 16) & 0xfff);
+        const sector = grainsSector + index * SESPARSE_GRAIN_SECTORS;
+        gt[i] = Number.isSafeInteger(sector * SECTOR) ? sector : SE_OUT_OF_RANGE;
+        break;
+      }
+      default:
+        gt[i] = SE_INVALID;
+    }
+  }
+  return gt;
 }

@@ -11,7 +11,8 @@ import type { OpenOptions } from '../format.js';
 import type { ByteSource } from '../source.js';
 import {
   COMPRESSION_DEFLATE, COWD_MAGIC, FLAG_MARKERS, FLAG_RGD, FLAG_ZERO_GRAIN, MARKER_EOS, MARKER_FOOTER, SECTOR,
-  SPARSE_MAGIC, descriptorCid, parseCowdHeader, parseDescriptor, parseSparseHeader, type SparseHeader,
+  SESPARSE_GDE_ALLOCATED, SESPARSE_GRAIN_SECTORS, SESPARSE_GT_SECTORS, SPARSE_MAGIC, checkSeSparseVolatileHeader,
+  descriptorCid, parseCowdHeader, parseDescriptor, parseSeSparseHeader, parseSparseHeader, type SparseHeader,
 } from './header.js';
 
 /** QEMU reads at most this much descriptor text (1 MiB - 1); a longer descriptor file is refused. */
@@ -51,8 +52,11 @@ export interface SparseExtent extends ExtentBase {
   kind: 'sparse';
   grainBytes: number;
   gtEntries: number;
-  /** Grain directory: sector offsets of the grain tables (0 = none). */
-  gd: Uint32Array;
+  /**
+   * Grain directory: sector offsets of the grain tables (0 = none). seSparse directories are
+   * resolved from table indexes to sectors when opened; an entry QEMU would refuse is -1.
+   */
+  gd: Uint32Array | Float64Array;
   /** The redundant grain directory, when the header has one. */
   rgd?: Uint32Array;
   compressed: boolean;
@@ -63,6 +67,8 @@ export interface SparseExtent extends ExtentBase {
   nextGrainSector: number;
   /** Bytes of the sparse header, for rewriting (0 for COWD). */
   header?: SparseHeader;
+  /** An seSparse extent (read-only): 64-bit grain table entries naming grains by index from this sector. */
+  seSparse?: { grainsSector: number };
 }
 
 export type VmdkExtent = FlatExtent | SparseExtent;
@@ -176,7 +182,6 @@ class OpenContext {
     const ct = /createType\s*=\s*"([^"]*)"/.exec(text)?.[1];
     if (ct === undefined) throw new DiskError('EFORMAT', `${name}: invalid VMDK image descriptor`);
     if (!DESCRIPTOR_FILE_TYPES.includes(ct)) throw new DiskError('EUNSUPPORTED', `${name}: Unsupported image type '${ct}'`);
-    if (ct === 'seSparse') throw new DiskError('EUNSUPPORTED', `${name}: vmdk seSparse extents are not supported`);
     const d = parseDescriptor(text, name);
     // As QEMU: only RW extents count; lines of other types or sizes are skipped.
     const lines = d.extents.filter((e) => e.access === 'RW' && e.filename !== undefined);
@@ -185,11 +190,12 @@ class OpenContext {
       if (e.type === 'FLAT' && !e.hasOffset) throw new DiskError('ECORRUPT', `${name}: Invalid extent line: FLAT extent "${e.filename}" has no offset`);
       if (e.type !== 'FLAT' && e.hasOffset) throw new DiskError('ECORRUPT', `${name}: Invalid extent line: ${e.type} extent "${e.filename}" has an offset`);
       if (e.sectors <= 0 || !['FLAT', 'SPARSE', 'VMFS', 'VMFSSPARSE', 'SESPARSE'].includes(e.type)) continue;
-      if (e.type === 'SESPARSE') throw new DiskError('EUNSUPPORTED', `${name}: vmdk seSparse extents are not supported`);
       const file = await this.openExtentFile(e.filename!);
       try {
         if (e.type === 'FLAT' || e.type === 'VMFS') {
           this.addFlat(file, e.sectors, e.offset, e.type);
+        } else if (e.type === 'SESPARSE') {
+          await this.addSeSparse(file, e.type);
         } else {
           const fileSize = await file.size();
           if (fileSize < 4) throw new DiskError('EFORMAT', `${file.name}: File is too small, not a valid image`);
@@ -281,6 +287,52 @@ class OpenContext {
       compressed, markers: !!(h.flags & FLAG_MARKERS), zeroGrain: !!(h.flags & FLAG_ZERO_GRAIN), version: h.version, fileSectors, header: h,
     });
     return undefined;
+  }
+
+  /**
+   * An seSparse extent file (QEMU's vmdk_open_se_sparse): the const and volatile headers are
+   * checked as strictly as QEMU checks them; the grain directory must lie inside the file.
+   * Like QEMU, the extent is read-only and takes its size from the const header's capacity,
+   * not from the descriptor line.
+   */
+  private async addSeSparse(file: ByteSource, type: string): Promise<void> {
+    const name = file.name;
+    if (this.options.writable) throw new DiskError('EUNSUPPORTED', `${name}: No write support for seSparse images available`);
+    const h = parseSeSparseHeader(await readPadded(file, 0, SECTOR), name);
+    const volatileAt = h.volatileHeaderOffset * SECTOR;
+    if (!Number.isSafeInteger(volatileAt)) throw new DiskError('ECORRUPT', `${name}: seSparse volatile header offset ${h.volatileHeaderOffset} is out of range`);
+    checkSeSparseVolatileHeader(await readPadded(file, volatileAt, SECTOR), name);
+    const gdEntries = h.grainDirSectors * (SECTOR / 8);
+    if (!Number.isSafeInteger(gdEntries) || gdEntries > MAX_GD_ENTRIES) throw new DiskError('ELIMIT', `${name}: L1 size too big`);
+    const bytes = h.capacity * SECTOR;
+    if (!Number.isSafeInteger(bytes) || !Number.isSafeInteger(this.end + bytes)) {
+      throw new DiskError('ELIMIT', `${name}: seSparse capacity of ${h.capacity} sectors is too large`);
+    }
+    const fileSize = await file.size();
+    const gdAt = h.grainDirOffset * SECTOR;
+    if (gdEntries > 0 && (!Number.isSafeInteger(gdAt) || gdAt + gdEntries * 8 > fileSize)) {
+      throw new DiskError('ECORRUPT', `${name}: seSparse grain directory (${gdEntries} entries at sector ${h.grainDirOffset}) lies outside the file (${fileSize} bytes)`);
+    }
+    const raw = await readPadded(file, gdAt, gdEntries * 8);
+    const v = new DataView(raw.buffer);
+    const gd = new Float64Array(gdEntries);
+    for (let i = 0; i < gdEntries; i++) {
+      const lo = v.getUint32(i * 8, true);
+      const hi = v.getUint32(i * 8 + 4, true);
+      if (lo === 0 && hi === 0) continue;
+      // An allocated table has 0x10000000 in the high word (QEMU is this strict: nothing else
+      // is valid below 64 TiB); its sector is the table area plus index times a table's size.
+      const sector = h.grainTablesOffset + lo * SESPARSE_GT_SECTORS;
+      gd[i] = hi === SESPARSE_GDE_ALLOCATED && sector <= 0xffffffff ? sector : -1;
+    }
+    this.extents.push({
+      kind: 'sparse', file, ownFile: true, start: this.end, bytes, type,
+      grainBytes: SESPARSE_GRAIN_SECTORS * SECTOR, gtEntries: SESPARSE_GT_SECTORS * (SECTOR / 8), gd,
+      compressed: false, markers: false, zeroGrain: false, version: 0,
+      nextGrainSector: Math.ceil(fileSize / SECTOR / SESPARSE_GRAIN_SECTORS) * SESPARSE_GRAIN_SECTORS,
+      seSparse: { grainsSector: h.grainsOffset },
+    });
+    this.end += bytes;
   }
 
   private async addSparse(file: ByteSource, ownFile: boolean, type: string, g: {
