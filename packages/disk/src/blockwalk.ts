@@ -66,3 +66,23 @@ export abstract class QueuedWriteImage {
     if (!this.writable) throw new DiskError('EROFS', `${this.source.name}: image is opened read-only`);
   }
 }
+
+/** A run of a virtual disk stored at `host` in the image file, or (no host) reading as zeroes. */
+export interface HostRun {
+  pos: number;
+  length: number;
+  host?: number;
+}
+
+/**
+ * Fill `buf` (virtual offset `offset`) from runs covering it in order; bytes past the end of
+ * the file read as zeroes, as QEMU's file layer returns them (parallels, bochs).
+ */
+export async function readHostRuns(source: ByteSource, buf: Uint8Array, offset: number, runs: Iterable<HostRun> | AsyncIterable<HostRun>): Promise<void> {
+  for await (const r of runs) {
+    const part = buf.subarray(r.pos - offset, r.pos - offset + r.length);
+    if (r.host === undefined) { part.fill(0); continue; }
+    const got = await source.read(part, r.host);
+    if (got < part.length) part.fill(0, got);
+  }
+}

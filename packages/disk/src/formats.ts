@@ -11,6 +11,10 @@ import { vmdkDriver } from './vmdk/index.js';
 import { ovaDriver } from './ova/index.js';
 import { vhdxDriver } from './vhdx/index.js';
 import { dmgDriver } from './dmg/index.js';
+import { qcow1Driver } from './qcow1/index.js';
+import { parallelsDriver } from './parallels/index.js';
+import { bochsDriver } from './bochs/index.js';
+import { cloopDriver } from './cloop/index.js';
 
 const drivers = new Map<string, FormatDriver>();
 
@@ -49,3 +53,7 @@ registerFormat(vmdkDriver);
 registerFormat(ovaDriver);
 registerFormat(vhdxDriver);
 registerFormat(dmgDriver);
+registerFormat(qcow1Driver);
+registerFormat(parallelsDriver);
+registerFormat(bochsDriver);
+registerFormat(cloopDriver);

@@ -44,6 +44,11 @@ export async function createCommand(argv: string[]): Promise<number> {
   } catch {
     throw new CliError(filename ? `${filename}: Unknown file format '${format}'` : `Unknown file format '${format}'`);
   }
+  // Like qemu-img, a format without create support is refused before anything else (bochs, cloop...).
+  if (!driver.create) {
+    const message = `Format driver '${driver.name}' does not support image creation`;
+    throw new CliError(help || !filename ? message : `${filename}: ${message}`);
+  }
   if (help) {
     out(optionHelp(driver, filename !== undefined));
     return 0;
