@@ -6,7 +6,7 @@
 import { stat } from 'node:fs/promises';
 import { dirname, isAbsolute, join } from 'node:path';
 import { DiskError } from './errors.js';
-import type { Image, OpenOptions } from './format.js';
+import type { BackingRef, Image, OpenOptions } from './format.js';
 import { getFormat, probeFormat } from './formats.js';
 import { FileSource, type ByteSource } from './source.js';
 
@@ -34,6 +34,14 @@ export async function readHead(source: ByteSource, bytes = PROBE_BYTES): Promise
 export function resolveBackingPath(imagePath: string, backing: string): string {
   if (isAbsolute(backing) || /^[a-z][a-z0-9+.-]*:/i.test(backing)) return backing;
   return join(dirname(imagePath), backing);
+}
+
+/** The `info` keys naming an image's backing file, in qemu-img's order. */
+export function backingInfo(imagePath: string, ref: BackingRef | undefined): Record<string, string> {
+  if (!ref) return {};
+  const fields: Record<string, string> = { 'backing-filename': ref.filename, 'full-backing-filename': resolveBackingPath(imagePath, ref.filename) };
+  if (ref.format) fields['backing-filename-format'] = ref.format;
+  return fields;
 }
 
 export async function openSource(source: ByteSource, options: OpenImageOptions = {}): Promise<Image> {

@@ -8,7 +8,7 @@ import zlib from 'node:zlib';
 import { backingStatus, checkRange, readBacking, type Extent } from '../blockdev.js';
 import { DiskError } from '../errors.js';
 import type { BackingRef, Image, ImageInfo } from '../format.js';
-import { resolveBackingPath } from '../open.js';
+import { backingInfo } from '../open.js';
 import { readExact, type ByteSource } from '../source.js';
 
 export const QCOW1_MAGIC = 0x514649fb; // "QFI\xfb"
@@ -207,10 +207,7 @@ export class Qcow1Image implements Image {
   async info(): Promise<ImageInfo> {
     const info: Record<string, unknown> = { 'virtual-size': this.size, filename: this.source.name, 'cluster-size': this.clusterSize, format: 'qcow' };
     info['actual-size'] = await this.source.allocatedSize();
-    if (this.backingRef) {
-      info['backing-filename'] = this.backingRef.filename;
-      info['full-backing-filename'] = resolveBackingPath(this.source.name, this.backingRef.filename);
-    }
+    Object.assign(info, backingInfo(this.source.name, this.backingRef));
     info['dirty-flag'] = false;
     return info as ImageInfo;
   }

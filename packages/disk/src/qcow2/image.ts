@@ -12,7 +12,7 @@ import { Decompress } from 'fzstd';
 import { backingStatus, checkRange, readBacking, type Extent } from '../blockdev.js';
 import { DiskError } from '../errors.js';
 import { SNAPSHOT_NOT_FOUND, type BackingRef, type Image, type ImageInfo, type OpenOptions, type SnapshotInfo } from '../format.js';
-import { resolveBackingPath } from '../open.js';
+import { backingInfo } from '../open.js';
 import { readExact, type ByteSource } from '../source.js';
 import { luksInfo, type LuksHeader } from '../luks/header.js';
 import { EncryptedSource } from '../luks/source.js';
@@ -451,11 +451,7 @@ export class Qcow2Image implements Image {
       'actual-size': await this.source.allocatedSize(),
     };
     if (h.cryptMethod !== 0) info.encrypted = true;
-    if (this.backingRef) {
-      info['backing-filename'] = this.backingRef.filename;
-      info['full-backing-filename'] = resolveBackingPath(this.source.name, this.backingRef.filename);
-      if (this.backingRef.format) info['backing-filename-format'] = this.backingRef.format;
-    }
+    Object.assign(info, backingInfo(this.source.name, this.backingRef));
     if (this.snapshotList.length) info.snapshots = this.snapshotList.map(snapshotInfo);
     info['format-specific'] = { type: 'qcow2', data };
     info['dirty-flag'] = (h.incompatibleFeatures & INCOMPAT_DIRTY) !== 0n;

@@ -13,7 +13,7 @@ import { DiskError } from '../errors.js';
 import { QueuedWriteImage } from '../blockwalk.js';
 import type { BackingRef, CheckResult, Image, ImageInfo } from '../format.js';
 import { readExact, type ByteSource } from '../source.js';
-import { resolveBackingPath } from '../open.js';
+import { backingInfo } from '../open.js';
 import {
   QED_F_BACKING_FORMAT_NO_PROBE, QED_F_NEED_CHECK, QED_HEADER_BYTES, QED_ZERO_CLUSTER,
   parseQedHeader, qedMaxImageSize, serializeQedHeader, type QedHeader,
@@ -353,11 +353,7 @@ export class QedImage extends QueuedWriteImage implements Image {
       format: 'qed',
       'actual-size': await this.source.allocatedSize(),
     };
-    if (this.backingRef) {
-      info['backing-filename'] = this.backingRef.filename;
-      info['full-backing-filename'] = resolveBackingPath(this.source.name, this.backingRef.filename);
-      if (this.backingRef.format) info['backing-filename-format'] = this.backingRef.format;
-    }
+    Object.assign(info, backingInfo(this.source.name, this.backingRef));
     info['dirty-flag'] = false;
     return info;
   }

@@ -12,7 +12,7 @@ import { DiskError } from '../errors.js';
 import { QueuedWriteImage, blockPieces } from '../blockwalk.js';
 import type { BackingRef, Image, ImageInfo } from '../format.js';
 import { readExact, type ByteSource } from '../source.js';
-import { resolveBackingPath } from '../open.js';
+import { backingInfo } from '../open.js';
 import {
   BAT_UNALLOCATED, DISK_DIFFERENCING, DISK_DYNAMIC, DISK_FIXED, DYNAMIC_HEADER_SIZE, FOOTER_SIZE, VHD_MAX_SECTORS,
   isFooter, parentFileName, parseDynamicHeader, parseFooter, vpcVirtualSize, type VhdFooter,
@@ -284,10 +284,7 @@ export class VpcImage extends QueuedWriteImage implements Image {
     if (this.clusterSize) info['cluster-size'] = this.clusterSize;
     info.format = 'vpc';
     info['actual-size'] = await this.source.allocatedSize();
-    if (this.backingRef) {
-      info['backing-filename'] = this.backingRef.filename;
-      info['full-backing-filename'] = resolveBackingPath(this.source.name, this.backingRef.filename);
-    }
+    Object.assign(info, backingInfo(this.source.name, this.backingRef));
     info['dirty-flag'] = false;
     return info as ImageInfo;
   }
