@@ -1,0 +1,41 @@
+/**
+ * bin/diskhub.js runs the esbuild bundle (dist/bundle/, built by build.mjs) when it is newer
+ * than the compiled packages it inlines. The bundle must behave exactly as the compiled modules.
+ */
+import test from 'node:test';
+import assert from 'node:assert/strict';
+import { statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { diskhub, tempDir } from '@diskhub/testkit';
+
+const pkg = fileURLToPath(new URL('../../', import.meta.url)); // packages/cli/
+const mtime = (p: string) => statSync(join(pkg, p)).mtimeMs;
+
+test('the build leaves a bundle the launcher will run', () => {
+  const bundle = mtime('dist/bundle/main.js');
+  for (const input of ['dist/tsconfig.tsbuildinfo', '../disk/dist/tsconfig.tsbuildinfo', '../nbd/dist/tsconfig.tsbuildinfo']) {
+    assert.ok(mtime(input) <= bundle, `${input} is newer than the bundle: run npm run build`);
+  }
+});
+
+test('bundled and unbundled CLI give the same output and exit codes', async (t) => {
+  const dir = await tempDir(t);
+  writeFileSync(join(dir, 'a.raw'), Buffer.alloc(1 << 20, 1));
+  const cases = [
+    ['img', 'info', '--output=json', 'a.raw'],
+    ['img', 'map', '--output=json', 'a.raw'],
+    ['img', 'create', '-f', 'qcow2', 'b.qcow2', '64M'],
+    ['img', 'check', 'b.qcow2'],
+    ['img', 'info', '--bogus', 'a.raw'],
+    ['img', 'convert', '-O', 'qcow2', 'nonexist', 'x'],
+    ['nbd', '--help'],
+    ['bogus'],
+  ];
+  for (const args of cases) {
+    const bundled = await diskhub(args, { cwd: dir });
+    const plain = await diskhub(args, { cwd: dir, env: { ...process.env, DISKHUB_NO_BUNDLE: '1' } });
+    assert.deepEqual(bundled, plain, args.join(' '));
+  }
+  assert.equal((await diskhub(['img', 'check', 'b.qcow2'], { cwd: dir })).code, 0);
+});
