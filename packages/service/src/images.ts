@@ -330,7 +330,7 @@ export function imageRoutes(router: Router, db: Db, store: Store, auth: Auth, op
       for await (const chunk of input as AsyncIterable<Buffer>) {
         size += chunk.length;
         if (size > cap) throw tooBig(size);
-        hasher.update(chunk);
+        await hasher.update(chunk);
         await inspection.write(chunk);
         batch.push(chunk);
         batchBytes += chunk.length;
@@ -348,6 +348,7 @@ export function imageRoutes(router: Router, db: Db, store: Store, auth: Auth, op
       if ('complete' in input && !(input as { complete: boolean }).complete) throw new Error('request body ended early');
     };
     const fail = async (e: unknown) => {
+      hasher.drop();
       await staged.discard().catch(() => {});
       await k.updateTable('images').set({ status: revertTo, updated_at: touch() }).where('id', '=', img.id).where('status', 'in', ['saving', 'importing']).execute().catch(() => {});
       await k.deleteFrom('uploads').where('image_id', '=', img.id).execute().catch(() => {});
@@ -362,7 +363,7 @@ export function imageRoutes(router: Router, db: Db, store: Store, auth: Auth, op
       log.warn('upload interrupted', { image: img.id, bytes: size, error: (e as Error).message });
       return fail(new HttpError(400, 'Image upload was interrupted; no data was kept.'));
     }
-    const digests = hasher.digest();
+    const digests = await hasher.digest();
     const verdict = await inspection.finish(img.disk_format, img.container_format)
       .catch((e): { virtualSize: null; refusal: string } => ({ virtualSize: null, refusal: `Image data could not be inspected: ${(e as Error).message}` }));
     if (verdict.refusal) return fail(badRequest(verdict.refusal));

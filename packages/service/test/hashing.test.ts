@@ -1,0 +1,45 @@
+/** UploadHasher: md5 inline and sha512 on the shared worker give the digests of the whole stream. */
+import test from 'node:test';
+import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
+import { spawnSync } from 'node:child_process';
+import { UploadHasher } from '../src/hashing.js';
+
+const expected = (data: Buffer) => ({
+  md5: createHash('md5').update(data).digest('hex'),
+  sha512: createHash('sha512').update(data).digest('hex'),
+});
+
+async function feed(h: UploadHasher, data: Buffer, chunk: number): Promise<void> {
+  for (let at = 0; at < data.length; at += chunk) await h.update(data.subarray(at, at + chunk));
+}
+
+test('digests equal those of the whole data, for uneven chunks and several uploads at once', async () => {
+  const inputs = [randomBytes(37 << 20), randomBytes((5 << 20) + 17), randomBytes(100), Buffer.alloc(0)];
+  const hashers = inputs.map(() => new UploadHasher());
+  await Promise.all(inputs.map((d, i) => feed(hashers[i], d, [65536, 1 << 20, 7, 1][i])));
+  const got = await Promise.all(hashers.map((h) => h.digest()));
+  assert.deepEqual(got, inputs.map(expected));
+});
+
+test('a dropped upload does not disturb the others, and chunks from a shared pool are hashed as sent', async () => {
+  const pool = randomBytes(12 << 20);
+  const dropped = new UploadHasher();
+  const kept = new UploadHasher();
+  await feed(dropped, pool, 1 << 20);
+  dropped.drop();
+  // Views into one large buffer: the worker must hash the views, not the whole buffer.
+  await feed(kept, pool.subarray(3, (9 << 20) + 5), 333_333);
+  assert.deepEqual(await kept.digest(), expected(pool.subarray(3, (9 << 20) + 5)));
+});
+
+test('the sha512 worker does not keep a process alive after its uploads finish', () => {
+  const url = new URL('../src/hashing.js', import.meta.url).href;
+  const script = `import { UploadHasher } from '${url}';
+    const h = new UploadHasher(); await h.update(Buffer.alloc(5 << 20, 1)); console.log((await h.digest()).sha512.length);
+    const d = new UploadHasher(); await d.update(Buffer.alloc(5 << 20, 2)); d.drop();`;
+  const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8', timeout: 20_000 });
+  assert.equal(r.signal, null, 'process was killed after the timeout: the worker kept it alive');
+  assert.equal(r.status, 0, r.stderr);
+  assert.equal(r.stdout.trim(), '128');
+});
