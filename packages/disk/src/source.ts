@@ -6,6 +6,8 @@
 import { open as fsOpen, type FileHandle } from 'node:fs/promises';
 import { constants as fsConstants, readSync } from 'node:fs';
 import { hostio } from '@diskhub/hostio';
+/** Page-aligned I/O buffers (much cheaper kernel copies on some CPUs; see hostio). */
+export { pageAlignedBytes } from '@diskhub/hostio';
 import { DiskError, fromNodeError } from './errors.js';
 
 /** A run of the host file that holds data (`data: true`) or is a hole (`data: false`). */

@@ -4,13 +4,16 @@
  *                                   (what qemu-img's file driver uses for block status);
  *   fallocate(PUNCH_HOLE)         - turn a zeroed range back into a hole;
  *   fallocate(ZERO_RANGE)         - zero a range without writing it;
- *   fallocate(0)                  - preallocate (qemu-img's preallocation=falloc).
+ *   fallocate(0)                  - preallocate (qemu-img's preallocation=falloc);
+ *   pageOffset(view)              - where a typed array's bytes start within a memory page,
+ *                                   so I/O buffers can be page-aligned as qemu-img's are.
  * All calls are synchronous: they touch metadata only and return in microseconds on local
  * filesystems. Offsets travel as JavaScript numbers (exact up to 2^53).
  * Errors are thrown as Error objects whose `code` is the errno name (ENXIO, EOPNOTSUPP, ...).
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <stdint.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
@@ -108,12 +111,33 @@ static napi_value allocate(napi_env env, napi_callback_info info) {
   return do_fallocate(env, info, 0, "fallocate");
 }
 
+/*
+ * The address of a typed array's first byte modulo 4096. JavaScript cannot see addresses, and
+ * the kernel copies to and from user buffers (read, write) several times faster on some CPUs
+ * when the buffer is page-aligned like the page cache (measured: 2 MiB preads into a buffer at
+ * page offset 16, where Node's allocations land, ran at a fifth of the aligned speed).
+ */
+static napi_value page_offset(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  napi_typedarray_type type;
+  size_t length;
+  void *data;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 1 ||
+      napi_get_typedarray_info(env, argv[0], &type, &length, &data, NULL, NULL) != napi_ok) {
+    napi_throw_type_error(env, NULL, "pageOffset expects a typed array");
+    return NULL;
+  }
+  return number(env, (double)((uintptr_t)data & 4095));
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
     {"seek", NULL, seek, NULL, NULL, NULL, napi_enumerable, NULL},
     {"punchHole", NULL, punch_hole, NULL, NULL, NULL, napi_enumerable, NULL},
     {"zeroRange", NULL, zero_range, NULL, NULL, NULL, napi_enumerable, NULL},
     {"allocate", NULL, allocate, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"pageOffset", NULL, page_offset, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

@@ -17,6 +17,8 @@ export interface HostIo {
   zeroRange(fd: number, offset: number, length: number): void;
   /** fallocate(0): allocate blocks (extends the file when the range passes its end). */
   allocate(fd: number, offset: number, length: number): void;
+  /** Where the view's first byte lies within its memory page (address modulo 4096). */
+  pageOffset(view: Uint8Array): number;
 }
 
 function load(): { hostio: HostIo | null; loadError?: string } {
@@ -34,3 +36,17 @@ const loaded = load();
 export const hostio: HostIo | null = loaded.hostio;
 /** Why the addon is unavailable (for diagnostics and for tests that require it). */
 export const hostioLoadError: string | undefined = loaded.loadError;
+
+/**
+ * A zero-filled buffer of `size` bytes whose first byte starts a memory page, as qemu-img's
+ * I/O buffers do: the kernel copies page-cache data into (and out of) page-aligned user memory
+ * several times faster on some CPUs (AMD EPYC here: 2 GiB of 2 MiB preads took 0.9 s of system
+ * time into Node's default allocation, 0.2 s into an aligned one). Without the addon, a plain
+ * buffer.
+ */
+export function pageAlignedBytes(size: number): Uint8Array {
+  if (!hostio?.pageOffset) return new Uint8Array(size); // (an addon built before pageOffset existed)
+  const backing = new ArrayBuffer(size + 4096);
+  const skip = (4096 - hostio.pageOffset(new Uint8Array(backing, 0, 1))) % 4096;
+  return new Uint8Array(backing, skip, size);
+}

@@ -6,7 +6,7 @@
  * allocated; a client that breaks the protocol is disconnected, never trusted.
  */
 import { createServer, type Server, type Socket, type AddressInfo } from 'node:net';
-import { isDiskError, type BlockDevice, type Extent } from '@diskhub/disk';
+import { isDiskError, pageAlignedBytes, type BlockDevice, type Extent } from '@diskhub/disk';
 import * as P from './protocol.js';
 
 export interface NbdExport {
@@ -105,21 +105,28 @@ class SocketReader {
  */
 class BufferPool {
   private readonly free = new Map<number, Buffer[]>();
+  /** The whole page-aligned buffer each pooled allocation started as. */
+  private readonly whole = new WeakMap<ArrayBufferLike, Buffer>();
   private bytes = 0;
   constructor(private readonly maxBytes: number) {}
   take(length: number): Buffer {
     const size = sizeClass(length);
-    const b = this.free.get(size)?.pop();
+    let b = this.free.get(size)?.pop();
     if (b) this.bytes -= size;
-    return (b ?? Buffer.allocUnsafeSlow(size)).subarray(0, length);
+    else {
+      const bytes = pageAlignedBytes(size);
+      b = Buffer.from(bytes.buffer, bytes.byteOffset, size);
+      this.whole.set(b.buffer, b);
+    }
+    return b.subarray(0, length);
   }
   give(buf: Buffer): void {
-    const size = buf.buffer.byteLength;
-    if (buf.byteOffset !== 0 || size !== sizeClass(size) || this.bytes + size > this.maxBytes) return;
-    let list = this.free.get(size);
-    if (!list) this.free.set(size, (list = []));
-    list.push(Buffer.from(buf.buffer, 0, size));
-    this.bytes += size;
+    const whole = this.whole.get(buf.buffer);
+    if (!whole || buf.byteOffset !== whole.byteOffset || this.bytes + whole.length > this.maxBytes) return;
+    let list = this.free.get(whole.length);
+    if (!list) this.free.set(whole.length, (list = []));
+    list.push(whole);
+    this.bytes += whole.length;
   }
 }
 const sizeClass = (n: number) => Math.max(4096, 2 ** Math.ceil(Math.log2(Math.max(n, 1))));

@@ -5,6 +5,7 @@
  */
 import type { BlockDevice, Extent } from '../blockdev.js';
 import { throwIfAborted } from '../errors.js';
+import { pageAlignedBytes } from '../source.js';
 import { walkExtents, firstNonZero, type OperationOptions } from './common.js';
 
 export interface CompareOptions extends OperationOptions {
@@ -82,7 +83,7 @@ async function compareRange(a: BlockDevice, b: BlockDevice, start: number, end: 
   let next = start;
   const issue = () => {
     const n = Math.min(CHUNK, end - next);
-    const pair = free.pop() ?? [Buffer.allocUnsafeSlow(CHUNK), Buffer.allocUnsafeSlow(CHUNK)];
+    const pair = free.pop() ?? [pageAlignedBytes(CHUNK), pageAlignedBytes(CHUNK)];
     const va = pair[0].subarray(0, n);
     const vb = pair[1].subarray(0, n);
     const ready = Promise.all([a.read(va, next), b.read(vb, next)]);
@@ -114,7 +115,7 @@ export async function compareImages(a: BlockDevice, b: BlockDevice, options: Com
   if (sizeMismatch && options.strict) return { identical: false, sizeMismatch: true, reason: 'size' };
   const common = Math.min(a.size, b.size);
   const total = Math.max(a.size, b.size);
-  const bufA = new Uint8Array(CHUNK);
+  const bufA = pageAlignedBytes(CHUNK);
   onProgress?.(0, total);
   for await (const [ea, eb, start, end] of zipExtents(walkExtents(a, 0, common, signal), walkExtents(b, 0, common, signal))) {
     throwIfAborted(signal);

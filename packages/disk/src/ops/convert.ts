@@ -8,6 +8,7 @@
  */
 import type { BlockDevice } from '../blockdev.js';
 import { DiskError, throwIfAborted } from '../errors.js';
+import { pageAlignedBytes } from '../source.js';
 import type { Image } from '../format.js';
 import { walkExtents, isZero, isZeroRange, type OperationOptions } from './common.js';
 
@@ -90,7 +91,7 @@ export async function convertImage(src: BlockDevice, dst: ConvertTarget, options
 
   // Buffers are reused: at most `parallel` chunks exist at any time.
   const pool: Uint8Array[] = [];
-  const takeBuffer = () => pool.pop() ?? new Uint8Array(chunk);
+  const takeBuffer = () => pool.pop() ?? pageAlignedBytes(chunk);
   const giveBuffer = (b: Uint8Array) => { if (b.byteLength === chunk && pool.length < parallel) pool.push(b); };
   const fillZero = new Uint8Array(Math.min(chunk, DEFAULT_CHUNK));
 
