@@ -42,11 +42,12 @@ export const hostioLoadError: string | undefined = loaded.loadError;
  * I/O buffers do: the kernel copies page-cache data into (and out of) page-aligned user memory
  * several times faster on some CPUs (AMD EPYC here: 2 GiB of 2 MiB preads took 0.9 s of system
  * time into Node's default allocation, 0.2 s into an aligned one). Without the addon, a plain
- * buffer.
+ * buffer. `shared`: backed by a SharedArrayBuffer, for worker threads to read.
  */
-export function pageAlignedBytes(size: number): Uint8Array {
-  if (!hostio?.pageOffset) return new Uint8Array(size); // (an addon built before pageOffset existed)
-  const backing = new ArrayBuffer(size + 4096);
+export function pageAlignedBytes(size: number, options: { shared?: boolean } = {}): Uint8Array {
+  const Backing = options.shared ? SharedArrayBuffer : ArrayBuffer;
+  if (!hostio?.pageOffset) return new Uint8Array(new Backing(size)); // (an addon built before pageOffset existed)
+  const backing = new Backing(size + 4096);
   const skip = (4096 - hostio.pageOffset(new Uint8Array(backing, 0, 1))) % 4096;
   return new Uint8Array(backing, skip, size);
 }

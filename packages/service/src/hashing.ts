@@ -11,6 +11,7 @@
  */
 import { createHash } from 'node:crypto';
 import { Worker } from 'node:worker_threads';
+import { pageAlignedBytes } from '@diskhub/disk';
 
 const BATCH = 1 << 20;
 const MAX_BACKLOG = 4 << 20;
@@ -128,22 +129,30 @@ const workers = { md5: new HashWorker('md5'), sha512: new HashWorker('sha512') }
 let nextId = 1;
 
 /**
- * Hashes one upload. Feed it with `update`, then `digest` once, or `drop` when the upload
- * fails. Chunks are only read while `update` copies them into the current batch, so the
- * caller may reuse or write them afterwards.
+ * Hashes one upload and, given a `sink`, writes it: every chunk is copied once into a 1 MiB
+ * page-aligned shared batch; full batches go to both hash workers and, in order, to the sink
+ * (the store's file), so the socket's own buffers are never written (the kernel copies aligned
+ * memory into the page cache much faster, see pageAlignedBytes). Feed it with `update`, call
+ * `finish` when the data is complete (flushes and waits for the writes), then `digest` once;
+ * or `drop` when the upload fails. Chunks are only read during `update`.
  */
 export class UploadHasher {
   /** Opened with the first batch, so an upload that never sends data holds nothing. */
   private streams: ReturnType<HashWorker['open']>[] | null = null;
   private readonly ring: Uint8Array[] = [];
+  /** The sink's write of each ring batch, in order; a batch is reused only after its write. */
+  private readonly writes: Promise<void>[] = [];
+  private lastWrite: Promise<void> = Promise.resolve();
   private batches = 0;
   private batch: Uint8Array | null = null;
   private filled = 0;
 
-  /** Resolves when the workers' backlog allows more data. */
+  constructor(private readonly sink?: (batch: Uint8Array) => Promise<void>) {}
+
+  /** Resolves when the workers' backlog and the sink allow more data. */
   async update(chunk: Uint8Array): Promise<void> {
     for (let at = 0; at < chunk.length;) {
-      const batch = (this.batch ??= this.nextBatch());
+      const batch = (this.batch ??= await this.nextBatch());
       const n = Math.min(chunk.length - at, BATCH - this.filled);
       batch.set(chunk.subarray(at, at + n), this.filled);
       this.filled += n;
@@ -152,9 +161,10 @@ export class UploadHasher {
     }
   }
 
-  private nextBatch(): Uint8Array {
+  private async nextBatch(): Promise<Uint8Array> {
     const i = this.batches++ % RING;
-    return (this.ring[i] ??= new Uint8Array(new SharedArrayBuffer(BATCH)));
+    await this.writes[i];
+    return (this.ring[i] ??= pageAlignedBytes(BATCH, { shared: true }));
   }
 
   private async flush(): Promise<void> {
@@ -165,19 +175,33 @@ export class UploadHasher {
     }
     const data = this.batch.subarray(0, this.filled);
     for (const s of this.streams) s.post(data);
+    if (this.sink) {
+      const sink = this.sink;
+      const write = this.lastWrite.then(() => sink(data));
+      write.catch(() => {}); // awaited before the batch is reused and in finish(); never unhandled
+      this.writes[(this.batches - 1) % RING] = this.lastWrite = write;
+    }
     this.batch = null;
     this.filled = 0;
     for (const s of this.streams) await s.drained();
   }
 
-  async digest(): Promise<{ md5: string; sha512: string }> {
+  /** The data is complete: hash and write what is left, and wait until every write has landed. */
+  async finish(): Promise<void> {
     await this.flush();
+    await this.lastWrite;
+  }
+
+  async digest(): Promise<{ md5: string; sha512: string }> {
+    await this.finish();
     if (!this.streams) return { md5: createHash('md5').digest('hex'), sha512: createHash('sha512').digest('hex') };
     const [md5, sha512] = await Promise.all(this.streams.map((s) => s.digest()));
     return { md5, sha512 };
   }
 
-  drop(): void {
+  /** Abandons the upload's hashes; resolves once no write to the sink is in flight any more. */
+  async drop(): Promise<void> {
     this.streams?.forEach((s) => s.drop());
+    await this.lastWrite.catch(() => {});
   }
 }

@@ -42,8 +42,6 @@ const PARTIAL_SUFFIX = '.partial';
 /** temp_key of an `uploads` row that records staging in progress. */
 const STAGE_KEY = 'stage';
 
-/** Bytes gathered before one write to the store. */
-const WRITE_BATCH = 4 << 20;
 
 const PATCH_TYPES = ['application/openstack-images-v2.0-json-patch', 'application/openstack-images-v2.1-json-patch'];
 const IMPORT_METHODS = ['glance-direct'];
@@ -311,44 +309,27 @@ export function imageRoutes(router: Router, db: Db, store: Store, auth: Auth, op
 
   /** Stream `input` into the store while hashing and counting; verify; make the image active. */
   async function ingest(img: ImageRecord, input: Readable, declaredLength: number | null, revertTo: string): Promise<void> {
-    const hasher = new UploadHasher();
     const inspection = new UploadInspection(img.id);
     let size = 0;
     const staged = await store.begin(img.id);
     await k.insertInto('uploads').values({ image_id: img.id, node: opts.node, temp_key: staged.tempKey, started_at: now() }).execute()
       .catch(async () => { await k.updateTable('uploads').set({ node: opts.node, temp_key: staged.tempKey, started_at: now() }).where('image_id', '=', img.id).execute(); });
     const { cap, tooBig } = await uploadLimit(img.owner);
-    /**
-     * Read, hash and write in one loop: chunks are batched into ~4 MiB writev calls with one
-     * write in flight while the next batch is received, so the socket, the hashes and the
-     * disk stay busy without an unbounded buffer (memory per upload stays around 8 MiB).
-     */
+    // Hashing batches the data into 1 MiB page-aligned buffers; the file is written from those.
+    const hasher = new UploadHasher((batch) => staged.write([Buffer.from(batch.buffer, batch.byteOffset, batch.length)]));
     const receive = async () => {
-      let batch: Buffer[] = [];
-      let batchBytes = 0;
-      let writing: Promise<void> = Promise.resolve();
       for await (const chunk of input as AsyncIterable<Buffer>) {
         size += chunk.length;
         if (size > cap) throw tooBig(size);
-        await hasher.update(chunk);
         await inspection.write(chunk);
-        batch.push(chunk);
-        batchBytes += chunk.length;
-        if (batchBytes >= WRITE_BATCH) {
-          await writing;
-          writing = staged.write(batch);
-          writing.catch(() => {}); // awaited below; never an unhandled rejection meanwhile
-          batch = [];
-          batchBytes = 0;
-        }
+        await hasher.update(chunk);
       }
-      await writing;
-      if (batch.length) await staged.write(batch);
+      await hasher.finish();
       // A client that hangs up may end the stream without an error: a request body is whole only when complete.
       if ('complete' in input && !(input as { complete: boolean }).complete) throw new Error('request body ended early');
     };
     const fail = async (e: unknown) => {
-      hasher.drop();
+      await hasher.drop();
       await staged.discard().catch(() => {});
       await k.updateTable('images').set({ status: revertTo, updated_at: touch() }).where('id', '=', img.id).where('status', 'in', ['saving', 'importing']).execute().catch(() => {});
       await k.deleteFrom('uploads').where('image_id', '=', img.id).execute().catch(() => {});
@@ -478,20 +459,18 @@ export function imageRoutes(router: Router, db: Db, store: Store, auth: Auth, op
     const size = Number(img.size);
     if (img.checksum) headers['Content-MD5'] = img.checksum;
     const range = parseRange(ctx.req.headers.range, size);
-    let body: Readable;
     if (range) {
       headers['Content-Range'] = `bytes ${range.start}-${range.end}/${size}`;
       headers['Content-Length'] = String(range.end - range.start + 1);
       ctx.res.writeHead(206, headers);
-      if (ctx.req.method === 'HEAD') { ctx.res.end(); return; }
-      body = store.open(img.location, range);
     } else {
       headers['Content-Length'] = String(size);
       ctx.res.writeHead(200, headers);
-      if (ctx.req.method === 'HEAD') { ctx.res.end(); return; }
-      body = store.open(img.location);
     }
-    await pipeline(body, ctx.res).catch(() => { ctx.res.destroy(); });
+    if (ctx.req.method === 'HEAD') { ctx.res.end(); return; }
+    const location = img.location;
+    const sent = store.send ? store.send(location, ctx.res, range ?? undefined) : pipeline(store.open(location, range ?? undefined), ctx.res);
+    await sent.catch(() => { ctx.res.destroy(); });
   });
 
   // --- diskhub extension: signed download URLs (download-urls.ts)

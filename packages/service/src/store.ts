@@ -8,7 +8,8 @@ import { createReadStream } from 'node:fs';
 import { mkdir, open, readdir, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import type { Readable } from 'node:stream';
+import type { Readable, Writable } from 'node:stream';
+import { pageAlignedBytes } from '@diskhub/disk';
 
 export interface StagedWrite {
   /** The key the data will have once committed. */
@@ -26,6 +27,8 @@ export interface Store {
   readonly id: string;
   begin(imageId: string): Promise<StagedWrite>;
   open(location: string, range?: { start: number; end: number }): Readable;
+  /** Write the data (or bytes start..end, inclusive) to `out`, ending it; faster than piping open() where a store has it. */
+  send?(location: string, out: Writable, range?: { start: number; end: number }): Promise<void>;
   size(location: string): Promise<number>;
   /** Local path of committed data, for inspection by the disk engine. */
   pathOf(location: string): string;
@@ -85,6 +88,51 @@ export class FileStore implements Store {
     return createReadStream(this.pathOf(location), { highWaterMark: 1 << 20, ...(range ?? {}) });
   }
 
+  /**
+   * A download: 1 MiB reads into four reused page-aligned buffers, the next read in flight
+   * while the socket sends the last, each buffer reused once the socket has taken its bytes.
+   * Piping fs.createReadStream allocates a new buffer per read instead, and the garbage
+   * collector then ran most of the time on the service's heap (perf: 1 GiB download at
+   * ~900 MiB/s with about half the CPU in V8's mark-compact; see BENCHMARKS.md).
+   */
+  async send(location: string, out: Writable, range?: { start: number; end: number }): Promise<void> {
+    const fh = await open(this.pathOf(location), 'r');
+    try {
+      const end = range ? range.end + 1 : (await fh.stat()).size;
+      const free: Uint8Array[] = [];
+      let buffers = 0;
+      let wake: (() => void) | null = null;
+      const give = (buf: Uint8Array) => { free.push(buf); wake?.(); wake = null; };
+      const take = async (): Promise<Uint8Array | null> => {
+        while (free.length === 0 && buffers >= SEND_BUFFERS && !out.destroyed) await new Promise<void>((r) => { wake = r; });
+        if (out.destroyed) return null;
+        if (free.length) return free.pop()!;
+        buffers++;
+        return pageAlignedBytes(SEND_CHUNK);
+      };
+      const read = async (pos: number) => {
+        const buf = await take();
+        if (!buf) return null;
+        const { bytesRead } = await fh.read(buf, 0, Math.min(SEND_CHUNK, end - pos), pos);
+        return { buf, bytesRead };
+      };
+      let pos = range?.start ?? 0;
+      let next = pos < end ? read(pos) : null;
+      while (next) {
+        const got = await next;
+        // The client left, or the file is shorter than recorded.
+        if (!got || got.bytesRead === 0 || out.destroyed) { if (got) give(got.buf); break; }
+        pos += got.bytesRead;
+        next = pos < end ? read(pos) : null;
+        const { buf, bytesRead } = got;
+        if (!out.write(buf.subarray(0, bytesRead), () => give(buf))) await drained(out);
+      }
+      if (!out.destroyed) out.end();
+    } finally {
+      await fh.close();
+    }
+  }
+
   async size(location: string): Promise<number> {
     return (await stat(this.pathOf(location))).size;
   }
@@ -112,4 +160,17 @@ function dropBytes(chunks: Buffer[], n: number): Buffer[] {
   const rest = chunks.slice(i);
   if (n > 0 && rest.length) rest[0] = rest[0]!.subarray(n);
   return rest;
+}
+
+const SEND_CHUNK = 1 << 20;
+const SEND_BUFFERS = 4;
+
+/** Resolves when `out` wants more data, or is closed. */
+function drained(out: Writable): Promise<void> {
+  return new Promise((resolve) => {
+    if (out.destroyed) { resolve(); return; }
+    const done = () => { out.off('drain', done); out.off('close', done); resolve(); };
+    out.on('drain', done);
+    out.on('close', done);
+  });
 }

@@ -27,17 +27,34 @@ test('a dropped upload does not disturb the others, and chunks from a shared poo
   const dropped = new UploadHasher();
   const kept = new UploadHasher();
   await feed(dropped, pool, 1 << 20);
-  dropped.drop();
+  await dropped.drop();
   // Views into one large buffer: the worker must hash the views, not the whole buffer.
   await feed(kept, pool.subarray(3, (9 << 20) + 5), 333_333);
   assert.deepEqual(await kept.digest(), expected(pool.subarray(3, (9 << 20) + 5)));
+});
+
+test('with a sink, the data is written in order from the batches, and a failed write fails the upload', async () => {
+  const data = randomBytes((9 << 20) + 1234);
+  const written: Buffer[] = [];
+  const h = new UploadHasher(async (batch) => {
+    await new Promise((r) => setTimeout(r, 2)); // a slow disk: batches must not be reused before their write
+    written.push(Buffer.from(batch));
+  });
+  await feed(h, data, 100_000);
+  await h.finish();
+  assert.ok(Buffer.concat(written).equals(data));
+  assert.deepEqual(await h.digest(), expected(data));
+
+  const failing = new UploadHasher(async () => { throw new Error('disk full'); });
+  await assert.rejects(async () => { await feed(failing, data, 1 << 20); await failing.finish(); }, /disk full/);
+  await failing.drop();
 });
 
 test('the sha512 worker does not keep a process alive after its uploads finish', () => {
   const url = new URL('../src/hashing.js', import.meta.url).href;
   const script = `import { UploadHasher } from '${url}';
     const h = new UploadHasher(); await h.update(Buffer.alloc(5 << 20, 1)); console.log((await h.digest()).sha512.length);
-    const d = new UploadHasher(); await d.update(Buffer.alloc(5 << 20, 2)); d.drop();`;
+    const d = new UploadHasher(); await d.update(Buffer.alloc(5 << 20, 2)); await d.drop();`;
   const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8', timeout: 20_000 });
   assert.equal(r.signal, null, 'process was killed after the timeout: the worker kept it alive');
   assert.equal(r.status, 0, r.stderr);
