@@ -298,3 +298,43 @@ test('vmdk write: random writes and zero ranges pass qemu-img check and compare 
   await assert.rejects(s.write!(new Uint8Array(65536), 0), (e) => isDiskError(e, 'EIO') && /allocated cluster for streamOptimized/.test(e.message));
   await closeChain(s);
 });
+
+test('vmdk streamOptimized: neighbouring compressed grains read together like qemu-img reads them; a damaged grain is named', needs('qemu-img'), async (t) => {
+  const dir = await tempDir(t);
+  const words = ['grain', 'marker', 'deflate', 'stream', 'vmdk', 'sector', 'footer', 'descriptor'];
+  let x = 5;
+  const text = Buffer.from(Array.from({ length: 300_000 }, () => { x = (x * 1103515245 + 12345) & 0x7fffffff; return words[x % words.length]; }).join(' ')).subarray(0, 1 << 20);
+  await writeFile(join(dir, 'text.raw'), text);
+  const p = join(dir, 's.vmdk');
+  await qemuImg('convert', '-O', 'vmdk', '-o', 'subformat=streamOptimized', join(dir, 'text.raw'), p);
+  assert.ok(Buffer.from(await readAll(p)).equals(text));
+
+  // Grain markers: sector-aligned (lba u64, size u32) followed by a zlib stream (0x78).
+  const file = await readFile(p);
+  const markerOf = (grain: number) => {
+    for (let at = 512; at + 13 <= file.length; at += 512) {
+      if (file.readBigUInt64LE(at) === BigInt(grain * 128) && file.readUInt32LE(at + 8) > 0 && file[at + 12] === 0x78) return at;
+    }
+    throw new Error(`no marker for grain ${grain}`);
+  };
+  const damaged = async (name: string, change: (b: Buffer) => void, message: RegExp) => {
+    const b = Buffer.from(file);
+    change(b);
+    const q = join(dir, `${name}.vmdk`);
+    await writeFile(q, b);
+    const d = await openImage(q);
+    try {
+      await assert.rejects(d.read(new Uint8Array(d.size), 0), (e) => isDiskError(e, 'ECORRUPT') && message.test(e.message), name);
+      // Grains after the damaged one still read, in one request.
+      const tail = new Uint8Array(8 * 65536);
+      await d.read(tail, 8 * 65536);
+      assert.ok(Buffer.from(tail).equals(text.subarray(8 * 65536)), `${name}: the grains after it`);
+    } finally {
+      await closeChain(d);
+    }
+  };
+  const m3 = markerOf(3);
+  const m5 = markerOf(5);
+  await damaged('size', (b) => b.writeUInt32LE(0, m3 + 8), new RegExp(`grain at offset ${m3} has an invalid size 0`));
+  await damaged('data', (b) => b.fill(0xff, m5 + 12, m5 + 40), new RegExp(`grain at offset ${m5} does not inflate`));
+});
