@@ -57,6 +57,8 @@ export class VmdkImage extends QueuedWriteImage implements Image {
    * is gathered here and compressed once, when a write moves to another grain or on flush.
    */
   private pending?: { ext: SparseExtent; rel: number; data: Uint8Array };
+  /** New grains and grain table entries of the request being written (see flushStaged). */
+  private staged: { appends: { ext: SparseExtent; at: number; data: Uint8Array }[]; gtes: { ext: SparseExtent; grain: number; value: number }[] } = { appends: [], gtes: [] };
   private cidUpdated = false;
 
   constructor(private readonly opened: OpenedVmdk, writable: boolean) {
@@ -311,7 +313,26 @@ export class VmdkImage extends QueuedWriteImage implements Image {
   async write(buf: Uint8Array, offset: number): Promise<void> {
     this.checkWritable();
     checkRange(this.size, offset, buf.length, 'write');
-    await this.writeQueue.run(() => this.writeLocked(buf, offset));
+    // Whole grains of a streamOptimized extent start compressing now, on the thread pool, while
+    // earlier writes still hold the queue: successive writes compress concurrently and are
+    // appended in order.
+    const packed = this.compressAhead(buf, offset);
+    await this.writeQueue.run(() => this.writeLocked(buf, offset, packed));
+  }
+
+  private compressAhead(buf: Uint8Array, offset: number): Map<number, Promise<Buffer>> | undefined {
+    let packed: Map<number, Promise<Buffer>> | undefined;
+    const end = offset + buf.length;
+    for (let pos = offset; pos < end;) {
+      const { ext, rel, n } = this.piece(pos, end);
+      if (ext.kind === 'sparse' && ext.compressed && rel % ext.grainBytes === 0 && n === Math.min(ext.grainBytes, ext.bytes - rel)) {
+        const deflating = deflateAsync(buf.subarray(pos - offset, pos - offset + n));
+        deflating.catch(() => {}); // awaited where the grain is written; never unhandled
+        (packed ??= new Map()).set(pos, deflating);
+      }
+      pos += n;
+    }
+    return packed;
   }
 
   /** vmdk has no compressed clusters outside streamOptimized: like QEMU, a compressed write is a write. */
@@ -332,7 +353,7 @@ export class VmdkImage extends QueuedWriteImage implements Image {
           const whole = rel % ext.grainBytes === 0 && n === Math.min(ext.grainBytes, ext.bytes - rel);
           if (st.kind === 'zeroed' || (st.kind === 'unallocated' && !this.backing)) { pos += n; continue; }
           if (whole && ext.zeroGrain) {
-            await this.setGte(ext, rel, GTE_ZEROED);
+            this.setGte(ext, rel, GTE_ZEROED);
             pos += n;
             continue;
           }
@@ -341,20 +362,26 @@ export class VmdkImage extends QueuedWriteImage implements Image {
         await this.writeLocked(new Uint8Array(n), pos);
         pos += n;
       }
+      await this.flushStaged(); // zeroed-grain entries
     });
   }
 
-  private async writeLocked(buf: Uint8Array, offset: number): Promise<void> {
+  private async writeLocked(buf: Uint8Array, offset: number, packed?: Map<number, Promise<Buffer>>): Promise<void> {
     const end = offset + buf.length;
-    for (let pos = offset; pos < end;) {
-      const { ext, rel, n } = this.piece(pos, end);
-      const part = buf.subarray(pos - offset, pos - offset + n);
-      if (ext.kind === 'flat') {
-        await ext.file.write(part, ext.fileOffset + rel);
-      } else {
-        await this.writeSparse(ext, rel, pos, part);
+    try {
+      for (let pos = offset; pos < end;) {
+        const { ext, rel, n } = this.piece(pos, end);
+        const part = buf.subarray(pos - offset, pos - offset + n);
+        if (ext.kind === 'flat') {
+          await ext.file.write(part, ext.fileOffset + rel);
+        } else {
+          await this.writeSparse(ext, rel, pos, part, packed?.get(pos));
+        }
+        pos += n;
       }
-      pos += n;
+    } finally {
+      // Grains written before a failure land, as they did when each was written at once.
+      await this.flushStaged();
     }
     if (!this.cidUpdated) {
       this.cidUpdated = true;
@@ -362,7 +389,7 @@ export class VmdkImage extends QueuedWriteImage implements Image {
     }
   }
 
-  private async writeSparse(ext: SparseExtent, rel: number, pos: number, part: Uint8Array): Promise<void> {
+  private async writeSparse(ext: SparseExtent, rel: number, pos: number, part: Uint8Array, packed?: Promise<Buffer>): Promise<void> {
     const st = await this.grainState(ext, rel);
     if (st.kind === 'error') throw this.corrupt(ext, st.why);
     const inGrain = rel % ext.grainBytes;
@@ -377,7 +404,7 @@ export class VmdkImage extends QueuedWriteImage implements Image {
         this.pending.data.set(part, inGrain);
         return;
       }
-      await this.writeCompressedGrain(ext, grainRel, part);
+      await this.writeCompressedGrain(ext, grainRel, part, packed);
       return;
     }
     if (st.kind === 'data') {
@@ -399,14 +426,14 @@ export class VmdkImage extends QueuedWriteImage implements Image {
     grain.set(part, inGrain);
     const sector = ext.nextGrainSector;
     if (sector >= 0xffffffff) throw new DiskError('ENOSPC', `${ext.file.name}: vmdk extent is full`);
-    await ext.file.write(grain, sector * SECTOR);
+    this.staged.appends.push({ ext, at: sector * SECTOR, data: grain });
     ext.nextGrainSector += ext.grainBytes / SECTOR;
-    await this.setGte(ext, rel, sector);
+    this.setGte(ext, rel, sector);
   }
 
   /** Compress one grain and append it behind its marker, then point the grain table at it. */
-  private async writeCompressedGrain(ext: SparseExtent, rel: number, part: Uint8Array): Promise<void> {
-    const packed = new Uint8Array(await deflateAsync(part));
+  private async writeCompressedGrain(ext: SparseExtent, rel: number, part: Uint8Array, deflated?: Promise<Buffer>): Promise<void> {
+    const packed = await (deflated ?? deflateAsync(part));
     const at = ext.nextGrainSector * SECTOR;
     const total = GRAIN_MARKER_SIZE + packed.length;
     const out = new Uint8Array(Math.ceil(total / SECTOR) * SECTOR);
@@ -414,9 +441,9 @@ export class VmdkImage extends QueuedWriteImage implements Image {
     v.setBigUint64(0, BigInt(Math.floor((ext.start + rel) / SECTOR)), true);
     v.setUint32(8, packed.length, true);
     out.set(packed, GRAIN_MARKER_SIZE);
-    await ext.file.write(out, at);
+    this.staged.appends.push({ ext, at, data: out });
     ext.nextGrainSector += out.length / SECTOR;
-    await this.setGte(ext, rel, at / SECTOR);
+    this.setGte(ext, rel, at / SECTOR);
   }
 
   private async commitPending(): Promise<void> {
@@ -424,20 +451,56 @@ export class VmdkImage extends QueuedWriteImage implements Image {
     if (!p) return;
     this.pending = undefined;
     await this.writeCompressedGrain(p.ext, p.rel, p.data);
+    await this.flushStaged();
   }
 
-  /** Set a grain table entry in the table and in its redundant copy. */
-  private async setGte(ext: SparseExtent, rel: number, value: number): Promise<void> {
-    const grain = Math.floor(rel / ext.grainBytes);
-    const gdIndex = Math.floor(grain / ext.gtEntries);
-    const gtSector = ext.gd[gdIndex]!;
-    const entry = new Uint8Array(4);
-    new DataView(entry.buffer).setUint32(0, value, true);
-    const idx = grain % ext.gtEntries;
-    await ext.file.write(entry, gtSector * SECTOR + idx * 4);
-    const backup = ext.rgd?.[gdIndex];
-    if (backup) await ext.file.write(entry, backup * SECTOR + idx * 4);
-    (await this.grainTable(ext, gtSector))[idx] = value;
+  /** Point a grain table entry at `value`; it lands (after the data) with the next flushStaged. */
+  private setGte(ext: SparseExtent, rel: number, value: number): void {
+    this.staged.gtes.push({ ext, grain: Math.floor(rel / ext.grainBytes), value });
+  }
+
+  /**
+   * Write what the current request staged: new grains first (neighbours in one write), then the
+   * grain table entries, one write per table and copy for the span they cover (QEMU's order:
+   * data before the tables point at it). Readers see an entry only once its grain is on disk.
+   */
+  private async flushStaged(): Promise<void> {
+    const { appends, gtes } = this.staged;
+    if (!appends.length && !gtes.length) return;
+    this.staged = { appends: [], gtes: [] };
+    for (let i = 0; i < appends.length;) {
+      let j = i + 1;
+      let end = appends[i]!.at + appends[i]!.data.length;
+      while (j < appends.length && appends[j]!.ext === appends[i]!.ext && appends[j]!.at === end) end += appends[j++]!.data.length;
+      const file = appends[i]!.ext.file;
+      const run = appends.slice(i, j).map((a) => a.data);
+      if (run.length > 1 && file.writev) await file.writev(run, appends[i]!.at);
+      else for (const a of appends.slice(i, j)) await file.write(a.data, a.at);
+      i = j;
+    }
+    const tables = new Map<SparseExtent, Map<number, { lo: number; hi: number; entries: [number, number][] }>>();
+    for (const g of gtes) {
+      const gdIndex = Math.floor(g.grain / g.ext.gtEntries);
+      let perExt = tables.get(g.ext);
+      if (!perExt) tables.set(g.ext, (perExt = new Map()));
+      const idx = g.grain % g.ext.gtEntries;
+      const t = perExt.get(gdIndex);
+      if (t) { t.lo = Math.min(t.lo, idx); t.hi = Math.max(t.hi, idx); t.entries.push([idx, g.value]); }
+      else perExt.set(gdIndex, { lo: idx, hi: idx, entries: [[idx, g.value]] });
+    }
+    for (const [ext, perExt] of tables) {
+      for (const [gdIndex, t] of perExt) {
+        const gtSector = ext.gd[gdIndex]!;
+        const gt = await this.grainTable(ext, gtSector);
+        for (const [idx, value] of t.entries) gt[idx] = value;
+        const span = new Uint8Array((t.hi - t.lo + 1) * 4);
+        const v = new DataView(span.buffer);
+        for (let k = t.lo; k <= t.hi; k++) v.setUint32((k - t.lo) * 4, gt[k]!, true);
+        await ext.file.write(span, gtSector * SECTOR + t.lo * 4);
+        const backup = ext.rgd?.[gdIndex];
+        if (backup) await ext.file.write(span, backup * SECTOR + t.lo * 4);
+      }
+    }
   }
 
   /** QEMU gives an image a new random CID on its first write after opening. */
