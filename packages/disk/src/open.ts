@@ -22,6 +22,12 @@ export interface OpenImageOptions extends OpenOptions {
   backing?: boolean;
   /** Override the top image's backing file (convert -B, rebase). */
   backingOverride?: { filename: string; format?: string } | null;
+  /**
+   * cache=unsafe (qemu-img convert's default for its target): flushes of the image's files are
+   * no-ops, including those a driver makes between metadata steps (the vhdx log). A crash may
+   * then lose the image, which is what the mode promises; nothing is lost without one.
+   */
+  noFlush?: boolean;
 }
 
 export async function readHead(source: ByteSource, bytes = PROBE_BYTES): Promise<Uint8Array> {
@@ -109,11 +115,11 @@ async function openOne(path: string, options: OpenImageOptions, seen: Set<string
   }
   if (seen.has(id)) throw new DiskError('ELOOP', `Backing file loop: '${path}' appears twice in the chain of images`);
   seen.add(id);
-  const source = await FileSource.open(path, { readOnly: !options.writable });
+  const source = await FileSource.open(path, { readOnly: !options.writable, noFlush: options.noFlush });
   try {
     const image = await openSource(source, {
       ...options,
-      openRelated: options.openRelated ?? ((name, writable) => FileSource.open(resolveBackingPath(path, name), { readOnly: !writable })),
+      openRelated: options.openRelated ?? ((name, writable) => FileSource.open(resolveBackingPath(path, name), { readOnly: !writable, noFlush: options.noFlush })),
     });
     if (indexed && image.format !== 'ova') {
       // Only an appliance has numbered disks: "file:N" of anything else is a missing file.

@@ -69,6 +69,8 @@ export interface FileSourceOptions {
   create?: boolean;
   /** With create: fail if the file exists. */
   exclusive?: boolean;
+  /** flush() does nothing (cache=unsafe). */
+  noFlush?: boolean;
 }
 
 export class FileSource implements ByteSource {
@@ -77,7 +79,7 @@ export class FileSource implements ByteSource {
   /** Cleared when the filesystem refuses SEEK_DATA / PUNCH_HOLE, so we stop asking. */
   private seekWorks = true;
   private punchWorks = true;
-  private constructor(private readonly fh: FileHandle, name: string, readOnly: boolean) {
+  private constructor(private readonly fh: FileHandle, name: string, readOnly: boolean, private readonly noFlush = false) {
     this.name = name;
     this.readOnly = readOnly;
   }
@@ -94,7 +96,7 @@ export class FileSource implements ByteSource {
         // QEMU's wording: its 'file' protocol driver opens regular files only.
         throw new DiskError('EINVAL', `'file' driver requires '${path}' to be a regular file`);
       }
-      return new FileSource(fh, path, readOnly);
+      return new FileSource(fh, path, readOnly, options.noFlush);
     } catch (e) {
       throw fromNodeError(e, path);
     }
@@ -238,7 +240,7 @@ export class FileSource implements ByteSource {
   }
 
   async flush(): Promise<void> {
-    if (!this.readOnly) await this.fh.datasync();
+    if (!this.readOnly && !this.noFlush) await this.fh.datasync();
   }
 
   async close(): Promise<void> {
