@@ -63,7 +63,10 @@ test('first start without a password generates and prints one; bad settings fail
   const dir = await tempDir(t);
   const p = await serve(dir, await freePort(), { DISKHUB_ADMIN_PASSWORD: '' });
   t.after(() => { p.child.kill('SIGKILL'); });
-  const m = /password \(printed only this once\): (\S+)/.exec(p.stderr());
+  // The server answers its health check before the parent has necessarily read its stderr pipe.
+  const printed = /password \(printed only this once\): (\S+)\n/;
+  await waitFor(async () => printed.test(p.stderr()), 'the printed password');
+  const m = printed.exec(p.stderr());
   assert.ok(m, p.stderr());
   assert.ok(await token(p.url, 'admin', m[1]!, 'admin'));
   p.child.kill('SIGTERM');
