@@ -42,7 +42,6 @@ const PARTIAL_SUFFIX = '.partial';
 /** temp_key of an `uploads` row that records staging in progress. */
 const STAGE_KEY = 'stage';
 
-
 const PATCH_TYPES = ['application/openstack-images-v2.0-json-patch', 'application/openstack-images-v2.1-json-patch'];
 const IMPORT_METHODS = ['glance-direct'];
 
@@ -468,9 +467,7 @@ export function imageRoutes(router: Router, db: Db, store: Store, auth: Auth, op
       ctx.res.writeHead(200, headers);
     }
     if (ctx.req.method === 'HEAD') { ctx.res.end(); return; }
-    const location = img.location;
-    const sent = store.send ? store.send(location, ctx.res, range ?? undefined) : pipeline(store.open(location, range ?? undefined), ctx.res);
-    await sent.catch(() => { ctx.res.destroy(); });
+    await store.send(img.location, ctx.res, range ?? undefined).catch(() => { ctx.res.destroy(); });
   });
 
   // --- diskhub extension: signed download URLs (download-urls.ts)

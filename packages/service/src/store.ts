@@ -4,11 +4,10 @@
  * renamed into place only once it is complete and verified, so a reader (or a restart after
  * a crash) never sees partial data under an image's name.
  */
-import { createReadStream } from 'node:fs';
 import { mkdir, open, readdir, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import type { Readable, Writable } from 'node:stream';
+import type { Writable } from 'node:stream';
 import { pageAlignedBytes } from '@diskhub/disk';
 
 export interface StagedWrite {
@@ -26,9 +25,8 @@ export interface StagedWrite {
 export interface Store {
   readonly id: string;
   begin(imageId: string): Promise<StagedWrite>;
-  open(location: string, range?: { start: number; end: number }): Readable;
-  /** Write the data (or bytes start..end, inclusive) to `out`, ending it; faster than piping open() where a store has it. */
-  send?(location: string, out: Writable, range?: { start: number; end: number }): Promise<void>;
+  /** Write the data (or bytes start..end, inclusive) to `out`, and end it. */
+  send(location: string, out: Writable, range?: { start: number; end: number }): Promise<void>;
   size(location: string): Promise<number>;
   /** Local path of committed data, for inspection by the disk engine. */
   pathOf(location: string): string;
@@ -82,10 +80,6 @@ export class FileStore implements Store {
         await rm(path, { force: true });
       },
     };
-  }
-
-  open(location: string, range?: { start: number; end: number }): Readable {
-    return createReadStream(this.pathOf(location), { highWaterMark: 1 << 20, ...(range ?? {}) });
   }
 
   /**

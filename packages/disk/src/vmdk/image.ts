@@ -8,7 +8,7 @@
  * grains are deflate-compressed behind a 12-byte marker, written once each, in any order.
  */
 import { promisify } from 'node:util';
-import { deflate, inflate, inflateSync } from 'node:zlib';
+import { deflate, inflateSync } from 'node:zlib';
 import { checkRange, type Extent } from '../blockdev.js';
 import { QueuedWriteImage } from '../blockwalk.js';
 import { DiskError } from '../errors.js';
@@ -18,7 +18,6 @@ import type { ByteSource } from '../source.js';
 import { GRAIN_MARKER_SIZE, GTE_ZEROED, SECTOR, SESPARSE_GRAIN_SECTORS } from './header.js';
 import type { OpenedVmdk, SparseExtent, VmdkExtent } from './open.js';
 
-const inflateAsync = promisify(inflate);
 const deflateAsync = promisify(deflate);
 
 /** Grain tables kept in memory per extent (each at most 512 entries, 2 KiB); the cache is dropped when it fills. */
@@ -26,6 +25,8 @@ const GT_CACHE_ENTRIES = 1024;
 /** Largest single read of neighbouring compressed grains. */
 const MAX_PACKED_READ = 4 << 20;
 interface PackedGrain { ext: SparseExtent; sector: number; inGrain: number; part: Uint8Array }
+/** [rel, rel+n) is a whole grain of `ext` (the last grain of an extent may be short). */
+const wholeGrain = (ext: SparseExtent, rel: number, n: number) => rel % ext.grainBytes === 0 && n === Math.min(ext.grainBytes, ext.bytes - rel);
 
 /** Decoded seSparse grain table entries that are not grain sectors (those are >= 0). */
 const SE_ZEROED = -1;
@@ -172,8 +173,7 @@ export class VmdkImage extends QueuedWriteImage implements Image {
   /**
    * Compressed grains with markers. A streamOptimized file stores grains one after another in
    * guest order, so a request's grains are read with one read per run of neighbours (from the
-   * first grain's marker to past the last one's largest possible end) and inflated on this
-   * thread: per 64 KiB grain a round trip to the thread pool costs more than the inflate.
+   * first grain's marker to past the last one's largest possible end).
    */
   private async readPackedGrains(grains: PackedGrain[]): Promise<void> {
     for (let i = 0; i < grains.length;) {
@@ -194,22 +194,9 @@ export class VmdkImage extends QueuedWriteImage implements Image {
         const at = g.sector * SECTOR;
         const from = at - spanStart;
         if (from + GRAIN_MARKER_SIZE > got) throw this.corrupt(g.ext, `compressed grain at offset ${at} lies past the end of the file`);
-        const len = view.getUint32(from + 8, true);
-        if (len === 0 || len > 2 * g.ext.grainBytes) throw this.corrupt(g.ext, `compressed grain at offset ${at} has an invalid size ${len}`);
-        let data: Uint8Array;
-        try {
-          data = inflateSync(span.subarray(from + GRAIN_MARKER_SIZE, Math.min(got, from + GRAIN_MARKER_SIZE + len)), {
-            maxOutputLength: g.ext.grainBytes,
-            chunkSize: g.ext.grainBytes + 512, // one output buffer rather than growing 16 KiB ones
-          });
-        } catch (e) {
-          throw this.corrupt(g.ext, `compressed grain at offset ${at} does not inflate: ${(e as Error).message}`);
-        }
-        if (g.inGrain + g.part.length > data.length) {
-          throw this.corrupt(g.ext, `compressed grain at sector ${g.sector} holds ${data.length} bytes, fewer than the ${g.inGrain + g.part.length} read`);
-        }
-        g.part.set(data.subarray(g.inGrain, g.inGrain + g.part.length));
-        this.lastGrain = { extent: g.ext, sector: g.sector, data };
+        const len = this.markerLength(g.ext, at, view.getUint32(from + 8, true));
+        const data = this.inflate(g.ext, at, span.subarray(from + GRAIN_MARKER_SIZE, Math.min(got, from + GRAIN_MARKER_SIZE + len)));
+        this.placeGrain(g.ext, g.sector, data, g.inGrain, g.part);
       }
       i = j;
     }
@@ -241,36 +228,51 @@ export class VmdkImage extends QueuedWriteImage implements Image {
       if (got < part.length) part.fill(0, got);
       return;
     }
-    let data: Uint8Array;
-    if (this.lastGrain && this.lastGrain.extent === ext && this.lastGrain.sector === sector) {
-      data = this.lastGrain.data;
-    } else {
-      data = await this.inflateGrain(ext, at);
-      this.lastGrain = { extent: ext, sector, data };
-    }
-    if (inGrain + part.length > data.length) {
-      throw this.corrupt(ext, `compressed grain at sector ${sector} holds ${data.length} bytes, fewer than the ${inGrain + part.length} read`);
-    }
-    part.set(data.subarray(inGrain, inGrain + part.length));
+    const cached = this.lastGrain?.extent === ext && this.lastGrain.sector === sector ? this.lastGrain.data : null;
+    this.placeGrain(ext, sector, cached ?? await this.inflateGrain(ext, at), inGrain, part);
   }
 
+  /** A compressed grain read on its own (grains with markers are read in runs by readPackedGrains). */
   private async inflateGrain(ext: SparseExtent, at: number): Promise<Uint8Array> {
     let start = at;
     let len = ext.grainBytes;
     if (ext.markers) {
       const m = new Uint8Array(GRAIN_MARKER_SIZE);
       await ext.file.read(m, at);
-      len = new DataView(m.buffer).getUint32(8, true);
+      len = this.markerLength(ext, at, new DataView(m.buffer).getUint32(8, true));
       start = at + GRAIN_MARKER_SIZE;
-      if (len === 0 || len > 2 * ext.grainBytes) throw this.corrupt(ext, `compressed grain at offset ${at} has an invalid size ${len}`);
     }
     const raw = new Uint8Array(len);
     const got = await ext.file.read(raw, start);
+    return this.inflate(ext, at, raw.subarray(0, got));
+  }
+
+  /** The compressed size a grain marker gives, checked. */
+  private markerLength(ext: SparseExtent, at: number, len: number): number {
+    if (len === 0 || len > 2 * ext.grainBytes) throw this.corrupt(ext, `compressed grain at offset ${at} has an invalid size ${len}`);
+    return len;
+  }
+
+  /**
+   * A grain's deflate stream, inflated on this thread: per 64 KiB grain a round trip to the
+   * thread pool costs more than the inflate.
+   */
+  private inflate(ext: SparseExtent, at: number, input: Uint8Array): Uint8Array {
     try {
-      return new Uint8Array(await inflateAsync(raw.subarray(0, got), { maxOutputLength: ext.grainBytes }));
+      // An output chunk a little larger than the grain: one output buffer rather than growing 16 KiB ones.
+      return inflateSync(input, { maxOutputLength: ext.grainBytes, chunkSize: ext.grainBytes + 512 });
     } catch (e) {
       throw this.corrupt(ext, `compressed grain at offset ${at} does not inflate: ${(e as Error).message}`);
     }
+  }
+
+  /** Copy what a read wants out of an inflated grain, and keep the grain for the next read of it. */
+  private placeGrain(ext: SparseExtent, sector: number, data: Uint8Array, inGrain: number, part: Uint8Array): void {
+    if (inGrain + part.length > data.length) {
+      throw this.corrupt(ext, `compressed grain at sector ${sector} holds ${data.length} bytes, fewer than the ${inGrain + part.length} read`);
+    }
+    part.set(data.subarray(inGrain, inGrain + part.length));
+    this.lastGrain = { extent: ext, sector, data };
   }
 
   async *blockStatus(offset: number, length: number): AsyncIterable<Extent> {
@@ -325,7 +327,7 @@ export class VmdkImage extends QueuedWriteImage implements Image {
     const end = offset + buf.length;
     for (let pos = offset; pos < end;) {
       const { ext, rel, n } = this.piece(pos, end);
-      if (ext.kind === 'sparse' && ext.compressed && rel % ext.grainBytes === 0 && n === Math.min(ext.grainBytes, ext.bytes - rel)) {
+      if (ext.kind === 'sparse' && ext.compressed && wholeGrain(ext, rel, n)) {
         const deflating = deflateAsync(buf.subarray(pos - offset, pos - offset + n));
         deflating.catch(() => {}); // awaited where the grain is written; never unhandled
         (packed ??= new Map()).set(pos, deflating);
@@ -350,9 +352,8 @@ export class VmdkImage extends QueuedWriteImage implements Image {
         if (ext.kind === 'sparse') {
           const st = await this.grainState(ext, rel);
           if (st.kind === 'error') throw this.corrupt(ext, st.why);
-          const whole = rel % ext.grainBytes === 0 && n === Math.min(ext.grainBytes, ext.bytes - rel);
           if (st.kind === 'zeroed' || (st.kind === 'unallocated' && !this.backing)) { pos += n; continue; }
-          if (whole && ext.zeroGrain) {
+          if (ext.zeroGrain && wholeGrain(ext, rel, n)) {
             this.setGte(ext, rel, GTE_ZEROED);
             pos += n;
             continue;
