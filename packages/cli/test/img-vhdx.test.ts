@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import { copyFile, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { crc32c } from '@diskhub/disk';
-import { needs, tempDir, qemuImg, qemuIo, run, diskhub, vhdxCrafting } from '@diskhub/testkit';
+import { needs, tempDir, qemuImg, qemuIo, run, diskhub, diskhubBin, vhdxCrafting } from '@diskhub/testkit';
 import { assertSame } from './peer.js';
 
 const { makeDirtyVhdx } = vhdxCrafting(crc32c);
@@ -91,4 +91,28 @@ test('vhdx with a pending log: info refuses as qemu-img does, check -r all repla
   assert.equal(ours.code, peer.code);
   await assertSame(['compare', 'a.vhdx', 'b.vhdx'], dir);
   await assertSame(['check', 'a.vhdx'], dir);
+});
+
+test('convert -O vhdx: under the default cache=unsafe no more fsyncs than qemu-img (none per block), more with -t writeback; both pass qemu-img check and compare', needs('qemu-img', 'strace'), async (t) => {
+  const dir = await tempDir(t);
+  const src = join(dir, 'src.raw');
+  await qemuImg('create', '-q', '-f', 'raw', src, '96M');
+  await qemuIo('-f', 'raw', '-c', 'write -P 3 0 40M', '-c', 'write -P 4 64M 8M', src);
+  /** fsync-family calls the whole process tree of `cmd` made, counted by strace. */
+  const syncs = async (cmd: string[]) => {
+    const log = join(dir, 'strace.log');
+    const r = await run('strace', ['-f', '-qq', '-e', 'trace=fsync,fdatasync,sync_file_range', '-o', log, ...cmd], { cwd: dir });
+    assert.equal(r.code, 0, r.stderr);
+    return (await readFile(log, 'utf8')).split('\n').filter((l) => /\b(fsync|fdatasync|sync_file_range)\(/.test(l)).length;
+  };
+  const peer = await syncs(['qemu-img', 'convert', '-O', 'vhdx', src, join(dir, 'peer.vhdx')]);
+  const counts: number[] = [];
+  for (const cache of [[], ['-t', 'writeback']]) {
+    const out = join(dir, `out-${cache.length}.vhdx`);
+    counts.push(await syncs([process.execPath, diskhubBin, 'img', 'convert', ...cache, '-O', 'vhdx', src, out]));
+    await qemuImg('check', out);
+    await qemuImg('compare', '-q', src, out);
+  }
+  assert.ok(counts[0]! <= peer, `default cache: ${counts[0]} syncs, qemu-img ${peer}`);
+  assert.ok(counts[1]! > counts[0]!, `-t writeback: ${counts[1]} syncs, default ${counts[0]}`);
 });
