@@ -3,7 +3,7 @@ import test from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { open, readdir, writeFile, stat } from 'node:fs/promises';
+import { mkdir, open, readdir, readFile, writeFile, stat } from 'node:fs/promises';
 import { createReadStream } from 'node:fs';
 import { join } from 'node:path';
 import { needs, tempDir, qemuImg, qemuIo, diskhub, diskhubBin, run } from '@diskhub/testkit';
@@ -124,4 +124,36 @@ test('img convert: SIGINT / SIGTERM mid-way leave no destination file and an unc
   assert.deepEqual((await readdir(dir)).filter((f) => f !== 'big.raw'), [], 'nothing left after SIGINT during creation');
   assert.equal(await sha(src), before, 'source unchanged');
   assert.equal((await stat(src)).mtimeMs, srcStat.mtimeMs);
+});
+
+test('img convert: the target\'s large writes are reserved first (fallocate KEEP_SIZE of exactly their range, seen by strace); qcow2 and raw outputs pass qemu-img check / compare', needs('qemu-img', 'qemu-io', 'strace'), async (t) => {
+  const dir = await tempDir(t);
+  const src = join(dir, 'src.raw');
+  await makeRaw(src, 48 << 20, [[7, 0, 6 << 20], [0, 2 << 20, 1 << 20], [9, 20 << 20, 3 << 20]]);
+  for (const fmt of ['qcow2', 'raw']) {
+    const out = join(dir, `out.${fmt}`);
+    // One log per thread (-ff): no call is split across lines by another thread's.
+    const logs = join(dir, `strace-${fmt}`);
+    await mkdir(logs);
+    const r = await run('strace', ['-ff', '-qq', '-e', 'trace=fallocate,pwrite64,pwritev', '-o', join(logs, 't'), process.execPath, diskhubBin, 'img', 'convert', '-O', fmt, src, out]);
+    assert.equal(r.code, 0, r.stderr);
+    if (fmt === 'qcow2') await qemuImg('check', out);
+    await qemuImg('compare', '-q', src, out);
+    // Every large write has a fallocate(fd, FALLOC_FL_KEEP_SIZE, offset, length) of the same
+    // file and range (made on another I/O thread before it).
+    const lines = (await Promise.all((await readdir(logs)).map((f) => readFile(join(logs, f), 'utf8')))).join('\n').split('\n');
+    const reserved = new Set<string>();
+    for (const line of lines) {
+      const f = /fallocate\((\d+), FALLOC_FL_KEEP_SIZE, (\d+), (\d+)\) = 0/.exec(line);
+      if (f) reserved.add(`${f[1]}:${f[2]}:${f[3]}`);
+    }
+    let large = 0;
+    for (const line of lines) {
+      const w = /pwrite(?:64|v)\((\d+), .*, (\d+)\) = (\d+)$/.exec(line);
+      if (!w || Number(w[3]) < 256 << 10) continue;
+      large++;
+      assert.ok(reserved.has(`${w[1]}:${w[2]}:${w[3]}`), `${fmt}: a ${w[3]}-byte write at ${w[2]} without a reservation: ${line.slice(0, 100)}…`);
+    }
+    assert.ok(large >= 2, `${fmt}: ${large} large writes`);
+  }
 });

@@ -28,6 +28,8 @@ export interface OpenImageOptions extends OpenOptions {
    * then lose the image, which is what the mode promises; nothing is lost without one.
    */
   noFlush?: boolean;
+  /** The image's files are being filled by one writer, a convert target (FileSourceOptions.filling). */
+  filling?: boolean;
 }
 
 export async function readHead(source: ByteSource, bytes = PROBE_BYTES): Promise<Uint8Array> {
@@ -115,11 +117,12 @@ async function openOne(path: string, options: OpenImageOptions, seen: Set<string
   }
   if (seen.has(id)) throw new DiskError('ELOOP', `Backing file loop: '${path}' appears twice in the chain of images`);
   seen.add(id);
-  const source = await FileSource.open(path, { readOnly: !options.writable, noFlush: options.noFlush });
+  const fileOptions = { noFlush: options.noFlush, filling: options.filling };
+  const source = await FileSource.open(path, { readOnly: !options.writable, ...fileOptions });
   try {
     const image = await openSource(source, {
       ...options,
-      openRelated: options.openRelated ?? ((name, writable) => FileSource.open(resolveBackingPath(path, name), { readOnly: !writable, noFlush: options.noFlush })),
+      openRelated: options.openRelated ?? ((name, writable) => FileSource.open(resolveBackingPath(path, name), { readOnly: !writable, ...fileOptions })),
     });
     if (indexed && image.format !== 'ova') {
       // Only an appliance has numbered disks: "file:N" of anything else is a missing file.

@@ -109,3 +109,57 @@ test('raw: convert keeps a sparse source sparse and equal', { ...addon(), ...nee
   // Only the written data (3 MiB + 68 KiB) may be allocated, not the 64 MiB.
   assert.ok((await stat(out)).blocks * 512 <= 4 * MiB, `output allocates ${(await stat(out)).blocks * 512} bytes`);
 });
+
+test('raw: a filling FileSource — large writes land whole, the size is the writes\' own (KEEP_SIZE), nothing more is allocated; a file that refuses fallocate still takes writes', addon(), async (t) => {
+  const dir = await tempDir(t);
+  const path = join(dir, 'reserved.raw');
+  const src = await FileSource.open(path, { create: true, filling: true });
+  const piece = (len: number, seed: number) => Uint8Array.from({ length: len }, (_, i) => (i * 31 + seed) & 0xff);
+  try {
+    await src.write(piece(1 * MiB, 1), 3 * MiB);
+    assert.equal(await src.size(), 4 * MiB);
+    await src.writev!([piece(256 << 10, 2), piece(256 << 10, 3)], 8 * MiB);
+    assert.equal(await src.size(), 8 * MiB + (512 << 10));
+    await src.write(piece(4096, 4), 0); // below the reservation threshold
+    const back = new Uint8Array(1 * MiB);
+    await src.read(back, 3 * MiB);
+    assert.deepEqual(back, piece(1 * MiB, 1));
+    await src.read(back.subarray(0, 256 << 10), 8 * MiB + (256 << 10));
+    assert.deepEqual(back.subarray(0, 256 << 10), piece(256 << 10, 3));
+  } finally {
+    await src.close();
+  }
+  const allocated = (await stat(path)).blocks * 512;
+  assert.equal(allocated, 1 * MiB + (512 << 10) + 4096);
+  // Writes made without waiting land in the order they were made, and one that fails (past
+  // ext4's largest file: EFBIG) fails alone.
+  const ordered = await FileSource.open(path, { readOnly: false, filling: true });
+  try {
+    // A large write and then a small one over its start: without the ordering, the small one
+    // finishes first on another I/O thread and the large one lands over it.
+    for (let round = 0; round < 6; round++) {
+      const large = piece(16 * MiB, round);
+      const small = [piece(2048, round + 100), piece(2048, round + 150)];
+      const writes = [ordered.write(large, 3 * MiB)];
+      if (round === 3) writes.push(ordered.write(piece(4096, 99), 2 ** 50));
+      writes.push(ordered.writev!(small, 3 * MiB));
+      const results = await Promise.allSettled(writes);
+      assert.deepEqual(results.map((r) => r.status), round === 3 ? ['fulfilled', 'rejected', 'fulfilled'] : ['fulfilled', 'fulfilled']);
+      const back = new Uint8Array(16 * MiB);
+      await ordered.read(back, 3 * MiB);
+      large.set(small[0]!, 0);
+      large.set(small[1]!, 2048);
+      assert.ok(Buffer.from(back).equals(large), `round ${round}: the writes landed out of order`);
+    }
+  } finally {
+    await ordered.close();
+  }
+  // /dev/null refuses fallocate (ENODEV): the source stops reserving and the writes go through.
+  const sink = await FileSource.open('/dev/null', { readOnly: false, filling: true });
+  try {
+    await sink.write(piece(1 * MiB, 5), 0);
+    await sink.writev!([piece(512 << 10, 6)], 1 * MiB);
+  } finally {
+    await sink.close();
+  }
+});

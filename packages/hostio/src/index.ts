@@ -17,6 +17,12 @@ export interface HostIo {
   zeroRange(fd: number, offset: number, length: number): void;
   /** fallocate(0): allocate blocks (extends the file when the range passes its end). */
   allocate(fd: number, offset: number, length: number): void;
+  /**
+   * fallocate(KEEP_SIZE) on a libuv I/O thread: reserve the blocks of a range about to be
+   * written (the file's size is left to the write). Rejects with an errno `code`.
+   * Optional: an addon built before it existed lacks it.
+   */
+  reserve?(fd: number, offset: number, length: number): Promise<void>;
   /** Where the view's first byte lies within its memory page (address modulo 4096). */
   pageOffset(view: Uint8Array): number;
 }
