@@ -28,8 +28,8 @@ export interface OpenImageOptions extends OpenOptions {
    * then lose the image, which is what the mode promises; nothing is lost without one.
    */
   noFlush?: boolean;
-  /** The image's files are being filled by one writer, a convert target (FileSourceOptions.filling). */
-  filling?: boolean;
+  /** Reserve the blocks of large writes before making them (FileSourceOptions.reserveWrites; convert targets). */
+  reserveWrites?: boolean;
 }
 
 export async function readHead(source: ByteSource, bytes = PROBE_BYTES): Promise<Uint8Array> {
@@ -117,7 +117,7 @@ async function openOne(path: string, options: OpenImageOptions, seen: Set<string
   }
   if (seen.has(id)) throw new DiskError('ELOOP', `Backing file loop: '${path}' appears twice in the chain of images`);
   seen.add(id);
-  const fileOptions = { noFlush: options.noFlush, filling: options.filling };
+  const fileOptions = { noFlush: options.noFlush, reserveWrites: options.reserveWrites };
   const source = await FileSource.open(path, { readOnly: !options.writable, ...fileOptions });
   try {
     const image = await openSource(source, {

@@ -72,16 +72,13 @@ export interface FileSourceOptions {
   /** flush() does nothing (cache=unsafe). */
   noFlush?: boolean;
   /**
-   * The file is being filled by one writer, as a convert target is. Its writes then go out one
-   * at a time, in the order they were made: the kernel serialises buffered writes to one file
-   * under its inode lock anyway, and several in flight only spin on that lock (a fifth of the
-   * CPU time of a 2 GiB convert on this 2-core machine). And each large write first reserves
-   * its blocks (fallocate KEEP_SIZE, on an I/O thread), so that ext4 skips its per-page
+   * Reserve the blocks of each large write just before making it (fallocate KEEP_SIZE, on an
+   * I/O thread), for a file being filled as a convert target is: ext4 then skips its per-page
    * delayed-allocation work (a fifth less system time for 2 GiB written in 1 MiB pieces; the
-   * size stays the writes' own). Reserving stops silently where the file refuses it.
-   * BENCHMARKS.md has the measurements.
+   * size stays the writes' own). Stops silently where the file refuses it. BENCHMARKS.md has
+   * the measurements.
    */
-  filling?: boolean;
+  reserveWrites?: boolean;
 }
 
 /** Writes smaller than this are not worth a reservation (one more trip to the I/O threads). */
@@ -94,16 +91,13 @@ export class FileSource implements ByteSource {
   private seekWorks = true;
   private punchWorks = true;
   private readonly noFlush: boolean;
-  private readonly filling: boolean;
+  /** reserveWrites, until the file refuses a reservation. */
   private reserving: boolean;
-  /** With `filling`: the last write made (settled or not); the next one waits for it. */
-  private lastWrite: Promise<void> = Promise.resolve();
   private constructor(private readonly fh: FileHandle, name: string, readOnly: boolean, options: FileSourceOptions) {
     this.name = name;
     this.readOnly = readOnly;
     this.noFlush = !!options.noFlush;
-    this.filling = !!options.filling && !readOnly;
-    this.reserving = this.filling && !!hostio?.reserve;
+    this.reserving = !!options.reserveWrites && !readOnly && !!hostio?.reserve;
   }
 
   static async open(path: string, options: FileSourceOptions = {}): Promise<FileSource> {
@@ -154,24 +148,7 @@ export class FileSource implements ByteSource {
     return done;
   }
 
-  write(buf: Uint8Array, offset: number): Promise<void> {
-    return this.inOrder(() => this.writeNow(buf, offset));
-  }
-
-  /** Several buffers at consecutive offsets in one system call (pwritev), without joining them first. */
-  writev(bufs: Uint8Array[], offset: number): Promise<void> {
-    return this.inOrder(() => this.writevNow(bufs, offset));
-  }
-
-  /** Run a write now, or (filling) after the previous one has settled. */
-  private inOrder(write: () => Promise<void>): Promise<void> {
-    if (!this.filling) return write();
-    const result = this.lastWrite.then(write);
-    this.lastWrite = result.catch(() => {}); // its failure is its caller's; the next write still runs
-    return result;
-  }
-
-  private async writeNow(buf: Uint8Array, offset: number): Promise<void> {
+  async write(buf: Uint8Array, offset: number): Promise<void> {
     if (this.readOnly) throw new DiskError('EROFS', `${this.name}: opened read-only`);
     if (this.reserving && buf.length >= RESERVE_MIN) await this.reserve(offset, buf.length);
     let done = 0;
@@ -181,7 +158,8 @@ export class FileSource implements ByteSource {
     }
   }
 
-  private async writevNow(bufs: Uint8Array[], offset: number): Promise<void> {
+  /** Several buffers at consecutive offsets in one system call (pwritev), without joining them first. */
+  async writev(bufs: Uint8Array[], offset: number): Promise<void> {
     if (this.readOnly) throw new DiskError('EROFS', `${this.name}: opened read-only`);
     let rest = bufs.filter((b) => b.length > 0);
     if (this.reserving) {

@@ -110,10 +110,10 @@ test('raw: convert keeps a sparse source sparse and equal', { ...addon(), ...nee
   assert.ok((await stat(out)).blocks * 512 <= 4 * MiB, `output allocates ${(await stat(out)).blocks * 512} bytes`);
 });
 
-test('raw: a filling FileSource — large writes land whole, the size is the writes\' own (KEEP_SIZE), nothing more is allocated; a file that refuses fallocate still takes writes', addon(), async (t) => {
+test('raw: reserveWrites — large writes land whole, the size is the writes\' own (KEEP_SIZE), nothing more is allocated; a file that refuses fallocate still takes writes', addon(), async (t) => {
   const dir = await tempDir(t);
   const path = join(dir, 'reserved.raw');
-  const src = await FileSource.open(path, { create: true, filling: true });
+  const src = await FileSource.open(path, { create: true, reserveWrites: true });
   const piece = (len: number, seed: number) => Uint8Array.from({ length: len }, (_, i) => (i * 31 + seed) & 0xff);
   try {
     await src.write(piece(1 * MiB, 1), 3 * MiB);
@@ -131,31 +131,8 @@ test('raw: a filling FileSource — large writes land whole, the size is the wri
   }
   const allocated = (await stat(path)).blocks * 512;
   assert.equal(allocated, 1 * MiB + (512 << 10) + 4096);
-  // Writes made without waiting land in the order they were made, and one that fails (past
-  // ext4's largest file: EFBIG) fails alone.
-  const ordered = await FileSource.open(path, { readOnly: false, filling: true });
-  try {
-    // A large write and then a small one over its start: without the ordering, the small one
-    // finishes first on another I/O thread and the large one lands over it.
-    for (let round = 0; round < 6; round++) {
-      const large = piece(16 * MiB, round);
-      const small = [piece(2048, round + 100), piece(2048, round + 150)];
-      const writes = [ordered.write(large, 3 * MiB)];
-      if (round === 3) writes.push(ordered.write(piece(4096, 99), 2 ** 50));
-      writes.push(ordered.writev!(small, 3 * MiB));
-      const results = await Promise.allSettled(writes);
-      assert.deepEqual(results.map((r) => r.status), round === 3 ? ['fulfilled', 'rejected', 'fulfilled'] : ['fulfilled', 'fulfilled']);
-      const back = new Uint8Array(16 * MiB);
-      await ordered.read(back, 3 * MiB);
-      large.set(small[0]!, 0);
-      large.set(small[1]!, 2048);
-      assert.ok(Buffer.from(back).equals(large), `round ${round}: the writes landed out of order`);
-    }
-  } finally {
-    await ordered.close();
-  }
   // /dev/null refuses fallocate (ENODEV): the source stops reserving and the writes go through.
-  const sink = await FileSource.open('/dev/null', { readOnly: false, filling: true });
+  const sink = await FileSource.open('/dev/null', { readOnly: false, reserveWrites: true });
   try {
     await sink.write(piece(1 * MiB, 5), 0);
     await sink.writev!([piece(512 << 10, 6)], 1 * MiB);
