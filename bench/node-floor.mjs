@@ -25,6 +25,7 @@ async function copy(srcPath, dstPath) {
   const size = (await src.stat()).size;
   await dst.truncate(size);
   const zero = Buffer.alloc(4096);
+  const isZero = (buf, at) => buf[at] === 0 && zero.compare(buf, at, at + 4096) === 0;
   const jobs = [];
   for (let pos = 0; pos < size;) {
     const data = hostio.seek(src.fd, pos, 0);
@@ -42,9 +43,8 @@ async function copy(srcPath, dstPath) {
       await src.read(buf, 0, length, at);
       for (let p = 0; p < length;) {
         let end = p;
-        const isZero = (q) => buf[q] === 0 && zero.compare(buf, q, q + 4096) === 0;
-        const z = isZero(p);
-        while (end < length && isZero(end) === z) end += 4096;
+        const z = isZero(buf, p);
+        while (end < length && isZero(buf, end) === z) end += 4096;
         if (!z) {
           await hostio.reserve(dst.fd, at + p, end - p);
           await dst.write(buf, p, end - p, at + p);

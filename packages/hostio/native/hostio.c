@@ -8,8 +8,8 @@
  *   fallocate(KEEP_SIZE), async   - reserve blocks just before a large write (reserve);
  *   pageOffset(view)              - where a typed array's bytes start within a memory page,
  *                                   so I/O buffers can be page-aligned as qemu-img's are.
- * All calls but reserve are synchronous: they touch metadata only and return in microseconds on local
- * filesystems. Offsets travel as JavaScript numbers (exact up to 2^53).
+ * All calls but reserve are synchronous: they touch metadata only and return in microseconds
+ * on local filesystems. Offsets travel as JavaScript numbers (exact up to 2^53).
  * Errors are thrown as Error objects whose `code` is the errno name (ENXIO, EOPNOTSUPP, ...).
  */
 #define _GNU_SOURCE
@@ -40,11 +40,19 @@ static const char *errno_name(int e) {
   }
 }
 
-static napi_value throw_errno(napi_env env, const char *what) {
-  int e = errno;
+/* An Error "what: strerror(e)" whose `code` is the errno name. */
+static napi_value errno_error(napi_env env, const char *what, int e) {
   char msg[160];
   snprintf(msg, sizeof msg, "%s: %s", what, strerror(e));
-  napi_throw_error(env, errno_name(e), msg);
+  napi_value code, text, error;
+  napi_create_string_utf8(env, errno_name(e), NAPI_AUTO_LENGTH, &code);
+  napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &text);
+  napi_create_error(env, code, text, &error);
+  return error;
+}
+
+static napi_value throw_errno(napi_env env, const char *what) {
+  napi_throw(env, errno_error(env, what, errno));
   return NULL;
 }
 
@@ -145,14 +153,7 @@ static void reserve_complete(napi_env env, napi_status status, void *data) {
     napi_get_undefined(env, &undefined);
     napi_resolve_deferred(env, job->deferred, undefined);
   } else {
-    int e = status == napi_ok ? job->err : EIO;
-    char msg[160];
-    snprintf(msg, sizeof msg, "fallocate: %s", strerror(e));
-    napi_value code, text, error;
-    napi_create_string_utf8(env, errno_name(e), NAPI_AUTO_LENGTH, &code);
-    napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &text);
-    napi_create_error(env, code, text, &error);
-    napi_reject_deferred(env, job->deferred, error);
+    napi_reject_deferred(env, job->deferred, errno_error(env, "fallocate", status == napi_ok ? job->err : EIO));
   }
   napi_delete_async_work(env, job->work);
   free(job);
