@@ -126,34 +126,36 @@ test('img convert: SIGINT / SIGTERM mid-way leave no destination file and an unc
   assert.equal((await stat(src)).mtimeMs, srcStat.mtimeMs);
 });
 
-test('img convert: the target\'s large writes are reserved first (fallocate KEEP_SIZE of exactly their range, seen by strace); qcow2 and raw outputs pass qemu-img check / compare', needs('qemu-img', 'qemu-io', 'strace'), async (t) => {
+test('img convert: the target is written one write at a time, in order, by one thread, each large write reserved first (fallocate KEEP_SIZE of exactly its range, seen by strace); qcow2 and raw outputs pass qemu-img check / compare', needs('qemu-img', 'qemu-io', 'strace'), async (t) => {
   const dir = await tempDir(t);
   const src = join(dir, 'src.raw');
   await makeRaw(src, 48 << 20, [[7, 0, 6 << 20], [0, 2 << 20, 1 << 20], [9, 20 << 20, 3 << 20]]);
   for (const fmt of ['qcow2', 'raw']) {
     const out = join(dir, `out.${fmt}`);
-    // One log per thread (-ff): no call is split across lines by another thread's.
+    // One log per thread (-ff): each file is one thread's calls, in the order it made them.
     const logs = join(dir, `strace-${fmt}`);
     await mkdir(logs);
     const r = await run('strace', ['-ff', '-qq', '-e', 'trace=fallocate,pwrite64,pwritev', '-o', join(logs, 't'), process.execPath, diskhubBin, 'img', 'convert', '-O', fmt, src, out]);
     assert.equal(r.code, 0, r.stderr);
     if (fmt === 'qcow2') await qemuImg('check', out);
     await qemuImg('compare', '-q', src, out);
-    // Every large write has a fallocate(fd, FALLOC_FL_KEEP_SIZE, offset, length) of the same
-    // file and range (made on another I/O thread before it).
-    const lines = (await Promise.all((await readdir(logs)).map((f) => readFile(join(logs, f), 'utf8')))).join('\n').split('\n');
-    const reserved = new Set<string>();
-    for (const line of lines) {
-      const f = /fallocate\((\d+), FALLOC_FL_KEEP_SIZE, (\d+), (\d+)\) = 0/.exec(line);
-      if (f) reserved.add(`${f[1]}:${f[2]}:${f[3]}`);
-    }
+    const threads = await Promise.all((await readdir(logs)).map(async (f) => (await readFile(join(logs, f), 'utf8')).split('\n')));
+    const writers = threads.filter((lines) => lines.some((l) => { const w = /pwrite(?:64|v)\(\d+, .*, \d+\) = (\d+)$/.exec(l); return !!w && Number(w[1]) >= 256 << 10; }));
+    assert.equal(writers.length, 1, `${fmt}: the large writes come from ${writers.length} threads, not one`);
+    // In that thread: each large write directly after the reservation of its own fd and range,
+    // at increasing offsets (the target is filled in guest order, as qemu-img fills it).
+    const lines = writers[0]!;
     let large = 0;
-    for (const line of lines) {
+    let last = -1;
+    lines.forEach((line, i) => {
       const w = /pwrite(?:64|v)\((\d+), .*, (\d+)\) = (\d+)$/.exec(line);
-      if (!w || Number(w[3]) < 256 << 10) continue;
+      if (!w || Number(w[3]) < 256 << 10) return;
       large++;
-      assert.ok(reserved.has(`${w[1]}:${w[2]}:${w[3]}`), `${fmt}: a ${w[3]}-byte write at ${w[2]} without a reservation: ${line.slice(0, 100)}…`);
-    }
+      const f = /fallocate\((\d+), FALLOC_FL_KEEP_SIZE, (\d+), (\d+)\) = 0/.exec(lines[i - 1] ?? '');
+      assert.ok(f && f[1] === w[1] && f[2] === w[2] && f[3] === w[3], `${fmt}: a ${w[3]}-byte write at ${w[2]} without its reservation just before: ${(lines[i - 1] ?? '').slice(0, 100)}…`);
+      assert.ok(Number(w[2]) > last, `${fmt}: a large write at ${w[2]} after one at ${last}`);
+      last = Number(w[2]);
+    });
     assert.ok(large >= 2, `${fmt}: ${large} large writes`);
   }
 });

@@ -30,6 +30,8 @@ export interface OpenImageOptions extends OpenOptions {
   noFlush?: boolean;
   /** Reserve the blocks of large writes before making them (FileSourceOptions.reserveWrites; convert targets). */
   reserveWrites?: boolean;
+  /** Write each file one write at a time, in order, on a thread of its own (FileSourceOptions.serialWrites; convert targets). */
+  serialWrites?: boolean;
 }
 
 export async function readHead(source: ByteSource, bytes = PROBE_BYTES): Promise<Uint8Array> {
@@ -117,7 +119,7 @@ async function openOne(path: string, options: OpenImageOptions, seen: Set<string
   }
   if (seen.has(id)) throw new DiskError('ELOOP', `Backing file loop: '${path}' appears twice in the chain of images`);
   seen.add(id);
-  const fileOptions = { noFlush: options.noFlush, reserveWrites: options.reserveWrites };
+  const fileOptions = { noFlush: options.noFlush, reserveWrites: options.reserveWrites, serialWrites: options.serialWrites };
   const source = await FileSource.open(path, { readOnly: !options.writable, ...fileOptions });
   try {
     const image = await openSource(source, {

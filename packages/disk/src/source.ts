@@ -5,7 +5,7 @@
  */
 import { open as fsOpen, type FileHandle } from 'node:fs/promises';
 import { constants as fsConstants, readSync } from 'node:fs';
-import { hostio } from '@diskhub/hostio';
+import { hostio, type Writer } from '@diskhub/hostio';
 /** Page-aligned I/O buffers (much cheaper kernel copies on some CPUs; see hostio). */
 export { pageAlignedBytes } from '@diskhub/hostio';
 import { DiskError, fromNodeError } from './errors.js';
@@ -79,6 +79,14 @@ export interface FileSourceOptions {
    * the measurements.
    */
   reserveWrites?: boolean;
+  /**
+   * Make the writes one at a time, in the order they are issued, on a thread of the file's own
+   * (hostio's serial writer), as qemu-img convert writes its target: concurrent writes to one
+   * file only take turns on its inode lock (a tenth of a convert's CPU spent spinning there, on
+   * two cores), and the next write starts without waiting for the main thread. Without the
+   * addon, writes go to the I/O thread pool as usual.
+   */
+  serialWrites?: boolean;
 }
 
 /** Writes smaller than this are not worth a reservation (one more trip to the I/O threads). */
@@ -93,11 +101,16 @@ export class FileSource implements ByteSource {
   private readonly noFlush: boolean;
   /** reserveWrites, until the file refuses a reservation. */
   private reserving: boolean;
+  /** The serial writer (serialWrites), and the last write queued to it: its writes finish in order. */
+  private readonly writer?: Writer;
+  private lastWrite: Promise<unknown> = Promise.resolve();
+  private writerClosed = false;
   private constructor(private readonly fh: FileHandle, name: string, readOnly: boolean, options: FileSourceOptions) {
     this.name = name;
     this.readOnly = readOnly;
     this.noFlush = !!options.noFlush;
     this.reserving = !!options.reserveWrites && !readOnly && !!hostio?.reserve;
+    if (options.serialWrites && !readOnly && hostio?.openWriter && hostio.writerWrite && hostio.closeWriter) this.writer = hostio.openWriter(fh.fd);
   }
 
   static async open(path: string, options: FileSourceOptions = {}): Promise<FileSource> {
@@ -150,6 +163,7 @@ export class FileSource implements ByteSource {
 
   async write(buf: Uint8Array, offset: number): Promise<void> {
     if (this.readOnly) throw new DiskError('EROFS', `${this.name}: opened read-only`);
+    if (this.writer) return buf.length ? this.queue([buf], offset, buf.length) : undefined;
     if (this.reserving && buf.length >= RESERVE_MIN) await this.reserve(offset, buf.length);
     let done = 0;
     while (done < buf.length) {
@@ -162,6 +176,7 @@ export class FileSource implements ByteSource {
   async writev(bufs: Uint8Array[], offset: number): Promise<void> {
     if (this.readOnly) throw new DiskError('EROFS', `${this.name}: opened read-only`);
     let rest = bufs.filter((b) => b.length > 0);
+    if (this.writer) return rest.length ? this.queue(rest, offset, rest.reduce((sum, b) => sum + b.length, 0)) : undefined;
     if (this.reserving) {
       const length = rest.reduce((sum, b) => sum + b.length, 0);
       if (length >= RESERVE_MIN) await this.reserve(offset, length);
@@ -177,6 +192,18 @@ export class FileSource implements ByteSource {
     }
   }
 
+  /** One write through the serial writer (which reserves, when asked, and finishes short writes). */
+  private queue(views: Uint8Array[], offset: number, length: number): Promise<void> {
+    const done = hostio!.writerWrite!(this.writer!, views, offset, this.reserving && length >= RESERVE_MIN);
+    this.lastWrite = done.catch(() => {});
+    return done;
+  }
+
+  /** Every write issued so far has been made (the writer's are in order: the last one is enough). */
+  private drain(): Promise<unknown> {
+    return this.lastWrite;
+  }
+
   private async reserve(offset: number, length: number): Promise<void> {
     try {
       await hostio!.reserve!(this.fh.fd, offset, length);
@@ -189,6 +216,7 @@ export class FileSource implements ByteSource {
 
   async truncate(size: number): Promise<void> {
     if (this.readOnly) throw new DiskError('EROFS', `${this.name}: opened read-only`);
+    await this.drain();
     await this.fh.truncate(size);
   }
 
@@ -271,10 +299,16 @@ export class FileSource implements ByteSource {
   }
 
   async flush(): Promise<void> {
+    await this.drain();
     if (!this.readOnly && !this.noFlush) await this.fh.datasync();
   }
 
   async close(): Promise<void> {
+    // The writer's thread is gone before the descriptor it writes to is closed.
+    if (this.writer && !this.writerClosed) {
+      this.writerClosed = true;
+      await hostio!.closeWriter!(this.writer);
+    }
     await this.fh.close();
   }
 }

@@ -6,6 +6,8 @@ import test from 'node:test';
 import assert from 'node:assert/strict';
 import { open, stat } from 'node:fs/promises';
 import { join } from 'node:path';
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { hostio, hostioLoadError } from '@diskhub/hostio';
 import { openImage, closeChain, FileSource } from '@diskhub/disk';
 import { tempDir, qemuImg, needs, diskhub } from '@diskhub/testkit';
@@ -108,6 +110,66 @@ test('raw: convert keeps a sparse source sparse and equal', { ...addon(), ...nee
   await qemuImg('compare', '-f', 'raw', '-F', 'raw', path, out);
   // Only the written data (3 MiB + 68 KiB) may be allocated, not the 64 MiB.
   assert.ok((await stat(out)).blocks * 512 <= 4 * MiB, `output allocates ${(await stat(out)).blocks * 512} bytes`);
+});
+
+test('raw: serialWrites — writes queued at once land in queue order (overlapping ones: the last wins), writev and reservations as without it; errors reject with the errno; an idle writer does not keep the process alive', addon(), async (t) => {
+  assert.ok(hostio?.openWriter && hostio.writerWrite && hostio.closeWriter, 'the addon has the serial writer');
+  const dir = await tempDir(t);
+  const path = join(dir, 'serial.raw');
+  const piece = (len: number, seed: number) => Uint8Array.from({ length: len }, (_, i) => (i * 7 + seed) & 0xff);
+  const src = await FileSource.open(path, { create: true, reserveWrites: true, serialWrites: true });
+  const expected = new Uint8Array(4 * MiB);
+  try {
+    // 200 writes issued without waiting, each overlapping the one before: only in-order
+    // completion gives the expected bytes.
+    const writes: Promise<void>[] = [];
+    for (let i = 0; i < 200; i++) {
+      const at = (i * 12289) % (3 * MiB);
+      const data = piece(i % 3 === 0 ? 512 << 10 : 40000, i);
+      expected.set(data, at);
+      writes.push(i % 2 ? src.write(data, at) : src.writev!([data.subarray(0, 1000), data.subarray(1000)], at));
+    }
+    await Promise.all(writes);
+    const back = new Uint8Array(expected.length);
+    await src.read(back, 0);
+    const end = Math.max(...Array.from({ length: 200 }, (_, i) => ((i * 12289) % (3 * MiB)) + (i % 3 === 0 ? 512 << 10 : 40000)));
+    assert.equal(await src.size(), end);
+    assert.ok(Buffer.from(back.subarray(0, end)).equals(Buffer.from(expected.subarray(0, end))), 'content is the writes applied in queue order');
+  } finally {
+    await src.close();
+  }
+  await src.close(); // closing twice is harmless
+
+  // A write the kernel refuses rejects with its errno, worded as strerror; the writer goes on.
+  const fh = await open(path, 'r');
+  try {
+    const w = hostio.openWriter(fh.fd);
+    await assert.rejects(hostio.writerWrite(w, [piece(4096, 1)], 0, false), (e: NodeJS.ErrnoException) => e.code === 'EBADF' && e.message === 'Bad file descriptor');
+    await assert.rejects(hostio.writerWrite(w, [piece(1 << 20, 1)], 0, true), (e: NodeJS.ErrnoException) => e.code === 'EBADF');
+    assert.throws(() => hostio!.writerWrite!(w, [], 0, false), TypeError);
+    await hostio.closeWriter(w);
+    assert.throws(() => hostio!.writerWrite!(w, [piece(10, 1)], 0, false), (e: NodeJS.ErrnoException) => e.code === 'EBADF');
+  } finally {
+    await fh.close();
+  }
+
+  // /dev/null refuses the reservations; the writes still go through the writer.
+  const sink = await FileSource.open('/dev/null', { readOnly: false, reserveWrites: true, serialWrites: true });
+  try {
+    await sink.write(piece(1 * MiB, 5), 0);
+    await sink.writev!([piece(512 << 10, 6)], 1 * MiB);
+  } finally {
+    await sink.close();
+  }
+
+  // A writer left open and idle does not hold the event loop: the process ends by itself.
+  const script = `import { hostio } from '@diskhub/hostio'; import { openSync } from 'node:fs';
+    const w = hostio.openWriter(openSync(${JSON.stringify(path)}, 'r+'));
+    await hostio.writerWrite(w, [new Uint8Array(10).fill(1)], 0, false);
+    console.log('written');`;
+  const child = spawnSync(process.execPath, ['--input-type=module', '-e', script], { cwd: fileURLToPath(new URL('.', import.meta.url)), encoding: 'utf8', timeout: 20_000 });
+  assert.equal(child.status, 0, `${child.signal ?? ''} ${child.stderr}`);
+  assert.equal(child.stdout.trim(), 'written');
 });
 
 test('raw: reserveWrites — large writes land whole, the size is the writes\' own (KEEP_SIZE), nothing more is allocated; a file that refuses fallocate still takes writes', addon(), async (t) => {

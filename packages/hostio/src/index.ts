@@ -25,7 +25,23 @@ export interface HostIo {
   reserve?(fd: number, offset: number, length: number): Promise<void>;
   /** Where the view's first byte lies within its memory page (address modulo 4096). */
   pageOffset(view: Uint8Array): number;
+  /**
+   * A serial writer for `fd`: a thread of its own makes the writes queued to it one at a time,
+   * in queue order (as qemu-img convert writes its target). Optional, as reserve is.
+   */
+  openWriter?(fd: number): Writer;
+  /**
+   * Queue one pwritev of `views` at `offset`, with `reserve` first reserving its range as
+   * reserve() does (a file that refuses stops being asked). Resolves once written; rejects
+   * with an errno `code` and strerror's message. The views must not change until then.
+   */
+  writerWrite?(writer: Writer, views: Uint8Array[], offset: number, reserve: boolean): Promise<void>;
+  /** Settles once every queued write has been made and the writer's thread has ended. */
+  closeWriter?(writer: Writer): Promise<void>;
 }
+
+/** An opaque serial-writer handle. */
+export type Writer = { readonly __hostioWriter: unique symbol };
 
 function load(): { hostio: HostIo | null; loadError?: string } {
   if (process.platform !== 'linux') return { hostio: null, loadError: `not supported on ${process.platform}` };

@@ -162,7 +162,7 @@ export async function convertCommand(argv: string[]): Promise<number> {
     const targetSecret = secrets.createSecret(values, driver.name === 'luks' ? 'key-secret' : 'encrypt.key-secret');
     if (noCreate) {
       const arg = targetImageOpts ? secrets.imageFromOptions(target) : { path: target, display: target, format: outFormat };
-      dst = await openCliImage(arg.path, { format: outFormat, ...openOptionsOf(arg), writable: true, noFlush: cacheMode === 'unsafe', reserveWrites: true, ...(targetSecret ? { secret: targetSecret } : {}) }, arg.display);
+      dst = await openCliImage(arg.path, { format: outFormat, ...openOptionsOf(arg), writable: true, noFlush: cacheMode === 'unsafe', reserveWrites: true, serialWrites: true, ...(targetSecret ? { secret: targetSecret } : {}) }, arg.display);
     } else {
       tempPath = join(dirname(target), `.${basename(target)}.${process.pid}-${randomBytes(4).toString('hex')}.diskhub-tmp`);
       try {
@@ -172,7 +172,7 @@ export async function convertCommand(argv: string[]): Promise<number> {
       }
       try {
         // An external data file named by our own -o data_file is ours to write.
-        dst = await openImage(tempPath, { format: driver.name, writable: true, noFlush: cacheMode === 'unsafe', reserveWrites: true, allowExternalData: values.has('data_file'), ...(targetSecret ? { secret: targetSecret } : {}) });
+        dst = await openImage(tempPath, { format: driver.name, writable: true, noFlush: cacheMode === 'unsafe', reserveWrites: true, serialWrites: true, allowExternalData: values.has('data_file'), ...(targetSecret ? { secret: targetSecret } : {}) });
       } catch (e) {
         throw new CliError(`Could not open '${target}': ${errorMessage(e).split(tempPath).join(target)}`);
       }
