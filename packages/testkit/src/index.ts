@@ -44,7 +44,8 @@ export interface RunResult { stdout: string; stderr: string; code: number }
  * QEMU times its LUKS key derivation with the thread's CPU clock and gives up with this message
  * when its first measurement reads 0 ms — which happens on kernels with tick-based CPU
  * accounting when the machine is busy, whatever iter-time says. It is a property of the
- * measurement, not of the command: such runs are retried.
+ * measurement, not of the command: such runs are retried, after a pause that grows (a burst of
+ * load from parallel test files can last several attempts).
  */
 const QEMU_PBKDF_TIMING = 'Unable to get accurate CPU usage';
 
@@ -52,7 +53,8 @@ const QEMU_PBKDF_TIMING = 'Unable to get accurate CPU usage';
 export async function run(cmd: string, args: string[], opts: { input?: string | Uint8Array; env?: NodeJS.ProcessEnv; cwd?: string; timeoutMs?: number } = {}): Promise<RunResult> {
   for (let attempt = 1; ; attempt++) {
     const r = await runOnce(cmd, args, opts);
-    if (r.code === 0 || attempt >= 5 || !cmd.startsWith('qemu-') || !r.stderr.includes(QEMU_PBKDF_TIMING)) return r;
+    if (r.code === 0 || attempt >= 8 || !cmd.startsWith('qemu-') || !r.stderr.includes(QEMU_PBKDF_TIMING)) return r;
+    await new Promise((resolve) => setTimeout(resolve, 100 * attempt));
   }
 }
 
