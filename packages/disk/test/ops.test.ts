@@ -95,6 +95,32 @@ test('convert: reads only allocated data, turns zero runs into holes, keeps cont
   assert.deepEqual(Buffer.from(dst.bytes), Buffer.from(src.bytes));
 });
 
+test('convert: every -S block that is all zero inside data becomes a hole and every other block is written, whatever the zero runs\' lengths and alignment', async () => {
+  // 4 MiB of data with zero runs from a few bytes to over a megabyte at arbitrary offsets.
+  let seed = 7;
+  const rand = (n: number) => { seed = (seed * 1103515245 + 12345) >>> 0; return seed % n; };
+  const src = new LayeredDevice(64 * CL);
+  for (let c = 0; c < 64; c++) src.fill(c, 1 + (c % 250));
+  for (let i = 0; i < 60; i++) {
+    const len = [1, 511, 4096, 5000, 12288, 70000, 300000, 1.2e6][rand(8)]!;
+    const at = rand(src.size - len);
+    src.bytes.fill(0, at, at + len);
+  }
+  for (const sparse of [512, 4096, 12288]) {
+    const dst = new LayeredDevice(64 * CL);
+    await convertImage(src, dst, { targetIsZero: true, sparseSize: sparse });
+    const written = new Uint8Array(src.size);
+    for (const [o, l] of dst.writes) written.fill(1, o, o + l);
+    for (let b = 0; b < src.size; b += sparse) {
+      const end = Math.min(src.size, b + sparse);
+      const zero = src.bytes.subarray(b, end).every((x) => x === 0);
+      const wrote = written.subarray(b, end);
+      assert.ok(zero ? wrote.every((x) => x === 0) : wrote.every((x) => x === 1), `-S ${sparse}: block at ${b} (${zero ? 'zero' : 'data'}) ${zero ? 'was written' : 'was not written whole'}`);
+    }
+    assert.deepEqual(Buffer.from(dst.bytes), Buffer.from(src.bytes));
+  }
+});
+
 test('convert: -S 0 writes every byte; a non-zero target gets explicit zeroes', async () => {
   const src = new LayeredDevice(8 * CL).fill(3, 0x33);
   const full = new LayeredDevice(8 * CL);
