@@ -77,6 +77,16 @@ test('img compare: same verdicts, offsets and exit codes as qemu-img', needs('qe
   }
   // Strict mode compares allocation too; these pairs differ in size or in content first.
   for (const [x, y] of [['a.raw', 'longer0.raw'], ['longer1.raw', 'a.raw']]) await assertSame(['compare', '-s', x!, y!], dir);
+  // Many short data runs (reads run ahead across them): the first difference is the one
+  // reported, before a later difference in content or (with -s) in allocation.
+  const runs = Array.from({ length: 32 }, (_, i): [number, number, number] => [1 + (i % 7), i * (256 << 10), 64 << 10]);
+  await makeRaw(join(dir, 'runs.raw'), 8 << 20, runs);
+  await makeRaw(join(dir, 'runs-diff.raw'), 8 << 20, [...runs, [9, 20 * (256 << 10) + 5000, 10], [9, 27 * (256 << 10) + 700, 10]]);
+  await makeRaw(join(dir, 'runs-alloc.raw'), 8 << 20, [...runs.filter((_, i) => i !== 25), [9, 20 * (256 << 10) + 5000, 10]]);
+  await makeRaw(join(dir, 'runs-hole.raw'), 8 << 20, runs.filter((_, i) => i !== 25));
+  for (const [x, y] of [['runs.raw', 'runs-diff.raw'], ['runs.raw', 'runs-alloc.raw'], ['runs-alloc.raw', 'runs.raw'], ['runs.raw', 'runs-hole.raw'], ['runs-hole.raw', 'runs.raw'], ['runs.raw', 'runs.raw']]) {
+    for (const flags of [[], ['-s']]) await assertSame(['compare', ...flags, x!, y!], dir);
+  }
 });
 
 test('img convert: SIGINT / SIGTERM mid-way leave no destination file and an unchanged source', needs('qemu-img', 'qemu-io'), async (t) => {
