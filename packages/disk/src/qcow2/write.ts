@@ -150,6 +150,24 @@ export class Qcow2WritableImage extends Qcow2Image {
     return b;
   }
 
+  /**
+   * addRef without waiting, when the cluster's refcount block exists and is cached (nearly
+   * always while a convert fills an image): returns false, changing nothing, when it cannot.
+   */
+  private addRefCached(host: number, delta: number): boolean {
+    const cluster = Math.floor(host / this.clusterSize);
+    const perBlock = this.geo.refcountBlockEntries;
+    const rb = this.reftable[Math.floor(cluster / perBlock)];
+    const block = rb ? this.refblocks.get(rb) : undefined;
+    if (!block) return false;
+    const i = cluster % perBlock;
+    const value = getRefcount(block, i, this.geo.refcountBits) + delta;
+    if (value < 0 || value > refcountMax(this.geo.refcountBits)) return false; // addRef reports it
+    setRefcount(block, i, this.geo.refcountBits, value);
+    this.dirtyRefblocks.add(rb!);
+    return true;
+  }
+
   /** Add `delta` to the refcount of the cluster at `host`, creating refcount blocks as needed. */
   private async addRef(host: number, delta: number): Promise<void> {
     const cs = this.clusterSize;
@@ -213,7 +231,10 @@ export class Qcow2WritableImage extends Qcow2Image {
   private async allocate(n: number): Promise<number> {
     const at = this.fileEnd;
     this.fileEnd += n * this.clusterSize;
-    for (let i = 0; i < n; i++) await this.addRef(at + i * this.clusterSize, 1);
+    for (let i = 0; i < n; i++) {
+      const host = at + i * this.clusterSize;
+      if (!this.addRefCached(host, 1)) await this.addRef(host, 1);
+    }
     return at;
   }
 
@@ -348,6 +369,18 @@ export class Qcow2WritableImage extends Qcow2Image {
       const l2 = await this.l2ForWrite(l1i);
       while (pos < tableEnd) {
         const clusterStart = Math.floor(pos / cs) * cs;
+        if (data && pos === clusterStart) {
+          // Whole clusters nothing maps yet (an image being filled, as by convert): one
+          // allocation for the run and one data write, no per-cluster round trips.
+          const run = this.newClusterRun(l2.view, (clusterStart - l1i * span) / cs, Math.floor((tableEnd - pos) / cs));
+          if (run > 0) {
+            const host = await this.allocate(run);
+            pending.push({ host, data: data.subarray(pos - offset, pos - offset + run * cs) });
+            for (let k = 0; k < run; k++) this.setL2(l2.view, ((clusterStart - l1i * span) / cs + k) * this.geo.l2EntrySize, host + k * cs, 0);
+            pos += run * cs;
+            continue;
+          }
+        }
         const clusterEnd = Math.min(tableEnd, clusterStart + cs);
         const piece = data ? data.subarray(pos - offset, clusterEnd - offset) : new Uint8Array(clusterEnd - pos);
         await this.writeInCluster(l2.view, (clusterStart - l1i * span) / cs, clusterStart, pos, piece, pending);
@@ -357,6 +390,19 @@ export class Qcow2WritableImage extends Qcow2Image {
     }
     if (!out) await this.flushData(pending);
     await this.maybeWriteBack();
+  }
+
+  /**
+   * How many of the `max` L2 entries from `index` are all-zero (nothing allocated, no flags),
+   * in an image whose data clusters are its own and whose entries are plain (no extended L2):
+   * clusters that a whole-cluster write may simply allocate.
+   */
+  private newClusterRun(view: DataView, index: number, max: number): number {
+    if (this.externalData || this.geo.extendedL2) return 0;
+    const es = this.geo.l2EntrySize;
+    let n = 0;
+    while (n < max && view.getUint32((index + n) * es, false) === 0 && view.getUint32((index + n) * es + 4, false) === 0) n++;
+    return n;
   }
 
   /** What a reader sees in the cluster at `clusterStart` now (zero-padded past the disk's end). */
