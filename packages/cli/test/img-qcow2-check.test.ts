@@ -1,7 +1,8 @@
 /**
  * `diskhub img check` on qcow2 side by side with qemu-img: the same report (human, json, -q)
  * and exit code on clean and damaged copies (a leaked cluster, a refcount of zero, an L2 entry
- * past the end of the file, an unaligned data cluster, a missing COPIED flag), and repairs
+ * past the end of the file, an unaligned data cluster, a missing COPIED flag, a COPIED flag on a
+ * cluster shared with a snapshot), and repairs
  * (-r leaks, -r all) that leave the image as qemu-img's own repair would.
  */
 import test from 'node:test';
@@ -29,7 +30,13 @@ test('qcow2 check: same findings, reports and exit codes as qemu-img on damaged 
   unaligned.writeBigUInt64BE(0x8000000000000000n | 0x50200n, 0x40000 + 8);
   const noCopied = Buffer.from(clean);
   noCopied.writeBigUInt64BE(0x50000n, 0x40000);
-  const cases: [string, Buffer][] = [['clean', clean], ['leak', leak], ['zeroref', zeroRef], ['l2past', l2PastEnd], ['unaligned', unaligned], ['nocopied', noCopied]];
+  // A COPIED flag where the refcount is 2: the data cluster is shared with a snapshot.
+  const snap = join(dir, 'snap-base.qcow2');
+  await copyFile(base, snap);
+  await qemuImg('snapshot', '-c', 's1', snap);
+  const extraCopied = await readFile(snap);
+  extraCopied.writeBigUInt64BE(0x8000000000000000n | extraCopied.readBigUInt64BE(0x40000), 0x40000);
+  const cases: [string, Buffer][] = [['clean', clean], ['leak', leak], ['zeroref', zeroRef], ['l2past', l2PastEnd], ['unaligned', unaligned], ['nocopied', noCopied], ['extracopied', extraCopied]];
   for (const [name, bytes] of cases) {
     for (const flags of [[], ['--output=json'], ['-q']]) {
       await writeFile(join(dir, `${name}.qcow2`), bytes);

@@ -49,6 +49,12 @@ class Qcow2Checker {
   private refs = new Float64Array(0);
   private nbClusters = 0;
   private rebuild = false;
+  /**
+   * No COPIED flag of the active tables disagrees with the stored refcounts, as far as the
+   * first walk saw: unless a repair changed something, the second walk (checkCopied) would
+   * find nothing and is skipped.
+   */
+  private copiedClean = true;
   private reftable: number[] = [];
   private readonly refblockCache = new Map<number, Uint8Array>();
 
@@ -104,7 +110,12 @@ class Qcow2Checker {
       Object.assign(this.c, before);
       await this.compare(true);
     }
-    await this.checkCopied();
+    if (!this.copiedClean || this.rebuild || this.c.leaksFixed || this.c.corruptionsFixed) await this.checkCopied();
+  }
+
+  /** An active table entry's COPIED flag against its target's stored refcount (see copiedClean). */
+  private noteCopied(copied: boolean, refcount: number): void {
+    if (copied !== (refcount === 1)) this.copiedClean = false;
   }
 
   // ---- counting ----
@@ -194,6 +205,7 @@ class Qcow2Checker {
           this.say(`ERROR l2_offset=${hex(l2)}: Table is not cluster aligned; L1 entry corrupted`);
           this.c.corruptions++;
         }
+        if (active && this.copiedClean) this.noteCopied((e & COPIED) !== 0n, this.stored(Math.floor(l2 / this.cs)));
         const table = (await tables.next()).value as Uint8Array;
         // Fragmentation is judged within each L2 table, as QEMU does.
         await this.checkL2(l2, table, active, { offset: 0 });
@@ -256,6 +268,7 @@ class Qcow2Checker {
           this.say(`ERROR offset=${hex(host)}: Data cluster is not properly aligned; L2 entry corrupted.`);
         }
       }
+      if (active && this.copiedClean) this.noteCopied((hi & 0x80000000) !== 0, this.h.dataFile !== undefined ? 1 : this.stored(Math.floor(host / this.cs)));
       if (active) {
         this.c.allocated++;
         if (next.offset && host !== next.offset) this.c.fragmented++;
