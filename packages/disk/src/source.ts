@@ -101,10 +101,9 @@ export class FileSource implements ByteSource {
   private readonly noFlush: boolean;
   /** reserveWrites, until the file refuses a reservation. */
   private reserving: boolean;
-  /** The serial writer (serialWrites), and the last write queued to it: its writes finish in order. */
-  private readonly writer?: Writer;
+  /** The serial writer (serialWrites; cleared once closed), and the last write queued to it: its writes finish in order. */
+  private writer?: Writer;
   private lastWrite: Promise<unknown> = Promise.resolve();
-  private writerClosed = false;
   private constructor(private readonly fh: FileHandle, name: string, readOnly: boolean, options: FileSourceOptions) {
     this.name = name;
     this.readOnly = readOnly;
@@ -176,11 +175,9 @@ export class FileSource implements ByteSource {
   async writev(bufs: Uint8Array[], offset: number): Promise<void> {
     if (this.readOnly) throw new DiskError('EROFS', `${this.name}: opened read-only`);
     let rest = bufs.filter((b) => b.length > 0);
-    if (this.writer) return rest.length ? this.queue(rest, offset, rest.reduce((sum, b) => sum + b.length, 0)) : undefined;
-    if (this.reserving) {
-      const length = rest.reduce((sum, b) => sum + b.length, 0);
-      if (length >= RESERVE_MIN) await this.reserve(offset, length);
-    }
+    const length = rest.reduce((sum, b) => sum + b.length, 0);
+    if (this.writer) return length ? this.queue(rest, offset, length) : undefined;
+    if (this.reserving && length >= RESERVE_MIN) await this.reserve(offset, length);
     let pos = offset;
     while (rest.length) {
       const { bytesWritten } = await this.fh.writev(rest, pos);
@@ -199,11 +196,6 @@ export class FileSource implements ByteSource {
     return done;
   }
 
-  /** Every write issued so far has been made (the writer's are in order: the last one is enough). */
-  private drain(): Promise<unknown> {
-    return this.lastWrite;
-  }
-
   private async reserve(offset: number, length: number): Promise<void> {
     try {
       await hostio!.reserve!(this.fh.fd, offset, length);
@@ -216,7 +208,7 @@ export class FileSource implements ByteSource {
 
   async truncate(size: number): Promise<void> {
     if (this.readOnly) throw new DiskError('EROFS', `${this.name}: opened read-only`);
-    await this.drain();
+    await this.lastWrite; // the writer's writes finish in order: the last one is enough
     await this.fh.truncate(size);
   }
 
@@ -299,16 +291,15 @@ export class FileSource implements ByteSource {
   }
 
   async flush(): Promise<void> {
-    await this.drain();
+    await this.lastWrite;
     if (!this.readOnly && !this.noFlush) await this.fh.datasync();
   }
 
   async close(): Promise<void> {
     // The writer's thread is gone before the descriptor it writes to is closed.
-    if (this.writer && !this.writerClosed) {
-      this.writerClosed = true;
-      await hostio!.closeWriter!(this.writer);
-    }
+    const writer = this.writer;
+    this.writer = undefined;
+    if (writer) await hostio!.closeWriter!(writer);
     await this.fh.close();
   }
 }

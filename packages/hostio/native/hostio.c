@@ -57,6 +57,11 @@ static napi_value errno_error(napi_env env, const char *what, int e) {
   return error;
 }
 
+static napi_value throw_oom(napi_env env) {
+  napi_throw_error(env, "ENOMEM", "hostio: out of memory");
+  return NULL;
+}
+
 static napi_value throw_errno(napi_env env, const char *what) {
   napi_throw(env, errno_error(env, what, errno));
   return NULL;
@@ -170,10 +175,7 @@ static napi_value reserve(napi_env env, napi_callback_info info) {
   double nums[2];
   if (!get_args(env, info, 3, &fd, nums)) return NULL;
   reserve_job *job = calloc(1, sizeof *job);
-  if (!job) {
-    napi_throw_error(env, "ENOMEM", "hostio: out of memory");
-    return NULL;
-  }
+  if (!job) return throw_oom(env);
   job->fd = fd;
   job->offset = (off_t)nums[0];
   job->length = (off_t)nums[1];
@@ -224,7 +226,7 @@ typedef struct {
   pthread_mutex_t mu;
   pthread_cond_t cv;
   write_job *head, *tail;
-  int closing, closed;
+  int closing; /* closeWriter was called (or the environment ended): no more writes */
   int gone;   /* the completion queue is finalized: the thread must not use it */
   int exited; /* the thread has ended */
   size_t outstanding; /* queued and not yet settled in JavaScript (main thread only) */
@@ -322,7 +324,7 @@ static void writer_done(napi_env env, napi_value js_cb, void *context, void *dat
       napi_reject_deferred(env, job->deferred, errno_error(env, NULL, job->err));
     }
     for (int i = 0; i < job->iovcnt; i++) napi_delete_reference(env, job->refs[i]);
-    if (--w->outstanding == 0 && !w->closed) napi_unref_threadsafe_function(env, w->tsfn);
+    if (--w->outstanding == 0 && !w->closing) napi_unref_threadsafe_function(env, w->tsfn);
   }
   free_job(job);
 }
@@ -361,7 +363,7 @@ static writer *writer_args(napi_env env, napi_callback_info info, size_t want, n
     napi_throw_type_error(env, NULL, "hostio: not a writer");
     return NULL;
   }
-  if (((writer *)w)->closed) {
+  if (((writer *)w)->closing) {
     napi_throw_error(env, "EBADF", "hostio: writer is closed");
     return NULL;
   }
@@ -373,10 +375,7 @@ static napi_value open_writer(napi_env env, napi_callback_info info) {
   double unused[1];
   if (!get_args(env, info, 1, &fd, unused)) return NULL;
   writer *w = calloc(1, sizeof *w);
-  if (!w) {
-    napi_throw_error(env, "ENOMEM", "hostio: out of memory");
-    return NULL;
-  }
+  if (!w) return throw_oom(env);
   w->fd = fd;
   w->reserving = 1;
   pthread_mutex_init(&w->mu, NULL);
@@ -384,9 +383,7 @@ static napi_value open_writer(napi_env env, napi_callback_info info) {
   napi_value name, handle;
   napi_create_string_utf8(env, "hostio.writer", NAPI_AUTO_LENGTH, &name);
   if (napi_create_threadsafe_function(env, NULL, NULL, name, 0, 1, w, writer_finalize, w, writer_done, &w->tsfn) != napi_ok) {
-    pthread_mutex_destroy(&w->mu);
-    pthread_cond_destroy(&w->cv);
-    free(w);
+    free_writer(w);
     napi_throw_error(env, "EIO", "hostio: could not create the writer's completion queue");
     return NULL;
   }
@@ -429,9 +426,8 @@ static napi_value writer_write(napi_env env, napi_callback_info info) {
     job->refs = calloc(count, sizeof *job->refs);
   }
   if (!job || !job->iov || !job->refs) {
-    if (job) { free(job->iov); free(job->refs); free(job); }
-    napi_throw_error(env, "ENOMEM", "hostio: out of memory");
-    return NULL;
+    if (job) free_job(job);
+    return throw_oom(env);
   }
   for (uint32_t i = 0; i < count; i++) {
     napi_value view;
@@ -441,7 +437,7 @@ static napi_value writer_write(napi_env env, napi_callback_info info) {
     if (napi_get_element(env, argv[1], i, &view) != napi_ok ||
         napi_get_typedarray_info(env, view, &type, &length, &data, NULL, NULL) != napi_ok || type != napi_uint8_array) {
       for (int k = 0; k < job->iovcnt; k++) napi_delete_reference(env, job->refs[k]);
-      free(job->iov); free(job->refs); free(job);
+      free_job(job);
       napi_throw_type_error(env, NULL, "hostio: writerWrite takes Uint8Array views");
       return NULL;
     }
@@ -468,7 +464,6 @@ static napi_value close_writer(napi_env env, napi_callback_info info) {
   napi_value argv[1];
   writer *w = writer_args(env, info, 1, argv, "hostio: closeWriter(writer)");
   if (!w) return NULL;
-  w->closed = 1;
   napi_value promise;
   napi_create_promise(env, &w->close_deferred, &promise);
   /* Until the thread is gone, the loop stays alive for the close promise. */

@@ -82,8 +82,8 @@ async function* pieces(a: BlockDevice, b: BlockDevice, options: CompareOptions):
     }
   }
   // What the longer image has past the shorter one's end must read as zeroes.
-  const longer = a.size > b.size ? a : b;
   if (a.size !== b.size) {
+    const longer = a.size > b.size ? a : b;
     for await (const e of walkExtents(longer, common, longer.size - common, signal)) {
       if (!e.data && e.zero) continue;
       yield* split(e.offset, e.offset + e.length, (pos, n) => ({ kind: 'zeroes', dev: longer, pos, n }));
@@ -112,11 +112,10 @@ export async function compareImages(a: BlockDevice, b: BlockDevice, options: Com
   const pending: Read[] = [];
   const free: [Uint8Array, Uint8Array][] = [];
   const iter = pieces(a, b, options)[Symbol.asyncIterator]();
-  let planned = false;
+  /** Start the next piece's reads; false once there are no more pieces (a finished generator stays finished). */
   const issue = async (): Promise<boolean> => {
-    if (planned) return false;
     const r = await iter.next();
-    if (r.done) { planned = true; return false; }
+    if (r.done) return false;
     const piece = r.value;
     const bufs = free.pop() ?? [pageAlignedBytes(CHUNK), pageAlignedBytes(CHUNK)];
     let ready: Promise<unknown> = Promise.resolve();

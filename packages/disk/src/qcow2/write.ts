@@ -156,16 +156,21 @@ export class Qcow2WritableImage extends Qcow2Image {
    */
   private addRefCached(host: number, delta: number): boolean {
     const cluster = Math.floor(host / this.clusterSize);
-    const perBlock = this.geo.refcountBlockEntries;
-    const rb = this.reftable[Math.floor(cluster / perBlock)];
+    const rb = this.reftable[Math.floor(cluster / this.geo.refcountBlockEntries)];
     const block = rb ? this.refblocks.get(rb) : undefined;
     if (!block) return false;
-    const i = cluster % perBlock;
-    const value = getRefcount(block, i, this.geo.refcountBits) + delta;
-    if (value < 0 || value > refcountMax(this.geo.refcountBits)) return false; // addRef reports it
-    setRefcount(block, i, this.geo.refcountBits, value);
-    this.dirtyRefblocks.add(rb!);
+    this.changeRef(block, rb!, cluster, delta);
     return true;
+  }
+
+  /** Add `delta` to cluster `cluster`'s entry in the refcount block `block` (at `rb`). */
+  private changeRef(block: Uint8Array, rb: number, cluster: number, delta: number): void {
+    const i = cluster % this.geo.refcountBlockEntries;
+    const value = getRefcount(block, i, this.geo.refcountBits) + delta;
+    if (value < 0) throw new DiskError('ECORRUPT', `${this.source.name}: refcount of cluster ${cluster} would drop below zero`);
+    if (value > refcountMax(this.geo.refcountBits)) throw new DiskError('ELIMIT', `${this.source.name}: refcount of cluster ${cluster} would overflow ${this.geo.refcountBits} bits`);
+    setRefcount(block, i, this.geo.refcountBits, value);
+    this.dirtyRefblocks.add(rb);
   }
 
   /** Add `delta` to the refcount of the cluster at `host`, creating refcount blocks as needed. */
@@ -186,13 +191,7 @@ export class Qcow2WritableImage extends Qcow2Image {
       // The new block is a cluster too; it is counted where it belongs (perhaps in itself).
       await this.addRef(rb, 1);
     }
-    const block = await this.refblock(rb);
-    const i = cluster % perBlock;
-    const value = getRefcount(block, i, this.geo.refcountBits) + delta;
-    if (value < 0) throw new DiskError('ECORRUPT', `${this.source.name}: refcount of cluster ${cluster} would drop below zero`);
-    if (value > refcountMax(this.geo.refcountBits)) throw new DiskError('ELIMIT', `${this.source.name}: refcount of cluster ${cluster} would overflow ${this.geo.refcountBits} bits`);
-    setRefcount(block, i, this.geo.refcountBits, value);
-    this.dirtyRefblocks.add(rb);
+    this.changeRef(await this.refblock(rb), rb, cluster, delta);
   }
 
   /** A bigger refcount table at the end of the file; the old one is freed once the header names the new. */
@@ -369,21 +368,22 @@ export class Qcow2WritableImage extends Qcow2Image {
       const l2 = await this.l2ForWrite(l1i);
       while (pos < tableEnd) {
         const clusterStart = Math.floor(pos / cs) * cs;
+        const index = (clusterStart - l1i * span) / cs;
         if (data && pos === clusterStart) {
           // Whole clusters nothing maps yet (an image being filled, as by convert): one
           // allocation for the run and one data write, no per-cluster round trips.
-          const run = this.newClusterRun(l2.view, (clusterStart - l1i * span) / cs, Math.floor((tableEnd - pos) / cs));
+          const run = this.newClusterRun(l2.view, index, Math.floor((tableEnd - pos) / cs));
           if (run > 0) {
             const host = await this.allocate(run);
             pending.push({ host, data: data.subarray(pos - offset, pos - offset + run * cs) });
-            for (let k = 0; k < run; k++) this.setL2(l2.view, ((clusterStart - l1i * span) / cs + k) * this.geo.l2EntrySize, host + k * cs, 0);
+            for (let k = 0; k < run; k++) this.setL2(l2.view, (index + k) * this.geo.l2EntrySize, host + k * cs, 0);
             pos += run * cs;
             continue;
           }
         }
         const clusterEnd = Math.min(tableEnd, clusterStart + cs);
         const piece = data ? data.subarray(pos - offset, clusterEnd - offset) : new Uint8Array(clusterEnd - pos);
-        await this.writeInCluster(l2.view, (clusterStart - l1i * span) / cs, clusterStart, pos, piece, pending);
+        await this.writeInCluster(l2.view, index, clusterStart, pos, piece, pending);
         pos = clusterEnd;
       }
       if (!out && pending.length > 64) await this.flushData(pending);
