@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import { open, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
+import { deflateRawSync } from 'node:zlib';
 import { fileURLToPath } from 'node:url';
 import { hostio, hostioLoadError } from '@diskhub/hostio';
 import { openImage, closeChain, FileSource } from '@diskhub/disk';
@@ -32,6 +33,40 @@ async function sparseFile(dir: string): Promise<{ path: string; data: [number, n
 test('hostio: the addon is built and loads (required in CI)', () => {
   if (!ci && !hostio) return;
   assert.ok(hostio, `hostio addon failed to load: ${hostioLoadError}`);
+});
+
+test('hostio: inflateRaw — streams fill their outputs on the threadpool; bytes past a stream\'s end are ignored, an exactly filled output is accepted, a short stream reports its length, garbage reports zlib\'s message', addon(), async () => {
+  if (!hostio) return;
+  assert.ok(hostio.inflateRaw, 'the addon has inflateRaw');
+  const plain = Buffer.alloc(65536);
+  for (let i = 0; i < plain.length; i++) plain[i] = (i * 7919) % 251 < 40 ? i & 0xff : 0x61;
+  const stream = deflateRawSync(plain);
+  const outs = [new Uint8Array(65536), new Uint8Array(1000), new Uint8Array(65536), new Uint8Array(4096), new Uint8Array(100)];
+  const results = await hostio.inflateRaw([
+    Buffer.concat([stream, Buffer.alloc(511, 0x5a)]), outs[0]!, // the next sector's bytes follow
+    stream, outs[1]!, // output smaller than the stream: filled, not an error
+    stream.subarray(0, stream.length >> 1), outs[2]!, // truncated: fewer bytes
+    Buffer.from([0xff, 0xff, 0xff, 0xff]), outs[3]!, // reserved block type
+    new Uint8Array(0), outs[4]!, // nothing at all
+  ]);
+  assert.equal(results[0], 65536);
+  assert.ok(Buffer.from(outs[0]!).equals(plain));
+  assert.equal(results[1], 1000);
+  assert.ok(Buffer.from(outs[1]!).equals(plain.subarray(0, 1000)));
+  assert.equal(typeof results[2], 'number');
+  assert.ok((results[2] as number) > 0 && (results[2] as number) < 65536, `truncated stream: ${results[2]}`);
+  assert.ok(Buffer.from(outs[2]!).subarray(0, results[2] as number).equals(plain.subarray(0, results[2] as number)));
+  assert.equal(results[3], 'invalid block type');
+  assert.equal(results[4], 0);
+  // Many calls at once (as a convert makes them) all settle with the right bytes.
+  const many = await Promise.all(Array.from({ length: 64 }, async () => {
+    const out = new Uint8Array(65536);
+    const [n] = await hostio!.inflateRaw!([stream, out]);
+    return n === 65536 && Buffer.from(out).equals(plain);
+  }));
+  assert.ok(many.every(Boolean));
+  assert.throws(() => hostio!.inflateRaw!([stream]), TypeError);
+  assert.throws(() => hostio!.inflateRaw!([stream, [] as unknown as Uint8Array]), TypeError);
 });
 
 test('raw: host extents come from SEEK_DATA/SEEK_HOLE, holes are never read', addon(), async (t) => {

@@ -38,6 +38,14 @@ export interface HostIo {
   writerWrite?(writer: Writer, views: Uint8Array[], offset: number, reserve: boolean): Promise<void>;
   /** Settles once every queued write has been made and the writer's thread has ended. */
   closeWriter?(writer: Writer): Promise<void>;
+  /**
+   * Inflate raw deflate streams on a libuv worker thread. `views` alternates inputs and
+   * outputs ([in0, out0, in1, out1, ...]); each input fills its output until its stream ends or
+   * the output is full, and bytes after a stream's end are ignored. Result i: the bytes written
+   * into output i, or zlib's message when input i is not valid deflate data. The views must not
+   * change until the promise settles. Optional, as reserve is.
+   */
+  inflateRaw?(views: Uint8Array[]): Promise<(number | string)[]>;
 }
 
 /** An opaque serial-writer handle. */
