@@ -5,23 +5,36 @@
 // every npm dependency stay external (native addons, wasm files and their own paths).
 // bin/diskhub.js runs the bundle only when it is newer than the compiled packages.
 import { build } from 'esbuild';
-import { rmSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { spawnSync } from 'node:child_process';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { dirname, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const out = join(here, 'dist', 'bundle');
-const inlined = new Set(['@diskhub/disk', '@diskhub/nbd']);
+// Our packages and the small pure-JavaScript zstd decoder are inlined; the service (loaded on
+// demand, with its database drivers) and the zstd encoder (a wasm file it finds by path) are not.
+const inlined = new Set(['@diskhub/disk', '@diskhub/nbd', '@diskhub/hostio', 'fzstd']);
+const hostioEntry = join(here, '..', 'hostio', 'dist', 'src', 'index.js');
 
 rmSync(out, { recursive: true, force: true });
 await build({
   entryPoints: [join(here, 'dist', 'src', 'main.js')],
   bundle: true,
-  splitting: true, // `img` and `nbd` stay separate chunks, loaded on demand as before
-  format: 'esm',
+  format: 'cjs',
   platform: 'node',
   target: 'node20',
-  outdir: out,
+  outfile: join(out, 'main.cjs'),
+  // hostio finds its addon relative to import.meta.url, the only use of it in what is inlined.
+  define: { 'import.meta.url': '__hostioUrl' },
+  banner: {
+    js: [
+      `const __hostioUrl = require('node:url').pathToFileURL(require('node:path').join(__dirname, ${JSON.stringify(relative(out, hostioEntry))})).href;`,
+      // import() of the external packages goes through the launcher's __import when it passes
+      // one: functions V8 restores from a code cache lose the script's import() callback.
+      `const __dynamicImport = typeof __import === 'function' ? __import : (specifier) => import(specifier);`,
+    ].join('\n'),
+  },
   logLevel: 'warning',
   legalComments: 'none',
   plugins: [
@@ -37,3 +50,17 @@ await build({
     },
   ],
 });
+
+// Every import() left in the bundle loads an external package (esbuild turns the inlined ones
+// into require calls): route them through __dynamicImport (see the banner).
+const bundle = join(out, 'main.cjs');
+writeFileSync(bundle, readFileSync(bundle, 'utf8').replace(/\bimport\((?=["'])/g, '__dynamicImport('));
+
+// V8's code cache for the bundle (bin/load-bundle.js), made under V8's default flags
+// (NODE_OPTIONS could change them). Without it the bundle still runs, compiling as it loads.
+const { NODE_OPTIONS, ...env } = process.env;
+const warm = spawnSync(process.execPath, [join(here, 'warm-code-cache.cjs')], { stdio: 'inherit', env });
+if (warm.status !== 0) {
+  console.error(`warm-code-cache.cjs failed (${warm.error?.message ?? `status ${warm.status}`}); the bundle runs without a code cache`);
+  if (process.env.CI === 'true') process.exit(1);
+}

@@ -3,7 +3,7 @@
  * time). `hostio` is null when the addon could not be built or loaded; callers then fall
  * back to portable behaviour (report everything as data, write zeroes instead of punching).
  */
-import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
 
 export interface HostIo {
   /**
@@ -54,9 +54,12 @@ export type Writer = { readonly __hostioWriter: unique symbol };
 function load(): { hostio: HostIo | null; loadError?: string } {
   if (process.platform !== 'linux') return { hostio: null, loadError: `not supported on ${process.platform}` };
   try {
-    const require = createRequire(import.meta.url);
-    // dist/src/index.js → ../../build/hostio.node
-    return { hostio: require('../../build/hostio.node') as HostIo };
+    // dist/src/index.js → ../../build/hostio.node (the CLI's bundle defines import.meta.url as
+    // this file's place, see packages/cli/build.mjs). process.dlopen: require() would first set
+    // up the CommonJS loader, a few milliseconds of every command's start-up.
+    const addon = { exports: {} as HostIo };
+    process.dlopen(addon, fileURLToPath(new URL('../../build/hostio.node', import.meta.url)));
+    return { hostio: addon.exports };
   } catch (e) {
     return { hostio: null, loadError: (e as Error).message };
   }
