@@ -144,30 +144,55 @@ export class VmdkImage extends QueuedWriteImage implements Image {
     const end = offset + buf.length;
     /** Compressed grains behind markers (streamOptimized), read and inflated together after the walk. */
     const packed: PackedGrain[] = [];
-    for (let pos = offset; pos < end;) {
-      const { ext, rel, n } = this.piece(pos, end);
-      const part = buf.subarray(pos - offset, pos - offset + n);
-      if (ext.kind === 'flat') {
-        const got = await ext.file.read(part, ext.fileOffset + rel);
-        if (got < n) part.fill(0, got);
-      } else {
-        const p = this.pending;
-        if (p && p.ext === ext && rel >= p.rel && rel < p.rel + p.data.length) {
-          part.set(p.data.subarray(rel - p.rel, rel - p.rel + n));
-          pos += n;
-          continue;
-        }
-        const st = await this.grainState(ext, rel);
-        if (st.kind === 'error') throw this.corrupt(ext, st.why);
-        if (st.kind === 'zeroed') part.fill(0);
-        else if (st.kind === 'unallocated') await this.readBacking(part, pos);
-        else if (ext.compressed && ext.markers && !(this.lastGrain?.extent === ext && this.lastGrain.sector === st.sector)) {
-          packed.push({ ext, sector: st.sector, inGrain: rel % ext.grainBytes, part });
-        } else await this.readGrain(ext, st.sector, rel % ext.grainBytes, part);
+    // Stored bytes (flat extents, uncompressed grains) are read in runs: pieces that follow each
+    // other both in the request and in the same file make one read, and the runs' reads overlap
+    // (a 2 MiB request of 64 KiB grains used to be 32 reads, one after the other).
+    const reads: Promise<void>[] = [];
+    let run: { file: ByteSource; at: number; from: number; length: number } | undefined;
+    const flush = () => {
+      if (!run) return;
+      const part = buf.subarray(run.from, run.from + run.length);
+      reads.push(run.file.read(part, run.at).then((got) => { if (got < part.length) part.fill(0, got); }));
+      run = undefined;
+    };
+    const stored = (file: ByteSource, at: number, from: number, length: number) => {
+      if (run && run.file === file && run.at + run.length === at && run.from + run.length === from) run.length += length;
+      else {
+        flush();
+        run = { file, at, from, length };
       }
-      pos += n;
+    };
+    try {
+      for (let pos = offset; pos < end;) {
+        const { ext, rel, n } = this.piece(pos, end);
+        const part = buf.subarray(pos - offset, pos - offset + n);
+        if (ext.kind === 'flat') {
+          stored(ext.file, ext.fileOffset + rel, pos - offset, n);
+        } else {
+          const p = this.pending;
+          if (p && p.ext === ext && rel >= p.rel && rel < p.rel + p.data.length) {
+            part.set(p.data.subarray(rel - p.rel, rel - p.rel + n));
+            pos += n;
+            continue;
+          }
+          const st = await this.grainState(ext, rel);
+          if (st.kind === 'error') throw this.corrupt(ext, st.why);
+          if (st.kind === 'zeroed') part.fill(0);
+          else if (st.kind === 'unallocated') await this.readBacking(part, pos);
+          else if (!ext.compressed) stored(ext.file, st.sector * SECTOR + (rel % ext.grainBytes), pos - offset, n);
+          else if (ext.markers && !(this.lastGrain?.extent === ext && this.lastGrain.sector === st.sector)) {
+            packed.push({ ext, sector: st.sector, inGrain: rel % ext.grainBytes, part });
+          } else await this.readGrain(ext, st.sector, rel % ext.grainBytes, part);
+        }
+        pos += n;
+      }
+      flush();
+      if (packed.length) await this.readPackedGrains(packed);
+    } catch (e) {
+      await Promise.allSettled(reads); // nothing may still write into buf after this returns
+      throw e;
     }
-    if (packed.length) await this.readPackedGrains(packed);
+    await Promise.all(reads);
   }
 
   /**
@@ -221,13 +246,9 @@ export class VmdkImage extends QueuedWriteImage implements Image {
     this.cidChecked = true;
   }
 
+  /** Part of a compressed grain. */
   private async readGrain(ext: SparseExtent, sector: number, inGrain: number, part: Uint8Array): Promise<void> {
     const at = sector * SECTOR;
-    if (!ext.compressed) {
-      const got = await ext.file.read(part, at + inGrain);
-      if (got < part.length) part.fill(0, got);
-      return;
-    }
     const cached = this.lastGrain?.extent === ext && this.lastGrain.sector === sector ? this.lastGrain.data : null;
     this.placeGrain(ext, sector, cached ?? await this.inflateGrain(ext, at), inGrain, part);
   }
