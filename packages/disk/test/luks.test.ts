@@ -11,6 +11,7 @@ import { openImage, isDiskError, MAX_KDF_ITERATIONS } from '@diskhub/disk';
 import { createCipheriv, createDecipheriv, createHash, randomBytes } from 'node:crypto';
 import { SectorCipher, afMerge, afSplit, type CipherSpec } from '@diskhub/disk/luks/cipher';
 import { tempDir, runOk, needs } from '@diskhub/testkit';
+import { hostio } from '@diskhub/hostio';
 import { randomWrites } from './random-writes.js';
 
 const enc = (s: string) => new TextEncoder().encode(s);
@@ -187,5 +188,55 @@ test('bulk XTS and CBC match one OpenSSL cipher per sector, across the 2^32 sect
     const opened = Buffer.from(sealed);
     cipher.decrypt(opened, first);
     assert.ok(opened.equals(data), `${spec.mode}-${spec.ivgen} decrypt`);
+  }
+});
+
+test('the threadpool XTS (hostio, Node\'s OpenSSL) gives the bytes the engine\'s own XTS gives, over several pieces and the 2^32 sector wrap; other modes and a key with equal halves stay on the main thread', async () => {
+  if (process.env.CI === 'true') assert.ok(hostio?.xtsSectors, 'the hostio addon has xtsSectors');
+  const specs: CipherSpec[] = [
+    { family: 'aes', mode: 'xts', ivgen: 'plain64', keyBytes: 64 },
+    { family: 'aes', mode: 'xts', ivgen: 'plain', keyBytes: 32 },
+    { family: 'aes', mode: 'xts', ivgen: 'essiv', ivgenHash: 'sha256', keyBytes: 64 },
+    { family: 'aes', mode: 'cbc', ivgen: 'plain64', keyBytes: 32 },
+  ];
+  // 700 KiB + 3 sectors: three threadpool pieces, the last one short, starting just below 2^32.
+  const data = randomBytes((700 << 10) + 3 * 512);
+  const first = 2 ** 32 - 600;
+  const keys = (spec: CipherSpec) => {
+    const equalHalves = Buffer.alloc(spec.keyBytes);
+    randomBytes(spec.keyBytes / 2).copy(equalHalves);
+    equalHalves.copy(equalHalves, spec.keyBytes / 2, 0, spec.keyBytes / 2);
+    return spec.mode === 'xts' ? [randomBytes(spec.keyBytes), equalHalves] : [randomBytes(spec.keyBytes)];
+  };
+  for (const spec of specs) {
+    for (const key of keys(spec)) {
+      const what = `${spec.mode}-${spec.ivgen}-${key.length * 8}`;
+      const cipher = new SectorCipher(spec, key);
+      const want = new Uint8Array(data.length);
+      cipher.encrypt(data, want, first);
+      const sealed = new Uint8Array(data.length);
+      await cipher.encryptAsync(data, sealed, first);
+      assert.ok(Buffer.from(sealed).equals(want), `${what}: encrypt`);
+      const inPlace = Buffer.from(data);
+      await cipher.encryptAsync(inPlace, inPlace, first);
+      assert.ok(inPlace.equals(want), `${what}: encrypt in place`);
+      await cipher.decryptAsync(sealed, first);
+      assert.ok(Buffer.from(sealed).equals(data), `${what}: decrypt`);
+    }
+  }
+  if (hostio?.xtsSectors) {
+    // The raw call: IVs are the sector numbers, 32-bit ones wrap.
+    const key = randomBytes(32);
+    const block = randomBytes(1024);
+    const sealed = Buffer.from(block);
+    await hostio.xtsSectors(key, sealed, 2 ** 32 - 1, 32, true);
+    for (const [s, n] of [[0, 2 ** 32 - 1], [1, 0]] as const) {
+      const iv = Buffer.alloc(16);
+      iv.writeUInt32LE(n);
+      const c = createCipheriv('aes-128-xts', key, iv);
+      assert.ok(c.update(block.subarray(s * 512, s * 512 + 512)).equals(sealed.subarray(s * 512, s * 512 + 512)), `sector ${s}`);
+    }
+    assert.throws(() => hostio!.xtsSectors!(key, Buffer.alloc(100), 0, 64, true), TypeError);
+    assert.throws(() => hostio!.xtsSectors!(randomBytes(48), Buffer.alloc(512), 0, 64, true), TypeError);
   }
 });

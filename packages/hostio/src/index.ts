@@ -46,6 +46,13 @@ export interface HostIo {
    * change until the promise settles. Optional, as reserve is.
    */
   inflateRaw?(views: Uint8Array[]): Promise<(number | string)[]>;
+  /**
+   * AES-XTS over the 512-byte sectors of `data`, in place, on a libuv worker thread (Node's own
+   * OpenSSL). Sector i's IV is firstSector + i, little-endian (`ivBits` 32: modulo 2^32, LUKS's
+   * "plain"; 64: "plain64"). `key` holds both XTS keys (32 or 64 bytes). `data` must not change
+   * until the promise settles. Absent when the addon is older or Node does not export OpenSSL.
+   */
+  xtsSectors?(key: Uint8Array, data: Uint8Array, firstSector: number, ivBits: 32 | 64, encrypt: boolean): Promise<void>;
 }
 
 /** An opaque serial-writer handle. */

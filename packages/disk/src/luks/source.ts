@@ -34,7 +34,7 @@ export class EncryptedSource implements ByteSource {
     const n = await this.inner.read(work, this.base + start);
     // Only whole sectors decrypt; a torn last sector (file cut short) reads as missing.
     const whole = Math.floor(n / SECTOR_SIZE) * SECTOR_SIZE;
-    if (whole > 0) this.cipher.decrypt(work.subarray(0, whole), start / SECTOR_SIZE);
+    if (whole > 0) await this.cipher.decryptAsync(work.subarray(0, whole), start / SECTOR_SIZE);
     const got = Math.max(0, Math.min(buf.length, whole - (offset - start)));
     if (!aligned && got > 0) buf.set(work.subarray(offset - start, offset - start + got));
     return got;
@@ -44,7 +44,7 @@ export class EncryptedSource implements ByteSource {
     if (buf.length === 0) return;
     if (offset % SECTOR_SIZE === 0 && buf.length % SECTOR_SIZE === 0) {
       const out = new Uint8Array(buf.length);
-      this.cipher.encrypt(buf, out, offset / SECTOR_SIZE);
+      await this.cipher.encryptAsync(buf, out, offset / SECTOR_SIZE);
       await this.inner.write(out, this.base + offset);
       return;
     }
@@ -61,7 +61,7 @@ export class EncryptedSource implements ByteSource {
     await this.read(whole.subarray(0, SECTOR_SIZE), start);
     if (end - start > SECTOR_SIZE) await this.read(whole.subarray(whole.length - SECTOR_SIZE), end - SECTOR_SIZE);
     whole.set(buf, offset - start);
-    this.cipher.encrypt(whole, whole, start / SECTOR_SIZE);
+    await this.cipher.encryptAsync(whole, whole, start / SECTOR_SIZE);
     await this.inner.write(whole, this.base + start);
   }
 
@@ -74,12 +74,14 @@ export class EncryptedSource implements ByteSource {
       for (const b of bufs) { await this.write(b, at); at += b.length; }
       return;
     }
+    const encrypting: Promise<void>[] = [];
     for (const b of bufs) {
       const e = new Uint8Array(b.length);
-      this.cipher.encrypt(b, e, at / SECTOR_SIZE);
+      encrypting.push(this.cipher.encryptAsync(b, e, at / SECTOR_SIZE));
       out.push(e);
       at += b.length;
     }
+    await Promise.all(encrypting);
     await this.inner.writev(out, this.base + offset);
   }
 
