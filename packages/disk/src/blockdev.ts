@@ -53,6 +53,30 @@ export interface BlockDevice {
   close(): Promise<void>;
 }
 
+/**
+ * Runs `body`, which may push promises (reads into a caller's buffer, say) onto `work`, and waits
+ * for every one of them. A failure, of `body` or of any promise, is thrown only once all have
+ * settled: nothing still writes into the buffer after the call returns and no rejection goes
+ * unhandled. Without `body`: waits for `work`.
+ */
+export async function settled(work: Promise<unknown>[], body?: () => Promise<void>): Promise<void> {
+  if (!body && work.length === 1) {
+    await work[0];
+    return;
+  }
+  let failure: { reason: unknown } | undefined;
+  if (body) {
+    try {
+      await body();
+    } catch (e) {
+      failure = { reason: e };
+    }
+  }
+  const results = await Promise.allSettled(work);
+  failure ??= results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (failure) throw failure.reason;
+}
+
 /** Check a request against a device's size; throws EINVAL with a clear message. */
 export function checkRange(size: number, offset: number, length: number, what = 'request'): void {
   if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > size) {

@@ -245,3 +245,22 @@ test('convert: a failing write stops the copy with the failing offset, nothing k
   assert.equal(dst.writes.length, settled);
   assert.equal(src.inFlightReads, 0, 'no read left running');
 });
+
+test('settled: a failure is thrown only after every pending piece of work has settled, and the first one wins', async () => {
+  const { settled } = await import('@diskhub/disk/blockdev');
+  const log: string[] = [];
+  const later = (ms: number, what: string, fail = false) => new Promise<void>((resolve, reject) => setTimeout(() => { log.push(what); if (fail) reject(new Error(what)); else resolve(); }, ms));
+  // The body fails while two reads are still running: both finish before the body's error is thrown.
+  const work: Promise<unknown>[] = [];
+  await assert.rejects(settled(work, async () => {
+    work.push(later(30, 'slow read'), later(5, 'failed read', true));
+    throw new Error('body');
+  }), /body/);
+  assert.deepEqual(log, ['failed read', 'slow read']);
+  // Without a body: the first rejection in order, after all have settled.
+  log.length = 0;
+  await assert.rejects(settled([later(20, 'a', true), later(1, 'b', true), later(40, 'c')]), /^Error: a$/);
+  assert.deepEqual(log, ['b', 'a', 'c']);
+  await settled([later(1, 'only')]);
+  await settled([]);
+});

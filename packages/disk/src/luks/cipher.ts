@@ -8,6 +8,7 @@
 import { createCipheriv, createDecipheriv, createHash, pbkdf2 as pbkdf2Callback, randomBytes, timingSafeEqual } from 'node:crypto';
 import { promisify } from 'node:util';
 import { hostio } from '@diskhub/hostio';
+import { settled } from '../blockdev.js';
 import { DiskError } from '../errors.js';
 
 const pbkdf2Async = promisify(pbkdf2Callback);
@@ -308,7 +309,7 @@ export class SectorCipher {
     for (let at = 0; at < dst.length; at += THREADPOOL_PIECE) {
       pieces.push(xts(this.key, dst.subarray(at, Math.min(dst.length, at + THREADPOOL_PIECE)), firstSector + at / SECTOR_SIZE, ivBits, encrypt));
     }
-    await Promise.all(pieces);
+    await settled(pieces); // (none may still be writing into dst when this returns)
   }
 
   private run(src: Uint8Array, dst: Uint8Array, firstSector: number, encrypt: boolean): void {

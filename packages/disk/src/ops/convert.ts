@@ -6,7 +6,7 @@
  * Reads run ahead of writes with at most `parallel` chunks in flight (bounded memory:
  * parallel × chunkSize); writes happen in order unless `outOfOrder` (`-W`).
  */
-import type { BlockDevice } from '../blockdev.js';
+import { settled, type BlockDevice } from '../blockdev.js';
 import { DiskError, throwIfAborted } from '../errors.js';
 import { pageAlignedBytes } from '../source.js';
 import type { Image } from '../format.js';
@@ -58,14 +58,6 @@ type Job =
 interface Run { start: number; end: number; zero: boolean }
 
 type ConvertTarget = BlockDevice & Partial<Pick<Image, 'writeCompressed' | 'clusterSize'>>;
-
-/** Wait for every promise; then fail with the first failure, if any (nothing is left running). */
-async function settled(work: Promise<void>[]): Promise<void> {
-  if (work.length === 1) return work[0];
-  const results = await Promise.allSettled(work);
-  const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-  if (failed) throw failed.reason;
-}
 
 /** An I/O failure with where it happened, worded as qemu-img words it. */
 function located(e: unknown, doing: 'reading' | 'writing', offset: number): unknown {

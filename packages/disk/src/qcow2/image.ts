@@ -10,7 +10,7 @@
 import * as zlib from 'node:zlib';
 import { Decompress } from 'fzstd';
 import { hostio } from '@diskhub/hostio';
-import { backingStatus, checkRange, readBacking, type Extent } from '../blockdev.js';
+import { backingStatus, checkRange, readBacking, settled, type Extent } from '../blockdev.js';
 import { DiskError } from '../errors.js';
 import { SNAPSHOT_NOT_FOUND, type BackingRef, type Image, type ImageInfo, type OpenOptions, type SnapshotInfo } from '../format.js';
 import { backingInfo } from '../open.js';
@@ -271,33 +271,35 @@ export class Qcow2Image implements Image {
     checkRange(this.size, offset, buf.length, 'read');
     const reads: Promise<unknown>[] = [];
     let compressed: CompressedPiece[] = [];
-    for await (const r of this.runs(offset, buf.length)) {
-      const slice = buf.subarray(r.offset - offset, r.offset - offset + r.length);
-      switch (r.kind) {
-        case 'data': {
-          // Legacy AES: a view of the data file in which offsets are guest offsets (IV sectors).
-          const from = this.guestCipher ? new EncryptedSource(this.dataSource, this.guestCipher, r.hostOffset! - r.offset) : this.dataSource;
-          const at = this.guestCipher ? r.offset : r.hostOffset!;
-          reads.push(from.read(slice, at).then((n) => { if (n < slice.length) slice.fill(0, n); }));
-          break;
+    await settled(reads, async () => {
+      for await (const r of this.runs(offset, buf.length)) {
+        const slice = buf.subarray(r.offset - offset, r.offset - offset + r.length);
+        switch (r.kind) {
+          case 'data': {
+            // Legacy AES: a view of the data file in which offsets are guest offsets (IV sectors).
+            const from = this.guestCipher ? new EncryptedSource(this.dataSource, this.guestCipher, r.hostOffset! - r.offset) : this.dataSource;
+            const at = this.guestCipher ? r.offset : r.hostOffset!;
+            reads.push(from.read(slice, at).then((n) => { if (n < slice.length) slice.fill(0, n); }));
+            break;
+          }
+          case 'zero':
+          case 'zero-alloc':
+            slice.fill(0);
+            break;
+          case 'unallocated':
+            reads.push(readBacking(this.backing, slice, r.offset));
+            break;
+          case 'compressed':
+            compressed.push({ ...r.compressed!, offset: r.offset, slice });
+            if (compressed.length >= COMPRESSED_BATCH) { reads.push(this.readCompressed(compressed)); compressed = []; }
+            break;
         }
-        case 'zero':
-        case 'zero-alloc':
-          slice.fill(0);
-          break;
-        case 'unallocated':
-          reads.push(readBacking(this.backing, slice, r.offset));
-          break;
-        case 'compressed':
-          compressed.push({ ...r.compressed!, offset: r.offset, slice });
-          if (compressed.length >= COMPRESSED_BATCH) { reads.push(this.readCompressed(compressed)); compressed = []; }
-          break;
+        if (reads.length >= 16) await settled(reads.splice(0));
       }
-      if (reads.length >= 16) await Promise.all(reads.splice(0));
-    }
-    if (compressed.length) reads.push(this.readCompressed(compressed));
-    await Promise.all(reads);
+      if (compressed.length) reads.push(this.readCompressed(compressed));
+    });
   }
+
 
 
   /**
@@ -310,38 +312,39 @@ export class Qcow2Image implements Image {
   private async readCompressed(pieces: CompressedPiece[]): Promise<void> {
     const inflateRaw = this.header.compressionType === COMPRESSION_ZSTD ? undefined : hostio?.inflateRaw;
     const inflating: Promise<void>[] = [];
-    for (let i = 0; i < pieces.length;) {
-      const first = pieces[i]!;
-      if (this.lastCompressed?.hostOffset === first.hostOffset) {
-        this.place(first, this.lastCompressed.data);
-        i++;
-        continue;
+    await settled(inflating, async () => {
+      for (let i = 0; i < pieces.length;) {
+        const first = pieces[i]!;
+        if (this.lastCompressed?.hostOffset === first.hostOffset) {
+          this.place(first, this.lastCompressed.data);
+          i++;
+          continue;
+        }
+        // The group: following clusters that start within (or just after) the span read so far.
+        let end = first.hostOffset + first.size;
+        let j = i + 1;
+        while (j < pieces.length) {
+          const p = pieces[j]!;
+          if (p.hostOffset < first.hostOffset || p.hostOffset > end + 4096 || p.hostOffset + p.size - first.hostOffset > MAX_COMPRESSED_READ) break;
+          end = Math.max(end, p.hostOffset + p.size);
+          j++;
+        }
+        const input = new Uint8Array(end - first.hostOffset);
+        // The last cluster's size may run past the end of the file (it is rounded to sectors).
+        const got = await this.dataSource.read(input, first.hostOffset);
+        const inputOf = (p: CompressedPiece) => {
+          const from = p.hostOffset - first.hostOffset;
+          if (from >= got) throw new DiskError('ECORRUPT', `${this.source.name}: compressed cluster at 0x${p.hostOffset.toString(16)} lies past the end of the file`);
+          return input.subarray(from, Math.min(got, from + p.size));
+        };
+        if (inflateRaw) {
+          for (let k = i; k < j; k += INFLATE_JOB) inflating.push(this.inflateOnThreadpool(inflateRaw, pieces.slice(k, Math.min(j, k + INFLATE_JOB)), inputOf));
+        } else {
+          for (const p of pieces.slice(i, j)) this.place(p, this.inflate(inputOf(p), p.hostOffset));
+        }
+        i = j;
       }
-      // The group: following clusters that start within (or just after) the span read so far.
-      let end = first.hostOffset + first.size;
-      let j = i + 1;
-      while (j < pieces.length) {
-        const p = pieces[j]!;
-        if (p.hostOffset < first.hostOffset || p.hostOffset > end + 4096 || p.hostOffset + p.size - first.hostOffset > MAX_COMPRESSED_READ) break;
-        end = Math.max(end, p.hostOffset + p.size);
-        j++;
-      }
-      const input = new Uint8Array(end - first.hostOffset);
-      // The last cluster's size may run past the end of the file (it is rounded to sectors).
-      const got = await this.dataSource.read(input, first.hostOffset);
-      const inputOf = (p: CompressedPiece) => {
-        const from = p.hostOffset - first.hostOffset;
-        if (from >= got) throw new DiskError('ECORRUPT', `${this.source.name}: compressed cluster at 0x${p.hostOffset.toString(16)} lies past the end of the file`);
-        return input.subarray(from, Math.min(got, from + p.size));
-      };
-      if (inflateRaw) {
-        for (let k = i; k < j; k += INFLATE_JOB) inflating.push(this.inflateOnThreadpool(inflateRaw, pieces.slice(k, Math.min(j, k + INFLATE_JOB)), inputOf));
-      } else {
-        for (const p of pieces.slice(i, j)) this.place(p, this.inflate(inputOf(p), p.hostOffset));
-      }
-      i = j;
-    }
-    await Promise.all(inflating);
+    });
   }
 
   /** zlib clusters inflated by one hostio call: whole ones straight into their slices. */

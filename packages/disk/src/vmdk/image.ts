@@ -9,7 +9,7 @@
  */
 import { promisify } from 'node:util';
 import { deflate, inflateSync } from 'node:zlib';
-import { checkRange, type Extent } from '../blockdev.js';
+import { checkRange, settled, type Extent } from '../blockdev.js';
 import { QueuedWriteImage } from '../blockwalk.js';
 import { DiskError } from '../errors.js';
 import type { BackingRef, CheckResult, Image, ImageInfo } from '../format.js';
@@ -162,7 +162,7 @@ export class VmdkImage extends QueuedWriteImage implements Image {
         run = { file, at, from, length };
       }
     };
-    try {
+    await settled(reads, async () => {
       for (let pos = offset; pos < end;) {
         const { ext, rel, n } = this.piece(pos, end);
         const part = buf.subarray(pos - offset, pos - offset + n);
@@ -188,11 +188,7 @@ export class VmdkImage extends QueuedWriteImage implements Image {
       }
       flush();
       if (packed.length) await this.readPackedGrains(packed);
-    } catch (e) {
-      await Promise.allSettled(reads); // nothing may still write into buf after this returns
-      throw e;
-    }
-    await Promise.all(reads);
+    });
   }
 
   /**
