@@ -85,6 +85,38 @@ test('vhdx write: random writes through the log pass qemu-img check and compare 
   }
 });
 
+test('vhdx write: BAT entries of new blocks reach the file at flush (one log transaction for many blocks), before the image is closed', needs('qemu-img'), async (t) => {
+  const dir = await tempDir(t);
+  const img = join(dir, 'b.vhdx');
+  await qemuImg('create', '-q', '-f', 'vhdx', '-o', 'block_size=1M', img, String(40 * MiB));
+  const want = new Uint8Array(40 * MiB);
+  const image = await openImage(img, { writable: true });
+  try {
+    // 33 new blocks, not in order, some split over two writes.
+    for (const block of [3, 0, 39, ...Array.from({ length: 30 }, (_, i) => 5 + i)]) {
+      const data = new Uint8Array(MiB).fill(block + 1);
+      want.set(data, block * MiB);
+      await image.write!(data.subarray(0, 300000), block * MiB);
+      await image.write!(data.subarray(300000), block * MiB + 300000);
+    }
+    await image.flush!();
+    // Read by qemu-img while still open: every block is there, and the file is consistent.
+    const raw = join(dir, 'flushed.raw');
+    await qemuImg('convert', '-U', '-O', 'raw', img, raw);
+    assert.ok((await readFile(raw)).equals(want), 'qemu-img reads the flushed blocks');
+    assert.match(await qemuImg('check', '-U', img), /No errors were found/);
+    // One more block after the flush, written by close.
+    want.fill(0x77, 36 * MiB, 37 * MiB);
+    await image.write!(new Uint8Array(MiB).fill(0x77), 36 * MiB);
+  } finally {
+    await closeChain(image);
+  }
+  const raw = join(dir, 'closed.raw');
+  await qemuImg('convert', '-O', 'raw', img, raw);
+  assert.ok((await readFile(raw)).equals(want), 'qemu-img reads every block after close');
+  assert.match(await qemuImg('check', img), /No errors were found/);
+});
+
 test('vhdx log replay: a pending log is refused read-only, replayed on a writable open to the bytes QEMU replays', needs('qemu-img', 'qemu-io'), async (t) => {
   const dir = await tempDir(t);
   const ours = await makeDirtyVhdx(dir);

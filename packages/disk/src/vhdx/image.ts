@@ -31,6 +31,8 @@ import { HeaderPair, replayLog, searchLog, writeThroughLog, type LogWriter } fro
 
 /** The largest BAT the engine loads (32M entries = 256 MiB; a 64 TiB disk of 2 MiB blocks). */
 export const VHDX_MAX_BAT_ENTRIES = 32 * 1024 * 1024;
+/** Pending BAT bytes written in one log transaction (a 16 MiB-block disk: 64 GiB of new blocks). */
+const BAT_BATCH_BYTES = 32 << 10;
 
 export interface OpenedVhdx {
   headers: HeaderPair;
@@ -236,6 +238,8 @@ export class VhdxImage extends QueuedWriteImage implements Image {
   readonly zeroInit = true;
   private readonly o: OpenedVhdx;
   private readonly log: LogWriter = { sequence: 0n, tail: 0 };
+  /** BAT entries of new blocks not yet written to the file: indexes [lo, hi] (see writeLocked). */
+  private unwrittenBat?: { lo: number; hi: number };
   private bitmapCache?: { chunk: number; bits: Uint8Array };
 
   constructor(source: ByteSource, opened: OpenedVhdx, writable: boolean) {
@@ -385,12 +389,39 @@ export class VhdxImage extends QueuedWriteImage implements Image {
       await this.source.truncate(blockAt + this.o.blockSize);
       await this.source.write(data, blockAt + p.inBlock);
       const idx = this.batIndex(p.block);
-      const entry = BigInt(blockAt) | BigInt(PAYLOAD_BLOCK_FULLY_PRESENT);
-      const bytes = new Uint8Array(8);
-      new DataView(bytes.buffer).setBigUint64(0, entry, true);
-      // §2.3: metadata changes go through the log so that a crash cannot tear the BAT.
-      await writeThroughLog(this.source, this.o.headers, this.log, bytes, this.o.batOffset + idx * 8);
-      this.o.bat[idx] = entry;
+      this.o.bat[idx] = BigInt(blockAt) | BigInt(PAYLOAD_BLOCK_FULLY_PRESENT);
+      // The new entry reaches the file with its neighbours in one log transaction at the next
+      // flush or close, or once the pending range grows past BAT_BATCH_BYTES; one transaction per
+      // block (two log writes, a replay and three drains of the queued writes) made raw→vhdx a
+      // fifth slower than qemu-img. Data always precedes the entries that point to it, and
+      // what is not flushed may be lost in a crash, as with any write-back cache.
+      const u = this.unwrittenBat;
+      this.unwrittenBat = u ? { lo: Math.min(u.lo, idx), hi: Math.max(u.hi, idx) } : { lo: idx, hi: idx };
+      if ((this.unwrittenBat.hi - this.unwrittenBat.lo + 1) * 8 >= BAT_BATCH_BYTES) await this.writeBat();
+    }
+  }
+
+  /** The pending BAT entries, through the log (§2.3: a crash cannot tear the BAT). */
+  private async writeBat(): Promise<void> {
+    const u = this.unwrittenBat;
+    if (!u) return;
+    const bytes = new Uint8Array((u.hi - u.lo + 1) * 8);
+    const v = new DataView(bytes.buffer);
+    for (let i = u.lo; i <= u.hi; i++) v.setBigUint64((i - u.lo) * 8, this.o.bat[i] ?? 0n, true);
+    await writeThroughLog(this.source, this.o.headers, this.log, bytes, this.o.batOffset + u.lo * 8);
+    this.unwrittenBat = undefined;
+  }
+
+  override async flush(): Promise<void> {
+    if (this.writable) await this.writeQueue.run(() => this.writeBat());
+    await super.flush();
+  }
+
+  override async close(): Promise<void> {
+    try {
+      if (this.writable) await this.writeQueue.run(() => this.writeBat());
+    } finally {
+      await super.close();
     }
   }
 
