@@ -274,12 +274,24 @@ export function imageRoutes(router: Router, db: Db, store: Store, auth: Auth, op
   // --- data: upload, stage, import, download
   /**
    * Move `status` from one of `from` to `to` atomically, or answer Glance's 409. Returns the revision after.
+   * `uploadKey`: the same transaction records this node's upload of the image (its temporary data
+   * `uploadKey`), so that a crash at any point after it leaves a row recover() finds — an image
+   * moved to saving before its row existed stayed saving forever when the process died between.
    */
-  const transition = async (img: ImageRecord, from: string[], to: string): Promise<number> => {
+  const transition = async (img: ImageRecord, from: string[], to: string, uploadKey?: string): Promise<number> => {
     if (!from.includes(img.status)) throw conflict(`Image status transition from ${img.status} to ${to} is not allowed`);
-    const r = await k.updateTable('images').set({ status: to, updated_at: touch(), revision: img.revision + 1 })
-      .where('id', '=', img.id).where('revision', '=', img.revision).where('deleted', '=', 0).executeTakeFirst();
-    if (Number(r.numUpdatedRows) !== 1) {
+    const moved = await k.transaction().execute(async (tx) => {
+      const r = await tx.updateTable('images').set({ status: to, updated_at: touch(), revision: img.revision + 1 })
+        .where('id', '=', img.id).where('revision', '=', img.revision).where('deleted', '=', 0).executeTakeFirst();
+      if (Number(r.numUpdatedRows) !== 1) return false;
+      if (uploadKey !== undefined) {
+        // (replaces a staging row: the import now owns the image's upload)
+        await tx.deleteFrom('uploads').where('image_id', '=', img.id).execute();
+        await tx.insertInto('uploads').values({ image_id: img.id, node: opts.node, temp_key: uploadKey, started_at: now() }).execute();
+      }
+      return true;
+    });
+    if (!moved) {
       const cur = await loadImage(db, img.id);
       if (!cur) throw notFound(`No image found with ID ${img.id}`);
       throw conflict(`Image status transition from ${cur.status} to ${to} is not allowed`);
@@ -306,13 +318,26 @@ export function imageRoutes(router: Router, db: Db, store: Store, auth: Auth, op
     };
   }
 
-  /** Stream `input` into the store while hashing and counting; verify; make the image active. */
-  async function ingest(img: ImageRecord, input: Readable, declaredLength: number | null, revertTo: string): Promise<void> {
+  /** An upload that will not complete: the image goes back to `revertTo`, its upload row away. */
+  async function abandonUpload(id: string, revertTo: string): Promise<void> {
+    await k.updateTable('images').set({ status: revertTo, updated_at: touch() }).where('id', '=', id).where('status', 'in', ['saving', 'importing']).execute().catch(() => {});
+    await k.deleteFrom('uploads').where('image_id', '=', id).execute().catch(() => {});
+  }
+
+  /**
+   * Stream `input` into the store while hashing and counting; verify; make the image active.
+   * `tempKey`: the temporary data the status transition recorded (transition's uploadKey).
+   */
+  async function ingest(img: ImageRecord, tempKey: string, input: Readable, declaredLength: number | null, revertTo: string): Promise<void> {
     const inspection = new UploadInspection(img.id);
     let size = 0;
-    const staged = await store.begin(img.id);
-    await k.insertInto('uploads').values({ image_id: img.id, node: opts.node, temp_key: staged.tempKey, started_at: now() }).execute()
-      .catch(async () => { await k.updateTable('uploads').set({ node: opts.node, temp_key: staged.tempKey, started_at: now() }).where('image_id', '=', img.id).execute(); });
+    let staged: Awaited<ReturnType<Store['begin']>>;
+    try {
+      staged = await store.begin(tempKey);
+    } catch (e) {
+      await abandonUpload(img.id, revertTo);
+      throw e;
+    }
     const { cap, tooBig } = await uploadLimit(img.owner);
     // Hashing batches the data into 1 MiB page-aligned buffers; the file is written from those.
     const hasher = new UploadHasher((batch) => staged.write([Buffer.from(batch.buffer, batch.byteOffset, batch.length)]));
@@ -330,8 +355,7 @@ export function imageRoutes(router: Router, db: Db, store: Store, auth: Auth, op
     const fail = async (e: unknown) => {
       await hasher.drop();
       await staged.discard().catch(() => {});
-      await k.updateTable('images').set({ status: revertTo, updated_at: touch() }).where('id', '=', img.id).where('status', 'in', ['saving', 'importing']).execute().catch(() => {});
-      await k.deleteFrom('uploads').where('image_id', '=', img.id).execute().catch(() => {});
+      await abandonUpload(img.id, revertTo);
       throw e;
     };
     try {
@@ -376,8 +400,9 @@ export function imageRoutes(router: Router, db: Db, store: Store, auth: Auth, op
     const a = await auth(ctx);
     requireOctets(ctx);
     const img = await ownedImage(a, ctx.params.id!, 'upload_image');
-    const revision = await transition(img, ['queued'], 'saving');
-    await track(ingest({ ...img, revision, status: 'saving' }, ctx.req, contentLength(ctx), 'queued'));
+    const tempKey = store.newTempKey(img.id);
+    const revision = await transition(img, ['queued'], 'saving', tempKey);
+    await track(ingest({ ...img, revision, status: 'saving' }, tempKey, ctx.req, contentLength(ctx), 'queued'));
     sendEmpty(ctx, 204);
   });
 
@@ -422,15 +447,17 @@ export function imageRoutes(router: Router, db: Db, store: Store, auth: Auth, op
     if (img.status !== 'uploading') throw conflict(`Image status transition from ${img.status} to importing is not allowed`);
     if (!img.container_format || !img.disk_format) throw conflict("'disk_format' and 'container_format' must be set before import.");
     const path = join(opts.stagingDir, img.id);
-    const revision = await transition(img, ['uploading'], 'importing');
+    const tempKey = store.newTempKey(img.id);
+    const revision = await transition(img, ['uploading'], 'importing', tempKey);
     // The import runs after the 202, as Glance's task does; its outcome shows in the image status.
     void track((async () => {
       try {
         const length = (await stat(path)).size;
-        await ingest({ ...img, revision, status: 'importing' }, createReadStream(path, { highWaterMark: 1 << 20 }), length, 'queued');
+        await ingest({ ...img, revision, status: 'importing' }, tempKey, createReadStream(path, { highWaterMark: 1 << 20 }), length, 'queued');
         await rm(path, { force: true });
       } catch (e) {
         log.warn('import failed', { image: img.id, error: (e as Error).message });
+        await abandonUpload(img.id, 'queued'); // (when the staged data was gone before ingest began)
         await rm(path, { force: true });
       }
     })());

@@ -24,7 +24,10 @@ export interface StagedWrite {
 
 export interface Store {
   readonly id: string;
-  begin(imageId: string): Promise<StagedWrite>;
+  /** A fresh name for an upload's temporary data (recorded in the database before it exists). */
+  newTempKey(imageId: string): string;
+  /** Start writing the temporary data named `tempKey` (from newTempKey). */
+  begin(tempKey: string): Promise<StagedWrite>;
   /** Write the data (or bytes start..end, inclusive) to `out`, and end it. */
   send(location: string, out: Writable, range?: { start: number; end: number }): Promise<void>;
   size(location: string): Promise<number>;
@@ -51,8 +54,12 @@ export class FileStore implements Store {
     return join(this.dir, location);
   }
 
-  async begin(imageId: string): Promise<StagedWrite> {
-    const tempKey = `${TEMP_PREFIX}${imageId}-${randomBytes(6).toString('hex')}`;
+  newTempKey(imageId: string): string {
+    return `${TEMP_PREFIX}${imageId}-${randomBytes(6).toString('hex')}`;
+  }
+
+  async begin(tempKey: string): Promise<StagedWrite> {
+    if (!tempKey.startsWith(TEMP_PREFIX) || !/^[A-Za-z0-9._-]+$/.test(tempKey)) throw new Error(`bad temporary key '${tempKey}'`);
     const path = join(this.dir, tempKey);
     const fh = await open(path, 'wx', 0o644);
     let done = false;
