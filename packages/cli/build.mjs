@@ -1,8 +1,9 @@
 #!/usr/bin/env node
-// Bundles the compiled CLI (dist/src/main.js) with the disk engine and the NBD server into
-// dist/bundle/: a few large files load several times faster than the ~100 small modules they
-// come from, and start-up is all of `diskhub img info` (see BENCHMARKS.md). The service and
-// every npm dependency stay external (native addons, wasm files and their own paths).
+// Bundles the compiled CLI (dist/src/main.js) with the disk engine, the NBD server and hostio
+// into one CommonJS file, dist/bundle/main.cjs, and writes V8's code cache for it
+// (warm-code-cache.cjs): one file loads several times faster than the ~100 small modules it
+// comes from, and from the cache faster again; start-up is all of `diskhub img info` (see
+// bin/load-bundle.js and BENCHMARKS.md). The service and the zstd encoder stay external.
 // bin/diskhub.js runs the bundle only when it is newer than the compiled packages.
 import { build } from 'esbuild';
 import { spawnSync } from 'node:child_process';

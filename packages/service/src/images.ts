@@ -18,7 +18,7 @@ import { DEFAULT_BUCKETS, MAX_BUCKETS, describeInside } from './inside.js';
 import { SIGNATURE_PARAM, type DownloadUrls } from './download-urls.js';
 import { UploadHasher } from './hashing.js';
 import { imageSchema, imagesSchema, memberSchema, membersSchema } from './schemas.js';
-import type { Store } from './store.js';
+import type { StagedWrite, Store } from './store.js';
 import type { Logger } from './log.js';
 
 export interface ImagesOptions {
@@ -331,7 +331,7 @@ export function imageRoutes(router: Router, db: Db, store: Store, auth: Auth, op
   async function ingest(img: ImageRecord, tempKey: string, input: Readable, declaredLength: number | null, revertTo: string): Promise<void> {
     const inspection = new UploadInspection(img.id);
     let size = 0;
-    let staged: Awaited<ReturnType<Store['begin']>>;
+    let staged: StagedWrite;
     try {
       staged = await store.begin(tempKey);
     } catch (e) {

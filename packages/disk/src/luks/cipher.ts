@@ -115,6 +115,10 @@ const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
 /** Bytes of sectors per threadpool call (SectorCipher.decryptAsync). */
 const THREADPOOL_PIECE = 256 << 10;
 
+function checkWholeSectors(length: number): void {
+  if (length % SECTOR_SIZE !== 0) throw new DiskError('EINVAL', `encrypted I/O of ${length} bytes is not whole sectors`);
+}
+
 /** AES-ECB over a whole buffer (a multiple of 16 bytes), no padding. */
 function ecb(algorithm: string, key: Uint8Array, data: Uint8Array, encrypt: boolean): Buffer {
   const c = encrypt ? createCipheriv(algorithm, key, null) : createDecipheriv(algorithm, key, null);
@@ -207,6 +211,12 @@ export class SectorCipher {
   private readonly algorithm: string;
   private readonly essivKey?: Buffer;
   private readonly essivAlgorithm?: string;
+  /**
+   * The IV width (32: plain, 64: plain64) when hostio's XTS can run this cipher: XTS without
+   * ESSIV, and a key whose halves differ (OpenSSL refuses equal halves, as IEEE 1619 forbids
+   * them; the engine's own XTS still decrypts such a volume, as QEMU does).
+   */
+  private readonly threadpoolIvBits?: 32 | 64;
 
   constructor(readonly spec: CipherSpec, private readonly key: Uint8Array) {
     checkCipherSpec(spec);
@@ -215,6 +225,10 @@ export class SectorCipher {
     if (spec.ivgen === 'essiv') {
       this.essivKey = createHash(spec.ivgenHash!).update(key).digest();
       this.essivAlgorithm = `aes-${this.essivKey.length * 8}-ecb`;
+    }
+    const half = spec.keyBytes / 2;
+    if (spec.mode === 'xts' && spec.ivgen !== 'essiv' && !digestsEqual(key.subarray(0, half), key.subarray(half))) {
+      this.threadpoolIvBits = spec.ivgen === 'plain' ? 32 : 64;
     }
   }
 
@@ -297,14 +311,10 @@ export class SectorCipher {
 
   private async runAsync(src: Uint8Array, dst: Uint8Array, firstSector: number, encrypt: boolean): Promise<void> {
     const xts = hostio?.xtsSectors;
-    const half = this.spec.keyBytes / 2;
-    // OpenSSL refuses an XTS key whose halves are equal (IEEE 1619 forbids it); the engine's own
-    // XTS still decrypts such a volume as QEMU does.
-    const usable = xts && this.spec.mode === 'xts' && this.spec.ivgen !== 'essiv' && !digestsEqual(this.key.subarray(0, half), this.key.subarray(half));
-    if (!usable || src.length <= SECTOR_SIZE) { this.run(src, dst, firstSector, encrypt); return; }
-    if (src.length % SECTOR_SIZE !== 0) throw new DiskError('EINVAL', `encrypted I/O of ${src.length} bytes is not whole sectors`);
+    const ivBits = this.threadpoolIvBits;
+    if (!xts || !ivBits || src.length <= SECTOR_SIZE) { this.run(src, dst, firstSector, encrypt); return; }
+    checkWholeSectors(src.length);
     if (dst !== src) dst.set(src);
-    const ivBits = this.spec.ivgen === 'plain' ? 32 : 64;
     const pieces: Promise<void>[] = [];
     for (let at = 0; at < dst.length; at += THREADPOOL_PIECE) {
       pieces.push(xts(this.key, dst.subarray(at, Math.min(dst.length, at + THREADPOOL_PIECE)), firstSector + at / SECTOR_SIZE, ivBits, encrypt));
@@ -313,7 +323,7 @@ export class SectorCipher {
   }
 
   private run(src: Uint8Array, dst: Uint8Array, firstSector: number, encrypt: boolean): void {
-    if (src.length % SECTOR_SIZE !== 0) throw new DiskError('EINVAL', `encrypted I/O of ${src.length} bytes is not whole sectors`);
+    checkWholeSectors(src.length);
     if (src.length === 0) return;
     // A cipher object per sector costs microseconds each; XTS, and CBC decryption, can instead
     // run the whole buffer through one ECB call (AES-NI speed) with the chaining done here.

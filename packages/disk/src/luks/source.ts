@@ -8,6 +8,7 @@
  * Reads and writes that do not cover whole sectors read the edge sectors and write them back
  * whole; those go one at a time so two such writes to one sector cannot lose each other's bytes.
  */
+import { settled } from '../blockdev.js';
 import type { ByteSource, HostExtent } from '../source.js';
 import { SECTOR_SIZE, type SectorCipher } from './cipher.js';
 
@@ -81,7 +82,7 @@ export class EncryptedSource implements ByteSource {
       out.push(e);
       at += b.length;
     }
-    await Promise.all(encrypting);
+    await settled(encrypting);
     await this.inner.writev(out, this.base + offset);
   }
 

@@ -9,7 +9,7 @@
  */
 import * as zlib from 'node:zlib';
 import { Decompress } from 'fzstd';
-import { hostio } from '@diskhub/hostio';
+import { hostio, type HostIo } from '@diskhub/hostio';
 import { backingStatus, checkRange, readBacking, settled, type Extent } from '../blockdev.js';
 import { DiskError } from '../errors.js';
 import { SNAPSHOT_NOT_FOUND, type BackingRef, type Image, type ImageInfo, type OpenOptions, type SnapshotInfo } from '../format.js';
@@ -300,8 +300,6 @@ export class Qcow2Image implements Image {
     });
   }
 
-
-
   /**
    * Compressed clusters into their slices. Clusters stored next to each other in the file (as
    * `convert -c` writes them) are fetched with one read. zlib clusters are inflated on the
@@ -348,7 +346,7 @@ export class Qcow2Image implements Image {
   }
 
   /** zlib clusters inflated by one hostio call: whole ones straight into their slices. */
-  private async inflateOnThreadpool(inflateRaw: NonNullable<typeof hostio>['inflateRaw'] & {}, pieces: CompressedPiece[], inputOf: (p: CompressedPiece) => Uint8Array): Promise<void> {
+  private async inflateOnThreadpool(inflateRaw: NonNullable<HostIo['inflateRaw']>, pieces: CompressedPiece[], inputOf: (p: CompressedPiece) => Uint8Array): Promise<void> {
     const outputs = pieces.map((p) => (p.offset === p.clusterStart && p.slice.length === this.clusterSize ? p.slice : new Uint8Array(this.clusterSize)));
     const results = await inflateRaw(pieces.flatMap((p, k) => [inputOf(p), outputs[k]!]));
     pieces.forEach((p, k) => {
