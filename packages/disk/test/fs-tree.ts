@@ -7,16 +7,11 @@
 import { createHash } from 'node:crypto';
 import { lstat, readdir, readFile, readlink } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { FileKind, Filesystem, FsNode } from '../src/filesystem.js';
-import { openImage, type Image } from '../src/index.js';
+import type { FileKind, FileStat, Filesystem, FsNode } from '../src/filesystem.js';
+import { isDiskError, openImage, type DiskErrorCode, type Image } from '../src/index.js';
+import assert from 'node:assert/strict';
 
-export interface TreeEntry {
-  kind: FileKind;
-  perm: number;
-  uid: number;
-  gid: number;
-  size: number;
-  nlink: number;
+export interface TreeEntry extends Pick<FileStat, 'kind' | 'perm' | 'uid' | 'gid' | 'size' | 'nlink'> {
   /** Whole seconds (the finest every filesystem here keeps in common with its source). */
   mtime: number;
   target?: string;
@@ -102,3 +97,12 @@ export function without(tree: Tree, ...fields: (keyof TreeEntry)[]): Map<string,
 
 /** A sorted array (assert.deepEqual then shows the first difference by path). */
 export const sorted = <T>(m: Map<string, T>) => [...m.entries()].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+
+/** `p` rejects with a DiskError of this code. */
+export async function expectDiskError(p: Promise<unknown>, code: DiskErrorCode): Promise<void> {
+  await assert.rejects(p, (e: unknown) => {
+    assert.ok(isDiskError(e), `not a DiskError: ${e}`);
+    assert.equal(e.code, code, e.message);
+    return true;
+  });
+}

@@ -12,11 +12,10 @@ import { createHash } from 'node:crypto';
 import { lutimes, mkdir, readFile, symlink, utimes, writeFile, chown, link, chmod } from 'node:fs/promises';
 import { join } from 'node:path';
 import { needs, tempDir } from '@diskhub/testkit';
-import { DiskError, isDiskError } from '../src/index.js';
 import {
   DIRECTORY_RECORD, PRIMARY_VOLUME_DESCRIPTOR, SUSP_CE, openIso9660, isoName, u32both, systemUseOffset,
 } from '../src/iso9660/index.js';
-import { directoryTree, openRaw, readerTree, readWhole, sorted, without, type Tree } from './fs-tree.js';
+import { directoryTree, openRaw, readerTree, readWhole, sorted, without, type Tree, expectDiskError } from './fs-tree.js';
 
 const isRoot = process.getuid?.() === 0;
 const T0 = new Date('2021-03-04T05:06:07Z');
@@ -199,14 +198,6 @@ async function lookupPath(fs: Awaited<ReturnType<typeof openIso9660>>, path: str
   return node;
 }
 
-async function expectCode(p: Promise<unknown>, code: string) {
-  await assert.rejects(p, (e: unknown) => {
-    assert.ok(isDiskError(e), `not a DiskError: ${e}`);
-    assert.equal((e as DiskError).code, code, (e as Error).message);
-    return true;
-  });
-}
-
 test('iso9660 hostile: a directory containing its ancestor, an extent past the end, a looping CE chain, not an ISO', needs('genisoimage'), async (t) => {
   const { iso, dir } = await isoFrom(t, ['-R']);
   const pristine = new Uint8Array(await readFile(iso));
@@ -223,11 +214,11 @@ test('iso9660 hostile: a directory containing its ancestor, an extent past the e
   };
   // /tools points back at the root: a walk would never end; the lookup is ELOOP.
   const loop = await variant('loop', (b) => u32both.write(b, recordOf(b, 'TOOLS', rootRec.extent * 2048) + 2, rootRec.extent));
-  await expectCode(loop.lookup(await loop.root(), 'tools'), 'ELOOP');
+  await expectDiskError(loop.lookup(await loop.root(), 'tools'), 'ELOOP');
   // big.bin's extent lies past the end of the image.
   const past = await variant('past', (b) => u32both.write(b, recordOf(b, 'BIG.BIN;1', rootRec.extent * 2048) + 2, 0x7fffff00));
   const big = (await past.lookup(await past.root(), 'big.bin'))!;
-  await expectCode(past.read(big, new Uint8Array(10), 0), 'ECORRUPT');
+  await expectDiskError(past.read(big, new Uint8Array(10), 0), 'ECORRUPT');
   // The long symlink's continuation area (CE) continues in itself.
   const ce = await variant('ce', (b) => {
     const linksRec = DIRECTORY_RECORD.decode(b, recordOf(b, 'LINKS', rootRec.extent * 2048));
@@ -239,7 +230,7 @@ test('iso9660 hostile: a directory containing its ancestor, an extent past the e
     SUSP_CE.encode({ signature: 'CE', length: SUSP_CE.size, version: 1, block: c.block, offset: c.offset, continuationLength: SUSP_CE.size }, b, c.block * 2048 + c.offset);
   });
   const links = (await ce.lookup(await ce.root(), 'links'))!;
-  await expectCode(ce.lookup(links, 'long'), 'ELOOP');
+  await expectDiskError(ce.lookup(links, 'long'), 'ELOOP');
   // Not an ISO at all.
-  await expectCode(variant('zero', (b) => b.fill(0, 32768, 32768 + 2048)), 'EFORMAT');
+  await expectDiskError(variant('zero', (b) => b.fill(0, 32768, 32768 + 2048)), 'EFORMAT');
 });
