@@ -8,7 +8,7 @@ import { createHash } from 'node:crypto';
 import { lstat, readdir, readFile, readlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { FileKind, FileStat, Filesystem, FsNode } from '../src/filesystem.js';
-import { isDiskError, openImage, type DiskErrorCode, type Image } from '../src/index.js';
+import { MemorySource, isDiskError, openImage, openSource, type DiskErrorCode, type Image } from '../src/index.js';
 import assert from 'node:assert/strict';
 
 export interface TreeEntry extends Pick<FileStat, 'kind' | 'perm' | 'uid' | 'gid' | 'size' | 'nlink'> {
@@ -24,6 +24,8 @@ export type Tree = Map<string, TreeEntry>;
 const md5 = (b: Uint8Array) => createHash('md5').update(b).digest('hex');
 
 export const openRaw = (path: string): Promise<Image> => openImage(path, { format: 'raw' });
+/** Bytes in memory as a raw device (hostile variants of an image without writing each to disk). */
+export const openBytes = (bytes: Uint8Array, name = 'memory'): Promise<Image> => openSource(new MemorySource(bytes, name, true), { format: 'raw' });
 
 /** Every node below the root, through readdir and lookup; files read whole in uneven pieces. */
 export async function readerTree(fs: Filesystem, opts: { chunk?: number } = {}): Promise<Tree> {
@@ -105,4 +107,15 @@ export async function expectDiskError(p: Promise<unknown>, code: DiskErrorCode):
     assert.equal(e.code, code, e.message);
     return true;
   });
+}
+
+/** The node at a slash-separated path from the root, through lookups. */
+export async function lookupPath<N extends FsNode>(fs: { root(): Promise<N>; lookup(dir: FsNode, name: string): Promise<N | null> }, path: string): Promise<N> {
+  let node = await fs.root();
+  for (const part of path.split('/').filter(Boolean)) {
+    const next = await fs.lookup(node, part);
+    if (!next) throw new Error(`${path}: ${part} not found`);
+    node = next;
+  }
+  return node;
 }

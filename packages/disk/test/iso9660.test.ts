@@ -15,7 +15,7 @@ import { needs, tempDir } from '@diskhub/testkit';
 import {
   DIRECTORY_RECORD, PRIMARY_VOLUME_DESCRIPTOR, SUSP_CE, openIso9660, isoName, u32both, systemUseOffset,
 } from '../src/iso9660/index.js';
-import { directoryTree, openRaw, readerTree, readWhole, sorted, without, type Tree, expectDiskError } from './fs-tree.js';
+import { directoryTree, openRaw, readerTree, readWhole, sorted, without, type Tree, expectDiskError, lookupPath } from './fs-tree.js';
 
 const isRoot = process.getuid?.() === 0;
 const T0 = new Date('2021-03-04T05:06:07Z');
@@ -187,16 +187,6 @@ test('iso9660 multi-extent: consecutive records of one name read as one file (ge
   const bytes = await readWhole(fs, f, 777);
   assert.deepEqual([bytes[0], bytes[2999], bytes[3000], bytes[7999]], [0x41, 0x41, 0x42, 0x42]);
 });
-
-async function lookupPath(fs: Awaited<ReturnType<typeof openIso9660>>, path: string) {
-  let node = await fs.root();
-  for (const part of path.split('/').filter(Boolean)) {
-    const next = await fs.lookup(node, part);
-    if (!next) throw new Error(`${path}: ${part} not found`);
-    node = next;
-  }
-  return node;
-}
 
 test('iso9660 hostile: a directory containing its ancestor, an extent past the end, a looping CE chain, not an ISO', needs('genisoimage'), async (t) => {
   const { iso, dir } = await isoFrom(t, ['-R']);
