@@ -21,6 +21,7 @@
 import type { BlockDevice } from '../blockdev.js';
 import { DiskError } from '../errors.js';
 import type { DirEntry, FileKind, FileStat, Filesystem, FsNode } from '../filesystem.js';
+import { RecentDirectories } from '../fscache.js';
 import { S_IFMT, decodeDev, kindOfMode } from '../fsmode.js';
 import {
   DIRECTORY_RECORD, FLAG_ASSOCIATED, FLAG_DIRECTORY, FLAG_MULTI_EXTENT, ID_PARENT, ID_SELF, JOLIET_VOLUME_DESCRIPTOR,
@@ -41,10 +42,13 @@ const MAX_EXTENTS = 1 << 16;
 const DIR_CHUNK = 64 << 10;
 /** A symlink target or Rock Ridge name longer than this is refused (PATH_MAX). */
 const MAX_RR_TEXT = 4096;
+/** Directories up to this size are resolved once and kept among the recent ones. */
+const CACHED_DIRECTORY_BYTES = 4 << 20;
 
 type Tree = 'rockridge' | 'joliet' | 'iso';
 
 interface Extent { pos: number; length: number }
+interface ListedDirectory { entries: { name: string; node: IsoNode }[]; byName: Map<string, IsoNode> }
 
 export interface IsoNode extends FsNode {
   readonly stat: FileStat;
@@ -85,6 +89,7 @@ const corrupt = (m: string) => new DiskError('ECORRUPT', `iso9660: ${m}`);
 export class Iso9660 implements Filesystem {
   readonly type = 'iso9660';
   readonly warnings: string[] = [];
+  private readonly recent = new RecentDirectories<string, ListedDirectory>();
 
   private constructor(
     readonly device: BlockDevice,
@@ -144,19 +149,38 @@ export class Iso9660 implements Filesystem {
   }
 
   async *readdir(dir: FsNode): AsyncIterable<DirEntry> {
-    for await (const { name, node } of this.children(asIso(dir))) yield { name, ino: node.stat.ino, kind: node.stat.kind };
+    const d = asIso(dir);
+    const listed = await this.listed(d);
+    for await (const { name, node } of listed?.entries ?? this.children(d)) yield { name, ino: node.stat.ino, kind: node.stat.kind };
   }
 
   async lookup(dir: FsNode, name: string): Promise<IsoNode | null> {
-    for await (const e of this.children(asIso(dir))) {
-      if (e.name !== name) continue;
-      const path = e.node.path;
-      if (path && path.slice(0, -1).includes(path[path.length - 1]!)) {
-        throw new DiskError('ELOOP', `iso9660: directory '${name}' (block ${path[path.length - 1]}) contains itself`);
-      }
-      return e.node;
+    const d = asIso(dir);
+    const listed = await this.listed(d);
+    let node: IsoNode | undefined;
+    if (listed) node = listed.byName.get(name);
+    else for await (const e of this.children(d)) if (e.name === name) { node = e.node; break; }
+    if (!node) return null;
+    const path = node.path;
+    if (path && path.slice(0, -1).includes(path[path.length - 1]!)) {
+      throw new DiskError('ELOOP', `iso9660: directory '${name}' (block ${path[path.length - 1]! / this.blockSize}) contains itself`);
     }
-    return null;
+    return node;
+  }
+
+  /** A directory of bounded size, its entries resolved once while it is among the recent ones (ls -l looks up every name it lists). */
+  private async listed(d: IsoNode): Promise<ListedDirectory | undefined> {
+    if (d.stat.kind !== 'directory' || !d.path || d.extents[0]!.length > CACHED_DIRECTORY_BYTES) return undefined;
+    // Keyed by the path of directory extents (a node's path is part of what lookup returns).
+    const key = d.path.join('/');
+    let listed = this.recent.get(key);
+    if (!listed) {
+      const entries: { name: string; node: IsoNode }[] = [];
+      for await (const e of this.children(d)) entries.push(e);
+      listed = { entries, byName: new Map(entries.map((e) => [e.name, e.node])) };
+      this.recent.set(key, listed);
+    }
+    return listed;
   }
 
   async read(file: FsNode, buf: Uint8Array, offset: number): Promise<number> {

@@ -1,0 +1,115 @@
+/**
+ * The fuzz property for the filesystem readers (the format parsers' harness, fuzz-harness.ts,
+ * with another exercise): small filesystems made by the real tools are mutated, and each
+ * mutant is identified (fsid) and opened, walked (readdir, lookup, every file read in part,
+ * every symlink read) up to a bounded number of nodes. Only DiskErrors may escape, within the
+ * harness's CPU limit. Mutations go half the time into the seed's metadata ("hot" ranges: the
+ * ISO directories, the FAT and its directories, the XFS inode chunk and directory blocks).
+ *
+ * Used by test/fuzz-filesystems.test.ts (bounded, in CI) and fuzz/run.mjs (long runs).
+ */
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { MemorySource, identifyFilesystem, openSource } from '../src/index.js';
+import type { BlockDevice } from '../src/blockdev.js';
+import type { Filesystem, FsNode } from '../src/filesystem.js';
+import { openFat } from '../src/fat/index.js';
+import { openIso9660 } from '../src/iso9660/index.js';
+import { openXfs, SUPERBLOCK } from '../src/xfs/index.js';
+import { FuzzFailure, MAX_MS, guarded, type Seed } from './fuzz-harness.js';
+
+export const FILESYSTEM_OPENERS: Record<string, (dev: BlockDevice) => Promise<Filesystem>> = {
+  iso9660: openIso9660,
+  vfat: openFat,
+  xfs: openXfs,
+};
+
+export interface FilesystemSeed extends Seed {
+  filesystem: string;
+  hot: [number, number][];
+}
+
+/** Nodes a walk visits and bytes it reads from each file. */
+const MAX_NODES = 3000;
+const READ_BYTES = 64 << 10;
+
+/** The tree every seed holds: long names, nesting, a few hundred entries, a file over several blocks, symlinks where there are any. */
+function makeTree(root: string): void {
+  const w = (p: string, data: string | Uint8Array) => {
+    mkdirSync(join(root, p, '..'), { recursive: true });
+    writeFileSync(join(root, p), data);
+  };
+  w('hello.txt', 'hello\n');
+  w('A Long Mixed Case Name.txt', 'long\n');
+  w('sub/dir/deeper/leaf', 'leaf\n');
+  w('data.bin', new Uint8Array(70_000).map((_, i) => i & 0xff));
+  for (let i = 0; i < 150; i++) w(`many/entry-${i}-with-a-long-name`, `${i}\n`);
+}
+
+/** Small seeds made by genisoimage, mkfs.vfat + mcopy and mkfs.xfs (v4 and v5, 1 KiB blocks). */
+export function makeFilesystemSeeds(dir: string): FilesystemSeed[] {
+  const src = join(dir, 'fs-src');
+  makeTree(src);
+  const seeds: FilesystemSeed[] = [];
+  const iso = join(dir, 'seed.iso');
+  execFileSync('ln', ['-s', '../hello.txt', join(src, 'sub', 'link')]);
+  execFileSync('genisoimage', ['-quiet', '-R', '-J', '-o', iso, src]);
+  // Descriptors and the directories after them.
+  seeds.push({ name: 'iso9660 Rock Ridge + Joliet', format: 'raw', filesystem: 'iso9660', bytes: new Uint8Array(readFileSync(iso)), hot: [[32768, 32768 + 64 * 2048]] });
+  for (const bits of [12, 16] as const) {
+    const img = join(dir, `seed-fat${bits}.img`);
+    // FAT16 needs 4085 clusters: one sector each.
+    execFileSync('mkfs.vfat', ['-F', String(bits), ...(bits === 16 ? ['-s', '1'] : []), '-C', img, bits === 12 ? '1024' : '4200'], { stdio: 'ignore' });
+    execFileSync('mcopy', ['-s', '-i', img, join(src, 'hello.txt'), join(src, 'A Long Mixed Case Name.txt'), join(src, 'sub'), join(src, 'data.bin'), join(src, 'many'), '::'],
+      { env: { ...process.env, MTOOLS_SKIP_CHECK: '1' }, stdio: 'ignore' });
+    // The FATs, the root directory and the first data clusters (the directories mcopy wrote first).
+    seeds.push({ name: `vfat FAT${bits}`, format: 'raw', filesystem: 'vfat', bytes: new Uint8Array(readFileSync(img)), hot: [[0, 256 << 10]] });
+  }
+  const proto = join(dir, 'proto');
+  const lines = ['x', '0 0', 'd--755 0 0', `hello ---644 0 0 ${join(src, 'hello.txt')}`, `data ---600 1 2 ${join(src, 'data.bin')}`,
+    'link l--777 0 0 hello', `long l--777 0 0 ${'x/'.repeat(200)}y`, 'null c--666 0 0 1 3', 'sub d--755 0 0', ' inner d--700 0 0', '  $'];
+  for (let i = 0; i < 150; i++) lines.push(` entry-${i}-with-a-long-name ---644 0 0 ${join(src, 'hello.txt')}`);
+  lines.push(' $', '$', '');
+  writeFileSync(proto, lines.join('\n'));
+  for (const crc of [1, 0]) {
+    const img = join(dir, `seed-xfs-crc${crc}.img`);
+    execFileSync('truncate', ['-s', '16M', img]);
+    execFileSync('mkfs.xfs', ['-q', '-b', 'size=1024', '-m', `crc=${crc}`, '-p', proto, img],
+      { env: { ...process.env, TEST_DIR: dir, TEST_DEV: img, QA_CHECK_FS: 'xfs' }, stdio: 'ignore' });
+    const bytes = new Uint8Array(readFileSync(img));
+    const sb = SUPERBLOCK.decode(bytes);
+    // The root's inode chunk and the blocks after it, where mkfs put the directories and symlinks.
+    const rootAt = Number(sb.rootIno >> BigInt(sb.inopbLog)) * sb.blockSize;
+    seeds.push({ name: `xfs v${crc ? 5 : 4}`, format: 'raw', filesystem: 'xfs', bytes, hot: [[0, 4 * sb.sectSize], [rootAt, rootAt + (64 << 10)]] });
+  }
+  return seeds;
+}
+
+/** Everything a mutant filesystem meets: identification, opening, a bounded walk reading every file and link. */
+export async function exerciseFilesystem(filesystem: string, bytes: Uint8Array): Promise<void> {
+  const started = process.cpuUsage();
+  const device = await openSource(new MemorySource(bytes, 'mutant', true), { format: 'raw' });
+  await guarded('identifyFilesystem', () => identifyFilesystem(device));
+  await guarded(`${filesystem} walk`, async () => {
+    const fs = await FILESYSTEM_OPENERS[filesystem]!(device);
+    let nodes = 0;
+    const walk = async (dir: FsNode, depth: number): Promise<void> => {
+      for await (const e of fs.readdir(dir)) {
+        if (++nodes > MAX_NODES) return;
+        const node = await fs.lookup(dir, e.name);
+        if (!node) continue;
+        const s = node.stat;
+        if (s.kind === 'file') {
+          await fs.read(node, new Uint8Array(Math.min(READ_BYTES, Math.max(0, s.size))), 0);
+          if (s.size > READ_BYTES) await fs.read(node, new Uint8Array(4096), Math.floor(s.size / 2));
+        } else if (s.kind === 'symlink') await fs.readlink(node);
+        else if (s.kind === 'directory' && depth < 64) await walk(node, depth + 1);
+      }
+    };
+    await walk(await fs.root(), 0);
+  });
+  const used = process.cpuUsage(started);
+  const ms = (used.user + used.system) / 1000;
+  if (ms > MAX_MS) throw new FuzzFailure(`took ${ms.toFixed(0)} ms of CPU (limit ${MAX_MS} ms)`);
+}
