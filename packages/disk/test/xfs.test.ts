@@ -17,7 +17,7 @@ import { mkdir, readFile, rm, statfs, symlink, writeFile } from 'node:fs/promise
 import { join } from 'node:path';
 import { needs, needsLoopDevices, tempDir } from '@diskhub/testkit';
 import { crc32c } from '../src/crc32c.js';
-import { INODE_CORE, openXfs, type Xfs, type XfsNode } from '../src/xfs/index.js';
+import { BMDR_BLOCK, INODE_CORE, openXfs, type Xfs } from '../src/xfs/index.js';
 import { directoryTree, expectDiskError, openBytes, openRaw, readerTree, readWhole, sorted, without, type Tree, type TreeEntry, lookupPath } from './fs-tree.js';
 
 interface ProtoNode {
@@ -236,7 +236,38 @@ test('xfs v5 (mkfs.xfs -p proto, then fragmented through a loop mount): the tree
   const sparse = await lookupPath(fs, '/sparse.bin');
   const bytes = await readWhole(fs, sparse, 5000);
   assert.deepEqual([bytes[0], bytes[4095], bytes[4096], bytes[131072], bytes[399 * 131072 + 4095]], [0, 0, 0, 1, 399 & 0xff]);
+
+  // Hostile B-trees (inode CRC made right): a root pointer past the filesystem, two root pointers to one block.
+  const image = new Uint8Array(await readFile(img));
+  const pos = inodePos(fs, sparse.ino);
+  const fork = pos + 176;
+  const root = BMDR_BLOCK.decode(image, fork);
+  assert.ok(root.level >= 1 && root.numrecs >= 2, JSON.stringify(root));
+  // The data fork ends where the attribute fork begins (di_forkoff, in 8-byte units), if the inode has one.
+  const forkOff = INODE_CORE.get(image, 'forkOff', pos);
+  const forkSize = forkOff ? forkOff * 8 : fs.sb.inodeSize - 176;
+  const ptrs = fork + BMDR_BLOCK.size + Math.floor((forkSize - BMDR_BLOCK.size) / 16) * 8;
+  const patched = async (patch: (b: Uint8Array) => void) => {
+    const b = image.slice();
+    patch(b);
+    fixInodeCrc(b, pos, fs.sb.inodeSize);
+    const d = await openBytes(b);
+    t.after(() => d.close());
+    const x = await openXfs(d);
+    return { x, node: await lookupPath(x, '/sparse.bin') };
+  };
+  const far = await patched((b) => new DataView(b.buffer).setBigUint64(ptrs, 0xffffffffffn, false));
+  await expectDiskError(far.x.read(far.node, new Uint8Array(10), 0), 'ECORRUPT');
+  const twice = await patched((b) => b.copyWithin(ptrs + 8, ptrs, ptrs + 8));
+  await expectDiskError(twice.x.read(twice.node, new Uint8Array(10), 0), 'ELOOP');
 });
+
+/** Recompute a v3 inode's CRC after a patch (CRC-32C with the field zeroed, stored little-endian). */
+function fixInodeCrc(b: Uint8Array, pos: number, inodeSize: number): void {
+  const one = b.slice(pos, pos + inodeSize);
+  one.fill(0, 100, 104);
+  new DataView(b.buffer).setUint32(pos + 100, crc32c(one), true);
+}
 
 /** Where an inode lies in the image (the same arithmetic as the reader; checked against xfs_db's 'convert'). */
 function inodePos(fs: Xfs, ino: bigint): number {
@@ -262,12 +293,7 @@ test('xfs hostile: CRC mismatches (the headerless v5 remote symlink among them),
     assert.equal(Number(/\((\d+)\)/.exec(db)?.[1]), p, `xfs_db places inode ${i} at ${db}`);
     return p;
   };
-  const inodeSize = fs0.sb.inodeSize;
-  const fixCrc = (b: Uint8Array, pos: number) => {
-    const one = b.slice(pos, pos + inodeSize);
-    one.fill(0, 100, 104);
-    new DataView(b.buffer).setUint32(pos + 100, crc32c(one), true);
-  };
+  const fixCrc = (b: Uint8Array, pos: number) => fixInodeCrc(b, pos, fs0.sb.inodeSize);
   t.after(() => dev0.close());
   const variant = async (name: string, patch: (b: Uint8Array) => void): Promise<Xfs> => {
     const b = pristine.slice();
