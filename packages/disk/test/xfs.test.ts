@@ -151,11 +151,12 @@ async function checkDirectoryForms(fs: Xfs, img: string) {
 }
 
 test('xfs v4 (mkfs.xfs -m crc=0 -p proto): every node as the proto file says, directories in short-form, block, leaf and node form', needs('mkfs.xfs', 'xfs_db'), async (t) => {
-  const { img, nodes } = await makeXfs(t, ['-m', 'crc=0']);
+  const { img, nodes } = await makeXfs(t, ['-m', 'crc=0', '-L', 'v4-label']);
   const dev = await openRaw(img);
   t.after(() => dev.close());
   const fs = await openXfs(dev);
   assert.equal(fs.v5, false);
+  assert.equal(fs.label, 'v4-label');
   const ours = await readerTree(fs);
   const got = without(ours, 'mtime');
   for (const e of got.values()) if (e.kind === 'directory') delete e.size;

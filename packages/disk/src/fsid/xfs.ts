@@ -1,22 +1,21 @@
-/** XFS: the superblock at byte 0, big-endian ("XFSB"; xfs_format.h struct xfs_dsb). */
-import { type Prober, view, ascii, cString, uuidString, isPowerOfTwo } from './model.js';
+/** XFS: the superblock at byte 0, big-endian ("XFSB"; xfs_format.h struct xfs_dsb, declared in ../xfs/layout.ts). */
+import { SUPERBLOCK, XFS_SB_MAGIC } from '../xfs/layout.js';
+import { type Prober, cString, uuidString, isPowerOfTwo } from './model.js';
 
 export const probeXfs: Prober = (ctx) => {
-  const sb = ctx.at(0, 512);
-  if (!sb || ascii(sb.subarray(0, 4)) !== 'XFSB') return null;
-  const v = view(sb);
-  const blockSize = v.getUint32(4, false);
-  const dblocks = Number(v.getBigUint64(8, false));
-  const sectorSize = v.getUint16(102, false);
+  const head = ctx.at(0, SUPERBLOCK.size);
+  if (!head || SUPERBLOCK.get(head, 'magic') !== XFS_SB_MAGIC) return null;
+  const sb = SUPERBLOCK.decode(head);
+  const dblocks = Number(sb.dataBlocks);
   // Sanity as xfs_repair would see it: power-of-two sizes within XFS's limits.
-  if (!isPowerOfTwo(blockSize) || blockSize < 512 || blockSize > 65536) return null;
-  if (!isPowerOfTwo(sectorSize) || sectorSize < 512 || sectorSize > 32768 || dblocks === 0) return null;
-  const label = cString(sb.subarray(108, 120));
+  if (!isPowerOfTwo(sb.blockSize) || sb.blockSize < 512 || sb.blockSize > 65536) return null;
+  if (!isPowerOfTwo(sb.sectSize) || sb.sectSize < 512 || sb.sectSize > 32768 || dblocks === 0) return null;
+  const label = cString(sb.fname);
   return {
     type: 'xfs', usage: 'filesystem',
     ...(label ? { label } : {}),
-    uuid: uuidString(sb.subarray(32, 48)),
-    blockSize: sectorSize,
-    size: dblocks * blockSize,
+    uuid: uuidString(sb.uuid),
+    blockSize: sb.sectSize,
+    size: dblocks * sb.blockSize,
   };
 };

@@ -133,7 +133,7 @@ export class Iso9660 implements Filesystem {
     const primaryRoot = await descriptorRoot(primaryPos);
     const probe = new Iso9660(device, blockSize, 'iso', primaryRoot, 0);
     // SUSP §5.3: an SP entry at the start of the root's "." record turns SUSP (here: Rock Ridge) on.
-    const dot = await probe.firstRecord(primaryRoot);
+    const dot = await probe.firstRecord(probe.dataOf(primaryRoot));
     const sp = dot && dot.systemUse.length >= SUSP_SP.size ? SUSP_SP.decode(dot.systemUse) : undefined;
     if (sp && sp.signature === 'SP' && sp.check[0] === SP_CHECK[0] && sp.check[1] === SP_CHECK[1]) {
       return new Iso9660(device, blockSize, 'rockridge', primaryRoot, sp.bytesSkipped);
@@ -144,7 +144,7 @@ export class Iso9660 implements Filesystem {
 
   async root(): Promise<IsoNode> {
     // The root's attributes (Rock Ridge's among them) are those of its "." record.
-    const dot = (await this.firstRecord(this.rootRecord)) ?? this.rootRecord;
+    const dot = (await this.firstRecord(this.dataOf(this.rootRecord))) ?? this.rootRecord;
     return this.nodeOf(dot, [dot], []);
   }
 
@@ -208,6 +208,11 @@ export class Iso9660 implements Filesystem {
     return l.target;
   }
 
+  /** Where a record's data lies (§9.1.3: after its extended attribute record, if any). */
+  private dataOf(r: RawRecord): Extent {
+    return { pos: (r.rec.extent + r.rec.extendedAttributeLength) * this.blockSize, length: r.rec.dataLength };
+  }
+
   private checkInside(pos: number, length: number, what: string): void {
     if (!Number.isSafeInteger(pos) || pos < 0 || pos + length > this.device.size) {
       throw corrupt(`${what} at byte ${pos} (${length} bytes) lies outside the image (${this.device.size} bytes)`);
@@ -215,9 +220,8 @@ export class Iso9660 implements Filesystem {
   }
 
   /** A directory's records in order, "." and ".." included; sector rules checked (§6.8.1.1). */
-  private async *records(dir: RawRecord): AsyncIterable<RawRecord> {
-    const start = (dir.rec.extent + dir.rec.extendedAttributeLength) * this.blockSize;
-    const length = dir.rec.dataLength;
+  private async *records(dir: Extent): AsyncIterable<RawRecord> {
+    const { pos: start, length } = dir;
     this.checkInside(start, length, 'directory');
     const chunk = new Uint8Array(Math.min(DIR_CHUNK, length));
     for (let off = 0; off < length; off += chunk.length) {
@@ -240,7 +244,7 @@ export class Iso9660 implements Filesystem {
     }
   }
 
-  private async firstRecord(dir: RawRecord): Promise<RawRecord | undefined> {
+  private async firstRecord(dir: Extent): Promise<RawRecord | undefined> {
     for await (const r of this.records(dir)) return r;
     return undefined;
   }
@@ -248,10 +252,8 @@ export class Iso9660 implements Filesystem {
   /** The entries of a directory as shown (multi-extent files joined, RE copies and associated files left out). */
   private async *children(dir: IsoNode): AsyncIterable<{ name: string; node: IsoNode }> {
     if (dir.stat.kind !== 'directory' || !dir.path) throw new DiskError('EINVAL', 'iso9660: not a directory');
-    const self = dir.extents[0]!;
-    const dirRecord = { rec: { extent: self.pos / this.blockSize, extendedAttributeLength: 0, dataLength: self.length } } as RawRecord;
     let parts: RawRecord[] = [];
-    for await (const r of this.records(dirRecord)) {
+    for await (const r of this.records(dir.extents[0]!)) {
       if (r.id.length === 1 && (r.id[0] === ID_SELF || r.id[0] === ID_PARENT)) continue;
       parts.push(r);
       if (parts.length > MAX_EXTENTS) throw new DiskError('ELIMIT', `iso9660: a file has more than ${MAX_EXTENTS} extents`);
@@ -272,8 +274,7 @@ export class Iso9660 implements Filesystem {
     let record = first;
     if (rr?.child !== undefined) {
       // RRIP §4.1.5.1: the directory lives at the CL block; its "." record has its attributes.
-      const moved = { rec: { extent: rr.child, extendedAttributeLength: 0, dataLength: this.blockSize } } as RawRecord;
-      const dot = await this.firstRecord(moved);
+      const dot = await this.firstRecord({ pos: rr.child * this.blockSize, length: this.blockSize });
       if (!dot || !(dot.rec.flags & FLAG_DIRECTORY) || dot.rec.extent !== rr.child) throw corrupt(`CL at byte ${first.pos} points to block ${rr.child}, not a directory`);
       const name = rr.name;
       rr = await this.rockRidge(dot);
@@ -292,7 +293,7 @@ export class Iso9660 implements Filesystem {
       kind = k;
       perm = rr.mode & 0o7777;
     }
-    const extents = group.map((r) => ({ pos: (r.rec.extent + r.rec.extendedAttributeLength) * this.blockSize, length: r.rec.dataLength }));
+    const extents = group.map((r) => this.dataOf(r));
     const recorded = rec.recorded;
     const stat: FileStat = {
       // Directories are known by their extent (so two records of one directory agree); others by their record.

@@ -18,6 +18,7 @@ import { DiskError } from '../errors.js';
 import type { DirEntry, FileKind, FileStat, Filesystem, FsNode } from '../filesystem.js';
 import { RecentDirectories } from '../fscache.js';
 import { kindOfMode } from '../fsmode.js';
+import { cString } from '../fsid/model.js';
 import {
   AGF, AGF_CRC_OFF, AGI, AGI_CRC_OFF, BMBT_REC_SIZE, BMDR_BLOCK, BTREE_BLOCK_LONG, BTREE_LONG_CRC_OFF, BTREE_LONG_V4_SIZE,
   DIR2_BLOCK_TAIL, DIR2_DATA_ENTRY, DIR2_DATA_HDR_SIZE, DIR2_DATA_UNUSED, DIR2_LEAF_ENTRY_SIZE, DIR2_SF_ENTRY, DIR2_SF_HDR,
@@ -106,8 +107,7 @@ export class Xfs implements Filesystem {
 
   /** The label (sb_fname), as blkid reports it. */
   get label(): string {
-    const end = this.sb.fname.indexOf(0);
-    return new TextDecoder().decode(end < 0 ? this.sb.fname : this.sb.fname.subarray(0, end));
+    return cString(this.sb.fname);
   }
 
   /** The UUID metadata blocks are stamped with (sb_meta_uuid when the user's UUID was changed). */
