@@ -150,8 +150,9 @@ async function checkDirectoryForms(fs: Xfs, img: string) {
   assert.ok(node.offsets.includes(FREE_BLOCK), JSON.stringify(node));
 }
 
-test('xfs v4 (mkfs.xfs -m crc=0 -p proto): every node as the proto file says, directories in short-form, block, leaf and node form', needs('mkfs.xfs', 'xfs_db'), async (t) => {
-  const { img, nodes } = await makeXfs(t, ['-m', 'crc=0', '-L', 'v4-label']);
+test('xfs v4 (mkfs.xfs -m crc=0 -i size=1024 -n size=8192 -p proto): every node as the proto file says, directories in short-form, block, leaf and node form', needs('mkfs.xfs', 'xfs_db'), async (t) => {
+  // 1 KiB inodes (v4's default is 256 bytes, v5's 512) and 8 KiB directory blocks (two filesystem blocks each).
+  const { img, nodes } = await makeXfs(t, ['-m', 'crc=0', '-L', 'v4-label', '-i', 'size=1024', '-n', 'size=8192']);
   const dev = await openRaw(img);
   t.after(() => dev.close());
   const fs = await openXfs(dev);
