@@ -13,7 +13,9 @@ import { lutimes, mkdir, readFile, symlink, utimes, writeFile, chown, link, chmo
 import { join } from 'node:path';
 import { needs, tempDir } from '@diskhub/testkit';
 import {
-  DIRECTORY_RECORD, PRIMARY_VOLUME_DESCRIPTOR, SUSP_CE, openIso9660, isoName, u32both, systemUseOffset,
+  DIRECTORY_RECORD, JOLIET_VOLUME_DESCRIPTOR, PATH_TABLE_RECORD_L, PATH_TABLE_RECORD_M, PRIMARY_VOLUME_DESCRIPTOR, RRIP_NM, RRIP_PN,
+  RRIP_PX, RRIP_RR, RRIP_SL, RRIP_TF, SUSP_CE, SUSP_ENTRY_HEADER, SUSP_ER, SUSP_SP, directoryRecordLength, jolietLevel, openIso9660,
+  isoName, u32both, systemUseOffset,
 } from '../src/iso9660/index.js';
 import { directoryTree, openRaw, readerTree, readWhole, sorted, without, type Tree, expectDiskError, lookupPath } from './fs-tree.js';
 
@@ -223,4 +225,42 @@ test('iso9660 hostile: a directory containing its ancestor, an extent past the e
   await expectDiskError(ce.lookup(links, 'long'), 'ELOOP');
   // Not an ISO at all.
   await expectDiskError(variant('zero', (b) => b.fill(0, 32768, 32768 + 2048)), 'EFORMAT');
+});
+
+test('iso9660 layout: genisoimage descriptors, directory records, path tables and Rock Ridge entries decode and re-encode byte for byte', needs('genisoimage'), async (t) => {
+  const { iso } = await isoFrom(t, ['-R', '-J']);
+  const b = new Uint8Array(await readFile(iso));
+  const same = (s: { size: number; decode(b: Uint8Array, at?: number): object; encode(v: object): Uint8Array }, at: number, what: string) => {
+    assert.deepEqual(Buffer.from(s.encode(s.decode(b, at))), Buffer.from(b.subarray(at, at + s.size)), what);
+  };
+  const pvd = PRIMARY_VOLUME_DESCRIPTOR.decode(b, 32768);
+  same(PRIMARY_VOLUME_DESCRIPTOR, 32768, 'primary volume descriptor');
+  same(JOLIET_VOLUME_DESCRIPTOR, 32768 + 2048, 'Joliet volume descriptor');
+  assert.equal(JOLIET_VOLUME_DESCRIPTOR.decode(b, 32768 + 2048).volumeId, 'TESTVOL');
+  assert.equal(jolietLevel(JOLIET_VOLUME_DESCRIPTOR.decode(b, 32768 + 2048).escapeSequences), 3);
+  // Path tables: every record of the L table and the M table.
+  for (const [table, at] of [[PATH_TABLE_RECORD_L, pvd.typeLPathTable * 2048], [PATH_TABLE_RECORD_M, pvd.typeMPathTable * 2048]] as const) {
+    for (let p = at, n = 0; p < at + pvd.pathTableSize; n++) {
+      same(table, p, `path table record ${n}`);
+      const len = table.decode(b, p).identifierLength;
+      p += PATH_TABLE_RECORD_L.size + len + (len % 2);
+    }
+  }
+  // The root directory's records and the SUSP/Rock Ridge entries in their system use areas.
+  const root = DIRECTORY_RECORD.decode(pvd.rootDirectoryRecord);
+  const entries = { SP: SUSP_SP, CE: SUSP_CE, ER: SUSP_ER, RR: RRIP_RR, PX: RRIP_PX, TF: RRIP_TF, NM: RRIP_NM, SL: RRIP_SL, PN: RRIP_PN } as const;
+  const seen = new Set<string>();
+  for (let at = root.extent * 2048; b[at]! > 0; at += b[at]!) {
+    same(DIRECTORY_RECORD, at, `directory record at ${at}`);
+    const r = DIRECTORY_RECORD.decode(b, at);
+    assert.equal(directoryRecordLength(r.identifierLength, r.length - systemUseOffset(r.identifierLength)), r.length);
+    for (let e = at + systemUseOffset(r.identifierLength); e + 4 <= at + r.length; ) {
+      const h = SUSP_ENTRY_HEADER.decode(b, e);
+      const s = entries[h.signature as keyof typeof entries];
+      if (s && h.length >= s.size) { same(s, e, `${h.signature} at ${e}`); seen.add(h.signature); }
+      if (h.length < 4) break;
+      e += h.length;
+    }
+  }
+  assert.ok(['SP', 'PX', 'TF', 'NM'].every((s) => seen.has(s)), [...seen].join(' '));
 });
