@@ -1,0 +1,213 @@
+/**
+ * A client of the image service over its public HTTP API (Glance Image API v2 + Keystone v3),
+ * as a compute node is: a token from Keystone v3 password authentication (the OS_* variables
+ * the openstack client reads, or --os-* options) or a given token, the image endpoint from the
+ * token's service catalog (type "image"), and nothing else — no shortcut into the service's
+ * database or store.
+ */
+import { Readable } from 'node:stream';
+import { ComputeError } from './errors.js';
+
+/** Authentication settings, named after the OS_* variables (OS_AUTH_URL → authUrl). */
+export interface AuthSettings {
+  token?: string;
+  authUrl?: string;
+  username?: string;
+  userId?: string;
+  password?: string;
+  projectName?: string;
+  projectId?: string;
+  userDomainName?: string;
+  projectDomainName?: string;
+  regionName?: string;
+  interface?: string;
+  /** The image API's URL, instead of the catalog's (OS_IMAGE_URL, as glanceclient's --os-image-url). */
+  imageUrl?: string;
+}
+
+const ENV_NAMES: Record<keyof AuthSettings, string> = {
+  token: 'OS_TOKEN', authUrl: 'OS_AUTH_URL', username: 'OS_USERNAME', userId: 'OS_USER_ID', password: 'OS_PASSWORD',
+  projectName: 'OS_PROJECT_NAME', projectId: 'OS_PROJECT_ID', userDomainName: 'OS_USER_DOMAIN_NAME',
+  projectDomainName: 'OS_PROJECT_DOMAIN_NAME', regionName: 'OS_REGION_NAME', interface: 'OS_INTERFACE', imageUrl: 'OS_IMAGE_URL',
+};
+
+/** The `--os-auth-url`-style option names, for the command line. */
+export const AUTH_OPTIONS: { name: string; key: keyof AuthSettings }[] = [
+  { name: 'token', key: 'token' },
+  ...Object.entries(ENV_NAMES).map(([key, env]) => ({ name: env.toLowerCase().replace(/_/g, '-'), key: key as keyof AuthSettings })),
+];
+
+/** Settings from the environment, overridden by the given ones. */
+export function authFromEnv(env: NodeJS.ProcessEnv, given: AuthSettings = {}): AuthSettings {
+  const out: AuthSettings = {};
+  for (const [key, name] of Object.entries(ENV_NAMES) as [keyof AuthSettings, string][]) {
+    const v = given[key] ?? env[name];
+    if (v) out[key] = v;
+  }
+  return out;
+}
+
+/** An image record as the Image API v2 returns it (the fields this tool reads). */
+export interface ImageRecord {
+  id: string;
+  name: string | null;
+  status: string;
+  disk_format: string | null;
+  container_format: string | null;
+  size: number | null;
+  virtual_size: number | null;
+  checksum: string | null;
+  os_hash_algo: string | null;
+  os_hash_value: string | null;
+  min_disk: number;
+  min_ram: number;
+  owner: string | null;
+  [property: string]: unknown;
+}
+
+/** Who the token belongs to (for the snapshot's owner_* properties). */
+export interface TokenIdentity {
+  userId: string;
+  userName: string;
+  projectId: string;
+  projectName: string;
+}
+
+interface TokenBody {
+  token: {
+    user: { id: string; name: string };
+    project?: { id: string; name: string };
+    catalog?: { type: string; endpoints: { interface: string; region?: string; region_id?: string; url: string }[] }[];
+  };
+}
+
+const REQUEST_TIMEOUT_MS = 30_000;
+
+export class ImageServiceClient {
+  private constructor(readonly imageUrl: string, readonly token: string, readonly identity: TokenIdentity) {}
+
+  /** Authenticate and find the image endpoint. */
+  static async connect(settings: AuthSettings): Promise<ImageServiceClient> {
+    const authUrl = settings.authUrl?.replace(/\/+$/, '');
+    let token = settings.token;
+    let body: TokenBody;
+    if (!authUrl) throw new ComputeError('no identity service: set OS_AUTH_URL (or --os-auth-url)');
+    if (token) {
+      // A token validates itself: GET /v3/auth/tokens with it as both caller and subject.
+      const r = await request(`${authUrl}/auth/tokens`, { headers: { 'X-Auth-Token': token, 'X-Subject-Token': token, Accept: 'application/json' } });
+      if (r.status !== 200) throw new ComputeError(`the identity service refused the token (HTTP ${r.status})`);
+      body = await r.json() as TokenBody;
+    } else {
+      if (!settings.password || !(settings.username || settings.userId)) {
+        throw new ComputeError('no credentials: set OS_USERNAME and OS_PASSWORD (or OS_TOKEN), or give --os-username/--os-password or --token');
+      }
+      const domain = (name: string | undefined) => ({ name: name ?? 'Default' });
+      const user = settings.userId ? { id: settings.userId, password: settings.password } : { name: settings.username, domain: domain(settings.userDomainName), password: settings.password };
+      const project = settings.projectId ? { id: settings.projectId } : settings.projectName ? { name: settings.projectName, domain: domain(settings.projectDomainName) } : undefined;
+      const r = await request(`${authUrl}/auth/tokens`, {
+        method: 'POST', headers: { 'Content-Type': 'application/json', Accept: 'application/json' },
+        body: JSON.stringify({ auth: { identity: { methods: ['password'], password: { user } }, ...(project ? { scope: { project } } : {}) } }),
+      });
+      if (r.status !== 201) throw new ComputeError(`the identity service refused the credentials (HTTP ${r.status}: ${errorText(await r.text())})`);
+      token = r.headers.get('x-subject-token') ?? undefined;
+      if (!token) throw new ComputeError('the identity service answered without a token (no X-Subject-Token header)');
+      body = await r.json() as TokenBody;
+    }
+    const t = body.token;
+    if (!t.project) throw new ComputeError('the token is not scoped to a project: set OS_PROJECT_NAME (or OS_PROJECT_ID)');
+    const identity: TokenIdentity = { userId: t.user.id, userName: t.user.name, projectId: t.project.id, projectName: t.project.name };
+    const imageUrl = settings.imageUrl ?? endpointOf(t.catalog ?? [], settings.interface ?? 'public', settings.regionName);
+    return new ImageServiceClient(imageUrl.replace(/\/+$/, ''), token, identity);
+  }
+
+  private async call(method: string, path: string, init: { body?: unknown; headers?: Record<string, string>; expect: number[]; streamed?: boolean }): Promise<Response> {
+    const headers: Record<string, string> = { 'X-Auth-Token': this.token, Accept: 'application/json', ...init.headers };
+    let body: string | undefined;
+    if (init.body !== undefined) { body = JSON.stringify(init.body); headers['Content-Type'] ??= 'application/json'; }
+    const r = await request(`${this.imageUrl}${path}`, { method, headers, body }, !init.streamed);
+    if (!init.expect.includes(r.status)) {
+      throw new ComputeError(`${method} ${path}: HTTP ${r.status} ${errorText(await r.text())}`, r.status === 404 ? 'not-found' : 'service');
+    }
+    return r;
+  }
+
+  async getImage(id: string): Promise<ImageRecord> {
+    try {
+      return await (await this.call('GET', `/v2/images/${encodeURIComponent(id)}`, { expect: [200] })).json() as ImageRecord;
+    } catch (e) {
+      if (e instanceof ComputeError && e.kind === 'not-found') throw new ComputeError(`Image ${id} could not be found.`, 'not-found');
+      throw e;
+    }
+  }
+
+  /** Every image the token can see, page by page (the API's `next` links). */
+  async *listImages(): AsyncIterable<ImageRecord> {
+    let next: string | undefined = '/v2/images?limit=200';
+    while (next) {
+      const page = await (await this.call('GET', next, { expect: [200] })).json() as { images: ImageRecord[]; next?: string };
+      yield* page.images;
+      next = page.next;
+    }
+  }
+
+  /** The image data as a stream of chunks (GET /v2/images/{id}/file). */
+  async download(id: string): Promise<AsyncIterable<Uint8Array>> {
+    const r = await this.call('GET', `/v2/images/${encodeURIComponent(id)}/file`, { expect: [200, 204], headers: { Accept: 'application/octet-stream' }, streamed: true });
+    if (r.status === 204 || !r.body) throw new ComputeError(`Image ${id} has no data`);
+    return r.body as unknown as AsyncIterable<Uint8Array>;
+  }
+
+  async createImage(meta: Record<string, unknown>): Promise<ImageRecord> {
+    return await (await this.call('POST', '/v2/images', { body: meta, expect: [201] })).json() as ImageRecord;
+  }
+
+  /** PUT the image data (a stream of `size` bytes). */
+  async upload(id: string, data: Readable, size: number): Promise<void> {
+    await this.callWithStream(`/v2/images/${encodeURIComponent(id)}/file`, data, size);
+  }
+
+  private async callWithStream(path: string, data: Readable, size: number): Promise<void> {
+    const r = await fetch(`${this.imageUrl}${path}`, {
+      method: 'PUT',
+      headers: { 'X-Auth-Token': this.token, 'Content-Type': 'application/octet-stream', 'Content-Length': String(size) },
+      body: Readable.toWeb(data) as ReadableStream<Uint8Array>,
+      duplex: 'half',
+    } as RequestInit);
+    if (r.status !== 204) throw new ComputeError(`PUT ${path}: HTTP ${r.status} ${errorText(await r.text())}`);
+  }
+
+  async deleteImage(id: string): Promise<void> {
+    await this.call('DELETE', `/v2/images/${encodeURIComponent(id)}`, { expect: [204, 404] });
+  }
+}
+
+/** The image endpoint of a catalog, for one interface and (if given) region, as keystoneauth picks it. */
+export function endpointOf(catalog: NonNullable<TokenBody['token']['catalog']>, iface: string, region?: string): string {
+  const wanted = iface.replace(/URL$/, '');
+  for (const service of catalog) {
+    if (service.type !== 'image') continue;
+    const ep = service.endpoints.find((e) => e.interface === wanted && (!region || e.region_id === region || e.region === region));
+    if (ep) return ep.url;
+  }
+  throw new ComputeError(`no image service in the catalog for interface '${wanted}'${region ? ` in region '${region}'` : ''}; give --os-image-url`);
+}
+
+/** A request; `timed`: the whole exchange within REQUEST_TIMEOUT_MS (not for image data, whose size has no bound). */
+async function request(url: string, init: RequestInit, timed = true): Promise<Response> {
+  try {
+    return await fetch(url, { ...init, ...(timed ? { signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS) } : {}) });
+  } catch (e) {
+    const cause = (e as { cause?: { message?: string } }).cause?.message ?? (e as Error).message;
+    throw new ComputeError(`cannot reach ${new URL(url).origin}: ${cause}`);
+  }
+}
+
+/** The message of an API error body ({"message": ...} or Glance's HTML-ish text), kept short. */
+function errorText(text: string): string {
+  try {
+    const j = JSON.parse(text) as { message?: string; error?: { message?: string } };
+    const m = j.message ?? j.error?.message;
+    if (m) return m;
+  } catch { /* not JSON */ }
+  return text.replace(/<[^>]*>/g, ' ').replace(/\s+/g, ' ').trim().slice(0, 300);
+}
