@@ -41,7 +41,7 @@ async function downloads(url: string): Promise<number> {
 
 const compute = (args: string[], env: NodeJS.ProcessEnv) => diskhub(['compute', ...args], { env });
 
-test('compute: fetch, create-disks, snapshot and cache-clean against the image service', needs('qemu-img', 'qemu-io', 'blkid', 'mkfs.ext4', 'mkswap'), async (t) => {
+test('compute: fetch, create-disks, snapshot and cache-clean against the image service', needs('qemu-img', 'qemu-io', 'blkid', 'mkfs.ext4', 'mkswap', 'isoinfo'), async (t) => {
   const svc = await startTestService(t);
   const tok = await token(svc.url);
   const env = osEnv(svc.url);
@@ -86,7 +86,9 @@ test('compute: fetch, create-disks, snapshot and cache-clean against the image s
 
   // create-disks: root overlay grown to 1 GiB, ephemeral ext4 and swap on their cached bases.
   const inst = join(instances, INSTANCE);
-  const cd = await compute(['create-disks', inst, '--image', imageA, '--root', '1G', '--ephemeral', '1', '--ephemeral-fs', 'ext4', '--swap', '64'], env);
+  await writeFile(join(work, 'user-data'), '#cloud-config\n');
+  const cd = await compute(['create-disks', inst, '--image', imageA, '--root', '1G', '--ephemeral', '1', '--ephemeral-fs', 'ext4', '--swap', '64',
+    '--config-drive', '--user-data', join(work, 'user-data'), '--hostname', 'vm1'], env);
   assert.equal(cd.code, 0, cd.stderr);
   const chain = JSON.parse(await runOk('qemu-img', ['info', '--backing-chain', '--output=json', join(inst, 'disk')]));
   assert.equal(chain.length, 2);
@@ -117,7 +119,15 @@ test('compute: fetch, create-disks, snapshot and cache-clean against the image s
   const swapRaw = join(work, 'swap.raw');
   await qemuImg('convert', '-O', 'raw', join(inst, 'disk.swap'), swapRaw);
   assert.match(await runOk('blkid', ['-o', 'export', swapRaw]), /^TYPE=swap$/m);
-  assert.deepEqual(Object.keys(JSON.parse(await readFile(join(inst, 'disk.info'), 'utf8'))).sort(), ['disk', 'disk.eph0', 'disk.swap'].map((d) => join(inst, d)));
+  // disk.config: the config drive, labelled config-2, for this instance's uuid.
+  assert.match(await runOk('isoinfo', ['-d', '-i', join(inst, 'disk.config')]), /^Volume id: config-2$/m);
+  assert.equal(JSON.parse(await runOk('isoinfo', ['-R', '-x', '/openstack/latest/meta_data.json', '-i', join(inst, 'disk.config')])).uuid, INSTANCE);
+  assert.equal(await runOk('isoinfo', ['-R', '-x', '/openstack/latest/user_data', '-i', join(inst, 'disk.config')]), '#cloud-config\n');
+  assert.deepEqual(Object.keys(JSON.parse(await readFile(join(inst, 'disk.info'), 'utf8'))).sort(), ['disk', 'disk.config', 'disk.eph0', 'disk.swap'].map((d) => join(inst, d)));
+  // A config drive option without --config-drive is refused.
+  const stray = await compute(['create-disks', inst, '--image', imageA, '--user-data', join(work, 'user-data')], env);
+  assert.equal(stray.code, 1);
+  assert.match(stray.stderr, /--user-data needs --config-drive/);
 
   // A flavor smaller than the image is refused, as Nova refuses it; nothing is created.
   const small = await compute(['create-disks', join(instances, OTHER_INSTANCE), '--image', imageA, '--root', '16M'], env);

@@ -2,7 +2,8 @@
  * `diskhub compute`: what a Nova compute node does with an image, as one tool — a client of
  * the image service (Keystone v3 token, Glance Image API v2) and the disk engine.
  */
-import { dirname, resolve } from 'node:path';
+import { writeFile } from 'node:fs/promises';
+import { basename, dirname, resolve } from 'node:path';
 import { getopt, UsageError, type LongOption, type ParsedOption } from '../img/getopt.js';
 import { parseSize } from '../img/output.js';
 import { AUTH_OPTIONS, authFromEnv, ImageServiceClient, type AuthSettings } from './client.js';
@@ -10,6 +11,7 @@ import { ComputeError } from './errors.js';
 import { cacheLayout, cachedImage, cleanCache, DEFAULT_INSTANCES_PATH } from './imagecache.js';
 import { createDisks, EPHEMERAL_FILESYSTEMS, DEFAULT_EPHEMERAL_FS } from './disks.js';
 import { snapshotInstance } from './snapshot.js';
+import { buildConfigDrive, configDriveInput, CONFIG_DRIVE_LONG_OPTIONS } from '../img/config-drive.js';
 
 const AUTH_HELP = `authentication (the openstack client's variables, or these options):
   OS_AUTH_URL, OS_USERNAME, OS_PASSWORD, OS_PROJECT_NAME, OS_USER_DOMAIN_NAME,
@@ -26,9 +28,11 @@ What a Nova compute node does with an image (Nova's file names, locks and checks
       against os_hash_value and checksum; --force-raw converts it to raw (force_raw_images)
   create-disks INSTANCE_DIR --image ID [--root SIZE] [--ephemeral SIZE] [--ephemeral-fs FS]
       [--swap SIZE] [--force-raw] [--base-dir DIR] [--instances-path P]
+      [--config-drive [--meta-data F] [--user-data F] [--network-data F] [--vendor-data F]
+       [--ssh-key F] [--hostname H] [--nocloud]]
       disk (qcow2 overlay on the cached image, grown to --root), disk.eph0 (on a cached
       formatted base), disk.swap (on a cached swap base); sizes in G (root, ephemeral) and
-      M (swap) unless suffixed; ephemeral filesystems: ${EPHEMERAL_FILESYSTEMS.join(', ')} (default ${DEFAULT_EPHEMERAL_FS})
+      M (swap) unless suffixed; disk.config: the config drive (diskhub img config-drive); ephemeral filesystems: ${EPHEMERAL_FILESYSTEMS.join(', ')} (default ${DEFAULT_EPHEMERAL_FS})
   snapshot INSTANCE_DIR --name NAME [--instance-uuid U] [--base-image-ref ID] [--instances-path P]
       flatten the root disk and upload it as a snapshot image; prints the new image's id
   cache-clean [--base-dir DIR] [--instances-path P] --max-age SECONDS [--output json]
@@ -119,6 +123,8 @@ async function createDisksCommand(argv: string[]): Promise<number> {
     { name: 'ephemeral-fs', hasArg: 1, val: 'ephemeral-fs' },
     { name: 'swap', hasArg: 1, val: 'swap' },
     { name: 'force-raw', hasArg: 0, val: 'force-raw' },
+    { name: 'config-drive', hasArg: 0, val: 'config-drive' },
+    ...CONFIG_DRIVE_LONG_OPTIONS.filter((o) => o.val !== 'uuid'),
   ];
   const p = parse(argv, extra, [...extra.map((e) => e.val), 'base-dir', 'instances-path']);
   if (p.flags.has('help')) { print(COMPUTE_USAGE); return 0; }
@@ -134,10 +140,19 @@ async function createDisksCommand(argv: string[]): Promise<number> {
     throw new UsageError(`unknown ephemeral filesystem '${ephemeralFs}' (one of ${EPHEMERAL_FILESYSTEMS.join(', ')})`);
   }
   if (ephemeralFs !== undefined && !ephemeralGB) throw new UsageError('--ephemeral-fs needs --ephemeral');
+  const driveOptions = CONFIG_DRIVE_LONG_OPTIONS.map((o) => o.val).filter((v) => p.values.has(v) || p.flags.has(v));
+  if (driveOptions.length > 0 && !p.flags.has('config-drive')) throw new UsageError(`--${driveOptions[0]} needs --config-drive`);
+  // The drive's instance uuid is the instance directory's name, as Nova names that directory.
+  const drive = p.flags.has('config-drive') ? await configDriveInput({
+    metaData: p.values.get('meta-data'), userData: p.values.get('user-data'), networkData: p.values.get('network-data'),
+    vendorData: p.values.get('vendor-data'), sshKey: p.values.get('ssh-key'), hostname: p.values.get('hostname'),
+    uuid: basename(instanceDir), nocloud: p.flags.has('nocloud'),
+  }) : undefined;
   const layout = cacheLayout({ baseDir: p.values.get('base-dir'), instancesPath: p.values.get('instances-path') ?? (p.values.has('base-dir') ? undefined : dirname(instanceDir)) });
   const client = await connect(p);
   const disks = await createDisks(client, instanceDir, layout, {
     imageId, rootBytes, ephemeralGB, swapMB, forceRaw: p.flags.has('force-raw'), ...(ephemeralFs ? { ephemeralFs } : {}),
+    ...(drive ? { configDrive: (path: string) => writeFile(path, buildConfigDrive(drive), { flag: 'wx' }) } : {}),
   });
   for (const d of disks) {
     print(`${d.name}: ${d.created ? 'created' : 'kept'} ${d.path} (${d.format}, ${d.size} bytes${d.backingFile ? `, backed by ${d.backingFile}` : ''})\n`);
