@@ -6,6 +6,8 @@
 import test from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { createHash } from 'node:crypto';
 import { mkdir, readdir, readFile, stat, utimes, writeFile, open } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -71,7 +73,8 @@ test('compute: fetch, create-disks, snapshot and cache-clean against the image s
   assert.equal(JSON.parse(await runOk('qemu-img', ['info', '--output=json', baseA])).format, 'qcow2');
   assert.ok((await stat(join(instances, 'locks', `nova-${sha1(imageA)}`))).isFile(), 'Nova-named lock file');
 
-  // --force-raw: a sparse raw base with the same content.
+  // --force-raw: a sparse raw base with the same content (a .part a killed fetch left is replaced).
+  await writeFile(join(baseDir, `${sha1(imageB)}.part`), 'left by a killed fetch');
   const rb = await compute(['fetch', imageB, '--base-dir', baseDir, '--force-raw', '--output', 'json'], env);
   assert.equal(rb.code, 0, rb.stderr);
   const fetchB = JSON.parse(rb.stdout);
@@ -80,6 +83,7 @@ test('compute: fetch, create-disks, snapshot and cache-clean against the image s
   const baseB = join(baseDir, sha1(imageB));
   assert.equal(JSON.parse(await runOk('qemu-img', ['info', '--output=json', baseB])).format, 'raw');
   assert.equal((await run('qemu-img', ['compare', '-f', 'qcow2', '-F', 'raw', srcB, baseB])).code, 0);
+  assert.deepEqual((await readdir(baseDir)).filter((f) => f.includes('.')), [], 'no .part or .converted left');
   const stB = await stat(baseB);
   assert.equal(stB.size, 32 << 20);
   assert.ok(stB.blocks * 512 < 4 << 20, `sparse raw base (${stB.blocks * 512} bytes allocated)`);
@@ -153,6 +157,7 @@ test('compute: fetch, create-disks, snapshot and cache-clean against the image s
   assert.equal(snap.json.image_state, 'available');
   assert.equal(snap.json.os_distro, 'debian', 'inherited from the base image');
   assert.equal(snap.json.min_ram, 128);
+  assert.equal(snap.json.min_disk, 1, 'the 1 GiB root disk');
   const snapFile = join(work, 'snap.qcow2');
   await writeFile(snapFile, Buffer.from(await (await fetch(`${svc.url}/v2/images/${snapId}/file`, { headers: { 'X-Auth-Token': tok } })).arrayBuffer()));
   const snapInfo = JSON.parse(await runOk('qemu-img', ['info', '--output=json', snapFile]));
@@ -236,4 +241,66 @@ test('compute locks: the external lock is the one oslo.concurrency takes (fcntl.
     order.push(`end ${n}`);
   })));
   assert.deepEqual(order, ['start 1', 'end 1', 'start 2', 'end 2']);
+});
+
+/**
+ * An image service whose images are hostile (the diskhub service refuses such uploads, an older
+ * Glance may not): a Keystone token with an image endpoint, and one image record with its data
+ * and correct hashes. Only what `fetch` asks for is answered.
+ */
+async function hostileGlance(t: { after(fn: () => unknown): void }, images: Map<string, { record: Record<string, unknown>; data: Buffer }>): Promise<string> {
+  const server = createServer((req, res) => {
+    const url = req.url ?? '';
+    const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    if (req.method === 'POST' && url.startsWith('/v3/auth/tokens')) {
+      res.writeHead(201, { 'Content-Type': 'application/json', 'X-Subject-Token': 'tok' });
+      res.end(JSON.stringify({ token: { user: { id: 'u1', name: 'admin' }, project: { id: 'p1', name: 'admin' }, catalog: [{ type: 'image', endpoints: [{ interface: 'public', region_id: 'RegionOne', url: base }] }] } }));
+      return;
+    }
+    const m = /^\/v2\/images\/([^/]+)(\/file)?$/.exec(url);
+    const image = m ? images.get(m[1]!) : undefined;
+    if (!image || req.headers['x-auth-token'] !== 'tok') { res.writeHead(404); res.end(); return; }
+    if (m![2]) { res.writeHead(200, { 'Content-Type': 'application/octet-stream' }); res.end(image.data); return; }
+    res.writeHead(200, { 'Content-Type': 'application/json' });
+    res.end(JSON.stringify(image.record));
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  t.after(() => new Promise((resolve) => server.close(resolve)));
+  return `http://127.0.0.1:${(server.address() as AddressInfo).port}/v3`;
+}
+
+test('compute fetch: images the safety inspection finds unsafe, or not in their declared format, are refused and leave nothing', needs('qemu-img'), async (t) => {
+  const work = await tempDir(t, 'diskhub-compute-');
+  await qemuImg('create', '-f', 'raw', join(work, 'secret.raw'), '1M');
+  await qemuImg('create', '-f', 'qcow2', '-b', join(work, 'secret.raw'), '-F', 'raw', join(work, 'backed.qcow2'));
+  await qemuImg('create', '-f', 'qcow2', '-o', `data_file=${join(work, 'data.raw')}`, join(work, 'datafile.qcow2'), '1M');
+  await qemuImg('create', '-f', 'qcow2', join(work, 'plain.qcow2'), '1M');
+  const record = async (id: string, file: string, diskFormat: string) => {
+    const data = await readFile(file);
+    return [id, { data, record: {
+      id, name: id, status: 'active', disk_format: diskFormat, container_format: 'bare', size: data.length, virtual_size: null, min_disk: 0, min_ram: 0, owner: 'p1',
+      checksum: createHash('md5').update(data).digest('hex'), os_hash_algo: 'sha512', os_hash_value: createHash('sha512').update(data).digest('hex'),
+    } }] as const;
+  };
+  const ids = { backed: '11111111-1111-4111-8111-111111111111', datafile: '22222222-2222-4222-8222-222222222222', mismatch: '33333333-3333-4333-8333-333333333333' };
+  const authUrl = await hostileGlance(t, new Map([
+    await record(ids.backed, join(work, 'backed.qcow2'), 'qcow2'),
+    await record(ids.datafile, join(work, 'datafile.qcow2'), 'qcow2'),
+    await record(ids.mismatch, join(work, 'plain.qcow2'), 'raw'),
+  ]));
+  const env = { ...osEnv('http://unused'), OS_AUTH_URL: authUrl };
+  const baseDir = join(work, 'instances', '_base');
+  const expect: [string, RegExp][] = [
+    [ids.backed, new RegExp(`^diskhub compute: Image ${ids.backed} is unacceptable: Image does not pass safety check \\(backing-file: `)],
+    [ids.datafile, new RegExp(`^diskhub compute: Image ${ids.datafile} is unacceptable: Image does not pass safety check \\(data-file: `)],
+    [ids.mismatch, new RegExp(`^diskhub compute: Image ${ids.mismatch} is unacceptable: Image content does not match disk_format \\(format-mismatch: `)],
+  ];
+  for (const [id, message] of expect) {
+    for (const forceRaw of [[], ['--force-raw']]) {
+      const r = await compute(['fetch', id, '--base-dir', baseDir, ...forceRaw], env);
+      assert.equal(r.code, 1, r.stdout);
+      assert.match(r.stderr, message);
+      assert.deepEqual(await readdir(baseDir), [], 'nothing in _base');
+    }
+  }
 });

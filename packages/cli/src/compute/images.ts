@@ -38,6 +38,10 @@ export async function fetchToRaw(client: ImageServiceClient, image: ImageRecord,
   if (image.status !== 'active') throw imageUnacceptable(image.id, `the image is ${image.status}, not active`);
   const part = `${target}.part`;
   const staged = `${target}.converted`;
+  // The caller holds the base file's lock: a .part or .converted here is what a killed
+  // fetch left behind, not another's download in progress.
+  await unlink(part).catch(() => undefined);
+  await unlink(staged).catch(() => undefined);
   try {
     const bytes = await downloadVerified(client, image, part);
     const report = checkDeclaredFormat(await inspectFile(part), image.disk_format ?? 'raw');

@@ -29,6 +29,7 @@ const CORE_FIELDS = new Set([
 ]);
 /** Properties Nova sets for each snapshot and never carries over from the base image. */
 const SNAPSHOT_OWN = new Set(['image_type', 'instance_uuid', 'base_image_ref', 'user_id', 'owner_id', 'owner_project_name', 'owner_user_name', 'image_location', 'image_state']);
+const GiB = 1024 ** 3;
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 export interface SnapshotRequest {
@@ -43,7 +44,7 @@ export async function snapshotInstance(client: ImageServiceClient, instanceDir: 
   const disk = join(instanceDir, 'disk');
   const instanceUuid = req.instanceUuid ?? basename(instanceDir);
   if (!UUID.test(instanceUuid)) throw new ComputeError(`the instance directory's name '${instanceUuid}' is not an instance uuid; give --instance-uuid`, 'usage');
-  const basePath = await backingOf(disk);
+  const { backing: basePath, size: rootSize } = await rootDiskFacts(disk);
   const baseImageRef = req.baseImageRef ?? (basePath ? await imageIdOfCacheName(client, basename(basePath)) : undefined);
   const base = baseImageRef ? await client.getImage(baseImageRef).catch(() => undefined) : undefined;
 
@@ -52,7 +53,9 @@ export async function snapshotInstance(client: ImageServiceClient, instanceDir: 
     disk_format: 'qcow2',
     container_format: base?.container_format ?? 'bare',
     visibility: 'private',
-    min_disk: base?.min_disk ?? 0,
+    // Nova records an instance's min_disk as the larger of the image's and the flavor's root
+    // size (utils.get_system_metadata_from_image), and the snapshot inherits it.
+    min_disk: Math.max(base?.min_disk ?? 0, Math.ceil(rootSize / GiB)),
     min_ram: base?.min_ram ?? 0,
   };
   if (base) {
@@ -90,8 +93,8 @@ export async function snapshotInstance(client: ImageServiceClient, instanceDir: 
   }
 }
 
-/** The absolute path of the disk's backing file, read from its header; undefined when it has none. */
-async function backingOf(disk: string): Promise<string | undefined> {
+/** The disk's virtual size and the absolute path of its backing file (undefined when it has none), from its header. */
+async function rootDiskFacts(disk: string): Promise<{ backing: string | undefined; size: number }> {
   let image;
   try {
     image = await openImage(disk, { backing: false, headerOnly: true });
@@ -99,7 +102,7 @@ async function backingOf(disk: string): Promise<string | undefined> {
     throw new ComputeError(`cannot open the instance's root disk ${disk}: ${(e as Error).message}`, 'not-found');
   }
   try {
-    return image.backingRef ? resolveBackingPath(disk, image.backingRef.filename) : undefined;
+    return { backing: image.backingRef ? resolveBackingPath(disk, image.backingRef.filename) : undefined, size: image.size };
   } finally {
     await image.close();
   }
