@@ -8,10 +8,10 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { mkdir, readdir, readFile, stat, utimes, writeFile, open } from 'node:fs/promises';
 import { join } from 'node:path';
-import { needs, tempDir, qemuImg, qemuIo, diskhub, run, runOk } from '@diskhub/testkit';
+import { needs, tempDir, qemuImg, qemuIo, diskhub, diskhubBin, run, runOk } from '@diskhub/testkit';
 import { api, osEnv, startTestService, token } from '@diskhub/service/test-helpers';
 
 const sha1 = (s: string) => createHash('sha1').update(s).digest('hex');
@@ -248,7 +248,7 @@ test('compute locks: the external lock is the one oslo.concurrency takes (fcntl.
  * Glance may not): a Keystone token with an image endpoint, and one image record with its data
  * and correct hashes. Only what `fetch` asks for is answered.
  */
-async function hostileGlance(t: { after(fn: () => unknown): void }, images: Map<string, { record: Record<string, unknown>; data: Buffer }>): Promise<string> {
+async function hostileGlance(t: { after(fn: () => unknown): void }, images: Map<string, { record: Record<string, unknown>; data: Buffer; stall?: boolean }>): Promise<string> {
   const server = createServer((req, res) => {
     const url = req.url ?? '';
     const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
@@ -260,12 +260,18 @@ async function hostileGlance(t: { after(fn: () => unknown): void }, images: Map<
     const m = /^\/v2\/images\/([^/]+)(\/file)?$/.exec(url);
     const image = m ? images.get(m[1]!) : undefined;
     if (!image || req.headers['x-auth-token'] !== 'tok') { res.writeHead(404); res.end(); return; }
-    if (m![2]) { res.writeHead(200, { 'Content-Type': 'application/octet-stream' }); res.end(image.data); return; }
+    if (m![2]) {
+      res.writeHead(200, { 'Content-Type': 'application/octet-stream', 'Content-Length': String(image.data.length) });
+      // `stall`: half the data, then nothing more (a download still running).
+      if (image.stall) res.write(image.data.subarray(0, image.data.length >> 1));
+      else res.end(image.data);
+      return;
+    }
     res.writeHead(200, { 'Content-Type': 'application/json' });
     res.end(JSON.stringify(image.record));
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  t.after(() => new Promise((resolve) => server.close(resolve)));
+  t.after(() => { server.closeAllConnections(); return new Promise((resolve) => server.close(resolve)); });
   return `http://127.0.0.1:${(server.address() as AddressInfo).port}/v3`;
 }
 
@@ -303,4 +309,30 @@ test('compute fetch: images the safety inspection finds unsafe, or not in their 
       assert.deepEqual(await readdir(baseDir), [], 'nothing in _base');
     }
   }
+});
+
+test('compute fetch: SIGTERM during a download ends with 143 and leaves nothing in _base', needs('qemu-img'), async (t) => {
+  const work = await tempDir(t, 'diskhub-compute-');
+  const data = randomBytes(4 << 20);
+  const id = '44444444-4444-4444-8444-444444444444';
+  const authUrl = await hostileGlance(t, new Map([[id, { stall: true, data, record: {
+    id, name: id, status: 'active', disk_format: 'raw', container_format: 'bare', size: data.length, virtual_size: null, min_disk: 0, min_ram: 0, owner: 'p1',
+    checksum: createHash('md5').update(data).digest('hex'), os_hash_algo: 'sha512', os_hash_value: createHash('sha512').update(data).digest('hex'),
+  } }]]));
+  const baseDir = join(work, 'instances', '_base');
+  const child = spawn(process.execPath, [diskhubBin, 'compute', 'fetch', id, '--base-dir', baseDir], { env: { ...osEnv('http://unused'), OS_AUTH_URL: authUrl }, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stderr = '';
+  child.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
+  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+  const part = join(baseDir, `${sha1(id)}.part`);
+  for (let i = 0; i < 400; i++) {
+    const st = await stat(part).catch(() => undefined);
+    if (st && st.size > 0) break;
+    await new Promise((resolve) => setTimeout(resolve, 25));
+  }
+  assert.ok((await stat(part)).size > 0, 'the download is under way');
+  child.kill('SIGTERM');
+  assert.equal(await exited, 143, stderr);
+  assert.match(stderr, /Operation cancelled/);
+  assert.deepEqual(await readdir(baseDir), []);
 });

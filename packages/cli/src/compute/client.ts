@@ -84,17 +84,17 @@ interface TokenBody {
 const REQUEST_TIMEOUT_MS = 30_000;
 
 export class ImageServiceClient {
-  private constructor(readonly imageUrl: string, readonly token: string, readonly identity: TokenIdentity) {}
+  private constructor(readonly imageUrl: string, readonly token: string, readonly identity: TokenIdentity, private readonly signal?: AbortSignal) {}
 
-  /** Authenticate and find the image endpoint. */
-  static async connect(settings: AuthSettings): Promise<ImageServiceClient> {
+  /** Authenticate and find the image endpoint. `signal` cancels every request of the client (Ctrl-C). */
+  static async connect(settings: AuthSettings, signal?: AbortSignal): Promise<ImageServiceClient> {
     const authUrl = settings.authUrl?.replace(/\/+$/, '');
     let token = settings.token;
     let body: TokenBody;
     if (!authUrl) throw new ComputeError('no identity service: set OS_AUTH_URL (or --os-auth-url)');
     if (token) {
       // A token validates itself: GET /v3/auth/tokens with it as both caller and subject.
-      const r = await request(`${authUrl}/auth/tokens`, { headers: { 'X-Auth-Token': token, 'X-Subject-Token': token, Accept: 'application/json' } });
+      const r = await request(`${authUrl}/auth/tokens`, { headers: { 'X-Auth-Token': token, 'X-Subject-Token': token, Accept: 'application/json' } }, signal);
       if (r.status !== 200) throw new ComputeError(`the identity service refused the token (HTTP ${r.status})`);
       body = await r.json() as TokenBody;
     } else {
@@ -107,7 +107,7 @@ export class ImageServiceClient {
       const r = await request(`${authUrl}/auth/tokens`, {
         method: 'POST', headers: { 'Content-Type': 'application/json', Accept: 'application/json' },
         body: JSON.stringify({ auth: { identity: { methods: ['password'], password: { user } }, ...(project ? { scope: { project } } : {}) } }),
-      });
+      }, signal);
       if (r.status !== 201) throw new ComputeError(`the identity service refused the credentials (HTTP ${r.status}: ${errorText(await r.text())})`);
       token = r.headers.get('x-subject-token') ?? undefined;
       if (!token) throw new ComputeError('the identity service answered without a token (no X-Subject-Token header)');
@@ -117,14 +117,14 @@ export class ImageServiceClient {
     if (!t.project) throw new ComputeError('the token is not scoped to a project: set OS_PROJECT_NAME (or OS_PROJECT_ID)');
     const identity: TokenIdentity = { userId: t.user.id, userName: t.user.name, projectId: t.project.id, projectName: t.project.name };
     const imageUrl = settings.imageUrl ?? endpointOf(t.catalog ?? [], settings.interface ?? 'public', settings.regionName);
-    return new ImageServiceClient(imageUrl.replace(/\/+$/, ''), token, identity);
+    return new ImageServiceClient(imageUrl.replace(/\/+$/, ''), token, identity, signal);
   }
 
-  private async call(method: string, path: string, init: { body?: unknown; headers?: Record<string, string>; expect: number[]; streamed?: boolean }): Promise<Response> {
+  private async call(method: string, path: string, init: { body?: unknown; headers?: Record<string, string>; expect: number[]; streamed?: boolean; uncancellable?: boolean }): Promise<Response> {
     const headers: Record<string, string> = { 'X-Auth-Token': this.token, Accept: 'application/json', ...init.headers };
     let body: string | undefined;
     if (init.body !== undefined) { body = JSON.stringify(init.body); headers['Content-Type'] ??= 'application/json'; }
-    const r = await request(`${this.imageUrl}${path}`, { method, headers, body }, !init.streamed);
+    const r = await request(`${this.imageUrl}${path}`, { method, headers, body }, init.uncancellable ? undefined : this.signal, !init.streamed);
     if (!init.expect.includes(r.status)) {
       throw new ComputeError(`${method} ${path}: HTTP ${r.status} ${errorText(await r.text())}`, r.status === 404 ? 'not-found' : 'service');
     }
@@ -172,12 +172,14 @@ export class ImageServiceClient {
       headers: { 'X-Auth-Token': this.token, 'Content-Type': 'application/octet-stream', 'Content-Length': String(size) },
       body: Readable.toWeb(data) as ReadableStream<Uint8Array>,
       duplex: 'half',
-    } as RequestInit);
+      ...(this.signal ? { signal: this.signal } : {}),
+    } as RequestInit).catch((e: unknown) => { throw requestError(path, e, this.signal); });
     if (r.status !== 204) throw new ComputeError(`PUT ${path}: HTTP ${r.status} ${errorText(await r.text())}`);
   }
 
+  /** Also after cancellation: it is how a half-made snapshot is cleaned up. */
   async deleteImage(id: string): Promise<void> {
-    await this.call('DELETE', `/v2/images/${encodeURIComponent(id)}`, { expect: [204, 404] });
+    await this.call('DELETE', `/v2/images/${encodeURIComponent(id)}`, { expect: [204, 404], uncancellable: true });
   }
 }
 
@@ -192,14 +194,23 @@ export function endpointOf(catalog: NonNullable<TokenBody['token']['catalog']>, 
   throw new ComputeError(`no image service in the catalog for interface '${wanted}'${region ? ` in region '${region}'` : ''}; give --os-image-url`);
 }
 
-/** A request; `timed`: the whole exchange within REQUEST_TIMEOUT_MS (not for image data, whose size has no bound). */
-async function request(url: string, init: RequestInit, timed = true): Promise<Response> {
+/**
+ * A request, cancelled by `signal`; `timed`: the whole exchange within REQUEST_TIMEOUT_MS (not
+ * for image data, whose size has no bound).
+ */
+async function request(url: string, init: RequestInit, signal: AbortSignal | undefined, timed = true): Promise<Response> {
+  const signals = [...(signal ? [signal] : []), ...(timed ? [AbortSignal.timeout(REQUEST_TIMEOUT_MS)] : [])];
   try {
-    return await fetch(url, { ...init, ...(timed ? { signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS) } : {}) });
+    return await fetch(url, { ...init, ...(signals.length ? { signal: AbortSignal.any(signals) } : {}) });
   } catch (e) {
-    const cause = (e as { cause?: { message?: string } }).cause?.message ?? (e as Error).message;
-    throw new ComputeError(`cannot reach ${new URL(url).origin}: ${cause}`);
+    throw requestError(url, e, signal);
   }
+}
+
+function requestError(url: string, e: unknown, signal: AbortSignal | undefined): ComputeError {
+  if (signal?.aborted) return new ComputeError('Operation cancelled', 'cancelled');
+  const cause = (e as { cause?: { message?: string } }).cause?.message ?? (e as Error).message;
+  return new ComputeError(`cannot reach ${url.startsWith('http') ? new URL(url).origin : url}: ${cause}`);
 }
 
 /** The message of an API error body ({"message": ...} or Glance's HTML-ish text), kept short. */

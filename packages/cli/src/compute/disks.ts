@@ -39,7 +39,8 @@ export interface DiskRequest {
   ephemeralFs?: string;
   swapMB?: number;
   forceRaw: boolean;
-  /** Writes the config drive (raw ISO 9660 or vfat) at the given path. */
+  signal?: AbortSignal;
+  /** Writes the config drive (raw ISO 9660) at the given path. */
   configDrive?: (path: string) => Promise<void>;
 }
 
@@ -65,7 +66,7 @@ export function swapBaseName(mb: number): string {
 export async function createDisks(client: ImageServiceClient, instanceDir: string, layout: CacheLayout, req: DiskRequest): Promise<DiskMade[]> {
   await mkdir(instanceDir, { recursive: true });
   const made: DiskMade[] = [];
-  const base = await cachedImage(client, req.imageId, layout, { forceRaw: req.forceRaw });
+  const base = await cachedImage(client, req.imageId, layout, { forceRaw: req.forceRaw, ...(req.signal ? { signal: req.signal } : {}) });
   const info = await imageFacts(base.path);
   const root = req.rootBytes || info.virtualSize;
   if (root < info.virtualSize) {
@@ -79,16 +80,16 @@ export async function createDisks(client: ImageServiceClient, instanceDir: strin
     const size = req.ephemeralGB * GiB;
     const path = await cachedGenerated(layout, ephemeralBaseName(req.ephemeralGB, fs), async (temp) => {
       await truncateNew(temp, size);
-      await mkfs(fs, temp, EPHEMERAL_LABEL);
-    });
+      await mkfs(fs, temp, EPHEMERAL_LABEL, req.signal);
+    }, req.signal);
     made.push(await overlay(instanceDir, 'disk.eph0', path, await imageFacts(path), size, layout));
   }
   if (req.swapMB) {
     const size = req.swapMB * MiB;
     const path = await cachedGenerated(layout, swapBaseName(req.swapMB), async (temp) => {
       await truncateNew(temp, size);
-      await run('mkswap', [temp]);
-    });
+      await run('mkswap', [temp], req.signal);
+    }, req.signal);
     made.push(await overlay(instanceDir, 'disk.swap', path, await imageFacts(path), size, layout));
   }
   if (req.configDrive) {
@@ -165,17 +166,18 @@ async function truncateNew(path: string, size: number): Promise<void> {
 }
 
 /** nova.privsep.fs.unprivileged_mkfs: `mkfs -t FS [-F] [-L|-n LABEL] PATH`. */
-async function mkfs(fs: string, path: string, label: string): Promise<void> {
+async function mkfs(fs: string, path: string, label: string, signal?: AbortSignal): Promise<void> {
   const args = ['-t', fs];
   if (fs === 'ext3' || fs === 'ext4' || fs === 'ntfs') args.push('-F');
   args.push(fs === 'vfat' || fs === 'msdos' ? '-n' : '-L', label, path);
-  await run('mkfs', args);
+  await run('mkfs', args, signal);
 }
 
-async function run(cmd: string, args: string[]): Promise<void> {
+async function run(cmd: string, args: string[], signal?: AbortSignal): Promise<void> {
   try {
-    await execFileP(cmd, args, { timeout: 300_000 });
+    await execFileP(cmd, args, { timeout: 300_000, ...(signal ? { signal } : {}) });
   } catch (e) {
+    if (signal?.aborted) throw new ComputeError('Operation cancelled', 'cancelled');
     const err = e as { stderr?: string; message: string };
     throw new ComputeError(`${cmd} ${args.join(' ')} failed: ${(err.stderr || err.message).trim()}`);
   }

@@ -7,6 +7,7 @@ export type ComputeErrorKind =
   | 'corrupt'      // the download does not match the image's hash
   | 'too-small'    // the flavor's disk is smaller than the image (Nova's FlavorDiskSmallerThanImage)
   | 'service'      // the image service refused a request
+  | 'cancelled'    // interrupted (SIGINT, SIGTERM)
   | 'failed';      // anything else
 
 export class ComputeError extends Error {

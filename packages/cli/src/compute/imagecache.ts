@@ -50,7 +50,7 @@ export interface BaseFile {
  * The image's base file, downloaded unless cached. Concurrent callers (in this process or
  * others, Nova's included) share one download through the base file's external lock.
  */
-export async function cachedImage(client: ImageServiceClient, imageId: string, layout: CacheLayout, options: { forceRaw: boolean }): Promise<BaseFile> {
+export async function cachedImage(client: ImageServiceClient, imageId: string, layout: CacheLayout, options: { forceRaw: boolean; signal?: AbortSignal }): Promise<BaseFile> {
   const name = cacheFileName(imageId);
   const path = join(layout.baseDir, name);
   return withExternalLock(layout.lockDir, name, async () => {
@@ -62,14 +62,14 @@ export async function cachedImage(client: ImageServiceClient, imageId: string, l
     await mkdir(layout.baseDir, { recursive: true });
     const fetch = await fetchToRaw(client, image, path, options);
     return { path, downloaded: true, fetch };
-  });
+  }, options.signal);
 }
 
 /**
  * A generated base (swap, ephemeral): made by `make` at a temporary name under the base
  * file's lock unless it exists, then renamed into place.
  */
-export async function cachedGenerated(layout: CacheLayout, name: string, make: (tempPath: string) => Promise<void>): Promise<string> {
+export async function cachedGenerated(layout: CacheLayout, name: string, make: (tempPath: string) => Promise<void>, signal?: AbortSignal): Promise<string> {
   const path = join(layout.baseDir, name);
   return withExternalLock(layout.lockDir, name, async () => {
     if (await exists(path)) { await touch(path); return path; }
@@ -83,7 +83,7 @@ export async function cachedGenerated(layout: CacheLayout, name: string, make: (
       await unlink(temp).catch(() => undefined);
     }
     return path;
-  });
+  }, signal);
 }
 
 /** Nova updates a base file's mtime whenever an instance uses it, so the cache manager keeps it. */

@@ -34,7 +34,7 @@ export interface FetchResult {
  * Download `image` into `target` (which must not exist yet: the caller holds the cache lock
  * and has checked). Nothing is left under `target`, `.part` or `.converted` on failure.
  */
-export async function fetchToRaw(client: ImageServiceClient, image: ImageRecord, target: string, options: { forceRaw: boolean }): Promise<FetchResult> {
+export async function fetchToRaw(client: ImageServiceClient, image: ImageRecord, target: string, options: { forceRaw: boolean; signal?: AbortSignal }): Promise<FetchResult> {
   if (image.status !== 'active') throw imageUnacceptable(image.id, `the image is ${image.status}, not active`);
   const part = `${target}.part`;
   const staged = `${target}.converted`;
@@ -53,7 +53,7 @@ export async function fetchToRaw(client: ImageServiceClient, image: ImageRecord,
     const format = RAW_LIKE.has(report.format) ? 'raw' : report.format;
     const virtualSize = report.virtualSize ?? bytes;
     if (format !== 'raw' && options.forceRaw) {
-      await convertFile(part, format, staged, 'raw');
+      await convertFile(part, format, staged, 'raw', { signal: options.signal });
       await rename(staged, target);
       await unlink(part);
       return { format: 'raw', bytes, virtualSize, converted: true };
@@ -131,13 +131,13 @@ async function writeSparse(fh: import('node:fs/promises').FileHandle, buf: Uint8
  * flushed. The source's backing chain is not opened: callers convert inspected standalone
  * images, or pass `backing: true` to flatten an overlay.
  */
-export async function convertFile(src: string, fromFormat: string | undefined, dst: string, toFormat: string, options: { backing?: boolean } = {}): Promise<void> {
+export async function convertFile(src: string, fromFormat: string | undefined, dst: string, toFormat: string, options: { backing?: boolean; signal?: AbortSignal } = {}): Promise<void> {
   const source = await openImage(src, { ...(fromFormat ? { format: fromFormat } : {}), backing: options.backing ?? false });
   let target;
   try {
     await createImage(dst, toFormat, { size: source.size, options: {} }, { exclusive: true });
     target = await openImage(dst, { format: toFormat, writable: true });
-    await convertImage(source, target, { targetIsZero: target.zeroInit ?? true, flush: true });
+    await convertImage(source, target, { targetIsZero: target.zeroInit ?? true, flush: true, ...(options.signal ? { signal: options.signal } : {}) });
   } catch (e) {
     await closeChain(target).catch(() => undefined);
     target = undefined;

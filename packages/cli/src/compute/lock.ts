@@ -23,10 +23,10 @@ export function lockFilePath(lockDir: string, name: string): string {
 }
 
 /** Run `body` holding the external lock `name` in `lockDir` (created if missing). */
-export async function withExternalLock<T>(lockDir: string, name: string, body: () => Promise<T>): Promise<T> {
+export async function withExternalLock<T>(lockDir: string, name: string, body: () => Promise<T>, signal?: AbortSignal): Promise<T> {
   const path = lockFilePath(lockDir, name);
   const before = inProcess.get(path) ?? Promise.resolve();
-  const mine = before.catch(() => undefined).then(() => holdFileLock(path, body));
+  const mine = before.catch(() => undefined).then(() => holdFileLock(path, body, signal));
   inProcess.set(path, mine);
   try {
     return await mine;
@@ -35,12 +35,13 @@ export async function withExternalLock<T>(lockDir: string, name: string, body: (
   }
 }
 
-async function holdFileLock<T>(path: string, body: () => Promise<T>): Promise<T> {
+async function holdFileLock<T>(path: string, body: () => Promise<T>, signal: AbortSignal | undefined): Promise<T> {
   if (!hostio?.tryLock) throw new ComputeError(`cannot take the lock ${path}: the hostio addon (fcntl locks) is not available`);
   await mkdir(join(path, '..'), { recursive: true });
   const fh = await open(path, 'a');
   try {
     for (let wait = POLL_FIRST_MS; !hostio.tryLock(fh.fd); wait = Math.min(POLL_MAX_MS, wait * 2)) {
+      if (signal?.aborted) throw new ComputeError('Operation cancelled', 'cancelled');
       await new Promise((resolve) => setTimeout(resolve, wait));
     }
     return await body();

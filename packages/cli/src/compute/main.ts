@@ -90,20 +90,20 @@ function wholeUnits(bytes: number, unit: number, what: string, unitName: string)
   return bytes / unit;
 }
 
-async function connect(p: Parsed): Promise<ImageServiceClient> {
-  return ImageServiceClient.connect(authFromEnv(process.env, p.auth));
+async function connect(p: Parsed, signal: AbortSignal): Promise<ImageServiceClient> {
+  return ImageServiceClient.connect(authFromEnv(process.env, p.auth), signal);
 }
 
 const print = (s: string) => { process.stdout.write(s); };
 
-async function fetchCommand(argv: string[]): Promise<number> {
+async function fetchCommand(argv: string[], signal: AbortSignal): Promise<number> {
   const p = parse(argv, [{ name: 'force-raw', hasArg: 0, val: 'force-raw' }], ['force-raw', 'base-dir', 'instances-path', 'output']);
   if (p.flags.has('help')) { print(COMPUTE_USAGE); return 0; }
   if (p.positional.length !== 1) throw new UsageError('fetch takes one image id');
   const layout = cacheLayout({ baseDir: p.values.get('base-dir'), instancesPath: p.values.get('instances-path') });
-  const client = await connect(p);
+  const client = await connect(p, signal);
   const imageId = p.positional[0]!;
-  const base = await cachedImage(client, imageId, layout, { forceRaw: p.flags.has('force-raw') });
+  const base = await cachedImage(client, imageId, layout, { forceRaw: p.flags.has('force-raw'), signal });
   if (p.values.get('output') === 'json') {
     print(`${JSON.stringify({ image: imageId, path: base.path, downloaded: base.downloaded, ...(base.fetch ?? {}) }, null, 4)}\n`);
   } else if (base.fetch) {
@@ -115,7 +115,7 @@ async function fetchCommand(argv: string[]): Promise<number> {
   return 0;
 }
 
-async function createDisksCommand(argv: string[]): Promise<number> {
+async function createDisksCommand(argv: string[], signal: AbortSignal): Promise<number> {
   const extra: LongOption[] = [
     { name: 'image', hasArg: 1, val: 'image' },
     { name: 'root', hasArg: 1, val: 'root' },
@@ -149,9 +149,9 @@ async function createDisksCommand(argv: string[]): Promise<number> {
     uuid: basename(instanceDir), nocloud: p.flags.has('nocloud'),
   }) : undefined;
   const layout = cacheLayout({ baseDir: p.values.get('base-dir'), instancesPath: p.values.get('instances-path') ?? (p.values.has('base-dir') ? undefined : dirname(instanceDir)) });
-  const client = await connect(p);
+  const client = await connect(p, signal);
   const disks = await createDisks(client, instanceDir, layout, {
-    imageId, rootBytes, ephemeralGB, swapMB, forceRaw: p.flags.has('force-raw'), ...(ephemeralFs ? { ephemeralFs } : {}),
+    imageId, rootBytes, ephemeralGB, swapMB, forceRaw: p.flags.has('force-raw'), signal, ...(ephemeralFs ? { ephemeralFs } : {}),
     ...(drive ? { configDrive: (path: string) => writeFile(path, buildConfigDrive(drive), { flag: 'wx' }) } : {}),
   });
   for (const d of disks) {
@@ -160,7 +160,7 @@ async function createDisksCommand(argv: string[]): Promise<number> {
   return 0;
 }
 
-async function snapshotCommand(argv: string[]): Promise<number> {
+async function snapshotCommand(argv: string[], signal: AbortSignal): Promise<number> {
   const extra: LongOption[] = [
     { name: 'name', hasArg: 1, val: 'name' },
     { name: 'instance-uuid', hasArg: 1, val: 'instance-uuid' },
@@ -173,9 +173,9 @@ async function snapshotCommand(argv: string[]): Promise<number> {
   if (!name) throw new UsageError('snapshot needs --name NAME');
   const instanceDir = resolve(p.positional[0]!);
   const layout = cacheLayout({ instancesPath: p.values.get('instances-path') ?? dirname(instanceDir) });
-  const client = await connect(p);
+  const client = await connect(p, signal);
   const image = await snapshotInstance(client, instanceDir, layout, {
-    name, instanceUuid: p.values.get('instance-uuid'), baseImageRef: p.values.get('base-image-ref'),
+    name, instanceUuid: p.values.get('instance-uuid'), baseImageRef: p.values.get('base-image-ref'), signal,
   });
   print(p.values.get('output') === 'json' ? `${JSON.stringify(image, null, 4)}\n` : `${image.id}\n`);
   return 0;
@@ -195,7 +195,7 @@ async function cacheCleanCommand(argv: string[]): Promise<number> {
   return 0;
 }
 
-const COMMANDS: Record<string, (argv: string[]) => Promise<number>> = {
+const COMMANDS: Record<string, (argv: string[], signal: AbortSignal) => Promise<number>> = {
   fetch: fetchCommand,
   'create-disks': createDisksCommand,
   snapshot: snapshotCommand,
@@ -209,10 +209,26 @@ export async function computeMain(argv: string[]): Promise<number> {
     return cmd === undefined ? 1 : 0;
   }
   const command = Object.hasOwn(COMMANDS, cmd) ? COMMANDS[cmd] : undefined;
+  // SIGINT/SIGTERM cancel the work, which unwinds through its clean-ups (temporary files,
+  // a half-made snapshot image); a second signal ends the process at once.
+  const controller = new AbortController();
+  let interrupted: NodeJS.Signals | undefined;
+  const signalExit = (sig: NodeJS.Signals) => (sig === 'SIGINT' ? 130 : 143);
+  const onSignal = (sig: NodeJS.Signals) => {
+    if (interrupted) process.exit(signalExit(sig));
+    interrupted = sig;
+    controller.abort();
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
   try {
     if (!command) throw new UsageError(`unknown command '${cmd}'`);
-    return await command(argv);
+    return await command(argv, controller.signal);
   } catch (e) {
+    if (interrupted) {
+      process.stderr.write('diskhub compute: Operation cancelled\n');
+      return signalExit(interrupted);
+    }
     if (e instanceof UsageError) {
       process.stderr.write(`diskhub compute: ${e.message}\nTry 'diskhub compute --help' for more information\n`);
       return 1;
@@ -223,5 +239,8 @@ export async function computeMain(argv: string[]): Promise<number> {
     }
     process.stderr.write(`diskhub compute: ${(e as Error).message ?? String(e)}\n`);
     return 1;
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
   }
 }

@@ -38,6 +38,7 @@ export interface SnapshotRequest {
   instanceUuid?: string;
   /** The image the instance was booted from; default: the image whose cache name is the root disk's base file. */
   baseImageRef?: string;
+  signal?: AbortSignal;
 }
 
 export async function snapshotInstance(client: ImageServiceClient, instanceDir: string, layout: CacheLayout, req: SnapshotRequest): Promise<ImageRecord> {
@@ -81,7 +82,7 @@ export async function snapshotInstance(client: ImageServiceClient, instanceDir: 
   const workDir = await mkdtemp(join(snapshotsDir, 'tmp'));
   try {
     const flat = join(workDir, created.id);
-    await convertFile(disk, 'qcow2', flat, 'qcow2', { backing: true });
+    await convertFile(disk, 'qcow2', flat, 'qcow2', { backing: true, ...(req.signal ? { signal: req.signal } : {}) });
     const size = (await stat(flat)).size;
     await client.upload(created.id, createReadStream(flat), size);
     return await client.getImage(created.id);
