@@ -9,7 +9,7 @@ import { spawn } from 'node:child_process';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdir, readdir, readFile, stat, utimes, writeFile, open } from 'node:fs/promises';
+import { mkdir, readdir, readFile, stat, unlink as unlinkFile, utimes, writeFile, open } from 'node:fs/promises';
 import { join } from 'node:path';
 import { needs, tempDir, qemuImg, qemuIo, diskhub, diskhubBin, run, runOk } from '@diskhub/testkit';
 import { api, osEnv, startTestService, token } from '@diskhub/service/test-helpers';
@@ -102,6 +102,9 @@ test('compute: fetch, create-disks, snapshot and cache-clean against the image s
   assert.equal(chain[0]['backing-filename-format'], 'qcow2');
   assert.equal(chain[1].filename, baseA);
   assert.equal((await run('qemu-img', ['check', join(inst, 'disk')])).code, 0);
+  // Byte for byte what Nova's `qemu-img create -f qcow2 -o backing_file=…,backing_fmt=…,cluster_size=…,size=…` makes.
+  await qemuImg('create', '-f', 'qcow2', '-o', `backing_file=${baseA},backing_fmt=qcow2,cluster_size=65536,size=${1 << 30}`, join(work, 'nova-disk'));
+  assert.ok((await readFile(join(work, 'nova-disk'))).equals(await readFile(join(inst, 'disk'))), 'the overlay equals qemu-img create\'s');
   // The guest sees the image's data through the overlay, zeroes past the image's end.
   assert.equal((await run('qemu-io', ['-f', 'qcow2', '-r', '-c', 'read -P 1 0 1M', '-c', 'read -P 0 64M 1M', join(inst, 'disk')])).stdout.includes('Pattern verification failed'), false);
 
@@ -183,6 +186,21 @@ test('compute: fetch, create-disks, snapshot and cache-clean against the image s
   const report = JSON.parse(cc2.stdout);
   assert.deepEqual(report.tooYoung, [baseB]);
   assert.deepEqual(report.removed, []);
+
+  // A root disk on a raw base (--force-raw): backing_fmt raw, and the base is in use however old.
+  await unlinkFile(baseB);
+  const other = join(instances, OTHER_INSTANCE);
+  const cdRaw = await compute(['create-disks', other, '--image', imageB, '--root', '64M', '--force-raw'], env);
+  assert.equal(cdRaw.code, 0, cdRaw.stderr);
+  const rawChain = JSON.parse(await runOk('qemu-img', ['info', '--backing-chain', '--output=json', join(other, 'disk')]));
+  assert.equal(rawChain[0]['backing-filename'], baseB);
+  assert.equal(rawChain[0]['backing-filename-format'], 'raw');
+  assert.equal(rawChain[1].format, 'raw');
+  assert.equal((await run('qemu-img', ['compare', '-f', 'qcow2', '-F', 'qcow2', srcB, join(other, 'disk')])).code, 0, 'the guest sees image B');
+  for (const f of await readdir(baseDir)) await utimes(join(baseDir, f), old, old);
+  const cc3 = JSON.parse((await compute(['cache-clean', '--base-dir', baseDir, '--max-age', '60', '--output', 'json'], env)).stdout);
+  assert.deepEqual(cc3.removed, []);
+  assert.deepEqual([...cc3.active].sort(), [baseA, baseB, join(baseDir, ephName), join(baseDir, 'swap_64')].sort());
 });
 
 test('compute fetch: a download that does not match the image hash leaves nothing in _base', needs('qemu-img', 'qemu-io'), async (t) => {
