@@ -5,7 +5,10 @@ import { createHash } from 'node:crypto';
 import { mkdir, readFile, writeFile, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { needs, tempDir, runOk } from '@diskhub/testkit';
-import { writeIso9660, type IsoFile } from '../src/iso9660/index.js';
+import { openIso9660, writeIso9660, type IsoFile } from '../src/iso9660/index.js';
+import { RawImage } from '../src/raw/index.js';
+import { MemorySource } from '../src/source.js';
+import type { FsNode } from '../src/filesystem.js';
 import { isDiskError } from '../src/errors.js';
 
 const md5 = (b: Uint8Array) => createHash('md5').update(b).digest('hex');
@@ -89,4 +92,27 @@ test('iso9660 writer: what it cannot record is a typed error', () => {
   for (const [files, message] of bad) {
     assert.throws(() => writeIso9660(files, { volumeId: 'x' }), (e: unknown) => isDiskError(e, 'EINVAL') && message.test((e as Error).message));
   }
+});
+
+test('iso9660 writer: the engine\'s own reader sees the same tree, modes, owners and times', async () => {
+  const files = sampleTree();
+  const time = Date.UTC(2024, 5, 6, 7, 8, 9) / 1000;
+  const bytes = writeIso9660(files, { volumeId: 'config-2', time });
+  const fs = await openIso9660(new RawImage(new MemorySource(bytes, 't.iso', true), bytes.length, false));
+  const seen = new Map<string, Uint8Array>();
+  const walk = async (dir: FsNode, prefix: string): Promise<void> => {
+    for await (const e of fs.readdir(dir)) {
+      const node = (await fs.lookup(dir, e.name))!;
+      assert.equal(node.stat.uid, 0);
+      assert.equal(node.stat.mtime, time);
+      if (node.stat.kind === 'directory') { assert.equal(node.stat.perm, 0o555); await walk(node, `${prefix}${e.name}/`); continue; }
+      assert.equal(node.stat.perm, 0o444);
+      const buf = new Uint8Array(node.stat.size);
+      assert.equal(await fs.read(node, buf, 0), buf.length);
+      seen.set(`${prefix}${e.name}`, buf);
+    }
+  };
+  await walk(await fs.root(), '');
+  assert.deepEqual([...seen.keys()].sort(), files.map((f) => f.path).sort());
+  for (const f of files) assert.equal(md5(seen.get(f.path)!), md5(f.data), f.path);
 });
