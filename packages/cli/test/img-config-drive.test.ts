@@ -1,8 +1,8 @@
 /** `diskhub img config-drive`, read back with isoinfo (genisoimage) as cloud-init's ConfigDrive and NoCloud sources would find it. */
 import test from 'node:test';
 import assert from 'node:assert/strict';
-import { readdir, readFile, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import { needs, tempDir, diskhub, runOk } from '@diskhub/testkit';
 
 const UUID = '3f2a6c1e-8d4b-4f6a-9c2e-1b7d5e9a0c11';
@@ -53,6 +53,41 @@ test('img config-drive: the OpenStack layout in a config-2 ISO with Rock Ridge a
   assert.equal(ec2['public-keys']['0']['openssh-key'], 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExample user@host');
   // Sizes in the Rock Ridge listing are the files' sizes.
   assert.match(await runOk('isoinfo', ['-R', '-l', '-i', iso]), new RegExp(`^-r--r--r-- +1 +0 +0 +${Buffer.byteLength(userData)} .* user_data $`, 'm'));
+});
+
+test('img config-drive: the same tree, modes and sizes as the drive Nova makes with genisoimage', needs('isoinfo', 'genisoimage'), async (t) => {
+  const dir = await tempDir(t);
+  await writeFile(join(dir, 'ud'), '#!/bin/sh\necho hello\n');
+  await writeFile(join(dir, 'nd.json'), '{"links": [], "networks": [], "services": []}');
+  const r = await diskhub(['img', 'config-drive', '-o', 'ours.iso', '--user-data', 'ud', '--network-data', 'nd.json', '--hostname', 'vm2', '--uuid', UUID], { cwd: dir });
+  assert.equal(r.code, 0, r.stderr);
+  const ours = join(dir, 'ours.iso');
+  // Our files, extracted, laid out in a directory and made into a drive as nova/virt/configdrive.py does.
+  const tree = join(dir, 'tree');
+  const paths = (await runOk('isoinfo', ['-R', '-f', '-i', ours])).split('\n').filter(Boolean);
+  const files = paths.filter((p) => /\.json$|_data$|-data$/.test(p));
+  for (const p of paths) await mkdir(join(tree, files.includes(p) ? dirname(p) : p), { recursive: true });
+  for (const p of files) await writeFile(join(tree, p), await extract(ours, p, dir));
+  const nova = join(dir, 'nova.iso');
+  await runOk('genisoimage', ['-o', nova, '-ldots', '-allow-lowercase', '-allow-multidot', '-l', '-publisher', 'OpenStack Compute', '-quiet', '-J', '-r', '-V', 'config-2', tree]);
+  // Every path with its kind, mode, owner and size, through Rock Ridge.
+  const entries = async (iso: string) => {
+    const out = new Set<string>();
+    let dirName = '';
+    for (const line of (await runOk('isoinfo', ['-R', '-l', '-i', iso])).split('\n')) {
+      const d = /^Directory listing of (.*)$/.exec(line);
+      if (d) { dirName = d[1]!; continue; }
+      const m = /^([-d][-rwx]{9}) +\d+ +(\d+) +(\d+) +(\d+) .*\] +(.+?) $/.exec(line);
+      if (!m || m[5] === '.' || m[5] === '..') continue;
+      out.add(`${dirName}${m[5]} ${m[1]} ${m[2]}:${m[3]} ${m[1]!.startsWith('d') ? '' : m[4]}`);
+    }
+    return out;
+  };
+  const ourEntries = await entries(ours);
+  assert.equal(ourEntries.size, paths.length, 'every path parsed from the listing');
+  assert.deepEqual(ourEntries, await entries(nova));
+  const label = async (iso: string) => (await runOk('isoinfo', ['-d', '-i', iso])).split('\n').filter((l) => /^(Volume id|Logical block size|Joliet|Rock Ridge)/.test(l));
+  assert.deepEqual(await label(ours), await label(nova));
 });
 
 test('img config-drive --nocloud: a cidata seed with meta-data, user-data, network-config', needs('isoinfo'), async (t) => {
