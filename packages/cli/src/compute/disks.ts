@@ -11,12 +11,13 @@
  */
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdir, readFile, rename, stat, truncate, unlink, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, stat, truncate, writeFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { promisify } from 'node:util';
 import { createImage, openImage } from '@diskhub/disk';
 import type { ImageServiceClient } from './client.js';
 import { ComputeError } from './errors.js';
+import { exists, writeThenRename } from './files.js';
 import { cachedGenerated, cachedImage, touch, type CacheLayout } from './imagecache.js';
 import { withExternalLock } from './lock.js';
 
@@ -97,13 +98,7 @@ export async function createDisks(client: ImageServiceClient, instanceDir: strin
     if (await exists(path)) {
       made.push({ name: 'disk.config', path, format: 'raw', size: (await stat(path)).size, created: false });
     } else {
-      const temp = `${path}.part`;
-      try {
-        await req.configDrive(temp);
-        await rename(temp, path);
-      } finally {
-        await unlink(temp).catch(() => undefined);
-      }
+      await writeThenRename(path, req.configDrive);
       made.push({ name: 'disk.config', path, format: 'raw', size: (await stat(path)).size, created: true });
     }
   }
@@ -193,12 +188,6 @@ async function recordDiskInfo(instanceDir: string, disks: DiskMade[], layout: Ca
       if (parsed && typeof parsed === 'object' && !Array.isArray(parsed)) known = parsed as Record<string, string>;
     } catch { /* absent or unreadable: written afresh */ }
     for (const d of disks) known[d.path] = d.format;
-    const temp = `${path}.part`;
-    await writeFile(temp, JSON.stringify(known));
-    await rename(temp, path);
+    await writeThenRename(path, (temp) => writeFile(temp, JSON.stringify(known)));
   });
-}
-
-async function exists(path: string): Promise<boolean> {
-  return stat(path).then(() => true, () => false);
 }

@@ -7,10 +7,11 @@
  * engine), once they are older than the given age, re-checking under the file's lock.
  */
 import { createHash } from 'node:crypto';
-import { mkdir, readdir, rename, stat, unlink, utimes } from 'node:fs/promises';
+import { mkdir, readdir, stat, unlink, utimes } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { openImage, resolveBackingPath } from '@diskhub/disk';
 import type { ImageServiceClient } from './client.js';
+import { exists, writeThenRename } from './files.js';
 import { fetchToRaw, type FetchResult } from './images.js';
 import { removeLockFile, withExternalLock } from './lock.js';
 
@@ -74,14 +75,7 @@ export async function cachedGenerated(layout: CacheLayout, name: string, make: (
   return withExternalLock(layout.lockDir, name, async () => {
     if (await exists(path)) { await touch(path); return path; }
     await mkdir(layout.baseDir, { recursive: true });
-    const temp = `${path}.part`;
-    await unlink(temp).catch(() => undefined);
-    try {
-      await make(temp);
-      await rename(temp, path);
-    } finally {
-      await unlink(temp).catch(() => undefined);
-    }
+    await writeThenRename(path, make);
     return path;
   }, signal);
 }
@@ -200,8 +194,4 @@ export async function backingFilesInUse(layout: CacheLayout): Promise<{ used: Se
     }
   }
   return { used, unreadable };
-}
-
-async function exists(path: string): Promise<boolean> {
-  return stat(path).then(() => true, () => false);
 }
