@@ -306,12 +306,13 @@ test('compute fetch: images the safety inspection finds unsafe, or not in their 
       checksum: createHash('md5').update(data).digest('hex'), os_hash_algo: 'sha512', os_hash_value: createHash('sha512').update(data).digest('hex'),
     } }] as const;
   };
-  const ids = { backed: '11111111-1111-4111-8111-111111111111', datafile: '22222222-2222-4222-8222-222222222222', mismatch: '33333333-3333-4333-8333-333333333333' };
-  const authUrl = await hostileGlance(t, new Map([
+  const ids = { backed: '11111111-1111-4111-8111-111111111111', datafile: '22222222-2222-4222-8222-222222222222', mismatch: '33333333-3333-4333-8333-333333333333', md5: '55555555-5555-4555-8555-555555555555', unhashed: '66666666-6666-4666-8666-666666666666' };
+  const images = new Map<string, { record: Record<string, unknown>; data: Buffer }>([
     await record(ids.backed, join(work, 'backed.qcow2'), 'qcow2'),
     await record(ids.datafile, join(work, 'datafile.qcow2'), 'qcow2'),
     await record(ids.mismatch, join(work, 'plain.qcow2'), 'raw'),
-  ]));
+  ]);
+  const authUrl = await hostileGlance(t, images);
   const env = { ...osEnv('http://unused'), OS_AUTH_URL: authUrl };
   const baseDir = join(work, 'instances', '_base');
   const expect: [string, RegExp][] = [
@@ -319,6 +320,14 @@ test('compute fetch: images the safety inspection finds unsafe, or not in their 
     [ids.datafile, new RegExp(`^diskhub compute: Image ${ids.datafile} is unacceptable: Image does not pass safety check \\(data-file: `)],
     [ids.mismatch, new RegExp(`^diskhub compute: Image ${ids.mismatch} is unacceptable: Image content does not match disk_format \\(format-mismatch: `)],
   ];
+  // Without os_hash_value the md5 checksum is verified; without either, nothing is trusted.
+  const plain = await readFile(join(work, 'plain.qcow2'));
+  const md5Only: { record: Record<string, unknown>; data: Buffer } = { ...(await record(ids.md5, join(work, 'plain.qcow2'), 'qcow2'))[1] };
+  md5Only.record = { ...md5Only.record, os_hash_algo: null, os_hash_value: null, checksum: createHash('md5').update(plain.subarray(1)).digest('hex') };
+  images.set(ids.md5, md5Only);
+  images.set(ids.unhashed, { data: plain, record: { ...md5Only.record, id: ids.unhashed, checksum: null } });
+  expect.push([ids.md5, new RegExp(`^diskhub compute: Corrupt image download\\. Hash was ${createHash('md5').update(plain).digest('hex')}, expected `)]);
+  expect.push([ids.unhashed, /has no os_hash_value or checksum to verify its data against/]);
   for (const [id, message] of expect) {
     for (const forceRaw of [[], ['--force-raw']]) {
       const r = await compute(['fetch', id, '--base-dir', baseDir, ...forceRaw], env);

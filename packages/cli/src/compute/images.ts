@@ -3,8 +3,8 @@
  * to `<target>.part`, check it (the engine's safety inspection in place of Nova's
  * format_inspector deep inspection, then the declared disk_format), convert it to raw as
  * `<target>.converted` when force_raw_images asks, and rename it to the target. Unlike Nova,
- * the download is verified against the image's os_hash_value and checksum while it streams
- * (glanceclient does that for Nova), made sparse, and flushed before the rename, so the
+ * the download is verified against the image's os_hash_value (else its md5 checksum) while
+ * it streams (glanceclient does that for Nova), made sparse, and flushed before the rename, so the
  * target name only ever holds a complete, verified image.
  */
 import { createHash, getHashes, type Hash } from 'node:crypto';
@@ -76,7 +76,8 @@ async function downloadVerified(client: ImageServiceClient, image: ImageRecord, 
     if (!getHashes().includes(image.os_hash_algo)) throw imageUnacceptable(image.id, `unknown os_hash_algo '${image.os_hash_algo}'`);
     checks.push({ what: image.os_hash_algo, hash: createHash(image.os_hash_algo), expected: image.os_hash_value });
   }
-  if (image.checksum) checks.push({ what: 'md5', hash: createHash('md5'), expected: image.checksum });
+  // md5 only when there is no os_hash_value, as glanceclient does (hashing twice costs a third more CPU).
+  if (checks.length === 0 && image.checksum) checks.push({ what: 'md5', hash: createHash('md5'), expected: image.checksum });
   if (checks.length === 0) throw imageUnacceptable(image.id, 'the image has no os_hash_value or checksum to verify its data against');
   const fh = await open(path, 'wx');
   try {

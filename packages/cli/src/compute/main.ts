@@ -25,7 +25,7 @@ What a Nova compute node does with an image (Nova's file names, locks and checks
 
   fetch IMAGE_ID [--instances-path P] [--base-dir DIR] [--force-raw] [--output json]
       download into the image cache (<instances-path>/_base/<sha1 of the id>), verified
-      against os_hash_value and checksum; --force-raw converts it to raw (force_raw_images)
+      against os_hash_value (else checksum); --force-raw converts it to raw (force_raw_images)
   create-disks INSTANCE_DIR --image ID [--root SIZE] [--ephemeral SIZE] [--ephemeral-fs FS]
       [--swap SIZE] [--force-raw] [--base-dir DIR] [--instances-path P]
       [--config-drive [--meta-data F] [--user-data F] [--network-data F] [--vendor-data F]
