@@ -141,6 +141,11 @@ test('compute: fetch, create-disks, snapshot and cache-clean against the image s
   assert.equal(small.code, 1);
   assert.match(small.stderr, /Flavor's disk is too small for requested image\. Flavor disk is 16777216 bytes, image is 67108864 bytes\./);
   assert.deepEqual(await readdir(join(instances, OTHER_INSTANCE)), []);
+  // …and checked before an uncached image is converted to raw (fetch_to_raw's max_size): no base is left.
+  const smallRaw = await compute(['create-disks', join(instances, OTHER_INSTANCE), '--image', imageB, '--root', '16M', '--force-raw', '--base-dir', join(work, 'other-base')], env);
+  assert.equal(smallRaw.code, 1);
+  assert.match(smallRaw.stderr, /Flavor's disk is too small for requested image\. Flavor disk is 16777216 bytes, image is 33554432 bytes\./);
+  assert.deepEqual(await readdir(join(work, 'other-base')), []);
 
   // Snapshot: the guest wrote to its disk; the uploaded image equals the overlay's view.
   await qemuIo('-f', 'qcow2', '-c', 'write -P 9 2M 1M', '-c', 'write -P 10 900M 4k', join(inst, 'disk'));

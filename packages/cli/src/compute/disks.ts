@@ -16,7 +16,7 @@ import { basename, join } from 'node:path';
 import { promisify } from 'node:util';
 import { createImage, openImage } from '@diskhub/disk';
 import type { ImageServiceClient } from './client.js';
-import { ComputeError } from './errors.js';
+import { ComputeError, flavorDiskSmallerThanImage } from './errors.js';
 import { exists, writeThenRename } from './files.js';
 import { cachedGenerated, cachedImage, touch, type CacheLayout } from './imagecache.js';
 import { withExternalLock } from './lock.js';
@@ -67,12 +67,12 @@ export function swapBaseName(mb: number): string {
 export async function createDisks(client: ImageServiceClient, instanceDir: string, layout: CacheLayout, req: DiskRequest): Promise<DiskMade[]> {
   await mkdir(instanceDir, { recursive: true });
   const made: DiskMade[] = [];
-  const base = await cachedImage(client, req.imageId, layout, { forceRaw: req.forceRaw, ...(req.signal ? { signal: req.signal } : {}) });
+  const base = await cachedImage(client, req.imageId, layout, { forceRaw: req.forceRaw, ...(req.rootBytes ? { maxSize: req.rootBytes } : {}), ...(req.signal ? { signal: req.signal } : {}) });
   const info = await imageFacts(base.path);
   const root = req.rootBytes || info.virtualSize;
   if (root < info.virtualSize) {
     // imagebackend.Image.verify_base_size → FlavorDiskSmallerThanImage.
-    throw new ComputeError(`Flavor's disk is too small for requested image. Flavor disk is ${root} bytes, image is ${info.virtualSize} bytes.`, 'too-small');
+    throw flavorDiskSmallerThanImage(root, info.virtualSize);
   }
   made.push(await overlay(instanceDir, 'disk', base.path, info, root, layout));
 

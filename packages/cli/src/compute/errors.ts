@@ -17,6 +17,11 @@ export class ComputeError extends Error {
   }
 }
 
+/** Nova's FlavorDiskSmallerThanImage. */
+export function flavorDiskSmallerThanImage(flavorSize: number, imageSize: number): ComputeError {
+  return new ComputeError(`Flavor's disk is too small for requested image. Flavor disk is ${flavorSize} bytes, image is ${imageSize} bytes.`, 'too-small');
+}
+
 /** Nova's ImageUnacceptable: "Image %(image_id)s is unacceptable: %(reason)s". */
 export function imageUnacceptable(imageId: string, reason: string): ComputeError {
   return new ComputeError(`Image ${imageId} is unacceptable: ${reason}`, 'unacceptable');

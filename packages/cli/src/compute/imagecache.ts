@@ -51,7 +51,7 @@ export interface BaseFile {
  * The image's base file, downloaded unless cached. Concurrent callers (in this process or
  * others, Nova's included) share one download through the base file's external lock.
  */
-export async function cachedImage(client: ImageServiceClient, imageId: string, layout: CacheLayout, options: { forceRaw: boolean; signal?: AbortSignal }): Promise<BaseFile> {
+export async function cachedImage(client: ImageServiceClient, imageId: string, layout: CacheLayout, options: { forceRaw: boolean; maxSize?: number; signal?: AbortSignal }): Promise<BaseFile> {
   const name = cacheFileName(imageId);
   const path = join(layout.baseDir, name);
   return withExternalLock(layout.lockDir, name, async () => {

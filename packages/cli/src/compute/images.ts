@@ -13,7 +13,7 @@ import {
   checkDeclaredFormat, closeChain, convertImage, createImage, describeIssues, inspectFile, isZeroRange, openImage,
 } from '@diskhub/disk';
 import type { ImageRecord, ImageServiceClient } from './client.js';
-import { ComputeError, imageUnacceptable } from './errors.js';
+import { ComputeError, flavorDiskSmallerThanImage, imageUnacceptable } from './errors.js';
 
 /** Bytes gathered before they are written, and the block size holes are made of. */
 const STAGING = 1 << 20;
@@ -34,7 +34,11 @@ export interface FetchResult {
  * Download `image` into `target` (which must not exist yet: the caller holds the cache lock
  * and has checked). Nothing is left under `target`, `.part` or `.converted` on failure.
  */
-export async function fetchToRaw(client: ImageServiceClient, image: ImageRecord, target: string, options: { forceRaw: boolean; signal?: AbortSignal }): Promise<FetchResult> {
+/**
+ * `maxSize`: the flavor's root disk; a larger image is refused before it is converted, as
+ * fetch_to_raw's max_size check does (a small qcow2 must not become a huge raw file).
+ */
+export async function fetchToRaw(client: ImageServiceClient, image: ImageRecord, target: string, options: { forceRaw: boolean; maxSize?: number; signal?: AbortSignal }): Promise<FetchResult> {
   if (image.status !== 'active') throw imageUnacceptable(image.id, `the image is ${image.status}, not active`);
   const part = `${target}.part`;
   const staged = `${target}.converted`;
@@ -52,6 +56,7 @@ export async function fetchToRaw(client: ImageServiceClient, image: ImageRecord,
     }
     const format = RAW_LIKE.has(report.format) ? 'raw' : report.format;
     const virtualSize = report.virtualSize ?? bytes;
+    if (options.maxSize && virtualSize > options.maxSize) throw flavorDiskSmallerThanImage(options.maxSize, virtualSize);
     if (format !== 'raw' && options.forceRaw) {
       await convertFile(part, format, staged, 'raw', { signal: options.signal });
       await rename(staged, target);
