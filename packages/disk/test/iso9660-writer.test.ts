@@ -23,6 +23,7 @@ function sampleTree(): IsoFile[] {
   for (let i = 0; i < big.length; i++) big[i] = (i * 31) & 0xff;
   files.push({ path: 'big.bin', data: big });
   files.push({ path: 'Mixed Case.Name.tar.gz', data: new TextEncoder().encode('x') });
+  files.push({ path: 'odd;name?.txt', data: new TextEncoder().encode('odd') });
   return files;
 }
 
@@ -42,7 +43,9 @@ test('iso9660 writer: isoinfo reads every path, size and content through Rock Ri
   }
   for (const mode of ['-R', '-J']) {
     const listed = (await runOk('isoinfo', [mode, '-f', '-i', iso])).split('\n').filter(Boolean).map((p) => (mode === '-J' ? p.replace(/;1$/, '') : p));
-    assert.deepEqual(new Set(listed), expectedPaths, `isoinfo ${mode} -f`);
+    // Joliet cannot record ; and ? in names: "_" stands in.
+    const expected = [...expectedPaths].map((p) => (mode === '-J' ? p.replace(/[;?]/g, '_') : p));
+    assert.deepEqual(new Set(listed), new Set(expected), `isoinfo ${mode} -f`);
   }
   // Sizes and modes from the long listing (Rock Ridge: r--r--r-- files owned by root).
   const long = await runOk('isoinfo', ['-R', '-l', '-i', iso]);
@@ -56,7 +59,7 @@ test('iso9660 writer: isoinfo reads every path, size and content through Rock Ri
   };
   for (const f of [files[0]!, files[149]!, ...files.slice(150)]) {
     assert.equal(md5(await extract('-R', `/${f.path}`)), md5(f.data), `-R -x /${f.path}`);
-    assert.equal(md5(await extract('-J', `/${f.path};1`)), md5(f.data), `-J -x /${f.path}`);
+    assert.equal(md5(await extract('-J', `/${f.path.replace(/[;?]/g, '_')};1`)), md5(f.data), `-J -x /${f.path}`);
   }
   // The plain primary volume: unique 8.3 names.
   const plain = (await runOk('isoinfo', ['-f', '-i', iso])).split('\n').filter((p) => p.startsWith('/MANY/'));

@@ -190,7 +190,9 @@ function assignIdentifiers(dir: Node): void {
     }
     used.add(id);
     child.isoId = ascii(id);
-    child.jolietId = encodeUcs2(child.data ? `${child.name};1` : child.name);
+    // Joliet forbids * / : ; ? and \\ in names (Joliet spec §3.1): "_" stands in, as genisoimage does.
+    const joliet = child.name.replace(/[*/:;?\\]/g, '_');
+    child.jolietId = encodeUcs2(child.data ? `${joliet};1` : joliet);
   }
 }
 
