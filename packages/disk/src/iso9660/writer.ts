@@ -190,7 +190,7 @@ function assignIdentifiers(dir: Node): void {
     }
     used.add(id);
     child.isoId = ascii(id);
-    // Joliet forbids * / : ; ? and \\ in names (Joliet spec §3.1): "_" stands in, as genisoimage does.
+    // Joliet forbids * / : ; ? and \ in names (Joliet spec §3.1): "_" stands in, as genisoimage does.
     const joliet = child.name.replace(/[*/:;?\\]/g, '_');
     child.jolietId = encodeUcs2(child.data ? `${joliet};1` : joliet);
   }
