@@ -3,10 +3,13 @@
 // served by the diskhub image service (in-process, loopback), in the same run: wall time (best
 // of BENCH_RUNS, the two alternating) and the ratio.
 //   fetch --force-raw   vs  curl | tee .part | sha512sum (glanceclient hashes the stream as it
-//                           downloads), then qemu-img convert -O raw to .converted and mv
-//                           (nova/virt/images.py fetch_to_raw)
-//   snapshot            vs  qemu-img convert -O qcow2 of the overlay, then curl -T upload
-//                           (the libvirt driver's cold snapshot), the image records made first
+//                           downloads), then qemu-img convert -t none -O raw to .converted
+//                           and mv (nova/virt/images.py fetch_to_raw; convert_image uses -t none
+//                           where the instances path takes O_DIRECT, as ext4 does)
+//   snapshot            vs  qemu-img convert -t none -O qcow2 of the overlay, then curl -T
+//                           upload (the libvirt driver's cold snapshot: extract_snapshot goes
+//                           through the same convert_image), the image record made first
+// Both sides have their result on stable storage when they finish (-t none; the engine flushes).
 // The service runs in this process, so everything that talks to it is spawned asynchronously.
 // Input: a qcow2 of BENCH_SIZE_MB virtual size (default 2048) with random data in every other
 // MiB of its first half, made by qemu-img, and an overlay of it with 64 MiB written by qemu-io.
@@ -84,7 +87,7 @@ await row(`fetch --force-raw (${SIZE >> 20} MiB virtual, ${statSync(qcow2).size 
   rmSync(instances, { recursive: true, force: true });
   mkdirSync(base, { recursive: true });
   const target = join(base, sha1);
-  return timed('sh', ['-c', 'set -e; curl -sf -H "X-Auth-Token: $1" "$2" | tee "$3.part" | sha512sum >/dev/null; qemu-img convert -f qcow2 -O raw "$3.part" "$3.converted"; mv "$3.converted" "$3"; rm "$3.part"',
+  return timed('sh', ['-c', 'set -e; curl -sf -H "X-Auth-Token: $1" "$2" | tee "$3.part" | sha512sum >/dev/null; qemu-img convert -t none -f qcow2 -O raw "$3.part" "$3.converted"; mv "$3.converted" "$3"; rm "$3.part"',
     'sh', token, `${url}/v2/images/${image.id}/file`, target]);
 });
 
@@ -99,7 +102,7 @@ await row('snapshot (flatten + upload)', () => timed(diskhub[0], [...diskhub.sli
   const t0 = process.hrtime.bigint();
   const record = await run('curl', ['-sf', '-X', 'POST', '-H', `X-Auth-Token: ${token}`, '-H', 'Content-Type: application/json', '-d', JSON.stringify({ name: 'peer-snap', disk_format: 'qcow2', container_format: 'bare', image_type: 'snapshot' }), `${url}/v2/images`]);
   const id = JSON.parse(record.stdout).id;
-  await run('qemu-img', ['convert', '-f', 'qcow2', '-O', 'qcow2', join(inst, 'disk'), flat]);
+  await run('qemu-img', ['convert', '-t', 'none', '-f', 'qcow2', '-O', 'qcow2', join(inst, 'disk'), flat]);
   await run('curl', ['-sf', '-X', 'PUT', '-H', `X-Auth-Token: ${token}`, '-H', 'Content-Type: application/octet-stream', '-T', flat, `${url}/v2/images/${id}/file`]);
   return Number(process.hrtime.bigint() - t0) / 1e9;
 });

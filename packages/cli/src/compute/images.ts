@@ -63,6 +63,7 @@ export async function fetchToRaw(client: ImageServiceClient, image: ImageRecord,
       await unlink(part);
       return { format: 'raw', bytes, virtualSize, converted: true };
     }
+    await syncFile(part); // what is renamed into place is on disk first; a converted copy was flushed by convert
     await rename(part, target);
     return { format, bytes, virtualSize, converted: false };
   } finally {
@@ -113,11 +114,15 @@ async function downloadVerified(client: ImageServiceClient, image: ImageRecord, 
       const actual = c.hash.digest('hex');
       if (actual !== c.expected) throw new ComputeError(`Corrupt image download. Hash was ${actual}, expected ${c.expected}`, 'corrupt');
     }
-    await fh.sync();
     return written;
   } finally {
     await fh.close();
   }
+}
+
+async function syncFile(path: string): Promise<void> {
+  const fh = await open(path, 'r');
+  try { await fh.sync(); } finally { await fh.close(); }
 }
 
 /** Write `buf` at `offset`, leaving whole zero blocks unwritten (holes in a fresh file). */
