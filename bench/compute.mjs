@@ -9,6 +9,7 @@
 //   snapshot            vs  qemu-img convert -t none -O qcow2 of the overlay, then curl -T
 //                           upload (the libvirt driver's cold snapshot: extract_snapshot goes
 //                           through the same convert_image), the image record made first
+// Both sides start with a token (Nova's request context carries one) and know the base image.
 // Both sides have their result on stable storage when they finish (-t none; the engine flushes).
 // The service runs in this process, so everything that talks to it is spawned asynchronously.
 // Input: a qcow2 of BENCH_SIZE_MB virtual size (default 2048) with random data in every other
@@ -82,7 +83,7 @@ const instances = join(work, 'instances');
 const base = join(instances, '_base');
 await row(`fetch --force-raw (${SIZE >> 20} MiB virtual, ${statSync(qcow2).size >> 20} MiB qcow2)`, () => {
   rmSync(instances, { recursive: true, force: true });
-  return timed(diskhub[0], [...diskhub.slice(1), 'fetch', image.id, '--instances-path', instances, '--force-raw']);
+  return timed(diskhub[0], [...diskhub.slice(1), 'fetch', image.id, '--instances-path', instances, '--force-raw', '--token', token]);
 }, async () => {
   rmSync(instances, { recursive: true, force: true });
   mkdirSync(base, { recursive: true });
@@ -96,7 +97,7 @@ rmSync(instances, { recursive: true, force: true });
 const inst = join(instances, '3f2a6c1e-8d4b-4f6a-9c2e-1b7d5e9a0c11');
 await run(diskhub[0], [...diskhub.slice(1), 'create-disks', inst, '--image', image.id], { env });
 execFileSync('qemu-io', ['-f', 'qcow2', '-c', `write -P 7 ${SIZE / 4} ${Math.min(64 << 20, SIZE / 2)}`, join(inst, 'disk')]);
-await row('snapshot (flatten + upload)', () => timed(diskhub[0], [...diskhub.slice(1), 'snapshot', inst, '--name', 'bench-snap']), async () => {
+await row('snapshot (flatten + upload)', () => timed(diskhub[0], [...diskhub.slice(1), 'snapshot', inst, '--name', 'bench-snap', '--token', token, '--base-image-ref', image.id]), async () => {
   const flat = join(work, 'flat.qcow2');
   rmSync(flat, { force: true });
   const t0 = process.hrtime.bigint();

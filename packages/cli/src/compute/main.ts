@@ -31,8 +31,9 @@ What a Nova compute node does with an image (Nova's file names, locks and checks
       [--config-drive [--meta-data F] [--user-data F] [--network-data F] [--vendor-data F]
        [--ssh-key F] [--hostname H] [--nocloud]]
       disk (qcow2 overlay on the cached image, grown to --root), disk.eph0 (on a cached
-      formatted base), disk.swap (on a cached swap base); sizes in G (root, ephemeral) and
-      M (swap) unless suffixed; disk.config: the config drive (diskhub img config-drive); ephemeral filesystems: ${EPHEMERAL_FILESYSTEMS.join(', ')} (default ${DEFAULT_EPHEMERAL_FS})
+      formatted base), disk.swap (on a cached swap base), disk.config (the config drive, as
+      diskhub img config-drive makes it); sizes in G (root, ephemeral) and M (swap) unless
+      suffixed; ephemeral filesystems: ${EPHEMERAL_FILESYSTEMS.join(', ')} (default ${DEFAULT_EPHEMERAL_FS})
   snapshot INSTANCE_DIR --name NAME [--instance-uuid U] [--base-image-ref ID] [--instances-path P]
       flatten the root disk and upload it as a snapshot image; prints the new image's id
   cache-clean [--base-dir DIR] [--instances-path P] --max-age SECONDS [--output json]
