@@ -1,38 +1,18 @@
 /**
  * `diskhub compute` end to end: the image service in-process on a free port, images made by
  * qemu-img uploaded through the Image API, then fetch / create-disks / snapshot / cache-clean
- * run as the CLI, their results checked with qemu-img, qemu-io and blkid.
+ * run as the CLI, their results checked with qemu-img, qemu-io, blkid and isoinfo.
  */
 import test from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { createServer } from 'node:http';
-import type { AddressInfo } from 'node:net';
-import { createHash, randomBytes } from 'node:crypto';
 import { mkdir, readdir, readFile, stat, unlink as unlinkFile, utimes, writeFile, open } from 'node:fs/promises';
 import { join } from 'node:path';
-import { needs, tempDir, qemuImg, qemuIo, diskhub, diskhubBin, run, runOk } from '@diskhub/testkit';
+import { needs, tempDir, qemuImg, qemuIo, run, runOk } from '@diskhub/testkit';
 import { api, osEnv, startTestService, token } from '@diskhub/service/test-helpers';
+import { compute, makeQcow2, md5, sha1, uploadImage } from './compute-helpers.js';
 
-const sha1 = (s: string) => createHash('sha1').update(s).digest('hex');
-const md5 = (s: string) => createHash('md5').update(s).digest('hex');
 const INSTANCE = '3f2a6c1e-8d4b-4f6a-9c2e-1b7d5e9a0c11';
 const OTHER_INSTANCE = '9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d';
-
-/** A qcow2 of `size` with a few data runs, made by qemu-img and qemu-io. */
-async function makeQcow2(path: string, size: string, pattern: number): Promise<void> {
-  await qemuImg('create', '-f', 'qcow2', path, size);
-  await qemuIo('-f', 'qcow2', '-c', `write -P ${pattern} 0 1M`, '-c', `write -P ${pattern + 1} 5M 512k`, '-c', `write -P ${pattern + 2} 12M 64k`, path);
-}
-
-async function uploadImage(url: string, tok: string, file: string, name: string, diskFormat = 'qcow2'): Promise<string> {
-  const a = api(url, tok);
-  const c = await a('POST', '/v2/images', { body: { name, disk_format: diskFormat, container_format: 'bare', min_ram: 128, os_distro: 'debian', hw_disk_bus: 'virtio' } });
-  assert.equal(c.status, 201, c.text);
-  const up = await a('PUT', `/v2/images/${c.json.id}/file`, { raw: await readFile(file) });
-  assert.equal(up.status, 204, up.text);
-  return c.json.id as string;
-}
 
 /** GET /v2/images/{id}/file requests answered 200 so far, from the service's /metrics. */
 async function downloads(url: string): Promise<number> {
@@ -40,8 +20,6 @@ async function downloads(url: string): Promise<number> {
   const line = text.split('\n').find((l) => l.startsWith('diskhub_http_requests_total') && l.includes('route="/v2/images/:id/file"') && l.includes('method="GET"') && l.includes('status="200"'));
   return line ? Number(line.split(' ').pop()) : 0;
 }
-
-const compute = (args: string[], env: NodeJS.ProcessEnv) => diskhub(['compute', ...args], { env });
 
 test('compute: fetch, create-disks, snapshot and cache-clean against the image service', needs('qemu-img', 'qemu-io', 'blkid', 'mkfs.ext4', 'mkswap', 'isoinfo'), async (t) => {
   const svc = await startTestService(t);
@@ -240,131 +218,26 @@ test('compute fetch: a download that does not match the image hash leaves nothin
   assert.match(tokenOnly.stderr, /refused the token/);
 });
 
-test('compute locks: the external lock is the one oslo.concurrency takes (fcntl.lockf on <lock_path>/nova-NAME)', needs('python3'), async (t) => {
-  const dir = await tempDir(t, 'diskhub-compute-lock-');
-  const { withExternalLock } = await import('../src/compute/lock.js');
-  // A Python process holds the lock as Nova's lockutils would, for a second.
-  const holder = spawn('python3', ['-c', [
-    'import fcntl, sys, time',
-    `f = open(${JSON.stringify(join(dir, 'nova-base'))}, 'a')`,
-    'fcntl.lockf(f, fcntl.LOCK_EX)',
-    'print("held", flush=True)',
-    'time.sleep(1)',
-    'print("released", flush=True)',
-  ].join('\n')], { stdio: ['ignore', 'pipe', 'inherit'] });
-  let said = '';
-  await new Promise<void>((resolve) => holder.stdout.on('data', (d: Buffer) => { said += d.toString(); if (said.includes('held')) resolve(); }));
-  const ran = await withExternalLock(dir, 'base', async () => said);
-  assert.match(ran, /released/, 'the body ran only after the Python holder let go');
-  // In one process, two holders of the same name run one after the other.
-  const order: string[] = [];
-  await Promise.all([1, 2].map((n) => withExternalLock(dir, 'base', async () => {
-    order.push(`start ${n}`);
-    await new Promise((resolve) => setTimeout(resolve, 50));
-    order.push(`end ${n}`);
-  })));
-  assert.deepEqual(order, ['start 1', 'end 1', 'start 2', 'end 2']);
-});
-
-/**
- * An image service whose images are hostile (the diskhub service refuses such uploads, an older
- * Glance may not): a Keystone token with an image endpoint, and one image record with its data
- * and correct hashes. Only what `fetch` asks for is answered.
- */
-async function hostileGlance(t: { after(fn: () => unknown): void }, images: Map<string, { record: Record<string, unknown>; data: Buffer; stall?: boolean }>): Promise<string> {
-  const server = createServer((req, res) => {
-    const url = req.url ?? '';
-    const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
-    if (req.method === 'POST' && url.startsWith('/v3/auth/tokens')) {
-      res.writeHead(201, { 'Content-Type': 'application/json', 'X-Subject-Token': 'tok' });
-      res.end(JSON.stringify({ token: { user: { id: 'u1', name: 'admin' }, project: { id: 'p1', name: 'admin' }, catalog: [{ type: 'image', endpoints: [{ interface: 'public', region_id: 'RegionOne', url: base }] }] } }));
-      return;
-    }
-    const m = /^\/v2\/images\/([^/]+)(\/file)?$/.exec(url);
-    const image = m ? images.get(m[1]!) : undefined;
-    if (!image || req.headers['x-auth-token'] !== 'tok') { res.writeHead(404); res.end(); return; }
-    if (m![2]) {
-      res.writeHead(200, { 'Content-Type': 'application/octet-stream', 'Content-Length': String(image.data.length) });
-      // `stall`: half the data, then nothing more (a download still running).
-      if (image.stall) res.write(image.data.subarray(0, image.data.length >> 1));
-      else res.end(image.data);
-      return;
-    }
-    res.writeHead(200, { 'Content-Type': 'application/json' });
-    res.end(JSON.stringify(image.record));
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  t.after(() => { server.closeAllConnections(); return new Promise((resolve) => server.close(resolve)); });
-  return `http://127.0.0.1:${(server.address() as AddressInfo).port}/v3`;
-}
-
-test('compute fetch: images the safety inspection finds unsafe, or not in their declared format, are refused and leave nothing', needs('qemu-img'), async (t) => {
+test('compute create-disks: each ephemeral filesystem gets its own Nova-named base, made by the real mkfs', needs('qemu-img', 'qemu-io', 'blkid', 'mkfs.vfat', 'mkfs.ext3', 'mkfs.xfs', 'mkfs.btrfs'), async (t) => {
+  const svc = await startTestService(t);
+  const tok = await token(svc.url);
+  const env = osEnv(svc.url);
   const work = await tempDir(t, 'diskhub-compute-');
-  await qemuImg('create', '-f', 'raw', join(work, 'secret.raw'), '1M');
-  await qemuImg('create', '-f', 'qcow2', '-b', join(work, 'secret.raw'), '-F', 'raw', join(work, 'backed.qcow2'));
-  await qemuImg('create', '-f', 'qcow2', '-o', `data_file=${join(work, 'data.raw')}`, join(work, 'datafile.qcow2'), '1M');
-  await qemuImg('create', '-f', 'qcow2', join(work, 'plain.qcow2'), '1M');
-  const record = async (id: string, file: string, diskFormat: string) => {
-    const data = await readFile(file);
-    return [id, { data, record: {
-      id, name: id, status: 'active', disk_format: diskFormat, container_format: 'bare', size: data.length, virtual_size: null, min_disk: 0, min_ram: 0, owner: 'p1',
-      checksum: createHash('md5').update(data).digest('hex'), os_hash_algo: 'sha512', os_hash_value: createHash('sha512').update(data).digest('hex'),
-    } }] as const;
-  };
-  const ids = { backed: '11111111-1111-4111-8111-111111111111', datafile: '22222222-2222-4222-8222-222222222222', mismatch: '33333333-3333-4333-8333-333333333333', md5: '55555555-5555-4555-8555-555555555555', unhashed: '66666666-6666-4666-8666-666666666666' };
-  const images = new Map<string, { record: Record<string, unknown>; data: Buffer }>([
-    await record(ids.backed, join(work, 'backed.qcow2'), 'qcow2'),
-    await record(ids.datafile, join(work, 'datafile.qcow2'), 'qcow2'),
-    await record(ids.mismatch, join(work, 'plain.qcow2'), 'raw'),
-  ]);
-  const authUrl = await hostileGlance(t, images);
-  const env = { ...osEnv('http://unused'), OS_AUTH_URL: authUrl };
-  const baseDir = join(work, 'instances', '_base');
-  const expect: [string, RegExp][] = [
-    [ids.backed, new RegExp(`^diskhub compute: Image ${ids.backed} is unacceptable: Image does not pass safety check \\(backing-file: `)],
-    [ids.datafile, new RegExp(`^diskhub compute: Image ${ids.datafile} is unacceptable: Image does not pass safety check \\(data-file: `)],
-    [ids.mismatch, new RegExp(`^diskhub compute: Image ${ids.mismatch} is unacceptable: Image content does not match disk_format \\(format-mismatch: `)],
-  ];
-  // Without os_hash_value the md5 checksum is verified; without either, nothing is trusted.
-  const plain = await readFile(join(work, 'plain.qcow2'));
-  const md5Only: { record: Record<string, unknown>; data: Buffer } = { ...(await record(ids.md5, join(work, 'plain.qcow2'), 'qcow2'))[1] };
-  md5Only.record = { ...md5Only.record, os_hash_algo: null, os_hash_value: null, checksum: createHash('md5').update(plain.subarray(1)).digest('hex') };
-  images.set(ids.md5, md5Only);
-  images.set(ids.unhashed, { data: plain, record: { ...md5Only.record, id: ids.unhashed, checksum: null } });
-  expect.push([ids.md5, new RegExp(`^diskhub compute: Corrupt image download\\. Hash was ${createHash('md5').update(plain).digest('hex')}, expected `)]);
-  expect.push([ids.unhashed, /has no os_hash_value or checksum to verify its data against/]);
-  for (const [id, message] of expect) {
-    for (const forceRaw of [[], ['--force-raw']]) {
-      const r = await compute(['fetch', id, '--base-dir', baseDir, ...forceRaw], env);
-      assert.equal(r.code, 1, r.stdout);
-      assert.match(r.stderr, message);
-      assert.deepEqual(await readdir(baseDir), [], 'nothing in _base');
-    }
+  const src = join(work, 'small.qcow2');
+  await makeQcow2(src, '16M', 5);
+  const id = await uploadImage(svc.url, tok, src, 'small');
+  const instances = join(work, 'instances');
+  const expected: Record<string, string> = { vfat: 'vfat', ext3: 'ext3', xfs: 'xfs', btrfs: 'btrfs' };
+  for (const [i, fs] of Object.keys(expected).entries()) {
+    const inst = join(instances, `00000000-0000-4000-8000-00000000000${i}`);
+    // Without --ephemeral-fs Nova formats vfat (no os_type); the name hashes the filesystem either way.
+    const r = await compute(['create-disks', inst, '--image', id, '--ephemeral', '1', ...(fs === 'vfat' ? [] : ['--ephemeral-fs', fs])], env);
+    assert.equal(r.code, 0, r.stderr);
+    const base = join(instances, '_base', `ephemeral_1_${md5(fs).slice(0, 7)}`);
+    const info = JSON.parse(await runOk('qemu-img', ['info', '--output=json', join(inst, 'disk.eph0')]));
+    assert.equal(info['backing-filename'], base);
+    const ids = await runOk('blkid', ['-o', 'export', base]);
+    assert.match(ids, new RegExp(`^TYPE=${expected[fs]}$`, 'm'), fs);
+    assert.match(ids, /^LABEL=ephemeral0$/im, fs);
   }
-});
-
-test('compute fetch: SIGTERM during a download ends with 143 and leaves nothing in _base', needs('qemu-img'), async (t) => {
-  const work = await tempDir(t, 'diskhub-compute-');
-  const data = randomBytes(4 << 20);
-  const id = '44444444-4444-4444-8444-444444444444';
-  const authUrl = await hostileGlance(t, new Map([[id, { stall: true, data, record: {
-    id, name: id, status: 'active', disk_format: 'raw', container_format: 'bare', size: data.length, virtual_size: null, min_disk: 0, min_ram: 0, owner: 'p1',
-    checksum: createHash('md5').update(data).digest('hex'), os_hash_algo: 'sha512', os_hash_value: createHash('sha512').update(data).digest('hex'),
-  } }]]));
-  const baseDir = join(work, 'instances', '_base');
-  const child = spawn(process.execPath, [diskhubBin, 'compute', 'fetch', id, '--base-dir', baseDir], { env: { ...osEnv('http://unused'), OS_AUTH_URL: authUrl }, stdio: ['ignore', 'pipe', 'pipe'] });
-  let stderr = '';
-  child.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
-  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
-  const part = join(baseDir, `${sha1(id)}.part`);
-  for (let i = 0; i < 400; i++) {
-    const st = await stat(part).catch(() => undefined);
-    if (st && st.size > 0) break;
-    await new Promise((resolve) => setTimeout(resolve, 25));
-  }
-  assert.ok((await stat(part)).size > 0, 'the download is under way');
-  child.kill('SIGTERM');
-  assert.equal(await exited, 143, stderr);
-  assert.match(stderr, /Operation cancelled/);
-  assert.deepEqual(await readdir(baseDir), []);
 });
