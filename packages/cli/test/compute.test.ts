@@ -50,6 +50,14 @@ test('compute: fetch, create-disks, snapshot and cache-clean against the image s
   assert.equal((await run('qemu-img', ['compare', '-f', 'qcow2', '-F', 'qcow2', srcA, baseA])).code, 0);
   assert.equal(JSON.parse(await runOk('qemu-img', ['info', '--output=json', baseA])).format, 'qcow2');
   assert.ok((await stat(join(instances, 'locks', `nova-${sha1(imageA)}`))).isFile(), 'Nova-named lock file');
+  // A cached image needs no image service (Nova's Image.cache does not ask either).
+  const offline = { ...env, OS_AUTH_URL: 'http://127.0.0.1:9/identity/v3' };
+  const cached = await compute(['fetch', imageA, '--base-dir', baseDir], offline);
+  assert.equal(cached.code, 0, cached.stderr);
+  assert.match(cached.stdout, /is cached at/);
+  const notCached = await compute(['fetch', imageB, '--base-dir', baseDir], offline);
+  assert.equal(notCached.code, 1);
+  assert.match(notCached.stderr, /cannot reach http:\/\/127\.0\.0\.1:9/);
 
   // --force-raw: a sparse raw base with the same content (a .part a killed fetch left is replaced).
   await writeFile(join(baseDir, `${sha1(imageB)}.part`), 'left by a killed fetch');

@@ -15,10 +15,9 @@ import { mkdir, readFile, stat, truncate, writeFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { promisify } from 'node:util';
 import { createImage, openImage } from '@diskhub/disk';
-import type { ImageServiceClient } from './client.js';
 import { ComputeError, flavorDiskSmallerThanImage } from './errors.js';
 import { exists, writeThenRename } from './files.js';
-import { cachedGenerated, cachedImage, touch, type CacheLayout } from './imagecache.js';
+import { cachedGenerated, cachedImage, touch, type CacheLayout, type ClientSource } from './imagecache.js';
 import { withExternalLock } from './lock.js';
 
 const execFileP = promisify(execFile);
@@ -64,10 +63,10 @@ export function swapBaseName(mb: number): string {
   return `swap_${mb}`;
 }
 
-export async function createDisks(client: ImageServiceClient, instanceDir: string, layout: CacheLayout, req: DiskRequest): Promise<DiskMade[]> {
+export async function createDisks(connect: ClientSource, instanceDir: string, layout: CacheLayout, req: DiskRequest): Promise<DiskMade[]> {
   await mkdir(instanceDir, { recursive: true });
   const made: DiskMade[] = [];
-  const base = await cachedImage(client, req.imageId, layout, { forceRaw: req.forceRaw, ...(req.rootBytes ? { maxSize: req.rootBytes } : {}), ...(req.signal ? { signal: req.signal } : {}) });
+  const base = await cachedImage(connect, req.imageId, layout, { forceRaw: req.forceRaw, ...(req.rootBytes ? { maxSize: req.rootBytes } : {}), ...(req.signal ? { signal: req.signal } : {}) });
   const info = await imageFacts(base.path);
   const root = req.rootBytes || info.virtualSize;
   if (root < info.virtualSize) {

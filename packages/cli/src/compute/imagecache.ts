@@ -47,11 +47,14 @@ export interface BaseFile {
   fetch?: FetchResult;
 }
 
+/** The image service, connected on first use: a cached image needs none (as in Nova's Image.cache). */
+export type ClientSource = () => Promise<ImageServiceClient>;
+
 /**
  * The image's base file, downloaded unless cached. Concurrent callers (in this process or
  * others, Nova's included) share one download through the base file's external lock.
  */
-export async function cachedImage(client: ImageServiceClient, imageId: string, layout: CacheLayout, options: { forceRaw: boolean; maxSize?: number; signal?: AbortSignal }): Promise<BaseFile> {
+export async function cachedImage(connect: ClientSource, imageId: string, layout: CacheLayout, options: { forceRaw: boolean; maxSize?: number; signal?: AbortSignal }): Promise<BaseFile> {
   const name = cacheFileName(imageId);
   const path = join(layout.baseDir, name);
   return withExternalLock(layout.lockDir, name, async () => {
@@ -59,6 +62,7 @@ export async function cachedImage(client: ImageServiceClient, imageId: string, l
       await touch(path);
       return { path, downloaded: false };
     }
+    const client = await connect();
     const image = await client.getImage(imageId);
     await mkdir(layout.baseDir, { recursive: true });
     const fetch = await fetchToRaw(client, image, path, options);

@@ -95,6 +95,12 @@ async function connect(p: Parsed, signal: AbortSignal): Promise<ImageServiceClie
   return ImageServiceClient.connect(authFromEnv(process.env, p.auth), signal);
 }
 
+/** Connects on first call only, once. */
+function lazyConnect(p: Parsed, signal: AbortSignal): () => Promise<ImageServiceClient> {
+  let client: Promise<ImageServiceClient> | undefined;
+  return () => (client ??= connect(p, signal));
+}
+
 const print = (s: string) => { process.stdout.write(s); };
 
 async function fetchCommand(argv: string[], signal: AbortSignal): Promise<number> {
@@ -102,9 +108,8 @@ async function fetchCommand(argv: string[], signal: AbortSignal): Promise<number
   if (p.flags.has('help')) { print(COMPUTE_USAGE); return 0; }
   if (p.positional.length !== 1) throw new UsageError('fetch takes one image id');
   const layout = cacheLayout({ baseDir: p.values.get('base-dir'), instancesPath: p.values.get('instances-path') });
-  const client = await connect(p, signal);
   const imageId = p.positional[0]!;
-  const base = await cachedImage(client, imageId, layout, { forceRaw: p.flags.has('force-raw'), signal });
+  const base = await cachedImage(lazyConnect(p, signal), imageId, layout, { forceRaw: p.flags.has('force-raw'), signal });
   if (p.values.get('output') === 'json') {
     print(`${JSON.stringify({ image: imageId, path: base.path, downloaded: base.downloaded, ...(base.fetch ?? {}) }, null, 4)}\n`);
   } else if (base.fetch) {
@@ -150,8 +155,7 @@ async function createDisksCommand(argv: string[], signal: AbortSignal): Promise<
     uuid: basename(instanceDir), nocloud: p.flags.has('nocloud'),
   }) : undefined;
   const layout = cacheLayout({ baseDir: p.values.get('base-dir'), instancesPath: p.values.get('instances-path') ?? (p.values.has('base-dir') ? undefined : dirname(instanceDir)) });
-  const client = await connect(p, signal);
-  const disks = await createDisks(client, instanceDir, layout, {
+  const disks = await createDisks(lazyConnect(p, signal), instanceDir, layout, {
     imageId, rootBytes, ephemeralGB, swapMB, forceRaw: p.flags.has('force-raw'), signal, ...(ephemeralFs ? { ephemeralFs } : {}),
     ...(drive ? { configDrive: (path: string) => writeFile(path, buildConfigDrive(drive), { flag: 'wx' }) } : {}),
   });
