@@ -9,6 +9,8 @@
 //   snapshot            vs  qemu-img convert -t none -O qcow2 of the overlay, then curl -T
 //                           upload (the libvirt driver's cold snapshot: extract_snapshot goes
 //                           through the same convert_image), the image record made first
+//   img config-drive    vs  genisoimage with Nova's options over the same tree already laid out
+//                           (nova/virt/configdrive.py; Nova writes the tree first, not timed here)
 // Both sides start with a token (Nova's request context carries one) and know the base image.
 // Both sides have their result on stable storage when they finish (-t none; the engine flushes).
 // The service runs in this process, so everything that talks to it is spawned asynchronously.
@@ -107,6 +109,25 @@ await row('snapshot (flatten + upload)', () => timed(diskhub[0], [...diskhub.sli
   await run('curl', ['-sf', '-X', 'PUT', '-H', `X-Auth-Token: ${token}`, '-H', 'Content-Type: application/octet-stream', '-T', flat, `${url}/v2/images/${id}/file`]);
   return Number(process.hrtime.bigint() - t0) / 1e9;
 });
+
+// A config drive with a 64 KiB user-data (Nova's limit) and a network_data.json.
+const drive = join(work, 'drive');
+mkdirSync(drive, { recursive: true });
+const { writeFileSync } = await import('node:fs');
+writeFileSync(join(drive, 'ud'), randomBytes(48 << 10).toString('base64'));
+writeFileSync(join(drive, 'nd.json'), JSON.stringify({ links: [], networks: [], services: [] }));
+const tree = join(drive, 'tree');
+await run(diskhub[0], [diskhub[1], 'img', 'config-drive', '-o', join(drive, 'seed.iso'), '--user-data', join(drive, 'ud'), '--network-data', join(drive, 'nd.json'), '--hostname', 'vm', '--uuid', '3f2a6c1e-8d4b-4f6a-9c2e-1b7d5e9a0c11'], { env });
+// The tree genisoimage gets: the same files (extracted from ours with isoinfo).
+const listing = (await run('isoinfo', ['-R', '-f', '-i', join(drive, 'seed.iso')])).stdout.split('\n').filter(Boolean);
+for (const p of listing) {
+  const isFile = /(data|\.json)$/.test(p) && !/\/(\d{4}-\d\d-\d\d|latest|1\.0)$/.test(p);
+  if (!isFile) { mkdirSync(join(tree, p), { recursive: true }); continue; }
+  mkdirSync(dirname(join(tree, p)), { recursive: true });
+  writeFileSync(join(tree, p), (await run('isoinfo', ['-R', '-x', p, '-i', join(drive, 'seed.iso')], { encoding: 'buffer', maxBuffer: 1 << 26 })).stdout);
+}
+await row('img config-drive (64 KiB user-data)', () => timed(diskhub[0], [diskhub[1], 'img', 'config-drive', '-o', join(drive, 'ours.iso'), '--user-data', join(drive, 'ud'), '--network-data', join(drive, 'nd.json'), '--hostname', 'vm', '--uuid', '3f2a6c1e-8d4b-4f6a-9c2e-1b7d5e9a0c11']),
+  () => timed('genisoimage', ['-o', join(drive, 'nova.iso'), '-ldots', '-allow-lowercase', '-allow-multidot', '-l', '-publisher', 'OpenStack Compute', '-quiet', '-J', '-r', '-V', 'config-2', tree]));
 
 console.log(`diskhub compute against Nova's commands, best of ${RUNS} (s)\n`);
 console.log('| case | diskhub | Nova\'s way | ratio |');
