@@ -30,6 +30,8 @@ const CORE_FIELDS = new Set([
 /** Properties Nova sets for each snapshot and never carries over from the base image. */
 const SNAPSHOT_OWN = new Set(['image_type', 'instance_uuid', 'base_image_ref', 'user_id', 'owner_id', 'owner_project_name', 'owner_user_name', 'image_location', 'image_state']);
 const GiB = 1024 ** 3;
+/** Upload read size: 1 MiB pieces instead of the stream default's 64 KiB (16× fewer trips through the web stream). */
+const UPLOAD_CHUNK = 1 << 20;
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 export interface SnapshotRequest {
@@ -84,7 +86,7 @@ export async function snapshotInstance(client: ImageServiceClient, instanceDir: 
     const flat = join(workDir, created.id);
     await convertFile(disk, 'qcow2', flat, 'qcow2', { backing: true, ...(req.signal ? { signal: req.signal } : {}) });
     const size = (await stat(flat)).size;
-    await client.upload(created.id, createReadStream(flat), size);
+    await client.upload(created.id, createReadStream(flat, { highWaterMark: UPLOAD_CHUNK }), size);
     return await client.getImage(created.id);
   } catch (e) {
     await client.deleteImage(created.id).catch(() => undefined);
