@@ -119,3 +119,13 @@ test('iso9660 writer: the engine\'s own reader sees the same tree, modes, owners
   assert.deepEqual([...seen.keys()].sort(), files.map((f) => f.path).sort());
   for (const f of files) assert.equal(md5(seen.get(f.path)!), md5(f.data), f.path);
 });
+
+test('iso9660 writer: names Joliet cannot hold stay distinct there', needs('isoinfo'), async (t) => {
+  const dir = await tempDir(t);
+  const iso = join(dir, 'j.iso');
+  const enc = (s: string) => new TextEncoder().encode(s);
+  await writeFile(iso, writeIso9660([{ path: 'a;b', data: enc('1') }, { path: 'a_b', data: enc('2') }, { path: 'a?b', data: enc('3') }], { volumeId: 'x' }));
+  const joliet = (await runOk('isoinfo', ['-J', '-f', '-i', iso])).split('\n').filter(Boolean).map((p) => p.replace(/;1$/, '')).sort();
+  assert.deepEqual(joliet, ['/a_b', '/a_b_1', '/a_b_2']);
+  assert.deepEqual((await runOk('isoinfo', ['-R', '-f', '-i', iso])).split('\n').filter(Boolean).sort(), ['/a;b', '/a?b', '/a_b']);
+});

@@ -176,6 +176,8 @@ function directoriesInPathTableOrder(root: Node): Node[] {
  */
 function assignIdentifiers(dir: Node): void {
   const used = new Set<string>();
+  // Names as given cannot collide; only those changed for Joliet are checked against the rest.
+  const usedJoliet = new Set([...dir.children.keys()].filter((name) => !/[*/:;?\\]/.test(name)));
   for (const child of [...dir.children.values()].sort((a, b) => (a.name < b.name ? -1 : 1))) {
     const clean = (s: string) => s.toUpperCase().replace(/[^A-Z0-9_]/g, '_');
     const dot = child.data ? child.name.lastIndexOf('.') : -1;
@@ -190,8 +192,12 @@ function assignIdentifiers(dir: Node): void {
     }
     used.add(id);
     child.isoId = ascii(id);
-    // Joliet forbids * / : ; ? and \ in names (Joliet spec §3.1): "_" stands in, as genisoimage does.
-    const joliet = child.name.replace(/[*/:;?\\]/g, '_');
+    // Joliet forbids * / : ; ? and \ in names (Joliet spec §3.1): "_" stands in, as genisoimage
+    // does, with a number added should that make two names one.
+    const wanted = child.name.replace(/[*/:;?\\]/g, '_');
+    let joliet = wanted;
+    for (let n = 1; joliet !== child.name && usedJoliet.has(joliet); n++) joliet = `${wanted.slice(0, JOLIET_MAX_NAME - String(n).length - 1)}_${n}`;
+    usedJoliet.add(joliet);
     child.jolietId = encodeUcs2(child.data ? `${joliet};1` : joliet);
   }
 }
