@@ -176,6 +176,7 @@ function directoriesInPathTableOrder(root: Node): Node[] {
  */
 function assignIdentifiers(dir: Node): void {
   const used = new Set<string>();
+  const nextTail = new Map<string, number>();
   // Names as given cannot collide; only those changed for Joliet are checked against the rest.
   const usedJoliet = new Set([...dir.children.keys()].filter((name) => !/[*/:;?\\]/.test(name)));
   for (const child of [...dir.children.values()].sort((a, b) => (a.name < b.name ? -1 : 1))) {
@@ -183,13 +184,17 @@ function assignIdentifiers(dir: Node): void {
     const dot = child.data ? child.name.lastIndexOf('.') : -1;
     const stem = clean(dot > 0 ? child.name.slice(0, dot) : child.name) || '_';
     const ext = dot > 0 ? clean(child.name.slice(dot + 1)).slice(0, 3) : '';
+    // Numbering resumes where the last name of the same stem stopped: linear in the names.
+    const key = `${stem.slice(0, 8)}.${ext}`;
     let id = '';
-    for (let n = 0; ; n++) {
+    let n = nextTail.get(key) ?? 0;
+    for (; ; n++) {
       const tail = n === 0 ? '' : String(n);
       const base = stem.slice(0, 8 - tail.length) + tail;
       id = child.data ? `${base}.${ext};1` : base;
       if (!used.has(id)) break;
     }
+    nextTail.set(key, n + 1);
     used.add(id);
     child.isoId = ascii(id);
     // Joliet forbids * / : ; ? and \ in names (Joliet spec §3.1): "_" stands in, as genisoimage
