@@ -61,6 +61,8 @@ interface Node {
   extent: number;
   jolietExtent: number;
   dirSectors: number;
+  /** Subdirectories (a directory's link count is 2 + this). */
+  subdirs: number;
   jolietSectors: number;
 }
 
@@ -134,7 +136,7 @@ export function writeIso9660(files: IsoFile[], options: IsoWriteOptions): Uint8A
 }
 
 function newNode(name: string, parent: Node | null, data?: Uint8Array): Node {
-  return { name, parent, children: new Map(), ...(data ? { data } : {}), isoId: new Uint8Array(0), jolietId: new Uint8Array(0), number: 0, extent: 0, jolietExtent: 0, dirSectors: 0, jolietSectors: 0 };
+  return { name, parent, children: new Map(), ...(data ? { data } : {}), isoId: new Uint8Array(0), jolietId: new Uint8Array(0), number: 0, extent: 0, jolietExtent: 0, dirSectors: 0, jolietSectors: 0, subdirs: 0 };
 }
 
 function buildTree(files: IsoFile[]): Node {
@@ -152,6 +154,7 @@ function buildTree(files: IsoFile[]): Node {
         dir.children.set(part, newNode(part, dir, f.data));
       } else {
         if (existing?.data) throw new DiskError('EINVAL', `'${parts.slice(0, i + 1).join('/')}' is a file and a directory`);
+        if (!existing) dir.subdirs++;
         dir = existing ?? dir.children.set(part, newNode(part, dir)).get(part)!;
       }
     }
@@ -234,7 +237,7 @@ function directoryRecords(dir: Node, volume: 'iso' | 'joliet', time: number, erS
   const iso = volume === 'iso';
   const extentOf = (n: Node) => (sizing ? 0 : iso || n.data ? n.extent : n.jolietExtent); // file data is shared
   const lengthOf = (n: Node) => (n.data ? n.data.length : (iso ? n.dirSectors : n.jolietSectors) * SECTOR_SIZE);
-  const links = (n: Node) => (n.data ? 1 : 2 + [...n.children.values()].filter((c) => !c.data).length);
+  const links = (n: Node) => (n.data ? 1 : 2 + n.subdirs);
   const su = (n: Node, name: string | null, extra: Uint8Array[] = []) => (iso ? concat([...extra, ...rockRidge(n.data ? FILE_MODE : DIR_MODE, links(n), name, time)]) : new Uint8Array(0));
   const parent = dir.parent ?? dir;
   const rootExtras = dir.parent === null
