@@ -83,7 +83,7 @@ async function row(name, ours, peer) {
 
 const instances = join(work, 'instances');
 const base = join(instances, '_base');
-await row(`fetch --force-raw (${SIZE >> 20} MiB virtual, ${statSync(qcow2).size >> 20} MiB qcow2)`, () => {
+await row(`fetch --force-raw (${SIZE / 2 ** 20} MiB virtual, ${Math.round(statSync(qcow2).size / 2 ** 20)} MiB qcow2)`, () => {
   rmSync(instances, { recursive: true, force: true });
   return timed(diskhub[0], [...diskhub.slice(1), 'fetch', image.id, '--instances-path', instances, '--force-raw', '--token', token]);
 }, async () => {

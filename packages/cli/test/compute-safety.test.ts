@@ -109,3 +109,31 @@ test('compute locks: the external lock is the one oslo.concurrency takes (fcntl.
   })));
   assert.deepEqual(order, ['start 1', 'end 1', 'start 2', 'end 2']);
 });
+
+test('compute fetch: a large download (hashed on a worker thread) is verified byte for byte', async (t) => {
+  const work = await tempDir(t, 'diskhub-compute-');
+  const data = randomBytes(40 << 20);
+  data.fill(0, 8 << 20, 24 << 20); // zeroes in the middle: left as a hole
+  const record = (id: string, sha512: string) => ({
+    id, name: id, status: 'active', disk_format: 'raw', container_format: 'bare', size: data.length, virtual_size: null, min_disk: 0, min_ram: 0, owner: 'p1',
+    checksum: createHash('md5').update(data).digest('hex'), os_hash_algo: 'sha512', os_hash_value: sha512,
+  });
+  const good = '77777777-7777-4777-8777-777777777777';
+  const bad = '88888888-8888-4888-8888-888888888888';
+  const wrong = createHash('sha512').update('something else').digest('hex');
+  const authUrl = await hostileGlance(t, new Map([
+    [good, { data, record: record(good, createHash('sha512').update(data).digest('hex')) }],
+    [bad, { data, record: record(bad, wrong) }],
+  ]));
+  const env = { ...osEnv('http://unused'), OS_AUTH_URL: authUrl };
+  const baseDir = join(work, 'instances', '_base');
+  const ok = await compute(['fetch', good, '--base-dir', baseDir], env);
+  assert.equal(ok.code, 0, ok.stderr);
+  const base = join(baseDir, sha1(good));
+  assert.ok((await readFile(base)).equals(data));
+  assert.ok((await stat(base)).blocks * 512 <= data.length - (15 << 20), 'the zero run is a hole');
+  const corrupt = await compute(['fetch', bad, '--base-dir', baseDir], env);
+  assert.equal(corrupt.code, 1);
+  assert.match(corrupt.stderr, new RegExp(`Corrupt image download\\. Hash was ${createHash('sha512').update(data).digest('hex')}, expected ${wrong}`));
+  assert.deepEqual(await readdir(baseDir), [sha1(good)]);
+});
