@@ -110,7 +110,7 @@ test('compute locks: the external lock is the one oslo.concurrency takes (fcntl.
   assert.deepEqual(order, ['start 1', 'end 1', 'start 2', 'end 2']);
 });
 
-test('compute fetch: a large download (hashed on a worker thread) is verified byte for byte', async (t) => {
+test('compute fetch: a 40 MiB download (many staging turns) is verified byte for byte and kept sparse', async (t) => {
   const work = await tempDir(t, 'diskhub-compute-');
   const data = randomBytes(40 << 20);
   data.fill(0, 8 << 20, 24 << 20); // zeroes in the middle: left as a hole
