@@ -775,6 +775,31 @@ static napi_value page_offset(napi_env env, napi_callback_info info) {
   return number(env, (double)((uintptr_t)data & 4095));
 }
 
+/* tryLock(fd): a POSIX record lock (fcntl F_SETLK, F_WRLCK) on the whole file without waiting;
+ * true when taken, false when another process holds it. The lock oslo.concurrency's external
+ * locks take (fcntl.lockf), so a lock file is shared with Nova's own lockutils. Released when
+ * the fd is closed. */
+static napi_value try_lock(napi_env env, napi_callback_info info) {
+  int fd;
+  double nums[1];
+  if (!get_args(env, info, 1, &fd, nums)) return NULL;
+  struct flock fl;
+  memset(&fl, 0, sizeof fl);
+  fl.l_type = F_WRLCK;
+  fl.l_whence = SEEK_SET;
+  int r;
+  do r = fcntl(fd, F_SETLK, &fl);
+  while (r < 0 && errno == EINTR);
+  napi_value result;
+  if (r < 0) {
+    if (errno != EACCES && errno != EAGAIN) return throw_errno(env, "fcntl(F_SETLK)");
+    napi_get_boolean(env, 0, &result);
+  } else {
+    napi_get_boolean(env, 1, &result);
+  }
+  return result;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   /* Plain writable properties, like a JavaScript module's exports (tests switch a call off). */
   napi_property_descriptor props[] = {
@@ -787,6 +812,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"openWriter", NULL, open_writer, NULL, NULL, NULL, napi_default_jsproperty, NULL},
     {"writerWrite", NULL, writer_write, NULL, NULL, NULL, napi_default_jsproperty, NULL},
     {"closeWriter", NULL, close_writer, NULL, NULL, NULL, napi_default_jsproperty, NULL},
+    {"tryLock", NULL, try_lock, NULL, NULL, NULL, napi_default_jsproperty, NULL},
     {"inflateRaw", NULL, inflate_raw, NULL, NULL, NULL, napi_default_jsproperty, NULL},
     {"xtsSectors", NULL, xts_sectors, NULL, NULL, NULL, napi_default_jsproperty, NULL},
   };

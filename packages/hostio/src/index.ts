@@ -23,6 +23,12 @@ export interface HostIo {
    * Optional: an addon built before it existed lacks it.
    */
   reserve?(fd: number, offset: number, length: number): Promise<void>;
+  /**
+   * fcntl(F_SETLK, F_WRLCK) on the whole file, without waiting: true when taken, false when
+   * another process holds it (the record lock oslo.concurrency's external locks use). Released
+   * when the fd closes. Optional, as reserve is.
+   */
+  tryLock?(fd: number): boolean;
   /** Where the view's first byte lies within its memory page (address modulo 4096). */
   pageOffset(view: Uint8Array): number;
   /**

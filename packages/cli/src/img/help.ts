@@ -24,6 +24,8 @@ Command syntax:
   snapshot [-l] [-U] filename
   partitions [-f fmt] [--output=ofmt] filename [filename2 [...]]
   probe [-f declared_fmt] [--output=ofmt] filename|-   (format detection and safety inspection; exit 0 safe, 2 unsafe)
+  config-drive -o output [--meta-data F] [--user-data F] [--network-data F] [--vendor-data F] [--ssh-key F]
+          [--hostname H] [--uuid U] [--nocloud]   (an OpenStack config drive, or a NoCloud seed, as ISO 9660)
   measure [--output=ofmt] [-O output_fmt] [-o options] [--size N | [-f fmt] [-l snapshot_param] filename]
 
 Sizes take the suffixes k, M, G, T, P, E (powers of 1024) or b for bytes.

@@ -16,6 +16,7 @@ import { measureCommand } from './measure.js';
 import { snapshotCommand } from './snapshot.js';
 import { partitionsCommand } from './partitions.js';
 import { probeCommand } from './probe.js';
+import { configDriveCommand } from './config-drive.js';
 
 /** A command gets argv with its own name at argv[0], as qemu-img's commands do. */
 export type ImgCommand = (argv: string[]) => Promise<number>;
@@ -23,6 +24,7 @@ export type ImgCommand = (argv: string[]) => Promise<number>;
 const COMMANDS: Record<string, ImgCommand> = {
   check: checkCommand,
   compare: compareCommand,
+  'config-drive': configDriveCommand,
   convert: convertCommand,
   create: createCommand,
   info: infoCommand,
