@@ -1,4 +1,4 @@
-/** The ISO 9660 writer, read back by isoinfo (genisoimage) through Rock Ridge, Joliet and the plain primary volume, and by a loop mount where the kernel has isofs. */
+/** The ISO 9660 writer, read back by isoinfo (genisoimage) through Rock Ridge, Joliet and the plain primary volume, and by a read-only mount (the kernel's isofs, or fuseiso where the kernel has none). */
 import test from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
@@ -66,21 +66,23 @@ test('iso9660 writer: isoinfo reads every path, size and content through Rock Ri
   assert.equal(new Set(plain).size, 150);
 });
 
-test('iso9660 writer: a read-only loop mount shows identical files (where the kernel has isofs)', async (t) => {
+test('iso9660 writer: a read-only mount shows identical files (the kernel\'s isofs, else fuseiso)', async (t) => {
+  // This machine's kernel has no isofs (/proc/filesystems), so a loop mount cannot read ISO 9660
+  // here; fuseiso is another, independent ISO 9660 reader that mounts through FUSE.
   const kernelHasIsofs = (await readFile('/proc/filesystems', 'utf8')).includes('iso9660');
-  if (!kernelHasIsofs) { t.skip('this kernel has no iso9660 filesystem (/proc/filesystems); isoinfo is the reader here'); return; }
   const dir = await tempDir(t);
   const files = sampleTree();
   const iso = join(dir, 't.iso');
   await writeFile(iso, writeIso9660(files, { volumeId: 'cidata' }));
   const mnt = join(dir, 'mnt');
   await mkdir(mnt);
-  await runOk('mount', ['-o', 'loop,ro', iso, mnt]);
+  if (kernelHasIsofs) await runOk('mount', ['-o', 'loop,ro', iso, mnt]);
+  else await runOk('fuseiso', [iso, mnt]);
   try {
     for (const f of files) assert.equal(md5(await readFile(join(mnt, f.path))), md5(f.data), f.path);
     assert.equal((await readdir(join(mnt, 'many'))).length, 150);
   } finally {
-    await runOk('umount', [mnt]);
+    await runOk(kernelHasIsofs ? 'umount' : 'fusermount3', kernelHasIsofs ? [mnt] : ['-u', mnt]);
   }
 });
 
