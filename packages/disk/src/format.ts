@@ -68,6 +68,11 @@ export interface OpenOptions {
   headerOnly?: boolean;
   /** Resolve a file name relative to the image (for external data files and extents). */
   openRelated?: (filename: string, writable: boolean) => Promise<ByteSource>;
+  /**
+   * The format registry, for a driver that opens an image inside its own (an OVA's disk).
+   * openSource passes it; a driver never imports the registry, which imports every driver.
+   */
+  formats?: FormatRegistry;
 }
 
 export interface Image extends BlockDevice {
@@ -169,6 +174,18 @@ export interface CreateRequest {
   secret?: Uint8Array;
   /** Create (or truncate) a file the new image names, such as a qcow2 external data file; relative names resolve against the image's directory. */
   createRelated?: (filename: string) => Promise<ByteSource>;
+  /** The format registry, for a driver that probes a file the new image names (a vmdk parent); createImage passes it. */
+  formats?: FormatRegistry;
+}
+
+/** The registry of format drivers (formats.ts), as a driver that must probe another file receives it. */
+export interface FormatRegistry {
+  /** The driver of that name (DiskError EFORMAT when there is none). */
+  get(name: string): FormatDriver;
+  /** The driver that scores highest on the first bytes of a file (raw if none claims it). */
+  probe(head: Uint8Array, filename?: string): FormatDriver;
+  /** Every driver, in registration order. */
+  list(): FormatDriver[];
 }
 
 export interface FormatDriver {

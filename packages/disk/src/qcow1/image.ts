@@ -8,7 +8,7 @@ import zlib from 'node:zlib';
 import { backingStatus, checkRange, readBacking, type Extent } from '../blockdev.js';
 import { DiskError } from '../errors.js';
 import type { BackingRef, Image, ImageInfo } from '../format.js';
-import { backingInfo } from '../open.js';
+import { backingInfo } from '../backing.js';
 import { readExact, type ByteSource } from '../source.js';
 
 export const QCOW1_MAGIC = 0x514649fb; // "QFI\xfb"

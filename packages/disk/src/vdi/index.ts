@@ -3,8 +3,7 @@
  * images, 1 MiB blocks, no differencing images (QEMU refuses link/parent UUIDs too).
  */
 import type { CheckOptions, CheckResult, FormatDriver, Image, OpenOptions } from '../format.js';
-import { DiskError } from '../errors.js';
-import { CheckNotSupported } from '../ops/dispatch.js';
+import { CheckNotSupported, DiskError } from '../errors.js';
 import type { ByteSource } from '../source.js';
 import { VDI_HEADER_SIZE, isVdi } from './header.js';
 import { VdiImage, openVdi } from './image.js';
