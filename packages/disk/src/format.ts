@@ -5,6 +5,7 @@
  */
 import type { BlockDevice } from './blockdev.js';
 import type { ByteSource } from './source.js';
+import type { FormatInspection } from './inspect/finding.js';
 
 /** What `qemu-img info --output=json` prints for one image (keys as qemu-img spells them). */
 export interface ImageInfo {
@@ -190,6 +191,11 @@ export interface FormatRegistry {
 
 export interface FormatDriver {
   readonly name: string;
+  /**
+   * The format's safety inspections (its folder's inspect.ts): what the image service runs on
+   * an upload before trusting it. inspect/formats.ts lists them for the inspector.
+   */
+  readonly inspections?: readonly FormatInspection[];
   /**
    * How sure the driver is that `head` (the first bytes of the file, at least 512 when the
    * file is that long) is this format: 0 = no, 100 = certain. Raw answers 1.

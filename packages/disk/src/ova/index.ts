@@ -11,6 +11,7 @@ import type { FormatDriver, Image, ImageInfo, OpenOptions } from '../format.js';
 import { readHead, type ByteSource, type HostExtent } from '../source.js';
 import { MAX_OVF_BYTES, parseOvf, type OvfDescriptor } from './ovf.js';
 import { isTarHeader, listTar, type TarEntry } from './tar.js';
+import { inspectOva } from './inspect.js';
 
 /** A read-only window [offset, offset+length) of another source, named after it. */
 export class SliceSource implements ByteSource {
@@ -108,6 +109,7 @@ export class OvaImage implements Image {
 
 export const ovaDriver: FormatDriver = {
   name: 'ova',
+  inspections: [inspectOva],
   probe(head: Uint8Array): number {
     // OVF 1.x / 2.x: the .ovf descriptor is the first entry of the tar.
     if (!isTarHeader(head)) return 0;

@@ -11,9 +11,11 @@ import { VMDK_CREATE_OPTIONS, createVmdk } from './create.js';
 import { COWD_MAGIC, SPARSE_MAGIC, looksLikeDescriptor } from './header.js';
 import { VmdkImage } from './image.js';
 import { openVmdk } from './open.js';
+import { inspectVmdk } from './inspect.js';
 
 export const vmdkDriver: FormatDriver = {
   name: 'vmdk',
+  inspections: [inspectVmdk],
   probe(head: Uint8Array): number {
     if (head.length >= 4) {
       const magic = new DataView(head.buffer, head.byteOffset, 4).getUint32(0, true);
