@@ -1,8 +1,12 @@
-/** UploadHasher: md5 inline and sha512 on the shared worker give the digests of the whole stream. */
+/**
+ * UploadHasher: md5 and sha512, off the main thread (libuv's thread pool through the hostio
+ * addon, or worker threads without it), give the digests of the whole stream.
+ */
 import test from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { spawnSync } from 'node:child_process';
+import { hostio } from '@diskhub/hostio';
 import { UploadHasher } from '../src/hashing.js';
 
 const expected = (data: Buffer) => ({
@@ -59,4 +63,26 @@ test('the sha512 worker does not keep a process alive after its uploads finish',
   assert.equal(r.signal, null, 'process was killed after the timeout: the worker kept it alive');
   assert.equal(r.status, 0, r.stderr);
   assert.equal(r.stdout.trim(), '128');
+});
+
+test('the hashes run on the thread pool through the addon; the worker threads give the same digests', (t) => {
+  // CI builds the addon (hostio/build.mjs fails without it there): the fast path must be the one tested.
+  if (!hostio?.digestUpdate) {
+    if (process.env.CI === 'true') assert.fail('hostio lacks digestUpdate');
+    t.skip('hostio addon without digestUpdate');
+  }
+  const url = new URL('../src/hashing.js', import.meta.url).href;
+  const script = `import { UploadHasher } from '${url}';
+    import { randomBytes } from 'node:crypto';
+    const data = randomBytes((11 << 20) + 3);
+    const h = new UploadHasher();
+    for (let at = 0; at < data.length; at += 300_000) await h.update(data.subarray(at, at + 300_000));
+    console.log(data.toString('base64').length, JSON.stringify(await h.digest()), JSON.stringify(await import('node:crypto').then((c) => ({
+      md5: c.createHash('md5').update(data).digest('hex'), sha512: c.createHash('sha512').update(data).digest('hex') }))));`;
+  for (const mode of ['threadpool', 'workers']) {
+    const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8', timeout: 30_000, env: { ...process.env, DISKHUB_UPLOAD_HASHING: mode } });
+    assert.equal(r.status, 0, r.stderr);
+    const [, got, want] = r.stdout.trim().split(' ');
+    assert.equal(got, want, mode);
+  }
 });
