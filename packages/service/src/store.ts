@@ -14,7 +14,11 @@ export interface StagedWrite {
   /** The key the data will have once committed. */
   readonly tempKey: string;
   readonly path: string;
-  /** Append chunks (one write call; the caller keeps at most one write in flight). */
+  /**
+   * Append chunks (the caller keeps at most one write in flight). Whole zero blocks are not
+   * written (the file store leaves holes), so a call should end on a block boundary (1 MiB
+   * batches do); a block a call leaves unfinished is written as it is.
+   */
   write(chunks: Buffer[]): Promise<void>;
   /** Make the data visible under `key`. */
   commit(key: string): Promise<string>;
