@@ -10,6 +10,8 @@
 // stored file's allocated bytes (st_blocks) show that its zero runs were not written.
 //   BENCH_SIZE_MB (default 1024)  BENCH_RUNS (default 3; the best of each side counts)
 //   BENCH_SPARSE_MB (default 4096; 0 skips)
+//   BENCH_WORKERS (default 1): also upload with DISKHUB_UPLOAD_HASHING=workers (the hashes on
+//   worker threads instead of libuv's thread pool), to compare the two (0 skips)
 import { spawn, execFileSync } from 'node:child_process';
 import { open, mkdir, rm, stat } from 'node:fs/promises';
 import { createServer } from 'node:net';
@@ -22,6 +24,7 @@ const work = join(root, 'bench', 'work', 'upload');
 const SIZE = Number(process.env.BENCH_SIZE_MB ?? 1024) << 20;
 const RUNS = Number(process.env.BENCH_RUNS ?? 3);
 const SPARSE = Number(process.env.BENCH_SPARSE_MB ?? 4096) * 2 ** 20;
+const WORKERS = process.env.BENCH_WORKERS !== '0';
 
 const freePort = () => new Promise((res) => { const s = createServer(); s.listen(0, '127.0.0.1', () => { const p = s.address().port; s.close(() => res(p)); }); });
 const seconds = (t0) => Number(process.hrtime.bigint() - t0) / 1e9;
@@ -61,13 +64,13 @@ function bound(file) {
   return { t: seconds(t0), cpu: childCpu(out) };
 }
 
-async function startDiskhub() {
-  const dir = join(work, 'diskhub');
+async function startDiskhub(env = {}) {
+  const dir = join(work, `diskhub${Object.keys(env).length ? '-variant' : ''}`);
   await rm(dir, { recursive: true, force: true });
   await mkdir(dir, { recursive: true });
   const port = await freePort();
   const child = spawn(process.execPath, [join(root, 'packages/cli/bin/diskhub.js'), 'serve'], {
-    env: { ...process.env, DISKHUB_DATA_DIR: dir, DISKHUB_PORT: String(port), DISKHUB_ADMIN_PASSWORD: 'bench', DISKHUB_LOG_LEVEL: 'warn' }, stdio: 'ignore',
+    env: { ...process.env, ...env, DISKHUB_DATA_DIR: dir, DISKHUB_PORT: String(port), DISKHUB_ADMIN_PASSWORD: 'bench', DISKHUB_LOG_LEVEL: 'warn' }, stdio: 'ignore',
   });
   const url = `http://127.0.0.1:${port}`;
   for (let i = 0; i < 200; i++) {
@@ -98,7 +101,11 @@ async function upload(s, file) {
   const t = seconds(t0);
   const code = out.split('\n')[0];
   if (code !== '204') throw new Error(`upload: HTTP ${code}`);
-  return { t, cpu: (await processCpu(s.pid)) - cpu0, curlCpu: childCpu(out), img: await s.api('GET', `/v2/images/${img.id}`) };
+  const cpu = (await processCpu(s.pid)) - cpu0;
+  const stored = await s.api('GET', `/v2/images/${img.id}`);
+  const md5 = execFileSync('md5sum', [file], { encoding: 'utf8' }).split(' ')[0];
+  if (stored.status !== 'active' || stored.checksum !== md5) throw new Error(`upload stored ${stored.status} with checksum ${stored.checksum}, not ${md5}`);
+  return { t, cpu, curlCpu: childCpu(out), img: stored };
 }
 
 await rm(work, { recursive: true, force: true });
@@ -107,19 +114,28 @@ const dense = join(work, 'dense.bin');
 // Random data: nothing to skip, every byte hashed and written.
 await writeFileOf(dense, SIZE, (b) => { randomFillSync(b); return true; });
 const s = await startDiskhub();
+const workers = WORKERS ? await startDiskhub({ DISKHUB_UPLOAD_HASHING: 'workers' }) : null;
 try {
-  const best = { bound: { t: Infinity, cpu: 0 }, diskhub: { t: Infinity, cpu: 0, curlCpu: 0 } };
+  const best = { bound: { t: Infinity, cpu: 0 }, diskhub: { t: Infinity, cpu: 0, curlCpu: 0 }, workers: { t: Infinity, cpu: 0, curlCpu: 0 } };
   for (let run = 0; run < RUNS; run++) {
     const b = bound(dense);
     if (b.t < best.bound.t) best.bound = b;
-    const u = await upload(s, dense);
-    if (u.t < best.diskhub.t) best.diskhub = u;
-    await s.api('DELETE', `/v2/images/${u.img.id}`);
+    for (const [server, key] of [[s, 'diskhub'], [workers, 'workers']]) {
+      if (!server) continue;
+      const u = await upload(server, dense);
+      if (u.t < best[key].t) best[key] = u;
+      await server.api('DELETE', `/v2/images/${u.img.id}`);
+    }
   }
+  const row = (label, r) => console.log(`${label.padEnd(44)} ${r.t.toFixed(2).padStart(7)} s  (CPU: server ${r.cpu.toFixed(2)} s, curl ${r.curlCpu.toFixed(2)} s)`);
   console.log(`upload of ${SIZE >> 20} MiB into the file store (best of ${RUNS}; ${execFileSync('nproc', { encoding: 'utf8' }).trim()} cores)`);
   console.log(`${'bound: openssl md5 & sha512 in parallel'.padEnd(44)} ${best.bound.t.toFixed(2).padStart(7)} s  (CPU ${best.bound.cpu.toFixed(2)} s)`);
-  console.log(`${'diskhub: curl -T into PUT /file'.padEnd(44)} ${best.diskhub.t.toFixed(2).padStart(7)} s  (CPU: server ${best.diskhub.cpu.toFixed(2)} s, curl ${best.diskhub.curlCpu.toFixed(2)} s)`);
+  row('diskhub: curl -T into PUT /file', best.diskhub);
   console.log(`${'ratio diskhub / bound'.padEnd(44)} ${(best.diskhub.t / best.bound.t).toFixed(2).padStart(7)} x`);
+  if (workers) {
+    row('diskhub, hashes on worker threads', best.workers);
+    console.log(`${'ratio (worker threads) / bound'.padEnd(44)} ${(best.workers.t / best.bound.t).toFixed(2).padStart(7)} x`);
+  }
 
   if (SPARSE > 0) {
     const sparse = join(work, 'sparse.raw');
@@ -143,5 +159,6 @@ try {
   }
 } finally {
   s.stop();
+  workers?.stop();
   await rm(work, { recursive: true, force: true });
 }
