@@ -83,7 +83,9 @@ async function startDiskhub(env = {}) {
   });
   const token = t.headers.get('x-subject-token');
   const api = async (method, path, body) => {
-    const r = await fetch(`${url}${path}`, { method, headers: { 'X-Auth-Token': token, 'Content-Type': 'application/json' }, body: body && JSON.stringify(body) });
+    const go = () => fetch(`${url}${path}`, { method, headers: { 'X-Auth-Token': token, 'Content-Type': 'application/json' }, body: body && JSON.stringify(body) });
+    // A kept-alive connection the server closed while curl was uploading fails the next request: once more.
+    const r = await go().catch(go);
     if (!r.ok) throw new Error(`${method} ${path}: ${r.status} ${await r.text()}`);
     return r.status === 204 ? null : r.json();
   };
