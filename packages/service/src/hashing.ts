@@ -9,11 +9,12 @@
  * still unhashed, so slow hashing slows the upload down instead of growing memory.
  *
  * Where the hashes run: with the hostio addon, on libuv's thread pool (hostio.digestUpdate,
- * Node's own OpenSSL), each algorithm's pending batches in one call; otherwise on a worker
- * thread per algorithm shared by all uploads, each batch posted to both. The addon wins: posting
- * every batch to two workers cost the main thread about as much CPU as reading the socket
- * (bench/upload.mjs, BENCHMARKS.md). DISKHUB_UPLOAD_HASHING=workers selects the workers anyway,
- * for that comparison.
+ * Node's own OpenSSL), each algorithm's pending batches in one call, one call per algorithm at
+ * a time across all uploads; otherwise on a worker thread per algorithm shared by all uploads,
+ * each batch posted to both. Measured (bench/upload.mjs, BENCHMARKS.md): the main thread spends
+ * the same either way (1.25 s of CPU per GiB); the thread pool needs no V8 isolate per
+ * algorithm and no message per batch. DISKHUB_UPLOAD_HASHING=workers selects the workers, for
+ * that comparison.
  */
 import { createHash } from 'node:crypto';
 import { Worker } from 'node:worker_threads';
@@ -139,8 +140,30 @@ let nextId = 1;
 type HashStream = ReturnType<HashWorker['open']>;
 
 /**
- * A hash on libuv's thread pool: batches posted while an update runs are hashed together by
- * the next one, started as soon as the previous finishes.
+ * libuv's pool has four threads, and file reads and writes need them too: hashing keeps at most
+ * one update per algorithm in flight across all uploads (as the two worker threads did), so
+ * any number of uploads leaves two threads to the service's file I/O.
+ */
+class HashLane {
+  private busy = false;
+  private readonly waiting: (() => void)[] = [];
+
+  async run(update: () => Promise<void>): Promise<void> {
+    while (this.busy) await new Promise<void>((resolve) => this.waiting.push(resolve));
+    this.busy = true;
+    try {
+      await update();
+    } finally {
+      this.busy = false;
+      this.waiting.shift()?.();
+    }
+  }
+}
+const lanes = { md5: new HashLane(), sha512: new HashLane() };
+
+/**
+ * A hash on libuv's thread pool: batches posted while an update runs (or waits for its lane)
+ * are hashed together by the next one.
  */
 function threadPoolHash(algorithm: Algorithm): HashStream {
   const io = hostio!;
@@ -158,7 +181,7 @@ function threadPoolHash(algorithm: Algorithm): HashStream {
     const views = queued;
     queued = [];
     const bytes = views.reduce((n, v) => n + v.byteLength, 0);
-    running = io.digestUpdate!(digest, views).then(
+    running = lanes[algorithm].run(() => io.digestUpdate!(digest, views)).then(
       () => { running = null; backlog -= bytes; if (backlog <= MAX_BACKLOG) wakeUp(); pump(); },
       (e: Error) => { running = null; failure = e; wakeUp(); },
     );

@@ -86,3 +86,28 @@ test('the hashes run on the thread pool through the addon; the worker threads gi
     assert.equal(got, want, mode);
   }
 });
+
+test('on the thread pool, all uploads together keep at most one update per algorithm in flight (two pool threads stay free for file I/O)', async (t) => {
+  if (!hostio?.digestUpdate || process.env.DISKHUB_UPLOAD_HASHING === 'workers') {
+    if (process.env.CI === 'true') assert.fail('hostio lacks digestUpdate');
+    t.skip('hashes not on the thread pool');
+    return;
+  }
+  const io = hostio;
+  const original = io.digestUpdate!;
+  let inFlight = 0;
+  let most = 0;
+  let calls = 0;
+  io.digestUpdate = async (d, views) => {
+    calls++;
+    most = Math.max(most, ++inFlight);
+    try { await original.call(io, d, views); } finally { inFlight--; }
+  };
+  t.after(() => { io.digestUpdate = original; });
+  const inputs = Array.from({ length: 4 }, () => randomBytes(9 << 20));
+  const hashers = inputs.map(() => new UploadHasher());
+  await Promise.all(inputs.map((d, i) => feed(hashers[i]!, d, 65536)));
+  assert.deepEqual(await Promise.all(hashers.map((h) => h.digest())), inputs.map(expected));
+  assert.ok(calls >= 8, `${calls} updates`);
+  assert.equal(most, 2);
+});
