@@ -111,3 +111,27 @@ test('on the thread pool, all uploads together keep at most one update per algor
   assert.ok(calls >= 8, `${calls} updates`);
   assert.equal(most, 2);
 });
+
+test('hostio digests: equal to node:crypto over several views, and misuse is a typed error, not a crash', async (t) => {
+  if (!hostio?.digestUpdate) {
+    if (process.env.CI === 'true') assert.fail('hostio lacks digestUpdate');
+    t.skip('hostio addon without digestUpdate');
+    return;
+  }
+  const io = hostio;
+  const data = randomBytes((3 << 20) + 5);
+  for (const algorithm of ['md5', 'sha512'] as const) {
+    const d = io.digestOpen!(algorithm);
+    const running = io.digestUpdate!(d, [data.subarray(0, 7), data.subarray(7, 1 << 20), data.subarray(1 << 20)]);
+    // One update at a time per digest, and no digest while one runs.
+    assert.throws(() => io.digestUpdate!(d, [data]), (e: NodeJS.ErrnoException) => e.code === 'EBUSY');
+    assert.throws(() => io.digestFinal!(d), (e: NodeJS.ErrnoException) => e.code === 'EBUSY');
+    await running;
+    await io.digestUpdate!(d, []);
+    assert.equal(Buffer.from(io.digestFinal!(d)).toString('hex'), createHash(algorithm).update(data).digest('hex'));
+    assert.throws(() => io.digestFinal!(d), (e: NodeJS.ErrnoException) => e.code === 'EINVAL');
+    assert.throws(() => io.digestUpdate!(d, [data]), (e: NodeJS.ErrnoException) => e.code === 'EINVAL');
+  }
+  assert.throws(() => io.digestOpen!('sha1' as 'md5'), TypeError);
+  assert.throws(() => io.digestUpdate!(io.digestOpen!('md5'), [new Uint16Array(4) as unknown as Uint8Array]), TypeError);
+});
