@@ -29,6 +29,11 @@ export class DiskError extends Error {
   }
 }
 
+/** `qemu-img check` of a format (or a mode of it) that has no check: exit 63 with QEMU's message. */
+export class CheckNotSupported extends DiskError {
+  constructor() { super('EUNSUPPORTED', 'This image format does not support checks'); }
+}
+
 export function isDiskError(e: unknown, code?: DiskErrorCode): e is DiskError {
   return e instanceof DiskError && (code === undefined || e.code === code);
 }

@@ -5,6 +5,7 @@
  */
 import type { BlockDevice } from './blockdev.js';
 import type { ByteSource } from './source.js';
+import type { FormatInspection } from './inspect/finding.js';
 
 /** What `qemu-img info --output=json` prints for one image (keys as qemu-img spells them). */
 export interface ImageInfo {
@@ -68,6 +69,11 @@ export interface OpenOptions {
   headerOnly?: boolean;
   /** Resolve a file name relative to the image (for external data files and extents). */
   openRelated?: (filename: string, writable: boolean) => Promise<ByteSource>;
+  /**
+   * The format registry, for a driver that opens an image inside its own (an OVA's disk).
+   * openSource passes it; a driver never imports the registry, which imports every driver.
+   */
+  formats?: FormatRegistry;
 }
 
 export interface Image extends BlockDevice {
@@ -169,10 +175,27 @@ export interface CreateRequest {
   secret?: Uint8Array;
   /** Create (or truncate) a file the new image names, such as a qcow2 external data file; relative names resolve against the image's directory. */
   createRelated?: (filename: string) => Promise<ByteSource>;
+  /** The format registry, for a driver that probes a file the new image names (a vmdk parent); createImage passes it. */
+  formats?: FormatRegistry;
+}
+
+/** The registry of format drivers (formats.ts), as a driver that must probe another file receives it. */
+export interface FormatRegistry {
+  /** The driver of that name (DiskError EFORMAT when there is none). */
+  get(name: string): FormatDriver;
+  /** The driver that scores highest on the first bytes of a file (raw if none claims it). */
+  probe(head: Uint8Array, filename?: string): FormatDriver;
+  /** Every driver, in registration order. */
+  list(): FormatDriver[];
 }
 
 export interface FormatDriver {
   readonly name: string;
+  /**
+   * The format's safety inspections (its folder's inspect.ts): what the image service runs on
+   * an upload before trusting it. inspect/formats.ts lists them for the inspector.
+   */
+  readonly inspections?: readonly FormatInspection[];
   /**
    * How sure the driver is that `head` (the first bytes of the file, at least 512 when the
    * file is that long) is this format: 0 = no, 100 = certain. Raw answers 1.

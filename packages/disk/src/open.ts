@@ -4,16 +4,16 @@
  * detection by (device, inode).
  */
 import { stat } from 'node:fs/promises';
-import { dirname, isAbsolute, join } from 'node:path';
 import { DiskError } from './errors.js';
-import type { BackingRef, Image, OpenOptions } from './format.js';
-import { getFormat, probeFormat } from './formats.js';
-import { FileSource, type ByteSource } from './source.js';
+import type { Image, OpenOptions } from './format.js';
+import { formats } from './formats.js';
+import { FileSource, readHead, type ByteSource } from './source.js';
+import { resolveBackingPath } from './backing.js';
+
+export { backingInfo, resolveBackingPath } from './backing.js';
 
 /** Deepest backing chain we open; QEMU has no fixed cap, but a chain this deep is hostile or broken. */
 export const MAX_BACKING_DEPTH = 256;
-/** Bytes handed to probe(): enough for every header we detect (ISO 9660's volume descriptor is at 32 KiB). */
-export const PROBE_BYTES = 64 * 1024;
 
 export interface OpenImageOptions extends OpenOptions {
   /** Format name; probed from content when absent. */
@@ -34,29 +34,9 @@ export interface OpenImageOptions extends OpenOptions {
   serialWrites?: boolean;
 }
 
-export async function readHead(source: ByteSource, bytes = PROBE_BYTES): Promise<Uint8Array> {
-  const head = new Uint8Array(bytes);
-  const n = await source.read(head, 0);
-  return head.subarray(0, n);
-}
-
-/** Resolve a backing file name found in `imagePath` the way QEMU does. */
-export function resolveBackingPath(imagePath: string, backing: string): string {
-  if (isAbsolute(backing) || /^[a-z][a-z0-9+.-]*:/i.test(backing)) return backing;
-  return join(dirname(imagePath), backing);
-}
-
-/** The `info` keys naming an image's backing file, in qemu-img's order. */
-export function backingInfo(imagePath: string, ref: BackingRef | undefined): Record<string, string> {
-  if (!ref) return {};
-  const fields: Record<string, string> = { 'backing-filename': ref.filename, 'full-backing-filename': resolveBackingPath(imagePath, ref.filename) };
-  if (ref.format) fields['backing-filename-format'] = ref.format;
-  return fields;
-}
-
 export async function openSource(source: ByteSource, options: OpenImageOptions = {}): Promise<Image> {
-  const driver = options.format ? getFormat(options.format) : probeFormat(await readHead(source), source.name);
-  return driver.open(source, options);
+  const driver = options.format ? formats.get(options.format) : formats.probe(await readHead(source), source.name);
+  return driver.open(source, { formats, ...options });
 }
 
 /** Open an image file and (unless options.backing === false) its whole backing chain. */

@@ -63,6 +63,16 @@ export async function readExact(src: ByteSource, buf: Uint8Array, offset: number
 
 const ZERO_CHUNK = new Uint8Array(1 << 20);
 
+/** Bytes handed to a driver's probe(): enough for every header we detect (ISO 9660's volume descriptor is at 32 KiB). */
+export const PROBE_BYTES = 64 * 1024;
+
+/** The first bytes of a source, for probing its format (shorter when the source is). */
+export async function readHead(source: ByteSource, bytes = PROBE_BYTES): Promise<Uint8Array> {
+  const head = new Uint8Array(bytes);
+  const n = await source.read(head, 0);
+  return head.subarray(0, n);
+}
+
 export interface FileSourceOptions {
   readOnly?: boolean;
   /** Create (or truncate) the file. */

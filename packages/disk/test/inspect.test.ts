@@ -10,8 +10,9 @@ import { mkdir, open, readFile, writeFile, truncate, copyFile } from 'node:fs/pr
 import { createReadStream } from 'node:fs';
 import { join } from 'node:path';
 import {
-  inspectFile, StreamInspector, checkDeclaredFormat, crc32c, type InspectionReport, type IssueCode,
+  inspectFile, StreamInspector, checkDeclaredFormat, crc32c, listFormats, openImage, closeChain, isDiskError, type InspectionReport, type IssueCode,
 } from '@diskhub/disk';
+import { FORMAT_INSPECTIONS } from '@diskhub/disk/inspect/formats';
 import { vhdChecksum } from '@diskhub/disk/vpc/header';
 import { tempDir, qemuImg, qemuIo, needs, run, runOk } from '@diskhub/testkit';
 
@@ -361,6 +362,66 @@ test('inspector: randomly damaged headers give a report, never an exception or a
     // The streamed report must agree even on damaged input.
     assert.deepEqual({ ...(await streamed(target, 65536)) }, { ...r });
   }
+});
+
+test('inspector: it runs exactly the inspections the registered drivers carry', () => {
+  const carried = listFormats().flatMap((d) => [...(d.inspections ?? [])]);
+  assert.equal(new Set(carried).size, carried.length, 'no inspection is carried twice');
+  assert.deepEqual(new Set(FORMAT_INSPECTIONS), new Set(carried));
+  // Every format that can be uploaded has one (raw's: ISO 9660 and disk labels).
+  for (const d of listFormats()) assert.ok(d.inspections?.length, `${d.name} carries an inspection`);
+});
+
+/** The reader refuses the image (a DiskError, not a crash). */
+async function readerRefuses(path: string): Promise<void> {
+  await assert.rejects(openImage(path).then(closeChain), (e) => isDiskError(e), path);
+}
+
+test('inspector: qcow, parallels and cloop headers are decoded as their readers decode them', needs('qemu-img', 'create_compressed_fs'), async (t) => {
+  const dir = await tempDir(t);
+  // qcow (v1): a cluster size QEMU refuses is malformed; a backing file is named.
+  const qcow = join(dir, 'a.qcow');
+  await qemuImg('create', '-q', '-f', 'qcow', qcow, '4M');
+  assert.deepEqual(codes(await inspect(qcow)), []);
+  await patch(qcow, 32, new Uint8Array([20]));
+  assert.deepEqual(codes(await inspect(qcow)), ['malformed']);
+  await readerRefuses(qcow);
+  const base = join(dir, 'base.raw');
+  await writeFile(base, new Uint8Array(4 << 20));
+  const child = join(dir, 'child.qcow');
+  await qemuImg('create', '-q', '-f', 'qcow', '-b', base, '-F', 'raw', child);
+  const withBacking = await inspect(child);
+  assert.deepEqual(codes(withBacking), ['backing-file']);
+  assert.equal(withBacking.details['backing-filename'], base);
+
+  // parallels: zero sectors per track is malformed (QEMU: "Zero sectors per track"); a BAT past the end is geometry.
+  const ploop = join(dir, 'a.parallels');
+  await qemuImg('create', '-q', '-f', 'parallels', ploop, '64M');
+  const good = await inspect(ploop);
+  assert.deepEqual(codes(good), []);
+  assert.equal(good.virtualSize, 64 << 20);
+  const cut = join(dir, 'cut.parallels');
+  await writeFile(cut, (await readFile(ploop)).subarray(0, 80));
+  assert.deepEqual(codes(await inspect(cut)), ['geometry']);
+  await readerRefuses(cut);
+  await patch(ploop, 28, new Uint8Array(4));
+  assert.deepEqual(codes(await inspect(ploop)), ['malformed']);
+  await readerRefuses(ploop);
+
+  // cloop: a block size that is not a multiple of 512 is malformed; offsets past the end are geometry.
+  const input = join(dir, 'fs.bin');
+  await writeFile(input, new Uint8Array(256 * 1024).map((_, i) => (i * 13) & 0xff));
+  const cloop = join(dir, 'a.cloop');
+  await runOk('create_compressed_fs', ['-q', '-B', '65536', input, cloop]);
+  const c = await inspect(cloop);
+  assert.deepEqual([c.format, codes(c), c.virtualSize], ['cloop', [], 256 * 1024]);
+  const cutCloop = join(dir, 'cut.cloop');
+  await writeFile(cutCloop, (await readFile(cloop)).subarray(0, 140));
+  assert.deepEqual(codes(await inspect(cutCloop)), ['geometry']);
+  await readerRefuses(cutCloop);
+  await patch(cloop, 128, be32(1000));
+  assert.deepEqual(codes(await inspect(cloop)), ['malformed']);
+  await readerRefuses(cloop);
 });
 
 test('crc32c matches the standard check value', () => {

@@ -5,7 +5,7 @@
  */
 import test from 'node:test';
 import assert from 'node:assert/strict';
-import { MemorySource, getFormat, isDiskError } from '@diskhub/disk';
+import { MemorySource, formats, getFormat, isDiskError } from '@diskhub/disk';
 import { mutationRounds } from './random-writes.js';
 
 /** One tar header block for `name` of `size` bytes (ustar, checksum filled in). */
@@ -46,7 +46,7 @@ test('ova: a raw disk inside a tar reads in place; hostile archives give typed e
   const good = tar([['a.ovf', OVF('4096')], ['d.raw', disk]]);
   const ova = getFormat('ova');
   assert.equal(ova.probe(good), 100);
-  const img = await ova.open(new MemorySource(good, 'a.ova', true), {});
+  const img = await ova.open(new MemorySource(good, 'a.ova', true), { formats });
   const b = new Uint8Array(100);
   await img.read(b, 1000);
   assert.deepEqual([...b], [...disk.subarray(1000, 1100)]);
@@ -64,7 +64,7 @@ test('ova: a raw disk inside a tar reads in place; hostile archives give typed e
     ['not an envelope', tar([['a.ovf', Buffer.from('<html/>')]]), /not an OVF descriptor/],
   ];
   for (const [name, bytes, message] of cases) {
-    await assert.rejects(ova.open(new MemorySource(bytes, name, true), {}), (e) => isDiskError(e) && message.test(e.message), name);
+    await assert.rejects(ova.open(new MemorySource(bytes, name, true), { formats }), (e) => isDiskError(e) && message.test(e.message), name);
   }
   const r = await mutationRounds(ova, good, 600, [0, 1536], 23);
   assert.ok(r.opened > 0 && r.refused > 0, `both outcomes seen: ${JSON.stringify(r)}`);

@@ -1,7 +1,7 @@
 /** Helpers shared by the block-mapped format tests (vdi, vpc): whole reads, random writes against a reference, mutation rounds. */
 import assert from 'node:assert/strict';
 import { run } from '@diskhub/testkit';
-import { openImage, closeChain, isDiskError, MemorySource, type FormatDriver, type Image } from '@diskhub/disk';
+import { openImage, closeChain, formats, isDiskError, MemorySource, type FormatDriver, type Image } from '@diskhub/disk';
 
 /** The whole virtual disk of an image (and its chain), read through our engine. */
 export async function readAll(path: string, format?: string): Promise<Uint8Array> {
@@ -92,7 +92,7 @@ export async function mutationRounds(driver: FormatDriver, image: Uint8Array, ro
       bytes[at] = rnd(5) === 0 ? 0xff : rnd(256);
     }
     try {
-      const img = await driver.open(new MemorySource(bytes, `mutant-${round}`, true), {});
+      const img = await driver.open(new MemorySource(bytes, `mutant-${round}`, true), { formats });
       opened++;
       try {
         // Bounded work: a mutated size may claim terabytes; read at most the first 8 MiB.

@@ -59,7 +59,20 @@ export interface HostIo {
    * until the promise settles. Absent when the addon is older or Node does not export OpenSSL.
    */
   xtsSectors?(key: Uint8Array, data: Uint8Array, firstSector: number, ivBits: 32 | 64, encrypt: boolean): Promise<void>;
+  /**
+   * A message digest of a stream (Node's own OpenSSL), its updates on a libuv worker thread:
+   * `digestUpdate` resolves once the views are hashed, in order (they must not change until
+   * then; the array is read at the call), and throws
+   * EBUSY while the handle's previous update runs; `digestFinal` gives the digest once.
+   * Absent when the addon is older or Node does not export OpenSSL.
+   */
+  digestOpen?(algorithm: 'md5' | 'sha512'): Digest;
+  digestUpdate?(digest: Digest, views: Uint8Array[]): Promise<void>;
+  digestFinal?(digest: Digest): Uint8Array;
 }
+
+/** An opaque digest handle. */
+export type Digest = { readonly __hostioDigest: unique symbol };
 
 /** An opaque serial-writer handle. */
 export type Writer = { readonly __hostioWriter: unique symbol };

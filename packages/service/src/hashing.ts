@@ -3,15 +3,23 @@
  * `checksum`) and sha512 (`os_hash_value`).
  *
  * Both hashes are CPU-bound and, computed on the request's thread as Glance does, they bound
- * an upload. Here each algorithm has a worker thread shared by all uploads, so the two hashes
- * and the request's socket and file I/O run on different cores. Every 1 MiB batch is copied
- * once into a SharedArrayBuffer that both workers read; an upload waits while more than
- * MAX_BACKLOG bytes are still unhashed, so slow hashing slows the upload down instead of
- * growing memory.
+ * an upload. Here each runs off the main thread, so the two hashes and the request's socket
+ * and file I/O run on different cores. Every chunk is copied once into a 1 MiB page-aligned
+ * batch that both hashes read in place; an upload waits while more than MAX_BACKLOG bytes are
+ * still unhashed, so slow hashing slows the upload down instead of growing memory.
+ *
+ * Where the hashes run: with the hostio addon, on libuv's thread pool (hostio.digestUpdate,
+ * Node's own OpenSSL), each algorithm's pending batches in one call, one call per algorithm at
+ * a time across all uploads; otherwise on a worker thread per algorithm shared by all uploads,
+ * each batch posted to both. Measured (bench/upload.mjs, BENCHMARKS.md): the main thread spends
+ * the same either way (1.25 s of CPU per GiB); the thread pool needs no V8 isolate per
+ * algorithm and no message per batch. DISKHUB_UPLOAD_HASHING=workers selects the workers, for
+ * that comparison.
  */
 import { createHash } from 'node:crypto';
 import { Worker } from 'node:worker_threads';
 import { pageAlignedBytes } from '@diskhub/disk';
+import { hostio } from '@diskhub/hostio';
 
 const BATCH = 1 << 20;
 const MAX_BACKLOG = 4 << 20;
@@ -128,9 +136,82 @@ class HashWorker {
 const workers = { md5: new HashWorker('md5'), sha512: new HashWorker('sha512') };
 let nextId = 1;
 
+/** One upload's hash of one algorithm, as UploadHasher feeds it. */
+type HashStream = ReturnType<HashWorker['open']>;
+
+/**
+ * libuv's pool has four threads, and file reads and writes need them too: hashing keeps at most
+ * one update per algorithm in flight across all uploads (as the two worker threads did), so
+ * any number of uploads leaves two threads to the service's file I/O.
+ */
+class HashLane {
+  private busy = false;
+  private readonly waiting: (() => void)[] = [];
+
+  async run(update: () => Promise<void>): Promise<void> {
+    while (this.busy) await new Promise<void>((resolve) => this.waiting.push(resolve));
+    this.busy = true;
+    try {
+      await update();
+    } finally {
+      this.busy = false;
+      this.waiting.shift()?.();
+    }
+  }
+}
+const lanes = { md5: new HashLane(), sha512: new HashLane() };
+
+/**
+ * A hash on libuv's thread pool: batches posted while an update runs (or waits for its lane)
+ * are hashed together by the next one.
+ */
+function threadPoolHash(algorithm: Algorithm): HashStream {
+  const io = hostio!;
+  const digest = io.digestOpen!(algorithm);
+  let queued: Uint8Array[] = [];
+  let running: Promise<void> | null = null;
+  let backlog = 0;
+  let failure: Error | null = null;
+  let dropped = false;
+  let wake: (() => void) | undefined;
+  const wakeUp = () => { wake?.(); wake = undefined; };
+  const check = () => { if (failure) throw failure; };
+  const pump = (): void => {
+    if (running || dropped || failure || queued.length === 0) return;
+    const views = queued;
+    queued = [];
+    const bytes = views.reduce((n, v) => n + v.byteLength, 0);
+    running = lanes[algorithm].run(() => io.digestUpdate!(digest, views)).then(
+      () => { running = null; backlog -= bytes; if (backlog <= MAX_BACKLOG) wakeUp(); pump(); },
+      (e: Error) => { running = null; failure = e; wakeUp(); },
+    );
+  };
+  return {
+    post: (data: Uint8Array) => {
+      check();
+      backlog += data.byteLength;
+      queued.push(data);
+      pump();
+    },
+    drained: async () => {
+      if (backlog > MAX_BACKLOG) await new Promise<void>((resolve) => { wake = resolve; });
+      check();
+    },
+    digest: async () => {
+      while (running) await running;
+      check();
+      return Buffer.from(io.digestFinal!(digest)).toString('hex');
+    },
+    drop: () => { dropped = true; queued = []; },
+  };
+}
+
+const onThreadPool = !!hostio?.digestUpdate && process.env.DISKHUB_UPLOAD_HASHING !== 'workers';
+const openHash = (algorithm: Algorithm, id: number): HashStream => (onThreadPool ? threadPoolHash(algorithm) : workers[algorithm].open(id));
+
 /**
  * Hashes one upload and, given a `sink`, writes it: every chunk is copied once into a 1 MiB
- * page-aligned shared batch; full batches go to both hash workers and, in order, to the sink
+ * page-aligned shared batch; full batches go to both hashes and, in order, to the sink
  * (the store's file), so the socket's own buffers are never written (the kernel copies aligned
  * memory into the page cache much faster, see pageAlignedBytes). Feed it with `update`, call
  * `finish` when the data is complete (flushes and waits for the writes), then `digest` once;
@@ -138,7 +219,7 @@ let nextId = 1;
  */
 export class UploadHasher {
   /** Opened with the first batch, so an upload that never sends data holds nothing. */
-  private streams: ReturnType<HashWorker['open']>[] | null = null;
+  private streams: HashStream[] | null = null;
   private readonly ring: Uint8Array[] = [];
   /** The sink's write of each ring batch, in order; a batch is reused only after its write. */
   private readonly writes: Promise<void>[] = [];
@@ -171,7 +252,7 @@ export class UploadHasher {
     if (!this.batch || this.filled === 0) return;
     if (!this.streams) {
       const id = nextId++;
-      this.streams = [workers.md5.open(id), workers.sha512.open(id)];
+      this.streams = [openHash('md5', id), openHash('sha512', id)];
     }
     const data = this.batch.subarray(0, this.filled);
     for (const s of this.streams) s.post(data);

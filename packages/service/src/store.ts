@@ -14,7 +14,11 @@ export interface StagedWrite {
   /** The key the data will have once committed. */
   readonly tempKey: string;
   readonly path: string;
-  /** Append chunks (one write call; the caller keeps at most one write in flight). */
+  /**
+   * Append chunks (the caller keeps at most one write in flight). Whole zero blocks are not
+   * written (the file store leaves holes), so a call should end on a block boundary (1 MiB
+   * batches do); a block a call leaves unfinished is written as it is.
+   */
   write(chunks: Buffer[]): Promise<void>;
   /** Make the data visible under `key`. */
   commit(key: string): Promise<string>;
@@ -64,18 +68,27 @@ export class FileStore implements Store {
     const fh = await open(path, 'wx', 0o644);
     let done = false;
     let closed = false;
+    /** Bytes received so far: the file's size once committed (zero blocks at its end were skipped). */
+    let length = 0;
     const close = async () => { if (!closed) { closed = true; await fh.close(); } };
     return {
       tempKey, path,
       write: async (chunks: Buffer[]) => {
-        let pending = chunks;
-        while (pending.length) {
-          const { bytesWritten } = await fh.writev(pending);
-          pending = dropBytes(pending, bytesWritten);
+        for (const run of dataRuns(chunks, length)) {
+          let pending = run.chunks;
+          let at = run.offset;
+          while (pending.length) {
+            const { bytesWritten } = await fh.writev(pending, at);
+            pending = dropBytes(pending, bytesWritten);
+            at += bytesWritten;
+          }
         }
+        for (const c of chunks) length += c.length;
       },
       commit: async (key: string) => {
         done = true;
+        // Sets the size when the data ended in skipped zero blocks (a no-op otherwise).
+        await fh.truncate(length);
         await close();
         await rename(path, this.pathOf(key));
         return key;
@@ -152,6 +165,60 @@ export class FileStore implements Store {
     }
     return removed;
   }
+}
+
+/**
+ * Upload data is written sparsely: whole ZERO_BLOCK-aligned blocks of zeroes are skipped and
+ * stay holes of the new file (it is created empty, so a hole reads as zeroes), as qemu-img
+ * convert leaves a raw target's zero runs unwritten. A mostly empty raw image then costs its
+ * network transfer, not gigabytes of page-cache copies and disk writes. 64 KiB: small enough to
+ * catch the free space of a file system image, large enough that the comparison (memcmp, which
+ * stops at the first byte that differs, so dense data costs nearly nothing) stays cheap.
+ */
+const ZERO_BLOCK = 64 * 1024;
+const ZEROES = Buffer.alloc(ZERO_BLOCK);
+
+/**
+ * The data of `chunks` (which start at file offset `offset`) as runs to write, zero blocks left
+ * out. A block may span chunks; one that the call does not complete (at its end) is written,
+ * zeroes or not, so callers write whole blocks per call (UploadHasher's batches are 1 MiB).
+ */
+function dataRuns(chunks: Buffer[], offset: number): { offset: number; chunks: Buffer[] }[] {
+  const runs: { offset: number; chunks: Buffer[] }[] = [];
+  let run: { offset: number; chunks: Buffer[] } | null = null;
+  let pos = offset;
+  let block: Buffer[] = [];
+  let blockBytes = 0;
+  const endBlock = () => {
+    const zero = blockBytes === ZERO_BLOCK && block.every((p) => p.equals(ZEROES.subarray(0, p.length)));
+    if (zero) run = null;
+    else if (run) run.chunks.push(...block);
+    else runs.push(run = { offset: pos - blockBytes, chunks: [...block] });
+    block = [];
+    blockBytes = 0;
+  };
+  for (const chunk of chunks) {
+    for (let at = 0; at < chunk.length;) {
+      const n = Math.min(chunk.length - at, ZERO_BLOCK - (pos % ZERO_BLOCK));
+      block.push(chunk.subarray(at, at + n));
+      blockBytes += n;
+      pos += n;
+      at += n;
+      if (pos % ZERO_BLOCK === 0) endBlock();
+    }
+  }
+  if (blockBytes) endBlock();
+  // Adjacent pieces of one chunk become one view again, so a run is a few writev entries.
+  for (const r of runs) {
+    const merged: Buffer[] = [];
+    for (const p of r.chunks) {
+      const last = merged[merged.length - 1];
+      if (last && last.buffer === p.buffer && last.byteOffset + last.length === p.byteOffset) merged[merged.length - 1] = Buffer.from(last.buffer, last.byteOffset, last.length + p.length);
+      else merged.push(p);
+    }
+    r.chunks = merged;
+  }
+  return runs;
 }
 
 /** The chunks left after the first `n` bytes were written (a short writev). */

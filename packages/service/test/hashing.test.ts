@@ -1,8 +1,12 @@
-/** UploadHasher: md5 inline and sha512 on the shared worker give the digests of the whole stream. */
+/**
+ * UploadHasher: md5 and sha512, off the main thread (libuv's thread pool through the hostio
+ * addon, or worker threads without it), give the digests of the whole stream.
+ */
 import test from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { spawnSync } from 'node:child_process';
+import { hostio } from '@diskhub/hostio';
 import { UploadHasher } from '../src/hashing.js';
 
 const expected = (data: Buffer) => ({
@@ -59,4 +63,75 @@ test('the sha512 worker does not keep a process alive after its uploads finish',
   assert.equal(r.signal, null, 'process was killed after the timeout: the worker kept it alive');
   assert.equal(r.status, 0, r.stderr);
   assert.equal(r.stdout.trim(), '128');
+});
+
+test('the hashes run on the thread pool through the addon; the worker threads give the same digests', (t) => {
+  // CI builds the addon (hostio/build.mjs fails without it there): the fast path must be the one tested.
+  if (!hostio?.digestUpdate) {
+    if (process.env.CI === 'true') assert.fail('hostio lacks digestUpdate');
+    t.skip('hostio addon without digestUpdate');
+  }
+  const url = new URL('../src/hashing.js', import.meta.url).href;
+  const script = `import { UploadHasher } from '${url}';
+    import { randomBytes } from 'node:crypto';
+    const data = randomBytes((11 << 20) + 3);
+    const h = new UploadHasher();
+    for (let at = 0; at < data.length; at += 300_000) await h.update(data.subarray(at, at + 300_000));
+    console.log(data.toString('base64').length, JSON.stringify(await h.digest()), JSON.stringify(await import('node:crypto').then((c) => ({
+      md5: c.createHash('md5').update(data).digest('hex'), sha512: c.createHash('sha512').update(data).digest('hex') }))));`;
+  for (const mode of ['threadpool', 'workers']) {
+    const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8', timeout: 30_000, env: { ...process.env, DISKHUB_UPLOAD_HASHING: mode } });
+    assert.equal(r.status, 0, r.stderr);
+    const [, got, want] = r.stdout.trim().split(' ');
+    assert.equal(got, want, mode);
+  }
+});
+
+test('on the thread pool, all uploads together keep at most one update per algorithm in flight (two pool threads stay free for file I/O)', async (t) => {
+  if (!hostio?.digestUpdate || process.env.DISKHUB_UPLOAD_HASHING === 'workers') {
+    if (process.env.CI === 'true') assert.fail('hostio lacks digestUpdate');
+    t.skip('hashes not on the thread pool');
+    return;
+  }
+  const io = hostio;
+  const original = io.digestUpdate!;
+  let inFlight = 0;
+  let most = 0;
+  let calls = 0;
+  io.digestUpdate = async (d, views) => {
+    calls++;
+    most = Math.max(most, ++inFlight);
+    try { await original.call(io, d, views); } finally { inFlight--; }
+  };
+  t.after(() => { io.digestUpdate = original; });
+  const inputs = Array.from({ length: 4 }, () => randomBytes(9 << 20));
+  const hashers = inputs.map(() => new UploadHasher());
+  await Promise.all(inputs.map((d, i) => feed(hashers[i]!, d, 65536)));
+  assert.deepEqual(await Promise.all(hashers.map((h) => h.digest())), inputs.map(expected));
+  assert.ok(calls >= 8, `${calls} updates`);
+  assert.equal(most, 2);
+});
+
+test('hostio digests: equal to node:crypto over several views, and misuse is a typed error, not a crash', async (t) => {
+  if (!hostio?.digestUpdate) {
+    if (process.env.CI === 'true') assert.fail('hostio lacks digestUpdate');
+    t.skip('hostio addon without digestUpdate');
+    return;
+  }
+  const io = hostio;
+  const data = randomBytes((3 << 20) + 5);
+  for (const algorithm of ['md5', 'sha512'] as const) {
+    const d = io.digestOpen!(algorithm);
+    const running = io.digestUpdate!(d, [data.subarray(0, 7), data.subarray(7, 1 << 20), data.subarray(1 << 20)]);
+    // One update at a time per digest, and no digest while one runs.
+    assert.throws(() => io.digestUpdate!(d, [data]), (e: NodeJS.ErrnoException) => e.code === 'EBUSY');
+    assert.throws(() => io.digestFinal!(d), (e: NodeJS.ErrnoException) => e.code === 'EBUSY');
+    await running;
+    await io.digestUpdate!(d, []);
+    assert.equal(Buffer.from(io.digestFinal!(d)).toString('hex'), createHash(algorithm).update(data).digest('hex'));
+    assert.throws(() => io.digestFinal!(d), (e: NodeJS.ErrnoException) => e.code === 'EINVAL');
+    assert.throws(() => io.digestUpdate!(d, [data]), (e: NodeJS.ErrnoException) => e.code === 'EINVAL');
+  }
+  assert.throws(() => io.digestOpen!('sha1' as 'md5'), TypeError);
+  assert.throws(() => io.digestUpdate!(io.digestOpen!('md5'), [new Uint16Array(4) as unknown as Uint8Array]), TypeError);
 });

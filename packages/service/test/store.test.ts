@@ -2,7 +2,7 @@
 import test from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { writeFile } from 'node:fs/promises';
+import { readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { finished } from 'node:stream/promises';
@@ -63,4 +63,36 @@ test('send: a client that goes away mid-download ends the send instead of hangin
   await store.send('img', gone.out); // resolves (the test would time out otherwise)
   assert.ok(gone.out.destroyed);
   assert.ok(gone.data().length < 8 << 20);
+});
+
+test('an upload\'s zero blocks are left as holes: the file reads back the same and allocates only its data', async (t) => {
+  const dir = await tempDir(t);
+  const store = new FileStore(dir);
+  await store.init();
+  const MiB = 1 << 20;
+  // 64 MiB: data at the start, a run of data straddling block edges in the middle, zeroes at the end
+  // (the size must still be right), and zero bytes inside a data block (kept, they are data).
+  const data = Buffer.alloc(64 * MiB);
+  randomBytes(MiB).copy(data, 0);
+  randomBytes(100_000).copy(data, 30 * MiB - 50_000);
+  data.fill(7, 40 * MiB + 65536 - 3, 40 * MiB + 65536 + 3);
+  const staged = await store.begin(store.newTempKey('img'));
+  // Write calls of 1 MiB, as the hasher's batches come, each in uneven chunks (blocks span them).
+  for (let call = 0; call < data.length; call += MiB) {
+    const chunks: Buffer[] = [];
+    for (let at = call, i = 0; at < call + MiB; i++) {
+      const n = Math.min(call + MiB - at, [777_777, 65536, 1, 300_000][i % 4]!);
+      chunks.push(data.subarray(at, at + n));
+      at += n;
+    }
+    await staged.write(chunks);
+  }
+  const key = await staged.commit('img');
+  const path = store.pathOf(key);
+  assert.ok((await readFile(path)).equals(data));
+  const st = await stat(path);
+  assert.equal(st.size, data.length);
+  // Data: 1 MiB + 100 kB (in 3 blocks) + 6 bytes (2 blocks): well under 2 MiB allocated where 64 MiB was sent.
+  assert.ok(st.blocks * 512 <= 2 * MiB, `allocated ${st.blocks * 512} bytes`);
+  assert.ok(st.blocks * 512 >= MiB, `allocated ${st.blocks * 512} bytes (the data itself must be there)`);
 });

@@ -5,7 +5,7 @@
  * to /etc/lvm (backup and archive off, no devices file, no hints).
  */
 import { spawnSync } from 'node:child_process';
-import { runOk, run } from './index.js';
+import { runOk, run } from './run.js';
 
 let loopUsable: boolean | undefined;
 

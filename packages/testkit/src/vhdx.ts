@@ -6,7 +6,7 @@
  */
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { qemuImg, qemuIo } from './index.js';
+import { qemuImg, qemuIo } from './run.js';
 
 const MiB = 1 << 20;
 /** First dword of the BAT and metadata region GUIDs, enough to find them in a region table. */

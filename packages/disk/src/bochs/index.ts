@@ -9,31 +9,10 @@ import { DiskError } from '../errors.js';
 import { readHostRuns } from '../blockwalk.js';
 import type { FormatDriver, Image, ImageInfo, OpenOptions } from '../format.js';
 import { readExact, type ByteSource } from '../source.js';
+import { BOCHS_HEADER_BYTES, isBochs, parseBochsHeader } from './header.js';
+import { inspectBochs } from './inspect.js';
 
-const HEADER_BYTES = 512;
-const MAGIC = 'Bochs Virtual HD Image';
-const TYPE_REDOLOG = 'Redolog';
-const SUBTYPE_GROWING = 'Growing';
-const VERSION_2 = 0x00020000;
-const VERSION_1 = 0x00010000;
 const UNALLOCATED = 0xffffffff;
-/** QEMU's limits: a catalog of 1M entries (bximage's largest, ~8 TB), extents of 512 B to 8 MiB. */
-const MAX_CATALOG = 0x100000;
-const MAX_EXTENT = 0x800000;
-
-/** A NUL-terminated string field, as C's strcmp sees it. */
-function cString(b: Uint8Array, at: number, len: number): string {
-  const field = b.subarray(at, at + len);
-  const end = field.indexOf(0);
-  return new TextDecoder('latin1').decode(end < 0 ? field : field.subarray(0, end));
-}
-
-function headerMatches(b: Uint8Array): boolean {
-  if (b.length < HEADER_BYTES) return false;
-  const version = new DataView(b.buffer, b.byteOffset, HEADER_BYTES).getUint32(64, true);
-  return cString(b, 0, 32) === MAGIC && cString(b, 32, 16) === TYPE_REDOLOG && cString(b, 48, 16) === SUBTYPE_GROWING
-    && (version === VERSION_2 || version === VERSION_1);
-}
 
 interface BochsLayout {
   size: number;
@@ -45,37 +24,22 @@ interface BochsLayout {
 }
 
 async function openBochs(source: ByteSource): Promise<BochsLayout> {
-  const head = new Uint8Array(HEADER_BYTES);
+  const head = new Uint8Array(BOCHS_HEADER_BYTES);
   const got = await source.read(head, 0);
-  if (got < HEADER_BYTES || !headerMatches(head)) throw new DiskError('EFORMAT', `${source.name}: Image not in Bochs format`);
-  const v = new DataView(head.buffer);
-  // Version 1 headers lack the reserved word before the disk size.
-  const disk = v.getBigUint64(v.getUint32(64, true) === VERSION_1 ? 84 : 88, true);
-  const sectors = disk / 512n;
-  if (sectors > BigInt(Math.floor(Number.MAX_SAFE_INTEGER / 512))) throw new DiskError('ECORRUPT', `${source.name}: bochs disk size ${disk} is out of range`);
-  const catalogSize = v.getUint32(72, true);
-  if (catalogSize > MAX_CATALOG) throw new DiskError('ECORRUPT', `${source.name}: Catalog size is too large`);
-  const headerSize = v.getUint32(68, true);
-  const raw = new Uint8Array(catalogSize * 4);
-  await readExact(source, raw, headerSize, 'bochs catalog');
+  const h = parseBochsHeader(head.subarray(0, got), source.name);
+  const raw = new Uint8Array(h.catalogEntries * 4);
+  await readExact(source, raw, h.headerSize, 'bochs catalog');
   const cv = new DataView(raw.buffer);
-  const catalog = new Uint32Array(catalogSize);
-  for (let i = 0; i < catalogSize; i++) catalog[i] = cv.getUint32(i * 4, true);
-  const bitmap = v.getUint32(76, true);
-  const extentSize = v.getUint32(80, true);
-  if (extentSize < 512) throw new DiskError('ECORRUPT', `${source.name}: Extent size must be at least 512`);
-  if (extentSize & (extentSize - 1)) throw new DiskError('ECORRUPT', `${source.name}: Extent size ${extentSize} is not a power of two`);
-  if (extentSize > MAX_EXTENT) throw new DiskError('ECORRUPT', `${source.name}: Extent size ${extentSize} is too large`);
-  const size = Number(sectors) * 512;
-  if (catalogSize < Math.ceil(Number(sectors) / (extentSize / 512))) throw new DiskError('ECORRUPT', `${source.name}: Catalog size is too small for this disk size`);
+  const catalog = new Uint32Array(h.catalogEntries);
+  for (let i = 0; i < h.catalogEntries; i++) catalog[i] = cv.getUint32(i * 4, true);
   return {
-    size,
+    size: h.size,
     catalog,
-    dataOffset: headerSize + catalogSize * 4,
+    dataOffset: h.headerSize + h.catalogEntries * 4,
     // QEMU's arithmetic on the 32-bit fields (a bitmap size of 0 wraps around the same way).
-    bitmapBlocks: 1 + Math.floor(((bitmap - 1) >>> 0) / 512),
-    extentBlocks: 1 + Math.floor((extentSize - 1) / 512),
-    extentSize,
+    bitmapBlocks: 1 + Math.floor(((h.bitmapSize - 1) >>> 0) / 512),
+    extentBlocks: 1 + Math.floor((h.extentSize - 1) / 512),
+    extentSize: h.extentSize,
   };
 }
 
@@ -155,7 +119,8 @@ export class BochsImage implements Image {
 
 export const bochsDriver: FormatDriver = {
   name: 'bochs',
-  probe: (head: Uint8Array) => (headerMatches(head) ? 100 : 0),
+  probe: (head: Uint8Array) => (isBochs(head) ? 100 : 0),
+  inspections: [inspectBochs],
   async open(source: ByteSource, options: OpenOptions): Promise<Image> {
     if (options.snapshot !== undefined) throw new DiskError('EUNSUPPORTED', `${source.name}: bochs images have no internal snapshots`);
     if (options.writable) throw new DiskError('EUNSUPPORTED', `${source.name}: writing bochs images is not supported`);

@@ -10,44 +10,22 @@ import { checkRange, type Extent } from '../blockdev.js';
 import { DiskError } from '../errors.js';
 import type { FormatDriver, Image, ImageInfo, OpenOptions } from '../format.js';
 import { readExact, type ByteSource } from '../source.js';
+import { CLOOP_HEADER_BYTES, CLOOP_MAX_BLOCK_SIZE, parseCloopHeader, probeCloop } from './header.js';
+import { inspectCloop } from './inspect.js';
 
 const inflate = promisify(zlib.inflate);
-const PREAMBLE = '#!/bin/sh\n#V2.0 Format\nmodprobe cloop file=$0 && mount -r -t iso9660 /dev/cloop $1\n';
-const HEADER_BYTES = 128 + 8;
-/** QEMU's limits: blocks of at most 64 MiB, at most 512 MiB of offsets. */
-const MAX_BLOCK_SIZE = 64 * 1024 * 1024;
-const MAX_OFFSETS_BYTES = 512 * 1024 * 1024;
-/** The engine's limit on the offsets table it holds (QEMU allows 512 MiB). */
-export const CLOOP_MAX_BLOCKS = 8 * 1024 * 1024;
-
-function probeCloop(head: Uint8Array): number {
-  // QEMU compares the preamble (or as much of it as it was given) and answers a low score.
-  const n = Math.min(PREAMBLE.length, head.length);
-  if (n === 0) return 0;
-  for (let i = 0; i < n; i++) if (head[i] !== PREAMBLE.charCodeAt(i)) return 0;
-  return 2;
-}
-
 interface CloopLayout {
   blockSize: number;
   offsets: Float64Array;
 }
 
 async function openCloop(source: ByteSource): Promise<CloopLayout> {
-  const head = new Uint8Array(HEADER_BYTES);
+  const head = new Uint8Array(CLOOP_HEADER_BYTES);
   await readExact(source, head, 0, 'cloop header');
-  const v = new DataView(head.buffer);
-  const blockSize = v.getUint32(128);
+  const { blockSize, blocks: nBlocks } = parseCloopHeader(head, source.name);
   const corrupt = (m: string) => new DiskError('ECORRUPT', `${source.name}: ${m}`);
-  if (blockSize % 512) throw corrupt(`block_size ${blockSize} must be a multiple of 512`);
-  if (blockSize === 0) throw corrupt('block_size cannot be zero');
-  if (blockSize > MAX_BLOCK_SIZE) throw corrupt(`block_size ${blockSize} must be ${MAX_BLOCK_SIZE / (1024 * 1024)} MB or less`);
-  const nBlocks = v.getUint32(132);
-  if (nBlocks > Math.floor((0xffffffff - 1) / 8)) throw corrupt(`n_blocks ${nBlocks} must be ${Math.floor((0xffffffff - 1) / 8)} or less`);
-  if ((nBlocks + 1) * 8 > MAX_OFFSETS_BYTES) throw corrupt('image requires too many offsets, try increasing block size');
-  if (nBlocks > CLOOP_MAX_BLOCKS) throw new DiskError('ELIMIT', `${source.name}: cloop image of ${nBlocks} blocks is larger than the engine's limit of ${CLOOP_MAX_BLOCKS}`);
   const raw = new Uint8Array((nBlocks + 1) * 8);
-  await readExact(source, raw, HEADER_BYTES, 'cloop offsets');
+  await readExact(source, raw, CLOOP_HEADER_BYTES, 'cloop offsets');
   const rv = new DataView(raw.buffer);
   const offsets = new Float64Array(nBlocks + 1);
   for (let i = 0; i <= nBlocks; i++) {
@@ -57,7 +35,7 @@ async function openCloop(source: ByteSource): Promise<CloopLayout> {
     if (i === 0) continue;
     if (offsets[i]! < offsets[i - 1]!) throw corrupt(`offsets not monotonically increasing at index ${i}, image file is corrupt`);
     // Compressed blocks should be smaller than the uncompressed length, with some slack for incompressible data.
-    if (offsets[i]! - offsets[i - 1]! > 2 * MAX_BLOCK_SIZE) throw corrupt(`invalid compressed block size at index ${i}, image file is corrupt`);
+    if (offsets[i]! - offsets[i - 1]! > 2 * CLOOP_MAX_BLOCK_SIZE) throw corrupt(`invalid compressed block size at index ${i}, image file is corrupt`);
   }
   return { blockSize, offsets };
 }
@@ -122,6 +100,7 @@ export class CloopImage implements Image {
 export const cloopDriver: FormatDriver = {
   name: 'cloop',
   probe: probeCloop,
+  inspections: [inspectCloop],
   async open(source: ByteSource, options: OpenOptions): Promise<Image> {
     if (options.snapshot !== undefined) throw new DiskError('EUNSUPPORTED', `${source.name}: cloop images have no internal snapshots`);
     if (options.writable) throw new DiskError('EUNSUPPORTED', `${source.name}: writing cloop images is not supported`);

@@ -19,6 +19,7 @@ import {
   CHUNK_BZIP2, CHUNK_IGNORE, CHUNK_RAW, CHUNK_ZERO, CHUNK_ZLIB, SECTOR, chunkTypeName, readDmgLayout,
   type ChunkTable, type DmgLayout,
 } from './layout.js';
+import { inspectDmg } from './inspect.js';
 
 const inflate = promisify(zlib.inflate);
 /**
@@ -178,6 +179,7 @@ export class DmgImage implements Image {
 
 export const dmgDriver: FormatDriver = {
   name: 'dmg',
+  inspections: [inspectDmg],
   probe: probeDmg,
   async open(source: ByteSource, options: OpenOptions): Promise<Image> {
     if (options.snapshot !== undefined) throw new DiskError('EUNSUPPORTED', `${source.name}: dmg images have no internal snapshots`);

@@ -107,7 +107,7 @@ export interface DmgLayout {
   tables: 'resource-fork' | 'plist';
 }
 
-const corrupt = (source: ByteSource, m: string) => new DiskError('ECORRUPT', `${source.name}: ${m}`);
+const corrupt = (source: { name: string }, m: string) => new DiskError('ECORRUPT', `${source.name}: ${m}`);
 
 /** Bytes at `at`, zero-filled past the end of the file as QEMU's file layer reads them. */
 async function readPadded(source: ByteSource, at: number, length: number): Promise<Uint8Array> {
@@ -117,7 +117,7 @@ async function readPadded(source: ByteSource, at: number, length: number): Promi
 }
 
 /** A 64-bit field as a safe integer, or a DiskError naming it. */
-function u64(v: DataView, at: number, what: string, source: ByteSource): number {
+function u64(v: DataView, at: number, what: string, source: { name: string }): number {
   const x = v.getBigUint64(at);
   if (x > BigInt(Number.MAX_SAFE_INTEGER)) throw corrupt(source, `dmg ${what} ${x} is out of range`);
   return Number(x);
@@ -137,6 +137,41 @@ export async function findKoly(source: ByteSource, fileSize: number): Promise<nu
     if (window[i] === 0x6b && window[i + 1] === 0x6f && window[i + 2] === 0x6c && window[i + 3] === 0x79) return from + i;
   }
   throw corrupt(source, 'Could not locate UDIF trailer in dmg file');
+}
+
+/** The koly trailer's fields, each checked against the trailer's own place in the file. */
+export interface Koly {
+  dataForkOffset: number;
+  rsrcOffset: number;
+  rsrcLength: number;
+  xmlOffset: number;
+  xmlLength: number;
+  /** Virtual size in sectors. */
+  sectorCount: number;
+}
+
+/** Decode the koly trailer (`trailer`: its 512 bytes) found at `kolyOffset` of the file `name`. */
+export function parseKoly(trailer: Uint8Array, kolyOffset: number, name: string): Koly {
+  const file = { name };
+  const koly = new DataView(trailer.buffer, trailer.byteOffset, KOLY_SIZE);
+  const dataForkOffset = u64(koly, KOLY.dataForkOffset, 'data fork offset', file);
+  if (dataForkOffset > kolyOffset) throw corrupt(file, `dmg data fork offset ${dataForkOffset} lies past the UDIF trailer at ${kolyOffset}`);
+  const rsrcOffset = u64(koly, KOLY.rsrcForkOffset, 'resource fork offset', file);
+  const rsrcLength = u64(koly, KOLY.rsrcForkLength, 'resource fork length', file);
+  if (rsrcOffset >= kolyOffset || rsrcLength > kolyOffset - rsrcOffset) {
+    throw corrupt(file, `dmg resource fork (offset ${rsrcOffset}, ${rsrcLength} bytes) does not lie before the UDIF trailer at ${kolyOffset}`);
+  }
+  const xmlOffset = u64(koly, KOLY.xmlOffset, 'XML plist offset', file);
+  const xmlLength = u64(koly, KOLY.xmlLength, 'XML plist length', file);
+  if (xmlOffset >= kolyOffset || xmlLength > kolyOffset - xmlOffset) {
+    throw corrupt(file, `dmg XML plist (offset ${xmlOffset}, ${xmlLength} bytes) does not lie before the UDIF trailer at ${kolyOffset}`);
+  }
+  const sectorCount = koly.getBigInt64(KOLY.sectorCount);
+  if (sectorCount < 0n) throw corrupt(file, `dmg sector count ${sectorCount} is negative`);
+  if (sectorCount * BigInt(SECTOR) > BigInt(Number.MAX_SAFE_INTEGER)) {
+    throw new DiskError('ELIMIT', `${name}: dmg sector count ${sectorCount} is larger than diskhub can address`);
+  }
+  return { dataForkOffset, rsrcOffset, rsrcLength, xmlOffset, xmlLength, sectorCount: Number(sectorCount) };
 }
 
 /** Collects chunk entries from mish tables into growable parallel arrays. */
@@ -285,24 +320,7 @@ async function readPlist(source: ByteSource, chunks: ChunkCollector, begin: numb
 export async function readDmgLayout(source: ByteSource): Promise<DmgLayout> {
   const fileSize = await source.size();
   const kolyOffset = await findKoly(source, fileSize);
-  const koly = new DataView((await readPadded(source, kolyOffset, KOLY_SIZE)).buffer);
-  const dataForkOffset = u64(koly, KOLY.dataForkOffset, 'data fork offset', source);
-  if (dataForkOffset > kolyOffset) throw corrupt(source, `dmg data fork offset ${dataForkOffset} lies past the UDIF trailer at ${kolyOffset}`);
-  const rsrcOffset = u64(koly, KOLY.rsrcForkOffset, 'resource fork offset', source);
-  const rsrcLength = u64(koly, KOLY.rsrcForkLength, 'resource fork length', source);
-  if (rsrcOffset >= kolyOffset || rsrcLength > kolyOffset - rsrcOffset) {
-    throw corrupt(source, `dmg resource fork (offset ${rsrcOffset}, ${rsrcLength} bytes) does not lie before the UDIF trailer at ${kolyOffset}`);
-  }
-  const xmlOffset = u64(koly, KOLY.xmlOffset, 'XML plist offset', source);
-  const xmlLength = u64(koly, KOLY.xmlLength, 'XML plist length', source);
-  if (xmlOffset >= kolyOffset || xmlLength > kolyOffset - xmlOffset) {
-    throw corrupt(source, `dmg XML plist (offset ${xmlOffset}, ${xmlLength} bytes) does not lie before the UDIF trailer at ${kolyOffset}`);
-  }
-  const sectorCount = koly.getBigInt64(KOLY.sectorCount);
-  if (sectorCount < 0n) throw corrupt(source, `dmg sector count ${sectorCount} is negative`);
-  if (sectorCount * BigInt(SECTOR) > BigInt(Number.MAX_SAFE_INTEGER)) {
-    throw new DiskError('ELIMIT', `${source.name}: dmg sector count ${sectorCount} is larger than diskhub can address`);
-  }
+  const { dataForkOffset, rsrcOffset, rsrcLength, xmlOffset, xmlLength, sectorCount } = parseKoly(await readPadded(source, kolyOffset, KOLY_SIZE), kolyOffset, source.name);
   const chunks = new ChunkCollector(source, dataForkOffset);
   // Like QEMU: the resource fork when there is one, else the XML plist.
   let tables: DmgLayout['tables'];
@@ -315,5 +333,5 @@ export async function readDmgLayout(source: ByteSource): Promise<DmgLayout> {
   } else {
     throw corrupt(source, 'dmg has neither a resource fork nor an XML plist with block tables');
   }
-  return { kolyOffset, sectors: Number(sectorCount), chunks: chunks.table(), skippedTypes: [...chunks.skipped], tables };
+  return { kolyOffset, sectors: sectorCount, chunks: chunks.table(), skippedTypes: [...chunks.skipped], tables };
 }

@@ -3,7 +3,8 @@
  * (no Node APIs): the dashboard bundles this with the format inspections to tell a user, in
  * the browser and before any upload, what the file they picked is.
  */
-import { FORMAT_INSPECTIONS, bootFileKind } from './formats.js';
+import { FORMAT_INSPECTIONS } from './formats.js';
+import { bootFileKind } from '../raw/inspect.js';
 import type { InspectReader } from './reader.js';
 import type { FormatFinding, InspectionReport, Issue } from './report.js';
 

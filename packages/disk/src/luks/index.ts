@@ -11,6 +11,7 @@ import { SECTOR_SIZE } from './cipher.js';
 import { LUKS_HEADER_SIZE, isLuks1, luksInfo, parseLuksHeader, type LuksHeader } from './header.js';
 import { EncryptedSource } from './source.js';
 import { LUKS_OPTION_HELP, formatLuks, luksAreaBytes, luksSpecFromOptions, unlockLuks, writeLuksArea, type LuksCreateOptions } from './volume.js';
+import { inspectLuks } from './inspect.js';
 
 export { SectorCipher } from './cipher.js';
 export { EncryptedSource } from './source.js';
@@ -105,6 +106,7 @@ export function luksCreateOptions(options: Record<string, string>, prefix = ''):
 
 export const luksDriver: FormatDriver = {
   name: 'luks',
+  inspections: [inspectLuks],
   probe(head: Uint8Array): number {
     return isLuks1(head) ? 100 : 0;
   },

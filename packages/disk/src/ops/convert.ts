@@ -254,7 +254,9 @@ export async function convertImage(src: BlockDevice, dst: ConvertTarget, options
     if (options.outOfOrder) {
       for await (const job of plan()) {
         throwIfAborted(signal);
-        track(read(job).then(write));
+        // Not awaited here: `pending` holds it, and the race below and the wait after the loop (or
+        // on failure) settle it.
+        void track(read(job).then(write));
         if (pending.size >= parallel) await Promise.race(pending);
       }
       await Promise.all(pending);

@@ -3,20 +3,21 @@
  * the file handling and the errors qemu-img gives when a format lacks the hook.
  */
 import { unlink } from 'node:fs/promises';
-import { DiskError } from '../errors.js';
+import { CheckNotSupported, DiskError } from '../errors.js';
 import type { CheckResult, CreateRequest, MeasureRequest, MeasureResult, FormatDriver } from '../format.js';
-import { getFormat, probeFormat } from '../formats.js';
-import { readHead, resolveBackingPath } from '../open.js';
-import { FileSource, type ByteSource } from '../source.js';
+import { formats } from '../formats.js';
+import { resolveBackingPath } from '../backing.js';
+import { FileSource, readHead, type ByteSource } from '../source.js';
 
 /** Create an image file of `format` at `path` (replacing what is there, as qemu-img does). */
 export async function createImage(path: string, format: string | FormatDriver, request: CreateRequest, options: { exclusive?: boolean } = {}): Promise<void> {
-  const driver = typeof format === 'string' ? getFormat(format) : format;
+  const driver = typeof format === 'string' ? formats.get(format) : format;
   if (!driver.create) throw new DiskError('EUNSUPPORTED', `Format driver '${driver.name}' does not support image creation`);
   const target = await FileSource.open(path, { create: true, exclusive: options.exclusive });
   try {
     await driver.create(target, {
       createRelated: (name) => FileSource.open(resolveBackingPath(path, name), { create: true }),
+      formats,
       ...request,
     });
     await target.flush();
@@ -28,23 +29,19 @@ export async function createImage(path: string, format: string | FormatDriver, r
   await target.close();
 }
 
-export class CheckNotSupported extends DiskError {
-  constructor() { super('EUNSUPPORTED', 'This image format does not support checks'); }
-}
-
 /**
  * `qemu-img check` of an image's host file (the caller opens it writable only when
  * repairing). The format is probed unless given.
  */
 export async function checkSource(source: ByteSource, options: { format?: string; repair?: 'leaks' | 'all'; signal?: AbortSignal } = {}): Promise<CheckResult> {
-  const driver = options.format ? getFormat(options.format) : probeFormat(await readHead(source), source.name);
+  const driver = options.format ? formats.get(options.format) : formats.probe(await readHead(source), source.name);
   if (!driver.check) throw new CheckNotSupported();
   return driver.check(source, { repair: options.repair, signal: options.signal });
 }
 
 /** `qemu-img measure -O format`. */
 export async function measureImage(format: string, request: MeasureRequest): Promise<MeasureResult> {
-  const driver = getFormat(format);
+  const driver = formats.get(format);
   if (!driver.measure) throw new DiskError('EUNSUPPORTED', `Block driver '${driver.name}' does not support size measurement`);
   return driver.measure(request);
 }

@@ -8,11 +8,10 @@
 import { checkRange, type Extent } from '../blockdev.js';
 import { DiskError } from '../errors.js';
 import type { FormatDriver, Image, ImageInfo, OpenOptions } from '../format.js';
-import { probeFormat } from '../formats.js';
-import { readHead } from '../open.js';
-import type { ByteSource, HostExtent } from '../source.js';
+import { readHead, type ByteSource, type HostExtent } from '../source.js';
 import { MAX_OVF_BYTES, parseOvf, type OvfDescriptor } from './ovf.js';
 import { isTarHeader, listTar, type TarEntry } from './tar.js';
+import { inspectOva } from './inspect.js';
 
 /** A read-only window [offset, offset+length) of another source, named after it. */
 export class SliceSource implements ByteSource {
@@ -110,6 +109,7 @@ export class OvaImage implements Image {
 
 export const ovaDriver: FormatDriver = {
   name: 'ova',
+  inspections: [inspectOva],
   probe(head: Uint8Array): number {
     // OVF 1.x / 2.x: the .ovf descriptor is the first entry of the tar.
     if (!isTarHeader(head)) return 0;
@@ -127,7 +127,8 @@ export const ovaDriver: FormatDriver = {
     if (!d) throw new DiskError('ENOENT', `${source.name}: the appliance has ${disks.length} disk(s); there is no disk ${index}`);
     if (!d.entry) throw new DiskError('ENOENT', `${source.name}: disk ${index} (${d.href ?? d.diskId}) is not in the archive`);
     const slice = new SliceSource(source, d.entry.offset, d.entry.size, `${source.name}:${d.entry.name}`);
-    const driver = probeFormat(await readHead(slice), d.entry.name);
+    if (!options.formats) throw new DiskError('EINVAL', `${source.name}: opening an appliance's disk needs the format registry (open it through openSource)`);
+    const driver = options.formats.probe(await readHead(slice), d.entry.name);
     if (driver.name === 'ova') throw new DiskError('ELOOP', `${source.name}: disk ${index} is itself an appliance`);
     // No openRelated: a disk inside an archive may not name other files.
     const disk = await driver.open(slice, { headerOnly: options.headerOnly });

@@ -6,70 +6,27 @@
  * as zeroes). Read-only here; QEMU's own writer is exercised through qemu-io in the tests.
  */
 import { checkRange, type Extent } from '../blockdev.js';
-import { DiskError } from '../errors.js';
 import { readHostRuns } from '../blockwalk.js';
 import type { CheckResult, Image, ImageInfo } from '../format.js';
 import { readExact, type ByteSource } from '../source.js';
+import { PARALLELS_HEADER_BYTES, parseParallelsHeader, type ParallelsHeader } from './header.js';
 
-export const PARALLELS_MAGIC = 'WithoutFreeSpace';
-export const PARALLELS_MAGIC_EXT = 'WithouFreSpacExt';
-const PARALLELS_VERSION = 2;
-const HEADER_BYTES = 64;
-/** The header's in-use marker: the image was open for writing and not closed. */
-export const PARALLELS_INUSE = 0x746f6e59;
-/** The engine's limit on the BAT (QEMU's is INT_MAX/4 entries, 2 GiB of memory). */
-export const PARALLELS_MAX_BAT_ENTRIES = 32 * 1024 * 1024;
-
-export function isParallels(head: Uint8Array): boolean {
-  if (head.length < HEADER_BYTES) return false;
-  const magic = new TextDecoder('latin1').decode(head.subarray(0, 16));
-  return (magic === PARALLELS_MAGIC || magic === PARALLELS_MAGIC_EXT) && new DataView(head.buffer, head.byteOffset, 64).getUint32(16, true) === PARALLELS_VERSION;
-}
-
-export interface OpenedParallels {
-  size: number;
-  /** Sectors per cluster ("tracks"). */
-  tracks: number;
-  /** Sectors a BAT entry counts in. */
-  offMultiplier: number;
+export interface OpenedParallels extends ParallelsHeader {
   bat: Uint32Array;
-  inUse: boolean;
 }
 
 export async function openParallels(source: ByteSource): Promise<OpenedParallels> {
-  const head = new Uint8Array(HEADER_BYTES);
-  await source.read(head, 0);
-  const v = new DataView(head.buffer);
-  const magic = new TextDecoder('latin1').decode(head.subarray(0, 16));
-  if (v.getUint32(16, true) !== PARALLELS_VERSION || (magic !== PARALLELS_MAGIC && magic !== PARALLELS_MAGIC_EXT)) {
-    throw new DiskError('EFORMAT', `${source.name}: Image not in Parallels format`);
-  }
-  const tracks = v.getUint32(28, true);
-  let sectors = v.getBigUint64(36, true);
-  // The old format keeps a 32-bit sector count (the high word is not part of it).
-  if (magic === PARALLELS_MAGIC) sectors &= 0xffffffffn;
-  if (tracks === 0) throw new DiskError('ECORRUPT', `${source.name}: Invalid image: Zero sectors per track`);
-  if (tracks > Math.floor(0x7fffffff / 513)) throw new DiskError('ECORRUPT', `${source.name}: Invalid image: Too big cluster`);
-  if (sectors > BigInt(Math.floor(Number.MAX_SAFE_INTEGER / 512))) throw new DiskError('ECORRUPT', `${source.name}: parallels sector count ${sectors} is out of range`);
-  const entries = v.getUint32(32, true);
-  if (entries > 0x7fffffff / 4) throw new DiskError('ECORRUPT', `${source.name}: Catalog too large`);
-  if (entries > PARALLELS_MAX_BAT_ENTRIES) {
-    throw new DiskError('ELIMIT', `${source.name}: parallels BAT of ${entries} entries is larger than the engine's limit of ${PARALLELS_MAX_BAT_ENTRIES}`);
-  }
+  const head = new Uint8Array(PARALLELS_HEADER_BYTES);
+  const got = await source.read(head, 0);
+  const h = parseParallelsHeader(head.subarray(0, got), source.name);
   // QEMU reads a BAT past the end of the file as zeroes; it is damage, and refusing it keeps a
   // tiny hostile file from costing memory.
-  const raw = new Uint8Array(entries * 4);
-  await readExact(source, raw, HEADER_BYTES, 'parallels BAT');
+  const raw = new Uint8Array(h.batEntries * 4);
+  await readExact(source, raw, PARALLELS_HEADER_BYTES, 'parallels BAT');
   const bv = new DataView(raw.buffer);
-  const bat = new Uint32Array(entries);
-  for (let i = 0; i < entries; i++) bat[i] = bv.getUint32(i * 4, true);
-  return {
-    size: Number(sectors) * 512,
-    tracks,
-    offMultiplier: magic === PARALLELS_MAGIC ? 1 : tracks,
-    bat,
-    inUse: v.getUint32(44, true) === PARALLELS_INUSE,
-  };
+  const bat = new Uint32Array(h.batEntries);
+  for (let i = 0; i < h.batEntries; i++) bat[i] = bv.getUint32(i * 4, true);
+  return { ...h, bat };
 }
 
 export class ParallelsImage implements Image {

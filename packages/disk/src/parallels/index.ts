@@ -6,11 +6,14 @@
 import type { CheckOptions, CheckResult, FormatDriver, Image, OpenOptions } from '../format.js';
 import { DiskError } from '../errors.js';
 import type { ByteSource } from '../source.js';
-import { ParallelsImage, isParallels, openParallels } from './image.js';
+import { ParallelsImage, openParallels } from './image.js';
+import { isParallels } from './header.js';
+import { inspectParallels } from './inspect.js';
 
 export const parallelsDriver: FormatDriver = {
   name: 'parallels',
   probe: (head: Uint8Array) => (isParallels(head) ? 100 : 0),
+  inspections: [inspectParallels],
   async open(source: ByteSource, options: OpenOptions): Promise<Image> {
     if (options.snapshot !== undefined) throw new DiskError('EUNSUPPORTED', `${source.name}: parallels images have no internal snapshots`);
     if (options.writable) throw new DiskError('EUNSUPPORTED', `${source.name}: writing parallels images is not supported`);

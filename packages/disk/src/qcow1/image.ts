@@ -8,20 +8,13 @@ import zlib from 'node:zlib';
 import { backingStatus, checkRange, readBacking, type Extent } from '../blockdev.js';
 import { DiskError } from '../errors.js';
 import type { BackingRef, Image, ImageInfo } from '../format.js';
-import { backingInfo } from '../open.js';
+import { backingInfo } from '../backing.js';
 import { readExact, type ByteSource } from '../source.js';
+import { QCOW1_HEADER_BYTES, parseQcow1Header } from './header.js';
 
-export const QCOW1_MAGIC = 0x514649fb; // "QFI\xfb"
-const HEADER_BYTES = 48;
 /** The engine's limit on the L1 table (QEMU's is INT_MAX/8 entries, 2 GiB of memory). */
 export const QCOW1_MAX_L1_ENTRIES = 4 * 1024 * 1024;
 const L2_CACHE_TABLES = 64;
-
-export function isQcow1(head: Uint8Array): boolean {
-  if (head.length < 8) return false;
-  const v = new DataView(head.buffer, head.byteOffset, 8);
-  return v.getUint32(0) === QCOW1_MAGIC && v.getUint32(4) === 1;
-}
 
 export interface OpenedQcow1 {
   size: number;
@@ -32,30 +25,9 @@ export interface OpenedQcow1 {
 }
 
 export async function openQcow1(source: ByteSource): Promise<OpenedQcow1> {
-  const head = new Uint8Array(HEADER_BYTES);
+  const head = new Uint8Array(QCOW1_HEADER_BYTES);
   const got = await source.read(head, 0);
-  const v = new DataView(head.buffer);
-  if (got < 8 || v.getUint32(0) !== QCOW1_MAGIC) throw new DiskError('EFORMAT', `${source.name}: Image not in qcow format`);
-  const version = v.getUint32(4);
-  if (version !== 1) throw new DiskError('EUNSUPPORTED', `${source.name}: Unsupported qcow version ${version}`);
-  if (got < HEADER_BYTES) throw new DiskError('ETRUNCATED', `${source.name}: qcow header is truncated`);
-  const big = (at: number, what: string) => {
-    const n = v.getBigUint64(at);
-    if (n > BigInt(Number.MAX_SAFE_INTEGER)) throw new DiskError('ECORRUPT', `${source.name}: qcow ${what} ${n} is out of range`);
-    return Number(n);
-  };
-  const backingOffset = big(8, 'backing file offset');
-  const backingSize = v.getUint32(16);
-  const size = big(24, 'image size');
-  const clusterBits = v.getUint8(32);
-  const l2Bits = v.getUint8(33);
-  const cryptMethod = v.getUint32(36);
-  const l1Offset = big(40, 'L1 table offset');
-  if (size <= 1) throw new DiskError('ECORRUPT', `${source.name}: Image size is too small (must be at least 2 bytes)`);
-  if (clusterBits < 9 || clusterBits > 16) throw new DiskError('ECORRUPT', `${source.name}: Cluster size must be between 512 and 64k`);
-  // L2 tables of 512 bytes to 64 KiB, as QEMU requires.
-  if (l2Bits < 6 || l2Bits > 13) throw new DiskError('ECORRUPT', `${source.name}: L2 table size must be between 512 and 64k`);
-  if (cryptMethod > 1) throw new DiskError('ECORRUPT', `${source.name}: invalid encryption method in qcow header`);
+  const { backingOffset, backingSize, size, clusterBits, l2Bits, cryptMethod, l1Offset } = parseQcow1Header(head.subarray(0, got), source.name);
   if (cryptMethod === 1) throw new DiskError('EUNSUPPORTED', `${source.name}: encrypted qcow (AES) images are not supported`);
   const shift = clusterBits + l2Bits;
   const l1Size = Math.ceil(size / 2 ** shift);
@@ -73,7 +45,6 @@ export async function openQcow1(source: ByteSource): Promise<OpenedQcow1> {
   }
   const opened: OpenedQcow1 = { size, clusterBits, l2Bits, l1 };
   if (backingOffset !== 0) {
-    if (backingSize > 1023) throw new DiskError('ECORRUPT', `${source.name}: Backing file name too long`);
     const name = new Uint8Array(backingSize);
     await readExact(source, name, backingOffset, 'qcow backing file name');
     opened.backingFile = new TextDecoder().decode(name);

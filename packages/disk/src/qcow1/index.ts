@@ -6,11 +6,14 @@
 import type { FormatDriver, Image, OpenOptions } from '../format.js';
 import { DiskError } from '../errors.js';
 import type { ByteSource } from '../source.js';
-import { Qcow1Image, isQcow1, openQcow1 } from './image.js';
+import { Qcow1Image, openQcow1 } from './image.js';
+import { isQcow1 } from './header.js';
+import { inspectQcow1 } from './inspect.js';
 
 export const qcow1Driver: FormatDriver = {
   name: 'qcow',
   probe: (head: Uint8Array) => (isQcow1(head) ? 100 : 0),
+  inspections: [inspectQcow1],
   async open(source: ByteSource, options: OpenOptions): Promise<Image> {
     if (options.snapshot !== undefined) throw new DiskError('EUNSUPPORTED', `${source.name}: qcow images have no internal snapshots`);
     if (options.writable) throw new DiskError('EUNSUPPORTED', `${source.name}: writing qcow (version 1) images is not supported`);

@@ -13,7 +13,7 @@ import { hostio, type HostIo } from '@diskhub/hostio';
 import { backingStatus, checkRange, readBacking, settled, type Extent } from '../blockdev.js';
 import { DiskError } from '../errors.js';
 import { SNAPSHOT_NOT_FOUND, type BackingRef, type Image, type ImageInfo, type OpenOptions, type SnapshotInfo } from '../format.js';
-import { backingInfo } from '../open.js';
+import { backingInfo } from '../backing.js';
 import { readExact, type ByteSource } from '../source.js';
 import { luksInfo, type LuksHeader } from '../luks/header.js';
 import { EncryptedSource } from '../luks/source.js';

@@ -11,9 +11,11 @@ import { INCOMPAT_DATA_FILE, INCOMPAT_DIRTY, QCOW2_MAGIC } from './layout.js';
 import { QCOW2_CREATE_OPTIONS, createQcow2 } from './create.js';
 import { checkQcow2 } from './check.js';
 import { measureQcow2 } from './measure.js';
+import { inspectQcow2 } from './inspect.js';
 
 export const qcow2Driver: FormatDriver = {
   name: 'qcow2',
+  inspections: [inspectQcow2],
   probe(head: Uint8Array): number {
     if (head.length < 8) return 0;
     const v = new DataView(head.buffer, head.byteOffset, 8);

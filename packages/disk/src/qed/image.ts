@@ -13,7 +13,7 @@ import { DiskError } from '../errors.js';
 import { QueuedWriteImage } from '../blockwalk.js';
 import type { BackingRef, CheckResult, Image, ImageInfo } from '../format.js';
 import { readExact, type ByteSource } from '../source.js';
-import { backingInfo } from '../open.js';
+import { backingInfo } from '../backing.js';
 import {
   QED_F_BACKING_FORMAT_NO_PROBE, QED_F_NEED_CHECK, QED_HEADER_BYTES, QED_ZERO_CLUSTER,
   parseQedHeader, qedMaxImageSize, serializeQedHeader, type QedHeader,

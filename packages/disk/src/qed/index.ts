@@ -5,9 +5,11 @@ import type { ByteSource } from '../source.js';
 import { isQed } from './header.js';
 import { QedImage, openQed } from './image.js';
 import { QED_CREATE_OPTIONS, createQed } from './create.js';
+import { inspectQed } from './inspect.js';
 
 export const qedDriver: FormatDriver = {
   name: 'qed',
+  inspections: [inspectQed],
   probe: (head: Uint8Array) => (isQed(head) ? 100 : 0),
   createOptions: QED_CREATE_OPTIONS,
   create: createQed,

@@ -7,6 +7,7 @@ import { checkRange, type Extent, type WriteZeroesOptions } from '../blockdev.js
 import { DiskError } from '../errors.js';
 import type { FormatDriver, Image, ImageInfo, OpenOptions, CreateRequest, MeasureRequest, MeasureResult } from '../format.js';
 import type { ByteSource } from '../source.js';
+import { inspectIso, inspectPartitionTable } from './inspect.js';
 
 export class RawImage implements Image {
   readonly format = 'raw';
@@ -64,6 +65,7 @@ export class RawImage implements Image {
 
 export const rawDriver: FormatDriver = {
   name: 'raw',
+  inspections: [inspectIso, inspectPartitionTable],
   probe: () => 1,
   async open(source: ByteSource, options: OpenOptions): Promise<Image> {
     // Like QEMU, a raw image is a whole number of 512-byte sectors; a partial last sector

@@ -3,15 +3,16 @@
  * images, 1 MiB blocks, no differencing images (QEMU refuses link/parent UUIDs too).
  */
 import type { CheckOptions, CheckResult, FormatDriver, Image, OpenOptions } from '../format.js';
-import { DiskError } from '../errors.js';
-import { CheckNotSupported } from '../ops/dispatch.js';
+import { CheckNotSupported, DiskError } from '../errors.js';
 import type { ByteSource } from '../source.js';
 import { VDI_HEADER_SIZE, isVdi } from './header.js';
 import { VdiImage, openVdi } from './image.js';
 import { VDI_CREATE_OPTIONS, createVdi } from './create.js';
+import { inspectVdi } from './inspect.js';
 
 export const vdiDriver: FormatDriver = {
   name: 'vdi',
+  inspections: [inspectVdi],
   // QEMU probes a zero-padded buffer, so a file cut short after the signature still probes as vdi.
   probe: (head: Uint8Array) => (isVdi(head) ? 100 : 0),
   createOptions: VDI_CREATE_OPTIONS,

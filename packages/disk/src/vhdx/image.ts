@@ -18,7 +18,7 @@ import { DiskError } from '../errors.js';
 import { QueuedWriteImage, blockPieces, readHostOrZero } from '../blockwalk.js';
 import type { BackingRef, CheckResult, Image, ImageInfo } from '../format.js';
 import { readExact, type ByteSource } from '../source.js';
-import { backingInfo } from '../open.js';
+import { backingInfo } from '../backing.js';
 import {
   BAT_GUID, BAT_OFFSET_MASK, BAT_STATE_MASK, BLOCK_SIZE_MAX, BLOCK_SIZE_MIN, FILE_PARAMETERS_GUID, HEADER_SECTION_SIZE,
   LOGICAL_SECTOR_SIZE_GUID, MAX_SECTORS_PER_BLOCK, METADATA_GUID, METADATA_TABLE_SIZE, MiB, PAGE83_GUID,

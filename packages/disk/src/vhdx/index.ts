@@ -11,9 +11,11 @@ import type { ByteSource } from '../source.js';
 import { isVhdx } from './header.js';
 import { VhdxImage, openVhdx } from './image.js';
 import { VHDX_CREATE_OPTIONS, createVhdx } from './create.js';
+import { inspectVhdx } from './inspect.js';
 
 export const vhdxDriver: FormatDriver = {
   name: 'vhdx',
+  inspections: [inspectVhdx],
   probe: (head: Uint8Array) => (isVhdx(head) ? 100 : 0),
   createOptions: VHDX_CREATE_OPTIONS,
   create: createVhdx,

@@ -13,7 +13,7 @@ import { checkRange, settled, type Extent } from '../blockdev.js';
 import { QueuedWriteImage } from '../blockwalk.js';
 import { DiskError } from '../errors.js';
 import type { BackingRef, CheckResult, Image, ImageInfo } from '../format.js';
-import { resolveBackingPath } from '../open.js';
+import { resolveBackingPath } from '../backing.js';
 import type { ByteSource } from '../source.js';
 import { GRAIN_MARKER_SIZE, GTE_ZEROED, SECTOR, SESPARSE_GRAIN_SECTORS } from './header.js';
 import type { OpenedVmdk, SparseExtent, VmdkExtent } from './open.js';

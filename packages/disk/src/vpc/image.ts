@@ -12,7 +12,7 @@ import { DiskError } from '../errors.js';
 import { QueuedWriteImage, blockPieces } from '../blockwalk.js';
 import type { BackingRef, Image, ImageInfo } from '../format.js';
 import { readExact, type ByteSource } from '../source.js';
-import { backingInfo } from '../open.js';
+import { backingInfo } from '../backing.js';
 import {
   BAT_UNALLOCATED, DISK_DIFFERENCING, DISK_DYNAMIC, DISK_FIXED, DYNAMIC_HEADER_SIZE, FOOTER_SIZE, VHD_MAX_SECTORS,
   isFooter, parentFileName, parseDynamicHeader, parseFooter, vpcVirtualSize, type VhdFooter,

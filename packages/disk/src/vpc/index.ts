@@ -10,9 +10,11 @@ import type { ByteSource } from '../source.js';
 import { isFooter } from './header.js';
 import { VpcImage, openVpc } from './image.js';
 import { VPC_CREATE_OPTIONS, createVpc } from './create.js';
+import { inspectVpc } from './inspect.js';
 
 export const vpcDriver: FormatDriver = {
   name: 'vpc',
+  inspections: [inspectVpc],
   probe: (head: Uint8Array) => (isFooter(head) ? 100 : 0),
   createOptions: VPC_CREATE_OPTIONS,
   create: createVpc,

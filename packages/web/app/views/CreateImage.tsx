@@ -12,7 +12,7 @@ import { describeError } from '../errors.js';
 import { formatBytes, formatDuration } from '../format.js';
 import type { MessageKey } from '../i18n.js';
 import { navigate } from '../router.js';
-import { useImageSchema } from './common.js';
+import { onEvent, useImageSchema } from './common.js';
 import { EMPTY_FIELDS, ImageFields, NameField, validateFields, type ImageFieldValues } from './ImageFields.js';
 import { usePropertyDefs } from './PropertyEditor.js';
 
@@ -109,9 +109,9 @@ export function CreateImage() {
   return (
     <section aria-labelledby="create-heading">
       <h1 id="create-heading">{t('create.heading')}</h1>
-      <form class="card form" onSubmit={submit} noValidate aria-busy={!!upload}>
+      <form class="card form" onSubmit={onEvent(submit)} noValidate aria-busy={!!upload}>
         <label>{t('create.file')}
-          <input type="file" name="file" disabled={!!upload} onChange={(e) => choose((e.target as HTMLInputElement).files?.[0] ?? null)} />
+          <input type="file" name="file" disabled={!!upload} onChange={onEvent((e: Event) => choose((e.target as HTMLInputElement).files?.[0] ?? null))} />
         </label>
         <div aria-live="polite" data-testid="detection">
           {detecting && <p>{t('create.detecting')}</p>}

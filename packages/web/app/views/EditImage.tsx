@@ -4,7 +4,7 @@ import { getImage, patchImage, type Image, type PatchOp } from '../api.js';
 import { notice, useApp } from '../context.js';
 import { describeError } from '../errors.js';
 import { navigate } from '../router.js';
-import { useImageSchema } from './common.js';
+import { onEvent, useImageSchema } from './common.js';
 import { EMPTY_FIELDS, ImageFields, NameField, validateFields, type ImageFieldValues } from './ImageFields.js';
 import { usePropertyDefs } from './PropertyEditor.js';
 
@@ -73,7 +73,7 @@ export function EditImage({ id }: { id: string }) {
     <section aria-labelledby="edit-heading">
       <p><a href={`/images/${image.id}`}>← {image.name || t('detail.unnamed')}</a></p>
       <h1 id="edit-heading">{t('edit.heading')}</h1>
-      <form class="card form" onSubmit={save} noValidate>
+      <form class="card form" onSubmit={onEvent(save)} noValidate>
         <NameField value={values.name} onChange={(name) => setValues({ ...values, name })} />
         <ImageFields values={values} onChange={setValues} defs={defs} currentVisibility={image.visibility} />
         {errors.length > 0 && <div class="notice error" role="alert"><ul>{errors.map((m) => <li key={m}>{m}</li>)}</ul></div>}

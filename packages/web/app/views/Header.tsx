@@ -5,6 +5,7 @@ import { useApp, notice } from '../context.js';
 import { describeError } from '../errors.js';
 import { LANGUAGES, type Lang } from '../i18n.js';
 import { navigate, onLinkClick } from '../router.js';
+import { onEvent } from './common.js';
 
 export function Header() {
   const { session, setSession, lang, setLang, t, notify } = useApp();
@@ -37,7 +38,7 @@ export function Header() {
         {session && (
           <span class="inline">
             <label for="project-switch">{t('nav.project')}</label>
-            <select id="project-switch" value={session.project.id} onChange={(e) => switchTo((e.target as HTMLSelectElement).value)}>
+            <select id="project-switch" value={session.project.id} onChange={onEvent((e: Event) => switchTo((e.target as HTMLSelectElement).value))}>
               {(projects.length ? projects : [session.project]).map((p) => <option value={p.id} key={p.id}>{p.name}</option>)}
             </select>
           </span>
@@ -51,7 +52,7 @@ export function Header() {
         {session && (
           <>
             <span class="who">{t('nav.signedInAs', { user: session.user.name })}</span>
-            <button type="button" onClick={async () => { await logout(session); setSession(null); navigate('/login', true); }}>{t('nav.logout')}</button>
+            <button type="button" onClick={onEvent(async () => { await logout(session); setSession(null); navigate('/login', true); })}>{t('nav.logout')}</button>
           </>
         )}
       </div>

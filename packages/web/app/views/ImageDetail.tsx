@@ -7,7 +7,7 @@ import { describeError } from '../errors.js';
 import { formatBytes } from '../format.js';
 import { formatDate, type MessageKey } from '../i18n.js';
 import { navigate } from '../router.js';
-import { Confirm, StatusBadge, useImageSchema } from './common.js';
+import { Confirm, StatusBadge, onEvent, useImageSchema } from './common.js';
 import { Inside } from './Inside.js';
 import { Members } from './Members.js';
 
@@ -65,12 +65,12 @@ export function ImageDetail({ id }: { id: string }) {
       </div>
       <div class="actions" role="group" aria-label={t('detail.overview')}>
         {mayEdit && <a class="button" href={`/images/${image.id}/edit`}>{t('detail.edit')}</a>}
-        {mayEdit && image.status === 'active' && <button type="button" onClick={() => run(async () => { await imageAction(image.id, 'deactivate'); await load(); })}>{t('detail.deactivate')}</button>}
-        {mayEdit && image.status === 'deactivated' && <button type="button" onClick={() => run(async () => { await imageAction(image.id, 'reactivate'); await load(); })}>{t('detail.reactivate')}</button>}
-        {image.status === 'active' && <button type="button" onClick={download}>{t('detail.download')}</button>}
+        {mayEdit && image.status === 'active' && <button type="button" onClick={onEvent(() => run(async () => { await imageAction(image.id, 'deactivate'); await load(); }))}>{t('detail.deactivate')}</button>}
+        {mayEdit && image.status === 'deactivated' && <button type="button" onClick={onEvent(() => run(async () => { await imageAction(image.id, 'reactivate'); await load(); }))}>{t('detail.reactivate')}</button>}
+        {image.status === 'active' && <button type="button" onClick={onEvent(download)}>{t('detail.download')}</button>}
         {mayEdit && <button type="button" class="danger" onClick={() => setConfirming(true)}>{t('detail.delete')}</button>}
       </div>
-      <Confirm open={confirming} danger message={t('detail.deleteConfirm', { name })} confirmLabel={t('detail.delete')} onConfirm={remove} onCancel={() => setConfirming(false)} />
+      <Confirm open={confirming} danger message={t('detail.deleteConfirm', { name })} confirmLabel={t('detail.delete')} onConfirm={onEvent(remove)} onCancel={() => setConfirming(false)} />
 
       <div class="grid">
         <section class="card" aria-labelledby="overview-heading">

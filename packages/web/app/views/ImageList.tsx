@@ -78,8 +78,9 @@ export function ImageList({ query }: { query: URLSearchParams }) {
   useEffect(() => {
     if (!session) return;
     // Owner names: the projects this user is in, and (for admins) every project.
+    // Without them (a listing the user may not make), owners show as ids.
     Promise.all([myProjects(session).catch(() => []), allProjects()]).then(([mine, all]) =>
-      setNames(new Map([...all, ...mine].map((p) => [p.id, p.name]))));
+      setNames(new Map([...all, ...mine].map((p) => [p.id, p.name]))), () => {});
   }, [session?.token]);
 
   const onSearch = (value: string) => {

@@ -4,6 +4,7 @@ import { login } from '../api.js';
 import { useApp } from '../context.js';
 import { describeError } from '../errors.js';
 import { navigate } from '../router.js';
+import { onEvent } from './common.js';
 
 export function Login() {
   const { setSession, t } = useApp();
@@ -36,7 +37,7 @@ export function Login() {
       <h1 id="login-heading">{t('login.heading')}</h1>
       {query.has('expired') && <p class="notice info" role="status">{t('login.expired')}</p>}
       <p>{t('login.intro')}</p>
-      <form onSubmit={submit}>
+      <form onSubmit={onEvent(submit)}>
         <label>{t('login.user')}<input name="username" autoComplete="username" required value={user} onInput={(e) => setUser((e.target as HTMLInputElement).value)} /></label>
         <label>{t('login.password')}<input name="password" type="password" autoComplete="current-password" required value={password} onInput={(e) => setPassword((e.target as HTMLInputElement).value)} /></label>
         <label>{t('login.project')}<input name="project" value={project} aria-describedby="project-hint" onInput={(e) => setProject((e.target as HTMLInputElement).value)} /></label>

@@ -7,6 +7,7 @@ import { addMember, allProjects, isAdmin, listMembers, patchImage, removeMember,
 import { useApp } from '../context.js';
 import { describeError } from '../errors.js';
 import type { MessageKey } from '../i18n.js';
+import { onEvent } from './common.js';
 
 export function Members({ image, onChange }: { image: Image; onChange(img: Image): void }) {
   const { session, t } = useApp();
@@ -22,7 +23,8 @@ export function Members({ image, onChange }: { image: Image; onChange(img: Image
   useEffect(() => {
     if (shared) void reload(); else setMembers([]);
   }, [image.id, image.visibility]);
-  useEffect(() => { if (owner) allProjects().then(setProjects); }, [owner]);
+  // The project picker is a convenience: without the list, a project id can still be typed.
+  useEffect(() => { if (owner) allProjects().then(setProjects, () => setProjects([])); }, [owner]);
 
   const act = async (f: () => Promise<unknown>, done?: string) => {
     setError('');
@@ -47,8 +49,8 @@ export function Members({ image, onChange }: { image: Image; onChange(img: Image
         <h2 id="members-heading">{t('members.heading')}</h2>
         <p data-testid="member-status">{t('members.yourStatus', { status: statusText(mine.status) })}</p>
         <div class="actions">
-          <button type="button" class="primary" disabled={mine.status === 'accepted'} onClick={() => act(() => setMemberStatus(image.id, mine.member_id, 'accepted'))}>{t('members.accept')}</button>
-          <button type="button" disabled={mine.status === 'rejected'} onClick={() => act(() => setMemberStatus(image.id, mine.member_id, 'rejected'))}>{t('members.reject')}</button>
+          <button type="button" class="primary" disabled={mine.status === 'accepted'} onClick={onEvent(() => act(() => setMemberStatus(image.id, mine.member_id, 'accepted')))}>{t('members.accept')}</button>
+          <button type="button" disabled={mine.status === 'rejected'} onClick={onEvent(() => act(() => setMemberStatus(image.id, mine.member_id, 'rejected')))}>{t('members.reject')}</button>
         </div>
         {error && <p class="notice error" role="alert">{error}</p>}
       </section>
@@ -62,9 +64,9 @@ export function Members({ image, onChange }: { image: Image; onChange(img: Image
       {!shared ? (
         <p>
           {t('members.notShared')}{' '}
-          <button type="button" onClick={async () => {
+          <button type="button" onClick={onEvent(async () => {
             try { onChange(await patchImage(image.id, [{ op: 'replace', path: '/visibility', value: 'shared' }])); } catch (e) { setError(describeError(t, e)); }
-          }}>{t('members.makeShared')}</button>
+          })}>{t('members.makeShared')}</button>
         </p>
       ) : (
         <>
@@ -78,7 +80,7 @@ export function Members({ image, onChange }: { image: Image; onChange(img: Image
                     <td>{nameOf(m.member_id) ? `${nameOf(m.member_id)} (${m.member_id})` : m.member_id}</td>
                     <td>{statusText(m.status)}</td>
                     <td><button type="button" class="link" aria-label={t('members.removeLabel', { project: nameOf(m.member_id) ?? m.member_id })}
-                      onClick={() => act(() => removeMember(image.id, m.member_id))}>{t('members.remove')}</button></td>
+                      onClick={onEvent(() => act(() => removeMember(image.id, m.member_id)))}>{t('members.remove')}</button></td>
                   </tr>
                 ))}
               </tbody>

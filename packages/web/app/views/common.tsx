@@ -5,6 +5,15 @@ import { imageSchemaInfo, type ImageSchemaInfo } from '../api.js';
 import { useApp } from '../context.js';
 import type { MessageKey } from '../i18n.js';
 
+/**
+ * An async function as a DOM event handler. Preact discards what a handler returns, so nobody
+ * awaits the promise: each handler shows the API errors it expects itself, and anything else
+ * goes to the console instead of becoming an unhandled rejection.
+ */
+export function onEvent<A extends unknown[]>(fn: (...args: A) => Promise<unknown>): (...args: A) => void {
+  return (...args) => { fn(...args).catch((e: unknown) => console.error(e)); };
+}
+
 export function StatusBadge({ status }: { status: string }) {
   const { t } = useApp();
   return <span class={`badge status-${status}`}>{t(`status.${status}` as MessageKey) ?? status}</span>;
