@@ -129,7 +129,11 @@ export async function* walk(fs: Filesystem, start: FsNode, path: string, options
     seen.add(node.stat.ino);
     if (depth >= maxDepth) throw new DiskError('ELIMIT', `${p}: directories nested deeper than ${maxDepth}`);
     let entries: DirEntry[] = [];
-    for await (const e of fs.readdir(node)) entries.push(e);
+    for await (const e of fs.readdir(node)) {
+      // A name is never empty, '.', '..' or holds a slash or NUL (POSIX); such an entry would name another path.
+      if (e.name === '' || e.name === '.' || e.name === '..' || /[/\0]/.test(e.name)) throw new DiskError('ECORRUPT', `${p}: a directory entry has the invalid name ${JSON.stringify(e.name)}`);
+      entries.push(e);
+    }
     if (options.sorted !== false) entries = sortEntries(entries);
     for (const e of entries) yield* visit(await entryNode(fs, node, e), joinPath(p, e.name), depth + 1);
   }
