@@ -47,6 +47,9 @@ interface BlockRun { lblk: number; len: number; pblk: number | null }
 /** A leaf extent, decoded (§4.7.2). */
 interface Extent { lblk: number; len: number; pblk: number; init: boolean }
 
+/** Bytes of a directory that hold entries: a leaf block, or a piece of inline data. */
+interface DirRegion { inode: ExtInode; bytes: Uint8Array; where: number | 'inline' }
+
 export interface ExtInode {
   ino: number;
   mode: number;
@@ -60,8 +63,8 @@ export interface ExtInode {
   extraIsize: number;
   /** The inode's checksum seed (metadata_csum): extent and directory blocks are checksummed with it. */
   csumSeed: number;
-  /** Nanoseconds of atime, mtime, ctime and crtime where the inode has the extra fields. */
-  nsec: { atime: number; mtime: number; ctime: number; crtime?: number };
+  /** The timestamps exactly (stat's float seconds cannot hold nanoseconds); crtime where the inode has it. */
+  times: { atime: Timestamp; mtime: Timestamp; ctime: Timestamp; crtime?: Timestamp };
 }
 
 export class ExtNode implements FsNode {
@@ -74,8 +77,10 @@ function corrupt(message: string): DiskError {
   return new DiskError('ECORRUPT', `ext: ${message}`);
 }
 
+export interface Timestamp { sec: number; nsec: number }
+
 /** Seconds (signed 32-bit) widened by an extra field: 2 epoch bits and 30 bits of nanoseconds (§4.6.1 "Inode Timestamps"). */
-function decodeTime(seconds: number, extra: number | undefined): { sec: number; nsec: number } {
+function decodeTime(seconds: number, extra: number | undefined): Timestamp {
   const base = seconds | 0;
   if (extra === undefined) return { sec: base, nsec: 0 };
   return { sec: base + (extra & 3) * 2 ** 32, nsec: extra >>> 2 };
@@ -304,7 +309,7 @@ export class ExtFilesystem implements Filesystem {
     return {
       ino, mode, flags: u(raw, INODE.flags), size, generation, raw, extraIsize, csumSeed,
       iBlock: raw.subarray(I_BLOCK_OFFSET, I_BLOCK_OFFSET + I_BLOCK_SIZE),
-      nsec: { atime: at.nsec, mtime: mt.nsec, ctime: ct.nsec, ...(cr ? { crtime: cr.nsec } : {}) },
+      times: { atime: at, mtime: mt, ctime: ct, ...(cr ? { crtime: cr } : {}) },
     } satisfies ExtInode;
   }
 
@@ -325,11 +330,11 @@ export class ExtFilesystem implements Filesystem {
     const { raw, mode } = inode;
     const kind = MODE_KIND.get(mode & S_IFMT);
     if (!kind) throw corrupt(`inode ${inode.ino} has an unknown file type 0${(mode & S_IFMT).toString(8)}`);
-    const t = (sec: number, ns: number) => sec + ns / 1e9;
-    const fits = (offset: number) => offset + 4 <= GOOD_OLD_INODE_SIZE + inode.extraIsize;
-    const epoch = (sec: number, extraField: readonly [number, 4]) => (sec | 0) + (fits(extraField[0]) ? (u(raw, extraField) & 3) * 2 ** 32 : 0);
+    const t = (ts: Timestamp) => ts.sec + ts.nsec / 1e9;
     let blocks = u(raw, INODE.blocksLo) + (this.has(RO_COMPAT.hugeFile) ? u(raw, INODE.blocksHigh) * 2 ** 32 : 0);
     if (this.has(RO_COMPAT.hugeFile) && inode.flags & INODE_FLAG.hugeFile) blocks *= this.blockSize / 512;
+    // As the kernel's ext4_file_getattr: a regular file with inline data reports its sectors, so tools do not take it for a hole.
+    if (kind === 'file' && this.isInline(inode)) blocks += Math.ceil(inode.size / 512);
     const stat: FileStat = {
       ino: BigInt(inode.ino),
       kind,
@@ -338,12 +343,12 @@ export class ExtFilesystem implements Filesystem {
       gid: u(raw, INODE.gidLo) + u(raw, INODE.gidHigh) * 65536,
       size: inode.size,
       nlink: u(raw, INODE.linksCount),
-      atime: t(epoch(u(raw, INODE.atime), INODE.atimeExtra), inode.nsec.atime),
-      mtime: t(epoch(u(raw, INODE.mtime), INODE.mtimeExtra), inode.nsec.mtime),
-      ctime: t(epoch(u(raw, INODE.ctime), INODE.ctimeExtra), inode.nsec.ctime),
+      atime: t(inode.times.atime),
+      mtime: t(inode.times.mtime),
+      ctime: t(inode.times.ctime),
       blocks,
     };
-    if (inode.nsec.crtime !== undefined) stat.birthtime = t(epoch(u(raw, INODE.crtime), INODE.crtimeExtra), inode.nsec.crtime);
+    if (inode.times.crtime) stat.birthtime = t(inode.times.crtime);
     if (kind === 'char' || kind === 'block') {
       // §4.6 "i_block": the old 16-bit encoding in i_block[0], or the new one in i_block[1].
       const old = u(inode.iBlock, [0, 4]);
@@ -563,13 +568,23 @@ export class ExtFilesystem implements Filesystem {
   }
 
   async *readdir(dir: FsNode): AsyncIterable<DirEntry> {
-    const node = this.asDirectory(dir);
+    const filetype = (this.incompat & INCOMPAT.filetype) !== 0;
+    for await (const region of this.directoryRegions(this.asDirectory(dir))) {
+      for (const e of this.rawEntries(region)) {
+        const t = filetype ? u(region.bytes, DIRENT.fileType, e.at) : 0;
+        yield { name: NAME_DECODER.decode(e.name), ino: BigInt(e.ino), kind: DIRENT_KIND[t] ?? 'unknown' };
+      }
+    }
+  }
+
+  /** The pieces of a directory that hold entries: its leaf blocks (checksums verified), or its inline data. */
+  private async *directoryRegions(node: ExtNode): AsyncIterable<DirRegion> {
     const { inode } = node;
     if (this.isInline(inode)) {
       // §4.8.2: the parent's inode number, then entries in the rest of i_block and in system.data.
-      yield* this.entries(inode, inode.iBlock.subarray(INLINE_DIR_PARENT_SIZE), 'inline');
+      yield { inode, bytes: inode.iBlock.subarray(INLINE_DIR_PARENT_SIZE), where: 'inline' };
       const more = this.inlineXattr(inode);
-      if (more.length) yield* this.entries(inode, more, 'inline');
+      if (more.length) yield { inode, bytes: more, where: 'inline' };
       return;
     }
     if (inode.size > MAX_DIRECTORY_BYTES) throw new DiskError('ELIMIT', `ext: directory inode ${inode.ino} is ${inode.size} bytes`);
@@ -586,7 +601,7 @@ export class ExtFilesystem implements Filesystem {
           // htree index blocks (the root in block 0, interior nodes as one empty entry) hold no names (§4.8.4).
           const dxNode = htree && (lblk === 0 || (u(b, DIRENT.inode) === 0 && this.recLen(b, 0) === bs));
           if (this.metadataCsum && !dxNode) this.verifyDirBlock(inode, run.pblk + i, b);
-          yield* this.entries(inode, b, run.pblk + i);
+          yield { inode, bytes: b, where: run.pblk + i };
         }
       }
     }
@@ -608,7 +623,9 @@ export class ExtFilesystem implements Filesystem {
     if (crc32cRegister(inode.csumSeed, b.subarray(0, tail)) !== u(b, [tail + 8, 4])) throw corrupt(`directory inode ${inode.ino}: block ${block} checksum does not match`);
   }
 
-  private *entries(inode: ExtInode, b: Uint8Array, where: number | 'inline'): Iterable<DirEntry> {
+  /** The live entries of a region, '.' and '..' left out, each checked against its block (§4.8.1). */
+  private *rawEntries(region: DirRegion): Iterable<{ at: number; ino: number; name: Uint8Array }> {
+    const { inode, bytes: b, where } = region;
     const filetype = (this.incompat & INCOMPAT.filetype) !== 0;
     let at = 0;
     while (at + DIRENT_HEADER <= b.length) {
@@ -620,12 +637,9 @@ export class ExtFilesystem implements Filesystem {
       }
       if (ino !== 0) {
         if (ino > this.inodesCount || nameLen === 0) throw corrupt(`directory inode ${inode.ino}: entry at offset ${at} names inode ${ino}`);
-        const raw = b.subarray(at + DIRENT_HEADER, at + DIRENT_HEADER + nameLen);
-        const isDot = nameLen <= 2 && raw[0] === 0x2e && (nameLen === 1 || raw[1] === 0x2e);
-        if (!isDot) {
-          const t = filetype ? u(b, DIRENT.fileType, at) : 0;
-          yield { name: NAME_DECODER.decode(raw), ino: BigInt(ino), kind: DIRENT_KIND[t] ?? 'unknown' };
-        }
+        const name = b.subarray(at + DIRENT_HEADER, at + DIRENT_HEADER + nameLen);
+        const isDot = nameLen <= 2 && name[0] === 0x2e && (nameLen === 1 || name[1] === 0x2e);
+        if (!isDot) yield { at, ino, name };
       }
       at += recLen;
     }
@@ -637,8 +651,14 @@ export class ExtFilesystem implements Filesystem {
     return dir;
   }
 
+  /** A linear scan comparing bytes (htree lookup would read fewer blocks; the leaves are read in order instead). */
   async lookup(dir: FsNode, name: string): Promise<ExtNode | null> {
-    for await (const e of this.readdir(dir)) if (e.name === name) return this.node(Number(e.ino));
+    const want = NAME_ENCODER.encode(name);
+    for await (const region of this.directoryRegions(this.asDirectory(dir))) {
+      for (const e of this.rawEntries(region)) {
+        if (e.name.length === want.length && e.name.every((c, i) => c === want[i])) return this.node(e.ino);
+      }
+    }
     return null;
   }
 
@@ -705,6 +725,7 @@ export class ExtFilesystem implements Filesystem {
 
 /** File names are bytes; they are shown as UTF-8 (invalid sequences as U+FFFD, as ls does with a UTF-8 locale). */
 const NAME_DECODER = new TextDecoder('utf-8');
+const NAME_ENCODER = new TextEncoder();
 
 /** Open an ext2/3/4 filesystem (the registry's opener). */
 export function openExt(device: BlockDevice, type?: string): Promise<ExtFilesystem> {
