@@ -40,7 +40,8 @@ export async function copyOutCommand(argv: string[]): Promise<number> {
     return withImageFiles(filename, files, async ({ fs }) => {
       const copier = new Copier(fs, target);
       for (const path of paths) {
-        const node = await resolvePath(fs, path, { follow: true });
+        // A symlink named on the command line is copied as a link, as tar copies it.
+        const node = await resolvePath(fs, path);
         const base = path.split('/').filter((c) => c !== '' && c !== '.').pop();
         // virt-copy-out of "/" copies the root's contents into the directory.
         await copier.copyTree(node, path, base === undefined || base === '..' ? [] : [base]);
@@ -146,7 +147,7 @@ class Copier {
     const st = node.stat;
     if (this.asRoot) await lchown(local, st.uid, st.gid);
     // After chown, which clears set-id bits.
-    await chmod(local, this.asRoot ? st.perm : st.perm & 0o1777);
+    await chmod(local, st.perm);
     await utimes(local, st.atime, st.mtime);
   }
 
