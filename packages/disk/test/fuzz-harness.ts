@@ -7,13 +7,16 @@
  * may escape, each mutant is handled within MAX_MS, and memory stays bounded. fast-check
  * shrinks a failure to a minimal list of mutations, printed with the seed that replays it.
  *
+ * Filesystem seeds (ext images made by mkfs.ext4) go through the filesystem readers instead:
+ * open, a full walk, reads and symlinks (exerciseFilesystem), under the same property.
+ *
  * Used by test/fuzz.test.ts (bounded, in CI) and fuzz/run.mjs (long runs).
  */
 import { execFileSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import fc from 'fast-check';
-import { DiskError, MemorySource, getFormat, isDiskError, listFormats, probeFormat, type OpenOptions } from '../src/index.js';
+import { DiskError, MemorySource, getFormat, isDiskError, listFormats, probeFormat, rawDriver, openFilesystem, walk, resolvePath, type OpenOptions } from '../src/index.js';
 import { StreamInspector, inspectSource } from '../src/inspect/index.js';
 import { buildSeSparse, seSparseBytes, seSparseDescriptor } from './sesparse-writer.js';
 
@@ -38,6 +41,8 @@ export interface Seed {
   bytes: Uint8Array;
   /** `bytes` is an extent file that this (unmutated) descriptor names; the image is opened through it. */
   descriptor?: Descriptor;
+  /** `bytes` is a filesystem (format raw): it goes through the filesystem readers (exerciseFilesystem). */
+  filesystem?: true;
 }
 
 /** A text descriptor and the name under which it refers to the (mutated) extent bytes. */
@@ -107,6 +112,58 @@ function seSparseSeed(): Seed {
     name: 'vmdk seSparse (crafted)', format: 'vmdk', bytes: seSparseBytes(file),
     descriptor: { text: seSparseDescriptor({ extent: 'seed-sesparse.vmdk', sectors: capacity }), extent: 'seed-sesparse.vmdk' },
   };
+}
+
+/**
+ * Filesystem seeds: small ext filesystems made by mkfs.ext4 -d from a tree with a directory,
+ * files with data, a sparse file, fast and slow symlinks, in three layouts (extents with
+ * metadata_csum; indirect blocks; inline data), 4 MiB with 1 KiB blocks so that the metadata
+ * lies where the mutations mostly land (the first 64 KiB).
+ */
+export function makeFilesystemSeeds(dir: string): Seed[] {
+  const src = join(dir, 'fs-src');
+  mkdirSync(join(src, 'dir', 'sub'), { recursive: true });
+  for (let i = 0; i < 40; i++) writeFileSync(join(src, 'dir', `file-${i}`), `${i}\n`.repeat(i * 10));
+  writeFileSync(join(src, 'dir', 'sub', 'data'), new Uint8Array(70_000).fill(0x5a));
+  execFileSync('truncate', ['-s', '1M', join(src, 'sparse')]);
+  symlinkSync('dir/file-1', join(src, 'fast'));
+  symlinkSync('x/'.repeat(40) + 'y', join(src, 'slow'));
+  const layouts = [
+    { name: 'ext4 metadata_csum', args: ['-t', 'ext4'] },
+    { name: 'ext2 indirect blocks', args: ['-t', 'ext2'] },
+    { name: 'ext4 inline_data without checksums', args: ['-t', 'ext4', '-O', 'inline_data,^metadata_csum,^has_journal'] },
+  ];
+  return layouts.map((l, i) => {
+    const path = join(dir, `fs-seed-${i}.img`);
+    execFileSync('mkfs.ext4', ['-q', '-F', ...l.args, '-b', '1024', '-N', '128', '-d', src, path, '4M']);
+    return { name: `filesystem ${l.name}`, format: 'raw', bytes: new Uint8Array(readFileSync(path)), filesystem: true as const };
+  });
+}
+
+/** Entries walked and bytes read per file of a mutant filesystem (a mutated directory may claim millions). */
+const FS_ENTRY_LIMIT = 2000;
+const FS_READ_LIMIT = 256 * 1024;
+
+/** Everything a filesystem read from an untrusted image meets: identification, open, a full walk, reads, symlinks, path lookups. */
+export async function exerciseFilesystem(bytes: Uint8Array): Promise<void> {
+  const started = process.cpuUsage();
+  await guarded('filesystem open/walk/read', async () => {
+    const device = await rawDriver.open(new MemorySource(bytes, 'mutant', true), {});
+    const fs = await openFilesystem(device);
+    let entries = 0;
+    for await (const e of walk(fs, await fs.root(), '/')) {
+      if (++entries > FS_ENTRY_LIMIT) break;
+      const kind = e.node.stat.kind;
+      if (kind === 'file') await fs.read(e.node, new Uint8Array(Math.min(e.node.stat.size, FS_READ_LIMIT)), 0);
+      if (kind === 'symlink') await fs.readlink(e.node);
+    }
+    for (const path of ['/fast', '/dir/sub/../file-3', '/slow/..']) {
+      await resolvePath(fs, path, { follow: true }).catch((e: unknown) => { if (!isDiskError(e)) throw e; });
+    }
+  });
+  const used = process.cpuUsage(started);
+  const ms = (used.user + used.system) / 1000;
+  if (ms > MAX_MS) throw new FuzzFailure(`took ${ms.toFixed(0)} ms of CPU (limit ${MAX_MS} ms)`);
 }
 
 /** One change to the seed's bytes. Positions are taken modulo the file length. */
@@ -236,7 +293,8 @@ export async function fuzzSeed(seed: Seed, options: { runs?: number; seconds?: n
   const result = await fc.check(
     fc.asyncProperty(mutations(), async (ms) => {
       runs++;
-      await exercise(seed.format, mutate(seed.bytes, ms), seed.descriptor);
+      if (seed.filesystem) await exerciseFilesystem(mutate(seed.bytes, ms));
+      else await exercise(seed.format, mutate(seed.bytes, ms), seed.descriptor);
     }),
     {
       numRuns: options.runs ?? Number.MAX_SAFE_INTEGER,

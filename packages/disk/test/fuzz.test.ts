@@ -6,7 +6,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { tempDir, needs } from '@diskhub/testkit';
 import { DiskError, registerFormat } from '../src/index.js';
-import { exercise, fuzzSeed, makeSeeds } from './fuzz-harness.js';
+import { exercise, fuzzSeed, makeSeeds, makeFilesystemSeeds } from './fuzz-harness.js';
 
 const RUNS = Number(process.env.FUZZ_RUNS ?? 150);
 
@@ -22,6 +22,16 @@ test('fuzz: every format parser, the inspector and the prober take mutated image
   assert.deepEqual(failures, []);
   const rss = process.memoryUsage().rss;
   assert.ok(rss < 768 << 20, `resident memory grew to ${Math.round(rss / 2 ** 20)} MiB`);
+});
+
+test('fuzz: the ext reader takes mutated filesystems (walked, read, symlinks followed) with only DiskErrors, quickly', needs('mkfs.ext4', 'truncate'), async (t) => {
+  const seeds = makeFilesystemSeeds(await tempDir(t));
+  const failures: string[] = [];
+  for (const [i, seed] of seeds.entries()) {
+    const r = await fuzzSeed(seed, { runs: RUNS * 2, rngSeed: 2000 + i });
+    if (r.failure) failures.push(r.failure);
+  }
+  assert.deepEqual(failures, []);
 });
 
 test('fuzz: the harness catches a parser that throws a non-DiskError or hangs, and shrinks it', async () => {
