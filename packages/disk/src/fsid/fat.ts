@@ -6,14 +6,15 @@
  */
 import { type Prober, type ProbeContext, view, ascii, isPowerOfTwo } from './model.js';
 
-const FAT12_MAX_CLUSTERS = 4084;
+/** Microsoft FAT specification §3.5: fewer clusters than 4085 make FAT12. */
+export const FAT12_MAX_CLUSTERS = 4084;
 const ATTR_VOLUME_ID = 0x08;
 const ATTR_LONG_NAME = 0x0f;
 const NO_NAME = 'NO NAME    ';
 /** Root-directory bytes we read on FAT32 (following its cluster chain) before giving up on finding a label. */
 const MAX_ROOT_BYTES = 4 << 20;
 
-interface Bpb {
+export interface Bpb {
   sectorSize: number;
   sectorsPerCluster: number;
   reserved: number;
@@ -25,7 +26,7 @@ interface Bpb {
   rootCluster: number;
 }
 
-function parseBpb(bs: Uint8Array): Bpb | null {
+export function parseBpb(bs: Uint8Array): Bpb | null {
   const v = view(bs);
   const jump = bs[0] === 0xeb || bs[0] === 0xe9;
   const sectorSize = v.getUint16(11, true);
