@@ -230,3 +230,68 @@ test('img ls: a journal that needs recovery is reported on stderr, and the listi
   assert.equal(r.stdout, 'lost+found\n');
   assert.match(r.stderr, /^warning: .*fs\.img: the journal needs recovery/);
 });
+
+test('img ls / cat / copy-out on XFS, vfat and iso9660 (registered readers): XFS equal to a read-only loop mount, vfat to mtools\'s extraction, iso9660 to the Rock Ridge source', { ...needs('mkfs.xfs', 'mkfs.vfat', 'mcopy', 'genisoimage', 'qemu-img', 'find'), ...needsLoopDevices() }, async (t) => {
+  const dir = await tempDir(t);
+  const src = join(dir, 'src');
+  await mkdir(join(src, 'docs', 'deeper'), { recursive: true });
+  await writeFile(join(src, 'docs', 'readme.txt'), 'read me\n');
+  await writeFile(join(src, 'docs', 'deeper', 'data.bin'), randomBytes(300_000));
+  await writeFile(join(src, 'Mixed Case Name.txt'), 'vfat long name\n');
+  const images: { name: string; path: string }[] = [];
+  // XFS: made empty, filled through a read-write loop mount (cp -a keeps modes and symlinks).
+  const xfs = join(dir, 'fs.xfs');
+  await writeFile(xfs, '');
+  await truncate(xfs, 320 * MiB);
+  await runOk('mkfs.xfs', ['-q', xfs]);
+  const rw = join(dir, 'rw');
+  await mkdir(rw);
+  await runOk('mount', ['-o', 'loop', xfs, rw]);
+  try {
+    await runOk('cp', ['-a', `${src}/.`, rw]);
+    await symlink('docs/readme.txt', join(rw, 'link'));
+  } finally {
+    await run('umount', [rw]);
+  }
+  images.push({ name: 'xfs', path: xfs });
+  const vfat = join(dir, 'fs.vfat');
+  await writeFile(vfat, '');
+  await truncate(vfat, 64 * MiB);
+  await runOk('mkfs.vfat', [vfat]);
+  await runOk('mcopy', ['-s', '-m', '-i', vfat, join(src, 'docs'), join(src, 'Mixed Case Name.txt'), '::/']);
+  images.push({ name: 'vfat', path: vfat });
+  const iso = join(dir, 'fs.iso');
+  await runOk('genisoimage', ['-quiet', '-R', '-J', '-o', iso, src]);
+  images.push({ name: 'iso9660', path: iso });
+  for (const { name, path } of images) {
+    const qcow2 = `${path}.qcow2`;
+    await qemuImg('convert', '-O', 'qcow2', path, qcow2);
+    const lr = await diskhub(['img', 'ls', '-lR', qcow2, '/']);
+    assert.equal(lr.code, 0, `${name}: ${lr.stderr}`);
+    if (name === 'vfat') {
+      // This kernel has no vfat module: mtools's own extraction is the peer for the names.
+      const extracted = join(dir, 'mcopy-out');
+      await mkdir(extracted);
+      await runOk('mcopy', ['-s', '-n', '-i', path, '::/docs', '::/Mixed Case Name.txt', extracted]);
+      const found = (await runOk('find', ['.', '-mindepth', '1'], { cwd: extracted })).split('\n').filter(Boolean).map((p) => p.slice(2)).sort();
+      assert.deepEqual((await diskhub(['img', 'ls', '-R', qcow2, '/'])).stdout.trim().split('\n').sort(), found);
+    } else if (name === 'iso9660') {
+      // No isofs module here either: Rock Ridge keeps the source's modes, sizes and links (directory sizes are the image's own).
+      const files = (lines: string[]) => lines.filter((l) => !l.startsWith('d ')).sort();
+      assert.deepEqual(files(lr.stdout.trim().split('\n')), files(await findLr(src)));
+      const dirs = (lines: string[]) => lines.filter((l) => l.startsWith('d ')).map((l) => l.slice(18)).sort();
+      assert.deepEqual(dirs(lr.stdout.trim().split('\n')), dirs(await findLr(src)));
+    } else {
+      const mnt = join(dir, `mnt-${name}`);
+      await withLoopMount(path, mnt, async () => {
+        assert.deepEqual(lr.stdout.trim().split('\n').sort(), await findLr(mnt), name);
+      });
+    }
+    const cat = await diskhub(['img', 'cat', qcow2, '/docs/readme.txt']);
+    assert.equal(cat.stdout, 'read me\n', name);
+    const out = join(dir, `out-${name}`);
+    await mkdir(out);
+    assert.equal((await diskhub(['img', 'copy-out', qcow2, '/docs', out])).code, 0, name);
+    assert.equal(sha(await readFile(join(out, 'docs', 'deeper', 'data.bin'))), sha(await readFile(join(src, 'docs', 'deeper', 'data.bin'))), name);
+  }
+});

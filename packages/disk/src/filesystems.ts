@@ -9,6 +9,9 @@ import { DiskError } from './errors.js';
 import type { DirEntry, Filesystem, FsNode } from './filesystem.js';
 import { identifyFilesystem } from './fsid/index.js';
 import { openExt } from './ext/index.js';
+import { openXfs } from './xfs/index.js';
+import { openFat } from './fat/index.js';
+import { openIso9660 } from './iso9660/index.js';
 
 export type FilesystemOpener = (device: BlockDevice, type: string) => Promise<Filesystem>;
 
@@ -18,6 +21,9 @@ const OPENERS = new Map<string, FilesystemOpener>([
   ['ext3', openExt],
   ['ext4', openExt],
   ['ext4dev', openExt],
+  ['xfs', openXfs],
+  ['vfat', openFat],
+  ['iso9660', openIso9660],
 ]);
 
 /** The filesystem types a reader exists for. */

@@ -11,11 +11,13 @@ import type { BlockDevice } from '../blockdev.js';
 import { settled } from '../blockdev.js';
 import { DiskError } from '../errors.js';
 import { crc32cRegister, crcTable, crcUpdate } from '../crc32c.js';
+import { u32le } from '../struct.js';
+import { kindOfMode, decodeDev, S_IFMT, S_IFREG } from '../fsmode.js';
 import type { DirEntry, FileStat, Filesystem, FsNode } from '../filesystem.js';
 import {
-  u, SB, SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE, EXT_MAGIC, STATE_VALID, STATE_ERROR, COMPAT_HAS_JOURNAL, INCOMPAT, INCOMPAT_READABLE, RO_COMPAT,
-  GD, GD_SIZE_32, BG_INODE_UNINIT, INODE, GOOD_OLD_INODE_SIZE, I_BLOCK_OFFSET, I_BLOCK_SIZE, INODE_FLAG, S_IFMT, MODE_KIND,
-  DIRENT, DIRENT_HEADER, DIRENT_KIND, DIRENT_TAIL_SIZE, DIRENT_TAIL_FILETYPE, INLINE_DIR_PARENT_SIZE,
+  SB, SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE, EXT_MAGIC, STATE_VALID, STATE_ERROR, COMPAT_HAS_JOURNAL, INCOMPAT, INCOMPAT_READABLE, RO_COMPAT,
+  GD, GD_SIZE_32, BG_INODE_UNINIT, INODE, GOOD_OLD_INODE_SIZE, I_BLOCK_OFFSET, I_BLOCK_SIZE, INODE_FLAG,
+  DIRENT, DIRENT_NO_FILETYPE, DIRENT_HEADER, DIRENT_KIND, DIRENT_TAIL_SIZE, DIRENT_TAIL_FILETYPE, INLINE_DIR_PARENT_SIZE,
   EXTENT_MAGIC, EXTENT_HEADER, EXTENT_ENTRY_SIZE, EXTENT_LEAF, EXTENT_INDEX, EXTENT_INIT_MAX_LEN, EXTENT_MAX_DEPTH, DIRECT_BLOCKS,
   XATTR_MAGIC, XATTR_ENTRY, XATTR_ENTRY_SIZE, XATTR_INDEX_SYSTEM,
 } from './layout.js';
@@ -109,20 +111,20 @@ export class ExtFilesystem implements Filesystem {
 
   private constructor(readonly device: BlockDevice, sb: Uint8Array, type: string) {
     this.type = type;
-    this.blockSize = 1024 << u(sb, SB.logBlockSize);
-    this.incompat = u(sb, SB.featureIncompat);
-    this.roCompat = u(sb, SB.featureRoCompat);
-    this.blocksCount = u(sb, SB.blocksCountLo) + (this.incompat & INCOMPAT.bit64 ? u(sb, SB.blocksCountHi) * 2 ** 32 : 0);
-    this.inodesCount = u(sb, SB.inodesCount);
-    this.firstDataBlock = u(sb, SB.firstDataBlock);
-    this.blocksPerGroup = u(sb, SB.blocksPerGroup);
-    this.inodesPerGroup = u(sb, SB.inodesPerGroup);
-    this.inodeSize = u(sb, SB.revLevel) === 0 ? GOOD_OLD_INODE_SIZE : u(sb, SB.inodeSize);
-    this.descSize = this.incompat & INCOMPAT.bit64 ? u(sb, SB.descSize) : GD_SIZE_32;
-    this.firstMetaBg = u(sb, SB.firstMetaBg);
+    this.blockSize = 1024 << SB.get(sb, 'logBlockSize');
+    this.incompat = SB.get(sb, 'featureIncompat');
+    this.roCompat = SB.get(sb, 'featureRoCompat');
+    this.blocksCount = SB.get(sb, 'blocksCountLo') + (this.incompat & INCOMPAT.bit64 ? SB.get(sb, 'blocksCountHi') * 2 ** 32 : 0);
+    this.inodesCount = SB.get(sb, 'inodesCount');
+    this.firstDataBlock = SB.get(sb, 'firstDataBlock');
+    this.blocksPerGroup = SB.get(sb, 'blocksPerGroup');
+    this.inodesPerGroup = SB.get(sb, 'inodesPerGroup');
+    this.inodeSize = SB.get(sb, 'revLevel') === 0 ? GOOD_OLD_INODE_SIZE : SB.get(sb, 'inodeSize');
+    this.descSize = this.incompat & INCOMPAT.bit64 ? SB.get(sb, 'descSize') : GD_SIZE_32;
+    this.firstMetaBg = SB.get(sb, 'firstMetaBg');
     this.groupCount = Math.ceil((this.blocksCount - this.firstDataBlock) / this.blocksPerGroup);
-    this.uuid = sb.slice(SB.uuid[0], SB.uuid[0] + 16);
-    this.csumSeed = this.incompat & INCOMPAT.csumSeed ? u(sb, SB.checksumSeed) : crc32cRegister(0xffffffff, this.uuid);
+    this.uuid = SB.get(sb, 'uuid');
+    this.csumSeed = this.incompat & INCOMPAT.csumSeed ? SB.get(sb, 'checksumSeed') : crc32cRegister(0xffffffff, this.uuid);
   }
 
   /** Open the filesystem on `device`; `type` is what fsid calls it (ext2, ext3, ext4). */
@@ -130,27 +132,27 @@ export class ExtFilesystem implements Filesystem {
     if (device.size < SUPERBLOCK_OFFSET + SUPERBLOCK_SIZE) throw new DiskError('EFORMAT', 'ext: the device is too small for a superblock');
     const sb = new Uint8Array(SUPERBLOCK_SIZE);
     await device.read(sb, SUPERBLOCK_OFFSET);
-    if (u(sb, SB.magic) !== EXT_MAGIC) throw new DiskError('EFORMAT', 'ext: bad superblock magic');
-    const incompat = u(sb, SB.featureIncompat);
-    const roCompat = u(sb, SB.featureRoCompat);
+    if (SB.get(sb, 'magic') !== EXT_MAGIC) throw new DiskError('EFORMAT', 'ext: bad superblock magic');
+    const incompat = SB.get(sb, 'featureIncompat');
+    const roCompat = SB.get(sb, 'featureRoCompat');
     if (incompat & INCOMPAT.journalDev) throw new DiskError('EFORMAT', 'ext: an external journal device, not a filesystem');
     if (roCompat & RO_COMPAT.metadataCsum) {
-      if (u(sb, SB.checksumType) !== 1) throw corrupt(`unknown superblock checksum type ${u(sb, SB.checksumType)}`);
+      if (SB.get(sb, 'checksumType') !== 1) throw corrupt(`unknown superblock checksum type ${SB.get(sb, 'checksumType')}`);
       // §4.1: crc32c of the superblock up to s_checksum, from ~0 (the kernel refuses to mount on a mismatch).
-      const want = crc32cRegister(0xffffffff, sb.subarray(0, SB.checksum[0]));
-      if (want !== u(sb, SB.checksum)) throw corrupt('superblock checksum does not match (e2fsck would need a backup superblock)');
+      const want = crc32cRegister(0xffffffff, sb.subarray(0, SB.fields.checksum[0]));
+      if (want !== SB.get(sb, 'checksum')) throw corrupt('superblock checksum does not match (e2fsck would need a backup superblock)');
     }
     const unknown = incompat & ~INCOMPAT_READABLE;
     if (unknown) throw new DiskError('EUNSUPPORTED', `ext: unsupported incompatible features 0x${unknown.toString(16)}`);
-    const logBlock = u(sb, SB.logBlockSize);
+    const logBlock = SB.get(sb, 'logBlockSize');
     if (logBlock > 6) throw corrupt(`block size 2^${10 + logBlock} is out of range`);
     const fs = new ExtFilesystem(device, sb, type);
     fs.checkGeometry(sb);
     if (incompat & INCOMPAT.recover) fs.warnings.push('the journal needs recovery (the filesystem was not cleanly unmounted; its latest changes are in the journal and are not shown)');
-    const state = u(sb, SB.state);
+    const state = SB.get(sb, 'state');
     if (state & STATE_ERROR) fs.warnings.push('the filesystem has errors recorded (e2fsck would check it)');
     else if (!(state & STATE_VALID) && !(incompat & INCOMPAT.recover)) fs.warnings.push('the filesystem was not cleanly unmounted (e2fsck would check it)');
-    if ((u(sb, SB.featureCompat) & COMPAT_HAS_JOURNAL) === 0 && incompat & INCOMPAT.recover) fs.warnings.push('needs_recovery is set without a journal');
+    if ((SB.get(sb, 'featureCompat') & COMPAT_HAS_JOURNAL) === 0 && incompat & INCOMPAT.recover) fs.warnings.push('needs_recovery is set without a journal');
     return fs;
   }
 
@@ -253,7 +255,7 @@ export class ExtFilesystem implements Filesystem {
   /** A descriptor checksum mismatch is reported, not fatal: the kernel mounts such a filesystem read-only (ext4_check_descriptors). */
   private verifyDescriptor(g: number, gd: Uint8Array): void {
     if (this.badGroups.has(g)) return;
-    const csumAt = GD.checksum[0];
+    const csumAt = GD.fields.checksum[0];
     let want: number;
     if (this.metadataCsum) {
       let c = crc32cRegister(this.csumSeed, le32(g));
@@ -268,7 +270,7 @@ export class ExtFilesystem implements Filesystem {
       if (gd.length > csumAt + 2) c = crc16(c, gd.subarray(csumAt + 2));
       want = c;
     } else return;
-    if (want === u(gd, GD.checksum)) return;
+    if (want === GD.get(gd, 'checksum')) return;
     this.badGroups.add(g);
     if (this.badGroups.size <= 8) this.warnings.push(`group descriptor ${g} checksum does not match (e2fsck would repair it)`);
   }
@@ -280,34 +282,34 @@ export class ExtFilesystem implements Filesystem {
     const group = Math.floor((ino - 1) / this.inodesPerGroup);
     const index = (ino - 1) % this.inodesPerGroup;
     const gd = await this.descriptor(group);
-    const table = u(gd, GD.inodeTableLo) + (this.descSize >= 64 ? u(gd, GD.inodeTableHi) * 2 ** 32 : 0);
+    const table = GD.get(gd, 'inodeTableLo') + (this.descSize >= 64 ? GD.get(gd, 'inodeTableHi') * 2 ** 32 : 0);
     const tableBlocks = Math.ceil((this.inodesPerGroup * this.inodeSize) / this.blockSize);
     if (table < this.firstDataBlock || table + tableBlocks > this.blocksCount) throw corrupt(`group ${group}'s inode table at block ${table} is outside the filesystem`);
-    if ((this.metadataCsum || this.has(RO_COMPAT.gdtCsum)) && u(gd, GD.flags) & BG_INODE_UNINIT) throw corrupt(`inode ${ino} is in an uninitialised inode table (group ${group})`);
+    if ((this.metadataCsum || this.has(RO_COMPAT.gdtCsum)) && GD.get(gd, 'flags') & BG_INODE_UNINIT) throw corrupt(`inode ${ino} is in an uninitialised inode table (group ${group})`);
     const byte = index * this.inodeSize;
     const raw = (await this.meta(table + Math.floor(byte / this.blockSize), byte % this.blockSize, this.inodeSize)).slice();
-    const extraIsize = this.inodeSize > GOOD_OLD_INODE_SIZE ? u(raw, INODE.extraIsize) : 0;
+    const extraIsize = this.inodeSize > GOOD_OLD_INODE_SIZE ? INODE.get(raw, 'extraIsize') : 0;
     if (GOOD_OLD_INODE_SIZE + extraIsize > this.inodeSize || extraIsize % 4 !== 0) throw corrupt(`inode ${ino} has a bad i_extra_isize ${extraIsize}`);
-    const generation = u(raw, INODE.generation);
+    const generation = INODE.get(raw, 'generation');
     let csumSeed = 0;
     if (this.metadataCsum) {
       csumSeed = crc32cRegister(crc32cRegister(this.csumSeed, le32(ino)), le32(generation));
       this.verifyInode(ino, raw, extraIsize, csumSeed);
     }
-    const mode = u(raw, INODE.mode);
-    if (mode === 0 || (u(raw, INODE.linksCount) === 0 && u(raw, INODE.dtime) !== 0)) throw corrupt(`inode ${ino} is not in use (a directory entry points to a deleted inode)`);
-    const fits = (f: readonly [number, number]) => f[0] + f[1] <= GOOD_OLD_INODE_SIZE + extraIsize;
-    const extra = (f: readonly [number, 4]) => (fits(f) ? u(raw, f) : undefined);
-    const isReg = (mode & S_IFMT) === 0x8000;
-    const sizeHigh = isReg || this.incompat & INCOMPAT.largedir ? u(raw, INODE.sizeHigh) : 0;
-    const size = u(raw, INODE.sizeLo) + sizeHigh * 2 ** 32;
+    const mode = INODE.get(raw, 'mode');
+    if (mode === 0 || (INODE.get(raw, 'linksCount') === 0 && INODE.get(raw, 'dtime') !== 0)) throw corrupt(`inode ${ino} is not in use (a directory entry points to a deleted inode)`);
+    const fits = (name: keyof typeof INODE.fields) => INODE.fields[name][0] + INODE.fields[name][1].size <= GOOD_OLD_INODE_SIZE + extraIsize;
+    const extra = (name: 'atimeExtra' | 'mtimeExtra' | 'ctimeExtra' | 'crtimeExtra') => (fits(name) ? INODE.get(raw, name) : undefined);
+    const isReg = (mode & S_IFMT) === S_IFREG;
+    const sizeHigh = isReg || this.incompat & INCOMPAT.largedir ? INODE.get(raw, 'sizeHigh') : 0;
+    const size = INODE.get(raw, 'sizeLo') + sizeHigh * 2 ** 32;
     if (!Number.isSafeInteger(size)) throw corrupt(`inode ${ino} has size ${size}`);
-    const at = decodeTime(u(raw, INODE.atime), extra(INODE.atimeExtra));
-    const mt = decodeTime(u(raw, INODE.mtime), extra(INODE.mtimeExtra));
-    const ct = decodeTime(u(raw, INODE.ctime), extra(INODE.ctimeExtra));
-    const cr = fits(INODE.crtime) ? decodeTime(u(raw, INODE.crtime), extra(INODE.crtimeExtra)) : undefined;
+    const at = decodeTime(INODE.get(raw, 'atime'), extra('atimeExtra'));
+    const mt = decodeTime(INODE.get(raw, 'mtime'), extra('mtimeExtra'));
+    const ct = decodeTime(INODE.get(raw, 'ctime'), extra('ctimeExtra'));
+    const cr = fits('crtime') ? decodeTime(INODE.get(raw, 'crtime'), extra('crtimeExtra')) : undefined;
     return {
-      ino, mode, flags: u(raw, INODE.flags), size, generation, raw, extraIsize, csumSeed,
+      ino, mode, flags: INODE.get(raw, 'flags'), size, generation, raw, extraIsize, csumSeed,
       iBlock: raw.subarray(I_BLOCK_OFFSET, I_BLOCK_OFFSET + I_BLOCK_SIZE),
       times: { atime: at, mtime: mt, ctime: ct, ...(cr ? { crtime: cr } : {}) },
     } satisfies ExtInode;
@@ -316,22 +318,22 @@ export class ExtFilesystem implements Filesystem {
   /** §4.6: crc32c over the whole inode with its checksum fields zeroed, seeded by inode number and generation. */
   private verifyInode(ino: number, raw: Uint8Array, extraIsize: number, seed: number): void {
     const copy = raw.slice();
-    copy[INODE.checksumLo[0]] = copy[INODE.checksumLo[0] + 1] = 0;
-    const hasHi = extraIsize >= INODE.checksumHi[0] + 2 - GOOD_OLD_INODE_SIZE;
-    if (hasHi) copy[INODE.checksumHi[0]] = copy[INODE.checksumHi[0] + 1] = 0;
+    copy[INODE.fields.checksumLo[0]] = copy[INODE.fields.checksumLo[0] + 1] = 0;
+    const hasHi = extraIsize >= INODE.fields.checksumHi[0] + 2 - GOOD_OLD_INODE_SIZE;
+    if (hasHi) copy[INODE.fields.checksumHi[0]] = copy[INODE.fields.checksumHi[0] + 1] = 0;
     let want = crc32cRegister(seed, copy);
-    let have = u(raw, INODE.checksumLo);
-    if (hasHi) have = (have | (u(raw, INODE.checksumHi) << 16)) >>> 0;
+    let have = INODE.get(raw, 'checksumLo');
+    if (hasHi) have = (have | (INODE.get(raw, 'checksumHi') << 16)) >>> 0;
     else want &= 0xffff;
     if (want !== have) throw corrupt(`inode ${ino} checksum does not match`);
   }
 
   private statOf(inode: ExtInode): FileStat {
     const { raw, mode } = inode;
-    const kind = MODE_KIND.get(mode & S_IFMT);
+    const kind = kindOfMode(mode);
     if (!kind) throw corrupt(`inode ${inode.ino} has an unknown file type 0${(mode & S_IFMT).toString(8)}`);
     const t = (ts: Timestamp) => ts.sec + ts.nsec / 1e9;
-    let blocks = u(raw, INODE.blocksLo) + (this.has(RO_COMPAT.hugeFile) ? u(raw, INODE.blocksHigh) * 2 ** 32 : 0);
+    let blocks = INODE.get(raw, 'blocksLo') + (this.has(RO_COMPAT.hugeFile) ? INODE.get(raw, 'blocksHigh') * 2 ** 32 : 0);
     if (this.has(RO_COMPAT.hugeFile) && inode.flags & INODE_FLAG.hugeFile) blocks *= this.blockSize / 512;
     // As the kernel's ext4_file_getattr: a regular file with inline data reports its sectors, so tools do not take it for a hole.
     if (kind === 'file' && this.isInline(inode)) blocks += Math.ceil(inode.size / 512);
@@ -339,10 +341,10 @@ export class ExtFilesystem implements Filesystem {
       ino: BigInt(inode.ino),
       kind,
       perm: mode & 0o7777,
-      uid: u(raw, INODE.uidLo) + u(raw, INODE.uidHigh) * 65536,
-      gid: u(raw, INODE.gidLo) + u(raw, INODE.gidHigh) * 65536,
+      uid: INODE.get(raw, 'uidLo') + INODE.get(raw, 'uidHigh') * 65536,
+      gid: INODE.get(raw, 'gidLo') + INODE.get(raw, 'gidHigh') * 65536,
       size: inode.size,
-      nlink: u(raw, INODE.linksCount),
+      nlink: INODE.get(raw, 'linksCount'),
       atime: t(inode.times.atime),
       mtime: t(inode.times.mtime),
       ctime: t(inode.times.ctime),
@@ -351,12 +353,8 @@ export class ExtFilesystem implements Filesystem {
     if (inode.times.crtime) stat.birthtime = t(inode.times.crtime);
     if (kind === 'char' || kind === 'block') {
       // §4.6 "i_block": the old 16-bit encoding in i_block[0], or the new one in i_block[1].
-      const old = u(inode.iBlock, [0, 4]);
-      if (old) stat.rdev = { major: (old >>> 8) & 0xff, minor: old & 0xff };
-      else {
-        const dev = u(inode.iBlock, [4, 4]);
-        stat.rdev = { major: (dev & 0xfff00) >>> 8, minor: (dev & 0xff) | ((dev >>> 12) & 0xfff00) };
-      }
+      const old = u32le.read(inode.iBlock, 0);
+      stat.rdev = old ? { major: (old >>> 8) & 0xff, minor: old & 0xff } : decodeDev(u32le.read(inode.iBlock, 4));
     }
     return stat;
   }
@@ -407,24 +405,24 @@ export class ExtFilesystem implements Filesystem {
     const seen = new Set<number>();
     let allocated = 0;
     const walk = async (b: Uint8Array, expectDepth: number | null, lo: number, hi: number, block: number | null): Promise<void> => {
-      if (u(b, EXTENT_HEADER.magic) !== EXTENT_MAGIC) throw corrupt(`inode ${inode.ino}: bad extent header magic${block !== null ? ` in block ${block}` : ''}`);
-      const entries = u(b, EXTENT_HEADER.entries);
-      const max = u(b, EXTENT_HEADER.max);
-      const depth = u(b, EXTENT_HEADER.depth);
+      if (EXTENT_HEADER.get(b, 'magic') !== EXTENT_MAGIC) throw corrupt(`inode ${inode.ino}: bad extent header magic${block !== null ? ` in block ${block}` : ''}`);
+      const entries = EXTENT_HEADER.get(b, 'entries');
+      const max = EXTENT_HEADER.get(b, 'max');
+      const depth = EXTENT_HEADER.get(b, 'depth');
       const capacity = Math.floor((b.length - 12) / EXTENT_ENTRY_SIZE);
       if (max > capacity || entries > max) throw corrupt(`inode ${inode.ino}: extent node with ${entries} of ${max} entries (room for ${capacity})`);
       if (depth > EXTENT_MAX_DEPTH || (expectDepth !== null && depth !== expectDepth)) throw corrupt(`inode ${inode.ino}: extent tree depth ${depth}${expectDepth !== null ? `, expected ${expectDepth}` : ''}`);
       let prev = -1;
       for (let k = 0; k < entries; k++) {
         const at = 12 + k * EXTENT_ENTRY_SIZE;
-        const lblk = u(b, EXTENT_LEAF.block, at);
+        const lblk = EXTENT_LEAF.get(b, 'block', at);
         if (lblk <= prev || lblk < lo || lblk >= hi) throw corrupt(`inode ${inode.ino}: extent tree entries out of order`);
         prev = lblk;
         if (depth === 0) {
-          const raw = u(b, EXTENT_LEAF.len, at);
+          const raw = EXTENT_LEAF.get(b, 'len', at);
           const init = raw <= EXTENT_INIT_MAX_LEN;
           const len = init ? raw : raw - EXTENT_INIT_MAX_LEN;
-          const pblk = u(b, EXTENT_LEAF.startLo, at) + u(b, EXTENT_LEAF.startHi, at) * 2 ** 32;
+          const pblk = EXTENT_LEAF.get(b, 'startLo', at) + EXTENT_LEAF.get(b, 'startHi', at) * 2 ** 32;
           const last = extents[extents.length - 1];
           if (len === 0 || (last && last.lblk + last.len > lblk) || lblk + len > hi) throw corrupt(`inode ${inode.ino}: overlapping or empty extents`);
           this.checkBlocks(pblk, len, `inode ${inode.ino}: extent`);
@@ -433,8 +431,8 @@ export class ExtFilesystem implements Filesystem {
           if (extents.length >= MAX_EXTENTS) throw new DiskError('ELIMIT', `ext: inode ${inode.ino} has more than ${MAX_EXTENTS} extents`);
           extents.push({ lblk, len, pblk, init });
         } else {
-          const child = u(b, EXTENT_INDEX.leafLo, at) + u(b, EXTENT_INDEX.leafHi, at) * 2 ** 32;
-          const next = k + 1 < entries ? u(b, EXTENT_INDEX.block, at + EXTENT_ENTRY_SIZE) : hi;
+          const child = EXTENT_INDEX.get(b, 'leafLo', at) + EXTENT_INDEX.get(b, 'leafHi', at) * 2 ** 32;
+          const next = k + 1 < entries ? EXTENT_INDEX.get(b, 'block', at + EXTENT_ENTRY_SIZE) : hi;
           this.checkBlocks(child, 1, `inode ${inode.ino}: extent tree`);
           if (seen.has(child)) throw new DiskError('ELOOP', `ext: inode ${inode.ino}: extent tree block ${child} is referenced twice`);
           seen.add(child);
@@ -453,9 +451,9 @@ export class ExtFilesystem implements Filesystem {
   /** §4.7.4: the tail after eh_max entries holds crc32c of the block up to it, with the inode's seed. */
   private verifyExtentBlock(inode: ExtInode, block: number, b: Uint8Array): void {
     if (!this.metadataCsum) return;
-    const tail = 12 + u(b, EXTENT_HEADER.max) * EXTENT_ENTRY_SIZE;
+    const tail = 12 + EXTENT_HEADER.get(b, 'max') * EXTENT_ENTRY_SIZE;
     if (tail + 4 > b.length) throw corrupt(`inode ${inode.ino}: extent block ${block} has no room for its checksum`);
-    if (crc32cRegister(inode.csumSeed, b.subarray(0, tail)) !== u(b, [tail, 4])) throw corrupt(`inode ${inode.ino}: extent block ${block} checksum does not match`);
+    if (crc32cRegister(inode.csumSeed, b.subarray(0, tail)) !== u32le.read(b, tail)) throw corrupt(`inode ${inode.ino}: extent block ${block} checksum does not match`);
   }
 
   /** Runs of an indirect block map (§4.7.3): 12 direct pointers, then single, double and triple indirect blocks. */
@@ -467,7 +465,7 @@ export class ExtFilesystem implements Filesystem {
       if (last && last.lblk + last.len === lblk && (last.pblk === null ? pblk === null : pblk === last.pblk + last.len)) last.len += len;
       else out.push({ lblk, len, pblk });
     };
-    const pointer = (b: Uint8Array, i: number) => u(b, [i * 4, 4]);
+    const pointer = (b: Uint8Array, i: number) => u32le.read(b, i * 4);
     const end = first + count;
     let at = first;
     while (at < end) {
@@ -528,17 +526,17 @@ export class ExtFilesystem implements Filesystem {
   private inlineXattr(inode: ExtInode): Uint8Array {
     const { raw } = inode;
     const start = GOOD_OLD_INODE_SIZE + inode.extraIsize;
-    if (start + 4 > raw.length || u(raw, [start, 4]) !== XATTR_MAGIC) return new Uint8Array(0);
+    if (start + 4 > raw.length || u32le.read(raw, start) !== XATTR_MAGIC) return new Uint8Array(0);
     const base = start + 4;
     let at = base;
-    while (at + 4 <= raw.length && u(raw, [at, 4]) !== 0) {
+    while (at + 4 <= raw.length && u32le.read(raw, at) !== 0) {
       if (at + XATTR_ENTRY_SIZE > raw.length) throw corrupt(`inode ${inode.ino}: truncated extended attribute entry`);
-      const nameLen = u(raw, XATTR_ENTRY.nameLen, at);
+      const nameLen = XATTR_ENTRY.get(raw, 'nameLen', at);
       const name = raw.subarray(at + XATTR_ENTRY_SIZE, at + XATTR_ENTRY_SIZE + nameLen);
-      if (u(raw, XATTR_ENTRY.nameIndex, at) === XATTR_INDEX_SYSTEM && nameLen === 4 && String.fromCharCode(...name) === 'data') {
-        const offs = u(raw, XATTR_ENTRY.valueOffs, at);
-        const size = u(raw, XATTR_ENTRY.valueSize, at);
-        if (u(raw, XATTR_ENTRY.valueInum, at) !== 0 || base + offs + size > raw.length) throw corrupt(`inode ${inode.ino}: inline data attribute out of bounds`);
+      if (XATTR_ENTRY.get(raw, 'nameIndex', at) === XATTR_INDEX_SYSTEM && nameLen === 4 && String.fromCharCode(...name) === 'data') {
+        const offs = XATTR_ENTRY.get(raw, 'valueOffs', at);
+        const size = XATTR_ENTRY.get(raw, 'valueSize', at);
+        if (XATTR_ENTRY.get(raw, 'valueInum', at) !== 0 || base + offs + size > raw.length) throw corrupt(`inode ${inode.ino}: inline data attribute out of bounds`);
         return raw.subarray(base + offs, base + offs + size);
       }
       at += (XATTR_ENTRY_SIZE + nameLen + 3) & ~3;
@@ -571,7 +569,7 @@ export class ExtFilesystem implements Filesystem {
     const filetype = (this.incompat & INCOMPAT.filetype) !== 0;
     for await (const region of this.directoryRegions(this.asDirectory(dir))) {
       for (const e of this.rawEntries(region)) {
-        const t = filetype ? u(region.bytes, DIRENT.fileType, e.at) : 0;
+        const t = filetype ? DIRENT.get(region.bytes, 'fileType', e.at) : 0;
         yield { name: NAME_DECODER.decode(e.name), ino: BigInt(e.ino), kind: DIRENT_KIND[t] ?? 'unknown' };
       }
     }
@@ -599,7 +597,7 @@ export class ExtFilesystem implements Filesystem {
           const lblk = run.lblk + i;
           const b = await this.meta(run.pblk + i, 0, bs);
           // htree index blocks (the root in block 0, interior nodes as one empty entry) hold no names (§4.8.4).
-          const dxNode = htree && (lblk === 0 || (u(b, DIRENT.inode) === 0 && this.recLen(b, 0) === bs));
+          const dxNode = htree && (lblk === 0 || (DIRENT.get(b, 'inode') === 0 && this.recLen(b, 0) === bs));
           if (this.metadataCsum && !dxNode) this.verifyDirBlock(inode, run.pblk + i, b);
           yield { inode, bytes: b, where: run.pblk + i };
         }
@@ -608,7 +606,7 @@ export class ExtFilesystem implements Filesystem {
   }
 
   private recLen(b: Uint8Array, at: number): number {
-    const len = u(b, DIRENT.recLen, at);
+    const len = DIRENT.get(b, 'recLen', at);
     // §4.8.1: with 64 KiB blocks, 65535 or 0 stands for a whole block; the low two bits extend the length.
     if (this.blockSize < 65536) return len;
     if (len === 65535 || len === 0) return 65536;
@@ -617,10 +615,10 @@ export class ExtFilesystem implements Filesystem {
 
   private verifyDirBlock(inode: ExtInode, block: number, b: Uint8Array): void {
     const tail = b.length - DIRENT_TAIL_SIZE;
-    if (u(b, DIRENT.inode, tail) !== 0 || u(b, DIRENT.recLen, tail) !== DIRENT_TAIL_SIZE || u(b, DIRENT.nameLen, tail) !== 0 || u(b, DIRENT.fileType, tail) !== DIRENT_TAIL_FILETYPE) {
+    if (DIRENT.get(b, 'inode', tail) !== 0 || DIRENT.get(b, 'recLen', tail) !== DIRENT_TAIL_SIZE || DIRENT.get(b, 'nameLen', tail) !== 0 || DIRENT.get(b, 'fileType', tail) !== DIRENT_TAIL_FILETYPE) {
       throw corrupt(`directory inode ${inode.ino}: block ${block} has no checksum tail`);
     }
-    if (crc32cRegister(inode.csumSeed, b.subarray(0, tail)) !== u(b, [tail + 8, 4])) throw corrupt(`directory inode ${inode.ino}: block ${block} checksum does not match`);
+    if (crc32cRegister(inode.csumSeed, b.subarray(0, tail)) !== u32le.read(b, tail + 8)) throw corrupt(`directory inode ${inode.ino}: block ${block} checksum does not match`);
   }
 
   /** The live entries of a region, '.' and '..' left out, each checked against its block (§4.8.1). */
@@ -629,9 +627,9 @@ export class ExtFilesystem implements Filesystem {
     const filetype = (this.incompat & INCOMPAT.filetype) !== 0;
     let at = 0;
     while (at + DIRENT_HEADER <= b.length) {
-      const ino = u(b, DIRENT.inode, at);
+      const ino = DIRENT.get(b, 'inode', at);
       const recLen = this.recLen(b, at);
-      const nameLen = filetype ? u(b, DIRENT.nameLen, at) : u(b, DIRENT.nameLen16, at);
+      const nameLen = filetype ? DIRENT.get(b, 'nameLen', at) : DIRENT_NO_FILETYPE.get(b, 'nameLen', at);
       if (recLen < DIRENT_HEADER || recLen % 4 !== 0 || at + recLen > b.length || DIRENT_HEADER + nameLen > recLen) {
         throw corrupt(`directory inode ${inode.ino}: bad entry at offset ${at} of ${where === 'inline' ? 'its inline data' : `block ${where}`}`);
       }
@@ -717,7 +715,7 @@ export class ExtFilesystem implements Filesystem {
   /** The kernel's ext4_inode_is_fast_symlink: no blocks besides an extended attribute block. */
   private isFastSymlink(inode: ExtInode, stat: FileStat): boolean {
     if (inode.flags & INODE_FLAG.eaInode) return inode.size < I_BLOCK_SIZE;
-    const acl = u(inode.raw, INODE.fileAclLo) + u(inode.raw, INODE.fileAclHigh) * 2 ** 32;
+    const acl = INODE.get(inode.raw, 'fileAclLo') + INODE.get(inode.raw, 'fileAclHigh') * 2 ** 32;
     const eaBlocks = acl ? this.blockSize / 512 : 0;
     return (stat.blocks ?? 0) - eaBlocks === 0;
   }
