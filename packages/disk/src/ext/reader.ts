@@ -33,6 +33,8 @@ const MAX_DIRECTORY_BYTES = 2 ** 32;
 /** Metadata is read in chunks of this many bytes and kept in a small LRU (inode tables and directories sit together). */
 const CHUNK_BYTES = 64 * 1024;
 const CHUNK_CACHE_ENTRIES = 256;
+/** Directory blocks read at once from a contiguous run. */
+const DIRECTORY_READ_BLOCKS = 64;
 /** Group descriptor blocks kept decoded. */
 const GD_CACHE_ENTRIES = 64;
 
@@ -108,6 +110,7 @@ export class ExtFilesystem implements Filesystem {
   private readonly chunks = new Map<number, Promise<Uint8Array>>();
   private readonly gdBlocks = new Map<number, Promise<Uint8Array>>();
   private readonly badGroups = new Set<number>();
+  private readonly checkedGroups = new Set<number>();
 
   private constructor(readonly device: BlockDevice, sb: Uint8Array, type: string) {
     this.type = type;
@@ -254,7 +257,8 @@ export class ExtFilesystem implements Filesystem {
 
   /** A descriptor checksum mismatch is reported, not fatal: the kernel mounts such a filesystem read-only (ext4_check_descriptors). */
   private verifyDescriptor(g: number, gd: Uint8Array): void {
-    if (this.badGroups.has(g)) return;
+    if (this.checkedGroups.has(g)) return;
+    this.checkedGroups.add(g);
     const csumAt = GD.fields.checksum[0];
     let want: number;
     if (this.metadataCsum) {
@@ -593,9 +597,18 @@ export class ExtFilesystem implements Filesystem {
     for (let first = 0; first < blocks; first += 1024) {
       for (const run of await this.runs(node, first, Math.min(1024, blocks - first))) {
         if (run.pblk === null) continue;
+        this.checkBlocks(run.pblk, run.len, `directory inode ${inode.ino}`);
+        // Contiguous directory blocks are read together (one read per run piece, not per block).
+        let piece: Uint8Array | undefined;
+        let pieceStart = 0;
         for (let i = 0; i < run.len; i++) {
           const lblk = run.lblk + i;
-          const b = await this.meta(run.pblk + i, 0, bs);
+          if (!piece || i - pieceStart >= piece.length / bs) {
+            pieceStart = i;
+            piece = new Uint8Array(Math.min(run.len - i, DIRECTORY_READ_BLOCKS) * bs);
+            await this.device.read(piece, (run.pblk + i) * bs);
+          }
+          const b = piece.subarray((i - pieceStart) * bs, (i - pieceStart + 1) * bs);
           // htree index blocks (the root in block 0, interior nodes as one empty entry) hold no names (§4.8.4).
           const dxNode = htree && (lblk === 0 || (DIRENT.get(b, 'inode') === 0 && this.recLen(b, 0) === bs));
           if (this.metadataCsum && !dxNode) this.verifyDirBlock(inode, run.pblk + i, b);
