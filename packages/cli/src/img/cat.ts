@@ -1,7 +1,7 @@
 /**
  * `diskhub img cat`: virt-cat without an appliance — a file of the image's filesystem to
  * stdout, byte for byte (binary safe), symlinks followed within the filesystem. Streamed: the
- * next piece is read while the last one is written, and a slow reader holds the reads back.
+ * next pieces are read while the last one is written, and a slow reader holds the reads back.
  */
 import { resolvePath, type Filesystem, type FsNode } from '@diskhub/disk';
 import { getopt, UsageError } from './getopt.js';
@@ -14,8 +14,9 @@ The filesystem is the one selected with --partition or --lv, or else the operati
 root filesystem.
 `;
 
-/** Bytes read per piece: large enough that a piece costs one read of a qcow2 or raw file. */
-const PIECE = 4 << 20;
+/** Bytes read per piece, and pieces in flight: several reads keep the thread pool's threads busy (a piece is one read of a raw file, or a few of a qcow2). */
+const PIECE = 2 << 20;
+const READ_AHEAD = 4;
 
 export async function catCommand(argv: string[]): Promise<number> {
   return runFileCommand('cat', async () => {
@@ -39,7 +40,7 @@ export async function catCommand(argv: string[]): Promise<number> {
   });
 }
 
-/** Read a regular file in pieces, handing each to `sink` while the next is read. */
+/** Read a regular file in pieces, handing each to `sink` in order while the next ones are read. */
 export async function streamFile(fs: Filesystem, node: FsNode, sink: (piece: Uint8Array) => Promise<void>): Promise<void> {
   const size = node.stat.size;
   const readPiece = async (at: number): Promise<Uint8Array> => {
@@ -48,13 +49,21 @@ export async function streamFile(fs: Filesystem, node: FsNode, sink: (piece: Uin
     if (n !== b.length) throw new CliError(`short read at offset ${at} of a ${size}-byte file`);
     return b;
   };
-  let next = size > 0 ? readPiece(0) : undefined;
-  for (let at = 0; next;) {
-    const piece = await next;
-    at += piece.length;
-    next = at < size ? readPiece(at) : undefined;
-    // A failed read-ahead is seen at the next await; keep it from being reported as unhandled meanwhile.
-    next?.catch(() => undefined);
+  const ahead: Promise<Uint8Array>[] = [];
+  let next = 0;
+  const fill = () => {
+    while (ahead.length < READ_AHEAD && next < size) {
+      const p = readPiece(next);
+      // A failed read-ahead is seen when its turn comes; keep it from being reported as unhandled meanwhile.
+      p.catch(() => undefined);
+      ahead.push(p);
+      next += Math.min(PIECE, size - next);
+    }
+  };
+  fill();
+  while (ahead.length > 0) {
+    const piece = await ahead.shift()!;
+    fill();
     await sink(piece);
   }
 }
