@@ -40,6 +40,8 @@ export async function openFilesystem(device: BlockDevice, type?: string): Promis
   return opener(device, kind);
 }
 
+/** Entries one directory may have in a walk (they are held to be sorted): ext4's largest htree holds about 10 million names of 255 bytes. */
+export const MAX_DIRECTORY_ENTRIES = 1 << 24;
 /** Directory entries whose nodes a walk opens at once. */
 const OPEN_BATCH = 64;
 
@@ -137,13 +139,7 @@ export async function* walk(fs: Filesystem, start: FsNode, path: string, options
     if (seen.has(node.stat.ino)) throw new DiskError('ELOOP', `${p}: directory inode ${node.stat.ino} is reachable twice (a directory loop)`);
     seen.add(node.stat.ino);
     if (depth >= maxDepth) throw new DiskError('ELIMIT', `${p}: directories nested deeper than ${maxDepth}`);
-    let entries: DirEntry[] = [];
-    for await (const e of fs.readdir(node)) {
-      // A name is never empty, '.', '..' or holds a slash or NUL (POSIX); such an entry would name another path.
-      if (e.name === '' || e.name === '.' || e.name === '..' || /[/\0]/.test(e.name)) throw new DiskError('ECORRUPT', `${p}: a directory entry has the invalid name ${JSON.stringify(e.name)}`);
-      entries.push(e);
-    }
-    if (options.sorted !== false) entries = sortEntries(entries);
+    const entries = await listDirectory(fs, node, p, options.sorted !== false);
     // The entries' nodes are opened a batch at a time, concurrently: on an image file each is a read, and
     // waiting for them one by one costs a thread-pool round trip each.
     for (let i = 0; i < entries.length; i += OPEN_BATCH) {
@@ -153,6 +149,21 @@ export async function* walk(fs: Filesystem, start: FsNode, path: string, options
     }
   }
   yield* visit(start, path, 0);
+}
+
+/**
+ * A directory's entries, checked — a name is never empty, '.', '..' or holds a slash or NUL
+ * (POSIX; such an entry would name another path) — bounded in number, and sorted by name
+ * unless `sorted` is false.
+ */
+export async function listDirectory(fs: Filesystem, dir: FsNode, path: string, sorted = true): Promise<DirEntry[]> {
+  const entries: DirEntry[] = [];
+  for await (const e of fs.readdir(dir)) {
+    if (e.name === '' || e.name === '.' || e.name === '..' || /[/\0]/.test(e.name)) throw new DiskError('ECORRUPT', `${path}: a directory entry has the invalid name ${JSON.stringify(e.name)}`);
+    if (entries.length >= MAX_DIRECTORY_ENTRIES) throw new DiskError('ELIMIT', `${path}: more than ${MAX_DIRECTORY_ENTRIES} entries in one directory`);
+    entries.push(e);
+  }
+  return sorted ? sortEntries(entries) : entries;
 }
 
 /** Entries in strcmp order of their names' UTF-8 bytes (what guestfs_ls and sort(1) in the C locale give). */

@@ -6,7 +6,7 @@
  * and --checksum[=type].
  */
 import { createHash } from 'node:crypto';
-import { resolvePath, walk, sortEntries, joinPath, type Filesystem, type FsNode, type FileStat } from '@diskhub/disk';
+import { resolvePath, walk, sortEntries, joinPath, listDirectory, entryNode, type Filesystem, type FsNode, type FileStat } from '@diskhub/disk';
 import { getopt, UsageError } from './getopt.js';
 import { CliError, OutputBuffer, out } from './common.js';
 import { FILE_LONG_OPTIONS, ImageFileOptions, runFileCommand, withImageFiles } from './files.js';
@@ -111,9 +111,7 @@ async function directory(fs: Filesystem, path: string): Promise<FsNode> {
 /** virt-ls DIR: guestfs_ls, the names sorted. */
 async function listNames(fs: Filesystem, path: string, buf: OutputBuffer): Promise<void> {
   const dir = await directory(fs, path);
-  const entries = [];
-  for await (const e of fs.readdir(dir)) entries.push(e);
-  for (const e of sortEntries(entries)) await buf.add(`${e.name}\n`);
+  for (const e of await listDirectory(fs, dir, path)) await buf.add(`${e.name}\n`);
 }
 
 /** virt-ls -R DIR: guestfs_find, every path below DIR relative to it, sorted as whole strings. */
@@ -155,9 +153,7 @@ async function listLong(fs: Filesystem, path: string, buf: OutputBuffer): Promis
     const dir = await directory(fs, path);
     dirListing = true;
     const entries = [{ name: '.', node: dir }, { name: '..', node: await resolvePath(fs, joinPath(path, '..'), { follow: true }) }];
-    const list = [];
-    for await (const e of fs.readdir(dir)) list.push(e);
-    for (const e of sortEntries(list)) entries.push({ name: e.name, node: fs.open ? await fs.open(dir, e) : (await fs.lookup(dir, e.name))! });
+    for (const e of await listDirectory(fs, dir, path)) entries.push({ name: e.name, node: await entryNode(fs, dir, e) });
     rows.push(...sortEntries(entries));
   } else rows.push({ name: path, node });
   const now = Date.now() / 1000;

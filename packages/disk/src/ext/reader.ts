@@ -28,7 +28,7 @@ const ROOT_INO = 2;
 const MAX_EXTENTS = 1 << 20;
 /** Extent tree blocks one file may have (each leaf holds up to 340 extents at 4 KiB blocks). */
 const MAX_EXTENT_TREE_BLOCKS = 1 << 16;
-/** Directories larger than this are refused (ext4 without largedir stops at 2 GiB). */
+/** Directories larger than this are refused (without largedir a directory's size is 32 bits). */
 const MAX_DIRECTORY_BYTES = 2 ** 32;
 /** Metadata is read in chunks of this many bytes and kept in a small LRU (inode tables and directories sit together). */
 const CHUNK_BYTES = 64 * 1024;
