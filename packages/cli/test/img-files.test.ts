@@ -220,7 +220,7 @@ test('img ls / cat: --partition, --lv, and the root filesystem found by inspecti
   assert.equal(enc.stdout, 'guest\n', enc.stderr);
 });
 
-test('img ls: a journal that needs recovery is reported on stderr, and the listing still printed', needs('mkfs.ext4', 'debugfs'), async (t) => {
+test('img ls: a journal that needs recovery is reported on stderr and the listing still printed; a directory loop is an error; -f is the declared format', needs('mkfs.ext4', 'debugfs'), async (t) => {
   const dir = await tempDir(t);
   const img = join(dir, 'fs.img');
   await runOk('mkfs.ext4', ['-q', '-F', img, '8M']);
@@ -229,6 +229,17 @@ test('img ls: a journal that needs recovery is reported on stderr, and the listi
   assert.equal(r.code, 0);
   assert.equal(r.stdout, 'lost+found\n');
   assert.match(r.stderr, /^warning: .*fs\.img: the journal needs recovery/);
+
+  // A directory loop (a hard link to the root, made by debugfs): a clear error and exit 1, not a hang.
+  await runOk('debugfs', ['-w', '-R', 'ln / /lost+found/loop', img]);
+  const loop = await diskhub(['img', 'ls', '-lR', img, '/']);
+  assert.equal(loop.code, 1);
+  assert.match(loop.stderr, /diskhub img ls: \/lost\+found\/loop: directory inode 2 is reachable twice \(a directory loop\)\n$/);
+  // -f names the format as with the other commands: a raw filesystem declared qcow2 is refused.
+  const wrong = await diskhub(['img', 'ls', '-f', 'qcow2', img, '/']);
+  assert.equal(wrong.code, 1);
+  assert.match(wrong.stderr, /^diskhub img ls: Could not open/);
+  assert.equal((await diskhub(['img', 'ls', '-f', 'raw', img, '/'])).stdout, 'lost+found\n');
 });
 
 test('img ls / cat / copy-out on XFS, vfat and iso9660 (registered readers): XFS equal to a read-only loop mount, vfat to mtools\'s extraction, iso9660 to the Rock Ridge source', { ...needs('mkfs.xfs', 'mkfs.vfat', 'mcopy', 'genisoimage', 'qemu-img', 'find'), ...needsLoopDevices() }, async (t) => {
