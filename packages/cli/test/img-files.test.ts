@@ -28,6 +28,8 @@ async function rootTree(dir: string): Promise<string> {
   await symlink('/etc/../../../../outside', join(src, 'escape'));
   await runOk('ln', [join(src, 'rand'), join(src, 'd', 'hard')]);
   await runOk('mkfifo', [join(src, 'd', 'fifo')]);
+  await writeFile(join(src, 'd', 'sparse'), 'head');
+  await truncate(join(src, 'd', 'sparse'), 24 * MiB);
   return src;
 }
 
@@ -122,7 +124,7 @@ test('img copy-out: directories, files and symlinks with modes, times and hard l
   assert.equal(r.code, 0, r.stderr);
   assert.equal(r.stderr, 'warning: /d/fifo: a fifo is not copied\n');
   assert.deepEqual(await runOk('ls', ['-A', outside]), '');
-  for (const p of ['d/a b,"c"', 'd/sub/x', 'd/exec', 'rand']) {
+  for (const p of ['d/a b,"c"', 'd/sub/x', 'd/exec', 'd/sparse', 'rand']) {
     const [a, b] = [await stat(join(out, p)), await stat(join(src, p))];
     assert.equal(sha(await readFile(join(out, p))), sha(await readFile(join(src, p))), p);
     assert.equal(a.mode, b.mode, `${p} mode`);
@@ -131,6 +133,11 @@ test('img copy-out: directories, files and symlinks with modes, times and hard l
   assert.equal((await stat(join(out, 'd'))).mode & 0o7777, (await stat(join(src, 'd'))).mode & 0o7777);
   assert.equal(Math.floor((await stat(join(out, 'd', 'sub'))).mtimeMs / 1000), Math.floor((await stat(join(src, 'd', 'sub'))).mtimeMs / 1000));
   assert.equal(await readlink(join(out, 'd', 'link')), '../rand');
+  // A sparse file stays sparse.
+  const sparse = await stat(join(out, 'd', 'sparse'));
+  assert.equal(sparse.size, 24 * MiB);
+  assert.ok(sparse.blocks <= 256, `${sparse.blocks} blocks`); // 64 KiB written: the grain holes are kept at
+  assert.equal(sha(await readFile(join(out, 'd', 'sparse'))), sha(await readFile(join(src, 'd', 'sparse'))));
   // The symlink pointing out of the tree is copied as a link, nothing is written through it.
   assert.ok((await lstat(join(out, 'escape'))).isSymbolicLink());
   assert.equal(await readlink(join(out, 'escape')), '/etc/../../../../outside');

@@ -1,8 +1,8 @@
 /**
  * `diskhub img copy-out`: virt-copy-out without an appliance. Files and directories
  * (recursively) of the image are copied into a local directory, as virt-copy-out's tar does:
- * symlinks as symlinks, hard links as hard links, permission bits, and access and
- * modification times (and owners when run as root). Nothing is written outside the target
+ * symlinks as symlinks, hard links as hard links, sparse files sparse, permission bits, and
+ * access and modification times (and owners when run as root). Nothing is written outside the target
  * directory: names that are not plain names ("..", anything with a slash) are refused, and
  * no path is ever opened through a symlink — an existing symlink where a directory must be
  * made is replaced, as tar replaces it. Fifos, sockets and device files are skipped with a
@@ -50,6 +50,15 @@ export async function copyOutCommand(argv: string[]): Promise<number> {
       return 0;
     });
   });
+}
+
+/** The granularity at which copied files keep holes. */
+const HOLE_GRAIN = 64 * 1024;
+let zeroes = new Uint8Array(0);
+/** Whether `b` is all zero bytes (one native compare). */
+function isZeroes(b: Uint8Array): boolean {
+  if (zeroes.length < b.length) zeroes = new Uint8Array(b.length);
+  return Buffer.compare(b, zeroes.subarray(0, b.length)) === 0;
 }
 
 class Copier {
@@ -102,9 +111,14 @@ class Copier {
         try {
           let at = 0;
           await streamFile(this.fs, node, async (piece) => {
-            await fh.write(piece, 0, piece.length, at);
+            // Runs of zeroes (64 KiB at a time) are left as holes, the length set below: sparse files stay sparse.
+            for (let off = 0; off < piece.length; off += HOLE_GRAIN) {
+              const part = piece.subarray(off, off + HOLE_GRAIN);
+              if (!isZeroes(part)) await fh.write(part, 0, part.length, at + off);
+            }
             at += piece.length;
           });
+          await fh.truncate(st.size);
         } finally {
           await fh.close();
         }
