@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // Long fuzz runs of every format parser and filesystem reader (see README.md): FUZZ_SECONDS per seed (default 60),
 // FUZZ_ONLY=regex to pick seeds, FUZZ_SEED=n to fix fast-check's seed. Needs `npm run build`,
-// qemu-img and qemu-io (and genisoimage, mkfs.vfat, mcopy, mkfs.xfs). Prints, per seed, the mutants run and any failure with its replay.
+// qemu-img and qemu-io (and mkfs.ext4, genisoimage, mkfs.vfat, mcopy, mkfs.xfs). Prints, per seed, the mutants run and any failure with its replay.
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, dirname, resolve } from 'node:path';
@@ -16,7 +16,7 @@ const dir = mkdtempSync(join(tmpdir(), 'diskhub-fuzz-'));
 let failed = 0;
 let total = 0;
 try {
-  // Format seeds, then filesystem seeds (genisoimage, mkfs.vfat + mcopy, mkfs.xfs), which go through the readers.
+  // Format seeds, then filesystem seeds (mkfs.ext4, genisoimage, mkfs.vfat + mcopy, mkfs.xfs), which go through the readers.
   for (const seed of [...makeSeeds(dir), ...makeFilesystemSeeds(dir)]) {
     if (only && !only.test(seed.name)) continue;
     const reader = seed.filesystem ? { hot: seed.hot, exercise: (b) => exerciseFilesystem(seed.filesystem, b) } : {};

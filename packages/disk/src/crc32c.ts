@@ -25,3 +25,8 @@ let tableC: Uint32Array | undefined;
 export function crc32c(data: Uint8Array, previous = 0): number {
   return (crcUpdate(~previous >>> 0, data, (tableC ??= crcTable(0x82f63b78))) ^ 0xffffffff) >>> 0;
 }
+
+/** The bare CRC-32C register update from `crc` (no inversions): what ext4 calls ext4_chksum (its metadata checksums, §3.5 of the kernel's ext4 docs). */
+export function crc32cRegister(crc: number, data: Uint8Array): number {
+  return crcUpdate(crc >>> 0, data, (tableC ??= crcTable(0x82f63b78)));
+}

@@ -31,6 +31,8 @@ export interface FileStat {
   birthtime?: number;
   /** Device numbers of character and block special files. */
   rdev?: { major: number; minor: number };
+  /** st_blocks: 512-byte units allocated, where the filesystem records it. */
+  blocks?: number;
 }
 
 export interface DirEntry {
@@ -54,6 +56,12 @@ export interface Filesystem {
   readdir(dir: FsNode): AsyncIterable<DirEntry>;
   /** One entry of a directory by name (as stored: case rules are the filesystem's), or null. */
   lookup(dir: FsNode, name: string): Promise<FsNode | null>;
+  /**
+   * The node a readdir entry of `dir` names. Optional: readers that can go straight to the
+   * inode implement it (a walk of a large directory then costs one read per entry instead of
+   * a lookup per entry); without it callers use lookup.
+   */
+  open?(dir: FsNode, entry: DirEntry): Promise<FsNode>;
   /** Up to buf.length bytes of a regular file from `offset`; the count read (short at the end). Holes read as zeroes. */
   read(file: FsNode, buf: Uint8Array, offset: number): Promise<number>;
   /** A symlink's target. */

@@ -4,26 +4,18 @@
  * mutant is identified (fsid) and opened, walked (readdir, lookup, every file read in part,
  * every symlink read) up to a bounded number of nodes. Only DiskErrors may escape, within the
  * harness's CPU limit. Mutations go half the time into the seed's metadata ("hot" ranges: the
- * ISO directories, the FAT and its directories, the XFS inode chunk and directory blocks).
+ * ext superblock, group descriptors and inode tables of a 1 KiB-block filesystem, the ISO
+ * directories, the FAT and its directories, the XFS inode chunk and directory blocks).
  *
  * Used by test/fuzz-filesystems.test.ts (bounded, in CI) and fuzz/run.mjs (long runs).
  */
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { MemorySource, identifyFilesystem, openSource } from '../src/index.js';
-import type { BlockDevice } from '../src/blockdev.js';
-import type { Filesystem, FsNode } from '../src/filesystem.js';
-import { openFat } from '../src/fat/index.js';
-import { openIso9660 } from '../src/iso9660/index.js';
-import { openXfs, SUPERBLOCK } from '../src/xfs/index.js';
+import { MemorySource, identifyFilesystem, isDiskError, openFilesystem, openSource, resolvePath } from '../src/index.js';
+import type { FsNode } from '../src/filesystem.js';
+import { SUPERBLOCK } from '../src/xfs/index.js';
 import { FuzzFailure, MAX_MS, guarded, type Seed } from './fuzz-harness.js';
-
-export const FILESYSTEM_OPENERS: Record<string, (dev: BlockDevice) => Promise<Filesystem>> = {
-  iso9660: openIso9660,
-  vfat: openFat,
-  xfs: openXfs,
-};
 
 export interface FilesystemSeed extends Seed {
   filesystem: string;
@@ -47,11 +39,11 @@ function makeTree(root: string): void {
   for (let i = 0; i < 150; i++) w(`many/entry-${i}-with-a-long-name`, `${i}\n`);
 }
 
-/** Small seeds made by genisoimage, mkfs.vfat + mcopy and mkfs.xfs (v4 and v5, 1 KiB blocks). */
+/** Small seeds made by mkfs.ext4 -d, genisoimage, mkfs.vfat + mcopy and mkfs.xfs (v4 and v5, 1 KiB blocks). */
 export function makeFilesystemSeeds(dir: string): FilesystemSeed[] {
   const src = join(dir, 'fs-src');
   makeTree(src);
-  const seeds: FilesystemSeed[] = [];
+  const seeds: FilesystemSeed[] = [...extSeeds(dir, src)];
   const iso = join(dir, 'seed.iso');
   execFileSync('ln', ['-s', '../hello.txt', join(src, 'sub', 'link')]);
   execFileSync('genisoimage', ['-quiet', '-R', '-J', '-o', iso, src]);
@@ -86,13 +78,35 @@ export function makeFilesystemSeeds(dir: string): FilesystemSeed[] {
   return seeds;
 }
 
+/**
+ * ext seeds, 4 MiB with 1 KiB blocks so that the metadata lies in the first 64 KiB, in three
+ * layouts: extents with metadata_csum, ext2's indirect blocks, inline data without checksums.
+ */
+function extSeeds(dir: string, tree: string): FilesystemSeed[] {
+  const src = join(dir, 'ext-src');
+  execFileSync('cp', ['-a', tree, src]);
+  execFileSync('truncate', ['-s', '1M', join(src, 'sparse')]);
+  symlinkSync('hello.txt', join(src, 'fast'));
+  symlinkSync('x/'.repeat(40) + 'y', join(src, 'slow'));
+  const layouts = [
+    { name: 'ext4 metadata_csum', type: 'ext4', args: ['-t', 'ext4'] },
+    { name: 'ext2 indirect blocks', type: 'ext2', args: ['-t', 'ext2'] },
+    { name: 'ext4 inline_data without checksums', type: 'ext4', args: ['-t', 'ext4', '-O', 'inline_data,^metadata_csum,^has_journal'] },
+  ];
+  return layouts.map((l, i) => {
+    const path = join(dir, `ext-seed-${i}.img`);
+    execFileSync('mkfs.ext4', ['-q', '-F', ...l.args, '-b', '1024', '-N', '256', '-d', src, path, '4M']);
+    return { name: `filesystem ${l.name}`, format: 'raw', filesystem: l.type, bytes: new Uint8Array(readFileSync(path)), hot: [[0, 64 << 10]] };
+  });
+}
+
 /** Everything a mutant filesystem meets: identification, opening, a bounded walk reading every file and link. */
 export async function exerciseFilesystem(filesystem: string, bytes: Uint8Array): Promise<void> {
   const started = process.cpuUsage();
   const device = await openSource(new MemorySource(bytes, 'mutant', true), { format: 'raw' });
   await guarded('identifyFilesystem', () => identifyFilesystem(device));
   await guarded(`${filesystem} walk`, async () => {
-    const fs = await FILESYSTEM_OPENERS[filesystem]!(device);
+    const fs = await openFilesystem(device, filesystem);
     let nodes = 0;
     const walk = async (dir: FsNode, depth: number): Promise<void> => {
       for await (const e of fs.readdir(dir)) {
@@ -108,6 +122,10 @@ export async function exerciseFilesystem(filesystem: string, bytes: Uint8Array):
       }
     };
     await walk(await fs.root(), 0);
+    // Path resolution: symlinks followed, '..' taken, through whatever the mutation left.
+    for (const path of ['/fast', '/sub/dir/../dir/deeper/leaf', '/slow/..', '/sub/link']) {
+      await resolvePath(fs, path, { follow: true }).catch((e: unknown) => { if (!isDiskError(e)) throw e; });
+    }
   });
   const used = process.cpuUsage(started);
   const ms = (used.user + used.system) / 1000;

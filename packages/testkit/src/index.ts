@@ -51,3 +51,4 @@ export async function tempDir(t: TestContext | { after(fn: () => unknown): void 
 export * from './lvm.js';
 export * from './vhdx.js';
 export * from './dmg.js';
+export * from './fstree.js';

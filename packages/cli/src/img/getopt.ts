@@ -6,8 +6,8 @@
 
 export interface LongOption {
   name: string;
-  /** 0: no argument, 1: required argument. */
-  hasArg: 0 | 1;
+  /** 0: no argument, 1: required argument, 2: optional argument (only as --name=value, as getopt_long's optional_argument). */
+  hasArg: 0 | 1 | 2;
   /** The value reported for this option (a short letter or a symbolic name). */
   val: string;
 }
@@ -52,7 +52,9 @@ export function getopt(argv: string[], shortOpts: string, longOpts: LongOption[]
         if (cands.length > 0 && distinct.size === 1) match = cands[0];
       }
       if (!match) throw new UsageError(`unrecognized option '${a}'`);
-      if (match.hasArg) {
+      if (match.hasArg === 2) {
+        options.push({ opt: match.val, ...(eq >= 0 ? { arg: a.slice(eq + 1) } : {}) });
+      } else if (match.hasArg) {
         if (eq >= 0) options.push({ opt: match.val, arg: a.slice(eq + 1) });
         else if (i + 1 < argv.length) options.push({ opt: match.val, arg: argv[++i] });
         else throw new UsageError(`missing argument for option '${a}'`);

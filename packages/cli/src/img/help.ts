@@ -26,11 +26,15 @@ Command syntax:
   probe [-f declared_fmt] [--output=ofmt] filename|-   (format detection and safety inspection; exit 0 safe, 2 unsafe)
   config-drive -o output [--meta-data F] [--user-data F] [--network-data F] [--vendor-data F] [--ssh-key F]
           [--hostname H] [--uuid U] [--nocloud]   (an OpenStack config drive, or a NoCloud seed, as ISO 9660)
+  ls [-l] [-R] [--csv] [-h] [--uids] [--times|--time-t|--time-relative|--time-days] [--checksum[=type]] [-f fmt] filename dir [dir ...]   (virt-ls)
+  cat [-f fmt] filename file [file ...]   (virt-cat)
+  copy-out [-f fmt] filename path [path ...] localdir   (virt-copy-out)
   measure [--output=ofmt] [-O output_fmt] [-o options] [--size N | [-f fmt] [-l snapshot_param] filename]
 
 Sizes take the suffixes k, M, G, T, P, E (powers of 1024) or b for bytes.
 '--output' is 'human' (default) or 'json'.
-info, map and convert take '--partition N' or '--lv VG/LV' to work on one partition or LVM logical volume.
+info, map and convert take '--partition N' or '--lv VG/LV' to work on one partition or LVM logical volume;
+ls, cat and copy-out take them to choose the filesystem (default: the operating system's root filesystem).
 `;
 
 /** Commands call this for -h/--help. */

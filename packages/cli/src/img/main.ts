@@ -17,17 +17,23 @@ import { snapshotCommand } from './snapshot.js';
 import { partitionsCommand } from './partitions.js';
 import { probeCommand } from './probe.js';
 import { configDriveCommand } from './config-drive.js';
+import { lsCommand } from './ls.js';
+import { catCommand } from './cat.js';
+import { copyOutCommand } from './copy-out.js';
 
 /** A command gets argv with its own name at argv[0], as qemu-img's commands do. */
 export type ImgCommand = (argv: string[]) => Promise<number>;
 
 const COMMANDS: Record<string, ImgCommand> = {
+  cat: catCommand,
   check: checkCommand,
   compare: compareCommand,
   'config-drive': configDriveCommand,
   convert: convertCommand,
+  'copy-out': copyOutCommand,
   create: createCommand,
   info: infoCommand,
+  ls: lsCommand,
   map: mapCommand,
   measure: measureCommand,
   partitions: partitionsCommand,

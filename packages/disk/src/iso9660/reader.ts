@@ -292,6 +292,8 @@ export class Iso9660 implements Filesystem {
       if (!k) throw corrupt(`PX mode ${(rr.mode & S_IFMT).toString(8)} at byte ${first.pos} is no file type`);
       kind = k;
       perm = rr.mode & 0o7777;
+      // RRIP §4.1.3: a symbolic link's target is in its SL entries; a PX saying "symlink" without them is damage.
+      if (kind === 'symlink' && rr.target === undefined) throw corrupt(`PX at byte ${first.pos} says symbolic link, but the record has no SL entry`);
     }
     const extents = group.map((r) => this.dataOf(r));
     const recorded = rec.recorded;

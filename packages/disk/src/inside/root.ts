@@ -1,0 +1,98 @@
+/**
+ * Which filesystem of a disk to read files from when the user names none: the operating
+ * system's root, found as libguestfs inspection finds it — among every partition, whole disk
+ * and LVM logical volume holding a filesystem we can read, the one with the files a root
+ * filesystem has (/etc/fstab, os-release, or a Windows system directory). With a single
+ * readable filesystem that one is taken, root or not.
+ */
+import type { BlockDevice } from '../blockdev.js';
+import { DiskError, isDiskError } from '../errors.js';
+import type { Filesystem } from '../filesystem.js';
+import { openFilesystem, readableFilesystemTypes, resolvePath } from '../filesystems.js';
+import { readPartitionTable } from '../partition/index.js';
+import { openLogicalVolume } from '../lvm/index.js';
+import type { FilesystemInfo } from '../fsid/index.js';
+import { contentDevices, filesystemOf, openInside, scanDevicesLvm, type InsideSelection } from './index.js';
+
+/** Files whose presence makes a filesystem an operating system's root (libguestfs inspection's tests, in short). */
+const ROOT_MARKERS = ['/etc/fstab', '/etc/os-release', '/usr/lib/os-release', '/Windows/System32', '/WINDOWS/system32'];
+
+export interface CandidateFilesystem {
+  /** "partition 2", "LV vg/root", "whole disk". */
+  name: string;
+  device: BlockDevice;
+  info: FilesystemInfo;
+}
+
+/** Every filesystem of a disk that a reader exists for: partitions (or the whole disk), then LVM logical volumes. */
+export async function readableFilesystems(disk: BlockDevice): Promise<CandidateFilesystem[]> {
+  const readable = new Set(readableFilesystemTypes());
+  const { devices } = await contentDevices(disk, await readPartitionTable(disk));
+  const identified = new Map<(typeof devices)[number], FilesystemInfo | null>();
+  const out: CandidateFilesystem[] = [];
+  for (const d of devices) {
+    const info = await filesystemOf(d.device);
+    identified.set(d, info);
+    if (info && readable.has(info.type)) out.push({ name: d.name, device: d.device, info });
+  }
+  const scan = await scanDevicesLvm(devices, identified);
+  for (const g of scan.vgs) {
+    for (const lv of g.vg.lvs) {
+      if (lv.unsupported || !lv.visible) continue;
+      let device: BlockDevice;
+      try { device = openLogicalVolume(scan, `${g.vg.name}/${lv.name}`); } catch (e) {
+        if (isDiskError(e)) continue;
+        throw e;
+      }
+      const info = await filesystemOf(device);
+      if (info && readable.has(info.type)) out.push({ name: `LV ${g.vg.name}/${lv.name}`, device, info });
+    }
+  }
+  return out;
+}
+
+async function isRoot(fs: Filesystem): Promise<boolean> {
+  for (const marker of ROOT_MARKERS) {
+    try {
+      await resolvePath(fs, marker);
+      return true;
+    } catch (e) {
+      if (!isDiskError(e)) throw e;
+    }
+  }
+  return false;
+}
+
+export interface OpenedFilesystem {
+  fs: Filesystem;
+  /** Where it was found ("partition 1", "LV vg/root", "whole disk"). */
+  where: string;
+}
+
+/**
+ * The filesystem to read files from: the selected partition or logical volume, or else the
+ * root filesystem found by inspection. EINVAL (with what was found) when it is ambiguous.
+ */
+export async function openSelectedFilesystem(disk: BlockDevice, selection: InsideSelection): Promise<OpenedFilesystem> {
+  if (selection.partition !== undefined || selection.lv !== undefined) {
+    const { device } = await openInside(disk, selection);
+    const where = selection.partition !== undefined ? `partition ${selection.partition}` : `LV ${selection.lv}`;
+    return { fs: await openFilesystem(device), where };
+  }
+  const candidates = await readableFilesystems(disk);
+  if (candidates.length === 0) throw new DiskError('EFORMAT', 'no filesystem that can be read was found in the image');
+  if (candidates.length === 1) return { fs: await openFilesystem(candidates[0]!.device, candidates[0]!.info.type), where: candidates[0]!.name };
+  const roots: OpenedFilesystem[] = [];
+  for (const c of candidates) {
+    let fs: Filesystem;
+    try { fs = await openFilesystem(c.device, c.info.type); } catch (e) {
+      if (isDiskError(e)) continue;
+      throw e;
+    }
+    if (await isRoot(fs)) roots.push({ fs, where: c.name });
+  }
+  const list = candidates.map((c) => `${c.name} (${c.info.type})`).join(', ');
+  if (roots.length === 1) return roots[0]!;
+  if (roots.length === 0) throw new DiskError('EINVAL', `no operating system root filesystem found among ${list}: choose one with --partition or --lv`);
+  throw new DiskError('EINVAL', `several operating system root filesystems found (${roots.map((r) => r.where).join(', ')}): choose one with --partition or --lv`);
+}
