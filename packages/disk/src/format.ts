@@ -97,6 +97,14 @@ export interface Image extends BlockDevice {
    * allocation and metadata updates. `buf` is the caller's again once the promise settles.
    */
   writeCompressed?(buf: Uint8Array, offset: number): Promise<void>;
+  /**
+   * Rewrite the backing file reference in the image's header (QEMU's bdrv_change_backing_file;
+   * `undefined` removes it). Writable images of formats with backing files only. Errors: EINVAL
+   * (a name the format cannot hold), ENOSPC (no room left in the header).
+   */
+  changeBackingFile?(filename: string | undefined, format: string | undefined): Promise<void>;
+  /** Deallocate everything so that reads fall through to the backing file (QEMU's bdrv_make_empty; commit's last step). */
+  makeEmpty?(): Promise<void>;
 }
 
 /** `qemu-img check` options. */

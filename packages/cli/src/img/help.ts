@@ -18,9 +18,11 @@ Command syntax:
   convert [-c] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt] [-B backing_file [-F backing_fmt]]
           [-o options] [-l snapshot_param] [-S sparse_size] [-r rate_limit] [-m num_coroutines] [-W]
           [--target-is-zero] [-n] [-p] [-q] [-U] filename [filename2 [...]] output_filename
+  commit [-q] [-f fmt] [-t cache] [-b base] [-r rate_limit] [-d] [-p] filename
   create [-q] [-f fmt] [-b backing_file [-F backing_fmt]] [-u] [-o options] filename [size]
   info [-f fmt] [--output=ofmt] [--backing-chain] [-U] filename
   map [-f fmt] [--output=ofmt] [--start-offset=offset] [--max-length=len] [-U] filename
+  rebase [-U] [-q] [-f fmt] [-t cache] [-T src_cache] [-p] [-u] -b backing_file [-F backing_fmt] filename
   snapshot [-l] [-U] filename
   partitions [-f fmt] [--output=ofmt] filename [filename2 [...]]
   probe [-f declared_fmt] [--output=ofmt] filename|-   (format detection and safety inspection; exit 0 safe, 2 unsafe)

@@ -16,12 +16,15 @@ import { measureCommand } from './measure.js';
 import { snapshotCommand } from './snapshot.js';
 import { partitionsCommand } from './partitions.js';
 import { probeCommand } from './probe.js';
+import { rebaseCommand } from './rebase.js';
+import { commitCommand } from './commit.js';
 
 /** A command gets argv with its own name at argv[0], as qemu-img's commands do. */
 export type ImgCommand = (argv: string[]) => Promise<number>;
 
 const COMMANDS: Record<string, ImgCommand> = {
   check: checkCommand,
+  commit: commitCommand,
   compare: compareCommand,
   convert: convertCommand,
   create: createCommand,
@@ -30,6 +33,7 @@ const COMMANDS: Record<string, ImgCommand> = {
   measure: measureCommand,
   partitions: partitionsCommand,
   probe: probeCommand,
+  rebase: rebaseCommand,
   snapshot: snapshotCommand,
 };
 

@@ -10,7 +10,7 @@ import { settled, type BlockDevice } from '../blockdev.js';
 import { DiskError, throwIfAborted } from '../errors.js';
 import { pageAlignedBytes } from '../source.js';
 import type { Image } from '../format.js';
-import { walkExtents, isZero, isZeroRange, type OperationOptions } from './common.js';
+import { walkExtents, isZero, isZeroRange, RateLimiter, type OperationOptions } from './common.js';
 
 export interface ConvertOptions extends OperationOptions {
   /** `-S`: zero runs of at least this many bytes (aligned) become holes; 0 writes every byte. Default 4 KiB. */
@@ -29,6 +29,8 @@ export interface ConvertOptions extends OperationOptions {
   chunkSize?: number;
   /** Flush the target to stable storage at the end (default true; qemu-img's default cache mode "unsafe" does not). */
   flush?: boolean;
+  /** `-r`: at most this many bytes per second are copied (data and written zero blocks; skipped and zeroed ranges are free). */
+  rateLimit?: number;
 }
 
 export interface ConvertStats {
@@ -241,6 +243,7 @@ export async function convertImage(src: BlockDevice, dst: ConvertTarget, options
     });
   }
 
+  const limiter = options.rateLimit ? new RateLimiter(options.rateLimit) : undefined;
   let done = 0;
   onProgress?.(0, total);
   // Every read or write started and not yet settled; on failure we wait for them all.
@@ -254,6 +257,7 @@ export async function convertImage(src: BlockDevice, dst: ConvertTarget, options
     if (options.outOfOrder) {
       for await (const job of plan()) {
         throwIfAborted(signal);
+        if (limiter && job.kind !== 'zero') await limiter.take(job.length, signal);
         track(read(job).then(write));
         if (pending.size >= parallel) await Promise.race(pending);
       }
@@ -267,6 +271,7 @@ export async function convertImage(src: BlockDevice, dst: ConvertTarget, options
       let failure: unknown;
       for await (const job of plan()) {
         throwIfAborted(signal);
+        if (limiter && job.kind !== 'zero') await limiter.take(job.length, signal);
         const ready = track(read(job).then(prepare));
         const previous = issued;
         const started = ready.then(async (j) => {

@@ -71,7 +71,8 @@ export class Qcow2Image implements Image {
   readonly format = 'qcow2';
   size: number;
   readonly clusterSize: number;
-  readonly backingRef?: BackingRef;
+  /** Changed by changeBackingFile (rebase, commit) on a writable image. */
+  backingRef?: BackingRef;
   backing?: Image;
   protected readonly geo: Qcow2Geometry;
   protected header: Qcow2Header;

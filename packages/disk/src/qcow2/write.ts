@@ -17,7 +17,7 @@ import { DiskError } from '../errors.js';
 import type { ByteSource } from '../source.js';
 import {
   AUTOCLEAR_BITMAPS, AUTOCLEAR_DATA_FILE_RAW, COMPRESSION_ZSTD, EXT_BITMAPS, MAX_BITMAP_DIRECTORY, decodeL2Entry, getRefcount, parseBitmapExtension,
-  compressedSpan, entryOffset, refcountMax, serializeHeader, setRefcount,
+  compressedSpan, entryOffset, refcountMax, serializeHeader, setRefcount, MAX_BACKING_FILE_NAME,
 } from './layout.js';
 import { Qcow2Image, type Qcow2State } from './image.js';
 
@@ -636,6 +636,59 @@ export class Qcow2WritableImage extends Qcow2Image {
     l2.view.setBigUint64(entryAt, (1n << 62n) | (BigInt(sectors - 1) << x) | BigInt(at), false);
     if (this.geo.extendedL2) l2.view.setBigUint64(entryAt + 8, 0n, false);
     await this.maybeWriteBack();
+  }
+
+  // ---- backing file, emptying (rebase, commit) ----
+
+  /**
+   * Name another backing file in the header, or none (QEMU's qcow2_change_backing_file). Every
+   * write made so far reaches the disk before the header changes, so a crash leaves either the
+   * old header over complete data or the new one: the content the guest sees never changes.
+   */
+  async changeBackingFile(filename: string | undefined, format: string | undefined): Promise<void> {
+    // An external data file kept as a raw image cannot also depend on a backing file.
+    if (filename !== undefined && this.dataFileRaw) throw new DiskError('EINVAL', 'Invalid argument');
+    if (filename !== undefined && new TextEncoder().encode(filename).length > MAX_BACKING_FILE_NAME) throw new DiskError('EINVAL', 'Invalid argument');
+    await this.serial(async () => {
+      await this.writeBack();
+      if (this.externalData) await this.dataSource.flush();
+      await this.source.flush();
+      const h = { ...this.header, backingFile: filename, backingFormat: filename !== undefined ? format : undefined };
+      let cluster0: Uint8Array;
+      try {
+        cluster0 = serializeHeader(h, this.clusterSize);
+      } catch (e) {
+        if (e instanceof DiskError && e.code === 'ELIMIT') throw new DiskError('ENOSPC', 'No space left in the file header', { cause: e });
+        throw e;
+      }
+      await this.source.write(cluster0, 0);
+      await this.source.flush();
+      this.header = h;
+      this.backingRef = filename !== undefined ? { filename, ...(format ? { format } : {}) } : undefined;
+    });
+  }
+
+  /**
+   * Deallocate every cluster, so that reads fall through to the backing file (QEMU's
+   * bdrv_make_empty, which `qemu-img commit` calls on the committed overlay). Tables shared
+   * with internal snapshots are copied first, as any write does; the snapshots keep their data.
+   */
+  async makeEmpty(): Promise<void> {
+    await this.serial(async () => {
+      const es = this.geo.l2EntrySize;
+      for (let i = 0; i * 8 < this.l1.length; i++) {
+        if (this.l1Entry(i) === 0) continue;
+        const l2 = await this.l2ForWrite(i);
+        for (let at = 0; at < l2.table.length; at += es) {
+          const hi = l2.view.getUint32(at, false), lo = l2.view.getUint32(at + 4, false);
+          if (hi === 0 && lo === 0 && (!this.geo.extendedL2 || l2.view.getBigUint64(at + 8, false) === 0n)) continue;
+          if (this.mapsCluster(hi, lo) || (hi & 0x40000000)) await this.release(hi, lo, at, l2.view);
+          l2.table.fill(0, at, at + es);
+        }
+        await this.maybeWriteBack();
+      }
+      await this.writeBack();
+    });
   }
 
   // ---- write-back ----
