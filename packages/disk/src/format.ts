@@ -70,6 +70,15 @@ export interface OpenOptions {
   openRelated?: (filename: string, writable: boolean) => Promise<ByteSource>;
 }
 
+/** A persistent dirty bitmap with its bits (bit i of byte j: granule 8j+i), as convert --bitmaps copies it. */
+export interface PersistentBitmap {
+  name: string;
+  /** qcow2 directory flags: 1 in use (inconsistent), 2 auto (enabled). */
+  flags: number;
+  granularityBits: number;
+  bits: Uint8Array;
+}
+
 export interface Image extends BlockDevice {
   readonly format: string;
   readonly source: ByteSource;
@@ -103,6 +112,12 @@ export interface Image extends BlockDevice {
    * (a name the format cannot hold), ENOSPC (no room left in the header).
    */
   changeBackingFile?(filename: string | undefined, format: string | undefined): Promise<void>;
+  /** The image's persistent dirty bitmaps (convert --bitmaps). */
+  readBitmaps?(): Promise<PersistentBitmap[]>;
+  /** The format (and version) keeps persistent dirty bitmaps (qcow2 v3); addBitmaps also needs the image writable. */
+  readonly storesBitmaps?: boolean;
+  /** Store persistent dirty bitmaps into an image that has none (convert --bitmaps). */
+  addBitmaps?(list: PersistentBitmap[]): Promise<void>;
   /** Deallocate everything so that reads fall through to the backing file (QEMU's bdrv_make_empty; commit's last step). */
   makeEmpty?(): Promise<void>;
 }

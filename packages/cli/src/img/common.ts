@@ -57,6 +57,8 @@ export class OutputBuffer {
   }
 }
 export const err = (s: string): void => { process.stderr.write(s); };
+/** qemu-img's warn_report: "qemu-img: warning: ..." on stderr. */
+export const warn = (message: string): void => err(`qemu-img: warning: ${message}\n`);
 
 /** Print an error as qemu-img does and return its exit code. */
 export function report(e: unknown, defaultCode = 1): number {

@@ -29,6 +29,14 @@ export interface ConvertOptions extends OperationOptions {
   chunkSize?: number;
   /** Flush the target to stable storage at the end (default true; qemu-img's default cache mode "unsafe" does not). */
   flush?: boolean;
+  /** `-C`: data ranges are written as read, zero runs inside them included (no `-S` detection). */
+  keepZeroesInData?: boolean;
+  /**
+   * `--salvage`: a read that fails is retried sector by sector, and each sector that still
+   * cannot be read is copied as zeroes and reported here (qemu-img prints a warning) instead of
+   * ending the convert.
+   */
+  onReadError?: (offset: number, error: unknown) => void;
   /** `-r`: at most this many bytes per second are copied (data and written zero blocks; skipped and zeroed ranges are free). */
   rateLimit?: number;
 }
@@ -48,6 +56,8 @@ const DEFAULT_CHUNK = 2 << 20;
 const ZERO_STEP = 256 << 20;
 /** Largest span of a zero run tested in one go (zeroRuns; at most the zero block isZeroRange compares with). */
 const MAX_ZERO_SPAN = 1 << 20;
+/** What --salvage retries a failed read in (qemu-img's BDRV_SECTOR_SIZE). */
+const SALVAGE_SECTOR = 512;
 /** qemu-img's limit for -m. */
 export const MAX_PARALLEL = 16;
 
@@ -130,11 +140,28 @@ export async function convertImage(src: BlockDevice, dst: ConvertTarget, options
   async function read(job: Job): Promise<Job> {
     if (job.kind === 'data') {
       const buf = takeBuffer().subarray(0, job.length);
-      await src.read(buf, job.offset).catch((e) => { throw located(e, 'reading', job.offset); });
+      await src.read(buf, job.offset).catch((e) => {
+        if (!options.onReadError) throw located(e, 'reading', job.offset);
+        return salvage(buf, job.offset);
+      });
       stats.bytesRead += job.length;
       job.buf = buf;
     }
     return job;
+  }
+
+  /** Read what can be read of [offset, offset+buf.length) in 512-byte sectors; zeroes for the rest. */
+  async function salvage(buf: Uint8Array, offset: number): Promise<void> {
+    for (let p = 0; p < buf.length; p += SALVAGE_SECTOR) {
+      throwIfAborted(signal);
+      const piece = buf.subarray(p, Math.min(buf.length, p + SALVAGE_SECTOR));
+      try {
+        await src.read(piece, offset + p);
+      } catch (e) {
+        piece.fill(0);
+        options.onReadError!(offset + p, e);
+      }
+    }
   }
 
   async function writeZeroes(offset: number, length: number): Promise<void> {
@@ -177,7 +204,7 @@ export async function convertImage(src: BlockDevice, dst: ConvertTarget, options
         else data(piece, abs, whole);
         p = next;
       }
-    } else if (sparse === 0) data(buf, offset, false);
+    } else if (sparse === 0 || options.keepZeroesInData) data(buf, offset, false);
     else {
       for (const r of runs ?? zeroRuns(buf, offset)) {
         if (r.zero) work.push(writeZeroes(offset + r.start, r.end - r.start));
@@ -213,7 +240,7 @@ export async function convertImage(src: BlockDevice, dst: ConvertTarget, options
 
   /** After a read: find the chunk's zero runs now, while earlier chunks are still being written. */
   function prepare(job: Job): Job {
-    if (job.kind === 'data' && sparse > 0 && !options.compress) job.runs = zeroRuns(job.buf!, job.offset);
+    if (job.kind === 'data' && sparse > 0 && !options.compress && !options.keepZeroesInData) job.runs = zeroRuns(job.buf!, job.offset);
     return job;
   }
 

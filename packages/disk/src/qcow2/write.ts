@@ -14,10 +14,12 @@ import * as zlib from 'node:zlib';
 import { promisify } from 'node:util';
 import { checkRange, readBacking, type WriteZeroesOptions } from '../blockdev.js';
 import { DiskError } from '../errors.js';
+import type { PersistentBitmap } from '../format.js';
 import type { ByteSource } from '../source.js';
 import {
   AUTOCLEAR_BITMAPS, AUTOCLEAR_DATA_FILE_RAW, COMPRESSION_ZSTD, EXT_BITMAPS, MAX_BITMAP_DIRECTORY, decodeL2Entry, getRefcount, parseBitmapExtension,
   compressedSpan, entryOffset, refcountMax, serializeHeader, setRefcount, MAX_BACKING_FILE_NAME,
+  BME_FLAG_AUTO, bitmapDataBytes, parseBitmapDirectory, serializeBitmapEntry,
 } from './layout.js';
 import { Qcow2Image, type Qcow2State } from './image.js';
 
@@ -688,6 +690,57 @@ export class Qcow2WritableImage extends Qcow2Image {
         await this.maybeWriteBack();
       }
       await this.writeBack();
+    });
+  }
+
+  /**
+   * Store persistent dirty bitmaps (convert --bitmaps): each bitmap's non-zero data clusters,
+   * its table, then the directory, and last the header naming them with the autoclear bit
+   * set. Only for an image that has none yet (a convert target).
+   */
+  async addBitmaps(list: PersistentBitmap[]): Promise<void> {
+    if (list.length === 0) return;
+    if (this.header.version < 3) throw new DiskError('EUNSUPPORTED', 'Cannot store dirty bitmaps in qcow2 v2 files');
+    if (this.bitmapList.length) throw new DiskError('EINVAL', `${this.source.name} already has persistent bitmaps`);
+    const cs = this.clusterSize;
+    await this.serial(async () => {
+      const entries: Uint8Array[] = [];
+      for (const b of list) {
+        if (b.bits.length !== bitmapDataBytes(this.size, b.granularityBits)) throw new DiskError('EINVAL', `bitmap '${b.name}' does not fit a disk of ${this.size} bytes`);
+        const tableSize = Math.ceil(b.bits.length / cs);
+        const table = new Uint8Array(tableSize * 8);
+        const tv = new DataView(table.buffer);
+        for (let i = 0; i < tableSize; i++) {
+          const piece = b.bits.subarray(i * cs, (i + 1) * cs);
+          if (piece.every((x) => x === 0)) continue; // entry 0: all zeroes, no cluster
+          const host = await this.allocate(1);
+          const cluster = new Uint8Array(cs);
+          cluster.set(piece);
+          await this.source.write(cluster, host);
+          tv.setBigUint64(i * 8, BigInt(host), false);
+        }
+        const tableAt = await this.allocate(Math.ceil(table.length / cs));
+        await this.source.write(table, tableAt);
+        entries.push(serializeBitmapEntry(tableAt, tableSize, b.flags & BME_FLAG_AUTO, b.granularityBits, b.name));
+      }
+      const dir = new Uint8Array(entries.reduce((n, e) => n + e.length, 0));
+      entries.reduce((at, e) => { dir.set(e, at); return at + e.length; }, 0);
+      const dirAt = await this.allocate(Math.ceil(dir.length / cs));
+      await this.source.write(dir, dirAt);
+      // Everything the header will name is on disk (refcounts included) before it names it.
+      await this.writeBack();
+      await this.source.flush();
+      const ext = new Uint8Array(24);
+      const ev = new DataView(ext.buffer);
+      ev.setUint32(0, list.length, false);
+      ev.setBigUint64(8, BigInt(dir.length), false);
+      ev.setBigUint64(16, BigInt(dirAt), false);
+      const h = this.header;
+      h.extensions = [...h.extensions.filter((e) => e.type !== EXT_BITMAPS), { type: EXT_BITMAPS, offset: 0, data: ext }];
+      h.autoclearFeatures |= AUTOCLEAR_BITMAPS;
+      await this.source.write(serializeHeader(h, cs), 0);
+      await this.source.flush();
+      this.bitmapList = parseBitmapDirectory(dir, list.length, this.source.name);
     });
   }
 
