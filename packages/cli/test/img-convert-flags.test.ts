@@ -1,14 +1,15 @@
 /**
  * convert's -r, -C, --salvage, --bitmaps and --skip-broken-bitmaps side by side with qemu-img
  * 7.2: the same refusals, the same results (bitmaps read back through qemu-nbd and nbdinfo, a
- * salvaged image byte for byte), and a rate limit that holds.
+ * salvaged image byte for byte), and a rate limit that holds; and how a convert replaces an
+ * existing destination.
  */
 import test from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { readFile, open } from 'node:fs/promises';
+import { readFile, readdir, open } from 'node:fs/promises';
 import { join } from 'node:path';
-import { needs, tempDir, qemuImg, qemuIo, run, runOk, diskhub } from '@diskhub/testkit';
+import { needs, tempDir, qemuImg, qemuIo, run, runOk, diskhub, diskhubBin } from '@diskhub/testkit';
 import { assertSame } from './peer.js';
 
 /** A qcow2 with three bitmaps: enabled with bits, disabled with bits (128 KiB granules), enabled. */
@@ -82,13 +83,9 @@ test('convert --bitmaps with a bitmap left in use: refused, or skipped with --sk
   assert.equal(await infoWithoutName(join(dir, 'ours.qcow2')), await infoWithoutName(join(dir, 'peer.qcow2')));
 });
 
-test('convert --salvage: unreadable sectors become zeroes, with qemu-img\'s warnings', needs('qemu-img', 'qemu-io'), async (t) => {
-  const dir = await tempDir(t);
-  await qemuImg('create', '-q', '-f', 'raw', join(dir, 's.raw'), '1M');
-  await qemuIo('-f', 'raw', '-c', 'write -P 5 0 1M', join(dir, 's.raw'));
-  await qemuImg('convert', '-c', '-O', 'qcow2', join(dir, 's.raw'), join(dir, 's.qcow2'));
-  // Spoil the start of the fourth compressed cluster, so that it no longer inflates.
-  const fh = await open(join(dir, 's.qcow2'), 'r+');
+/** Overwrite the start of compressed cluster `index` of a qcow2 (64 KiB clusters), so that it no longer inflates. */
+async function spoilCompressedCluster(file: string, index: number): Promise<void> {
+  const fh = await open(file, 'r+');
   try {
     const head = Buffer.alloc(104);
     await fh.read(head, 0, 104, 0);
@@ -96,12 +93,20 @@ test('convert --salvage: unreadable sectors become zeroes, with qemu-img\'s warn
     const e = Buffer.alloc(8);
     await fh.read(e, 0, 8, l1);
     const l2 = Number(e.readBigUInt64BE(0) & 0x00fffffffffffe00n);
-    await fh.read(e, 0, 8, l2 + 3 * 8);
+    await fh.read(e, 0, 8, l2 + index * 8);
     const at = Number(e.readBigUInt64BE(0) & ((1n << 54n) - 1n));
     await fh.write(Buffer.alloc(64, 0xff), 0, 64, at);
   } finally {
     await fh.close();
   }
+}
+
+test('convert --salvage: unreadable sectors become zeroes, with qemu-img\'s warnings', needs('qemu-img', 'qemu-io'), async (t) => {
+  const dir = await tempDir(t);
+  await qemuImg('create', '-q', '-f', 'raw', join(dir, 's.raw'), '1M');
+  await qemuIo('-f', 'raw', '-c', 'write -P 5 0 1M', join(dir, 's.raw'));
+  await qemuImg('convert', '-c', '-O', 'qcow2', join(dir, 's.raw'), join(dir, 's.qcow2'));
+  await spoilCompressedCluster(join(dir, 's.qcow2'), 3);
   const failed = await diskhub(['img', 'convert', '-O', 'raw', 's.qcow2', 'fail.raw'], { cwd: dir });
   assert.equal(failed.code, 1, 'without --salvage the read error ends the convert');
   await assertSame(['convert', '--salvage', '-O', 'raw', 's.qcow2', 'ours.raw'], dir);
@@ -132,4 +137,31 @@ test('convert -C copies data as it is read (zero blocks inside data stay data); 
   const seconds = (performance.now() - started) / 1000;
   assert.ok(seconds >= 1.2, `12 MiB at 8 MiB/s took only ${seconds} s`);
   assert.equal((await run('qemu-img', ['compare', join(dir, 'r.raw'), join(dir, 'r2.raw')])).code, 0);
+});
+
+test('convert onto an existing destination: replaced without renaming over it; a failure keeps the old image', needs('qemu-img', 'qemu-io', 'strace'), async (t) => {
+  const dir = await tempDir(t);
+  await qemuImg('create', '-q', '-f', 'raw', join(dir, 'a.raw'), '8M');
+  await qemuIo('-f', 'raw', '-c', 'write -P 1 0 8M', join(dir, 'a.raw'));
+  await qemuImg('create', '-q', '-f', 'raw', join(dir, 'b.raw'), '4M');
+  await qemuIo('-f', 'raw', '-c', 'write -P 2 0 4M', join(dir, 'b.raw'));
+  assert.equal((await diskhub(['img', 'convert', '-O', 'qcow2', 'a.raw', 'out.qcow2'], { cwd: dir })).code, 0);
+  // The second run, traced: the old image is moved aside first, so no rename replaces a file
+  // (ext4 would flush the new image before such a rename).
+  const log = join(dir, 'strace.log');
+  const r = await run('strace', ['-f', '-o', log, '-e', 'trace=rename,renameat,renameat2,unlink,unlinkat', process.execPath, diskhubBin, 'img', 'convert', '-O', 'qcow2', 'b.raw', 'out.qcow2'], { cwd: dir });
+  assert.equal(r.code, 0, r.stderr);
+  const calls = (await readFile(log, 'utf8')).split('\n').filter((l) => /rename|unlink/.test(l) && !l.includes('ENOENT'));
+  const renames = calls.filter((l) => l.includes('rename'));
+  assert.equal(renames.length, 2, calls.join('\n'));
+  assert.match(renames[0]!, /"out\.qcow2", "\.out\.qcow2\..*\.old"/);
+  assert.match(renames[1]!, /"\.out\.qcow2\..*diskhub-tmp", "out\.qcow2"/);
+  assert.equal((await run('qemu-img', ['compare', join(dir, 'b.raw'), join(dir, 'out.qcow2')])).code, 0);
+  assert.deepEqual((await readdir(dir)).filter((f) => f.startsWith('.')), [], 'nothing left aside');
+  // A convert that fails half-way (a cluster it cannot read) leaves the previous image in place.
+  await qemuImg('convert', '-c', '-O', 'qcow2', join(dir, 'a.raw'), join(dir, 'bad.qcow2'));
+  await spoilCompressedCluster(join(dir, 'bad.qcow2'), 100);
+  const failed = await diskhub(['img', 'convert', '-O', 'qcow2', 'bad.qcow2', 'out.qcow2'], { cwd: dir });
+  assert.match(failed.stderr, /error while reading/);
+  assert.equal((await run('qemu-img', ['compare', join(dir, 'b.raw'), join(dir, 'out.qcow2')])).code, 0);
 });
