@@ -18,6 +18,7 @@ import { partitionsCommand } from './partitions.js';
 import { probeCommand } from './probe.js';
 import { rebaseCommand } from './rebase.js';
 import { commitCommand } from './commit.js';
+import { ddCommand } from './dd.js';
 
 /** A command gets argv with its own name at argv[0], as qemu-img's commands do. */
 export type ImgCommand = (argv: string[]) => Promise<number>;
@@ -28,6 +29,7 @@ const COMMANDS: Record<string, ImgCommand> = {
   compare: compareCommand,
   convert: convertCommand,
   create: createCommand,
+  dd: ddCommand,
   info: infoCommand,
   map: mapCommand,
   measure: measureCommand,
