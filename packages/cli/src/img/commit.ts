@@ -8,7 +8,7 @@ import { closeChain, commitImage, openImage, resolveBackingPath, chainOf, isDisk
 import { getopt, UsageError } from './getopt.js';
 import { SECRET_LONG_OPTIONS, Secrets, openOptionsOf } from './secrets.js';
 import { CliError, checkCacheMode, errorMessage, openCliImage, out, Progress } from './common.js';
-import { parseSize, SUFFIX_HELP } from './output.js';
+import { cvtnum } from './output.js';
 import { depthInChain } from './rebase.js';
 import { printHelp } from './help.js';
 
@@ -36,12 +36,7 @@ export async function commitCommand(argv: string[]): Promise<number> {
       case 'd': drop = true; break;
       case 'p': progress = true; break;
       case 'q': quiet = true; break;
-      case 'r': {
-        const v = parseSize(o.arg!);
-        if (v === null || v > BigInt(Number.MAX_SAFE_INTEGER)) throw new CliError(`Invalid rate limit specified. ${SUFFIX_HELP}`);
-        rateLimit = Number(v);
-        break;
-      }
+      case 'r': rateLimit = Number(cvtnum('rate limit', o.arg!)); break;
     }
   }
   if (positional.length !== 1) throw new UsageError('Expecting one image file name');

@@ -15,7 +15,7 @@ import {
 import { getopt, UsageError } from './getopt.js';
 import { SECRET_LONG_OPTIONS, Secrets, openOptionsOf } from './secrets.js';
 import { CliError, checkCacheMode, errorMessage, openCliImage, out, warn, Progress } from './common.js';
-import { parseSize, SUFFIX_HELP } from './output.js';
+import { cvtnum, parseSize, SUFFIX_HELP } from './output.js';
 import { parseOptionString, optionHelp, validateOptions } from './createopts.js';
 import { snapshotParam } from './measure.js';
 import { printHelp } from './help.js';
@@ -110,12 +110,7 @@ export async function convertCommand(argv: string[]): Promise<number> {
       case 'target-is-zero': targetIsZero = true; break;
       case 't': checkCacheMode(o.arg, false); cacheMode = o.arg!; break;
       case 'T': checkCacheMode(o.arg, true); break;
-      case 'r': {
-        const v = parseSize(o.arg!);
-        if (v === null || v > BigInt(Number.MAX_SAFE_INTEGER)) throw new UsageError(`Invalid rate limit specified. ${SUFFIX_HELP}`, false);
-        rateLimit = Number(v);
-        break;
-      }
+      case 'r': rateLimit = Number(cvtnum('rate limit', o.arg!)); break;
       case 'target-image-opts': targetImageOpts = true; break;
       case 'C': copyOffload = true; break;
       case 'salvage': salvage = true; break;

@@ -11,19 +11,11 @@ import {
 import { getopt } from './getopt.js';
 import { SECRET_LONG_OPTIONS, Secrets, openOptionsOf } from './secrets.js';
 import { CliError, errorMessage, openCliImage, err } from './common.js';
-import { parseSize, SUFFIX_HELP } from './output.js';
+import { cvtnum, INT64_MAX } from './output.js';
 import { printHelp } from './help.js';
 
 const INT_MAX = 2 ** 31 - 1;
-const INT64_MAX = 2n ** 63n - 1n;
 
-/** qemu-img's cvtnum_full: a size with suffixes, within [min, max]. */
-function cvtnum(name: string, text: string, min: bigint, max: bigint): bigint {
-  const v = parseSize(text);
-  if (v === null) throw new CliError(`Invalid ${name} specified. ${SUFFIX_HELP}`);
-  if (v < min || v > max) throw new CliError(`Invalid ${name} specified. Must be between ${min} and ${max}.`);
-  return v;
-}
 
 export async function ddCommand(argv: string[]): Promise<number> {
   const { options, positional } = getopt(argv, ':hf:O:U', [
@@ -50,8 +42,8 @@ export async function ddCommand(argv: string[]): Promise<number> {
     const value = operand.slice(eq + 1);
     switch (key) {
       case 'bs': bs = cvtnum('bs', value, 1n, BigInt(INT_MAX)); break;
-      case 'count': count = cvtnum('count', value, 0n, INT64_MAX); break;
-      case 'skip': skip = cvtnum('skip', value, 0n, INT64_MAX); break;
+      case 'count': count = cvtnum('count', value); break;
+      case 'skip': skip = cvtnum('skip', value); break;
       case 'if': input = value; break;
       case 'of': output = value; break;
       // qemu-img names the whole operand without '=', else the part before it.
