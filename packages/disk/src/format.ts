@@ -5,6 +5,7 @@
  */
 import type { BlockDevice } from './blockdev.js';
 import type { ByteSource } from './source.js';
+import { DiskError } from './errors.js';
 
 /** What `qemu-img info --output=json` prints for one image (keys as qemu-img spells them). */
 export interface ImageInfo {
@@ -210,4 +211,14 @@ export interface FormatDriver {
   check?(source: ByteSource, options: CheckOptions): Promise<CheckResult>;
   /** `qemu-img measure -O NAME`. */
   measure?(request: MeasureRequest): Promise<MeasureResult>;
+}
+
+/**
+ * `encryption=on` is QEMU's old spelling of `encrypt.format=aes` (qcow, qcow2): giving both is
+ * refused, before any file is created, with QEMU's message.
+ */
+export function checkEncryptionAlias(options: Record<string, string>): void {
+  if (options.encryption !== undefined && options['encrypt.format'] !== undefined) {
+    throw new DiskError('EINVAL', "'encrypt.format' and its alias 'encryption' can't be used at the same time");
+  }
 }

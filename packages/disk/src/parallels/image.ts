@@ -13,15 +13,15 @@ import { readExact, type ByteSource } from '../source.js';
 
 export const PARALLELS_MAGIC = 'WithoutFreeSpace';
 export const PARALLELS_MAGIC_EXT = 'WithouFreSpacExt';
-const PARALLELS_VERSION = 2;
-const HEADER_BYTES = 64;
+export const PARALLELS_VERSION = 2;
+export const PARALLELS_HEADER_BYTES = 64;
 /** The header's in-use marker: the image was open for writing and not closed. */
 export const PARALLELS_INUSE = 0x746f6e59;
 /** The engine's limit on the BAT (QEMU's is INT_MAX/4 entries, 2 GiB of memory). */
 export const PARALLELS_MAX_BAT_ENTRIES = 32 * 1024 * 1024;
 
 export function isParallels(head: Uint8Array): boolean {
-  if (head.length < HEADER_BYTES) return false;
+  if (head.length < PARALLELS_HEADER_BYTES) return false;
   const magic = new TextDecoder('latin1').decode(head.subarray(0, 16));
   return (magic === PARALLELS_MAGIC || magic === PARALLELS_MAGIC_EXT) && new DataView(head.buffer, head.byteOffset, 64).getUint32(16, true) === PARALLELS_VERSION;
 }
@@ -37,7 +37,7 @@ export interface OpenedParallels {
 }
 
 export async function openParallels(source: ByteSource): Promise<OpenedParallels> {
-  const head = new Uint8Array(HEADER_BYTES);
+  const head = new Uint8Array(PARALLELS_HEADER_BYTES);
   await source.read(head, 0);
   const v = new DataView(head.buffer);
   const magic = new TextDecoder('latin1').decode(head.subarray(0, 16));
@@ -59,7 +59,7 @@ export async function openParallels(source: ByteSource): Promise<OpenedParallels
   // QEMU reads a BAT past the end of the file as zeroes; it is damage, and refusing it keeps a
   // tiny hostile file from costing memory.
   const raw = new Uint8Array(entries * 4);
-  await readExact(source, raw, HEADER_BYTES, 'parallels BAT');
+  await readExact(source, raw, PARALLELS_HEADER_BYTES, 'parallels BAT');
   const bv = new DataView(raw.buffer);
   const bat = new Uint32Array(entries);
   for (let i = 0; i < entries; i++) bat[i] = bv.getUint32(i * 4, true);

@@ -12,7 +12,7 @@ import { backingInfo } from '../open.js';
 import { readExact, type ByteSource } from '../source.js';
 
 export const QCOW1_MAGIC = 0x514649fb; // "QFI\xfb"
-const HEADER_BYTES = 48;
+export const QCOW1_HEADER_BYTES = 48;
 /** The engine's limit on the L1 table (QEMU's is INT_MAX/8 entries, 2 GiB of memory). */
 export const QCOW1_MAX_L1_ENTRIES = 4 * 1024 * 1024;
 const L2_CACHE_TABLES = 64;
@@ -32,13 +32,13 @@ export interface OpenedQcow1 {
 }
 
 export async function openQcow1(source: ByteSource): Promise<OpenedQcow1> {
-  const head = new Uint8Array(HEADER_BYTES);
+  const head = new Uint8Array(QCOW1_HEADER_BYTES);
   const got = await source.read(head, 0);
   const v = new DataView(head.buffer);
   if (got < 8 || v.getUint32(0) !== QCOW1_MAGIC) throw new DiskError('EFORMAT', `${source.name}: Image not in qcow format`);
   const version = v.getUint32(4);
   if (version !== 1) throw new DiskError('EUNSUPPORTED', `${source.name}: Unsupported qcow version ${version}`);
-  if (got < HEADER_BYTES) throw new DiskError('ETRUNCATED', `${source.name}: qcow header is truncated`);
+  if (got < QCOW1_HEADER_BYTES) throw new DiskError('ETRUNCATED', `${source.name}: qcow header is truncated`);
   const big = (at: number, what: string) => {
     const n = v.getBigUint64(at);
     if (n > BigInt(Number.MAX_SAFE_INTEGER)) throw new DiskError('ECORRUPT', `${source.name}: qcow ${what} ${n} is out of range`);
