@@ -19,11 +19,13 @@ import { probeCommand } from './probe.js';
 import { rebaseCommand } from './rebase.js';
 import { commitCommand } from './commit.js';
 import { ddCommand } from './dd.js';
+import { benchCommand } from './bench.js';
 
 /** A command gets argv with its own name at argv[0], as qemu-img's commands do. */
 export type ImgCommand = (argv: string[]) => Promise<number>;
 
 const COMMANDS: Record<string, ImgCommand> = {
+  bench: benchCommand,
   check: checkCommand,
   commit: commitCommand,
   compare: compareCommand,
