@@ -9,12 +9,11 @@
 import { closeChain, isDiskError, type Image } from '@diskhub/disk';
 import { getopt, UsageError } from './getopt.js';
 import { SECRET_LONG_OPTIONS, Secrets, openOptionsOf } from './secrets.js';
-import { CliError, openCliImage, out } from './common.js';
+import { CACHE_MODES, CliError, openCliImage, out } from './common.js';
 import { cvtnum } from './output.js';
 import { printHelp } from './help.js';
 
 const INT_MAX = 2 ** 31 - 1;
-const CACHE_MODES = ['none', 'writeback', 'unsafe', 'directsync', 'writethrough'];
 const AIO_MODES = ['native', 'threads', 'io_uring'];
 
 /** qemu_strtoul with base 0 (0x hexadecimal, leading 0 octal), then a range check. */

@@ -92,7 +92,7 @@ export class Progress {
   }
 }
 
-const CACHE_MODES = ['none', 'writeback', 'unsafe', 'directsync', 'writethrough'];
+export const CACHE_MODES = ['none', 'writeback', 'unsafe', 'directsync', 'writethrough'];
 
 /** `-t` / `-T` cache modes: accepted and validated like qemu-img's (we always use the page cache). */
 export function checkCacheMode(mode: string | undefined, source: boolean, exitCode = 1): void {
