@@ -61,7 +61,7 @@ export async function commitCommand(argv: string[]): Promise<number> {
     const above = chain[depth - 1]!, readOnlyBase = chain[depth]!;
     let base: Image;
     try {
-      base = await openImage(readOnlyBase.source.name, { format: readOnlyBase.format, writable: true, noFlush });
+      base = await openImage(readOnlyBase.source.name, { format: readOnlyBase.format, writable: true, noFlush, reserveWrites: true, serialWrites: true });
     } catch (e) {
       throw new CliError(errorMessage(e));
     }

@@ -53,7 +53,7 @@ export async function rebaseCommand(argv: string[]): Promise<number> {
 
   const arg = secrets.image(filename, fmt);
   // Unsafe mode does not open the old backing file: it may be the one that moved.
-  const overlay = await openCliImage(arg.path, { ...openOptionsOf(arg), writable: true, noFlush: cache === 'unsafe', ...(unsafe ? { backing: false } : {}) }, arg.display);
+  const overlay = await openCliImage(arg.path, { ...openOptionsOf(arg), writable: true, noFlush: cache === 'unsafe', reserveWrites: true, serialWrites: true, ...(unsafe ? { backing: false } : {}) }, arg.display);
   let newBacking: Image | undefined;
   let ownNewBacking = false;
   try {
