@@ -197,3 +197,35 @@ test('kill -9 during commit and rebase: check -r all repairs, nothing committed 
     assert.equal(cmp.code, 0, `rebase killed after ${ms} ms: ${cmp.stdout}`);
   }
 });
+
+test('rebase of a qed overlay, safe and unsafe, as qemu-img', needs('qemu-img', 'qemu-io'), async (t) => {
+  const dir = await tempDir(t);
+  for (const side of ['q', 'd']) {
+    const at = (f: string) => join(dir, side, f);
+    await mkdir(join(dir, side));
+    await qemuImg('create', '-q', '-f', 'raw', at('base.raw'), '4M');
+    await qemuIo('-f', 'raw', '-c', 'write -P 1 0 3M', at('base.raw'));
+    await qemuImg('create', '-q', '-f', 'raw', at('other.raw'), '4M');
+    await qemuIo('-f', 'raw', '-c', 'write -P 1 1M 1M', at('other.raw'));
+    await run('qemu-img', ['create', '-q', '-f', 'qed', '-o', 'cluster_size=4k', '-b', 'base.raw', '-F', 'raw', 'o.qed', '4M'], { cwd: join(dir, side) });
+    await qemuIo('-f', 'qed', '-c', 'write -P 2 100k 8k', at('o.qed'));
+    await copyFile(at('o.qed'), at('u.qed'));
+    await copyFile(at('o.qed'), at('f.qed'));
+  }
+  await copyFile(join(dir, 'q', 'o.qed'), join(dir, 'expected.qed'));
+  await copyFile(join(dir, 'q', 'base.raw'), join(dir, 'base.raw'));
+  for (const args of [
+    ['rebase', '-f', 'qed', '-b', 'other.raw', '-F', 'raw', 'o.qed'],
+    ['rebase', '-f', 'qed', '-b', '', 'f.qed'],
+    ['rebase', '-u', '-b', 'other.raw', '-F', 'raw', 'u.qed'],
+  ]) {
+    await both(dir, args);
+    const f = args[args.length - 1]!;
+    const cmp = await run('qemu-img', ['compare', join(dir, 'q', f), join(dir, 'd', f)]);
+    assert.equal(cmp.code, 0, `${args.join(' ')}: ${cmp.stdout}`);
+    assert.equal(await qemuImg('info', join(dir, 'd', f)).then((s) => s.replace(/^(image|disk size): .*\n/gm, '').replace(/actual path: .*\//, '')),
+      await qemuImg('info', join(dir, 'q', f)).then((s) => s.replace(/^(image|disk size): .*\n/gm, '').replace(/actual path: .*\//, '')));
+    assert.equal((await run('qemu-img', ['check', join(dir, 'd', f)])).code, 0);
+    if (!args.includes('-u')) assert.equal((await run('qemu-img', ['compare', join(dir, 'expected.qed'), join(dir, 'd', f)])).code, 0);
+  }
+});
