@@ -7,7 +7,7 @@
 import test from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { copyFile, mkdir } from 'node:fs/promises';
+import { copyFile, mkdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { needs, tempDir, qemuImg, qemuIo, run, diskhub, diskhubBin } from '@diskhub/testkit';
 import { assertSame } from './peer.js';
@@ -184,6 +184,10 @@ test('kill -9 during commit and rebase: check -r all repairs, nothing committed 
   assert.equal(again.code, 0, again.stderr);
   cmp = await run('qemu-img', ['compare', at('expected.raw'), at('t.qcow2')]);
   assert.equal(cmp.code, 0, cmp.stdout);
+  // The emptied overlay gives the space of its 41 MiB of data back to the filesystem.
+  const { blocks } = await stat(at('t.qcow2'));
+  assert.ok(blocks * 512 < 4 << 20, `the committed overlay still takes ${blocks * 512} bytes`);
+  assert.equal((await run('qemu-img', ['check', at('t.qcow2')])).code, 0);
 
   // Rebase (flatten) killed at several points: the overlay reads as before each time.
   await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', 'cluster_size=4k', '-b', 'b.qcow2', '-F', 'qcow2', 'r.qcow2'], { cwd: dir });

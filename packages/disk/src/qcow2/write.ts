@@ -678,19 +678,44 @@ export class Qcow2WritableImage extends Qcow2Image {
   async makeEmpty(): Promise<void> {
     await this.serial(async () => {
       const es = this.geo.l2EntrySize;
+      const cs = this.clusterSize;
+      // Data clusters of our own that nothing references any more: their space goes back to
+      // the filesystem once the tables no longer point at them (QEMU discards them too).
+      const freed: number[] = [];
       for (let i = 0; i * 8 < this.l1.length; i++) {
         if (this.l1Entry(i) === 0) continue;
         const l2 = await this.l2ForWrite(i);
         for (let at = 0; at < l2.table.length; at += es) {
           const hi = l2.view.getUint32(at, false), lo = l2.view.getUint32(at + 4, false);
           if (hi === 0 && lo === 0 && (!this.geo.extendedL2 || l2.view.getBigUint64(at + 8, false) === 0n)) continue;
-          if (this.mapsCluster(hi, lo) || (hi & 0x40000000)) await this.release(hi, lo, at, l2.view);
+          if (this.mapsCluster(hi, lo) || (hi & 0x40000000)) {
+            await this.release(hi, lo, at, l2.view);
+            const host = hi & 0x40000000 || this.externalData ? 0 : entryOffset(hi, lo);
+            if (host && (await this.refcountAt(host)) === 0) freed.push(host);
+          }
           l2.table.fill(0, at, at + es);
         }
         await this.maybeWriteBack();
       }
       await this.writeBack();
+      if (freed.length === 0) return;
+      await this.source.flush();
+      freed.sort((a, b) => a - b);
+      for (let k = 0; k < freed.length;) {
+        let end = k + 1;
+        while (end < freed.length && freed[end] === freed[end - 1]! + cs) end++;
+        await this.source.punchHole(freed[k]!, (end - k) * cs);
+        k = end;
+      }
     });
+  }
+
+  /** The refcount of the cluster at `host` (0 past the refcount table or in a missing block). */
+  private async refcountAt(host: number): Promise<number> {
+    const cluster = Math.floor(host / this.clusterSize);
+    const rb = this.reftable[Math.floor(cluster / this.geo.refcountBlockEntries)];
+    if (!rb) return 0;
+    return getRefcount(await this.refblock(rb), cluster % this.geo.refcountBlockEntries, this.geo.refcountBits);
   }
 
   /**
