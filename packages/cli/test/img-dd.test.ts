@@ -31,6 +31,8 @@ test('dd: outputs and messages as qemu-img dd', needs('qemu-img', 'qemu-io'), as
     ['x=1', 'if=a', 'of=b'],
     ['-O', 'nope', 'if=in.qcow2', 'of=OUT'],
     ['if=missing.qcow2', 'of=OUT'],
+    ['if=in.qcow2', 'of=.'],
+    ['if=.', 'of=OUT'],
   ];
   for (const [i, c] of cases.entries()) {
     const peerOut = `peer${i}`, ourOut = `ours${i}`;

@@ -111,6 +111,9 @@ test('rebase: a relative backing name resolves against the overlay, from another
 
 test('rebase and commit refuse what qemu-img refuses, with its messages', needs('qemu-img', 'qemu-io'), async (t) => {
   const dir = await twoChains(t);
+  for (const side of ['q', 'd']) {
+    await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', 'top.qcow2', '-F', 'qcow2', 'above.qcow2'], { cwd: join(dir, side) });
+  }
   for (const args of [
     ['rebase', 'top.qcow2'],
     ['rebase', '-b', 'x', 'a', 'b'],
@@ -120,6 +123,10 @@ test('rebase and commit refuse what qemu-img refuses, with its messages', needs(
     ['rebase', '-u', '-b', 'base.qcow2', 'top.qcow2'],
     ['rebase', '-t', 'bogus', '-b', 'base.qcow2', 'top.qcow2'],
     ['rebase', '-b', 'base.qcow2', '-F', 'qcow2', 'nothere.qcow2'],
+    // A loop: the overlay as its own backing file, or under an image backed by it.
+    ['rebase', '-b', 'top.qcow2', '-F', 'qcow2', 'top.qcow2'],
+    ['rebase', '-b', 'above.qcow2', '-F', 'qcow2', 'top.qcow2'],
+    ['rebase', '-b', '.', '-F', 'raw', 'top.qcow2'],
     ['commit', 'base.qcow2'],
     ['commit', '-b', 'nothere', 'top.qcow2'],
     ['commit', '-r', '1x', 'top.qcow2'],

@@ -67,7 +67,7 @@ export async function ddCommand(argv: string[]): Promise<number> {
     try {
       await createImage(output, driver, { size: Number(size - start), options: {} });
     } catch (e) {
-      throw new CliError(`${output}: error while creating output image: ${errorMessage(e)}`);
+      throw new CliError(`${output}: error while creating output image: ${errorMessage(e).replace(/^Could not open '/, "Could not create '")}`);
     }
     try {
       dst = await openImage(output, { format: driver.name, writable: true, backing: false });

@@ -73,8 +73,14 @@ export async function rebaseCommand(argv: string[]): Promise<number> {
             newBacking = await openImage(path, { ...(newFormat !== undefined ? { format: newFormat } : {}) });
             ownNewBacking = true;
           } catch (e) {
-            const message = errorMessage(e);
-            throw new CliError(`Could not open new backing file '${newName}': ${message.startsWith('Could not open') ? message : `Could not open '${path}': ${message}`}`);
+            throw new CliError(`Could not open new backing file '${newName}': ${errorMessage(e)}`);
+          }
+          // The overlay under itself would make a loop: qemu-img's image lock refuses it, at
+          // the level of the new chain where the overlay appears.
+          const loop = await depthOf(newBacking, overlay.source.name, 0);
+          if (loop !== undefined) {
+            const name = loop === 0 ? newName : chainOf(newBacking)[loop]!.source.name;
+            throw new CliError(`Could not open new backing file '${newName}': ${'Could not open backing file: '.repeat(loop)}Failed to get shared "write" lock\nIs another process using the image [${name}]?`);
           }
         }
       }
@@ -108,10 +114,15 @@ export async function rebaseCommand(argv: string[]): Promise<number> {
 
 /** Depth (1 = the backing file) of the image at `path` in `top`'s chain, by file identity. */
 export async function depthInChain(top: Image, path: string): Promise<number | undefined> {
+  return depthOf(top, path, 1);
+}
+
+/** Depth of the file at `path` in `top`'s chain (0 = top itself), looking from depth `from` on. */
+async function depthOf(top: Image, path: string, from: number): Promise<number | undefined> {
   const st = await stat(path).catch(() => undefined);
   if (!st) return undefined;
   const chain = chainOf(top);
-  for (let d = 1; d < chain.length; d++) {
+  for (let d = from; d < chain.length; d++) {
     const other = await stat(chain[d]!.source.name).catch(() => undefined);
     if (other && other.dev === st.dev && other.ino === st.ino) return d;
   }
