@@ -6,6 +6,7 @@
 import type { BlockDevice } from './blockdev.js';
 import type { ByteSource } from './source.js';
 import type { FormatInspection } from './inspect/finding.js';
+import { DiskError } from './errors.js';
 
 /** What `qemu-img info --output=json` prints for one image (keys as qemu-img spells them). */
 export interface ImageInfo {
@@ -76,6 +77,15 @@ export interface OpenOptions {
   formats?: FormatRegistry;
 }
 
+/** A persistent dirty bitmap with its bits (bit i of byte j: granule 8j+i), as convert --bitmaps copies it. */
+export interface PersistentBitmap {
+  name: string;
+  /** qcow2 directory flags: 1 in use (inconsistent), 2 auto (enabled). */
+  flags: number;
+  granularityBits: number;
+  bits: Uint8Array;
+}
+
 export interface Image extends BlockDevice {
   readonly format: string;
   readonly source: ByteSource;
@@ -103,6 +113,20 @@ export interface Image extends BlockDevice {
    * allocation and metadata updates. `buf` is the caller's again once the promise settles.
    */
   writeCompressed?(buf: Uint8Array, offset: number): Promise<void>;
+  /**
+   * Rewrite the backing file reference in the image's header (QEMU's bdrv_change_backing_file;
+   * `undefined` removes it). Writable images of formats with backing files only. Errors: EINVAL
+   * (a name the format cannot hold), ENOSPC (no room left in the header).
+   */
+  changeBackingFile?(filename: string | undefined, format: string | undefined): Promise<void>;
+  /** The image's persistent dirty bitmaps (convert --bitmaps). */
+  readBitmaps?(): Promise<PersistentBitmap[]>;
+  /** The format (and version) keeps persistent dirty bitmaps (qcow2 v3); addBitmaps also needs the image writable. */
+  readonly storesBitmaps?: boolean;
+  /** Store persistent dirty bitmaps into an image that has none (convert --bitmaps). */
+  addBitmaps?(list: PersistentBitmap[]): Promise<void>;
+  /** Deallocate everything so that reads fall through to the backing file (QEMU's bdrv_make_empty; commit's last step). */
+  makeEmpty?(): Promise<void>;
 }
 
 /** `qemu-img check` options. */
@@ -210,4 +234,14 @@ export interface FormatDriver {
   check?(source: ByteSource, options: CheckOptions): Promise<CheckResult>;
   /** `qemu-img measure -O NAME`. */
   measure?(request: MeasureRequest): Promise<MeasureResult>;
+}
+
+/**
+ * `encryption=on` is QEMU's old spelling of `encrypt.format=aes` (qcow, qcow2): giving both is
+ * refused, before any file is created, with QEMU's message.
+ */
+export function checkEncryptionAlias(options: Record<string, string>): void {
+  if (options.encryption !== undefined && options['encrypt.format'] !== undefined) {
+    throw new DiskError('EINVAL', "'encrypt.format' and its alias 'encryption' can't be used at the same time");
+  }
 }

@@ -7,7 +7,7 @@ import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdir, writeFile, symlink, link, chmod, chown, open, utimes } from 'node:fs/promises';
 import { join } from 'node:path';
-import { runOk, run } from './index.js';
+import { runOk, run } from './run.js';
 
 export const MiB = 1 << 20;
 

@@ -57,6 +57,8 @@ export class OutputBuffer {
   }
 }
 export const err = (s: string): void => { process.stderr.write(s); };
+/** qemu-img's warn_report: "qemu-img: warning: ..." on stderr. */
+export const warn = (message: string): void => err(`qemu-img: warning: ${message}\n`);
 
 /** Print an error as qemu-img does and return its exit code. */
 export function report(e: unknown, defaultCode = 1): number {
@@ -90,7 +92,7 @@ export class Progress {
   }
 }
 
-const CACHE_MODES = ['none', 'writeback', 'unsafe', 'directsync', 'writethrough'];
+export const CACHE_MODES = ['none', 'writeback', 'unsafe', 'directsync', 'writethrough'];
 
 /** `-t` / `-T` cache modes: accepted and validated like qemu-img's (we always use the page cache). */
 export function checkCacheMode(mode: string | undefined, source: boolean, exitCode = 1): void {

@@ -10,18 +10,20 @@ import { unlinkSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import {
   chainOf, closeChain, convertImage, createImage, getFormat, openImage, ConcatDevice, DEFAULT_SPARSE_SIZE, MAX_PARALLEL,
-  isDiskError, type BlockDevice, type FormatDriver, type Image,
+  isDiskError, type BlockDevice, type FormatDriver, type Image, type PersistentBitmap,
 } from '@diskhub/disk';
 import { getopt, UsageError } from './getopt.js';
 import { SECRET_LONG_OPTIONS, Secrets, openOptionsOf } from './secrets.js';
-import { CliError, checkCacheMode, errorMessage, openCliImage, out, Progress } from './common.js';
-import { parseSize, SUFFIX_HELP } from './output.js';
+import { CliError, checkCacheMode, errorMessage, openCliImage, out, warn, Progress } from './common.js';
+import { cvtnum, parseSize, SUFFIX_HELP } from './output.js';
 import { parseOptionString, optionHelp, validateOptions } from './createopts.js';
 import { snapshotParam } from './measure.js';
 import { printHelp } from './help.js';
 import { INSIDE_OPTIONS, insideOption, selectInside, type InsideSelection } from './inside.js';
 
 const MAX_SPARSE = 16 << 20;
+/** qcow2 bitmap directory flag: the bitmap was in use when its writer stopped (inconsistent). */
+const BITMAP_IN_USE = 1;
 
 /**
  * How long V8 runs a function before its optimising compiler takes it (in "ticks" of executed
@@ -64,6 +66,12 @@ export async function convertCommand(argv: string[]): Promise<number> {
   let outOfOrder = false;
   let targetIsZero = false;
   let targetImageOpts = false;
+  let rateLimit = 0;
+  let copyOffload = false;
+  let salvage = false;
+  let bitmaps = false;
+  let skipBrokenBitmaps = false;
+  let explicitSparse = false;
   // qemu-img convert writes the target with cache=unsafe unless told otherwise: no fsync.
   let cacheMode = 'unsafe';
   const secrets = new Secrets();
@@ -86,6 +94,7 @@ export async function convertCommand(argv: string[]): Promise<number> {
           throw new UsageError(`Invalid buffer size for sparse output specified. Valid sizes are multiples of 512 up to ${MAX_SPARSE}. Select 0 to disable sparse detection (fully allocates output).`, false);
         }
         sparseSize = Number(v);
+        explicitSparse = true;
         break;
       }
       case 'p': progress = true; break;
@@ -101,14 +110,21 @@ export async function convertCommand(argv: string[]): Promise<number> {
       case 'target-is-zero': targetIsZero = true; break;
       case 't': checkCacheMode(o.arg, false); cacheMode = o.arg!; break;
       case 'T': checkCacheMode(o.arg, true); break;
-      case 'r':
-        if (parseSize(o.arg!) === null) throw new UsageError(`Invalid rate limit specified. ${SUFFIX_HELP}`, false);
-        break;
+      case 'r': rateLimit = Number(cvtnum('rate limit', o.arg!)); break;
       case 'target-image-opts': targetImageOpts = true; break;
-      // -C (copy offloading), -U, --salvage, --bitmaps: accepted, no effect; -r is not enforced.
+      case 'C': copyOffload = true; break;
+      case 'salvage': salvage = true; break;
+      case 'bitmaps': bitmaps = true; break;
+      case 'skip-broken-bitmaps': skipBrokenBitmaps = true; break;
+      // -U (force share): diskhub takes no image locks.
       default: insideOption(o.opt, o.arg, inside); break;
     }
   }
+  // qemu-img's checks, in its order.
+  if (skipBrokenBitmaps && !bitmaps) throw new CliError('Use of --skip-broken-bitmaps requires --bitmaps');
+  if (compress && copyOffload) throw new CliError('Cannot enable copy offloading when -c is used');
+  if (explicitSparse && copyOffload) throw new CliError('Cannot enable copy offloading when -S is used');
+  if (copyOffload && salvage) throw new CliError('Cannot use copy offloading in salvaging mode');
   let driver: FormatDriver;
   try { driver = getFormat(outFormat); } catch { throw new CliError(`Unknown file format '${outFormat}'`); }
   if (help) { out(optionHelp(driver, false)); return 0; }
@@ -157,6 +173,18 @@ export async function convertCommand(argv: string[]): Promise<number> {
         throw new CliError(`Failed to load snapshot: Block format '${img.format}' used by device '' does not support temporarily loading internal snapshots`);
       }
     }
+    // --bitmaps: qemu-img's checks on the source, before anything is created.
+    let bitmapList: PersistentBitmap[] = [];
+    if (bitmaps) {
+      if (sources.length > 1) throw new CliError('Copying bitmaps only possible with single source');
+      if (!sources[0]!.storesBitmaps || !sources[0]!.readBitmaps) throw new CliError('Source lacks bitmap support');
+      bitmapList = await sources[0]!.readBitmaps();
+      // QEMU walks its bitmap list from the last one loaded.
+      const broken = [...bitmapList].reverse().find((b) => b.flags & BITMAP_IN_USE);
+      if (broken && !skipBrokenBitmaps) {
+        throw new CliError(`Cannot copy inconsistent bitmap '${broken.name}'\nTry --skip-broken-bitmaps, or use 'qemu-img bitmap --remove' to delete it`);
+      }
+    }
     // --partition / --lv: each source contributes the selected part (its own image if none).
     const parts: BlockDevice[] = [];
     for (const [i, img] of sources.entries()) parts.push((await selectInside(img, sourceNames[i]!, inside)).device);
@@ -191,21 +219,30 @@ export async function convertCommand(argv: string[]): Promise<number> {
       }
     }
     if (compress && !dst.writeCompressed) throw new CliError('Compression not supported for this file format');
+    if (bitmaps && !dst.storesBitmaps) throw new CliError(`Format driver '${dst.format}' does not support bitmaps`);
     const bar = new Progress(progress && !quiet);
     phase = 'copying';
     await convertImage(src, dst, {
       sparseSize, compress, parallel, outOfOrder, flush: cacheMode !== 'unsafe',
       targetIsZero: noCreate ? targetIsZero : dst.zeroInit ?? true,
       targetHasBacking: backingFile !== undefined,
+      // -C copies data ranges as they are, without looking for zeroes in them (qemu-img's copy_range path).
+      keepZeroesInData: copyOffload,
+      ...(rateLimit ? { rateLimit } : {}),
+      ...(salvage ? { onReadError: (offset: number, e: unknown) => warn(`error while reading offset ${offset}: Input/output error`) } : {}),
       signal: controller.signal,
       onProgress: (d, t) => bar.update(d, t),
     });
+    if (bitmaps) {
+      for (const b of [...bitmapList].reverse()) if (b.flags & BITMAP_IN_USE) warn(`Skipping inconsistent bitmap '${b.name}'`);
+      await dst.addBitmaps!(bitmapList.filter((b) => !(b.flags & BITMAP_IN_USE)));
+    }
     bar.finish();
     phase = 'finishing';
     await closeChain(dst);
     dst = undefined;
     if (tempPath) {
-      await rename(tempPath, target);
+      await moveIntoPlace(tempPath, target);
       tempPath = undefined;
     }
     return interrupted ? signalExit(interrupted) : 0;
@@ -224,6 +261,29 @@ export async function convertCommand(argv: string[]): Promise<number> {
     process.off('SIGTERM', onSignal);
     process.off('exit', onExit);
   }
+}
+
+/**
+ * Put the finished image at `target`. When `target` exists, it is first moved aside and removed
+ * only after the new image has its name: ext4 (auto_da_alloc) flushes a file that is renamed
+ * over another one — seconds for a large image, and the reason a second convert onto the same
+ * destination took 2.5–4× qemu-img's time — but not one renamed to a free name. The name never
+ * shows a half-written image; for a moment it shows none. Should the second rename fail, the
+ * old image gets its name back.
+ */
+async function moveIntoPlace(temp: string, target: string): Promise<void> {
+  const aside = `${temp}.old`;
+  const moved = await rename(target, aside).then(() => true, (e: NodeJS.ErrnoException) => {
+    if (e.code === 'ENOENT') return false;
+    throw e;
+  });
+  try {
+    await rename(temp, target);
+  } catch (e) {
+    if (moved) await rename(aside, target).catch(() => undefined);
+    throw e;
+  }
+  if (moved) await unlink(aside).catch(() => undefined);
 }
 
 /** A destination that is a directory fails before any work, as qemu-img's create does. */

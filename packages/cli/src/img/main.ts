@@ -20,24 +20,32 @@ import { configDriveCommand } from './config-drive.js';
 import { lsCommand } from './ls.js';
 import { catCommand } from './cat.js';
 import { copyOutCommand } from './copy-out.js';
+import { rebaseCommand } from './rebase.js';
+import { commitCommand } from './commit.js';
+import { ddCommand } from './dd.js';
+import { benchCommand } from './bench.js';
 
 /** A command gets argv with its own name at argv[0], as qemu-img's commands do. */
 export type ImgCommand = (argv: string[]) => Promise<number>;
 
 const COMMANDS: Record<string, ImgCommand> = {
   cat: catCommand,
+  bench: benchCommand,
   check: checkCommand,
+  commit: commitCommand,
   compare: compareCommand,
   'config-drive': configDriveCommand,
   convert: convertCommand,
   'copy-out': copyOutCommand,
   create: createCommand,
+  dd: ddCommand,
   info: infoCommand,
   ls: lsCommand,
   map: mapCommand,
   measure: measureCommand,
   partitions: partitionsCommand,
   probe: probeCommand,
+  rebase: rebaseCommand,
   snapshot: snapshotCommand,
 };
 

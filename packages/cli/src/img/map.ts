@@ -3,15 +3,13 @@ import { closeChain, mapImage, type Extent } from '@diskhub/disk';
 import { getopt, UsageError } from './getopt.js';
 import { SECRET_LONG_OPTIONS, Secrets, openOptionsOf } from './secrets.js';
 import { CliError, OutputBuffer, openCliImage, parseOutputFormat, type OutputFormat } from './common.js';
-import { parseSize, INT64_MAX, SUFFIX_HELP } from './output.js';
+import { cvtnum } from './output.js';
 import { printHelp } from './help.js';
 import { INSIDE_OPTIONS, insideOption, selectInside, type InsideSelection } from './inside.js';
 
 
 function offsetArg(text: string, what: string): number {
-  const v = parseSize(text);
-  if (v === null) throw new UsageError(`Invalid ${what} specified. ${SUFFIX_HELP}`, false);
-  if (v > INT64_MAX) throw new UsageError(`Invalid ${what} specified. Must be between 0 and ${INT64_MAX}.`, false);
+  const v = cvtnum(what, text);
   return v > BigInt(Number.MAX_SAFE_INTEGER) ? Number.MAX_SAFE_INTEGER : Number(v);
 }
 

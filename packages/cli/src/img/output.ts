@@ -152,11 +152,17 @@ export function parseSize(text: string, defaultUnit: 'b' | 'm' = 'b'): bigint | 
 
 export const SUFFIX_HELP = 'You may use k, M, G, T, P or E suffixes for\nqemu-img: kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.';
 
-/** An image size argument (create, measure --size, convert -S...); throws qemu-img's messages. */
-export function parseImageSize(text: string, what = 'image size'): number {
+/** qemu-img's cvtnum_full: a number with size suffixes in [min, max], or its error messages. */
+export function cvtnum(what: string, text: string, min = 0n, max = INT64_MAX): bigint {
   const v = parseSize(text);
   if (v === null) throw new UsageError(`Invalid ${what} specified. ${SUFFIX_HELP}`, false);
-  if (v > INT64_MAX) throw new UsageError(`Invalid ${what} specified. Must be between 0 and ${INT64_MAX}.`, false);
+  if (v < min || v > max) throw new UsageError(`Invalid ${what} specified. Must be between ${min} and ${max}.`, false);
+  return v;
+}
+
+/** An image size argument (create, measure --size, convert -S...); throws qemu-img's messages. */
+export function parseImageSize(text: string, what = 'image size'): number {
+  const v = cvtnum(what, text);
   if (v > BigInt(Number.MAX_SAFE_INTEGER)) throw new UsageError(`Invalid ${what} specified: ${v} is larger than this tool supports (${Number.MAX_SAFE_INTEGER}).`, false);
   return Number(v);
 }

@@ -92,4 +92,3 @@ export async function openInside(disk: BlockDevice, selection: InsideSelection):
   const device = openLogicalVolume(await scanDiskLvm(disk, table), selection.lv!);
   return { device, lv: { vg: device.vg.name, name: device.lv.name, uuid: device.lv.uuid, segmentType: device.lv.segmentType } };
 }
-export * from './root.js';

@@ -76,3 +76,27 @@ export function firstNonZero(buf: Uint8Array): number {
   }
   return -1;
 }
+
+/**
+ * `-r rate_limit` (bytes per second), as QEMU's block jobs and convert apply it: work is let
+ * through at once while the bytes done so far are within the rate since the start, and
+ * otherwise waits until they are.
+ */
+export class RateLimiter {
+  private readonly start = performance.now();
+  private done = 0;
+  constructor(private readonly bytesPerSecond: number) {}
+
+  /** Wait until `bytes` more may be processed. */
+  async take(bytes: number, signal?: AbortSignal): Promise<void> {
+    const due = this.start + (this.done / this.bytesPerSecond) * 1000;
+    this.done += bytes;
+    const wait = due - performance.now();
+    if (wait > 0) await new Promise<void>((resolve) => {
+      const t = setTimeout(() => { signal?.removeEventListener('abort', stop); resolve(); }, wait);
+      const stop = () => { clearTimeout(t); resolve(); };
+      signal?.addEventListener('abort', stop, { once: true });
+    });
+    throwIfAborted(signal);
+  }
+}

@@ -10,7 +10,7 @@ import { settled, type BlockDevice } from '../blockdev.js';
 import { DiskError, throwIfAborted } from '../errors.js';
 import { pageAlignedBytes } from '../source.js';
 import type { Image } from '../format.js';
-import { walkExtents, isZero, isZeroRange, type OperationOptions } from './common.js';
+import { walkExtents, isZero, isZeroRange, RateLimiter, type OperationOptions } from './common.js';
 
 export interface ConvertOptions extends OperationOptions {
   /** `-S`: zero runs of at least this many bytes (aligned) become holes; 0 writes every byte. Default 4 KiB. */
@@ -29,6 +29,16 @@ export interface ConvertOptions extends OperationOptions {
   chunkSize?: number;
   /** Flush the target to stable storage at the end (default true; qemu-img's default cache mode "unsafe" does not). */
   flush?: boolean;
+  /** `-C`: data ranges are written as read, zero runs inside them included (no `-S` detection). */
+  keepZeroesInData?: boolean;
+  /**
+   * `--salvage`: a read that fails is retried sector by sector, and each sector that still
+   * cannot be read is copied as zeroes and reported here (qemu-img prints a warning) instead of
+   * ending the convert.
+   */
+  onReadError?: (offset: number, error: unknown) => void;
+  /** `-r`: at most this many bytes per second are copied (data and written zero blocks; skipped and zeroed ranges are free). */
+  rateLimit?: number;
 }
 
 export interface ConvertStats {
@@ -46,6 +56,8 @@ const DEFAULT_CHUNK = 2 << 20;
 const ZERO_STEP = 256 << 20;
 /** Largest span of a zero run tested in one go (zeroRuns; at most the zero block isZeroRange compares with). */
 const MAX_ZERO_SPAN = 1 << 20;
+/** What --salvage retries a failed read in (qemu-img's BDRV_SECTOR_SIZE). */
+const SALVAGE_SECTOR = 512;
 /** qemu-img's limit for -m. */
 export const MAX_PARALLEL = 16;
 
@@ -128,11 +140,28 @@ export async function convertImage(src: BlockDevice, dst: ConvertTarget, options
   async function read(job: Job): Promise<Job> {
     if (job.kind === 'data') {
       const buf = takeBuffer().subarray(0, job.length);
-      await src.read(buf, job.offset).catch((e) => { throw located(e, 'reading', job.offset); });
+      await src.read(buf, job.offset).catch((e) => {
+        if (!options.onReadError) throw located(e, 'reading', job.offset);
+        return salvage(buf, job.offset);
+      });
       stats.bytesRead += job.length;
       job.buf = buf;
     }
     return job;
+  }
+
+  /** Read what can be read of [offset, offset+buf.length) in 512-byte sectors; zeroes for the rest. */
+  async function salvage(buf: Uint8Array, offset: number): Promise<void> {
+    for (let p = 0; p < buf.length; p += SALVAGE_SECTOR) {
+      throwIfAborted(signal);
+      const piece = buf.subarray(p, Math.min(buf.length, p + SALVAGE_SECTOR));
+      try {
+        await src.read(piece, offset + p);
+      } catch (e) {
+        piece.fill(0);
+        options.onReadError!(offset + p, e);
+      }
+    }
   }
 
   async function writeZeroes(offset: number, length: number): Promise<void> {
@@ -175,7 +204,7 @@ export async function convertImage(src: BlockDevice, dst: ConvertTarget, options
         else data(piece, abs, whole);
         p = next;
       }
-    } else if (sparse === 0) data(buf, offset, false);
+    } else if (sparse === 0 || options.keepZeroesInData) data(buf, offset, false);
     else {
       for (const r of runs ?? zeroRuns(buf, offset)) {
         if (r.zero) work.push(writeZeroes(offset + r.start, r.end - r.start));
@@ -211,7 +240,7 @@ export async function convertImage(src: BlockDevice, dst: ConvertTarget, options
 
   /** After a read: find the chunk's zero runs now, while earlier chunks are still being written. */
   function prepare(job: Job): Job {
-    if (job.kind === 'data' && sparse > 0 && !options.compress) job.runs = zeroRuns(job.buf!, job.offset);
+    if (job.kind === 'data' && sparse > 0 && !options.compress && !options.keepZeroesInData) job.runs = zeroRuns(job.buf!, job.offset);
     return job;
   }
 
@@ -241,6 +270,7 @@ export async function convertImage(src: BlockDevice, dst: ConvertTarget, options
     });
   }
 
+  const limiter = options.rateLimit ? new RateLimiter(options.rateLimit) : undefined;
   let done = 0;
   onProgress?.(0, total);
   // Every read or write started and not yet settled; on failure we wait for them all.
@@ -254,6 +284,7 @@ export async function convertImage(src: BlockDevice, dst: ConvertTarget, options
     if (options.outOfOrder) {
       for await (const job of plan()) {
         throwIfAborted(signal);
+        if (limiter && job.kind !== 'zero') await limiter.take(job.length, signal);
         // Not awaited here: `pending` holds it, and the race below and the wait after the loop (or
         // on failure) settle it.
         void track(read(job).then(write));
@@ -269,6 +300,7 @@ export async function convertImage(src: BlockDevice, dst: ConvertTarget, options
       let failure: unknown;
       for await (const job of plan()) {
         throwIfAborted(signal);
+        if (limiter && job.kind !== 'zero') await limiter.take(job.length, signal);
         const ready = track(read(job).then(prepare));
         const previous = issued;
         const started = ready.then(async (j) => {

@@ -4,7 +4,7 @@
  */
 import { unlink } from 'node:fs/promises';
 import { CheckNotSupported, DiskError } from '../errors.js';
-import type { CheckResult, CreateRequest, MeasureRequest, MeasureResult, FormatDriver } from '../format.js';
+import { checkEncryptionAlias, type CheckResult, type CreateRequest, type MeasureRequest, type MeasureResult, type FormatDriver } from '../format.js';
 import { formats } from '../formats.js';
 import { resolveBackingPath } from '../backing.js';
 import { FileSource, readHead, type ByteSource } from '../source.js';
@@ -13,6 +13,7 @@ import { FileSource, readHead, type ByteSource } from '../source.js';
 export async function createImage(path: string, format: string | FormatDriver, request: CreateRequest, options: { exclusive?: boolean } = {}): Promise<void> {
   const driver = typeof format === 'string' ? formats.get(format) : format;
   if (!driver.create) throw new DiskError('EUNSUPPORTED', `Format driver '${driver.name}' does not support image creation`);
+  checkEncryptionAlias(request.options);
   const target = await FileSource.open(path, { create: true, exclusive: options.exclusive });
   try {
     await driver.create(target, {

@@ -6,3 +6,5 @@ export * from './compare.js';
 export * from './convert.js';
 export * from './dispatch.js';
 export * from './concat.js';
+export * from './rebase.js';
+export * from './commit.js';

@@ -5,7 +5,7 @@
  * the L1 table, then (with preallocation) the L2 tables and the data clusters.
  */
 import { DiskError } from '../errors.js';
-import type { CreateOption, CreateRequest } from '../format.js';
+import { checkEncryptionAlias, type CreateOption, type CreateRequest } from '../format.js';
 import type { ByteSource } from '../source.js';
 import { LUKS_OPTION_HELP, formatLuks, luksAreaBytes, luksSpecFromOptions, writeLuksArea, type LuksCreateOptions } from '../luks/volume.js';
 import { luksCreateOptions } from '../luks/index.js';
@@ -63,9 +63,7 @@ export function createParams(request: CreateRequest): Qcow2CreateParams {
   const o = request.options;
   const bool = (k: string) => o[k] === 'on';
   const encryptFormat = bool('encryption') ? 'aes' : o['encrypt.format'];
-  if (bool('encryption') && o['encrypt.format'] !== undefined) {
-    throw new DiskError('EINVAL', "Options 'encryption' and 'encrypt.format' are mutually exclusive");
-  }
+  checkEncryptionAlias(o);
   if (encryptFormat !== undefined && encryptFormat !== 'luks') {
     if (encryptFormat === 'aes') throw new DiskError('EUNSUPPORTED', 'Creating qcow2 images with the legacy AES encryption is not supported; use encrypt.format=luks');
     throw new DiskError('EINVAL', `Parameter 'encrypt.format' does not accept value '${encryptFormat}'`);

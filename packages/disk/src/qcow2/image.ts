@@ -12,7 +12,7 @@ import { Decompress } from 'fzstd';
 import { hostio, type HostIo } from '@diskhub/hostio';
 import { backingStatus, checkRange, readBacking, settled, type Extent } from '../blockdev.js';
 import { DiskError } from '../errors.js';
-import { SNAPSHOT_NOT_FOUND, type BackingRef, type Image, type ImageInfo, type OpenOptions, type SnapshotInfo } from '../format.js';
+import { SNAPSHOT_NOT_FOUND, type BackingRef, type PersistentBitmap, type Image, type ImageInfo, type OpenOptions, type SnapshotInfo } from '../format.js';
 import { backingInfo } from '../backing.js';
 import { readExact, type ByteSource } from '../source.js';
 import { luksInfo, type LuksHeader } from '../luks/header.js';
@@ -21,7 +21,7 @@ import type { SectorCipher } from '../luks/cipher.js';
 import { openQcow2Crypto } from './crypto.js';
 import {
   AUTOCLEAR_BITMAPS, AUTOCLEAR_DATA_FILE_RAW, BME_FLAG_AUTO, BME_FLAG_IN_USE, COMPAT_LAZY_REFCOUNTS, MAX_BITMAP_DIRECTORY,
-  parseBitmapDirectory, parseBitmapExtension, type BitmapEntry, COMPRESSION_ZSTD, INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE, INCOMPAT_DIRTY,
+  parseBitmapDirectory, parseBitmapExtension, type BitmapEntry, bitmapDataBytes, MAX_BITMAP_BYTES, COMPRESSION_ZSTD, INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE, INCOMPAT_DIRTY,
   CRYPT_AES, MAX_L1_SIZE_BYTES, decodeL2Entry, entryOffset, geometry, parseHeader, parseSnapshotTable,
   type Qcow2Geometry, type Qcow2Header, type Qcow2Snapshot,
 } from './layout.js';
@@ -71,7 +71,8 @@ export class Qcow2Image implements Image {
   readonly format = 'qcow2';
   size: number;
   readonly clusterSize: number;
-  readonly backingRef?: BackingRef;
+  /** Changed by changeBackingFile (rebase, commit) on a writable image. */
+  backingRef?: BackingRef;
   backing?: Image;
   protected readonly geo: Qcow2Geometry;
   protected header: Qcow2Header;
@@ -446,6 +447,33 @@ export class Qcow2Image implements Image {
   }
 
   /** Status of a range this image leaves to its backing file, one level deeper. */
+
+  /** qcow2 keeps persistent dirty bitmaps from version 3 on. */
+  get storesBitmaps(): boolean { return this.header.version >= 3; }
+
+  /** The persistent dirty bitmaps with their bits (convert --bitmaps). */
+  async readBitmaps(): Promise<PersistentBitmap[]> {
+    const cs = this.clusterSize;
+    const out: PersistentBitmap[] = [];
+    for (const b of this.bitmapList) {
+      const bytes = bitmapDataBytes(this.size, b.granularityBits);
+      if (bytes > MAX_BITMAP_BYTES) throw new DiskError('ELIMIT', `${this.source.name}: bitmap '${b.name}' holds more than ${MAX_BITMAP_BYTES} bytes`);
+      if (b.tableSize !== Math.ceil(bytes / cs)) throw new DiskError('ECORRUPT', `${this.source.name}: bitmap '${b.name}' has a table of ${b.tableSize} entries for ${bytes} bytes of data`);
+      const table = new Uint8Array(b.tableSize * 8);
+      await readExact(this.source, table, b.tableOffset, `bitmap table of '${b.name}'`);
+      const tv = new DataView(table.buffer);
+      const bits = new Uint8Array(bytes);
+      for (let i = 0; i < b.tableSize; i++) {
+        const entry = tv.getBigUint64(i * 8, false);
+        const piece = bits.subarray(i * cs, Math.min(bytes, (i + 1) * cs));
+        const host = Number(entry & 0x00fffffffffffe00n);
+        if (host) await readExact(this.source, piece, host, `bitmap data of '${b.name}'`);
+        else if (entry & 1n) piece.fill(0xff); // "all ones" without a cluster
+      }
+      out.push({ name: b.name, flags: b.flags, granularityBits: b.granularityBits, bits });
+    }
+    return out;
+  }
 
   async snapshots(): Promise<SnapshotInfo[]> {
     return this.snapshotList.map(snapshotInfo);

@@ -574,6 +574,29 @@ export const BME_FLAG_AUTO = 2;
 /** A directory larger than this is refused (QEMU caps it at 64 MiB as well). */
 export const MAX_BITMAP_DIRECTORY = 64 << 20;
 
+/** Bytes of bitmap data for a disk of `size` bytes (qcow2.txt "Bitmap table"). */
+export function bitmapDataBytes(size: number, granularityBits: number): number {
+  return Math.ceil(Math.ceil(size / 2 ** granularityBits) / 8);
+}
+
+/** Most bitmap data diskhub holds in memory for one bitmap (a 1 TiB disk at 512-byte granularity). */
+export const MAX_BITMAP_BYTES = 256 << 20;
+
+/** One bitmap directory entry (qcow2.txt "Bitmap directory"): no extra data, type 1 (dirty tracking). */
+export function serializeBitmapEntry(tableOffset: number, tableSize: number, flags: number, granularityBits: number, name: string): Uint8Array {
+  const nameBytes = new TextEncoder().encode(name);
+  const entry = new Uint8Array(Math.ceil((24 + nameBytes.length) / 8) * 8);
+  const v = new DataView(entry.buffer);
+  v.setBigUint64(0, BigInt(tableOffset), false);
+  v.setUint32(8, tableSize, false);
+  v.setUint32(12, flags, false);
+  v.setUint8(16, 1);
+  v.setUint8(17, granularityBits);
+  v.setUint16(18, nameBytes.length, false);
+  entry.set(nameBytes, 24);
+  return entry;
+}
+
 export function parseBitmapExtension(h: Qcow2Header): BitmapExtension | undefined {
   const ext = h.extensions.find((x) => x.type === EXT_BITMAPS);
   if (!ext || ext.data.length < 24) return undefined;

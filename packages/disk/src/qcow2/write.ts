@@ -14,10 +14,12 @@ import * as zlib from 'node:zlib';
 import { promisify } from 'node:util';
 import { checkRange, readBacking, type WriteZeroesOptions } from '../blockdev.js';
 import { DiskError } from '../errors.js';
+import type { PersistentBitmap } from '../format.js';
 import type { ByteSource } from '../source.js';
 import {
   AUTOCLEAR_BITMAPS, AUTOCLEAR_DATA_FILE_RAW, COMPRESSION_ZSTD, EXT_BITMAPS, MAX_BITMAP_DIRECTORY, decodeL2Entry, getRefcount, parseBitmapExtension,
-  compressedSpan, entryOffset, refcountMax, serializeHeader, setRefcount,
+  compressedSpan, entryOffset, refcountMax, serializeHeader, setRefcount, MAX_BACKING_FILE_NAME,
+  BME_FLAG_AUTO, bitmapDataBytes, parseBitmapDirectory, serializeBitmapEntry,
 } from './layout.js';
 import { Qcow2Image, type Qcow2State } from './image.js';
 
@@ -636,6 +638,135 @@ export class Qcow2WritableImage extends Qcow2Image {
     l2.view.setBigUint64(entryAt, (1n << 62n) | (BigInt(sectors - 1) << x) | BigInt(at), false);
     if (this.geo.extendedL2) l2.view.setBigUint64(entryAt + 8, 0n, false);
     await this.maybeWriteBack();
+  }
+
+  // ---- backing file, emptying (rebase, commit) ----
+
+  /**
+   * Name another backing file in the header, or none (QEMU's qcow2_change_backing_file). Every
+   * write made so far reaches the disk before the header changes, so a crash leaves either the
+   * old header over complete data or the new one: the content the guest sees never changes.
+   */
+  async changeBackingFile(filename: string | undefined, format: string | undefined): Promise<void> {
+    // An external data file kept as a raw image cannot also depend on a backing file.
+    if (filename !== undefined && this.dataFileRaw) throw new DiskError('EINVAL', 'Invalid argument');
+    if (filename !== undefined && new TextEncoder().encode(filename).length > MAX_BACKING_FILE_NAME) throw new DiskError('EINVAL', 'Invalid argument');
+    await this.serial(async () => {
+      await this.writeBack();
+      if (this.externalData) await this.dataSource.flush();
+      await this.source.flush();
+      const h = { ...this.header, backingFile: filename, backingFormat: filename !== undefined ? format : undefined };
+      let cluster0: Uint8Array;
+      try {
+        cluster0 = serializeHeader(h, this.clusterSize);
+      } catch (e) {
+        if (e instanceof DiskError && e.code === 'ELIMIT') throw new DiskError('ENOSPC', 'No space left in the file header', { cause: e });
+        throw e;
+      }
+      await this.source.write(cluster0, 0);
+      await this.source.flush();
+      this.header = h;
+      this.backingRef = filename !== undefined ? { filename, ...(format ? { format } : {}) } : undefined;
+    });
+  }
+
+  /**
+   * Deallocate every cluster, so that reads fall through to the backing file (QEMU's
+   * bdrv_make_empty, which `qemu-img commit` calls on the committed overlay). Tables shared
+   * with internal snapshots are copied first, as any write does; the snapshots keep their data.
+   */
+  async makeEmpty(): Promise<void> {
+    await this.serial(async () => {
+      const es = this.geo.l2EntrySize;
+      const cs = this.clusterSize;
+      // Data clusters of our own that nothing references any more: their space goes back to
+      // the filesystem once the tables no longer point at them (QEMU discards them too).
+      const freed: number[] = [];
+      for (let i = 0; i * 8 < this.l1.length; i++) {
+        if (this.l1Entry(i) === 0) continue;
+        const l2 = await this.l2ForWrite(i);
+        for (let at = 0; at < l2.table.length; at += es) {
+          const hi = l2.view.getUint32(at, false), lo = l2.view.getUint32(at + 4, false);
+          if (hi === 0 && lo === 0 && (!this.geo.extendedL2 || l2.view.getBigUint64(at + 8, false) === 0n)) continue;
+          if (this.mapsCluster(hi, lo) || (hi & 0x40000000)) {
+            await this.release(hi, lo, at, l2.view);
+            const host = hi & 0x40000000 || this.externalData ? 0 : entryOffset(hi, lo);
+            if (host && (await this.refcountAt(host)) === 0) freed.push(host);
+          }
+          l2.table.fill(0, at, at + es);
+        }
+        await this.maybeWriteBack();
+      }
+      await this.writeBack();
+      if (freed.length === 0) return;
+      await this.source.flush();
+      freed.sort((a, b) => a - b);
+      for (let k = 0; k < freed.length;) {
+        let end = k + 1;
+        while (end < freed.length && freed[end] === freed[end - 1]! + cs) end++;
+        await this.source.punchHole(freed[k]!, (end - k) * cs);
+        k = end;
+      }
+    });
+  }
+
+  /** The refcount of the cluster at `host` (0 past the refcount table or in a missing block). */
+  private async refcountAt(host: number): Promise<number> {
+    const cluster = Math.floor(host / this.clusterSize);
+    const rb = this.reftable[Math.floor(cluster / this.geo.refcountBlockEntries)];
+    if (!rb) return 0;
+    return getRefcount(await this.refblock(rb), cluster % this.geo.refcountBlockEntries, this.geo.refcountBits);
+  }
+
+  /**
+   * Store persistent dirty bitmaps (convert --bitmaps): each bitmap's non-zero data clusters,
+   * its table, then the directory, and last the header naming them with the autoclear bit
+   * set. Only for an image that has none yet (a convert target).
+   */
+  async addBitmaps(list: PersistentBitmap[]): Promise<void> {
+    if (list.length === 0) return;
+    if (this.header.version < 3) throw new DiskError('EUNSUPPORTED', 'Cannot store dirty bitmaps in qcow2 v2 files');
+    if (this.bitmapList.length) throw new DiskError('EINVAL', `${this.source.name} already has persistent bitmaps`);
+    const cs = this.clusterSize;
+    await this.serial(async () => {
+      const entries: Uint8Array[] = [];
+      for (const b of list) {
+        if (b.bits.length !== bitmapDataBytes(this.size, b.granularityBits)) throw new DiskError('EINVAL', `bitmap '${b.name}' does not fit a disk of ${this.size} bytes`);
+        const tableSize = Math.ceil(b.bits.length / cs);
+        const table = new Uint8Array(tableSize * 8);
+        const tv = new DataView(table.buffer);
+        for (let i = 0; i < tableSize; i++) {
+          const piece = b.bits.subarray(i * cs, (i + 1) * cs);
+          if (piece.every((x) => x === 0)) continue; // entry 0: all zeroes, no cluster
+          const host = await this.allocate(1);
+          const cluster = new Uint8Array(cs);
+          cluster.set(piece);
+          await this.source.write(cluster, host);
+          tv.setBigUint64(i * 8, BigInt(host), false);
+        }
+        const tableAt = await this.allocate(Math.ceil(table.length / cs));
+        await this.source.write(table, tableAt);
+        entries.push(serializeBitmapEntry(tableAt, tableSize, b.flags & BME_FLAG_AUTO, b.granularityBits, b.name));
+      }
+      const dir = new Uint8Array(entries.reduce((n, e) => n + e.length, 0));
+      entries.reduce((at, e) => { dir.set(e, at); return at + e.length; }, 0);
+      const dirAt = await this.allocate(Math.ceil(dir.length / cs));
+      await this.source.write(dir, dirAt);
+      // Everything the header will name is on disk (refcounts included) before it names it.
+      await this.writeBack();
+      await this.source.flush();
+      const ext = new Uint8Array(24);
+      const ev = new DataView(ext.buffer);
+      ev.setUint32(0, list.length, false);
+      ev.setBigUint64(8, BigInt(dir.length), false);
+      ev.setBigUint64(16, BigInt(dirAt), false);
+      const h = this.header;
+      h.extensions = [...h.extensions.filter((e) => e.type !== EXT_BITMAPS), { type: EXT_BITMAPS, offset: 0, data: ext }];
+      h.autoclearFeatures |= AUTOCLEAR_BITMAPS;
+      await this.source.write(serializeHeader(h, cs), 0);
+      await this.source.flush();
+      this.bitmapList = parseBitmapDirectory(dir, list.length, this.source.name);
+    });
   }
 
   // ---- write-back ----

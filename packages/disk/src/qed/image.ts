@@ -15,8 +15,8 @@ import type { BackingRef, CheckResult, Image, ImageInfo } from '../format.js';
 import { readExact, type ByteSource } from '../source.js';
 import { backingInfo } from '../backing.js';
 import {
-  QED_F_BACKING_FORMAT_NO_PROBE, QED_F_NEED_CHECK, QED_HEADER_BYTES, QED_ZERO_CLUSTER,
-  parseQedHeader, qedMaxImageSize, serializeQedHeader, type QedHeader,
+  QED_F_BACKING_FILE, QED_F_BACKING_FORMAT_NO_PROBE, QED_F_NEED_CHECK, QED_HEADER_BYTES, QED_ZERO_CLUSTER,
+  backingFeatures, parseQedHeader, qedMaxImageSize, serializeQedHeader, type QedHeader,
 } from './header.js';
 
 /** L2 entries are cached and read in pages of this many (64 KiB), not whole tables (up to 1 GiB). */
@@ -83,7 +83,8 @@ export class QedImage extends QueuedWriteImage implements Image {
   readonly format = 'qed';
   readonly size: number;
   readonly clusterSize: number;
-  readonly backingRef?: BackingRef;
+  /** Changed by changeBackingFile (rebase) on a writable image. */
+  backingRef?: BackingRef;
   backing?: Image;
   private header: QedHeader;
   private readonly l1: Float64Array;
@@ -331,6 +332,31 @@ export class QedImage extends QueuedWriteImage implements Image {
     if (!on) await this.source.flush();
     this.header = { ...this.header, features: on ? this.header.features | QED_F_NEED_CHECK : this.header.features & ~QED_F_NEED_CHECK };
     await this.source.write(serializeQedHeader(this.header), 0);
+  }
+
+  /**
+   * Name another backing file, or none (QEMU's bdrv_qed_change_backing_file): the fixed header
+   * and the name after it are rewritten in one write, once every earlier write is on disk.
+   * "raw" is the one backing format QED records (as "do not probe").
+   */
+  async changeBackingFile(filename: string | undefined, format: string | undefined): Promise<void> {
+    // An unknown compatible feature may keep data after the header that we would overwrite.
+    if (filename !== undefined && this.header.compatFeatures !== 0n) throw new DiskError('EUNSUPPORTED', 'Operation not supported');
+    const name = new TextEncoder().encode(filename ?? '');
+    if (QED_HEADER_BYTES + name.length > this.header.headerSize * this.clusterSize) throw new DiskError('ENOSPC', 'No space left in the file header');
+    await this.writeQueue.run(async () => {
+      await this.source.flush();
+      let features = this.header.features & ~(QED_F_BACKING_FILE | QED_F_BACKING_FORMAT_NO_PROBE);
+      if (filename !== undefined) features |= backingFeatures(format);
+      const h: QedHeader = { ...this.header, features, backingFilenameOffset: QED_HEADER_BYTES, backingFilenameSize: name.length, backingFile: filename };
+      const bytes = new Uint8Array(QED_HEADER_BYTES + name.length);
+      bytes.set(serializeQedHeader(h));
+      bytes.set(name, QED_HEADER_BYTES);
+      await this.source.write(bytes, 0);
+      await this.source.flush();
+      this.header = h;
+      this.backingRef = filename !== undefined ? { filename, ...(format === 'raw' ? { format: 'raw' } : {}) } : undefined;
+    });
   }
 
   override async flush(): Promise<void> {

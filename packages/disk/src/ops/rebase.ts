@@ -1,0 +1,136 @@
+/**
+ * `qemu-img rebase` in safe mode, as a function over images: before an overlay is pointed at
+ * another backing device, every range it leaves to its backing chain and that reads
+ * differently through the new one is written into the overlay itself, so that its content
+ * does not change when the header does. Ranges the overlay allocates are skipped, and so are
+ * ranges that nothing above the new backing image allocates when that image is part of the
+ * old chain (rebasing onto an image further down).
+ *
+ * The comparison is made in 512-byte sectors, as qemu-img makes it; only differing runs are
+ * written. A crash at any point leaves the overlay reading as before: it still names its old
+ * backing file, and what was written into it equals what it read through that.
+ */
+import type { BlockDevice } from '../blockdev.js';
+import type { Image } from '../format.js';
+import { throwIfAborted, DiskError } from '../errors.js';
+import { pageAlignedBytes } from '../source.js';
+import { walkExtents, type OperationOptions } from './common.js';
+
+export interface RebaseOptions extends OperationOptions {
+  /** What the overlay will read through afterwards; absent: nothing (the overlay is flattened). */
+  newBacking?: BlockDevice;
+  /**
+   * When the new backing image is already in the overlay's chain: its depth there (1 = the
+   * overlay's backing file). Ranges no image above it allocates read the same through both.
+   */
+  newBackingDepth?: number;
+  /** Pieces read and compared at once (default 4). */
+  parallel?: number;
+}
+
+export interface RebaseStats {
+  /** Bytes of the overlay that were written (data or zeroes). */
+  bytesWritten: number;
+}
+
+/** qemu-img rebase's IO_BUF_SIZE: the most it compares in one step. */
+const PIECE = 2 << 20;
+const SECTOR = 512;
+/** Block compared at once before looking at single sectors (most of a differing piece differs or not in large runs). */
+const BLOCK = 64 << 10;
+
+/** Read `buf.length` bytes at `offset` from `dev`, zeroes past its end or without one. */
+async function readPadded(dev: BlockDevice | undefined, buf: Uint8Array, offset: number): Promise<void> {
+  const inside = dev ? Math.max(0, Math.min(buf.length, dev.size - offset)) : 0;
+  if (inside > 0) await dev!.read(buf.subarray(0, inside), offset);
+  buf.fill(0, inside);
+}
+
+/** Runs [start, end) of sectors where `a` and `b` differ. */
+export function differingRuns(a: Uint8Array, b: Uint8Array): Array<[number, number]> {
+  const runs: Array<[number, number]> = [];
+  const A = Buffer.from(a.buffer, a.byteOffset, a.length);
+  const B = Buffer.from(b.buffer, b.byteOffset, b.length);
+  let open = -1;
+  for (let blk = 0; blk < a.length; blk += BLOCK) {
+    const blkEnd = Math.min(a.length, blk + BLOCK);
+    if (A.compare(B, blk, blkEnd, blk, blkEnd) === 0) {
+      if (open >= 0) { runs.push([open, blk]); open = -1; }
+      continue;
+    }
+    for (let s = blk; s < blkEnd; s += SECTOR) {
+      const e = Math.min(blkEnd, s + SECTOR);
+      const differs = A.compare(B, s, e, s, e) !== 0;
+      if (differs && open < 0) open = s;
+      else if (!differs && open >= 0) { runs.push([open, s]); open = -1; }
+    }
+  }
+  if (open >= 0) runs.push([open, a.length]);
+  return runs;
+}
+
+export async function rebaseImage(overlay: Image, options: RebaseOptions = {}): Promise<RebaseStats> {
+  const { signal, onProgress, newBacking, newBackingDepth } = options;
+  if (!overlay.write) throw new DiskError('EROFS', 'The image is not writable');
+  const oldBacking = overlay.backing;
+  const oldSize = oldBacking?.size ?? 0;
+  const newSize = newBacking?.size ?? 0;
+  const parallel = options.parallel ?? 4;
+  const stats: RebaseStats = { bytesWritten: 0 };
+  const size = overlay.size;
+  const pool: Array<[Uint8Array, Uint8Array]> = [];
+  const inFlight = new Set<Promise<void>>();
+  let failure: unknown;
+
+  /** Compare one piece, which lies wholly below or above each backing device's end. */
+  async function piece(offset: number, length: number): Promise<void> {
+    const bufs = pool.pop() ?? [pageAlignedBytes(PIECE), pageAlignedBytes(PIECE)];
+    try {
+      const oldBuf = bufs[0].subarray(0, length), newBuf = bufs[1].subarray(0, length);
+      const oldIsZero = offset >= oldSize;
+      // Worded as qemu-img words them.
+      await Promise.all([
+        readPadded(oldIsZero ? undefined : oldBacking, oldBuf, offset).catch((e: unknown) => { throw new DiskError('EIO', 'error while reading from old backing file', { cause: e }); }),
+        readPadded(newBacking, newBuf, offset).catch((e: unknown) => { throw new DiskError('EIO', 'error while reading from new backing file', { cause: e }); }),
+      ]);
+      const writes: Promise<void>[] = [];
+      for (const [s, e] of differingRuns(oldBuf, newBuf)) {
+        // Past the old backing device's end the overlay read zeroes: keep reading zeroes.
+        writes.push(oldIsZero && overlay.writeZeroes
+          ? overlay.writeZeroes(offset + s, e - s, { mayUnmap: false })
+          : overlay.write!(oldBuf.subarray(s, e), offset + s));
+        stats.bytesWritten += e - s;
+      }
+      await Promise.all(writes).catch((e: unknown) => { throw new DiskError('EIO', `Error while writing to COW image: ${e instanceof Error ? e.message : String(e)}`, { cause: e }); });
+    } finally {
+      pool.push(bufs);
+    }
+  }
+
+  onProgress?.(0, size);
+  try {
+    for await (const e of walkExtents(overlay, 0, size, signal)) {
+      // Allocated in the overlay (data or zero clusters): not read through any backing file.
+      if (e.present && e.depth === 0) { onProgress?.(e.offset + e.length, size); continue; }
+      // Nothing between the overlay and the new backing image allocates this range.
+      if (newBackingDepth !== undefined && (!e.present || e.depth >= newBackingDepth)) { onProgress?.(e.offset + e.length, size); continue; }
+      for (let pos = e.offset; pos < e.offset + e.length;) {
+        let next = Math.min(e.offset + e.length, (Math.floor(pos / PIECE) + 1) * PIECE);
+        for (const edge of [oldSize, newSize]) if (pos < edge && next > edge) next = edge;
+        throwIfAborted(signal);
+        if (failure !== undefined) throw failure;
+        const done = next;
+        const p = piece(pos, next - pos).then(() => { onProgress?.(done, size); }, (err: unknown) => { failure ??= err; });
+        inFlight.add(p);
+        void p.finally(() => inFlight.delete(p));
+        if (inFlight.size >= parallel) await Promise.race(inFlight);
+        pos = next;
+      }
+    }
+  } finally {
+    await Promise.allSettled([...inFlight]);
+  }
+  if (failure !== undefined) throw failure;
+  onProgress?.(size, size);
+  return stats;
+}
