@@ -83,6 +83,18 @@ export interface Image extends BlockDevice {
   info(): Promise<ImageInfo>;
   snapshots?(): Promise<SnapshotInfo[]>;
   /**
+   * `qemu-img resize` (QEMU's bdrv_co_truncate): change the virtual size, in place. Absent:
+   * the format cannot be resized ("Image format driver does not support resize"). Refusals
+   * are DiskErrors carrying QEMU's message.
+   */
+  resize?(size: number, options: ResizeOptions): Promise<void>;
+  /** `qemu-img snapshot -c`: a new internal snapshot of the disk (no VM state), as QEMU makes it. */
+  createSnapshot?(name: string, date: { sec: number; nsec: number }): Promise<void>;
+  /** `qemu-img snapshot -a`: revert the disk to the snapshot named by ID or name. */
+  applySnapshot?(idOrName: string): Promise<void>;
+  /** `qemu-img snapshot -d`: delete the first snapshot with this name. */
+  deleteSnapshot?(name: string): Promise<void>;
+  /**
    * False when a newly created image does not read as zeroes (a LUKS payload that was never
    * written decrypts to noise), so a converter must write the source's zero runs as well.
    */
@@ -97,6 +109,13 @@ export interface Image extends BlockDevice {
    * allocation and metadata updates. `buf` is the caller's again once the promise settles.
    */
   writeCompressed?(buf: Uint8Array, offset: number): Promise<void>;
+}
+
+/** QEMU's PreallocMode, as `qemu-img resize --preallocation=` names it. */
+export type Preallocation = 'off' | 'metadata' | 'falloc' | 'full';
+
+export interface ResizeOptions {
+  preallocation: Preallocation;
 }
 
 /** `qemu-img check` options. */

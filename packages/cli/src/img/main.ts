@@ -16,6 +16,7 @@ import { measureCommand } from './measure.js';
 import { snapshotCommand } from './snapshot.js';
 import { partitionsCommand } from './partitions.js';
 import { probeCommand } from './probe.js';
+import { resizeCommand } from './resize.js';
 
 /** A command gets argv with its own name at argv[0], as qemu-img's commands do. */
 export type ImgCommand = (argv: string[]) => Promise<number>;
@@ -30,6 +31,7 @@ const COMMANDS: Record<string, ImgCommand> = {
   measure: measureCommand,
   partitions: partitionsCommand,
   probe: probeCommand,
+  resize: resizeCommand,
   snapshot: snapshotCommand,
 };
 

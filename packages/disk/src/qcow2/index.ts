@@ -6,7 +6,7 @@ import { DiskError } from '../errors.js';
 import type { FormatDriver, Image, OpenOptions } from '../format.js';
 import type { ByteSource } from '../source.js';
 import { Qcow2Image, openQcow2 } from './image.js';
-import { Qcow2WritableImage } from './write.js';
+import { Qcow2SnapshotImage } from './snapshot.js';
 import { INCOMPAT_DATA_FILE, INCOMPAT_DIRTY, QCOW2_MAGIC } from './layout.js';
 import { QCOW2_CREATE_OPTIONS, createQcow2 } from './create.js';
 import { checkQcow2 } from './check.js';
@@ -40,7 +40,8 @@ export const qcow2Driver: FormatDriver = {
       await source.flush();
       opened = await openQcow2(source, options);
     }
-    const img = new Qcow2WritableImage(source, opened.dataSource, opened.state);
+    // The writer with resize and snapshot writing on top (resize.ts, snapshot.ts over write.ts).
+    const img = new Qcow2SnapshotImage(source, opened.dataSource, opened.state);
     await img.init();
     return img;
   },
