@@ -1,6 +1,7 @@
 /** Side-by-side runs of `diskhub img` and the real qemu-img on the same inputs. */
 import assert from 'node:assert/strict';
-import { diskhub, run, type RunResult } from '@diskhub/testkit';
+import { spawn } from 'node:child_process';
+import { diskhub, diskhubBin, run, type RunResult } from '@diskhub/testkit';
 
 export async function both(args: string[], cwd: string): Promise<{ ours: RunResult; peer: RunResult }> {
   const ours = await diskhub(['img', ...args], { cwd });
@@ -23,3 +24,13 @@ export async function assertSameExit(args: string[], cwd: string): Promise<{ our
   assert.equal(r.ours.code, r.peer.code, `exit code of '${args.join(' ')}': ours ${r.ours.stderr} / qemu-img ${r.peer.stderr}`);
   return r;
 }
+
+/** Run diskhub with `args` and SIGKILL it after `delay` ms (if it is still running). */
+export async function killedAfter(delay: number, args: string[]): Promise<void> {
+  const child = spawn(process.execPath, [diskhubBin, ...args], { stdio: 'ignore' });
+  const exited = new Promise((r) => child.once('exit', r));
+  await new Promise((r) => setTimeout(r, delay));
+  child.kill('SIGKILL');
+  await exited;
+}
+

@@ -71,7 +71,11 @@ export async function snapshotCommand(argv: string[]): Promise<number> {
         }
         break;
       case 'a':
-        if (!image.applySnapshot) throw new CliError(`Could not apply snapshot '${name}': Block driver does not support snapshots`);
+        if (!image.applySnapshot) {
+          // QEMU falls back to the file below the format driver, then reopens the format (warning again).
+          if (arg.format === undefined && image.format === 'raw') warnProbedRaw(arg.path);
+          throw new CliError(`Could not apply snapshot '${name}': Block driver does not support snapshots`);
+        }
         try {
           await image.applySnapshot(name);
         } catch (e) {
