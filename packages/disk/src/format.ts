@@ -92,6 +92,12 @@ export interface Image extends BlockDevice {
   createSnapshot?(name: string, date: { sec: number; nsec: number }): Promise<void>;
   /** `qemu-img snapshot -a`: revert the disk to the snapshot named by ID or name. */
   applySnapshot?(idOrName: string): Promise<void>;
+  /**
+   * `qemu-img amend -o ...`: change options of an existing image in place; `options` are
+   * validated against the driver's amendOptions (sizes in bytes, booleans on/off). Resolves
+   * true when the image changed (qemu-img's progress shows a step then).
+   */
+  amend?(options: Map<string, string>): Promise<boolean>;
   /** `qemu-img snapshot -d`: delete the first snapshot with this name. */
   deleteSnapshot?(name: string): Promise<void>;
   /**
@@ -200,6 +206,8 @@ export interface FormatDriver {
   open(source: ByteSource, options: OpenOptions): Promise<Image>;
   /** Options `qemu-img create -f NAME -o help` lists. */
   readonly createOptions?: readonly CreateOption[];
+  /** Options `qemu-img amend -o help` lists (absent: the format cannot be amended). */
+  readonly amendOptions?: readonly CreateOption[];
   /** Write a new, empty image into `target` (already created and empty). */
   create?(target: ByteSource, request: CreateRequest): Promise<void>;
   /** `qemu-img check` for this format (absent: "This image format does not support checks", exit 63). */

@@ -13,6 +13,7 @@ A drop-in for qemu-img: the same commands, options, output and exit codes.
     '-V', '--version'    output version information and exit
 
 Command syntax:
+  amend [--object objectdef] [--image-opts] [-p] [-q] [-f fmt] [-t cache] [--force] -o options filename
   check [-q] [-f fmt] [--output=ofmt] [-r [leaks | all]] [-U] filename
   compare [-f fmt] [-F fmt] [-p] [-q] [-s] [-U] filename1 filename2
   convert [-c] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt] [-B backing_file [-F backing_fmt]]

@@ -7,6 +7,7 @@ import { getopt, UsageError } from './getopt.js';
 import { report, out } from './common.js';
 import { HELP, VERSION } from './help.js';
 import { infoCommand } from './info.js';
+import { amendCommand } from './amend.js';
 import { checkCommand } from './check.js';
 import { createCommand } from './create.js';
 import { convertCommand } from './convert.js';
@@ -22,6 +23,7 @@ import { resizeCommand } from './resize.js';
 export type ImgCommand = (argv: string[]) => Promise<number>;
 
 const COMMANDS: Record<string, ImgCommand> = {
+  amend: amendCommand,
   check: checkCommand,
   compare: compareCommand,
   convert: convertCommand,

@@ -6,7 +6,7 @@ import { DiskError } from '../errors.js';
 import type { FormatDriver, Image, OpenOptions } from '../format.js';
 import type { ByteSource } from '../source.js';
 import { Qcow2Image, openQcow2 } from './image.js';
-import { Qcow2SnapshotImage } from './snapshot.js';
+import { Qcow2AmendableImage, QCOW2_AMEND_OPTIONS } from './amend.js';
 import { INCOMPAT_DATA_FILE, INCOMPAT_DIRTY, QCOW2_MAGIC } from './layout.js';
 import { QCOW2_CREATE_OPTIONS, createQcow2 } from './create.js';
 import { checkQcow2 } from './check.js';
@@ -21,6 +21,7 @@ export const qcow2Driver: FormatDriver = {
     return v.getUint32(0, false) === QCOW2_MAGIC && v.getUint32(4, false) >= 2 ? 100 : 0;
   },
   createOptions: QCOW2_CREATE_OPTIONS,
+  amendOptions: QCOW2_AMEND_OPTIONS,
   create: createQcow2,
   check: checkQcow2,
   measure: measureQcow2,
@@ -40,8 +41,8 @@ export const qcow2Driver: FormatDriver = {
       await source.flush();
       opened = await openQcow2(source, options);
     }
-    // The writer with resize and snapshot writing on top (resize.ts, snapshot.ts over write.ts).
-    const img = new Qcow2SnapshotImage(source, opened.dataSource, opened.state);
+    // The writer with resize, snapshot writing and amend on top (resize.ts, snapshot.ts, amend.ts over write.ts).
+    const img = new Qcow2AmendableImage(source, opened.dataSource, opened.state);
     await img.init();
     return img;
   },
