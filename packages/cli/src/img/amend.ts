@@ -7,18 +7,14 @@ import { closeChain, getFormat, isDiskError, type FormatDriver } from '@diskhub/
 import { getopt, UsageError } from './getopt.js';
 import { SECRET_LONG_OPTIONS, Secrets, openOptionsOf } from './secrets.js';
 import { CliError, Progress, checkCacheMode, errorMessage, openCliImage, out } from './common.js';
-import { parseOptionString } from './createopts.js';
+import { helpLines, parseOptionString } from './createopts.js';
 import { parseSize } from './output.js';
 import { printHelp } from './help.js';
 import { SIZE_OPTION_HELP } from './resize.js';
 
-const typeLabel = { size: '<size>', number: '<num>', bool: '<bool (on/off)>', string: '<str>' } as const;
-
 function amendHelp(driver: FormatDriver): number {
   if (!driver.amendOptions) throw new CliError(`Format driver '${driver.name}' does not support option amendment`);
-  const lines = [...driver.amendOptions].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
-    .map((o) => `  ${`${o.name}=${typeLabel[o.type]}`.padEnd(22)} - ${o.help}\n`).join('');
-  out(`Amend options for '${driver.name}':\n${lines}`);
+  out(`Amend options for '${driver.name}':\n${helpLines(driver.amendOptions)}`);
   return 0;
 }
 
