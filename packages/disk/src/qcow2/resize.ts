@@ -200,13 +200,23 @@ export class Qcow2ResizableImage extends Qcow2WritableImage {
   protected async punchFreed(hosts: number[]): Promise<void> {
     const cs = this.clusterSize;
     const free: number[] = [];
-    for (const h of [...new Set(hosts)].sort((a, b) => a - b)) if (await this.refcountOf(h) === 0) free.push(h);
+    for (const h of [...new Set(hosts)].sort((a, b) => a - b)) if ((this.cachedRefcountOf(h) ?? await this.refcountOf(h)) === 0) free.push(h);
     for (let i = 0; i < free.length;) {
       let j = i + 1;
       while (j < free.length && free[j] === free[j - 1]! + cs) j++;
       await this.source.punchHole(free[i]!, free[j - 1]! + cs - free[i]!);
       i = j;
     }
+  }
+
+  /** refcountOf without waiting, when the refcount block is cached (undefined otherwise). */
+  protected cachedRefcountOf(host: number): number | undefined {
+    const cluster = Math.floor(host / this.clusterSize);
+    const per = this.geo.refcountBlockEntries;
+    const rb = this.reftable[Math.floor(cluster / per)];
+    if (!rb) return 0;
+    const block = this.refblocks.get(rb);
+    return block ? getRefcount(block, cluster % per, this.geo.refcountBits) : undefined;
   }
 
   /** The refcount of the cluster at `host` (0 where no refcount block describes it). */

@@ -178,9 +178,10 @@ export class Qcow2SnapshotImage extends Qcow2ResizableImage {
         let refcount = 0;
         if (this.externalData) refcount = host || (ehi & COPIED) ? 1 : 0;
         else if (host) {
-          if (addend !== 0) await this.addRef(host, addend);
+          // The refcount block is nearly always cached: no promise per cluster then.
+          if (addend !== 0 && !this.addRefCached(host, addend)) await this.addRef(host, addend);
           released?.push(host);
-          refcount = await this.refcountOf(host);
+          refcount = this.cachedRefcountOf(host) ?? await this.refcountOf(host);
         }
         const flagged = refcount === 1 ? (ehi | COPIED) >>> 0 : (ehi & ~COPIED) >>> 0;
         if (flagged !== ehi) {
@@ -188,9 +189,9 @@ export class Qcow2SnapshotImage extends Qcow2ResizableImage {
           l2Changed = true;
         }
       }
-      if (addend !== 0) await this.addRef(l2Offset, addend);
+      if (addend !== 0 && !this.addRefCached(l2Offset, addend)) await this.addRef(l2Offset, addend);
       released?.push(l2Offset);
-      const l2Refcount = await this.refcountOf(l2Offset);
+      const l2Refcount = this.cachedRefcountOf(l2Offset) ?? await this.refcountOf(l2Offset);
       if (l2Refcount === 0) {
         // The table is free now: nothing may write it back.
         this.dirtyL2.delete(l2Offset);

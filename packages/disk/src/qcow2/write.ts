@@ -154,7 +154,7 @@ export class Qcow2WritableImage extends Qcow2Image {
    * addRef without waiting, when the cluster's refcount block exists and is cached (nearly
    * always while a convert fills an image): returns false, changing nothing, when it cannot.
    */
-  private addRefCached(host: number, delta: number): boolean {
+  protected addRefCached(host: number, delta: number): boolean {
     const cluster = Math.floor(host / this.clusterSize);
     const rb = this.reftable[Math.floor(cluster / this.geo.refcountBlockEntries)];
     const block = rb ? this.refblocks.get(rb) : undefined;
