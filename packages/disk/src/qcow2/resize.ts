@@ -15,11 +15,11 @@
 import { DiskError } from '../errors.js';
 import type { ResizeOptions } from '../format.js';
 import { compressedSpan, decodeL2Entry, entryOffset, getRefcount, MAX_L1_SIZE_BYTES } from './layout.js';
-import { Qcow2WritableImage } from './write.js';
+import { Qcow2BitmapTrackingImage } from './bitmaps.js';
 
 const COMPRESSED = 0x40000000;
 
-export class Qcow2ResizableImage extends Qcow2WritableImage {
+export class Qcow2ResizableImage extends Qcow2BitmapTrackingImage {
   async resize(size: number, options: ResizeOptions): Promise<void> {
     await this.serial(() => this.truncateTo(size, options, true));
   }
@@ -47,6 +47,8 @@ export class Qcow2ResizableImage extends Qcow2WritableImage {
       if (options.preallocation !== 'off') await this.preallocate(old, size, options.preallocation);
     }
     if (this.externalData && options.preallocation === 'off') await this.dataSource.truncate(size);
+    // Persistent bitmaps cover the new size (new bits clear), as QEMU resizes them.
+    await this.resizeBitmaps(size);
     if (writeSize) {
       await this.source.flush();
       await this.writeHeaderSize(size);

@@ -81,7 +81,12 @@ export class Qcow2WritableImage extends Qcow2Image {
       this.reftable.push(off);
     }
     this.fileEnd = Math.ceil((await this.source.size()) / cs) * cs;
-    if (h.version >= 3 && ((h.autoclearFeatures & ~AUTOCLEAR_DATA_FILE_RAW) || parseBitmapExtension(h))) await this.dropBitmaps();
+    if (h.version >= 3 && ((h.autoclearFeatures & ~AUTOCLEAR_DATA_FILE_RAW) || parseBitmapExtension(h))) await this.openBitmaps();
+  }
+
+  /** What a writable open does with persistent bitmaps: this writer drops them; bitmaps.ts keeps them. */
+  protected async openBitmaps(): Promise<void> {
+    await this.dropBitmaps();
   }
 
   /**
@@ -89,7 +94,7 @@ export class Qcow2WritableImage extends Qcow2Image {
    * write: their clusters are released and the extension removed, and the autoclear bits
    * cleared (qcow2.txt: a writer that does not know a feature clears its autoclear bit).
    */
-  private async dropBitmaps(): Promise<void> {
+  protected async dropBitmaps(): Promise<void> {
     const h = this.header;
     const cs = this.clusterSize;
     const release = async (offset: number, length: number) => {

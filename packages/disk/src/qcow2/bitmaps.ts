@@ -1,0 +1,192 @@
+/**
+ * Persistent dirty bitmaps kept correct while an image is written (qcow2.txt "Bitmaps
+ * extension", "Bitmap directory", "Bitmap table"; QEMU's block/qcow2-bitmap.c): a writable
+ * open loads every consistent bitmap into memory; the first change of the image marks them
+ * in use in the file (so a crash leaves them flagged inconsistent, as QEMU leaves them);
+ * writes, zero writes and discards set the bits of enabled ("auto") bitmaps; a resize resizes
+ * all of them; close stores the changed ones in new clusters (data, table, directory), switches
+ * the header extension to the new directory in one write, and frees the old clusters.
+ * Bitmaps already in use (inconsistent) are left exactly as they are.
+ */
+import { DiskError } from '../errors.js';
+import {
+  AUTOCLEAR_BITMAPS, AUTOCLEAR_DATA_FILE_RAW, BME_FLAG_AUTO, BME_FLAG_IN_USE, EXT_BITMAPS, parseBitmapExtension, serializeBitmapDirectory,
+  serializeBitmapExtension, serializeHeader, type BitmapEntry,
+} from './layout.js';
+import { Qcow2WritableImage } from './write.js';
+
+/** Largest bitmap held in memory (QEMU's BME_MAX_PHYS_SIZE is 512 MiB; 64 MiB covers 32 TiB at 64 KiB granularity). */
+const MAX_BITMAP_BYTES = 64 << 20;
+const OFFSET_MASK = 0x00fffffffffffe00n;
+
+interface LoadedBitmap {
+  entry: BitmapEntry;
+  /** One bit per granule, least significant bit first, as stored. */
+  bits: Uint8Array;
+  /** Changed since it was loaded: stored again at close. */
+  changed: boolean;
+}
+
+export class Qcow2BitmapTrackingImage extends Qcow2WritableImage {
+  private loaded: LoadedBitmap[] = [];
+  /** The file's directory says "in use" for the loaded bitmaps. */
+  private markedInUse = false;
+
+  protected override async openBitmaps(): Promise<void> {
+    const h = this.header;
+    const ext = parseBitmapExtension(h);
+    // Unknown autoclear features, or a bitmaps extension the autoclear bit no longer vouches
+    // for (an old writer changed the image): nothing worth keeping, as before.
+    if (!ext || !(h.autoclearFeatures & AUTOCLEAR_BITMAPS) || (h.autoclearFeatures & ~(AUTOCLEAR_BITMAPS | AUTOCLEAR_DATA_FILE_RAW))) {
+      await this.dropBitmaps();
+      return;
+    }
+    const cs = this.clusterSize;
+    for (const entry of this.bitmapList) {
+      if (entry.flags & BME_FLAG_IN_USE) continue;
+      const bytes = this.bitmapBytes(entry, this.size);
+      if (bytes > MAX_BITMAP_BYTES) throw new DiskError('ELIMIT', `${this.source.name}: bitmap '${entry.name}' is too large (${bytes} bytes)`);
+      if (entry.tableSize !== Math.ceil(bytes / cs)) throw new DiskError('ECORRUPT', `${this.source.name}: bitmap '${entry.name}' table has ${entry.tableSize} entries for ${bytes} bytes`);
+      const table = new Uint8Array(entry.tableSize * 8);
+      if ((await this.source.read(table, entry.tableOffset)) !== table.length) throw new DiskError('ECORRUPT', `${this.source.name}: bitmap '${entry.name}' table lies past the end of the file`);
+      const bits = new Uint8Array(bytes);
+      const tv = new DataView(table.buffer);
+      for (let i = 0; i < entry.tableSize; i++) {
+        const e = tv.getBigUint64(i * 8, false);
+        const slot = bits.subarray(i * cs, Math.min(bytes, (i + 1) * cs));
+        const off = Number(e & OFFSET_MASK);
+        if (off) await this.source.read(slot, off);
+        else if (e & 1n) slot.fill(0xff);
+      }
+      this.loaded.push({ entry, bits, changed: false });
+    }
+  }
+
+  private bitmapBytes(entry: BitmapEntry, size: number): number {
+    return Math.ceil(Math.ceil(size / 2 ** entry.granularityBits) / 8);
+  }
+
+  /** Before the first change: the loaded bitmaps are marked in use in the file (directory rewritten in place). */
+  private async markInUse(): Promise<void> {
+    if (this.markedInUse || this.loaded.length === 0) return;
+    const ext = parseBitmapExtension(this.header)!;
+    for (const b of this.loaded) b.entry.flags |= BME_FLAG_IN_USE;
+    const dir = serializeBitmapDirectory(this.bitmapList);
+    if (dir.length !== ext.directorySize) throw new DiskError('ECORRUPT', `${this.source.name}: bitmap directory size ${ext.directorySize} does not match its entries`);
+    await this.source.write(dir, ext.directoryOffset);
+    await this.source.flush();
+    this.markedInUse = true;
+  }
+
+  /** Set the bits of enabled bitmaps for guest bytes [offset, offset+length). */
+  private async noteChange(offset: number, length: number): Promise<void> {
+    if (this.loaded.length === 0 || length === 0) return;
+    if (!this.markedInUse) await this.serial(() => this.markInUse());
+    for (const b of this.loaded) {
+      if (!(b.entry.flags & BME_FLAG_AUTO)) continue;
+      const g = 2 ** b.entry.granularityBits;
+      const last = Math.floor((offset + length - 1) / g);
+      for (let bit = Math.floor(offset / g); bit <= last; bit++) {
+        if ((bit & 7) === 0 && bit + 7 <= last) { b.bits[bit >> 3] = 0xff; bit += 7; continue; }
+        b.bits[bit >> 3]! |= 1 << (bit & 7);
+      }
+      b.changed = true;
+    }
+  }
+
+  override async write(buf: Uint8Array, offset: number): Promise<void> {
+    await this.noteChange(offset, buf.length);
+    await super.write(buf, offset);
+  }
+
+  override async writeZeroes(offset: number, length: number, options?: Parameters<Qcow2WritableImage['writeZeroes']>[2]): Promise<void> {
+    await this.noteChange(offset, length);
+    await super.writeZeroes(offset, length, options);
+  }
+
+  override async discard(offset: number, length: number): Promise<void> {
+    await this.noteChange(offset, length);
+    await super.discard(offset, length);
+  }
+
+  override async writeCompressed(buf: Uint8Array, offset: number): Promise<void> {
+    await this.noteChange(offset, buf.length);
+    await super.writeCompressed(buf, offset);
+  }
+
+  /** The image's size changes to `size` (called inside the queue): every loaded bitmap follows, new bits clear. */
+  protected async resizeBitmaps(size: number): Promise<void> {
+    if (this.loaded.length === 0) return;
+    await this.markInUse();
+    for (const b of this.loaded) {
+      const bits = new Uint8Array(this.bitmapBytes(b.entry, size));
+      bits.set(b.bits.subarray(0, bits.length));
+      // Bits past the new end in the last byte go too.
+      const count = Math.ceil(size / 2 ** b.entry.granularityBits);
+      if (count % 8 && bits.length) bits[bits.length - 1]! &= (1 << (count % 8)) - 1;
+      b.bits = bits;
+      b.changed = true;
+    }
+  }
+
+  /** qcow2_store_persistent_dirty_bitmaps for the loaded bitmaps. */
+  private async storeBitmaps(): Promise<void> {
+    if (!this.markedInUse) return;
+    const h = this.header;
+    const cs = this.clusterSize;
+    const old = parseBitmapExtension(h)!;
+    const freed: Array<[number, number]> = [[old.directoryOffset, old.directorySize]];
+    for (const b of this.loaded) {
+      const entry = b.entry;
+      entry.flags &= ~BME_FLAG_IN_USE;
+      if (!b.changed) continue;
+      const oldTable = new Uint8Array(entry.tableSize * 8);
+      await this.source.read(oldTable, entry.tableOffset);
+      const ov = new DataView(oldTable.buffer);
+      for (let i = 0; i < entry.tableSize; i++) {
+        const off = Number(ov.getBigUint64(i * 8, false) & OFFSET_MASK);
+        if (off) freed.push([off, cs]);
+      }
+      freed.push([entry.tableOffset, oldTable.length]);
+      const tableSize = Math.ceil(b.bits.length / cs);
+      const table = new Uint8Array(tableSize * 8);
+      const tv = new DataView(table.buffer);
+      for (let i = 0; i < tableSize; i++) {
+        const chunk = b.bits.subarray(i * cs, (i + 1) * cs);
+        if (chunk.every((x) => x === 0)) continue;
+        const cluster = new Uint8Array(cs);
+        cluster.set(chunk);
+        const host = await this.allocate(1);
+        await this.source.write(cluster, host);
+        tv.setBigUint64(i * 8, BigInt(host), false);
+      }
+      const tableAt = await this.allocate(Math.max(1, Math.ceil(table.length / cs)));
+      await this.source.write(table.length ? table : new Uint8Array(8), tableAt);
+      entry.tableOffset = tableAt;
+      entry.tableSize = tableSize;
+    }
+    const dir = serializeBitmapDirectory(this.bitmapList);
+    const dirAt = await this.allocate(Math.ceil(dir.length / cs));
+    await this.source.write(dir, dirAt);
+    await this.writeBack();
+    await this.source.flush();
+    const extData = serializeBitmapExtension({ count: this.bitmapList.length, directorySize: dir.length, directoryOffset: dirAt });
+    const ext = h.extensions.find((e) => e.type === EXT_BITMAPS)!;
+    ext.data = extData;
+    await this.source.write(serializeHeader(h, cs), 0);
+    await this.source.flush();
+    for (const [offset, length] of freed) {
+      for (let c = Math.floor(offset / cs); c * cs < offset + length; c++) await this.addRef(c * cs, -1);
+    }
+    await this.writeBack();
+    this.markedInUse = false;
+  }
+
+  override async close(): Promise<void> {
+    try {
+      await this.serial(() => this.storeBitmaps());
+    } finally {
+      await super.close();
+    }
+  }
+}
