@@ -70,3 +70,51 @@ test('qcow2 bitmaps: writes, zero writes, discards and resize set and size them 
   for (const name of ['b64k', 'off']) assert.equal(await bitmapMap(ours, name), await bitmapMap(peer, name), `bitmap ${name} after convert -n`);
   assert.equal((await run('qemu-img', ['check', ours])).code, 0);
 });
+
+test('bitmap --add/--remove/--clear/--enable/--disable/--merge as qemu-img does them', needs('qemu-img', 'qemu-io', 'qemu-nbd', 'nbdinfo'), async (t) => {
+  const dir = await tempDir(t);
+  const peer = join(dir, 'peer.qcow2'), ours = join(dir, 'ours.qcow2');
+  await qemuImg('create', '-q', '-f', 'qcow2', peer, '64M');
+  await qemuIo('-c', 'write 0 64k', peer);
+  await copyFile(peer, ours);
+  const step = async (name: string, ...args: string[]): Promise<void> => {
+    const p = await run('qemu-img', ['bitmap', ...args, peer, name]);
+    const o = await diskhub(['img', 'bitmap', ...args, ours, name]);
+    const what = `bitmap ${args.join(' ')} ${name}`;
+    assert.equal(o.code, p.code, `${what}: ${o.stderr} / ${p.stderr}`);
+    assert.equal(o.stderr, p.stderr.replaceAll(peer, ours), what);
+    assert.equal((await run('qemu-img', ['check', ours])).code, 0, `check after ${what}`);
+    assert.deepEqual(await infoOf(ours), await infoOf(peer), `info after ${what}`);
+  };
+  await step('b', '--add');
+  await step('b', '--add');
+  await step('g', '--add', '-g', '128k', '--disable');
+  await step('x', '--remove');
+  await step('x', '--clear');
+  await step('b', '--merge', 'x');
+  await step('g', '--add', '-g', '1000');
+  await step('b', '-g', '4k', '--remove');
+  await step('b');
+  await step('d', '--add', '-g', '1M');
+  await step('d', '--remove', '--add');
+  await step('s', '--add', '-g', '512');
+  for (const f of [ours, peer]) await qemuIo('-c', 'write 1M 64k', '-c', 'write 10M 1000', f);
+  await step('g', '--merge', 'b');
+  await step('d', '--merge', 's');
+  for (const name of ['b', 'g', 'd', 's']) assert.equal(await bitmapMap(ours, name), await bitmapMap(peer, name), `bitmap ${name} after merges`);
+  await step('g', '--enable');
+  await step('b', '--clear');
+  await step('b', '--disable');
+  for (const f of [ours, peer]) await qemuIo('-c', 'write 20M 64k', f);
+  for (const name of ['b', 'g', 'd', 's']) assert.equal(await bitmapMap(ours, name), await bitmapMap(peer, name), `bitmap ${name} after enable/clear/disable`);
+  for (const name of ['d', 'b', 'g', 's']) await step(name, '--remove');
+  await step('z', '--enable', '--add');
+  // Other formats and v2 images: refused (QEMU names its internal node where we name the file).
+  await qemuImg('create', '-q', '-f', 'raw', join(dir, 'r.raw'), '1M');
+  const raw = await diskhub(['img', 'bitmap', '--add', '-f', 'raw', join(dir, 'r.raw'), 'b']);
+  assert.equal(raw.code, 1);
+  assert.match(raw.stderr, /^qemu-img: Operation add on bitmap b failed: Can't store persistent bitmaps to .*: Operation not supported\n$/);
+  await qemuImg('create', '-q', '-f', 'qcow2', '-o', 'compat=0.10', join(dir, 'v2.qcow2'), '1M');
+  const v2 = await diskhub(['img', 'bitmap', '--add', join(dir, 'v2.qcow2'), 'b']);
+  assert.match(v2.stderr, /Cannot store dirty bitmaps in qcow2 v2 files\n$/);
+});

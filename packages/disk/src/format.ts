@@ -98,6 +98,16 @@ export interface Image extends BlockDevice {
    * true when the image changed (qemu-img's progress shows a step then).
    */
   amend?(options: Map<string, string>): Promise<boolean>;
+  /** `qemu-img bitmap --add`: a new persistent dirty bitmap, enabled and clear (granularity in bytes). */
+  addBitmap?(name: string, granularity?: number): Promise<void>;
+  /** `qemu-img bitmap --remove`. */
+  removeBitmap?(name: string): Promise<void>;
+  /** `qemu-img bitmap --clear`. */
+  clearBitmap?(name: string): Promise<void>;
+  /** `qemu-img bitmap --enable` / `--disable`. */
+  enableBitmap?(name: string, enabled: boolean): Promise<void>;
+  /** `qemu-img bitmap --merge SOURCE`: the source bitmap's dirty bytes become dirty in `target`. */
+  mergeBitmap?(target: string, source: string): Promise<void>;
   /** `qemu-img snapshot -d`: delete the first snapshot with this name. */
   deleteSnapshot?(name: string): Promise<void>;
   /**

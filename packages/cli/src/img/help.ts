@@ -14,6 +14,7 @@ A drop-in for qemu-img: the same commands, options, output and exit codes.
 
 Command syntax:
   amend [--object objectdef] [--image-opts] [-p] [-q] [-f fmt] [-t cache] [--force] -o options filename
+  bitmap (--merge SOURCE | --add | --remove | --clear | --enable | --disable)... [-g granularity] [--object objectdef] [--image-opts | -f fmt] filename bitmap
   check [-q] [-f fmt] [--output=ofmt] [-r [leaks | all]] [-U] filename
   compare [-f fmt] [-F fmt] [-p] [-q] [-s] [-U] filename1 filename2
   convert [-c] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt] [-B backing_file [-F backing_fmt]]

@@ -8,6 +8,7 @@ import { report, out } from './common.js';
 import { HELP, VERSION } from './help.js';
 import { infoCommand } from './info.js';
 import { amendCommand } from './amend.js';
+import { bitmapCommand } from './bitmap.js';
 import { checkCommand } from './check.js';
 import { createCommand } from './create.js';
 import { convertCommand } from './convert.js';
@@ -24,6 +25,7 @@ export type ImgCommand = (argv: string[]) => Promise<number>;
 
 const COMMANDS: Record<string, ImgCommand> = {
   amend: amendCommand,
+  bitmap: bitmapCommand,
   check: checkCommand,
   compare: compareCommand,
   convert: convertCommand,

@@ -31,6 +31,10 @@ export class Qcow2BitmapTrackingImage extends Qcow2WritableImage {
   private loaded: LoadedBitmap[] = [];
   /** The file's directory says "in use" for the loaded bitmaps. */
   private markedInUse = false;
+  /** Bitmaps were added, removed or changed: the directory is stored again at close. */
+  private directoryChanged = false;
+  /** Clusters of removed bitmaps, freed once the new directory is in place. */
+  private readonly removedClusters: Array<[number, number]> = [];
 
   protected override async openBitmaps(): Promise<void> {
     const h = this.header;
@@ -129,13 +133,97 @@ export class Qcow2BitmapTrackingImage extends Qcow2WritableImage {
     }
   }
 
+  // ---- `qemu-img bitmap` (qmp block-dirty-bitmap-add/remove/clear/enable/disable/merge) ----
+
+  private findLoaded(name: string): LoadedBitmap {
+    const b = this.loaded.find((x) => x.entry.name === name);
+    if (!b) {
+      if (this.bitmapList.some((e) => e.name === name)) throw new DiskError('EINVAL', `Bitmap '${name}' is inconsistent and cannot be used`);
+      throw new DiskError('ENOENT', `Dirty bitmap '${name}' not found`);
+    }
+    return b;
+  }
+
+  /** A new persistent bitmap, enabled, every bit clear; granularity defaults to the cluster size within [4 KiB, 64 KiB], as QEMU's. */
+  async addBitmap(name: string, granularity?: number): Promise<void> {
+    await this.serial(async () => {
+      const g = granularity ?? Math.min(65536, Math.max(4096, this.clusterSize));
+      if (g < 512 || (g & (g - 1)) !== 0 || g > 2 ** 31) throw new DiskError('EINVAL', 'Granularity must be power of 2 and at least 512');
+      if (this.bitmapList.some((e) => e.name === name)) throw new DiskError('EINVAL', `Bitmap already exists: ${name}`);
+      if (this.header.version < 3) throw new DiskError('EUNSUPPORTED', `Can't make bitmap '${name}' persistent in '${this.source.name}': Cannot store dirty bitmaps in qcow2 v2 files`);
+      if (new TextEncoder().encode(name).length > 1023) throw new DiskError('EINVAL', 'Bitmap name too long');
+      const entry: BitmapEntry = { tableOffset: 0, tableSize: 0, flags: BME_FLAG_AUTO, granularityBits: Math.log2(g), name };
+      this.bitmapList.push(entry);
+      this.loaded.push({ entry, bits: new Uint8Array(this.bitmapBytes(entry, this.size)), changed: true });
+      this.directoryChanged = true;
+    });
+  }
+
+  async removeBitmap(name: string): Promise<void> {
+    await this.serial(async () => {
+      const entry = this.bitmapList.find((e) => e.name === name);
+      if (!entry) throw new DiskError('ENOENT', `Dirty bitmap '${name}' not found`);
+      const loaded = this.loaded.find((x) => x.entry === entry);
+      // Clusters as the file has them (a loaded bitmap not yet stored still owns its old ones).
+      if (entry.tableSize) {
+        const table = new Uint8Array(entry.tableSize * 8);
+        await this.source.read(table, entry.tableOffset);
+        const tv = new DataView(table.buffer);
+        for (let i = 0; i < entry.tableSize; i++) {
+          const off = Number(tv.getBigUint64(i * 8, false) & OFFSET_MASK);
+          if (off) this.removedClusters.push([off, this.clusterSize]);
+        }
+        this.removedClusters.push([entry.tableOffset, table.length]);
+      }
+      this.bitmapList = this.bitmapList.filter((e) => e !== entry);
+      if (loaded) this.loaded = this.loaded.filter((x) => x !== loaded);
+      this.directoryChanged = true;
+    });
+  }
+
+  async clearBitmap(name: string): Promise<void> {
+    await this.serial(async () => {
+      const b = this.findLoaded(name);
+      b.bits.fill(0);
+      b.changed = true;
+      this.directoryChanged = true;
+    });
+  }
+
+  async enableBitmap(name: string, enabled: boolean): Promise<void> {
+    await this.serial(async () => {
+      const b = this.findLoaded(name);
+      if (enabled) b.entry.flags |= BME_FLAG_AUTO;
+      else b.entry.flags &= ~BME_FLAG_AUTO;
+      this.directoryChanged = true;
+    });
+  }
+
+  /** Every granule dirty in `source` makes the granules of `target` over the same bytes dirty. */
+  async mergeBitmap(target: string, source: string): Promise<void> {
+    await this.serial(async () => {
+      const dst = this.findLoaded(target);
+      const src = this.findLoaded(source);
+      const sg = 2 ** src.entry.granularityBits, dg = 2 ** dst.entry.granularityBits;
+      const count = Math.ceil(this.size / sg);
+      for (let bit = 0; bit < count; bit++) {
+        if (!(src.bits[bit >> 3]! & (1 << (bit & 7)))) continue;
+        const from = bit * sg, to = Math.min(this.size, from + sg);
+        for (let d = Math.floor(from / dg); d * dg < to; d++) dst.bits[d >> 3]! |= 1 << (d & 7);
+      }
+      dst.changed = true;
+      this.directoryChanged = true;
+    });
+  }
+
   /** qcow2_store_persistent_dirty_bitmaps for the loaded bitmaps. */
   private async storeBitmaps(): Promise<void> {
-    if (!this.markedInUse) return;
+    if (!this.markedInUse && !this.directoryChanged) return;
     const h = this.header;
     const cs = this.clusterSize;
-    const old = parseBitmapExtension(h)!;
-    const freed: Array<[number, number]> = [[old.directoryOffset, old.directorySize]];
+    const old = parseBitmapExtension(h);
+    const freed: Array<[number, number]> = [...this.removedClusters];
+    if (old) freed.push([old.directoryOffset, old.directorySize]);
     for (const b of this.loaded) {
       const entry = b.entry;
       entry.flags &= ~BME_FLAG_IN_USE;
@@ -165,14 +253,22 @@ export class Qcow2BitmapTrackingImage extends Qcow2WritableImage {
       entry.tableOffset = tableAt;
       entry.tableSize = tableSize;
     }
-    const dir = serializeBitmapDirectory(this.bitmapList);
-    const dirAt = await this.allocate(Math.ceil(dir.length / cs));
-    await this.source.write(dir, dirAt);
+    if (this.bitmapList.length === 0) {
+      // No bitmaps left: no extension, no autoclear bit (as QEMU leaves such an image).
+      h.extensions = h.extensions.filter((e) => e.type !== EXT_BITMAPS);
+      h.autoclearFeatures &= ~AUTOCLEAR_BITMAPS;
+    } else {
+      const dir = serializeBitmapDirectory(this.bitmapList);
+      const dirAt = await this.allocate(Math.ceil(dir.length / cs));
+      await this.source.write(dir, dirAt);
+      const data = serializeBitmapExtension({ count: this.bitmapList.length, directorySize: dir.length, directoryOffset: dirAt });
+      const ext = h.extensions.find((e) => e.type === EXT_BITMAPS);
+      if (ext) ext.data = data;
+      else h.extensions.push({ type: EXT_BITMAPS, offset: 0, data });
+      h.autoclearFeatures |= AUTOCLEAR_BITMAPS;
+    }
     await this.writeBack();
     await this.source.flush();
-    const extData = serializeBitmapExtension({ count: this.bitmapList.length, directorySize: dir.length, directoryOffset: dirAt });
-    const ext = h.extensions.find((e) => e.type === EXT_BITMAPS)!;
-    ext.data = extData;
     await this.source.write(serializeHeader(h, cs), 0);
     await this.source.flush();
     for (const [offset, length] of freed) {
@@ -180,6 +276,8 @@ export class Qcow2BitmapTrackingImage extends Qcow2WritableImage {
     }
     await this.writeBack();
     this.markedInUse = false;
+    this.directoryChanged = false;
+    this.removedClusters.length = 0;
   }
 
   override async close(): Promise<void> {
