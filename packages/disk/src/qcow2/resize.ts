@@ -15,6 +15,7 @@
 import { DiskError } from '../errors.js';
 import type { ResizeOptions } from '../format.js';
 import { compressedSpan, decodeL2Entry, entryOffset, getRefcount, MAX_L1_SIZE_BYTES } from './layout.js';
+import { preallocateHostRange } from '../source.js';
 import { Qcow2BitmapTrackingImage } from './bitmaps.js';
 
 const COMPRESSED = 0x40000000;
@@ -127,13 +128,7 @@ export class Qcow2ResizableImage extends Qcow2BitmapTrackingImage {
     const target = this.dataSource;
     const end = this.externalData ? to : this.fileEnd;
     if ((await target.size()) < end) await target.truncate(end);
-    for (const [host, length] of runs) {
-      if (mode === 'falloc') await target.allocate(host, length);
-      else if (mode === 'full') {
-        const zeroes = new Uint8Array(Math.min(length, 4 << 20));
-        for (let o = 0; o < length; o += zeroes.length) await target.write(zeroes.subarray(0, Math.min(zeroes.length, length - o)), host + o);
-      }
-    }
+    for (const [host, length] of runs) await preallocateHostRange(target, host, length, mode);
     await target.flush();
     await this.writeBack();
   }

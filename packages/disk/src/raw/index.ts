@@ -6,7 +6,7 @@
 import { checkRange, type Extent, type WriteZeroesOptions } from '../blockdev.js';
 import { DiskError } from '../errors.js';
 import type { FormatDriver, Image, ImageInfo, OpenOptions, CreateRequest, MeasureRequest, MeasureResult, ResizeOptions } from '../format.js';
-import type { ByteSource } from '../source.js';
+import { preallocateHostRange, type ByteSource } from '../source.js';
 
 export class RawImage implements Image {
   readonly format = 'raw';
@@ -65,11 +65,7 @@ export class RawImage implements Image {
     if (preallocation === 'metadata') throw new DiskError('EUNSUPPORTED', 'Unsupported preallocation mode: metadata');
     const old = await this.source.size();
     await this.source.truncate(size);
-    if (size > old && preallocation === 'falloc') await this.source.allocate(old, size - old);
-    if (size > old && preallocation === 'full') {
-      const zeroes = new Uint8Array(Math.min(size - old, 4 << 20));
-      for (let at = old; at < size; at += zeroes.length) await this.source.write(zeroes.subarray(0, Math.min(zeroes.length, size - at)), at);
-    }
+    await preallocateHostRange(this.source, old, size - old, preallocation);
     this.size = Math.ceil(size / 512) * 512;
   }
 
