@@ -107,6 +107,14 @@ test('bitmap --add/--remove/--clear/--enable/--disable/--merge as qemu-img does 
   await step('b', '--disable');
   for (const f of [ours, peer]) await qemuIo('-c', 'write 20M 64k', f);
   for (const name of ['b', 'g', 'd', 's']) assert.equal(await bitmapMap(ours, name), await bitmapMap(peer, name), `bitmap ${name} after enable/clear/disable`);
+  // --merge from another image (-b, -F): its bitmap's dirty bytes.
+  const other = join(dir, 'other.qcow2');
+  await qemuImg('create', '-q', '-f', 'qcow2', other, '64M');
+  await qemuImg('bitmap', '--add', '-g', '256k', other, 'o');
+  await qemuIo('-c', 'write 40M 300k', '-c', 'write 50M 512', other);
+  await step('s', '--merge', 'o', '-b', other, '-F', 'qcow2');
+  await step('s', '--merge', 'nosuch', '-b', other);
+  for (const name of ['s', 'b']) assert.equal(await bitmapMap(ours, name), await bitmapMap(peer, name), `bitmap ${name} after a merge from another image`);
   for (const name of ['d', 'b', 'g', 's']) await step(name, '--remove');
   await step('z', '--enable', '--add');
   // Other formats and v2 images: refused (QEMU names its internal node where we name the file).

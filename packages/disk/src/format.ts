@@ -106,8 +106,13 @@ export interface Image extends BlockDevice {
   clearBitmap?(name: string): Promise<void>;
   /** `qemu-img bitmap --enable` / `--disable`. */
   enableBitmap?(name: string, enabled: boolean): Promise<void>;
-  /** `qemu-img bitmap --merge SOURCE`: the source bitmap's dirty bytes become dirty in `target`. */
-  mergeBitmap?(target: string, source: string): Promise<void>;
+  /**
+   * `qemu-img bitmap --merge SOURCE [-b file]`: the source bitmap's dirty bytes become dirty in
+   * `target`; `from` is the source's content when it lives in another image.
+   */
+  mergeBitmap?(target: string, source: string, from?: { granularity: number; bits: Uint8Array }): Promise<void>;
+  /** A persistent dirty bitmap's granularity and bits (the source of a merge from another image). */
+  readBitmap?(name: string): Promise<{ granularity: number; bits: Uint8Array }>;
   /** `qemu-img snapshot -d`: delete the first snapshot with this name. */
   deleteSnapshot?(name: string): Promise<void>;
   /**

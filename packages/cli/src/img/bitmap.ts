@@ -2,7 +2,7 @@
  * `diskhub img bitmap (--merge SOURCE | --add | --remove | --clear | --enable | --disable)...
  * [-g granularity] [-f fmt] FILENAME BITMAP`: qemu-img 7.2's img_bitmap, the actions applied in
  * the order given, each failure reported as "Operation OP on bitmap NAME failed: ...".
- * Merging from another image (-b/-F) is not implemented and says so.
+ * With -b (and -F) --merge takes its source bitmap from another image, opened read-only.
  */
 import { closeChain, type Image } from '@diskhub/disk';
 import { getopt, UsageError } from './getopt.js';
@@ -53,19 +53,21 @@ export async function bitmapCommand(argv: string[]): Promise<number> {
   if (sourceFormat !== undefined && sourceFile === undefined) throw new CliError('-F only supported with -b');
   if (sourceFile !== undefined && !actions.some((a) => a.op === 'merge')) throw new CliError('Merge bitmap source file only supported with --merge');
   if (positional.length !== 2) throw new CliError('Expecting filename and bitmap name');
-  if (sourceFile !== undefined) throw new CliError('Merging a bitmap from another image (-b) is not supported by diskhub yet');
   const name = positional[1]!;
   const arg = secrets.image(positional[0]!, format);
   const image = await openCliImage(arg.path, { ...openOptionsOf(arg), writable: true, backing: false }, arg.display);
+  let source: Image | undefined;
   try {
-    for (const a of actions) await apply(image, a, name, granularity);
+    if (sourceFile !== undefined) source = await openCliImage(sourceFile, { ...(sourceFormat !== undefined ? { format: sourceFormat } : {}), backing: false });
+    for (const a of actions) await apply(image, a, name, granularity, source);
   } finally {
+    await closeChain(source);
     await closeChain(image);
   }
   return 0;
 }
 
-async function apply(image: Image, a: Action, name: string, granularity: number | undefined): Promise<void> {
+async function apply(image: Image, a: Action, name: string, granularity: number | undefined, source: Image | undefined): Promise<void> {
   const op = a.op;
   try {
     const unsupported = (): never => { throw new Error(`Can't store persistent bitmaps to ${image.source.name}: Operation not supported`); };
@@ -74,7 +76,11 @@ async function apply(image: Image, a: Action, name: string, granularity: number 
       case 'remove': await (image.removeBitmap ?? notFound(name)).call(image, name); break;
       case 'clear': await (image.clearBitmap ?? notFound(name)).call(image, name); break;
       case 'enable': case 'disable': await (image.enableBitmap ?? notFound(name)).call(image, name, a.op === 'enable'); break;
-      case 'merge': await (image.mergeBitmap ?? notFound(a.source)).call(image, name, a.source); break;
+      case 'merge': {
+        const from = source ? await (source.readBitmap ?? notFound(a.source)).call(source, a.source) : undefined;
+        await (image.mergeBitmap ?? notFound(a.source)).call(image, name, a.source, from);
+        break;
+      }
     }
   } catch (e) {
     throw new CliError(`Operation ${op} on bitmap ${name} failed: ${errorMessage(e)}`);

@@ -13,11 +13,16 @@ import {
   AUTOCLEAR_BITMAPS, AUTOCLEAR_DATA_FILE_RAW, BME_FLAG_AUTO, BME_FLAG_IN_USE, EXT_BITMAPS, parseBitmapExtension, serializeBitmapDirectory,
   serializeBitmapExtension, serializeHeader, type BitmapEntry,
 } from './layout.js';
+import { bitmapBytes, readBitmapBits } from './image.js';
 import { Qcow2WritableImage } from './write.js';
 
-/** Largest bitmap held in memory (QEMU's BME_MAX_PHYS_SIZE is 512 MiB; 64 MiB covers 32 TiB at 64 KiB granularity). */
-const MAX_BITMAP_BYTES = 64 << 20;
 const OFFSET_MASK = 0x00fffffffffffe00n;
+
+/** What --merge takes from a bitmap: its granularity and bits. */
+export interface BitmapBits {
+  granularity: number;
+  bits: Uint8Array;
+}
 
 interface LoadedBitmap {
   entry: BitmapEntry;
@@ -45,29 +50,14 @@ export class Qcow2BitmapTrackingImage extends Qcow2WritableImage {
       await this.dropBitmaps();
       return;
     }
-    const cs = this.clusterSize;
     for (const entry of this.bitmapList) {
       if (entry.flags & BME_FLAG_IN_USE) continue;
-      const bytes = this.bitmapBytes(entry, this.size);
-      if (bytes > MAX_BITMAP_BYTES) throw new DiskError('ELIMIT', `${this.source.name}: bitmap '${entry.name}' is too large (${bytes} bytes)`);
-      if (entry.tableSize !== Math.ceil(bytes / cs)) throw new DiskError('ECORRUPT', `${this.source.name}: bitmap '${entry.name}' table has ${entry.tableSize} entries for ${bytes} bytes`);
-      const table = new Uint8Array(entry.tableSize * 8);
-      if ((await this.source.read(table, entry.tableOffset)) !== table.length) throw new DiskError('ECORRUPT', `${this.source.name}: bitmap '${entry.name}' table lies past the end of the file`);
-      const bits = new Uint8Array(bytes);
-      const tv = new DataView(table.buffer);
-      for (let i = 0; i < entry.tableSize; i++) {
-        const e = tv.getBigUint64(i * 8, false);
-        const slot = bits.subarray(i * cs, Math.min(bytes, (i + 1) * cs));
-        const off = Number(e & OFFSET_MASK);
-        if (off) await this.source.read(slot, off);
-        else if (e & 1n) slot.fill(0xff);
-      }
-      this.loaded.push({ entry, bits, changed: false });
+      this.loaded.push({ entry, bits: await readBitmapBits(this.source, entry, this.size, this.clusterSize), changed: false });
     }
   }
 
   private bitmapBytes(entry: BitmapEntry, size: number): number {
-    return Math.ceil(Math.ceil(size / 2 ** entry.granularityBits) / 8);
+    return bitmapBytes(entry, size);
   }
 
   /** Before the first change: the loaded bitmaps are marked in use in the file (directory rewritten in place). */
@@ -199,13 +189,16 @@ export class Qcow2BitmapTrackingImage extends Qcow2WritableImage {
     });
   }
 
-  /** Every granule dirty in `source` makes the granules of `target` over the same bytes dirty. */
-  async mergeBitmap(target: string, source: string): Promise<void> {
+  /**
+   * Every granule dirty in `source` (a bitmap of this image, or `from`, read from another one)
+   * makes the granules of `target` over the same bytes dirty.
+   */
+  async mergeBitmap(target: string, source: string, from?: BitmapBits): Promise<void> {
     await this.serial(async () => {
       const dst = this.findLoaded(target);
-      const src = this.findLoaded(source);
-      const sg = 2 ** src.entry.granularityBits, dg = 2 ** dst.entry.granularityBits;
-      const count = Math.ceil(this.size / sg);
+      const src = from ?? (({ entry, bits }) => ({ granularity: 2 ** entry.granularityBits, bits }))(this.findLoaded(source));
+      const sg = src.granularity, dg = 2 ** dst.entry.granularityBits;
+      const count = Math.min(Math.ceil(this.size / sg), src.bits.length * 8);
       for (let bit = 0; bit < count; bit++) {
         if (!(src.bits[bit >> 3]! & (1 << (bit & 7)))) continue;
         const from = bit * sg, to = Math.min(this.size, from + sg);

@@ -447,6 +447,14 @@ export class Qcow2Image implements Image {
 
   /** Status of a range this image leaves to its backing file, one level deeper. */
 
+  /** A persistent bitmap's granularity and bits (`qemu-img bitmap --merge NAME -b THIS_IMAGE`). */
+  async readBitmap(name: string): Promise<{ granularity: number; bits: Uint8Array }> {
+    const entry = this.bitmapList.find((b) => b.name === name);
+    if (!entry) throw new DiskError('ENOENT', `Dirty bitmap '${name}' not found`);
+    if (entry.flags & BME_FLAG_IN_USE) throw new DiskError('EINVAL', `Bitmap '${name}' is inconsistent and cannot be used`);
+    return { granularity: 2 ** entry.granularityBits, bits: await readBitmapBits(this.source, entry, this.size, this.clusterSize) };
+  }
+
   async snapshots(): Promise<SnapshotInfo[]> {
     return this.snapshotList.map(snapshotInfo);
   }
@@ -513,6 +521,33 @@ function snapshotInfo(s: Qcow2Snapshot): SnapshotInfo {
     'vm-clock-nsec': Number(clock % 1_000_000_000n),
     ...(s.icount !== undefined && s.icount !== 0xffffffffffffffffn ? { icount: Number(s.icount) } : {}),
   };
+}
+
+/** Largest bitmap held in memory (QEMU's BME_MAX_PHYS_SIZE is 512 MiB; 64 MiB covers 32 TiB at 64 KiB granularity). */
+const MAX_BITMAP_BYTES = 64 << 20;
+
+/** Bytes of a bitmap's bits for a disk of `size` bytes. */
+export function bitmapBytes(entry: BitmapEntry, size: number): number {
+  return Math.ceil(Math.ceil(size / 2 ** entry.granularityBits) / 8);
+}
+
+/** A stored bitmap's bits (qcow2.txt "Bitmap table": an entry of 0 is all clear, 1 all set). */
+export async function readBitmapBits(source: ByteSource, entry: BitmapEntry, size: number, cs: number): Promise<Uint8Array> {
+  const bytes = bitmapBytes(entry, size);
+  if (bytes > MAX_BITMAP_BYTES) throw new DiskError('ELIMIT', `${source.name}: bitmap '${entry.name}' is too large (${bytes} bytes)`);
+  if (entry.tableSize !== Math.ceil(bytes / cs)) throw new DiskError('ECORRUPT', `${source.name}: bitmap '${entry.name}' table has ${entry.tableSize} entries for ${bytes} bytes`);
+  const table = new Uint8Array(entry.tableSize * 8);
+  if ((await source.read(table, entry.tableOffset)) !== table.length) throw new DiskError('ECORRUPT', `${source.name}: bitmap '${entry.name}' table lies past the end of the file`);
+  const bits = new Uint8Array(bytes);
+  const tv = new DataView(table.buffer);
+  for (let i = 0; i < entry.tableSize; i++) {
+    const e = tv.getBigUint64(i * 8, false);
+    const slot = bits.subarray(i * cs, Math.min(bytes, (i + 1) * cs));
+    const off = Number(e & 0x00fffffffffffe00n);
+    if (off) await source.read(slot, off);
+    else if (e & 1n) slot.fill(0xff);
+  }
+  return bits;
 }
 
 /** Read and check what opening needs: header, snapshot table, and the L1 table to use. */
