@@ -10,6 +10,7 @@ import { copyFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { openImage } from '@diskhub/disk';
 import { needs, tempDir, qemuImg, qemuIo, run, diskhub } from '@diskhub/testkit';
+import { killedAfter } from './peer.js';
 
 async function bitmapMap(path: string, name: string): Promise<string> {
   const r = await run('nbdinfo', [`--map=qemu:dirty-bitmap:${name}`, '--', '[', 'qemu-nbd', '-r', '-f', 'qcow2', '-B', name, path, ']']);
@@ -125,4 +126,23 @@ test('bitmap --add/--remove/--clear/--enable/--disable/--merge as qemu-img does 
   await qemuImg('create', '-q', '-f', 'qcow2', '-o', 'compat=0.10', join(dir, 'v2.qcow2'), '1M');
   const v2 = await diskhub(['img', 'bitmap', '--add', join(dir, 'v2.qcow2'), 'b']);
   assert.match(v2.stderr, /Cannot store dirty bitmaps in qcow2 v2 files\n$/);
+});
+
+test('a write killed with SIGKILL leaves bitmaps QEMU accepts: in use (inconsistent) once changed, check clean after -r all', needs('qemu-img', 'qemu-io'), async (t) => {
+  const dir = await tempDir(t);
+  const src = join(dir, 'src.raw');
+  await qemuImg('create', '-q', '-f', 'raw', src, '64M');
+  await qemuIo('-f', 'raw', '-c', 'write -P 9 0 64M', src);
+  for (const delay of [80, 150, 250, 400]) {
+    const img = join(dir, `k${delay}.qcow2`);
+    await qemuImg('create', '-q', '-f', 'qcow2', img, '64M');
+    await qemuImg('bitmap', '--add', img, 'b');
+    await killedAfter(delay, ['img', 'convert', '-n', '-f', 'raw', '-O', 'qcow2', src, img]);
+    const repair = await run('qemu-img', ['check', '-r', 'all', img]);
+    assert.equal(repair.code, 0, `check -r all after a kill at ${delay} ms: ${repair.stdout}${repair.stderr}`);
+    const info = JSON.parse((await run('qemu-img', ['info', '--output=json', img])).stdout) as { 'format-specific': { data: { bitmaps?: Array<{ name: string; flags: string[] }> } } };
+    const bitmaps = info['format-specific'].data.bitmaps ?? [];
+    assert.equal(bitmaps.length, 1, `the bitmap is still there after a kill at ${delay} ms`);
+    assert.equal(bitmaps[0]!.name, 'b');
+  }
 });
