@@ -99,6 +99,39 @@ export interface Image extends BlockDevice {
   info(): Promise<ImageInfo>;
   snapshots?(): Promise<SnapshotInfo[]>;
   /**
+   * `qemu-img resize` (QEMU's bdrv_co_truncate): change the virtual size, in place. Absent:
+   * the format cannot be resized ("Image format driver does not support resize"). Refusals
+   * are DiskErrors carrying QEMU's message.
+   */
+  resize?(size: number, options: ResizeOptions): Promise<void>;
+  /** `qemu-img snapshot -c`: a new internal snapshot of the disk (no VM state), as QEMU makes it. */
+  createSnapshot?(name: string, date: { sec: number; nsec: number }): Promise<void>;
+  /** `qemu-img snapshot -a`: revert the disk to the snapshot named by ID or name. */
+  applySnapshot?(idOrName: string): Promise<void>;
+  /**
+   * `qemu-img amend -o ...`: change options of an existing image in place; `options` are
+   * validated against the driver's amendOptions (sizes in bytes, booleans on/off). Resolves
+   * true when the image changed (qemu-img's progress shows a step then).
+   */
+  amend?(options: Map<string, string>): Promise<boolean>;
+  /** `qemu-img bitmap --add`: a new persistent dirty bitmap, enabled and clear (granularity in bytes). */
+  addBitmap?(name: string, granularity?: number): Promise<void>;
+  /** `qemu-img bitmap --remove`. */
+  removeBitmap?(name: string): Promise<void>;
+  /** `qemu-img bitmap --clear`. */
+  clearBitmap?(name: string): Promise<void>;
+  /** `qemu-img bitmap --enable` / `--disable`. */
+  enableBitmap?(name: string, enabled: boolean): Promise<void>;
+  /**
+   * `qemu-img bitmap --merge SOURCE [-b file]`: the source bitmap's dirty bytes become dirty in
+   * `target`; `from` is the source's content when it lives in another image.
+   */
+  mergeBitmap?(target: string, source: string, from?: { granularity: number; bits: Uint8Array }): Promise<void>;
+  /** A persistent dirty bitmap's granularity and bits (the source of a merge from another image). */
+  readBitmap?(name: string): Promise<{ granularity: number; bits: Uint8Array }>;
+  /** `qemu-img snapshot -d`: delete the first snapshot with this name. */
+  deleteSnapshot?(name: string): Promise<void>;
+  /**
    * False when a newly created image does not read as zeroes (a LUKS payload that was never
    * written decrypts to noise), so a converter must write the source's zero runs as well.
    */
@@ -127,6 +160,13 @@ export interface Image extends BlockDevice {
   addBitmaps?(list: PersistentBitmap[]): Promise<void>;
   /** Deallocate everything so that reads fall through to the backing file (QEMU's bdrv_make_empty; commit's last step). */
   makeEmpty?(): Promise<void>;
+}
+
+/** QEMU's PreallocMode, as `qemu-img resize --preallocation=` names it. */
+export type Preallocation = 'off' | 'metadata' | 'falloc' | 'full';
+
+export interface ResizeOptions {
+  preallocation: Preallocation;
 }
 
 /** `qemu-img check` options. */
@@ -228,6 +268,8 @@ export interface FormatDriver {
   open(source: ByteSource, options: OpenOptions): Promise<Image>;
   /** Options `qemu-img create -f NAME -o help` lists. */
   readonly createOptions?: readonly CreateOption[];
+  /** Options `qemu-img amend -o help` lists (absent: the format cannot be amended). */
+  readonly amendOptions?: readonly CreateOption[];
   /** Write a new, empty image into `target` (already created and empty). */
   create?(target: ByteSource, request: CreateRequest): Promise<void>;
   /** `qemu-img check` for this format (absent: "This image format does not support checks", exit 63). */

@@ -53,6 +53,20 @@ export interface ByteSource {
   close(): Promise<void>;
 }
 
+/**
+ * Host-file preallocation of [offset, offset+length) (QEMU's file-level falloc / full): the
+ * blocks reserved, or written with zeroes. 'off' (or metadata, which means nothing for a host
+ * file) does nothing.
+ */
+export async function preallocateHostRange(source: ByteSource, offset: number, length: number, mode: string): Promise<void> {
+  if (length <= 0) return;
+  if (mode === 'falloc') await source.allocate(offset, length);
+  else if (mode === 'full') {
+    const zeroes = new Uint8Array(Math.min(length, 4 << 20));
+    for (let at = 0; at < length; at += zeroes.length) await source.write(zeroes.subarray(0, Math.min(zeroes.length, length - at)), offset + at);
+  }
+}
+
 /** Read exactly buf.length bytes or throw ETRUNCATED naming what was being read. */
 export async function readExact(src: ByteSource, buf: Uint8Array, offset: number, what: string): Promise<void> {
   const n = await src.read(buf, offset);

@@ -2,7 +2,7 @@
 import { FileSource, checkSource, closeChain, getFormat, probeFormat, readHead, isDiskError, isEncryptedHead, CheckNotSupported, type CheckResult } from '@diskhub/disk';
 import { getopt, UsageError } from './getopt.js';
 import { SECRET_LONG_OPTIONS, Secrets, openOptionsOf } from './secrets.js';
-import { CliError, checkCacheMode, errorMessage, openCliImage, parseOutputFormat, out, err, type OutputFormat } from './common.js';
+import { CliError, checkCacheMode, errorMessage, openCliImage, parseOutputFormat, out, err, warnProbedRaw, type OutputFormat } from './common.js';
 import { qemuJson } from './output.js';
 import { printHelp } from './help.js';
 
@@ -58,9 +58,7 @@ export async function checkCommand(argv: string[]): Promise<number> {
   }
   if (repair && format === undefined && probeFormat(await readHead(source), filename).name === 'raw') {
     // Opening a probed raw image for writing: qemu-img warns (and so we stay output-compatible).
-    err(`WARNING: Image format was not specified for '${filename}' and probing guessed raw.\n` +
-      '         Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.\n' +
-      "         Specify the 'raw' format explicitly to remove the restrictions.\n");
+    warnProbedRaw(filename);
   }
   let result: CheckResult;
   try {

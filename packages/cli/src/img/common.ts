@@ -60,6 +60,16 @@ export const err = (s: string): void => { process.stderr.write(s); };
 /** qemu-img's warn_report: "qemu-img: warning: ..." on stderr. */
 export const warn = (message: string): void => err(`qemu-img: warning: ${message}\n`);
 
+/**
+ * What qemu-img prints when it opens a probed raw image for writing (its block 0 guard), so
+ * that commands writing an image stay output-compatible.
+ */
+export function warnProbedRaw(filename: string): void {
+  err(`WARNING: Image format was not specified for '${filename}' and probing guessed raw.\n` +
+    '         Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.\n' +
+    "         Specify the 'raw' format explicitly to remove the restrictions.\n");
+}
+
 /** Print an error as qemu-img does and return its exit code. */
 export function report(e: unknown, defaultCode = 1): number {
   if (e instanceof UsageError) {

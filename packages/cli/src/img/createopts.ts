@@ -53,7 +53,8 @@ const typeLabel: Record<CreateOption['type'], string> = {
   size: '<size>', number: '<num>', bool: '<bool (on/off)>', string: '<str>',
 };
 
-function helpLines(list: readonly CreateOption[]): string {
+/** "  name=<type>  - help" lines, sorted by name, as qemu-img's -o help prints them. */
+export function helpLines(list: readonly CreateOption[]): string {
   return [...list].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
     .map((o) => `  ${`${o.name}=${typeLabel[o.type]}`.padEnd(22)} - ${o.help}\n`).join('');
 }

@@ -14,6 +14,8 @@ A drop-in for qemu-img: the same commands, options, output and exit codes.
 
 Command syntax:
   bench [-c count] [-d depth] [-f fmt] [--flush-interval=flush_interval] [--no-drain] [-o offset] [--pattern=pattern] [-q] [-s buffer_size] [-S step_size] [-t cache] [-i aio] [-w] [-U] filename
+  amend [--object objectdef] [--image-opts] [-p] [-q] [-f fmt] [-t cache] [--force] -o options filename
+  bitmap (--merge SOURCE | --add | --remove | --clear | --enable | --disable)... [-g granularity] [--object objectdef] [--image-opts | -f fmt] filename bitmap
   check [-q] [-f fmt] [--output=ofmt] [-r [leaks | all]] [-U] filename
   compare [-f fmt] [-F fmt] [-p] [-q] [-s] [-U] filename1 filename2
   convert [-c] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt] [-B backing_file [-F backing_fmt]]
@@ -26,6 +28,8 @@ Command syntax:
   map [-f fmt] [--output=ofmt] [--start-offset=offset] [--max-length=len] [-U] filename
   rebase [-U] [-q] [-f fmt] [-t cache] [-T src_cache] [-p] [-u] -b backing_file [-F backing_fmt] filename
   snapshot [-l] [-U] filename
+  resize [--object objectdef] [--image-opts] [-f fmt] [--preallocation=prealloc] [-q] [--shrink] filename [+ | -]size
+  snapshot [--object objectdef] [--image-opts] [-q] [-l | -a snapshot | -c snapshot | -d snapshot] [-U] filename
   partitions [-f fmt] [--output=ofmt] filename [filename2 [...]]
   probe [-f declared_fmt] [--output=ofmt] filename|-   (format detection and safety inspection; exit 0 safe, 2 unsafe)
   config-drive -o output [--meta-data F] [--user-data F] [--network-data F] [--vendor-data F] [--ssh-key F]

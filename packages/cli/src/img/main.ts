@@ -7,6 +7,8 @@ import { getopt, UsageError } from './getopt.js';
 import { report, out } from './common.js';
 import { HELP, VERSION } from './help.js';
 import { infoCommand } from './info.js';
+import { amendCommand } from './amend.js';
+import { bitmapCommand } from './bitmap.js';
 import { checkCommand } from './check.js';
 import { createCommand } from './create.js';
 import { convertCommand } from './convert.js';
@@ -24,6 +26,7 @@ import { rebaseCommand } from './rebase.js';
 import { commitCommand } from './commit.js';
 import { ddCommand } from './dd.js';
 import { benchCommand } from './bench.js';
+import { resizeCommand } from './resize.js';
 
 /** A command gets argv with its own name at argv[0], as qemu-img's commands do. */
 export type ImgCommand = (argv: string[]) => Promise<number>;
@@ -31,6 +34,8 @@ export type ImgCommand = (argv: string[]) => Promise<number>;
 const COMMANDS: Record<string, ImgCommand> = {
   cat: catCommand,
   bench: benchCommand,
+  amend: amendCommand,
+  bitmap: bitmapCommand,
   check: checkCommand,
   commit: commitCommand,
   compare: compareCommand,
@@ -46,6 +51,7 @@ const COMMANDS: Record<string, ImgCommand> = {
   partitions: partitionsCommand,
   probe: probeCommand,
   rebase: rebaseCommand,
+  resize: resizeCommand,
   snapshot: snapshotCommand,
 };
 

@@ -5,8 +5,8 @@
  */
 import { checkRange, type Extent, type WriteZeroesOptions } from '../blockdev.js';
 import { DiskError } from '../errors.js';
-import type { CreateOption, CreateRequest, FormatDriver, Image, ImageInfo, MeasureRequest, MeasureResult, OpenOptions } from '../format.js';
-import type { ByteSource } from '../source.js';
+import type { CreateOption, CreateRequest, FormatDriver, Image, ImageInfo, MeasureRequest, MeasureResult, OpenOptions, ResizeOptions } from '../format.js';
+import { preallocateHostRange, type ByteSource } from '../source.js';
 import { SECTOR_SIZE } from './cipher.js';
 import { LUKS_HEADER_SIZE, isLuks1, luksInfo, parseLuksHeader, type LuksHeader } from './header.js';
 import { EncryptedSource } from './source.js';
@@ -80,6 +80,21 @@ export class LuksImage implements Image {
     };
   }
 
+  /**
+   * block_crypto_co_truncate: the host file is cut or extended under the payload, with the
+   * file's preallocation. As in QEMU, a grown area is not encrypted zeroes: it reads as
+   * whatever its raw bytes decrypt to until the guest writes it.
+   */
+  async resize(size: number, options: ResizeOptions): Promise<void> {
+    this.checkWritable();
+    if (options.preallocation === 'metadata') throw new DiskError('EUNSUPPORTED', 'Unsupported preallocation mode: metadata');
+    const start = this.header.payloadOffset * SECTOR_SIZE;
+    const old = await this.source.size();
+    await this.source.truncate(start + size);
+    await preallocateHostRange(this.source, old, start + size - old, options.preallocation);
+    this.size = size;
+  }
+
   async flush(): Promise<void> { await this.source.flush(); }
   async close(): Promise<void> { await this.source.close(); }
 
@@ -149,10 +164,6 @@ export const luksDriver: FormatDriver = {
     await writeLuksArea(volume, (buf, offset) => target.write(buf, offset));
     await target.truncate(payloadStart + request.size);
     // Preallocation is the host file's: plain zeroes (or reserved space) under the payload.
-    if (prealloc === 'falloc') await target.allocate(payloadStart, request.size);
-    if (prealloc === 'full') {
-      const zero = new Uint8Array(Math.min(request.size, 1 << 20));
-      for (let at = 0; at < request.size; at += zero.length) await target.write(zero.subarray(0, Math.min(zero.length, request.size - at)), payloadStart + at);
-    }
+    await preallocateHostRange(target, payloadStart, request.size, prealloc);
   },
 };

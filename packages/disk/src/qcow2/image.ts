@@ -453,26 +453,19 @@ export class Qcow2Image implements Image {
 
   /** The persistent dirty bitmaps with their bits (convert --bitmaps). */
   async readBitmaps(): Promise<PersistentBitmap[]> {
-    const cs = this.clusterSize;
     const out: PersistentBitmap[] = [];
     for (const b of this.bitmapList) {
-      const bytes = bitmapDataBytes(this.size, b.granularityBits);
-      if (bytes > MAX_BITMAP_BYTES) throw new DiskError('ELIMIT', `${this.source.name}: bitmap '${b.name}' holds more than ${MAX_BITMAP_BYTES} bytes`);
-      if (b.tableSize !== Math.ceil(bytes / cs)) throw new DiskError('ECORRUPT', `${this.source.name}: bitmap '${b.name}' has a table of ${b.tableSize} entries for ${bytes} bytes of data`);
-      const table = new Uint8Array(b.tableSize * 8);
-      await readExact(this.source, table, b.tableOffset, `bitmap table of '${b.name}'`);
-      const tv = new DataView(table.buffer);
-      const bits = new Uint8Array(bytes);
-      for (let i = 0; i < b.tableSize; i++) {
-        const entry = tv.getBigUint64(i * 8, false);
-        const piece = bits.subarray(i * cs, Math.min(bytes, (i + 1) * cs));
-        const host = Number(entry & 0x00fffffffffffe00n);
-        if (host) await readExact(this.source, piece, host, `bitmap data of '${b.name}'`);
-        else if (entry & 1n) piece.fill(0xff); // "all ones" without a cluster
-      }
-      out.push({ name: b.name, flags: b.flags, granularityBits: b.granularityBits, bits });
+      out.push({ name: b.name, flags: b.flags, granularityBits: b.granularityBits, bits: await readBitmapBits(this.source, b, this.size, this.clusterSize) });
     }
     return out;
+  }
+
+  /** A persistent bitmap's granularity and bits (`qemu-img bitmap --merge NAME -b THIS_IMAGE`). */
+  async readBitmap(name: string): Promise<{ granularity: number; bits: Uint8Array }> {
+    const entry = this.bitmapList.find((b) => b.name === name);
+    if (!entry) throw new DiskError('ENOENT', `Dirty bitmap '${name}' not found`);
+    if (entry.flags & BME_FLAG_IN_USE) throw new DiskError('EINVAL', `Bitmap '${name}' is inconsistent and cannot be used`);
+    return { granularity: 2 ** entry.granularityBits, bits: await readBitmapBits(this.source, entry, this.size, this.clusterSize) };
   }
 
   async snapshots(): Promise<SnapshotInfo[]> {
@@ -541,6 +534,30 @@ function snapshotInfo(s: Qcow2Snapshot): SnapshotInfo {
     'vm-clock-nsec': Number(clock % 1_000_000_000n),
     ...(s.icount !== undefined && s.icount !== 0xffffffffffffffffn ? { icount: Number(s.icount) } : {}),
   };
+}
+
+/** Bytes of bitmap data of `entry` for a disk of `size` bytes. */
+export function bitmapBytes(entry: BitmapEntry, size: number): number {
+  return bitmapDataBytes(size, entry.granularityBits);
+}
+
+/** A stored bitmap's bits (qcow2.txt "Bitmap table": an entry of 0 is all clear, 1 all set). */
+export async function readBitmapBits(source: ByteSource, entry: BitmapEntry, size: number, cs: number): Promise<Uint8Array> {
+  const bytes = bitmapBytes(entry, size);
+  if (bytes > MAX_BITMAP_BYTES) throw new DiskError('ELIMIT', `${source.name}: bitmap '${entry.name}' holds more than ${MAX_BITMAP_BYTES} bytes`);
+  if (entry.tableSize !== Math.ceil(bytes / cs)) throw new DiskError('ECORRUPT', `${source.name}: bitmap '${entry.name}' table has ${entry.tableSize} entries for ${bytes} bytes`);
+  const table = new Uint8Array(entry.tableSize * 8);
+  if ((await source.read(table, entry.tableOffset)) !== table.length) throw new DiskError('ECORRUPT', `${source.name}: bitmap '${entry.name}' table lies past the end of the file`);
+  const bits = new Uint8Array(bytes);
+  const tv = new DataView(table.buffer);
+  for (let i = 0; i < entry.tableSize; i++) {
+    const e = tv.getBigUint64(i * 8, false);
+    const slot = bits.subarray(i * cs, Math.min(bytes, (i + 1) * cs));
+    const off = Number(e & 0x00fffffffffffe00n);
+    if (off) await source.read(slot, off);
+    else if (e & 1n) slot.fill(0xff);
+  }
+  return bits;
 }
 
 /** Read and check what opening needs: header, snapshot table, and the L1 table to use. */

@@ -6,7 +6,7 @@ import { DiskError } from '../errors.js';
 import type { FormatDriver, Image, OpenOptions } from '../format.js';
 import type { ByteSource } from '../source.js';
 import { Qcow2Image, openQcow2 } from './image.js';
-import { Qcow2WritableImage } from './write.js';
+import { Qcow2AmendableImage, QCOW2_AMEND_OPTIONS } from './amend.js';
 import { INCOMPAT_DATA_FILE, INCOMPAT_DIRTY, QCOW2_MAGIC } from './layout.js';
 import { QCOW2_CREATE_OPTIONS, createQcow2 } from './create.js';
 import { checkQcow2 } from './check.js';
@@ -23,6 +23,7 @@ export const qcow2Driver: FormatDriver = {
     return v.getUint32(0, false) === QCOW2_MAGIC && v.getUint32(4, false) >= 2 ? 100 : 0;
   },
   createOptions: QCOW2_CREATE_OPTIONS,
+  amendOptions: QCOW2_AMEND_OPTIONS,
   create: createQcow2,
   check: checkQcow2,
   measure: measureQcow2,
@@ -42,7 +43,8 @@ export const qcow2Driver: FormatDriver = {
       await source.flush();
       opened = await openQcow2(source, options);
     }
-    const img = new Qcow2WritableImage(source, opened.dataSource, opened.state);
+    // The writer with resize, snapshot writing and amend on top (resize.ts, snapshot.ts, amend.ts over write.ts).
+    const img = new Qcow2AmendableImage(source, opened.dataSource, opened.state);
     await img.init();
     return img;
   },

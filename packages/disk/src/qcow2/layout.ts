@@ -626,3 +626,35 @@ export function parseBitmapDirectory(dir: Uint8Array, count: number, file = 'ima
   }
   return out;
 }
+
+/** A bitmap directory as qcow2.txt lays it out (type 1 = dirty tracking bitmap, no extra data). */
+export function serializeBitmapDirectory(entries: BitmapEntry[]): Uint8Array {
+  const enc = new TextEncoder();
+  const parts = entries.map((e) => {
+    const name = enc.encode(e.name);
+    const b = new Uint8Array(Math.ceil((24 + name.length) / 8) * 8);
+    const v = new DataView(b.buffer);
+    v.setBigUint64(0, BigInt(e.tableOffset), false);
+    v.setUint32(8, e.tableSize, false);
+    v.setUint32(12, e.flags, false);
+    v.setUint8(16, 1);
+    v.setUint8(17, e.granularityBits);
+    v.setUint16(18, name.length, false);
+    b.set(name, 24);
+    return b;
+  });
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) { out.set(p, at); at += p.length; }
+  return out;
+}
+
+/** The bitmaps header extension's data (qcow2.txt "Bitmaps extension"). */
+export function serializeBitmapExtension(ext: BitmapExtension): Uint8Array {
+  const b = new Uint8Array(24);
+  const v = new DataView(b.buffer);
+  v.setUint32(0, ext.count, false);
+  v.setBigUint64(8, BigInt(ext.directorySize), false);
+  v.setBigUint64(16, BigInt(ext.directoryOffset), false);
+  return b;
+}

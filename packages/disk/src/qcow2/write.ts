@@ -42,13 +42,13 @@ interface DataWrite {
 
 export class Qcow2WritableImage extends Qcow2Image {
   /** Next free host offset: new clusters are appended. */
-  private fileEnd = 0;
-  private reftable: number[] = [];
-  private reftableDirty = false;
-  private readonly refblocks = new Map<number, Uint8Array>();
-  private readonly dirtyRefblocks = new Set<number>();
-  private readonly dirtyL2 = new Set<number>();
-  private l1Dirty = false;
+  protected fileEnd = 0;
+  protected reftable: number[] = [];
+  protected reftableDirty = false;
+  protected readonly refblocks = new Map<number, Uint8Array>();
+  protected readonly dirtyRefblocks = new Set<number>();
+  protected readonly dirtyL2 = new Set<number>();
+  protected l1Dirty = false;
   private queue: Promise<unknown> = Promise.resolve();
   /** Where the next compressed cluster goes, and the end of the host cluster it is in. */
   private compressedAt = 0;
@@ -83,7 +83,12 @@ export class Qcow2WritableImage extends Qcow2Image {
       this.reftable.push(off);
     }
     this.fileEnd = Math.ceil((await this.source.size()) / cs) * cs;
-    if (h.version >= 3 && ((h.autoclearFeatures & ~AUTOCLEAR_DATA_FILE_RAW) || parseBitmapExtension(h))) await this.dropBitmaps();
+    if (h.version >= 3 && ((h.autoclearFeatures & ~AUTOCLEAR_DATA_FILE_RAW) || parseBitmapExtension(h))) await this.openBitmaps();
+  }
+
+  /** What a writable open does with persistent bitmaps: this writer drops them; bitmaps.ts keeps them. */
+  protected async openBitmaps(): Promise<void> {
+    await this.dropBitmaps();
   }
 
   /**
@@ -91,7 +96,7 @@ export class Qcow2WritableImage extends Qcow2Image {
    * write: their clusters are released and the extension removed, and the autoclear bits
    * cleared (qcow2.txt: a writer that does not know a feature clears its autoclear bit).
    */
-  private async dropBitmaps(): Promise<void> {
+  protected async dropBitmaps(): Promise<void> {
     const h = this.header;
     const cs = this.clusterSize;
     const release = async (offset: number, length: number) => {
@@ -122,7 +127,7 @@ export class Qcow2WritableImage extends Qcow2Image {
   }
 
   /** Run `fn` after every operation queued before it. */
-  private serial<T>(fn: () => Promise<T>): Promise<T> {
+  protected serial<T>(fn: () => Promise<T>): Promise<T> {
     const run = this.queue.then(fn, fn);
     this.queue = run.catch(() => {});
     return run;
@@ -130,7 +135,7 @@ export class Qcow2WritableImage extends Qcow2Image {
 
   // ---- refcounts ----
 
-  private async refblock(offset: number): Promise<Uint8Array> {
+  protected async refblock(offset: number): Promise<Uint8Array> {
     let b = this.refblocks.get(offset);
     if (b) {
       this.refblocks.delete(offset);
@@ -156,7 +161,7 @@ export class Qcow2WritableImage extends Qcow2Image {
    * addRef without waiting, when the cluster's refcount block exists and is cached (nearly
    * always while a convert fills an image): returns false, changing nothing, when it cannot.
    */
-  private addRefCached(host: number, delta: number): boolean {
+  protected addRefCached(host: number, delta: number): boolean {
     const cluster = Math.floor(host / this.clusterSize);
     const rb = this.reftable[Math.floor(cluster / this.geo.refcountBlockEntries)];
     const block = rb ? this.refblocks.get(rb) : undefined;
@@ -176,7 +181,7 @@ export class Qcow2WritableImage extends Qcow2Image {
   }
 
   /** Add `delta` to the refcount of the cluster at `host`, creating refcount blocks as needed. */
-  private async addRef(host: number, delta: number): Promise<void> {
+  protected async addRef(host: number, delta: number): Promise<void> {
     const cs = this.clusterSize;
     const cluster = Math.floor(host / cs);
     const perBlock = this.geo.refcountBlockEntries;
@@ -221,7 +226,7 @@ export class Qcow2WritableImage extends Qcow2Image {
     for (let i = 0; i < old.clusters; i++) await this.addRef(old.offset + i * cs, -1);
   }
 
-  private serializeReftable(): Uint8Array {
+  protected serializeReftable(): Uint8Array {
     const t = new Uint8Array(this.reftable.length * 8);
     const v = new DataView(t.buffer);
     this.reftable.forEach((off, i) => { if (off) v.setBigUint64(i * 8, BigInt(off), false); });
@@ -229,7 +234,7 @@ export class Qcow2WritableImage extends Qcow2Image {
   }
 
   /** Take `n` contiguous new clusters from the end of the file, counted once each. */
-  private async allocate(n: number): Promise<number> {
+  protected async allocate(n: number): Promise<number> {
     const at = this.fileEnd;
     this.fileEnd += n * this.clusterSize;
     for (let i = 0; i < n; i++) {
@@ -249,13 +254,13 @@ export class Qcow2WritableImage extends Qcow2Image {
   }
 
   /** Whether an L2 entry maps a data cluster (in an external data file, offset 0 is one when COPIED is set). */
-  private mapsCluster(hi: number, lo: number): boolean {
+  protected mapsCluster(hi: number, lo: number): boolean {
     if (hi & 0x40000000) return false;
     return entryOffset(hi, lo) !== 0 || (this.externalData && (hi & COPIED) !== 0);
   }
 
   /** Drop one reference to whatever an L2 entry points at (a cluster, or compressed bytes). */
-  private async release(hi: number, lo: number, at: number, table: DataView): Promise<void> {
+  protected async release(hi: number, lo: number, at: number, table: DataView): Promise<void> {
     // Clusters of an external data file are not refcounted.
     if (this.externalData && !(hi & 0x40000000)) return;
     if (hi & 0x40000000) {
@@ -276,7 +281,7 @@ export class Qcow2WritableImage extends Qcow2Image {
   }
 
   /** The L2 table for L1 index `i`, ready to be changed: allocated, or copied when shared. */
-  private async l2ForWrite(i: number): Promise<{ offset: number; view: DataView; table: Uint8Array }> {
+  protected async l2ForWrite(i: number): Promise<{ offset: number; view: DataView; table: Uint8Array }> {
     const hi = this.l1View.getUint32(i * 8, false);
     let offset = this.l1Entry(i);
     let table: Uint8Array;
@@ -312,7 +317,7 @@ export class Qcow2WritableImage extends Qcow2Image {
   }
 
   /** An L1 or L2 entry for a table or cluster of our own (COPIED: refcount 1). */
-  private setL2(view: DataView, at: number, host: number, flags: number): void {
+  protected setL2(view: DataView, at: number, host: number, flags: number): void {
     view.setUint32(at, (COPIED | Math.floor(host / 2 ** 32)) >>> 0, false);
     view.setUint32(at + 4, ((host % 2 ** 32) | flags) >>> 0, false);
   }
@@ -771,7 +776,7 @@ export class Qcow2WritableImage extends Qcow2Image {
 
   // ---- write-back ----
 
-  private async writeRefblocks(): Promise<void> {
+  protected async writeRefblocks(): Promise<void> {
     const writes: Promise<void>[] = [];
     for (const off of this.dirtyRefblocks) writes.push(this.source.write(this.refblocks.get(off)!, off));
     await Promise.all(writes);
@@ -779,7 +784,7 @@ export class Qcow2WritableImage extends Qcow2Image {
   }
 
   /** Write metadata back: refcounts, then L2 tables, then the L1 and refcount tables. */
-  private async writeBack(): Promise<void> {
+  protected async writeBack(): Promise<void> {
     // L2 entries must never reach the disk before the data they point at.
     while (this.inflight.size) await Promise.allSettled([...this.inflight.keys()]);
     await this.writeRefblocks();

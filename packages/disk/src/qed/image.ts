@@ -11,7 +11,7 @@
 import { backingStatus, checkRange, readBacking, type Extent } from '../blockdev.js';
 import { DiskError } from '../errors.js';
 import { QueuedWriteImage } from '../blockwalk.js';
-import type { BackingRef, CheckResult, Image, ImageInfo } from '../format.js';
+import type { BackingRef, CheckResult, Image, ImageInfo, ResizeOptions } from '../format.js';
 import { readExact, type ByteSource } from '../source.js';
 import { backingInfo } from '../backing.js';
 import {
@@ -81,13 +81,13 @@ function tableOffsetValid(h: QedHeader, offset: number, fileSize: number): boole
 
 export class QedImage extends QueuedWriteImage implements Image {
   readonly format = 'qed';
-  readonly size: number;
+  size: number;
   readonly clusterSize: number;
   /** Changed by changeBackingFile (rebase) on a writable image. */
   backingRef?: BackingRef;
   backing?: Image;
   private header: QedHeader;
-  private readonly l1: Float64Array;
+  private l1: Float64Array;
   /** Entries per L1/L2 table, and guest bytes one L2 table maps. */
   private readonly tableEntries: number;
   private readonly l2Span: number;
@@ -356,6 +356,39 @@ export class QedImage extends QueuedWriteImage implements Image {
       await this.source.flush();
       this.header = h;
       this.backingRef = filename !== undefined ? { filename, ...(format === 'raw' ? { format: 'raw' } : {}) } : undefined;
+    });
+  }
+
+  /**
+   * bdrv_qed_co_truncate: only growing, within what the tables can map; the header's size is
+   * the one field that changes. The L1 entries the new size brings in are read (they are
+   * zero unless another writer left them).
+   */
+  async resize(size: number, options: ResizeOptions): Promise<void> {
+    if (!this.writable) throw new DiskError('EROFS', `${this.source.name}: image is opened read-only`);
+    await this.writeQueue.run(async () => {
+      if (options.preallocation !== 'off') throw new DiskError('EUNSUPPORTED', `Unsupported preallocation mode '${options.preallocation}'`);
+      if (size % 512 !== 0 || size > qedMaxImageSize(this.clusterSize, this.header.tableSize)) throw new DiskError('EINVAL', 'Invalid image size specified');
+      if (size < this.header.imageSize) throw new DiskError('EUNSUPPORTED', 'Shrinking images is currently not supported');
+      await this.source.flush();
+      this.header = { ...this.header, imageSize: size };
+      await this.source.write(serializeQedHeader(this.header), 0);
+      await this.source.flush();
+      const needed = Math.min(this.tableEntries, Math.ceil(size / this.l2Span));
+      if (needed > this.l1.length) {
+        const raw = new Uint8Array((needed - this.l1.length) * 8);
+        const got = await this.source.read(raw, this.header.l1TableOffset + this.l1.length * 8);
+        if (got < raw.length) raw.fill(0, got);
+        const l1 = new Float64Array(needed);
+        l1.set(this.l1);
+        const v = new DataView(raw.buffer);
+        for (let i = this.l1.length; i < needed; i++) {
+          const at = (i - this.l1.length) * 8;
+          l1[i] = v.getUint32(at, true) + v.getUint32(at + 4, true) * 2 ** 32;
+        }
+        this.l1 = l1;
+      }
+      this.size = size;
     });
   }
 

@@ -5,8 +5,8 @@
  */
 import { checkRange, type Extent, type WriteZeroesOptions } from '../blockdev.js';
 import { DiskError } from '../errors.js';
-import type { FormatDriver, Image, ImageInfo, OpenOptions, CreateRequest, MeasureRequest, MeasureResult } from '../format.js';
-import type { ByteSource } from '../source.js';
+import type { FormatDriver, Image, ImageInfo, OpenOptions, CreateRequest, MeasureRequest, MeasureResult, ResizeOptions } from '../format.js';
+import { preallocateHostRange, type ByteSource } from '../source.js';
 import { inspectIso, inspectPartitionTable } from './inspect.js';
 
 export class RawImage implements Image {
@@ -53,6 +53,21 @@ export class RawImage implements Image {
       'actual-size': await this.source.allocatedSize(),
       'dirty-flag': false,
     };
+  }
+
+  /**
+   * QEMU's raw_co_truncate over file-posix: the file is cut or extended; growing with falloc
+   * reserves the new blocks, with full writes zeroes into them (metadata means nothing for a
+   * file and is refused, as QEMU refuses it).
+   */
+  async resize(size: number, options: ResizeOptions): Promise<void> {
+    this.checkWritable();
+    const { preallocation } = options;
+    if (preallocation === 'metadata') throw new DiskError('EUNSUPPORTED', 'Unsupported preallocation mode: metadata');
+    const old = await this.source.size();
+    await this.source.truncate(size);
+    await preallocateHostRange(this.source, old, size - old, preallocation);
+    this.size = Math.ceil(size / 512) * 512;
   }
 
   async flush(): Promise<void> { await this.source.flush(); }
