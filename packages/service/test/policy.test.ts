@@ -142,11 +142,11 @@ function matrix(policy: Policy, enforceNewDefaults: boolean, policyFile?: string
 }
 
 test('Glance 25 defaults decide as the real oslo.policy does (enforce_new_defaults off, as Zed ships)', oracleOpts, () => {
-  matrix(Policy.defaults(), false);
+  matrix(Policy.defaults({ enforceScope: false }), false);
 });
 
 test('Glance 25 defaults with enforce_new_defaults on decide as the real oslo.policy does', oracleOpts, () => {
-  matrix(Policy.defaults({ enforceNewDefaults: true }), true);
+  matrix(Policy.defaults({ enforceNewDefaults: true, enforceScope: false }), true);
 });
 
 const image = (over: Partial<PolicyImage> = {}): PolicyImage => ({ id: 'img-1', owner: 'p1', visibility: 'private', status: 'active', ...over });
@@ -192,6 +192,19 @@ test("Glance 25's defaults through the Images API: admin, member, reader, anothe
   assert.throws(() => new MemberApiPolicy(policy, OTHER, shared).addMember(), /not permitted to create image members/);
   assert.throws(() => new MemberApiPolicy(policy, MEMBER, image()).getMembers(), /Only shared images have members/);
   assert.throws(() => policy.enforce('no_such_rule', {}, ADMIN), /not registered/);
+});
+
+test('only project-scoped tokens pass the API rules: domain-scoped and unscoped callers are refused', () => {
+  const policy = Policy.defaults();
+  const unscoped = creds(['admin', 'member', 'reader'], null);
+  const domainScoped = creds(['admin', 'member', 'reader'], null, { domain_id: 'default' });
+  for (const c of [unscoped, domainScoped]) {
+    for (const rule of ['get_images', 'get_image', 'add_image', 'download_image', 'get_metadef_namespaces', 'publicize_image']) assert.equal(policy.enforce(rule, { project_id: 'p1', owner: 'p1', visibility: 'public' }, c), false, rule);
+    assert.throws(() => new ImageApiPolicy(policy, c, {}).addImage(), (e: unknown) => e instanceof PolicyNotAuthorized && e.message === 'You are not authorized to complete add_image action.');
+  }
+  assert.equal(policy.enforce('get_images', { project_id: 'p1' }, ADMIN), true);
+  // Glance 25 itself (enforce_scope off) lets them through.
+  assert.equal(Policy.defaults({ enforceScope: false }).enforce('get_images', {}, unscoped), true);
 });
 
 test('enforce_new_defaults: the secure-RBAC defaults hide and refuse by role', () => {
@@ -262,7 +275,7 @@ test('an operator policy file: a read-only auditor, image creation only for imag
   api(ADMIN, image()).updateProperty('visibility', 'public');
   assert.equal(policy.enforce('manage_image_cache', {}, MEMBER), false);
   // Every rule decides as oslo.policy does with the same file.
-  if (oracleAvailable || process.env.CI === 'true') matrix(policy, false, file);
+  if (oracleAvailable || process.env.CI === 'true') matrix(await Policy.load(file, { enforceScope: false }), false, file);
   // The same rules as JSON.
   const json = join(dir, 'policy.json');
   await writeFile(json, JSON.stringify({ auditor: 'role:auditor', add_image: 'not rule:auditor and role:image_creator' }));

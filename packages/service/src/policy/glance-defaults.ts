@@ -19,6 +19,8 @@ export interface RuleDefault {
   deprecated?: string;
   /** What the rule guards, as METHOD path. */
   operations?: string[];
+  /** Token scopes the rule accepts (oslo.policy scope_types); absent: any. Glance's API rules are all ['project']. */
+  scopeTypes?: readonly string[];
 }
 
 // Building blocks, as glance/policies/base.py composes them.
@@ -48,7 +50,9 @@ const metadefRead = (name: string, operations: string[]): RuleDefault =>
 const metadefAdmin = (name: string, operations: string[]): RuleDefault => ({ name, check: 'rule:metadef_admin', operations });
 const NS = '/v2/metadefs/namespaces/{namespace_name}';
 
-export const GLANCE_DEFAULTS: readonly RuleDefault[] = [
+const BASE_RULES = new Set(['default', 'context_is_admin', 'metadef_default', 'metadef_admin']);
+
+export const GLANCE_DEFAULTS: readonly RuleDefault[] = ([
   // base.py
   { name: 'default', check: '', deprecated: 'role:admin' },
   { name: 'context_is_admin', check: 'role:admin' },
@@ -115,4 +119,4 @@ export const GLANCE_DEFAULTS: readonly RuleDefault[] = [
   image('cache_delete', 'role:admin', ['DELETE /v2/cache', 'DELETE /v2/cache/{image_id}'], 'rule:manage_image_cache'),
   // discovery.py
   image('stores_info_detail', 'role:admin', ['GET /v2/info/stores/detail'], null),
-];
+] as RuleDefault[]).map((r) => (BASE_RULES.has(r.name) ? r : { ...r, scopeTypes: ['project'] }));

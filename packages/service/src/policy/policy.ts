@@ -39,6 +39,14 @@ export class PolicyFileError extends Error {
 export interface PolicyOptions {
   /** oslo.policy's [oslo_policy] enforce_new_defaults: drop the deprecated defaults (Glance 25: false). */
   enforceNewDefaults?: boolean;
+  /**
+   * Refuse callers whose token is not project-scoped on the rules Glance registers for
+   * project scope (all of its API rules). Default true. Glance 25 leaves enforce_scope off, and
+   * even with it on oslo.policy takes an unscoped token for a project-scoped one, so Glance
+   * creates images owned by nobody for an unscoped token; diskhub refuses both domain-scoped
+   * and unscoped tokens with the 403 Glance gives for a scope mismatch under enforce_scope.
+   */
+  enforceScope?: boolean;
 }
 
 export class Policy {
@@ -46,6 +54,8 @@ export class Policy {
     private readonly rules: Map<string, Check>,
     /** Where the rules came from, for messages. */
     readonly source: string,
+    /** Rules that only a project-scoped token may pass (empty when scope is not enforced). */
+    private readonly projectScoped: Set<string>,
   ) {}
 
   /** Glance 25's defaults, with a policy file over them when `file` is given. */
@@ -96,13 +106,15 @@ export class Policy {
     }
     const cycle = findCycle(rules);
     if (cycle) throw new PolicyFileError(`policy ${source}: rule '${cycle[0]}' refers to itself through ${cycle.map((r) => `rule:${r}`).join(' -> ')}`, cycle[0]);
-    return new Policy(rules, source);
+    const projectScoped = new Set(options.enforceScope === false ? [] : GLANCE_DEFAULTS.filter((d) => d.scopeTypes?.includes('project')).map((d) => d.name));
+    return new Policy(rules, source, projectScoped);
   }
 
   /** Whether `creds` may perform `rule` on `target`. An unregistered rule name is a programming error. */
   enforce(rule: string, target: Record<string, unknown>, creds: PolicyCredentials): boolean {
     const check = this.rules.get(rule);
     if (!check) throw new Error(`policy rule '${rule}' is not registered`);
+    if (this.projectScoped.has(rule) && (!creds.project_id || creds.domain_id)) return false;
     return evaluate(check, { target, creds: creds as unknown as Record<string, unknown>, rule: (n) => this.rules.get(n) });
   }
 
