@@ -119,7 +119,7 @@ export class ImageDataService {
    * image active. `tempKey`: the temporary data the status transition claimed.
    */
   private async ingest(img: ImageRecord, tempKey: string, input: Readable, declaredLength: number | null, revertTo: ImageStatus, complete: () => boolean): Promise<void> {
-    const inspection = new UploadInspection(img.id);
+    const inspection = new UploadInspection(img.id, img.container_format);
     let size = 0;
     let staged: StagedWrite;
     try {
