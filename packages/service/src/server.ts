@@ -44,7 +44,7 @@ import Fastify, { LogController, type FastifyError, type FastifyInstance } from 
 import { Counter, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { ServiceConfig } from './config.js';
 import { openDatabase, type Db } from './db/connect.js';
-import { HttpError, JSON_BODY_LIMIT, Router, acceptJson, apiOf, drainUnread, renderError, sendError, type Authenticate, type Ctx, type Route } from './http.js';
+import { HttpError, JSON_BODY_LIMIT, Router, acceptJson, apiOf, drainUnread, renderError, sendError, storageError, type Authenticate, type Ctx, type Route } from './http.js';
 import { AuthError, Identity } from './identity.js';
 import { KeystoneClient } from './keystone-client.js';
 import { identityRoutes } from './identity-api.js';
@@ -159,6 +159,9 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
     request.api = apiOf(path);
     request.baseUrl = selfUrl;
     reply.raw.setHeader('X-OpenStack-Request-Id', request.id);
+    // Answers are what their Content-Type says: a browser must not sniff an image's data or
+    // a JSON error into HTML.
+    reply.raw.setHeader('X-Content-Type-Options', 'nosniff');
     reply.raw.on('finish', () => {
       const seconds = Number(process.hrtime.bigint() - started) / 1e9;
       const route = (reply.raw as { diskhubRoute?: string }).diskhubRoute ?? (request.is404 ? 'unmatched' : request.routeOptions.url ?? 'unmatched');
@@ -185,6 +188,10 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
       status = 415; message = `The request media type ${request.headers['content-type'] || '(none)'} is not supported by this server.`;
     } else if (typeof err.statusCode === 'number' && err.statusCode >= 400 && err.statusCode < 500) {
       status = err.statusCode; message = err.message;
+    } else if (storageError(err)) {
+      const e = storageError(err)!;
+      log.error('storage full', { request_id: request.id, error: String(err?.message ?? err) });
+      ({ status, message } = e);
     } else {
       log.error('unhandled error', { request_id: request.id, error: err?.stack ?? String(err) });
       status = 500; message = 'The server has either erred or is incapable of performing the requested operation.';

@@ -139,7 +139,9 @@ export class ImageDataService {
     };
     try {
       if (declaredLength !== null && declaredLength > cap) throw tooBig(declaredLength);
-      for await (const chunk of input as AsyncIterable<Buffer>) {
+      // (leaving the loop early must not destroy a request body: the error answer is sent
+      // after the rest of it is drained, so the client reads the answer instead of a reset)
+      for await (const chunk of input.iterator({ destroyOnReturn: false }) as AsyncIterable<Buffer>) {
         size += chunk.length;
         if (size > cap) throw tooBig(size);
         await inspection.write(chunk);
