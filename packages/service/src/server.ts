@@ -125,6 +125,8 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
     genReqId: () => `req-${randomUUID()}`,
     requestIdHeader: false,
     bodyLimit: JSON_BODY_LIMIT,
+    // Bodies are checked as Glance's jsonschema checks them: a number is not a string.
+    ajv: { customOptions: { coerceTypes: false, removeAdditional: false } },
     return503OnClosing: false,
     // Paths are matched as the hand-written router did: repeated and trailing slashes do not
     // count — except that /v2/images/ names an image with an empty id (Glance: 404).
