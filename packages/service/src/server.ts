@@ -18,9 +18,10 @@
  *   `request.raw` itself — nothing is ever buffered. `jsonBody(request)` gives the JSON body
  *   (Glance's "Body expected in request." when there is none).
  * - Authentication: `await deps.auth(request)` gives the AuthContext (401 with Keystone's
- *   WWW-Authenticate otherwise). Authorization: the module asks a policy object with named
- *   rules (Glance's names: get_image, add_image, modify_member, ...); a route never compares
- *   roles itself.
+ *   WWW-Authenticate otherwise). Authorization is the domain's: it asks the policy (policy/,
+ *   Glance's rule names and defaults, DISKHUB_POLICY_FILE) through ImageApiPolicy and
+ *   MemberApiPolicy; a route never compares roles itself. PolicyNotAuthorized answers 403,
+ *   PolicyHidesImage 404.
  * - Errors: throw `HttpError` (or badRequest/forbidden/notFound/conflict); the server's error
  *   handler renders it as the API owning the path does (webob's HTML/JSON/plain from Accept
  *   under /v2, Keystone's {"error": {...}} under /identity, see `request.api`), drains an
