@@ -35,6 +35,8 @@ export interface ServiceConfig {
   webDir?: string;
   /** How long shutdown waits for uploads in flight before cutting them off. */
   shutdownGraceSeconds: number;
+  /** An oslo.policy YAML or JSON file whose rules override Glance 25's defaults. */
+  policyFile?: string;
 }
 
 export class ConfigError extends Error {}
@@ -58,6 +60,7 @@ const ENV: Record<string, keyof ServiceConfig> = {
   DISKHUB_KEYSTONE_USER: 'keystoneUser',
   DISKHUB_KEYSTONE_PASSWORD: 'keystonePassword',
   DISKHUB_KEYSTONE_PROJECT: 'keystoneProject',
+  DISKHUB_POLICY_FILE: 'policyFile',
 };
 
 const NUMERIC = new Set<keyof ServiceConfig>(['port', 'tokenTtlSeconds', 'imageSizeCap', 'projectImageQuota', 'projectStorageQuota', 'limitMax', 'limitDefault', 'shutdownGraceSeconds']);
@@ -94,7 +97,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
   };
   for (const [key, v] of Object.entries(raw)) {
     if (key === 'dataDir' || v === undefined) continue;
-    if (!(key in cfg) && key !== 'adminPassword' && key !== 'publicUrl' && key !== 'webDir' && key !== 'keystoneUrl' && key !== 'keystonePassword') throw new ConfigError(`unknown configuration setting '${key}'`);
+    if (!(key in cfg) && key !== 'adminPassword' && key !== 'publicUrl' && key !== 'webDir' && key !== 'keystoneUrl' && key !== 'keystonePassword' && key !== 'policyFile') throw new ConfigError(`unknown configuration setting '${key}'`);
     if (NUMERIC.has(key as keyof ServiceConfig)) {
       const n = Number(v);
       if (!Number.isInteger(n) || n < 0) throw new ConfigError(`${key} must be a non-negative integer, got '${v}'`);
