@@ -1,6 +1,38 @@
 /**
- * The image service process: database, store, identity and the HTTP server that routes to
- * the Images v2 and Identity v3 APIs.
+ * The image service process: database, store, identity and the HTTP server (Fastify) that
+ * routes to the Images v2 and Identity v3 APIs.
+ *
+ * ## The route-module contract
+ *
+ * Each resource is one module under `routes/` exporting a plain registration function:
+ *
+ *     export function imageRoutes(app: FastifyInstance, deps: ImageDeps): void
+ *
+ * - `deps` is an interface the module declares for what it needs (the database or a
+ *   repository, a domain service, `auth`, `policy`, options); server.ts builds it. A module
+ *   imports no other module's state and never reads the config itself.
+ * - server.ts registers each module in its own Fastify scope (`app.register`), after
+ *   `acceptJson(scope)` (http.ts): bodies of application/json and the JSON-patch media types
+ *   arrive parsed (1 MiB cap, malformed JSON a 400 in Glance's words); every other media type
+ *   (application/octet-stream uploads included) is left unread, so a route streams
+ *   `request.raw` itself — nothing is ever buffered. `jsonBody(request)` gives the JSON body
+ *   (Glance's "Body expected in request." when there is none).
+ * - Authentication: `await deps.auth(request)` gives the AuthContext (401 with Keystone's
+ *   WWW-Authenticate otherwise). Authorization: the module asks a policy object with named
+ *   rules (Glance's names: get_image, add_image, modify_member, ...); a route never compares
+ *   roles itself.
+ * - Errors: throw `HttpError` (or badRequest/forbidden/notFound/conflict); the server's error
+ *   handler renders it as the API owning the path does (webob's HTML/JSON/plain from Accept
+ *   under /v2, Keystone's {"error": {...}} under /identity, see `request.api`), drains an
+ *   unread upload body, and answers 500 (logged) for anything else.
+ * - Replies: `replyJson(reply, status, body, headers)` / `replyEmpty(reply, status)`; links
+ *   use `request.baseUrl` (the configured public URL or the bound address, never the client's
+ *   Host header). HEAD is answered from GET routes; 405 with Allow is computed here from the
+ *   registered routes; every response carries X-OpenStack-Request-Id (`request.id`).
+ * - A route that writes the raw response (a download stream) calls `reply.hijack()` first.
+ *
+ * Modules still written against http.ts's `Router`/`Ctx` (the hand-written router's
+ * interface) are mounted unchanged by `mountLegacy` until they are converted.
  */
 import { createServer, type Server } from 'node:http';
 import { randomUUID } from 'node:crypto';
@@ -8,10 +40,11 @@ import { hostname } from 'node:os';
 import { join, resolve } from 'node:path';
 import { existsSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
+import Fastify, { LogController, type FastifyError, type FastifyInstance, type FastifyRequest } from 'fastify';
 import { Counter, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { ServiceConfig } from './config.js';
 import { openDatabase, type Db } from './db/connect.js';
-import { HttpError, Router, sendError, sendJson, type Ctx } from './http.js';
+import { HttpError, JSON_BODY_LIMIT, Router, acceptJson, apiOf, drainUnread, renderError, sendError, type Ctx, type Route } from './http.js';
 import { AuthError, Identity, type AuthContext } from './identity.js';
 import { KeystoneClient } from './keystone-client.js';
 import { identityRoutes } from './identity-api.js';
@@ -20,7 +53,8 @@ import { metadefsRoutes } from './metadefs.js';
 import { jsonLogger, type Logger } from './log.js';
 import { FileStore } from './store.js';
 import { DownloadUrls } from './download-urls.js';
-import { serveStatic, wantsHtml } from './static.js';
+import { findStatic, sendStatic } from './static.js';
+import { discoveryRoutes } from './routes/discovery.js';
 
 export interface Service {
   server: Server;
@@ -33,7 +67,8 @@ export interface Service {
   close(): Promise<void>;
 }
 
-const VERSIONS = ['2.16', '2.15', '2.13', '2.12', '2.11', '2.10', '2.9', '2.8', '2.7', '2.6', '2.5', '2.4', '2.3', '2.2', '2.1', '2.0'];
+/** Authentication as route modules get it: the caller's identity, or a 401 (503 when an external Keystone is down). */
+export type Authenticate = (request: FastifyRequest | Ctx) => Promise<AuthContext>;
 
 export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(process.stdout, cfg.logLevel)): Promise<Service> {
   await mkdir(cfg.dataDir, { recursive: true });
@@ -52,31 +87,132 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
   const requests = new Counter({ name: 'diskhub_http_requests_total', help: 'HTTP requests by method, route and status', labelNames: ['method', 'route', 'status'], registers: [registry] });
   const duration = new Histogram({ name: 'diskhub_http_request_duration_seconds', help: 'HTTP request duration', labelNames: ['method', 'route'], buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30], registers: [registry] });
 
-  const router = new Router();
-  const auth = async (ctx: Ctx): Promise<AuthContext> => {
-    const token = ctx.req.headers['x-auth-token'];
-    const authUri = external ? cfg.keystoneUrl!.replace(/\/v3\/?$/, '') : `${ctx.baseUrl}/identity`;
+  // The address the service is reached at, for links, the token catalog and signed URLs:
+  // the configured public URL, else the bound address (known once listening). Never the
+  // client's Host header, which anyone can set.
+  let selfUrl = cfg.publicUrl ?? '';
+
+  const auth: Authenticate = async (request) => {
+    const headers = 'raw' in request ? request.headers : request.req.headers;
+    const token = headers['x-auth-token'];
+    const authUri = external ? cfg.keystoneUrl!.replace(/\/v3\/?$/, '') : `${selfUrl}/identity`;
     const unauthorized = () => new HttpError(401, 'The request you have made requires authentication.', { 'WWW-Authenticate': `Keystone uri="${authUri}"` });
     if (typeof token !== 'string' || !token) throw unauthorized();
-    try { return await (external ?? identity).validate(token); } catch (e) {
+    try {
+      const a = await (external ?? identity).validate(token);
+      if ('raw' in request) request.user = a.userId;
+      return a;
+    } catch (e) {
       if (e instanceof AuthError || !external) throw unauthorized();
       log.error('identity service unavailable', { error: (e as Error).message });
       throw new HttpError(503, 'The identity service is unavailable; try again later.');
     }
   };
-  const versions = (ctx: Ctx) => VERSIONS.map((v, i) => ({ id: `v${v}`, status: i === 0 ? 'CURRENT' : 'SUPPORTED', links: [{ rel: 'self', href: `${ctx.baseUrl}/v2/` }] }));
-  router.add('GET', '/', (ctx) => sendJson(ctx, 300, { versions: versions(ctx) }));
-  router.add('GET', '/versions', (ctx) => sendJson(ctx, 200, { versions: versions(ctx) }));
-  router.add('GET', '/healthcheck', async (ctx) => {
-    await db.kysely.selectFrom('settings').select('name').limit(1).execute();
-    ctx.res.writeHead(200, { 'Content-Type': 'text/plain' });
-    ctx.res.end('OK');
+  const webDir = cfg.webDir && existsSync(join(cfg.webDir, 'index.html')) ? resolve(cfg.webDir) : null;
+
+  const app = Fastify({
+    serverFactory: (handler) => createServer({ requestTimeout: 0, headersTimeout: 60_000, maxHeaderSize: 16384, keepAliveTimeout: 30_000 }, handler),
+    loggerInstance: log.pino,
+    // One access-log line per request is written below (with the route and the user).
+    logController: new LogController({ disableRequestLogging: true }),
+    genReqId: () => `req-${randomUUID()}`,
+    requestIdHeader: false,
+    bodyLimit: JSON_BODY_LIMIT,
+    return503OnClosing: false,
+    // Paths are matched as the hand-written router did: repeated and trailing slashes do not
+    // count — except that /v2/images/ names an image with an empty id (Glance: 404).
+    rewriteUrl: (req) => {
+      const url = req.url ?? '/';
+      const q = url.indexOf('?');
+      let path = (q < 0 ? url : url.slice(0, q)).replace(/\/{2,}/g, '/');
+      if (path !== '/v2/images/') path = path.replace(/\/+$/, '') || '/';
+      return q < 0 ? path : path + url.slice(q);
+    },
   });
-  router.add('GET', '/metrics', async (ctx) => {
-    const text = await registry.metrics();
-    ctx.res.writeHead(200, { 'Content-Type': registry.contentType });
-    ctx.res.end(text);
+  app.decorateRequest('api', 'other');
+  app.decorateRequest('baseUrl', '');
+  app.decorateRequest('user', undefined);
+  app.decorateRequest('bodyRead', false);
+
+  // The root parses no body: modules' scopes add JSON (acceptJson); everything else reaches
+  // its route (or the 404/405 answer) unread.
+  app.removeAllContentTypeParsers();
+  app.addContentTypeParser('*', (_request, _payload, done) => done(null, undefined));
+
+  /** Every route's method and path pattern, for 405 and its Allow header. */
+  const patterns: { method: string; parts: string[] }[] = [];
+  app.addHook('onRoute', (r) => {
+    for (const method of [r.method].flat()) patterns.push({ method, parts: r.url.split('/').filter(Boolean) });
   });
+
+  app.addHook('onRequest', (request, reply, done) => {
+    const started = process.hrtime.bigint();
+    const url = request.url;
+    const path = url.split('?', 1)[0]!;
+    request.api = apiOf(path);
+    request.baseUrl = selfUrl;
+    reply.raw.setHeader('X-OpenStack-Request-Id', request.id);
+    reply.raw.on('finish', () => {
+      const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+      const route = (reply.raw as { diskhubRoute?: string }).diskhubRoute ?? (request.is404 ? 'unmatched' : request.routeOptions.url ?? 'unmatched');
+      requests.inc({ method: request.method, route, status: String(reply.raw.statusCode) });
+      duration.observe({ method: request.method, route }, seconds);
+      if (route !== '/metrics' && route !== '/healthcheck') {
+        log.info('request', { request_id: request.id, method: request.method, path, status: reply.raw.statusCode, ms: Math.round(seconds * 1e4) / 10, user: request.user });
+      }
+    });
+    done();
+  });
+
+  app.setErrorHandler((err: FastifyError, request, reply) => {
+    let status: number;
+    let message: string;
+    let headers: Record<string, string> = {};
+    if (err instanceof HttpError) {
+      ({ status, message, headers } = err);
+    } else if (err.code === 'FST_ERR_CTP_BODY_TOO_LARGE') {
+      status = 413; message = `Request body is larger than ${JSON_BODY_LIMIT} bytes.`;
+    } else if (err.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE') {
+      status = 415; message = `The request media type ${request.headers['content-type'] || '(none)'} is not supported by this server.`;
+    } else if (typeof err.statusCode === 'number' && err.statusCode >= 400 && err.statusCode < 500) {
+      status = err.statusCode; message = err.message;
+    } else {
+      log.error('unhandled error', { request_id: request.id, error: err?.stack ?? String(err) });
+      status = 500; message = 'The server has either erred or is incapable of performing the requested operation.';
+    }
+    drainUnread(request.raw);
+    if (reply.raw.headersSent) { reply.raw.destroy(); return; }
+    const { body, type } = renderError(request.api, request.headers.accept, status, message);
+    return reply.code(status).headers(headers).header('content-type', type).send(Buffer.from(body));
+  });
+
+  app.setNotFoundHandler(async (request, reply) => {
+    const path = request.url.split('?', 1)[0]!;
+    // (/v2/images/ with its empty id matches nothing, not the list's methods.)
+    const segs = path.endsWith('/') ? null : path.split('/').filter(Boolean);
+    const allowed = new Set<string>();
+    for (const p of segs ? patterns : []) {
+      if (p.parts.length === segs!.length && p.parts.every((part, i) => part.startsWith(':') || part === segs![i])) allowed.add(p.method);
+    }
+    if (allowed.size) throw new HttpError(405, `The method ${request.method} is not allowed for this resource.`, { Allow: [...allowed].filter((m) => m !== 'HEAD').join(', ') });
+    // The dashboard's files and its client-side routes (only where no API route matched).
+    const file = webDir && request.api === 'other' ? await findStatic(webDir, path, request.raw) : null;
+    if (file) {
+      (reply.raw as { diskhubRoute?: string }).diskhubRoute = 'static';
+      reply.hijack();
+      await sendStatic(file, request.raw, reply.raw);
+      return;
+    }
+    throw new HttpError(404, 'The resource could not be found.');
+  });
+
+  await app.register(async (scope) => {
+    acceptJson(scope);
+    discoveryRoutes(scope, { db, metrics: registry, webDir });
+  });
+
+  // Modules still on the hand-written router's interface.
+  const router = new Router();
   if (!external) identityRoutes(router, db, identity);
   await metadefsRoutes(router, db, auth);
   const node = `${hostname()}:${cfg.dataDir}`;
@@ -85,64 +221,15 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
     stagingDir: join(cfg.dataDir, 'staging'), node, downloadUrls: await DownloadUrls.open(db),
   }, log);
   await images.recover();
-  const webDir = cfg.webDir && existsSync(join(cfg.webDir, 'index.html')) ? resolve(cfg.webDir) : null;
+  await app.register(async (scope) => mountLegacy(scope, router.routes, log));
 
-  const server = createServer({ requestTimeout: 0, headersTimeout: 60_000, maxHeaderSize: 16384 }, (req, res) => {
-    const started = process.hrtime.bigint();
-    const requestId = `req-${randomUUID()}`;
-    res.setHeader('X-OpenStack-Request-Id', requestId);
-    let url: URL;
-    try { url = new URL(req.url ?? '/', 'http://localhost'); } catch { url = new URL('http://localhost/'); }
-    const path = url.pathname.replace(/\/+$/, '') || '/';
-    const baseUrl = cfg.publicUrl ?? `http://${req.headers.host ?? `${cfg.bind}:${cfg.port}`}`;
-    const ctx: Ctx = { req, res, url, params: {}, requestId, baseUrl, route: 'unmatched', api: path.startsWith('/identity') ? 'identity' : path.startsWith('/v2') ? 'image' : 'other' };
-    res.on('finish', () => {
-      const seconds = Number(process.hrtime.bigint() - started) / 1e9;
-      requests.inc({ method: req.method ?? '', route: ctx.route, status: String(res.statusCode) });
-      duration.observe({ method: req.method ?? '', route: ctx.route }, seconds);
-      if (ctx.route !== '/metrics' && ctx.route !== '/healthcheck') {
-        log.info('request', { request_id: requestId, method: req.method, path: url.pathname, status: res.statusCode, ms: Math.round(seconds * 1e4) / 10, user: (ctx as { user?: string }).user });
-      }
-    });
-    void (async () => {
-      // A browser opening the service gets the dashboard; API clients get the versions document.
-      if (webDir && path === '/' && wantsHtml(req) && await serveStatic(webDir, '/', req, res)) { ctx.route = 'static'; return; }
-      const m = router.match(req.method ?? 'GET', path);
-      if (!m && webDir && ctx.api === 'other' && await serveStatic(webDir, path, req, res)) { ctx.route = 'static'; return; }
-      if (!m) throw new HttpError(404, `The resource could not be found.`);
-      if ('allowed' in m) throw new HttpError(405, `The method ${req.method} is not allowed for this resource.`, { Allow: [...new Set(m.allowed)].join(', ') });
-      ctx.params = m.params;
-      ctx.route = m.pattern;
-      await m.handler(ctx);
-    })().catch((e: unknown) => {
-      if (e instanceof HttpError) {
-        sendError(ctx, e.status, e.message, e.headers);
-      } else {
-        log.error('unhandled error', { request_id: requestId, error: (e as Error)?.stack ?? String(e) });
-        sendError(ctx, 500, 'The server has either erred or is incapable of performing the requested operation.');
-      }
-      // A request whose body we did not read (an error before the upload started) is
-      // drained, so the client sees the answer rather than a reset; huge bodies get cut.
-      if (!req.complete) {
-        let seen = 0;
-        req.on('data', (c: Buffer) => { seen += c.length; if (seen > 64 << 20) req.destroy(); });
-        req.resume();
-      }
-    });
-  });
-  // Idle keep-alive connections stay open long enough for clients that pause between calls.
-  server.keepAliveTimeout = 30_000;
-  server.on('clientError', (_err, socket) => {
-    if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
-    else socket.destroy();
-  });
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(cfg.port, cfg.bind, () => { server.off('error', reject); resolve(); });
-  });
+  await app.listen({ port: cfg.port, host: cfg.bind });
+  const server = app.server;
   const addr = server.address();
   const port = typeof addr === 'object' && addr ? addr.port : cfg.port;
   const url = `http://${cfg.bind.includes(':') ? `[${cfg.bind}]` : cfg.bind}:${port}`;
+  // A wildcard bind is not an address anyone can reach: name this host instead.
+  selfUrl ||= cfg.bind === '0.0.0.0' || cfg.bind === '::' ? `http://${hostname()}:${port}` : url;
   log.info('listening', { url, data_dir: cfg.dataDir, database: db.dialect });
 
   let closing: Promise<void> | null = null;
@@ -150,7 +237,7 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
     server, url, db, identity, generatedAdminPassword: generatedPassword,
     close: () => closing ??= (async () => {
       // Stop accepting, let in-flight uploads and imports finish, then release the database.
-      const stopped = new Promise<void>((resolve) => server.close(() => resolve()));
+      const stopped = app.close();
       server.closeIdleConnections();
       // A client that stalls does not hold the process forever: after the grace period its
       // connection is cut, and the upload cleans up as any interrupted upload does.
@@ -164,4 +251,35 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
       await db.close();
     })(),
   };
+}
+
+/**
+ * Mount handlers written against the hand-written router's `Ctx` on Fastify: each writes the
+ * raw response itself (so the reply is hijacked) and reads its own body (the scope parses none).
+ */
+function mountLegacy(scope: FastifyInstance, routes: Route[], log: Logger): void {
+  for (const r of routes) {
+    scope.route({
+      method: r.method, url: r.pattern,
+      handler: async (request, reply) => {
+        reply.hijack();
+        (reply.raw as { diskhubRoute?: string }).diskhubRoute = r.pattern;
+        const ctx: Ctx = {
+          req: request.raw, res: reply.raw, url: new URL(request.url, 'http://localhost'), params: request.params as Record<string, string>,
+          requestId: request.id, baseUrl: request.baseUrl, api: request.api, route: r.pattern,
+        };
+        try {
+          await r.handler(ctx);
+        } catch (e) {
+          if (e instanceof HttpError) {
+            sendError(ctx, e.status, e.message, e.headers);
+          } else {
+            log.error('unhandled error', { request_id: request.id, error: (e as Error)?.stack ?? String(e) });
+            sendError(ctx, 500, 'The server has either erred or is incapable of performing the requested operation.');
+          }
+          drainUnread(request.raw);
+        }
+      },
+    });
+  }
 }

@@ -18,37 +18,43 @@ export function wantsHtml(req: IncomingMessage): boolean {
   return /text\/html/.test(req.headers.accept ?? '');
 }
 
-/** Serve `path` from `dir` (or index.html for an HTML navigation); false when there is nothing to serve. */
-export async function serveStatic(dir: string, path: string, req: IncomingMessage, res: ServerResponse): Promise<boolean> {
-  if (req.method !== 'GET' && req.method !== 'HEAD') return false;
+export interface StaticFile { path: string; size: number }
+
+/** The file that serves `path` from `dir` (or index.html for an HTML navigation), or null when there is nothing to serve. */
+export async function findStatic(dir: string, path: string, req: IncomingMessage): Promise<StaticFile | null> {
+  if (req.method !== 'GET' && req.method !== 'HEAD') return null;
   let rel: string;
-  try { rel = decodeURIComponent(path); } catch { return false; }
+  try { rel = decodeURIComponent(path); } catch { return null; }
   const file = normalize(join(dir, rel));
-  if (file !== dir && !file.startsWith(dir.endsWith(sep) ? dir : dir + sep)) return false;
+  if (file !== dir && !file.startsWith(dir.endsWith(sep) ? dir : dir + sep)) return null;
   let target = file;
   let st = await stat(target).catch(() => null);
   if (st?.isDirectory()) { target = join(target, 'index.html'); st = await stat(target).catch(() => null); }
   if (!st?.isFile()) {
     // Client-side routes of the app: any other page a browser navigates to gets the app.
-    if (!wantsHtml(req) || extname(rel)) return false;
+    if (!wantsHtml(req) || extname(rel)) return null;
     target = join(dir, 'index.html');
     st = await stat(target).catch(() => null);
-    if (!st?.isFile()) return false;
+    if (!st?.isFile()) return null;
   }
-  const isIndex = target.endsWith(`${sep}index.html`);
+  return { path: target, size: st.size };
+}
+
+/** Send a file findStatic found. */
+export async function sendStatic(file: StaticFile, req: IncomingMessage, res: ServerResponse): Promise<void> {
+  const isIndex = file.path.endsWith(`${sep}index.html`);
   res.writeHead(200, {
-    'Content-Type': TYPES[extname(target)] ?? 'application/octet-stream',
-    'Content-Length': st.size,
+    'Content-Type': TYPES[extname(file.path)] ?? 'application/octet-stream',
+    'Content-Length': file.size,
     // Hashed asset names can be cached for good; the page itself must be revalidated.
     'Cache-Control': isIndex ? 'no-cache' : 'public, max-age=3600',
     'X-Content-Type-Options': 'nosniff',
   });
-  if (req.method === 'HEAD') { res.end(); return true; }
+  if (req.method === 'HEAD') { res.end(); return; }
   await new Promise<void>((resolve) => {
-    const s = createReadStream(target);
+    const s = createReadStream(file.path);
     s.on('error', () => { res.destroy(); resolve(); });
     s.on('end', () => resolve());
     s.pipe(res);
   });
-  return true;
 }
