@@ -47,7 +47,7 @@ import { openDatabase, type Db } from './db/connect.js';
 import { HttpError, JSON_BODY_LIMIT, Router, acceptJson, apiOf, drainUnread, renderError, sendError, type Ctx, type Route } from './http.js';
 import { AuthError, Identity, type AuthContext } from './identity.js';
 import { KeystoneClient } from './keystone-client.js';
-import { identityRoutes } from './identity-api.js';
+import { identityRoutes } from './routes/identity.js';
 import { imageRoutes } from './images.js';
 import { metadefsRoutes } from './metadefs.js';
 import { jsonLogger, type Logger } from './log.js';
@@ -73,7 +73,10 @@ export type Authenticate = (request: FastifyRequest | Ctx) => Promise<AuthContex
 export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(process.stdout, cfg.logLevel)): Promise<Service> {
   await mkdir(cfg.dataDir, { recursive: true });
   const db = await openDatabase(cfg.databaseUrl, cfg.dataDir);
-  const identity = new Identity(db, { tokenTtlSeconds: cfg.tokenTtlSeconds, region: cfg.region });
+  const identity = new Identity(db, {
+    tokenTtlSeconds: cfg.tokenTtlSeconds, region: cfg.region,
+    lockoutFailureAttempts: cfg.lockoutFailureAttempts, lockoutDurationSeconds: cfg.lockoutDuration,
+  });
   // With an external Keystone, it is the only source of users and tokens: nothing is bootstrapped here.
   const external = cfg.keystoneUrl ? new KeystoneClient({
     url: cfg.keystoneUrl, username: cfg.keystoneUser, password: cfg.keystonePassword ?? '', project: cfg.keystoneProject,
@@ -210,10 +213,15 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
     acceptJson(scope);
     discoveryRoutes(scope, { db, metrics: registry, webDir });
   });
+  if (!external) {
+    await app.register(async (scope) => {
+      acceptJson(scope);
+      identityRoutes(scope, { identity, auth });
+    });
+  }
 
   // Modules still on the hand-written router's interface.
   const router = new Router();
-  if (!external) identityRoutes(router, db, identity);
   await metadefsRoutes(router, db, auth);
   const node = `${hostname()}:${cfg.dataDir}`;
   const images = imageRoutes(router, db, store, auth, {
@@ -248,6 +256,7 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
       server.closeAllConnections();
       await Promise.allSettled([...images.inFlight]);
       await stopped;
+      await identity.close();
       await db.close();
     })(),
   };
