@@ -10,6 +10,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { STATUS_CODES } from 'node:http';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import type { AuthContext } from './identity.js';
 
 export class HttpError extends Error {
   constructor(readonly status: number, message: string, readonly headers: Record<string, string> = {}) {
@@ -177,6 +178,9 @@ export function isObject(v: unknown): v is Record<string, unknown> {
 }
 
 // --- Fastify route modules
+
+/** Authentication as route modules get it: the caller's identity, or a 401 (503 when an external Keystone is down). */
+export type Authenticate = (request: FastifyRequest | Ctx) => Promise<AuthContext>;
 
 declare module 'fastify' {
   interface FastifyRequest {

@@ -40,21 +40,30 @@ import { hostname } from 'node:os';
 import { join, resolve } from 'node:path';
 import { existsSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
-import Fastify, { LogController, type FastifyError, type FastifyInstance, type FastifyRequest } from 'fastify';
+import Fastify, { LogController, type FastifyError, type FastifyInstance } from 'fastify';
 import { Counter, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { ServiceConfig } from './config.js';
 import { openDatabase, type Db } from './db/connect.js';
-import { HttpError, JSON_BODY_LIMIT, Router, acceptJson, apiOf, drainUnread, renderError, sendError, type Ctx, type Route } from './http.js';
-import { AuthError, Identity, type AuthContext } from './identity.js';
+import { HttpError, JSON_BODY_LIMIT, Router, acceptJson, apiOf, drainUnread, renderError, sendError, type Authenticate, type Ctx, type Route } from './http.js';
+import { AuthError, Identity } from './identity.js';
 import { KeystoneClient } from './keystone-client.js';
 import { identityRoutes } from './routes/identity.js';
-import { imageRoutes } from './images.js';
 import { metadefsRoutes } from './metadefs.js';
 import { jsonLogger, type Logger } from './log.js';
 import { FileStore } from './store.js';
 import { DownloadUrls } from './download-urls.js';
 import { findStatic, sendStatic } from './static.js';
 import { discoveryRoutes } from './routes/discovery.js';
+import { imageRoutes } from './routes/images.js';
+import { imageDataRoutes } from './routes/image-data.js';
+import { memberRoutes } from './routes/members.js';
+import { tagRoutes } from './routes/tags.js';
+import { schemaRoutes } from './routes/schemas.js';
+import { extensionRoutes } from './routes/extensions.js';
+import { ImageRepo } from './repo/images.js';
+import { ImageService } from './domain/images.js';
+import { ImageDataService } from './domain/image-data.js';
+import { Policy, PolicyNotAuthorized, PolicyHidesImage } from './policy/index.js';
 
 export interface Service {
   server: Server;
@@ -66,9 +75,6 @@ export interface Service {
   generatedAdminPassword?: string;
   close(): Promise<void>;
 }
-
-/** Authentication as route modules get it: the caller's identity, or a 401 (503 when an external Keystone is down). */
-export type Authenticate = (request: FastifyRequest | Ctx) => Promise<AuthContext>;
 
 export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(process.stdout, cfg.logLevel)): Promise<Service> {
   await mkdir(cfg.dataDir, { recursive: true });
@@ -84,6 +90,7 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
   const { generatedPassword } = external ? { generatedPassword: undefined } : await identity.bootstrap(cfg.adminPassword);
   const store = new FileStore(join(cfg.dataDir, 'images'));
   await store.init();
+  const policy = await Policy.load(cfg.policyFile);
 
   const registry = new Registry();
   collectDefaultMetrics({ register: registry });
@@ -173,6 +180,8 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
     let headers: Record<string, string> = {};
     if (err instanceof HttpError) {
       ({ status, message, headers } = err);
+    } else if (err instanceof PolicyNotAuthorized || err instanceof PolicyHidesImage) {
+      ({ status, message } = err);
     } else if (err.code === 'FST_ERR_CTP_BODY_TOO_LARGE') {
       status = 413; message = `Request body is larger than ${JSON_BODY_LIMIT} bytes.`;
     } else if (err.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE') {
@@ -209,9 +218,24 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
     throw new HttpError(404, 'The resource could not be found.');
   });
 
+  const node = `${hostname()}:${cfg.dataDir}`;
+  const repo = new ImageRepo(db);
+  const stagingDir = join(cfg.dataDir, 'staging');
+  const images = new ImageService(repo, store, policy, { projectImageQuota: cfg.projectImageQuota, stagingDir }, log);
+  const data = new ImageDataService(images, repo, store, {
+    imageSizeCap: cfg.imageSizeCap, projectStorageQuota: cfg.projectStorageQuota, stagingDir, node, downloadUrls: await DownloadUrls.open(db),
+  }, log);
+  await data.recover();
+
   await app.register(async (scope) => {
     acceptJson(scope);
-    discoveryRoutes(scope, { db, metrics: registry, webDir });
+    discoveryRoutes(scope, { db, metrics: registry, webDir, auth, storeId: store.id });
+    schemaRoutes(scope, { auth });
+    imageRoutes(scope, { auth, images, storeId: store.id, limitMax: cfg.limitMax, limitDefault: cfg.limitDefault });
+    imageDataRoutes(scope, { auth, data, store });
+    tagRoutes(scope, { auth, images });
+    memberRoutes(scope, { auth, images });
+    extensionRoutes(scope, { auth, images, data, store });
   });
   if (!external) {
     await app.register(async (scope) => {
@@ -223,12 +247,6 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
   // Modules still on the hand-written router's interface.
   const router = new Router();
   await metadefsRoutes(router, db, auth);
-  const node = `${hostname()}:${cfg.dataDir}`;
-  const images = imageRoutes(router, db, store, auth, {
-    imageSizeCap: cfg.imageSizeCap, projectImageQuota: cfg.projectImageQuota, projectStorageQuota: cfg.projectStorageQuota, limitMax: cfg.limitMax, limitDefault: cfg.limitDefault,
-    stagingDir: join(cfg.dataDir, 'staging'), node, downloadUrls: await DownloadUrls.open(db),
-  }, log);
-  await images.recover();
   await app.register(async (scope) => mountLegacy(scope, router.routes, log));
 
   await app.listen({ port: cfg.port, host: cfg.bind });
@@ -251,10 +269,10 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
       // connection is cut, and the upload cleans up as any interrupted upload does.
       let timer: NodeJS.Timeout | undefined;
       const grace = new Promise<void>((resolve) => { timer = setTimeout(resolve, cfg.shutdownGraceSeconds * 1000); });
-      await Promise.race([Promise.allSettled([...images.inFlight]), grace]);
+      await Promise.race([Promise.allSettled([...data.inFlight]), grace]);
       clearTimeout(timer);
       server.closeAllConnections();
-      await Promise.allSettled([...images.inFlight]);
+      await Promise.allSettled([...data.inFlight]);
       await stopped;
       await identity.close();
       await db.close();

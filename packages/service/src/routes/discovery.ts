@@ -1,11 +1,13 @@
 /**
- * Discovery and operations: the version documents Glance answers at / and /versions, the
- * health check load balancers poll, and Prometheus metrics.
+ * Discovery and operations: the version documents Glance answers at / and /versions, what
+ * the Images API offers (/v2/info/import, /v2/info/stores), the health check load balancers
+ * poll, and Prometheus metrics.
  */
 import type { FastifyInstance } from 'fastify';
 import type { Registry } from 'prom-client';
 import type { Db } from '../db/connect.js';
-import { replyJson } from '../http.js';
+import { replyJson, type Authenticate } from '../http.js';
+import { IMPORT_METHODS } from '../domain/image-data.js';
 import { findStatic, sendStatic, wantsHtml } from '../static.js';
 
 /** The Image API versions this service implements (newest first). */
@@ -16,6 +18,8 @@ export interface DiscoveryDeps {
   metrics: Registry;
   /** The dashboard's files, served to a browser opening `/`. */
   webDir: string | null;
+  auth: Authenticate;
+  storeId: string;
 }
 
 export function discoveryRoutes(app: FastifyInstance, deps: DiscoveryDeps): void {
@@ -27,6 +31,14 @@ export function discoveryRoutes(app: FastifyInstance, deps: DiscoveryDeps): void
     return replyJson(reply, 300, { versions: versions(request.baseUrl) });
   });
   app.get('/versions', async (request, reply) => replyJson(reply, 200, { versions: versions(request.baseUrl) }));
+  app.get('/v2/info/import', async (request, reply) => {
+    await deps.auth(request);
+    return replyJson(reply, 200, { 'import-methods': { description: 'Import methods available.', type: 'array', value: IMPORT_METHODS } });
+  });
+  app.get('/v2/info/stores', async (request, reply) => {
+    await deps.auth(request);
+    return replyJson(reply, 200, { stores: [{ id: deps.storeId, default: 'true', description: 'Local file store' }] });
+  });
   app.get('/healthcheck', async (_request, reply) => {
     await deps.db.kysely.selectFrom('settings').select('name').limit(1).execute();
     return reply.code(200).header('content-type', 'text/plain').send(Buffer.from('OK'));

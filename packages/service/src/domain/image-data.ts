@@ -1,0 +1,293 @@
+/**
+ * Image data: direct upload, staging and import (glance-direct), download, and recovery
+ * after a crash. Every status change here goes through the status table and is one
+ * transaction with the `uploads` rows recovery works from (the repository's setStatus with
+ * a claim or a release), so no path can leave an image saving, uploading or importing
+ * without a row that says which node was writing what.
+ */
+import { pipeline } from 'node:stream/promises';
+import { Transform, type Readable } from 'node:stream';
+import { createReadStream, createWriteStream } from 'node:fs';
+import { mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { HttpError, badRequest, conflict, forbidden, notFound } from '../http.js';
+import type { AuthContext } from '../identity.js';
+import type { ImageRecord } from '../images-model.js';
+import { UploadInspection } from '../inspect.js';
+import { UploadHasher } from '../hashing.js';
+import type { DownloadUrls } from '../download-urls.js';
+import type { StagedWrite, Store } from '../store.js';
+import type { Logger } from '../log.js';
+import type { ImageRepo } from '../repo/images.js';
+import type { ImageService } from './images.js';
+import { assertTransition, sourcesOf, type ImageStatus } from './status.js';
+
+export interface ImageDataOptions {
+  /** Largest image accepted, in bytes (Glance's image_size_cap). */
+  imageSizeCap: number;
+  /** Bytes of image data a project may store; 0 = unlimited. */
+  projectStorageQuota: number;
+  stagingDir: string;
+  /** Identifies this API node in upload records (crash recovery). */
+  node: string;
+  /** Signs and checks the x-diskhub download URLs. */
+  downloadUrls: DownloadUrls;
+}
+
+export const IMPORT_METHODS = ['glance-direct'];
+/** Suffix of staging files still being written. */
+const PARTIAL_SUFFIX = '.partial';
+/** temp_key of an `uploads` row that records staging in progress. */
+const STAGE_KEY = 'stage';
+/** The property Glance sets to the stores an import failed for. */
+export const FAILED_IMPORT_PROPERTY = 'os_glance_failed_import';
+
+const DEACTIVATED = 'The requested image has been deactivated. Image data download is forbidden.';
+const INTERRUPTED = 'Image upload was interrupted; no data was kept.';
+
+/** The storage under the data is full: Glance's 413 (HTTPRequestEntityTooLarge, "Image storage media is full"). */
+const storageFull = () => new HttpError(413, 'Image storage media is full: there is no space left on the device for this image; no data was kept.');
+const isNoSpace = (e: unknown) => (e as NodeJS.ErrnoException | null)?.code === 'ENOSPC' || (e as NodeJS.ErrnoException | null)?.code === 'EDQUOT';
+
+export class ImageDataService {
+  /** Uploads and imports in progress (shutdown waits for them). */
+  readonly inFlight = new Set<Promise<unknown>>();
+
+  constructor(
+    private readonly images: ImageService,
+    private readonly repo: ImageRepo,
+    private readonly store: Store,
+    private readonly opts: ImageDataOptions,
+    private readonly log: Logger,
+  ) {}
+
+  private track<T>(p: Promise<T>): Promise<T> {
+    this.inFlight.add(p);
+    void p.finally(() => this.inFlight.delete(p)).catch(() => {});
+    return p;
+  }
+
+  /**
+   * Move the image to `to` as the status table allows, in one transaction with its upload
+   * rows: `claim` records this node writing `tempKey`; `release` drops the rows. Glance's
+   * 409 when the image is not in a status `to` may follow, or changed meanwhile.
+   */
+  private async transition(img: ImageRecord, to: ImageStatus, rows: { claim?: string; release?: boolean } = {}): Promise<ImageRecord> {
+    assertTransition(img.status, to);
+    const moved = await this.repo.setStatus(img, to, { claim: rows.claim === undefined ? undefined : { node: this.opts.node, tempKey: rows.claim }, release: rows.release });
+    if (!moved) {
+      const cur = await this.repo.load(img.id);
+      if (!cur) throw notFound(`No image found with ID ${img.id}`);
+      throw conflict(`Image status transition from ${cur.status} to ${to} is not allowed`);
+    }
+    return { ...img, status: to, revision: img.revision + 1 };
+  }
+
+  /** An upload that will not complete: the image goes back to `revertTo`, its upload rows away. */
+  private async abandon(id: string, revertTo: ImageStatus): Promise<void> {
+    await this.repo.revertStatus(id, sourcesOf(revertTo).filter((s) => s === 'saving' || s === 'importing' || s === 'uploading'), revertTo).catch(() => {});
+  }
+
+  /**
+   * The most an upload for `owner` may write: the image size cap, and what is left of the
+   * project's storage quota (bytes of its images that hold data).
+   */
+  private async uploadLimit(owner: string | null): Promise<{ cap: number; tooBig: (n: number) => HttpError }> {
+    const sizeCap = this.opts.imageSizeCap;
+    const capped = { cap: sizeCap, tooBig: () => new HttpError(413, `Image exceeds the storage quota: the image size cap is ${sizeCap} bytes.`) };
+    if (!this.opts.projectStorageQuota || owner === null) return capped;
+    const quota = this.opts.projectStorageQuota;
+    const remaining = Math.max(0, quota - await this.repo.storageUsed(owner));
+    if (remaining >= sizeCap) return capped;
+    return {
+      cap: remaining,
+      tooBig: (n) => new HttpError(413, `Denying attempt to upload image because it exceeds the quota: the project may store ${quota} bytes and has ${remaining} bytes left; this upload reached ${n} bytes.`),
+    };
+  }
+
+  /** PUT /file: queued → saving → active, the data streamed into the store. `complete` says whether the body arrived whole. */
+  async upload(a: AuthContext, id: string, input: Readable, declaredLength: number | null, complete: () => boolean): Promise<void> {
+    const img = await this.images.get(a, id);
+    this.images.imagePolicy(a, img).uploadImage();
+    const tempKey = this.store.newTempKey(img.id);
+    const saving = await this.transition(img, 'saving', { claim: tempKey });
+    await this.track(this.ingest(saving, tempKey, input, declaredLength, 'queued', complete));
+  }
+
+  /**
+   * Stream `input` into the store while hashing, counting and inspecting; verify; make the
+   * image active. `tempKey`: the temporary data the status transition claimed.
+   */
+  private async ingest(img: ImageRecord, tempKey: string, input: Readable, declaredLength: number | null, revertTo: ImageStatus, complete: () => boolean): Promise<void> {
+    const inspection = new UploadInspection(img.id);
+    let size = 0;
+    let staged: StagedWrite;
+    try {
+      staged = await this.store.begin(tempKey);
+    } catch (e) {
+      await this.abandon(img.id, revertTo);
+      throw isNoSpace(e) ? storageFull() : e;
+    }
+    const { cap, tooBig } = await this.uploadLimit(img.owner);
+    // Hashing batches the data into 1 MiB page-aligned buffers; the file is written from those.
+    const hasher = new UploadHasher((batch) => staged.write([Buffer.from(batch.buffer, batch.byteOffset, batch.length)]));
+    const fail = async (e: unknown) => {
+      await hasher.drop();
+      await staged.discard().catch(() => {});
+      await this.abandon(img.id, revertTo);
+      throw e;
+    };
+    try {
+      if (declaredLength !== null && declaredLength > cap) throw tooBig(declaredLength);
+      for await (const chunk of input as AsyncIterable<Buffer>) {
+        size += chunk.length;
+        if (size > cap) throw tooBig(size);
+        await inspection.write(chunk);
+        await hasher.update(chunk);
+      }
+      await hasher.finish();
+      // A client that hangs up may end the stream without an error: a request body is whole only when complete.
+      if (!complete()) throw new Error('request body ended early');
+      if (declaredLength !== null && size !== declaredLength) throw badRequest(`Image data ended after ${size} of ${declaredLength} bytes.`);
+    } catch (e) {
+      if (e instanceof HttpError) return fail(e);
+      if (isNoSpace(e)) {
+        this.log.warn('upload failed: storage full', { image: img.id, bytes: size });
+        return fail(storageFull());
+      }
+      this.log.warn('upload interrupted', { image: img.id, bytes: size, error: (e as Error).message });
+      return fail(new HttpError(400, INTERRUPTED));
+    }
+    const digests = await hasher.digest();
+    const verdict = await inspection.finish(img.disk_format, img.container_format)
+      .catch((e): { virtualSize: null; refusal: string } => ({ virtualSize: null, refusal: `Image data could not be inspected: ${(e as Error).message}` }));
+    if (verdict.refusal) return fail(badRequest(verdict.refusal));
+    const location = img.id;
+    try {
+      await staged.commit(location);
+    } catch (e) {
+      return fail(isNoSpace(e) ? storageFull() : e);
+    }
+    assertTransition(img.status, 'active');
+    const activated = await this.repo.activate(img.id, [img.status], {
+      size, virtual_size: verdict.virtualSize, checksum: digests.md5,
+      os_hash_algo: 'sha512', os_hash_value: digests.sha512, location, store: this.store.id,
+    });
+    if (!activated) {
+      // Deleted (or otherwise changed) while we were writing: keep nothing.
+      await this.store.delete(location).catch(() => {});
+      throw conflict('Image was deleted or changed during the upload; the data was discarded.');
+    }
+  }
+
+  /** PUT /stage: queued → uploading, the data written to the staging area for a later import. */
+  async stage(a: AuthContext, id: string, input: Readable, complete: () => boolean): Promise<void> {
+    const img = await this.images.get(a, id);
+    this.images.imagePolicy(a, img).uploadImage();
+    // The status change and the row that tells recovery this node is staging are one step.
+    await this.transition(img, 'uploading', { claim: STAGE_KEY });
+    const path = join(this.opts.stagingDir, img.id);
+    // Written under a partial name and renamed when whole: a crash leaves only a .partial
+    // file, which the next start removes (and puts the image back to queued).
+    const partial = `${path}${PARTIAL_SUFFIX}`;
+    let size = 0;
+    const { cap, tooBig } = await this.uploadLimit(img.owner);
+    try {
+      await mkdir(this.opts.stagingDir, { recursive: true });
+      await this.track(pipeline(input, new Transform({
+        transform(chunk: Buffer, _e, cb) { size += chunk.length; cb(size > cap ? tooBig(size) : null, chunk); },
+      }), createWriteStream(partial)));
+      if (!complete()) throw new Error('request body ended early');
+      await rename(partial, path);
+      // Staged whole: the row's work is done (the image stays uploading, ready for import).
+      await this.repo.dropUploads(img.id);
+    } catch (e) {
+      await rm(partial, { force: true });
+      await this.repo.revertStatus(img.id, ['uploading'], 'queued').catch(() => {});
+      if (e instanceof HttpError) throw e;
+      if (isNoSpace(e)) throw storageFull();
+      throw badRequest(INTERRUPTED);
+    }
+  }
+
+  /** POST /import: uploading → importing → active, from the staged data, after the 202 (as Glance's task). */
+  async import(a: AuthContext, id: string, method: unknown): Promise<void> {
+    const img = await this.images.get(a, id);
+    this.images.imagePolicy(a, img).modifyImage();
+    if (typeof method !== 'string') throw badRequest('Import request requires a "method" object with a "name".');
+    if (!IMPORT_METHODS.includes(method)) throw badRequest(`Import method ${method} is not valid for this image; available: ${IMPORT_METHODS.join(', ')}.`);
+    if (img.status !== 'uploading') throw conflict(`Image status transition from ${img.status} to importing is not allowed`);
+    if (!img.container_format || !img.disk_format) throw conflict("'disk_format' and 'container_format' must be set before import.");
+    const path = join(this.opts.stagingDir, img.id);
+    const tempKey = this.store.newTempKey(img.id);
+    const importing = await this.transition(img, 'importing', { claim: tempKey });
+    await this.repo.setProperty(img.id, FAILED_IMPORT_PROPERTY, null);
+    void this.track((async () => {
+      try {
+        const length = (await stat(path)).size;
+        await this.ingest(importing, tempKey, createReadStream(path, { highWaterMark: 1 << 20 }), length, 'queued', () => true);
+      } catch (e) {
+        // The outcome shows on the image, as Glance's import task leaves it: back to queued,
+        // with the store it failed for in os_glance_failed_import and the reason logged.
+        const reason = (e as Error).message;
+        this.log.warn('import failed', { image: img.id, error: reason });
+        await this.abandon(img.id, 'queued'); // (when the staged data was gone before ingest began)
+        await this.repo.setProperty(img.id, FAILED_IMPORT_PROPERTY, this.store.id).catch(() => {});
+      } finally {
+        await rm(path, { force: true });
+      }
+    })());
+  }
+
+  /** The image whose data a download sends: by token (visible, download_image) or by a signed URL. */
+  async downloadable(a: AuthContext | null, id: string, signed: URLSearchParams | null): Promise<ImageRecord> {
+    let img: ImageRecord;
+    if (signed) {
+      // A signed URL (x-diskhub/download-url) stands in for the token.
+      if (!this.opts.downloadUrls.verify(id, signed)) throw new HttpError(401, 'The download URL is not valid or has expired.');
+      const found = await this.repo.load(id);
+      if (!found) throw notFound(`No image found with ID ${id}`);
+      if (found.status === 'deactivated') throw forbidden(DEACTIVATED);
+      img = found;
+    } else {
+      img = await this.images.get(a!, id);
+      this.images.imagePolicy(a!, img).downloadImage();
+      if (img.status === 'deactivated' && !a!.isAdmin) throw forbidden(DEACTIVATED);
+    }
+    return img;
+  }
+
+  /** A signed, short-lived download URL's query for an image the caller may download. */
+  async signDownload(a: AuthContext, id: string): Promise<{ img: ImageRecord; query: string; expires: number }> {
+    const img = await this.downloadable(a, id, null);
+    if (!img.location || img.status !== 'active') throw conflict(`Image ${img.id} has no data to download (status ${img.status}).`);
+    return { img, ...this.opts.downloadUrls.sign(img.id) };
+  }
+
+  /** After a crash: uploads this node had in flight are gone; put their images back and drop partial data. */
+  async recover(): Promise<void> {
+    const rows = await this.repo.uploadsOf(this.opts.node);
+    for (const u of rows.filter((r) => r.temp_key !== STAGE_KEY)) {
+      await this.repo.revertStatus(u.image_id, ['saving', 'importing'], 'queued');
+      this.log.info('recovered interrupted upload', { image: u.image_id });
+    }
+    const removed = await this.store.sweep(await this.repo.liveTempKeys());
+    if (removed.length) this.log.info('removed partial data files', { count: removed.length });
+    // Staging cut off by a crash: drop the partial file; an image whose staged data is not
+    // whole goes back to queued (one whose staging completed keeps it, ready for import).
+    await mkdir(this.opts.stagingDir, { recursive: true });
+    const staged = new Set<string>();
+    for (const name of await readdir(this.opts.stagingDir)) {
+      if (name.endsWith(PARTIAL_SUFFIX)) await rm(join(this.opts.stagingDir, name), { force: true });
+      else staged.add(name);
+    }
+    for (const { image_id: id } of rows.filter((r) => r.temp_key === STAGE_KEY)) {
+      if (!staged.has(id)) {
+        await this.repo.revertStatus(id, ['uploading'], 'queued');
+        this.log.info('recovered interrupted staging', { image: id });
+      } else {
+        await this.repo.dropUploads(id);
+      }
+    }
+  }
+}

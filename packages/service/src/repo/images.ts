@@ -1,0 +1,421 @@
+/**
+ * The image repository: all SQL of the Images API — images with their properties and tags,
+ * members, and the `uploads` rows crash recovery works from — in one place, written once
+ * for SQLite, PostgreSQL and MariaDB (Kysely). Listing has Glance's filters, sorting and
+ * keyset pagination. No HTTP and no policy here: callers pass who is asking only where the
+ * visibility rules are SQL.
+ */
+import { sql, type ExpressionBuilder, type Expression, type SqlBool, type Transaction } from 'kysely';
+import type { Db } from '../db/connect.js';
+import type { Database, ImageMembersTable, ImagesTable } from '../db/schema.js';
+import type { ImageRecord } from '../images-model.js';
+import { badRequest } from '../http.js';
+import { insertIgnore, now } from '../identity.js';
+
+type EB = ExpressionBuilder<Database, 'images'>;
+
+/** Who is asking, as far as which images exist for them. */
+export interface Viewer { projectId: string | null; isAdmin: boolean }
+
+/** An upload in progress, recorded with the status change that starts it. */
+export interface UploadClaim { node: string; tempKey: string }
+
+/** Columns a client may change (PATCH). */
+export type ImageChanges = Pick<ImagesTable, 'name' | 'visibility' | 'protected' | 'os_hidden' | 'owner' | 'container_format' | 'disk_format' | 'min_ram' | 'min_disk'>;
+
+export class ImageRepo {
+  constructor(private readonly db: Db) {}
+  private get k() { return this.db.kysely; }
+
+  async load(id: string): Promise<ImageRecord | undefined> {
+    const row = await this.k.selectFrom('images').selectAll().where('id', '=', id).where('deleted', '=', 0).executeTakeFirst();
+    if (!row) return undefined;
+    return (await this.hydrate([row]))[0];
+  }
+
+  /** Attach properties and tags to many rows with two queries. */
+  async hydrate(rows: Database['images'][]): Promise<ImageRecord[]> {
+    if (rows.length === 0) return [];
+    const ids = rows.map((r) => r.id);
+    const [props, tags] = await Promise.all([
+      this.k.selectFrom('image_properties').select(['image_id', 'name', 'value']).where('image_id', 'in', ids).execute(),
+      this.k.selectFrom('image_tags').select(['image_id', 'value']).where('image_id', 'in', ids).execute(),
+    ]);
+    // (a null-prototype object: a property named __proto__ is a property like any other)
+    const byId = new Map(rows.map((r) => [r.id, { ...r, properties: Object.create(null) as Record<string, string>, tags: [] as string[] }]));
+    for (const p of props) byId.get(p.image_id)!.properties[p.name] = p.value;
+    for (const t of tags) byId.get(t.image_id)!.tags.push(t.value);
+    return ids.map((id) => byId.get(id)!);
+  }
+
+  exists(id: string): Promise<boolean> {
+    return this.k.selectFrom('images').select('id').where('id', '=', id).executeTakeFirst().then((r) => !!r);
+  }
+
+  /** A new image with its properties and tags, in one transaction. */
+  async insert(row: ImagesTable, props: Record<string, string>, tags: string[]): Promise<void> {
+    await this.k.transaction().execute(async (tx) => {
+      await tx.insertInto('images').values(row).execute();
+      await writeChildren(tx, row.id, props, tags);
+    });
+  }
+
+  /** Compare-and-set on the revision: false when another request changed the image first. */
+  async update(img: ImageRecord, changes: ImageChanges, props: Record<string, string>, tags: string[]): Promise<boolean> {
+    return this.k.transaction().execute(async (tx) => {
+      const r = await tx.updateTable('images').set({ ...changes, updated_at: now(), revision: img.revision + 1 })
+        .where('id', '=', img.id).where('revision', '=', img.revision).where('deleted', '=', 0).executeTakeFirst();
+      if (Number(r.numUpdatedRows) !== 1) return false;
+      await tx.deleteFrom('image_properties').where('image_id', '=', img.id).execute();
+      await tx.deleteFrom('image_tags').where('image_id', '=', img.id).execute();
+      await writeChildren(tx, img.id, props, tags);
+      return true;
+    });
+  }
+
+  /** Mark deleted (unless protected meanwhile) and drop members, tags and properties; false when it was not there to delete. */
+  async softDelete(img: ImageRecord): Promise<boolean> {
+    return this.k.transaction().execute(async (tx) => {
+      const ts = now();
+      const r = await tx.updateTable('images').set({ status: 'deleted', deleted: 1, deleted_at: ts, updated_at: ts, revision: img.revision + 1 })
+        .where('id', '=', img.id).where('deleted', '=', 0).where('protected', '=', 0).executeTakeFirst();
+      if (Number(r.numUpdatedRows) !== 1) return false;
+      await tx.deleteFrom('image_members').where('image_id', '=', img.id).execute();
+      await tx.deleteFrom('image_tags').where('image_id', '=', img.id).execute();
+      await tx.deleteFrom('image_properties').where('image_id', '=', img.id).execute();
+      await tx.deleteFrom('uploads').where('image_id', '=', img.id).execute();
+      return true;
+    });
+  }
+
+  /**
+   * Move the status from `img`'s (at its revision) to `to`, in one transaction with the
+   * `uploads` rows: `claim` records this node's upload (replacing any earlier row of the
+   * image), `release` drops the image's rows. False when the image changed meanwhile.
+   */
+  async setStatus(img: Pick<ImageRecord, 'id' | 'revision'>, to: string, rows: { claim?: UploadClaim; release?: boolean } = {}): Promise<boolean> {
+    return this.k.transaction().execute(async (tx) => {
+      const r = await tx.updateTable('images').set({ status: to, updated_at: now(), revision: img.revision + 1 })
+        .where('id', '=', img.id).where('revision', '=', img.revision).where('deleted', '=', 0).executeTakeFirst();
+      if (Number(r.numUpdatedRows) !== 1) return false;
+      if (rows.claim || rows.release) await tx.deleteFrom('uploads').where('image_id', '=', img.id).execute();
+      if (rows.claim) await tx.insertInto('uploads').values({ image_id: img.id, node: rows.claim.node, temp_key: rows.claim.tempKey, started_at: now() }).execute();
+      return true;
+    });
+  }
+
+  /** Whatever its revision, move an image in one of `from` to `to` and drop its upload rows (an upload that ends, or recovery). */
+  async revertStatus(id: string, from: string[], to: string): Promise<void> {
+    await this.k.transaction().execute(async (tx) => {
+      await tx.updateTable('images').set({ status: to, updated_at: now() }).where('id', '=', id).where('status', 'in', from).execute();
+      await tx.deleteFrom('uploads').where('image_id', '=', id).execute();
+    });
+  }
+
+  /** The upload is whole and verified: the image becomes active with its data; false when it was deleted or changed meanwhile. */
+  async activate(id: string, from: string[], data: Pick<ImagesTable, 'size' | 'virtual_size' | 'checksum' | 'os_hash_algo' | 'os_hash_value' | 'location' | 'store'>): Promise<boolean> {
+    return this.k.transaction().execute(async (tx) => {
+      const r = await tx.updateTable('images').set({ ...data, status: 'active', updated_at: now() })
+        .where('id', '=', id).where('deleted', '=', 0).where('status', 'in', from).executeTakeFirst();
+      await tx.deleteFrom('uploads').where('image_id', '=', id).execute();
+      return Number(r.numUpdatedRows) === 1;
+    });
+  }
+
+  countOwned(owner: string): Promise<number> {
+    return this.k.selectFrom('images').select((eb) => eb.fn.countAll().as('n')).where('owner', '=', owner).where('deleted', '=', 0)
+      .executeTakeFirstOrThrow().then((r) => Number(r.n));
+  }
+
+  /** Bytes of image data a project stores. */
+  storageUsed(owner: string): Promise<number> {
+    return this.k.selectFrom('images').select((eb) => eb.fn.sum<number | string | null>('size').as('used')).where('owner', '=', owner).where('deleted', '=', 0)
+      .executeTakeFirstOrThrow().then((r) => Number(r.used ?? 0));
+  }
+
+  /** Set (or with null, remove) one property the service itself keeps (os_glance_*). */
+  async setProperty(id: string, name: string, value: string | null): Promise<void> {
+    await this.k.transaction().execute(async (tx) => {
+      await tx.deleteFrom('image_properties').where('image_id', '=', id).where('name', '=', name).execute();
+      if (value !== null) await tx.insertInto('image_properties').values({ image_id: id, name, value }).execute();
+    });
+  }
+
+  // --- tags
+
+  async addTag(id: string, tag: string): Promise<void> {
+    await insertIgnore(this.db, 'image_tags', { image_id: id, value: tag });
+    await this.k.updateTable('images').set({ updated_at: now() }).where('id', '=', id).execute();
+  }
+
+  /** False when the image had no such tag. */
+  async removeTag(id: string, tag: string): Promise<boolean> {
+    const r = await this.k.deleteFrom('image_tags').where('image_id', '=', id).where('value', '=', tag).executeTakeFirst();
+    if (Number(r.numDeletedRows) === 0) return false;
+    await this.k.updateTable('images').set({ updated_at: now() }).where('id', '=', id).execute();
+    return true;
+  }
+
+  // --- members
+
+  member(imageId: string, member: string): Promise<ImageMembersTable | undefined> {
+    return this.k.selectFrom('image_members').selectAll().where('image_id', '=', imageId).where('member', '=', member).executeTakeFirst();
+  }
+
+  /** The image's members, or only `only`'s membership. */
+  members(imageId: string, only?: string): Promise<ImageMembersTable[]> {
+    let q = this.k.selectFrom('image_members').selectAll().where('image_id', '=', imageId);
+    if (only !== undefined) q = q.where('member', '=', only);
+    return q.orderBy('created_at').execute();
+  }
+
+  countMembers(imageId: string): Promise<number> {
+    return this.k.selectFrom('image_members').select((eb) => eb.fn.countAll().as('n')).where('image_id', '=', imageId)
+      .executeTakeFirstOrThrow().then((r) => Number(r.n));
+  }
+
+  async addMember(row: ImageMembersTable): Promise<void> {
+    await this.k.insertInto('image_members').values(row).execute();
+  }
+
+  async setMemberStatus(imageId: string, member: string, status: string, ts: string): Promise<void> {
+    await this.k.updateTable('image_members').set({ status, updated_at: ts }).where('image_id', '=', imageId).where('member', '=', member).execute();
+  }
+
+  async removeMember(imageId: string, member: string): Promise<void> {
+    await this.k.deleteFrom('image_members').where('image_id', '=', imageId).where('member', '=', member).execute();
+  }
+
+  // --- uploads (crash recovery)
+
+  /** Upload rows of `node`: transfers into the store (`temp_key` names their data) and stagings (`temp_key` = stageKey). */
+  uploadsOf(node: string): Promise<{ image_id: string; temp_key: string }[]> {
+    return this.k.selectFrom('uploads').select(['image_id', 'temp_key']).where('node', '=', node).execute();
+  }
+
+  /** The temporary data keys some node is still writing (any node: they share the store). */
+  liveTempKeys(): Promise<Set<string>> {
+    return this.k.selectFrom('uploads').select('temp_key').execute().then((rows) => new Set(rows.map((r) => r.temp_key)));
+  }
+
+  async dropUploads(id: string): Promise<void> {
+    await this.k.deleteFrom('uploads').where('image_id', '=', id).execute();
+  }
+
+  /** Can this viewer see the image at all (show, download)? Members see it whatever their status. */
+  async canSee(viewer: Viewer, img: ImageRecord): Promise<boolean> {
+    if (viewer.isAdmin || img.visibility === 'public' || img.visibility === 'community') return true;
+    if (viewer.projectId && img.owner === viewer.projectId) return true;
+    if (img.visibility === 'shared' && viewer.projectId) return !!(await this.member(img.id, viewer.projectId));
+    return false;
+  }
+
+  list(viewer: Viewer, sp: URLSearchParams, limit: number): Promise<ListResult> {
+    return listImages(this, this.db, viewer, sp, limit);
+  }
+}
+
+async function writeChildren(tx: Transaction<Database>, id: string, props: Record<string, string>, tags: string[]): Promise<void> {
+  const entries = Object.entries(props);
+  if (entries.length) await tx.insertInto('image_properties').values(entries.map(([name, value]) => ({ image_id: id, name, value }))).execute();
+  if (tags.length) await tx.insertInto('image_tags').values(tags.map((value) => ({ image_id: id, value }))).execute();
+}
+
+export const SORT_KEYS = ['name', 'status', 'container_format', 'disk_format', 'size', 'id', 'created_at', 'updated_at'] as const;
+type SortKey = typeof SORT_KEYS[number];
+export interface SortSpec { key: SortKey; dir: 'asc' | 'desc' }
+
+/** sort_key/sort_dir (repeatable, comma lists) or sort=key:dir,key2 — Glance's two syntaxes. */
+export function parseSort(sp: URLSearchParams): SortSpec[] {
+  const check = (k: string): SortKey => {
+    if (!(SORT_KEYS as readonly string[]).includes(k)) throw badRequest(`Invalid sort key: ${k}. It must be one of the following: ${SORT_KEYS.join(', ')}.`);
+    return k as SortKey;
+  };
+  const checkDir = (d: string): 'asc' | 'desc' => {
+    if (d !== 'asc' && d !== 'desc') throw badRequest(`Invalid sort direction: ${d}. It must be one of the following: asc, desc.`);
+    return d;
+  };
+  const specs: SortSpec[] = [];
+  if (sp.has('sort')) {
+    if (sp.has('sort_key') || sp.has('sort_dir')) throw badRequest('The "sort" parameter cannot be combined with "sort_key" or "sort_dir".');
+    for (const part of sp.getAll('sort').join(',').split(',').map((s) => s.trim()).filter(Boolean)) {
+      const [k, d] = part.split(':');
+      specs.push({ key: check(k!), dir: d ? checkDir(d) : 'desc' });
+    }
+  } else {
+    const keys = sp.getAll('sort_key').flatMap((s) => s.split(',')).map((s) => s.trim()).filter(Boolean);
+    const dirs = sp.getAll('sort_dir').flatMap((s) => s.split(',')).map((s) => s.trim()).filter(Boolean);
+    if (dirs.length > 1 && dirs.length !== keys.length) throw badRequest('Number of sort dirs does not match the number of sort keys');
+    keys.forEach((k, i) => specs.push({ key: check(k), dir: checkDir(dirs[i] ?? dirs[0] ?? 'desc') }));
+    if (keys.length === 0 && dirs.length) specs.push({ key: 'created_at', dir: checkDir(dirs[0]!) });
+  }
+  if (specs.length === 0) specs.push({ key: 'created_at', dir: 'desc' });
+  if (!specs.some((s) => s.key === 'created_at')) specs.push({ key: 'created_at', dir: specs[0]!.dir });
+  if (!specs.some((s) => s.key === 'id')) specs.push({ key: 'id', dir: specs[0]!.dir });
+  return specs;
+}
+
+/** Sort keys through COALESCE so NULLs order the same on all three databases. */
+function sortExpr(eb: EB, key: SortKey): Expression<any> {
+  if (key === 'size') return eb.fn.coalesce('images.size', sql.lit(-1));
+  if (key === 'name' || key === 'container_format' || key === 'disk_format') return eb.fn.coalesce(`images.${key}`, sql.lit(''));
+  return eb.ref(`images.${key}`);
+}
+function sortValue(row: Database['images'], key: SortKey): unknown {
+  const v = row[key];
+  if (key === 'size') return v === null ? -1 : Number(v);
+  if (v === null) return '';
+  return v;
+}
+
+const TIME_OPS: Record<string, '>' | '>=' | '<' | '<=' | '=' | '<>'> = { gt: '>', gte: '>=', lt: '<', lte: '<=', eq: '=', neq: '<>' };
+
+function parseTimeFilter(name: string, raw: string): { op: '>' | '>=' | '<' | '<=' | '=' | '<>'; value: string } {
+  const m = /^(gt|gte|lt|lte|eq|neq):(.+)$/.exec(raw);
+  const bad = () => badRequest(`Bad "${name}" query filter format. Use ISO 8601 DateTime notation.`);
+  if (!m) throw bad();
+  const t = Date.parse(m[2]!);
+  if (!/^\d{4}-\d{2}-\d{2}/.test(m[2]!) || Number.isNaN(t)) throw bad();
+  return { op: TIME_OPS[m[1]!]!, value: new Date(t).toISOString() };
+}
+
+function inList(raw: string): string[] | null {
+  if (!raw.startsWith('in:')) return null;
+  const body = raw.slice(3);
+  // Values may be quoted to hold commas: in:"a,b",c
+  const out: string[] = [];
+  const re = /\s*(?:"((?:[^"\\]|\\.)*)"|([^,]*))\s*(?:,|$)/g;
+  let m: RegExpExecArray | null;
+  while ((m = re.exec(body)) && m[0] !== '') out.push(m[1] !== undefined ? m[1].replace(/\\(.)/g, '$1') : m[2]!.trim());
+  return out;
+}
+
+function parseBool(name: string, raw: string): number {
+  const v = raw.toLowerCase();
+  if (['true', '1', 'yes', 'on'].includes(v)) return 1;
+  if (['false', '0', 'no', 'off'].includes(v)) return 0;
+  throw badRequest(`Invalid value '${raw}' for parameter '${name}'.`);
+}
+
+function parseSizeFilter(name: string, raw: string): number {
+  if (!/^\d+$/.test(raw)) throw badRequest(`Invalid value for ${name}: ${raw}. It must be an integer.`);
+  return Number(raw);
+}
+
+/**
+ * diskhub extension: a case-insensitive substring match on the name (Glance has only exact
+ * names), so a dashboard can search thousands of images without listing them all.
+ */
+export const NAME_CONTAINS_PARAM = 'x-diskhub-name-contains';
+
+const CONTROL_PARAMS = new Set([NAME_CONTAINS_PARAM, 'limit', 'marker', 'sort_key', 'sort_dir', 'sort', 'member_status', 'visibility', 'tag', 'size_min', 'size_max', 'created_at', 'updated_at', 'os_hidden', 'protected']);
+const COLUMN_FILTERS = new Set(['name', 'status', 'owner', 'disk_format', 'container_format', 'id', 'checksum', 'os_hash_value', 'min_ram', 'min_disk']);
+
+export interface ListResult { rows: Database['images'][]; more: boolean }
+
+async function listImages(repo: ImageRepo, db: Db, auth: Viewer, sp: URLSearchParams, limit: number): Promise<ListResult> {
+  const k = db.kysely;
+  const project = auth.projectId ?? '';
+  const visibility = sp.get('visibility');
+  if (visibility !== null && !['public', 'private', 'shared', 'community', 'all'].includes(visibility)) {
+    throw badRequest(`Invalid visibility value: ${visibility}`);
+  }
+  const memberStatus = sp.get('member_status') ?? 'accepted';
+  if (!['accepted', 'pending', 'rejected', 'all'].includes(memberStatus)) throw badRequest(`Invalid status value: ${memberStatus}`);
+  const sort = parseSort(sp);
+  const memberOf = (eb: EB, status: string | null) => {
+    let q = eb.selectFrom('image_members').select('image_members.image_id')
+      .whereRef('image_members.image_id', '=', 'images.id').where('image_members.member', '=', project);
+    if (status && status !== 'all') q = q.where('image_members.status', '=', status);
+    return eb.exists(q);
+  };
+
+  let q = k.selectFrom('images').selectAll('images').where('images.deleted', '=', 0);
+  q = q.where((eb) => {
+    const conds: Expression<SqlBool>[] = [];
+    const own = eb('images.owner', '=', project);
+    const sharedWithMe = eb.and([eb('images.visibility', '=', 'shared'), memberOf(eb, memberStatus)]);
+    switch (visibility) {
+      case 'public': conds.push(eb('images.visibility', '=', 'public')); break;
+      case 'community': conds.push(eb('images.visibility', '=', 'community')); break;
+      case 'private':
+        conds.push(eb('images.visibility', '=', 'private'));
+        if (!auth.isAdmin) conds.push(own);
+        break;
+      case 'shared':
+        conds.push(eb('images.visibility', '=', 'shared'));
+        if (!auth.isAdmin || sp.has('member_status')) conds.push(sp.has('member_status') ? memberOf(eb, memberStatus) : eb.or([own, memberOf(eb, memberStatus)]));
+        break;
+      case 'all':
+        if (!auth.isAdmin) conds.push(eb.or([eb('images.visibility', 'in', ['public', 'community']), own, sharedWithMe]));
+        break;
+      default:
+        // Default listing: public, owned, and shared-with-me (accepted); community only when owned.
+        if (auth.isAdmin) conds.push(eb.or([eb('images.visibility', '<>', 'community'), own]));
+        else conds.push(eb.or([eb('images.visibility', '=', 'public'), own, sharedWithMe]));
+    }
+    return eb.and(conds);
+  });
+
+  for (const [name, raw] of sp.entries()) {
+    if (CONTROL_PARAMS.has(name)) continue;
+    if (COLUMN_FILTERS.has(name)) {
+      const col = `images.${name}` as const;
+      const list = inList(raw);
+      if (name === 'min_ram' || name === 'min_disk') {
+        if (!/^\d+$/.test(raw)) throw badRequest(`Invalid value for ${name}: ${raw}.`);
+        q = q.where(col as 'images.min_ram', '=', Number(raw));
+      } else if (list) q = q.where(col as 'images.name', 'in', list.length ? list : ['']);
+      else q = q.where(col as 'images.name', '=', raw);
+      continue;
+    }
+    // Any other parameter filters on an extra property's exact value.
+    if (name.length > 255) throw badRequest('Filter name too long.');
+    q = q.where((eb) => eb.exists(eb.selectFrom('image_properties').select('image_properties.image_id')
+      .whereRef('image_properties.image_id', '=', 'images.id').where('image_properties.name', '=', name).where('image_properties.value', '=', raw)));
+  }
+  const contains = sp.get(NAME_CONTAINS_PARAM);
+  if (contains) {
+    if (contains.length > 255) throw badRequest('Filter name too long.');
+    // '!' escapes LIKE's wildcards the same way in SQLite, PostgreSQL and MariaDB.
+    const pattern = `%${contains.toLowerCase().replace(/[!%_]/g, (c) => `!${c}`)}%`;
+    q = q.where(sql<SqlBool>`lower(images.name) like ${pattern} escape '!'`);
+  }
+  for (const tag of sp.getAll('tag')) {
+    q = q.where((eb) => eb.exists(eb.selectFrom('image_tags').select('image_tags.image_id')
+      .whereRef('image_tags.image_id', '=', 'images.id').where('image_tags.value', '=', tag)));
+  }
+  if (sp.has('size_min')) q = q.where('images.size', '>=', parseSizeFilter('size_min', sp.get('size_min')!));
+  if (sp.has('size_max')) q = q.where('images.size', '<=', parseSizeFilter('size_max', sp.get('size_max')!));
+  for (const col of ['created_at', 'updated_at'] as const) {
+    for (const raw of sp.getAll(col)) {
+      const f = parseTimeFilter(col, raw);
+      q = q.where(`images.${col}`, f.op, f.value);
+    }
+  }
+  if (sp.has('protected')) q = q.where('images.protected', '=', parseBool('protected', sp.get('protected')!));
+  // Hidden images are left out unless asked for (os_hidden=true lists only them).
+  q = q.where('images.os_hidden', '=', sp.has('os_hidden') ? parseBool('os_hidden', sp.get('os_hidden')!) : 0);
+
+  const marker = sp.get('marker');
+  if (marker !== null) {
+    // A marker the caller cannot see is no marker (Glance: 400): a private image of another
+    // project would otherwise reveal that it exists and where its name sorts.
+    const m = await repo.load(marker);
+    if (!m || !(await repo.canSee(auth, m))) throw badRequest(`No image found with ID ${marker}`);
+    // Keyset: rows strictly after the marker in the sort order.
+    q = q.where((eb) => {
+      const ors: Expression<SqlBool>[] = [];
+      for (let i = 0; i < sort.length; i++) {
+        const ands: Expression<SqlBool>[] = [];
+        for (let j = 0; j < i; j++) ands.push(eb(sortExpr(eb, sort[j]!.key), '=', sortValue(m, sort[j]!.key)));
+        ands.push(eb(sortExpr(eb, sort[i]!.key), sort[i]!.dir === 'asc' ? '>' : '<', sortValue(m, sort[i]!.key)));
+        ors.push(eb.and(ands));
+      }
+      return eb.or(ors);
+    });
+  }
+  for (const s of sort) q = q.orderBy((eb) => sortExpr(eb as EB, s.key), s.dir);
+  const rows = await q.limit(limit + 1).execute();
+  return { rows: rows.slice(0, limit), more: rows.length > limit };
+}

@@ -1,0 +1,32 @@
+/**
+ * diskhub's extensions to the Images API, under /v2/images/{id}/x-diskhub/: signed download
+ * URLs (download-urls.ts) and what is inside an image (inside.ts).
+ */
+import type { FastifyInstance } from 'fastify';
+import { badRequest, conflict, replyJson, searchParams, type Authenticate } from '../http.js';
+import type { ImageService } from '../domain/images.js';
+import type { ImageDataService } from '../domain/image-data.js';
+import { DEFAULT_BUCKETS, MAX_BUCKETS, describeInside } from '../inside.js';
+import type { Store } from '../store.js';
+
+export interface ExtensionRouteDeps { auth: Authenticate; images: ImageService; data: ImageDataService; store: Store }
+
+type IdParams = { Params: { id: string } };
+
+export function extensionRoutes(app: FastifyInstance, { auth, images, data, store }: ExtensionRouteDeps): void {
+  app.post<IdParams>('/v2/images/:id/x-diskhub/download-url', async (request, reply) => {
+    const a = await auth(request);
+    const { img, query, expires } = await data.signDownload(a, request.params.id);
+    return replyJson(reply, 201, { url: `${request.baseUrl}/v2/images/${img.id}/file?${query}`, expires_at: new Date(expires * 1000).toISOString().replace(/\.\d+Z$/, 'Z') });
+  });
+
+  app.get<IdParams>('/v2/images/:id/x-diskhub/inside', async (request, reply) => {
+    const a = await auth(request);
+    const img = await images.get(a, request.params.id);
+    if (!img.location || (img.status !== 'active' && img.status !== 'deactivated')) throw conflict(`Image ${img.id} has no data (status ${img.status}).`);
+    const raw = searchParams(request).get('buckets');
+    const buckets = raw === null ? DEFAULT_BUCKETS : Number(raw);
+    if (!Number.isInteger(buckets) || buckets < 1 || buckets > MAX_BUCKETS) throw badRequest(`Invalid value for buckets: ${raw}. It must be an integer from 1 to ${MAX_BUCKETS}.`);
+    return replyJson(reply, 200, { image_id: img.id, ...await describeInside(store.pathOf(img.location), buckets) });
+  });
+}
