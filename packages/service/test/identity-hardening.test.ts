@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { needs, runOk } from '@diskhub/testkit';
 import { ADMIN_PASSWORD, addProjectUser, api, osEnv, startTestService, token, type TestService } from './helpers.js';
-import { HashingBusy, PasswordHasher } from '../src/identity/passwords.js';
+import { HashingBusy, PasswordHasher } from '../src/domain/passwords.js';
 
 const login = (url: string, user: Record<string, unknown>, password: string, scope?: unknown) => fetch(`${url}/identity/v3/auth/tokens`, {
   method: 'POST', headers: { 'Content-Type': 'application/json' },
@@ -177,6 +177,21 @@ test('scope: no domain- or system-scoped tokens for roles nobody has; role assig
     assert.equal((await r.json() as any).error.message, 'The request you have made requires authentication.');
   }
   assert.equal((await login(svc.url, byName('admin'), ADMIN_PASSWORD, { domain: { id: 'default' } })).status, 401, 'not even the admin has a role on a domain');
+
+  // An unscoped token (a user with no default project, no scope asked) is a Keystone token,
+  // but the Images API takes only project-scoped ones: 403 as Glance answers a scope mismatch.
+  const admin = api(svc.url, adminTok);
+  assert.equal((await admin('POST', '/identity/v3/users', { body: { user: { name: 'drifter', password: 'pw' } } })).status, 201);
+  const unscoped = await login(svc.url, byName('drifter'), 'pw');
+  assert.equal(unscoped.status, 201);
+  assert.equal((await unscoped.json() as any).token.project, undefined);
+  const drifter = api(svc.url, unscoped.headers.get('x-subject-token')!);
+  const list = await drifter('GET', '/v2/images');
+  assert.equal(list.status, 403);
+  assert.match(list.text, /You are not authorized to complete get_images action\./);
+  assert.equal((await drifter('POST', '/v2/images', { body: { name: 'ownerless' } })).status, 403, 'no image owned by nobody');
+  assert.equal((await drifter('GET', '/v2/metadefs/namespaces')).status, 403);
+  assert.equal((await drifter('GET', '/identity/v3/auth/projects')).status, 200, 'the identity API still serves it');
 
   const memberTok = await token(svc.url, 'u-scope', 'pw', 'p-scope');
   const member = api(svc.url, memberTok);

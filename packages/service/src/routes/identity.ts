@@ -6,9 +6,9 @@
  */
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { HttpError, isObject, jsonBody, replyEmpty, replyJson, searchParams } from '../http.js';
-import { AuthError, DEFAULT_DOMAIN, type AuthContext, type Identity } from '../identity/service.js';
-import { IdentityForbidden, IdentityPolicy } from '../identity/policy.js';
-import type { ProjectRow, UserRow } from '../identity/repository.js';
+import { AuthError, DEFAULT_DOMAIN, type AuthContext, type Identity } from '../domain/identity.js';
+import { IdentityForbidden, IdentityPolicy } from '../policy/identity.js';
+import type { ProjectRow, UserRow } from '../repo/identity.js';
 
 export interface IdentityDeps {
   identity: Identity;

@@ -6,9 +6,9 @@
  * and domain reader branches could never pass. A refusal is Keystone's 403 "You are not
  * authorized to perform the requested action: identity:<rule>.".
  */
-import { Policy, type PolicyCredentials } from '../policy/policy.js';
-import type { RuleDefault } from '../policy/glance-defaults.js';
-import type { AuthContext } from './service.js';
+import { Policy, type PolicyCredentials } from './policy.js';
+import type { RuleDefault } from './glance-defaults.js';
+import type { AuthContext } from '../domain/identity.js';
 
 const ADMIN = 'rule:admin_required';
 const rules: RuleDefault[] = [

@@ -15,7 +15,7 @@ import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import type { Db } from '../db/connect.js';
 import { HashingBusy, PasswordHasher } from './passwords.js';
 import { LoginThrottle } from './login-throttle.js';
-import { IdentityRepository, newId, userCounters, type ProjectRow, type RoleRow, type UserRow } from './repository.js';
+import { IdentityRepository, newId, userCounters, type ProjectRow, type RoleRow, type UserRow } from '../repo/identity.js';
 
 export const DEFAULT_DOMAIN = { id: 'default', name: 'Default' };
 /** Keystone's default role hierarchy: admin implies member implies reader. */
