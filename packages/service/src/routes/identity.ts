@@ -5,7 +5,7 @@
  * change is the identity service's, every query its repository's.
  */
 import type { FastifyInstance, FastifyRequest } from 'fastify';
-import { HttpError, isObject, jsonBody, replyEmpty, replyJson, searchParams } from '../http.js';
+import { HttpError, isObject, jsonBody, replyEmpty, replyJson, searchParams, type Authenticate } from '../http.js';
 import { AuthError, DEFAULT_DOMAIN, type AuthContext, type Identity } from '../domain/identity.js';
 import { IdentityForbidden, IdentityPolicy } from '../policy/identity.js';
 import type { ProjectRow, UserRow } from '../repo/identity.js';
@@ -13,7 +13,7 @@ import type { ProjectRow, UserRow } from '../repo/identity.js';
 export interface IdentityDeps {
   identity: Identity;
   /** The caller's token, validated (401 with Keystone's WWW-Authenticate otherwise). */
-  auth(request: FastifyRequest): Promise<AuthContext>;
+  auth: Authenticate;
 }
 
 const UPDATED = '2022-09-07T00:00:00Z';
