@@ -87,14 +87,18 @@ test('a login flood does not hold up image downloads, and is bounded', async (t)
   const data = Buffer.alloc(1 << 20, 7);
   assert.equal((await admin('PUT', `/v2/images/${img.json.id}/file`, { raw: data })).status, 204);
 
-  // 32 concurrent wrong-password logins (the issue's reproducer), then a download while they run.
+  // 32 concurrent wrong-password logins (the issue's reproducer); once the first is answered
+  // (hashing is under way), a download.
   let hashedAnswers = 0;
+  let firstAnswered!: () => void;
+  const hashing = new Promise<void>((resolve) => { firstAnswered = resolve; });
   const flood = Promise.all(Array.from({ length: 32 }, async (_, i) => {
     const r = await login(svc.url, byName(i % 2 ? 'admin' : `nobody-${i}`), 'wrong');
     await r.arrayBuffer();
-    if (r.status === 401) hashedAnswers++;
+    if (r.status === 401 && ++hashedAnswers === 1) firstAnswered();
     return r.status;
   }));
+  await hashing;
   const download = await fetch(`${svc.url}/v2/images/${img.json.id}/file`, { headers: { 'X-Auth-Token': adminTok } });
   const body = Buffer.from(await download.arrayBuffer());
   const answeredBeforeDownload = hashedAnswers;
