@@ -1,5 +1,5 @@
 /**
- * The one abstraction the engine speaks (see ../../shared/DESIGN.md): a BlockDevice is a
+ * The one abstraction the engine speaks: a BlockDevice is a
  * virtual disk of `size` bytes. Format drivers turn a ByteSource into a BlockDevice; layers
  * (backing chains, partition windows, overlays) stack on BlockDevices; operations (convert,
  * check, map, ...) are functions over BlockDevices.

@@ -131,6 +131,24 @@ function errorFlavor(acceptHeader: string | undefined): 'html' | 'json' | 'plain
 }
 
 /**
+ * An error of the database or the file system that means the disk is full: a clear answer
+ * instead of a 500 (SQLite's SQLITE_FULL, PostgreSQL's disk_full 53100, MariaDB's 1021/1114,
+ * ENOSPC). A transaction SQLite aborted by itself (full disk, I/O error) surfaces as the
+ * failed ROLLBACK after it: nothing was written either way.
+ */
+export function storageError(e: unknown): HttpError | null {
+  const err = e as { code?: unknown; errno?: unknown; message?: unknown } | null;
+  const code = err?.code;
+  if (code === 'SQLITE_FULL' || code === 'ENOSPC' || code === 'EDQUOT' || code === '53100' || code === 'ER_DISK_FULL' || code === 'ER_RECORD_FILE_FULL' || err?.errno === 1021 || err?.errno === 1114) {
+    return new HttpError(507, 'The service is out of disk space for its database or data; nothing was changed. Free space on the server and retry.');
+  }
+  if (typeof err?.message === 'string' && /cannot rollback - no transaction is active/.test(err.message)) {
+    return new HttpError(503, 'The database aborted the change (out of disk space or an I/O error); nothing was changed. Retry later.');
+  }
+  return null;
+}
+
+/**
  * A request whose body was not read (an error before the upload started) is drained, so
  * the client sees the answer rather than a reset; huge bodies get cut.
  */

@@ -61,6 +61,9 @@ export function imageView(img: ImageRecord, storeId: string): Record<string, unk
 
 const uuidRe = new RegExp(UUID_PATTERN);
 
+/** Length in characters (code points), as Glance's schema validation counts it, not UTF-16 units. */
+const tooLong = (s: string, max: number) => s.length > max && [...s].length > max;
+
 function schemaError(detail: string): HttpError {
   return badRequest(`Provided object does not match schema 'image': ${detail}`);
 }
@@ -69,7 +72,7 @@ function schemaError(detail: string): HttpError {
 export function validateAttr(key: string, value: unknown): void {
   const isStrOrNull = (max: number) => {
     if (value !== null && typeof value !== 'string') throw schemaError(`${JSON.stringify(value)} is not of type 'null', 'string'`);
-    if (typeof value === 'string' && value.length > max) throw schemaError(`'${key}' is too long (maximum ${max})`);
+    if (typeof value === 'string' && tooLong(value, max)) throw schemaError(`'${key}' is too long (maximum ${max})`);
   };
   const oneOf = (values: readonly (string | null)[]) => {
     if (!values.includes(value as string | null)) throw schemaError(`${JSON.stringify(value)} is not one of [${values.map((v) => (v === null ? 'None' : `'${v}'`)).join(', ')}]`);
@@ -106,14 +109,14 @@ export function validateAttr(key: string, value: unknown): void {
       return oneOf(['on_image_deletion', 'do_not_delete']);
     default:
       if (typeof value !== 'string') throw schemaError(`${JSON.stringify(value)} is not of type 'string'`);
-      if (key.length > 255) throw badRequest(`Property name '${key.slice(0, 40)}…' is longer than 255 characters.`);
-      if (value.length > 65535) throw badRequest(`Property '${key}' value is longer than 65535 characters.`);
+      if (tooLong(key, 255)) throw badRequest(`Property name '${key.slice(0, 40)}…' is longer than 255 characters.`);
+      if (tooLong(value, 65535)) throw badRequest(`Property '${key}' value is longer than 65535 characters.`);
   }
 }
 
 export function validateTag(t: unknown): asserts t is string {
   if (typeof t !== 'string') throw schemaError(`${JSON.stringify(t)} is not of type 'string'`);
-  if (t.length > 255) throw badRequest(`Tag '${t.slice(0, 40)}…' is longer than 255 characters.`);
+  if (tooLong(t, 255)) throw badRequest(`Tag '${t.slice(0, 40)}…' is longer than 255 characters.`);
 }
 
 /** What a client may write: 403 for read-only and reserved names, as Glance answers. */

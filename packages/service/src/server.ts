@@ -41,7 +41,7 @@ import Fastify, { LogController, type FastifyError } from 'fastify';
 import { Counter, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { ServiceConfig } from './config.js';
 import { openDatabase, type Db } from './db/connect.js';
-import { HttpError, JSON_BODY_LIMIT, acceptJson, apiOf, drainUnread, renderError, type Authenticate } from './http.js';
+import { HttpError, JSON_BODY_LIMIT, acceptJson, apiOf, drainUnread, renderError, storageError, type Authenticate } from './http.js';
 import { AuthError, Identity } from './identity.js';
 import { KeystoneClient } from './keystone-client.js';
 import { identityRoutes } from './routes/identity.js';
@@ -127,6 +127,8 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
     genReqId: () => `req-${randomUUID()}`,
     requestIdHeader: false,
     bodyLimit: JSON_BODY_LIMIT,
+    // Bodies are checked as Glance's jsonschema checks them: a number is not a string.
+    ajv: { customOptions: { coerceTypes: false, removeAdditional: false } },
     return503OnClosing: false,
     // Paths are matched as the hand-written router did: repeated and trailing slashes do not
     // count — except that /v2/images/ names an image with an empty id (Glance: 404).
@@ -161,6 +163,9 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
     request.api = apiOf(path);
     request.baseUrl = selfUrl;
     reply.raw.setHeader('X-OpenStack-Request-Id', request.id);
+    // Answers are what their Content-Type says: a browser must not sniff an image's data or
+    // a JSON error into HTML.
+    reply.raw.setHeader('X-Content-Type-Options', 'nosniff');
     reply.raw.on('finish', () => {
       const seconds = Number(process.hrtime.bigint() - started) / 1e9;
       const route = (reply.raw as { diskhubRoute?: string }).diskhubRoute ?? (request.is404 ? 'unmatched' : request.routeOptions.url ?? 'unmatched');
@@ -187,6 +192,10 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
       status = 415; message = `The request media type ${request.headers['content-type'] || '(none)'} is not supported by this server.`;
     } else if (typeof err.statusCode === 'number' && err.statusCode >= 400 && err.statusCode < 500) {
       status = err.statusCode; message = err.message;
+    } else if (storageError(err)) {
+      const e = storageError(err)!;
+      log.error('storage full', { request_id: request.id, error: String(err?.message ?? err) });
+      ({ status, message } = e);
     } else {
       log.error('unhandled error', { request_id: request.id, error: err?.stack ?? String(err) });
       status = 500; message = 'The server has either erred or is incapable of performing the requested operation.';

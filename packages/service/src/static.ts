@@ -11,8 +11,17 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 const TYPES: Record<string, string> = {
   '.html': 'text/html; charset=utf-8', '.js': 'text/javascript; charset=utf-8', '.mjs': 'text/javascript; charset=utf-8',
   '.css': 'text/css; charset=utf-8', '.json': 'application/json', '.svg': 'image/svg+xml', '.png': 'image/png',
-  '.ico': 'image/x-icon', '.woff2': 'font/woff2', '.txt': 'text/plain; charset=utf-8', '.map': 'application/json',
+  '.ico': 'image/x-icon', '.woff2': 'font/woff2', '.txt': 'text/plain; charset=utf-8',
 };
+
+/**
+ * The dashboard loads only its own files and talks only to this service: no inline script,
+ * no other origin, and no page may frame it (clickjacking an image delete or a share).
+ */
+export const DASHBOARD_CSP = [
+  "default-src 'self'", "script-src 'self'", "style-src 'self'", "img-src 'self' data:", "connect-src 'self'",
+  "object-src 'none'", "base-uri 'none'", "form-action 'self'", "frame-ancestors 'none'",
+].join('; ');
 
 export function wantsHtml(req: IncomingMessage): boolean {
   return /text\/html/.test(req.headers.accept ?? '');
@@ -25,6 +34,8 @@ export async function findStatic(dir: string, path: string, req: IncomingMessage
   if (req.method !== 'GET' && req.method !== 'HEAD') return null;
   let rel: string;
   try { rel = decodeURIComponent(path); } catch { return null; }
+  // The build's source maps stay on the build machine: they would hand out the app's sources.
+  if (extname(rel) === '.map') return null;
   const file = normalize(join(dir, rel));
   if (file !== dir && !file.startsWith(dir.endsWith(sep) ? dir : dir + sep)) return null;
   let target = file;
@@ -49,6 +60,8 @@ export async function sendStatic(file: StaticFile, req: IncomingMessage, res: Se
     // Hashed asset names can be cached for good; the page itself must be revalidated.
     'Cache-Control': isIndex ? 'no-cache' : 'public, max-age=3600',
     'X-Content-Type-Options': 'nosniff',
+    'Content-Security-Policy': DASHBOARD_CSP,
+    'X-Frame-Options': 'DENY',
   });
   if (req.method === 'HEAD') { res.end(); return; }
   await new Promise<void>((resolve) => {

@@ -119,7 +119,7 @@ export class ImageDataService {
    * image active. `tempKey`: the temporary data the status transition claimed.
    */
   private async ingest(img: ImageRecord, tempKey: string, input: Readable, declaredLength: number | null, revertTo: ImageStatus, complete: () => boolean): Promise<void> {
-    const inspection = new UploadInspection(img.id);
+    const inspection = new UploadInspection(img.id, img.container_format);
     let size = 0;
     let staged: StagedWrite;
     try {
@@ -139,7 +139,9 @@ export class ImageDataService {
     };
     try {
       if (declaredLength !== null && declaredLength > cap) throw tooBig(declaredLength);
-      for await (const chunk of input as AsyncIterable<Buffer>) {
+      // (leaving the loop early must not destroy a request body: the error answer is sent
+      // after the rest of it is drained, so the client reads the answer instead of a reset)
+      for await (const chunk of input.iterator({ destroyOnReturn: false }) as AsyncIterable<Buffer>) {
         size += chunk.length;
         if (size > cap) throw tooBig(size);
         await inspection.write(chunk);

@@ -309,7 +309,7 @@ function parseSizeFilter(name: string, raw: string): number {
 export const NAME_CONTAINS_PARAM = 'x-diskhub-name-contains';
 
 const CONTROL_PARAMS = new Set([NAME_CONTAINS_PARAM, 'limit', 'marker', 'sort_key', 'sort_dir', 'sort', 'member_status', 'visibility', 'tag', 'size_min', 'size_max', 'created_at', 'updated_at', 'os_hidden', 'protected']);
-const COLUMN_FILTERS = new Set(['name', 'status', 'owner', 'disk_format', 'container_format', 'id', 'checksum', 'os_hash_value', 'min_ram', 'min_disk']);
+const COLUMN_FILTERS = new Set(['name', 'status', 'owner', 'disk_format', 'container_format', 'id', 'checksum', 'os_hash_value', 'min_ram', 'min_disk', 'size', 'virtual_size']);
 
 export interface ListResult { rows: Database['images'][]; more: boolean }
 
@@ -362,7 +362,7 @@ async function listImages(repo: ImageRepo, db: Db, auth: Viewer, sp: URLSearchPa
     if (COLUMN_FILTERS.has(name)) {
       const col = `images.${name}` as const;
       const list = inList(raw);
-      if (name === 'min_ram' || name === 'min_disk') {
+      if (name === 'min_ram' || name === 'min_disk' || name === 'size' || name === 'virtual_size') {
         if (!/^\d+$/.test(raw)) throw badRequest(`Invalid value for ${name}: ${raw}.`);
         q = q.where(col as 'images.min_ram', '=', Number(raw));
       } else if (list) q = q.where(col as 'images.name', 'in', list.length ? list : ['']);

@@ -10,8 +10,12 @@ import { replyJson, type Authenticate } from '../http.js';
 import { IMPORT_METHODS } from '../domain/image-data.js';
 import { findStatic, sendStatic, wantsHtml } from '../static.js';
 
-/** The Image API versions this service implements (newest first). */
-export const VERSIONS = ['2.16', '2.15', '2.13', '2.12', '2.11', '2.10', '2.9', '2.8', '2.7', '2.6', '2.5', '2.4', '2.3', '2.2', '2.1', '2.0'];
+/**
+ * The Image API versions this service implements (newest first): what Glance 25 lists for a
+ * deployment like this one — no image cache (so no 2.14 and 2.16, the cache API) and one
+ * store instead of enabled_backends (so no 2.8 and 2.10–2.13, the multi-store APIs).
+ */
+export const VERSIONS = ['2.15', '2.9', '2.7', '2.6', '2.5', '2.4', '2.3', '2.2', '2.1', '2.0'];
 
 export interface DiscoveryDeps {
   db: Db;
