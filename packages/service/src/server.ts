@@ -102,14 +102,14 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
   let selfUrl = cfg.publicUrl ?? '';
 
   const auth: Authenticate = async (request) => {
-    const headers = 'raw' in request ? request.headers : request.req.headers;
+    const headers = request.headers;
     const token = headers['x-auth-token'];
     const authUri = external ? cfg.keystoneUrl!.replace(/\/v3\/?$/, '') : `${selfUrl}/identity`;
     const unauthorized = () => new HttpError(401, 'The request you have made requires authentication.', { 'WWW-Authenticate': `Keystone uri="${authUri}"` });
     if (typeof token !== 'string' || !token) throw unauthorized();
     try {
       const a = await (external ?? identity).validate(token);
-      if ('raw' in request) request.user = a.userId;
+      request.user = a.userId;
       return a;
     } catch (e) {
       if (e instanceof AuthError || !external) throw unauthorized();
