@@ -76,6 +76,8 @@ export interface Service {
 }
 
 export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(process.stdout, cfg.logLevel)): Promise<Service> {
+  // A policy file that cannot be used stops the start before anything is opened.
+  const policy = await Policy.load(cfg.policyFile);
   await mkdir(cfg.dataDir, { recursive: true });
   const db = await openDatabase(cfg.databaseUrl, cfg.dataDir);
   const identity = new Identity(db, {
@@ -89,7 +91,6 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
   const { generatedPassword } = external ? { generatedPassword: undefined } : await identity.bootstrap(cfg.adminPassword);
   const store = new FileStore(join(cfg.dataDir, 'images'));
   await store.init();
-  const policy = await Policy.load(cfg.policyFile);
 
   const registry = new Registry();
   collectDefaultMetrics({ register: registry });
