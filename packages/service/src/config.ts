@@ -37,6 +37,10 @@ export interface ServiceConfig {
   shutdownGraceSeconds: number;
   /** An oslo.policy YAML or JSON file whose rules override Glance 25's defaults. */
   policyFile?: string;
+  /** Keystone's [security_compliance] lockout_failure_attempts: failed logins before a user is locked out (0: never). */
+  lockoutFailureAttempts: number;
+  /** Keystone's lockout_duration: seconds a lockout lasts (0: until an administrator enables the user again). */
+  lockoutDuration: number;
 }
 
 export class ConfigError extends Error {}
@@ -61,9 +65,11 @@ const ENV: Record<string, keyof ServiceConfig> = {
   DISKHUB_KEYSTONE_PASSWORD: 'keystonePassword',
   DISKHUB_KEYSTONE_PROJECT: 'keystoneProject',
   DISKHUB_POLICY_FILE: 'policyFile',
+  DISKHUB_LOCKOUT_FAILURE_ATTEMPTS: 'lockoutFailureAttempts',
+  DISKHUB_LOCKOUT_DURATION: 'lockoutDuration',
 };
 
-const NUMERIC = new Set<keyof ServiceConfig>(['port', 'tokenTtlSeconds', 'imageSizeCap', 'projectImageQuota', 'projectStorageQuota', 'limitMax', 'limitDefault', 'shutdownGraceSeconds']);
+const NUMERIC = new Set<keyof ServiceConfig>(['port', 'tokenTtlSeconds', 'imageSizeCap', 'projectImageQuota', 'projectStorageQuota', 'limitMax', 'limitDefault', 'shutdownGraceSeconds', 'lockoutFailureAttempts', 'lockoutDuration']);
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Partial<Record<keyof ServiceConfig, string | number>> = {}, configFile?: string): ServiceConfig {
   const raw: Record<string, unknown> = {};
@@ -91,6 +97,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
     limitDefault: 25,
     logLevel: 'info',
     shutdownGraceSeconds: 60,
+    // Keystone's defaults: no lockout; when enabled, 30 minutes.
+    lockoutFailureAttempts: 0,
+    lockoutDuration: 1800,
     keystoneUser: 'glance',
     keystoneProject: 'service',
     webDir: fileURLToPath(new URL('../../../web/dist/app', import.meta.url)),

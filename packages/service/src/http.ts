@@ -3,11 +3,8 @@
  * the OpenStack service that owns the path does (Glance: webob's HTML, JSON or plain body
  * chosen from Accept; Keystone: {"error": {...}}), JSON bodies with a size cap, and the
  * reply helpers of the Fastify routes.
- *
- * `Router` and `Ctx` are the hand-written router's interface that modules not yet converted
- * to Fastify route modules still use; server.ts mounts them on Fastify unchanged.
  */
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { IncomingMessage } from 'node:http';
 import { STATUS_CODES } from 'node:http';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { AuthContext } from './identity.js';
@@ -23,80 +20,8 @@ export const forbidden = (m: string) => new HttpError(403, m);
 export const notFound = (m: string) => new HttpError(404, m);
 export const conflict = (m: string) => new HttpError(409, m);
 
-export interface Ctx {
-  req: IncomingMessage;
-  res: ServerResponse;
-  url: URL;
-  params: Record<string, string>;
-  requestId: string;
-  /** Base URL clients reached us at (scheme://host[:port]), for links and the catalog. */
-  baseUrl: string;
-  /** Which API's error shape to use. */
-  api: ApiFlavor;
-  /** The route pattern that matched (metrics label). */
-  route: string;
-}
-
-export type Handler = (ctx: Ctx) => Promise<void> | void;
-
-export interface Route { method: string; parts: string[]; pattern: string; handler: Handler }
-
-export class Router {
-  readonly routes: Route[] = [];
-
-  add(method: string, pattern: string, handler: Handler): this {
-    this.routes.push({ method, parts: pattern.split('/').filter(Boolean), pattern, handler });
-    return this;
-  }
-
-  /** The handler and path parameters, or the methods the path allows (405), or null (404). */
-  match(method: string, path: string): { handler: Handler; params: Record<string, string>; pattern: string } | { allowed: string[] } | null {
-    const segs = path.split('/').filter(Boolean);
-    const allowed: string[] = [];
-    for (const r of this.routes) {
-      if (r.parts.length !== segs.length) continue;
-      const params: Record<string, string> = {};
-      let ok = true;
-      for (let i = 0; i < segs.length; i++) {
-        const p = r.parts[i]!;
-        if (p.startsWith(':')) {
-          try { params[p.slice(1)] = decodeURIComponent(segs[i]!); } catch { ok = false; break; }
-        } else if (p !== segs[i]) { ok = false; break; }
-      }
-      if (!ok) continue;
-      if (r.method === method || (method === 'HEAD' && r.method === 'GET')) return { handler: r.handler, params, pattern: r.pattern };
-      allowed.push(r.method);
-    }
-    return allowed.length ? { allowed } : null;
-  }
-}
-
-export function sendJson(ctx: Ctx, status: number, body: unknown, headers: Record<string, string> = {}): void {
-  const text = JSON.stringify(body);
-  ctx.res.writeHead(status, {
-    'Content-Type': 'application/json',
-    'Content-Length': Buffer.byteLength(text),
-    ...headers,
-  });
-  ctx.res.end(ctx.req.method === 'HEAD' ? undefined : text);
-}
-
-export function sendEmpty(ctx: Ctx, status: number, headers: Record<string, string> = {}): void {
-  ctx.res.writeHead(status, { 'Content-Length': '0', ...headers });
-  ctx.res.end();
-}
-
 function escapeHtml(s: string): string {
   return s.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
-}
-
-/** Render an error as the API owning the path does. */
-export function sendError(ctx: Ctx, status: number, message: string, headers: Record<string, string> = {}): void {
-  const res = ctx.res;
-  if (res.headersSent) { res.destroy(); return; }
-  const { body, type } = renderError(ctx.api, ctx.req.headers.accept, status, message);
-  res.writeHead(status, { 'Content-Type': type, 'Content-Length': Buffer.byteLength(body), ...headers });
-  res.end(ctx.req.method === 'HEAD' ? undefined : body);
 }
 
 /** Which API owns a path, and so which error shape it answers with. */
@@ -180,16 +105,6 @@ export function mediaType(req: IncomingMessage): string {
   return (req.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase();
 }
 
-/** Parse a JSON request body; malformed JSON is Glance's 400, not a crash. */
-export async function readJson(ctx: Ctx, limit = JSON_BODY_LIMIT): Promise<unknown> {
-  const raw = await readBody(ctx.req, limit);
-  if (raw.length === 0) throw badRequest('Body expected in request.');
-  try {
-    return JSON.parse(raw.toString('utf8'));
-  } catch {
-    throw badRequest('Malformed JSON in request body.');
-  }
-}
 
 export function isObject(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
@@ -198,7 +113,7 @@ export function isObject(v: unknown): v is Record<string, unknown> {
 // --- Fastify route modules
 
 /** Authentication as route modules get it: the caller's identity, or a 401 (503 when an external Keystone is down). */
-export type Authenticate = (request: FastifyRequest | Ctx) => Promise<AuthContext>;
+export type Authenticate = (request: FastifyRequest) => Promise<AuthContext>;
 
 declare module 'fastify' {
   interface FastifyRequest {

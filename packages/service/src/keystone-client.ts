@@ -23,6 +23,7 @@ interface TokenBody {
     methods?: string[];
     user: { id: string; name: string };
     project?: { id: string; name: string };
+    domain?: { id: string; name: string };
     roles?: { id: string; name: string }[];
     expires_at: string;
     issued_at?: string;
@@ -69,7 +70,7 @@ export class KeystoneClient {
     const expires = Date.parse(t.expires_at);
     const ctx: AuthContext = {
       tokenId: token, userId: t.user.id, userName: t.user.name,
-      projectId: t.project?.id ?? null, projectName: t.project?.name ?? null, domainScope: null,
+      projectId: t.project?.id ?? null, projectName: t.project?.name ?? null, domainScope: t.domain?.id ?? null,
       roles, roleNames, isAdmin: roleNames.has('admin'), methods: t.methods ?? [],
       issuedAt: t.issued_at ?? '', expiresAt: t.expires_at, auditId: t.audit_ids?.[0] ?? '',
     };

@@ -31,9 +31,6 @@
  *   Host header). HEAD is answered from GET routes; 405 with Allow is computed here from the
  *   registered routes; every response carries X-OpenStack-Request-Id (`request.id`).
  * - A route that writes the raw response (a download stream) calls `reply.hijack()` first.
- *
- * Modules still written against http.ts's `Router`/`Ctx` (the hand-written router's
- * interface) are mounted unchanged by `mountLegacy` until they are converted.
  */
 import { createServer, type Server } from 'node:http';
 import { randomUUID } from 'node:crypto';
@@ -41,15 +38,17 @@ import { hostname } from 'node:os';
 import { join, resolve } from 'node:path';
 import { existsSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
-import Fastify, { LogController, type FastifyError, type FastifyInstance } from 'fastify';
+import Fastify, { LogController, type FastifyError } from 'fastify';
 import { Counter, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { ServiceConfig } from './config.js';
 import { openDatabase, type Db } from './db/connect.js';
-import { HttpError, JSON_BODY_LIMIT, Router, acceptJson, apiOf, drainUnread, renderError, sendError, storageError, type Authenticate, type Ctx, type Route } from './http.js';
+import { HttpError, JSON_BODY_LIMIT, acceptJson, apiOf, drainUnread, renderError, storageError, type Authenticate } from './http.js';
 import { AuthError, Identity } from './identity.js';
 import { KeystoneClient } from './keystone-client.js';
-import { identityRoutes } from './identity-api.js';
-import { metadefsRoutes } from './metadefs.js';
+import { identityRoutes } from './routes/identity.js';
+import { metadefRoutes } from './routes/metadefs.js';
+import { MetadefService } from './domain/metadefs.js';
+import { MetadefRepo } from './repo/metadefs.js';
 import { jsonLogger, type Logger } from './log.js';
 import { FileStore } from './store.js';
 import { DownloadUrls } from './download-urls.js';
@@ -78,9 +77,14 @@ export interface Service {
 }
 
 export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(process.stdout, cfg.logLevel)): Promise<Service> {
+  // A policy file that cannot be used stops the start before anything is opened.
+  const policy = await Policy.load(cfg.policyFile);
   await mkdir(cfg.dataDir, { recursive: true });
   const db = await openDatabase(cfg.databaseUrl, cfg.dataDir);
-  const identity = new Identity(db, { tokenTtlSeconds: cfg.tokenTtlSeconds, region: cfg.region });
+  const identity = new Identity(db, {
+    tokenTtlSeconds: cfg.tokenTtlSeconds, region: cfg.region,
+    lockoutFailureAttempts: cfg.lockoutFailureAttempts, lockoutDurationSeconds: cfg.lockoutDuration,
+  });
   // With an external Keystone, it is the only source of users and tokens: nothing is bootstrapped here.
   const external = cfg.keystoneUrl ? new KeystoneClient({
     url: cfg.keystoneUrl, username: cfg.keystoneUser, password: cfg.keystonePassword ?? '', project: cfg.keystoneProject,
@@ -88,7 +92,6 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
   const { generatedPassword } = external ? { generatedPassword: undefined } : await identity.bootstrap(cfg.adminPassword);
   const store = new FileStore(join(cfg.dataDir, 'images'));
   await store.init();
-  const policy = await Policy.load(cfg.policyFile);
 
   const registry = new Registry();
   collectDefaultMetrics({ register: registry });
@@ -101,14 +104,14 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
   let selfUrl = cfg.publicUrl ?? '';
 
   const auth: Authenticate = async (request) => {
-    const headers = 'raw' in request ? request.headers : request.req.headers;
+    const headers = request.headers;
     const token = headers['x-auth-token'];
     const authUri = external ? cfg.keystoneUrl!.replace(/\/v3\/?$/, '') : `${selfUrl}/identity`;
     const unauthorized = () => new HttpError(401, 'The request you have made requires authentication.', { 'WWW-Authenticate': `Keystone uri="${authUri}"` });
     if (typeof token !== 'string' || !token) throw unauthorized();
     try {
       const a = await (external ?? identity).validate(token);
-      if ('raw' in request) request.user = a.userId;
+      request.user = a.userId;
       return a;
     } catch (e) {
       if (e instanceof AuthError || !external) throw unauthorized();
@@ -244,12 +247,19 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
     memberRoutes(scope, { auth, images });
     extensionRoutes(scope, { auth, images, data, store });
   });
+  if (!external) {
+    await app.register(async (scope) => {
+      acceptJson(scope);
+      identityRoutes(scope, { identity, auth });
+    });
+  }
 
-  // Modules still on the hand-written router's interface.
-  const router = new Router();
-  if (!external) identityRoutes(router, db, identity);
-  await metadefsRoutes(router, db, auth);
-  await app.register(async (scope) => mountLegacy(scope, router.routes, log));
+  const metadefs = new MetadefService(new MetadefRepo(db), policy);
+  await metadefs.seed();
+  await app.register(async (scope) => {
+    acceptJson(scope);
+    metadefRoutes(scope, { auth, metadefs });
+  });
 
   await app.listen({ port: cfg.port, host: cfg.bind });
   const server = app.server;
@@ -276,38 +286,8 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
       server.closeAllConnections();
       await Promise.allSettled([...data.inFlight]);
       await stopped;
+      await identity.close();
       await db.close();
     })(),
   };
-}
-
-/**
- * Mount handlers written against the hand-written router's `Ctx` on Fastify: each writes the
- * raw response itself (so the reply is hijacked) and reads its own body (the scope parses none).
- */
-function mountLegacy(scope: FastifyInstance, routes: Route[], log: Logger): void {
-  for (const r of routes) {
-    scope.route({
-      method: r.method, url: r.pattern,
-      handler: async (request, reply) => {
-        reply.hijack();
-        (reply.raw as { diskhubRoute?: string }).diskhubRoute = r.pattern;
-        const ctx: Ctx = {
-          req: request.raw, res: reply.raw, url: new URL(request.url, 'http://localhost'), params: request.params as Record<string, string>,
-          requestId: request.id, baseUrl: request.baseUrl, api: request.api, route: r.pattern,
-        };
-        try {
-          await r.handler(ctx);
-        } catch (e) {
-          if (e instanceof HttpError) {
-            sendError(ctx, e.status, e.message, e.headers);
-          } else {
-            log.error('unhandled error', { request_id: request.id, error: (e as Error)?.stack ?? String(e) });
-            sendError(ctx, 500, 'The server has either erred or is incapable of performing the requested operation.');
-          }
-          drainUnread(request.raw);
-        }
-      },
-    });
-  }
 }

@@ -1,11 +1,14 @@
 /**
  * Writable metadata definitions: the glance client's md-* commands create, change and delete
  * namespaces, properties, objects, tags and resource type associations; visibility,
- * protection and admin-only writes answer as Glance does; the standard set survives restarts.
+ * protection and admin-only writes answer as Glance does (its metadef policy rules, which a
+ * policy file can change); the standard set survives restarts.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { needs, runOk, run } from '@diskhub/testkit';
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { needs, runOk, run, tempDir } from '@diskhub/testkit';
 import { addProjectUser, api, osEnv, startTestService, token } from './helpers.js';
 
 test('metadefs: the glance client writes namespaces, properties, objects, tags and associations', needs('glance'), async (t) => {
@@ -97,4 +100,48 @@ test('metadefs API: validation, visibility, admin-only writes, conflicts, the st
   }
   assert.deepEqual(seen, [...seen].sort());
   assert.equal(seen.length, (await a('GET', '/v2/metadefs/namespaces')).json.namespaces.length);
+});
+
+test("metadefs follow Glance's metadef policy rules, and an operator's policy file changes them", needs('glance'), async (t) => {
+  const dir = await tempDir(t);
+  const file = join(dir, 'policy.yaml');
+  // Metadef writers besides admins; and tags of namespaces are nobody's to read but admins'.
+  await writeFile(file, '"metadef_admin": "role:admin or role:metadef_editor"\n"get_metadef_tags": "role:admin"\n');
+  const svc = await startTestService(t, { DISKHUB_POLICY_FILE: file });
+  const adminTok = await token(svc.url);
+  await addProjectUser(svc.url, adminTok, 'md-p', 'md-member', 'pw');
+  await addProjectUser(svc.url, adminTok, 'md-e', 'md-editor', 'pw');
+  const admin = api(svc.url, adminTok);
+  const editorRole = await admin('POST', '/identity/v3/roles', { body: { role: { name: 'metadef_editor' } } });
+  const editorUser = (await admin('GET', '/identity/v3/users?name=md-editor')).json.users[0].id;
+  const editorProject = (await admin('GET', '/identity/v3/projects?name=md-e')).json.projects[0].id;
+  assert.equal((await admin('PUT', `/identity/v3/projects/${editorProject}/users/${editorUser}/roles/${editorRole.json.role.id}`)).status, 204);
+
+  // The editor creates and tags a namespace through the real glance client.
+  const editorEnv = osEnv(svc.url, 'md-editor', 'pw', 'md-e');
+  await runOk('glance', ['md-namespace-create', 'Editor::NS', '--visibility', 'public'], { env: editorEnv });
+  await runOk('glance', ['md-tag-create', '--name', 'red', 'Editor::NS'], { env: editorEnv });
+  // A plain member may read the namespace but not write it (add_metadef_property is metadef_admin).
+  const member = api(svc.url, await token(svc.url, 'md-member', 'pw', 'md-p'));
+  assert.equal((await member('GET', '/v2/metadefs/namespaces/Editor::NS')).status, 200);
+  const denied = await member('POST', '/v2/metadefs/namespaces/Editor::NS/properties', { body: { name: 'x', title: 'X', type: 'string' } });
+  assert.equal(denied.status, 403);
+  assert.match(denied.text, /You are not authorized to complete add_metadef_property action\./);
+  const cli = await run('glance', ['md-namespace-create', 'Member::NS'], { env: osEnv(svc.url, 'md-member', 'pw', 'md-p') });
+  assert.notEqual(cli.code, 0);
+  assert.match(cli.stdout + cli.stderr, /403|not authorized/i);
+  // The file's get_metadef_tags: the editor (not an admin) may no longer list tags; admins may.
+  const editor = api(svc.url, await token(svc.url, 'md-editor', 'pw', 'md-e'));
+  assert.equal((await editor('GET', '/v2/metadefs/namespaces/Editor::NS/tags')).status, 403);
+  assert.equal((await admin('GET', '/v2/metadefs/namespaces/Editor::NS/tags')).json.tags[0].name, 'red');
+  // A private namespace of another project stays invisible (404), whatever is asked of it.
+  await admin('POST', '/v2/metadefs/namespaces', { body: { namespace: 'Admin::Private', visibility: 'private' } });
+  assert.equal((await editor('GET', '/v2/metadefs/namespaces/Admin::Private')).status, 404);
+  assert.equal((await editor('POST', '/v2/metadefs/namespaces/Admin::Private/tags/x')).status, 404);
+});
+
+test('a policy file that does not parse stops the service from starting, naming the rule', async (t) => {
+  const file = join(await tempDir(t), 'policy.yaml');
+  await writeFile(file, '"add_metadef_tag": "role:admin and (role:x"\n');
+  await assert.rejects(startTestService(t, { DISKHUB_POLICY_FILE: file }), /rule 'add_metadef_tag' does not parse/);
 });

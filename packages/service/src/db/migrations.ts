@@ -154,6 +154,16 @@ const migrations = (dialect: Db['dialect']): Record<string, Migration> => ({
       }
     },
   },
+  '0003_identity_lockout_revocation': {
+    // Keystone's lockout counters (local_user.failed_auth_count / failed_auth_at), the instant
+    // before which a user's tokens are revoked (password change, disable), and the identity
+    // epoch every API node compares its token cache against (any identity change bumps it).
+    async up(db: Kysely<any>): Promise<void> {
+      await db.schema.alterTable('users').addColumn('failed_auth_count', 'integer', (c) => c.notNull().defaultTo(0)).execute();
+      await db.schema.alterTable('users').addColumn('failed_auth_at', 'bigint').execute();
+      await db.schema.alterTable('users').addColumn('tokens_revoked_before', 'bigint').execute();
+    },
+  },
 });
 
 export async function migrate(db: Db): Promise<void> {

@@ -57,6 +57,10 @@ export interface ProjectsTable { id: string; name: string; domain_id: string; en
 export interface UsersTable {
   id: string; name: string; domain_id: string; enabled: number; password_hash: string | null;
   default_project_id: string | null; email: string | null; created_at: string;
+  /** Consecutive failed password checks and when the last one was (ms; Keystone's lockout). */
+  failed_auth_count?: number; failed_auth_at?: number | string | null;
+  /** Tokens issued at or before this instant (ms) are revoked: the password changed or the user was disabled. */
+  tokens_revoked_before?: number | string | null;
 }
 export interface RolesTable { id: string; name: string }
 export interface RoleAssignmentsTable { user_id: string; project_id: string; role_id: string }

@@ -70,6 +70,11 @@ export class Policy {
     return Policy.build(new Map(), 'defaults', options);
   }
 
+  /** Another service's registered rules (the identity API's Keystone rules), with no file over them. */
+  static ofRules(defaults: readonly RuleDefault[], options: PolicyOptions = {}): Policy {
+    return Policy.build(new Map(), 'defaults', options, defaults);
+  }
+
   /** A policy from the text of an oslo.policy YAML or JSON file (`name` is used in messages). */
   static fromText(text: string, name: string, options: PolicyOptions = {}): Policy {
     let doc: unknown;
@@ -93,9 +98,9 @@ export class Policy {
     return Policy.build(fileRules, name, options);
   }
 
-  private static build(fileRules: Map<string, Check>, source: string, options: PolicyOptions): Policy {
+  private static build(fileRules: Map<string, Check>, source: string, options: PolicyOptions, defaults: readonly RuleDefault[] = GLANCE_DEFAULTS): Policy {
     const rules = new Map(fileRules);
-    for (const d of GLANCE_DEFAULTS) {
+    for (const d of defaults) {
       if (rules.has(d.name)) continue;
       rules.set(d.name, effectiveDefault(d, options));
     }
@@ -106,7 +111,7 @@ export class Policy {
     }
     const cycle = findCycle(rules);
     if (cycle) throw new PolicyFileError(`policy ${source}: rule '${cycle[0]}' refers to itself through ${cycle.map((r) => `rule:${r}`).join(' -> ')}`, cycle[0]);
-    const projectScoped = new Set(options.enforceScope === false ? [] : GLANCE_DEFAULTS.filter((d) => d.scopeTypes?.includes('project')).map((d) => d.name));
+    const projectScoped = new Set(options.enforceScope === false ? [] : defaults.filter((d) => d.scopeTypes?.includes('project')).map((d) => d.name));
     return new Policy(rules, source, projectScoped);
   }
 
