@@ -19,6 +19,7 @@ import { probeCommand } from './probe.js';
 import { lsCommand } from './ls.js';
 import { catCommand } from './cat.js';
 import { copyOutCommand } from './copy-out.js';
+import { inspectCommand } from './inspect.js';
 
 /** A command gets argv with its own name at argv[0], as qemu-img's commands do. */
 export type ImgCommand = (argv: string[]) => Promise<number>;
@@ -31,6 +32,7 @@ const COMMANDS: Record<string, ImgCommand> = {
   'copy-out': copyOutCommand,
   create: createCommand,
   info: infoCommand,
+  inspect: inspectCommand,
   ls: lsCommand,
   map: mapCommand,
   measure: measureCommand,
