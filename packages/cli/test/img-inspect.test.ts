@@ -10,7 +10,7 @@ import test from 'node:test';
 import assert from 'node:assert/strict';
 import { appendFile, copyFile, mkdir, readFile, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { needs, tempDir, runOk, diskhub, qemuImg } from '@diskhub/testkit';
+import { needs, tempDir, runOk, diskhub, qemuImg, lvm, withLoopDevices, needsLoopDevices } from '@diskhub/testkit';
 
 const MiB = 1 << 20;
 const ROOT_UUID = '6f1c2a3e-1b7d-4c55-9a0e-5d2f8c7b9e01';
@@ -221,4 +221,66 @@ test('img inspect: a disk without an operating system exits 1 with a message; ba
   const badFmt = await diskhub(['img', 'inspect', '-f', 'qcow2', img]);
   assert.equal(badFmt.code, 2);
   assert.match(badFmt.stderr, /^diskhub img inspect: Could not open/);
+});
+
+test('img inspect: a RHEL-family root on LVM (release file fallback, /var on its own LV by /dev/mapper name, BLS entries, rpm detected but not read)', { ...needs('mkfs.ext4', 'qemu-img', 'lvm', 'losetup', 'python3'), ...needsLoopDevices() }, async (t) => {
+  const dir = await tempDir(t);
+  const root = join(dir, 'root');
+  const varTree = join(dir, 'var');
+  for (const d of ['etc/sysconfig', 'etc/cloud', 'usr/bin', 'boot/loader/entries', 'boot/grub2']) await mkdir(join(root, d), { recursive: true });
+  await mkdir(join(varTree, 'lib/rpm'), { recursive: true });
+  await writeFile(join(varTree, 'lib/rpm/rpmdb.sqlite'), 'SQLite format 3\0');
+  await writeFile(join(root, 'etc/redhat-release'), 'Rocky Linux release 9.3 (Blue Onyx)\n');
+  await writeFile(join(root, 'etc/sysconfig/network'), '# Created by anaconda\nNETWORKING=yes\nHOSTNAME="rocky9.example.com"\n');
+  await writeFile(join(root, 'etc/fstab'), '/dev/mapper/vg0-root / ext4 defaults 0 1\n/dev/vg0/var /var ext4 defaults 0 2\n');
+  await writeFile(join(root, 'etc/passwd'), 'root:x:0:0:root:/root:/bin/bash\nrocky:x:1000:1000::/home/rocky:/bin/bash\n');
+  await writeFile(join(root, 'etc/shadow'), 'root:!!::0:99999:7:::\nrocky:$6$abc$def:19000:0:99999:7:::\n');
+  await writeFile(join(root, 'etc/cloud/cloud.cfg'), "datasource_list: ['OpenStack', 'ConfigDrive']\n");
+  await runOk('cp', ['-L', '/usr/bin/ls', join(root, 'usr/bin/ls')]);
+  await writeFile(join(root, 'boot/vmlinuz-5.14.0-362.el9.x86_64'), 'k\n');
+  await writeFile(join(root, 'boot/initramfs-5.14.0-362.el9.x86_64.img'), 'i\n');
+  await writeFile(join(root, 'boot/grub2/grub.cfg'), '### BEGIN /etc/grub.d/10_linux ###\ninsmod blscfg\nblscfg\n');
+  await writeFile(join(root, 'boot/loader/entries/abc-5.14.0-362.el9.x86_64.conf'), 'title Rocky Linux (5.14.0-362.el9.x86_64) 9.3 (Blue Onyx)\nversion 5.14.0-362.el9.x86_64\nlinux /vmlinuz-5.14.0-362.el9.x86_64\ninitrd /initramfs-5.14.0-362.el9.x86_64.img\noptions root=/dev/mapper/vg0-root ro console=ttyS0,115200n8\n');
+
+  // LVM: a PV on the whole disk image, LVs "root" and "var" (inactive: their contents written at their offsets).
+  const pv = join(dir, 'pv.img');
+  await writeFile(pv, '');
+  await truncate(pv, 96 * MiB);
+  const layout = await withLoopDevices([pv], async (loops) => {
+    await lvm('pvcreate', ['-q', loops[0]!], loops);
+    await lvm('vgcreate', ['-q', 'vg0', loops[0]!], loops);
+    await lvm('lvcreate', ['-q', '-an', '-Zn', '-L', '40M', '-n', 'root', 'vg0'], loops);
+    await lvm('lvcreate', ['-q', '-an', '-Zn', '-L', '16M', '-n', 'var', 'vg0'], loops);
+    const report = JSON.parse(await lvm('lvs', ['--reportformat', 'json', '--units', 'b', '--nosuffix', '--segments', '-o', 'lv_name,seg_pe_ranges,vg_extent_size'], loops));
+    const pvs = JSON.parse(await lvm('pvs', ['--reportformat', 'json', '--units', 'b', '--nosuffix', '-o', 'pe_start'], loops));
+    return { lvs: report.report[0].seg as { lv_name: string; seg_pe_ranges: string; vg_extent_size: string }[], peStart: Number(pvs.report[0].pv[0].pe_start) };
+  });
+  for (const lv of layout.lvs) {
+    const first = Number(/:(\d+)-/.exec(lv.seg_pe_ranges)![1]);
+    const offset = layout.peStart + first * Number(lv.vg_extent_size);
+    await runOk('mkfs.ext4', ['-q', '-F', '-E', `offset=${offset}`, '-d', lv.lv_name === 'root' ? root : varTree, pv, lv.lv_name === 'root' ? '40M' : '16M']);
+  }
+  const qcow2 = join(dir, 'lvm.qcow2');
+  await qemuImg('convert', '-O', 'qcow2', pv, qcow2);
+
+  const r = await diskhub(['img', 'inspect', '--output=json', qcow2]);
+  assert.equal(r.code, 0, r.stderr);
+  const os = JSON.parse(r.stdout).operatingsystems[0];
+  assert.deepEqual([os.root, os.name, os.distro, os.major_version, os.minor_version, os.product_name, os.hostname, os.arch],
+    ['/dev/vg0/root', 'linux', 'rocky', 9, 3, 'Rocky Linux release 9.3 (Blue Onyx)', 'rocky9.example.com', (await runOk('uname', ['-m'])).trim()]);
+  assert.deepEqual(os.mountpoints, [
+    { mountpoint: '/', device: '/dev/vg0/root', spec: '/dev/mapper/vg0-root', fstype: 'ext4' },
+    { mountpoint: '/var', device: '/dev/vg0/var', spec: '/dev/vg0/var', fstype: 'ext4' },
+  ]);
+  // The rpm database is on the /var LV: found through the fstab mount, and said not to be read.
+  assert.deepEqual([os.package_format, os.package_management, os.applications], ['rpm', 'dnf', null]);
+  assert.ok(os.notes.some((n: string) => /rpmdb\.sqlite is not read/.test(n)), os.notes.join('\n'));
+  assert.deepEqual(os.kernels, [{ version: '5.14.0-362.el9.x86_64', path: '/boot/vmlinuz-5.14.0-362.el9.x86_64', initramfs: '/boot/initramfs-5.14.0-362.el9.x86_64.img' }]);
+  assert.deepEqual(os.bootloader, {
+    type: 'grub2', config: '/boot/grub2/grub.cfg', grub_defaults: {},
+    entries: [{ title: 'Rocky Linux (5.14.0-362.el9.x86_64) 9.3 (Blue Onyx)', kernel: '/vmlinuz-5.14.0-362.el9.x86_64', cmdline: 'root=/dev/mapper/vg0-root ro console=ttyS0,115200n8' }],
+  });
+  const yaml = JSON.parse(await runOk('python3', ['-c', 'import sys, json, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))["datasource_list"]))', join(root, 'etc/cloud/cloud.cfg')]));
+  assert.deepEqual(os.cloud_init.datasource_list, yaml);
+  assert.deepEqual(os.users.map((u: { name: string; password: string }) => [u.name, u.password]), [['root', 'locked'], ['rocky', 'set']]);
 });
