@@ -10,7 +10,7 @@ import test from 'node:test';
 import assert from 'node:assert/strict';
 import { appendFile, copyFile, mkdir, readFile, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { needs, tempDir, runOk, diskhub, qemuImg, lvm, withLoopDevices, needsLoopDevices } from '@diskhub/testkit';
+import { needs, tempDir, runOk, diskhub, qemuImg, inactiveLogicalVolumes, needsLoopDevices } from '@diskhub/testkit';
 
 const MiB = 1 << 20;
 const ROOT_UUID = '6f1c2a3e-1b7d-4c55-9a0e-5d2f8c7b9e01';
@@ -246,20 +246,9 @@ test('img inspect: a RHEL-family root on LVM (release file fallback, /var on its
   const pv = join(dir, 'pv.img');
   await writeFile(pv, '');
   await truncate(pv, 96 * MiB);
-  const layout = await withLoopDevices([pv], async (loops) => {
-    await lvm('pvcreate', ['-q', loops[0]!], loops);
-    await lvm('vgcreate', ['-q', 'vg0', loops[0]!], loops);
-    await lvm('lvcreate', ['-q', '-an', '-Zn', '-L', '40M', '-n', 'root', 'vg0'], loops);
-    await lvm('lvcreate', ['-q', '-an', '-Zn', '-L', '16M', '-n', 'var', 'vg0'], loops);
-    const report = JSON.parse(await lvm('lvs', ['--reportformat', 'json', '--units', 'b', '--nosuffix', '--segments', '-o', 'lv_name,seg_pe_ranges,vg_extent_size'], loops));
-    const pvs = JSON.parse(await lvm('pvs', ['--reportformat', 'json', '--units', 'b', '--nosuffix', '-o', 'pe_start'], loops));
-    return { lvs: report.report[0].seg as { lv_name: string; seg_pe_ranges: string; vg_extent_size: string }[], peStart: Number(pvs.report[0].pv[0].pe_start) };
-  });
-  for (const lv of layout.lvs) {
-    const first = Number(/:(\d+)-/.exec(lv.seg_pe_ranges)![1]);
-    const offset = layout.peStart + first * Number(lv.vg_extent_size);
-    await runOk('mkfs.ext4', ['-q', '-F', '-E', `offset=${offset}`, '-d', lv.lv_name === 'root' ? root : varTree, pv, lv.lv_name === 'root' ? '40M' : '16M']);
-  }
+  const offsets = await inactiveLogicalVolumes(pv, 'vg0', [{ name: 'root', size: '40M' }, { name: 'var', size: '16M' }]);
+  await runOk('mkfs.ext4', ['-q', '-F', '-E', `offset=${offsets.get('root')}`, '-d', root, pv, '40M']);
+  await runOk('mkfs.ext4', ['-q', '-F', '-E', `offset=${offsets.get('var')}`, '-d', varTree, pv, '16M']);
   const qcow2 = join(dir, 'lvm.qcow2');
   await qemuImg('convert', '-O', 'qcow2', pv, qcow2);
 
