@@ -273,3 +273,17 @@ test('img inspect: a RHEL-family root on LVM (release file fallback, /var on its
   assert.deepEqual(os.cloud_init.datasource_list, yaml);
   assert.deepEqual(os.users.map((u: { name: string; password: string }) => [u.name, u.password]), [['root', 'locked'], ['rocky', 'set']]);
 });
+
+test('img inspect: Windows is detected by its system directory on a FAT filesystem made by mkfs.vfat and mmd (the registry is not read)', needs('mkfs.vfat', 'mmd', 'mcopy'), async (t) => {
+  const dir = await tempDir(t);
+  const img = join(dir, 'win.img');
+  await runOk('mkfs.vfat', ['-C', '-n', 'WINSYS', img, '32768']);
+  await runOk('mmd', ['-i', img, '::/Windows', '::/Windows/System32']);
+  const r = await diskhub(['img', 'inspect', '--output=json', img]);
+  assert.equal(r.code, 0, r.stderr);
+  const j = JSON.parse(r.stdout);
+  assert.equal(j.operatingsystems.length, 1);
+  assert.deepEqual([j.operatingsystems[0].root, j.operatingsystems[0].name, j.operatingsystems[0].distro, j.operatingsystems[0].applications], ['/dev/sda', 'windows', null, null]);
+  assert.ok(j.operatingsystems[0].notes.some((n: string) => n.includes('registry is not read')));
+  assert.deepEqual(j.filesystems.map((f: { type: string; label: string }) => [f.type, f.label]), [['vfat', 'WINSYS']]);
+});
