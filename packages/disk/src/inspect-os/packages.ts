@@ -1,9 +1,11 @@
 /**
  * Installed packages from the package manager's own database, read as files: dpkg's status
- * file (deb) and apk's installed database (apk). rpm's databases (sqlite rpmdb.sqlite, or the
- * older Berkeley DB Packages) are detected but not read.
+ * file (deb), apk's installed database (apk) and rpm's sqlite database (rpmdb.sqlite); rpm's
+ * older Berkeley DB and ndb databases are detected but not read.
  */
+import { isDiskError } from '../errors.js';
 import type { OsTree } from './tree.js';
+import { readRpmSqlite } from './rpm.js';
 
 export interface InstalledPackage {
   name: string;
@@ -66,12 +68,21 @@ export async function detectPackages(tree: OsTree, distro: string, major: number
   if (dpkg !== null) return { format: 'deb', management: 'apt', packages: parseDpkgStatus(dpkg), notes };
   const apk = await tree.text('/lib/apk/db/installed');
   if (apk !== null) return { format: 'apk', management: 'apk', packages: parseApkInstalled(apk), notes };
-  for (const db of ['/var/lib/rpm/rpmdb.sqlite', '/usr/lib/sysimage/rpm/rpmdb.sqlite', '/var/lib/rpm/Packages', '/usr/lib/sysimage/rpm/Packages']) {
-    if (await tree.exists(db)) {
-      notes.push(`the rpm database ${db} is not read: the package list is not available`);
-      const management = distro === 'opensuse' || distro === 'sles' ? 'zypper' : (distro === 'fedora' || major >= 8) ? 'dnf' : 'yum';
-      return { format: 'rpm', management, packages: null, notes };
-    }
+  for (const db of ['/var/lib/rpm/rpmdb.sqlite', '/usr/lib/sysimage/rpm/rpmdb.sqlite', '/var/lib/rpm/Packages', '/usr/lib/sysimage/rpm/Packages', '/var/lib/rpm/Packages.db', '/usr/lib/sysimage/rpm/Packages.db']) {
+    if (!(await tree.exists(db))) continue;
+    const management = distro === 'opensuse' || distro === 'sles' ? 'zypper' : (distro === 'fedora' || major >= 8) ? 'dnf' : 'yum';
+    let packages: InstalledPackage[] | null = null;
+    if (db.endsWith('.sqlite')) {
+      const bytes = await tree.read(db);
+      if ((await tree.head(`${db}-wal`, 1))?.length) notes.push(`${db}-wal is not empty: changes not yet checkpointed into the database are not read`);
+      try {
+        packages = bytes === null ? null : readRpmSqlite(bytes);
+      } catch (e) {
+        if (!isDiskError(e)) throw e;
+        notes.push(`${db}: ${e.message}`);
+      }
+    } else notes.push(`the rpm database ${db} (Berkeley DB or ndb) is not read: the package list is not available`);
+    return { format: 'rpm', management, packages, notes };
   }
   if (await tree.exists('/var/lib/pacman/local')) {
     notes.push('the pacman database is not read: the package list is not available');
