@@ -73,10 +73,10 @@ export async function detectPackages(tree: OsTree, distro: string, major: number
     const management = distro === 'opensuse' || distro === 'sles' ? 'zypper' : (distro === 'fedora' || major >= 8) ? 'dnf' : 'yum';
     let packages: InstalledPackage[] | null = null;
     if (db.endsWith('.sqlite')) {
-      const bytes = await tree.read(db);
+      const file = await tree.open(db);
       if ((await tree.head(`${db}-wal`, 1))?.length) notes.push(`${db}-wal is not empty: changes not yet checkpointed into the database are not read`);
       try {
-        packages = bytes === null ? null : readRpmSqlite(bytes);
+        packages = file === null ? null : await readRpmSqlite(file.read, file.size);
       } catch (e) {
         if (!isDiskError(e)) throw e;
         notes.push(`${db}: ${e.message}`);

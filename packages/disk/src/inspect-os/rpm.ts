@@ -6,7 +6,7 @@
  */
 import { DiskError } from '../errors.js';
 import type { InstalledPackage } from './packages.js';
-import { SqliteFile } from './sqlite.js';
+import { SqliteFile, type SqliteRead } from './sqlite.js';
 
 const TAG_NAME = 1000;
 const TAG_VERSION = 1001;
@@ -45,13 +45,13 @@ export function parseRpmHeader(blob: Uint8Array): InstalledPackage {
   return { name: strings.get(TAG_NAME) ?? '', version: epoch !== null ? `${epoch}:${version}` : version, arch: strings.get(TAG_ARCH) ?? null };
 }
 
-/** Every package of an rpmdb.sqlite file's bytes. */
-export function readRpmSqlite(db: Uint8Array): InstalledPackage[] {
-  const file = new SqliteFile(db);
-  const root = file.tableRoot('Packages');
+/** Every package of an rpmdb.sqlite file of `size` bytes. */
+export async function readRpmSqlite(read: SqliteRead, size: number): Promise<InstalledPackage[]> {
+  const file = await SqliteFile.open(read, size);
+  const root = await file.tableRoot('Packages');
   if (root === null) throw new DiskError('ECORRUPT', 'rpmdb.sqlite: no Packages table');
   const out: InstalledPackage[] = [];
-  for (const [, cols] of file.rows(root)) {
+  for await (const [, cols] of file.rows(root)) {
     const blob = cols[1];
     if (blob instanceof Uint8Array) out.push(parseRpmHeader(blob));
   }

@@ -1,6 +1,7 @@
 /**
- * A minimal read-only SQLite reader: the rows of one table of a database file held in
- * memory, enough for rpm's rpmdb.sqlite (the `Packages` table). Follows the SQLite file
+ * A minimal read-only SQLite reader: the rows of one table of a database file, its pages read
+ * on demand (a large rpmdb.sqlite is mostly index tables never visited), enough for rpm's
+ * rpmdb.sqlite (the `Packages` table). Follows the SQLite file
  * format (https://www.sqlite.org/fileformat2.html): the 100-byte header (§1.3), table
  * b-tree pages (§1.6), cell payload overflow (§1.6, "local payload" formula), records (§2.1).
  * Hostile files give a DiskError: page numbers are checked, each page is visited once, and
@@ -18,36 +19,40 @@ function corrupt(msg: string): never {
   throw new DiskError('ECORRUPT', `sqlite: ${msg}`);
 }
 
-export class SqliteFile {
-  readonly pageSize: number;
-  readonly usable: number;
-  readonly pageCount: number;
+/** Reads `length` bytes at `offset` of the database file (short at its end). */
+export type SqliteRead = (offset: number, length: number) => Promise<Uint8Array>;
 
-  constructor(private readonly buf: Uint8Array) {
-    if (buf.length < 100 || Buffer.from(buf.subarray(0, 16)).toString('latin1') !== MAGIC) corrupt('not an SQLite 3 database');
-    const dv = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
-    const ps = dv.getUint16(16);
-    this.pageSize = ps === 1 ? 65536 : ps;
-    if (this.pageSize < 512 || (this.pageSize & (this.pageSize - 1)) !== 0) corrupt(`invalid page size ${ps}`);
-    this.usable = this.pageSize - buf[20]!;
-    if (this.usable < 480) corrupt('reserved space too large');
-    this.pageCount = Math.floor(buf.length / this.pageSize);
+export class SqliteFile {
+  private constructor(private readonly read: SqliteRead, readonly pageSize: number, readonly usable: number, readonly pageCount: number) {}
+
+  /** Open a database file of `size` bytes. */
+  static async open(read: SqliteRead, size: number): Promise<SqliteFile> {
+    const head = await read(0, 100);
+    if (head.length < 100 || Buffer.from(head.subarray(0, 16)).toString('latin1') !== MAGIC) corrupt('not an SQLite 3 database');
+    const ps = new DataView(head.buffer, head.byteOffset, head.byteLength).getUint16(16);
+    const pageSize = ps === 1 ? 65536 : ps;
+    if (pageSize < 512 || (pageSize & (pageSize - 1)) !== 0) corrupt(`invalid page size ${ps}`);
+    const usable = pageSize - head[20]!;
+    if (usable < 480) corrupt('reserved space too large');
+    return new SqliteFile(read, pageSize, usable, Math.floor(size / pageSize));
   }
 
-  private page(n: number): Uint8Array {
+  private async page(n: number): Promise<Uint8Array> {
     if (!Number.isInteger(n) || n < 1 || n > this.pageCount) corrupt(`page ${n} outside the file (${this.pageCount} pages)`);
-    return this.buf.subarray((n - 1) * this.pageSize, n * this.pageSize);
+    const p = await this.read((n - 1) * this.pageSize, this.pageSize);
+    if (p.length !== this.pageSize) corrupt(`page ${n} short`);
+    return p;
   }
 
   /** Every row of the table whose b-tree root is page `root`, in rowid order: [rowid, columns]. */
-  *rows(root: number): Generator<[bigint, SqlValue[]]> {
+  async *rows(root: number): AsyncGenerator<[bigint, SqlValue[]]> {
     const seen = new Set<number>();
     const self = this;
-    function* visit(pageNo: number, depth: number): Generator<[bigint, SqlValue[]]> {
+    async function* visit(pageNo: number, depth: number): AsyncGenerator<[bigint, SqlValue[]]> {
       if (depth > MAX_DEPTH) corrupt('table b-tree too deep');
       if (seen.has(pageNo)) corrupt(`page ${pageNo} reached twice (a loop)`);
       seen.add(pageNo);
-      const page = self.page(pageNo);
+      const page = await self.page(pageNo);
       const h = pageNo === 1 ? 100 : 0;
       const dv = new DataView(page.buffer, page.byteOffset, page.byteLength);
       const kind = page[h];
@@ -66,7 +71,7 @@ export class SqliteFile {
           at += n1;
           const [rowid, n2] = varint(page, at);
           at += n2;
-          yield [rowid, parseRecord(self.payload(page, at, Number(size)))];
+          yield [rowid, parseRecord(await self.payload(page, at, Number(size)))];
         }
       } else corrupt(`page ${pageNo} is not a table b-tree page (type ${kind})`);
     }
@@ -74,7 +79,7 @@ export class SqliteFile {
   }
 
   /** A cell's payload: the local part, then the overflow chain (§1.6). */
-  private payload(page: Uint8Array, at: number, size: number): Uint8Array {
+  private async payload(page: Uint8Array, at: number, size: number): Promise<Uint8Array> {
     const u = this.usable;
     const x = u - 35;
     let local = size;
@@ -85,7 +90,7 @@ export class SqliteFile {
     }
     if (at + local > page.length) corrupt('cell payload outside its page');
     if (local === size) return page.subarray(at, at + size);
-    if (size > this.buf.length) corrupt('payload larger than the file');
+    if (size > this.pageCount * this.pageSize) corrupt('payload larger than the file');
     const out = new Uint8Array(size);
     out.set(page.subarray(at, at + local));
     let filled = local;
@@ -94,7 +99,7 @@ export class SqliteFile {
     while (filled < size) {
       if (seen.has(next)) corrupt('overflow chain loops');
       seen.add(next);
-      const ov = this.page(next);
+      const ov = await this.page(next);
       const take = Math.min(u - 4, size - filled);
       out.set(ov.subarray(4, 4 + take), filled);
       filled += take;
@@ -104,8 +109,8 @@ export class SqliteFile {
   }
 
   /** The root page of a table, from sqlite_schema (page 1: type, name, tbl_name, rootpage, sql). */
-  tableRoot(name: string): number | null {
-    for (const [, cols] of this.rows(1)) {
+  async tableRoot(name: string): Promise<number | null> {
+    for await (const [, cols] of this.rows(1)) {
       if (cols[0] === 'table' && cols[1] === name) return Number(cols[3]);
     }
     return null;

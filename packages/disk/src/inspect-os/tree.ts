@@ -65,13 +65,25 @@ export class OsTree {
 
   /** The first `n` bytes of a regular file, or null. */
   async head(path: string, n: number): Promise<Buffer | null> {
+    const f = await this.open(path);
+    return f === null ? null : Buffer.from(await f.read(0, n));
+  }
+
+  /** A regular file for reads anywhere in it (a database too large to read whole), or null. */
+  async open(path: string): Promise<{ size: number; read: (offset: number, length: number) => Promise<Uint8Array> } | null> {
     const { fs, rest } = this.place(path);
     try {
       const node = await resolvePath(fs, rest, { follow: true });
       if (node.stat.kind !== 'file') return null;
-      const buf = Buffer.alloc(Math.min(n, node.stat.size));
-      const got = await fs.read(node, buf, 0);
-      return buf.subarray(0, got);
+      const size = node.stat.size;
+      return {
+        size,
+        read: async (offset, length) => {
+          const buf = Buffer.alloc(Math.max(0, Math.min(length, size - offset)));
+          const got = buf.length > 0 ? await fs.read(node, buf, offset) : 0;
+          return buf.subarray(0, got);
+        },
+      };
     } catch (e) {
       return this.missing(path, e);
     }
