@@ -10,7 +10,7 @@ import test from 'node:test';
 import assert from 'node:assert/strict';
 import { appendFile, copyFile, mkdir, readFile, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { needs, tempDir, runOk, diskhub, qemuImg, inactiveLogicalVolumes, needsLoopDevices } from '@diskhub/testkit';
+import { needs, tempDir, runOk, diskhub, qemuImg, inactiveLogicalVolumes, needsLoopDevices, rpmDatabase } from '@diskhub/testkit';
 
 const MiB = 1 << 20;
 const ROOT_UUID = '6f1c2a3e-1b7d-4c55-9a0e-5d2f8c7b9e01';
@@ -223,35 +223,13 @@ test('img inspect: a disk without an operating system exits 1 with a message; ba
   assert.match(badFmt.stderr, /^diskhub img inspect: Could not open/);
 });
 
-/**
- * A real rpm database: 301 packages built by rpmbuild (one spec, subpackages with epochs 0-3 or
- * none, some with descriptions longer than a page so their headers overflow), recorded by
- * `rpm -i --justdb` in a sqlite rpmdb; and what `rpm -qa` says of it.
- */
-async function rpmDatabase(dir: string, dbpath: string): Promise<string[]> {
-  const spec = ['Name: base', 'Version: 1.0', 'Release: 1.el9', 'Summary: test', 'License: MIT', 'BuildArch: noarch', '%description', 'base', '', '%files', ''];
-  for (let i = 0; i < 300; i++) {
-    const n = `pkg${String(i).padStart(3, '0')}`;
-    spec.push(`%package -n ${n}`, `Summary: test ${i}`, `Version: ${i}.${i % 7}`, `Release: ${i % 3}.el9`, ...(i % 5 === 0 ? [`Epoch: ${i % 4}`] : []),
-      `%description -n ${n}`, 'a long description '.repeat(i % 10 ? 50 : 600), '', `%files -n ${n}`, '');
-  }
-  await writeFile(join(dir, 'many.spec'), spec.join('\n'));
-  await runOk('rpmbuild', ['-bb', '--define', `_topdir ${join(dir, 'rpmbuild')}`, join(dir, 'many.spec')]);
-  const rpms = join(dir, 'rpmbuild', 'RPMS', 'noarch');
-  const files = (await runOk('ls', [rpms])).split('\n').filter(Boolean).map((f) => join(rpms, f));
-  const db = ['--dbpath', dbpath, '--define', '_db_backend sqlite'];
-  await runOk('rpm', [...db, '--initdb']);
-  await runOk('rpm', [...db, '-i', '--justdb', '--nodeps', ...files]);
-  return (await runOk('rpm', [...db, '-qa', '--qf', '%{NAME} %|EPOCH?{%{EPOCH}:}:{}|%{VERSION}-%{RELEASE} %{ARCH}\\n'])).split('\n').filter(Boolean).sort();
-}
-
 test('img inspect: a RHEL-family root on LVM (release file fallback, /var on its own LV by /dev/mapper name, BLS entries, the rpm sqlite database against rpm -qa)', { ...needs('mkfs.ext4', 'qemu-img', 'lvm', 'losetup', 'python3', 'rpm', 'rpmbuild'), ...needsLoopDevices() }, async (t) => {
   const dir = await tempDir(t);
   const root = join(dir, 'root');
   const varTree = join(dir, 'var');
   for (const d of ['etc/sysconfig', 'etc/cloud', 'usr/bin', 'boot/loader/entries', 'boot/grub2']) await mkdir(join(root, d), { recursive: true });
   await mkdir(join(varTree, 'lib/rpm'), { recursive: true });
-  const rpmQa = await rpmDatabase(dir, join(varTree, 'lib/rpm'));
+  const rpmQa = await rpmDatabase(dir, join(varTree, 'lib/rpm'), 300);
   assert.equal(rpmQa.length, 301);
   await writeFile(join(root, 'etc/redhat-release'), 'Rocky Linux release 9.3 (Blue Onyx)\n');
   await writeFile(join(root, 'etc/sysconfig/network'), '# Created by anaconda\nNETWORKING=yes\nHOSTNAME="rocky9.example.com"\n');

@@ -22,6 +22,7 @@ import { detectArchitecture, detectBootLoader, detectCloudInit, detectHostname, 
 import { detectPackages, type InstalledPackage } from './packages.js';
 
 export { parseDpkgStatus, parseApkInstalled, type InstalledPackage } from './packages.js';
+export { readRpmSqlite, parseRpmHeader } from './rpm.js';
 export { parseFstab, resolveSpec, type FstabEntry, type KnownFilesystem } from './fstab.js';
 export { elfArchitecture } from './elf.js';
 export { parseOsRelease } from './release.js';

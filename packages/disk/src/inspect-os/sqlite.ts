@@ -57,6 +57,8 @@ export class SqliteFile {
       const dv = new DataView(page.buffer, page.byteOffset, page.byteLength);
       const kind = page[h];
       const cells = dv.getUint16(h + 3);
+      // The cell pointer array follows the 12-byte (interior) or 8-byte (leaf) page header.
+      if (h + (kind === 0x05 ? 12 : 8) + 2 * cells > page.length) corrupt(`page ${pageNo}: ${cells} cells do not fit the page`);
       if (kind === 0x05) {
         for (let i = 0; i < cells; i++) {
           const at = dv.getUint16(h + 12 + 2 * i);
