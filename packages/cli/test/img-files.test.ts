@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { lstat, mkdir, readFile, readlink, stat, symlink, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { needs, tempDir, run, runOk, diskhub, diskhubBin, qemuImg, lvm, withLoopDevices, needsLoopDevices, loopDevicesUsable, withLoopMount } from '@diskhub/testkit';
+import { needs, tempDir, run, runOk, diskhub, diskhubBin, qemuImg, inactiveLogicalVolumes, needsLoopDevices, loopDevicesUsable, withLoopMount } from '@diskhub/testkit';
 
 const MiB = 1 << 20;
 
@@ -197,20 +197,9 @@ test('img ls / cat: --partition, --lv, and the root filesystem found by inspecti
   const pv = join(dir, 'pv.img');
   await writeFile(pv, '');
   await truncate(pv, 96 * MiB);
-  const layout = await withLoopDevices([pv], async (loops) => {
-    await lvm('pvcreate', ['-q', loops[0]!], loops);
-    await lvm('vgcreate', ['-q', 'vg0', loops[0]!], loops);
-    await lvm('lvcreate', ['-q', '-an', '-Zn', '-L', '16M', '-n', 'data', 'vg0'], loops);
-    await lvm('lvcreate', ['-q', '-an', '-Zn', '-L', '40M', '-n', 'root', 'vg0'], loops);
-    const report = JSON.parse(await lvm('lvs', ['--reportformat', 'json', '--units', 'b', '--nosuffix', '--segments', '-o', 'lv_name,seg_pe_ranges,vg_extent_size'], loops));
-    const pvs = JSON.parse(await lvm('pvs', ['--reportformat', 'json', '--units', 'b', '--nosuffix', '-o', 'pe_start'], loops));
-    return { lvs: report.report[0].seg as { lv_name: string; seg_pe_ranges: string; vg_extent_size: string }[], peStart: Number(pvs.report[0].pv[0].pe_start) };
-  });
-  for (const lv of layout.lvs) {
-    const first = Number(/:(\d+)-/.exec(lv.seg_pe_ranges)![1]);
-    const offset = layout.peStart + first * Number(lv.vg_extent_size);
-    await runOk('mkfs.ext4', ['-q', '-F', '-E', `offset=${offset}`, '-d', lv.lv_name === 'root' ? src : data, pv, lv.lv_name === 'root' ? '40M' : '16M']);
-  }
+  const offsets = await inactiveLogicalVolumes(pv, 'vg0', [{ name: 'data', size: '16M' }, { name: 'root', size: '40M' }]);
+  await runOk('mkfs.ext4', ['-q', '-F', '-E', `offset=${offsets.get('data')}`, '-d', data, pv, '16M']);
+  await runOk('mkfs.ext4', ['-q', '-F', '-E', `offset=${offsets.get('root')}`, '-d', src, pv, '40M']);
   assert.equal((await diskhub(['img', 'cat', pv, '/etc/hostname'])).stdout, 'guest\n');
   assert.equal((await diskhub(['img', 'ls', '--lv', 'vg0/data', pv, '/'])).stdout, 'lost+found\nonly-data\n');
 

@@ -52,3 +52,4 @@ export * from './lvm.js';
 export * from './vhdx.js';
 export * from './dmg.js';
 export * from './fstree.js';
+export * from './rpm.js';

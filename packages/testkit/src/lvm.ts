@@ -41,3 +41,24 @@ export async function lvm(command: string, args: string[], devices: string[]): P
     env: { ...process.env, LVM_SUPPRESS_FD_WARNINGS: '1' },
   });
 }
+
+/**
+ * Make `pv` (a file) an LVM physical volume of a new volume group `vg` with the given logical
+ * volumes, created inactive (no device-mapper needed), and return each LV's byte offset in
+ * the file (its first extent), so a test can put a filesystem there (mkfs.ext4 -E offset=).
+ */
+export async function inactiveLogicalVolumes(pv: string, vg: string, lvs: { name: string; size: string }[]): Promise<Map<string, number>> {
+  return withLoopDevices([pv], async (loops) => {
+    await lvm('pvcreate', ['-q', loops[0]!], loops);
+    await lvm('vgcreate', ['-q', vg, loops[0]!], loops);
+    for (const lv of lvs) await lvm('lvcreate', ['-q', '-an', '-Zn', '-L', lv.size, '-n', lv.name, vg], loops);
+    const report = JSON.parse(await lvm('lvs', ['--reportformat', 'json', '--units', 'b', '--nosuffix', '--segments', '-o', 'lv_name,seg_pe_ranges,vg_extent_size'], loops));
+    const pvs = JSON.parse(await lvm('pvs', ['--reportformat', 'json', '--units', 'b', '--nosuffix', '-o', 'pe_start'], loops));
+    const peStart = Number(pvs.report[0].pv[0].pe_start);
+    const offsets = new Map<string, number>();
+    for (const seg of report.report[0].seg as { lv_name: string; seg_pe_ranges: string; vg_extent_size: string }[]) {
+      offsets.set(seg.lv_name, peStart + Number(/:(\d+)-/.exec(seg.seg_pe_ranges)![1]) * Number(seg.vg_extent_size));
+    }
+    return offsets;
+  });
+}

@@ -37,6 +37,7 @@ Command syntax:
   ls [-l] [-R] [--csv] [-h] [--uids] [--times|--time-t|--time-relative|--time-days] [--checksum[=type]] [-f fmt] filename dir [dir ...]   (virt-ls)
   cat [-f fmt] filename file [file ...]   (virt-cat)
   copy-out [-f fmt] filename path [path ...] localdir   (virt-copy-out)
+  inspect [-f fmt] [--output=ofmt] filename   (virt-inspector; exit 0 inspected, 1 no operating system, 2 error)
   measure [--output=ofmt] [-O output_fmt] [-o options] [--size N | [-f fmt] [-l snapshot_param] filename]
 
 Sizes take the suffixes k, M, G, T, P, E (powers of 1024) or b for bytes.

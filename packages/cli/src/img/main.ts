@@ -27,6 +27,7 @@ import { commitCommand } from './commit.js';
 import { ddCommand } from './dd.js';
 import { benchCommand } from './bench.js';
 import { resizeCommand } from './resize.js';
+import { inspectCommand } from './inspect.js';
 
 /** A command gets argv with its own name at argv[0], as qemu-img's commands do. */
 export type ImgCommand = (argv: string[]) => Promise<number>;
@@ -45,6 +46,7 @@ const COMMANDS: Record<string, ImgCommand> = {
   create: createCommand,
   dd: ddCommand,
   info: infoCommand,
+  inspect: inspectCommand,
   ls: lsCommand,
   map: mapCommand,
   measure: measureCommand,

@@ -24,8 +24,11 @@ export interface CandidateFilesystem {
   info: FilesystemInfo;
 }
 
-/** Every filesystem of a disk that a reader exists for: partitions (or the whole disk), then LVM logical volumes. */
-export async function readableFilesystems(disk: BlockDevice): Promise<CandidateFilesystem[]> {
+/**
+ * Every filesystem of a disk that a reader exists for: partitions (or the whole disk), then LVM
+ * logical volumes. `unread`, when given, receives the filesystems found that no reader opens (ntfs, ...).
+ */
+export async function readableFilesystems(disk: BlockDevice, unread?: CandidateFilesystem[]): Promise<CandidateFilesystem[]> {
   const readable = new Set(readableFilesystemTypes());
   const { devices } = await contentDevices(disk, await readPartitionTable(disk));
   const identified = new Map<(typeof devices)[number], FilesystemInfo | null>();
@@ -34,6 +37,7 @@ export async function readableFilesystems(disk: BlockDevice): Promise<CandidateF
     const info = await filesystemOf(d.device);
     identified.set(d, info);
     if (info && readable.has(info.type)) out.push({ name: d.name, device: d.device, info });
+    else if (info && unread && info.usage === 'filesystem') unread.push({ name: d.name, device: d.device, info });
   }
   const scan = await scanDevicesLvm(devices, identified);
   for (const g of scan.vgs) {
@@ -46,12 +50,14 @@ export async function readableFilesystems(disk: BlockDevice): Promise<CandidateF
       }
       const info = await filesystemOf(device);
       if (info && readable.has(info.type)) out.push({ name: `LV ${g.vg.name}/${lv.name}`, device, info });
+      else if (info && unread && info.usage === 'filesystem') unread.push({ name: `LV ${g.vg.name}/${lv.name}`, device, info });
     }
   }
   return out;
 }
 
-async function isRoot(fs: Filesystem): Promise<boolean> {
+/** Whether a filesystem holds an operating system's root (one of ROOT_MARKERS). */
+export async function isRoot(fs: Filesystem): Promise<boolean> {
   for (const marker of ROOT_MARKERS) {
     try {
       await resolvePath(fs, marker);

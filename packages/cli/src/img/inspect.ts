@@ -1,0 +1,143 @@
+/**
+ * `diskhub img inspect`: virt-inspector without an appliance — for every operating system on
+ * the disk: type, distribution, version, product name, hostname, architecture, root and
+ * fstab mount points, kernels, boot loader and kernel command line, package format and
+ * installed packages, cloud-init, users who can log in. Human text or `--output=json`.
+ *
+ * Exit codes: 0 an operating system was inspected, 1 none was found (as virt-inspector), 2 an
+ * error (the image cannot be opened, a bad option), so scripts can tell "no OS" from failure.
+ */
+import { closeChain, inspectOperatingSystems, isDiskError, type InspectedOs, type OsInspection } from '@diskhub/disk';
+import { getopt, UsageError } from './getopt.js';
+import { CliError, errorMessage, err, openCliImage, out, parseOutputFormat, type OutputFormat } from './common.js';
+import { SECRET_LONG_OPTIONS, Secrets, openOptionsOf } from './secrets.js';
+
+export const INSPECT_HELP = `usage: diskhub img inspect [-f fmt] [--output=human|json] [--object ...] [--image-opts] IMAGE
+Inspect the operating systems of a disk image, as virt-inspector does, without booting an
+appliance: distribution, version, hostname, architecture, mount points, kernels, boot loader
+and kernel command line, packages, cloud-init and users.
+Exit status: 0 inspected, 1 no operating system found, 2 error.
+`;
+
+export async function inspectCommand(argv: string[]): Promise<number> {
+  try {
+    const { options, positional } = getopt(argv, ':f:h', [
+      { name: 'help', hasArg: 0, val: 'h' },
+      { name: 'format', hasArg: 1, val: 'f' },
+      { name: 'output', hasArg: 1, val: 'output' },
+      ...SECRET_LONG_OPTIONS,
+    ]);
+    const secrets = new Secrets();
+    let format: string | undefined;
+    let output: OutputFormat = 'human';
+    for (const o of options) {
+      if (secrets.option(o)) continue;
+      if (o.opt === 'h') { out(INSPECT_HELP); return 0; }
+      if (o.opt === 'f') format = o.arg;
+      else if (o.opt === 'output') output = parseOutputFormat(o.arg);
+    }
+    if (positional.length !== 1) throw new UsageError(positional.length === 0 ? 'Expecting one image file name' : `Invalid parameter '${positional[1]}'`);
+    const arg = secrets.image(positional[0]!, format);
+    const image = await openCliImage(arg.path, openOptionsOf(arg), arg.display);
+    let result: OsInspection;
+    try {
+      result = await inspectOperatingSystems(image);
+    } catch (e) {
+      if (isDiskError(e)) throw new CliError(`${arg.display}: ${e.message}`);
+      throw e;
+    } finally {
+      await closeChain(image);
+    }
+    if (output === 'json') out(`${JSON.stringify(inspectionJson(result), null, 2)}\n`);
+    else if (result.operatingSystems.length > 0) out(humanText(result));
+    if (result.operatingSystems.length === 0) {
+      const unread = result.filesystems.filter((f) => !f.readable).map((f) => `${f.type} on ${f.device}`);
+      err(`diskhub img inspect: no operating system was found on the disk${unread.length > 0 ? ` (not read: ${unread.join(', ')})` : ''}\n`);
+      return 1;
+    }
+    return 0;
+  } catch (e) {
+    if (e instanceof UsageError) {
+      err(`diskhub img inspect: ${e.message}\n`);
+      if (e.tryHelp) err("Try 'diskhub img inspect --help' for more information.\n");
+      return 2;
+    }
+    if (e instanceof CliError || isDiskError(e)) {
+      err(`diskhub img inspect: ${errorMessage(e)}\n`);
+      return 2;
+    }
+    throw e;
+  }
+}
+
+/** The JSON document (keys as virt-inspector's XML elements; documented in the README). */
+export function inspectionJson(r: OsInspection): unknown {
+  return {
+    operatingsystems: r.operatingSystems.map(osJson),
+    filesystems: r.filesystems.map((f) => ({ device: f.device, where: f.where, type: f.type, uuid: f.uuid ?? null, label: f.label ?? null, readable: f.readable })),
+  };
+}
+
+function osJson(os: InspectedOs): unknown {
+  return {
+    root: os.root,
+    name: os.type,
+    arch: os.arch,
+    distro: os.distro,
+    product_name: os.productName,
+    major_version: os.majorVersion,
+    minor_version: os.minorVersion,
+    hostname: os.hostname,
+    package_format: os.packageFormat,
+    package_management: os.packageManagement,
+    mountpoints: os.mountpoints.map((m) => ({ mountpoint: m.mountpoint, device: m.device, spec: m.spec, fstype: m.fstype })),
+    kernels: os.kernels.map((k) => ({ version: k.version, path: k.path, initramfs: k.initramfs })),
+    bootloader: os.bootLoader && {
+      type: os.bootLoader.type,
+      config: os.bootLoader.config,
+      grub_defaults: os.bootLoader.defaults,
+      entries: os.bootLoader.entries.map((e) => ({ title: e.title, kernel: e.kernel, cmdline: e.cmdline })),
+    },
+    cloud_init: os.cloudInit && { config_files: os.cloudInit.configFiles, datasource_list: os.cloudInit.datasourceList, datasource_list_from: os.cloudInit.datasourceListFrom },
+    users: os.users.map((u) => ({ name: u.name, uid: u.uid, gid: u.gid, home: u.home, shell: u.shell, password: u.password })),
+    applications: os.packages && os.packages.map((p) => ({ name: p.name, version: p.version, arch: p.arch })),
+    notes: os.notes,
+  };
+}
+
+function humanText(r: OsInspection): string {
+  const lines: string[] = [];
+  for (const os of r.operatingSystems) {
+    if (lines.length > 0) lines.push('');
+    const field = (k: string, v: string | number | null) => lines.push(`${`${k}:`.padEnd(20)}${v ?? '(unknown)'}`);
+    field('root', `${os.root} (${os.where})`);
+    field('type', os.type);
+    field('distro', os.distro);
+    field('version', os.type === 'linux' && os.distro !== null ? `${os.majorVersion}.${os.minorVersion}` : null);
+    field('product name', os.productName);
+    field('hostname', os.hostname);
+    field('architecture', os.arch);
+    field('package format', os.packageFormat);
+    field('package management', os.packageManagement);
+    lines.push('mount points:');
+    for (const m of os.mountpoints) lines.push(`  ${m.mountpoint.padEnd(18)}${m.device ?? '(not found)'}  ${m.spec} ${m.fstype}`);
+    if (os.kernels.length > 0) {
+      lines.push('kernels:');
+      for (const k of os.kernels) lines.push(`  ${k.version}  ${k.path}${k.initramfs ? `  ${k.initramfs}` : '  (no initramfs)'}`);
+    }
+    if (os.bootLoader) {
+      field('boot loader', os.bootLoader.type === null ? null : `${os.bootLoader.type}${os.bootLoader.config ? ` (${os.bootLoader.config})` : ''}`);
+      for (const [k, v] of Object.entries(os.bootLoader.defaults)) lines.push(`  ${k}="${v}"`);
+      for (const e of os.bootLoader.entries) lines.push(`  ${e.kernel} ${e.cmdline}`.trimEnd());
+    }
+    field('cloud-init', os.cloudInit ? `installed, datasource_list: ${os.cloudInit.datasourceList ? `[${os.cloudInit.datasourceList.join(', ')}] (${os.cloudInit.datasourceListFrom})` : '(not set)'}` : 'not installed');
+    lines.push('users with a login shell:');
+    for (const u of os.users) lines.push(`  ${u.name.padEnd(16)}uid ${String(u.uid).padEnd(6)}${u.shell.padEnd(16)}password ${u.password}`);
+    if (os.packages) {
+      lines.push(`applications (${os.packages.length}):`);
+      for (const p of os.packages) lines.push(`  ${p.name} ${p.version}${p.arch ? ` ${p.arch}` : ''}`);
+    }
+    for (const n of os.notes) lines.push(`note: ${n}`);
+  }
+  return `${lines.join('\n')}\n`;
+}

@@ -1,0 +1,177 @@
+/**
+ * Operating system inspection: virt-inspector's job without an appliance. Every filesystem of
+ * a disk (partitions, the whole disk, LVM logical volumes) is identified; those we can read
+ * and that hold an operating system's root are inspected with the rest of the disk's
+ * filesystems mounted where the root's /etc/fstab puts them. What is reported and how it is
+ * decided follows libguestfs's inspection (daemon/inspect_fs*.ml): os-release first, then the
+ * distributions' release files; the architecture from a program's ELF header; fstab specs
+ * resolved by UUID, LABEL, PARTUUID and device name.
+ *
+ * Not the image-format safety inspector (`inspect/`): this one looks at the files inside.
+ */
+import type { BlockDevice } from '../blockdev.js';
+import { isDiskError } from '../errors.js';
+import type { Filesystem } from '../filesystem.js';
+import { openFilesystem } from '../filesystems.js';
+import { readPartitionTable } from '../partition/index.js';
+import { readableFilesystems, isRoot, type CandidateFilesystem } from '../inside/root.js';
+import { OsTree } from './tree.js';
+import { detectRelease } from './release.js';
+import { parseFstab, isDiskMount, resolveSpec, type KnownFilesystem } from './fstab.js';
+import { detectArchitecture, detectBootLoader, detectCloudInit, detectHostname, detectKernels, detectUsers, type BootLoader, type CloudInit, type Kernel, type User } from './linux.js';
+import { detectPackages, type InstalledPackage } from './packages.js';
+
+export { parseDpkgStatus, parseApkInstalled, type InstalledPackage } from './packages.js';
+export { readRpmSqlite, parseRpmHeader } from './rpm.js';
+export { parseFstab, resolveSpec, type FstabEntry, type KnownFilesystem } from './fstab.js';
+export { elfArchitecture } from './elf.js';
+export { parseOsRelease } from './release.js';
+export { parseDatasourceList, parseGrubCfg, parseGrubDefaults, type BootEntry, type BootLoader, type CloudInit, type Kernel, type User } from './linux.js';
+
+export interface InspectedFilesystem extends KnownFilesystem {
+  /** Where it is: "partition 1", "LV vg/root", "whole disk". */
+  where: string;
+  type: string;
+  /** A reader exists for it (ntfs, btrfs, ... are identified but not read). */
+  readable: boolean;
+}
+
+export interface OsMountpoint {
+  mountpoint: string;
+  /** The fstab spec as written (UUID=..., /dev/sda1, ...). */
+  spec: string;
+  fstype: string;
+  /** The disk's filesystem it names (libguestfs's device name), or null when none matches. */
+  device: string | null;
+}
+
+export interface InspectedOs {
+  /** The root filesystem's device (/dev/sda2, /dev/vg/root). */
+  root: string;
+  where: string;
+  /** libguestfs's type: linux, windows. */
+  type: 'linux' | 'windows';
+  distro: string | null;
+  productName: string | null;
+  majorVersion: number;
+  minorVersion: number;
+  hostname: string | null;
+  arch: string | null;
+  packageFormat: string | null;
+  packageManagement: string | null;
+  mountpoints: OsMountpoint[];
+  kernels: Kernel[];
+  bootLoader: BootLoader | null;
+  cloudInit: CloudInit | null;
+  users: User[];
+  /** Null when the package database is not read. */
+  packages: InstalledPackage[] | null;
+  /** What was not read or could not be decided. */
+  notes: string[];
+}
+
+export interface OsInspection {
+  filesystems: InspectedFilesystem[];
+  operatingSystems: InspectedOs[];
+}
+
+/** Windows's system directory (libguestfs looks for it in any case). */
+const WINDOWS_MARKERS = ['/Windows/System32', '/WINDOWS/system32', '/windows/system32', '/WINNT/system32'];
+
+/** libguestfs's device name of a filesystem we found. */
+function deviceName(where: string): { device: string; partition?: number; lv?: { vg: string; name: string }; wholeDisk?: boolean } {
+  const p = /^partition (\d+)$/.exec(where);
+  if (p) return { device: `/dev/sda${p[1]}`, partition: Number(p[1]) };
+  const lv = /^LV ([^/]+)\/(.+)$/.exec(where);
+  if (lv) return { device: `/dev/${lv[1]}/${lv[2]}`, lv: { vg: lv[1]!, name: lv[2]! } };
+  return { device: '/dev/sda', wholeDisk: true };
+}
+
+/** Inspect every operating system on a disk. */
+export async function inspectOperatingSystems(disk: BlockDevice): Promise<OsInspection> {
+  const table = await readPartitionTable(disk);
+  const unread: CandidateFilesystem[] = [];
+  const readable = await readableFilesystems(disk, unread);
+  const describe = (c: CandidateFilesystem, isReadable: boolean): InspectedFilesystem => {
+    const name = deviceName(c.name);
+    const part = name.partition !== undefined ? table?.partitions.find((p) => p.number === name.partition) : undefined;
+    return {
+      ...name, where: c.name, type: c.info.type, readable: isReadable,
+      ...(c.info.uuid !== undefined ? { uuid: c.info.uuid } : {}),
+      ...(c.info.label !== undefined ? { label: c.info.label } : {}),
+      ...(part?.uuid !== undefined ? { partuuid: part.uuid } : {}),
+      ...(part?.name !== undefined ? { partlabel: part.name } : {}),
+    };
+  };
+  const filesystems = [...readable.map((c) => describe(c, true)), ...unread.map((c) => describe(c, false))];
+  filesystems.sort((a, b) => a.device.localeCompare(b.device, 'en', { numeric: true }));
+
+  // Each readable filesystem opened once; one that fails to open is left out of inspection.
+  const opened = new Map<string, Filesystem>();
+  const openErrors: string[] = [];
+  for (const c of readable) {
+    try { opened.set(deviceName(c.name).device, await openFilesystem(c.device, c.info.type)); } catch (e) {
+      if (!isDiskError(e)) throw e;
+      openErrors.push(`${deviceName(c.name).device}: ${e.message}`);
+    }
+  }
+
+  const operatingSystems: InspectedOs[] = [];
+  for (const f of filesystems) {
+    const fs = opened.get(f.device);
+    if (!fs || !(await isRoot(fs))) continue;
+    const tree = new OsTree(fs);
+    let windows = false;
+    for (const m of WINDOWS_MARKERS) if (await tree.exists(m)) windows = true;
+    if (windows) operatingSystems.push(inspectWindows(f));
+    else operatingSystems.push(await inspectLinux(f, tree, filesystems, opened));
+  }
+  if (openErrors.length > 0) for (const os of operatingSystems) os.notes.push(...openErrors.map((m) => `not read: ${m}`));
+  return { filesystems, operatingSystems };
+}
+
+function inspectWindows(f: InspectedFilesystem): InspectedOs {
+  return {
+    root: f.device, where: f.where, type: 'windows', distro: null, productName: null, majorVersion: 0, minorVersion: 0,
+    hostname: null, arch: null, packageFormat: null, packageManagement: null, mountpoints: [{ mountpoint: 'C:', spec: f.device, fstype: f.type, device: f.device }],
+    kernels: [], bootLoader: null, cloudInit: null, users: [], packages: null,
+    notes: ['the Windows registry is not read: version, product name, hostname and installed programs are not reported'],
+  };
+}
+
+async function inspectLinux(root: InspectedFilesystem, tree: OsTree, filesystems: InspectedFilesystem[], opened: Map<string, Filesystem>): Promise<InspectedOs> {
+  const notes: string[] = [];
+  const mountpoints: OsMountpoint[] = [];
+  const fstab = await tree.text('/etc/fstab', 1 << 20);
+  if (fstab !== null) {
+    for (const e of parseFstab(fstab)) {
+      if (!isDiskMount(e)) continue;
+      const known = resolveSpec(e.spec, filesystems);
+      mountpoints.push({ mountpoint: e.mountpoint, spec: e.spec, fstype: e.fstype, device: known?.device ?? null });
+      if (!known) { notes.push(`fstab: ${e.spec} (${e.mountpoint}) matches no filesystem of the disk`); continue; }
+      const fs = opened.get(known.device);
+      if (e.mountpoint !== '/' && fs && known.device !== root.device) tree.mount(e.mountpoint, fs);
+      else if (e.mountpoint !== '/' && !fs) notes.push(`${e.mountpoint}: ${known.device} is not read`);
+    }
+  }
+  if (!mountpoints.some((m) => m.mountpoint === '/')) mountpoints.unshift({ mountpoint: '/', spec: root.device, fstype: root.type, device: root.device });
+
+  const release = await detectRelease(tree);
+  if (!release) notes.push('no os-release or distribution release file: the distribution is unknown');
+  const arch = await detectArchitecture(tree);
+  if (!arch) notes.push('no ELF program found to tell the architecture');
+  const pk = await detectPackages(tree, release?.distro ?? '', release?.major ?? 0);
+  notes.push(...pk.notes);
+  const os: InspectedOs = {
+    root: root.device, where: root.where, type: 'linux',
+    distro: release?.distro ?? null, productName: release?.productName ?? null,
+    majorVersion: release?.major ?? 0, minorVersion: release?.minor ?? 0,
+    hostname: await detectHostname(tree), arch: arch?.arch ?? null,
+    packageFormat: pk.format, packageManagement: pk.management,
+    mountpoints: mountpoints.sort((a, b) => a.mountpoint.length - b.mountpoint.length || a.mountpoint.localeCompare(b.mountpoint)),
+    kernels: await detectKernels(tree), bootLoader: await detectBootLoader(tree), cloudInit: await detectCloudInit(tree),
+    users: await detectUsers(tree), packages: pk.packages, notes,
+  };
+  notes.push(...tree.problems);
+  return os;
+}
