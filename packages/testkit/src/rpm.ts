@@ -1,7 +1,7 @@
 /** rpm databases made by the real rpm tools, for the rpmdb reader's tests. */
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { runOk } from './index.js';
+import { runOk } from './run.js';
 
 /**
  * A real rpm database: `count` + 1 packages built by rpmbuild (one spec, subpackages with epochs 0-3 or
