@@ -1,0 +1,166 @@
+/**
+ * `img lint` (the cloud-image checklist) on GPT qcow2 images whose root filesystem is made with
+ * mkfs.ext4 -d from this machine's own Debian files (os-release, dpkg's status, /bin/sh's ELF)
+ * plus the configuration each case needs. A "good" root passes every applicable item; a "bad"
+ * one fails exactly the items it breaks, with the file and line that `grep -n` finds in the
+ * tree the image was made from; fixing one failure in the tree and rebuilding makes it pass.
+ */
+import test from 'node:test';
+import assert from 'node:assert/strict';
+import { copyFile, mkdir, rm, symlink, truncate, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { needs, tempDir, runOk, diskhub, qemuImg } from '@diskhub/testkit';
+
+const MiB = 1 << 20;
+const KERNEL = '6.1.0-18-amd64';
+
+/** `grep -n` in the source tree, as the image's absolute path: the oracle for the "file:line" evidence. */
+async function grepLine(root: string, path: string, pattern: string): Promise<string> {
+  const hit = (await runOk('grep', ['-n', '-E', pattern, join(root, path)])).split('\n')[0]!;
+  const colon = hit.indexOf(':');
+  return `/${path}:${hit.slice(0, colon)}: ${hit.slice(colon + 1).trim()}`;
+}
+
+async function goodRoot(dir: string): Promise<string> {
+  const root = join(dir, 'root');
+  for (const d of ['etc/default', 'etc/cloud/cloud.cfg.d', 'etc/network', 'etc/ssh', 'etc/ufw', 'etc/systemd/system/multi-user.target.wants', 'etc/systemd/system/cloud-init.target.wants',
+    'bin', 'usr/bin', 'lib/systemd', `lib/modules/${KERNEL}`, 'var/lib/dpkg', 'var/log/apt', 'var/lib/dhcp', 'var/lib/cloud', 'root', 'boot/grub']) await mkdir(join(root, d), { recursive: true });
+  for (const f of ['os-release', 'debian_version', 'passwd']) await copyFile(join('/etc', f), join(root, 'etc', f));
+  await copyFile('/var/lib/dpkg/status', join(root, 'var/lib/dpkg/status'));
+  await runOk('cp', ['-L', '/bin/sh', join(root, 'bin/sh')]);
+  // systemd and logind (handles the power key), the real programs of this machine.
+  await runOk('cp', ['-L', '/lib/systemd/systemd-logind', join(root, 'lib/systemd/systemd-logind')]);
+  await writeFile(join(root, 'lib/systemd/systemd'), '');
+  // Units enabled as `systemctl enable` links them (dangling here: the unit files are not copied).
+  await symlink('/lib/systemd/system/ssh.service', join(root, 'etc/systemd/system/multi-user.target.wants/ssh.service'));
+  await symlink('/lib/systemd/system/cloud-init.service', join(root, 'etc/systemd/system/cloud-init.target.wants/cloud-init.service'));
+  await writeFile(join(root, 'etc/ssh/sshd_config'), 'PasswordAuthentication no\n');
+  await writeFile(join(root, 'etc/ufw/ufw.conf'), '# /etc/ufw/ufw.conf\n#\n\n# Set to yes to start on boot.\nENABLED=no\nLOGLEVEL=low\n');
+  await writeFile(join(root, 'etc/cloud/cloud.cfg'), 'users:\n  - default\ncloud_init_modules:\n  - seed_random\n  - growpart\n  - resizefs\n');
+  await writeFile(join(root, 'etc/cloud/cloud.cfg.d/90_dpkg.cfg'), '# to update this file, run dpkg-reconfigure cloud-init\ndatasource_list: [ ConfigDrive, OpenStack, None ]\n');
+  await writeFile(join(root, 'usr/bin/growpart'), '#!/bin/sh\n');
+  await writeFile(join(root, 'etc/default/grub'), 'GRUB_DEFAULT=0\nGRUB_TIMEOUT=1\nGRUB_CMDLINE_LINUX_DEFAULT=""\nGRUB_CMDLINE_LINUX="console=tty0 console=ttyS0,115200n8"\n');
+  await writeFile(join(root, 'boot/grub/grub.cfg'), `menuentry 'Debian GNU/Linux' {\n\tlinux\t/boot/vmlinuz-${KERNEL} root=LABEL=root ro console=tty0 console=ttyS0,115200n8\n\tinitrd\t/boot/initrd.img-${KERNEL}\n}\n`);
+  await writeFile(join(root, `boot/vmlinuz-${KERNEL}`), 'not a kernel\n');
+  await writeFile(join(root, 'etc/machine-id'), '');
+  await writeFile(join(root, 'etc/network/interfaces'), 'source /etc/network/interfaces.d/*\n\nauto lo\niface lo inet loopback\n\nauto eth0\niface eth0 inet dhcp\n');
+  // virtio_blk built in, virtio_net a module (Debian builds both as modules; both ways are read).
+  await writeFile(join(root, `lib/modules/${KERNEL}/modules.builtin`), 'kernel/drivers/block/loop.ko\nkernel/drivers/block/virtio_blk.ko\n');
+  await writeFile(join(root, `lib/modules/${KERNEL}/modules.dep`), 'kernel/drivers/net/net_failover.ko: kernel/net/core/failover.ko\nkernel/drivers/net/virtio_net.ko: kernel/drivers/net/net_failover.ko kernel/net/core/failover.ko\n');
+  // Empty logs are what a sysprepped image keeps (the files exist, their contents do not).
+  await writeFile(join(root, 'var/log/wtmp'), '');
+  await writeFile(join(root, 'var/log/apt/history.log'), '');
+  return root;
+}
+
+/** A GPT disk with the root on partition 1 (mkfs.ext4 -d at its offset), as a qcow2. */
+async function gptQcow2(dir: string, root: string, name: string): Promise<string> {
+  const disk = join(dir, `${name}.img`);
+  await rm(disk, { force: true });
+  await writeFile(disk, '');
+  await truncate(disk, 40 * MiB);
+  await runOk('sgdisk', ['-n1:2048:0', disk]);
+  await runOk('mkfs.ext4', ['-q', '-F', '-L', 'root', '-E', `offset=${2048 * 512}`, '-d', root, disk, '36M']);
+  const qcow2 = join(dir, `${name}.qcow2`);
+  await rm(qcow2, { force: true });
+  await qemuImg('convert', '-O', 'qcow2', disk, qcow2);
+  return qcow2;
+}
+
+interface Check { id: string; title: string; result: string; evidence: string[] }
+
+async function lint(qcow2: string): Promise<{ code: number; checks: Map<string, Check>; stdout: string }> {
+  const r = await diskhub(['img', 'lint', '--output=json', qcow2]);
+  assert.equal(r.stderr, '');
+  const j = JSON.parse(r.stdout);
+  assert.equal(j.operatingsystems.length, 1);
+  return { code: r.code, checks: new Map(j.operatingsystems[0].checks.map((c: Check) => [c.id, c])), stdout: r.stdout };
+}
+
+const ALL_IDS = ['ssh-server-enabled', 'firewall-disabled', 'cloud-init-enabled', 'cloud-init-datasource', 'growpart', 'no-hardcoded-mac', 'serial-console', 'acpi-power-key', 'no-zeroconf',
+  'dhcp-first-nic', 'virtio-drivers', 'machine-id-empty', 'no-ssh-host-keys', 'no-shell-history', 'no-logs', 'no-dhcp-leases', 'no-cloud-init-state'];
+
+test('img lint: a good Debian-like image passes every applicable item (exit 0); a bad one fails exactly what it breaks, with grep -n\'s file:line (exit 1); fixing one in the tree makes it pass', needs('mkfs.ext4', 'sgdisk', 'qemu-img', 'grep'), async (t) => {
+  const dir = await tempDir(t);
+  const root = await goodRoot(dir);
+  const good = await lint(await gptQcow2(dir, root, 'good'));
+  assert.equal(good.code, 0, good.stdout);
+  assert.deepEqual([...good.checks.keys()], ALL_IDS);
+  for (const c of good.checks.values()) assert.equal(c.result, c.id === 'no-zeroconf' ? 'n/a' : 'pass', JSON.stringify(c));
+  assert.deepEqual(good.checks.get('ssh-server-enabled')!.evidence, ['/etc/systemd/system/multi-user.target.wants/ssh.service']);
+  assert.deepEqual(good.checks.get('cloud-init-datasource')!.evidence, [`${await grepLine(root, 'etc/cloud/cloud.cfg.d/90_dpkg.cfg', '^datasource_list')} [ConfigDrive, OpenStack, None]`]);
+  assert.deepEqual(good.checks.get('growpart')!.evidence, [`${await grepLine(root, 'etc/cloud/cloud.cfg', 'growpart')}`, '/usr/bin/growpart']);
+  assert.deepEqual(good.checks.get('serial-console')!.evidence, [`${await grepLine(root, 'etc/default/grub', '^GRUB_CMDLINE_LINUX=')}`, `${await grepLine(root, 'boot/grub/grub.cfg', 'linux')}`]);
+  assert.deepEqual(good.checks.get('dhcp-first-nic')!.evidence, [`${await grepLine(root, 'etc/network/interfaces', 'eth0 inet dhcp')}`]);
+  assert.deepEqual(good.checks.get('virtio-drivers')!.evidence, [
+    `/lib/modules/${KERNEL}/modules.builtin:2: virtio_blk built in`, `/lib/modules/${KERNEL}/modules.dep:2: virtio_net module`]);
+  assert.deepEqual(good.checks.get('acpi-power-key')!.evidence, ['/lib/systemd/systemd-logind']);
+  assert.deepEqual(good.checks.get('machine-id-empty')!.evidence, ['/etc/machine-id: empty']);
+
+  // The human output: one line per item.
+  const human = await diskhub(['img', 'lint', join(dir, 'good.qcow2')]);
+  assert.equal(human.code, 0, human.stderr);
+  assert.match(human.stdout, /^PASS {2}ssh-server-enabled {4}\/etc\/systemd\/system\/multi-user\.target\.wants\/ssh\.service$/m);
+  assert.match(human.stdout, /^N\/A {3}no-zeroconf {11}not a RHEL-family system \(debian\)$/m);
+  assert.match(human.stdout, /^16 passed, 0 failed, 1 not applicable$/m);
+  assert.equal(human.stdout.split('\n').filter((l) => /^(PASS|FAIL|N\/A) /.test(l)).length, ALL_IDS.length);
+
+  // Break six items.
+  await mkdir(join(root, 'etc/udev/rules.d'), { recursive: true });
+  await writeFile(join(root, 'etc/udev/rules.d/70-persistent-net.rules'), '# This file was automatically generated by the /lib/udev/write_net_rules\n\n# PCI device 0x1af4:0x1000 (virtio-pci)\nSUBSYSTEM=="net", ACTION=="add", DRIVERS=="?*", ATTR{address}=="fa:16:3e:12:34:56", ATTR{dev_id}=="0x0", ATTR{type}=="1", KERNEL=="eth*", NAME="eth0"\n');
+  await writeFile(join(root, 'etc/ufw/ufw.conf'), '# /etc/ufw/ufw.conf\n#\n\n# Set to yes to start on boot.\nENABLED=yes\nLOGLEVEL=low\n');
+  await writeFile(join(root, 'etc/default/grub'), 'GRUB_DEFAULT=0\nGRUB_TIMEOUT=1\nGRUB_CMDLINE_LINUX_DEFAULT="quiet"\nGRUB_CMDLINE_LINUX=""\n');
+  await writeFile(join(root, 'etc/machine-id'), '4c4c4544004d3510804bb4c04f4e3232\n');
+  await writeFile(join(root, 'etc/ssh/ssh_host_ed25519_key'), '-----BEGIN OPENSSH PRIVATE KEY-----\n');
+  await writeFile(join(root, 'root/.bash_history'), 'apt-get install cloud-init\n');
+  const bad = await lint(await gptQcow2(dir, root, 'bad'));
+  assert.equal(bad.code, 1);
+  const failed = [...bad.checks.values()].filter((c) => c.result === 'fail').map((c) => c.id);
+  assert.deepEqual(failed, ['firewall-disabled', 'no-hardcoded-mac', 'serial-console', 'machine-id-empty', 'no-ssh-host-keys', 'no-shell-history']);
+  assert.deepEqual(bad.checks.get('firewall-disabled')!.evidence, [`${await grepLine(root, 'etc/ufw/ufw.conf', '^ENABLED')}`]);
+  assert.deepEqual(bad.checks.get('no-hardcoded-mac')!.evidence, [`${await grepLine(root, 'etc/udev/rules.d/70-persistent-net.rules', 'ATTR\\{address\\}')}`]);
+  assert.deepEqual(bad.checks.get('serial-console')!.evidence, [
+    `${await grepLine(root, 'etc/default/grub', '^GRUB_CMDLINE_LINUX_DEFAULT=')}`, `${await grepLine(root, 'etc/default/grub', '^GRUB_CMDLINE_LINUX=')}`]);
+  assert.deepEqual(bad.checks.get('machine-id-empty')!.evidence, ['/etc/machine-id:1: 4c4c4544004d3510804bb4c04f4e3232']);
+  assert.deepEqual(bad.checks.get('no-ssh-host-keys')!.evidence, ['/etc/ssh/ssh_host_ed25519_key']);
+  assert.deepEqual(bad.checks.get('no-shell-history')!.evidence, [`/root/.bash_history (${'apt-get install cloud-init\n'.length} bytes)`]);
+  const badHuman = await diskhub(['img', 'lint', join(dir, 'bad.qcow2')]);
+  assert.equal(badHuman.code, 1);
+  assert.match(badHuman.stdout, /^FAIL {2}no-hardcoded-mac {6}\/etc\/udev\/rules\.d\/70-persistent-net\.rules:4: SUBSYSTEM==/m);
+  assert.match(badHuman.stdout, /^10 passed, 6 failed, 1 not applicable$/m);
+
+  // Fix one in the tree (the udev rules go), rebuild: that item passes, the other five still fail.
+  await rm(join(root, 'etc/udev/rules.d/70-persistent-net.rules'));
+  const fixed = await lint(await gptQcow2(dir, root, 'fixed'));
+  assert.equal(fixed.code, 1);
+  assert.equal(fixed.checks.get('no-hardcoded-mac')!.result, 'pass');
+  assert.deepEqual([...fixed.checks.values()].filter((c) => c.result === 'fail').map((c) => c.id), ['firewall-disabled', 'serial-console', 'machine-id-empty', 'no-ssh-host-keys', 'no-shell-history']);
+});
+
+test('img lint: no Linux system, an unreadable image and bad arguments exit 2 and say why', needs('mkfs.ext4', 'mkfs.vfat', 'mmd', 'qemu-img'), async (t) => {
+  const dir = await tempDir(t);
+  const data = join(dir, 'data');
+  await mkdir(join(data, 'etc'), { recursive: true });
+  await writeFile(join(data, 'etc/notes.txt'), 'no fstab\n');
+  const img = join(dir, 'data.img');
+  await runOk('mkfs.ext4', ['-q', '-F', '-d', data, img, '8M']);
+  const none = await diskhub(['img', 'lint', img]);
+  assert.deepEqual([none.code, none.stdout, none.stderr], [2, '', 'diskhub img lint: no Linux operating system was found on the disk\n']);
+
+  const win = join(dir, 'win.img');
+  await runOk('mkfs.vfat', ['-C', win, '32768']);
+  await runOk('mmd', ['-i', win, '::/Windows', '::/Windows/System32']);
+  const w = await diskhub(['img', 'lint', win]);
+  assert.deepEqual([w.code, w.stderr], [2, 'diskhub img lint: no Linux operating system was found on the disk (found: windows on /dev/sda; only Linux is checked)\n']);
+
+  const missing = await diskhub(['img', 'lint', join(dir, 'nope.qcow2')]);
+  assert.equal(missing.code, 2);
+  assert.match(missing.stderr, /^diskhub img lint: Could not open '.*nope\.qcow2': /);
+  const noArg = await diskhub(['img', 'lint']);
+  assert.deepEqual([noArg.code, noArg.stderr], [2, "diskhub img lint: Expecting one image file name\nTry 'diskhub img lint --help' for more information.\n"]);
+  const badOut = await diskhub(['img', 'lint', '--output=xml', img]);
+  assert.deepEqual([badOut.code, badOut.stderr], [2, 'diskhub img lint: --output must be used with human or json as argument.\n']);
+  const badFmt = await diskhub(['img', 'lint', '-f', 'qcow2', img]);
+  assert.equal(badFmt.code, 2);
+  assert.match(badFmt.stderr, /^diskhub img lint: Could not open/);
+});
