@@ -5,10 +5,9 @@
  * Exit codes for CI: 0 no item failed, 1 an item failed, 2 an error — a bad option, an image
  * that cannot be opened or read, or no Linux system on it (nothing to check is not a pass).
  */
-import { closeChain, inspectWithTrees, isDiskError, lintLinux, type InspectedOs, type LintCheck } from '@diskhub/disk';
-import { getopt, UsageError } from './getopt.js';
-import { CliError, errorMessage, err, openCliImage, out, parseOutputFormat, type OutputFormat } from './common.js';
-import { SECRET_LONG_OPTIONS, Secrets, openOptionsOf } from './secrets.js';
+import { inspectWithTrees, lintLinux, type InspectedOs, type LintCheck } from '@diskhub/disk';
+import { CliError, out } from './common.js';
+import { insideCommand } from './inside-command.js';
 
 export const LINT_HELP = `usage: diskhub img lint [-f fmt] [--output=human|json] [--object ...] [--image-opts] IMAGE
 Check a disk image against the OpenStack cloud-image checklist without booting it: SSH server
@@ -25,58 +24,22 @@ interface LintedOs {
 }
 
 export async function lintCommand(argv: string[]): Promise<number> {
-  try {
-    const { options, positional } = getopt(argv, ':f:h', [
-      { name: 'help', hasArg: 0, val: 'h' },
-      { name: 'format', hasArg: 1, val: 'f' },
-      { name: 'output', hasArg: 1, val: 'output' },
-      ...SECRET_LONG_OPTIONS,
-    ]);
-    const secrets = new Secrets();
-    let format: string | undefined;
-    let output: OutputFormat = 'human';
-    for (const o of options) {
-      if (secrets.option(o)) continue;
-      if (o.opt === 'h') { out(LINT_HELP); return 0; }
-      if (o.opt === 'f') format = o.arg;
-      else if (o.opt === 'output') output = parseOutputFormat(o.arg);
-    }
-    if (positional.length !== 1) throw new UsageError(positional.length === 0 ? 'Expecting one image file name' : `Invalid parameter '${positional[1]}'`);
-    const arg = secrets.image(positional[0]!, format);
-    const image = await openCliImage(arg.path, openOptionsOf(arg), arg.display);
+  return insideCommand('lint', LINT_HELP, argv, async (image, output) => {
+    const { inspection, trees } = await inspectWithTrees(image);
     const linted: LintedOs[] = [];
-    try {
-      const { inspection, trees } = await inspectWithTrees(image);
-      for (const os of inspection.operatingSystems) {
-        const tree = trees.get(os.root);
-        if (os.type === 'linux' && tree) linted.push({ os, checks: await lintLinux(os, tree) });
-      }
-      if (linted.length === 0) {
-        const found = inspection.operatingSystems.map((o) => `${o.type} on ${o.root}`);
-        const unread = inspection.filesystems.filter((f) => !f.readable).map((f) => `${f.type} on ${f.device}`);
-        throw new CliError(`no Linux operating system was found on the disk${found.length > 0 ? ` (found: ${found.join(', ')}; only Linux is checked)` : ''}${unread.length > 0 ? ` (not read: ${unread.join(', ')})` : ''}`);
-      }
-    } catch (e) {
-      if (isDiskError(e)) throw new CliError(`${arg.display}: ${e.message}`);
-      throw e;
-    } finally {
-      await closeChain(image);
+    for (const os of inspection.operatingSystems) {
+      const tree = trees.get(os.root);
+      if (os.type === 'linux' && tree) linted.push({ os, checks: await lintLinux(os, tree) });
+    }
+    if (linted.length === 0) {
+      const found = inspection.operatingSystems.map((o) => `${o.type} on ${o.root}`);
+      const unread = inspection.filesystems.filter((f) => !f.readable).map((f) => `${f.type} on ${f.device}`);
+      throw new CliError(`no Linux operating system was found on the disk${found.length > 0 ? ` (found: ${found.join(', ')}; only Linux is checked)` : ''}${unread.length > 0 ? ` (not read: ${unread.join(', ')})` : ''}`);
     }
     if (output === 'json') out(`${JSON.stringify(lintJson(linted), null, 2)}\n`);
     else out(humanText(linted));
     return linted.some((l) => l.checks.some((c) => c.result === 'fail')) ? 1 : 0;
-  } catch (e) {
-    if (e instanceof UsageError) {
-      err(`diskhub img lint: ${e.message}\n`);
-      if (e.tryHelp) err("Try 'diskhub img lint --help' for more information.\n");
-      return 2;
-    }
-    if (e instanceof CliError || isDiskError(e)) {
-      err(`diskhub img lint: ${errorMessage(e)}\n`);
-      return 2;
-    }
-    throw e;
-  }
+  });
 }
 
 function counts(checks: LintCheck[]): { pass: number; fail: number; na: number } {
