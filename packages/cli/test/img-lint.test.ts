@@ -164,3 +164,69 @@ test('img lint: no Linux system, an unreadable image and bad arguments exit 2 an
   assert.equal(badFmt.code, 2);
   assert.match(badFmt.stderr, /^diskhub img lint: Could not open/);
 });
+
+/** An initramfs as dracut makes one: an uncompressed cpio (microcode) then a compressed cpio, both by cpio -o -H newc. */
+async function initramfs(dir: string, out: string, files: string[], compress: 'gzip' | 'zstd'): Promise<void> {
+  const early = join(dir, 'early');
+  const main = join(dir, 'main');
+  await rm(early, { recursive: true, force: true });
+  await rm(main, { recursive: true, force: true });
+  await mkdir(join(early, 'kernel/x86/microcode'), { recursive: true });
+  await writeFile(join(early, 'kernel/x86/microcode/GenuineIntel.bin'), 'microcode');
+  for (const f of files) { await mkdir(join(main, f, '..'), { recursive: true }); await writeFile(join(main, f), 'module'); }
+  await mkdir(join(main, 'usr/bin'), { recursive: true });
+  await runOk('cp', ['-L', '/bin/sh', join(main, 'usr/bin/sh')]);
+  await runOk('sh', ['-c', `cd "${early}" && find . | cpio -o -H newc --quiet > "${out}" && cd "${main}" && find . | cpio -o -H newc --quiet | ${compress === 'gzip' ? 'gzip -9' : 'zstd -q -c'} >> "${out}"`]);
+}
+
+test('img lint: a RHEL-family root (sshd and firewalld links, ifcfg HWADDR and BOOTPROTO, NOZEROCONF, BLS entries) and virtio_blk looked for in gzip initramfs made by cpio', needs('mkfs.ext4', 'sgdisk', 'qemu-img', 'grep', 'cpio', 'gzip', 'zstd'), async (t) => {
+  const dir = await tempDir(t);
+  const root = join(dir, 'root');
+  const [v1, v2] = ['5.14.0-362.el9.x86_64', '5.14.0-284.el9.x86_64'];
+  for (const d of ['etc/sysconfig/network-scripts', 'etc/cloud', 'etc/systemd/system/multi-user.target.wants', 'usr/bin', 'usr/lib/systemd', 'boot/loader/entries', 'boot/grub2', `lib/modules/${v1}`, `lib/modules/${v2}`]) await mkdir(join(root, d), { recursive: true });
+  await writeFile(join(root, 'etc/redhat-release'), 'Rocky Linux release 9.3 (Blue Onyx)\n');
+  await writeFile(join(root, 'etc/fstab'), 'LABEL=root / ext4 defaults 0 1\n');
+  await runOk('cp', ['-L', '/usr/bin/ls', join(root, 'usr/bin/ls')]);
+  await runOk('cp', ['-L', '/lib/systemd/systemd-logind', join(root, 'usr/lib/systemd/systemd-logind')]);
+  await writeFile(join(root, 'usr/lib/systemd/systemd'), '');
+  await symlink('/usr/lib/systemd/system/sshd.service', join(root, 'etc/systemd/system/multi-user.target.wants/sshd.service'));
+  await symlink('/usr/lib/systemd/system/firewalld.service', join(root, 'etc/systemd/system/multi-user.target.wants/firewalld.service'));
+  await symlink('/usr/lib/systemd/system/cloud-init.service', join(root, 'etc/systemd/system/multi-user.target.wants/cloud-init.service'));
+  await writeFile(join(root, 'etc/sysconfig/network'), '# Created by anaconda\nNETWORKING=yes\nNOZEROCONF=yes\n');
+  await writeFile(join(root, 'etc/sysconfig/network-scripts/ifcfg-eth0'), 'DEVICE=eth0\nHWADDR=fa:16:3e:aa:bb:cc\nBOOTPROTO=dhcp\nONBOOT=yes\n');
+  await writeFile(join(root, 'etc/cloud/cloud.cfg'), 'datasource_list: [ NoCloud, None ]\ncloud_init_modules:\n - bootcmd\n');
+  await writeFile(join(root, 'boot/grub2/grub.cfg'), 'insmod blscfg\nblscfg\n');
+  for (const v of [v1, v2]) {
+    await writeFile(join(root, `boot/vmlinuz-${v}`), 'k');
+    await writeFile(join(root, `boot/loader/entries/abc-${v}.conf`), `title Rocky Linux (${v})\nlinux /vmlinuz-${v}\ninitrd /initramfs-${v}.img\noptions root=LABEL=root ro console=tty0 console=ttyS0,115200n8\n`);
+    await writeFile(join(root, `lib/modules/${v}/modules.builtin`), 'kernel/drivers/block/loop.ko\n');
+    await writeFile(join(root, `lib/modules/${v}/modules.dep`), `kernel/drivers/block/virtio_blk.ko.xz:\nkernel/drivers/net/virtio_net.ko.xz: kernel/drivers/net/net_failover.ko.xz\n`);
+  }
+  // v1's initramfs is gzip (read), v2's zstd (not read: said so).
+  await initramfs(dir, join(root, `boot/initramfs-${v1}.img`), [`usr/lib/modules/${v1}/kernel/drivers/block/virtio_blk.ko.xz`], 'gzip');
+  await initramfs(dir, join(root, `boot/initramfs-${v2}.img`), [`usr/lib/modules/${v2}/kernel/drivers/block/virtio_blk.ko.xz`], 'zstd');
+
+  const r = await lint(await gptQcow2(dir, root, 'rocky'));
+  assert.equal(r.code, 1);
+  assert.deepEqual([...r.checks.values()].filter((c) => c.result === 'fail').map((c) => c.id), ['firewall-disabled', 'cloud-init-datasource', 'growpart', 'no-hardcoded-mac']);
+  assert.deepEqual(r.checks.get('ssh-server-enabled')!.evidence, ['/etc/systemd/system/multi-user.target.wants/sshd.service']);
+  assert.deepEqual(r.checks.get('firewall-disabled')!.evidence, ['/etc/systemd/system/multi-user.target.wants/firewalld.service']);
+  assert.deepEqual(r.checks.get('no-hardcoded-mac')!.evidence, [await grepLine(root, 'etc/sysconfig/network-scripts/ifcfg-eth0', '^HWADDR')]);
+  assert.deepEqual(r.checks.get('dhcp-first-nic')!.evidence, [await grepLine(root, 'etc/sysconfig/network-scripts/ifcfg-eth0', '^BOOTPROTO')]);
+  assert.deepEqual(r.checks.get('no-zeroconf')!.evidence, [await grepLine(root, 'etc/sysconfig/network', '^NOZEROCONF')]);
+  assert.deepEqual(r.checks.get('cloud-init-datasource')!.evidence, [`${await grepLine(root, 'etc/cloud/cloud.cfg', '^datasource_list')} [NoCloud, None]`]);
+  assert.equal(r.checks.get('serial-console')!.result, 'pass');
+  assert.equal(r.checks.get('serial-console')!.evidence.length, 2);
+  // Kernels sorted by name: 284 (zstd) then 362 (gzip).
+  assert.equal(r.checks.get('virtio-drivers')!.result, 'pass');
+  assert.deepEqual(r.checks.get('virtio-drivers')!.evidence, [
+    `/lib/modules/${v2}/modules.dep:1: virtio_blk module`, `/boot/initramfs-${v2}.img: zstd-compressed part not read`, `/lib/modules/${v2}/modules.dep:2: virtio_net module`,
+    `/lib/modules/${v1}/modules.dep:1: virtio_blk module`, `/boot/initramfs-${v1}.img: virtio_blk in the initramfs`, `/lib/modules/${v1}/modules.dep:2: virtio_net module`,
+  ]);
+
+  // v1's initramfs rebuilt without virtio_blk: the item fails, naming it.
+  await initramfs(dir, join(root, `boot/initramfs-${v1}.img`), [`usr/lib/modules/${v1}/kernel/drivers/block/loop.ko.xz`], 'gzip');
+  const without = await lint(await gptQcow2(dir, root, 'rocky2'));
+  assert.equal(without.checks.get('virtio-drivers')!.result, 'fail');
+  assert.deepEqual(without.checks.get('virtio-drivers')!.evidence, [`/boot/initramfs-${v1}.img: virtio_blk is a module and not in the initramfs`]);
+});
