@@ -7,9 +7,12 @@
  */
 import test from 'node:test';
 import assert from 'node:assert/strict';
-import { copyFile, mkdir, rm, symlink, truncate, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, readFile, rm, symlink, truncate, writeFile } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { gzipSync } from 'node:zlib';
 import { join } from 'node:path';
 import { needs, tempDir, runOk, diskhub, qemuImg } from '@diskhub/testkit';
+import { listInitramfs } from '@diskhub/disk';
 
 const MiB = 1 << 20;
 const KERNEL = '6.1.0-18-amd64';
@@ -176,7 +179,7 @@ async function initramfs(dir: string, out: string, files: string[], compress: 'g
   for (const f of files) { await mkdir(join(main, f, '..'), { recursive: true }); await writeFile(join(main, f), 'module'); }
   await mkdir(join(main, 'usr/bin'), { recursive: true });
   await runOk('cp', ['-L', '/bin/sh', join(main, 'usr/bin/sh')]);
-  await runOk('sh', ['-c', `cd "${early}" && find . | cpio -o -H newc --quiet > "${out}" && cd "${main}" && find . | cpio -o -H newc --quiet | ${compress === 'gzip' ? 'gzip -9' : 'zstd -q -c'} >> "${out}"`]);
+  await runOk('sh', ['-c', `cd "${early}" && find . | cpio -o -H newc --quiet > "${out}.early" && cp "${out}.early" "${out}" && cd "${main}" && find . | cpio -o -H newc --quiet | ${compress === 'gzip' ? 'gzip -9' : 'zstd -q -c'} >> "${out}"`]);
 }
 
 test('img lint: a RHEL-family root (sshd and firewalld links, ifcfg HWADDR and BOOTPROTO, NOZEROCONF, BLS entries) and virtio_blk looked for in gzip initramfs made by cpio', needs('mkfs.ext4', 'sgdisk', 'qemu-img', 'grep', 'cpio', 'gzip', 'zstd'), async (t) => {
@@ -229,4 +232,24 @@ test('img lint: a RHEL-family root (sshd and firewalld links, ifcfg HWADDR and B
   const without = await lint(await gptQcow2(dir, root, 'rocky2'));
   assert.equal(without.checks.get('virtio-drivers')!.result, 'fail');
   assert.deepEqual(without.checks.get('virtio-drivers')!.evidence, [`/boot/initramfs-${v1}.img: virtio_blk is a module and not in the initramfs`]);
+});
+
+test('img lint: the initramfs lister reads what cpio -t lists, and hostile archives (truncated, random, huge sizes, a gzip bomb) end without a throw', needs('cpio', 'gzip'), async (t) => {
+  const dir = await tempDir(t);
+  const img = join(dir, 'initramfs.img');
+  await initramfs(dir, img, ['usr/lib/modules/6.1/kernel/drivers/block/virtio_blk.ko', 'etc/modprobe.d/a.conf'], 'gzip');
+  const data = await readFile(img);
+  const early = (await runOk('sh', ['-c', `cpio -t --quiet < "${img}"`])).split('\n').filter(Boolean);
+  // The second archive starts where the early one (kept by the helper) ends.
+  const main = (await runOk('sh', ['-c', `tail -c +$(( $(stat -c %s "${img}.early") + 1 )) "${img}" | gzip -dc | cpio -t --quiet`])).split('\n').filter(Boolean);
+  const listed = listInitramfs(data);
+  assert.deepEqual(listed.notRead, []);
+  assert.deepEqual(listed.names, [...early, ...main].map((n) => n.replace(/^\.\//, '')));
+  for (let cut = 0; cut < data.length; cut += Math.max(1, Math.floor(data.length / 97))) listInitramfs(data.subarray(0, cut));
+  for (let i = 0; i < 50; i++) listInitramfs(Buffer.concat([Buffer.from('070701'), randomBytes(200 + i * 13)]));
+  const huge = Buffer.from(`070701${'0'.repeat(48)}FFFFFFFF${'0'.repeat(32)}0000000A00000000file.name\0`, 'latin1');
+  assert.deepEqual(listInitramfs(huge).names, ['file.name']);
+  const bomb = listInitramfs(gzipSync(Buffer.alloc(300 << 20)));
+  assert.equal(bomb.names.length, 0);
+  assert.match(bomb.notRead[0]!, /^gzip \(/);
 });

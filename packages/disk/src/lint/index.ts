@@ -11,6 +11,8 @@ import type { InspectedOs } from '../inspect-os/index.js';
 import type { OsTree } from '../inspect-os/tree.js';
 import { listInitramfs } from './initramfs.js';
 
+export { listInitramfs, type InitramfsListing } from './initramfs.js';
+
 export type LintResult = 'pass' | 'fail' | 'n/a';
 
 export interface LintCheck {

@@ -7,7 +7,7 @@
 import { gunzipSync } from 'node:zlib';
 
 /** The most bytes a compressed member may expand to (a large initramfs is ~100 MiB). */
-const MAX_EXPANDED = 512 << 20;
+const MAX_EXPANDED = 256 << 20;
 /** The most names kept (a hostile archive of empty entries stays bounded). */
 const MAX_NAMES = 1 << 20;
 
