@@ -43,7 +43,7 @@ async function goodRoot(dir: string): Promise<string> {
   await writeFile(join(root, 'etc/cloud/cloud.cfg.d/90_dpkg.cfg'), '# to update this file, run dpkg-reconfigure cloud-init\ndatasource_list: [ ConfigDrive, OpenStack, None ]\n');
   await writeFile(join(root, 'usr/bin/growpart'), '#!/bin/sh\n');
   await writeFile(join(root, 'etc/default/grub'), 'GRUB_DEFAULT=0\nGRUB_TIMEOUT=1\nGRUB_CMDLINE_LINUX_DEFAULT=""\nGRUB_CMDLINE_LINUX="console=tty0 console=ttyS0,115200n8"\n');
-  await writeFile(join(root, 'boot/grub/grub.cfg'), `menuentry 'Debian GNU/Linux' {\n\tlinux\t/boot/vmlinuz-${KERNEL} root=LABEL=root ro console=tty0 console=ttyS0,115200n8\n\tinitrd\t/boot/initrd.img-${KERNEL}\n}\n`);
+  await writeFile(join(root, 'boot/grub/grub.cfg'), `menuentry 'Debian GNU/Linux' {\n\tlinux\t/boot/vmlinuz-${KERNEL} root=LABEL=root ro console=tty0 console=ttyS0,115200n8\n\tinitrd\t/boot/initrd.img-${KERNEL}\n}\nmenuentry 'Memory test (memtest86+x64.bin)' {\n\tlinux16\t/boot/memtest86+x64.bin\n}\n`);
   await writeFile(join(root, `boot/vmlinuz-${KERNEL}`), 'not a kernel\n');
   await writeFile(join(root, 'etc/machine-id'), '');
   await writeFile(join(root, 'etc/network/interfaces'), 'source /etc/network/interfaces.d/*\n\nauto lo\niface lo inet loopback\n\nauto eth0\niface eth0 inet dhcp\n');

@@ -164,7 +164,8 @@ export async function lintLinux(os: InspectedOs, tree: OsTree): Promise<LintChec
   const cfg = os.bootLoader?.config ?? null;
   if (cfg !== null && os.bootLoader!.entries.length > 0) {
     const text = (await tree.text(cfg, 4 << 20)) ?? '';
-    const lines = matching(cfg, text, /^\s*(linux|linuxefi|linux16|kernel|append)\s/i);
+    // memtest86+'s entries (`linux16 /boot/memtest86+x64.bin`) boot no Linux kernel.
+    const lines = matching(cfg, text, /^\s*(linux|linuxefi|linux16|kernel|append)\s/i).filter((l) => !/memtest/i.test(l));
     if (lines.length > 0) {
       const bad = lines.filter((l) => !serial.test(l));
       if (bad.length > 0) consoleBad.push(...bad); else consoleOk.push(...lines);
