@@ -20,6 +20,7 @@ export { Fat, openFat, type FatNode } from './fat/index.js';
 export { Iso9660, openIso9660, type IsoNode } from './iso9660/index.js';
 export { inspectReader, inspectSource, inspectFile, StreamInspector, checkDeclaredFormat, describeIssues, SourceReader, StreamReader, type InspectReader, type InspectionReport, type FormatFinding, type Issue, type IssueCode } from './inspect/index.js';
 export * from './inspect-os/index.js';
+export * from './lint/index.js';
 export { crc32c } from './crc32.js';
 export { vhdChecksum, vpcVirtualSize } from './vpc/header.js';
 export { LuksImage, luksDriver, INVALID_PASSWORD, MAX_KDF_ITERATIONS, LUKS_KEY_SECRET_REQUIRED } from './luks/index.js';

@@ -7,10 +7,9 @@
  * Exit codes: 0 an operating system was inspected, 1 none was found (as virt-inspector), 2 an
  * error (the image cannot be opened, a bad option), so scripts can tell "no OS" from failure.
  */
-import { closeChain, inspectOperatingSystems, isDiskError, type InspectedOs, type OsInspection } from '@diskhub/disk';
-import { getopt, UsageError } from './getopt.js';
-import { CliError, errorMessage, err, openCliImage, out, parseOutputFormat, type OutputFormat } from './common.js';
-import { SECRET_LONG_OPTIONS, Secrets, openOptionsOf } from './secrets.js';
+import { inspectOperatingSystems, type InspectedOs, type OsInspection } from '@diskhub/disk';
+import { err, out } from './common.js';
+import { insideCommand } from './inside-command.js';
 
 export const INSPECT_HELP = `usage: diskhub img inspect [-f fmt] [--output=human|json] [--object ...] [--image-opts] IMAGE
 Inspect the operating systems of a disk image, as virt-inspector does, without booting an
@@ -20,34 +19,8 @@ Exit status: 0 inspected, 1 no operating system found, 2 error.
 `;
 
 export async function inspectCommand(argv: string[]): Promise<number> {
-  try {
-    const { options, positional } = getopt(argv, ':f:h', [
-      { name: 'help', hasArg: 0, val: 'h' },
-      { name: 'format', hasArg: 1, val: 'f' },
-      { name: 'output', hasArg: 1, val: 'output' },
-      ...SECRET_LONG_OPTIONS,
-    ]);
-    const secrets = new Secrets();
-    let format: string | undefined;
-    let output: OutputFormat = 'human';
-    for (const o of options) {
-      if (secrets.option(o)) continue;
-      if (o.opt === 'h') { out(INSPECT_HELP); return 0; }
-      if (o.opt === 'f') format = o.arg;
-      else if (o.opt === 'output') output = parseOutputFormat(o.arg);
-    }
-    if (positional.length !== 1) throw new UsageError(positional.length === 0 ? 'Expecting one image file name' : `Invalid parameter '${positional[1]}'`);
-    const arg = secrets.image(positional[0]!, format);
-    const image = await openCliImage(arg.path, openOptionsOf(arg), arg.display);
-    let result: OsInspection;
-    try {
-      result = await inspectOperatingSystems(image);
-    } catch (e) {
-      if (isDiskError(e)) throw new CliError(`${arg.display}: ${e.message}`);
-      throw e;
-    } finally {
-      await closeChain(image);
-    }
+  return insideCommand('inspect', INSPECT_HELP, argv, async (image, output) => {
+    const result = await inspectOperatingSystems(image);
     if (output === 'json') out(`${JSON.stringify(inspectionJson(result), null, 2)}\n`);
     else if (result.operatingSystems.length > 0) out(humanText(result));
     if (result.operatingSystems.length === 0) {
@@ -56,18 +29,7 @@ export async function inspectCommand(argv: string[]): Promise<number> {
       return 1;
     }
     return 0;
-  } catch (e) {
-    if (e instanceof UsageError) {
-      err(`diskhub img inspect: ${e.message}\n`);
-      if (e.tryHelp) err("Try 'diskhub img inspect --help' for more information.\n");
-      return 2;
-    }
-    if (e instanceof CliError || isDiskError(e)) {
-      err(`diskhub img inspect: ${errorMessage(e)}\n`);
-      return 2;
-    }
-    throw e;
-  }
+  });
 }
 
 /** The JSON document (keys as virt-inspector's XML elements; documented in the README). */

@@ -28,6 +28,7 @@ import { ddCommand } from './dd.js';
 import { benchCommand } from './bench.js';
 import { resizeCommand } from './resize.js';
 import { inspectCommand } from './inspect.js';
+import { lintCommand } from './lint.js';
 
 /** A command gets argv with its own name at argv[0], as qemu-img's commands do. */
 export type ImgCommand = (argv: string[]) => Promise<number>;
@@ -47,6 +48,7 @@ const COMMANDS: Record<string, ImgCommand> = {
   dd: ddCommand,
   info: infoCommand,
   inspect: inspectCommand,
+  lint: lintCommand,
   ls: lsCommand,
   map: mapCommand,
   measure: measureCommand,

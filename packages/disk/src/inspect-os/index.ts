@@ -25,6 +25,7 @@ export { parseDpkgStatus, parseApkInstalled, type InstalledPackage } from './pac
 export { readRpmSqlite, parseRpmHeader } from './rpm.js';
 export { parseFstab, resolveSpec, type FstabEntry, type KnownFilesystem } from './fstab.js';
 export { elfArchitecture } from './elf.js';
+export { OsTree } from './tree.js';
 export { parseOsRelease } from './release.js';
 export { parseDatasourceList, parseGrubCfg, parseGrubDefaults, type BootEntry, type BootLoader, type CloudInit, type Kernel, type User } from './linux.js';
 
@@ -89,6 +90,15 @@ function deviceName(where: string): { device: string; partition?: number; lv?: {
 
 /** Inspect every operating system on a disk. */
 export async function inspectOperatingSystems(disk: BlockDevice): Promise<OsInspection> {
+  return (await inspectWithTrees(disk)).inspection;
+}
+
+/**
+ * The inspection with each Linux system's file tree (its fstab mounts joined), for checks that
+ * read more files than inspection reports (`lint/`). Keyed by the system's root device.
+ */
+export async function inspectWithTrees(disk: BlockDevice): Promise<{ inspection: OsInspection; trees: Map<string, OsTree> }> {
+  const trees = new Map<string, OsTree>();
   const table = await readPartitionTable(disk);
   const unread: CandidateFilesystem[] = [];
   const readable = await readableFilesystems(disk, unread);
@@ -124,10 +134,10 @@ export async function inspectOperatingSystems(disk: BlockDevice): Promise<OsInsp
     let windows = false;
     for (const m of WINDOWS_MARKERS) if (await tree.exists(m)) windows = true;
     if (windows) operatingSystems.push(inspectWindows(f));
-    else operatingSystems.push(await inspectLinux(f, tree, filesystems, opened));
+    else { operatingSystems.push(await inspectLinux(f, tree, filesystems, opened)); trees.set(f.device, tree); }
   }
   if (openErrors.length > 0) for (const os of operatingSystems) os.notes.push(...openErrors.map((m) => `not read: ${m}`));
-  return { filesystems, operatingSystems };
+  return { inspection: { filesystems, operatingSystems }, trees };
 }
 
 function inspectWindows(f: InspectedFilesystem): InspectedOs {
