@@ -10,7 +10,7 @@ import test from 'node:test';
 import assert from 'node:assert/strict';
 import { copyFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { needs, tempDir, qemuImg, qemuIo, run, diskhub } from '@diskhub/testkit';
+import { needs, tempDir, qemuImg, qemuIo, run, runOk, diskhub } from '@diskhub/testkit';
 import { both, killedAfter } from './peer.js';
 
 async function infoOf(path: string): Promise<unknown> {
@@ -85,7 +85,8 @@ test('snapshots interoperate with qemu-img; other formats and bad arguments fail
   assert.equal((await run('qemu-img', ['check', img])).code, 0);
 
   await qemuImg('create', '-q', '-f', 'raw', join(dir, 'r.raw'), '1M');
-  await qemuImg('create', '-q', '-f', 'qcow2', '-o', 'data_file=x.data', join(dir, 'd.qcow2'), '1M');
+  // qemu-img creates a relative data file in its working directory: the test's own.
+  await runOk('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', 'data_file=x.data', 'd.qcow2', '1M'], { cwd: dir });
   for (const args of [['-c', 's', 'r.raw'], ['-a', 's', 'r.raw'], ['-d', 's', 'r.raw'], ['-l', 'r.raw'], ['-c', 's', '-d', 's', 'x.qcow2'], ['x.qcow2', 'r.raw'], ['-c'], ['-x', 'x.qcow2'],
     ['-c', 's', 'missing.qcow2']]) {
     const { ours, peer } = await both(['snapshot', ...args], dir);
