@@ -15,7 +15,9 @@ export const BASE_ATTRS = new Set([
 /** Set by the service only. `id` may be given at create time. */
 export const READ_ONLY = new Set(['created_at', 'updated_at', 'status', 'checksum', 'os_hash_algo', 'os_hash_value', 'size', 'virtual_size', 'direct_url', 'self', 'file', 'schema', 'stores']);
 /** Never settable (Glance's reserved names and its os_glance_* namespace). */
-export const RESERVED = new Set(['deleted', 'deleted_at', 'location', 'owner_id', 'is_public']);
+// Glance 25's ImagesController._reserved_properties; owner_id and is_public are ordinary
+// properties there (Nova sends owner_id with every snapshot it uploads).
+export const RESERVED = new Set(['deleted', 'deleted_at', 'location']);
 export const isReserved = (key: string) => RESERVED.has(key) || key.startsWith('os_glance');
 
 export const MAX_PROPERTIES = 128;

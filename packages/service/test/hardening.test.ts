@@ -80,7 +80,7 @@ test("the client's Host header reaches no catalog, link or signed URL; nosniff, 
   assert.equal((await fetch(`${svc.url}/${js}.map`)).status, 404);
 });
 
-test('Glance 25 details: empty image id, __proto__, name length in characters, multi-range, virtual_size filter, versions', async (t) => {
+test('Glance 25 details: empty image id, reserved properties, __proto__, name length in characters, multi-range, virtual_size filter, versions', async (t) => {
   const svc = await startTestService(t);
   const a = api(svc.url, await token(svc.url));
   assert.equal((await a('GET', '/v2/images/')).status, 404);
@@ -94,6 +94,13 @@ test('Glance 25 details: empty image id, __proto__, name length in characters, m
   const patched = await a('PATCH', `/v2/images/${p.json.id}`, { raw: '[{"op":"replace","path":"/__proto__","value":"y"}]', type: 'application/openstack-images-v2.1-json-patch' });
   assert.equal(patched.status, 200);
   assert.equal(Object.getOwnPropertyDescriptor(patched.json, '__proto__')?.value, 'y');
+
+  // Reserved are location, deleted and deleted_at (Glance 25); owner_id is what Nova's snapshots carry.
+  const nova = await a('POST', '/v2/images', { body: { name: 'snap', owner_id: 'p1', is_public: 'False', image_type: 'snapshot' } });
+  assert.equal(nova.status, 201);
+  assert.equal(nova.json.owner_id, 'p1');
+  assert.equal(nova.json.is_public, 'False');
+  for (const key of ['location', 'deleted', 'deleted_at']) assert.equal((await a('POST', '/v2/images', { body: { [key]: 'x' } })).status, 403, key);
 
   // 255 characters, whatever their UTF-16 length (each of these is two units).
   const emoji = '\u{1F600}';
