@@ -10,8 +10,8 @@
 // stored file's allocated bytes (st_blocks) show that its zero runs were not written.
 //   BENCH_SIZE_MB (default 1024)  BENCH_RUNS (default 3; the best of each side counts)
 //   BENCH_SPARSE_MB (default 4096; 0 skips)
-//   BENCH_WORKERS (default 1): also upload with DISKHUB_UPLOAD_HASHING=workers (the hashes on
-//   worker threads instead of libuv's thread pool), to compare the two (0 skips)
+//   BENCH_THREADPOOL (default 1): also upload with DISKHUB_UPLOAD_HASHING=threadpool (the hashes
+//   on libuv's thread pool through the hostio addon instead of worker threads), to compare (0 skips)
 import { spawn, execFileSync } from 'node:child_process';
 import { open, mkdir, rm, stat } from 'node:fs/promises';
 import { createServer } from 'node:net';
@@ -24,7 +24,7 @@ const work = join(root, 'bench', 'work', 'upload');
 const SIZE = Number(process.env.BENCH_SIZE_MB ?? 1024) << 20;
 const RUNS = Number(process.env.BENCH_RUNS ?? 3);
 const SPARSE = Number(process.env.BENCH_SPARSE_MB ?? 4096) * 2 ** 20;
-const WORKERS = process.env.BENCH_WORKERS !== '0';
+const THREADPOOL = process.env.BENCH_THREADPOOL !== '0';
 
 const freePort = () => new Promise((res) => { const s = createServer(); s.listen(0, '127.0.0.1', () => { const p = s.address().port; s.close(() => res(p)); }); });
 const seconds = (t0) => Number(process.hrtime.bigint() - t0) / 1e9;
@@ -116,13 +116,13 @@ const dense = join(work, 'dense.bin');
 // Random data: nothing to skip, every byte hashed and written.
 await writeFileOf(dense, SIZE, (b) => { randomFillSync(b); return true; });
 const s = await startDiskhub();
-const workers = WORKERS ? await startDiskhub({ DISKHUB_UPLOAD_HASHING: 'workers' }) : null;
+const threadpool = THREADPOOL ? await startDiskhub({ DISKHUB_UPLOAD_HASHING: 'threadpool' }) : null;
 try {
-  const best = { bound: { t: Infinity, cpu: 0 }, diskhub: { t: Infinity, cpu: 0, curlCpu: 0 }, workers: { t: Infinity, cpu: 0, curlCpu: 0 } };
+  const best = { bound: { t: Infinity, cpu: 0 }, diskhub: { t: Infinity, cpu: 0, curlCpu: 0 }, threadpool: { t: Infinity, cpu: 0, curlCpu: 0 } };
   for (let run = 0; run < RUNS; run++) {
     const b = bound(dense);
     if (b.t < best.bound.t) best.bound = b;
-    for (const [server, key] of [[s, 'diskhub'], [workers, 'workers']]) {
+    for (const [server, key] of [[s, 'diskhub'], [threadpool, 'threadpool']]) {
       if (!server) continue;
       const u = await upload(server, dense);
       if (u.t < best[key].t) best[key] = u;
@@ -134,9 +134,9 @@ try {
   console.log(`${'bound: openssl md5 & sha512 in parallel'.padEnd(44)} ${best.bound.t.toFixed(2).padStart(7)} s  (CPU ${best.bound.cpu.toFixed(2)} s)`);
   row('diskhub: curl -T into PUT /file', best.diskhub);
   console.log(`${'ratio diskhub / bound'.padEnd(44)} ${(best.diskhub.t / best.bound.t).toFixed(2).padStart(7)} x`);
-  if (workers) {
-    row('diskhub, hashes on worker threads', best.workers);
-    console.log(`${'ratio (worker threads) / bound'.padEnd(44)} ${(best.workers.t / best.bound.t).toFixed(2).padStart(7)} x`);
+  if (threadpool) {
+    row('diskhub, hashes on the thread pool', best.threadpool);
+    console.log(`${'ratio (thread pool) / bound'.padEnd(44)} ${(best.threadpool.t / best.bound.t).toFixed(2).padStart(7)} x`);
   }
 
   if (SPARSE > 0) {
@@ -161,6 +161,6 @@ try {
   }
 } finally {
   s.stop();
-  workers?.stop();
+  threadpool?.stop();
   await rm(work, { recursive: true, force: true });
 }

@@ -8,13 +8,13 @@
  * batch that both hashes read in place; an upload waits while more than MAX_BACKLOG bytes are
  * still unhashed, so slow hashing slows the upload down instead of growing memory.
  *
- * Where the hashes run: with the hostio addon, on libuv's thread pool (hostio.digestUpdate,
- * Node's own OpenSSL), each algorithm's pending batches in one call, one call per algorithm at
- * a time across all uploads; otherwise on a worker thread per algorithm shared by all uploads,
- * each batch posted to both. Measured (bench/upload.mjs, BENCHMARKS.md): the main thread spends
- * the same either way (1.25 s of CPU per GiB); the thread pool needs no V8 isolate per
- * algorithm and no message per batch. DISKHUB_UPLOAD_HASHING=workers selects the workers, for
- * that comparison.
+ * Where the hashes run: on a worker thread per algorithm shared by all uploads, each batch
+ * posted to both. DISKHUB_UPLOAD_HASHING=threadpool runs them on libuv's thread pool instead
+ * (hostio.digestUpdate, Node's own OpenSSL; each algorithm's pending batches in one call, one
+ * call per algorithm at a time across all uploads). Measured on an idle machine (bench/upload.mjs,
+ * BENCHMARKS.md): 1 GiB in 2.11-2.17 s with workers against 2.45-3.01 s on the thread pool (the
+ * bound, openssl's two hashes in parallel, 1.56 s); the workers also leave the thread pool
+ * entirely to file I/O.
  */
 import { createHash } from 'node:crypto';
 import { Worker } from 'node:worker_threads';
@@ -206,8 +206,9 @@ function threadPoolHash(algorithm: Algorithm): HashStream {
   };
 }
 
-const onThreadPool = !!hostio?.digestUpdate && process.env.DISKHUB_UPLOAD_HASHING !== 'workers';
-const openHash = (algorithm: Algorithm, id: number): HashStream => (onThreadPool ? threadPoolHash(algorithm) : workers[algorithm].open(id));
+/** Read per upload, so a test can switch it. */
+const onThreadPool = () => !!hostio?.digestUpdate && process.env.DISKHUB_UPLOAD_HASHING === 'threadpool';
+const openHash = (algorithm: Algorithm, id: number): HashStream => (onThreadPool() ? threadPoolHash(algorithm) : workers[algorithm].open(id));
 
 /**
  * Hashes one upload and, given a `sink`, writes it: every chunk is copied once into a 1 MiB
