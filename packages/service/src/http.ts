@@ -100,10 +100,6 @@ export async function readBody(req: IncomingMessage, limit = JSON_BODY_LIMIT): P
   return Buffer.concat(chunks);
 }
 
-/** The media type of a request (no parameters, lower case). */
-export function mediaType(req: IncomingMessage): string {
-  return (req.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase();
-}
 
 
 export function isObject(v: unknown): v is Record<string, unknown> {
@@ -165,7 +161,7 @@ export function searchParams(request: FastifyRequest): URLSearchParams {
 }
 
 /** The media type of a request (no parameters, lower case). */
-export const mediaTypeOf = (request: FastifyRequest) => mediaType(request.raw);
+export const mediaTypeOf = (request: FastifyRequest) => (request.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase();
 
 /**
  * A JSON answer, typed as Glance and Keystone type it (application/json, no charset: a

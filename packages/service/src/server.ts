@@ -184,6 +184,7 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
     let status: number;
     let message: string;
     let headers: Record<string, string> = {};
+    let storage: HttpError | null;
     if (err instanceof HttpError) {
       ({ status, message, headers } = err);
     } else if (err instanceof PolicyNotAuthorized || err instanceof PolicyHidesImage) {
@@ -194,10 +195,9 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
       status = 415; message = `The request media type ${request.headers['content-type'] || '(none)'} is not supported by this server.`;
     } else if (typeof err.statusCode === 'number' && err.statusCode >= 400 && err.statusCode < 500) {
       status = err.statusCode; message = err.message;
-    } else if (storageError(err)) {
-      const e = storageError(err)!;
+    } else if ((storage = storageError(err))) {
       log.error('storage full', { request_id: request.id, error: String(err?.message ?? err) });
-      ({ status, message } = e);
+      ({ status, message } = storage);
     } else {
       log.error('unhandled error', { request_id: request.id, error: err?.stack ?? String(err) });
       status = 500; message = 'The server has either erred or is incapable of performing the requested operation.';

@@ -150,7 +150,8 @@ async function listLong(fs: Filesystem, path: string, buf: OutputBuffer): Promis
   const rows: { name: string; node: FsNode }[] = [];
   let dirListing = false;
   if (node.stat.kind === 'directory' || (node.stat.kind === 'symlink' && path.endsWith('/'))) {
-    const dir = await directory(fs, path);
+    // A directory is the node already resolved; a symlink named with a trailing slash is followed.
+    const dir = node.stat.kind === 'directory' ? node : await directory(fs, path);
     dirListing = true;
     const entries = [{ name: '.', node: dir }, { name: '..', node: await resolvePath(fs, joinPath(path, '..'), { follow: true }) }];
     for (const e of await listDirectory(fs, dir, path)) entries.push({ name: e.name, node: await entryNode(fs, dir, e) });

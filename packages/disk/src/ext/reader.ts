@@ -150,7 +150,7 @@ export class ExtFilesystem implements Filesystem {
     const logBlock = SB.get(sb, 'logBlockSize');
     if (logBlock > 6) throw corrupt(`block size 2^${10 + logBlock} is out of range`);
     const fs = new ExtFilesystem(device, sb, type);
-    fs.checkGeometry(sb);
+    fs.checkGeometry();
     if (incompat & INCOMPAT.recover) fs.warnings.push('the journal needs recovery (the filesystem was not cleanly unmounted; its latest changes are in the journal and are not shown)');
     const state = SB.get(sb, 'state');
     if (state & STATE_ERROR) fs.warnings.push('the filesystem has errors recorded (e2fsck would check it)');
@@ -160,7 +160,7 @@ export class ExtFilesystem implements Filesystem {
   }
 
   /** The kernel's ext4_fill_super sanity checks, as far as a reader depends on them. */
-  private checkGeometry(sb: Uint8Array): void {
+  private checkGeometry(): void {
     const bs = this.blockSize;
     if (this.blocksPerGroup === 0 || this.blocksPerGroup > 8 * bs) throw corrupt(`${this.blocksPerGroup} blocks per group`);
     if (this.inodesPerGroup === 0 || this.inodesPerGroup > 8 * bs) throw corrupt(`${this.inodesPerGroup} inodes per group`);
@@ -175,7 +175,6 @@ export class ExtFilesystem implements Filesystem {
     if (this.blocksCount * bs > this.device.size) {
       throw new DiskError('ETRUNCATED', `ext: the filesystem has ${this.blocksCount} blocks of ${bs} bytes but its device holds only ${this.device.size} bytes`);
     }
-    void sb;
   }
 
   private has(roCompat: number): boolean {

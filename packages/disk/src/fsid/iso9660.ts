@@ -3,6 +3,7 @@
  * identifier; blkid's UUID is the volume modification (else creation) time, "YYYY-MM-DD-HH-MM-SS-CC".
  */
 import { type Prober, view, ascii } from './model.js';
+import { decodeUcs2, jolietLevel } from '../iso9660/layout.js';
 
 const PVD = 32768;
 
@@ -14,8 +15,6 @@ function isoTime(b: Uint8Array): string | undefined {
 
 /** Volume descriptors we read after the primary before giving up on a terminator. */
 const MAX_DESCRIPTORS = 32;
-/** Joliet's UCS-2 escape sequences in a supplementary descriptor (the Joliet specification, §4). */
-const JOLIET_ESCAPES = ['%/@', '%/C', '%/E'];
 
 const trimLabel = (s: string) => s.replace(/[ \0]+$/, '');
 
@@ -24,11 +23,8 @@ async function jolietLabel(ctx: Parameters<Prober>[0]): Promise<string | undefin
   for (let i = 1; i <= MAX_DESCRIPTORS; i++) {
     const d = await ctx.read(PVD + i * 2048, 2048);
     if (!d || ascii(d.subarray(1, 6)) !== 'CD001' || d[0] === 255) return undefined;
-    if (d[0] !== 2 || !JOLIET_ESCAPES.includes(ascii(d.subarray(88, 91)))) continue;
-    const units = d.subarray(40, 72);
-    let s = '';
-    for (let j = 0; j + 1 < units.length; j += 2) s += String.fromCharCode((units[j]! << 8) | units[j + 1]!);
-    return trimLabel(s);
+    if (d[0] !== 2 || jolietLevel(d.subarray(88, 91)) === 0) continue;
+    return trimLabel(decodeUcs2(d.subarray(40, 72)));
   }
   return undefined;
 }

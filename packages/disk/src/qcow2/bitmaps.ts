@@ -56,10 +56,6 @@ export class Qcow2BitmapTrackingImage extends Qcow2WritableImage {
     }
   }
 
-  private bitmapBytes(entry: BitmapEntry, size: number): number {
-    return bitmapBytes(entry, size);
-  }
-
   /** Before the first change: the loaded bitmaps are marked in use in the file (directory rewritten in place). */
   private async markInUse(): Promise<void> {
     if (this.markedInUse || this.loaded.length === 0) return;
@@ -113,7 +109,7 @@ export class Qcow2BitmapTrackingImage extends Qcow2WritableImage {
     if (this.loaded.length === 0) return;
     await this.markInUse();
     for (const b of this.loaded) {
-      const bits = new Uint8Array(this.bitmapBytes(b.entry, size));
+      const bits = new Uint8Array(bitmapBytes(b.entry, size));
       bits.set(b.bits.subarray(0, bits.length));
       // Bits past the new end in the last byte go too.
       const count = Math.ceil(size / 2 ** b.entry.granularityBits);
@@ -144,7 +140,7 @@ export class Qcow2BitmapTrackingImage extends Qcow2WritableImage {
       if (new TextEncoder().encode(name).length > 1023) throw new DiskError('EINVAL', 'Bitmap name too long');
       const entry: BitmapEntry = { tableOffset: 0, tableSize: 0, flags: BME_FLAG_AUTO, granularityBits: Math.log2(g), name };
       this.bitmapList.push(entry);
-      this.loaded.push({ entry, bits: new Uint8Array(this.bitmapBytes(entry, this.size)), changed: true });
+      this.loaded.push({ entry, bits: new Uint8Array(bitmapBytes(entry, this.size)), changed: true });
       this.directoryChanged = true;
     });
   }

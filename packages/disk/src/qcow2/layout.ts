@@ -629,20 +629,7 @@ export function parseBitmapDirectory(dir: Uint8Array, count: number, file = 'ima
 
 /** A bitmap directory as qcow2.txt lays it out (type 1 = dirty tracking bitmap, no extra data). */
 export function serializeBitmapDirectory(entries: BitmapEntry[]): Uint8Array {
-  const enc = new TextEncoder();
-  const parts = entries.map((e) => {
-    const name = enc.encode(e.name);
-    const b = new Uint8Array(Math.ceil((24 + name.length) / 8) * 8);
-    const v = new DataView(b.buffer);
-    v.setBigUint64(0, BigInt(e.tableOffset), false);
-    v.setUint32(8, e.tableSize, false);
-    v.setUint32(12, e.flags, false);
-    v.setUint8(16, 1);
-    v.setUint8(17, e.granularityBits);
-    v.setUint16(18, name.length, false);
-    b.set(name, 24);
-    return b;
-  });
+  const parts = entries.map((e) => serializeBitmapEntry(e.tableOffset, e.tableSize, e.flags, e.granularityBits, e.name));
   const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
   let at = 0;
   for (const p of parts) { out.set(p, at); at += p.length; }

@@ -19,7 +19,7 @@ import type { ByteSource } from '../source.js';
 import {
   AUTOCLEAR_BITMAPS, AUTOCLEAR_DATA_FILE_RAW, COMPRESSION_ZSTD, EXT_BITMAPS, MAX_BITMAP_DIRECTORY, decodeL2Entry, getRefcount, parseBitmapExtension,
   compressedSpan, entryOffset, refcountMax, serializeHeader, setRefcount, MAX_BACKING_FILE_NAME,
-  BME_FLAG_AUTO, bitmapDataBytes, parseBitmapDirectory, serializeBitmapEntry,
+  BME_FLAG_AUTO, bitmapDataBytes, parseBitmapDirectory, serializeBitmapEntry, serializeBitmapExtension,
 } from './layout.js';
 import { Qcow2Image, type Qcow2State } from './image.js';
 
@@ -760,11 +760,7 @@ export class Qcow2WritableImage extends Qcow2Image {
       // Everything the header will name is on disk (refcounts included) before it names it.
       await this.writeBack();
       await this.source.flush();
-      const ext = new Uint8Array(24);
-      const ev = new DataView(ext.buffer);
-      ev.setUint32(0, list.length, false);
-      ev.setBigUint64(8, BigInt(dir.length), false);
-      ev.setBigUint64(16, BigInt(dirAt), false);
+      const ext = serializeBitmapExtension({ count: list.length, directorySize: dir.length, directoryOffset: dirAt });
       const h = this.header;
       h.extensions = [...h.extensions.filter((e) => e.type !== EXT_BITMAPS), { type: EXT_BITMAPS, offset: 0, data: ext }];
       h.autoclearFeatures |= AUTOCLEAR_BITMAPS;

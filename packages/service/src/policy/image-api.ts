@@ -76,7 +76,7 @@ export function proposedImageTarget(proposed: { owner?: string | null; visibilit
 
 /** The checks of one request on one image (or on a proposed image for create and list). */
 export class ImageApiPolicy {
-  private readonly target: Record<string, unknown>;
+  readonly target: Record<string, unknown>;
   private readonly image: PolicyImage | null;
 
   constructor(private readonly policy: Policy, private readonly creds: PolicyCredentials,
@@ -160,7 +160,7 @@ export class MemberApiPolicy {
 
   constructor(private readonly policy: Policy, private readonly creds: PolicyCredentials, private readonly image: PolicyImage) {
     this.imagePolicy = new ImageApiPolicy(policy, creds, image);
-    this.target = imageTarget(image, creds);
+    this.target = this.imagePolicy.target;
   }
 
   private enforce(rule: string): void {
