@@ -113,7 +113,7 @@ export interface Image extends BlockDevice {
    * validated against the driver's amendOptions (sizes in bytes, booleans on/off). Resolves
    * true when the image changed (qemu-img's progress shows a step then).
    */
-  amend?(options: Map<string, string>): Promise<boolean>;
+  amend?(options: Map<string, string>, context?: AmendContext): Promise<boolean>;
   /** `qemu-img bitmap --add`: a new persistent dirty bitmap, enabled and clear (granularity in bytes). */
   addBitmap?(name: string, granularity?: number): Promise<void>;
   /** `qemu-img bitmap --remove`. */
@@ -226,6 +226,14 @@ export interface CreateOption {
   type: 'size' | 'number' | 'bool' | 'string';
   help: string;
   default?: string;
+}
+
+/** What `qemu-img amend` passes besides option values (used by LUKS key slot changes). */
+export interface AmendContext {
+  /** The passphrase of secret `id` (`--object secret,id=…`). */
+  secret(id: string): Uint8Array;
+  /** `--force`: allow the unsafe key slot changes QEMU refuses without it. */
+  force: boolean;
 }
 
 export interface CreateRequest {

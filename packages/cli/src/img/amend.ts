@@ -31,6 +31,7 @@ export async function amendCommand(argv: string[]): Promise<number> {
   let optionText: string | undefined;
   let progress = false;
   let quiet = false;
+  let force = false;
   const secrets = new Secrets();
   for (const o of options) {
     if (secrets.option(o)) continue;
@@ -44,6 +45,7 @@ export async function amendCommand(argv: string[]): Promise<number> {
       case 't': checkCacheMode(o.arg, false); break;
       case 'p': progress = true; break;
       case 'q': quiet = true; break;
+      case 'force': force = true; break;
     }
   }
   if (optionText === undefined) throw new UsageError('Must specify options (-o)');
@@ -87,7 +89,7 @@ export async function amendCommand(argv: string[]): Promise<number> {
     bar.update(0, 1);
     let changed: boolean;
     try {
-      changed = await image.amend(values);
+      changed = await image.amend(values, { secret: (id) => secrets.passphrase(id), force });
     } catch (e) {
       throw new CliError(isDiskError(e) ? e.message : errorMessage(e));
     }

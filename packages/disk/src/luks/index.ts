@@ -5,13 +5,14 @@
  */
 import { checkRange, type Extent, type WriteZeroesOptions } from '../blockdev.js';
 import { DiskError } from '../errors.js';
-import type { CreateOption, CreateRequest, FormatDriver, Image, ImageInfo, MeasureRequest, MeasureResult, OpenOptions, ResizeOptions } from '../format.js';
+import type { AmendContext, CreateOption, CreateRequest, FormatDriver, Image, ImageInfo, MeasureRequest, MeasureResult, OpenOptions, ResizeOptions } from '../format.js';
 import { preallocateHostRange, type ByteSource } from '../source.js';
 import { SECTOR_SIZE } from './cipher.js';
 import { LUKS_HEADER_SIZE, isLuks1, luksInfo, parseLuksHeader, type LuksHeader } from './header.js';
 import { EncryptedSource } from './source.js';
 import { LUKS_OPTION_HELP, formatLuks, luksAreaBytes, luksSpecFromOptions, unlockLuks, writeLuksArea, type LuksCreateOptions } from './volume.js';
 import { inspectLuks } from './inspect.js';
+import { LUKS_AMEND_OPTIONS, amendLuksKeySlots } from './keyslots.js';
 
 export { SectorCipher } from './cipher.js';
 export { EncryptedSource } from './source.js';
@@ -31,7 +32,21 @@ export class LuksImage implements Image {
     private readonly payload: EncryptedSource | undefined,
     public size: number,
     private readonly writable: boolean,
+    /** The passphrase the volume was opened with (a new key slot is unlocked with it). */
+    private readonly secret?: Uint8Array,
   ) {}
+
+  /** `qemu-img amend -o state=…,keyslot=…,new-secret=…`: add or erase key slots. */
+  async amend(options: Map<string, string>, context?: AmendContext): Promise<boolean> {
+    this.checkWritable();
+    const source = this.source;
+    await amendLuksKeySlots(this.header, {
+      read: (buf, offset) => source.read(buf, offset),
+      write: (buf, offset) => source.write(buf, offset),
+      flush: () => source.flush(),
+    }, options, context, this.secret, source.name);
+    return true;
+  }
 
   private data(): EncryptedSource {
     if (!this.payload) throw new DiskError('EACCES', LUKS_KEY_SECRET_REQUIRED);
@@ -126,6 +141,7 @@ export const luksDriver: FormatDriver = {
     return isLuks1(head) ? 100 : 0;
   },
   createOptions: LUKS_CREATE_OPTIONS,
+  amendOptions: LUKS_AMEND_OPTIONS,
   async open(source: ByteSource, options: OpenOptions): Promise<Image> {
     const fileSize = await source.size();
     const head = new Uint8Array(LUKS_HEADER_SIZE);
@@ -143,7 +159,7 @@ export const luksDriver: FormatDriver = {
       const cipher = await unlockLuks(header, (buf, offset) => source.read(buf, offset), options.secret, source.name);
       payload = new EncryptedSource(source, cipher, payloadStart);
     }
-    return new LuksImage(source, header, payload, fileSize - payloadStart, !!options.writable);
+    return new LuksImage(source, header, payload, fileSize - payloadStart, !!options.writable, options.secret);
   },
   async measure(request: MeasureRequest): Promise<MeasureResult> {
     // The header area, then the payload: the virtual size, every byte of it written.

@@ -21,22 +21,56 @@ export const INVALID_PASSWORD = 'Invalid password, cannot unlock any keyslot';
 /** Reads bytes of the LUKS area (offsets relative to the header's first byte). */
 export type AreaReader = (buf: Uint8Array, offset: number) => Promise<number>;
 
-/** Unlock the volume with `passphrase`: the payload cipher, keyed with the master key. */
-export async function unlockLuks(h: LuksHeader, read: AreaReader, passphrase: Uint8Array, file: string): Promise<SectorCipher> {
-  for (const slot of h.slots) {
-    if (!slot.active) continue;
-    const slotKey = await pbkdf2(h.hashSpec, passphrase, slot.salt, slot.iterations, h.keyBytes);
-    const bytes = materialBytes(h, slot);
-    const material = new Uint8Array(Math.ceil(bytes / SECTOR_SIZE) * SECTOR_SIZE);
-    const n = await read(material, slot.keyOffset * SECTOR_SIZE);
-    if (n < bytes) throw new DiskError('ETRUNCATED', `${file}: LUKS key material lies past the end of the file`);
-    // The material is encrypted like payload sectors, numbered from 0 at its start.
-    new SectorCipher(h.spec, slotKey).decrypt(material, 0);
-    const candidate = afMerge(h.hashSpec, material, h.keyBytes, slot.stripes);
-    const digest = await pbkdf2(h.hashSpec, candidate, h.mkDigestSalt, h.mkDigestIterations, DIGEST_BYTES);
-    if (digestsEqual(digest, h.mkDigest)) return new SectorCipher(h.spec, candidate);
+/**
+ * The master key in key slot `index` when `passphrase` opens it, else null (an inactive slot
+ * opens with nothing). QEMU's qcrypto_block_luks_load_key.
+ */
+export async function loadKeySlot(h: LuksHeader, index: number, read: AreaReader, passphrase: Uint8Array, file: string): Promise<Uint8Array | null> {
+  const slot = h.slots[index]!;
+  if (!slot.active) return null;
+  const slotKey = await pbkdf2(h.hashSpec, passphrase, slot.salt, slot.iterations, h.keyBytes);
+  const bytes = materialBytes(h, slot);
+  const material = new Uint8Array(Math.ceil(bytes / SECTOR_SIZE) * SECTOR_SIZE);
+  const n = await read(material, slot.keyOffset * SECTOR_SIZE);
+  if (n < bytes) throw new DiskError('ETRUNCATED', `${file}: LUKS key material lies past the end of the file`);
+  // The material is encrypted like payload sectors, numbered from 0 at its start.
+  new SectorCipher(h.spec, slotKey).decrypt(material, 0);
+  const candidate = afMerge(h.hashSpec, material, h.keyBytes, slot.stripes);
+  const digest = await pbkdf2(h.hashSpec, candidate, h.mkDigestSalt, h.mkDigestIterations, DIGEST_BYTES);
+  return digestsEqual(digest, h.mkDigest) ? candidate : null;
+}
+
+/** The master key from the first key slot `passphrase` opens (QEMU's qcrypto_block_luks_find_key). */
+export async function findMasterKey(h: LuksHeader, read: AreaReader, passphrase: Uint8Array, file: string): Promise<Uint8Array> {
+  for (let i = 0; i < h.slots.length; i++) {
+    const key = await loadKeySlot(h, i, read, passphrase, file);
+    if (key) return key;
   }
   throw new DiskError('EACCES', INVALID_PASSWORD);
+}
+
+/** Unlock the volume with `passphrase`: the payload cipher, keyed with the master key. */
+export async function unlockLuks(h: LuksHeader, read: AreaReader, passphrase: Uint8Array, file: string): Promise<SectorCipher> {
+  return new SectorCipher(h.spec, await findMasterKey(h, read, passphrase, file));
+}
+
+/**
+ * Seal `masterKey` into key slot `index` under `passphrase` (QEMU's qcrypto_block_luks_store_key):
+ * a fresh salt, PBKDF2 iterations for `iterTime` ms, the AF-split key encrypted with the slot
+ * key. Marks the slot active in `h` and returns the slot's key material to write at its offset.
+ */
+export async function sealKeySlot(h: LuksHeader, index: number, passphrase: Uint8Array, masterKey: Uint8Array, iterTime: number): Promise<Uint8Array> {
+  const slot = h.slots[index]!;
+  const salt = randomBytes(SALT_BYTES);
+  const rate = await pbkdf2PerSecond(h.hashSpec, passphrase, salt, h.keyBytes);
+  const iterations = clampIterations(Math.floor((rate * iterTime) / 1000));
+  const slotKey = await pbkdf2(h.hashSpec, passphrase, salt, iterations, h.keyBytes);
+  const material = afSplit(h.hashSpec, masterKey, slot.stripes);
+  const padded = new Uint8Array(Math.ceil(material.length / SECTOR_SIZE) * SECTOR_SIZE);
+  padded.set(material);
+  new SectorCipher(h.spec, slotKey).encrypt(padded, padded, 0);
+  Object.assign(slot, { active: true, iterations, salt });
+  return padded.subarray(0, materialBytes(h, slot));
 }
 
 /** The encrypt.* / luks create options (names as qemu-img spells them, without a prefix). */
@@ -111,10 +145,6 @@ export async function formatLuks(options: LuksCreateOptions, passphrase: Uint8Ar
   const splitBytes = spec.keyBytes * STRIPES;
   const slotSectors = Math.ceil(Math.ceil(splitBytes / SECTOR_SIZE) / (KEY_SLOT_ALIGN / SECTOR_SIZE)) * (KEY_SLOT_ALIGN / SECTOR_SIZE);
   const firstSlot = KEY_SLOT_ALIGN / SECTOR_SIZE;
-  const slotSalt = randomBytes(SALT_BYTES);
-  const slotRate = await pbkdf2PerSecond(hash, passphrase, slotSalt, spec.keyBytes);
-  const slotIterations = clampIterations(Math.floor((slotRate * iterTime) / 1000));
-  const slotKey = await pbkdf2(hash, passphrase, slotSalt, slotIterations, spec.keyBytes);
   const header: LuksHeader = {
     cipherName: spec.family,
     cipherModeSpec: `${spec.mode}-${spec.ivgen}${spec.ivgenHash !== undefined ? `:${spec.ivgenHash}` : ''}`,
@@ -124,21 +154,18 @@ export async function formatLuks(options: LuksCreateOptions, passphrase: Uint8Ar
     mkDigest, mkDigestSalt, mkDigestIterations,
     uuid: randomUUID(),
     slots: Array.from({ length: KEY_SLOTS }, (_, i) => ({
-      active: i === 0,
-      iterations: i === 0 ? slotIterations : 0,
-      salt: i === 0 ? slotSalt : new Uint8Array(SALT_BYTES),
+      active: false,
+      iterations: 0,
+      salt: new Uint8Array(SALT_BYTES),
       keyOffset: firstSlot + slotSectors * i,
       stripes: STRIPES,
     })),
     spec,
   };
-  const material = afSplit(hash, masterKey, STRIPES);
-  const padded = new Uint8Array(Math.ceil(material.length / SECTOR_SIZE) * SECTOR_SIZE);
-  padded.set(material);
-  new SectorCipher(spec, slotKey).encrypt(padded, padded, 0);
+  const material = await sealKeySlot(header, 0, passphrase, masterKey, iterTime);
   const area = new Uint8Array(header.payloadOffset * SECTOR_SIZE);
   area.set(serializeLuksHeader(header), 0);
-  area.set(padded.subarray(0, materialBytes(header, header.slots[0]!)), firstSlot * SECTOR_SIZE);
+  area.set(material, firstSlot * SECTOR_SIZE);
   return { header, area, cipher: new SectorCipher(spec, masterKey) };
 }
 

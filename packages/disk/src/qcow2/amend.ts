@@ -6,13 +6,16 @@
  * the header switches to in that one write, so a crash leaves either the old structures or
  * the new ones (and leaked clusters at worst).
  *
- * Changing the backing file is refused as QEMU refuses it (`rebase` does it); LUKS key slot
- * changes (encrypt.*) are not implemented and say so.
+ * Changing the backing file is refused as QEMU refuses it (`rebase` does it). LUKS key slots
+ * (encrypt.*) are added and erased in the LUKS area the crypto header extension points at, after
+ * an upgrade and before a refcount width change, as QEMU orders its amend operations.
  */
 import { DiskError } from '../errors.js';
-import type { CreateOption } from '../format.js';
+import type { AmendContext, CreateOption } from '../format.js';
+import { LUKS_AMEND_OPTIONS, amendLuksKeySlots } from '../luks/keyslots.js';
+import { luksAreaOf } from './crypto.js';
 import {
-  AUTOCLEAR_DATA_FILE_RAW, COMPAT_LAZY_REFCOUNTS, INCOMPAT_DIRTY, STANDARD_FEATURE_NAMES, refcountMax, serializeHeader, setRefcount,
+  CRYPT_LUKS, AUTOCLEAR_DATA_FILE_RAW, COMPAT_LAZY_REFCOUNTS, INCOMPAT_DIRTY, STANDARD_FEATURE_NAMES, refcountMax, serializeHeader, setRefcount,
 } from './layout.js';
 import { Qcow2SnapshotImage } from './snapshot.js';
 
@@ -26,11 +29,7 @@ export const QCOW2_AMEND_OPTIONS: readonly CreateOption[] = [
   { name: 'backing_fmt', type: 'string', help: 'Image format of the base image' },
   { name: 'data_file', type: 'string', help: 'File name of an external data file' },
   { name: 'data_file_raw', type: 'bool', help: 'The external data file must stay valid as a raw image' },
-  { name: 'encrypt.keyslot', type: 'number', help: 'Select a single keyslot to modify explicitly' },
-  { name: 'encrypt.state', type: 'string', help: 'Select new state of affected keyslots (active/inactive)' },
-  { name: 'encrypt.old-secret', type: 'string', help: 'Select all keyslots that match this password' },
-  { name: 'encrypt.new-secret', type: 'string', help: 'New secret to set in the matching keyslots. Empty string to erase' },
-  { name: 'encrypt.iter-time', type: 'number', help: 'Time to spend in PBKDF in milliseconds' },
+  ...LUKS_AMEND_OPTIONS.map((o) => ({ ...o, name: `encrypt.${o.name}` })),
   { name: 'lazy_refcounts', type: 'bool', help: 'Postpone refcount updates' },
   { name: 'refcount_bits', type: 'number', help: 'Width of a reference count entry in bits' },
   { name: 'size', type: 'size', help: 'Virtual disk size' },
@@ -41,13 +40,19 @@ const MAX_REWRITTEN_CLUSTERS = 16 << 20;
 
 export class Qcow2AmendableImage extends Qcow2SnapshotImage {
   /** `options`: validated amend options (sizes in bytes, booleans on/off). True when the image changed. */
-  async amend(options: Map<string, string>): Promise<boolean> {
-    return this.serial(() => this.amendNow(options));
+  async amend(options: Map<string, string>, context?: AmendContext): Promise<boolean> {
+    return this.serial(() => this.amendNow(options, context));
   }
 
-  private async amendNow(options: Map<string, string>): Promise<boolean> {
+  private async amendNow(options: Map<string, string>, context?: AmendContext): Promise<boolean> {
     const before = serializeHeader(this.header, this.clusterSize);
     const h = this.header;
+    // encrypt.* come first in QEMU's qcow2_amend_opts, so their checks come first too.
+    const encryption = new Map([...options].filter(([k]) => k.startsWith('encrypt.')).map(([k, v]) => [k.slice('encrypt.'.length), v]));
+    if (encryption.size) {
+      if (h.cryptMethod === 0) throw new DiskError('EINVAL', "Can't amend encryption options - encryption not present");
+      if (h.cryptMethod !== CRYPT_LUKS) throw new DiskError('EUNSUPPORTED', 'Only LUKS encryption options can be amended');
+    }
     let version = h.version as number;
     const compat = options.get('compat');
     if (compat !== undefined) {
@@ -75,9 +80,6 @@ export class Qcow2AmendableImage extends Qcow2SnapshotImage {
       const raw = (h.autoclearFeatures & AUTOCLEAR_DATA_FILE_RAW) !== 0n;
       if ((options.get('data_file_raw') === 'on') !== raw) throw new DiskError('EINVAL', 'data-file-raw cannot be set on existing images');
     }
-    if ([...options.keys()].some((k) => k.startsWith('encrypt.'))) {
-      throw new DiskError('EUNSUPPORTED', 'Changing LUKS key slots (encrypt.*) is not supported by diskhub yet');
-    }
     const lazyNow = (h.compatibleFeatures & COMPAT_LAZY_REFCOUNTS) !== 0n;
     // Checked, like QEMU, only when the setting changes.
     if (lazy === 'on' && !lazyNow && version < 3) {
@@ -92,6 +94,8 @@ export class Qcow2AmendableImage extends Qcow2SnapshotImage {
       h.featureNames = STANDARD_FEATURE_NAMES;
       await this.rewriteHeader();
     }
+    let slotsChanged = false;
+    if (encryption.size) slotsChanged = await this.amendKeySlots(encryption, context);
     if (refcountOrder !== h.refcountOrder) await this.changeRefcountWidth(refcountOrder);
     if (lazy !== undefined && (lazy === 'on') !== lazyNow) {
       if (lazy === 'on') h.compatibleFeatures |= COMPAT_LAZY_REFCOUNTS;
@@ -102,7 +106,15 @@ export class Qcow2AmendableImage extends Qcow2SnapshotImage {
     if (size !== undefined && Number(size) !== this.size) await this.truncateTo(Number(size), { preallocation: 'off' }, true);
     if (version < h.version) await this.downgrade();
     const after = serializeHeader(this.header, this.clusterSize);
-    return before.some((b, i) => b !== after[i]);
+    return slotsChanged || before.some((b, i) => b !== after[i]);
+  }
+
+  /** encrypt.state/keyslot/old-secret/new-secret/iter-time on the LUKS area inside the file. */
+  private async amendKeySlots(options: Map<string, string>, context?: AmendContext): Promise<boolean> {
+    const keys = this.luksKeys;
+    if (!this.luks || !keys) throw new DiskError('EACCES', "Parameter 'encrypt.key-secret' is required for cipher");
+    await amendLuksKeySlots(this.luks, luksAreaOf(this.source, keys), options, context, keys.secret, this.source.name);
+    return true;
   }
 
   /** qcow2_update_header: the whole header cluster in one write. */

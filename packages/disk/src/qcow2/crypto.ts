@@ -18,6 +18,7 @@ import { EncryptedSource } from '../luks/source.js';
 import { SectorCipher } from '../luks/cipher.js';
 import { CRYPT_AES, CRYPT_LUKS, EXT_CRYPTO_HEADER, QCOW2_MAGIC, type Qcow2Header } from './layout.js';
 import { isLuks1 } from '../luks/header.js';
+import type { LuksArea } from '../luks/keyslots.js';
 
 /** QEMU's words when an encrypted image is opened for I/O without its secret. */
 export const KEY_SECRET_REQUIRED = "Parameter 'encrypt.key-secret' is required for cipher";
@@ -38,6 +39,10 @@ export function cryptoHeaderPointer(h: Qcow2Header, fileSize: number, file: stri
 
 export interface Qcow2Crypto {
   luks?: LuksHeader;
+  /** Where the LUKS area lies in the file (key slot amends write there). */
+  luksArea?: { offset: number; length: number };
+  /** The passphrase the image was opened with. */
+  secret?: Uint8Array;
   /** Wrap the data file so that data clusters are encrypted and decrypted (absent: header only). */
   wrap?: (data: ByteSource) => ByteSource;
   /** Legacy AES: the cipher whose IVs come from guest offsets (the reader decrypts per run). */
@@ -64,12 +69,20 @@ export async function openQcow2Crypto(source: ByteSource, h: Qcow2Header, option
   // Like QEMU's BDRV_O_NO_IO opens, a header-only open does not even look at the secret.
   if (options.headerOnly) return { luks };
   if (options.secret === undefined) throw new DiskError('EACCES', KEY_SECRET_REQUIRED);
-  const read = async (buf: Uint8Array, offset: number): Promise<number> => {
-    if (offset >= area.length) return 0;
-    return source.read(buf.subarray(0, Math.min(buf.length, area.length - offset)), area.offset + offset);
+  const cipher = await unlockLuks(luks, luksAreaOf(source, area).read, options.secret, source.name);
+  return { luks, luksArea: area, secret: options.secret, wrap: (data) => new EncryptedSource(data, cipher, 0) };
+}
+
+/** The LUKS area inside the file, addressed from the LUKS header's first byte and kept inside it. */
+export function luksAreaOf(source: ByteSource, area: { offset: number; length: number }): LuksArea {
+  return {
+    read: async (buf, offset) => offset >= area.length ? 0 : source.read(buf.subarray(0, Math.min(buf.length, area.length - offset)), area.offset + offset),
+    write: async (buf, offset) => {
+      if (offset + buf.length > area.length) throw new DiskError('ECORRUPT', `${source.name}: LUKS key material lies past the crypto header area`);
+      await source.write(buf, area.offset + offset);
+    },
+    flush: () => source.flush(),
   };
-  const cipher = await unlockLuks(luks, read, options.secret, source.name);
-  return { luks, wrap: (data) => new EncryptedSource(data, cipher, 0) };
 }
 
 /** Whether the first bytes of a file are a LUKS1 container or a qcow2 image with crypt_method set. */

@@ -63,6 +63,8 @@ export interface Qcow2State {
   bitmaps: BitmapEntry[];
   /** encrypt.format=luks: the LUKS header kept in the crypto header extension's clusters. */
   luks?: LuksHeader;
+  /** encrypt.format=luks opened for I/O: the LUKS area in the file and the passphrase that opened it. */
+  luksKeys?: { offset: number; length: number; secret: Uint8Array };
   /** encrypt.format=aes: data sectors are decrypted with IVs from their guest offsets. */
   guestCipher?: SectorCipher;
 }
@@ -81,6 +83,7 @@ export class Qcow2Image implements Image {
   protected snapshotList: Qcow2Snapshot[];
   protected bitmapList: BitmapEntry[];
   protected readonly luks?: LuksHeader;
+  protected readonly luksKeys?: Qcow2State['luksKeys'];
   private readonly guestCipher?: SectorCipher;
   /** Data clusters live in an external data file (dataSource is that file, not the image). */
   protected readonly externalData: boolean;
@@ -107,6 +110,7 @@ export class Qcow2Image implements Image {
     this.snapshotList = state.snapshots;
     this.bitmapList = state.bitmaps;
     if (state.luks) this.luks = state.luks;
+    if (state.luksKeys) this.luksKeys = state.luksKeys;
     if (state.guestCipher) this.guestCipher = state.guestCipher;
     this.externalData = (state.header.incompatibleFeatures & INCOMPAT_DATA_FILE) !== 0n;
     this.maxL2Tables = Math.max(4, Math.floor(L2_CACHE_BYTES / this.clusterSize));
@@ -635,6 +639,7 @@ export async function openQcow2(source: ByteSource, options: OpenOptions): Promi
     try {
       const crypto = await openQcow2Crypto(source, h, options);
       if (crypto.luks) state.luks = crypto.luks;
+      if (crypto.luksArea && crypto.secret) state.luksKeys = { ...crypto.luksArea, secret: crypto.secret };
       if (crypto.wrap) dataSource = crypto.wrap(dataSource);
       if (crypto.guestCipher) state.guestCipher = crypto.guestCipher;
     } catch (e) {
