@@ -149,6 +149,32 @@ test('commit: into the backing file, -d, -b further down the chain, as qemu-img'
   }
 });
 
+test('commit into a smaller base grows it first, as qemu-img (qcow2 and raw bases, over an intermediate image)', needs('qemu-img', 'qemu-io'), async (t) => {
+  const dir = await tempDir(t);
+  for (const fmt of ['qcow2', 'raw']) {
+    for (const side of ['q', 'd']) {
+      const cwd = join(dir, `${fmt}-${side}`);
+      await mkdir(cwd);
+      await run('qemu-img', ['create', '-q', '-f', fmt, `base.${fmt}`, '1M'], { cwd });
+      await qemuIo('-f', fmt, '-c', 'write -P 1 0 1M', join(cwd, `base.${fmt}`));
+      await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', `base.${fmt}`, '-F', fmt, 'mid.qcow2', '2M'], { cwd });
+      await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', 'mid.qcow2', '-F', 'qcow2', 'top.qcow2', '5M'], { cwd });
+      await qemuIo('-c', 'write -P 2 512k 1M', '-c', 'write -P 3 4M 64k', join(cwd, 'top.qcow2'));
+    }
+    const q = join(dir, `${fmt}-q`), d = join(dir, `${fmt}-d`);
+    const peer = await run('qemu-img', ['commit', '-b', `base.${fmt}`, 'top.qcow2'], { cwd: q });
+    const ours = await diskhub(['img', 'commit', '-b', `base.${fmt}`, 'top.qcow2'], { cwd: d });
+    assert.equal(ours.code, peer.code, `${fmt}: ${ours.stderr} / ${peer.stderr}`);
+    assert.equal(ours.stdout, peer.stdout, fmt);
+    assert.equal(ours.stderr, peer.stderr, fmt);
+    const cmp = await run('qemu-img', ['compare', '-f', fmt, '-F', fmt, join(q, `base.${fmt}`), join(d, `base.${fmt}`)]);
+    assert.equal(cmp.code, 0, `${fmt}: base differs from qemu-img's: ${cmp.stdout}`);
+    const info = async (side: string) => JSON.parse(await qemuImg('info', '-f', fmt, '--output=json', join(dir, `${fmt}-${side}`, `base.${fmt}`))) as { 'virtual-size': number };
+    assert.equal((await info('d'))['virtual-size'], (await info('q'))['virtual-size'], `${fmt}: base size`);
+    if (fmt === 'qcow2') assert.equal((await run('qemu-img', ['check', join(d, 'base.qcow2')])).code, 0, 'base checks clean');
+  }
+});
+
 test('commit -r: the rate limit holds', needs('qemu-img', 'qemu-io'), async (t) => {
   const dir = await tempDir(t);
   await qemuImg('create', '-q', '-f', 'qcow2', join(dir, 'b.qcow2'), '16M');

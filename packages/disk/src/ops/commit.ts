@@ -39,8 +39,11 @@ export async function commitImage(top: Image, base: Image, options: CommitOption
   const baseDepth = chainOf(top).indexOf(base);
   if (baseDepth < 1) throw new DiskError('EINVAL', `'${base.source.name}' is not in the backing chain of '${top.source.name}'`);
   if (base.size < top.size) {
-    // QEMU grows the base first; diskhub does not yet, and changes nothing.
-    throw new DiskError('EUNSUPPORTED', `Top image ${top.source.name} is larger than its base image ${base.source.name}: grow the base first (qemu-img resize)`);
+    // QEMU's commit job grows the base to the top's size first (block/commit.c, commit_run:
+    // blk_truncate with PREALLOC_MODE_OFF); the grown range reads as zeroes until the data
+    // above base lands there.
+    if (!base.resize) throw new DiskError('EUNSUPPORTED', `Top image ${top.source.name} is larger than its base image ${base.source.name}, whose format cannot be resized`);
+    await base.resize(top.size, { preallocation: 'off' });
   }
   await convertImage(new AboveBase(top, baseDepth), base, {
     targetHasBacking: true,
