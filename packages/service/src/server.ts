@@ -50,7 +50,7 @@ import { metadefRoutes } from './routes/metadefs.js';
 import { MetadefService } from './domain/metadefs.js';
 import { MetadefRepo } from './repo/metadefs.js';
 import { jsonLogger, type Logger } from './log.js';
-import { FileStore } from './store.js';
+import { FileStore } from './stores/file/file-store.js';
 import { DownloadUrls } from './download-urls.js';
 import { findStatic, sendStatic } from './static.js';
 import { discoveryRoutes } from './routes/discovery.js';
@@ -90,7 +90,7 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
     url: cfg.keystoneUrl, username: cfg.keystoneUser, password: cfg.keystonePassword ?? '', project: cfg.keystoneProject,
   }) : null;
   const { generatedPassword } = external ? { generatedPassword: undefined } : await identity.bootstrap(cfg.adminPassword);
-  const store = new FileStore(join(cfg.dataDir, 'images'));
+  const store = new FileStore({ id: 'file', dir: join(cfg.dataDir, 'images') });
   await store.init();
 
   const registry = new Registry();
@@ -235,6 +235,8 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
   const data = new ImageDataService(images, repo, store, {
     imageSizeCap: cfg.imageSizeCap, projectStorageQuota: cfg.projectStorageQuota, stagingDir, node, downloadUrls: await DownloadUrls.open(db),
   }, log);
+  const upgraded = await repo.upgradeBareLocations(store.id, (key) => store.locationOf(key));
+  if (upgraded) log.info('store locations upgraded to URLs', { store: store.id, count: upgraded });
   await data.recover();
 
   await app.register(async (scope) => {

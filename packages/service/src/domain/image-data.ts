@@ -16,7 +16,7 @@ import type { ImageRecord } from '../images-model.js';
 import { UploadInspection } from '../inspect.js';
 import { UploadHasher } from '../hashing.js';
 import type { DownloadUrls } from '../download-urls.js';
-import type { StagedWrite, Store } from '../store.js';
+import { StoreError, type Store, type StoreWriter } from '../stores/store.js';
 import type { Logger } from '../log.js';
 import type { ImageRepo } from '../repo/images.js';
 import type { ImageService } from './images.js';
@@ -47,7 +47,7 @@ const INTERRUPTED = 'Image upload was interrupted; no data was kept.';
 
 /** The storage under the data is full: Glance's 413 (HTTPRequestEntityTooLarge, "Image storage media is full"). */
 const storageFull = () => new HttpError(413, 'Image storage media is full: there is no space left on the device for this image; no data was kept.');
-const isNoSpace = (e: unknown) => (e as NodeJS.ErrnoException | null)?.code === 'ENOSPC' || (e as NodeJS.ErrnoException | null)?.code === 'EDQUOT';
+const isNoSpace = (e: unknown) => (e instanceof StoreError && e.kind === 'full') || (e as NodeJS.ErrnoException | null)?.code === 'ENOSPC' || (e as NodeJS.ErrnoException | null)?.code === 'EDQUOT';
 
 export class ImageDataService {
   /** Uploads and imports in progress (shutdown waits for them). */
@@ -121,7 +121,7 @@ export class ImageDataService {
   private async ingest(img: ImageRecord, tempKey: string, input: Readable, declaredLength: number | null, revertTo: ImageStatus, complete: () => boolean): Promise<void> {
     const inspection = new UploadInspection(img.id, img.container_format);
     let size = 0;
-    let staged: StagedWrite;
+    let staged: StoreWriter;
     try {
       staged = await this.store.begin(tempKey);
     } catch (e) {
@@ -164,9 +164,9 @@ export class ImageDataService {
     const verdict = await inspection.finish(img.disk_format, img.container_format)
       .catch((e): { virtualSize: null; refusal: string } => ({ virtualSize: null, refusal: `Image data could not be inspected: ${(e as Error).message}` }));
     if (verdict.refusal) return fail(badRequest(verdict.refusal));
-    const location = img.id;
+    let location: string;
     try {
-      await staged.commit(location);
+      location = await staged.commit(img.id);
     } catch (e) {
       return fail(isNoSpace(e) ? storageFull() : e);
     }

@@ -14,7 +14,7 @@ import { ImageApiPolicy, MemberApiPolicy, type Policy, type PolicyCredentials, t
 import { num } from '../db/schema.js';
 import type { ImageRepo, ListResult } from '../repo/images.js';
 import type { ImageMembersTable, ImagesTable } from '../db/schema.js';
-import type { Store } from '../store.js';
+import type { Store } from '../stores/store.js';
 import type { Logger } from '../log.js';
 import { assertTransition } from './status.js';
 

@@ -198,6 +198,17 @@ export class ImageRepo {
     return this.k.selectFrom('uploads').select('temp_key').execute().then((rows) => new Set(rows.map((r) => r.temp_key)));
   }
 
+  /**
+   * Locations written before stores had URLs were bare keys of the `file` store (its file
+   * name): rewrite them as that store's URLs. Returns how many were rewritten.
+   */
+  async upgradeBareLocations(storeId: string, urlOf: (key: string) => string): Promise<number> {
+    const rows = await this.k.selectFrom('images').select(['id', 'location']).where('store', '=', storeId)
+      .where('location', 'is not', null).where('location', 'not like', '%:%').execute();
+    for (const r of rows) await this.k.updateTable('images').set({ location: urlOf(r.location!) }).where('id', '=', r.id).where('location', '=', r.location).execute();
+    return rows.length;
+  }
+
   async dropUploads(id: string): Promise<void> {
     await this.k.deleteFrom('uploads').where('image_id', '=', id).execute();
   }

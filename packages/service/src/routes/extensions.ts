@@ -7,7 +7,8 @@ import { badRequest, conflict, replyJson, searchParams, type Authenticate } from
 import type { ImageService } from '../domain/images.js';
 import type { ImageDataService } from '../domain/image-data.js';
 import { DEFAULT_BUCKETS, MAX_BUCKETS, describeInside } from '../inside.js';
-import type { Store } from '../store.js';
+import type { Store } from '../stores/store.js';
+import { StoreSource } from '../stores/store-source.js';
 
 export interface ExtensionRouteDeps { auth: Authenticate; images: ImageService; data: ImageDataService; store: Store }
 
@@ -27,6 +28,6 @@ export function extensionRoutes(app: FastifyInstance, { auth, images, data, stor
     const raw = searchParams(request).get('buckets');
     const buckets = raw === null ? DEFAULT_BUCKETS : Number(raw);
     if (!Number.isInteger(buckets) || buckets < 1 || buckets > MAX_BUCKETS) throw badRequest(`Invalid value for buckets: ${raw}. It must be an integer from 1 to ${MAX_BUCKETS}.`);
-    return replyJson(reply, 200, { image_id: img.id, ...await describeInside(store.pathOf(img.location), buckets) });
+    return replyJson(reply, 200, { image_id: img.id, ...await describeInside(new StoreSource(store, img.location), buckets) });
   });
 }

@@ -8,7 +8,7 @@ import { HttpError, isObject, jsonBody, mediaTypeOf, replyEmpty, searchParams, t
 import type { ImageRecord } from '../images-model.js';
 import { IMPORT_METHODS, type ImageDataService } from '../domain/image-data.js';
 import { SIGNATURE_PARAM } from '../download-urls.js';
-import type { Store } from '../store.js';
+import type { Store } from '../stores/store.js';
 
 export interface ImageDataRouteDeps { auth: Authenticate; data: ImageDataService; store: Store }
 
