@@ -9,11 +9,11 @@ import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { readdir, writeFile } from 'node:fs/promises';
+import { readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { tempDir } from '@diskhub/testkit';
+import { needs, run, runOk, tempDir } from '@diskhub/testkit';
 import { ConfigError, jsonLogger, loadConfig, startService } from '../src/index.js';
-import { ADMIN_PASSWORD, addProjectUser, api, token } from './helpers.js';
+import { ADMIN_PASSWORD, addProjectUser, api, osEnv, token } from './helpers.js';
 import { memoryStores, registerMemoryStores, type MemoryStore } from './memory-store.js';
 
 registerMemoryStores();
@@ -105,7 +105,12 @@ test('stores: /v2/info/stores and its admin detail, store ids on create, uploads
   assert.ok(s.mem.objects.get(id3)!.equals(data));
   assert.ok((await download(s.url, s.adminToken, id3)).body.equals(data));
 
+  // An image with copies in two stores: deleting it removes both.
+  s.mem.objects.set('second-copy', Buffer.from(data));
+  assert.equal((await patch(s.admin, id, [{ op: 'add', path: '/locations/-', value: { url: 'memory://mem/second-copy', metadata: {} } }])).status, 200);
+  assert.equal((await s.admin('GET', `/v2/images/${id}`)).json.stores, 'cheap,mem');
   for (const i of [id, id2, id3]) assert.equal((await s.admin('DELETE', `/v2/images/${i}`)).status, 204);
+  assert.ok(!s.mem.objects.has('second-copy'));
   assert.ok(!existsSync(join(s.dataDir, 'cheap', id)));
   assert.ok(!existsSync(join(s.dataDir, 'fast', id2)));
   assert.ok(!s.mem.objects.has(id3));
@@ -336,4 +341,52 @@ test('stores: configuration — DISKHUB_STORES, the default store, and what is r
     const c = loadConfig({ ...base, DISKHUB_STORES: stores, DISKHUB_PORT: '0', DISKHUB_ADMIN_PASSWORD: ADMIN_PASSWORD });
     await assert.rejects(startService(c, jsonLogger({ write: () => true }, 'silent')), message);
   }
+});
+
+/** `| key | value |` rows of a glance client table. */
+function glanceTable(out: string): Record<string, string> {
+  const rows: Record<string, string> = {};
+  for (const line of out.split('\n')) {
+    const m = /^\|\s*(\S[^|]*?)\s*\|\s*(.*?)\s*\|$/.exec(line);
+    if (m && m[1] !== 'Property') rows[m[1]!] = m[2]!;
+  }
+  return rows;
+}
+
+test('glance client: stores-info (--detail), image-create --store, location-add, stores-delete', needs('glance'), async (t) => {
+  const s = await start(t, { showMultipleLocations: true });
+  const env = osEnv(s.url);
+  const glance = (...args: string[]) => runOk('glance', args, { env });
+  const info = await glance('stores-info');
+  assert.match(info, /fast/);
+  assert.match(info, /cheap/);
+  const detail = await glance('stores-info', '--detail');
+  assert.match(detail, /data_dir/);
+  assert.ok(!detail.includes(SECRET));
+
+  const dir = await tempDir(t);
+  const file = join(dir, 'disk.raw');
+  const data = randomBytes(400_000);
+  await writeFile(file, data);
+  const created = glanceTable(await glance('image-create', '--store', 'cheap', '--file', file, '--disk-format', 'raw', '--container-format', 'bare', '--name', 'on-cheap'));
+  assert.equal(created.status, 'active');
+  assert.equal(created.stores, 'cheap');
+  const id = created.id!;
+  assert.ok(existsSync(join(s.dataDir, 'cheap', id)));
+
+  // A second copy in the memory store, added as a location; then the cheap copy removed with stores-delete.
+  s.mem.objects.set('copy', Buffer.from(data));
+  await glance('location-add', '--url', 'memory://mem/copy', '--metadata', '{}', id);
+  const shown = glanceTable(await glance('image-show', id));
+  assert.equal(shown.stores, 'cheap,mem');
+  await glance('stores-delete', '--store', 'cheap', id);
+  assert.ok(!existsSync(join(s.dataDir, 'cheap', id)));
+  assert.equal(glanceTable(await glance('image-show', id)).stores, 'mem');
+  const saved = join(dir, 'saved.raw');
+  await glance('image-download', '--file', saved, id);
+  assert.ok((await readFile(saved)).equals(data), 'downloaded from the memory store');
+  // The client shows Glance's refusal of an unknown store.
+  const unknown = await run('glance', ['image-create', '--store', 'nope', '--file', file, '--disk-format', 'raw', '--container-format', 'bare'], { env });
+  assert.notEqual(unknown.code, 0);
+  assert.match(unknown.stdout + unknown.stderr, /nope/);
 });
