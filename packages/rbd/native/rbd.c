@@ -8,8 +8,9 @@
  *   create / remove / rename / list    - images of a pool (rbd_create4, rbd_remove, rbd_rename, rbd_list2)
  *   open / close / size / resize       - one image (or one of its snapshots, read-only)
  *   write / drain                      - streaming writes: copied, zero blocks skipped (thin
- *                                        provisioning), sent with rbd_aio_write, several in
- *                                        flight; drain waits for them and reports the first error
+ *                                        provisioning), gathered into object-sized writes sent
+ *                                        with rbd_aio_write, several in flight; drain sends the
+ *                                        rest, waits for them and reports the first error
  *   read                               - bytes of a range (rbd_read2)
  *   snapCreate / snapProtect /         - the snapshot Glance's layering needs (Nova and Cinder
  *   snapUnprotect / snapRemove /         clone from a protected snapshot); children lists the
@@ -55,6 +56,11 @@ typedef struct {
   pthread_cond_t changed;
   size_t in_flight; /* bytes of aio writes not yet completed */
   int first_error;  /* the first failed aio write's -errno, reported by the next write/drain */
+  /* the write being gathered (one writer at a time: the caller keeps one write in flight) */
+  size_t object_size;
+  char *pending;
+  size_t pending_len;
+  uint64_t pending_off;
 } image_t;
 
 typedef struct {
@@ -150,31 +156,26 @@ static void write_done(rbd_completion_t c, void *arg) {
   free(w);
 }
 
-/* Copies `len` bytes gathered from the iovecs at logical position `from` and sends them. */
-static int issue_write(image_t *im, const struct iovec *iov, uint32_t iovcnt, size_t from, size_t len, uint64_t at) {
+/* Sends the image's pending bytes as one aio write (the buffer passes to the completion),
+ * first waiting while MAX_IN_FLIGHT bytes are already on their way. */
+static int flush_pending(image_t *im) {
+  if (im->pending_len == 0) return 0;
+  size_t len = im->pending_len;
+  char *data = im->pending;
+  uint64_t at = im->pending_off;
+  im->pending = NULL;
+  im->pending_len = 0;
   pthread_mutex_lock(&im->lock);
   while (im->in_flight > 0 && im->in_flight + len > MAX_IN_FLIGHT && im->first_error == 0)
     pthread_cond_wait(&im->changed, &im->lock);
   int err = im->first_error;
   if (err == 0) im->in_flight += len;
   pthread_mutex_unlock(&im->lock);
-  if (err) return err;
+  if (err) { free(data); return err; }
   aio_write_t *w = malloc(sizeof *w);
-  char *data = malloc(len);
   rbd_completion_t c;
   int r = -ENOMEM;
-  if (w && data) {
-    size_t copied = 0, pos = 0;
-    for (uint32_t i = 0; i < iovcnt && copied < len; i++) {
-      size_t n = iov[i].iov_len;
-      if (pos + n > from) {
-        size_t skip = from > pos ? from - pos : 0;
-        size_t take = n - skip < len - copied ? n - skip : len - copied;
-        memcpy(data + copied, (char *)iov[i].iov_base + skip, take);
-        copied += take;
-      }
-      pos += n;
-    }
+  if (w) {
     w->im = im;
     w->data = data;
     w->len = len;
@@ -192,6 +193,45 @@ static int issue_write(image_t *im, const struct iovec *iov, uint32_t iovcnt, si
   pthread_cond_broadcast(&im->changed);
   pthread_mutex_unlock(&im->lock);
   return r;
+}
+
+/* Adds `len` bytes gathered from the iovecs at logical position `from`, for image offset `at`,
+ * to the pending write; a pending write is sent when it reaches an object's end or the next
+ * bytes do not follow it. Object-sized writes, as `rbd import` makes: a 1 MiB write per call
+ * costs the OSD several times the requests for the same data. */
+static int add_write(image_t *im, const struct iovec *iov, uint32_t iovcnt, size_t from, size_t len, uint64_t at) {
+  size_t pos = 0;
+  uint32_t i = 0;
+  while (i < iovcnt && pos + iov[i].iov_len <= from) pos += iov[i++].iov_len;
+  size_t skip = from - pos;
+  while (len > 0) {
+    if (im->pending_len && im->pending_off + im->pending_len != at) {
+      int r = flush_pending(im);
+      if (r) return r;
+    }
+    if (!im->pending) {
+      if (!(im->pending = malloc(im->object_size))) return -ENOMEM;
+      im->pending_off = at;
+    }
+    /* room up to the end of the object the pending write started in */
+    size_t room = im->object_size - (size_t)(im->pending_off % im->object_size) - im->pending_len;
+    size_t take = len < room ? len : room;
+    for (size_t done = 0; done < take; i++, skip = 0) {
+      size_t n = iov[i].iov_len - skip;
+      if (n > take - done) n = take - done;
+      memcpy(im->pending + im->pending_len + done, (char *)iov[i].iov_base + skip, n);
+      done += n;
+      if (skip + n < iov[i].iov_len) { skip += n; break; }
+    }
+    im->pending_len += take;
+    at += take;
+    len -= take;
+    if (take == room) {
+      int r = flush_pending(im);
+      if (r) return r;
+    }
+  }
+  return 0;
 }
 
 static bool all_zero(const struct iovec *iov, uint32_t iovcnt, size_t from, size_t len) {
@@ -229,7 +269,7 @@ static int do_write(job_t *j) {
     bool skip = j->zero_block && (j->off + pos) % j->zero_block == 0 && block == j->zero_block &&
                 all_zero(j->iov, j->iovcnt, pos, block);
     if (skip && in_run) {
-      int r = issue_write(j->im, j->iov, j->iovcnt, run_start, pos - run_start, j->off + run_start);
+      int r = add_write(j->im, j->iov, j->iovcnt, run_start, pos - run_start, j->off + run_start);
       if (r) return r;
       in_run = false;
     } else if (!skip && !in_run) {
@@ -238,14 +278,15 @@ static int do_write(job_t *j) {
     }
     pos += block;
   }
-  if (in_run) return issue_write(j->im, j->iov, j->iovcnt, run_start, total - run_start, j->off + run_start);
+  if (in_run) return add_write(j->im, j->iov, j->iovcnt, run_start, total - run_start, j->off + run_start);
   return 0;
 }
 
 static int do_drain(image_t *im) {
+  int sent = flush_pending(im);
   pthread_mutex_lock(&im->lock);
   while (im->in_flight > 0) pthread_cond_wait(&im->changed, &im->lock);
-  int err = im->first_error;
+  int err = im->first_error ? im->first_error : sent;
   pthread_mutex_unlock(&im->lock);
   return err;
 }
@@ -360,6 +401,8 @@ static void execute(napi_env env, void *data) {
       r = j->read_only ? rbd_open_read_only(j->pool->io, j->s1, &im->image, snap)
                        : rbd_open(j->pool->io, j->s1, &im->image, snap);
       if (r < 0) { free(im); break; }
+      rbd_image_info_t st;
+      im->object_size = rbd_stat(im->image, &st, sizeof st) == 0 && st.obj_size ? st.obj_size : 4u << 20;
       pthread_mutex_init(&im->lock, NULL);
       pthread_cond_init(&im->changed, NULL);
       j->out = im;
@@ -421,6 +464,7 @@ static void complete(napi_env env, napi_status status, void *data) {
         break;
       case OP_SHUTDOWN: free(j->cl); break;
       case OP_CLOSE:
+        free(j->im->pending);
         pthread_mutex_destroy(&j->im->lock);
         pthread_cond_destroy(&j->im->changed);
         j->im->kind = 0;
