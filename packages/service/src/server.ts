@@ -50,7 +50,11 @@ import { metadefRoutes } from './routes/metadefs.js';
 import { MetadefService } from './domain/metadefs.js';
 import { MetadefRepo } from './repo/metadefs.js';
 import { jsonLogger, type Logger } from './log.js';
-import { FileStore } from './store.js';
+import './stores/builtin.js';
+import { FileStore } from './stores/file/file-store.js';
+import { StoreSet, buildStore } from './stores/registry.js';
+import { StoreInfo } from './domain/stores.js';
+import { storeRoutes } from './routes/stores.js';
 import { DownloadUrls } from './download-urls.js';
 import { findStatic, sendStatic } from './static.js';
 import { discoveryRoutes } from './routes/discovery.js';
@@ -80,6 +84,10 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
   // A policy file that cannot be used stops the start before anything is opened.
   const policy = await Policy.load(cfg.policyFile);
   await mkdir(cfg.dataDir, { recursive: true });
+  // The configured stores (one file store `file` in <data dir>/images without configuration):
+  // a store that cannot be used stops the start before the database is opened.
+  const stores = new StoreSet(cfg.stores.map((spec) => buildStore(spec, { dataDir: cfg.dataDir })), cfg.defaultStore);
+  await stores.init();
   const db = await openDatabase(cfg.databaseUrl, cfg.dataDir);
   const identity = new Identity(db, {
     tokenTtlSeconds: cfg.tokenTtlSeconds, region: cfg.region,
@@ -90,8 +98,6 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
     url: cfg.keystoneUrl, username: cfg.keystoneUser, password: cfg.keystonePassword ?? '', project: cfg.keystoneProject,
   }) : null;
   const { generatedPassword } = external ? { generatedPassword: undefined } : await identity.bootstrap(cfg.adminPassword);
-  const store = new FileStore(join(cfg.dataDir, 'images'));
-  await store.init();
 
   const registry = new Registry();
   collectDefaultMetrics({ register: registry });
@@ -231,21 +237,32 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
   const node = `${hostname()}:${cfg.dataDir}`;
   const repo = new ImageRepo(db);
   const stagingDir = join(cfg.dataDir, 'staging');
-  const images = new ImageService(repo, store, policy, { projectImageQuota: cfg.projectImageQuota, stagingDir }, log);
-  const data = new ImageDataService(images, repo, store, {
+  const images = new ImageService(repo, stores, policy, { projectImageQuota: cfg.projectImageQuota, stagingDir, showMultipleLocations: cfg.showMultipleLocations }, log);
+  const data = new ImageDataService(images, repo, stores, {
     imageSizeCap: cfg.imageSizeCap, projectStorageQuota: cfg.projectStorageQuota, stagingDir, node, downloadUrls: await DownloadUrls.open(db),
   }, log);
+  // Locations written before they were URLs are bare file names of the file store `file`.
+  const legacy = stores.get('file');
+  if (legacy instanceof FileStore) {
+    const upgraded = await repo.upgradeBareLocations(legacy.id, (key) => legacy.locationOf(key));
+    if (upgraded) log.info('store locations upgraded to URLs', { store: legacy.id, count: upgraded });
+  }
   await data.recover();
 
   await app.register(async (scope) => {
     acceptJson(scope);
-    discoveryRoutes(scope, { db, metrics: registry, webDir, auth, storeId: store.id });
+    const storeInfo = new StoreInfo(stores, policy);
+    discoveryRoutes(scope, { db, metrics: registry, webDir, auth });
     schemaRoutes(scope, { auth });
-    imageRoutes(scope, { auth, images, storeId: store.id, limitMax: cfg.limitMax, limitDefault: cfg.limitDefault });
-    imageDataRoutes(scope, { auth, data, store });
+    imageRoutes(scope, {
+      auth, images, storeIds: storeInfo.ids(), limitMax: cfg.limitMax, limitDefault: cfg.limitDefault,
+      showImageDirectUrl: cfg.showImageDirectUrl, showMultipleLocations: cfg.showMultipleLocations,
+    });
+    imageDataRoutes(scope, { auth, data, storeIds: storeInfo.ids() });
     tagRoutes(scope, { auth, images });
     memberRoutes(scope, { auth, images });
-    extensionRoutes(scope, { auth, images, data, store });
+    extensionRoutes(scope, { auth, images, data });
+    storeRoutes(scope, { auth, images, stores: storeInfo });
   });
   if (!external) {
     await app.register(async (scope) => {
@@ -287,6 +304,7 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
       await Promise.allSettled([...data.inFlight]);
       await stopped;
       await identity.close();
+      await stores.close();
       await db.close();
     })(),
   };
