@@ -1,7 +1,7 @@
 /**
  * Loader for the librbd addon (native/rbd.c, built by build.mjs against Debian's librbd-dev).
- * `librbd` is null when the addon could not be built or loaded (`librbdLoadError` says why);
- * the RBD store then refuses to start with that reason.
+ * `loadLibrbd()` gives null when the addon could not be built or loaded, and why; the RBD store
+ * then refuses to start with that reason.
  *
  * Every call that reaches the cluster runs on a libuv worker thread and returns a promise; a
  * failure rejects with an Error whose `code` is the errno name (ENOENT, EBUSY, EACCES,
@@ -74,7 +74,13 @@ function load(): { librbd: Librbd | null; loadError?: string } {
   }
 }
 
-const loaded = load();
-export const librbd: Librbd | null = loaded.librbd;
-/** Why the addon is unavailable. */
-export const librbdLoadError: string | undefined = loaded.loadError;
+let loaded: { librbd: Librbd | null; loadError?: string } | undefined;
+
+/**
+ * The addon, loaded on first use (librbd and librados are large libraries: a service that has
+ * no RBD store does not load them); `error` says why it is unavailable.
+ */
+export function loadLibrbd(): { librbd: Librbd | null; error?: string } {
+  loaded ??= load();
+  return { librbd: loaded.librbd, error: loaded.loadError };
+}

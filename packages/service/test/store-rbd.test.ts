@@ -11,11 +11,32 @@ import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { runOk, tempDir } from '@diskhub/testkit';
 import { StoreError, type Store } from '../src/stores/store.js';
-import { RbdStore, rbdStoreOptions } from '../src/stores/rbd/rbd-store.js';
+import { RbdStore } from '../src/stores/rbd/rbd-store.js';
+import { rbdStoreOptions } from '../src/stores/rbd/factory.js';
+import { buildStore, StoreConfigError } from '../src/stores/registry.js';
+import '../src/stores/builtin.js';
+import { storeContractTests } from './store-contract.js';
 import { parseRbdLocation, formatRbdLocation } from '../src/stores/rbd/location.js';
 import { ceph, glanceStore, rbdCli, rbdExport, type CephCluster } from './ceph.js';
 
 const MiB = 1 << 20;
+
+// The contract every store passes; the images it commits are deleted after each test (the
+// pool outlives the test run, unlike a file store's temporary directory).
+storeContractTests('rbd', (t) => {
+  const c = ceph(t);
+  if (!c) return null;
+  const store = glanceStore(c);
+  const committed: string[] = [];
+  const begin = store.begin.bind(store);
+  store.begin = async (tempKey, sizeHint) => {
+    const writer = await begin(tempKey, sizeHint);
+    const commit = writer.commit.bind(writer);
+    return Object.assign(writer, { commit: async (id: string) => { const l = await commit(id); committed.push(l); return l; } });
+  };
+  t.after(async () => { for (const l of committed) await store.delete(l); });
+  return store;
+});
 
 /** Writes `data` as the image service does: 1 MiB batches of uneven chunks, one call in flight. */
 async function upload(store: Store, imageId: string, data: Buffer, sizeHint?: number) {
@@ -266,8 +287,22 @@ test('locations: Glance\'s forms parsed and written; foreign ones not owned', as
   assert.equal(store.owns(`rbd://${c.fsid}/${c.pool}/x/snap`), true);
   assert.equal(store.owns('rbd://00000000-0000-0000-0000-000000000000/images/x/snap'), false, 'another cluster');
   await assert.rejects(store.read('rbd://00000000-0000-0000-0000-000000000000/images/x/snap', 0, 1), (e: unknown) => e instanceof StoreError && e.kind === 'not-found');
-  assert.deepEqual(rbdStoreOptions('ceph', { rbd_store_pool: 'p', rbd_store_user: 'glance', rbd_store_ceph_conf: '/etc/ceph/ceph.conf', rbd_store_chunk_size: '4', rados_connect_timeout: '5', rbd_thin_provisioning: 'False' }),
-    { id: 'ceph', description: undefined, pool: 'p', user: 'glance', confFile: '/etc/ceph/ceph.conf', keyring: undefined, chunkSizeMiB: 4, connectTimeout: 5, thinProvisioning: false });
-  assert.throws(() => rbdStoreOptions('ceph', { rbd_store_chunk_size: 'big' }), /rbd_store_chunk_size must be an integer/);
   assert.throws(() => new RbdStore({ chunkSizeMiB: 128 }), /rbd_store_chunk_size must be 1 to 64/);
+});
+
+test('configuration: Glance\'s option names through the store registry', () => {
+  assert.deepEqual(rbdStoreOptions({ id: 'ceph', type: 'rbd', rbd_store_pool: 'p', rbd_store_user: 'glance', rbd_store_ceph_conf: '/etc/ceph/ceph.conf', rbd_store_chunk_size: '4', rados_connect_timeout: -1, rbd_thin_provisioning: 'False' }),
+    { id: 'ceph', description: undefined, pool: 'p', user: 'glance', confFile: '/etc/ceph/ceph.conf', keyring: undefined, chunkSizeMiB: 4, connectTimeout: undefined, thinProvisioning: false });
+  const store = buildStore({ id: 'ceph', type: 'rbd', rbd_store_pool: 'images', rbd_store_chunk_size: 16, rbd_thin_provisioning: true }, { dataDir: '/nonexistent' });
+  assert.ok(store instanceof RbdStore);
+  assert.equal(store.type, 'rbd');
+  assert.deepEqual(store.detail(), { pool: 'images', user: null, ceph_conf: null, fsid: null, chunk_size: 16, thin_provisioning: true });
+  for (const [spec, message] of [
+    [{ rbd_store_chunk_size: 'big' }, /rbd_store_chunk_size must be an integer/],
+    [{ rbd_store_chunk_size: 128 }, /rbd_store_chunk_size must be 1 to 64/],
+    [{ rbd_thin_provisioning: 'maybe' }, /rbd_thin_provisioning must be true or false/],
+    [{ rbd_store_pol: 'images' }, /unknown option 'rbd_store_pol'/],
+  ] as const) {
+    assert.throws(() => buildStore({ id: 'ceph', type: 'rbd', ...spec }, { dataDir: '/nonexistent' }), (e: unknown) => e instanceof StoreConfigError && message.test(e.message));
+  }
 });

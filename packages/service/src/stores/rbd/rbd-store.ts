@@ -16,8 +16,11 @@
  */
 import { randomBytes } from 'node:crypto';
 import type { Writable } from 'node:stream';
-import { librbd, librbdLoadError, type Cluster, type Image, type Librbd, type Pool, type RbdError } from '@diskhub/rbd';
+import { loadLibrbd, type Cluster, type Image, type Librbd, type Pool, type RbdError } from '@diskhub/rbd';
 import { StoreError, type Store, type StoreType, type StoreWriter } from '../store.js';
+import { drained } from '../drained.js';
+// Zero blocks left unwritten: the service's write unit, as the file store leaves holes.
+import { ZERO_BLOCK } from '../file/sparse-writes.js';
 import { formatRbdLocation, parseRbdLocation, type RbdLocation } from './location.js';
 
 export interface RbdStoreOptions {
@@ -46,38 +49,13 @@ export interface RbdStoreOptions {
   thinProvisioning?: boolean;
 }
 
-/** The image options as Glance's configuration names them (a backend's section of glance-api.conf). */
-export function rbdStoreOptions(id: string, conf: Record<string, string | undefined>): RbdStoreOptions {
-  const int = (key: string): number | undefined => {
-    const v = conf[key];
-    if (v === undefined || v === '') return undefined;
-    const n = Number(v);
-    if (!Number.isInteger(n)) throw new StoreError(`rbd store '${id}': ${key} must be an integer, not '${v}'`);
-    return n;
-  };
-  const thin = conf['rbd_thin_provisioning'];
-  if (thin !== undefined && !/^(true|false)$/i.test(thin)) throw new StoreError(`rbd store '${id}': rbd_thin_provisioning must be true or false, not '${thin}'`);
-  return {
-    id,
-    description: conf['store_description'],
-    pool: conf['rbd_store_pool'],
-    user: conf['rbd_store_user'],
-    confFile: conf['rbd_store_ceph_conf'],
-    keyring: conf['rbd_store_keyring'],
-    chunkSizeMiB: int('rbd_store_chunk_size'),
-    connectTimeout: int('rados_connect_timeout'),
-    thinProvisioning: thin === undefined ? undefined : /^true$/i.test(thin),
-  };
-}
-
 const TEMP_PREFIX = 'diskhub-partial-';
 /** Glance's snapshot name (glance_store DEFAULT_SNAPNAME), which Nova and Cinder clone. */
 const SNAPSHOT = 'snap';
-/** Zero blocks left unwritten: the service's write unit (whole 64 KiB blocks, 1 MiB batches). */
-const ZERO_BLOCK = 64 * 1024;
 /** A download reads this much per request, with SEND_DEPTH requests in flight. */
 const SEND_CHUNK = 4 << 20;
 const SEND_DEPTH = 3;
+const SEND_SLICE = 1 << 20;
 /** Images kept open for ranged reads (a snapshot never changes, so a handle stays valid). */
 const OPEN_FOR_READ = 16;
 
@@ -104,8 +82,11 @@ export class RbdStore implements Store {
   private fsid = '';
   private readonly pools = new Map<string, Promise<Pool>>();
   private readonly readHandles = new Map<string, ReadHandle>();
-  /** Images open for writing (closed by close(): librbd must not outlive its cluster handle). */
-  private readonly writing = new Set<Image>();
+  /**
+   * Images open for writing, by temporary key: close() closes them (librbd's images must not
+   * outlive their cluster handle), and sweep closes one the database no longer lists as live.
+   */
+  private readonly writing = new Map<string, Image>();
 
   constructor(opts: RbdStoreOptions = {}) {
     this.id = opts.id ?? 'rbd';
@@ -130,7 +111,8 @@ export class RbdStore implements Store {
 
   async init(): Promise<void> {
     if (this.cluster) return;
-    if (!librbd) throw new StoreError(`rbd store '${this.id}': librbd is not available (${librbdLoadError ?? 'unknown reason'})`, 'unavailable');
+    const { librbd, error } = loadLibrbd();
+    if (!librbd) throw new StoreError(`rbd store '${this.id}': librbd is not available (${error ?? 'unknown reason'})`, 'unavailable');
     this.rbd = librbd;
     const connecting = librbd.connect(this.confFile, this.user, this.keyring, this.timeout);
     // librados honours the timeouts it was given; this is the guard should it ever not.
@@ -184,23 +166,30 @@ export class RbdStore implements Store {
       await rbd.remove(pool, tempKey).catch(() => {});
       throw this.error(e, `cannot open image ${this.pool}/${tempKey}`);
     }
-    this.writing.add(image);
+    this.writing.set(tempKey, image);
     let length = 0;
     let open = true;
     /** commit or discard was called: no more writes. */
     let finished = false;
     let committed = false;
     let discarded = false;
+    /** The image handle is gone once sweep closed it: no call may use it after that. */
+    const swept = () => {
+      if (this.writing.get(tempKey) !== image) throw new StoreError(`rbd store '${this.id}': the write of ${tempKey} was abandoned (swept or the store closed)`);
+    };
     const closeImage = async () => {
-      if (!open || !this.writing.has(image)) return;
+      if (!open) return;
       open = false;
-      this.writing.delete(image);
+      // sweep may have closed it already
+      if (this.writing.get(tempKey) !== image) return;
+      this.writing.delete(tempKey);
       await rbd.close(image);
     };
     return {
       tempKey,
       write: async (chunks: Buffer[]) => {
         if (finished) throw new StoreError(`rbd store '${this.id}': write after commit or discard`);
+        swept();
         let bytes = 0;
         for (const c of chunks) bytes += c.length;
         const end = length + bytes;
@@ -219,6 +208,7 @@ export class RbdStore implements Store {
       commit: async (imageId: string) => {
         if (finished) throw new StoreError(`rbd store '${this.id}': commit after commit or discard`);
         if (!validName(imageId) || imageId.startsWith(TEMP_PREFIX)) throw new StoreError(`rbd store '${this.id}': bad image name '${imageId}'`);
+        swept();
         finished = true;
         try {
           await rbd.drain(image);
@@ -289,8 +279,12 @@ export class RbdStore implements Store {
           const got = await reading.shift()!;
           if (!got || failure !== null || out.destroyed) continue;
           if (got.bytes === 0) { pos = end; continue; }
-          const { buf } = got;
-          if (!out.write(buf.subarray(0, got.bytes), () => free.push(buf))) await drained(out);
+          // Handed to the socket a MiB at a time, so a client that leaves stops it within one.
+          const { buf, bytes } = got;
+          for (let at = 0; at < bytes && !out.destroyed; at += SEND_SLICE) {
+            const last = at + SEND_SLICE >= bytes;
+            if (!out.write(buf.subarray(at, Math.min(bytes, at + SEND_SLICE)), last ? () => free.push(buf) : undefined)) await drained(out);
+          }
         }
       } finally {
         await Promise.all(reading);
@@ -322,6 +316,13 @@ export class RbdStore implements Store {
     const removed: string[] = [];
     for (const name of names) {
       if (!name.startsWith(TEMP_PREFIX) || live.has(name)) continue;
+      // A write of this process that the database does not list is abandoned: its image closes
+      // (its writer's next call fails), or the open image would keep it from being removed.
+      const abandoned = this.writing.get(name);
+      if (abandoned) {
+        this.writing.delete(name);
+        await rbd.close(abandoned).catch(() => {});
+      }
       try {
         await this.removeImage(this.pool, name, SNAPSHOT);
         removed.push(name);
@@ -356,7 +357,7 @@ export class RbdStore implements Store {
     const cluster = this.cluster;
     if (!rbd || !cluster) return;
     this.cluster = null;
-    const writing = [...this.writing];
+    const writing = [...this.writing.values()];
     this.writing.clear();
     await Promise.all(writing.map((i) => rbd.close(i).catch(() => {})));
     const handles = [...this.readHandles.values()];
@@ -533,14 +534,4 @@ export class RbdImageBusy extends StoreError {}
 /** An RBD image name librbd accepts: no '/', '@' or NUL, and not empty. */
 function validName(name: string): boolean {
   return name.length > 0 && name.length < 256 && !/[/@\0]/.test(name);
-}
-
-/** Resolves when `out` wants more data, or is closed. */
-function drained(out: Writable): Promise<void> {
-  return new Promise((resolve) => {
-    if (out.destroyed) { resolve(); return; }
-    const done = () => { out.off('drain', done); out.off('close', done); resolve(); };
-    out.on('drain', done);
-    out.on('close', done);
-  });
 }
