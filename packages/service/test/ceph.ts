@@ -7,7 +7,7 @@ import { execFile } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { promisify } from 'node:util';
 import type { TestContext } from 'node:test';
-import { runOk } from '@diskhub/testkit';
+import { run, runOk } from '@diskhub/testkit';
 import { RbdStore, type RbdStoreOptions } from '../src/stores/rbd/rbd-store.js';
 
 export interface CephCluster {
@@ -66,4 +66,16 @@ export function rbdCli(c: CephCluster, args: string[], as: 'glance' | 'admin' = 
 export async function rbdExport(c: CephCluster, spec: string, as: 'glance' | 'admin' = 'glance'): Promise<Buffer> {
   const { stdout } = await execFileP('rbd', ['--conf', c.conf, '--id', as, '--keyring', as === 'admin' ? c.adminKeyring : c.glanceKeyring, 'export', '--no-progress', spec, '-'], { encoding: 'buffer', maxBuffer: 1 << 30, timeout: 60_000 });
   return stdout;
+}
+
+/** Removes `pool/name` and its snapshots with the rbd CLI as the admin, if it exists (clean-up after a failed test). */
+export async function removeImageWithCli(c: CephCluster, spec: string): Promise<void> {
+  const admin = ['--conf', c.conf, '--id', 'admin', '--keyring', c.adminKeyring];
+  const info = await run('rbd', [...admin, 'snap', 'ls', '--format', 'json', spec]);
+  if (info.code !== 0) return; // gone
+  for (const snap of JSON.parse(info.stdout) as { name: string; protected?: string }[]) {
+    await run('rbd', [...admin, 'snap', 'unprotect', `${spec}@${snap.name}`]);
+  }
+  await runOk('rbd', [...admin, 'snap', 'purge', '--no-progress', spec]);
+  await runOk('rbd', [...admin, 'rm', '--no-progress', spec]);
 }

@@ -11,7 +11,7 @@ import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { needs, qemuImg, runOk, tempDir } from '@diskhub/testkit';
 import { osEnv, startTestService, token } from './helpers.js';
-import { ceph, rbdCli, rbdExport } from './ceph.js';
+import { ceph, rbdCli, rbdExport, removeImageWithCli } from './ceph.js';
 
 const os = (env: NodeJS.ProcessEnv, ...args: string[]) => runOk('openstack', args, { env });
 const osJson = async (env: NodeJS.ProcessEnv, ...args: string[]) => JSON.parse(await os(env, ...args, '-f', 'json'));
@@ -39,6 +39,7 @@ test('openstack client with the RBD store as the default: upload, download, Rang
   const bytes = await readFile(raw);
   const created = await osJson(env, 'image', 'create', '--file', raw, '--disk-format', 'raw', '--container-format', 'bare', 'on-ceph');
   const id = created.id as string;
+  t.after(() => removeImageWithCli(c, `${c.pool}/${id}`)); // should the test fail before the delete
 
   const shown = await osJson(env, 'image', 'show', id);
   assert.equal(shown.status, 'active');
