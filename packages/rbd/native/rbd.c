@@ -15,6 +15,7 @@
  *   snapCreate / snapProtect /         - the snapshot Glance's layering needs (Nova and Cinder
  *   snapUnprotect / snapRemove /         clone from a protected snapshot); children lists the
  *   children                             clones that keep a snapshot in use
+ *   watchers                           - how many clients have an image open for writing
  *
  * Errors reject with an Error whose `code` is the errno name (ENOENT, EBUSY, EACCES, ...),
  * `errno` the number, and whose message names the operation and strerror (never a key).
@@ -72,7 +73,7 @@ typedef struct {
 enum op {
   OP_CONNECT, OP_SHUTDOWN, OP_OPEN_POOL, OP_CREATE, OP_REMOVE, OP_RENAME, OP_LIST, OP_OPEN,
   OP_CLOSE, OP_RESIZE, OP_WRITE, OP_DRAIN, OP_READ, OP_SNAP_CREATE, OP_SNAP_PROTECT,
-  OP_SNAP_UNPROTECT, OP_SNAP_REMOVE, OP_CHILDREN,
+  OP_SNAP_UNPROTECT, OP_SNAP_REMOVE, OP_CHILDREN, OP_WATCHERS,
 };
 
 typedef struct {
@@ -365,6 +366,20 @@ static int do_children(job_t *j) {
   return j->names ? 0 : -ENOMEM;
 }
 
+/* The number of clients watching the image (a client that opened it read-write watches it). */
+static int do_watchers(job_t *j) {
+  size_t max = 8;
+  for (;;) {
+    rbd_image_watcher_t *w = calloc(max, sizeof *w);
+    if (!w) return -ENOMEM;
+    int r = rbd_watchers_list(j->im->image, w, &max);
+    if (r == -ERANGE) { free(w); continue; }
+    if (r == 0) { rbd_watchers_list_cleanup(w, max); j->got = (int64_t)max; }
+    free(w);
+    return r;
+  }
+}
+
 static void execute(napi_env env, void *data) {
   (void)env;
   job_t *j = data;
@@ -425,6 +440,7 @@ static void execute(napi_env env, void *data) {
     case OP_SNAP_UNPROTECT: r = rbd_snap_unprotect(j->im->image, j->s1); break;
     case OP_SNAP_REMOVE: r = rbd_snap_remove(j->im->image, j->s1); break;
     case OP_CHILDREN: r = do_children(j); break;
+    case OP_WATCHERS: r = do_watchers(j); break;
   }
   j->rc = r < 0 ? r : 0;
 }
@@ -451,7 +467,7 @@ static void complete(napi_env env, napi_status status, void *data) {
       case OP_CONNECT: case OP_OPEN_POOL: case OP_OPEN:
         napi_create_external(env, j->out, NULL, NULL, &result);
         break;
-      case OP_READ:
+      case OP_READ: case OP_WATCHERS:
         napi_create_double(env, (double)j->got, &result);
         break;
       case OP_LIST: case OP_CHILDREN:
@@ -633,6 +649,7 @@ static napi_value js_close(napi_env env, napi_callback_info info) { return image
 static napi_value js_drain(napi_env env, napi_callback_info info) { return image_job(env, info, OP_DRAIN, "writing the image"); }
 static napi_value js_resize(napi_env env, napi_callback_info info) { return image_job(env, info, OP_RESIZE, "resizing the image"); }
 static napi_value js_children(napi_env env, napi_callback_info info) { return image_job(env, info, OP_CHILDREN, "listing the snapshot's clones"); }
+static napi_value js_watchers(napi_env env, napi_callback_info info) { return image_job(env, info, OP_WATCHERS, "listing the image's watchers"); }
 static napi_value js_snap_create(napi_env env, napi_callback_info info) { return image_job(env, info, OP_SNAP_CREATE, "creating the snapshot"); }
 static napi_value js_snap_protect(napi_env env, napi_callback_info info) { return image_job(env, info, OP_SNAP_PROTECT, "protecting the snapshot"); }
 static napi_value js_snap_unprotect(napi_env env, napi_callback_info info) { return image_job(env, info, OP_SNAP_UNPROTECT, "unprotecting the snapshot"); }
@@ -732,6 +749,7 @@ NAPI_MODULE_INIT() {
     {"snapUnprotect", NULL, js_snap_unprotect, NULL, NULL, NULL, napi_default, NULL},
     {"snapRemove", NULL, js_snap_remove, NULL, NULL, NULL, napi_default, NULL},
     {"children", NULL, js_children, NULL, NULL, NULL, napi_default, NULL},
+    {"watchers", NULL, js_watchers, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof fns / sizeof fns[0], fns);
   return exports;

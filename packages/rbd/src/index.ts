@@ -55,6 +55,8 @@ export interface Librbd {
   snapRemove(image: Image, name: string): Promise<void>;
   /** The clones of the snapshot the image was opened at, as "pool/image". */
   children(image: Image): Promise<string[]>;
+  /** How many clients watch the image (have it open read-write), this handle included if it does. */
+  watchers(image: Image): Promise<number>;
 }
 
 /** The errors the addon rejects with. */

@@ -216,18 +216,19 @@ export class RbdStore implements Store {
           // Glance's order: the data, then the protected snapshot that clones are made from.
           await rbd.snapCreate(image, SNAPSHOT);
           await rbd.snapProtect(image, SNAPSHOT);
-          await closeImage();
         } catch (e) {
           throw this.error(e, `cannot finish image ${this.pool}/${tempKey}`);
         }
         try {
-          // The one step that makes the data visible under the image's name.
+          // The one step that makes the data visible under the image's name. The image is still
+          // open (watched) until then, so a sweep elsewhere leaves it alone.
           await rbd.rename(pool, tempKey, imageId);
         } catch (e) {
           const exists = (e as RbdError).code === 'EEXIST';
           throw this.error(e, exists ? `RBD image ${this.pool}/${imageId} already exists` : `cannot rename image ${this.pool}/${tempKey} to ${imageId}`);
         }
         committed = true;
+        await closeImage().catch(() => {});
         return formatRbdLocation(this.fsid, this.pool, imageId, SNAPSHOT);
       },
       discard: async () => {
@@ -323,12 +324,13 @@ export class RbdStore implements Store {
         this.writing.delete(name);
         await rbd.close(abandoned).catch(() => {});
       }
+      // Still open: by a writer elsewhere (whose snapshot must not be touched), or by a process
+      // that died less than the OSDs' watch timeout (30 s) ago. The next sweep removes it.
+      if (await this.inUse(pool, name)) continue;
       try {
         await this.removeImage(this.pool, name, SNAPSHOT);
         removed.push(name);
       } catch (e) {
-        // Still open: by a writer elsewhere, or by a process that died less than the OSDs' watch
-        // timeout (30 s) ago. The next sweep removes it.
         if (!(e instanceof RbdImageBusy)) throw e;
       }
     }
@@ -493,6 +495,26 @@ export class RbdStore implements Store {
       if (code === 'EBUSY') throw new RbdImageBusy(`rbd store '${this.id}': RBD image ${spec} is in use (open or mapped by another client); it was not deleted`);
       if (code === 'ENOTEMPTY') throw new StoreError(`RBD image ${spec} has snapshots other than ${snapshot ?? 'Glance\'s'}; it was not deleted`);
       throw this.error(e, `cannot remove image ${spec}`);
+    }
+  }
+
+  /** Whether another client has the image open for writing (a missing image is not in use). */
+  private async inUse(pool: Pool, name: string): Promise<boolean> {
+    const rbd = this.connected();
+    let image: Image;
+    try {
+      // read-only: this handle does not watch the image itself
+      image = await rbd.open(pool, name, '', true);
+    } catch (e) {
+      if ((e as RbdError).code === 'ENOENT') return false;
+      throw this.error(e, `cannot open image ${this.pool}/${name}`);
+    }
+    try {
+      return (await rbd.watchers(image)) > 0;
+    } catch (e) {
+      throw this.error(e, `cannot list the watchers of image ${this.pool}/${name}`);
+    } finally {
+      await rbd.close(image).catch(() => {});
     }
   }
 
