@@ -9,7 +9,7 @@
  *   open / close / size / resize       - one image (or one of its snapshots, read-only)
  *   write / drain                      - streaming writes: copied, zero blocks skipped (thin
  *                                        provisioning), gathered into object-sized writes sent
- *                                        with rbd_aio_write, several in flight; drain sends the
+ *                                        with rbd_aio_write2, several in flight; drain sends the
  *                                        rest, waits for them and reports the first error
  *   read                               - bytes of a range (rbd_read2)
  *   snapCreate / snapProtect /         - the snapshot Glance's layering needs (Nova and Cinder
@@ -33,9 +33,9 @@
 #include <rados/librados.h>
 #include <rbd/librbd.h>
 
-/* Bytes of writes a single image keeps in flight before write() waits (rbd import keeps
- * rbd_concurrent_management_ops = 10 objects in flight; 64 MiB covers that at 4-8 MiB objects). */
-#define MAX_IN_FLIGHT (64u << 20)
+/* Object-sized writes a single image keeps in flight before write() waits: as many as rbd import
+ * keeps (rbd_concurrent_management_ops, 10 by default). */
+#define WRITES_IN_FLIGHT 10
 
 enum kind { CLUSTER = 0x52424331, POOL = 0x52424332, IMAGE = 0x52424333 };
 
@@ -158,7 +158,7 @@ static void write_done(rbd_completion_t c, void *arg) {
 }
 
 /* Sends the image's pending bytes as one aio write (the buffer passes to the completion),
- * first waiting while MAX_IN_FLIGHT bytes are already on their way. */
+ * first waiting while WRITES_IN_FLIGHT objects' worth of bytes are on their way. */
 static int flush_pending(image_t *im) {
   if (im->pending_len == 0) return 0;
   size_t len = im->pending_len;
@@ -167,7 +167,7 @@ static int flush_pending(image_t *im) {
   im->pending = NULL;
   im->pending_len = 0;
   pthread_mutex_lock(&im->lock);
-  while (im->in_flight > 0 && im->in_flight + len > MAX_IN_FLIGHT && im->first_error == 0)
+  while (im->in_flight > 0 && im->in_flight + len > WRITES_IN_FLIGHT * im->object_size && im->first_error == 0)
     pthread_cond_wait(&im->changed, &im->lock);
   int err = im->first_error;
   if (err == 0) im->in_flight += len;
@@ -182,7 +182,8 @@ static int flush_pending(image_t *im) {
     w->len = len;
     r = rbd_aio_create_completion(w, write_done, &c);
     if (r == 0) {
-      r = rbd_aio_write(im->image, at, len, data, c);
+      /* NOCACHE as rbd import writes: image data written once is not worth the OSD's cache */
+      r = rbd_aio_write2(im->image, at, len, data, c, LIBRADOS_OP_FLAG_FADVISE_NOCACHE);
       if (r >= 0) return 0;
       rbd_aio_release(c);
     }
@@ -316,6 +317,9 @@ static int do_connect(job_t *j) {
   if (r == 0 && j->s3 && j->s3[0]) { j->what = "setting the keyring"; r = rados_conf_set(cl->cluster, "keyring", j->s3); }
   /* The library's own log goes nowhere: errors reach the caller as return codes. */
   if (r == 0) r = rados_conf_set(cl->cluster, "log_to_stderr", "false");
+  /* librbd may send a write's buffer as it is instead of copying it first: each buffer here
+   * belongs to its aio write until the completion frees it. */
+  if (r == 0) r = rados_conf_set(cl->cluster, "rbd_disable_zero_copy_writes", "false");
   if (r == 0) r = set_timeouts(cl->cluster, j->timeout);
   if (r == 0) { j->what = "connecting to the Ceph cluster"; r = rados_connect(cl->cluster); }
   if (r == 0) { j->what = "reading the cluster's fsid"; r = rados_cluster_fsid(cl->cluster, cl->fsid, sizeof cl->fsid); if (r > 0) r = 0; }
@@ -435,7 +439,11 @@ static void execute(napi_env env, void *data) {
       if (got < 0) r = (int)got; else j->got = got;
       break;
     }
-    case OP_SNAP_CREATE: r = rbd_snap_create(j->im->image, j->s1); break;
+    case OP_SNAP_CREATE:
+      /* No quiesce round (asking the image's other watchers, such as rbd-nbd, to pause I/O):
+       * the store is the only writer, and has drained its writes. */
+      r = rbd_snap_create2(j->im->image, j->s1, RBD_SNAP_CREATE_SKIP_QUIESCE, NULL, NULL);
+      break;
     case OP_SNAP_PROTECT: r = rbd_snap_protect(j->im->image, j->s1); break;
     case OP_SNAP_UNPROTECT: r = rbd_snap_unprotect(j->im->image, j->s1); break;
     case OP_SNAP_REMOVE: r = rbd_snap_remove(j->im->image, j->s1); break;
