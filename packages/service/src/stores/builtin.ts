@@ -4,5 +4,7 @@
  */
 import { register } from './registry.js';
 import { fileStoreFactory } from './file/factory.js';
+import { rbdStoreFactory } from './rbd/factory.js';
 
 register('file', fileStoreFactory);
+register('rbd', rbdStoreFactory);

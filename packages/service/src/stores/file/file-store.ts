@@ -12,6 +12,7 @@ import { randomBytes } from 'node:crypto';
 import type { Writable } from 'node:stream';
 import { FileSource, pageAlignedBytes, type HostExtent } from '@diskhub/disk';
 import { StoreError, type Store, type StoreType, type StoreWriter } from '../store.js';
+import { drained } from '../drained.js';
 import { ZERO_BLOCK, dataRuns, dropBytes } from './sparse-writes.js';
 
 const TEMP_PREFIX = '.partial-';
@@ -244,13 +245,3 @@ export class FileStore implements Store {
 
 const SEND_CHUNK = 1 << 20;
 const SEND_BUFFERS = 4;
-
-/** Resolves when `out` wants more data, or is closed. */
-function drained(out: Writable): Promise<void> {
-  return new Promise((resolve) => {
-    if (out.destroyed) { resolve(); return; }
-    const done = () => { out.off('drain', done); out.off('close', done); resolve(); };
-    out.on('drain', done);
-    out.on('close', done);
-  });
-}
