@@ -85,7 +85,7 @@ export class SwiftConnection {
 
   private async tempauth(): Promise<void> {
     const o = this.opts;
-    const r = await this.raw('GET', o.authAddress, { 'X-Auth-User': o.user, 'X-Auth-Key': o.key }, null, 'authentication');
+    const r = await this.raw('GET', o.authAddress, { 'X-Auth-User': o.user, 'X-Auth-Key': o.key }, null, `Swift authentication at ${o.authAddress}`);
     if (r.status === 401 || r.status === 403) throw new StoreError(`Swift authentication at ${o.authAddress} refused user ${o.user} (${r.status}): check the user and key`, 'failed');
     if (r.status >= 300) throw statusError(`Swift authentication at ${o.authAddress}`, r.status);
     const storage = header(r.headers, 'x-storage-url');
@@ -113,7 +113,7 @@ export class SwiftConnection {
         scope: { project: { name: project, domain: { id: o.projectDomainId ?? 'default' } } },
       },
     });
-    const r = await this.raw('POST', url, { 'Content-Type': 'application/json', Accept: 'application/json' }, Buffer.from(body), 'authentication');
+    const r = await this.raw('POST', url, { 'Content-Type': 'application/json', Accept: 'application/json' }, Buffer.from(body), `Keystone authentication at ${o.authAddress}`);
     if (r.status === 401 || r.status === 403) throw new StoreError(`Keystone at ${o.authAddress} refused user ${user} in project ${project} (${r.status}): check the user, key and project`, 'failed');
     if (r.status !== 201 && r.status !== 200) throw statusError(`Keystone authentication at ${o.authAddress}`, r.status);
     const token = header(r.headers, 'x-subject-token');
@@ -195,7 +195,7 @@ export class SwiftConnection {
     const secure = u.protocol === 'https:';
     const agent = secure ? (this.opts.insecure ? insecureAgent : httpsAgent) : httpAgent;
     const req = (secure ? https : http).request(u, { method, headers, agent, timeout: this.opts.timeoutMs });
-    req.on('timeout', () => req.destroy(Object.assign(new Error(`${what}: no answer within ${this.opts.timeoutMs} ms`), { code: 'ETIMEDOUT' })));
+    req.on('timeout', () => req.destroy(Object.assign(new Error(`no answer within ${this.opts.timeoutMs} ms`), { code: 'ETIMEDOUT' })));
     return req;
   }
 
@@ -286,7 +286,7 @@ function responseOf(req: ClientRequest, what: string): Promise<IncomingMessage> 
   return new Promise((resolve, reject) => {
     req.once('response', resolve);
     req.once('error', (e: NodeJS.ErrnoException) => {
-      reject(Object.assign(new StoreError(`${what}: ${e.code === 'ETIMEDOUT' ? e.message : `cannot reach Swift (${e.code ?? e.message})`}`, 'unavailable'), { code: e.code }));
+      reject(Object.assign(new StoreError(`${what}: ${e.code === 'ETIMEDOUT' ? e.message : `cannot reach the server (${e.code ?? e.message})`}`, 'unavailable'), { code: e.code }));
     });
   });
 }
