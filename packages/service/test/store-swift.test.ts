@@ -13,9 +13,9 @@ import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { tempDir } from '@diskhub/testkit';
-import { StoreError, type Store } from '../src/stores/store.js';
+import { StoreError } from '../src/stores/store.js';
 import { SwiftStore, type SwiftStoreOptions } from '../src/stores/swift/swift-store.js';
-import { needSwift, freshName, swiftCli, swiftCliList, swiftList, swiftStat, swiftHead, swiftDrop, expireSwiftTokens, SWIFT_AUTH, SWIFT_USER, SWIFT_KEY } from './swift-peer.js';
+import { needSwift, freshName, swiftCli, swiftCliList, swiftList, swiftStat, swiftHead, swiftDrop, expireSwiftTokens, SWIFT_AUTH, SWIFT_USER, SWIFT_KEY, writeImage } from './swift-peer.js';
 
 const MiB = 1 << 20;
 
@@ -32,15 +32,6 @@ async function swiftStore(t: TestContext, options: Partial<SwiftStoreOptions> = 
   return store;
 }
 
-/** Write `data` in 1 MiB calls of uneven chunks, as the service does; returns the writer. */
-async function write(store: Store, imageId: string, data: Buffer, sizeHint?: number) {
-  const writer = await store.begin(store.newTempKey(imageId), sizeHint);
-  for (let at = 0; at < data.length; at += MiB) {
-    const batch = data.subarray(at, Math.min(data.length, at + MiB));
-    await writer.write([batch.subarray(0, 100_000), batch.subarray(100_000)].filter((c) => c.length));
-  }
-  return writer;
-}
 
 const containerOf = (store: SwiftStore) => store.detail().container as string;
 
@@ -50,7 +41,7 @@ test('a large image is a static large object: segments in <container>_segments, 
   const container = containerOf(store);
   const id = randomUUID();
   const data = randomBytes(5 * MiB + 12345);
-  const writer = await write(store, id, data);
+  const writer = await writeImage(store, id, data);
   const location = await writer.commit(id);
   assert.equal(location, `swift+config://swift-test/${container}/${id}`);
 
@@ -76,12 +67,12 @@ test('a known size below swift_store_large_object_size is one plain object; at o
   const container = containerOf(store);
   const small = randomUUID();
   const smallData = randomBytes(2 * MiB - 1);
-  await (await write(store, small, smallData, smallData.length)).commit(small);
+  await (await writeImage(store, small, smallData, smallData.length)).commit(small);
   const smallStat = await swiftHead(container, small);
   assert.equal(smallStat.get('x-static-large-object'), null);
   assert.equal(smallStat.get('etag'), createHash('md5').update(smallData).digest('hex'));
   const large = randomUUID();
-  await (await write(store, large, randomBytes(2 * MiB), 2 * MiB)).commit(large);
+  await (await writeImage(store, large, randomBytes(2 * MiB), 2 * MiB)).commit(large);
   assert.equal((await swiftHead(container, large)).get('x-static-large-object'), 'True');
   assert.equal((await swiftList(`${container}_segments`)).length, 2);
 });
@@ -91,14 +82,14 @@ test('discard and a failed commit leave no object, no segment and no marker', as
   if (!store) return;
   const container = containerOf(store);
   const id = randomUUID();
-  const writer = await write(store, id, randomBytes(3 * MiB + 5));
+  const writer = await writeImage(store, id, randomBytes(3 * MiB + 5));
   assert.ok((await swiftList(`${container}_segments`)).length >= 3, 'segments and the marker exist while writing');
   await writer.discard();
   assert.deepEqual(await swiftList(`${container}_segments`), []);
   assert.deepEqual(await swiftList(container), []);
 
   // The commit fails (the image's container vanished under it): what was written goes too.
-  const failing = await write(store, randomUUID(), randomBytes(2 * MiB + 1));
+  const failing = await writeImage(store, randomUUID(), randomBytes(2 * MiB + 1));
   await swiftDrop(container);
   await assert.rejects(failing.commit(failing.tempKey.split('.')[0]!), (e: unknown) => e instanceof StoreError && /404/.test(e.message));
   await failing.discard();
@@ -111,10 +102,10 @@ test('a crash mid-upload: sweep removes its segments and marker, keeps live uplo
   if (!store) return;
   const container = containerOf(store);
   const keptId = randomUUID();
-  const kept = await write(store, keptId, randomBytes(2 * MiB + 3));
+  const kept = await writeImage(store, keptId, randomBytes(2 * MiB + 3));
   const location = await kept.commit(keptId);
-  const crashed = await write(store, randomUUID(), randomBytes(2 * MiB + 3));
-  const live = await write(store, randomUUID(), randomBytes(MiB + 3));
+  const crashed = await writeImage(store, randomUUID(), randomBytes(2 * MiB + 3));
+  const live = await writeImage(store, randomUUID(), randomBytes(MiB + 3));
   // A second node's view after the crash: a fresh store on the same container.
   const other = new SwiftStore('swift-test', { authAddress: SWIFT_AUTH, authVersion: '1', user: SWIFT_USER, key: SWIFT_KEY, timeoutMs: 10_000, container });
   await other.init();
@@ -195,11 +186,11 @@ test('swift_store_multiple_containers_seed: images go to <container>_<first id c
   const ids = ['ab' + randomUUID().slice(2), 'cd' + randomUUID().slice(2)];
   t.after(() => swiftDrop(`${base}_ab`, `${base}_cd`, `${base}_ab_segments`, `${base}_cd_segments`));
   for (const id of ids) {
-    const location = await (await write(store, id, randomBytes(MiB + 1))).commit(id);
+    const location = await (await writeImage(store, id, randomBytes(MiB + 1))).commit(id);
     assert.equal(location, `swift+config://s/${base}_${id.slice(0, 2)}/${id}`);
     assert.deepEqual(await swiftList(`${base}_${id.slice(0, 2)}`), [id]);
   }
-  const crashed = await write(store, 'cd' + randomUUID().slice(2), randomBytes(MiB + 1));
+  const crashed = await writeImage(store, 'cd' + randomUUID().slice(2), randomBytes(MiB + 1));
   assert.deepEqual(await store.sweep(new Set()), [crashed.tempKey], 'sweep looks in every segments container');
   await crashed.discard();
 });
@@ -254,7 +245,7 @@ test('Keystone v3: password auth scoped to the project, the object-store endpoin
   } });
   const id = randomUUID();
   const data = randomBytes(100_000);
-  const location = await (await write(store, id, data, data.length)).commit(id);
+  const location = await (await writeImage(store, id, data, data.length)).commit(id);
   assert.deepEqual(await swiftList(container), [id], 'written to the real Swift of RegionTwo');
   assert.ok((await store.read(location, 0, data.length)).equals(data));
 

@@ -16,8 +16,6 @@
  * another key would cost a second upload.
  */
 import type { Readable, Writable } from 'node:stream';
-import http from 'node:http';
-import https from 'node:https';
 import {
   S3Client, HeadBucketCommand, CreateBucketCommand, PutObjectCommand, GetObjectCommand, HeadObjectCommand, DeleteObjectCommand,
   CreateMultipartUploadCommand, UploadPartCommand, CompleteMultipartUploadCommand, AbortMultipartUploadCommand, ListMultipartUploadsCommand,
@@ -91,9 +89,12 @@ export class S3Store implements Store {
       requestChecksumCalculation: 'WHEN_REQUIRED',
       responseChecksumValidation: 'WHEN_REQUIRED',
       requestHandler: new NodeHttpHandler({
-        connectionTimeout: timeout, requestTimeout: timeout,
-        httpAgent: new http.Agent({ keepAlive: true, maxSockets: 64 }),
-        httpsAgent: new https.Agent({ keepAlive: true, maxSockets: 64 }),
+        // requestTimeout: until the answer's headers (a part's upload included; without
+        // throwOnRequestTimeout the SDK only warns); socketTimeout: idle time while a body streams.
+        // The handler's own agents: given agents of ours, it sends a part's body without waiting
+        // for 100 Continue, and an early answer (NoSuchUpload) then breaks the body's write
+        // with an EPIPE that no one catches.
+        connectionTimeout: timeout, requestTimeout: timeout, throwOnRequestTimeout: true, socketTimeout: timeout,
       }),
     });
     this.description = `S3 bucket ${this.bucket} at ${this.endpoint.host}`;
