@@ -12,7 +12,10 @@ Runs the image service (Glance Image API v2 with a built-in Keystone v3 identity
 Environment: DISKHUB_DATA_DIR (./data), DISKHUB_PORT (9292), DISKHUB_BIND (127.0.0.1),
 DISKHUB_ADMIN_PASSWORD (generated and printed on first start when unset),
 DISKHUB_DATABASE_URL (sqlite:DATA_DIR/diskhub.sqlite; postgres://… or mysql://…),
-DISKHUB_PUBLIC_URL, DISKHUB_REGION, DISKHUB_LOG_LEVEL, DISKHUB_CONFIG (JSON config file).
+DISKHUB_PUBLIC_URL, DISKHUB_REGION, DISKHUB_LOG_LEVEL, DISKHUB_CONFIG (JSON config file),
+DISKHUB_STORES (image stores: id:type or id:file:PATH, comma-separated; default one file
+store 'file' in DATA_DIR/images), DISKHUB_DEFAULT_STORE, DISKHUB_SHOW_MULTIPLE_LOCATIONS,
+DISKHUB_SHOW_IMAGE_DIRECT_URL.
 `;
 
 export async function serveMain(argv: string[]): Promise<number> {
