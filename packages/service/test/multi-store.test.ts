@@ -11,7 +11,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { needs, run, runOk, tempDir } from '@diskhub/testkit';
+import { diskhubBin, needs, run, runOk, tempDir } from '@diskhub/testkit';
 import { ConfigError, jsonLogger, loadConfig, startService } from '../src/index.js';
 import { ADMIN_PASSWORD, addProjectUser, api, osEnv, token } from './helpers.js';
 import { memoryStores, registerMemoryStores, type MemoryStore } from './memory-store.js';
@@ -341,6 +341,10 @@ test('stores: configuration — DISKHUB_STORES, the default store, and what is r
     const c = loadConfig({ ...base, DISKHUB_STORES: stores, DISKHUB_PORT: '0', DISKHUB_ADMIN_PASSWORD: ADMIN_PASSWORD });
     await assert.rejects(startService(c, jsonLogger({ write: () => true }, 'silent')), message);
   }
+  // diskhub serve says so and exits 1.
+  const served = await run(process.execPath, [diskhubBin, 'serve', '--port', '0'], { env: { ...process.env, DISKHUB_DATA_DIR: dir, DISKHUB_STORES: 'x:nosuch', DISKHUB_ADMIN_PASSWORD: ADMIN_PASSWORD } });
+  assert.equal(served.code, 1);
+  assert.match(served.stderr, /diskhub serve: store 'x': unknown store type 'nosuch' \(known: file/);
 });
 
 /** `| key | value |` rows of a glance client table. */
