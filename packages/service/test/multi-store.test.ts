@@ -220,6 +220,29 @@ test('stores: the locations API (add, replace, remove) validates as Glance 25 do
   assert.match(refused.json.message, /You do not own this image/);
 });
 
+test('stores: a policy file can make removing locations admin-only (Glance\'s new default for delete_image_location); a patch may mix locations and properties', async (t) => {
+  const policyFile = join(await tempDir(t), 'policy.yaml');
+  await writeFile(policyFile, '"delete_image_location": "role:admin"\n');
+  const s = await start(t, { showMultipleLocations: true, policyFile });
+  await addProjectUser(s.url, s.adminToken, 'team', 'bob', 'bob-pw');
+  const bob = api(s.url, await token(s.url, 'bob', 'bob-pw', 'team'));
+  const id = await createImage(bob);
+  assert.equal((await bob('PUT', `/v2/images/${id}/file`, { raw: randomBytes(4000) })).status, 204);
+  s.mem.objects.set('b2', randomBytes(4000));
+  // Adding (set_image_location) stays the owner's; one patch adds a location and sets a property.
+  const mixed = await patch(bob, id, [{ op: 'add', path: '/locations/-', value: { url: 'memory://mem/b2', metadata: {} } }, { op: 'add', path: '/os_distro', value: 'debian' }]);
+  assert.equal(mixed.status, 200, mixed.text);
+  assert.equal(mixed.json.stores, 'fast,mem');
+  assert.equal(mixed.json.os_distro, 'debian');
+  const refused = await patch(bob, id, [{ op: 'remove', path: '/locations/1' }]);
+  assert.equal(refused.status, 403);
+  assert.match(refused.json.message, /You are not authorized to complete delete_image_location action\./);
+  assert.equal((await bob('DELETE', `/v2/stores/mem/${id}`)).status, 403);
+  assert.ok(s.mem.objects.has('b2'), 'nothing was deleted');
+  assert.equal((await patch(s.admin, id, [{ op: 'remove', path: '/locations/1' }])).status, 200);
+  assert.ok(!s.mem.objects.has('b2'));
+});
+
 test('stores: DELETE /v2/stores/{store}/{image} as Glance, and downloads fall through a store that is down', async (t) => {
   const s = await start(t, { showMultipleLocations: true });
   const data = randomBytes(150_000);
