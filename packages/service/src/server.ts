@@ -64,6 +64,11 @@ import { ImageRepo } from './repo/images.js';
 import { ImageService } from './domain/images.js';
 import { ImageDataService } from './domain/image-data.js';
 import { Policy, PolicyNotAuthorized, PolicyHidesImage } from './policy/index.js';
+import { TaskRepo } from './repo/tasks.js';
+import { TaskService } from './domain/tasks.js';
+import { IMPORT_TASK, ImportService } from './domain/import/index.js';
+import { importOptions, taskOptions } from './import-config.js';
+import { taskRoutes } from './routes/tasks.js';
 
 export interface Service {
   server: Server;
@@ -228,24 +233,33 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
     throw new HttpError(404, 'The resource could not be found.');
   });
 
-  const node = `${hostname()}:${cfg.dataDir}`;
+  const node = cfg.nodeId ?? `${hostname()}:${cfg.dataDir}`;
   const repo = new ImageRepo(db);
   const stagingDir = join(cfg.dataDir, 'staging');
   const images = new ImageService(repo, store, policy, { projectImageQuota: cfg.projectImageQuota, stagingDir }, log);
   const data = new ImageDataService(images, repo, store, {
     imageSizeCap: cfg.imageSizeCap, projectStorageQuota: cfg.projectStorageQuota, stagingDir, node, downloadUrls: await DownloadUrls.open(db),
   }, log);
+  const taskRepo = new TaskRepo(db);
+  const imports = new ImportService(images, repo, taskRepo, data, {
+    ...importOptions(cfg, stagingDir, store.id), imageQuota: cfg.projectImageQuota, storageQuota: cfg.projectStorageQuota,
+  }, log);
+  const tasks = new TaskService(taskRepo, policy, { [IMPORT_TASK]: imports }, taskOptions(cfg, node, (id) => store.newTempKey(id)), log);
+  imports.attach(tasks);
+  // (tasks first: it gives back the tasks this node held, whose upload rows recovery must not revert)
+  await tasks.start();
   await data.recover();
 
   await app.register(async (scope) => {
     acceptJson(scope);
-    discoveryRoutes(scope, { db, metrics: registry, webDir, auth, storeId: store.id });
+    discoveryRoutes(scope, { db, metrics: registry, webDir, auth, storeId: store.id, importMethods: imports.methods, usage: (a) => imports.usage(a) });
     schemaRoutes(scope, { auth });
-    imageRoutes(scope, { auth, images, storeId: store.id, limitMax: cfg.limitMax, limitDefault: cfg.limitDefault });
+    imageRoutes(scope, { auth, images, storeId: store.id, importMethods: imports.methods, limitMax: cfg.limitMax, limitDefault: cfg.limitDefault });
     imageDataRoutes(scope, { auth, data, store });
     tagRoutes(scope, { auth, images });
     memberRoutes(scope, { auth, images });
     extensionRoutes(scope, { auth, images, data, store });
+    taskRoutes(scope, { auth, tasks, imports, images, storeId: store.id, limitMax: cfg.limitMax, limitDefault: cfg.limitDefault });
   });
   if (!external) {
     await app.register(async (scope) => {
@@ -281,10 +295,12 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
       // connection is cut, and the upload cleans up as any interrupted upload does.
       let timer: NodeJS.Timeout | undefined;
       const grace = new Promise<void>((resolve) => { timer = setTimeout(resolve, cfg.shutdownGraceSeconds * 1000); });
-      await Promise.race([Promise.allSettled([...data.inFlight]), grace]);
+      const tasksStopped = tasks.stop(cfg.shutdownGraceSeconds * 1000);
+      await Promise.race([Promise.allSettled([...data.inFlight, tasksStopped]), grace]);
       clearTimeout(timer);
       server.closeAllConnections();
       await Promise.allSettled([...data.inFlight]);
+      await tasksStopped;
       await stopped;
       await identity.close();
       await db.close();

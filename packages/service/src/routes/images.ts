@@ -6,12 +6,13 @@ import type { FastifyInstance } from 'fastify';
 import { HttpError, PATCH_TYPES, badRequest, isObject, jsonBody, mediaTypeOf, replyEmpty, replyJson, searchParams, type Authenticate } from '../http.js';
 import { imageView } from '../images-model.js';
 import type { ImageChange, ImageService } from '../domain/images.js';
-import { IMPORT_METHODS } from '../domain/image-data.js';
 
 export interface ImageRouteDeps {
   auth: Authenticate;
   images: ImageService;
   storeId: string;
+  /** Glance's enabled_import_methods (the OpenStack-image-import-methods header). */
+  importMethods: string[];
   /** Largest page a list returns (Glance's api_limit_max) and the default page size. */
   limitMax: number;
   limitDefault: number;
@@ -19,7 +20,7 @@ export interface ImageRouteDeps {
 
 export function imageRoutes(app: FastifyInstance, deps: ImageRouteDeps): void {
   const { auth, images, storeId } = deps;
-  const importHeaders = { 'OpenStack-image-import-methods': IMPORT_METHODS.join(','), 'OpenStack-image-store-ids': storeId };
+  const importHeaders = { 'OpenStack-image-import-methods': deps.importMethods.join(','), 'OpenStack-image-store-ids': storeId };
   const unsupported = (type: string, headers?: Record<string, string>) =>
     new HttpError(415, `The request media type ${type || '(none)'} is not supported by this server.`, headers);
 
