@@ -108,6 +108,7 @@ export class TaskRepo {
    * (taken in the same transaction, so a sweep on another node never deletes it).
    */
   async claim(node: string, nowMs: number, leaseUntil: number, upload: (imageId: string) => string): Promise<TaskRecord | undefined> {
+    if (this.db.dialect === 'sqlite') return this.claimSqlite(node, nowMs, leaseUntil, upload);
     for (;;) {
       const outcome = await this.k.transaction().execute(async (tx): Promise<TaskRecord | 'raced' | undefined> => {
         let q = tx.selectFrom('tasks').selectAll()
@@ -131,6 +132,30 @@ export class TaskRepo {
       });
       if (outcome !== 'raced') return outcome;
     }
+  }
+
+  /**
+   * SQLite: the transaction's first statement is the claiming UPDATE (picking the row in a
+   * subquery), so it takes the write lock at once — a transaction that read first and then
+   * wrote would fail with SQLITE_BUSY when another process (a second node on the same file)
+   * wrote in between, whatever the busy timeout.
+   */
+  private claimSqlite(node: string, nowMs: number, leaseUntil: number, upload: (imageId: string) => string): Promise<TaskRecord | undefined> {
+    return this.k.transaction().execute(async (tx) => {
+      const runnable = tx.selectFrom('tasks').select('id')
+        .where('deleted', '=', 0).where('status', 'in', ['pending', 'processing'])
+        .where((eb) => eb.or([eb('lease_until', 'is', null), eb('lease_until', '<', nowMs)]))
+        .orderBy('created_at').orderBy('id').limit(1);
+      const row = await tx.updateTable('tasks').set((eb) => ({
+        status: 'processing', node, lease_until: leaseUntil, progress: 0, attempts: eb('attempts', '+', 1), updated_at: now(),
+      })).where('id', '=', runnable).returningAll().executeTakeFirst();
+      if (!row) return undefined;
+      if (row.image_id) {
+        await tx.deleteFrom('uploads').where('image_id', '=', row.image_id).execute();
+        await tx.insertInto('uploads').values({ image_id: row.image_id, node, temp_key: upload(row.image_id), started_at: now() }).execute();
+      }
+      return record(row);
+    });
   }
 
   /** Extend `node`'s lease and record progress; false when the node no longer holds it (it ran out and another node took the task). */
