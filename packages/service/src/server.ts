@@ -246,9 +246,11 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
   }, log);
   const tasks = new TaskService(taskRepo, policy, { [IMPORT_TASK]: imports }, taskOptions(cfg, node, (id) => store.newTempKey(id)), log);
   imports.attach(tasks);
-  // (tasks first: it gives back the tasks this node held, whose upload rows recovery must not revert)
-  await tasks.start();
+  // (tasks first: it gives back the tasks this node held, whose upload rows recovery must not
+  // revert; claiming starts after recovery, which would take a new claim's row for a dead one)
+  await tasks.recover();
   await data.recover();
+  tasks.start();
 
   await app.register(async (scope) => {
     acceptJson(scope);

@@ -1,6 +1,8 @@
 /** Test helpers: a real service on a free loopback port with a temporary data dir. */
 import type { TestContext } from 'node:test';
-import { tempDir } from '@diskhub/testkit';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createServer } from 'node:net';
+import { diskhubBin, tempDir } from '@diskhub/testkit';
 import { loadConfig, startService, jsonLogger, type Service } from '../src/index.js';
 
 export const ADMIN_PASSWORD = 'admin-secret';
@@ -68,4 +70,35 @@ export async function addProjectUser(url: string, adminToken: string, project: s
   const r = await a('PUT', `/identity/v3/projects/${p.json.project.id}/users/${u.json.user.id}/roles/${roles.json.roles[0].id}`);
   if (r.status !== 204) throw new Error(`role add: ${r.status} ${r.text}`);
   return { projectId: p.json.project.id, userId: u.json.user.id };
+}
+
+/** A free loopback port (for a service process, which is told its port). */
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.listen(0, '127.0.0.1', () => { const p = (s.address() as { port: number }).port; s.close(() => resolve(p)); });
+    s.on('error', reject);
+  });
+}
+
+/** A `diskhub serve` process. */
+export interface Proc { child: ChildProcess; url: string; stderr: () => string; exited: Promise<number | null> }
+
+/** Start `diskhub serve` on `dataDir` and `port` and wait for its health check. */
+export async function serve(dataDir: string, port: number, env: Record<string, string> = {}): Promise<Proc> {
+  const child = spawn(process.execPath, [diskhubBin, 'serve'], {
+    env: { ...process.env, DISKHUB_DATA_DIR: dataDir, DISKHUB_PORT: String(port), DISKHUB_LOG_LEVEL: 'warn', ...env },
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  let err = '';
+  child.stderr!.on('data', (d) => { err += d; });
+  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+  const url = `http://127.0.0.1:${port}`;
+  for (let i = 0; i < 200; i++) {
+    if (child.exitCode !== null) throw new Error(`diskhub serve exited: ${err}`);
+    if (await fetch(`${url}/healthcheck`).then((r) => r.ok, () => false)) return { child, url, stderr: () => err, exited };
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  child.kill('SIGKILL');
+  throw new Error(`diskhub serve did not start: ${err}`);
 }

@@ -152,10 +152,17 @@ export class TaskService {
 
   // --- the worker
 
-  /** Start claiming tasks: first give back what this node held when it last stopped (a crash, same node name). */
-  async start(): Promise<void> {
+  /**
+   * Give back what this node held when it last stopped (a crash, same node name), with their
+   * upload rows: before the image data's recovery, which would otherwise revert their images.
+   */
+  async recover(): Promise<void> {
     const released = await this.repo.releaseNode(this.opts.node);
     if (released.length) this.log.info('released tasks of an earlier run of this node', { tasks: released });
+  }
+
+  /** Start claiming tasks (after recovery: a claim writes an upload row recovery would take for a dead one). */
+  start(): void {
     this.stopped = false;
     this.timer = setInterval(() => this.kick(), this.opts.pollMs);
     this.timer.unref();
