@@ -1,5 +1,7 @@
 /** Test helpers: a real service on a free loopback port with a temporary data dir. */
 import type { TestContext } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createServer } from 'node:net';
 import { diskhubBin, tempDir } from '@diskhub/testkit';
@@ -101,4 +103,28 @@ export async function serve(dataDir: string, port: number, env: Record<string, s
   }
   child.kill('SIGKILL');
   throw new Error(`diskhub serve did not start: ${err}`);
+}
+
+/** Poll `get` until `done` says yes (every 50 ms, at most `ms`). */
+export async function until<T>(what: string, get: () => Promise<T>, done: (v: T) => boolean, ms = 30_000): Promise<T> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = await get();
+    if (done(v)) return v;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}: ${JSON.stringify(v)}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/** The image is active with exactly `data`: size, md5 and sha512 as shown, and the bytes downloaded back (admin token). */
+export async function assertStored(url: string, id: string, data: Buffer): Promise<any> {
+  const tok = await token(url);
+  const img = (await api(url, tok)('GET', `/v2/images/${id}`)).json;
+  assert.equal(img.status, 'active');
+  assert.equal(img.size, data.length);
+  assert.equal(img.checksum, createHash('md5').update(data).digest('hex'));
+  assert.equal(img.os_hash_value, createHash('sha512').update(data).digest('hex'));
+  const got = await fetch(`${url}/v2/images/${id}/file`, { headers: { 'X-Auth-Token': tok } });
+  assert.ok(Buffer.from(await got.arrayBuffer()).equals(data), 'the downloaded data is the data');
+  return img;
 }

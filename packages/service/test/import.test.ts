@@ -13,6 +13,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { gzipSync } from 'node:zlib';
 import { spawnSync } from 'node:child_process';
 import { addProjectUser, api, startTestService, token, type Api } from './helpers.js';
+import { assertStored, until } from './helpers.js';
 
 interface WebServer { url: string; port: number; hits: string[] }
 
@@ -47,16 +48,6 @@ async function webServer(t: { after(fn: () => unknown): void }, files: Record<st
   t.after(() => { for (const s of sockets) s.destroy(); return new Promise<void>((r) => server.close(() => r())); });
   const port = (server.address() as import('node:net').AddressInfo).port;
   return { url: `http://127.0.0.1:${port}`, port, hits };
-}
-
-async function until<T>(what: string, get: () => Promise<T>, done: (v: T) => boolean, ms = 20_000): Promise<T> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await get();
-    if (done(v)) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}: ${JSON.stringify(v)}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
 }
 
 /** The image's one import task once it has ended. */
@@ -153,14 +144,8 @@ test('web-download streams the URL into the store; the import checks of Glance',
   assert.ok(['importing', 'active'].includes(importing.status), importing.status);
   const task = await importEnded(a, img.id);
   assert.equal(task.status, 'success', task.message);
-  const done = (await a('GET', `/v2/images/${img.id}`)).json;
-  assert.equal(done.status, 'active');
-  assert.equal(done.size, data.length);
-  assert.equal(done.checksum, createHash('md5').update(data).digest('hex'));
-  assert.equal(done.os_hash_value, createHash('sha512').update(data).digest('hex'));
+  const done = await assertStored(svc.url, img.id, data);
   assert.equal(done.os_glance_failed_import, undefined);
-  const got = await fetch(`${svc.url}/v2/images/${img.id}/file`, { headers: { 'X-Auth-Token': await token(svc.url) } });
-  assert.ok(Buffer.from(await got.arrayBuffer()).equals(data));
 
   // Glance's request checks.
   const q = await newImage(a);
