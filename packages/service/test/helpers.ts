@@ -128,3 +128,13 @@ export async function assertStored(url: string, id: string, data: Buffer): Promi
   assert.ok(Buffer.from(await got.arrayBuffer()).equals(data), 'the downloaded data is the data');
   return img;
 }
+
+/** glanceclient prints a table of Property | Value; turn it into JSON. */
+export function toJson(table: string): string {
+  const out: Record<string, string> = {};
+  for (const line of table.split('\n')) {
+    const m = /^\|\s*(\S+)\s*\|\s*(.*?)\s*\|$/.exec(line);
+    if (m && m[1] !== 'Property') out[m[1]!] = m[2]!;
+  }
+  return JSON.stringify(out);
+}
