@@ -59,6 +59,8 @@ export interface ServiceConfig {
   webDownloadMaxRedirects: number;
   /** Glance's [image_import_opts] image_import_plugins (comma-separated, run in order). */
   imageImportPlugins: string;
+  /** Glance's [image_conversion] output_format: raw, qcow2 or vmdk. */
+  imageConversionOutputFormat: string;
   /** Glance's [inject_metadata_properties] inject (k1:v1,k2:v2) and ignore_user_roles. */
   injectMetadataProperties: string;
   injectIgnoreUserRoles: string;
@@ -110,6 +112,7 @@ const ENV: Record<string, keyof ServiceConfig> = {
   DISKHUB_WEB_DOWNLOAD_TIMEOUT: 'webDownloadTimeout',
   DISKHUB_WEB_DOWNLOAD_MAX_REDIRECTS: 'webDownloadMaxRedirects',
   DISKHUB_IMAGE_IMPORT_PLUGINS: 'imageImportPlugins',
+  DISKHUB_IMAGE_CONVERSION_OUTPUT_FORMAT: 'imageConversionOutputFormat',
   DISKHUB_INJECT_METADATA_PROPERTIES: 'injectMetadataProperties',
   DISKHUB_INJECT_IGNORE_USER_ROLES: 'injectIgnoreUserRoles',
   DISKHUB_TASK_LEASE_SECONDS: 'taskLeaseSeconds',
@@ -162,6 +165,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
     webDownloadTimeout: 60,
     webDownloadMaxRedirects: 10, // urllib's HTTPRedirectHandler.max_redirections, what Glance's download follows
     imageImportPlugins: '',
+    imageConversionOutputFormat: 'raw',
     injectMetadataProperties: '',
     injectIgnoreUserRoles: 'admin',
     taskLeaseSeconds: 60,

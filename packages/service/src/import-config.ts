@@ -5,7 +5,7 @@
  */
 import { ConfigError, type ServiceConfig } from './config.js';
 import { KNOWN_IMPORT_METHODS, type ImportOptions } from './domain/import/index.js';
-import { KNOWN_PLUGINS } from './domain/import/plugins.js';
+import { CONVERSION_FORMATS, KNOWN_PLUGINS } from './domain/import/plugins.js';
 import { AddressPolicy } from './domain/import/web-download.js';
 import type { TaskOptions } from './domain/tasks.js';
 
@@ -24,6 +24,7 @@ export function importOptions(cfg: ServiceConfig, stagingDir: string, storeId: s
   for (const m of enabledMethods) if (!KNOWN_IMPORT_METHODS.includes(m)) throw new ConfigError(`enabledImportMethods: unknown or unavailable import method '${m}' (available: ${KNOWN_IMPORT_METHODS.join(', ')})`);
   const plugins = list(cfg.imageImportPlugins);
   for (const p of plugins) if (!(KNOWN_PLUGINS as readonly string[]).includes(p)) throw new ConfigError(`imageImportPlugins: unknown import plugin '${p}' (available: ${KNOWN_PLUGINS.join(', ')})`);
+  if (!CONVERSION_FORMATS.includes(cfg.imageConversionOutputFormat)) throw new ConfigError(`imageConversionOutputFormat must be one of ${CONVERSION_FORMATS.join(', ')}, got '${cfg.imageConversionOutputFormat}'`);
   const inject: Record<string, string> = {};
   for (const pair of list(cfg.injectMetadataProperties)) {
     const i = pair.indexOf(':');
@@ -40,7 +41,7 @@ export function importOptions(cfg: ServiceConfig, stagingDir: string, storeId: s
       allowedPorts: ports('importAllowedPorts', cfg.importAllowedPorts), disallowedPorts: ports('importDisallowedPorts', cfg.importDisallowedPorts),
       allowedNetworks, maxRedirects: cfg.webDownloadMaxRedirects, timeoutMs: cfg.webDownloadTimeout * 1000,
     },
-    plugins: { enabled: plugins, inject, ignoreUserRoles: list(cfg.injectIgnoreUserRoles) },
+    plugins: { enabled: plugins, inject, ignoreUserRoles: list(cfg.injectIgnoreUserRoles), outputFormat: cfg.imageConversionOutputFormat, workDir: stagingDir, sizeCap: cfg.imageSizeCap },
     stagingDir,
     storeId,
   };

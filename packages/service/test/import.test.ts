@@ -12,6 +12,9 @@ import { createServer, type Server, type ServerResponse } from 'node:http';
 import { createHash, randomBytes } from 'node:crypto';
 import { gzipSync } from 'node:zlib';
 import { spawnSync } from 'node:child_process';
+import { readdir, readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { needs, qemuImg, runOk, tempDir } from '@diskhub/testkit';
 import { addProjectUser, api, startTestService, token, type Api } from './helpers.js';
 import { assertStored, until } from './helpers.js';
 
@@ -204,8 +207,6 @@ test('web-download: deny lists apply when no allow list is set; an allow list of
 });
 
 async function configFile(t: { after(fn: () => unknown): void }, settings: Record<string, unknown>): Promise<string> {
-  const { tempDir } = await import('@diskhub/testkit');
-  const { writeFile } = await import('node:fs/promises');
   const path = `${await tempDir(t as never)}/config.json`;
   await writeFile(path, JSON.stringify(settings));
   return path;
@@ -351,4 +352,48 @@ test('/v2/info/import and /v2/info/usage', async (t) => {
     image_count_total: { usage: 2, limit: 10 },
     image_count_uploading: { usage: 1, limit: -1 },
   });
+});
+
+test('plugin image_conversion: raw to qcow2 and qcow2 to raw with the engine, checked by qemu-img; an unsafe source refused before converting', needs('qemu-img', 'qemu-io'), async (t) => {
+  const dir = await tempDir(t);
+  const raw = join(dir, 'src.raw');
+  await qemuImg('create', '-f', 'raw', raw, '16M');
+  await runOk('qemu-io', ['-f', 'raw', '-c', 'write -P 0x5a 1M 3M', '-c', 'write -P 0x11 12M 64k', raw]);
+  const qcow = join(dir, 'src.qcow2');
+  await qemuImg('convert', '-f', 'raw', '-O', 'qcow2', raw, qcow);
+  const overlay = join(dir, 'overlay.qcow2');
+  await qemuImg('create', '-f', 'qcow2', '-b', qcow, '-F', 'qcow2', overlay);
+  const web = await webServer(t, { '/src.raw': await readFile(raw), '/src.qcow2': await readFile(qcow), '/overlay.qcow2': await readFile(overlay) });
+  for (const [output, path, declared] of [['qcow2', '/src.raw', 'raw'], ['raw', '/src.qcow2', 'qcow2'], ['qcow2', '/src.qcow2', 'qcow2']] as const) {
+    const svc = await serviceFor(t, web, { DISKHUB_IMAGE_IMPORT_PLUGINS: 'image_conversion', DISKHUB_IMAGE_CONVERSION_OUTPUT_FORMAT: output });
+    const a = api(svc.url, await token(svc.url));
+    const img = await newImage(a, { disk_format: declared, container_format: 'bare' });
+    assert.equal((await webImport(a, img.id, `${web.url}${path}`)).status, 202);
+    const task = await importEnded(a, img.id);
+    assert.equal(task.status, 'success', `${path} → ${output}: ${task.message}`);
+    const done = (await a('GET', `/v2/images/${img.id}`)).json;
+    assert.equal(done.disk_format, output);
+    assert.equal(done.container_format, 'bare');
+    assert.equal(done.virtual_size, 16 << 20);
+    const stored = join(dir, `stored-${output}-${path.slice(1)}`);
+    const got = await fetch(`${svc.url}/v2/images/${img.id}/file`, { headers: { 'X-Auth-Token': await token(svc.url) } });
+    const bytes = Buffer.from(await got.arrayBuffer());
+    await writeFile(stored, bytes);
+    assert.equal(done.checksum, createHash('md5').update(bytes).digest('hex'));
+    if (output === 'qcow2') await qemuImg('check', '-f', 'qcow2', stored);
+    // The stored image reads back as the source, as qemu-img sees both.
+    await qemuImg('compare', '-f', 'raw', '-F', output, raw, stored);
+  }
+  // A qcow2 with a backing file: refused by the inspector before any conversion; formats as they were.
+  const svc = await serviceFor(t, web, { DISKHUB_IMAGE_IMPORT_PLUGINS: 'image_conversion', DISKHUB_IMAGE_CONVERSION_OUTPUT_FORMAT: 'raw' });
+  const a = api(svc.url, await token(svc.url));
+  const img = await newImage(a, { disk_format: 'qcow2' });
+  assert.equal((await webImport(a, img.id, `${web.url}/overlay.qcow2`)).status, 202);
+  const task = await importEnded(a, img.id);
+  assert.equal(task.status, 'failure');
+  assert.match(task.message, /backing/);
+  const after = (await a('GET', `/v2/images/${img.id}`)).json;
+  assert.equal(after.status, 'queued');
+  assert.equal(after.disk_format, 'qcow2');
+  assert.deepEqual((await readdir(join(svc.dataDir, 'staging'))).filter((f) => f.includes('convert')), [], 'no temporary file left');
 });

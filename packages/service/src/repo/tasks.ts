@@ -35,6 +35,8 @@ export interface ImageChange {
   /** Compare-and-set on the image's revision (the request that starts an import). */
   revision?: number;
   properties?: Record<string, string | null>;
+  /** Formats the import changed (image_conversion), or put back. */
+  formats?: { disk_format: string; container_format: string };
   /** Record `node` writing `tempKey` for the image (replacing earlier rows), or drop its rows. */
   upload?: { node: string; tempKey: string } | 'release';
 }
@@ -68,6 +70,7 @@ export class TaskRepo {
     let q = tx.updateTable('images').set((eb) => ({
       updated_at: ts, revision: eb('revision', '+', 1),
       ...(change.status ? { status: change.status.to } : {}),
+      ...(change.formats ?? {}),
     })).where('id', '=', change.id).where('deleted', '=', 0);
     if (change.status) q = q.where('status', 'in', change.status.from);
     if (change.revision !== undefined) q = q.where('revision', '=', change.revision);
@@ -82,6 +85,11 @@ export class TaskRepo {
       await tx.insertInto('uploads').values({ image_id: change.id, node: change.upload.node, temp_key: change.upload.tempKey, started_at: ts }).execute();
     }
     return true;
+  }
+
+  /** Apply an image change on its own (a step of a running task); false when the image is not in a status it starts from. */
+  updateImage(change: ImageChange): Promise<boolean> {
+    return this.k.transaction().execute((tx) => this.changeImage(tx, change));
   }
 
   /** A new task and the image change that starts it, in one transaction; false (nothing written) when the image changed first. */

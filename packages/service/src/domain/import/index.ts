@@ -154,6 +154,8 @@ export class ImportService implements TaskRunner {
     // An earlier run activated the image and its node died before ending the task.
     if (img.status === 'active' && img.properties[IMPORT_TASK_PROPERTY] === task.id) return { result: { image_id: imageId }, image: done };
     const opened: Readable[] = [];
+    const temporary: string[] = [];
+    let restoreFormats: ImageChange['formats'];
     try {
       img = await this.importing(img, task, tempKey);
       const method = importMethod(task);
@@ -176,6 +178,13 @@ export class ImportService implements TaskRunner {
       else signal.addEventListener('abort', stop, { once: true });
       const ctx: PluginContext = { image: img, roles: (task.input?.[REQUESTER_ROLES] as string[] | undefined) ?? [], log: this.log, signal };
       const staged = await applyPlugins(source, length, ctx, this.opts.plugins);
+      temporary.push(...staged.temporary);
+      if (staged.image.disk_format !== img.disk_format || staged.image.container_format !== img.container_format) {
+        // As Glance's image_conversion sets them; put back if the import fails.
+        const formats = { disk_format: staged.image.disk_format ?? '', container_format: staged.image.container_format ?? '' };
+        if (!(await this.taskRepo.updateImage({ id: imageId, status: { from: ['importing'], to: 'importing' }, formats }))) throw conflict(`Image ${imageId} changed during its import.`);
+        restoreFormats = { disk_format: img.disk_format ?? '', container_format: img.container_format ?? '' };
+      }
       let bytes = 0;
       const counted = staged.stream.pipe(new Transform({
         transform(chunk: Buffer, _e, cb) { bytes += chunk.length; progress(bytes); cb(null, chunk); },
@@ -189,11 +198,12 @@ export class ImportService implements TaskRunner {
       if (signal.aborted) throw e;
       await this.dropStaged(task);
       const message = e instanceof HttpError ? e.message : `Import failed: ${(e as Error).message}`;
-      throw new TaskFailure(message, this.failedChange(imageId));
+      throw new TaskFailure(message, { ...this.failedChange(imageId), ...(restoreFormats ? { formats: restoreFormats } : {}) });
     } finally {
       // The ingest stops reading early on a refusal (size cap, quota) without destroying its
       // input: the download, a decompressor, must not run on.
       for (const s of opened) s.destroy();
+      for (const f of temporary) await rm(f, { force: true });
     }
   }
 

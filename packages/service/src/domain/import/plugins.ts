@@ -10,18 +10,34 @@
  *   and a tool's exit status is checked after its output ends, so a corrupt archive fails the
  *   import instead of storing what was decoded before the damage). The decompressed size is
  *   the size the ingest caps, so a decompression bomb stops at image_size_cap / the quota.
+ * - `image_conversion`: the image is stored in `[image_conversion] output_format` (raw, qcow2
+ *   or vmdk) with the disk engine, and its disk_format becomes that (container_format bare),
+ *   as Glance's plugin sets them. The source is staged to a temporary file first, capped at
+ *   image_size_cap while it is written: a qcow2, vmdk or vhdx source's metadata (L1/L2 tables,
+ *   grain directories, BAT) may sit anywhere in the file, after the data it maps, so it cannot
+ *   be read as it streams in; and the qcow2 and vmdk writers fill their tables as data lands,
+ *   so their output is a file, not a stream. The safety inspector runs on the staged source
+ *   (a backing file, an external data file, extents elsewhere: refused before anything is
+ *   converted) and, through the ingest, on the converted data that is stored.
  * - `inject_image_metadata`: `[inject_metadata_properties] inject` properties set on the
  *   image when the import succeeds, unless the requester has one of `ignore_user_roles`
  *   (Glance's default: admin).
  */
 import { spawn } from 'node:child_process';
-import { Readable, pipeline } from 'node:stream';
+import { createReadStream, createWriteStream } from 'node:fs';
+import { mkdir, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Readable, Transform, pipeline } from 'node:stream';
+import { pipeline as pipelineAsync } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
-import { badRequest } from '../../http.js';
+import { convertFile, describeIssues, inspectFile } from '@diskhub/disk';
+import { HttpError, badRequest } from '../../http.js';
 import type { ImageRecord } from '../../images-model.js';
 import type { Logger } from '../../log.js';
 
-export const KNOWN_PLUGINS = ['image_decompression', 'inject_image_metadata'] as const;
+export const KNOWN_PLUGINS = ['image_decompression', 'image_conversion', 'inject_image_metadata'] as const;
+/** Glance's [image_conversion] output_format choices. */
+export const CONVERSION_FORMATS = ['raw', 'qcow2', 'vmdk'];
 
 export interface ImportPluginOptions {
   /** Glance's image_import_plugins, in order. */
@@ -30,6 +46,12 @@ export interface ImportPluginOptions {
   inject: Record<string, string>;
   /** [inject_metadata_properties] ignore_user_roles. */
   ignoreUserRoles: string[];
+  /** [image_conversion] output_format. */
+  outputFormat: string;
+  /** Where conversion stages its files (the staging area). */
+  workDir: string;
+  /** Largest source conversion stages (image_size_cap). */
+  sizeCap: number;
 }
 
 export interface PluginContext {
@@ -40,13 +62,18 @@ export interface PluginContext {
   signal: AbortSignal;
 }
 
-/** What the plugins made of the source: the stream to ingest, its length when known, the image as it will be stored, and properties to set on success. */
-export interface PluginOutput { stream: Readable; length: number | null; image: ImageRecord; properties: Record<string, string> }
+/**
+ * What the plugins made of the source: the stream to ingest, its length when known, the image
+ * as it will be stored (formats), properties to set on success, and temporary files to remove
+ * when the import ends.
+ */
+export interface PluginOutput { stream: Readable; length: number | null; image: ImageRecord; properties: Record<string, string>; temporary: string[] }
 
 export async function applyPlugins(source: Readable, length: number | null, ctx: PluginContext, o: ImportPluginOptions): Promise<PluginOutput> {
-  let out: PluginOutput = { stream: source, length, image: ctx.image, properties: {} };
+  let out: PluginOutput = { stream: source, length, image: ctx.image, properties: {}, temporary: [] };
   for (const name of o.enabled) {
     if (name === 'image_decompression') out = await decompression(out);
+    else if (name === 'image_conversion') out = await conversion(out, ctx, o);
     else if (name === 'inject_image_metadata') out = injectMetadata(out, ctx, o);
   }
   return out;
@@ -55,6 +82,45 @@ export async function applyPlugins(source: Readable, length: number | null, ctx:
 function injectMetadata(out: PluginOutput, ctx: PluginContext, o: ImportPluginOptions): PluginOutput {
   if (ctx.roles.some((r) => o.ignoreUserRoles.includes(r))) return out;
   return { ...out, properties: { ...out.properties, ...o.inject } };
+}
+
+// --- image_conversion
+
+async function conversion(out: PluginOutput, ctx: PluginContext, o: ImportPluginOptions): Promise<PluginOutput> {
+  await mkdir(o.workDir, { recursive: true });
+  const src = join(o.workDir, `${ctx.image.id}.convert-source`);
+  const dst = join(o.workDir, `${ctx.image.id}.convert-${o.outputFormat}`);
+  try {
+    return await convertStaged(out, ctx, o, src, dst);
+  } catch (e) {
+    // (on success the runner removes them when the import ends)
+    await rm(src, { force: true });
+    await rm(dst, { force: true });
+    throw e;
+  }
+}
+
+async function convertStaged(out: PluginOutput, ctx: PluginContext, o: ImportPluginOptions, src: string, dst: string): Promise<PluginOutput> {
+  const temporary = [...out.temporary, src, dst];
+  await rm(dst, { force: true });
+  let size = 0;
+  const cap = o.sizeCap;
+  await pipelineAsync(out.stream, new Transform({
+    transform(chunk: Buffer, _e, cb) {
+      size += chunk.length;
+      cb(size > cap ? new HttpError(413, `Image exceeds the storage quota: the image size cap is ${cap} bytes.`) : null, chunk);
+    },
+  }), createWriteStream(src), { signal: ctx.signal });
+  const report = await inspectFile(src);
+  if (!report.safe) throw badRequest(`Image data was refused: ${describeIssues(report)}`);
+  const converted = { ...ctx.image, ...out.image, disk_format: o.outputFormat, container_format: 'bare' };
+  if (report.format === o.outputFormat) {
+    return { ...out, stream: createReadStream(src, { highWaterMark: 1 << 20 }), length: size, image: converted, temporary };
+  }
+  await convertFile(src, report.format, dst, o.outputFormat, { signal: ctx.signal });
+  await rm(src, { force: true });
+  ctx.log.info('import converted', { image: ctx.image.id, from: report.format, to: o.outputFormat });
+  return { ...out, stream: createReadStream(dst, { highWaterMark: 1 << 20 }), length: null, image: converted, temporary };
 }
 
 // --- image_decompression
