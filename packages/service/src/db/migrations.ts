@@ -164,7 +164,7 @@ const migrations = (dialect: Db['dialect']): Record<string, Migration> => ({
       await db.schema.alterTable('users').addColumn('tokens_revoked_before', 'bigint').execute();
     },
   },
-  '0004_tasks': {
+  '0005_tasks': {
     // Glance's tasks + task_info in one row, plus the lease a worker holds while it runs the
     // task (node, lease_until in ms since the epoch, bytes done): a task whose lease has run
     // out belongs to no live node, and any API node may claim it (domain/tasks.ts).
