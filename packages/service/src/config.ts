@@ -50,6 +50,39 @@ export interface ServiceConfig {
   showImageDirectUrl: boolean;
   /** Glance's show_multiple_locations: images show `locations`, and the locations API is open (off by default). */
   showMultipleLocations: boolean;
+  /** This API node's name in upload records and task leases (default host:dataDir); two processes sharing a data dir need different names. */
+  nodeId?: string;
+  /** Glance's enabled_import_methods (comma-separated). */
+  enabledImportMethods: string;
+  /** Glance's [import_filtering_opts] (comma-separated lists; an allow list makes its deny list ignored). */
+  importAllowedSchemes: string;
+  importDisallowedSchemes: string;
+  importAllowedHosts: string;
+  importDisallowedHosts: string;
+  importAllowedPorts: string;
+  importDisallowedPorts: string;
+  /** CIDR networks web-download may reach although they are loopback, private, link-local… (default: none). */
+  importAllowedNetworks: string;
+  /** Seconds web-download waits for a connection, headers, or the next data before giving up. */
+  webDownloadTimeout: number;
+  webDownloadMaxRedirects: number;
+  /** Glance's [image_import_opts] image_import_plugins (comma-separated, run in order). */
+  imageImportPlugins: string;
+  /** Glance's [image_conversion] output_format: raw, qcow2 or vmdk. */
+  imageConversionOutputFormat: string;
+  /** Glance's [inject_metadata_properties] inject (k1:v1,k2:v2) and ignore_user_roles. */
+  injectMetadataProperties: string;
+  injectIgnoreUserRoles: string;
+  /** A task claim lasts this long without renewal; a dead node's tasks are taken over after it. */
+  taskLeaseSeconds: number;
+  /** How often an idle node looks for tasks. */
+  taskPollSeconds: number;
+  /** Runs of one task (its node dying each time) before it is failed. */
+  taskMaxAttempts: number;
+  /** Tasks one node runs at once. */
+  taskConcurrency: number;
+  /** Glance's [task] task_time_to_live, hours a finished task stays listed. */
+  taskTimeToLive: number;
 }
 
 export class ConfigError extends Error {}
@@ -80,10 +113,30 @@ const ENV: Record<string, keyof ServiceConfig> = {
   DISKHUB_DEFAULT_STORE: 'defaultStore',
   DISKHUB_SHOW_IMAGE_DIRECT_URL: 'showImageDirectUrl',
   DISKHUB_SHOW_MULTIPLE_LOCATIONS: 'showMultipleLocations',
+  DISKHUB_NODE_ID: 'nodeId',
+  DISKHUB_ENABLED_IMPORT_METHODS: 'enabledImportMethods',
+  DISKHUB_IMPORT_ALLOWED_SCHEMES: 'importAllowedSchemes',
+  DISKHUB_IMPORT_DISALLOWED_SCHEMES: 'importDisallowedSchemes',
+  DISKHUB_IMPORT_ALLOWED_HOSTS: 'importAllowedHosts',
+  DISKHUB_IMPORT_DISALLOWED_HOSTS: 'importDisallowedHosts',
+  DISKHUB_IMPORT_ALLOWED_PORTS: 'importAllowedPorts',
+  DISKHUB_IMPORT_DISALLOWED_PORTS: 'importDisallowedPorts',
+  DISKHUB_IMPORT_ALLOWED_NETWORKS: 'importAllowedNetworks',
+  DISKHUB_WEB_DOWNLOAD_TIMEOUT: 'webDownloadTimeout',
+  DISKHUB_WEB_DOWNLOAD_MAX_REDIRECTS: 'webDownloadMaxRedirects',
+  DISKHUB_IMAGE_IMPORT_PLUGINS: 'imageImportPlugins',
+  DISKHUB_IMAGE_CONVERSION_OUTPUT_FORMAT: 'imageConversionOutputFormat',
+  DISKHUB_INJECT_METADATA_PROPERTIES: 'injectMetadataProperties',
+  DISKHUB_INJECT_IGNORE_USER_ROLES: 'injectIgnoreUserRoles',
+  DISKHUB_TASK_LEASE_SECONDS: 'taskLeaseSeconds',
+  DISKHUB_TASK_POLL_SECONDS: 'taskPollSeconds',
+  DISKHUB_TASK_MAX_ATTEMPTS: 'taskMaxAttempts',
+  DISKHUB_TASK_CONCURRENCY: 'taskConcurrency',
+  DISKHUB_TASK_TIME_TO_LIVE: 'taskTimeToLive',
 };
 
 const BOOLEAN = new Set<keyof ServiceConfig>(['showImageDirectUrl', 'showMultipleLocations']);
-const NUMERIC = new Set<keyof ServiceConfig>(['port', 'tokenTtlSeconds', 'imageSizeCap', 'projectImageQuota', 'projectStorageQuota', 'limitMax', 'limitDefault', 'shutdownGraceSeconds', 'lockoutFailureAttempts', 'lockoutDuration']);
+const NUMERIC = new Set<keyof ServiceConfig>(['webDownloadTimeout', 'webDownloadMaxRedirects', 'taskLeaseSeconds', 'taskPollSeconds', 'taskMaxAttempts', 'taskConcurrency', 'taskTimeToLive', 'port', 'tokenTtlSeconds', 'imageSizeCap', 'projectImageQuota', 'projectStorageQuota', 'limitMax', 'limitDefault', 'shutdownGraceSeconds', 'lockoutFailureAttempts', 'lockoutDuration']);
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Partial<Record<keyof ServiceConfig, string | number>> = {}, configFile?: string): ServiceConfig {
   const raw: Record<string, unknown> = {};
@@ -120,13 +173,33 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
     stores: [{ id: 'file', type: 'file', path: 'images' }],
     showImageDirectUrl: false,
     showMultipleLocations: false,
+    // Glance 25's defaults, less copy-image (it needs several stores, which this service has not yet).
+    enabledImportMethods: 'glance-direct,web-download',
+    importAllowedSchemes: 'http,https',
+    importDisallowedSchemes: '',
+    importAllowedHosts: '',
+    importDisallowedHosts: '',
+    importAllowedPorts: '80,443',
+    importDisallowedPorts: '',
+    importAllowedNetworks: '',
+    webDownloadTimeout: 60,
+    webDownloadMaxRedirects: 10, // urllib's HTTPRedirectHandler.max_redirections, what Glance's download follows
+    imageImportPlugins: '',
+    imageConversionOutputFormat: 'raw',
+    injectMetadataProperties: '',
+    injectIgnoreUserRoles: 'admin',
+    taskLeaseSeconds: 60,
+    taskPollSeconds: 5,
+    taskMaxAttempts: 3,
+    taskConcurrency: 4,
+    taskTimeToLive: 48,
     keystoneUser: 'glance',
     keystoneProject: 'service',
     webDir: fileURLToPath(new URL('../../../web/dist/app', import.meta.url)),
   };
   for (const [key, v] of Object.entries(raw)) {
     if (key === 'dataDir' || v === undefined) continue;
-    if (!(key in cfg) && key !== 'adminPassword' && key !== 'publicUrl' && key !== 'webDir' && key !== 'keystoneUrl' && key !== 'keystonePassword' && key !== 'policyFile' && key !== 'defaultStore') throw new ConfigError(`unknown configuration setting '${key}'`);
+    if (!(key in cfg) && key !== 'adminPassword' && key !== 'publicUrl' && key !== 'webDir' && key !== 'keystoneUrl' && key !== 'keystonePassword' && key !== 'policyFile' && key !== 'defaultStore' && key !== 'nodeId') throw new ConfigError(`unknown configuration setting '${key}'`);
     if (key === 'stores') {
       cfg.stores = typeof v === 'string' ? parseStoresList(v, fileStores) : storeSpecs(v);
     } else if (BOOLEAN.has(key as keyof ServiceConfig)) {
@@ -141,6 +214,10 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
   }
   if (cfg.port > 65535) throw new ConfigError(`port must be at most 65535, got ${cfg.port}`);
   if (!['info', 'warn', 'error', 'silent'].includes(cfg.logLevel)) throw new ConfigError(`logLevel must be info, warn, error or silent`);
+  if (cfg.taskLeaseSeconds < 1) throw new ConfigError('taskLeaseSeconds must be at least 1');
+  if (cfg.taskPollSeconds < 1) throw new ConfigError('taskPollSeconds must be at least 1');
+  if (cfg.taskConcurrency < 1) throw new ConfigError('taskConcurrency must be at least 1');
+  if (cfg.webDownloadTimeout < 1) throw new ConfigError('webDownloadTimeout must be at least 1');
   if (cfg.publicUrl) cfg.publicUrl = cfg.publicUrl.replace(/\/+$/, '');
   if (cfg.defaultStore !== undefined && !cfg.stores.some((s) => s.id === cfg.defaultStore)) {
     throw new ConfigError(`defaultStore '${cfg.defaultStore}' is not one of the configured stores (${cfg.stores.map((s) => s.id).join(', ')})`);

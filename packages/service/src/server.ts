@@ -71,6 +71,11 @@ import { ImageRepo } from './repo/images.js';
 import { ImageService } from './domain/images.js';
 import { ImageDataService } from './domain/image-data.js';
 import { Policy, PolicyNotAuthorized, PolicyHidesImage } from './policy/index.js';
+import { TaskRepo } from './repo/tasks.js';
+import { TaskService } from './domain/tasks.js';
+import { IMPORT_TASK, ImportService } from './domain/import/index.js';
+import { importOptions, taskOptions } from './import-config.js';
+import { taskRoutes } from './routes/tasks.js';
 
 export interface Service {
   server: Server;
@@ -240,7 +245,7 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
     throw new HttpError(404, 'The resource could not be found.');
   });
 
-  const node = `${hostname()}:${cfg.dataDir}`;
+  const node = cfg.nodeId ?? `${hostname()}:${cfg.dataDir}`;
   const repo = new ImageRepo(db);
   const stagingDir = join(cfg.dataDir, 'staging');
   const images = new ImageService(repo, stores, policy, { projectImageQuota: cfg.projectImageQuota, stagingDir, showMultipleLocations: cfg.showMultipleLocations }, log);
@@ -253,15 +258,25 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
     const upgraded = await repo.upgradeBareLocations(legacy.id, (key) => legacy.locationOf(key));
     if (upgraded) log.info('store locations upgraded to URLs', { store: legacy.id, count: upgraded });
   }
+  const taskRepo = new TaskRepo(db);
+  const imports = new ImportService(images, repo, taskRepo, data, {
+    ...importOptions(cfg, stagingDir, stores.default.id), imageQuota: cfg.projectImageQuota, storageQuota: cfg.projectStorageQuota,
+  }, log);
+  const tasks = new TaskService(taskRepo, policy, { [IMPORT_TASK]: imports }, taskOptions(cfg, node, (id) => stores.default.newTempKey(id)), log);
+  imports.attach(tasks);
+  // (tasks first: it gives back the tasks this node held, whose upload rows recovery must not
+  // revert; claiming starts after recovery, which would take a new claim's row for a dead one)
+  await tasks.recover();
   await data.recover();
+  tasks.start();
 
   await app.register(async (scope) => {
     acceptJson(scope);
     const storeInfo = new StoreInfo(stores, policy);
-    discoveryRoutes(scope, { db, metrics: registry, webDir, auth });
+    discoveryRoutes(scope, { db, metrics: registry, webDir, auth, importMethods: imports.methods, usage: (a) => imports.usage(a) });
     schemaRoutes(scope, { auth });
     imageRoutes(scope, {
-      auth, images, storeIds: storeInfo.ids(), limitMax: cfg.limitMax, limitDefault: cfg.limitDefault,
+      auth, images, storeIds: storeInfo.ids(), importMethods: imports.methods, limitMax: cfg.limitMax, limitDefault: cfg.limitDefault,
       showImageDirectUrl: cfg.showImageDirectUrl, showMultipleLocations: cfg.showMultipleLocations,
     });
     imageDataRoutes(scope, { auth, data, storeIds: storeInfo.ids() });
@@ -269,6 +284,7 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
     memberRoutes(scope, { auth, images });
     extensionRoutes(scope, { auth, images, data });
     storeRoutes(scope, { auth, images, stores: storeInfo });
+    taskRoutes(scope, { auth, tasks, imports, images, storeIds: storeInfo.ids(), limitMax: cfg.limitMax, limitDefault: cfg.limitDefault });
   });
   if (!external) {
     await app.register(async (scope) => {
@@ -304,10 +320,12 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
       // connection is cut, and the upload cleans up as any interrupted upload does.
       let timer: NodeJS.Timeout | undefined;
       const grace = new Promise<void>((resolve) => { timer = setTimeout(resolve, cfg.shutdownGraceSeconds * 1000); });
-      await Promise.race([Promise.allSettled([...data.inFlight]), grace]);
+      const tasksStopped = tasks.stop(cfg.shutdownGraceSeconds * 1000);
+      await Promise.race([Promise.allSettled([...data.inFlight, tasksStopped]), grace]);
       clearTimeout(timer);
       server.closeAllConnections();
       await Promise.allSettled([...data.inFlight]);
+      await tasksStopped;
       await stopped;
       await identity.close();
       await stores.close();

@@ -8,7 +8,7 @@ import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { needs, qemuImg, runOk, run, tempDir } from '@diskhub/testkit';
-import { osEnv, startTestService } from './helpers.js';
+import { osEnv, startTestService, toJson } from './helpers.js';
 
 const os = (env: NodeJS.ProcessEnv, ...args: string[]) => runOk('openstack', args, { env });
 const osJson = async (env: NodeJS.ProcessEnv, ...args: string[]) => JSON.parse(await os(env, ...args, '-f', 'json'));
@@ -128,15 +128,6 @@ test('glance client: image-create --file, image-download, member-create', needs(
   assert.doesNotMatch(bad.stderr, /Traceback/);
 });
 
-/** glanceclient prints a table of Property | Value; turn it into JSON. */
-function toJson(table: string): string {
-  const out: Record<string, string> = {};
-  for (const line of table.split('\n')) {
-    const m = /^\|\s*(\S+)\s*\|\s*(.*?)\s*\|$/.exec(line);
-    if (m && m[1] !== 'Property') out[m[1]!] = m[2]!;
-  }
-  return JSON.stringify(out);
-}
 
 test('glance client: metadata definitions (md-namespace-list/show, md-property-list/show)', needs('glance'), async (t) => {
   const svc = await startTestService(t);

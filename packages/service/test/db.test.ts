@@ -7,7 +7,7 @@
  */
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { join } from 'node:path';
 import { Kysely, PostgresDialect, MysqlDialect, sql } from 'kysely';
 import pg from 'pg';
@@ -16,6 +16,7 @@ import { tempDir } from '@diskhub/testkit';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { jsonLogger, loadConfig, openDatabase, startService } from '../src/index.js';
 import { ADMIN_PASSWORD, addProjectUser, api, startTestService, token } from './helpers.js';
+import { TaskRepo } from '../src/repo/tasks.js';
 
 const PG_URL = process.env.DISKHUB_TEST_POSTGRES_URL ?? 'postgres://diskhub:diskhub@127.0.0.1:5432/diskhub_test';
 const MYSQL_URL = process.env.DISKHUB_TEST_MYSQL_URL ?? 'mysql://diskhub:diskhub@127.0.0.1:3306/diskhub_test';
@@ -190,5 +191,71 @@ for (const [dialect, provision] of Object.entries(provisioners)) {
     assert.equal(seen.json.name, 'on-a');
     const revoked = await api(b.url, tok)('DELETE', '/identity/v3/auth/tokens', { headers: { 'X-Subject-Token': await token(b.url) } });
     assert.equal(revoked.status, 204);
+  });
+}
+
+for (const [dialect, provision] of Object.entries(provisioners)) {
+  test(`database ${dialect}: task claims are exclusive between nodes; a lapsed lease is taken over, a held one is not`, async (t) => {
+    const provisioned = await provision(t);
+    if (!provisioned) return;
+    const dir = await tempDir(t);
+    // (SQLite: one node per database file in one process — two better-sqlite3 connections of one
+    // process wait for each other's locks synchronously; two processes are the kill test's case)
+    const dbA = await openDatabase(provisioned.url, dir);
+    const dbB = dialect === 'sqlite' ? dbA : await openDatabase(provisioned.url, dir);
+    t.after(async () => { await dbA.close(); if (dbB !== dbA) await dbB.close(); await provisioned.drop(); });
+    const [a, b] = [new TaskRepo(dbA), new TaskRepo(dbB)];
+    const ids: string[] = [];
+    for (let i = 0; i < 12; i++) {
+      const id = randomUUID();
+      ids.push(id);
+      assert.equal(await a.create({ id, type: 'api_image_import', owner: 'p', image_id: null, request_id: null, user_id: null, input: { n: i } }), true);
+    }
+    // Two nodes claim at the same time, each on its own connection pool: every task once.
+    const now = Date.now();
+    const claimAll = async (repo: TaskRepo, node: string) => {
+      const got: string[] = [];
+      for (;;) {
+        const task = await repo.claim(node, now, now + 60_000, () => 'k');
+        if (!task) return got;
+        assert.equal(task.node, node);
+        got.push(task.id);
+      }
+    };
+    const [gotA, gotB] = await Promise.all([claimAll(a, 'node-a'), claimAll(b, 'node-b')]);
+    assert.deepEqual([...gotA, ...gotB].sort(), [...ids].sort());
+    assert.equal(new Set([...gotA, ...gotB]).size, ids.length);
+    // Held leases: nothing to claim. After the lease has run out: node-b takes node-a's task over.
+    assert.equal(await b.claim('node-b', now + 1000, now + 61_000, () => 'k'), undefined);
+    const victim = gotA[0] ?? gotB[0]!;
+    const later = now + 120_000;
+    const taken = await b.claim('node-b', later, later + 60_000, () => 'k');
+    assert.ok(taken);
+    assert.equal(taken.attempts, 2);
+    assert.equal(taken.status, 'processing');
+    assert.ok(ids.includes(taken.id));
+    // The node that lost the lease cannot renew or finish it; the new holder can.
+    const loser = gotA.includes(taken.id) ? a : b;
+    if (loser === a) assert.equal(await a.renew(taken.id, 'node-a', later + 1, 5), false);
+    assert.equal(await b.renew(taken.id, 'node-b', later + 90_000, 1234), true);
+    assert.equal((await b.get(taken.id))!.progress, 1234);
+    assert.equal(await a.finish(taken.id, 'node-a', { status: 'success', result: null, message: '', expiresAt: new Date(later).toISOString() }), false);
+    assert.equal(await b.finish(taken.id, 'node-b', { status: 'success', result: { ok: 1 }, message: '', expiresAt: new Date(later + 1e9).toISOString() }), true);
+    const done = (await a.get(taken.id))!;
+    assert.equal(done.status, 'success');
+    assert.deepEqual(done.result, { ok: 1 });
+    assert.equal(done.node, null);
+    void victim;
+    // Paging through the list, newest first, as Glance pages (created_at, then id).
+    const seen: string[] = [];
+    let marker: string | undefined;
+    for (;;) {
+      const page = await a.list({ projectId: 'p', isAdmin: false }, { sortKey: 'created_at', sortDir: 'desc', limit: 5, marker });
+      seen.push(...page.map((x) => x.id));
+      if (page.length < 5) break;
+      marker = page[page.length - 1]!.id;
+    }
+    assert.deepEqual([...seen].sort(), [...ids].sort());
+    assert.equal((await a.list({ projectId: 'other', isAdmin: false }, { sortKey: 'created_at', sortDir: 'desc', limit: 50 })).length, 0);
   });
 }

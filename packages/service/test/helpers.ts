@@ -1,6 +1,10 @@
 /** Test helpers: a real service on a free loopback port with a temporary data dir. */
 import type { TestContext } from 'node:test';
-import { tempDir } from '@diskhub/testkit';
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createServer } from 'node:net';
+import { diskhubBin, tempDir } from '@diskhub/testkit';
 import { loadConfig, startService, jsonLogger, type Service } from '../src/index.js';
 
 export const ADMIN_PASSWORD = 'admin-secret';
@@ -68,4 +72,69 @@ export async function addProjectUser(url: string, adminToken: string, project: s
   const r = await a('PUT', `/identity/v3/projects/${p.json.project.id}/users/${u.json.user.id}/roles/${roles.json.roles[0].id}`);
   if (r.status !== 204) throw new Error(`role add: ${r.status} ${r.text}`);
   return { projectId: p.json.project.id, userId: u.json.user.id };
+}
+
+/** A free loopback port (for a service process, which is told its port). */
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.listen(0, '127.0.0.1', () => { const p = (s.address() as { port: number }).port; s.close(() => resolve(p)); });
+    s.on('error', reject);
+  });
+}
+
+/** A `diskhub serve` process. */
+export interface Proc { child: ChildProcess; url: string; stderr: () => string; exited: Promise<number | null> }
+
+/** Start `diskhub serve` on `dataDir` and `port` and wait for its health check. */
+export async function serve(dataDir: string, port: number, env: Record<string, string> = {}): Promise<Proc> {
+  const child = spawn(process.execPath, [diskhubBin, 'serve'], {
+    env: { ...process.env, DISKHUB_DATA_DIR: dataDir, DISKHUB_PORT: String(port), DISKHUB_LOG_LEVEL: 'warn', ...env },
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  let err = '';
+  child.stderr!.on('data', (d) => { err += d; });
+  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+  const url = `http://127.0.0.1:${port}`;
+  for (let i = 0; i < 200; i++) {
+    if (child.exitCode !== null) throw new Error(`diskhub serve exited: ${err}`);
+    if (await fetch(`${url}/healthcheck`).then((r) => r.ok, () => false)) return { child, url, stderr: () => err, exited };
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  child.kill('SIGKILL');
+  throw new Error(`diskhub serve did not start: ${err}`);
+}
+
+/** Poll `get` until `done` says yes (every 50 ms, at most `ms`). */
+export async function until<T>(what: string, get: () => Promise<T>, done: (v: T) => boolean, ms = 30_000): Promise<T> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = await get();
+    if (done(v)) return v;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}: ${JSON.stringify(v)}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/** The image is active with exactly `data`: size, md5 and sha512 as shown, and the bytes downloaded back (admin token). */
+export async function assertStored(url: string, id: string, data: Buffer): Promise<any> {
+  const tok = await token(url);
+  const img = (await api(url, tok)('GET', `/v2/images/${id}`)).json;
+  assert.equal(img.status, 'active');
+  assert.equal(img.size, data.length);
+  assert.equal(img.checksum, createHash('md5').update(data).digest('hex'));
+  assert.equal(img.os_hash_value, createHash('sha512').update(data).digest('hex'));
+  const got = await fetch(`${url}/v2/images/${id}/file`, { headers: { 'X-Auth-Token': tok } });
+  assert.ok(Buffer.from(await got.arrayBuffer()).equals(data), 'the downloaded data is the data');
+  return img;
+}
+
+/** glanceclient prints a table of Property | Value; turn it into JSON. */
+export function toJson(table: string): string {
+  const out: Record<string, string> = {};
+  for (const line of table.split('\n')) {
+    const m = /^\|\s*(\S+)\s*\|\s*(.*?)\s*\|$/.exec(line);
+    if (m && m[1] !== 'Property') out[m[1]!] = m[2]!;
+  }
+  return JSON.stringify(out);
 }

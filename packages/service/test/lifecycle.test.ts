@@ -5,42 +5,13 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { readdir } from 'node:fs/promises';
 import { request, type ClientRequest } from 'node:http';
-import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { diskhubBin, tempDir } from '@diskhub/testkit';
-import { api, token, ADMIN_PASSWORD } from './helpers.js';
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.listen(0, '127.0.0.1', () => { const p = (s.address() as { port: number }).port; s.close(() => resolve(p)); });
-    s.on('error', reject);
-  });
-}
-
-interface Proc { child: ChildProcess; url: string; stderr: () => string; exited: Promise<number | null> }
-
-async function serve(dataDir: string, port: number, env: Record<string, string> = {}): Promise<Proc> {
-  const child = spawn(process.execPath, [diskhubBin, 'serve'], {
-    env: { ...process.env, DISKHUB_DATA_DIR: dataDir, DISKHUB_PORT: String(port), DISKHUB_LOG_LEVEL: 'warn', ...env },
-    stdio: ['ignore', 'ignore', 'pipe'],
-  });
-  let err = '';
-  child.stderr!.on('data', (d) => { err += d; });
-  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
-  const url = `http://127.0.0.1:${port}`;
-  for (let i = 0; i < 200; i++) {
-    if (child.exitCode !== null) throw new Error(`diskhub serve exited: ${err}`);
-    if (await fetch(`${url}/healthcheck`).then((r) => r.ok, () => false)) return { child, url, stderr: () => err, exited };
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  child.kill('SIGKILL');
-  throw new Error(`diskhub serve did not start: ${err}`);
-}
+import { api, token, ADMIN_PASSWORD, freePort, serve } from './helpers.js';
 
 /** Start an upload that announces `total` bytes and sends `first` of them; returns the request and its answer. */
 function startUpload(url: string, tok: string, id: string, total: number, first: Buffer): { req: ClientRequest; status: Promise<number> } {

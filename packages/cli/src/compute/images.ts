@@ -9,9 +9,7 @@
  */
 import { createHash, getHashes } from 'node:crypto';
 import { open, rename, unlink } from 'node:fs/promises';
-import {
-  checkDeclaredFormat, closeChain, convertImage, createImage, describeIssues, inspectFile, isZeroRange, openImage,
-} from '@diskhub/disk';
+import { checkDeclaredFormat, convertFile, describeIssues, inspectFile, isZeroRange } from '@diskhub/disk';
 import type { ImageRecord, ImageServiceClient } from './client.js';
 import { ComputeError, flavorDiskSmallerThanImage, imageUnacceptable } from './errors.js';
 
@@ -146,27 +144,4 @@ async function writeSparse(fh: import('node:fs/promises').FileHandle, buf: Uint8
     if (zero && runStart >= 0) { await fh.write(buf, runStart, at - runStart, offset + runStart); runStart = -1; }
   }
   if (runStart >= 0) await fh.write(buf, runStart, buf.length - runStart, offset + runStart);
-}
-
-/**
- * `qemu-img convert -f FROM -O TO src dst` with the engine (dst must not exist): sparse,
- * flushed. The source's backing chain is not opened: callers convert inspected standalone
- * images, or pass `backing: true` to flatten an overlay.
- */
-export async function convertFile(src: string, fromFormat: string | undefined, dst: string, toFormat: string, options: { backing?: boolean; signal?: AbortSignal } = {}): Promise<void> {
-  const source = await openImage(src, { ...(fromFormat ? { format: fromFormat } : {}), backing: options.backing ?? false });
-  let target;
-  try {
-    await createImage(dst, toFormat, { size: source.size, options: {} }, { exclusive: true });
-    target = await openImage(dst, { format: toFormat, writable: true });
-    await convertImage(source, target, { targetIsZero: target.zeroInit ?? true, flush: true, ...(options.signal ? { signal: options.signal } : {}) });
-  } catch (e) {
-    await closeChain(target).catch(() => undefined);
-    target = undefined;
-    await unlink(dst).catch(() => undefined);
-    throw e;
-  } finally {
-    await closeChain(target);
-    await closeChain(source);
-  }
 }

@@ -12,11 +12,10 @@
 import { createReadStream } from 'node:fs';
 import { mkdir, mkdtemp, rm, stat } from 'node:fs/promises';
 import { basename, join } from 'node:path';
-import { openImage, resolveBackingPath } from '@diskhub/disk';
+import { convertFile, openImage, resolveBackingPath } from '@diskhub/disk';
 import type { ImageRecord, ImageServiceClient } from './client.js';
 import { ComputeError } from './errors.js';
 import { cacheFileName, type CacheLayout } from './imagecache.js';
-import { convertFile } from './images.js';
 
 /** [DEFAULT] non_inheritable_image_properties (Nova's default). */
 const NON_INHERITABLE = new Set(['cache_in_nova', 'bittorrent', 'img_signature_hash_method', 'img_signature', 'img_signature_key_type', 'img_signature_certificate_uuid']);

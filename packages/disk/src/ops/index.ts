@@ -4,6 +4,7 @@ export * from './map.js';
 export * from './info.js';
 export * from './compare.js';
 export * from './convert.js';
+export * from './convert-file.js';
 export * from './dispatch.js';
 export * from './concat.js';
 export * from './rebase.js';

@@ -195,6 +195,38 @@ const migrations = (dialect: Db['dialect']): Record<string, Migration> => ({
       await db.schema.alterTable('images').dropColumn('store').execute();
     },
   },
+  '0005_tasks': {
+    // Glance's tasks + task_info in one row, plus the lease a worker holds while it runs the
+    // task (node, lease_until in ms since the epoch, bytes done): a task whose lease has run
+    // out belongs to no live node, and any API node may claim it (domain/tasks.ts).
+    async up(db: Kysely<any>): Promise<void> {
+      await db.schema.createTable('tasks')
+        .addColumn('id', sql`varchar(36)`, (c) => c.primaryKey())
+        .addColumn('type', sql`varchar(32)`, (c) => c.notNull())
+        .addColumn('status', sql`varchar(32)`, (c) => c.notNull())
+        .addColumn('owner', sql.raw(NAME))
+        .addColumn('image_id', sql`varchar(36)`)
+        .addColumn('request_id', sql.raw(NAME))
+        .addColumn('user_id', sql.raw(ID))
+        .addColumn('input', 'text')
+        .addColumn('result', 'text')
+        .addColumn('message', 'text')
+        .addColumn('expires_at', sql.raw(TS))
+        .addColumn('created_at', sql.raw(TS), (c) => c.notNull())
+        .addColumn('updated_at', sql.raw(TS), (c) => c.notNull())
+        .addColumn('deleted', 'integer', (c) => c.notNull().defaultTo(0))
+        .addColumn('deleted_at', sql.raw(TS))
+        .addColumn('node', sql.raw(NAME))
+        .addColumn('lease_until', 'bigint')
+        .addColumn('progress', 'bigint', (c) => c.notNull().defaultTo(0))
+        .addColumn('attempts', 'integer', (c) => c.notNull().defaultTo(0))
+        .execute();
+      await db.schema.createIndex('ix_tasks_runnable').on('tasks').columns(['status', 'lease_until']).execute();
+      await db.schema.createIndex('ix_tasks_image').on('tasks').column('image_id').execute();
+      await db.schema.createIndex('ix_tasks_owner').on('tasks').columns(['owner', 'created_at']).execute();
+      if (dialect === 'mysql') await sql`ALTER TABLE tasks CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_bin`.execute(db);
+    },
+  },
 });
 
 /** Bring the schema to the latest migration (or, for upgrade tests, to `target`). */

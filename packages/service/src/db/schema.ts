@@ -85,6 +85,21 @@ export interface SettingsTable { name: string; value: string }
 /** A record per in-flight upload: who is writing and since when, so a restart can clean up after a crash. */
 export interface UploadsTable { image_id: string; node: string; temp_key: string; started_at: string }
 
+/** Glance's task and task_info rows as one, with the lease of the node running it (domain/tasks.ts). */
+export interface TasksTable {
+  id: string; type: string; status: string; owner: string | null; image_id: string | null;
+  request_id: string | null; user_id: string | null;
+  /** JSON objects (Glance's task_info.input / result); message is plain text. */
+  input: string | null; result: string | null; message: string | null;
+  expires_at: string | null; created_at: string; updated_at: string; deleted: number; deleted_at: string | null;
+  /** The node holding the lease, and until when (ms since the epoch); null when nobody runs it. */
+  node: string | null; lease_until: number | string | null;
+  /** Bytes the current run has moved. */
+  progress: number | string;
+  /** Runs started (claims); a task that keeps losing its node is failed instead of retried forever. */
+  attempts: number;
+}
+
 export interface MetadefNamespacesTable {
   namespace: string; owner: string | null; visibility: string; protected: number; display_name: string | null; description: string | null;
   /** JSON: { properties, objects, tags, resource_type_associations } */
@@ -106,6 +121,7 @@ export interface Database {
   revoked_tokens: RevokedTokensTable;
   settings: SettingsTable;
   uploads: UploadsTable;
+  tasks: TasksTable;
   metadef_namespaces: MetadefNamespacesTable;
   metadef_resource_types: MetadefResourceTypesTable;
 }

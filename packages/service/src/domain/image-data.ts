@@ -1,14 +1,14 @@
 /**
- * Image data: direct upload, staging and import (glance-direct), download, and recovery
- * after a crash. Every status change here goes through the status table and is one
+ * Image data: direct upload, staging, the ingest imports feed (domain/import/), download,
+ * and recovery after a crash. Every status change here goes through the status table and is one
  * transaction with the `uploads` rows recovery works from (the repository's setStatus with
  * a claim or a release), so no path can leave an image saving, uploading or importing
  * without a row that says which node was writing what.
  */
 import { pipeline } from 'node:stream/promises';
 import { Transform, type Readable } from 'node:stream';
-import { createReadStream, createWriteStream } from 'node:fs';
-import { mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
+import { createWriteStream } from 'node:fs';
+import { mkdir, readdir, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { HttpError, badRequest, conflict, forbidden, notFound } from '../http.js';
 import type { AuthContext } from '../identity.js';
@@ -36,13 +36,10 @@ export interface ImageDataOptions {
   downloadUrls: DownloadUrls;
 }
 
-export const IMPORT_METHODS = ['glance-direct'];
 /** Suffix of staging files still being written. */
 const PARTIAL_SUFFIX = '.partial';
 /** temp_key of an `uploads` row that records staging in progress. */
 const STAGE_KEY = 'stage';
-/** The property Glance sets to the stores an import failed for. */
-export const FAILED_IMPORT_PROPERTY = 'os_glance_failed_import';
 
 const DEACTIVATED = 'The requested image has been deactivated. Image data download is forbidden.';
 const INTERRUPTED = 'Image upload was interrupted; no data was kept.';
@@ -136,9 +133,10 @@ export class ImageDataService {
 
   /**
    * Stream `input` into the store while hashing, counting and inspecting; verify; make the
-   * image active. `tempKey`: the temporary data the status transition claimed.
+   * image active. `tempKey`: the temporary data the status transition claimed. Uploads and
+   * every import source (domain/import/) feed their data through here as a Readable.
    */
-  private async ingest(img: ImageRecord, store: Store, tempKey: string, input: Readable, declaredLength: number | null, revertTo: ImageStatus, complete: () => boolean): Promise<void> {
+  async ingest(img: ImageRecord, store: Store, tempKey: string, input: Readable, declaredLength: number | null, revertTo: ImageStatus, complete: () => boolean): Promise<void> {
     const inspection = new UploadInspection(img.id, img.container_format);
     let size = 0;
     let staged: StoreWriter;
@@ -243,36 +241,6 @@ export class ImageDataService {
       if (isNoSpace(e)) throw storageFull();
       throw badRequest(INTERRUPTED);
     }
-  }
-
-  /** POST /import: uploading → importing → active, from the staged data, after the 202 (as Glance's task). */
-  async import(a: AuthContext, id: string, method: unknown): Promise<void> {
-    const img = await this.images.get(a, id);
-    this.images.imagePolicy(a, img).modifyImage();
-    if (typeof method !== 'string') throw badRequest('Import request requires a "method" object with a "name".');
-    if (!IMPORT_METHODS.includes(method)) throw badRequest(`Import method ${method} is not valid for this image; available: ${IMPORT_METHODS.join(', ')}.`);
-    if (img.status !== 'uploading') throw conflict(`Image status transition from ${img.status} to importing is not allowed`);
-    if (!img.container_format || !img.disk_format) throw conflict("'disk_format' and 'container_format' must be set before import.");
-    const path = join(this.opts.stagingDir, img.id);
-    const store = this.stores.default;
-    const tempKey = store.newTempKey(img.id);
-    const importing = await this.transition(img, 'importing', { claim: tempKey });
-    await this.repo.setProperty(img.id, FAILED_IMPORT_PROPERTY, null);
-    void this.track((async () => {
-      try {
-        const length = (await stat(path)).size;
-        await this.ingest(importing, store, tempKey, createReadStream(path, { highWaterMark: 1 << 20 }), length, 'queued', () => true);
-      } catch (e) {
-        // The outcome shows on the image, as Glance's import task leaves it: back to queued,
-        // with the store it failed for in os_glance_failed_import and the reason logged.
-        const reason = (e as Error).message;
-        this.log.warn('import failed', { image: img.id, error: reason });
-        await this.abandon(img.id, 'queued'); // (when the staged data was gone before ingest began)
-        await this.repo.setProperty(img.id, FAILED_IMPORT_PROPERTY, store.id).catch(() => {});
-      } finally {
-        await rm(path, { force: true });
-      }
-    })());
   }
 
   /** The image whose data a download sends: by token (visible, download_image) or by a signed URL. */

@@ -1,13 +1,13 @@
 /**
  * Discovery and operations: the version documents Glance answers at / and /versions, what
- * the Images API offers (/v2/info/import; the stores are stores.ts's), the health check load
- * balancers poll, and Prometheus metrics.
+ * the Images API offers (/v2/info/import, /v2/info/usage; the stores are stores.ts's), the
+ * health check load balancers poll, and Prometheus metrics.
  */
 import type { FastifyInstance } from 'fastify';
 import type { Registry } from 'prom-client';
 import type { Db } from '../db/connect.js';
 import { replyJson, type Authenticate } from '../http.js';
-import { IMPORT_METHODS } from '../domain/image-data.js';
+import type { AuthContext } from '../identity.js';
 import { findStatic, sendStatic, wantsHtml } from '../static.js';
 
 /**
@@ -24,6 +24,10 @@ export interface DiscoveryDeps {
   /** The dashboard's files, served to a browser opening `/`. */
   webDir: string | null;
   auth: Authenticate;
+  /** Glance's enabled_import_methods. */
+  importMethods: string[];
+  /** The caller's project's quota usage (GET /v2/info/usage). */
+  usage(a: AuthContext): Promise<Record<string, { usage: number; limit: number }>>;
 }
 
 export function discoveryRoutes(app: FastifyInstance, deps: DiscoveryDeps): void {
@@ -37,7 +41,11 @@ export function discoveryRoutes(app: FastifyInstance, deps: DiscoveryDeps): void
   app.get('/versions', async (request, reply) => replyJson(reply, 200, { versions: versions(request.baseUrl) }));
   app.get('/v2/info/import', async (request, reply) => {
     await deps.auth(request);
-    return replyJson(reply, 200, { 'import-methods': { description: 'Import methods available.', type: 'array', value: IMPORT_METHODS } });
+    return replyJson(reply, 200, { 'import-methods': { description: 'Import methods available.', type: 'array', value: deps.importMethods } });
+  });
+  app.get('/v2/info/usage', async (request, reply) => {
+    const a = await deps.auth(request);
+    return replyJson(reply, 200, { usage: await deps.usage(a) });
   });
   app.get('/healthcheck', async (_request, reply) => {
     await deps.db.kysely.selectFrom('settings').select('name').limit(1).execute();

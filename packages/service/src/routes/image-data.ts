@@ -1,12 +1,12 @@
 /**
- * Image data: upload (PUT /file), staging (PUT /stage), import, download (GET /file, with
- * Range). Upload bodies are never buffered: the scope leaves application/octet-stream
+ * Image data: upload (PUT /file), staging (PUT /stage), download (GET /file, with Range);
+ * import is routes/tasks.ts. Upload bodies are never buffered: the scope leaves application/octet-stream
  * unparsed and the domain streams `request.raw` into the store.
  */
 import type { FastifyInstance, FastifyRequest } from 'fastify';
-import { HttpError, isObject, jsonBody, mediaTypeOf, replyEmpty, searchParams, type Authenticate } from '../http.js';
+import { HttpError, mediaTypeOf, replyEmpty, searchParams, type Authenticate } from '../http.js';
 import type { ImageRecord } from '../images-model.js';
-import { IMPORT_METHODS, type ImageDataService } from '../domain/image-data.js';
+import type { ImageDataService } from '../domain/image-data.js';
 import { SIGNATURE_PARAM } from '../download-urls.js';
 
 export interface ImageDataRouteDeps {
@@ -42,13 +42,6 @@ export function imageDataRoutes(app: FastifyInstance, { auth, data, storeIds }: 
     requireOctets(request);
     await data.stage(a, request.params.id, request.raw, () => request.raw.complete);
     return replyEmpty(reply, 204);
-  });
-
-  app.post<IdParams>('/v2/images/:id/import', async (request, reply) => {
-    const a = await auth(request);
-    const body = await jsonBody(request);
-    await data.import(a, request.params.id, isObject(body) && isObject(body.method) ? body.method.name : undefined);
-    return replyEmpty(reply, 202, { 'OpenStack-image-import-methods': IMPORT_METHODS.join(','), 'OpenStack-image-store-ids': storeIds });
   });
 
   app.get<IdParams>('/v2/images/:id/file', async (request, reply) => {

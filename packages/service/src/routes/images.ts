@@ -7,7 +7,6 @@ import { HttpError, PATCH_TYPES, badRequest, isObject, jsonBody, mediaTypeOf, re
 import { imageView, type ImageRecord } from '../images-model.js';
 import type { AuthContext } from '../identity.js';
 import type { ImageChange, ImageService } from '../domain/images.js';
-import { IMPORT_METHODS } from '../domain/image-data.js';
 
 export interface ImageRouteDeps {
   auth: Authenticate;
@@ -17,6 +16,8 @@ export interface ImageRouteDeps {
   /** Glance's show_image_direct_url and show_multiple_locations. */
   showImageDirectUrl: boolean;
   showMultipleLocations: boolean;
+  /** Glance's enabled_import_methods (the OpenStack-image-import-methods header). */
+  importMethods: string[];
   /** Largest page a list returns (Glance's api_limit_max) and the default page size. */
   limitMax: number;
   limitDefault: number;
@@ -24,7 +25,7 @@ export interface ImageRouteDeps {
 
 export function imageRoutes(app: FastifyInstance, deps: ImageRouteDeps): void {
   const { auth, images } = deps;
-  const importHeaders = { 'OpenStack-image-import-methods': IMPORT_METHODS.join(','), 'OpenStack-image-store-ids': deps.storeIds };
+  const importHeaders = { 'OpenStack-image-import-methods': deps.importMethods.join(','), 'OpenStack-image-store-ids': deps.storeIds };
   /** The image as `a` sees it: its locations only where configured and the policy lets `a` see them. */
   const view = (a: AuthContext, img: ImageRecord) => {
     const visible = (deps.showImageDirectUrl || deps.showMultipleLocations) && images.locationsVisible(a, img);

@@ -1,0 +1,196 @@
+/**
+ * Import plugins, as Glance names them in `[image_import_opts] image_import_plugins`
+ * (glance/async_/flows/plugins/), run in the order configured, each on the stream the one
+ * before it gives:
+ *
+ * - `image_decompression`: data that starts with a gzip, xz or zstd magic number is
+ *   decompressed as it streams (Glance's plugin knows gzip and zip; like it, nothing is done
+ *   when the image's container_format is `compressed`). gzip is node:zlib; xz and zstd are
+ *   the Debian `xz` and `zstd` tools through pipes (no npm package for either is as well kept,
+ *   and a tool's exit status is checked after its output ends, so a corrupt archive fails the
+ *   import instead of storing what was decoded before the damage). The decompressed size is
+ *   the size the ingest caps, so a decompression bomb stops at image_size_cap / the quota.
+ * - `image_conversion`: the image is stored in `[image_conversion] output_format` (raw, qcow2
+ *   or vmdk) with the disk engine, and its disk_format becomes that (container_format bare),
+ *   as Glance's plugin sets them. The source is staged to a temporary file first, capped at
+ *   image_size_cap while it is written: a qcow2, vmdk or vhdx source's metadata (L1/L2 tables,
+ *   grain directories, BAT) may sit anywhere in the file, after the data it maps, so it cannot
+ *   be read as it streams in; and the qcow2 and vmdk writers fill their tables as data lands,
+ *   so their output is a file, not a stream. The safety inspector runs on the staged source
+ *   (a backing file, an external data file, extents elsewhere: refused before anything is
+ *   converted) and, through the ingest, on the converted data that is stored.
+ * - `inject_image_metadata`: `[inject_metadata_properties] inject` properties set on the
+ *   image when the import succeeds, unless the requester has one of `ignore_user_roles`
+ *   (Glance's default: admin).
+ */
+import { spawn } from 'node:child_process';
+import { createReadStream, createWriteStream } from 'node:fs';
+import { mkdir, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Readable, Transform, pipeline } from 'node:stream';
+import { pipeline as pipelineAsync } from 'node:stream/promises';
+import { createGunzip } from 'node:zlib';
+import { convertFile, describeIssues, inspectFile } from '@diskhub/disk';
+import { HttpError, badRequest } from '../../http.js';
+import type { ImageRecord } from '../../images-model.js';
+import type { Logger } from '../../log.js';
+
+export const KNOWN_PLUGINS = ['image_decompression', 'image_conversion', 'inject_image_metadata'] as const;
+/** Glance's [image_conversion] output_format choices. */
+export const CONVERSION_FORMATS = ['raw', 'qcow2', 'vmdk'];
+
+export interface ImportPluginOptions {
+  /** Glance's image_import_plugins, in order. */
+  enabled: string[];
+  /** [inject_metadata_properties] inject. */
+  inject: Record<string, string>;
+  /** [inject_metadata_properties] ignore_user_roles. */
+  ignoreUserRoles: string[];
+  /** [image_conversion] output_format. */
+  outputFormat: string;
+  /** Where conversion stages its files (the staging area). */
+  workDir: string;
+  /** Largest source conversion stages (image_size_cap). */
+  sizeCap: number;
+}
+
+export interface PluginContext {
+  image: ImageRecord;
+  /** The import requester's roles. */
+  roles: string[];
+  log: Logger;
+  signal: AbortSignal;
+}
+
+/**
+ * What the plugins made of the source: the stream to ingest, its length when known, the image
+ * as it will be stored (formats), properties to set on success, and temporary files to remove
+ * when the import ends.
+ */
+export interface PluginOutput { stream: Readable; length: number | null; image: ImageRecord; properties: Record<string, string>; temporary: string[] }
+
+export async function applyPlugins(source: Readable, length: number | null, ctx: PluginContext, o: ImportPluginOptions): Promise<PluginOutput> {
+  let out: PluginOutput = { stream: source, length, image: ctx.image, properties: {}, temporary: [] };
+  for (const name of o.enabled) {
+    if (name === 'image_decompression') out = await decompression(out);
+    else if (name === 'image_conversion') out = await conversion(out, ctx, o);
+    else if (name === 'inject_image_metadata') out = injectMetadata(out, ctx, o);
+  }
+  return out;
+}
+
+function injectMetadata(out: PluginOutput, ctx: PluginContext, o: ImportPluginOptions): PluginOutput {
+  if (ctx.roles.some((r) => o.ignoreUserRoles.includes(r))) return out;
+  return { ...out, properties: { ...out.properties, ...o.inject } };
+}
+
+// --- image_conversion
+
+async function conversion(out: PluginOutput, ctx: PluginContext, o: ImportPluginOptions): Promise<PluginOutput> {
+  await mkdir(o.workDir, { recursive: true });
+  const src = join(o.workDir, `${ctx.image.id}.convert-source`);
+  const dst = join(o.workDir, `${ctx.image.id}.convert-${o.outputFormat}`);
+  try {
+    return await convertStaged(out, ctx, o, src, dst);
+  } catch (e) {
+    // (on success the runner removes them when the import ends)
+    await rm(src, { force: true });
+    await rm(dst, { force: true });
+    throw e;
+  }
+}
+
+async function convertStaged(out: PluginOutput, ctx: PluginContext, o: ImportPluginOptions, src: string, dst: string): Promise<PluginOutput> {
+  const temporary = [...out.temporary, src, dst];
+  await rm(dst, { force: true });
+  let size = 0;
+  const cap = o.sizeCap;
+  await pipelineAsync(out.stream, new Transform({
+    transform(chunk: Buffer, _e, cb) {
+      size += chunk.length;
+      cb(size > cap ? new HttpError(413, `Image exceeds the storage quota: the image size cap is ${cap} bytes.`) : null, chunk);
+    },
+  }), createWriteStream(src), { signal: ctx.signal });
+  const report = await inspectFile(src);
+  if (!report.safe) throw badRequest(`Image data was refused: ${describeIssues(report)}`);
+  const converted = { ...ctx.image, ...out.image, disk_format: o.outputFormat, container_format: 'bare' };
+  if (report.format === o.outputFormat) {
+    return { ...out, stream: createReadStream(src, { highWaterMark: 1 << 20 }), length: size, image: converted, temporary };
+  }
+  await convertFile(src, report.format, dst, o.outputFormat, { signal: ctx.signal });
+  await rm(src, { force: true });
+  ctx.log.info('import converted', { image: ctx.image.id, from: report.format, to: o.outputFormat });
+  return { ...out, stream: createReadStream(dst, { highWaterMark: 1 << 20 }), length: null, image: converted, temporary };
+}
+
+// --- image_decompression
+
+const MAGIC: { name: 'gzip' | 'xz' | 'zstd'; bytes: number[] }[] = [
+  { name: 'gzip', bytes: [0x1f, 0x8b, 0x08] },                       // RFC 1952 §2.3.1 (ID1 ID2 CM=deflate)
+  { name: 'xz', bytes: [0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00] },       // xz file format §2.1.1.1
+  { name: 'zstd', bytes: [0x28, 0xb5, 0x2f, 0xfd] },                 // RFC 8878 §3.1.1
+];
+const HEADER = Math.max(...MAGIC.map((m) => m.bytes.length));
+
+/** The first `n` bytes of `src` (fewer if it is shorter), and a stream of all of it. */
+async function peek(src: Readable, n: number): Promise<{ head: Buffer; all: Readable }> {
+  const it = src[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
+  const chunks: Buffer[] = [];
+  let len = 0;
+  let ended = false;
+  while (len < n) {
+    const r = await it.next();
+    if (r.done) { ended = true; break; }
+    chunks.push(r.value);
+    len += r.value.length;
+  }
+  const head = Buffer.concat(chunks);
+  const all = Readable.from((async function* () {
+    if (head.length) yield head;
+    if (ended) return;
+    for (;;) {
+      const r = await it.next();
+      if (r.done) return;
+      yield r.value;
+    }
+  })(), { objectMode: false });
+  return { head, all };
+}
+
+async function decompression(out: PluginOutput): Promise<PluginOutput> {
+  if (out.image.container_format === 'compressed') return out;
+  const { head, all } = await peek(out.stream, HEADER);
+  const kind = MAGIC.find((m) => m.bytes.every((b, i) => head[i] === b))?.name;
+  if (!kind) return { ...out, stream: all };
+  if (kind === 'gzip') {
+    const gunzip = createGunzip();
+    pipeline(all, gunzip, () => {});
+    return { ...out, stream: gunzip, length: null };
+  }
+  return { ...out, stream: throughTool(all, kind === 'xz' ? 'xz' : 'zstd', ['-d', '-c', '-q']), length: null };
+}
+
+/** `src` decompressed by a tool reading stdin; the stream fails when the tool exits with an error, after its last output. */
+function throughTool(src: Readable, tool: string, args: string[]): Readable {
+  const child = spawn(tool, args, { stdio: ['pipe', 'pipe', 'pipe'] });
+  let stderr = '';
+  child.stderr.setEncoding('utf8').on('data', (d: string) => { if (stderr.length < 4096) stderr += d; });
+  const exited = new Promise<number | null>((resolve, reject) => {
+    child.on('error', (e) => reject(badRequest(`Image decompression failed: ${tool} could not be run (${e.message}).`)));
+    child.on('close', (code) => resolve(code));
+  });
+  exited.catch(() => {});
+  // (an EPIPE when the tool stops reading early is reported by its exit status)
+  pipeline(src, child.stdin, () => {});
+  return Readable.from((async function* () {
+    try {
+      for await (const chunk of child.stdout) yield chunk as Buffer;
+      const code = await exited;
+      if (code !== 0) throw badRequest(`Image decompression failed: ${tool} ${stderr.trim() || `exited with status ${code}`}`);
+    } finally {
+      // The consumer stopped early (the size cap, an error): the tool must not outlive the import.
+      if (child.exitCode === null) child.kill('SIGKILL');
+      src.destroy();
+    }
+  })(), { objectMode: false });
+}

@@ -1,0 +1,255 @@
+/**
+ * Tasks: work that outlives a request (Glance's tasks API, and every image import), kept as
+ * a row in the database and run by whichever API node claims it.
+ *
+ * Each node runs a worker loop: it claims a runnable task with a lease (repo/tasks.ts), renews
+ * the lease while the task runs (recording the bytes moved), and ends the task — success or
+ * failure, with its image's change — in one transaction. A node that dies stops renewing; once
+ * its lease has run out another node claims the task and runs it again from the start (the
+ * runner makes the image importing again if the dead run's cleanup left it queued), and a task
+ * that has been started `maxAttempts` times is failed cleanly instead, its image back to queued.
+ * A node that stops in an orderly way gives its tasks back at once.
+ */
+import { randomUUID } from 'node:crypto';
+import type { AuthContext } from '../identity.js';
+import { HttpError, badRequest, notFound } from '../http.js';
+import type { Logger } from '../log.js';
+import type { Policy } from '../policy/index.js';
+import { PolicyNotAuthorized } from '../policy/index.js';
+import type { ImageChange, NewTask, TaskRecord, TaskRepo } from '../repo/tasks.js';
+import { TASK_STATUSES } from '../repo/tasks.js';
+
+export interface TaskOptions {
+  /** This API node's name in leases. */
+  node: string;
+  /** How long a claim lasts without renewal (ms); renewed every third of it. */
+  leaseMs: number;
+  /** How often an idle node looks for runnable tasks (ms). */
+  pollMs: number;
+  /** Runs of one task before it is failed instead of started again. */
+  maxAttempts: number;
+  /** Tasks one node runs at once. */
+  concurrency: number;
+  /** Glance's [task] task_time_to_live (hours): a finished task is listed until then. */
+  timeToLiveHours: number;
+  /** A fresh temporary data key for an image (the store's), recorded in the claim's upload row. */
+  tempKey(imageId: string): string;
+}
+
+/** What a runner gets while it runs one task. */
+export interface TaskRun {
+  task: TaskRecord;
+  /** The temporary data key this run writes its image's data to, recorded with the claim (null: the task has no image). */
+  tempKey: string | null;
+  /** Aborted when this node lost the lease, or stops. */
+  signal: AbortSignal;
+  /** Record bytes moved so far (saved with the next lease renewal). */
+  progress(bytes: number): void;
+}
+
+/** The outcome a runner reports: the result and the image change committed with the task's end. */
+export interface TaskOutcome { result: Record<string, unknown> | null; image?: ImageChange }
+
+/** A task's failure with the image change to commit with it. */
+export class TaskFailure extends Error {
+  constructor(message: string, readonly image?: ImageChange) { super(message); }
+}
+
+export interface TaskRunner {
+  /** Runs the task; throws TaskFailure (or any error) to fail it. */
+  run(run: TaskRun): Promise<TaskOutcome>;
+  /** The image change when a task is failed without running (too many attempts). */
+  abandoned(task: TaskRecord, reason: string): Promise<ImageChange | undefined>;
+}
+
+/** Why a run was aborted: this node stops (the task goes back to the pool), or lost its lease. */
+class Stopping extends Error {}
+class LeaseLost extends Error {}
+
+export class TaskService {
+  private readonly running = new Map<string, { abort: AbortController; done: Promise<void> }>();
+  private timer: NodeJS.Timeout | undefined;
+  private polling: Promise<void> | null = null;
+  private again = false;
+  private stopped = true;
+
+  constructor(
+    private readonly repo: TaskRepo,
+    private readonly policy: Policy,
+    private readonly runners: Record<string, TaskRunner>,
+    private readonly opts: TaskOptions,
+    private readonly log: Logger,
+  ) {}
+
+  // --- the API (Glance's tasks controller; every call needs tasks_api_access first)
+
+  private creds(a: AuthContext) {
+    return { user_id: a.userId, project_id: a.projectId, roles: [...a.roleNames], is_admin: a.isAdmin };
+  }
+
+  private authorize(a: AuthContext, rule: string, target: Record<string, unknown> = {}): void {
+    if (!this.policy.enforce(rule, target, this.creds(a))) throw new PolicyNotAuthorized(rule);
+  }
+
+  /** Glance's TasksAPIPolicy.tasks_api_access, checked before anything else on /v2/tasks. */
+  authorizeAccess(a: AuthContext): void {
+    this.authorize(a, 'tasks_api_access');
+  }
+
+  /**
+   * POST /v2/tasks (deprecated in Glance): the task is recorded, as Glance records it, but
+   * this service runs imports only through the image import API, so a task created here ends
+   * at once in failure saying so (no image is touched).
+   */
+  async createLegacy(a: AuthContext, requestId: string, type: string, input: Record<string, unknown> | null): Promise<TaskRecord> {
+    this.authorize(a, 'add_task', { project_id: a.projectId });
+    const id = randomUUID();
+    const imageId = typeof input?.image_id === 'string' ? input.image_id : null;
+    await this.repo.create({ id, type, owner: a.projectId, image_id: imageId, request_id: requestId, user_id: a.userId, input });
+    await this.repo.finish(id, null, {
+      status: 'failure', result: null, expiresAt: new Date(Date.now() + this.opts.timeToLiveHours * 3600_000).toISOString(),
+      message: 'Tasks created through POST /v2/tasks are not run by this service; import image data with POST /v2/images/{image_id}/import.',
+    });
+    return (await this.repo.get(id))!;
+  }
+
+  async list(a: AuthContext, q: { status?: string; type?: string; sortKey: string; sortDir: string; marker?: string; limit: number }): Promise<TaskRecord[]> {
+    this.authorize(a, 'tasks_api_access');
+    if (q.sortDir !== 'asc' && q.sortDir !== 'desc') throw badRequest(`Invalid sort direction: ${q.sortDir}`);
+    if (q.status && !(TASK_STATUSES as readonly string[]).includes(q.status)) throw badRequest(`Invalid status value: ${q.status}`);
+    if (q.type && !['import', 'api_image_import'].includes(q.type)) throw badRequest(`Invalid type value: ${q.type}`);
+    this.authorize(a, 'get_tasks', { project_id: a.projectId });
+    return this.repo.list({ projectId: a.projectId, isAdmin: a.isAdmin }, { ...q, sortDir: q.sortDir });
+  }
+
+  async get(a: AuthContext, id: string): Promise<TaskRecord> {
+    this.authorize(a, 'tasks_api_access');
+    const task = await this.repo.get(id);
+    const visible = task && (a.isAdmin || task.owner === null || task.owner === a.projectId)
+      && (task.expires_at === null || task.expires_at >= new Date().toISOString());
+    if (!visible) throw notFound(`Task with identifier ${id} not found`);
+    this.authorize(a, 'get_task', { project_id: task.owner, owner: task.owner });
+    return task;
+  }
+
+  /** GET /v2/images/{id}/tasks: the image's tasks (the caller's access to the image is checked by the caller). */
+  ofImage(a: AuthContext, imageId: string): Promise<TaskRecord[]> {
+    return this.repo.ofImage({ projectId: a.projectId, isAdmin: a.isAdmin }, imageId);
+  }
+
+  /**
+   * A new task of `type` for `a`, committed with `image`'s change (false: the image changed
+   * first, nothing written); the worker is told at once. `id` when the image change must name
+   * the task (os_glance_import_task).
+   */
+  async create(a: AuthContext, requestId: string, type: string, input: Record<string, unknown>, image?: ImageChange, id: string = randomUUID()): Promise<TaskRecord | false> {
+    if (!this.runners[type]) throw badRequest(`Task type ${type} is not supported.`);
+    const task: NewTask = { id, type, owner: a.projectId, image_id: image?.id ?? null, request_id: requestId, user_id: a.userId, input };
+    if (!(await this.repo.create(task, image))) return false;
+    this.kick();
+    return (await this.repo.get(task.id))!;
+  }
+
+  // --- the worker
+
+  /**
+   * Give back what this node held when it last stopped (a crash, same node name), with their
+   * upload rows: before the image data's recovery, which would otherwise revert their images.
+   */
+  async recover(): Promise<void> {
+    const released = await this.repo.releaseNode(this.opts.node);
+    if (released.length) this.log.info('released tasks of an earlier run of this node', { tasks: released });
+  }
+
+  /** Start claiming tasks (after recovery: a claim writes an upload row recovery would take for a dead one). */
+  start(): void {
+    this.stopped = false;
+    this.timer = setInterval(() => this.kick(), this.opts.pollMs);
+    this.timer.unref();
+    this.kick();
+  }
+
+  /** Look for runnable tasks now (a task was created, or one finished and a slot is free). */
+  kick(): void {
+    if (this.stopped) return;
+    if (this.polling) { this.again = true; return; }
+    this.polling = this.poll().catch((e) => this.log.error('task poll failed', { error: (e as Error).message }))
+      .finally(() => {
+        this.polling = null;
+        if (this.again) { this.again = false; this.kick(); }
+      });
+  }
+
+  private async poll(): Promise<void> {
+    while (!this.stopped && this.running.size < this.opts.concurrency) {
+      const nowMs = Date.now();
+      let tempKey: string | null = null;
+      const task = await this.repo.claim(this.opts.node, nowMs, nowMs + this.opts.leaseMs, (imageId) => (tempKey = this.opts.tempKey(imageId)));
+      if (!task) return;
+      this.launch(task, tempKey);
+    }
+  }
+
+  private launch(task: TaskRecord, tempKey: string | null): void {
+    const abort = new AbortController();
+    const done = this.execute(task, tempKey, abort).finally(() => {
+      this.running.delete(task.id);
+      this.kick();
+    });
+    this.running.set(task.id, { abort, done });
+  }
+
+  private async execute(task: TaskRecord, tempKey: string | null, abort: AbortController): Promise<void> {
+    const runner = this.runners[task.type];
+    const expiresAt = () => new Date(Date.now() + this.opts.timeToLiveHours * 3600_000).toISOString();
+    const fail = async (message: string, image?: ImageChange) => {
+      const ok = await this.repo.finish(task.id, this.opts.node, { status: 'failure', result: null, message, expiresAt: expiresAt() }, image);
+      if (ok) this.log.warn('task failed', { task: task.id, image: task.image_id, error: message });
+    };
+    if (!runner) return fail(`Task type ${task.type} is not supported by this node.`);
+    if (task.attempts > this.opts.maxAttempts) {
+      const reason = `Task ${task.id} was started ${task.attempts - 1} times and its node stopped each time; it is not tried again.`;
+      return fail(reason, await runner.abandoned(task, reason));
+    }
+    let progress = task.progress;
+    let renewing: Promise<unknown> = Promise.resolve();
+    const renewal = setInterval(() => {
+      renewing = this.repo.renew(task.id, this.opts.node, Date.now() + this.opts.leaseMs, progress).then((held) => {
+        if (!held) abort.abort(new LeaseLost(`Task ${task.id}: this node's lease ran out and another node took the task.`));
+      }).catch((e) => this.log.warn('task lease renewal failed', { task: task.id, error: (e as Error).message }));
+    }, Math.max(50, Math.floor(this.opts.leaseMs / 3)));
+    try {
+      this.log.info('task started', { task: task.id, type: task.type, image: task.image_id, attempt: task.attempts });
+      const outcome = await runner.run({ task, tempKey, signal: abort.signal, progress: (n) => { progress = n; } });
+      clearInterval(renewal);
+      await renewing;
+      const ok = await this.repo.finish(task.id, this.opts.node, { status: 'success', result: outcome.result, message: '', expiresAt: expiresAt() }, outcome.image);
+      if (ok) this.log.info('task succeeded', { task: task.id, image: task.image_id });
+    } catch (e) {
+      clearInterval(renewal);
+      await renewing;
+      const reason = abort.signal.reason;
+      if (reason instanceof Stopping) {
+        await this.repo.release(task.id, this.opts.node);
+        this.log.info('task given back: this node stops', { task: task.id });
+      } else if (reason instanceof LeaseLost) {
+        this.log.warn('task abandoned: lease lost', { task: task.id });
+      } else {
+        await fail(e instanceof HttpError || e instanceof TaskFailure ? e.message : `Task failed: ${(e as Error).message}`, e instanceof TaskFailure ? e.image : undefined);
+      }
+    }
+  }
+
+  /** Stop claiming; wait up to `graceMs` for running tasks, then abort them and give them back. */
+  async stop(graceMs: number): Promise<void> {
+    this.stopped = true;
+    clearInterval(this.timer);
+    await this.polling;
+    const all = () => Promise.allSettled([...this.running.values()].map((r) => r.done));
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([all(), new Promise<void>((r) => { timer = setTimeout(r, graceMs); })]);
+    clearTimeout(timer);
+    for (const r of this.running.values()) r.abort.abort(new Stopping('this node stops'));
+    await all();
+  }
+}
