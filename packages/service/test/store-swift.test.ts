@@ -15,22 +15,35 @@ import { join } from 'node:path';
 import { tempDir } from '@diskhub/testkit';
 import { StoreError } from '../src/stores/store.js';
 import { SwiftStore, type SwiftStoreOptions } from '../src/stores/swift/swift-store.js';
-import { needSwift, freshName, swiftCli, swiftCliList, swiftList, swiftStat, swiftHead, swiftDrop, expireSwiftTokens, SWIFT_AUTH, SWIFT_USER, SWIFT_KEY, writeImage } from './swift-peer.js';
+import { needSwift, freshName, swiftCli, swiftCliList, swiftList, swiftStat, swiftHead, swiftDrop, expireSwiftTokens, SWIFT_AUTH, SWIFT_USER, SWIFT_KEY } from './swift-peer.js';
+import { storeContractTests, writeLikeTheService as writeImage } from './store-contract.js';
 
 const MiB = 1 << 20;
 
-/** A store on a fresh container (removed after the test), initialised. */
-async function swiftStore(t: TestContext, options: Partial<SwiftStoreOptions> = {}): Promise<SwiftStore | null> {
+/** A store on a fresh container (removed after the test), not initialised; null when Swift is not running (outside CI). */
+async function newSwiftStore(t: TestContext, options: Partial<SwiftStoreOptions> = {}): Promise<SwiftStore | null> {
   if (!await needSwift(t)) return null;
   const container = freshName('swift-test');
   const store = new SwiftStore('swift-test', {
     authAddress: SWIFT_AUTH, authVersion: '1', user: SWIFT_USER, key: SWIFT_KEY, timeoutMs: 10_000,
     container, createContainerOnPut: true, ...options,
   });
-  t.after(async () => { await store.close(); await swiftDrop(container, `${container}_segments`); });
-  await store.init();
+  t.after(() => swiftDrop(container, `${container}_segments`));
   return store;
 }
+
+/** The same, initialised. */
+async function swiftStore(t: TestContext, options: Partial<SwiftStoreOptions> = {}): Promise<SwiftStore | null> {
+  const store = await newSwiftStore(t, options);
+  t.after(() => store?.close());
+  await store?.init();
+  return store;
+}
+
+// Glance's defaults: images of known size are single objects, others static large objects.
+storeContractTests('swift', (t) => newSwiftStore(t));
+// Every image a static large object of 1 MiB segments.
+storeContractTests('swift, 1 MiB SLO segments', (t) => newSwiftStore(t, { largeObjectSize: 1, largeObjectChunkSize: 1 << 20 }));
 
 
 const containerOf = (store: SwiftStore) => store.detail().container as string;

@@ -4,5 +4,9 @@
  */
 import { register } from './registry.js';
 import { fileStoreFactory } from './file/factory.js';
+import { swiftStoreFactory } from './swift/factory.js';
+import { s3StoreFactory } from './s3/factory.js';
 
 register('file', fileStoreFactory);
+register('swift', swiftStoreFactory);
+register('s3', s3StoreFactory);

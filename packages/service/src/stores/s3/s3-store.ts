@@ -67,7 +67,7 @@ export class S3Store implements Store {
   private readonly parallel: number;
   private readonly retries: number;
 
-  constructor(readonly id: string, private readonly opts: S3StoreOptions) {
+  constructor(readonly id: string, private readonly opts: S3StoreOptions, description?: string) {
     this.endpoint = new URL(/^https?:\/\//.test(opts.host) ? opts.host : `https://${opts.host}`);
     this.scheme = this.endpoint.protocol === 'http:' ? 's3+http' : 's3';
     this.bucket = opts.bucket;
@@ -97,7 +97,7 @@ export class S3Store implements Store {
         connectionTimeout: timeout, requestTimeout: timeout, throwOnRequestTimeout: true, socketTimeout: timeout,
       }),
     });
-    this.description = `S3 bucket ${this.bucket} at ${this.endpoint.host}`;
+    this.description = description ?? `S3 bucket ${this.bucket} at ${this.endpoint.host}`;
   }
 
   async init(): Promise<void> {

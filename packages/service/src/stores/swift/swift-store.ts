@@ -58,7 +58,7 @@ export class SwiftStore implements Store {
   /** Containers known to exist (checked or created once per process). */
   private readonly ready = new Set<string>();
 
-  constructor(readonly id: string, private readonly opts: SwiftStoreOptions) {
+  constructor(readonly id: string, private readonly opts: SwiftStoreOptions, description?: string) {
     this.container = opts.container ?? 'glance';
     this.seed = opts.multipleContainersSeed ?? 0;
     if (!Number.isInteger(this.seed) || this.seed < 0 || this.seed > 32) {
@@ -69,7 +69,7 @@ export class SwiftStore implements Store {
     this.chunkSize = opts.largeObjectChunkSize ?? 200 * MiB;
     this.retries = opts.retryGetCount ?? 3;
     this.connection = new SwiftConnection(opts);
-    this.description = `Swift container ${this.container}${this.seed ? `_* (${16 ** this.seed} containers)` : ''} at ${opts.authAddress}`;
+    this.description = description ?? `Swift container ${this.container}${this.seed ? `_* (${16 ** this.seed} containers)` : ''} at ${opts.authAddress}`;
   }
 
   async init(): Promise<void> {
