@@ -8,7 +8,8 @@
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer, type Server } from 'node:http';
-import { createServer as createTcpServer, type Socket } from 'node:net';
+import { connect, createServer as createTcpServer, type Socket } from 'node:net';
+import { Writable } from 'node:stream';
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -266,4 +267,52 @@ test('Keystone v3: password auth scoped to the project, the object-store endpoin
   await assert.rejects(new SwiftStore('ks', { ...base, region: 'RegionThree' }).init(), /no object-store endpoint \(public, region RegionThree\)/);
   await assert.rejects(new SwiftStore('ks', { ...base, key: 'wrong-pass' }).init(), (e: unknown) =>
     e instanceof StoreError && /refused user alice in project demo \(401\)/.test(e.message) && !e.message.includes('wrong-pass'));
+});
+
+test('a download that breaks off is resumed with a Range from the first byte not received', async (t) => {
+  const store = await swiftStore(t);
+  if (!store) return;
+  const id = randomUUID();
+  const data = randomBytes(4 * MiB + 17);
+  await (await writeImage(store, id, data, data.length)).commit(id);
+
+  // A TCP relay in front of Swift that cuts the first object GET after 1.5 MiB of its answer.
+  const ranges: string[] = [];
+  let cut = false;
+  const relay = createTcpServer((client) => {
+    const upstream = connect(Number(new URL(SWIFT_AUTH).port), '127.0.0.1');
+    let cutAt = Infinity;
+    let sent = 0;
+    client.on('data', (d: Buffer) => {
+      const text = d.toString('latin1');
+      if (text.startsWith('GET ') && text.includes(`/${id} `)) {
+        ranges.push(/\r\nrange: ([^\r]*)/i.exec(text)?.[1] ?? 'none');
+        if (!cut) { cut = true; cutAt = sent + 1.5 * MiB; }
+      }
+      upstream.write(d);
+    });
+    upstream.on('data', (d: Buffer) => {
+      if (sent + d.length > cutAt) { client.write(d.subarray(0, cutAt - sent)); client.destroy(); upstream.destroy(); return; }
+      sent += d.length;
+      client.write(d);
+    });
+    for (const s of [client, upstream]) { s.on('error', () => {}); s.on('close', () => { client.destroy(); upstream.destroy(); }); }
+  });
+  const port = await listen(relay, t);
+  await store.connection.connect();
+  const storage = new URL(store.connection.url!);
+  const relayed = new SwiftStore('swift-test', {
+    authAddress: SWIFT_AUTH, authVersion: '1', user: SWIFT_USER, key: SWIFT_KEY, timeoutMs: 10_000,
+    container: containerOf(store), endpoint: `http://127.0.0.1:${port}${storage.pathname}`,
+  });
+  await relayed.init();
+  t.after(() => relayed.close());
+  const got: Buffer[] = [];
+  const out = new Writable({ write(chunk: Buffer, _e, done) { got.push(chunk); done(); } });
+  await relayed.send(`swift+config://swift-test/${containerOf(store)}/${id}`, out);
+  assert.ok(Buffer.concat(got).equals(data), 'the whole object, once');
+  assert.equal(ranges.length, 2, `two GETs: ${JSON.stringify(ranges)}`);
+  assert.equal(ranges[0], 'none');
+  assert.match(ranges[1]!, /^bytes=\d+-$/);
+  assert.ok(Number(/=(\d+)/.exec(ranges[1]!)![1]) > MiB, 'resumed past what was received');
 });
