@@ -62,7 +62,7 @@ test('the service stores images in Swift (SLO) and S3 (multipart) configured wit
     assert.equal(shown.status, 'active');
     assert.equal(shown.stores, store);
     const url = shown.locations[0].url as string;
-    assert.ok(store === 'swift' ? url === `swift+config://swift/${container}/${id}` : url.startsWith(`s3+http://127.0.0.1:${new URL(S3_ENDPOINT).port}/${bucket}/${id}.`), url);
+    assert.ok(store === 'swift' ? url === `swift+config://swift/${container}/${id}` : url.startsWith(`s3://127.0.0.1:${new URL(S3_ENDPOINT).port}/${bucket}/${id}.`), url);
     const whole = await fetch(`${svc.url}/v2/images/${id}/file`, { headers: { 'X-Auth-Token': tok } });
     assert.ok(Buffer.from(await whole.arrayBuffer()).equals(data), `${store}: download`);
     const ranged = await fetch(`${svc.url}/v2/images/${id}/file`, { headers: { 'X-Auth-Token': tok, Range: 'bytes=5242000-6291999' } });

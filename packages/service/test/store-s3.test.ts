@@ -80,7 +80,7 @@ print(json.dumps({"uploads": [u["Key"] for u in uploads], "parts": [[p["PartNumb
   assert.deepEqual(before, { uploads: [writer.tempKey], parts: [[1, 5 * MiB], [2, 5 * MiB]], objects: [] });
 
   const location = await writer.commit(id);
-  assert.equal(location, `s3+http://127.0.0.1:${new URL(S3_ENDPOINT).port}/${store.bucket}/${writer.tempKey}`);
+  assert.equal(location, `s3://127.0.0.1:${new URL(S3_ENDPOINT).port}/${store.bucket}/${writer.tempKey}`);
   const dir = await tempDir(t);
   const after = JSON.parse(await boto3(`
 bucket, key, out = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -209,7 +209,7 @@ test('path-style and virtual-hosted requests, as an S3 server receives them (Sig
   ]);
   assert.match(seen[1]!.headers.authorization!, /^AWS4-HMAC-SHA256 Credential=test:tester\/\d{8}\/us-east-1\/s3\/aws4_request, SignedHeaders=[^ ]*host[^ ]*, Signature=[0-9a-f]{64}$/);
   assert.ok(!JSON.stringify(seen).includes(SWIFT_KEY), 'the secret never travels');
-  assert.equal(path.location, `s3+http://127.0.0.1:${port}/images-path/${path.key}`);
+  assert.equal(path.location, `s3://127.0.0.1:${port}/images-path/${path.key}`);
 
   // Virtual-hosted: the bucket is in the host name. That name does not resolve here, so the
   // request is sent to the loopback server after signing, with its Host header as built.
@@ -223,5 +223,5 @@ test('path-style and virtual-hosted requests, as an S3 server receives them (Sig
     ['HEAD', `images-virtual.s3.diskhub.test:${port}`, '/'],
     ['PUT', `images-virtual.s3.diskhub.test:${port}`, `/${virtual.key}`],
   ]);
-  assert.equal(virtual.location, `s3+http://s3.diskhub.test:${port}/images-virtual/${virtual.key}`);
+  assert.equal(virtual.location, `s3://s3.diskhub.test:${port}/images-virtual/${virtual.key}`);
 });
