@@ -5,6 +5,7 @@ import { parseArgs } from 'node:util';
 import { ConfigError, loadConfig } from './config.js';
 import { DatabaseUrlError } from './db/connect.js';
 import { startService } from './server.js';
+import { redactCredentials } from './stores/credentials.js';
 
 const USAGE = `usage: diskhub serve [--config FILE] [--data-dir DIR] [--bind ADDR] [--port N] [--database-url URL]
 
@@ -57,7 +58,8 @@ export async function serveMain(argv: string[]): Promise<number> {
     if (e instanceof ConfigError || e instanceof DatabaseUrlError) { process.stderr.write(`diskhub serve: ${e.message}\n`); return 1; }
     const err = e as NodeJS.ErrnoException;
     if (err.code === 'EADDRINUSE' || err.code === 'EACCES' || err.code === 'EADDRNOTAVAIL') { process.stderr.write(`diskhub serve: cannot listen: ${err.message}\n`); return 1; }
-    process.stderr.write(`diskhub serve: ${err.message}\n`);
+    // (a store that cannot connect may say why with its configuration: its credentials are cut)
+    process.stderr.write(`diskhub serve: ${redactCredentials(err.message)}\n`);
     return 1;
   }
 }

@@ -11,7 +11,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { needs, run, runOk, tempDir } from '@diskhub/testkit';
+import { diskhubBin, needs, run, runOk, tempDir } from '@diskhub/testkit';
 import { ConfigError, jsonLogger, loadConfig, startService } from '../src/index.js';
 import { ADMIN_PASSWORD, addProjectUser, api, osEnv, token } from './helpers.js';
 import { memoryStores, registerMemoryStores, type MemoryStore } from './memory-store.js';
@@ -220,6 +220,29 @@ test('stores: the locations API (add, replace, remove) validates as Glance 25 do
   assert.match(refused.json.message, /You do not own this image/);
 });
 
+test('stores: a policy file can make removing locations admin-only (Glance\'s new default for delete_image_location); a patch may mix locations and properties', async (t) => {
+  const policyFile = join(await tempDir(t), 'policy.yaml');
+  await writeFile(policyFile, '"delete_image_location": "role:admin"\n');
+  const s = await start(t, { showMultipleLocations: true, policyFile });
+  await addProjectUser(s.url, s.adminToken, 'team', 'bob', 'bob-pw');
+  const bob = api(s.url, await token(s.url, 'bob', 'bob-pw', 'team'));
+  const id = await createImage(bob);
+  assert.equal((await bob('PUT', `/v2/images/${id}/file`, { raw: randomBytes(4000) })).status, 204);
+  s.mem.objects.set('b2', randomBytes(4000));
+  // Adding (set_image_location) stays the owner's; one patch adds a location and sets a property.
+  const mixed = await patch(bob, id, [{ op: 'add', path: '/locations/-', value: { url: 'memory://mem/b2', metadata: {} } }, { op: 'add', path: '/os_distro', value: 'debian' }]);
+  assert.equal(mixed.status, 200, mixed.text);
+  assert.equal(mixed.json.stores, 'fast,mem');
+  assert.equal(mixed.json.os_distro, 'debian');
+  const refused = await patch(bob, id, [{ op: 'remove', path: '/locations/1' }]);
+  assert.equal(refused.status, 403);
+  assert.match(refused.json.message, /You are not authorized to complete delete_image_location action\./);
+  assert.equal((await bob('DELETE', `/v2/stores/mem/${id}`)).status, 403);
+  assert.ok(s.mem.objects.has('b2'), 'nothing was deleted');
+  assert.equal((await patch(s.admin, id, [{ op: 'remove', path: '/locations/1' }])).status, 200);
+  assert.ok(!s.mem.objects.has('b2'));
+});
+
 test('stores: DELETE /v2/stores/{store}/{image} as Glance, and downloads fall through a store that is down', async (t) => {
   const s = await start(t, { showMultipleLocations: true });
   const data = randomBytes(150_000);
@@ -341,6 +364,10 @@ test('stores: configuration — DISKHUB_STORES, the default store, and what is r
     const c = loadConfig({ ...base, DISKHUB_STORES: stores, DISKHUB_PORT: '0', DISKHUB_ADMIN_PASSWORD: ADMIN_PASSWORD });
     await assert.rejects(startService(c, jsonLogger({ write: () => true }, 'silent')), message);
   }
+  // diskhub serve says so and exits 1.
+  const served = await run(process.execPath, [diskhubBin, 'serve', '--port', '0'], { env: { ...process.env, DISKHUB_DATA_DIR: dir, DISKHUB_STORES: 'x:nosuch', DISKHUB_ADMIN_PASSWORD: ADMIN_PASSWORD } });
+  assert.equal(served.code, 1);
+  assert.match(served.stderr, /diskhub serve: store 'x': unknown store type 'nosuch' \(known: file/);
 });
 
 /** `| key | value |` rows of a glance client table. */
