@@ -2,7 +2,8 @@
 # OpenStack Swift for the Swift and S3 store tests: Debian's Swift as a one-node, one-replica
 # cluster on loopback, its proxy serving the native Swift API (tempauth) and the S3 API
 # (s3api middleware) on one port. Test data only: no replicators, auditors or updaters run.
-# Safe to run again: a healthy instance is left alone, a dead one is restarted from scratch.
+# Installs Debian's Swift packages when they are missing (as root). Safe to run again: a healthy
+# instance is left alone, a dead one is restarted from scratch.
 #
 #   DISKHUB_SWIFT_PORT  proxy port on 127.0.0.1 (default 8480; the account, container and
 #                       object servers take the next three ports, memcached the fourth)
@@ -38,9 +39,18 @@ ready() {
 if [ "${1:-}" = stop ]; then stop; exit 0; fi
 if ready; then echo "swift already running: $auth"; exit 0; fi
 
-for tool in swift-proxy-server swift-account-server swift-container-server swift-object-server swift-ring-builder memcached; do
-  command -v "$tool" >/dev/null || { echo "$tool is not installed (see .ci/apt-packages.txt)" >&2; exit 1; }
+# Debian's packages (the same lines as in .ci/apt-packages.txt), installed when missing so
+# that the script also works on its own on a fresh machine.
+packages="swift swift-proxy swift-account swift-container swift-object memcached python3-swiftclient"
+missing=""
+for tool in swift-proxy-server swift-account-server swift-container-server swift-object-server swift-ring-builder memcached swift; do
+  command -v "$tool" >/dev/null || missing="$missing $tool"
 done
+if [ -n "$missing" ]; then
+  if [ "$(id -u)" != 0 ]; then echo "not installed:$missing (as root: apt-get install $packages)" >&2; exit 1; fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq --no-install-recommends $packages >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends $packages >/dev/null; }
+fi
 
 stop
 rm -rf "$dir"

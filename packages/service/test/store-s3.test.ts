@@ -16,7 +16,8 @@ import { AbortMultipartUploadCommand, ListMultipartUploadsCommand, ListObjectsV2
 import { tempDir } from '@diskhub/testkit';
 import { StoreError } from '../src/stores/store.js';
 import { S3Store, type S3StoreOptions } from '../src/stores/s3/s3-store.js';
-import { needSwift, freshName, boto3, S3_ENDPOINT, SWIFT_USER, SWIFT_KEY, writeImage } from './swift-peer.js';
+import { needSwift, freshName, boto3, S3_ENDPOINT, SWIFT_USER, SWIFT_KEY } from './swift-peer.js';
+import { storeContractTests, writeLikeTheService as writeImage } from './store-contract.js';
 
 const MiB = 1 << 20;
 
@@ -31,22 +32,31 @@ async function leftovers(store: S3Store): Promise<{ uploads: string[]; objects: 
   return { uploads: (u.Uploads ?? []).map((x) => x.Key!), objects: (o.Contents ?? []).map((x) => x.Key!) };
 }
 
-/** A store on a fresh bucket (emptied and removed after the test), initialised. */
-async function s3Store(t: TestContext, more: Partial<S3StoreOptions> = {}): Promise<S3Store | null> {
+/** A store on a fresh bucket (emptied and removed after the test), not initialised; null when Swift is not running (outside CI). */
+async function newS3Store(t: TestContext, more: Partial<S3StoreOptions> = {}): Promise<S3Store | null> {
   if (!await needSwift(t)) return null;
   const store = new S3Store('s3-test', options(freshName('s3-test'), more));
+  // The contract suite closes the store after this; the SDK client works until then.
   t.after(async () => {
-    const { uploads, objects } = await leftovers(store);
-    const open = await store.client.send(new ListMultipartUploadsCommand({ Bucket: store.bucket }));
+    const open = await store.client.send(new ListMultipartUploadsCommand({ Bucket: store.bucket })).catch(() => ({ Uploads: [] }));
     for (const u of open.Uploads ?? []) await store.client.send(new AbortMultipartUploadCommand({ Bucket: store.bucket, Key: u.Key, UploadId: u.UploadId }));
+    const { objects } = await leftovers(store).catch(() => ({ objects: [] as string[] }));
     for (const key of objects) await store.client.send(new DeleteObjectCommand({ Bucket: store.bucket, Key: key }));
-    void uploads;
     await store.client.send(new DeleteBucketCommand({ Bucket: store.bucket })).catch(() => {});
-    await store.close();
   });
-  await store.init();
   return store;
 }
+
+/** The same, initialised. */
+async function s3Store(t: TestContext, more: Partial<S3StoreOptions> = {}): Promise<S3Store | null> {
+  const store = await newS3Store(t, more);
+  t.after(() => store?.close());
+  await store?.init();
+  return store;
+}
+
+// Known sizes of 1 MiB and more (and unknown ones) are multipart uploads.
+storeContractTests('s3', (t) => newS3Store(t, { largeObjectSize: 1 << 20 }));
 
 
 test('a large image is a multipart upload: parts listed by boto3 before the commit, one object after, byte-identical through boto3', async (t) => {
@@ -70,7 +80,7 @@ print(json.dumps({"uploads": [u["Key"] for u in uploads], "parts": [[p["PartNumb
   assert.deepEqual(before, { uploads: [writer.tempKey], parts: [[1, 5 * MiB], [2, 5 * MiB]], objects: [] });
 
   const location = await writer.commit(id);
-  assert.equal(location, `s3+http://127.0.0.1:${new URL(S3_ENDPOINT).port}/${store.bucket}/${writer.tempKey}`);
+  assert.equal(location, `s3://127.0.0.1:${new URL(S3_ENDPOINT).port}/${store.bucket}/${writer.tempKey}`);
   const dir = await tempDir(t);
   const after = JSON.parse(await boto3(`
 bucket, key, out = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -199,7 +209,7 @@ test('path-style and virtual-hosted requests, as an S3 server receives them (Sig
   ]);
   assert.match(seen[1]!.headers.authorization!, /^AWS4-HMAC-SHA256 Credential=test:tester\/\d{8}\/us-east-1\/s3\/aws4_request, SignedHeaders=[^ ]*host[^ ]*, Signature=[0-9a-f]{64}$/);
   assert.ok(!JSON.stringify(seen).includes(SWIFT_KEY), 'the secret never travels');
-  assert.equal(path.location, `s3+http://127.0.0.1:${port}/images-path/${path.key}`);
+  assert.equal(path.location, `s3://127.0.0.1:${port}/images-path/${path.key}`);
 
   // Virtual-hosted: the bucket is in the host name. That name does not resolve here, so the
   // request is sent to the loopback server after signing, with its Host header as built.
@@ -213,5 +223,5 @@ test('path-style and virtual-hosted requests, as an S3 server receives them (Sig
     ['HEAD', `images-virtual.s3.diskhub.test:${port}`, '/'],
     ['PUT', `images-virtual.s3.diskhub.test:${port}`, `/${virtual.key}`],
   ]);
-  assert.equal(virtual.location, `s3+http://s3.diskhub.test:${port}/images-virtual/${virtual.key}`);
+  assert.equal(virtual.location, `s3://s3.diskhub.test:${port}/images-virtual/${virtual.key}`);
 });

@@ -8,29 +8,43 @@
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer, type Server } from 'node:http';
-import { createServer as createTcpServer, type Socket } from 'node:net';
+import { connect, createServer as createTcpServer, type Socket } from 'node:net';
+import { Writable } from 'node:stream';
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { tempDir } from '@diskhub/testkit';
 import { StoreError } from '../src/stores/store.js';
 import { SwiftStore, type SwiftStoreOptions } from '../src/stores/swift/swift-store.js';
-import { needSwift, freshName, swiftCli, swiftCliList, swiftList, swiftStat, swiftHead, swiftDrop, expireSwiftTokens, SWIFT_AUTH, SWIFT_USER, SWIFT_KEY, writeImage } from './swift-peer.js';
+import { needSwift, freshName, swiftCli, swiftCliList, swiftList, swiftStat, swiftHead, swiftDrop, expireSwiftTokens, SWIFT_AUTH, SWIFT_USER, SWIFT_KEY } from './swift-peer.js';
+import { storeContractTests, writeLikeTheService as writeImage } from './store-contract.js';
 
 const MiB = 1 << 20;
 
-/** A store on a fresh container (removed after the test), initialised. */
-async function swiftStore(t: TestContext, options: Partial<SwiftStoreOptions> = {}): Promise<SwiftStore | null> {
+/** A store on a fresh container (removed after the test), not initialised; null when Swift is not running (outside CI). */
+async function newSwiftStore(t: TestContext, options: Partial<SwiftStoreOptions> = {}): Promise<SwiftStore | null> {
   if (!await needSwift(t)) return null;
   const container = freshName('swift-test');
   const store = new SwiftStore('swift-test', {
     authAddress: SWIFT_AUTH, authVersion: '1', user: SWIFT_USER, key: SWIFT_KEY, timeoutMs: 10_000,
     container, createContainerOnPut: true, ...options,
   });
-  t.after(async () => { await store.close(); await swiftDrop(container, `${container}_segments`); });
-  await store.init();
+  t.after(() => swiftDrop(container, `${container}_segments`));
   return store;
 }
+
+/** The same, initialised. */
+async function swiftStore(t: TestContext, options: Partial<SwiftStoreOptions> = {}): Promise<SwiftStore | null> {
+  const store = await newSwiftStore(t, options);
+  t.after(() => store?.close());
+  await store?.init();
+  return store;
+}
+
+// Glance's defaults: images of known size are single objects, others static large objects.
+storeContractTests('swift', (t) => newSwiftStore(t));
+// Every image a static large object of 1 MiB segments.
+storeContractTests('swift, 1 MiB SLO segments', (t) => newSwiftStore(t, { largeObjectSize: 1, largeObjectChunkSize: 1 << 20 }));
 
 
 const containerOf = (store: SwiftStore) => store.detail().container as string;
@@ -253,4 +267,52 @@ test('Keystone v3: password auth scoped to the project, the object-store endpoin
   await assert.rejects(new SwiftStore('ks', { ...base, region: 'RegionThree' }).init(), /no object-store endpoint \(public, region RegionThree\)/);
   await assert.rejects(new SwiftStore('ks', { ...base, key: 'wrong-pass' }).init(), (e: unknown) =>
     e instanceof StoreError && /refused user alice in project demo \(401\)/.test(e.message) && !e.message.includes('wrong-pass'));
+});
+
+test('a download that breaks off is resumed with a Range from the first byte not received', async (t) => {
+  const store = await swiftStore(t);
+  if (!store) return;
+  const id = randomUUID();
+  const data = randomBytes(4 * MiB + 17);
+  await (await writeImage(store, id, data, data.length)).commit(id);
+
+  // A TCP relay in front of Swift that cuts the first object GET after 1.5 MiB of its answer.
+  const ranges: string[] = [];
+  let cut = false;
+  const relay = createTcpServer((client) => {
+    const upstream = connect(Number(new URL(SWIFT_AUTH).port), '127.0.0.1');
+    let cutAt = Infinity;
+    let sent = 0;
+    client.on('data', (d: Buffer) => {
+      const text = d.toString('latin1');
+      if (text.startsWith('GET ') && text.includes(`/${id} `)) {
+        ranges.push(/\r\nrange: ([^\r]*)/i.exec(text)?.[1] ?? 'none');
+        if (!cut) { cut = true; cutAt = sent + 1.5 * MiB; }
+      }
+      upstream.write(d);
+    });
+    upstream.on('data', (d: Buffer) => {
+      if (sent + d.length > cutAt) { client.write(d.subarray(0, cutAt - sent)); client.destroy(); upstream.destroy(); return; }
+      sent += d.length;
+      client.write(d);
+    });
+    for (const s of [client, upstream]) { s.on('error', () => {}); s.on('close', () => { client.destroy(); upstream.destroy(); }); }
+  });
+  const port = await listen(relay, t);
+  await store.connection.connect();
+  const storage = new URL(store.connection.url!);
+  const relayed = new SwiftStore('swift-test', {
+    authAddress: SWIFT_AUTH, authVersion: '1', user: SWIFT_USER, key: SWIFT_KEY, timeoutMs: 10_000,
+    container: containerOf(store), endpoint: `http://127.0.0.1:${port}${storage.pathname}`,
+  });
+  await relayed.init();
+  t.after(() => relayed.close());
+  const got: Buffer[] = [];
+  const out = new Writable({ write(chunk: Buffer, _e, done) { got.push(chunk); done(); } });
+  await relayed.send(`swift+config://swift-test/${containerOf(store)}/${id}`, out);
+  assert.ok(Buffer.concat(got).equals(data), 'the whole object, once');
+  assert.equal(ranges.length, 2, `two GETs: ${JSON.stringify(ranges)}`);
+  assert.equal(ranges[0], 'none');
+  assert.match(ranges[1]!, /^bytes=\d+-$/);
+  assert.ok(Number(/=(\d+)/.exec(ranges[1]!)![1]) > MiB, 'resumed past what was received');
 });

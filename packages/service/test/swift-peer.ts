@@ -9,7 +9,6 @@ import { connect } from 'node:net';
 import { randomBytes } from 'node:crypto';
 import type { TestContext } from 'node:test';
 import { runOk } from '@diskhub/testkit';
-import type { Store } from '../src/stores/store.js';
 
 export const SWIFT_PORT = Number(process.env.DISKHUB_SWIFT_PORT ?? 8480);
 export const SWIFT_AUTH = `http://127.0.0.1:${SWIFT_PORT}/auth/v1.0`;
@@ -110,12 +109,3 @@ export async function swiftHead(container: string, object: string): Promise<Head
   return r.headers;
 }
 
-/** Write `data` in 1 MiB calls of two uneven chunks each, as the service does; returns the writer, not committed. */
-export async function writeImage(store: Store, imageId: string, data: Buffer, sizeHint?: number) {
-  const writer = await store.begin(store.newTempKey(imageId), sizeHint);
-  for (let at = 0; at < data.length; at += 1 << 20) {
-    const batch = data.subarray(at, Math.min(data.length, at + (1 << 20)));
-    await writer.write([batch.subarray(0, 100_000), batch.subarray(100_000)].filter((c) => c.length));
-  }
-  return writer;
-}

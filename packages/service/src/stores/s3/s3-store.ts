@@ -4,7 +4,8 @@
  * does with boto3. Options keep Glance's names (s3_store_host, s3_store_bucket,
  * s3_store_bucket_url_format, s3_store_large_object_size/_chunk_size, s3_store_thread_pools,
  * s3_store_create_bucket_on_put); locations are Glance's without the keys:
- * `s3://<host>/<bucket>/<key>` (`s3+http://` for a plain-HTTP endpoint, as Glance writes it).
+ * `s3://<host>/<bucket>/<key>`, `s3+https://` for an https:// endpoint (as Glance writes them:
+ * `s3` is plain HTTP, and a host without a scheme means http).
  *
  * Writes: an image of known size below s3_store_large_object_size is one PutObject at commit
  * (buffered: it is small); anything else is a multipart upload begun at `begin`, parts of
@@ -31,7 +32,7 @@ const MIN_PART = 5 * MiB;
 const MAX_PARTS = 10_000;
 
 export interface S3StoreOptions {
-  /** s3_store_host: the endpoint URL (http(s)://host[:port]); a bare host means https. */
+  /** s3_store_host: the endpoint URL (http(s)://host[:port]); a bare host means http, as in Glance. */
   host: string;
   accessKey: string;
   secretKey: string;
@@ -61,15 +62,15 @@ export class S3Store implements Store {
   readonly client: S3Client;
   readonly bucket: string;
   private readonly endpoint: URL;
-  private readonly scheme: 's3' | 's3+http';
+  private readonly scheme: 's3' | 's3+https';
   private readonly largeObjectSize: number;
   private readonly partSize: number;
   private readonly parallel: number;
   private readonly retries: number;
 
-  constructor(readonly id: string, private readonly opts: S3StoreOptions) {
-    this.endpoint = new URL(/^https?:\/\//.test(opts.host) ? opts.host : `https://${opts.host}`);
-    this.scheme = this.endpoint.protocol === 'http:' ? 's3+http' : 's3';
+  constructor(readonly id: string, private readonly opts: S3StoreOptions, description?: string) {
+    this.endpoint = new URL(/^https?:\/\//.test(opts.host) ? opts.host : `http://${opts.host}`);
+    this.scheme = this.endpoint.protocol === 'https:' ? 's3+https' : 's3';
     this.bucket = opts.bucket;
     if (!/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/.test(this.bucket)) throw new StoreError(`bad S3 bucket name '${this.bucket}'`, 'failed');
     this.largeObjectSize = opts.largeObjectSize ?? 100 * MiB;
@@ -97,7 +98,7 @@ export class S3Store implements Store {
         connectionTimeout: timeout, requestTimeout: timeout, throwOnRequestTimeout: true, socketTimeout: timeout,
       }),
     });
-    this.description = `S3 bucket ${this.bucket} at ${this.endpoint.host}`;
+    this.description = description ?? `S3 bucket ${this.bucket} at ${this.endpoint.host}`;
   }
 
   async init(): Promise<void> {
@@ -135,7 +136,8 @@ export class S3Store implements Store {
   /** The object key of one of this store's locations. */
   private keyOf(location: string): string {
     const m = /^(s3|s3\+http|s3\+https):\/\/([^/@]+)\/([^/]+)\/(.+)$/.exec(location);
-    if (!m || m[2] !== this.endpoint.host || m[3] !== this.bucket || (m[1] === 's3+http') !== (this.scheme === 's3+http')) {
+    // s3 and s3+http both name plain HTTP (Glance reads s3+http, and writes s3).
+    if (!m || m[2] !== this.endpoint.host || m[3] !== this.bucket || (m[1] === 's3+https') !== (this.scheme === 's3+https')) {
       throw new StoreError(`'${location}' is not a location of the S3 store ${this.id}`, 'failed');
     }
     return m[4]!.split('/').map(decodeURIComponent).join('/');

@@ -58,7 +58,7 @@ export class SwiftStore implements Store {
   /** Containers known to exist (checked or created once per process). */
   private readonly ready = new Set<string>();
 
-  constructor(readonly id: string, private readonly opts: SwiftStoreOptions) {
+  constructor(readonly id: string, private readonly opts: SwiftStoreOptions, description?: string) {
     this.container = opts.container ?? 'glance';
     this.seed = opts.multipleContainersSeed ?? 0;
     if (!Number.isInteger(this.seed) || this.seed < 0 || this.seed > 32) {
@@ -69,7 +69,7 @@ export class SwiftStore implements Store {
     this.chunkSize = opts.largeObjectChunkSize ?? 200 * MiB;
     this.retries = opts.retryGetCount ?? 3;
     this.connection = new SwiftConnection(opts);
-    this.description = `Swift container ${this.container}${this.seed ? `_* (${16 ** this.seed} containers)` : ''} at ${opts.authAddress}`;
+    this.description = description ?? `Swift container ${this.container}${this.seed ? `_* (${16 ** this.seed} containers)` : ''} at ${opts.authAddress}`;
   }
 
   async init(): Promise<void> {
@@ -212,9 +212,13 @@ export class SwiftStore implements Store {
     }));
   }
 
-  /** Delete the segments `<tempKey>/…` and the marker of an upload. */
-  async dropUpload(segments: string, tempKey: string): Promise<void> {
-    await this.deleteObjects(segments, await this.list(segments, `${tempKey}/`));
+  /**
+   * Delete the segments `<tempKey>/…` and the marker of an upload: those the writer knows it
+   * wrote (a busy container server may list a new object late) and those the listing shows.
+   */
+  async dropUpload(segments: string, tempKey: string, written: string[] = []): Promise<void> {
+    const listed = await this.list(segments, `${tempKey}/`);
+    await this.deleteObjects(segments, [...new Set([...written, ...listed])]);
     await this.deleteObjects(segments, [MARKERS + tempKey]);
   }
 
@@ -360,7 +364,8 @@ class LargeObjectWriter extends ObjectUploadWriter {
   protected async drop(): Promise<void> {
     this.current?.abort();
     this.current = null;
-    await Promise.allSettled(this.finished);
-    await this.store.dropUpload(this.segments, this.tempKey);
+    const ended = await Promise.allSettled(this.finished);
+    const written = this.finished.map((_, i) => this.segmentName(i + 1)).filter((_, i) => ended[i]!.status === 'fulfilled');
+    await this.store.dropUpload(this.segments, this.tempKey, written);
   }
 }
