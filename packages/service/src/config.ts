@@ -41,6 +41,18 @@ export interface ServiceConfig {
   lockoutFailureAttempts: number;
   /** Keystone's lockout_duration: seconds a lockout lasts (0: until an administrator enables the user again). */
   lockoutDuration: number;
+  /** Glance's delayed_delete: deleted images with data wait in pending_delete for the scrubber. */
+  delayedDelete: boolean;
+  /** Glance's scrub_time: seconds a pending_delete image keeps its data. */
+  scrubTime: number;
+  /** Glance's wakeup_time: seconds between the scrubber's runs in each API node (0: no scrubber in the API nodes; run `diskhub scrub`). */
+  scrubWakeupTime: number;
+  /** The per-node image cache: on, off, or auto (on unless the store is the local file store, whose files it would only copy). */
+  imageCache: 'auto' | 'on' | 'off';
+  /** Glance's image_cache_dir (default: image-cache in the data dir). */
+  imageCacheDir?: string;
+  /** Glance's image_cache_max_size: the cache is pruned to this many bytes (least recently used first). */
+  imageCacheMaxSize: number;
 }
 
 export class ConfigError extends Error {}
@@ -67,9 +79,16 @@ const ENV: Record<string, keyof ServiceConfig> = {
   DISKHUB_POLICY_FILE: 'policyFile',
   DISKHUB_LOCKOUT_FAILURE_ATTEMPTS: 'lockoutFailureAttempts',
   DISKHUB_LOCKOUT_DURATION: 'lockoutDuration',
+  DISKHUB_DELAYED_DELETE: 'delayedDelete',
+  DISKHUB_SCRUB_TIME: 'scrubTime',
+  DISKHUB_SCRUB_WAKEUP_TIME: 'scrubWakeupTime',
+  DISKHUB_IMAGE_CACHE: 'imageCache',
+  DISKHUB_IMAGE_CACHE_DIR: 'imageCacheDir',
+  DISKHUB_IMAGE_CACHE_MAX_SIZE: 'imageCacheMaxSize',
 };
 
-const NUMERIC = new Set<keyof ServiceConfig>(['port', 'tokenTtlSeconds', 'imageSizeCap', 'projectImageQuota', 'projectStorageQuota', 'limitMax', 'limitDefault', 'shutdownGraceSeconds', 'lockoutFailureAttempts', 'lockoutDuration']);
+const NUMERIC = new Set<keyof ServiceConfig>(['port', 'tokenTtlSeconds', 'imageSizeCap', 'projectImageQuota', 'projectStorageQuota', 'limitMax', 'limitDefault', 'shutdownGraceSeconds', 'lockoutFailureAttempts', 'lockoutDuration', 'scrubTime', 'scrubWakeupTime', 'imageCacheMaxSize']);
+const BOOLEAN = new Set<keyof ServiceConfig>(['delayedDelete']);
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Partial<Record<keyof ServiceConfig, string | number>> = {}, configFile?: string): ServiceConfig {
   const raw: Record<string, unknown> = {};
@@ -100,23 +119,35 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
     // Keystone's defaults: no lockout; when enabled, 30 minutes.
     lockoutFailureAttempts: 0,
     lockoutDuration: 1800,
+    // Glance's defaults: delayed_delete off, scrub_time 0, wakeup_time 300, image_cache_max_size 10 GiB.
+    delayedDelete: false,
+    scrubTime: 0,
+    scrubWakeupTime: 300,
+    imageCache: 'auto',
+    imageCacheMaxSize: 10 * 1024 ** 3,
     keystoneUser: 'glance',
     keystoneProject: 'service',
     webDir: fileURLToPath(new URL('../../../web/dist/app', import.meta.url)),
   };
   for (const [key, v] of Object.entries(raw)) {
     if (key === 'dataDir' || v === undefined) continue;
-    if (!(key in cfg) && key !== 'adminPassword' && key !== 'publicUrl' && key !== 'webDir' && key !== 'keystoneUrl' && key !== 'keystonePassword' && key !== 'policyFile') throw new ConfigError(`unknown configuration setting '${key}'`);
+    if (!(key in cfg) && key !== 'adminPassword' && key !== 'publicUrl' && key !== 'webDir' && key !== 'keystoneUrl' && key !== 'keystonePassword' && key !== 'policyFile' && key !== 'imageCacheDir') throw new ConfigError(`unknown configuration setting '${key}'`);
     if (NUMERIC.has(key as keyof ServiceConfig)) {
       const n = Number(v);
       if (!Number.isInteger(n) || n < 0) throw new ConfigError(`${key} must be a non-negative integer, got '${v}'`);
       (cfg as unknown as Record<string, unknown>)[key] = n;
+    } else if (BOOLEAN.has(key as keyof ServiceConfig)) {
+      const b = typeof v === 'boolean' ? v : { true: true, false: false, on: true, off: false, '1': true, '0': false, yes: true, no: false }[String(v).toLowerCase()];
+      if (b === undefined) throw new ConfigError(`${key} must be true or false, got '${v}'`);
+      (cfg as unknown as Record<string, unknown>)[key] = b;
     } else {
       (cfg as unknown as Record<string, unknown>)[key] = String(v);
     }
   }
   if (cfg.port > 65535) throw new ConfigError(`port must be at most 65535, got ${cfg.port}`);
   if (!['info', 'warn', 'error', 'silent'].includes(cfg.logLevel)) throw new ConfigError(`logLevel must be info, warn, error or silent`);
+  if (!['auto', 'on', 'off'].includes(cfg.imageCache)) throw new ConfigError(`imageCache must be auto, on or off`);
+  if (cfg.imageCacheDir) cfg.imageCacheDir = resolve(cfg.imageCacheDir);
   if (cfg.publicUrl) cfg.publicUrl = cfg.publicUrl.replace(/\/+$/, '');
   return cfg;
 }

@@ -63,6 +63,8 @@ import { extensionRoutes } from './routes/extensions.js';
 import { ImageRepo } from './repo/images.js';
 import { ImageService } from './domain/images.js';
 import { ImageDataService } from './domain/image-data.js';
+import { Scrubber } from './domain/scrubber.js';
+import { ScrubRepo } from './repo/scrubs.js';
 import { Policy, PolicyNotAuthorized, PolicyHidesImage } from './policy/index.js';
 
 export interface Service {
@@ -231,11 +233,13 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
   const node = `${hostname()}:${cfg.dataDir}`;
   const repo = new ImageRepo(db);
   const stagingDir = join(cfg.dataDir, 'staging');
-  const images = new ImageService(repo, store, policy, { projectImageQuota: cfg.projectImageQuota, stagingDir }, log);
+  const images = new ImageService(repo, store, policy, { projectImageQuota: cfg.projectImageQuota, stagingDir, delayedDelete: cfg.delayedDelete }, log);
   const data = new ImageDataService(images, repo, store, {
     imageSizeCap: cfg.imageSizeCap, projectStorageQuota: cfg.projectStorageQuota, stagingDir, node, downloadUrls: await DownloadUrls.open(db),
   }, log);
   await data.recover();
+  const scrubber = new Scrubber(new ScrubRepo(db), () => store, { scrubTime: cfg.scrubTime, node }, log);
+  if (cfg.scrubWakeupTime > 0) scrubber.start(cfg.scrubWakeupTime);
 
   await app.register(async (scope) => {
     acceptJson(scope);
@@ -285,6 +289,7 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
       clearTimeout(timer);
       server.closeAllConnections();
       await Promise.allSettled([...data.inFlight]);
+      await scrubber.stop();
       await stopped;
       await identity.close();
       await db.close();

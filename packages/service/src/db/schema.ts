@@ -69,6 +69,8 @@ export interface RevokedTokensTable { audit_id: string; expires_at: string }
 export interface SettingsTable { name: string; value: string }
 /** A record per in-flight upload: who is writing and since when, so a restart can clean up after a crash. */
 export interface UploadsTable { image_id: string; node: string; temp_key: string; started_at: string }
+/** A scrubber's lease on a pending_delete image (delayed delete): which node removes its data, until when (ms). */
+export interface ImageScrubsTable { image_id: string; node: string; lease_until: number | string; started_at: string }
 
 export interface MetadefNamespacesTable {
   namespace: string; owner: string | null; visibility: string; protected: number; display_name: string | null; description: string | null;
@@ -90,6 +92,7 @@ export interface Database {
   revoked_tokens: RevokedTokensTable;
   settings: SettingsTable;
   uploads: UploadsTable;
+  image_scrubs: ImageScrubsTable;
   metadef_namespaces: MetadefNamespacesTable;
   metadef_resource_types: MetadefResourceTypesTable;
 }
