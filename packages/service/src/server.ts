@@ -64,6 +64,9 @@ import { ImageRepo } from './repo/images.js';
 import { ImageService } from './domain/images.js';
 import { ImageDataService } from './domain/image-data.js';
 import { Scrubber } from './domain/scrubber.js';
+import { ImageCache } from './cache/image-cache.js';
+import { ImageCacheService } from './domain/image-cache.js';
+import { cacheRoutes } from './routes/cache.js';
 import { ScrubRepo } from './repo/scrubs.js';
 import { Policy, PolicyNotAuthorized, PolicyHidesImage } from './policy/index.js';
 
@@ -238,15 +241,23 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
     imageSizeCap: cfg.imageSizeCap, projectStorageQuota: cfg.projectStorageQuota, stagingDir, node, downloadUrls: await DownloadUrls.open(db),
   }, log);
   await data.recover();
+  // The image cache: worth it only in front of a remote store (auto); a local file store's files it would only copy.
+  const storeType = (store as { type?: string }).type ?? 'file';
+  const imageCache = cfg.imageCache === 'on' || (cfg.imageCache === 'auto' && storeType !== 'file')
+    ? new ImageCache(cfg.imageCacheDir ?? join(cfg.dataDir, 'image-cache'), cfg.imageCacheMaxSize, log) : null;
+  await imageCache?.init();
+  const cacheService = new ImageCacheService(imageCache, images, repo, policy, store, log);
+  cacheService.kick();
   const scrubber = new Scrubber(new ScrubRepo(db), () => store, { scrubTime: cfg.scrubTime, node }, log);
   if (cfg.scrubWakeupTime > 0) scrubber.start(cfg.scrubWakeupTime);
 
   await app.register(async (scope) => {
     acceptJson(scope);
-    discoveryRoutes(scope, { db, metrics: registry, webDir, auth, storeId: store.id });
+    discoveryRoutes(scope, { db, metrics: registry, webDir, auth, storeId: store.id, cacheEnabled: imageCache !== null });
     schemaRoutes(scope, { auth });
     imageRoutes(scope, { auth, images, storeId: store.id, limitMax: cfg.limitMax, limitDefault: cfg.limitDefault });
-    imageDataRoutes(scope, { auth, data, store });
+    imageDataRoutes(scope, { auth, data, store, cache: imageCache });
+    cacheRoutes(scope, { auth, cache: cacheService });
     tagRoutes(scope, { auth, images });
     memberRoutes(scope, { auth, images });
     extensionRoutes(scope, { auth, images, data, store });
@@ -290,6 +301,7 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
       server.closeAllConnections();
       await Promise.allSettled([...data.inFlight]);
       await scrubber.stop();
+      await cacheService.close();
       await stopped;
       await identity.close();
       await db.close();

@@ -234,7 +234,7 @@ const SEND_CHUNK = 1 << 20;
 const SEND_BUFFERS = 4;
 
 /** Resolves when `out` wants more data, or is closed. */
-function drained(out: Writable): Promise<void> {
+export function drained(out: Writable): Promise<void> {
   return new Promise((resolve) => {
     if (out.destroyed) { resolve(); return; }
     const done = () => { out.off('drain', done); out.off('close', done); resolve(); };

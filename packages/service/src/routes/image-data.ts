@@ -9,12 +9,17 @@ import type { ImageRecord } from '../images-model.js';
 import { IMPORT_METHODS, type ImageDataService } from '../domain/image-data.js';
 import { SIGNATURE_PARAM } from '../download-urls.js';
 import type { Store } from '../store.js';
+import type { ImageCache } from '../cache/image-cache.js';
 
-export interface ImageDataRouteDeps { auth: Authenticate; data: ImageDataService; store: Store }
+export interface ImageDataRouteDeps {
+  auth: Authenticate; data: ImageDataService; store: Store;
+  /** This node's image cache, when it has one: downloads of active images go through it. */
+  cache?: ImageCache | null;
+}
 
 type IdParams = { Params: { id: string } };
 
-export function imageDataRoutes(app: FastifyInstance, { auth, data, store }: ImageDataRouteDeps): void {
+export function imageDataRoutes(app: FastifyInstance, { auth, data, store, cache }: ImageDataRouteDeps): void {
   const requireOctets = (request: FastifyRequest) => {
     const t = mediaTypeOf(request);
     if (t !== 'application/octet-stream') throw new HttpError(415, `The request media type ${t || '(none)'} is not supported by this server.`);
@@ -71,7 +76,8 @@ export function imageDataRoutes(app: FastifyInstance, { auth, data, store }: Ima
       res.writeHead(200, headers);
     }
     if (request.method === 'HEAD') { res.end(); return; }
-    await store.send(img.location, res, range ?? undefined).catch(() => { res.destroy(); });
+    const sending = cache && img.status === 'active' ? cache.send(img, store, res, range ?? undefined) : store.send(img.location, res, range ?? undefined);
+    await sending.catch(() => { res.destroy(); });
   });
 }
 
