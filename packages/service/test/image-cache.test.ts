@@ -212,6 +212,19 @@ test('cache API: the glance client queues, lists, downloads from the cache, dele
   await glance('image-download', '--file', out, created.id);
   sameBytes(await readFile(out), bytes);
 
+  // A plain download over HTTP fills the cache on the way (no queueing); the next one needs no store.
+  const second = randomBytes(2 * MiB + 3);
+  const other = (await a('POST', '/v2/images', { body: { name: 'd', disk_format: 'raw', container_format: 'bare' } })).json;
+  assert.equal((await a('PUT', `/v2/images/${other.id}/file`, { raw: second })).status, 204);
+  const fetchBytes = async () => Buffer.from(await (await fetch(`${svc.url}/v2/images/${other.id}/file`, { headers: { 'X-Auth-Token': tok } })).arrayBuffer());
+  sameBytes(await fetchBytes(), second);
+  await until(async () => (await a('GET', '/v2/cache')).json.cached_images.some((e: any) => e.image_id === other.id), 'the fill');
+  await rm(join(svc.dataDir, 'images', other.id));
+  sameBytes(await fetchBytes(), second, 'from the cache');
+  const ranged = await fetch(`${svc.url}/v2/images/${other.id}/file`, { headers: { 'X-Auth-Token': tok, Range: 'bytes=1048570-1048590' } });
+  assert.equal(ranged.status, 206);
+  sameBytes(Buffer.from(await ranged.arrayBuffer()), second.subarray(1048570, 1048591), 'a range from the cache');
+
   // Queueing a non-active image: Glance's 400; an unknown one: 404.
   const notActive = await a('PUT', `/v2/cache/${queuedOnly.id}`);
   assert.equal(notActive.status, 400);
@@ -238,10 +251,10 @@ test('cache API: the glance client queues, lists, downloads from the cache, dele
   assert.match(bobList.stderr, /403|Forbidden|Access was denied/);
 
   await glance('cache-delete', created.id);
-  assert.deepEqual((await a('GET', '/v2/cache')).json, { cached_images: [], queued_images: [] });
+  assert.deepEqual((await a('GET', '/v2/cache')).json.cached_images.map((e: any) => e.image_id), [other.id]);
   await writeFile(join(svc.dataDir, 'images', created.id), bytes); // (the store's file back, for the next fill)
   await a('PUT', `/v2/cache/${created.id}`);
-  await until(async () => (await a('GET', '/v2/cache')).json.cached_images.length === 1, 'the prefetcher');
+  await until(async () => (await a('GET', '/v2/cache')).json.cached_images.length === 2, 'the prefetcher');
   await glance('cache-clear', '--target', 'cache');
   assert.deepEqual((await a('GET', '/v2/cache')).json.cached_images, []);
   await glance('cache-clear');
