@@ -6,29 +6,15 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { access, readFile, writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { diskhub, diskhubBin, needs, runOk, run, tempDir } from '@diskhub/testkit';
-import { api, osEnv, startTestService, token, type TestService } from './helpers.js';
+import { api, osEnv, startTestService, token } from './helpers.js';
+import { dataFile, exists, scrubEnv, statusOf, upload } from './scrub-helpers.js';
 
 const os = (env: NodeJS.ProcessEnv, ...args: string[]) => runOk('openstack', args, { env });
 const osJson = async (env: NodeJS.ProcessEnv, ...args: string[]) => JSON.parse(await os(env, ...args, '-f', 'json'));
-const exists = (path: string) => access(path).then(() => true, () => false);
-const dataFile = (svc: TestService, id: string) => join(svc.dataDir, 'images', id);
-const scrubEnv = (svc: TestService, env: Record<string, string> = {}) => ({ ...process.env, DISKHUB_DATA_DIR: svc.dataDir, DISKHUB_LOG_LEVEL: 'silent', ...env });
-const statusOf = async (svc: TestService, id: string) =>
-  (await svc.db.kysely.selectFrom('images').select(['status', 'deleted']).where('id', '=', id).executeTakeFirst());
-
-/** An image with `bytes` as its data, through the API. */
-async function upload(url: string, tok: string, bytes: Buffer, extra: Record<string, unknown> = {}): Promise<string> {
-  const a = api(url, tok);
-  const c = await a('POST', '/v2/images', { body: { name: 'x', disk_format: 'raw', container_format: 'bare', ...extra } });
-  assert.equal(c.status, 201, c.text);
-  const u = await a('PUT', `/v2/images/${c.json.id}/file`, { raw: bytes });
-  assert.equal(u.status, 204, u.text);
-  return c.json.id;
-}
 
 test('delayed delete: pending_delete is gone for the API but keeps its data until scrub_time has passed, then diskhub scrub removes it', needs('openstack'), async (t) => {
   const svc = await startTestService(t, { DISKHUB_DELAYED_DELETE: 'true', DISKHUB_SCRUB_TIME: '10', DISKHUB_SCRUB_WAKEUP_TIME: '0', DISKHUB_PROJECT_IMAGE_QUOTA: '2' });
