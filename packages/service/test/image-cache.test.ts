@@ -255,6 +255,9 @@ test('cache API: the glance client queues, lists, downloads from the cache, dele
   await writeFile(join(svc.dataDir, 'images', created.id), bytes); // (the store's file back, for the next fill)
   await a('PUT', `/v2/cache/${created.id}`);
   await until(async () => (await a('GET', '/v2/cache')).json.cached_images.length === 2, 'the prefetcher');
+  // Deleting an image removes it from the node's cache (Glance's cache middleware).
+  assert.equal((await a('DELETE', `/v2/images/${other.id}`)).status, 204);
+  assert.deepEqual((await a('GET', '/v2/cache')).json.cached_images.map((e: any) => e.image_id), [created.id]);
   await glance('cache-clear', '--target', 'cache');
   assert.deepEqual((await a('GET', '/v2/cache')).json.cached_images, []);
   await glance('cache-clear');

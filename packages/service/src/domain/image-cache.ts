@@ -73,6 +73,11 @@ export class ImageCacheService {
     await cache.dequeue(id);
   }
 
+  /** An image was deleted: out of this node's cache (Glance's cache middleware does the same). */
+  async forget(id: string): Promise<void> {
+    await this.cache?.delete(id).catch(() => false);
+  }
+
   /** DELETE /v2/cache: clear the cache, the queue, or both. */
   async clear(a: AuthContext, target: string): Promise<{ cache_deleted?: number; queue_deleted?: number }> {
     const cache = this.enforce(a, 'cache_delete');

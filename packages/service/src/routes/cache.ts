@@ -9,6 +9,12 @@ import type { ImageCacheService } from '../domain/image-cache.js';
 export interface CacheRouteDeps { auth: Authenticate; cache: ImageCacheService }
 
 export function cacheRoutes(app: FastifyInstance, { auth, cache }: CacheRouteDeps): void {
+  // Glance's cache middleware (_process_DELETE_response): a deleted image leaves this node's cache.
+  app.addHook('onResponse', async (request, reply) => {
+    if (request.method === 'DELETE' && reply.statusCode === 204 && request.routeOptions.url === '/v2/images/:id') {
+      await cache.forget((request.params as { id: string }).id);
+    }
+  });
   app.get('/v2/cache', async (request, reply) => {
     const a = await auth(request);
     return replyJson(reply, 200, await cache.state(a));
