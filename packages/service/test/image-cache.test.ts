@@ -105,6 +105,16 @@ test('image cache: concurrent downloads of one image fill it once; a ranged down
   assert.equal(counting.sends.length, 4);
 });
 
+test('image cache: a fill that fails (its directory gone) costs the download nothing', async (t) => {
+  const { dir, counting, cache, image, logs } = await setup(t);
+  const bytes = randomBytes(3 * MiB + 1);
+  const img = await image(bytes);
+  await rm(join(dir, 'cache', 'incomplete'), { recursive: true });
+  sameBytes(await download(cache, img, counting), bytes);
+  await until(() => logs.count('image cache fill failed') === 1, 'the failed fill');
+  assert.equal(cache.isCached(img.id), false);
+});
+
 test('image cache: least recently used entries are pruned at image_cache_max_size; larger images are not cached', async (t) => {
   const { counting, cache, image } = await setup(t, 3 * MiB + 1000);
   const [a, b, c, d] = await Promise.all([1, 2, 3, 4].map(() => image(randomBytes(MiB))));
