@@ -2,6 +2,7 @@
  * `diskhub` — one command for the whole stack. Subcommands:
  *   img   qemu-img compatible disk image tool
  *   serve the image service (Glance v2 / Keystone v3 compatible)
+ *   scrub delayed delete's scrubber (glance-scrubber)
  */
 // Subcommands are loaded on demand: `diskhub img` must not pay for loading the service's
 // HTTP server and database drivers (hundreds of milliseconds per invocation).
@@ -13,6 +14,7 @@ commands:
   compute a compute node's instance disks from the image service (diskhub compute --help)
   nbd     serve an image over NBD, like qemu-nbd (diskhub nbd --help)
   serve   the image service: Glance Image API v2 + Keystone v3 (diskhub serve --help)
+  scrub   delayed delete's scrubber and restore, like glance-scrubber (diskhub scrub --help)
 `;
 
 export async function main(argv: string[]): Promise<number> {
@@ -26,6 +28,8 @@ export async function main(argv: string[]): Promise<number> {
       return (await import('./nbd/main.js')).nbdMain(rest);
     case 'serve':
       return (await import('@diskhub/service/main')).serveMain(rest);
+    case 'scrub':
+      return (await import('@diskhub/service/scrub-main')).scrubMain(rest);
     case undefined:
     case '-h':
     case '--help':

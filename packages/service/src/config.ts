@@ -83,6 +83,18 @@ export interface ServiceConfig {
   taskConcurrency: number;
   /** Glance's [task] task_time_to_live, hours a finished task stays listed. */
   taskTimeToLive: number;
+  /** Glance's delayed_delete: deleted images with data wait in pending_delete for the scrubber. */
+  delayedDelete: boolean;
+  /** Glance's scrub_time: seconds a pending_delete image keeps its data. */
+  scrubTime: number;
+  /** Glance's wakeup_time: seconds between the scrubber's runs in each API node (0: no scrubber in the API nodes; run `diskhub scrub`). */
+  scrubWakeupTime: number;
+  /** The per-node image cache: on, off, or auto (on unless the store is the local file store, whose files it would only copy). */
+  imageCache: 'auto' | 'on' | 'off';
+  /** Glance's image_cache_dir (default: image-cache in the data dir). */
+  imageCacheDir?: string;
+  /** Glance's image_cache_max_size: the cache is pruned to this many bytes (least recently used first). */
+  imageCacheMaxSize: number;
 }
 
 export class ConfigError extends Error {}
@@ -133,10 +145,16 @@ const ENV: Record<string, keyof ServiceConfig> = {
   DISKHUB_TASK_MAX_ATTEMPTS: 'taskMaxAttempts',
   DISKHUB_TASK_CONCURRENCY: 'taskConcurrency',
   DISKHUB_TASK_TIME_TO_LIVE: 'taskTimeToLive',
+  DISKHUB_DELAYED_DELETE: 'delayedDelete',
+  DISKHUB_SCRUB_TIME: 'scrubTime',
+  DISKHUB_SCRUB_WAKEUP_TIME: 'scrubWakeupTime',
+  DISKHUB_IMAGE_CACHE: 'imageCache',
+  DISKHUB_IMAGE_CACHE_DIR: 'imageCacheDir',
+  DISKHUB_IMAGE_CACHE_MAX_SIZE: 'imageCacheMaxSize',
 };
 
-const BOOLEAN = new Set<keyof ServiceConfig>(['showImageDirectUrl', 'showMultipleLocations']);
-const NUMERIC = new Set<keyof ServiceConfig>(['webDownloadTimeout', 'webDownloadMaxRedirects', 'taskLeaseSeconds', 'taskPollSeconds', 'taskMaxAttempts', 'taskConcurrency', 'taskTimeToLive', 'port', 'tokenTtlSeconds', 'imageSizeCap', 'projectImageQuota', 'projectStorageQuota', 'limitMax', 'limitDefault', 'shutdownGraceSeconds', 'lockoutFailureAttempts', 'lockoutDuration']);
+const BOOLEAN = new Set<keyof ServiceConfig>(['showImageDirectUrl', 'showMultipleLocations', 'delayedDelete']);
+const NUMERIC = new Set<keyof ServiceConfig>(['webDownloadTimeout', 'webDownloadMaxRedirects', 'taskLeaseSeconds', 'taskPollSeconds', 'taskMaxAttempts', 'taskConcurrency', 'taskTimeToLive', 'port', 'tokenTtlSeconds', 'imageSizeCap', 'projectImageQuota', 'projectStorageQuota', 'limitMax', 'limitDefault', 'shutdownGraceSeconds', 'lockoutFailureAttempts', 'lockoutDuration', 'scrubTime', 'scrubWakeupTime', 'imageCacheMaxSize']);
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Partial<Record<keyof ServiceConfig, string | number>> = {}, configFile?: string): ServiceConfig {
   const raw: Record<string, unknown> = {};
@@ -193,13 +211,19 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
     taskMaxAttempts: 3,
     taskConcurrency: 4,
     taskTimeToLive: 48,
+    // Glance's defaults: delayed_delete off, scrub_time 0, wakeup_time 300, image_cache_max_size 10 GiB.
+    delayedDelete: false,
+    scrubTime: 0,
+    scrubWakeupTime: 300,
+    imageCache: 'auto',
+    imageCacheMaxSize: 10 * 1024 ** 3,
     keystoneUser: 'glance',
     keystoneProject: 'service',
     webDir: fileURLToPath(new URL('../../../web/dist/app', import.meta.url)),
   };
   for (const [key, v] of Object.entries(raw)) {
     if (key === 'dataDir' || v === undefined) continue;
-    if (!(key in cfg) && key !== 'adminPassword' && key !== 'publicUrl' && key !== 'webDir' && key !== 'keystoneUrl' && key !== 'keystonePassword' && key !== 'policyFile' && key !== 'defaultStore' && key !== 'nodeId') throw new ConfigError(`unknown configuration setting '${key}'`);
+    if (!(key in cfg) && key !== 'adminPassword' && key !== 'publicUrl' && key !== 'webDir' && key !== 'keystoneUrl' && key !== 'keystonePassword' && key !== 'policyFile' && key !== 'defaultStore' && key !== 'nodeId' && key !== 'imageCacheDir') throw new ConfigError(`unknown configuration setting '${key}'`);
     if (key === 'stores') {
       cfg.stores = typeof v === 'string' ? parseStoresList(v, fileStores) : storeSpecs(v);
     } else if (BOOLEAN.has(key as keyof ServiceConfig)) {
@@ -218,6 +242,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
   if (cfg.taskPollSeconds < 1) throw new ConfigError('taskPollSeconds must be at least 1');
   if (cfg.taskConcurrency < 1) throw new ConfigError('taskConcurrency must be at least 1');
   if (cfg.webDownloadTimeout < 1) throw new ConfigError('webDownloadTimeout must be at least 1');
+  if (!['auto', 'on', 'off'].includes(cfg.imageCache)) throw new ConfigError(`imageCache must be auto, on or off`);
+  if (cfg.imageCacheDir) cfg.imageCacheDir = resolve(cfg.imageCacheDir);
   if (cfg.publicUrl) cfg.publicUrl = cfg.publicUrl.replace(/\/+$/, '');
   if (cfg.defaultStore !== undefined && !cfg.stores.some((s) => s.id === cfg.defaultStore)) {
     throw new ConfigError(`defaultStore '${cfg.defaultStore}' is not one of the configured stores (${cfg.stores.map((s) => s.id).join(', ')})`);

@@ -47,11 +47,7 @@ export async function serveMain(argv: string[]): Promise<number> {
         `Its password (printed only this once): ${service.generatedAdminPassword}\n\n`);
     }
     process.stderr.write(`diskhub image service on ${service.url} (identity: ${service.url}/identity/v3)\n`);
-    await new Promise<void>((resolve) => {
-      const stop = () => { process.off('SIGINT', stop); process.off('SIGTERM', stop); resolve(); };
-      process.on('SIGINT', stop);
-      process.on('SIGTERM', stop);
-    });
+    await stopSignal();
     await service.close();
     return 0;
   } catch (e) {
@@ -62,4 +58,13 @@ export async function serveMain(argv: string[]): Promise<number> {
     process.stderr.write(`diskhub serve: ${redactCredentials(err.message)}\n`);
     return 1;
   }
+}
+
+/** Resolves on the first SIGINT or SIGTERM (a long-running command's cue to shut down cleanly). */
+export function stopSignal(): Promise<void> {
+  return new Promise<void>((resolve) => {
+    const stop = () => { process.off('SIGINT', stop); process.off('SIGTERM', stop); resolve(); };
+    process.on('SIGINT', stop);
+    process.on('SIGTERM', stop);
+  });
 }

@@ -50,9 +50,8 @@ import { metadefRoutes } from './routes/metadefs.js';
 import { MetadefService } from './domain/metadefs.js';
 import { MetadefRepo } from './repo/metadefs.js';
 import { jsonLogger, type Logger } from './log.js';
-import './stores/builtin.js';
 import { FileStore } from './stores/file/file-store.js';
-import { StoreSet, buildStore } from './stores/registry.js';
+import { openConfiguredStores } from './stores/configured.js';
 import { StoreInfo } from './domain/stores.js';
 import { storeFailure } from './domain/store-failures.js';
 import { redactCredentials } from './stores/credentials.js';
@@ -70,6 +69,11 @@ import { extensionRoutes } from './routes/extensions.js';
 import { ImageRepo } from './repo/images.js';
 import { ImageService } from './domain/images.js';
 import { ImageDataService } from './domain/image-data.js';
+import { Scrubber } from './domain/scrubber.js';
+import { ImageCache } from './cache/image-cache.js';
+import { ImageCacheService } from './domain/image-cache.js';
+import { cacheRoutes } from './routes/cache.js';
+import { ScrubRepo } from './repo/scrubs.js';
 import { Policy, PolicyNotAuthorized, PolicyHidesImage } from './policy/index.js';
 import { TaskRepo } from './repo/tasks.js';
 import { TaskService } from './domain/tasks.js';
@@ -92,10 +96,8 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
   // A policy file that cannot be used stops the start before anything is opened.
   const policy = await Policy.load(cfg.policyFile);
   await mkdir(cfg.dataDir, { recursive: true });
-  // The configured stores (one file store `file` in <data dir>/images without configuration):
-  // a store that cannot be used stops the start before the database is opened.
-  const stores = new StoreSet(cfg.stores.map((spec) => buildStore(spec, { dataDir: cfg.dataDir })), cfg.defaultStore);
-  await stores.init();
+  // A store that cannot be used stops the start before the database is opened.
+  const stores = await openConfiguredStores(cfg);
   const db = await openDatabase(cfg.databaseUrl, cfg.dataDir);
   const identity = new Identity(db, {
     tokenTtlSeconds: cfg.tokenTtlSeconds, region: cfg.region,
@@ -248,7 +250,7 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
   const node = cfg.nodeId ?? `${hostname()}:${cfg.dataDir}`;
   const repo = new ImageRepo(db);
   const stagingDir = join(cfg.dataDir, 'staging');
-  const images = new ImageService(repo, stores, policy, { projectImageQuota: cfg.projectImageQuota, stagingDir, showMultipleLocations: cfg.showMultipleLocations }, log);
+  const images = new ImageService(repo, stores, policy, { projectImageQuota: cfg.projectImageQuota, stagingDir, showMultipleLocations: cfg.showMultipleLocations, delayedDelete: cfg.delayedDelete }, log);
   const data = new ImageDataService(images, repo, stores, {
     imageSizeCap: cfg.imageSizeCap, projectStorageQuota: cfg.projectStorageQuota, stagingDir, node, downloadUrls: await DownloadUrls.open(db),
   }, log);
@@ -269,17 +271,26 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
   await tasks.recover();
   await data.recover();
   tasks.start();
+  // The image cache: worth it only in front of a remote store (auto); a local file store's files it would only copy.
+  const imageCache = cfg.imageCache === 'on' || (cfg.imageCache === 'auto' && stores.all.some((s) => s.type !== 'file'))
+    ? new ImageCache(cfg.imageCacheDir ?? join(cfg.dataDir, 'image-cache'), cfg.imageCacheMaxSize, log) : null;
+  await imageCache?.init();
+  const cacheService = new ImageCacheService(imageCache, images, repo, policy, data, log);
+  cacheService.kick();
+  const scrubber = new Scrubber(new ScrubRepo(db), (id, url) => stores.locate(id, url), { scrubTime: cfg.scrubTime, node }, log);
+  if (cfg.scrubWakeupTime > 0) scrubber.start(cfg.scrubWakeupTime);
 
   await app.register(async (scope) => {
     acceptJson(scope);
     const storeInfo = new StoreInfo(stores, policy);
-    discoveryRoutes(scope, { db, metrics: registry, webDir, auth, importMethods: imports.methods, usage: (a) => imports.usage(a) });
+    discoveryRoutes(scope, { db, metrics: registry, webDir, auth, importMethods: imports.methods, usage: (a) => imports.usage(a), cacheEnabled: imageCache !== null });
     schemaRoutes(scope, { auth });
     imageRoutes(scope, {
       auth, images, storeIds: storeInfo.ids(), importMethods: imports.methods, limitMax: cfg.limitMax, limitDefault: cfg.limitDefault,
       showImageDirectUrl: cfg.showImageDirectUrl, showMultipleLocations: cfg.showMultipleLocations,
     });
-    imageDataRoutes(scope, { auth, data, storeIds: storeInfo.ids() });
+    imageDataRoutes(scope, { auth, data, storeIds: storeInfo.ids(), cache: imageCache });
+    cacheRoutes(scope, { auth, cache: cacheService });
     tagRoutes(scope, { auth, images });
     memberRoutes(scope, { auth, images });
     extensionRoutes(scope, { auth, images, data });
@@ -326,6 +337,8 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
       server.closeAllConnections();
       await Promise.allSettled([...data.inFlight]);
       await tasksStopped;
+      await scrubber.stop();
+      await cacheService.close();
       await stopped;
       await identity.close();
       await stores.close();

@@ -227,6 +227,21 @@ const migrations = (dialect: Db['dialect']): Record<string, Migration> => ({
       if (dialect === 'mysql') await sql`ALTER TABLE tasks CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_bin`.execute(db);
     },
   },
+  '0006_image_scrubs': {
+    // Delayed delete (Glance's delayed_delete): the lease a scrubber holds on a pending_delete
+    // image while it removes the data, so two API nodes (or a `diskhub scrub`) never scrub the
+    // same image at once, one that died is taken over when its lease runs out, and an image
+    // whose data a scrubber has begun to remove is never restored.
+    async up(db: Kysely<any>): Promise<void> {
+      await db.schema.createTable('image_scrubs')
+        .addColumn('image_id', sql`varchar(36)`, (c) => c.primaryKey())
+        .addColumn('node', sql.raw(NAME), (c) => c.notNull())
+        .addColumn('lease_until', 'bigint', (c) => c.notNull())
+        .addColumn('started_at', sql.raw(TS), (c) => c.notNull())
+        .execute();
+      if (dialect === 'mysql') await sql`ALTER TABLE image_scrubs CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_bin`.execute(db);
+    },
+  },
 });
 
 /** Bring the schema to the latest migration (or, for upgrade tests, to `target`). */

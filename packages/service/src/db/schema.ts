@@ -84,6 +84,8 @@ export interface RevokedTokensTable { audit_id: string; expires_at: string }
 export interface SettingsTable { name: string; value: string }
 /** A record per in-flight upload: who is writing and since when, so a restart can clean up after a crash. */
 export interface UploadsTable { image_id: string; node: string; temp_key: string; started_at: string }
+/** A scrubber's lease on a pending_delete image (delayed delete): which node removes its data, until when (ms). */
+export interface ImageScrubsTable { image_id: string; node: string; lease_until: number | string; started_at: string }
 
 /** Glance's task and task_info rows as one, with the lease of the node running it (domain/tasks.ts). */
 export interface TasksTable {
@@ -122,6 +124,7 @@ export interface Database {
   settings: SettingsTable;
   uploads: UploadsTable;
   tasks: TasksTable;
+  image_scrubs: ImageScrubsTable;
   metadef_namespaces: MetadefNamespacesTable;
   metadef_resource_types: MetadefResourceTypesTable;
 }

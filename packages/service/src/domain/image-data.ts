@@ -276,7 +276,7 @@ export class ImageDataService {
   async readable(img: ImageRecord): Promise<ReadableData | null> {
     let failure: unknown = null;
     for (const loc of img.locations) {
-      const store = (loc.store_id !== null ? this.stores.get(loc.store_id) : undefined) ?? this.stores.ownerOf(loc.url);
+      const store = this.stores.locate(loc.store_id, loc.url);
       if (!store) { this.log.warn('image location in no configured store', { image: img.id, store: loc.store_id }); continue; }
       try {
         return { store, url: loc.url, size: await store.size(loc.url) };

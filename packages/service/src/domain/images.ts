@@ -7,7 +7,7 @@
 import { randomUUID } from 'node:crypto';
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { HttpError, conflict, forbidden, notFound } from '../http.js';
+import { HttpError, badRequest, conflict, forbidden, notFound } from '../http.js';
 import { now, type AuthContext } from '../identity.js';
 import { BASE_ATTRS, MAX_PROPERTIES, apiTime, checkWritable, validateAttr, type ImageRecord } from '../images-model.js';
 import { ImageApiPolicy, MemberApiPolicy, type Policy, type PolicyCredentials, type PolicyImage } from '../policy/index.js';
@@ -18,13 +18,15 @@ import type { StoreSet } from '../stores/registry.js';
 import { ImageLocations, type LocationOptions } from './locations.js';
 import { PolicyNotAuthorized } from '../policy/index.js';
 import type { Logger } from '../log.js';
-import { assertTransition } from './status.js';
+import { assertTransition, canTransition } from './status.js';
 
 export interface ImageLimits extends LocationOptions {
   /** Images a project may own; 0 = unlimited. */
   projectImageQuota: number;
   /** The image data's staging directory (removed with the image). */
   stagingDir: string;
+  /** Glance's delayed_delete: an image with data becomes pending_delete and a scrubber removes the data later. */
+  delayedDelete?: boolean;
 }
 
 /** One change of a JSON-patch request, its pointer already resolved to an attribute name. */
@@ -173,9 +175,16 @@ export class ImageService {
     const img = await this.get(a, id);
     this.imagePolicy(a, img).deleteImage();
     if (img.protected) throw forbidden(`Image ${img.id} is protected and cannot be deleted.`);
-    assertTransition(img.status, 'deleted');
-    if (!(await this.repo.softDelete(img))) throw notFound(`No image found with ID ${img.id}`);
-    await this.locations.deleteAllData(img);
+    if (this.limits.delayedDelete && img.locations.length > 0) {
+      // Glance's Image.delete: pending_delete when the image has data; its status setter refuses
+      // what the table does not allow (a deactivated image), which the API answers with 400.
+      if (!canTransition(img.status, 'pending_delete')) throw badRequest(`Image status transition from ${img.status} to pending_delete is not allowed`);
+      if (!(await this.repo.markPendingDelete(img))) throw notFound(`No image found with ID ${img.id}`);
+    } else {
+      assertTransition(img.status, 'deleted');
+      if (!(await this.repo.softDelete(img))) throw notFound(`No image found with ID ${img.id}`);
+      await this.locations.deleteAllData(img);
+    }
     await rm(join(this.limits.stagingDir, img.id), { force: true });
   }
 

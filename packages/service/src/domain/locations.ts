@@ -151,7 +151,7 @@ export class ImageLocations {
 
   /** Remove one location's data from its store; `strict`: a store failure is the request's failure (503). */
   private async deleteData(img: ImageRecord, loc: ImageLocation, strict: boolean): Promise<boolean> {
-    const store = (loc.store_id !== null ? this.stores.get(loc.store_id) : undefined) ?? this.stores.ownerOf(loc.url);
+    const store = this.stores.locate(loc.store_id, loc.url);
     if (!store) {
       this.log.warn('image location in no configured store: data left in place', { image: img.id, store: loc.store_id });
       return false;

@@ -17,6 +17,7 @@ export const VALID_TARGETS: Readonly<Record<ImageStatus, readonly ImageStatus[]>
   importing: ['active', 'deleted', 'queued'],
   active: ['pending_delete', 'deleted', 'deactivated'],
   killed: ['deleted'],
+  // pending_delete (delayed delete): the scrubber removes the data (deleted) or an admin restores it (active).
   pending_delete: ['deleted', 'active'],
   deleted: [],
   deactivated: ['active', 'deleted'],

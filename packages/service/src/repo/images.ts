@@ -137,6 +137,22 @@ export class ImageRepo {
   }
 
   /**
+   * Delayed delete: the image is deleted for the API (404, not listed) but keeps its data,
+   * properties, tags and members until a scrubber removes the data (or an admin restores
+   * it); deleted_at starts the scrub_time delay. False when it was not there to delete.
+   */
+  async markPendingDelete(img: ImageRecord): Promise<boolean> {
+    return this.k.transaction().execute(async (tx) => {
+      const ts = now();
+      const r = await tx.updateTable('images').set({ status: 'pending_delete', deleted: 1, deleted_at: ts, updated_at: ts, revision: sql`revision + 1` })
+        .where('id', '=', img.id).where('status', '=', img.status).where('deleted', '=', 0).where('protected', '=', 0).executeTakeFirst();
+      if (Number(r.numUpdatedRows) !== 1) return false;
+      await tx.deleteFrom('uploads').where('image_id', '=', img.id).execute();
+      return true;
+    });
+  }
+
+  /**
    * Move the status from `img`'s (at its revision) to `to`, in one transaction with the
    * `uploads` rows: `claim` records this node's upload (replacing any earlier row of the
    * image), `release` drops the image's rows. False when the image changed meanwhile.
@@ -183,14 +199,15 @@ export class ImageRepo {
     });
   }
 
+  /** Images a project owns (quota): pending_delete ones count until scrubbed, as in Glance. */
   countOwned(owner: string): Promise<number> {
-    return this.k.selectFrom('images').select((eb) => eb.fn.countAll().as('n')).where('owner', '=', owner).where('deleted', '=', 0)
+    return this.k.selectFrom('images').select((eb) => eb.fn.countAll().as('n')).where('owner', '=', owner).where(notGone)
       .executeTakeFirstOrThrow().then((r) => Number(r.n));
   }
 
-  /** Bytes of image data a project stores. */
+  /** Bytes of image data a project stores (quota): pending_delete data counts until scrubbed, as in Glance. */
   storageUsed(owner: string): Promise<number> {
-    return this.k.selectFrom('images').select((eb) => eb.fn.sum<number | string | null>('size').as('used')).where('owner', '=', owner).where('deleted', '=', 0)
+    return this.k.selectFrom('images').select((eb) => eb.fn.sum<number | string | null>('size').as('used')).where('owner', '=', owner).where(notGone)
       .executeTakeFirstOrThrow().then((r) => Number(r.used ?? 0));
   }
 
@@ -294,6 +311,13 @@ function parseMetadata(text: string): Record<string, unknown> {
     return {};
   }
 }
+
+/**
+ * Images that still count against a project's quotas: not deleted, or deleted with the data
+ * still kept (pending_delete), as Glance's usage queries count every status but killed and
+ * deleted.
+ */
+const notGone = (eb: EB) => eb.or([eb('deleted', '=', 0), eb('status', '=', 'pending_delete')]);
 
 async function writeChildren(tx: Transaction<Database>, id: string, props: Record<string, string>, tags: string[]): Promise<void> {
   const entries = Object.entries(props);

@@ -12,11 +12,13 @@ import { findStatic, sendStatic, wantsHtml } from '../static.js';
 
 /**
  * The Image API versions this service implements (newest first): what Glance 25 lists for a
- * deployment like this one — no image cache (so no 2.14 and 2.16, the cache API), and stores
- * configured as enabled_backends (there is always at least one), so the multi-store versions
- * 2.8 and 2.10–2.13.
+ * deployment like this one — stores configured as enabled_backends (there is always at least
+ * one), so the multi-store versions 2.8 and 2.10–2.13; 2.16 and 2.14 (the cache API) only with
+ * an image cache, as Glance lists them only with image_cache_dir (glanceclient's cache commands
+ * look for 2.14).
  */
 export const VERSIONS = ['2.15', '2.13', '2.12', '2.11', '2.10', '2.9', '2.8', '2.7', '2.6', '2.5', '2.4', '2.3', '2.2', '2.1', '2.0'];
+const CACHE_VERSIONS = ['2.16', '2.15', '2.14'];
 
 export interface DiscoveryDeps {
   db: Db;
@@ -28,10 +30,13 @@ export interface DiscoveryDeps {
   importMethods: string[];
   /** The caller's project's quota usage (GET /v2/info/usage). */
   usage(a: AuthContext): Promise<Record<string, { usage: number; limit: number }>>;
+  /** Whether this node has an image cache (and so the cache API). */
+  cacheEnabled?: boolean;
 }
 
 export function discoveryRoutes(app: FastifyInstance, deps: DiscoveryDeps): void {
-  const versions = (baseUrl: string) => VERSIONS.map((v, i) => ({ id: `v${v}`, status: i === 0 ? 'CURRENT' : 'SUPPORTED', links: [{ rel: 'self', href: `${baseUrl}/v2/` }] }));
+  const list = deps.cacheEnabled ? [...CACHE_VERSIONS, ...VERSIONS.filter((v) => !CACHE_VERSIONS.includes(v))] : VERSIONS;
+  const versions = (baseUrl: string) => list.map((v, i) => ({ id: `v${v}`, status: i === 0 ? 'CURRENT' : 'SUPPORTED', links: [{ rel: 'self', href: `${baseUrl}/v2/` }] }));
   app.get('/', async (request, reply) => {
     // A browser opening the service gets the dashboard; API clients get the versions document.
     const page = deps.webDir && wantsHtml(request.raw) ? await findStatic(deps.webDir, '/', request.raw) : null;

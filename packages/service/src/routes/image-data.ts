@@ -8,17 +8,20 @@ import { HttpError, mediaTypeOf, replyEmpty, searchParams, type Authenticate } f
 import type { ImageRecord } from '../images-model.js';
 import type { ImageDataService } from '../domain/image-data.js';
 import { SIGNATURE_PARAM } from '../download-urls.js';
+import type { ImageCache } from '../cache/image-cache.js';
 
 export interface ImageDataRouteDeps {
   auth: Authenticate;
   data: ImageDataService;
   /** The configured stores' ids, comma-separated (OpenStack-image-store-ids). */
   storeIds: string;
+  /** This node's image cache, when it has one: downloads of active images go through it. */
+  cache?: ImageCache | null;
 }
 
 type IdParams = { Params: { id: string } };
 
-export function imageDataRoutes(app: FastifyInstance, { auth, data, storeIds }: ImageDataRouteDeps): void {
+export function imageDataRoutes(app: FastifyInstance, { auth, data, storeIds, cache }: ImageDataRouteDeps): void {
   const requireOctets = (request: FastifyRequest) => {
     const t = mediaTypeOf(request);
     if (t !== 'application/octet-stream') throw new HttpError(415, `The request media type ${t || '(none)'} is not supported by this server.`);
@@ -73,7 +76,10 @@ export function imageDataRoutes(app: FastifyInstance, { auth, data, storeIds }: 
       res.writeHead(200, headers);
     }
     if (request.method === 'HEAD') { res.end(); return; }
-    await source.store.send(source.url, res, range ?? undefined).catch(() => { res.destroy(); });
+    const sending = cache && img.status === 'active'
+      ? cache.send({ ...img, location: source.url }, source.store, res, range ?? undefined)
+      : source.store.send(source.url, res, range ?? undefined);
+    await sending.catch(() => { res.destroy(); });
   });
 }
 

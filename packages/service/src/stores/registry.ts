@@ -91,6 +91,11 @@ export class StoreSet {
     return this.byId.get(id);
   }
 
+  /** The store holding a location's data: by its recorded store id, else the store whose URL it is. */
+  locate(storeId: string | null, url: string): Store | undefined {
+    return (storeId !== null ? this.byId.get(storeId) : undefined) ?? this.ownerOf(url);
+  }
+
   ids(): string[] {
     return this.all.map((s) => s.id);
   }
