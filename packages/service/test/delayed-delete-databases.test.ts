@@ -34,7 +34,14 @@ for (const [dialect, provision] of Object.entries(provisioners)) {
 
     // Two nodes' scrubbers at once on the same database: every image's data is deleted exactly once.
     const deletes = new Map<string, number>();
-    const store = { delete: async (location: string) => { deletes.set(location, (deletes.get(location) ?? 0) + 1); await rm(join(svc.dataDir, 'images', location), { force: true }); } };
+    // (file store locations are file:// URLs ending in the image id)
+    const store = {
+      delete: async (location: string) => {
+        const id = location.slice(location.lastIndexOf('/') + 1);
+        deletes.set(id, (deletes.get(id) ?? 0) + 1);
+        await rm(join(svc.dataDir, 'images', id), { force: true });
+      },
+    };
     const silent = jsonLogger({ write: () => {} }, 'silent');
     const runs = await Promise.all(['node-a', 'node-b'].map((node) => new Scrubber(new ScrubRepo(svc.db), () => store, { scrubTime: 0, node }, silent).runOnce()));
     assert.equal(runs[0]!.scrubbed.length + runs[1]!.scrubbed.length, ids.length);

@@ -59,9 +59,13 @@ export function imageDataRoutes(app: FastifyInstance, { auth, data, storeIds, ca
       img = await data.downloadable(await auth(request), request.params.id, null);
     }
     if (img.locations.length === 0 || img.status !== 'active' && img.status !== 'deactivated') return replyEmpty(reply, 204);
-    // The first location whose store answers (a store that is down falls through to the next).
-    const source = await data.readable(img);
-    if (!source) return replyEmpty(reply, 204);
+    // As Glance's cache middleware, a cached image is served without asking its stores; otherwise
+    // the first location whose store answers (a store that is down falls through to the next).
+    const cached = !!cache && img.status === 'active' && cache.isCached(img.id);
+    const found = await data.readable(img).catch((e: unknown) => { if (cached) return null; throw e; });
+    if (!found && !cached) return replyEmpty(reply, 204);
+    // (with no readable store, a cache entry found corrupt has nothing to fall back on: the download fails)
+    const source = found ?? { url: '', store: { send: () => Promise.reject(new Error('no store can be read for this image')) } };
     const size = Number(img.size);
     if (img.checksum) headers['Content-MD5'] = img.checksum;
     const range = parseRange(request.headers.range, size);
