@@ -320,6 +320,9 @@ static int do_connect(job_t *j) {
   /* librbd may send a write's buffer as it is instead of copying it first: each buffer here
    * belongs to its aio write until the completion frees it. */
   if (r == 0) r = rados_conf_set(cl->cluster, "rbd_disable_zero_copy_writes", "false");
+  /* No client-side cache: uploads are written once, in order, and downloads read once; the
+   * cache would only copy every byte through itself (rbd_cache is on by default). */
+  if (r == 0) r = rados_conf_set(cl->cluster, "rbd_cache", "false");
   if (r == 0) r = set_timeouts(cl->cluster, j->timeout);
   if (r == 0) { j->what = "connecting to the Ceph cluster"; r = rados_connect(cl->cluster); }
   if (r == 0) { j->what = "reading the cluster's fsid"; r = rados_cluster_fsid(cl->cluster, cl->fsid, sizeof cl->fsid); if (r > 0) r = 0; }
@@ -676,7 +679,7 @@ static napi_value js_size(napi_env env, napi_callback_info info) {
   return v;
 }
 
-/* write(image, offset, views, zeroBlock) -> Promise: resolves once the data is copied and sent
+/* write(image, offset, views, zeroBlock) -> Promise: settles once the data is copied and sent
  * (not yet stored: drain says that); the views may be reused after it resolves. */
 static napi_value js_write(napi_env env, napi_callback_info info) {
   ARGS(4);
@@ -707,6 +710,23 @@ static napi_value js_write(napi_env env, napi_callback_info info) {
     }
     j->iov[i].iov_base = data;
     j->iov[i].iov_len = length;
+  }
+  /* With room for two more objects in flight, copying the data and sending the writes cannot
+   * wait (a call fills at most two pending writes), so it happens here: rbd_aio_write2 only
+   * queues. A hop to a worker thread and back per call cost more than the copy, on a busy
+   * machine most of all. Without that room a worker waits for it. */
+  pthread_mutex_lock(&im->lock);
+  bool room = im->first_error == 0 && im->in_flight + 2 * im->object_size <= WRITES_IN_FLIGHT * im->object_size;
+  pthread_mutex_unlock(&im->lock);
+  if (room) {
+    napi_value promise;
+    napi_deferred deferred;
+    int r = do_write(j);
+    napi_create_promise(env, &deferred, &promise);
+    if (r < 0) napi_reject_deferred(env, deferred, make_error(env, j->what, -r));
+    else { napi_value u; napi_get_undefined(env, &u); napi_resolve_deferred(env, deferred, u); }
+    free_job(env, j);
+    return promise;
   }
   napi_create_reference(env, argv[2], 1, &j->hold);
   return start(env, j);

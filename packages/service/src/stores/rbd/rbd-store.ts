@@ -52,8 +52,8 @@ export interface RbdStoreOptions {
 const TEMP_PREFIX = 'diskhub-partial-';
 /** Glance's snapshot name (glance_store DEFAULT_SNAPNAME), which Nova and Cinder clone. */
 const SNAPSHOT = 'snap';
-/** A download reads this much per request, with SEND_DEPTH requests in flight. */
-const SEND_CHUNK = 4 << 20;
+/** A download reads this much per request (an object at the default chunk size), with SEND_DEPTH requests in flight. */
+const SEND_CHUNK = 8 << 20;
 const SEND_DEPTH = 3;
 const SEND_SLICE = 1 << 20;
 /** Images kept open for ranged reads (a snapshot never changes, so a handle stays valid). */
