@@ -228,9 +228,12 @@ test('a failed upload leaves no image in the pool; a crashed one is swept', asyn
   await stopped.close();
   const removed = await store.sweep(new Set([crashedLive.tempKey]));
   assert.ok(removed.includes(crashedDead.tempKey) && !removed.includes(crashedLive.tempKey) && !removed.includes(busy.tempKey));
-  assert.deepEqual(ours(await images(c), liveId, deadId, busyId, taken), [crashedLive.tempKey, busy.tempKey, taken].sort());
+  assert.ok(!(await images(c)).includes(crashedDead.tempKey));
+  // (the service test's start-up sweep may run at the same time, with its own live set: only
+  // what this sweep answered and what is left at the end are checked)
   const again = await store.sweep(new Set());
-  assert.ok(again.includes(crashedLive.tempKey) && !again.includes(busy.tempKey));
+  assert.ok(!again.includes(busy.tempKey));
+  assert.ok(!(await images(c)).includes(crashedLive.tempKey));
   const busyLocation = await busy.commit(busyId);
   defer(() => elsewhere.delete(busyLocation));
   const snaps = JSON.parse(await rbdCli(c, ['snap', 'ls', '--format', 'json', `${c.pool}/${busyId}`])) as { name: string }[];
