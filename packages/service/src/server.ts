@@ -54,6 +54,9 @@ import './stores/builtin.js';
 import { FileStore } from './stores/file/file-store.js';
 import { StoreSet, buildStore } from './stores/registry.js';
 import { StoreInfo } from './domain/stores.js';
+import { storeFailure } from './domain/store-failures.js';
+import { redactCredentials } from './stores/credentials.js';
+import { StoreError } from './stores/store.js';
 import { storeRoutes } from './routes/stores.js';
 import { DownloadUrls } from './download-urls.js';
 import { findStatic, sendStatic } from './static.js';
@@ -201,11 +204,14 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
       status = 415; message = `The request media type ${request.headers['content-type'] || '(none)'} is not supported by this server.`;
     } else if (typeof err.statusCode === 'number' && err.statusCode >= 400 && err.statusCode < 500) {
       status = err.statusCode; message = err.message;
+    } else if (err instanceof StoreError && (storage = storeFailure(err, null, 'answering the request'))) {
+      log.error('store failure', { request_id: request.id, error: storage.message });
+      ({ status, message } = storage);
     } else if ((storage = storageError(err))) {
       log.error('storage full', { request_id: request.id, error: String(err?.message ?? err) });
       ({ status, message } = storage);
     } else {
-      log.error('unhandled error', { request_id: request.id, error: err?.stack ?? String(err) });
+      log.error('unhandled error', { request_id: request.id, error: redactCredentials(err?.stack ?? String(err)) });
       status = 500; message = 'The server has either erred or is incapable of performing the requested operation.';
     }
     drainUnread(request.raw);

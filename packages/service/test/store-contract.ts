@@ -91,11 +91,12 @@ export function storeContractTests(name: string, makeStore: MakeStore, options: 
     t.after(() => store.close());
     return store;
   };
-  const it = (title: string, fn: (store: Store, t: TestContext) => Promise<void>) =>
-    test(`store contract (${name}): ${title}`, options.testOptions ?? {}, async (t) => {
+  const it = (title: string, fn: (store: Store, t: TestContext) => Promise<void>): void => {
+    void test(`store contract (${name}): ${title}`, options.testOptions ?? {}, async (t) => {
       const store = await opened(t);
       if (store) await fn(store, t);
     });
+  };
 
   it('write, commit, then read any range, size and owns', async (store) => {
     const id = randomUUID();

@@ -1,7 +1,9 @@
 /**
- * The stores: the contract suite (store-contract.ts) on the file store, and what is the file
- * store's own: its download path (reused page-aligned buffers, one read ahead of the socket),
- * holes for zero blocks, file:// locations confined to its directory.
+ * The stores: the contract suite (store-contract.ts) on the file store (and on the tests'
+ * memory store, which the service tests use as a second backend), what is the file store's own
+ * (its download path: reused page-aligned buffers, one read ahead of the socket; holes for
+ * zero blocks; file:// locations confined to its directory), and StoreSource: images read by
+ * the disk engine through Store.read, checked against qemu-img, fetching only what is needed.
  */
 import test from 'node:test';
 import assert from 'node:assert/strict';
@@ -10,11 +12,16 @@ import { readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { finished } from 'node:stream/promises';
-import { tempDir } from '@diskhub/testkit';
+import { needs, qemuImg, qemuIo, tempDir } from '@diskhub/testkit';
+import { inspectSource, openSource, type ByteSource } from '@diskhub/disk';
 import { FileStore } from '../src/stores/file/file-store.js';
+import { StoreSource } from '../src/stores/store-source.js';
+import { describeInside } from '../src/inside.js';
 import { storeContractTests, writeLikeTheService } from './store-contract.js';
+import { MemoryStore } from './memory-store.js';
 
 storeContractTests('file', async (t) => new FileStore({ id: 'file', dir: join(await tempDir(t), 'images') }));
+storeContractTests('memory (test double)', () => new MemoryStore('mem'));
 
 /**
  * A sink that takes `delayMs` per write and keeps copies of what it was given. With a large
@@ -127,4 +134,81 @@ test('file store: locations are file:// URLs of files directly in its directory,
   // Temporary keys must be the store's own.
   await assert.rejects(store.begin('../escape'), /bad temporary key/);
   assert.deepEqual(store.detail(), { data_dir: join(dir, 'images'), chunk_size: 65536, thin_provisioning: true });
+});
+
+/** A qcow2 made by qemu-img with data written by qemu-io: 64 MiB virtual, 3 MiB data. */
+async function qcow2(t: test.TestContext): Promise<{ path: string; bytes: Buffer }> {
+  const dir = await tempDir(t);
+  const path = join(dir, 'disk.qcow2');
+  await qemuImg('create', '-q', '-f', 'qcow2', path, '64M');
+  await qemuIo('-f', 'qcow2', '-c', 'write -P 0x11 0 1M', '-c', 'write -P 0x22 40M 2M', path);
+  return { path, bytes: await readFile(path) };
+}
+
+test('StoreSource on the file store: the engine reads a stored qcow2 as qemu-img does', needs('qemu-img', 'qemu-io'), async (t) => {
+  const { path, bytes } = await qcow2(t);
+  const store = new FileStore({ dir: join(await tempDir(t), 'images') });
+  await store.init();
+  const location = await (await writeLikeTheService(store, 'img1', bytes)).commit('img1');
+  const source = new StoreSource(store, location);
+  const info = JSON.parse(await qemuImg('info', '--output=json', path)) as { format: string; 'virtual-size': number };
+  const report = await inspectSource(source);
+  assert.equal(report.format, info.format);
+  assert.equal(report.virtualSize, info['virtual-size']);
+  assert.equal(report.safe, true);
+  // The allocation the engine sees through the store is qemu-img map's.
+  const image = await openSource(source, { format: 'qcow2' });
+  let data = 0;
+  for await (const e of image.blockStatus(0, image.size)) if (e.data) data += e.length;
+  await image.close();
+  const map = JSON.parse(await qemuImg('map', '--output=json', path)) as { length: number; data: boolean }[];
+  assert.equal(data, map.filter((e) => e.data).reduce((n, e) => n + e.length, 0));
+  // Reads past the end are short; the source cannot be written.
+  const tail = new Uint8Array(100);
+  assert.equal(await source.read(tail, bytes.length - 10), 10);
+  assert.equal(await source.read(tail, bytes.length + 5), 0);
+  await assert.rejects((source as ByteSource).write(new Uint8Array(1), 0), /read-only/);
+});
+
+test('StoreSource on a slow remote store: x-diskhub/inside reads a few blocks, not the image', needs('qemu-img', 'qemu-io'), async (t) => {
+  const { path } = await qcow2(t);
+  // A 19 MiB image in a store that takes 5 ms per call (a remote object store's round trip).
+  const store = new MemoryStore('slow', 'slow', { delayMs: 5 });
+  await store.init();
+  await qemuIo('-f', 'qcow2', '-c', 'write -P 0x33 8M 16M', path);
+  const withMore = await readFile(path);
+  assert.ok(withMore.length > 16 << 20, `image is ${withMore.length} bytes`);
+  const location = await (await writeLikeTheService(store, 'img2', withMore)).commit('img2');
+  store.bytesRead = 0;
+  store.readCalls = 0;
+  const source = new StoreSource(store, location);
+  const inside = await describeInside(source, 64);
+  assert.equal(inside.format, 'qcow2');
+  assert.equal(inside.virtual_size, 64 << 20);
+  assert.equal(inside.allocation!.totals.data, (1 + 2 + 16) << 20);
+  assert.ok(store.bytesRead < 2 << 20, `fetched ${store.bytesRead} of ${withMore.length} bytes`);
+  assert.ok(store.readCalls < 20, `${store.readCalls} store reads`);
+});
+
+test('StoreSource caches blocks: repeated and concurrent small reads are one store read each', async () => {
+  const store = new MemoryStore('cache');
+  const data = randomBytes(3 << 20);
+  const location = await (await writeLikeTheService(store, 'img3', data)).commit('img3');
+  const source = new StoreSource(store, location, { blockSize: 64 * 1024, blocks: 4 });
+  const read = async (offset: number, n: number) => {
+    const buf = new Uint8Array(n);
+    const got = await source.read(buf, offset);
+    assert.ok(Buffer.from(buf.subarray(0, got)).equals(data.subarray(offset, offset + n)), `read ${offset}+${n}`);
+  };
+  await Promise.all([read(0, 512), read(100, 512), read(4096, 4096)]);
+  assert.equal(store.readCalls, 1, 'three reads of one block: one store read');
+  await read(65536 - 10, 20); // spans blocks 0 and 1
+  assert.equal(store.readCalls, 2);
+  for (let b = 2; b < 7; b++) await read(b * 65536, 1); // evicts the oldest blocks (4 kept)
+  const before = store.readCalls;
+  await read(0, 1);
+  assert.equal(store.readCalls, before + 1, 'an evicted block is read again');
+  // A large read goes to the store in one request, uncached.
+  await read(1 << 20, 1 << 20);
+  assert.equal(store.readCalls, before + 2);
 });

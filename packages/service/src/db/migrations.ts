@@ -197,8 +197,10 @@ const migrations = (dialect: Db['dialect']): Record<string, Migration> => ({
   },
 });
 
-export async function migrate(db: Db): Promise<void> {
-  const { error, results } = await new Migrator({ db: db.kysely, provider: { getMigrations: async () => migrations(db.dialect) } satisfies MigrationProvider }).migrateToLatest();
+/** Bring the schema to the latest migration (or, for upgrade tests, to `target`). */
+export async function migrate(db: Db, target?: string): Promise<void> {
+  const migrator = new Migrator({ db: db.kysely, provider: { getMigrations: async () => migrations(db.dialect) } satisfies MigrationProvider });
+  const { error, results } = await (target === undefined ? migrator.migrateToLatest() : migrator.migrateTo(target));
   if (error) {
     const failed = results?.find((r) => r.status === 'Error');
     throw new Error(`database migration ${failed?.migrationName ?? ''} failed: ${(error as Error).message ?? error}`, { cause: error });

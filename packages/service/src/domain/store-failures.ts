@@ -6,21 +6,14 @@
  */
 import { HttpError } from '../http.js';
 import { StoreError } from '../stores/store.js';
-
-/** user:password@ in URLs, and key=value pairs that look like credentials. */
-const CREDENTIAL = /(\/\/)[^/@\s]*@|((?:password|secret|token|key|signature|credential)[\w-]*[=:]\s*)[^\s&,;]+/gi;
-
-export function redactCredentials(text: string): string {
-  return text.replace(CREDENTIAL, (_m, slashes: string | undefined, key: string | undefined) => (slashes ? `${slashes}***@` : `${key}***`));
-}
+import { redactCredentials } from '../stores/credentials.js';
 
 /** `e` as an HTTP answer when it is a store's failure (null otherwise); `what` says what was being done. */
-export function storeFailure(e: unknown, storeId: string, what: string): HttpError | null {
+export function storeFailure(e: unknown, storeId: string | null, what: string): HttpError | null {
   const code = (e as NodeJS.ErrnoException | null)?.code;
   if (!(e instanceof StoreError) && code !== 'ENOSPC' && code !== 'EDQUOT') return null;
   const detail = redactCredentials((e as Error).message);
-  if (e instanceof StoreError && e.kind !== 'full') {
-    return new HttpError(503, `The image store '${storeId}' is unavailable (${what}): ${detail}`);
-  }
-  return new HttpError(413, `Image storage media is full: store '${storeId}': ${detail}; no data was kept.`);
+  const store = storeId === null ? 'The image store' : `The image store '${storeId}'`;
+  if (e instanceof StoreError && e.kind !== 'full') return new HttpError(503, `${store} is unavailable (${what}): ${detail}`);
+  return new HttpError(413, `Image storage media is full: ${store.slice(4).toLowerCase()}: ${detail}; no data was kept.`);
 }

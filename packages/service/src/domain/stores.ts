@@ -7,6 +7,7 @@ import type { AuthContext } from '../identity.js';
 import { DiscoveryApiPolicy, type Policy } from '../policy/index.js';
 import type { StoreSet } from '../stores/registry.js';
 import { credentials } from './images.js';
+import { publicDetail } from '../stores/credentials.js';
 
 export interface StoreInfoEntry { id: string; description?: string; default?: 'true'; type?: string; properties?: Record<string, unknown> }
 
@@ -31,7 +32,7 @@ export class StoreInfo {
     const { stores } = this.list();
     return { stores: stores.map((e) => {
       const store = this.stores.get(e.id)!;
-      return { ...e, type: store.type, properties: store.detail() };
+      return { ...e, type: store.type, properties: publicDetail(store.detail()) };
     }) };
   }
 

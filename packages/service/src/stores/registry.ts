@@ -11,6 +11,7 @@
  * not start) and never puts a credential in the store's description, detail or locations.
  */
 import type { Store } from './store.js';
+import { rememberCredentials } from './credentials.js';
 
 /** One store's configuration: its id, its type and the type's own options (from the config file). */
 export interface StoreSpec {
@@ -62,7 +63,11 @@ export function buildStore(spec: StoreSpec, ctx: StoreContext): Store {
   if (spec.id.startsWith('os_glance_')) throw new StoreConfigError(`store id '${spec.id}': the os_glance_ prefix is reserved`);
   const factory = factories.get(spec.type);
   if (!factory) throw new StoreConfigError(`store '${spec.id}': unknown store type '${spec.type}' (known: ${registeredTypes().join(', ')})`);
-  return factory(spec, ctx);
+  // Credentials of the configuration are cut from every message the service writes (credentials.ts).
+  rememberCredentials(spec);
+  const store = factory(spec, ctx);
+  rememberCredentials(store.detail());
+  return store;
 }
 
 /** The stores the service runs with, in configuration order. */

@@ -11,6 +11,15 @@
 import { DiskError, type ByteSource, type HostExtent } from '@diskhub/disk';
 import type { Store } from './store.js';
 
+/**
+ * A store that can say where an object's holes are (the file store: SEEK_DATA/SEEK_HOLE), so a
+ * sparse raw image's allocation shows its holes. Optional, beside the contract.
+ */
+export interface StoreWithExtents extends Store {
+  hostExtents(location: string, offset: number, length: number): AsyncIterable<HostExtent>;
+}
+const hasExtents = (s: Store): s is StoreWithExtents => typeof (s as Partial<StoreWithExtents>).hostExtents === 'function';
+
 export interface StoreSourceOptions {
   /** Bytes per cached block (a power of two). */
   blockSize?: number;
@@ -100,10 +109,12 @@ export class StoreSource implements ByteSource {
   async punchHole(): Promise<void> { throw this.readOnlyError(); }
   async allocate(): Promise<void> { throw this.readOnlyError(); }
 
-  /** A store does not say where its holes are: everything is data. */
+  /** Where the store says the holes are; a store that cannot tell: everything is data. */
   async *hostExtents(offset: number, length: number): AsyncIterable<HostExtent> {
     const end = Math.min(offset + length, await this.size());
-    if (end > offset) yield { offset, length: end - offset, data: true };
+    if (end <= offset) return;
+    if (hasExtents(this.store)) yield* this.store.hostExtents(this.location, offset, end - offset);
+    else yield { offset, length: end - offset, data: true };
   }
 
   async allocatedSize(): Promise<number> { return this.size(); }

@@ -10,7 +10,7 @@ import { constants as fsConstants } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import type { Writable } from 'node:stream';
-import { pageAlignedBytes } from '@diskhub/disk';
+import { FileSource, pageAlignedBytes, type HostExtent } from '@diskhub/disk';
 import { StoreError, type Store, type StoreType, type StoreWriter } from '../store.js';
 import { drained } from '../drained.js';
 import { ZERO_BLOCK, dataRuns, dropBytes } from './sparse-writes.js';
@@ -199,6 +199,16 @@ export class FileStore implements Store {
       if (!out.destroyed) out.end();
     } finally {
       await fh.close();
+    }
+  }
+
+  /** The file's data and holes (SEEK_DATA/SEEK_HOLE), for StoreSource: a sparse raw image's picture shows its holes. */
+  async *hostExtents(location: string, offset: number, length: number): AsyncIterable<HostExtent> {
+    const source = await FileSource.open(this.pathOf(location), { readOnly: true }).catch((e) => { throw fileStoreError(e, `file store '${this.id}': cannot read ${location}`); });
+    try {
+      yield* source.hostExtents(offset, length);
+    } finally {
+      await source.close();
     }
   }
 
