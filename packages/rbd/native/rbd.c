@@ -7,7 +7,7 @@
  *   openPool / closePool               - an I/O context on a pool
  *   create / remove / rename / list    - images of a pool (rbd_create4, rbd_remove, rbd_rename, rbd_list2)
  *   open / close / size / resize       - one image (or one of its snapshots, read-only)
- *   write / drain                      - streaming writes: copied, zero blocks skipped (thin
+ *   write / drain / room               - streaming writes: copied, zero blocks skipped (thin
  *                                        provisioning), gathered into object-sized writes sent
  *                                        with rbd_aio_write2, several in flight; drain sends the
  *                                        rest, waits for them and reports the first error
@@ -679,6 +679,24 @@ static napi_value js_size(napi_env env, napi_callback_info info) {
   return v;
 }
 
+/* Whether a write() now copies and sends without waiting (or would report an earlier error). */
+static bool has_room(image_t *im) {
+  pthread_mutex_lock(&im->lock);
+  bool room = im->first_error != 0 || im->in_flight + 2 * im->object_size <= WRITES_IN_FLIGHT * im->object_size;
+  pthread_mutex_unlock(&im->lock);
+  return room;
+}
+
+/* room(image) -> boolean: see has_room. */
+static napi_value js_room(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  image_t *im = handle(env, argv[0], IMAGE);
+  if (!im) return throw_type(env, "rbd: not an image handle");
+  napi_value v;
+  napi_get_boolean(env, has_room(im), &v);
+  return v;
+}
+
 /* write(image, offset, views, zeroBlock) -> Promise: settles once the data is copied and sent
  * (not yet stored: drain says that); the views may be reused after it resolves. */
 static napi_value js_write(napi_env env, napi_callback_info info) {
@@ -714,11 +732,9 @@ static napi_value js_write(napi_env env, napi_callback_info info) {
   /* With room for two more objects in flight, copying the data and sending the writes cannot
    * wait (a call fills at most two pending writes), so it happens here: rbd_aio_write2 only
    * queues. A hop to a worker thread and back per call cost more than the copy, on a busy
-   * machine most of all. Without that room a worker waits for it. */
-  pthread_mutex_lock(&im->lock);
-  bool room = im->first_error == 0 && im->in_flight + 2 * im->object_size <= WRITES_IN_FLIGHT * im->object_size;
-  pthread_mutex_unlock(&im->lock);
-  if (room) {
+   * machine most of all. Without that room a worker waits for it (callers that wait for
+   * room() first never get there). */
+  if (has_room(im)) {
     napi_value promise;
     napi_deferred deferred;
     int r = do_write(j);
@@ -771,6 +787,7 @@ NAPI_MODULE_INIT() {
     {"resize", NULL, js_resize, NULL, NULL, NULL, napi_default, NULL},
     {"write", NULL, js_write, NULL, NULL, NULL, napi_default, NULL},
     {"drain", NULL, js_drain, NULL, NULL, NULL, napi_default, NULL},
+    {"room", NULL, js_room, NULL, NULL, NULL, napi_default, NULL},
     {"read", NULL, js_read, NULL, NULL, NULL, napi_default, NULL},
     {"snapCreate", NULL, js_snap_create, NULL, NULL, NULL, napi_default, NULL},
     {"snapProtect", NULL, js_snap_protect, NULL, NULL, NULL, napi_default, NULL},

@@ -17,6 +17,7 @@ import { buildStore, StoreConfigError } from '../src/stores/registry.js';
 import '../src/stores/builtin.js';
 import { storeContractTests } from './store-contract.js';
 import { parseRbdLocation, formatRbdLocation } from '../src/stores/rbd/location.js';
+import { loadLibrbd } from '@diskhub/rbd';
 import { ceph, glanceStore, rbdCli, rbdExport, type CephCluster } from './ceph.js';
 
 const MiB = 1 << 20;
@@ -321,4 +322,22 @@ test('configuration: Glance\'s option names through the store registry', () => {
   ] as const) {
     assert.throws(() => buildStore({ id: 'ceph', type: 'rbd', ...spec }, { dataDir: '/nonexistent' }), (e: unknown) => e instanceof StoreConfigError && message.test(e.message));
   }
+});
+
+test('the librbd addon refuses what is not a handle or a number with a TypeError (no crash)', (t) => {
+  if (!ceph(t)) return;
+  const { librbd, error } = loadLibrbd();
+  assert.ok(librbd, `the addon loads (${error})`);
+  const bogus = [{}, null, 42, 'images', Buffer.alloc(8)] as unknown[];
+  for (const h of bogus) {
+    for (const call of [
+      () => librbd.write(h as never, 0, [Buffer.alloc(1)], 0), () => librbd.read(h as never, 0, Buffer.alloc(1)), () => librbd.room(h as never),
+      () => librbd.size(h as never), () => librbd.close(h as never), () => librbd.list(h as never), () => librbd.openPool(h as never, 'images'),
+      () => librbd.fsid(h as never), () => librbd.snapCreate(h as never, 'snap'),
+    ]) {
+      assert.throws(call, TypeError);
+    }
+  }
+  assert.throws(() => librbd.connect(1 as never, '', '', 1), TypeError);
+  assert.throws(() => librbd.connect('', '', '', -1), TypeError);
 });
