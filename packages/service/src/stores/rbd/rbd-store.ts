@@ -55,7 +55,7 @@ const TEMP_PREFIX = 'diskhub-partial-';
 const SNAPSHOT = 'snap';
 /** A download reads this much per request (an object at the default chunk size), with SEND_DEPTH requests in flight. */
 const SEND_CHUNK = 8 << 20;
-const SEND_DEPTH = 3;
+const SEND_DEPTH = 4;
 const SEND_SLICE = 1 << 20;
 /** Images kept open for ranged reads (a snapshot never changes, so a handle stays valid). */
 const OPEN_FOR_READ = 16;
