@@ -1,17 +1,19 @@
 /*
  * rbd: the part of librbd/librados (Ceph's C API, <rbd/librbd.h>, <rados/librados.h>) that an
- * image store needs, as an N-API addon. Every call that talks to the cluster runs on a libuv
- * worker thread and returns a promise, so the event loop never waits on the network.
+ * image store needs, as an N-API addon. Every call that talks to the cluster returns a promise
+ * and runs on a libuv worker thread, except reads and writes, which only queue librbd's
+ * asynchronous I/O: the event loop never waits on the network.
  *
  *   connect / shutdown / fsid          - a cluster handle (cephx user, keyring, ceph.conf, timeouts)
  *   openPool / closePool               - an I/O context on a pool
  *   create / remove / rename / list    - images of a pool (rbd_create4, rbd_remove, rbd_rename, rbd_list2)
  *   open / close / size / resize       - one image (or one of its snapshots, read-only)
- *   write / drain                      - streaming writes: copied, zero blocks skipped (thin
+ *   write / drain / room               - streaming writes: copied, zero blocks skipped (thin
  *                                        provisioning), gathered into object-sized writes sent
  *                                        with rbd_aio_write2, several in flight; drain sends the
  *                                        rest, waits for them and reports the first error
- *   read                               - bytes of a range (rbd_read2)
+ *   read                               - bytes of a range (rbd_aio_read2, completed without a
+ *                                        worker thread)
  *   snapCreate / snapProtect /         - the snapshot Glance's layering needs (Nova and Cinder
  *   snapUnprotect / snapRemove /         clone from a protected snapshot); children lists the
  *   children                             clones that keep a snapshot in use
@@ -72,7 +74,7 @@ typedef struct {
 
 enum op {
   OP_CONNECT, OP_SHUTDOWN, OP_OPEN_POOL, OP_CREATE, OP_REMOVE, OP_RENAME, OP_LIST, OP_OPEN,
-  OP_CLOSE, OP_RESIZE, OP_WRITE, OP_DRAIN, OP_READ, OP_SNAP_CREATE, OP_SNAP_PROTECT,
+  OP_CLOSE, OP_RESIZE, OP_WRITE, OP_DRAIN, OP_SNAP_CREATE, OP_SNAP_PROTECT,
   OP_SNAP_UNPROTECT, OP_SNAP_REMOVE, OP_CHILDREN, OP_WATCHERS,
 };
 
@@ -94,8 +96,6 @@ typedef struct {
   uint32_t iovcnt;
   size_t zero_block;
   napi_ref hold;
-  /* read */
-  char *buf;
   int64_t got;
   /* list / children: "name" or "pool/name" strings */
   char **names;
@@ -320,6 +320,9 @@ static int do_connect(job_t *j) {
   /* librbd may send a write's buffer as it is instead of copying it first: each buffer here
    * belongs to its aio write until the completion frees it. */
   if (r == 0) r = rados_conf_set(cl->cluster, "rbd_disable_zero_copy_writes", "false");
+  /* No client-side cache: uploads are written once, in order, and downloads read once; the
+   * cache would only copy every byte through itself (rbd_cache is on by default). */
+  if (r == 0) r = rados_conf_set(cl->cluster, "rbd_cache", "false");
   if (r == 0) r = set_timeouts(cl->cluster, j->timeout);
   if (r == 0) { j->what = "connecting to the Ceph cluster"; r = rados_connect(cl->cluster); }
   if (r == 0) { j->what = "reading the cluster's fsid"; r = rados_cluster_fsid(cl->cluster, cl->fsid, sizeof cl->fsid); if (r > 0) r = 0; }
@@ -434,11 +437,6 @@ static void execute(napi_env env, void *data) {
     case OP_RESIZE: r = rbd_resize(j->im->image, j->off); break;
     case OP_WRITE: r = do_write(j); break;
     case OP_DRAIN: r = do_drain(j->im); break;
-    case OP_READ: {
-      ssize_t got = rbd_read2(j->im->image, j->off, j->len, j->buf, LIBRADOS_OP_FLAG_FADVISE_SEQUENTIAL);
-      if (got < 0) r = (int)got; else j->got = got;
-      break;
-    }
     case OP_SNAP_CREATE:
       /* No quiesce round (asking the image's other watchers, such as rbd-nbd, to pause I/O):
        * the store is the only writer, and has drained its writes. */
@@ -475,7 +473,7 @@ static void complete(napi_env env, napi_status status, void *data) {
       case OP_CONNECT: case OP_OPEN_POOL: case OP_OPEN:
         napi_create_external(env, j->out, NULL, NULL, &result);
         break;
-      case OP_READ: case OP_WATCHERS:
+      case OP_WATCHERS:
         napi_create_double(env, (double)j->got, &result);
         break;
       case OP_LIST: case OP_CHILDREN:
@@ -676,7 +674,25 @@ static napi_value js_size(napi_env env, napi_callback_info info) {
   return v;
 }
 
-/* write(image, offset, views, zeroBlock) -> Promise: resolves once the data is copied and sent
+/* Whether a write() now copies and sends without waiting (or would report an earlier error). */
+static bool has_room(image_t *im) {
+  pthread_mutex_lock(&im->lock);
+  bool room = im->first_error != 0 || im->in_flight + 2 * im->object_size <= WRITES_IN_FLIGHT * im->object_size;
+  pthread_mutex_unlock(&im->lock);
+  return room;
+}
+
+/* room(image) -> boolean: see has_room. */
+static napi_value js_room(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  image_t *im = handle(env, argv[0], IMAGE);
+  if (!im) return throw_type(env, "rbd: not an image handle");
+  napi_value v;
+  napi_get_boolean(env, has_room(im), &v);
+  return v;
+}
+
+/* write(image, offset, views, zeroBlock) -> Promise: settles once the data is copied and sent
  * (not yet stored: drain says that); the views may be reused after it resolves. */
 static napi_value js_write(napi_env env, napi_callback_info info) {
   ARGS(4);
@@ -708,8 +724,58 @@ static napi_value js_write(napi_env env, napi_callback_info info) {
     j->iov[i].iov_base = data;
     j->iov[i].iov_len = length;
   }
+  /* With room for two more objects in flight, copying the data and sending the writes cannot
+   * wait (a call fills at most two pending writes), so it happens here: rbd_aio_write2 only
+   * queues. A hop to a worker thread and back per call cost more than the copy, on a busy
+   * machine most of all. Without that room a worker waits for it (callers that wait for
+   * room() first never get there). */
+  if (has_room(im)) {
+    napi_value promise;
+    napi_deferred deferred;
+    int r = do_write(j);
+    napi_create_promise(env, &deferred, &promise);
+    if (r < 0) napi_reject_deferred(env, deferred, make_error(env, j->what, -r));
+    else { napi_value u; napi_get_undefined(env, &u); napi_resolve_deferred(env, deferred, u); }
+    free_job(env, j);
+    return promise;
+  }
   napi_create_reference(env, argv[2], 1, &j->hold);
   return start(env, j);
+}
+
+/* A read in flight: librbd completes it on one of its own threads, which hands the result to
+ * the JavaScript thread through a thread-safe function. No libuv worker waits for it: a
+ * download keeps several reads in flight, and those workers are few (four) and shared. */
+typedef struct {
+  napi_deferred deferred;
+  napi_ref hold; /* the buffer being read into */
+  napi_threadsafe_function tsfn;
+  ssize_t r;
+} aio_read_t;
+
+static void read_settle(napi_env env, napi_value js_cb, void *context, void *data) {
+  (void)js_cb;
+  (void)context;
+  aio_read_t *a = data;
+  if (env) {
+    if (a->r < 0) napi_reject_deferred(env, a->deferred, make_error(env, "reading the image", (int)-a->r));
+    else {
+      napi_value n;
+      napi_create_double(env, (double)a->r, &n);
+      napi_resolve_deferred(env, a->deferred, n);
+    }
+    napi_delete_reference(env, a->hold);
+  }
+  free(a);
+}
+
+static void read_done(rbd_completion_t c, void *arg) {
+  aio_read_t *a = arg;
+  a->r = rbd_aio_get_return_value(c);
+  rbd_aio_release(c);
+  napi_threadsafe_function tsfn = a->tsfn;
+  napi_call_threadsafe_function(tsfn, a, napi_tsfn_blocking);
+  napi_release_threadsafe_function(tsfn, napi_tsfn_release);
 }
 
 /* read(image, offset, buffer) -> Promise<bytes read> (fewer only at the image's end) */
@@ -724,14 +790,27 @@ static napi_value js_read(napi_env env, napi_callback_info info) {
   if (!number_arg(env, argv[1], &off) ||
       napi_get_typedarray_info(env, argv[2], &type, &length, &data, NULL, NULL) != napi_ok || type != napi_uint8_array)
     return throw_type(env, "rbd: read(image, offset, buffer)");
-  job_t *j = new_job(env, OP_READ, "reading the image");
-  if (!j) return NULL;
-  j->im = im;
-  j->off = (uint64_t)off;
-  j->len = length;
-  j->buf = data;
-  napi_create_reference(env, argv[2], 1, &j->hold);
-  return start(env, j);
+  aio_read_t *a = calloc(1, sizeof *a);
+  if (!a) { napi_throw_error(env, "ENOMEM", "rbd: out of memory"); return NULL; }
+  napi_value promise, name;
+  napi_create_promise(env, &a->deferred, &promise);
+  napi_create_string_utf8(env, "rbd read", NAPI_AUTO_LENGTH, &name);
+  int r = -EAGAIN;
+  if (napi_create_threadsafe_function(env, NULL, NULL, name, 0, 1, NULL, NULL, NULL, read_settle, &a->tsfn) == napi_ok) {
+    napi_create_reference(env, argv[2], 1, &a->hold);
+    rbd_completion_t c;
+    r = rbd_aio_create_completion(a, read_done, &c);
+    if (r == 0) {
+      r = rbd_aio_read2(im->image, (uint64_t)off, length, data, c, LIBRADOS_OP_FLAG_FADVISE_SEQUENTIAL);
+      if (r >= 0) return promise;
+      rbd_aio_release(c);
+    }
+    napi_delete_reference(env, a->hold);
+    napi_release_threadsafe_function(a->tsfn, napi_tsfn_abort);
+  }
+  napi_reject_deferred(env, a->deferred, make_error(env, "reading the image", -r));
+  free(a);
+  return promise;
 }
 
 NAPI_MODULE_INIT() {
@@ -751,6 +830,7 @@ NAPI_MODULE_INIT() {
     {"resize", NULL, js_resize, NULL, NULL, NULL, napi_default, NULL},
     {"write", NULL, js_write, NULL, NULL, NULL, napi_default, NULL},
     {"drain", NULL, js_drain, NULL, NULL, NULL, napi_default, NULL},
+    {"room", NULL, js_room, NULL, NULL, NULL, napi_default, NULL},
     {"read", NULL, js_read, NULL, NULL, NULL, napi_default, NULL},
     {"snapCreate", NULL, js_snap_create, NULL, NULL, NULL, napi_default, NULL},
     {"snapProtect", NULL, js_snap_protect, NULL, NULL, NULL, napi_default, NULL},

@@ -45,6 +45,13 @@ export interface Librbd {
    * the error of an earlier write that failed.
    */
   write(image: Image, offset: number, views: Uint8Array[], zeroBlock: number): Promise<void>;
+  /**
+   * Whether a write() now copies and sends its data on the calling thread without waiting for
+   * writes in flight (or would report an earlier failure). Otherwise write() waits for room on
+   * a libuv worker thread, which a caller that would rather not occupy one can avoid by
+   * waiting until room() says so.
+   */
+  room(image: Image): boolean;
   /** Resolves when every write sent so far is stored; rejects with the first that failed. */
   drain(image: Image): Promise<void>;
   /** Read into `buffer` from `offset`; resolves with the bytes read (fewer only at the end). */

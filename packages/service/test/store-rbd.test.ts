@@ -17,6 +17,7 @@ import { buildStore, StoreConfigError } from '../src/stores/registry.js';
 import '../src/stores/builtin.js';
 import { storeContractTests } from './store-contract.js';
 import { parseRbdLocation, formatRbdLocation } from '../src/stores/rbd/location.js';
+import { loadLibrbd } from '@diskhub/rbd';
 import { ceph, glanceStore, rbdCli, rbdExport, type CephCluster } from './ceph.js';
 
 const MiB = 1 << 20;
@@ -228,9 +229,12 @@ test('a failed upload leaves no image in the pool; a crashed one is swept', asyn
   await stopped.close();
   const removed = await store.sweep(new Set([crashedLive.tempKey]));
   assert.ok(removed.includes(crashedDead.tempKey) && !removed.includes(crashedLive.tempKey) && !removed.includes(busy.tempKey));
-  assert.deepEqual(ours(await images(c), liveId, deadId, busyId, taken), [crashedLive.tempKey, busy.tempKey, taken].sort());
+  assert.ok(!(await images(c)).includes(crashedDead.tempKey));
+  // (the service test's start-up sweep may run at the same time, with its own live set: only
+  // what this sweep answered and what is left at the end are checked)
   const again = await store.sweep(new Set());
-  assert.ok(again.includes(crashedLive.tempKey) && !again.includes(busy.tempKey));
+  assert.ok(!again.includes(busy.tempKey));
+  assert.ok(!(await images(c)).includes(crashedLive.tempKey));
   const busyLocation = await busy.commit(busyId);
   defer(() => elsewhere.delete(busyLocation));
   const snaps = JSON.parse(await rbdCli(c, ['snap', 'ls', '--format', 'json', `${c.pool}/${busyId}`])) as { name: string }[];
@@ -318,4 +322,22 @@ test('configuration: Glance\'s option names through the store registry', () => {
   ] as const) {
     assert.throws(() => buildStore({ id: 'ceph', type: 'rbd', ...spec }, { dataDir: '/nonexistent' }), (e: unknown) => e instanceof StoreConfigError && message.test(e.message));
   }
+});
+
+test('the librbd addon refuses what is not a handle or a number with a TypeError (no crash)', (t) => {
+  if (!ceph(t)) return;
+  const { librbd, error } = loadLibrbd();
+  assert.ok(librbd, `the addon loads (${error})`);
+  const bogus = [{}, null, 42, 'images', Buffer.alloc(8)] as unknown[];
+  for (const h of bogus) {
+    for (const call of [
+      () => librbd.write(h as never, 0, [Buffer.alloc(1)], 0), () => librbd.read(h as never, 0, Buffer.alloc(1)), () => librbd.room(h as never),
+      () => librbd.size(h as never), () => librbd.close(h as never), () => librbd.list(h as never), () => librbd.openPool(h as never, 'images'),
+      () => librbd.fsid(h as never), () => librbd.snapCreate(h as never, 'snap'),
+    ]) {
+      assert.throws(call, TypeError);
+    }
+  }
+  assert.throws(() => librbd.connect(1 as never, '', '', 1), TypeError);
+  assert.throws(() => librbd.connect('', '', '', -1), TypeError);
 });

@@ -16,6 +16,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import type { Writable } from 'node:stream';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { loadLibrbd, type Cluster, type Image, type Librbd, type Pool, type RbdError } from '@diskhub/rbd';
 import { StoreError, type Store, type StoreType, type StoreWriter } from '../store.js';
 import { drained } from '../drained.js';
@@ -52,9 +53,9 @@ export interface RbdStoreOptions {
 const TEMP_PREFIX = 'diskhub-partial-';
 /** Glance's snapshot name (glance_store DEFAULT_SNAPNAME), which Nova and Cinder clone. */
 const SNAPSHOT = 'snap';
-/** A download reads this much per request, with SEND_DEPTH requests in flight. */
-const SEND_CHUNK = 4 << 20;
-const SEND_DEPTH = 3;
+/** A download reads this much per request (an object at the default chunk size), with SEND_DEPTH requests in flight. */
+const SEND_CHUNK = 8 << 20;
+const SEND_DEPTH = 4;
 const SEND_SLICE = 1 << 20;
 /** Images kept open for ranged reads (a snapshot never changes, so a handle stays valid). */
 const OPEN_FOR_READ = 16;
@@ -199,6 +200,9 @@ export class RbdStore implements Store {
             step = Math.min(step * 2, 8 * 2 ** 30);
             await rbd.resize(image, capacity);
           }
+          // Waiting for room here, not in the addon: a write waiting there holds one of libuv's
+          // four worker threads (file reads, hashing), and a slow cluster would hold them all.
+          for (let pause = 1; !rbd.room(image); pause = Math.min(pause * 2, 20)) await sleep(pause);
           await rbd.write(image, length, chunks, this.thin ? ZERO_BLOCK : 0);
         } catch (e) {
           throw this.error(e, `cannot write image ${this.pool}/${tempKey}`);
