@@ -46,8 +46,7 @@ export function ImportTasks({ image }: { image: Image }) {
     imageTasks(image.id).then((list) => { if (live) { setTasks(list); setError(''); } }, (e) => { if (live) setError(describeError(t, e)); });
     return () => { live = false; };
   }, [image.id, image.status, image.updated_at]);
-  // While a task runs, follow it (the image's own refresh may have stopped: web-download
-  // leaves the image queued until the task is claimed).
+  // While a task runs, follow it: its status and message change before the image's do.
   useEffect(() => {
     if (!running) return;
     const timer = setTimeout(() => imageTasks(image.id).then(setTasks, () => {}), 1000);
@@ -60,28 +59,26 @@ export function ImportTasks({ image }: { image: Image }) {
       {error && <p class="notice error" role="alert">{error}</p>}
       {tasks && !tasks.length && <p>{t('detail.noTasks')}</p>}
       {tasks && tasks.length > 0 && (
-        <div class="table-wrap">
-          <table class="tasks" data-testid="tasks">
-            <thead><tr><th>{t('task.col.status')}</th><th>{t('task.col.method')}</th><th>{t('task.col.started')}</th><th>{t('task.col.message')}</th></tr></thead>
-            <tbody>
-              {tasks.map((task) => {
-                const method = task.input?.import_req?.method;
-                const active = task.status === 'pending' || task.status === 'processing';
-                return (
-                  <tr key={task.id} data-task={task.id} data-status={task.status}>
-                    <td><span class={`badge task-${task.status}`}>{t(`task.${task.status}` as MessageKey)}</span></td>
-                    <td>{method?.name ?? task.type}{method?.uri && <><br /><code class="uri">{method.uri}</code></>}</td>
-                    <td>{formatDate(lang, `${task.created_at.slice(0, 23)}Z`)}</td>
-                    <td data-testid="task-message">
-                      {task.message}
-                      {active && <progress aria-label={t('task.running')} />}
-                    </td>
-                  </tr>
-                );
-              })}
-            </tbody>
-          </table>
-        </div>
+        <table class="tasks" data-testid="tasks">
+          <thead><tr><th>{t('task.col.status')}</th><th>{t('task.col.method')}</th><th>{t('task.col.started')}</th><th>{t('task.col.message')}</th></tr></thead>
+          <tbody>
+            {tasks.map((task) => {
+              const method = task.input?.import_req?.method;
+              const active = task.status === 'pending' || task.status === 'processing';
+              return (
+                <tr key={task.id} data-task={task.id} data-status={task.status}>
+                  <td><span class={`badge task-${task.status}`}>{t(`task.${task.status}` as MessageKey)}</span></td>
+                  <td>{method?.name ?? task.type}{method?.uri && <><br /><code class="uri">{method.uri}</code></>}</td>
+                  <td>{formatDate(lang, `${task.created_at.slice(0, 23)}Z`)}</td>
+                  <td data-testid="task-message">
+                    {task.message}
+                    {active && <progress aria-label={t('task.running')} />}
+                  </td>
+                </tr>
+              );
+            })}
+          </tbody>
+        </table>
       )}
     </section>
   );
