@@ -3,8 +3,9 @@
  * real service configured with two file stores and web-download allowed to reach loopback:
  * an upload into the store that is not the default lands there (the file in that store's
  * directory is the uploaded file, and the image page says where it lives); an image created
- * from a URL served by a local HTTP server is imported by a task the page follows to success
- * (the data qemu-img reads back is the served file); and an import from a URL that answers
+ * from a URL served by a local HTTP server is imported by a task the page follows, without a
+ * reload, from processing (the server holds back half the data) to success (the data
+ * qemu-img reads back is the served file); and an import from a URL that answers
  * 404 shows the task's failure reason as the service words it.
  */
 import { test } from 'node:test';
@@ -32,17 +33,23 @@ test('dashboard: upload into a chosen store, create from a URL, a failed import'
   const servedBytes = await readFile(served);
 
   // The web server a web-download reads from: the image at /images/served.qcow2, 404 elsewhere.
+  // It sends the first half at once and the rest only when the test says, so the page is seen
+  // following a task that is still running.
+  let releaseRest = () => {};
+  const rest = new Promise<void>((resolve) => { releaseRest = resolve; });
   const web = createServer((req, res) => {
     if (req.url === '/images/served.qcow2') {
+      const half = servedBytes.length >> 1;
       res.writeHead(200, { 'Content-Type': 'application/octet-stream', 'Content-Length': servedBytes.length });
-      res.end(servedBytes);
+      res.write(servedBytes.subarray(0, half));
+      void rest.then(() => res.end(servedBytes.subarray(half)));
     } else {
       res.writeHead(404, { 'Content-Type': 'text/plain' });
       res.end('not here');
     }
   });
   await new Promise<void>((resolve) => web.listen(0, '127.0.0.1', resolve));
-  t.after(() => new Promise<void>((resolve) => web.close(() => resolve())));
+  t.after(() => { releaseRest(); web.closeAllConnections(); return new Promise<void>((resolve) => web.close(() => resolve())); });
   const webUrl = `http://127.0.0.1:${(web.address() as AddressInfo).port}`;
 
   // Two file stores with descriptions, `fast` the default; loopback allowed for web-download.
@@ -114,12 +121,21 @@ test('dashboard: upload into a chosen store, create from a URL, a failed import'
     await page.waitForURL(/\/images\/[0-9a-f-]{36}$/);
     const id = imageIdOfPage();
     const task = page.getByTestId('tasks').locator('tbody tr');
+    // Half the data sent: the task is running, and the page shows it so, with its bar.
+    await task.and(page.locator('[data-status=processing]')).getByText('Processing').waitFor({ timeout: 30_000 });
+    await task.getByRole('progressbar', { name: 'Running…' }).waitFor();
+    await page.getByTestId('status').getByText('Importing').waitFor();
+    await page.getByTestId('importing-to').getByText('Being imported into fast.').waitFor();
+    await shot(page, '14-detail-importing');
+    releaseRest();
+    // The rest sent: the page, not reloaded, follows the task to its end.
     await task.and(page.locator('[data-status=success]')).getByText('Succeeded').waitFor({ timeout: 30_000 });
     await page.getByTestId('status').getByText('Active').waitFor();
     assert.equal(await task.count(), 1);
     assert.match(await task.textContent() ?? '', new RegExp(`web-download.*${webUrl.replace(/[.]/g, '\\.')}/images/served\\.qcow2`));
     await page.getByTestId('stores').locator('dd[data-store=fast]').getByText('NVMe pool').waitFor();
-    await shot(page, '14-detail-imported');
+    assert.equal(await page.getByTestId('importing-to').count(), 0, 'no import under way once it succeeded');
+    await shot(page, '15-detail-imported');
 
     const r = await admin('GET', `/v2/images/${id}`);
     assert.equal(r.json.status, 'active');
@@ -148,7 +164,7 @@ test('dashboard: upload into a chosen store, create from a URL, a failed import'
     assert.equal((await task.getByTestId('task-message').textContent())?.trim(), failed.message);
     await page.getByTestId('status').getByText('Queued').waitFor();
     await page.getByTestId('failed-import').getByText('The last import into fast failed.').waitFor();
-    await shot(page, '15-detail-import-failed');
+    await shot(page, '16-detail-import-failed');
     const r = await admin('GET', `/v2/images/${id}`);
     assert.equal(r.json.status, 'queued');
     assert.equal(r.json.os_glance_failed_import, 'fast');

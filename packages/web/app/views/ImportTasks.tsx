@@ -21,6 +21,7 @@ export function DataLocation({ image }: { image: Image }) {
   const stores = useStores();
   const held = csv(image.stores);
   const failed = csv(image.os_glance_failed_import);
+  const importing = csv(image.os_glance_importing_to_stores);
   return (
     <section class="card" aria-labelledby="stores-heading">
       <h2 id="stores-heading">{t('detail.stores')}</h2>
@@ -29,6 +30,7 @@ export function DataLocation({ image }: { image: Image }) {
           {held.map((id) => <Fragment key={id}><dt><code>{id}</code></dt><dd data-store={id}>{stores?.find((s) => s.id === id)?.description ?? ''}</dd></Fragment>)}
         </dl>
       ) : <p>{t('detail.noStores')}</p>}
+      {importing.length > 0 && <p data-testid="importing-to">{t('detail.importingTo', { stores: importing.join(', ') })}</p>}
       {failed.length > 0 && <p class="notice warn" data-testid="failed-import">{t('detail.failedImport', { stores: failed.join(', ') })}</p>}
     </section>
   );
