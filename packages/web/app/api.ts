@@ -244,6 +244,37 @@ export interface Inside {
 export interface Filesystem { type: string; label?: string; uuid?: string; size?: number }
 export const getInside = (id: string, buckets: number) => call<Inside>('GET', `/v2/images/${encodeURIComponent(id)}/x-diskhub/inside?buckets=${buckets}`);
 
+// ---------------------------------------------------------------- stores and import
+
+/** One store of GET /v2/info/stores (Glance's multi-store discovery). */
+export interface StoreInfo { id: string; description?: string; default: boolean }
+
+export async function listStores(): Promise<StoreInfo[]> {
+  const r = await call<{ stores: { id: string; description?: string; default?: string | boolean }[] }>('GET', '/v2/info/stores');
+  // Glance sends "default": "true" (a string) on the default store only.
+  return r.stores.map((s) => ({ id: s.id, description: s.description, default: s.default === true || s.default === 'true' }));
+}
+
+/** The import methods the service has enabled (GET /v2/info/import). */
+export const importMethods = () => call<{ 'import-methods': { value: string[] } }>('GET', '/v2/info/import').then((r) => r['import-methods'].value);
+
+/** Interoperable image import: POST /v2/images/{id}/import (202; the work runs as a task). */
+export const importImage = (id: string, body: { method: { name: string; uri?: string } }) =>
+  call('POST', `/v2/images/${encodeURIComponent(id)}/import`, { body });
+
+/** A task as GET /v2/images/{id}/tasks lists it (the database's row, as Glance shows it). */
+export interface ImageTask {
+  id: string;
+  type: string;
+  status: 'pending' | 'processing' | 'success' | 'failure';
+  message: string;
+  created_at: string;
+  updated_at: string;
+  input: { import_req?: { method?: { name?: string; uri?: string } } } | null;
+  result: Record<string, unknown> | null;
+}
+export const imageTasks = (id: string) => call<{ tasks: ImageTask[] }>('GET', `/v2/images/${encodeURIComponent(id)}/tasks`).then((r) => r.tasks);
+
 // ---------------------------------------------------------------- metadata definitions
 
 export interface PropertyDef { title: string; description?: string; type: string; enum?: string[]; minimum?: number; maximum?: number; readonly?: boolean }
@@ -270,13 +301,15 @@ export interface Progress { loaded: number; total: number }
  * Upload a file as the image's data with progress events. XMLHttpRequest, because it is what
  * reports upload progress in every browser; abort() cancels the transfer.
  */
-export function uploadData(id: string, file: Blob, onProgress: (p: Progress) => void): { done: Promise<void>; abort(): void } {
+export function uploadData(id: string, file: Blob, onProgress: (p: Progress) => void, store?: string): { done: Promise<void>; abort(): void } {
   const xhr = new XMLHttpRequest();
   const done = new Promise<void>((resolve, reject) => {
     xhr.open('PUT', `/v2/images/${encodeURIComponent(id)}/file`);
     xhr.setRequestHeader('Content-Type', 'application/octet-stream');
     xhr.setRequestHeader('Accept', 'application/json');
     if (current) xhr.setRequestHeader('X-Auth-Token', current.token);
+    // Glance's multi-store upload: the store the data goes to (without it, the default store).
+    if (store) xhr.setRequestHeader('X-Image-Meta-Store', store);
     xhr.upload.onprogress = (e) => onProgress({ loaded: e.loaded, total: e.lengthComputable ? e.total : file.size });
     xhr.onload = () => {
       if (xhr.status >= 200 && xhr.status < 300) { onProgress({ loaded: file.size, total: file.size }); resolve(); return; }

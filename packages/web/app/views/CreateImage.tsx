@@ -2,17 +2,20 @@
  * Create an image and upload its data. The chosen file is inspected in the browser (its
  * format, virtual size and anything the service would refuse) to pre-fill the formats and
  * warn before a long upload; the upload shows bytes, rate and time left, and can be cancelled.
+ * With several stores the upload goes to the one picked (X-Image-Meta-Store); where the
+ * service offers web-download, the data can come from a URL instead: the image is created,
+ * then imported, and its page follows the import task.
  */
 import type { JSX } from 'preact';
 import { useEffect, useRef, useState } from 'preact/hooks';
-import { createImage, deleteImage, getImage, uploadData, type Image } from '../api.js';
+import { createImage, deleteImage, getImage, importImage, uploadData, type Image } from '../api.js';
 import { notice, useApp } from '../context.js';
 import { checkDeclaredFormat, inspectBlob, suggestedFormats, type InspectionReport } from '../detect.js';
 import { describeError } from '../errors.js';
 import { formatBytes, formatDuration } from '../format.js';
 import type { MessageKey } from '../i18n.js';
 import { navigate } from '../router.js';
-import { onEvent, useImageSchema } from './common.js';
+import { onEvent, useImageSchema, useImportMethods, useStores } from './common.js';
 import { EMPTY_FIELDS, ImageFields, NameField, validateFields, type ImageFieldValues } from './ImageFields.js';
 import { usePropertyDefs } from './PropertyEditor.js';
 
@@ -33,6 +36,14 @@ export function CreateImage() {
   const [errors, setErrors] = useState<string[]>([]);
   const [upload, setUpload] = useState<Upload | null>(null);
   const abort = useRef<(() => void) | null>(null);
+  const stores = useStores();
+  const methods = useImportMethods();
+  const [store, setStore] = useState('');
+  const [source, setSource] = useState<'file' | 'url'>('file');
+  const [url, setUrl] = useState('');
+  // The default store is preselected once the list arrives.
+  useEffect(() => { if (stores && !store) setStore(stores.find((s) => s.default)?.id ?? stores[0]?.id ?? ''); }, [stores]);
+  const fromUrl = source === 'url' && !!methods?.includes('web-download');
   // Leaving the page mid-upload cancels it.
   useEffect(() => () => abort.current?.(), []);
 
@@ -64,11 +75,13 @@ export function CreateImage() {
     e.preventDefault();
     if (!session) return;
     const problems = validateFields(t, values, defs, schema);
-    if (!file) problems.unshift(t('create.needFile'));
+    if (fromUrl) {
+      if (!/^https?:\/\/[^/?#]+/i.test(url.trim())) problems.unshift(t('create.needUrl'));
+    } else if (!file) problems.unshift(t('create.needFile'));
     setErrors(problems);
-    if (problems.length || !file) return;
+    if (problems.length) return;
     const body: Record<string, unknown> = {
-      name: values.name.trim() || file.name, disk_format: diskFormat, container_format: containerFormat, visibility: values.visibility,
+      name: values.name.trim() || (file ? file.name : url.trim().replace(/[?#].*$/, '').split('/').pop() || null), disk_format: diskFormat, container_format: containerFormat, visibility: values.visibility,
       protected: values.protected, min_disk: Number(values.minDisk), min_ram: Number(values.minRam), tags: values.tags,
     };
     for (const r of values.properties) body[r.key.trim()] = r.value;
@@ -79,12 +92,26 @@ export function CreateImage() {
       setErrors([describeError(t, err)]);
       return;
     }
+    if (fromUrl) {
+      try {
+        await importImage(image.id, { method: { name: 'web-download', uri: url.trim() } });
+      } catch (err) {
+        // Refused before any task ran (a URL the service does not allow): nothing half-made stays.
+        await deleteImage(image.id).catch(() => {});
+        setErrors([describeError(t, err)]);
+        return;
+      }
+      navigate(`/images/${image.id}`);
+      notify(notice('info', (tr) => tr('create.importStarted'), `/images/${image.id}`));
+      return;
+    }
+    if (!file) return;
     const started = performance.now();
     setUpload({ loaded: 0, total: file.size, started, rate: 0 });
     const transfer = uploadData(image.id, file, (p) => {
       const seconds = (performance.now() - started) / 1000;
       setUpload({ loaded: p.loaded, total: p.total, started, rate: seconds > 0 ? p.loaded / seconds : 0 });
-    });
+    }, stores && stores.length > 1 ? store : undefined);
     abort.current = transfer.abort;
     try {
       await transfer.done;
@@ -110,9 +137,30 @@ export function CreateImage() {
     <section aria-labelledby="create-heading">
       <h1 id="create-heading">{t('create.heading')}</h1>
       <form class="card form" onSubmit={onEvent(submit)} noValidate aria-busy={!!upload}>
-        <label>{t('create.file')}
-          <input type="file" name="file" disabled={!!upload} onChange={onEvent((e: Event) => choose((e.target as HTMLInputElement).files?.[0] ?? null))} />
-        </label>
+        {methods?.includes('web-download') && (
+          <fieldset>
+            <legend>{t('create.source')}</legend>
+            <label class="check"><input type="radio" name="source" value="file" checked={!fromUrl} disabled={!!upload} onChange={() => setSource('file')} />{t('create.sourceFile')}</label>
+            <label class="check"><input type="radio" name="source" value="url" checked={fromUrl} disabled={!!upload} onChange={() => { setSource('url'); setFile(null); setReport(null); }} />{t('create.sourceUrl')}</label>
+          </fieldset>
+        )}
+        {fromUrl ? (
+          <label>{t('create.url')}
+            <input type="url" name="url" value={url} placeholder="https://" onInput={(e) => setUrl((e.target as HTMLInputElement).value)} />
+            <span class="hint">{t('create.urlHint')}</span>
+          </label>
+        ) : (
+          <label>{t('create.file')}
+            <input type="file" name="file" disabled={!!upload} onChange={onEvent((e: Event) => choose((e.target as HTMLInputElement).files?.[0] ?? null))} />
+          </label>
+        )}
+        {!fromUrl && stores && stores.length > 1 && (
+          <label>{t('create.store')}
+            <select name="store" value={store} disabled={!!upload} onChange={(e) => setStore((e.target as HTMLSelectElement).value)}>
+              {stores.map((s) => <option key={s.id} value={s.id}>{s.description ? `${s.id} — ${s.description}` : s.id}{s.default ? ` (${t('create.storeDefault')})` : ''}</option>)}
+            </select>
+          </label>
+        )}
         <div aria-live="polite" data-testid="detection">
           {detecting && <p>{t('create.detecting')}</p>}
           {report && (
@@ -151,7 +199,7 @@ export function CreateImage() {
         ) : (
           <div class="actions">
             <a class="button" href="/images">{t('detail.cancel')}</a>
-            <button type="submit" key="submit" class="primary">{t('create.submit')}</button>
+            <button type="submit" key="submit" class="primary">{t(fromUrl ? 'create.submitImport' : 'create.submit')}</button>
           </div>
         )}
       </form>

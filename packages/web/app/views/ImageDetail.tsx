@@ -8,6 +8,7 @@ import { formatBytes } from '../format.js';
 import { formatDate, type MessageKey } from '../i18n.js';
 import { navigate } from '../router.js';
 import { Confirm, StatusBadge, onEvent, useImageSchema } from './common.js';
+import { DataLocation, ImportTasks } from './ImportTasks.js';
 import { Inside } from './Inside.js';
 import { Members } from './Members.js';
 
@@ -107,6 +108,10 @@ export function ImageDetail({ id }: { id: string }) {
             </dl>
           ) : <p>{t('detail.noProperties')}</p>}
         </section>
+      </div>
+      <div class="grid">
+        <DataLocation image={image} />
+        <ImportTasks image={image} />
       </div>
       <Inside image={image} />
       <Members image={image} onChange={setImage} />

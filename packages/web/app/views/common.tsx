@@ -1,7 +1,7 @@
 /** Small pieces several views share. */
 import type { ComponentChildren } from 'preact';
 import { useEffect, useRef, useState } from 'preact/hooks';
-import { imageSchemaInfo, type ImageSchemaInfo } from '../api.js';
+import { imageSchemaInfo, importMethods, listStores, type ImageSchemaInfo, type StoreInfo } from '../api.js';
 import { useApp } from '../context.js';
 import type { MessageKey } from '../i18n.js';
 
@@ -19,17 +19,27 @@ export function StatusBadge({ status }: { status: string }) {
   return <span class={`badge status-${status}`}>{t(`status.${status}` as MessageKey) ?? status}</span>;
 }
 
-let schemaCache: Promise<ImageSchemaInfo> | null = null;
-
-/** The image schema (formats, attributes), fetched once per page load. */
-export function useImageSchema(): ImageSchemaInfo | null {
-  const [schema, setSchema] = useState<ImageSchemaInfo | null>(null);
+/**
+ * What the service says about itself (the image schema, its stores, its import methods),
+ * fetched once per page load and shared by every view; a failed fetch is tried again next time.
+ */
+function useServiceFact<T>(fetchIt: () => Promise<T>): T | null {
+  const [value, setValue] = useState<T | null>(null);
   useEffect(() => {
-    schemaCache ??= imageSchemaInfo();
-    schemaCache.then(setSchema, () => { schemaCache = null; });
+    let cached = facts.get(fetchIt) as Promise<T> | undefined;
+    if (!cached) facts.set(fetchIt, (cached = fetchIt()));
+    cached.then(setValue, () => facts.delete(fetchIt));
   }, []);
-  return schema;
+  return value;
 }
+const facts = new Map<() => Promise<unknown>, Promise<unknown>>();
+
+/** The image schema (formats, attributes). */
+export const useImageSchema = (): ImageSchemaInfo | null => useServiceFact(imageSchemaInfo);
+/** The stores images can live in (GET /v2/info/stores). */
+export const useStores = (): StoreInfo[] | null => useServiceFact(listStores);
+/** The import methods the service has enabled. */
+export const useImportMethods = (): string[] | null => useServiceFact(importMethods);
 
 /** A modal confirmation (the native <dialog>: focus trapped, Escape cancels). */
 export function Confirm({ open, message, confirmLabel, onConfirm, onCancel, danger }: {
