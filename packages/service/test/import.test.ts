@@ -277,21 +277,37 @@ test('web-download: the size cap stops an endless body; a stalled server times o
   }
 });
 
-test('plugins: image_decompression (gzip, xz, zstd; a bomb stops at the cap), inject_image_metadata', async (t) => {
+test('plugins: image_decompression (gzip, xz, zstd, zip; a bomb stops at the cap), inject_image_metadata', async (t) => {
   const data = randomBytes(500_000);
   const xz = spawnSync('xz', ['-c'], { input: data }).stdout;
   const zst = spawnSync('zstd', ['-c', '-q'], { input: data }).stdout;
   const bomb = gzipSync(Buffer.alloc(50 << 20));
   const corrupt = Buffer.from(xz);
   corrupt.writeUInt32BE(0xdeadbeef, Math.floor(corrupt.length / 2));
-  const web = await webServer(t, { '/d.gz': gzipSync(data), '/d.xz': xz, '/d.zst': zst, '/bomb.gz': bomb, '/bad.xz': corrupt, '/plain': data });
+  // Zip archives written by Python's zipfile (deflated, stored, two files, a damaged one).
+  const zips = JSON.parse(spawnSync('python3', ['-c', `
+import io, json, sys, zipfile, base64
+data = sys.stdin.buffer.read()
+def z(method, names):
+    b = io.BytesIO()
+    with zipfile.ZipFile(b, 'w', method) as f:
+        for n in names: f.writestr(n, data)
+    return b.getvalue()
+bad = bytearray(z(zipfile.ZIP_STORED, ['disk.raw'])); bad[200] ^= 0xff
+print(json.dumps({k: base64.b64encode(v).decode() for k, v in {'deflated': z(zipfile.ZIP_DEFLATED, ['disk.raw']), 'stored': z(zipfile.ZIP_STORED, ['disk.raw']), 'two': z(zipfile.ZIP_DEFLATED, ['a', 'b']), 'bad': bytes(bad)}.items()}))
+`], { input: data, maxBuffer: 16 << 20 }).stdout.toString()) as Record<string, string>;
+  const zip = (k: string) => Buffer.from(zips[k]!, 'base64');
+  const web = await webServer(t, {
+    '/d.gz': gzipSync(data), '/d.xz': xz, '/d.zst': zst, '/bomb.gz': bomb, '/bad.xz': corrupt, '/plain': data,
+    '/d.zip': zip('deflated'), '/stored.zip': zip('stored'), '/two.zip': zip('two'), '/bad.zip': zip('bad'),
+  });
   const svc = await serviceFor(t, web, {
     DISKHUB_IMAGE_IMPORT_PLUGINS: 'image_decompression,inject_image_metadata', DISKHUB_IMAGE_SIZE_CAP: String(10 << 20),
     DISKHUB_INJECT_METADATA_PROPERTIES: 'hw_vif_model:virtio,os_source:web', DISKHUB_INJECT_IGNORE_USER_ROLES: 'nobody',
   });
   const a = api(svc.url, await token(svc.url));
   const md5 = createHash('md5').update(data).digest('hex');
-  for (const path of ['/d.gz', '/d.xz', '/d.zst', '/plain']) {
+  for (const path of ['/d.gz', '/d.xz', '/d.zst', '/d.zip', '/stored.zip', '/plain']) {
     const img = await newImage(a);
     assert.equal((await webImport(a, img.id, `${web.url}${path}`)).status, 202);
     const task = await importEnded(a, img.id);
@@ -302,7 +318,7 @@ test('plugins: image_decompression (gzip, xz, zstd; a bomb stops at the cap), in
     assert.equal(done.hw_vif_model, 'virtio');
     assert.equal(done.os_source, 'web');
   }
-  for (const [path, message] of [['/bomb.gz', /size cap/], ['/bad.xz', /decompression failed: xz/]] as const) {
+  for (const [path, message] of [['/bomb.gz', /size cap/], ['/bad.xz', /decompression failed: xz/], ['/two.zip', /Archive contains more than one file/], ['/bad.zip', /does not match its recorded CRC-32/]] as const) {
     const img = await newImage(a);
     assert.equal((await webImport(a, img.id, `${web.url}${path}`)).status, 202);
     const task = await importEnded(a, img.id);

@@ -173,7 +173,7 @@ export class ImportService implements TaskRunner {
         throw badRequest(`Import method ${method} is not available.`);
       }
       opened.push(source);
-      const stop = () => source.destroy(signal.reason instanceof Error ? signal.reason : new Error('aborted'));
+      const stop = () => { for (const s of opened) s.destroy(signal.reason instanceof Error ? signal.reason : new Error('aborted')); };
       if (signal.aborted) stop();
       else signal.addEventListener('abort', stop, { once: true });
       const ctx: PluginContext = { image: img, roles: (task.input?.[REQUESTER_ROLES] as string[] | undefined) ?? [], log: this.log, signal };
