@@ -1,7 +1,7 @@
 /**
  * Discovery and operations: the version documents Glance answers at / and /versions, what
- * the Images API offers (/v2/info/import, /v2/info/stores, /v2/info/usage), the health check load balancers
- * poll, and Prometheus metrics.
+ * the Images API offers (/v2/info/import, /v2/info/usage; the stores are stores.ts's), the
+ * health check load balancers poll, and Prometheus metrics.
  */
 import type { FastifyInstance } from 'fastify';
 import type { Registry } from 'prom-client';
@@ -12,10 +12,11 @@ import { findStatic, sendStatic, wantsHtml } from '../static.js';
 
 /**
  * The Image API versions this service implements (newest first): what Glance 25 lists for a
- * deployment like this one — no image cache (so no 2.14 and 2.16, the cache API) and one
- * store instead of enabled_backends (so no 2.8 and 2.10–2.13, the multi-store APIs).
+ * deployment like this one — no image cache (so no 2.14 and 2.16, the cache API), and stores
+ * configured as enabled_backends (there is always at least one), so the multi-store versions
+ * 2.8 and 2.10–2.13.
  */
-export const VERSIONS = ['2.15', '2.9', '2.7', '2.6', '2.5', '2.4', '2.3', '2.2', '2.1', '2.0'];
+export const VERSIONS = ['2.15', '2.13', '2.12', '2.11', '2.10', '2.9', '2.8', '2.7', '2.6', '2.5', '2.4', '2.3', '2.2', '2.1', '2.0'];
 
 export interface DiscoveryDeps {
   db: Db;
@@ -23,7 +24,6 @@ export interface DiscoveryDeps {
   /** The dashboard's files, served to a browser opening `/`. */
   webDir: string | null;
   auth: Authenticate;
-  storeId: string;
   /** Glance's enabled_import_methods. */
   importMethods: string[];
   /** The caller's project's quota usage (GET /v2/info/usage). */
@@ -46,10 +46,6 @@ export function discoveryRoutes(app: FastifyInstance, deps: DiscoveryDeps): void
   app.get('/v2/info/usage', async (request, reply) => {
     const a = await deps.auth(request);
     return replyJson(reply, 200, { usage: await deps.usage(a) });
-  });
-  app.get('/v2/info/stores', async (request, reply) => {
-    await deps.auth(request);
-    return replyJson(reply, 200, { stores: [{ id: deps.storeId, default: 'true', description: 'Local file store' }] });
   });
   app.get('/healthcheck', async (_request, reply) => {
     await deps.db.kysely.selectFrom('settings').select('name').limit(1).execute();

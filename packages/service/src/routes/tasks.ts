@@ -19,7 +19,8 @@ export interface TaskRouteDeps {
   tasks: TaskService;
   imports: ImportService;
   images: ImageService;
-  storeId: string;
+  /** The configured stores' ids, comma-separated (OpenStack-image-store-ids). */
+  storeIds: string;
   limitMax: number;
   limitDefault: number;
 }
@@ -108,7 +109,7 @@ export function taskRoutes(app: FastifyInstance, deps: TaskRouteDeps): void {
   app.post<IdParams>('/v2/images/:id/import', async (request, reply) => {
     const a = await auth(request);
     await imports.start(a, request.id, request.params.id, await jsonBody(request));
-    return replyEmpty(reply, 202, { 'OpenStack-image-import-methods': imports.methods.join(','), 'OpenStack-image-store-ids': deps.storeId });
+    return replyEmpty(reply, 202, { 'OpenStack-image-import-methods': imports.methods.join(','), 'OpenStack-image-store-ids': deps.storeIds });
   });
 
   app.get<IdParams>('/v2/images/:id/tasks', async (request, reply) => {

@@ -191,7 +191,8 @@ export class ImportService implements TaskRunner {
       }));
       staged.stream.on('error', (e) => counted.destroy(e));
       opened.push(staged.stream, counted);
-      await this.data.ingest(staged.image, tempKey, counted, staged.length, 'queued', () => true);
+      // (the default store: its id is what os_glance_importing_to_stores names, and it made the claim's temporary key)
+      await this.data.ingest(staged.image, this.data.store(undefined), tempKey, counted, staged.length, 'queued', () => true);
       await this.dropStaged(task);
       return { result: { image_id: imageId }, image: { ...done, properties: { ...done.properties, ...staged.properties } } };
     } catch (e) {
