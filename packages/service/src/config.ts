@@ -170,7 +170,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
     // Keystone's defaults: no lockout; when enabled, 30 minutes.
     lockoutFailureAttempts: 0,
     lockoutDuration: 1800,
-    // Glance 25's defaults, less copy-image (it needs several stores, which this service has not yet).
+    // Glance 25's defaults, less copy-image (not implemented yet).
     enabledImportMethods: 'glance-direct,web-download',
     importAllowedSchemes: 'http,https',
     importDisallowedSchemes: '',

@@ -156,6 +156,9 @@ test('web-download streams the URL into the store; the import checks of Glance',
   assert.match((await a('POST', `/v2/images/${q.id}/import`, { body: { method: {} } })).json.message, /requires a 'name' field/);
   assert.match((await a('POST', `/v2/images/${q.id}/import`, { body: { method: { name: 'copy-image' } } })).json.message, /Unknown import method name 'copy-image'/);
   assert.equal((await a('POST', `/v2/images/${q.id}/import`, { body: { method: { name: 'glance-direct' } } })).status, 409);
+  assert.match((await a('POST', `/v2/images/${q.id}/import`, { body: { method: { name: 'web-download', uri: `${web.url}/disk.raw` }, stores: ['elsewhere'] } })).json.message, /not supported by this service yet/);
+  assert.match((await a('POST', `/v2/images/${q.id}/import`, { body: { method: { name: 'web-download', uri: `${web.url}/disk.raw` }, all_stores: true } })).json.message, /not supported by this service yet/);
+  assert.match((await a('POST', `/v2/images/${q.id}/import`, { body: { method: { name: 'web-download', uri: `${web.url}/disk.raw` }, all_stores: 'yes' } })).json.message, /'all_stores' must be boolean value only/);
   assert.equal((await webImport(a, img.id, `${web.url}/disk.raw`)).status, 409, 'active image');
   const noFormat = (await a('POST', '/v2/images', { body: { name: 'nf' } })).json;
   assert.match((await webImport(a, noFormat.id, `${web.url}/disk.raw`)).json.message, /'container_format' needs to be set before import/);

@@ -84,7 +84,13 @@ export class ImportService implements TaskRunner {
     if (!img.container_format) throw conflict("'container_format' needs to be set before import");
     if (!img.disk_format) throw conflict("'disk_format' needs to be set before import");
     this.images.imagePolicy(a, img).modifyImage();
-    if (body.all_stores_must_succeed === false) throw badRequest(`All_stores_must_succeed can only be set with enabled_backends ${typeof method.uri === 'string' ? method.uri : 'None'}`);
+    // Imports go to the default store only (for now): a request for other stores is refused
+    // rather than quietly imported elsewhere. (all_stores_must_succeed then says nothing more.)
+    const stores = 'stores' in body ? body.stores : undefined;
+    if (stores !== undefined && (!Array.isArray(stores) || stores.some((s) => s !== this.opts.storeId))) {
+      throw badRequest(`Importing into stores other than the default store '${this.opts.storeId}' is not supported by this service yet.`);
+    }
+    if (body.all_stores === true) throw badRequest(`Importing into all stores is not supported by this service yet; imports go to the default store '${this.opts.storeId}'.`);
     if (name === 'web-download') {
       const uri = typeof method.uri === 'string' ? method.uri : '';
       if (!passesImportFiltering(uri, this.opts.filtering)) throw filteringRefusal(typeof method.uri === 'string' ? uri : 'None');
