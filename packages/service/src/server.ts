@@ -268,6 +268,7 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
   // revert; claiming starts after recovery, which would take a new claim's row for a dead one)
   await tasks.recover();
   await data.recover();
+  await imports.recover();
   tasks.start();
 
   await app.register(async (scope) => {

@@ -415,4 +415,8 @@ test('plugin image_conversion: raw to qcow2 and qcow2 to raw with the engine, ch
   assert.equal(after.status, 'queued');
   assert.equal(after.disk_format, 'qcow2');
   assert.deepEqual((await readdir(join(svc.dataDir, 'staging'))).filter((f) => f.includes('convert')), [], 'no temporary file left');
+  // A conversion file a crash left behind (its image no longer importing) is removed when a node starts.
+  await writeFile(join(svc.dataDir, 'staging', `${img.id}.convert-source`), 'left over');
+  await startTestService(t, { DISKHUB_DATA_DIR: svc.dataDir, DISKHUB_NODE_ID: 'second-node' });
+  assert.deepEqual((await readdir(join(svc.dataDir, 'staging'))).filter((f) => f.includes('convert')), []);
 });

@@ -10,7 +10,7 @@
  * store). The task's end and the image's properties commit together.
  */
 import { createReadStream } from 'node:fs';
-import { rm, stat } from 'node:fs/promises';
+import { readdir, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Transform, type Readable } from 'node:stream';
 import { randomUUID } from 'node:crypto';
@@ -129,6 +129,23 @@ export class ImportService implements TaskRunner {
       image_count_total: { usage: u.images, limit: this.opts.imageQuota || -1 },
       image_count_uploading: { usage: u.writing.length, limit: -1 },
     };
+  }
+
+  /**
+   * At start: conversion files a crashed run left in the staging area (image_conversion's
+   * `<image>.convert-*`) are removed, unless their image is importing (another node sharing
+   * the data directory may be converting it now).
+   */
+  async recover(): Promise<void> {
+    const names = await readdir(this.opts.stagingDir).catch(() => [] as string[]);
+    for (const name of names) {
+      const m = /^([0-9a-f-]{36})\.convert-/.exec(name);
+      if (!m) continue;
+      const img = await this.repo.load(m[1]!);
+      if (img?.status === 'importing') continue;
+      await rm(join(this.opts.stagingDir, name), { force: true });
+      this.log.info('removed a conversion file left by an interrupted import', { file: name });
+    }
   }
 
   // --- the task runner
