@@ -260,7 +260,7 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
   }
   const taskRepo = new TaskRepo(db);
   const imports = new ImportService(images, repo, taskRepo, data, {
-    ...importOptions(cfg, stagingDir, stores.default.id), imageQuota: cfg.projectImageQuota, storageQuota: cfg.projectStorageQuota,
+    ...importOptions(cfg, stagingDir, stores.default.id), allStoreIds: stores.ids(), imageQuota: cfg.projectImageQuota, storageQuota: cfg.projectStorageQuota,
   }, log);
   const tasks = new TaskService(taskRepo, policy, { [IMPORT_TASK]: imports }, taskOptions(cfg, node, (id) => stores.default.newTempKey(id)), log);
   imports.attach(tasks);

@@ -420,3 +420,42 @@ test('plugin image_conversion: raw to qcow2 and qcow2 to raw with the engine, ch
   await startTestService(t, { DISKHUB_DATA_DIR: svc.dataDir, DISKHUB_NODE_ID: 'second-node' });
   assert.deepEqual((await readdir(join(svc.dataDir, 'staging'))).filter((f) => f.includes('convert')), []);
 });
+
+test('copy-image: an active image copied to another store (admin), as Glance checks it; the copy is a new location', async (t) => {
+  const web = await webServer(t);
+  const dirs = [await tempDir(t), await tempDir(t)];
+  const svc = await serviceFor(t, web, { DISKHUB_STORES: `fast:file:${dirs[0]},cheap:file:${dirs[1]}`, DISKHUB_ENABLED_IMPORT_METHODS: 'glance-direct,web-download,copy-image' });
+  const admin = await token(svc.url);
+  const a = api(svc.url, admin);
+  const img = await newImage(a);
+  const data = randomBytes(700_000);
+  assert.equal((await a('PUT', `/v2/images/${img.id}/file`, { raw: data })).status, 204);
+  assert.equal((await a('GET', `/v2/images/${img.id}`)).json.stores, 'fast');
+  const copy = (body: Record<string, unknown>, as = a) => as('POST', `/v2/images/${img.id}/import`, { body: { method: { name: 'copy-image' }, ...body } });
+  assert.equal((await copy({ stores: ['fast'] })).json.message, "Image is already present at store 'fast'");
+  assert.equal((await copy({ stores: ['nowhere'] })).status, 409);
+  await addProjectUser(svc.url, admin, 'p4', 'u4', 'pw4');
+  const b = api(svc.url, await token(svc.url, 'u4', 'pw4', 'p4'));
+  // copy_image is admin-only in Glance 25, even for the image's owner.
+  const own = await newImage(b);
+  assert.equal((await b('PUT', `/v2/images/${own.id}/file`, { raw: data })).status, 204);
+  const denied = await b('POST', `/v2/images/${own.id}/import`, { body: { method: { name: 'copy-image' }, stores: ['cheap'] } });
+  assert.equal(denied.status, 403);
+  assert.match(denied.json.message, /copy_image/);
+  const queued = await newImage(a);
+  assert.equal((await a('POST', `/v2/images/${queued.id}/import`, { body: { method: { name: 'copy-image' }, stores: ['cheap'] } })).json.message, 'Only images with status active can be targeted for copying');
+  assert.equal((await copy({ stores: ['cheap'] })).status, 202);
+  const task = await importEnded(a, img.id);
+  assert.equal(task.status, 'success', task.message);
+  const done = await assertStored(svc.url, img.id, data);
+  assert.equal(done.stores, 'fast,cheap');
+  assert.equal(done.os_glance_importing_to_stores, '');
+  assert.equal(done.os_glance_import_task, undefined);
+  // The copy is whole in the second store's directory.
+  const files = (await readdir(dirs[1])).filter((f) => f.includes(img.id));
+  assert.equal(files.length, 1);
+  assert.ok((await readFile(join(dirs[1], files[0]!))).equals(data));
+  // all_stores with nothing left to copy: 202 and no task.
+  assert.equal((await copy({ all_stores: true })).status, 202);
+  assert.equal((await a('GET', `/v2/images/${img.id}/tasks`)).json.tasks.length, 1);
+});
