@@ -191,7 +191,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
     stores: [{ id: 'file', type: 'file', path: 'images' }],
     showImageDirectUrl: false,
     showMultipleLocations: false,
-    // Glance 25's defaults, less copy-image (it needs several stores, which this service has not yet).
+    // Glance 25's defaults, less copy-image (opt-in here: add it to enabledImportMethods).
     enabledImportMethods: 'glance-direct,web-download',
     importAllowedSchemes: 'http,https',
     importDisallowedSchemes: '',

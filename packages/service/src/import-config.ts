@@ -19,7 +19,7 @@ function ports(name: string, v: string): number[] {
   });
 }
 
-export function importOptions(cfg: ServiceConfig, stagingDir: string, storeId: string): ImportOptions {
+export function importOptions(cfg: ServiceConfig, stagingDir: string, storeId: string): Omit<ImportOptions, 'allStoreIds'> {
   const enabledMethods = list(cfg.enabledImportMethods);
   for (const m of enabledMethods) if (!KNOWN_IMPORT_METHODS.includes(m)) throw new ConfigError(`enabledImportMethods: unknown or unavailable import method '${m}' (available: ${KNOWN_IMPORT_METHODS.join(', ')})`);
   const plugins = list(cfg.imageImportPlugins);

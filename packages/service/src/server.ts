@@ -262,7 +262,7 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
   }
   const taskRepo = new TaskRepo(db);
   const imports = new ImportService(images, repo, taskRepo, data, {
-    ...importOptions(cfg, stagingDir, stores.default.id), imageQuota: cfg.projectImageQuota, storageQuota: cfg.projectStorageQuota,
+    ...importOptions(cfg, stagingDir, stores.default.id), allStoreIds: stores.ids(), imageQuota: cfg.projectImageQuota, storageQuota: cfg.projectStorageQuota,
   }, log);
   const tasks = new TaskService(taskRepo, policy, { [IMPORT_TASK]: imports }, taskOptions(cfg, node, (id) => stores.default.newTempKey(id)), log);
   imports.attach(tasks);
@@ -270,6 +270,7 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
   // revert; claiming starts after recovery, which would take a new claim's row for a dead one)
   await tasks.recover();
   await data.recover();
+  await imports.recover();
   tasks.start();
   // The image cache: worth it only in front of a remote store (auto); a local file store's files it would only copy.
   const imageCache = cfg.imageCache === 'on' || (cfg.imageCache === 'auto' && stores.all.some((s) => s.type !== 'file'))

@@ -15,8 +15,8 @@ import mysql from 'mysql2';
 import { tempDir } from '@diskhub/testkit';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { jsonLogger, loadConfig, openDatabase, startService } from '../src/index.js';
-import { ADMIN_PASSWORD, addProjectUser, api, startTestService, token } from './helpers.js';
 import { TaskRepo } from '../src/repo/tasks.js';
+import { ADMIN_PASSWORD, addProjectUser, api, startTestService, token } from './helpers.js';
 import { provisioners } from './databases.js';
 
 for (const [dialect, provision] of Object.entries(provisioners)) {

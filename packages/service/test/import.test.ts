@@ -156,6 +156,9 @@ test('web-download streams the URL into the store; the import checks of Glance',
   assert.match((await a('POST', `/v2/images/${q.id}/import`, { body: { method: {} } })).json.message, /requires a 'name' field/);
   assert.match((await a('POST', `/v2/images/${q.id}/import`, { body: { method: { name: 'copy-image' } } })).json.message, /Unknown import method name 'copy-image'/);
   assert.equal((await a('POST', `/v2/images/${q.id}/import`, { body: { method: { name: 'glance-direct' } } })).status, 409);
+  assert.match((await a('POST', `/v2/images/${q.id}/import`, { body: { method: { name: 'web-download', uri: `${web.url}/disk.raw` }, stores: ['elsewhere'] } })).json.message, /not supported by this service yet/);
+  assert.match((await a('POST', `/v2/images/${q.id}/import`, { body: { method: { name: 'web-download', uri: `${web.url}/disk.raw` }, all_stores: true } })).json.message, /not supported by this service yet/);
+  assert.match((await a('POST', `/v2/images/${q.id}/import`, { body: { method: { name: 'web-download', uri: `${web.url}/disk.raw` }, all_stores: 'yes' } })).json.message, /'all_stores' must be boolean value only/);
   assert.equal((await webImport(a, img.id, `${web.url}/disk.raw`)).status, 409, 'active image');
   const noFormat = (await a('POST', '/v2/images', { body: { name: 'nf' } })).json;
   assert.match((await webImport(a, noFormat.id, `${web.url}/disk.raw`)).json.message, /'container_format' needs to be set before import/);
@@ -277,21 +280,37 @@ test('web-download: the size cap stops an endless body; a stalled server times o
   }
 });
 
-test('plugins: image_decompression (gzip, xz, zstd; a bomb stops at the cap), inject_image_metadata', async (t) => {
+test('plugins: image_decompression (gzip, xz, zstd, zip; a bomb stops at the cap), inject_image_metadata', async (t) => {
   const data = randomBytes(500_000);
   const xz = spawnSync('xz', ['-c'], { input: data }).stdout;
   const zst = spawnSync('zstd', ['-c', '-q'], { input: data }).stdout;
   const bomb = gzipSync(Buffer.alloc(50 << 20));
   const corrupt = Buffer.from(xz);
   corrupt.writeUInt32BE(0xdeadbeef, Math.floor(corrupt.length / 2));
-  const web = await webServer(t, { '/d.gz': gzipSync(data), '/d.xz': xz, '/d.zst': zst, '/bomb.gz': bomb, '/bad.xz': corrupt, '/plain': data });
+  // Zip archives written by Python's zipfile (deflated, stored, two files, a damaged one).
+  const zips = JSON.parse(spawnSync('python3', ['-c', `
+import io, json, sys, zipfile, base64
+data = sys.stdin.buffer.read()
+def z(method, names):
+    b = io.BytesIO()
+    with zipfile.ZipFile(b, 'w', method) as f:
+        for n in names: f.writestr(n, data)
+    return b.getvalue()
+bad = bytearray(z(zipfile.ZIP_STORED, ['disk.raw'])); bad[200] ^= 0xff
+print(json.dumps({k: base64.b64encode(v).decode() for k, v in {'deflated': z(zipfile.ZIP_DEFLATED, ['disk.raw']), 'stored': z(zipfile.ZIP_STORED, ['disk.raw']), 'two': z(zipfile.ZIP_DEFLATED, ['a', 'b']), 'bad': bytes(bad)}.items()}))
+`], { input: data, maxBuffer: 16 << 20 }).stdout.toString()) as Record<string, string>;
+  const zip = (k: string) => Buffer.from(zips[k]!, 'base64');
+  const web = await webServer(t, {
+    '/d.gz': gzipSync(data), '/d.xz': xz, '/d.zst': zst, '/bomb.gz': bomb, '/bad.xz': corrupt, '/plain': data,
+    '/d.zip': zip('deflated'), '/stored.zip': zip('stored'), '/two.zip': zip('two'), '/bad.zip': zip('bad'),
+  });
   const svc = await serviceFor(t, web, {
     DISKHUB_IMAGE_IMPORT_PLUGINS: 'image_decompression,inject_image_metadata', DISKHUB_IMAGE_SIZE_CAP: String(10 << 20),
     DISKHUB_INJECT_METADATA_PROPERTIES: 'hw_vif_model:virtio,os_source:web', DISKHUB_INJECT_IGNORE_USER_ROLES: 'nobody',
   });
   const a = api(svc.url, await token(svc.url));
   const md5 = createHash('md5').update(data).digest('hex');
-  for (const path of ['/d.gz', '/d.xz', '/d.zst', '/plain']) {
+  for (const path of ['/d.gz', '/d.xz', '/d.zst', '/d.zip', '/stored.zip', '/plain']) {
     const img = await newImage(a);
     assert.equal((await webImport(a, img.id, `${web.url}${path}`)).status, 202);
     const task = await importEnded(a, img.id);
@@ -302,7 +321,7 @@ test('plugins: image_decompression (gzip, xz, zstd; a bomb stops at the cap), in
     assert.equal(done.hw_vif_model, 'virtio');
     assert.equal(done.os_source, 'web');
   }
-  for (const [path, message] of [['/bomb.gz', /size cap/], ['/bad.xz', /decompression failed: xz/]] as const) {
+  for (const [path, message] of [['/bomb.gz', /size cap/], ['/bad.xz', /decompression failed: xz/], ['/two.zip', /Archive contains more than one file/], ['/bad.zip', /does not match its recorded CRC-32/]] as const) {
     const img = await newImage(a);
     assert.equal((await webImport(a, img.id, `${web.url}${path}`)).status, 202);
     const task = await importEnded(a, img.id);
@@ -396,4 +415,47 @@ test('plugin image_conversion: raw to qcow2 and qcow2 to raw with the engine, ch
   assert.equal(after.status, 'queued');
   assert.equal(after.disk_format, 'qcow2');
   assert.deepEqual((await readdir(join(svc.dataDir, 'staging'))).filter((f) => f.includes('convert')), [], 'no temporary file left');
+  // A conversion file a crash left behind (its image no longer importing) is removed when a node starts.
+  await writeFile(join(svc.dataDir, 'staging', `${img.id}.convert-source`), 'left over');
+  await startTestService(t, { DISKHUB_DATA_DIR: svc.dataDir, DISKHUB_NODE_ID: 'second-node' });
+  assert.deepEqual((await readdir(join(svc.dataDir, 'staging'))).filter((f) => f.includes('convert')), []);
+});
+
+test('copy-image: an active image copied to another store (admin), as Glance checks it; the copy is a new location', async (t) => {
+  const web = await webServer(t);
+  const dirs = [await tempDir(t), await tempDir(t)];
+  const svc = await serviceFor(t, web, { DISKHUB_STORES: `fast:file:${dirs[0]},cheap:file:${dirs[1]}`, DISKHUB_ENABLED_IMPORT_METHODS: 'glance-direct,web-download,copy-image' });
+  const admin = await token(svc.url);
+  const a = api(svc.url, admin);
+  const img = await newImage(a);
+  const data = randomBytes(700_000);
+  assert.equal((await a('PUT', `/v2/images/${img.id}/file`, { raw: data })).status, 204);
+  assert.equal((await a('GET', `/v2/images/${img.id}`)).json.stores, 'fast');
+  const copy = (body: Record<string, unknown>, as = a) => as('POST', `/v2/images/${img.id}/import`, { body: { method: { name: 'copy-image' }, ...body } });
+  assert.equal((await copy({ stores: ['fast'] })).json.message, "Image is already present at store 'fast'");
+  assert.equal((await copy({ stores: ['nowhere'] })).status, 409);
+  await addProjectUser(svc.url, admin, 'p4', 'u4', 'pw4');
+  const b = api(svc.url, await token(svc.url, 'u4', 'pw4', 'p4'));
+  // copy_image is admin-only in Glance 25, even for the image's owner.
+  const own = await newImage(b);
+  assert.equal((await b('PUT', `/v2/images/${own.id}/file`, { raw: data })).status, 204);
+  const denied = await b('POST', `/v2/images/${own.id}/import`, { body: { method: { name: 'copy-image' }, stores: ['cheap'] } });
+  assert.equal(denied.status, 403);
+  assert.match(denied.json.message, /copy_image/);
+  const queued = await newImage(a);
+  assert.equal((await a('POST', `/v2/images/${queued.id}/import`, { body: { method: { name: 'copy-image' }, stores: ['cheap'] } })).json.message, 'Only images with status active can be targeted for copying');
+  assert.equal((await copy({ stores: ['cheap'] })).status, 202);
+  const task = await importEnded(a, img.id);
+  assert.equal(task.status, 'success', task.message);
+  const done = await assertStored(svc.url, img.id, data);
+  assert.equal(done.stores, 'fast,cheap');
+  assert.equal(done.os_glance_importing_to_stores, '');
+  assert.equal(done.os_glance_import_task, undefined);
+  // The copy is whole in the second store's directory.
+  const files = (await readdir(dirs[1])).filter((f) => f.includes(img.id));
+  assert.equal(files.length, 1);
+  assert.ok((await readFile(join(dirs[1], files[0]!))).equals(data));
+  // all_stores with nothing left to copy: 202 and no task.
+  assert.equal((await copy({ all_stores: true })).status, 202);
+  assert.equal((await a('GET', `/v2/images/${img.id}/tasks`)).json.tasks.length, 1);
 });

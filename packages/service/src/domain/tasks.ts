@@ -62,6 +62,9 @@ export interface TaskRunner {
   abandoned(task: TaskRecord, reason: string): Promise<ImageChange | undefined>;
 }
 
+/** How long stopping waits for aborted runs to end. */
+const ABORT_WAIT_MS = 5000;
+
 /** Why a run was aborted: this node stops (the task goes back to the pool), or lost its lease. */
 class Stopping extends Error {}
 class LeaseLost extends Error {}
@@ -250,6 +253,12 @@ export class TaskService {
     await Promise.race([all(), new Promise<void>((r) => { timer = setTimeout(r, graceMs); })]);
     clearTimeout(timer);
     for (const r of this.running.values()) r.abort.abort(new Stopping('this node stops'));
-    await all();
+    // A run that does not end when aborted must not hold the process: its task is given back regardless.
+    await Promise.race([all(), new Promise<void>((r) => { timer = setTimeout(r, ABORT_WAIT_MS); })]);
+    clearTimeout(timer);
+    for (const id of this.running.keys()) {
+      this.log.error('task did not stop when aborted; given back', { task: id });
+      await this.repo.release(id, this.opts.node).catch(() => {});
+    }
   }
 }

@@ -13,11 +13,11 @@ export interface ImageRouteDeps {
   images: ImageService;
   /** The configured stores' ids, comma-separated (OpenStack-image-store-ids). */
   storeIds: string;
+  /** Glance's enabled_import_methods (the OpenStack-image-import-methods header). */
+  importMethods: string[];
   /** Glance's show_image_direct_url and show_multiple_locations. */
   showImageDirectUrl: boolean;
   showMultipleLocations: boolean;
-  /** Glance's enabled_import_methods (the OpenStack-image-import-methods header). */
-  importMethods: string[];
   /** Largest page a list returns (Glance's api_limit_max) and the default page size. */
   limitMax: number;
   limitDefault: number;

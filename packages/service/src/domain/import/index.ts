@@ -10,9 +10,9 @@
  * store). The task's end and the image's properties commit together.
  */
 import { createReadStream } from 'node:fs';
-import { rm, stat } from 'node:fs/promises';
+import { readdir, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { Transform, type Readable } from 'node:stream';
+import { PassThrough, Transform, type Readable } from 'node:stream';
 import { randomUUID } from 'node:crypto';
 import { HttpError, badRequest, conflict, isObject } from '../../http.js';
 import type { AuthContext } from '../../identity.js';
@@ -27,7 +27,7 @@ import { filteringRefusal, openWebSource, passesImportFiltering, type ImportFilt
 import { applyPlugins, type ImportPluginOptions, type PluginContext } from './plugins.js';
 
 /** The methods this service can run (Glance's enabled_import_methods chooses among them). */
-export const KNOWN_IMPORT_METHODS = ['glance-direct', 'web-download'];
+export const KNOWN_IMPORT_METHODS = ['glance-direct', 'web-download', 'copy-image'];
 export const IMPORT_TASK = 'api_image_import';
 export const IMPORT_TASK_PROPERTY = 'os_glance_import_task';
 export const IMPORTING_TO_STORES = 'os_glance_importing_to_stores';
@@ -41,7 +41,9 @@ export interface ImportOptions {
   filtering: ImportFilteringOptions;
   plugins: ImportPluginOptions;
   stagingDir: string;
+  /** The default store (imports go there), and every configured store (copy-image's targets). */
   storeId: string;
+  allStoreIds: string[];
   /** The project quotas /v2/info/usage reports (0: unlimited). */
   imageQuota?: number;
   storageQuota?: number;
@@ -78,13 +80,20 @@ export class ImportService implements TaskRunner {
       if (key in body && typeof body[key] !== 'boolean') throw badRequest(`'${key}' must be boolean value only`);
     }
     const img = await this.images.get(a, id);
+    if (name === 'copy-image') return this.startCopy(a, requestId, img, body);
     if (img.status === 'active') throw conflict('Image with status active cannot be target for import');
     if (img.status !== 'queued' && name === 'web-download') throw conflict(`Image needs to be in 'queued' state to use '${name}' method`);
     if (img.status !== 'uploading' && name === 'glance-direct') throw conflict("Image needs to be staged before 'glance-direct' method can be used");
     if (!img.container_format) throw conflict("'container_format' needs to be set before import");
     if (!img.disk_format) throw conflict("'disk_format' needs to be set before import");
     this.images.imagePolicy(a, img).modifyImage();
-    if (body.all_stores_must_succeed === false) throw badRequest(`All_stores_must_succeed can only be set with enabled_backends ${typeof method.uri === 'string' ? method.uri : 'None'}`);
+    // Imports go to the default store only (for now): a request for other stores is refused
+    // rather than quietly imported elsewhere. (all_stores_must_succeed then says nothing more.)
+    const stores = 'stores' in body ? body.stores : undefined;
+    if (stores !== undefined && (!Array.isArray(stores) || stores.some((s) => s !== this.opts.storeId))) {
+      throw badRequest(`Importing into stores other than the default store '${this.opts.storeId}' is not supported by this service yet.`);
+    }
+    if (body.all_stores === true) throw badRequest(`Importing into all stores is not supported by this service yet; imports go to the default store '${this.opts.storeId}'.`);
     if (name === 'web-download') {
       const uri = typeof method.uri === 'string' ? method.uri : '';
       if (!passesImportFiltering(uri, this.opts.filtering)) throw filteringRefusal(typeof method.uri === 'string' ? uri : 'None');
@@ -125,6 +134,108 @@ export class ImportService implements TaskRunner {
     };
   }
 
+  /**
+   * At start: conversion files a crashed run left in the staging area (image_conversion's
+   * `<image>.convert-*`) are removed, unless their image is importing (another node sharing
+   * the data directory may be converting it now).
+   */
+  async recover(): Promise<void> {
+    const names = await readdir(this.opts.stagingDir).catch(() => [] as string[]);
+    for (const name of names) {
+      const m = /^([0-9a-f-]{36})\.convert-/.exec(name);
+      if (!m) continue;
+      const img = await this.repo.load(m[1]!);
+      if (img?.status === 'importing') continue;
+      await rm(join(this.opts.stagingDir, name), { force: true });
+      this.log.info('removed a conversion file left by an interrupted import', { file: name });
+    }
+  }
+
+  /**
+   * copy-image (Glance's checks, images.py import_image): an active image, the copy_image rule
+   * (admin by default), `stores` that exist and do not hold the image yet, or `all_stores`
+   * (those that do not); nothing to copy answers 202 without a task, as Glance does. The
+   * image stays active; os_glance_importing_to_stores lists the stores still to copy to.
+   */
+  private async startCopy(a: AuthContext, requestId: string, img: ImageRecord, body: Record<string, unknown>): Promise<void> {
+    if (img.status !== 'active') throw conflict('Only images with status active can be targeted for copying');
+    this.images.imagePolicy(a, img).copyImage();
+    const have = new Set(img.locations.map((l) => l.store_id));
+    let targets: string[];
+    if (body.all_stores === true) {
+      targets = this.opts.allStoreIds.filter((s) => !have.has(s));
+    } else {
+      const stores = body.stores;
+      if (!Array.isArray(stores) || stores.length === 0 || stores.some((s) => typeof s !== 'string')) throw badRequest("copy-image needs 'stores' (a list of store ids) or 'all_stores'.");
+      for (const s of stores as string[]) {
+        if (!this.opts.allStoreIds.includes(s)) throw conflict(`Unknown scheme '${s}' found in URI`);
+        if (have.has(s)) throw badRequest(`Image is already present at store '${s}'`);
+      }
+      targets = [...new Set(stores as string[])];
+    }
+    if (targets.length === 0) return;
+    const taskId = randomUUID();
+    const input = { image_id: img.id, import_req: body, backend: targets, [REQUESTER_ROLES]: [...a.roleNames] };
+    const created = await this.tasks.create(a, requestId, IMPORT_TASK, input, {
+      id: img.id, revision: img.revision, status: { from: ['active'], to: 'active' },
+      properties: { [IMPORT_TASK_PROPERTY]: taskId, [IMPORTING_TO_STORES]: targets.join(','), [FAILED_IMPORT]: null },
+    }, taskId);
+    if (!created) throw conflict(`New operation on image '${img.id}' is not permitted as prior operation is still in progress`);
+  }
+
+  /** Run copy-image: the data read from the image's first readable location into each store still listed, each copy a new location. */
+  private async copy(task: TaskRecord, img: ImageRecord, signal: AbortSignal, progress: (n: number) => void): Promise<TaskOutcome> {
+    const req = task.input?.import_req;
+    const mustSucceed = !(isObject(req) && req.all_stores_must_succeed === false);
+    const remaining = (img.properties[IMPORTING_TO_STORES] ?? '').split(',').filter(Boolean);
+    const failed: string[] = [];
+    const end = (extra: Record<string, string | null> = {}): ImageChange => ({ id: img.id, properties: { [IMPORT_TASK_PROPERTY]: null, [IMPORTING_TO_STORES]: '', ...extra } });
+    for (const storeId of [...remaining]) {
+      try {
+        await this.copyTo(img.id, storeId, signal, progress);
+        remaining.splice(remaining.indexOf(storeId), 1);
+        await this.taskRepo.updateImage({ id: img.id, properties: { [IMPORTING_TO_STORES]: remaining.join(',') } });
+      } catch (e) {
+        if (signal.aborted) throw e;
+        failed.push(storeId);
+        const message = `Copying image ${img.id} to store '${storeId}' failed: ${(e as Error).message}`;
+        this.log.warn('copy-image failed', { image: img.id, store: storeId, error: (e as Error).message });
+        if (mustSucceed) throw new TaskFailure(message, end({ [FAILED_IMPORT]: failed.join(',') }));
+      }
+    }
+    return { result: { image_id: img.id }, image: end(failed.length ? { [FAILED_IMPORT]: failed.join(',') } : {}) };
+  }
+
+  private async copyTo(imageId: string, storeId: string, signal: AbortSignal, progress: (n: number) => void): Promise<void> {
+    const img = await this.repo.load(imageId);
+    if (!img || img.status !== 'active') throw conflict(`Image ${imageId} is no longer active.`);
+    const source = await this.data.readable(img);
+    if (!source) throw conflict(`Image ${imageId} has no readable data.`);
+    const target = this.data.store(storeId);
+    const writer = await target.begin(target.newTempKey(imageId), source.size);
+    let url: string | null = null;
+    try {
+      const pass = new PassThrough({ highWaterMark: 1 << 20 });
+      const stop = () => pass.destroy(signal.reason instanceof Error ? signal.reason : new Error('aborted'));
+      signal.addEventListener('abort', stop, { once: true });
+      const sending = source.store.send(source.url, pass).catch((e) => { pass.destroy(e); });
+      let n = 0;
+      try {
+        for await (const chunk of pass) { n += (chunk as Buffer).length; progress(n); await writer.write([chunk as Buffer]); }
+      } finally { signal.removeEventListener('abort', stop); }
+      await sending;
+      if (n !== source.size) throw badRequest(`read ${n} of ${source.size} bytes`);
+      url = await writer.commit(imageId);
+      const cur = (await this.repo.load(imageId))!;
+      const next = [...cur.locations.map((l) => ({ id: l.id, url: l.url, store_id: l.store_id, metadata: l.metadata })), { url, store_id: storeId, metadata: { store: storeId } }];
+      if (!(await this.repo.setLocations(cur, next))) throw conflict(`Image ${imageId} changed while it was copied.`);
+    } catch (e) {
+      if (url) await target.delete(url).catch(() => {});
+      else await writer.discard().catch(() => {});
+      throw e;
+    }
+  }
+
   // --- the task runner
 
   /** The image change ending an import that failed: back to queued, the store in os_glance_failed_import, the lock dropped. */
@@ -151,6 +262,10 @@ export class ImportService implements TaskRunner {
     const done: ImageChange = { id: imageId, properties: { [IMPORT_TASK_PROPERTY]: null, [IMPORTING_TO_STORES]: '' } };
     let img = await this.repo.load(imageId);
     if (!img) throw new TaskFailure(`Image ${imageId} could not be found.`);
+    if (importMethod(task) === 'copy-image') {
+      if (img.properties[IMPORT_TASK_PROPERTY] !== task.id) throw new TaskFailure(`Image ${imageId} is no longer copied by task ${task.id}.`);
+      return this.copy(task, img, signal, progress);
+    }
     // An earlier run activated the image and its node died before ending the task.
     if (img.status === 'active' && img.properties[IMPORT_TASK_PROPERTY] === task.id) return { result: { image_id: imageId }, image: done };
     const opened: Readable[] = [];
@@ -173,7 +288,7 @@ export class ImportService implements TaskRunner {
         throw badRequest(`Import method ${method} is not available.`);
       }
       opened.push(source);
-      const stop = () => source.destroy(signal.reason instanceof Error ? signal.reason : new Error('aborted'));
+      const stop = () => { for (const s of opened) s.destroy(signal.reason instanceof Error ? signal.reason : new Error('aborted')); };
       if (signal.aborted) stop();
       else signal.addEventListener('abort', stop, { once: true });
       const ctx: PluginContext = { image: img, roles: (task.input?.[REQUESTER_ROLES] as string[] | undefined) ?? [], log: this.log, signal };
@@ -191,7 +306,7 @@ export class ImportService implements TaskRunner {
       }));
       staged.stream.on('error', (e) => counted.destroy(e));
       opened.push(staged.stream, counted);
-      // (the default store: imports into chosen stores (`stores`, copy-image) are not done yet)
+      // (the default store: its id is what os_glance_importing_to_stores names, and it made the claim's temporary key)
       await this.data.ingest(staged.image, this.data.store(undefined), tempKey, counted, staged.length, 'queued', () => true);
       await this.dropStaged(task);
       return { result: { image_id: imageId }, image: { ...done, properties: { ...done.properties, ...staged.properties } } };

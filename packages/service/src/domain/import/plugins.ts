@@ -3,9 +3,12 @@
  * (glance/async_/flows/plugins/), run in the order configured, each on the stream the one
  * before it gives:
  *
- * - `image_decompression`: data that starts with a gzip, xz or zstd magic number is
+ * - `image_decompression`: data that starts with a gzip, xz, zstd or zip magic number is
  *   decompressed as it streams (Glance's plugin knows gzip and zip; like it, nothing is done
- *   when the image's container_format is `compressed`). gzip is node:zlib; xz and zstd are
+ *   when the image's container_format is `compressed`, and a zip must hold exactly one file).
+ *   A zip is read from its first local header (APPNOTE.TXT §4.3.7): the entry's data is
+ *   inflated (or passed, when stored) as it arrives, and at the end the central directory at
+ *   the tail (§4.3.12, §4.3.16) must list one entry whose CRC-32 and size match what came out. gzip is node:zlib; xz and zstd are
  *   the Debian `xz` and `zstd` tools through pipes (no npm package for either is as well kept,
  *   and a tool's exit status is checked after its output ends, so a corrupt archive fails the
  *   import instead of storing what was decoded before the damage). The decompressed size is
@@ -29,8 +32,8 @@ import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable, Transform, pipeline } from 'node:stream';
 import { pipeline as pipelineAsync } from 'node:stream/promises';
-import { createGunzip } from 'node:zlib';
-import { convertFile, describeIssues, inspectFile } from '@diskhub/disk';
+import { createGunzip, createInflateRaw } from 'node:zlib';
+import { convertFile, crc32, describeIssues, inspectFile } from '@diskhub/disk';
 import { HttpError, badRequest } from '../../http.js';
 import type { ImageRecord } from '../../images-model.js';
 import type { Logger } from '../../log.js';
@@ -125,7 +128,8 @@ async function convertStaged(out: PluginOutput, ctx: PluginContext, o: ImportPlu
 
 // --- image_decompression
 
-const MAGIC: { name: 'gzip' | 'xz' | 'zstd'; bytes: number[] }[] = [
+const MAGIC: { name: 'gzip' | 'xz' | 'zstd' | 'zip'; bytes: number[] }[] = [
+  { name: 'zip', bytes: [0x50, 0x4b, 0x03, 0x04] },                  // APPNOTE.TXT §4.3.7 local file header signature
   { name: 'gzip', bytes: [0x1f, 0x8b, 0x08] },                       // RFC 1952 §2.3.1 (ID1 ID2 CM=deflate)
   { name: 'xz', bytes: [0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00] },       // xz file format §2.1.1.1
   { name: 'zstd', bytes: [0x28, 0xb5, 0x2f, 0xfd] },                 // RFC 8878 §3.1.1
@@ -162,6 +166,7 @@ async function decompression(out: PluginOutput): Promise<PluginOutput> {
   const { head, all } = await peek(out.stream, HEADER);
   const kind = MAGIC.find((m) => m.bytes.every((b, i) => head[i] === b))?.name;
   if (!kind) return { ...out, stream: all };
+  if (kind === 'zip') return { ...out, stream: unzipSingle(all), length: null };
   if (kind === 'gzip') {
     const gunzip = createGunzip();
     pipeline(all, gunzip, () => {});
@@ -193,4 +198,93 @@ function throughTool(src: Readable, tool: string, args: string[]): Readable {
       src.destroy();
     }
   })(), { objectMode: false });
+}
+
+// --- zip (APPNOTE.TXT 6.3.x)
+
+const LOCAL_HEADER = 30;
+const EOCD = 22;
+/** What is kept of the end of the archive: its central directory for one entry, and the EOCD with the longest comment. */
+const TAIL = 64 * 1024 + EOCD + 1024;
+
+const zipError = (why: string) => badRequest(`Image decompression failed: zip: ${why}`);
+
+/** The one file of a zip archive, as it streams; fails unless the archive holds exactly one file that inflates to its recorded CRC-32 and size. */
+function unzipSingle(src: Readable): Readable {
+  return Readable.from((async function* () {
+    const it = src[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
+    let pending = Buffer.alloc(0);
+    const need = async (n: number) => {
+      while (pending.length < n) {
+        const r = await it.next();
+        if (r.done) throw zipError('the archive ends inside its first header');
+        pending = Buffer.concat([pending, r.value]);
+      }
+    };
+    await need(LOCAL_HEADER);
+    const flags = pending.readUInt16LE(6);
+    const method = pending.readUInt16LE(8);
+    const storedSize = pending.readUInt32LE(18);
+    const headerEnd = LOCAL_HEADER + pending.readUInt16LE(26) + pending.readUInt16LE(28);
+    if (flags & 0x1) throw zipError('the file is encrypted');
+    if (method !== 0 && method !== 8) throw zipError(`compression method ${method} is not supported (stored and deflate are)`);
+    if (method === 0 && (flags & 0x8 || storedSize === 0xffffffff)) throw zipError('a stored file without its size in the local header');
+    await need(headerEnd);
+    // Everything after the header: the entry's data, then the rest of the archive (kept: its tail).
+    let tail = Buffer.alloc(0);
+    const keep = (b: Buffer) => { tail = tail.length + b.length > TAIL * 2 ? Buffer.concat([tail, b]).subarray(-TAIL) : Buffer.concat([tail, b]); };
+    let crc = 0;
+    let size = 0;
+    const emit = (b: Buffer) => { crc = crc32(b, crc); size += b.length; return b; };
+    const rest = async function* (): AsyncGenerator<Buffer> {
+      const first = pending.subarray(headerEnd);
+      if (first.length) yield first;
+      for (;;) {
+        const r = await it.next();
+        if (r.done) return;
+        yield r.value;
+      }
+    };
+    if (method === 0) {
+      let left = storedSize;
+      for await (const b of rest()) {
+        keep(b);
+        if (left > 0) { const part = b.subarray(0, left); left -= part.length; yield emit(part); }
+      }
+      if (left > 0) throw zipError('the archive ends inside its file');
+    } else {
+      const inflate = createInflateRaw();
+      // The deflate stream ends before the archive does (the central directory follows): from
+      // then on the inflater takes no more input, and the rest is only read for its tail.
+      let inflated = false;
+      const ended = new Promise<void>((r) => inflate.once('end', () => { inflated = true; r(); }));
+      const feed = (async () => {
+        for await (const b of rest()) {
+          keep(b);
+          if (!inflated && !inflate.write(b)) await Promise.race([new Promise((r) => inflate.once('drain', r)), ended]);
+        }
+        if (!inflated) inflate.end();
+      })();
+      feed.catch((e) => inflate.destroy(e));
+      for await (const b of inflate) yield emit(b as Buffer);
+      await feed;
+    }
+    tail = tail.subarray(-TAIL);
+    const entry = singleEntry(tail);
+    if ((entry.crc >>> 0) !== (crc >>> 0) || (entry.size !== 0xffffffff && entry.size !== size)) throw zipError('the file does not match its recorded CRC-32 and size');
+  })(), { objectMode: false });
+}
+
+/** The central directory's one entry (CRC-32, uncompressed size) from the archive's tail. */
+function singleEntry(tail: Buffer): { crc: number; size: number } {
+  let eocd = -1;
+  for (let i = tail.length - EOCD; i >= 0; i--) if (tail.readUInt32LE(i) === 0x06054b50) { eocd = i; break; }
+  if (eocd < 0) throw zipError('no end of central directory record');
+  const entries = tail.readUInt16LE(eocd + 10);
+  // (0xffff: a ZIP64 archive, which one image file does not need; an archive of several files either way)
+  if (entries !== 1) throw badRequest('Image decompression failed: Archive contains more than one file.');
+  const cdSize = tail.readUInt32LE(eocd + 12);
+  const cd = eocd - cdSize;
+  if (cd < 0 || tail.readUInt32LE(cd) !== 0x02014b50) throw zipError('the central directory is not where its end record says');
+  return { crc: tail.readUInt32LE(cd + 16), size: tail.readUInt32LE(cd + 24) };
 }
