@@ -170,7 +170,7 @@ test('build: the example recipe builds an image that the peers read, lint passes
     assert.match(await cat('/etc/group'), /^sudo:x:27:debian$/m);
     assert.match(await cat('/home/debian/.ssh/authorized_keys'), /^ssh-ed25519 \S+ example@diskhub$/m);
     assert.match(await cat('/etc/sudoers.d/90-diskhub-debian'), /^debian ALL=\(ALL\) NOPASSWD:ALL$/m);
-    assert.match(await cat('/etc/cloud/cloud.cfg.d/90-diskhub.cfg'), /datasource_list:\n {2}- ConfigDrive\n {2}- OpenStack\n {2}- NoCloud\n {2}- None/);
+    assert.match(await cat('/etc/cloud/cloud.cfg.d/90-diskhub.cfg'), /datasource_list:\n {2}- ConfigDrive\n {2}- OpenStack\n {2}- NoCloud\n {2}- None\nlocale: C.UTF-8\nsystem_info:\n {2}default_user:\n {4}name: debian\n/);
     const fstab = await cat('/etc/fstab');
     const blkid = await runOk('blkid', ['-o', 'value', '-s', 'UUID', dev]);
     assert.match(fstab, new RegExp(`^UUID=${blkid.trim()} / ext4 `, 'm'));
@@ -191,6 +191,8 @@ test('build: the example recipe builds an image that the peers read, lint passes
   const boot = await bootToCloudInit(dir, out, 8 * 60_000);
   assert.ok(boot.finished, `no "cloud-init finished" on the console:\n${boot.console.slice(-5000)}`);
   assert.match(boot.console, /Linux version 6\.1\./);
+  // Every cloud-init module ran without failing (a failed one makes `cloud-init status` an error).
+  assert.doesNotMatch(boot.console, /\[WARNING\]: Running module \S+ .* failed/);
 });
 
 test('build: SIGTERM in the middle leaves no mount and no loop device behind', { skip: skipBuild, timeout: 10 * 60_000 }, async (t) => {

@@ -105,7 +105,9 @@ export async function configureSystem(session: BuildSession, root: string, recip
     if (f.owner !== 'root:root' && f.owner !== 'root') await session.run('chown', [f.owner, f.path], { chroot: root });
   }
   if (recipe.cloudInit.enabled) {
-    const cfg = { datasource_list: recipe.cloudInit.datasources, ...recipe.cloudInit.config };
+    // cloud-init's locale module otherwise sets en_US.UTF-8, which Debian's locale-gen does
+    // not make unless /etc/locale.gen lists it: the module fails and cloud-init reports an error.
+    const cfg = { datasource_list: recipe.cloudInit.datasources, locale: 'C.UTF-8', ...recipe.cloudInit.config };
     await writeFile(inRoot(root, '/etc/cloud/cloud.cfg.d/90-diskhub.cfg'), `# written by diskhub build (the recipe's cloud_init section)\n${toYaml(cfg)}`);
   }
   if (recipe.services.enable.length > 0) await session.run('systemctl', ['enable', ...recipe.services.enable], { chroot: root });
