@@ -66,7 +66,8 @@ export interface RootIds { rootUuid: string; espUuid?: string }
 
 export async function writeFstab(root: string, recipe: Recipe, ids: RootIds): Promise<void> {
   const lines = ['# <file system> <mount point> <type> <options> <dump> <pass> (written by diskhub build)'];
-  lines.push(`UUID=${ids.rootUuid} / ${recipe.disk.filesystem} ${recipe.disk.filesystem === 'ext4' ? 'errors=remount-ro' : 'defaults'} 0 1`);
+  // fsck.xfs does nothing (xfs checks itself at mount): pass 0 for xfs, as Debian's installer writes it.
+  lines.push(`UUID=${ids.rootUuid} / ${recipe.disk.filesystem} ${recipe.disk.filesystem === 'ext4' ? 'errors=remount-ro 0 1' : 'defaults 0 0'}`);
   if (ids.espUuid) lines.push(`UUID=${ids.espUuid} /boot/efi vfat umask=0077,nofail 0 2`);
   await writeFile(inRoot(root, '/etc/fstab'), `${lines.join('\n')}\n`);
   if (ids.espUuid) await mkdir(inRoot(root, '/boot/efi'), { recursive: true });
