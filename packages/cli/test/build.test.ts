@@ -13,7 +13,7 @@
 import test, { after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { readdir, readFile, writeFile } from 'node:fs/promises';
+import { open, readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createHash } from 'node:crypto';
 import { diskhub, hasTool, repoRoot, run, runOk, tempDir } from '@diskhub/testkit';
@@ -169,7 +169,9 @@ test('build: the example recipe builds an image that the peers read, lint passes
   const rootPart = { start: root.start * 512, size: root.size * 512 };
   const espPart = { start: pt.partitions[1].start * 512, size: pt.partitions[1].size * 512 };
   // GRUB's boot.img is in the MBR (its "GRUB " string), the protective MBR entry kept.
-  const mbr = (await readFile(raw)).subarray(0, 512);
+  const mbr = Buffer.alloc(512);
+  const fh = await open(raw, 'r');
+  try { await fh.read(mbr, 0, 512, 0); } finally { await fh.close(); }
   assert.ok(mbr.includes(Buffer.from('GRUB ')), 'boot.img in the MBR');
   assert.equal(mbr[0x1c2], 0xee, 'protective MBR partition type');
   assert.equal(mbr.readUInt16LE(510), 0xaa55);
