@@ -13,11 +13,13 @@
 import test, { after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { open, readdir, readFile, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, open, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createHash } from 'node:crypto';
 import { diskhub, hasTool, repoRoot, run, runOk, tempDir } from '@diskhub/testkit';
 import { osEnv, startTestService } from '@diskhub/service/test-helpers';
+import { aptSources, machineMirror } from '../src/build/base.js';
 
 const EXAMPLE = join(repoRoot, 'examples', 'debian-12-minimal.yaml');
 
@@ -73,6 +75,28 @@ test('build --check: bad recipes are refused with the path of every bad key (exi
   const noOutput = await diskhub(['build', EXAMPLE]);
   assert.equal(noOutput.code, 2);
   assert.match(noOutput.stderr, /-o OUTPUT is needed/);
+});
+
+test('build: the mirror comes from the machine\'s apt configuration (one-line and deb822 sources)', async (t) => {
+  const etc = await tempDir(t);
+  await mkdir(join(etc, 'sources.list.d'));
+  // deb822 (Debian 12's default): security and updates first, disabled and deb-src stanzas skipped.
+  await writeFile(join(etc, 'sources.list.d', 'debian.sources'), [
+    'Types: deb', 'URIs: http://security.example/debian-security', 'Suites: bookworm-security', 'Components: main', '',
+    'Types: deb-src', 'URIs: http://src.example/debian', 'Suites: bookworm', 'Components: main', '',
+    'Types: deb', 'URIs: http://off.example/debian', 'Suites: bookworm', 'Components: main', 'Enabled: no', '',
+    '# a comment', 'Types: deb', 'URIs: http://mirror.example/debian/', 'Suites: bookworm bookworm-updates', 'Components: main', ' contrib', '',
+  ].join('\n'));
+  assert.equal(await machineMirror(etc), 'http://mirror.example/debian');
+  assert.deepEqual(await aptSources(etc), [
+    { uri: 'http://security.example/debian-security', suites: ['bookworm-security'], components: ['main'] },
+    { uri: 'http://mirror.example/debian/', suites: ['bookworm', 'bookworm-updates'], components: ['main', 'contrib'] },
+  ]);
+  // sources.list comes first; options in brackets and comments are skipped.
+  await writeFile(join(etc, 'sources.list'), '# deb http://commented.example/debian bookworm main\ndeb [arch=amd64 signed-by=/k.gpg] http://one.example/debian bookworm main non-free-firmware\ndeb-src http://one.example/debian bookworm main\n');
+  assert.equal(await machineMirror(etc), 'http://one.example/debian');
+  assert.deepEqual((await aptSources(etc))[0], { uri: 'http://one.example/debian', suites: ['bookworm'], components: ['main', 'non-free-firmware'] });
+  assert.equal(await machineMirror(join(etc, 'missing')), null);
 });
 
 // ---- the real build ----
@@ -137,13 +161,15 @@ async function boot(dir: string, image: string, format: string, options: { uefi?
 
 const cloudInitFinished = (text: string) => /Cloud-init v\. \S+ finished/.test(text) && text.includes('diskhub-user-data-ran');
 
-/** The example's image, kept for the test that builds on it (removed when the file's tests end). */
+/** The example's image, kept for the test that builds on it; its directory goes when the file's tests end. */
 let exampleImage: string | null = null;
+let exampleDir: string | null = null;
+after(async () => { if (exampleDir) await rm(exampleDir, { recursive: true, force: true }); });
 
 test('build: the example recipe builds an image that the peers read, lint passes and QEMU boots to cloud-init finished', { skip: skipBuild, timeout: 20 * 60_000 }, async (t) => {
   assert.deepEqual(missingTools, [], `missing tools: ${missingTools.join(', ')}`);
   assert.equal(notRoot, false, 'diskhub build needs root');
-  const dir = await tempDir({ after });
+  const dir = exampleDir = await mkdtemp(join(tmpdir(), 'diskhub-build-test-'));
   const out = join(dir, 'debian.qcow2');
   const b = await run(process.execPath, [join(repoRoot, 'packages/cli/bin/diskhub.js'), 'build', '--quiet', EXAMPLE, '-o', out], { timeoutMs: 15 * 60_000 });
   const log = await readFile(`${out}.log`, 'utf8').catch(() => '(no log)');
