@@ -13,13 +13,14 @@
 import test, { after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { mkdir, mkdtemp, open, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, open, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createHash } from 'node:crypto';
 import { diskhub, hasTool, repoRoot, run, runOk, tempDir } from '@diskhub/testkit';
 import { osEnv, startTestService } from '@diskhub/service/test-helpers';
 import { aptSources, machineMirror } from '../src/build/base.js';
+import { inRoot, writeInRoot } from '../src/build/rootpath.js';
 
 const EXAMPLE = join(repoRoot, 'examples', 'debian-12-minimal.yaml');
 
@@ -97,6 +98,34 @@ test('build: the mirror comes from the machine\'s apt configuration (one-line an
   assert.equal(await machineMirror(etc), 'http://one.example/debian');
   assert.deepEqual((await aptSources(etc))[0], { uri: 'http://one.example/debian', suites: ['bookworm'], components: ['main', 'non-free-firmware'] });
   assert.equal(await machineMirror(join(etc, 'missing')), null);
+});
+
+test('build: paths inside the image resolve as the chroot would, never to the build machine\'s files', async (t) => {
+  const root = await tempDir(t);
+  const outside = await tempDir(t);
+  await mkdir(join(root, 'etc'));
+  await mkdir(join(root, 'usr', 'lib'), { recursive: true });
+  await symlink('usr/lib', join(root, 'lib'));            // merged /usr: relative
+  await symlink('/', join(root, 'etc', 'up'));              // absolute: the root of the image
+  await symlink('../../../../../..', join(root, 'etc', 'dots')); // .. stops at the root
+  await symlink(outside, join(root, 'etc', 'away'));        // absolute: inside the image, not the host's
+  await symlink(join(outside, 'victim'), join(root, 'etc', 'resolv.conf'));
+  await writeFile(join(outside, 'victim'), 'host file\n');
+  assert.equal(await inRoot(root, '/lib/systemd/x.service'), join(root, 'usr/lib/systemd/x.service'));
+  assert.equal(await inRoot(root, '/etc/up/etc/hostname'), join(root, 'etc/hostname'));
+  assert.equal(await inRoot(root, '/etc/dots/tmp/x'), join(root, 'tmp/x'));
+  assert.equal(await inRoot(root, `/etc/away/victim`), join(root, outside, 'victim'));
+  assert.equal(await inRoot(root, '/etc/resolv.conf'), join(root, 'etc/resolv.conf'));
+  assert.equal(await inRoot(root, '/lib', { followLast: true }), join(root, 'usr/lib'));
+  // A write replaces the link with a file; the file it pointed to is untouched.
+  await writeInRoot(root, '/etc/resolv.conf', 'nameserver 10.0.0.1\n');
+  assert.equal(await readFile(join(outside, 'victim'), 'utf8'), 'host file\n');
+  assert.equal(await readFile(join(root, 'etc/resolv.conf'), 'utf8'), 'nameserver 10.0.0.1\n');
+  await writeInRoot(root, '/etc/away/victim', 'x');
+  assert.equal(await readFile(join(outside, 'victim'), 'utf8'), 'host file\n');
+  await symlink('loop2', join(root, 'loop1'));
+  await symlink('loop1', join(root, 'loop2'));
+  await assert.rejects(inRoot(root, '/loop1/x'), /too many levels of symbolic links/);
 });
 
 // ---- the real build ----

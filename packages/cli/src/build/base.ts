@@ -9,7 +9,8 @@
  * in seconds instead of downloading and installing the base system again.
  */
 import { createHash } from 'node:crypto';
-import { mkdir, readdir, readFile, rename, stat, unlink, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rename, stat, unlink } from 'node:fs/promises';
+import { writeInRoot } from './rootpath.js';
 import { join } from 'node:path';
 import { openImage, readPartitionTable, identifyFilesystem, WindowDevice } from '@diskhub/disk';
 import type { Base, DebootstrapBase } from './recipe.js';
@@ -99,7 +100,7 @@ async function writeAptSources(root: string, d: DebootstrapBase, mirror: string)
       if (!lines.includes(line)) lines.push(line);
     }
   }
-  await writeFile(join(root, 'etc', 'apt', 'sources.list'), `${lines.join('\n')}\n`);
+  await writeInRoot(root, '/etc/apt/sources.list', `${lines.join('\n')}\n`);
 }
 
 async function debootstrapBase(session: BuildSession, d: DebootstrapBase, root: string): Promise<void> {
