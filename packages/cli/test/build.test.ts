@@ -19,8 +19,8 @@ import { join } from 'node:path';
 import { createHash } from 'node:crypto';
 import { diskhub, hasTool, repoRoot, run, runOk, tempDir } from '@diskhub/testkit';
 import { osEnv, startTestService } from '@diskhub/service/test-helpers';
-import { aptSources, machineMirror } from '../src/build/base.js';
-import { inRoot, writeInRoot } from '../src/build/rootpath.js';
+import { aptSources, machineMirror } from '../src/image-build/base.js';
+import { inRoot, writeInRoot } from '../src/image-build/rootpath.js';
 
 const EXAMPLE = join(repoRoot, 'examples', 'debian-12-minimal.yaml');
 
