@@ -42,6 +42,11 @@ test('build --check: the example recipe is valid and read with its defaults', as
   assert.equal(recipe.kernelCmdline, 'console=tty0 console=ttyS0,115200n8');
   assert.equal(recipe.output.format, 'qcow2');
   assert.equal(recipe.files[0].mode, '0644');
+  // Every example in examples/ is a valid recipe.
+  for (const name of await readdir(join(repoRoot, 'examples'))) {
+    const r2 = await diskhub(['build', '--check', join(repoRoot, 'examples', name)]);
+    assert.equal(r2.code, 0, `${name}: ${r2.stderr}`);
+  }
 });
 
 test('build --check: bad recipes are refused with the path of every bad key (exit 2)', async (t) => {
