@@ -258,6 +258,7 @@ test('build: the example recipe builds an image that the peers read, lint passes
     assert.match(grubCfg, new RegExp(`linux /vmlinuz root=UUID=${blkid.trim()} ro console=tty0 console=ttyS0,115200n8`));
     assert.equal(await cat('/etc/machine-id'), '');
     assert.doesNotMatch(await runOk('debugfs', ['-R', 'ls -l /etc/ssh', dev]), /ssh_host_/);
+    assert.doesNotMatch(await runOk('debugfs', ['-R', 'ls /var/cache/apt/archives', dev]), /\.deb/);
   });
 
   // The cloud-image checklist: no FAIL (exit 0).

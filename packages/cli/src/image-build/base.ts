@@ -9,7 +9,7 @@
  * in seconds instead of downloading and installing the base system again.
  */
 import { createHash } from 'node:crypto';
-import { mkdir, readdir, readFile, rename, stat, unlink } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rename, rm, stat, unlink } from 'node:fs/promises';
 import { writeInRoot } from './rootpath.js';
 import { join } from 'node:path';
 import { openImage, readPartitionTable, identifyFilesystem, WindowDevice } from '@diskhub/disk';
@@ -127,7 +127,9 @@ async function debootstrapInto(session: BuildSession, d: DebootstrapBase, mirror
     `--arch=${arch}`, ...(variant === 'default' ? [] : [`--variant=${variant}`]), `--components=${d.components.join(',')}`,
     `--cache-dir=${debs}`, d.suite, root, mirror,
   ]);
-  // debootstrap unmounts what it mounted in the target; the tarball must hold only the target.
+  // debootstrap unmounts what it mounted in the target; the tarball must hold only the target,
+  // without the packages it also keeps in the target's apt cache (they are in debs/).
+  await removeDebs(join(root, 'var', 'cache', 'apt', 'archives'));
   await mkdir(join(cache, 'debootstrap'), { recursive: true });
   const partial = `${tarball}.partial-${process.pid}`;
   try {
@@ -174,4 +176,11 @@ async function imageBase(session: BuildSession, path: string, format: string | u
   const mnt = join(work, 'base');
   await mountAt(session, dev, mnt, ['-o', best.type === 'xfs' ? 'ro,norecovery,nouuid' : 'ro,noload', '-t', best.type]);
   await session.run('cp', ['--archive', '--one-file-system', `${mnt}/.`, `${root}/`]);
+}
+
+/** The .deb files of an apt archives directory and its partial/ (what apt-get clean removes). */
+export async function removeDebs(dir: string): Promise<void> {
+  for (const d of [dir, join(dir, 'partial')]) {
+    for (const n of await readdir(d).catch(() => [] as string[])) if (n.endsWith('.deb')) await rm(join(d, n), { force: true });
+  }
 }

@@ -10,7 +10,7 @@ import { stringify as toYaml } from 'yaml';
 import type { Recipe } from './recipe.js';
 import { mountAt } from './disk.js';
 import { inRoot, writeInRoot } from './rootpath.js';
-import { cacheDir } from './base.js';
+import { cacheDir, removeDebs } from './base.js';
 import { BuildError, type BuildSession } from './session.js';
 
 
@@ -126,6 +126,9 @@ export async function cleanImage(root: string): Promise<void> {
       await rm(join(dir, n), { recursive: true, force: true });
     }
   }
+  // Packages debootstrap or apt left in the image's own cache (the build's downloads are in
+  // DISKHUB_BUILD_CACHE): dead weight in every copy of the image.
+  await removeDebs(await inRoot(root, '/var/cache/apt/archives', { followLast: true }));
   for (const f of ['/var/cache/apt/pkgcache.bin', '/var/cache/apt/srcpkgcache.bin', '/root/.bash_history', '/var/cache/debconf/config.dat-old', '/var/cache/debconf/templates.dat-old']) {
     await rm(await inRoot(root, f), { force: true });
   }
