@@ -8,7 +8,7 @@
  */
 import { spawn } from 'node:child_process';
 import { constants } from 'node:fs';
-import { access, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { access, mkdtemp, rm, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -30,6 +30,8 @@ const DEBUG_EXIT_PORT = 0xf4;
 const PROBE_EXIT_VALUE = 0x01;
 const PROBE_EXIT_STATUS = (PROBE_EXIT_VALUE << 1) | 1;
 const PROBE_BYTE = 0x4b; // 'K', written to COM1
+/** SeaBIOS cannot read a one-sector virtio disk ("could not read the boot disk"): the probe disk is 1 MiB. */
+const PROBE_DISK_SIZE = 1 << 20;
 
 /**
  * A boot sector (loaded by the BIOS at 0000:7C00, run in real mode):
@@ -71,6 +73,7 @@ export async function probeKvm(signal?: AbortSignal): Promise<{ ok: true; ms: nu
   try {
     const disk = join(dir, 'probe.img');
     await writeFile(disk, probeBootSector());
+    await truncate(disk, PROBE_DISK_SIZE);
     const started = Date.now();
     const child = spawn(QEMU_SYSTEM, [
       ...KVM_ARGS, '-machine', 'pc', '-m', '16', '-nodefaults', '-no-user-config', '-display', 'none',
