@@ -22,7 +22,7 @@ effect and the root filesystem grew to the disk. The image is never written: the
 a qcow2 overlay on it.
 
   --accel MODE       kvm, tcg or auto (default: KVM when a probe guest boots under it, else TCG)
-  --timeout SECONDS  from the VM's start to the verdict (default 300)
+  --timeout SECONDS  from the VM's start to the verdict (default 600: TCG on a busy host)
   --disk-size SIZE   the guest's disk: SIZE, or +SIZE more than the image (default +1G)
   --memory MiB       guest memory (default 1024)
   --cpus N           virtual CPUs (default 2)
@@ -49,7 +49,7 @@ const LONG_OPTIONS: LongOption[] = [
   ...AUTH_OPTIONS.map((o) => ({ name: o.name, hasArg: 1 as const, val: `auth:${o.key}` })),
 ];
 
-const DEFAULT_TIMEOUT = 300;
+const DEFAULT_TIMEOUT = 600;
 
 function positiveInteger(text: string, what: string, max: number): number {
   if (!/^\d+$/.test(text) || Number(text) < 1 || Number(text) > max) throw new UsageError(`invalid ${what} '${text}' (a whole number from 1 to ${max})`);

@@ -74,6 +74,18 @@ export function fatalEvent(text: string): { reason: string; line: string; at: nu
   return first;
 }
 
+/**
+ * A login prompt with no cloud-init line before it: cloud-init's units run before
+ * systemd-user-sessions.service, which the gettys wait for, and write to the console
+ * (StandardOutput=journal+console), so in an image where cloud-init is installed and enabled
+ * its "Cloud-init v. ... running 'init'" lines come first. Without them it did not run.
+ */
+export function loginWithoutCloudInit(text: string): string | undefined {
+  const login = /^\S+ login: /m.exec(text);
+  if (!login || /Cloud-init v\. \S+ running/.test(text.slice(0, login.index))) return undefined;
+  return login[0].trim();
+}
+
 /** "Linux version 6.1.0-28-cloud-amd64 (...)": the kernel runs. */
 export function kernelStarted(text: string): string | undefined {
   return /Linux version (\S+)/.exec(text)?.[1];
