@@ -12,7 +12,7 @@ import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdir, readdir, readFile, writeFile, truncate } from 'node:fs/promises';
 import { join } from 'node:path';
-import { diskhub, diskhubBin, needs, tempDir } from '@diskhub/testkit';
+import { diskhub, diskhubBin, needs, repoRoot, tempDir } from '@diskhub/testkit';
 import { osEnv, startTestService, token } from '@diskhub/service/test-helpers';
 import { chooseAccelerator, PROBE_TIMEOUT_MS, probeBootSector } from '../src/boot-test/accel.js';
 import { uploadImage } from './compute-helpers.js';
@@ -196,4 +196,59 @@ test('boot-test: an image id is downloaded from the image service (OS_* auth), a
   const noAuth = await diskhub(['img', 'boot-test', id], { env: { ...process.env, OS_AUTH_URL: '' } });
   assert.equal(noAuth.code, 2);
   assert.match(noAuth.stderr, /no identity service: set OS_AUTH_URL/);
+});
+
+/**
+ * The example recipe's image, built by `diskhub build` once per recipe text and kept (a build
+ * takes minutes): under DISKHUB_TEST_IMAGE_CACHE, default /var/tmp/diskhub-test-images.
+ */
+async function builtImage(name: string, recipeText: string): Promise<string> {
+  const cache = process.env.DISKHUB_TEST_IMAGE_CACHE ?? '/var/tmp/diskhub-test-images';
+  await mkdir(cache, { recursive: true });
+  const out = join(cache, `${name}-${createHash('sha256').update(recipeText).digest('hex').slice(0, 16)}.qcow2`);
+  if (await readFile(out).then(() => true, () => false)) return out;
+  const recipe = join(cache, `${name}.yaml`);
+  await writeFile(recipe, recipeText);
+  const r = await diskhub(['build', '-q', '--force', recipe, '-o', out], { timeoutMs: 30 * 60_000 });
+  assert.equal(r.code, 0, `diskhub build ${name}: ${r.stderr}`);
+  return out;
+}
+
+const EXAMPLE_RECIPE = join(repoRoot, 'examples', 'debian-12-minimal.yaml');
+const e2eNeeds = needs(QEMU, 'ssh', 'ssh-keygen', 'debootstrap');
+
+test('boot-test: the example Debian recipe\'s image passes every check; the image is unchanged', e2eNeeds, async (t) => {
+  const image = await builtImage('debian-12-minimal', await readFile(EXAMPLE_RECIPE, 'utf8'));
+  const { tmp, env } = await runDir(t);
+  const before = await sha256(image);
+  const r = await diskhub(['img', 'boot-test', '--json', image], { env, timeoutMs: 15 * 60_000 });
+  const report = JSON.parse(r.stdout || '{}');
+  assert.equal(r.code, 0, `${r.stderr}\n${JSON.stringify(report, null, 2)}`);
+  assert.equal(report.passed, true);
+  assert.deepEqual(report.checks.map((c: { name: string; passed: boolean }) => [c.name, c.passed]),
+    [['boot', true], ['cloud-init', true], ['ssh', true], ['hostname', true], ['user-data', true], ['root-filesystem', true]]);
+  assert.match(report.checks[1].detail, /Datasource DataSourceConfigDrive/);
+  assert.match(report.checks[2].detail, /logged in as debian/);
+  assert.match(report.accel_reason, /KVM probe|requested|not usable/);
+  t.diagnostic(`boot-test passed under ${report.accel} in ${report.seconds} s (${report.boot_attempts} boot(s))`);
+  assert.deepEqual(await qemuProcessesUnder(tmp), []);
+  assert.deepEqual(await readdir(tmp), []);
+  assert.equal(await sha256(image), before, 'the tested image is unchanged');
+});
+
+test('boot-test: the recipe with cloud-init disabled fails with that reason', e2eNeeds, async (t) => {
+  const recipe = await readFile(EXAMPLE_RECIPE, 'utf8');
+  // cloud-init's documented switch: with /etc/cloud/cloud-init.disabled its generator leaves it off.
+  const broken = recipe.replace(/^files:\n/m, 'files:\n  - path: /etc/cloud/cloud-init.disabled\n    content: ""\n');
+  assert.notEqual(broken, recipe, 'the example recipe has a files section');
+  const image = await builtImage('debian-12-cloud-init-disabled', broken);
+  const { tmp, env } = await runDir(t);
+  const r = await diskhub(['img', 'boot-test', '--json', image], { env, timeoutMs: 15 * 60_000 });
+  assert.equal(r.code, 1, r.stderr);
+  const report = JSON.parse(r.stdout);
+  assert.match(report.reason, /^cloud-init did not run: the login prompt \('\S+ login:'\) came with no cloud-init output before it/);
+  assert.match(report.console_excerpt, /login:/);
+  assert.equal(report.checks[0].passed, true, 'it booted');
+  assert.ok(report.checks.slice(1).every((c: { passed: boolean }) => !c.passed));
+  assert.deepEqual(await qemuProcessesUnder(tmp), []);
 });
