@@ -9,12 +9,15 @@
 import test from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { createHash } from 'node:crypto';
 import { mkdir, readdir, readFile, writeFile, truncate } from 'node:fs/promises';
 import { join } from 'node:path';
-import { diskhub, diskhubBin, needs, repoRoot, tempDir } from '@diskhub/testkit';
+import { diskhub, diskhubBin, needs, repoRoot, run, tempDir } from '@diskhub/testkit';
 import { osEnv, startTestService, token } from '@diskhub/service/test-helpers';
 import { chooseAccelerator, PROBE_TIMEOUT_MS, probeBootSector } from '../src/boot-test/accel.js';
+import { cloudInitVerdict, growthVerdict, hostnameVerdict, markerVerdict, parseFacts } from '../src/boot-test/guest.js';
 import { uploadImage } from './compute-helpers.js';
 
 const QEMU = 'qemu-system-x86_64';
@@ -196,6 +199,64 @@ test('boot-test: an image id is downloaded from the image service (OS_* auth), a
   const noAuth = await diskhub(['img', 'boot-test', id], { env: { ...process.env, OS_AUTH_URL: '' } });
   assert.equal(noAuth.code, 2);
   assert.match(noAuth.stderr, /no identity service: set OS_AUTH_URL/);
+});
+
+test('boot-test: an image at a URL is downloaded and inspected first (a qcow2 naming a local backing file is refused)', needs(QEMU, 'ssh-keygen', 'qemu-img'), async (t) => {
+  const { work, tmp, env } = await runDir(t);
+  const empty = join(work, 'empty.raw');
+  await writeFile(empty, '');
+  await truncate(empty, 64 << 20);
+  const hostile = join(work, 'hostile.qcow2');
+  await run('qemu-img', ['create', '-f', 'qcow2', '-b', '/etc/passwd', '-F', 'raw', hostile, '64M']);
+  const files: Record<string, string> = { '/empty.raw': empty, '/hostile.qcow2': hostile };
+  const server = createServer((req, res) => {
+    const file = files[req.url ?? ''];
+    if (!file) { res.writeHead(404); res.end(); return; }
+    readFile(file).then((data) => { res.writeHead(200, { 'Content-Length': String(data.length) }); res.end(data); }, () => { res.writeHead(500); res.end(); });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  t.after(() => new Promise((resolve) => server.close(resolve)));
+  const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+
+  const r = await diskhub(['img', 'boot-test', '--json', '--accel', 'tcg', `${base}/empty.raw`], { env });
+  assert.equal(r.code, 1, r.stderr);
+  const report = JSON.parse(r.stdout);
+  assert.equal(report.image, `${base}/empty.raw`);
+  assert.match(report.reason, /nothing to boot/);
+  const bad = await diskhub(['img', 'boot-test', `${base}/hostile.qcow2`], { env });
+  assert.equal(bad.code, 2, bad.stderr);
+  assert.match(bad.stderr, /does not pass the safety inspection: .*backing/);
+  const missing = await diskhub(['img', 'boot-test', `${base}/missing.raw`], { env });
+  assert.equal(missing.code, 2);
+  assert.match(missing.stderr, /cannot download .*: HTTP 404/);
+  assert.deepEqual(await readdir(tmp), [], 'downloads are removed');
+});
+
+test('boot-test: verdicts on what the guest answered', () => {
+  // A real result.json of a Debian image without en_US.UTF-8 generated (cloud-init 22.4.2).
+  const localeError = JSON.stringify({ v1: { datasource: 'DataSourceConfigDrive [net,ver=2][source=/dev/sr0]', errors: [
+    '(\'locale\', ProcessExecutionError("Unexpected error while running command.\\nCommand: [\'update-locale\', \'--locale-file=/etc/default/locale\', \'LANG=en_US.UTF-8\']\\nExit code: 255"))',
+  ] } }, null, 1);
+  const failed = cloudInitVerdict(localeError, 'Cloud-init v. 22.4.2 finished');
+  assert.equal(failed.passed, false);
+  assert.match(failed.detail, /cloud-init reported 1 error\(s\): \('locale', ProcessExecutionError/);
+  assert.equal(cloudInitVerdict('{"v1": {"datasource": "DataSourceNone", "errors": []}}', 'x').passed, false);
+  assert.equal(cloudInitVerdict('{"v1": {"datasource": "DataSourceConfigDrive", "errors": [], "recoverable_errors": {"WARNING": ["w"]}}}', 'x').passed, true);
+  assert.equal(cloudInitVerdict('{"v1": {"datasource": "DataSourceConfigDrive", "errors": [], "recoverable_errors": {"ERROR": ["e"]}}}', 'x').passed, false);
+  assert.match(cloudInitVerdict('cat: /run/cloud-init/result.json: No such file or directory', 'x').detail, /no readable cloud-init result.json/);
+
+  const G = 1024 ** 3;
+  const facts = (fs: number, part: number, disk: number) => parseFacts(`root=/dev/vda1\nfstype=ext4\nfssize=${fs}\nrootsize=${part}\nrootstart=2048\ndisk=vda\ndisksize=${disk}\n`);
+  assert.equal(growthVerdict(facts(2.9 * G, 3 * G - (1 << 20), 3 * G), 3 * G, 2 * G).passed, true);
+  assert.match(growthVerdict(facts(1.9 * G, 2 * G - (1 << 20), 3 * G), 3 * G, 2 * G).detail, /the root partition was not grown/);
+  assert.match(growthVerdict(facts(1.9 * G, 3 * G - (1 << 20), 3 * G), 3 * G, 2 * G).detail, /the root filesystem was not grown to its partition/);
+  assert.match(growthVerdict(facts(2.9 * G, 3 * G - (1 << 20), 4 * G), 3 * G, 2 * G).detail, /the guest's disk is 4294967296 bytes, not the 3221225472 given/);
+  assert.match(growthVerdict(parseFacts('root=/dev/vda1\n'), 3 * G, 2 * G).detail, /cannot read the sizes/);
+
+  assert.equal(hostnameVerdict({ hostname: 'boot-test-1234.novalocal' }, 'boot-test-1234').passed, true);
+  assert.equal(hostnameVerdict({ hostname: 'localhost' }, 'boot-test-1234').passed, false);
+  assert.equal(markerVerdict({ marker: 'abc' }, 'abc').passed, true);
+  assert.match(markerVerdict({ marker: 'cat: /var/tmp/diskhub-boot-test.marker: No such file or directory' }, 'abc').detail, /did not run, or failed/);
 });
 
 /**
