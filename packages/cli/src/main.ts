@@ -10,6 +10,7 @@ const USAGE = `usage: diskhub <command> [arguments]
 
 commands:
   img     disk image tool, a drop-in for qemu-img (diskhub img --help)
+  build   build a bootable cloud image from a recipe (diskhub build --help)
   compute a compute node's instance disks from the image service (diskhub compute --help)
   nbd     serve an image over NBD, like qemu-nbd (diskhub nbd --help)
   serve   the image service: Glance Image API v2 + Keystone v3 (diskhub serve --help)
@@ -20,6 +21,8 @@ export async function main(argv: string[]): Promise<number> {
   switch (cmd) {
     case 'img':
       return (await import('./img/main.js')).imgMain(rest);
+    case 'build':
+      return (await import('./build/main.js')).buildMain(rest);
     case 'compute':
       return (await import('./compute/main.js')).computeMain(rest);
     case 'nbd':

@@ -1,0 +1,146 @@
+/**
+ * The root filesystem a build starts from: a debootstrap of a Debian (or Ubuntu) suite, an
+ * existing image's root filesystem, or a root filesystem tarball — unpacked into the mounted
+ * root partition.
+ *
+ * debootstrap results are cached as tarballs under the build cache, keyed by everything that
+ * decides their content (suite, mirror, variant, components, architecture), and its downloaded
+ * packages in the cache's debs/ directory (`--cache-dir`), so a second build unpacks a tarball
+ * in seconds instead of downloading and installing the base system again.
+ */
+import { createHash } from 'node:crypto';
+import { mkdir, readdir, readFile, rename, stat, unlink } from 'node:fs/promises';
+import { join } from 'node:path';
+import { openImage, readPartitionTable, identifyFilesystem, WindowDevice } from '@diskhub/disk';
+import type { Base, DebootstrapBase } from './recipe.js';
+import { attachLoop, engineConvert, mountAt } from './disk.js';
+import { BuildError, type BuildSession } from './session.js';
+
+export const DEFAULT_MIRROR = 'http://deb.debian.org/debian';
+
+/** One `deb` line of apt's configuration (one-line or deb822 format). */
+export interface AptSource { uri: string; suites: string[]; components: string[] }
+
+/** The `deb` sources of an apt configuration: sources.list lines and sources.list.d/*.list and *.sources files. */
+export async function aptSources(etcApt = '/etc/apt'): Promise<AptSource[]> {
+  const found: AptSource[] = [];
+  const lists = [join(etcApt, 'sources.list')];
+  const sources: string[] = [];
+  for (const n of (await readdir(join(etcApt, 'sources.list.d')).catch(() => [] as string[])).sort()) {
+    if (n.endsWith('.list')) lists.push(join(etcApt, 'sources.list.d', n));
+    else if (n.endsWith('.sources')) sources.push(join(etcApt, 'sources.list.d', n));
+  }
+  for (const f of lists) {
+    const text = await readFile(f, 'utf8').catch(() => '');
+    for (const raw of text.split('\n')) {
+      // sources.list(5): deb [ option=value ... ] uri suite [component1] [component2] [...]
+      const line = raw.replace(/#.*/, '').replace(/\[[^\]]*\]/, ' ').trim().split(/\s+/);
+      if (line[0] !== 'deb' || line.length < 3) continue;
+      found.push({ uri: line[1]!, suites: [line[2]!], components: line.slice(3) });
+    }
+  }
+  for (const f of sources) {
+    const text = await readFile(f, 'utf8').catch(() => '');
+    // deb822 stanzas separated by blank lines; fields Types, URIs, Suites, Components, Enabled.
+    for (const stanza of text.split(/\n\s*\n/)) {
+      const fields = new Map<string, string>();
+      let last = '';
+      for (const l of stanza.split('\n')) {
+        if (l.startsWith('#')) continue;
+        const m = /^([\w-]+):\s*(.*)$/.exec(l);
+        if (m) { last = m[1]!.toLowerCase(); fields.set(last, m[2]!); } else if (/^\s/.test(l) && last) fields.set(last, `${fields.get(last)} ${l.trim()}`);
+      }
+      if (!(fields.get('types') ?? '').split(/\s+/).includes('deb') || /^no$/i.test(fields.get('enabled') ?? '')) continue;
+      const split = (k: string) => (fields.get(k) ?? '').split(/\s+/).filter((x) => x !== '');
+      for (const uri of split('uris')) found.push({ uri, suites: split('suites'), components: split('components') });
+    }
+  }
+  return found;
+}
+
+/**
+ * The mirror the machine itself uses: the first `deb` source that carries a release suite
+ * (not -security, -updates or -backports, which live elsewhere or hold only updates).
+ */
+export async function machineMirror(etcApt = '/etc/apt'): Promise<string | null> {
+  for (const s of await aptSources(etcApt)) {
+    if (s.uri.startsWith('cdrom:')) continue;
+    if (s.suites.some((x) => /^[a-z]+$/.test(x))) return s.uri.replace(/\/+$/, '');
+  }
+  return null;
+}
+
+export function cacheDir(): string {
+  return process.env.DISKHUB_BUILD_CACHE || '/var/cache/diskhub/build';
+}
+
+/** Fill `root` (the mounted root filesystem) from the recipe's base. */
+export async function unpackBase(session: BuildSession, base: Base, root: string, work: string): Promise<void> {
+  if (base.kind === 'debootstrap') return await debootstrapBase(session, base.debootstrap, root);
+  if (base.kind === 'tarball') {
+    await stat(base.path).catch(() => { throw new BuildError(`base.tarball: ${base.path}: no such file`); });
+    // GNU tar recognises gzip, xz, zstd, bzip2 by content on extraction.
+    return void await session.run('tar', ['--extract', '--file', base.path, '--directory', root, '--numeric-owner', '--preserve-permissions', '--xattrs', '--xattrs-include=*']);
+  }
+  await imageBase(session, base.path, base.format, root, work);
+}
+
+async function debootstrapBase(session: BuildSession, d: DebootstrapBase, root: string): Promise<void> {
+  const mirror = d.mirror ?? (await machineMirror()) ?? DEFAULT_MIRROR;
+  const variant = d.variant ?? 'default';
+  const arch = 'amd64';
+  const key = createHash('sha256').update(JSON.stringify({ suite: d.suite, mirror, variant, components: d.components, arch })).digest('hex').slice(0, 16);
+  const cache = cacheDir();
+  const tarball = join(cache, 'debootstrap', `${d.suite}-${variant}-${arch}-${key}.tar.zst`);
+  if (await stat(tarball).then(() => true, () => false)) {
+    session.info(`  base: cached debootstrap of ${d.suite} from ${mirror} (${tarball})`);
+    await session.run('tar', ['--extract', '--zstd', '--file', tarball, '--directory', root, '--numeric-owner', '--preserve-permissions', '--xattrs', '--xattrs-include=*']);
+    return;
+  }
+  session.info(`  base: debootstrap ${d.suite} from ${mirror} (not cached yet: a few minutes)`);
+  const debs = join(cache, 'debs', `${d.suite}-${arch}`);
+  await mkdir(debs, { recursive: true });
+  await session.run('debootstrap', [
+    `--arch=${arch}`, ...(variant === 'default' ? [] : [`--variant=${variant}`]), `--components=${d.components.join(',')}`,
+    `--cache-dir=${debs}`, d.suite, root, mirror,
+  ]);
+  // debootstrap unmounts what it mounted in the target; the tarball must hold only the target.
+  await mkdir(join(cache, 'debootstrap'), { recursive: true });
+  const partial = `${tarball}.partial-${process.pid}`;
+  try {
+    await session.run('tar', ['--create', '--zstd', '--file', partial, '--directory', root, '--numeric-owner', '--xattrs', '--xattrs-include=*', '--one-file-system', '.']);
+    await rename(partial, tarball);
+    session.note(`cached the debootstrap result as ${tarball}`);
+  } catch (e) {
+    await unlink(partial).catch(() => undefined);
+    throw e;
+  }
+}
+
+/**
+ * An existing image: converted to raw by the engine (any format it reads), then its root
+ * filesystem (the largest ext4 or xfs partition, or the whole disk) mounted read-only through a
+ * loop device and copied into ours.
+ */
+async function imageBase(session: BuildSession, path: string, format: string | undefined, root: string, work: string): Promise<void> {
+  const raw = join(work, 'base.raw');
+  await engineConvert(session, [...(format ? ['-f', format] : []), '-O', 'raw', path, raw], `base.image: ${path}`);
+  session.onTeardown(`rm ${raw}`, () => unlink(raw));
+  const image = await openImage(raw, { format: 'raw' });
+  let best: { start: number; size: number; type: string } | null = null;
+  try {
+    const table = await readPartitionTable(image);
+    const candidates = table ? table.partitions.filter((p) => !p.beyondDisk).map((p) => ({ start: p.start, size: p.size })) : [{ start: 0, size: image.size }];
+    for (const c of candidates) {
+      const fs = (await identifyFilesystem(new WindowDevice(image, c.start, c.size)).catch(() => null))?.type;
+      if (fs && ['ext2', 'ext3', 'ext4', 'xfs'].includes(fs) && (!best || c.size > best.size)) best = { ...c, type: fs };
+    }
+  } finally {
+    await image.close();
+  }
+  if (!best) throw new BuildError(`base.image: ${path}: no ext2/3/4 or xfs root filesystem found on it`);
+  const dev = await attachLoop(session, raw, best.start, best.size);
+  const mnt = join(work, 'base');
+  await mountAt(session, dev, mnt, ['-o', best.type === 'xfs' ? 'ro,norecovery,nouuid' : 'ro,noload', '-t', best.type]);
+  await session.run('cp', ['--archive', '--one-file-system', `${mnt}/.`, `${root}/`]);
+}

@@ -1,0 +1,157 @@
+/**
+ * Everything done inside the image's root: packages (apt-get in a chroot with /dev, /proc and
+ * /sys bound in), users, groups and SSH keys, files, services, cloud-init's configuration,
+ * fstab — and the clean-up a cloud image needs before it is shipped (what `diskhub img lint`
+ * checks: no SSH host keys, an empty machine-id, empty logs, no shell history or instance state).
+ */
+import { chmod, copyFile, lstat, mkdir, readdir, readFile, rm, truncate, unlink, writeFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { stringify as toYaml } from 'yaml';
+import type { Recipe } from './recipe.js';
+import { mountAt } from './disk.js';
+import { cacheDir } from './base.js';
+import { BuildError, type BuildSession } from './session.js';
+
+/** A path inside the root (recipe paths are absolute, checked to have no `..`). */
+const inRoot = (root: string, p: string) => join(root, p.replace(/^\/+/, ''));
+
+/** /dev, /dev/pts, /proc and /sys for the chroot, unmounted at tear-down (or by unwindTo). */
+export async function mountChrootFilesystems(session: BuildSession, root: string): Promise<void> {
+  await mountAt(session, '/dev', inRoot(root, '/dev'), ['--bind']);
+  await mountAt(session, 'devpts', inRoot(root, '/dev/pts'), ['-t', 'devpts', '-o', 'newinstance,ptmxmode=0666']);
+  await mountAt(session, 'proc', inRoot(root, '/proc'), ['-t', 'proc']);
+  await mountAt(session, 'sysfs', inRoot(root, '/sys'), ['-t', 'sysfs']);
+}
+
+/**
+ * Keep package scripts from starting daemons in the chroot (policy-rc.d, invoke-rc.d(8)) and
+ * give apt the machine's resolver; both undone by `finishChroot`.
+ */
+export async function prepareChroot(root: string): Promise<void> {
+  const policy = inRoot(root, '/usr/sbin/policy-rc.d');
+  await writeFile(policy, '#!/bin/sh\n# diskhub build: no service starts in the chroot\nexit 101\n');
+  await chmod(policy, 0o755);
+  const resolv = inRoot(root, '/etc/resolv.conf');
+  await rm(resolv, { force: true });
+  await copyFile('/etc/resolv.conf', resolv).catch(() => undefined);
+}
+
+export async function finishChroot(root: string): Promise<void> {
+  await rm(inRoot(root, '/usr/sbin/policy-rc.d'), { force: true });
+  // dhclient (or systemd-resolved) writes it in the instance; the build machine's has no place there.
+  await rm(inRoot(root, '/etc/resolv.conf'), { force: true });
+}
+
+/** The kernel, cloud-init and the recipe's packages, from a package cache shared between builds. */
+export async function installPackages(session: BuildSession, root: string, recipe: Recipe, suite: string): Promise<void> {
+  const wanted = [recipe.kernel, ...(recipe.cloudInit.enabled ? ['cloud-init'] : []), ...recipe.packages];
+  const archives = join(cacheDir(), 'apt', suite);
+  await mkdir(join(archives, 'partial'), { recursive: true });
+  const mark = session.teardownMark;
+  await mountAt(session, archives, inRoot(root, '/var/cache/apt/archives'), ['--bind']);
+  try {
+    await session.run('apt-get', ['update'], { chroot: root });
+    await session.run('apt-get', ['install', '--yes', '--no-install-recommends', '-o', 'Dpkg::Options::=--force-confdef', '-o', 'Dpkg::Options::=--force-confold', ...wanted], { chroot: root });
+  } finally {
+    await session.unwindTo(mark);
+  }
+  // The kernel's postinst keeps /vmlinuz and /initrd.img pointing at the newest kernel
+  // (linux-update-symlinks): grub.cfg boots those, so it survives kernel updates.
+  for (const link of ['/vmlinuz', '/initrd.img']) {
+    if (!(await lstat(inRoot(root, link)).catch(() => null))) throw new BuildError(`${link} is missing after installing ${recipe.kernel}: is it a kernel package?`);
+  }
+}
+
+export interface RootIds { rootUuid: string; espUuid?: string }
+
+export async function writeFstab(root: string, recipe: Recipe, ids: RootIds): Promise<void> {
+  const lines = ['# <file system> <mount point> <type> <options> <dump> <pass> (written by diskhub build)'];
+  lines.push(`UUID=${ids.rootUuid} / ${recipe.disk.filesystem} ${recipe.disk.filesystem === 'ext4' ? 'errors=remount-ro' : 'defaults'} 0 1`);
+  if (ids.espUuid) lines.push(`UUID=${ids.espUuid} /boot/efi vfat umask=0077,nofail 0 2`);
+  await writeFile(inRoot(root, '/etc/fstab'), `${lines.join('\n')}\n`);
+  if (ids.espUuid) await mkdir(inRoot(root, '/boot/efi'), { recursive: true });
+}
+
+/** Groups, users (with their keys and sudo rights), files, services, host name, cloud-init. */
+export async function configureSystem(session: BuildSession, root: string, recipe: Recipe): Promise<void> {
+  await writeFile(inRoot(root, '/etc/hostname'), `${recipe.hostname}\n`);
+  for (const g of recipe.groups) {
+    await session.run('groupadd', [...(g.system ? ['--system'] : []), ...(g.gid !== undefined ? ['--gid', String(g.gid)] : []), g.name], { chroot: root });
+  }
+  for (const u of recipe.users) {
+    const home = u.home ?? `/home/${u.name}`;
+    await session.run('useradd', ['--create-home', '--home-dir', home, '--shell', u.shell, '--user-group',
+      ...(u.uid !== undefined ? ['--uid', String(u.uid)] : []), ...(u.groups.length > 0 ? ['--groups', u.groups.join(',')] : []), u.name], { chroot: root });
+    // useradd leaves the password locked ("!"); a hash from the recipe replaces it.
+    if (u.password_hash) await session.run('usermod', ['--password', u.password_hash, u.name], { chroot: root });
+    if (u.ssh_authorized_keys.length > 0) {
+      const ssh = inRoot(root, `${home}/.ssh`);
+      await mkdir(ssh, { recursive: true, mode: 0o700 });
+      await writeFile(join(ssh, 'authorized_keys'), `${u.ssh_authorized_keys.join('\n')}\n`, { mode: 0o600 });
+      await session.run('chown', ['--recursive', `${u.name}:`, `${home}/.ssh`], { chroot: root });
+    }
+    if (u.sudo) {
+      const f = inRoot(root, `/etc/sudoers.d/90-diskhub-${u.name}`);
+      await mkdir(dirname(f), { recursive: true });
+      await writeFile(f, `# written by diskhub build\n${u.name} ALL=(ALL) NOPASSWD:ALL\n`, { mode: 0o440 });
+    }
+  }
+  for (const f of recipe.files) {
+    const p = inRoot(root, f.path);
+    await mkdir(dirname(p), { recursive: true });
+    await rm(p, { force: true }); // a symlink there must not redirect the write outside the root
+    await writeFile(p, f.content);
+    await chmod(p, f.mode);
+    if (f.owner !== 'root:root' && f.owner !== 'root') await session.run('chown', [f.owner, f.path], { chroot: root });
+  }
+  if (recipe.cloudInit.enabled) {
+    const cfg = { datasource_list: recipe.cloudInit.datasources, ...recipe.cloudInit.config };
+    await writeFile(inRoot(root, '/etc/cloud/cloud.cfg.d/90-diskhub.cfg'), `# written by diskhub build (the recipe's cloud_init section)\n${toYaml(cfg)}`);
+  }
+  if (recipe.services.enable.length > 0) await session.run('systemctl', ['enable', ...recipe.services.enable], { chroot: root });
+  if (recipe.services.disable.length > 0) await session.run('systemctl', ['disable', ...recipe.services.disable], { chroot: root });
+}
+
+/**
+ * What must not ship in a cloud image (each instance makes its own): SSH host keys (cloud-init's
+ * ssh module generates them at first boot), the machine-id (systemd makes one when it is empty),
+ * logs, shell history, DHCP leases, cloud-init's instance state, apt's lists and caches.
+ */
+export async function cleanImage(root: string): Promise<void> {
+  for (const n of await readdir(inRoot(root, '/etc/ssh')).catch(() => [] as string[])) {
+    if (/^ssh_host_.*_key(\.pub)?$/.test(n)) await unlink(inRoot(root, `/etc/ssh/${n}`));
+  }
+  await writeFile(inRoot(root, '/etc/machine-id'), '');
+  await rm(inRoot(root, '/var/lib/dbus/machine-id'), { force: true });
+  await truncateTree(inRoot(root, '/var/log'));
+  for (const d of ['/var/lib/apt/lists', '/var/lib/cloud', '/var/lib/dhcp', '/tmp', '/var/tmp']) {
+    for (const n of await readdir(inRoot(root, d)).catch(() => [] as string[])) {
+      if (d === '/var/lib/apt/lists' && n === 'partial') continue;
+      await rm(inRoot(root, `${d}/${n}`), { recursive: true, force: true });
+    }
+  }
+  for (const f of ['/var/cache/apt/pkgcache.bin', '/var/cache/apt/srcpkgcache.bin', '/root/.bash_history', '/var/cache/debconf/config.dat-old', '/var/cache/debconf/templates.dat-old']) {
+    await rm(inRoot(root, f), { force: true });
+  }
+  const shadowBackups = ['/etc/passwd-', '/etc/shadow-', '/etc/group-', '/etc/gshadow-'];
+  for (const f of shadowBackups) await rm(inRoot(root, f), { force: true });
+}
+
+/**
+ * Empty every regular file under a directory, keeping the files (their owners and modes matter
+ * to the daemons); symbolic links go (systemd's /var/log/README points at its documentation,
+ * which readers of the image would take for a log).
+ */
+async function truncateTree(dir: string): Promise<void> {
+  for (const e of await readdir(dir, { withFileTypes: true }).catch(() => [])) {
+    const p = join(dir, e.name);
+    if (e.isDirectory()) await truncateTree(p);
+    else if (e.isFile()) await truncate(p, 0);
+    else if (e.isSymbolicLink()) await unlink(p);
+  }
+}
+
+export async function readOsRelease(root: string): Promise<string> {
+  const text = await readFile(inRoot(root, '/etc/os-release'), 'utf8').catch(() => '');
+  return /^PRETTY_NAME="?([^"\n]*)"?/m.exec(text)?.[1] ?? 'Linux';
+}
