@@ -12,7 +12,7 @@ import { spawn } from 'node:child_process';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { createHash } from 'node:crypto';
-import { mkdir, readdir, readFile, writeFile, truncate } from 'node:fs/promises';
+import { mkdir, readdir, readFile, stat, writeFile, truncate } from 'node:fs/promises';
 import { join } from 'node:path';
 import { diskhub, diskhubBin, needs, repoRoot, run, tempDir } from '@diskhub/testkit';
 import { osEnv, startTestService, token } from '@diskhub/service/test-helpers';
@@ -267,7 +267,7 @@ async function builtImage(name: string, recipeText: string): Promise<string> {
   const cache = process.env.DISKHUB_TEST_IMAGE_CACHE ?? '/var/tmp/diskhub-test-images';
   await mkdir(cache, { recursive: true });
   const out = join(cache, `${name}-${createHash('sha256').update(recipeText).digest('hex').slice(0, 16)}.qcow2`);
-  if (await readFile(out).then(() => true, () => false)) return out;
+  if (await stat(out).then((st) => st.isFile(), () => false)) return out; // build writes elsewhere and renames: a file here is whole
   const recipe = join(cache, `${name}.yaml`);
   await writeFile(recipe, recipeText);
   const r = await diskhub(['build', '-q', '--force', recipe, '-o', out], { timeoutMs: 30 * 60_000 });
@@ -297,19 +297,23 @@ test('boot-test: the example Debian recipe\'s image passes every check; the imag
   assert.equal(await sha256(image), before, 'the tested image is unchanged');
 });
 
-test('boot-test: the recipe with cloud-init disabled fails with that reason', e2eNeeds, async (t) => {
+test('boot-test: the recipe with cloud-init disabled, boot-tested from the image service, fails with that reason', e2eNeeds, async (t) => {
   const recipe = await readFile(EXAMPLE_RECIPE, 'utf8');
   // cloud-init's documented switch: with /etc/cloud/cloud-init.disabled its generator leaves it off.
   const broken = recipe.replace(/^files:\n/m, 'files:\n  - path: /etc/cloud/cloud-init.disabled\n    content: ""\n');
   assert.notEqual(broken, recipe, 'the example recipe has a files section');
   const image = await builtImage('debian-12-cloud-init-disabled', broken);
-  const { tmp, env } = await runDir(t);
-  const r = await diskhub(['img', 'boot-test', '--json', image], { env, timeoutMs: 15 * 60_000 });
+  const svc = await startTestService(t);
+  const id = await uploadImage(svc.url, await token(svc.url), image, 'debian-12-cloud-init-disabled', 'qcow2');
+  const { tmp, env } = await runDir(t, osEnv(svc.url));
+  const r = await diskhub(['img', 'boot-test', '--json', id], { env, timeoutMs: 15 * 60_000 });
   assert.equal(r.code, 1, r.stderr);
   const report = JSON.parse(r.stdout);
+  assert.equal(report.image, `image ${id}`);
   assert.match(report.reason, /^cloud-init did not run: the login prompt \('\S+ login:'\) came with no cloud-init output before it/);
   assert.match(report.console_excerpt, /login:/);
   assert.equal(report.checks[0].passed, true, 'it booted');
   assert.ok(report.checks.slice(1).every((c: { passed: boolean }) => !c.passed));
   assert.deepEqual(await qemuProcessesUnder(tmp), []);
+  assert.deepEqual(await readdir(tmp), [], 'the download is removed');
 });
