@@ -10,12 +10,14 @@
  * Time: about 4-6 min with a cold package cache (DISKHUB_BUILD_CACHE), 2-3 min warm, of which
  * the TCG boot is 1.5-2 min; the schema tests take a second.
  */
-import test from 'node:test';
+import test, { after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { readdir, readFile, writeFile } from 'node:fs/promises';
+import { open, readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { createHash } from 'node:crypto';
 import { diskhub, hasTool, repoRoot, run, runOk, tempDir } from '@diskhub/testkit';
+import { osEnv, startTestService } from '@diskhub/service/test-helpers';
 
 const EXAMPLE = join(repoRoot, 'examples', 'debian-12-minimal.yaml');
 
@@ -75,7 +77,7 @@ test('build --check: bad recipes are refused with the path of every bad key (exi
 
 // ---- the real build ----
 
-const TOOLS = ['debootstrap', 'sgdisk', 'sfdisk', 'grub-mkimage', 'mcopy', 'mkfs.fat', 'mkfs.ext4', 'e2fsck', 'debugfs', 'qemu-img', 'qemu-system-x86_64', 'losetup'];
+const TOOLS = ['xfs_repair', 'openstack', 'debootstrap', 'sgdisk', 'sfdisk', 'grub-mkimage', 'mcopy', 'mkfs.fat', 'mkfs.ext4', 'e2fsck', 'debugfs', 'qemu-img', 'qemu-system-x86_64', 'losetup'];
 const missingTools = TOOLS.filter((x) => !hasTool(x));
 const notRoot = process.getuid?.() !== 0;
 const skipBuild = missingTools.length > 0 || notRoot
@@ -96,25 +98,36 @@ async function withPartition<T>(raw: string, p: { start: number; size: number },
   try { return await fn(dev); } finally { await runOk('losetup', ['--detach', dev]); }
 }
 
-/** Boot the image (through a qcow2 overlay) with a NoCloud seed; resolves with the serial console text. */
-async function bootToCloudInit(dir: string, image: string, timeoutMs: number): Promise<{ console: string; finished: boolean }> {
-  const overlay = join(dir, 'overlay.qcow2');
-  await runOk('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', image, '-F', 'qcow2', overlay]);
+/**
+ * Boot the image through a qcow2 overlay (the image is never changed) with a NoCloud seed whose
+ * user-data prints a marker on the console; resolves when `until` matches the console text
+ * (finished: true), or on a kernel panic, QEMU's exit or the timeout (finished: false).
+ */
+async function boot(dir: string, image: string, format: string, options: { uefi?: boolean; until: (console: string) => boolean; timeoutMs: number }): Promise<{ console: string; finished: boolean }> {
+  const tag = options.uefi ? 'uefi' : 'bios';
+  const overlay = join(dir, `overlay-${tag}.qcow2`);
+  await runOk('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', image, '-F', format, overlay]);
   await writeFile(join(dir, 'user-data'), '#cloud-config\nruncmd:\n  - [sh, -c, "echo diskhub-user-data-ran > /dev/ttyS0"]\n');
   const seed = join(dir, 'seed.iso');
   const r = await diskhub(['img', 'config-drive', '--nocloud', '-o', seed, '--hostname', 'buildtest', '--user-data', join(dir, 'user-data')]);
   assert.equal(r.code, 0, r.stderr);
-  const qemu = spawn('qemu-system-x86_64', ['-accel', 'tcg,thread=multi', '-cpu', 'max', '-m', '1024', '-nographic', '-no-reboot',
+  const firmware: string[] = [];
+  if (options.uefi) {
+    const vars = join(dir, 'OVMF_VARS.fd');
+    await writeFile(vars, await readFile('/usr/share/OVMF/OVMF_VARS_4M.fd'));
+    firmware.push('-machine', 'q35', '-drive', 'if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd', '-drive', `if=pflash,format=raw,file=${vars}`);
+  }
+  const qemu = spawn('qemu-system-x86_64', ['-accel', 'tcg,thread=multi', '-cpu', 'max', '-m', '1024', '-nographic', '-no-reboot', ...firmware,
     '-drive', `file=${overlay},if=virtio,format=qcow2`, '-drive', `file=${seed},if=virtio,format=raw,readonly=on`,
     '-netdev', 'user,id=n0', '-device', 'virtio-net-pci,netdev=n0'], { stdio: ['ignore', 'pipe', 'pipe'] });
   let text = '';
   return await new Promise((resolve) => {
     const done = (finished: boolean) => { clearTimeout(timer); qemu.kill('SIGKILL'); resolve({ console: text, finished }); };
-    const timer = setTimeout(() => done(false), timeoutMs);
+    const timer = setTimeout(() => done(false), options.timeoutMs);
     const onData = (b: Buffer) => {
       text += b.toString('latin1');
-      if (/Cloud-init v\. \S+ finished/.test(text) && text.includes('diskhub-user-data-ran')) done(true);
-      if (/Kernel panic/.test(text)) done(false);
+      if (options.until(text)) done(true);
+      else if (/Kernel panic/.test(text)) done(false);
     };
     qemu.stdout.on('data', onData);
     qemu.stderr.on('data', onData);
@@ -122,10 +135,15 @@ async function bootToCloudInit(dir: string, image: string, timeoutMs: number): P
   });
 }
 
+const cloudInitFinished = (text: string) => /Cloud-init v\. \S+ finished/.test(text) && text.includes('diskhub-user-data-ran');
+
+/** The example's image, kept for the test that builds on it (removed when the file's tests end). */
+let exampleImage: string | null = null;
+
 test('build: the example recipe builds an image that the peers read, lint passes and QEMU boots to cloud-init finished', { skip: skipBuild, timeout: 20 * 60_000 }, async (t) => {
   assert.deepEqual(missingTools, [], `missing tools: ${missingTools.join(', ')}`);
   assert.equal(notRoot, false, 'diskhub build needs root');
-  const dir = await tempDir(t);
+  const dir = await tempDir({ after });
   const out = join(dir, 'debian.qcow2');
   const b = await run(process.execPath, [join(repoRoot, 'packages/cli/bin/diskhub.js'), 'build', '--quiet', EXAMPLE, '-o', out], { timeoutMs: 15 * 60_000 });
   const log = await readFile(`${out}.log`, 'utf8').catch(() => '(no log)');
@@ -151,7 +169,9 @@ test('build: the example recipe builds an image that the peers read, lint passes
   const rootPart = { start: root.start * 512, size: root.size * 512 };
   const espPart = { start: pt.partitions[1].start * 512, size: pt.partitions[1].size * 512 };
   // GRUB's boot.img is in the MBR (its "GRUB " string), the protective MBR entry kept.
-  const mbr = (await readFile(raw)).subarray(0, 512);
+  const mbr = Buffer.alloc(512);
+  const fh = await open(raw, 'r');
+  try { await fh.read(mbr, 0, 512, 0); } finally { await fh.close(); }
   assert.ok(mbr.includes(Buffer.from('GRUB ')), 'boot.img in the MBR');
   assert.equal(mbr[0x1c2], 0xee, 'protective MBR partition type');
   assert.equal(mbr.readUInt16LE(510), 0xaa55);
@@ -170,7 +190,7 @@ test('build: the example recipe builds an image that the peers read, lint passes
     assert.match(await cat('/etc/group'), /^sudo:x:27:debian$/m);
     assert.match(await cat('/home/debian/.ssh/authorized_keys'), /^ssh-ed25519 \S+ example@diskhub$/m);
     assert.match(await cat('/etc/sudoers.d/90-diskhub-debian'), /^debian ALL=\(ALL\) NOPASSWD:ALL$/m);
-    assert.match(await cat('/etc/cloud/cloud.cfg.d/90-diskhub.cfg'), /datasource_list:\n {2}- ConfigDrive\n {2}- OpenStack\n {2}- NoCloud\n {2}- None/);
+    assert.match(await cat('/etc/cloud/cloud.cfg.d/90-diskhub.cfg'), /datasource_list:\n {2}- ConfigDrive\n {2}- OpenStack\n {2}- NoCloud\n {2}- None\nlocale: C.UTF-8\nsystem_info:\n {2}default_user:\n {4}name: debian\n/);
     const fstab = await cat('/etc/fstab');
     const blkid = await runOk('blkid', ['-o', 'value', '-s', 'UUID', dev]);
     assert.match(fstab, new RegExp(`^UUID=${blkid.trim()} / ext4 `, 'm'));
@@ -187,10 +207,19 @@ test('build: the example recipe builds an image that the peers read, lint passes
   assert.deepEqual(checks.filter((c) => c.result === 'fail'), []);
   assert.equal(checks.find((c) => c.id === 'serial-console')?.result, 'pass');
 
+  exampleImage = out;
+
   // It boots (BIOS, GRUB from the BIOS boot partition) to cloud-init finished, the user-data ran.
-  const boot = await bootToCloudInit(dir, out, 8 * 60_000);
-  assert.ok(boot.finished, `no "cloud-init finished" on the console:\n${boot.console.slice(-5000)}`);
-  assert.match(boot.console, /Linux version 6\.1\./);
+  const bios = await boot(dir, out, 'qcow2', { until: cloudInitFinished, timeoutMs: 8 * 60_000 });
+  assert.ok(bios.finished, `no "cloud-init finished" on the console:\n${bios.console.slice(-5000)}`);
+  assert.match(bios.console, /Linux version 6\.1\./);
+  // Every cloud-init module ran without failing (a failed one makes `cloud-init status` an error).
+  assert.doesNotMatch(bios.console, /\[WARNING\]: Running module \S+ .* failed/);
+  // UEFI (OVMF): the firmware loads EFI/BOOT/BOOTX64.EFI, GRUB finds the root filesystem by UUID,
+  // the kernel mounts it — far enough to show that boot path works.
+  const uefi = await boot(dir, out, 'qcow2', { uefi: true, until: (c) => /EXT4-fs \(vda3\): mounted filesystem/.test(c), timeoutMs: 5 * 60_000 });
+  assert.ok(uefi.finished, `UEFI boot did not mount the root filesystem:\n${uefi.console.slice(-5000)}`);
+  assert.match(uefi.console, /BdsDxe: starting Boot\d+ "UEFI Misc Device"/);
 });
 
 test('build: SIGTERM in the middle leaves no mount and no loop device behind', { skip: skipBuild, timeout: 10 * 60_000 }, async (t) => {
@@ -214,4 +243,80 @@ test('build: SIGTERM in the middle leaves no mount and no loop device behind', {
   assert.deepEqual(await loopsUnder(dir), []);
   assert.deepEqual((await readdir(dir)).filter((n) => n !== 'stopped.qcow2.log'), [], 'no work directory or output left');
   assert.match(await readFile(`${out}.log`, 'utf8'), /SIGTERM received/);
+});
+
+test('build: an existing image as the base, xfs, BIOS only, vmdk streamOptimized, uploaded to the image service', { skip: skipBuild, timeout: 10 * 60_000 }, async (t) => {
+  assert.ok(exampleImage, 'needs the example build (the test before)');
+  const dir = await tempDir(t);
+  const svc = await startTestService(t);
+  const env = osEnv(svc.url);
+  const recipe = join(dir, 'derived.json');
+  // JSON this time; the base already has the kernel and cloud-init, so apt only adds xfsprogs.
+  await writeFile(recipe, JSON.stringify({
+    name: 'derived',
+    base: { image: { path: exampleImage, format: 'qcow2' } },
+    packages: ['xfsprogs'],
+    groups: [{ name: 'admins', gid: 2000 }],
+    users: [{ name: 'ops', uid: 1500, groups: ['admins'], ssh_authorized_keys: ['ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAbcdefghijklmnopqrstuvwxyz0123456789ABCDEF ops@diskhub'] }],
+    files: [{ path: '/etc/diskhub/secret', content: Buffer.from('s3cret\n').toString('base64'), encoding: 'base64', mode: '0600', owner: 'ops:admins' }],
+    services: { disable: ['apt-daily-upgrade.timer'] },
+    disk: { size: '1536M', filesystem: 'xfs', label: 'root', partitions: { esp: 0 } },
+    bootloader: { bios: true },
+    output: { format: 'vmdk', options: { subformat: 'streamOptimized' } },
+    upload: { name: 'derived-xfs', visibility: 'private', properties: { hw_disk_bus: 'virtio', os_distro: 'debian', os_version: 12 } },
+  }));
+  const out = join(dir, 'derived.vmdk');
+  const b = await run(process.execPath, [join(repoRoot, 'packages/cli/bin/diskhub.js'), 'build', recipe, '-o', out], { env, timeoutMs: 9 * 60_000 });
+  const log = await readFile(`${out}.log`, 'utf8').catch(() => '(no log)');
+  assert.equal(b.code, 0, `${b.stderr}\n--- log tail ---\n${log.slice(-4000)}`);
+  assert.match(b.stderr, /\[\d+\/11 [\d:]+\] uploading to the image service as 'derived-xfs'/);
+  const id = /uploaded: image ([0-9a-f-]{36})/.exec(b.stderr)?.[1];
+  assert.ok(id, b.stderr);
+
+  const info = JSON.parse(await runOk('qemu-img', ['info', '--output=json', out]));
+  assert.equal(info.format, 'vmdk');
+  assert.equal(info['format-specific'].data['create-type'], 'streamOptimized');
+  assert.equal(info['virtual-size'], 1536 << 20);
+  const raw = join(dir, 'derived.raw');
+  await runOk('qemu-img', ['convert', '-O', 'raw', out, raw]);
+  const pt = JSON.parse(await runOk('sfdisk', ['--json', raw])).partitiontable;
+  assert.deepEqual(pt.partitions.map((p: { type: string }) => p.type), ['21686148-6449-6E6F-744E-656564454649', '0FC63DAF-8483-4772-8E79-3D69D8477DE4']);
+  const root = pt.partitions[1];
+  await withPartition(raw, { start: root.start * 512, size: root.size * 512 }, async (dev) => {
+    assert.equal((await runOk('blkid', ['-o', 'value', '-s', 'TYPE', dev])).trim(), 'xfs');
+    const repair = await run('xfs_repair', ['-n', dev]);
+    assert.equal(repair.code, 0, repair.stdout + repair.stderr);
+    const mnt = join(dir, 'mnt');
+    await runOk('mkdir', ['-p', mnt]);
+    await runOk('mount', ['-o', 'ro,norecovery', dev, mnt]);
+    try {
+      assert.equal(await readFile(join(mnt, 'etc/diskhub/secret'), 'utf8'), 's3cret\n');
+      assert.equal((await runOk('stat', ['-c', '%a %u %g', join(mnt, 'etc/diskhub/secret')])).trim(), '600 1500 2000');
+      assert.match(await readFile(join(mnt, 'etc/passwd'), 'utf8'), /^ops:x:1500:1500::\/home\/ops:\/bin\/bash$/m);
+      assert.match(await readFile(join(mnt, 'etc/group'), 'utf8'), /^admins:x:2000:ops$/m);
+      // The base image's user and files came along.
+      assert.match(await readFile(join(mnt, 'etc/passwd'), 'utf8'), /^debian:/m);
+      assert.equal(await readFile(join(mnt, 'etc/motd'), 'utf8'), 'Debian 12 cloud image built by diskhub build.\n');
+      assert.match(await readFile(join(mnt, 'etc/fstab'), 'utf8'), /^UUID=\S+ \/ xfs defaults 0 0$/m);
+      const timers = await readdir(join(mnt, 'etc/systemd/system/timers.target.wants'));
+      assert.ok(timers.includes('apt-daily.timer') && !timers.includes('apt-daily-upgrade.timer'), timers.join(' '));
+    } finally {
+      await runOk('umount', [mnt]);
+    }
+  });
+
+  // The image service has it, as the openstack client shows it.
+  const shown = JSON.parse(await runOk('openstack', ['image', 'show', '-f', 'json', id], { env }));
+  assert.equal(shown.name, 'derived-xfs');
+  assert.equal(shown.disk_format, 'vmdk');
+  assert.equal(shown.container_format, 'bare');
+  assert.equal(shown.status, 'active');
+  assert.equal(shown.visibility, 'private');
+  assert.equal(shown.checksum, createHash('md5').update(await readFile(out)).digest('hex'));
+  assert.equal(shown.properties.hw_disk_bus, 'virtio');
+  assert.equal(shown.properties.os_version, '12');
+
+  // GRUB (BIOS) reads xfs and the kernel mounts the root filesystem.
+  const bios = await boot(dir, out, 'vmdk', { until: (c) => /XFS \(vda2\): Ending clean mount/.test(c), timeoutMs: 5 * 60_000 });
+  assert.ok(bios.finished, `the xfs image did not mount its root:\n${bios.console.slice(-5000)}`);
 });

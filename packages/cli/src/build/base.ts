@@ -13,7 +13,8 @@ import { mkdir, readdir, readFile, rename, stat, unlink } from 'node:fs/promises
 import { join } from 'node:path';
 import { openImage, readPartitionTable, identifyFilesystem, WindowDevice } from '@diskhub/disk';
 import type { Base, DebootstrapBase } from './recipe.js';
-import { attachLoop, engineConvert, mountAt } from './disk.js';
+import { attachLoop, mountAt } from './disk.js';
+import { convertFile } from '../compute/images.js';
 import { BuildError, type BuildSession } from './session.js';
 
 export const DEFAULT_MIRROR = 'http://deb.debian.org/debian';
@@ -124,8 +125,16 @@ async function debootstrapBase(session: BuildSession, d: DebootstrapBase, root: 
  */
 async function imageBase(session: BuildSession, path: string, format: string | undefined, root: string, work: string): Promise<void> {
   const raw = join(work, 'base.raw');
-  await engineConvert(session, [...(format ? ['-f', format] : []), '-O', 'raw', path, raw], `base.image: ${path}`);
-  session.onTeardown(`rm ${raw}`, () => unlink(raw));
+  // The engine's conversion in this process, stopped by the session's signal (the root
+  // filesystem is mounted by now: the tear-down must run, not a conversion's own exit).
+  session.note(`converting ${path} to raw (${raw})`);
+  session.onTeardown(`rm ${raw}`, () => unlink(raw).catch(() => undefined));
+  try {
+    await convertFile(path, format, raw, 'raw', { signal: session.signal });
+  } catch (e) {
+    session.checkInterrupted();
+    throw new BuildError(`base.image: ${path}: ${(e as Error).message}`);
+  }
   const image = await openImage(raw, { format: 'raw' });
   let best: { start: number; size: number; type: string } | null = null;
   try {

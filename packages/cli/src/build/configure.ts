@@ -66,7 +66,8 @@ export interface RootIds { rootUuid: string; espUuid?: string }
 
 export async function writeFstab(root: string, recipe: Recipe, ids: RootIds): Promise<void> {
   const lines = ['# <file system> <mount point> <type> <options> <dump> <pass> (written by diskhub build)'];
-  lines.push(`UUID=${ids.rootUuid} / ${recipe.disk.filesystem} ${recipe.disk.filesystem === 'ext4' ? 'errors=remount-ro' : 'defaults'} 0 1`);
+  // fsck.xfs does nothing (xfs checks itself at mount): pass 0 for xfs, as Debian's installer writes it.
+  lines.push(`UUID=${ids.rootUuid} / ${recipe.disk.filesystem} ${recipe.disk.filesystem === 'ext4' ? 'errors=remount-ro 0 1' : 'defaults 0 0'}`);
   if (ids.espUuid) lines.push(`UUID=${ids.espUuid} /boot/efi vfat umask=0077,nofail 0 2`);
   await writeFile(inRoot(root, '/etc/fstab'), `${lines.join('\n')}\n`);
   if (ids.espUuid) await mkdir(inRoot(root, '/boot/efi'), { recursive: true });
@@ -105,7 +106,9 @@ export async function configureSystem(session: BuildSession, root: string, recip
     if (f.owner !== 'root:root' && f.owner !== 'root') await session.run('chown', [f.owner, f.path], { chroot: root });
   }
   if (recipe.cloudInit.enabled) {
-    const cfg = { datasource_list: recipe.cloudInit.datasources, ...recipe.cloudInit.config };
+    // cloud-init's locale module otherwise sets en_US.UTF-8, which Debian's locale-gen does
+    // not make unless /etc/locale.gen lists it: the module fails and cloud-init reports an error.
+    const cfg = { datasource_list: recipe.cloudInit.datasources, locale: 'C.UTF-8', ...recipe.cloudInit.config };
     await writeFile(inRoot(root, '/etc/cloud/cloud.cfg.d/90-diskhub.cfg'), `# written by diskhub build (the recipe's cloud_init section)\n${toYaml(cfg)}`);
   }
   if (recipe.services.enable.length > 0) await session.run('systemctl', ['enable', ...recipe.services.enable], { chroot: root });

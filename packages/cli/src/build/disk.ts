@@ -131,7 +131,10 @@ export async function engineConvert(session: BuildSession, args: string[], what:
   try {
     code = await convertCommand(['convert', ...args]);
   } catch (e) {
+    session.checkInterrupted();
     throw new BuildError(`${what}: ${(e as Error).message}`);
   }
+  // convert stops on the same signal (and removes its temporary file): report the interruption.
+  session.checkInterrupted();
   if (code !== 0) throw new BuildError(`${what}: diskhub img convert ${args.join(' ')} exited ${code}`);
 }

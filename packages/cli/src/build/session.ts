@@ -69,9 +69,14 @@ export class BuildSession {
     this.note(text);
   }
 
+  private readonly abort = new AbortController();
+  /** Aborted on SIGINT/SIGTERM/SIGHUP: for work done in this process (the engine's conversions). */
+  get signal(): AbortSignal { return this.abort.signal; }
+
   private interrupt(signal: NodeJS.Signals): void {
     if (this.interrupted) return;
     this.interrupted = signal;
+    this.abort.abort();
     this.note(`*** ${signal} received: stopping`);
     // The program in the foreground is in its own process group (detached): stop all of it.
     if (this.child?.pid) try { process.kill(-this.child.pid, 'SIGTERM'); } catch { /* already gone */ }
