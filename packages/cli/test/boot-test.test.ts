@@ -266,7 +266,11 @@ test('boot-test: verdicts on what the guest answered', () => {
 async function builtImage(name: string, recipeText: string): Promise<string> {
   const cache = process.env.DISKHUB_TEST_IMAGE_CACHE ?? '/var/tmp/diskhub-test-images';
   await mkdir(cache, { recursive: true });
-  const out = join(cache, `${name}-${createHash('sha256').update(recipeText).digest('hex').slice(0, 16)}.qcow2`);
+  // Keyed by the recipe and by the build code that runs (dist/src/build): a fix to the build rebuilds.
+  const key = createHash('sha256').update(recipeText);
+  const buildCode = join(repoRoot, 'packages', 'cli', 'dist', 'src', 'build');
+  for (const f of (await readdir(buildCode)).filter((n) => n.endsWith('.js')).sort()) key.update(f).update(await readFile(join(buildCode, f)));
+  const out = join(cache, `${name}-${key.digest('hex').slice(0, 16)}.qcow2`);
   if (await stat(out).then((st) => st.isFile(), () => false)) return out; // build writes elsewhere and renames: a file here is whole
   const recipe = join(cache, `${name}.yaml`);
   await writeFile(recipe, recipeText);
