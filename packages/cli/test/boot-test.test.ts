@@ -138,12 +138,15 @@ test('boot-test: an unbootable disk fails in seconds with the firmware log, the 
   assert.equal(await sha256(image), before, 'the tested image is unchanged');
 
   // The human report says the same, with the console lines.
-  const h = await diskhub(['img', 'boot-test', '--accel', 'tcg', '--disk-size', '1G', image], { env });
+  const consoleLog = join(work, 'console.log');
+  const h = await diskhub(['img', 'boot-test', '--accel', 'tcg', '--disk-size', '1G', '--console-log', consoleLog, image], { env });
   assert.equal(h.code, 1, h.stderr);
   assert.match(h.stdout, /^boot-test of .*empty\.raw under TCG \(requested \(--accel tcg\)\), disk 1073741824 bytes$/m);
   assert.match(h.stdout, /^FAIL {2}boot {13}not reached/m);
   assert.match(h.stdout, /^FAILED in [\d.]+ s: the firmware found nothing to boot/m);
   assert.match(h.stdout, /^ {2}\| No bootable device\.$/m);
+  assert.equal(await readFile(consoleLog, 'utf8'), '', 'the serial console stayed silent');
+  assert.match(await readFile(`${consoleLog}.firmware`, 'utf8'), /Boot failed: not a bootable disk/);
   // A disk smaller than the image is refused before anything runs.
   const small = await diskhub(['img', 'boot-test', '--disk-size', '1M', image], { env });
   assert.equal(small.code, 2);

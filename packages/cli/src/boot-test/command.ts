@@ -60,7 +60,8 @@ export async function bootTestCommand(argv: string[]): Promise<number> {
   const controller = new AbortController();
   let interrupted: NodeJS.Signals | undefined;
   const onSignal = (sig: NodeJS.Signals) => {
-    if (interrupted) return; // the first one is already tearing down
+    // A second signal: leave now; the exit hook still kills the VM by its PID (run.ts).
+    if (interrupted) process.exit(sig === 'SIGINT' ? 130 : 143);
     interrupted = sig;
     controller.abort(new Error(`interrupted by ${sig}`));
   };
