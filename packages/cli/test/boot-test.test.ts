@@ -277,7 +277,10 @@ async function builtImage(name: string, recipeText: string): Promise<string> {
   if (await stat(out).then((st) => st.isFile(), () => false)) return out; // build writes elsewhere and renames: a file here is whole
   const recipe = join(cache, `${name}.yaml`);
   await writeFile(recipe, recipeText);
-  const r = await diskhub(['build', '-q', '--force', recipe, '-o', out], { timeoutMs: 30 * 60_000 });
+  // Its own package cache: apt in a build does not wait for another build's lock on a shared one
+  // (build.test.ts may be building at the same time).
+  const env = { ...process.env, DISKHUB_BUILD_CACHE: process.env.DISKHUB_BUILD_CACHE ?? join(cache, 'build-cache') };
+  const r = await diskhub(['build', '-q', '--force', recipe, '-o', out], { env, timeoutMs: 30 * 60_000 });
   assert.equal(r.code, 0, `diskhub build ${name}: ${r.stderr}`);
   return out;
 }
