@@ -45,7 +45,6 @@ export class SerialConsole {
 
 /** Terminal escapes (colours, cursor moves), carriage returns and NULs out: plain lines. */
 function clean(s: string): string {
-  // eslint-disable-next-line no-control-regex
   return s.replace(/\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[()][0-9A-Za-z]|\x1b[=>c]/g, '').replace(/\r/g, '').replace(/\0/g, '');
 }
 
