@@ -17,7 +17,7 @@ import { chooseAccelerator, type AccelMode, type Accel } from './accel.js';
 import { cloudInitFinished, excerpt, fatalEvent, kernelStarted, keyUser, loginWithoutCloudInit, SerialConsole } from './console.js';
 import { cloudInitVerdict, GUEST_FACTS_SCRIPT, growthVerdict, hostnameVerdict, markerVerdict, parseFacts, userDataScript, type Verdict } from './guest.js';
 import { resolveImage } from './image-source.js';
-import { generateKey, sshRun, type SshTarget } from './ssh.js';
+import { generateKey, sshRun, type SshResult, type SshTarget } from './ssh.js';
 import { freeLoopbackPort, PORT_TAKEN, Vm } from './vm.js';
 
 export interface BootTestOptions {
@@ -177,25 +177,18 @@ export async function bootTest(options: BootTestOptions): Promise<BootTestReport
     const user = options.sshUser ?? keyUser(text);
     if (!user) return report('cloud-init named no user for the SSH key on the console (give --ssh-user)', text);
     const target: SshTarget = { port: sshPort, user, key };
-    const login = await sshLogin(target, deadline, signal);
-    if (!login.passed) {
-      check('ssh', login);
-      return report(`SSH as ${user} with the generated key failed: ${login.detail}`, text);
-    }
-    check('ssh', login);
-    const session = await sshRun(target, GUEST_FACTS_SCRIPT, SSH_COMMAND_MS, signal);
-    if (session.code !== 0) return report(`the checks over SSH failed (exit ${session.code}): ${session.stderr.trim().slice(0, 500)}`, text);
-    const facts = parseFacts(session.stdout);
+    const session = await sshSession(target, GUEST_FACTS_SCRIPT, deadline, signal);
+    check('ssh', session.login);
+    if (!session.login.passed) return report(`SSH as ${user} with the generated key failed: ${session.login.detail}`, text);
+    if (session.result.code !== 0) return report(`the checks over SSH failed (exit ${session.result.code}): ${session.result.stderr.trim().slice(0, 500)}`, text);
+    const facts = parseFacts(session.result.stdout);
     check('cloud-init', cloudInitVerdict(facts.result, finished.line));
     check('hostname', hostnameVerdict(facts, hostname));
     check('user-data', markerVerdict(facts, token));
     check('root-filesystem', growthVerdict(facts, diskSize, image.virtualSize));
     checks.sort((a, b) => CHECK_NAMES.indexOf(a.name) - CHECK_NAMES.indexOf(b.name));
     const failed = checks.filter((c) => !c.passed);
-    if (failed.length) {
-      const r = report(failed.map((c) => `${c.name}: ${c.detail}`).join('; '), text);
-      return r;
-    }
+    if (failed.length) return report(failed.map((c) => `${c.name}: ${c.detail}`).join('; '), text);
     return { image: image.display, passed: true, accel: accel.accel, accel_reason: accel.reason, disk_size: diskSize, boot_attempts: bootAttempts, checks, seconds: since() };
   } finally {
     await vm?.stop();
@@ -210,18 +203,23 @@ export async function bootTest(options: BootTestOptions): Promise<BootTestReport
   }
 }
 
-/** Log in and run `true`: retried while sshd is not answering yet, not when the key is refused. */
-async function sshLogin(target: SshTarget, deadline: number, signal: AbortSignal): Promise<Verdict> {
-  let last = '';
+/**
+ * Log in and run `command` (one session: each SSH handshake costs seconds under TCG). Retried
+ * while sshd does not answer yet (ssh's own failures exit 255), not when the key is refused.
+ */
+async function sshSession(target: SshTarget, command: string, deadline: number, signal: AbortSignal): Promise<{ login: Verdict; result: SshResult }> {
   for (;;) {
-    const r = await sshRun(target, 'true', SSH_COMMAND_MS, signal);
-    if (r.code === 0) return { passed: true, detail: `logged in as ${target.user} with the generated ed25519 key` };
-    last = r.stderr.trim().split('\n').pop() ?? `exit ${r.code}`;
-    if (/Permission denied/.test(last)) return { passed: false, detail: last };
-    if (Date.now() > deadline) return { passed: false, detail: `no SSH login before the timeout: ${last}` };
+    const r = await sshRun(target, command, SSH_COMMAND_MS, signal);
+    if (r.code !== null && r.code !== SSH_FAILED) return { login: { passed: true, detail: `logged in as ${target.user} with the generated ed25519 key` }, result: r };
+    const last = r.stderr.trim().split('\n').pop() ?? `exit ${r.code}`;
+    if (/Permission denied/.test(last)) return { login: { passed: false, detail: last }, result: r };
+    if (Date.now() > deadline) return { login: { passed: false, detail: `no SSH login before the timeout: ${last}` }, result: r };
     await delay(2000, signal);
   }
 }
+
+/** ssh's exit status for its own errors (connection, authentication), as opposed to the command's. */
+const SSH_FAILED = 255;
 
 export class BootTestError extends Error {}
 
