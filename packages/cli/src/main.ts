@@ -22,7 +22,7 @@ export async function main(argv: string[]): Promise<number> {
     case 'img':
       return (await import('./img/main.js')).imgMain(rest);
     case 'build':
-      return (await import('./build/main.js')).buildMain(rest);
+      return (await import('./image-build/main.js')).buildMain(rest);
     case 'compute':
       return (await import('./compute/main.js')).computeMain(rest);
     case 'nbd':

@@ -13,11 +13,14 @@
 import test, { after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { open, readdir, readFile, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, open, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createHash } from 'node:crypto';
 import { diskhub, hasTool, repoRoot, run, runOk, tempDir } from '@diskhub/testkit';
 import { osEnv, startTestService } from '@diskhub/service/test-helpers';
+import { aptSources, machineMirror } from '../src/image-build/base.js';
+import { inRoot, writeInRoot } from '../src/image-build/rootpath.js';
 
 const EXAMPLE = join(repoRoot, 'examples', 'debian-12-minimal.yaml');
 
@@ -39,6 +42,11 @@ test('build --check: the example recipe is valid and read with its defaults', as
   assert.equal(recipe.kernelCmdline, 'console=tty0 console=ttyS0,115200n8');
   assert.equal(recipe.output.format, 'qcow2');
   assert.equal(recipe.files[0].mode, '0644');
+  // Every example in examples/ is a valid recipe.
+  for (const name of await readdir(join(repoRoot, 'examples'))) {
+    const r2 = await diskhub(['build', '--check', join(repoRoot, 'examples', name)]);
+    assert.equal(r2.code, 0, `${name}: ${r2.stderr}`);
+  }
 });
 
 test('build --check: bad recipes are refused with the path of every bad key (exit 2)', async (t) => {
@@ -73,6 +81,56 @@ test('build --check: bad recipes are refused with the path of every bad key (exi
   const noOutput = await diskhub(['build', EXAMPLE]);
   assert.equal(noOutput.code, 2);
   assert.match(noOutput.stderr, /-o OUTPUT is needed/);
+});
+
+test('build: the mirror comes from the machine\'s apt configuration (one-line and deb822 sources)', async (t) => {
+  const etc = await tempDir(t);
+  await mkdir(join(etc, 'sources.list.d'));
+  // deb822 (Debian 12's default): security and updates first, disabled and deb-src stanzas skipped.
+  await writeFile(join(etc, 'sources.list.d', 'debian.sources'), [
+    'Types: deb', 'URIs: http://security.example/debian-security', 'Suites: bookworm-security', 'Components: main', '',
+    'Types: deb-src', 'URIs: http://src.example/debian', 'Suites: bookworm', 'Components: main', '',
+    'Types: deb', 'URIs: http://off.example/debian', 'Suites: bookworm', 'Components: main', 'Enabled: no', '',
+    '# a comment', 'Types: deb', 'URIs: http://mirror.example/debian/', 'Suites: bookworm bookworm-updates', 'Components: main', ' contrib', '',
+  ].join('\n'));
+  assert.equal(await machineMirror(etc), 'http://mirror.example/debian');
+  assert.deepEqual(await aptSources(etc), [
+    { uri: 'http://security.example/debian-security', suites: ['bookworm-security'], components: ['main'] },
+    { uri: 'http://mirror.example/debian/', suites: ['bookworm', 'bookworm-updates'], components: ['main', 'contrib'] },
+  ]);
+  // sources.list comes first; options in brackets and comments are skipped.
+  await writeFile(join(etc, 'sources.list'), '# deb http://commented.example/debian bookworm main\ndeb [arch=amd64 signed-by=/k.gpg] http://one.example/debian bookworm main non-free-firmware\ndeb-src http://one.example/debian bookworm main\n');
+  assert.equal(await machineMirror(etc), 'http://one.example/debian');
+  assert.deepEqual((await aptSources(etc))[0], { uri: 'http://one.example/debian', suites: ['bookworm'], components: ['main', 'non-free-firmware'] });
+  assert.equal(await machineMirror(join(etc, 'missing')), null);
+});
+
+test('build: paths inside the image resolve as the chroot would, never to the build machine\'s files', async (t) => {
+  const root = await tempDir(t);
+  const outside = await tempDir(t);
+  await mkdir(join(root, 'etc'));
+  await mkdir(join(root, 'usr', 'lib'), { recursive: true });
+  await symlink('usr/lib', join(root, 'lib'));            // merged /usr: relative
+  await symlink('/', join(root, 'etc', 'up'));              // absolute: the root of the image
+  await symlink('../../../../../..', join(root, 'etc', 'dots')); // .. stops at the root
+  await symlink(outside, join(root, 'etc', 'away'));        // absolute: inside the image, not the host's
+  await symlink(join(outside, 'victim'), join(root, 'etc', 'resolv.conf'));
+  await writeFile(join(outside, 'victim'), 'host file\n');
+  assert.equal(await inRoot(root, '/lib/systemd/x.service'), join(root, 'usr/lib/systemd/x.service'));
+  assert.equal(await inRoot(root, '/etc/up/etc/hostname'), join(root, 'etc/hostname'));
+  assert.equal(await inRoot(root, '/etc/dots/tmp/x'), join(root, 'tmp/x'));
+  assert.equal(await inRoot(root, `/etc/away/victim`), join(root, outside, 'victim'));
+  assert.equal(await inRoot(root, '/etc/resolv.conf'), join(root, 'etc/resolv.conf'));
+  assert.equal(await inRoot(root, '/lib', { followLast: true }), join(root, 'usr/lib'));
+  // A write replaces the link with a file; the file it pointed to is untouched.
+  await writeInRoot(root, '/etc/resolv.conf', 'nameserver 10.0.0.1\n');
+  assert.equal(await readFile(join(outside, 'victim'), 'utf8'), 'host file\n');
+  assert.equal(await readFile(join(root, 'etc/resolv.conf'), 'utf8'), 'nameserver 10.0.0.1\n');
+  await writeInRoot(root, '/etc/away/victim', 'x');
+  assert.equal(await readFile(join(outside, 'victim'), 'utf8'), 'host file\n');
+  await symlink('loop2', join(root, 'loop1'));
+  await symlink('loop1', join(root, 'loop2'));
+  await assert.rejects(inRoot(root, '/loop1/x'), /too many levels of symbolic links/);
 });
 
 // ---- the real build ----
@@ -137,13 +195,15 @@ async function boot(dir: string, image: string, format: string, options: { uefi?
 
 const cloudInitFinished = (text: string) => /Cloud-init v\. \S+ finished/.test(text) && text.includes('diskhub-user-data-ran');
 
-/** The example's image, kept for the test that builds on it (removed when the file's tests end). */
+/** The example's image, kept for the test that builds on it; its directory goes when the file's tests end. */
 let exampleImage: string | null = null;
+let exampleDir: string | null = null;
+after(async () => { if (exampleDir) await rm(exampleDir, { recursive: true, force: true }); });
 
 test('build: the example recipe builds an image that the peers read, lint passes and QEMU boots to cloud-init finished', { skip: skipBuild, timeout: 20 * 60_000 }, async (t) => {
   assert.deepEqual(missingTools, [], `missing tools: ${missingTools.join(', ')}`);
   assert.equal(notRoot, false, 'diskhub build needs root');
-  const dir = await tempDir({ after });
+  const dir = exampleDir = await mkdtemp(join(tmpdir(), 'diskhub-build-test-'));
   const out = join(dir, 'debian.qcow2');
   const b = await run(process.execPath, [join(repoRoot, 'packages/cli/bin/diskhub.js'), 'build', '--quiet', EXAMPLE, '-o', out], { timeoutMs: 15 * 60_000 });
   const log = await readFile(`${out}.log`, 'utf8').catch(() => '(no log)');

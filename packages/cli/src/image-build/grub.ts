@@ -17,6 +17,7 @@ import { cp, mkdir, open, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Recipe } from './recipe.js';
 import { BuildError, type BuildSession } from './session.js';
+import { inRoot, writeInRoot } from './rootpath.js';
 
 export const GRUB_LIB = '/usr/lib/grub';
 
@@ -56,7 +57,7 @@ export function grubConfig(recipe: Recipe, rootUuid: string, title: string): str
 
 /** The files under /boot/grub of the root filesystem: grub.cfg and the platforms' modules. */
 export async function writeGrubFiles(root: string, recipe: Recipe, rootUuid: string, title: string): Promise<void> {
-  const dir = join(root, 'boot', 'grub');
+  const dir = await inRoot(root, '/boot/grub', { followLast: true });
   await mkdir(dir, { recursive: true });
   for (const platform of platforms(recipe)) {
     await stat(join(GRUB_LIB, platform, 'normal.mod')).catch(() => { throw new BuildError(`${GRUB_LIB}/${platform} is missing: install ${platform === 'i386-pc' ? 'grub-pc-bin' : 'grub-efi-amd64-bin'} on this machine`); });
@@ -64,7 +65,7 @@ export async function writeGrubFiles(root: string, recipe: Recipe, rootUuid: str
     const src = join(GRUB_LIB, platform);
     await cp(src, join(dir, platform), { recursive: true, filter: (s) => s === src || /\.(mod|lst)$/.test(s) });
   }
-  await writeFile(join(dir, 'grub.cfg'), grubConfig(recipe, rootUuid, title));
+  await writeInRoot(root, '/boot/grub/grub.cfg', grubConfig(recipe, rootUuid, title));
 }
 
 function platforms(recipe: Recipe): string[] {

@@ -10,6 +10,7 @@
  */
 import { createHash } from 'node:crypto';
 import { mkdir, readdir, readFile, rename, stat, unlink } from 'node:fs/promises';
+import { writeInRoot } from './rootpath.js';
 import { join } from 'node:path';
 import { openImage, readPartitionTable, identifyFilesystem, WindowDevice } from '@diskhub/disk';
 import type { Base, DebootstrapBase } from './recipe.js';
@@ -86,8 +87,29 @@ export async function unpackBase(session: BuildSession, base: Base, root: string
   await imageBase(session, base.path, base.format, root, work);
 }
 
+/**
+ * The image's apt sources: the suite from the mirror, and the suite's -updates and -security
+ * from wherever the machine's apt configuration takes them (debootstrap writes only the first).
+ */
+async function writeAptSources(root: string, d: DebootstrapBase, mirror: string): Promise<void> {
+  const lines = ['# written by diskhub build', `deb ${mirror} ${d.suite} ${d.components.join(' ')}`];
+  for (const s of await aptSources()) {
+    for (const x of s.suites) {
+      if (x !== `${d.suite}-updates` && x !== `${d.suite}-security`) continue;
+      const line = `deb ${s.uri.replace(/\/+$/, '')} ${x} ${(s.components.length > 0 ? s.components : d.components).join(' ')}`;
+      if (!lines.includes(line)) lines.push(line);
+    }
+  }
+  await writeInRoot(root, '/etc/apt/sources.list', `${lines.join('\n')}\n`);
+}
+
 async function debootstrapBase(session: BuildSession, d: DebootstrapBase, root: string): Promise<void> {
   const mirror = d.mirror ?? (await machineMirror()) ?? DEFAULT_MIRROR;
+  await debootstrapInto(session, d, mirror, root);
+  await writeAptSources(root, d, mirror);
+}
+
+async function debootstrapInto(session: BuildSession, d: DebootstrapBase, mirror: string, root: string): Promise<void> {
   const variant = d.variant ?? 'default';
   const arch = 'amd64';
   const key = createHash('sha256').update(JSON.stringify({ suite: d.suite, mirror, variant, components: d.components, arch })).digest('hex').slice(0, 16);

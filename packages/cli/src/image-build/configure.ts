@@ -4,23 +4,23 @@
  * fstab — and the clean-up a cloud image needs before it is shipped (what `diskhub img lint`
  * checks: no SSH host keys, an empty machine-id, empty logs, no shell history or instance state).
  */
-import { chmod, copyFile, lstat, mkdir, readdir, readFile, rm, truncate, unlink, writeFile } from 'node:fs/promises';
+import { chmod, lstat, mkdir, readdir, readFile, rm, truncate, unlink } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { stringify as toYaml } from 'yaml';
 import type { Recipe } from './recipe.js';
 import { mountAt } from './disk.js';
+import { inRoot, writeInRoot } from './rootpath.js';
 import { cacheDir } from './base.js';
 import { BuildError, type BuildSession } from './session.js';
 
-/** A path inside the root (recipe paths are absolute, checked to have no `..`). */
-const inRoot = (root: string, p: string) => join(root, p.replace(/^\/+/, ''));
 
 /** /dev, /dev/pts, /proc and /sys for the chroot, unmounted at tear-down (or by unwindTo). */
 export async function mountChrootFilesystems(session: BuildSession, root: string): Promise<void> {
-  await mountAt(session, '/dev', inRoot(root, '/dev'), ['--bind']);
-  await mountAt(session, 'devpts', inRoot(root, '/dev/pts'), ['-t', 'devpts', '-o', 'newinstance,ptmxmode=0666']);
-  await mountAt(session, 'proc', inRoot(root, '/proc'), ['-t', 'proc']);
-  await mountAt(session, 'sysfs', inRoot(root, '/sys'), ['-t', 'sysfs']);
+  const dir = (p: string) => inRoot(root, p, { followLast: true });
+  await mountAt(session, '/dev', await dir('/dev'), ['--bind']);
+  await mountAt(session, 'devpts', await dir('/dev/pts'), ['-t', 'devpts', '-o', 'newinstance,ptmxmode=0666']);
+  await mountAt(session, 'proc', await dir('/proc'), ['-t', 'proc']);
+  await mountAt(session, 'sysfs', await dir('/sys'), ['-t', 'sysfs']);
 }
 
 /**
@@ -28,18 +28,15 @@ export async function mountChrootFilesystems(session: BuildSession, root: string
  * give apt the machine's resolver; both undone by `finishChroot`.
  */
 export async function prepareChroot(root: string): Promise<void> {
-  const policy = inRoot(root, '/usr/sbin/policy-rc.d');
-  await writeFile(policy, '#!/bin/sh\n# diskhub build: no service starts in the chroot\nexit 101\n');
-  await chmod(policy, 0o755);
-  const resolv = inRoot(root, '/etc/resolv.conf');
-  await rm(resolv, { force: true });
-  await copyFile('/etc/resolv.conf', resolv).catch(() => undefined);
+  await writeInRoot(root, '/usr/sbin/policy-rc.d', '#!/bin/sh\n# diskhub build: no service starts in the chroot\nexit 101\n', 0o755);
+  const resolv = await readFile('/etc/resolv.conf').catch(() => null);
+  if (resolv) await writeInRoot(root, '/etc/resolv.conf', resolv);
 }
 
 export async function finishChroot(root: string): Promise<void> {
-  await rm(inRoot(root, '/usr/sbin/policy-rc.d'), { force: true });
+  await rm(await inRoot(root, '/usr/sbin/policy-rc.d'), { force: true });
   // dhclient (or systemd-resolved) writes it in the instance; the build machine's has no place there.
-  await rm(inRoot(root, '/etc/resolv.conf'), { force: true });
+  await rm(await inRoot(root, '/etc/resolv.conf'), { force: true });
 }
 
 /** The kernel, cloud-init and the recipe's packages, from a package cache shared between builds. */
@@ -48,7 +45,7 @@ export async function installPackages(session: BuildSession, root: string, recip
   const archives = join(cacheDir(), 'apt', suite);
   await mkdir(join(archives, 'partial'), { recursive: true });
   const mark = session.teardownMark;
-  await mountAt(session, archives, inRoot(root, '/var/cache/apt/archives'), ['--bind']);
+  await mountAt(session, archives, await inRoot(root, '/var/cache/apt/archives', { followLast: true }), ['--bind']);
   try {
     await session.run('apt-get', ['update'], { chroot: root });
     await session.run('apt-get', ['install', '--yes', '--no-install-recommends', '-o', 'Dpkg::Options::=--force-confdef', '-o', 'Dpkg::Options::=--force-confold', ...wanted], { chroot: root });
@@ -58,7 +55,7 @@ export async function installPackages(session: BuildSession, root: string, recip
   // The kernel's postinst keeps /vmlinuz and /initrd.img pointing at the newest kernel
   // (linux-update-symlinks): grub.cfg boots those, so it survives kernel updates.
   for (const link of ['/vmlinuz', '/initrd.img']) {
-    if (!(await lstat(inRoot(root, link)).catch(() => null))) throw new BuildError(`${link} is missing after installing ${recipe.kernel}: is it a kernel package?`);
+    if (!(await lstat(await inRoot(root, link)).catch(() => null))) throw new BuildError(`${link} is missing after installing ${recipe.kernel}: is it a kernel package?`);
   }
 }
 
@@ -69,13 +66,13 @@ export async function writeFstab(root: string, recipe: Recipe, ids: RootIds): Pr
   // fsck.xfs does nothing (xfs checks itself at mount): pass 0 for xfs, as Debian's installer writes it.
   lines.push(`UUID=${ids.rootUuid} / ${recipe.disk.filesystem} ${recipe.disk.filesystem === 'ext4' ? 'errors=remount-ro 0 1' : 'defaults 0 0'}`);
   if (ids.espUuid) lines.push(`UUID=${ids.espUuid} /boot/efi vfat umask=0077,nofail 0 2`);
-  await writeFile(inRoot(root, '/etc/fstab'), `${lines.join('\n')}\n`);
-  if (ids.espUuid) await mkdir(inRoot(root, '/boot/efi'), { recursive: true });
+  await writeInRoot(root, '/etc/fstab', `${lines.join('\n')}\n`);
+  if (ids.espUuid) await mkdir(await inRoot(root, '/boot/efi'), { recursive: true });
 }
 
 /** Groups, users (with their keys and sudo rights), files, services, host name, cloud-init. */
 export async function configureSystem(session: BuildSession, root: string, recipe: Recipe): Promise<void> {
-  await writeFile(inRoot(root, '/etc/hostname'), `${recipe.hostname}\n`);
+  await writeInRoot(root, '/etc/hostname', `${recipe.hostname}\n`);
   for (const g of recipe.groups) {
     await session.run('groupadd', [...(g.system ? ['--system'] : []), ...(g.gid !== undefined ? ['--gid', String(g.gid)] : []), g.name], { chroot: root });
   }
@@ -86,30 +83,24 @@ export async function configureSystem(session: BuildSession, root: string, recip
     // useradd leaves the password locked ("!"); a hash from the recipe replaces it.
     if (u.password_hash) await session.run('usermod', ['--password', u.password_hash, u.name], { chroot: root });
     if (u.ssh_authorized_keys.length > 0) {
-      const ssh = inRoot(root, `${home}/.ssh`);
-      await mkdir(ssh, { recursive: true, mode: 0o700 });
-      await writeFile(join(ssh, 'authorized_keys'), `${u.ssh_authorized_keys.join('\n')}\n`, { mode: 0o600 });
+      const keys = await writeInRoot(root, `${home}/.ssh/authorized_keys`, `${u.ssh_authorized_keys.join('\n')}\n`, 0o600);
+      await chmod(dirname(keys), 0o700);
       await session.run('chown', ['--recursive', `${u.name}:`, `${home}/.ssh`], { chroot: root });
     }
     if (u.sudo) {
-      const f = inRoot(root, `/etc/sudoers.d/90-diskhub-${u.name}`);
-      await mkdir(dirname(f), { recursive: true });
-      await writeFile(f, `# written by diskhub build\n${u.name} ALL=(ALL) NOPASSWD:ALL\n`, { mode: 0o440 });
+      await writeInRoot(root, `/etc/sudoers.d/90-diskhub-${u.name}`, `# written by diskhub build\n${u.name} ALL=(ALL) NOPASSWD:ALL\n`, 0o440);
     }
   }
   for (const f of recipe.files) {
-    const p = inRoot(root, f.path);
-    await mkdir(dirname(p), { recursive: true });
-    await rm(p, { force: true }); // a symlink there must not redirect the write outside the root
-    await writeFile(p, f.content);
-    await chmod(p, f.mode);
+    // writeFile's mode is filtered by the umask: chmod sets the recipe's exactly.
+    await chmod(await writeInRoot(root, f.path, f.content, f.mode), f.mode);
     if (f.owner !== 'root:root' && f.owner !== 'root') await session.run('chown', [f.owner, f.path], { chroot: root });
   }
   if (recipe.cloudInit.enabled) {
     // cloud-init's locale module otherwise sets en_US.UTF-8, which Debian's locale-gen does
     // not make unless /etc/locale.gen lists it: the module fails and cloud-init reports an error.
     const cfg = { datasource_list: recipe.cloudInit.datasources, locale: 'C.UTF-8', ...recipe.cloudInit.config };
-    await writeFile(inRoot(root, '/etc/cloud/cloud.cfg.d/90-diskhub.cfg'), `# written by diskhub build (the recipe's cloud_init section)\n${toYaml(cfg)}`);
+    await writeInRoot(root, '/etc/cloud/cloud.cfg.d/90-diskhub.cfg', `# written by diskhub build (the recipe's cloud_init section)\n${toYaml(cfg)}`);
   }
   if (recipe.services.enable.length > 0) await session.run('systemctl', ['enable', ...recipe.services.enable], { chroot: root });
   if (recipe.services.disable.length > 0) await session.run('systemctl', ['disable', ...recipe.services.disable], { chroot: root });
@@ -121,23 +112,25 @@ export async function configureSystem(session: BuildSession, root: string, recip
  * logs, shell history, DHCP leases, cloud-init's instance state, apt's lists and caches.
  */
 export async function cleanImage(root: string): Promise<void> {
-  for (const n of await readdir(inRoot(root, '/etc/ssh')).catch(() => [] as string[])) {
-    if (/^ssh_host_.*_key(\.pub)?$/.test(n)) await unlink(inRoot(root, `/etc/ssh/${n}`));
+  const sshDir = await inRoot(root, '/etc/ssh', { followLast: true });
+  for (const n of await readdir(sshDir).catch(() => [] as string[])) {
+    if (/^ssh_host_.*_key(\.pub)?$/.test(n)) await unlink(join(sshDir, n));
   }
-  await writeFile(inRoot(root, '/etc/machine-id'), '');
-  await rm(inRoot(root, '/var/lib/dbus/machine-id'), { force: true });
-  await truncateTree(inRoot(root, '/var/log'));
+  await writeInRoot(root, '/etc/machine-id', '', 0o444);
+  await rm(await inRoot(root, '/var/lib/dbus/machine-id'), { force: true });
+  await truncateTree(await inRoot(root, '/var/log', { followLast: true }));
   for (const d of ['/var/lib/apt/lists', '/var/lib/cloud', '/var/lib/dhcp', '/tmp', '/var/tmp']) {
-    for (const n of await readdir(inRoot(root, d)).catch(() => [] as string[])) {
+    const dir = await inRoot(root, d, { followLast: true });
+    for (const n of await readdir(dir).catch(() => [] as string[])) {
       if (d === '/var/lib/apt/lists' && n === 'partial') continue;
-      await rm(inRoot(root, `${d}/${n}`), { recursive: true, force: true });
+      await rm(join(dir, n), { recursive: true, force: true });
     }
   }
   for (const f of ['/var/cache/apt/pkgcache.bin', '/var/cache/apt/srcpkgcache.bin', '/root/.bash_history', '/var/cache/debconf/config.dat-old', '/var/cache/debconf/templates.dat-old']) {
-    await rm(inRoot(root, f), { force: true });
+    await rm(await inRoot(root, f), { force: true });
   }
   const shadowBackups = ['/etc/passwd-', '/etc/shadow-', '/etc/group-', '/etc/gshadow-'];
-  for (const f of shadowBackups) await rm(inRoot(root, f), { force: true });
+  for (const f of shadowBackups) await rm(await inRoot(root, f), { force: true });
 }
 
 /**
@@ -155,6 +148,6 @@ async function truncateTree(dir: string): Promise<void> {
 }
 
 export async function readOsRelease(root: string): Promise<string> {
-  const text = await readFile(inRoot(root, '/etc/os-release'), 'utf8').catch(() => '');
+  const text = await readFile(await inRoot(root, '/etc/os-release', { followLast: true }), 'utf8').catch(() => '');
   return /^PRETTY_NAME="?([^"\n]*)"?/m.exec(text)?.[1] ?? 'Linux';
 }
