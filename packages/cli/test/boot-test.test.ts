@@ -269,9 +269,9 @@ test('boot-test: verdicts on what the guest answered', () => {
 async function builtImage(name: string, recipeText: string): Promise<string> {
   const cache = process.env.DISKHUB_TEST_IMAGE_CACHE ?? '/var/tmp/diskhub-test-images';
   await mkdir(cache, { recursive: true });
-  // Keyed by the recipe and by the build code that runs (dist/src/build): a fix to the build rebuilds.
+  // Keyed by the recipe and by the build code that runs (dist/src/image-build): a fix to the build rebuilds.
   const key = createHash('sha256').update(recipeText);
-  const buildCode = join(repoRoot, 'packages', 'cli', 'dist', 'src', 'build');
+  const buildCode = join(repoRoot, 'packages', 'cli', 'dist', 'src', 'image-build');
   for (const f of (await readdir(buildCode)).filter((n) => n.endsWith('.js')).sort()) key.update(f).update(await readFile(join(buildCode, f)));
   const out = join(cache, `${name}-${key.digest('hex').slice(0, 16)}.qcow2`);
   if (await stat(out).then((st) => st.isFile(), () => false)) return out; // build writes elsewhere and renames: a file here is whole
