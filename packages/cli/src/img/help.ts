@@ -39,6 +39,8 @@ Command syntax:
   copy-out [-f fmt] filename path [path ...] localdir   (virt-copy-out)
   inspect [-f fmt] [--output=ofmt] filename   (virt-inspector; exit 0 inspected, 1 no operating system, 2 error)
   lint [-f fmt] [--output=ofmt] filename   (the cloud-image checklist; exit 0 no failure, 1 failures, 2 error)
+  boot-test [--accel kvm|tcg|auto] [--timeout S] [--disk-size [+]size] [--json] filename|url|image-id
+          (boots it in QEMU with a config drive and checks it as an operator would; exit 0 passed, 1 failed, 2 error)
   measure [--output=ofmt] [-O output_fmt] [-o options] [--size N | [-f fmt] [-l snapshot_param] filename]
 
 Sizes take the suffixes k, M, G, T, P, E (powers of 1024) or b for bytes.

@@ -29,6 +29,7 @@ import { benchCommand } from './bench.js';
 import { resizeCommand } from './resize.js';
 import { inspectCommand } from './inspect.js';
 import { lintCommand } from './lint.js';
+import { bootTestCommand } from '../boot-test/command.js';
 
 /** A command gets argv with its own name at argv[0], as qemu-img's commands do. */
 export type ImgCommand = (argv: string[]) => Promise<number>;
@@ -38,6 +39,7 @@ const COMMANDS: Record<string, ImgCommand> = {
   bench: benchCommand,
   amend: amendCommand,
   bitmap: bitmapCommand,
+  'boot-test': bootTestCommand,
   check: checkCommand,
   commit: commitCommand,
   compare: compareCommand,
