@@ -12,10 +12,9 @@ import { createHash } from 'node:crypto';
 import { mkdir, readdir, readFile, rename, rm, stat, unlink } from 'node:fs/promises';
 import { writeInRoot } from './rootpath.js';
 import { join } from 'node:path';
-import { openImage, readPartitionTable, identifyFilesystem, WindowDevice } from '@diskhub/disk';
+import { convertFile, openImage, readPartitionTable, identifyFilesystem, WindowDevice } from '@diskhub/disk';
 import type { Base, DebootstrapBase } from './recipe.js';
 import { attachLoop, mountAt } from './disk.js';
-import { convertFile } from '../compute/images.js';
 import { BuildError, type BuildSession } from './session.js';
 
 export const DEFAULT_MIRROR = 'http://deb.debian.org/debian';
