@@ -5,6 +5,7 @@
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import type { StoreSpec } from './stores/registry.js';
 
 export interface ServiceConfig {
   dataDir: string;
@@ -41,6 +42,14 @@ export interface ServiceConfig {
   lockoutFailureAttempts: number;
   /** Keystone's lockout_duration: seconds a lockout lasts (0: until an administrator enables the user again). */
   lockoutDuration: number;
+  /** The image stores (Glance's enabled_backends), in order; default: one file store `file` in <data dir>/images. */
+  stores: StoreSpec[];
+  /** The store uploads go to unless the request names one (Glance's default_backend); default: the first store. */
+  defaultStore?: string;
+  /** Glance's show_image_direct_url: images show `direct_url`, the URL of their first location (off by default: it tells where data lives). */
+  showImageDirectUrl: boolean;
+  /** Glance's show_multiple_locations: images show `locations`, and the locations API is open (off by default). */
+  showMultipleLocations: boolean;
 }
 
 export class ConfigError extends Error {}
@@ -67,18 +76,26 @@ const ENV: Record<string, keyof ServiceConfig> = {
   DISKHUB_POLICY_FILE: 'policyFile',
   DISKHUB_LOCKOUT_FAILURE_ATTEMPTS: 'lockoutFailureAttempts',
   DISKHUB_LOCKOUT_DURATION: 'lockoutDuration',
+  DISKHUB_STORES: 'stores',
+  DISKHUB_DEFAULT_STORE: 'defaultStore',
+  DISKHUB_SHOW_IMAGE_DIRECT_URL: 'showImageDirectUrl',
+  DISKHUB_SHOW_MULTIPLE_LOCATIONS: 'showMultipleLocations',
 };
 
+const BOOLEAN = new Set<keyof ServiceConfig>(['showImageDirectUrl', 'showMultipleLocations']);
 const NUMERIC = new Set<keyof ServiceConfig>(['port', 'tokenTtlSeconds', 'imageSizeCap', 'projectImageQuota', 'projectStorageQuota', 'limitMax', 'limitDefault', 'shutdownGraceSeconds', 'lockoutFailureAttempts', 'lockoutDuration']);
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Partial<Record<keyof ServiceConfig, string | number>> = {}, configFile?: string): ServiceConfig {
   const raw: Record<string, unknown> = {};
+  /** The config file's `stores` (each store's options), which DISKHUB_STORES may choose from. */
+  let fileStores: unknown;
   const file = configFile ?? env.DISKHUB_CONFIG;
   if (file) {
     let parsed: unknown;
     try { parsed = JSON.parse(readFileSync(file, 'utf8')); } catch (e) { throw new ConfigError(`cannot read config file ${file}: ${(e as Error).message}`); }
     if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw new ConfigError(`config file ${file}: expected a JSON object`);
     Object.assign(raw, parsed);
+    fileStores = (parsed as Record<string, unknown>).stores;
   }
   for (const [name, key] of Object.entries(ENV)) if (env[name] !== undefined && env[name] !== '') raw[key] = env[name];
   Object.assign(raw, overrides);
@@ -100,14 +117,21 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
     // Keystone's defaults: no lockout; when enabled, 30 minutes.
     lockoutFailureAttempts: 0,
     lockoutDuration: 1800,
+    stores: [{ id: 'file', type: 'file', path: 'images' }],
+    showImageDirectUrl: false,
+    showMultipleLocations: false,
     keystoneUser: 'glance',
     keystoneProject: 'service',
     webDir: fileURLToPath(new URL('../../../web/dist/app', import.meta.url)),
   };
   for (const [key, v] of Object.entries(raw)) {
     if (key === 'dataDir' || v === undefined) continue;
-    if (!(key in cfg) && key !== 'adminPassword' && key !== 'publicUrl' && key !== 'webDir' && key !== 'keystoneUrl' && key !== 'keystonePassword' && key !== 'policyFile') throw new ConfigError(`unknown configuration setting '${key}'`);
-    if (NUMERIC.has(key as keyof ServiceConfig)) {
+    if (!(key in cfg) && key !== 'adminPassword' && key !== 'publicUrl' && key !== 'webDir' && key !== 'keystoneUrl' && key !== 'keystonePassword' && key !== 'policyFile' && key !== 'defaultStore') throw new ConfigError(`unknown configuration setting '${key}'`);
+    if (key === 'stores') {
+      cfg.stores = typeof v === 'string' ? parseStoresList(v, fileStores) : storeSpecs(v);
+    } else if (BOOLEAN.has(key as keyof ServiceConfig)) {
+      (cfg as unknown as Record<string, unknown>)[key] = parseBoolean(key, v);
+    } else if (NUMERIC.has(key as keyof ServiceConfig)) {
       const n = Number(v);
       if (!Number.isInteger(n) || n < 0) throw new ConfigError(`${key} must be a non-negative integer, got '${v}'`);
       (cfg as unknown as Record<string, unknown>)[key] = n;
@@ -118,5 +142,60 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
   if (cfg.port > 65535) throw new ConfigError(`port must be at most 65535, got ${cfg.port}`);
   if (!['info', 'warn', 'error', 'silent'].includes(cfg.logLevel)) throw new ConfigError(`logLevel must be info, warn, error or silent`);
   if (cfg.publicUrl) cfg.publicUrl = cfg.publicUrl.replace(/\/+$/, '');
+  if (cfg.defaultStore !== undefined && !cfg.stores.some((s) => s.id === cfg.defaultStore)) {
+    throw new ConfigError(`defaultStore '${cfg.defaultStore}' is not one of the configured stores (${cfg.stores.map((s) => s.id).join(', ')})`);
+  }
   return cfg;
+}
+
+function parseBoolean(key: string, v: unknown): boolean {
+  if (typeof v === 'boolean') return v;
+  const s = String(v).toLowerCase();
+  if (['true', '1', 'yes', 'on'].includes(s)) return true;
+  if (['false', '0', 'no', 'off'].includes(s)) return false;
+  throw new ConfigError(`${key} must be true or false, got '${v}'`);
+}
+
+/**
+ * The config file's `stores`: an object keyed by store id (Glance's enabled_backends with a
+ * section per backend), each value the store's type and options:
+ *   {"fast": {"type": "file", "path": "/srv/fast"}, "ceph": {"type": "rbd", "pool": "images"}}
+ */
+function storeSpecs(v: unknown): StoreSpec[] {
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new ConfigError(`stores must be an object keyed by store id, e.g. {"fast": {"type": "file", "path": "/srv/images"}}`);
+  const specs: StoreSpec[] = [];
+  for (const [id, opts] of Object.entries(v)) {
+    if (typeof opts !== 'object' || opts === null || Array.isArray(opts)) throw new ConfigError(`stores.${id} must be an object with a "type"`);
+    const { type } = opts as Record<string, unknown>;
+    if (typeof type !== 'string' || !type) throw new ConfigError(`stores.${id} needs a "type" (file, rbd, swift or s3)`);
+    specs.push({ ...(opts as Record<string, unknown>), id, type });
+  }
+  if (specs.length === 0) throw new ConfigError('stores must name at least one store');
+  return specs;
+}
+
+/**
+ * DISKHUB_STORES: the stores to run, comma-separated, each `id:type` or `id:file:PATH`
+ * (`fast:file:/srv/fast,cheap:file:/srv/cheap,ceph:rbd`). A store's other options (a pool, a
+ * container, credentials) come from the config file's `stores.<id>`, which must then have the
+ * same type.
+ */
+export function parseStoresList(list: string, fileStores?: unknown): StoreSpec[] {
+  const configured = fileStores === undefined ? [] : storeSpecs(fileStores);
+  const specs: StoreSpec[] = [];
+  for (const item of list.split(',').map((s) => s.trim()).filter(Boolean)) {
+    const m = /^([^:]+):([^:]+)(?::(.*))?$/.exec(item);
+    if (!m) throw new ConfigError(`DISKHUB_STORES: '${item}' is not id:type or id:file:PATH`);
+    const [, id, type, arg] = m as unknown as [string, string, string, string | undefined];
+    const base = configured.find((s) => s.id === id);
+    if (base && base.type !== type) throw new ConfigError(`DISKHUB_STORES: store '${id}' is ${type} here but ${base.type} in the config file`);
+    const spec: StoreSpec = { ...base, id, type };
+    if (arg !== undefined) {
+      if (type !== 'file') throw new ConfigError(`DISKHUB_STORES: '${item}': only file stores take a path here; put ${type} options in the config file's stores.${id}`);
+      spec.path = arg;
+    }
+    specs.push(spec);
+  }
+  if (specs.length === 0) throw new ConfigError('DISKHUB_STORES names no store');
+  return specs;
 }

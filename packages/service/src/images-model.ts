@@ -23,15 +23,30 @@ export const isReserved = (key: string) => RESERVED.has(key) || key.startsWith('
 export const MAX_PROPERTIES = 128;
 export const MAX_TAGS = 128;
 
+/** One place the image's data is (an image_locations row), as the domain works with it. */
+export interface ImageLocation {
+  id: string;
+  url: string;
+  /** The configured store holding it. */
+  store_id: string | null;
+  metadata: Record<string, unknown>;
+}
+
 export interface ImageRecord extends ImagesTable {
   properties: Record<string, string>;
   tags: string[];
+  /** Active locations, in the order downloads try them. */
+  locations: ImageLocation[];
 }
 
 /** Glance prints times to the second. */
 export const apiTime = (iso: string) => iso.replace(/\.\d+Z$/, 'Z');
 
-export function imageView(img: ImageRecord, storeId: string): Record<string, unknown> {
+/** What an image shows of its locations: Glance's show_image_direct_url and show_multiple_locations (and get_image_location). */
+export interface LocationView { directUrl: boolean; locations: boolean }
+export const NO_LOCATIONS: LocationView = { directUrl: false, locations: false };
+
+export function imageView(img: ImageRecord, show: LocationView = NO_LOCATIONS): Record<string, unknown> {
   const out: Record<string, unknown> = { ...img.properties };
   Object.assign(out, {
     name: img.name,
@@ -52,12 +67,19 @@ export function imageView(img: ImageRecord, storeId: string): Record<string, unk
     id: img.id,
     created_at: apiTime(img.created_at),
     updated_at: apiTime(img.updated_at),
+  });
+  // Glance's order: the locations, then direct_url (the first location's URL), then the links.
+  if (show.locations) out.locations = img.locations.map((l) => ({ url: l.url, metadata: l.metadata }));
+  if (show.directUrl && img.locations.length) out.direct_url = img.locations[0]!.url;
+  Object.assign(out, {
     tags: [...img.tags].sort(),
     self: `/v2/images/${img.id}`,
     file: `/v2/images/${img.id}/file`,
     schema: '/v2/schemas/image',
   });
-  if (img.location) out.stores = storeId;
+  // The stores holding the data, as Glance shows them with enabled_backends.
+  const stores = img.locations.map((l) => l.metadata.store).filter((s): s is string => typeof s === 'string' && s !== '');
+  if (stores.length) out.stores = stores.join(',');
   return out;
 }
 
@@ -102,6 +124,19 @@ export function validateAttr(key: string, value: unknown): void {
       for (const t of value) validateTag(t);
       if (value.length > MAX_TAGS) throw new HttpError(413, `Maximum number of tags exceeded (${MAX_TAGS}).`);
       return;
+    case 'locations':
+      // The image schema's locations: [{url (≤255), metadata (object), validation_data?}]
+      if (!Array.isArray(value)) throw schemaError(`${JSON.stringify(value)} is not of type 'array'`);
+      for (const loc of value) {
+        if (typeof loc !== 'object' || loc === null || Array.isArray(loc)) throw schemaError(`${JSON.stringify(loc)} is not of type 'object'`);
+        const l = loc as Record<string, unknown>;
+        for (const req of ['url', 'metadata']) if (!(req in l)) throw schemaError(`'${req}' is a required property`);
+        if (typeof l.url !== 'string') throw schemaError(`${JSON.stringify(l.url)} is not of type 'string'`);
+        if (tooLong(l.url, 255)) throw schemaError(`'${l.url}' is too long`);
+        if (typeof l.metadata !== 'object' || l.metadata === null || Array.isArray(l.metadata)) throw schemaError(`${JSON.stringify(l.metadata)} is not of type 'object'`);
+        if (l.validation_data !== undefined) validateValidationData(l.validation_data);
+      }
+      return;
     case 'kernel_id':
     case 'ramdisk_id':
       if (value === null) return;
@@ -113,6 +148,21 @@ export function validateAttr(key: string, value: unknown): void {
       if (typeof value !== 'string') throw schemaError(`${JSON.stringify(value)} is not of type 'string'`);
       if (tooLong(key, 255)) throw badRequest(`Property name '${key.slice(0, 40)}…' is longer than 255 characters.`);
       if (tooLong(value, 65535)) throw badRequest(`Property '${key}' value is longer than 65535 characters.`);
+  }
+}
+
+function validateValidationData(v: unknown): void {
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw schemaError(`${JSON.stringify(v)} is not of type 'object'`);
+  const d = v as Record<string, unknown>;
+  const limits: Record<string, [number, number]> = { checksum: [32, 32], os_hash_algo: [0, 64], os_hash_value: [0, 128] };
+  for (const k of Object.keys(d)) if (!(k in limits)) throw schemaError(`Additional properties are not allowed ('${k}' was unexpected)`);
+  for (const req of ['os_hash_algo', 'os_hash_value']) if (!(req in d)) throw schemaError(`'${req}' is a required property`);
+  for (const [k, [min, max]] of Object.entries(limits)) {
+    const x = d[k];
+    if (x === undefined) continue;
+    if (typeof x !== 'string') throw schemaError(`${JSON.stringify(x)} is not of type 'string'`);
+    if (x.length < min) throw schemaError(`'${x}' is too short`);
+    if (x.length > max) throw schemaError(`'${x}' is too long`);
   }
 }
 

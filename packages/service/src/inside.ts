@@ -3,12 +3,13 @@
  * GET /v2/images/{id}/x-diskhub/inside answers with the safety inspector's findings, a
  * picture of the image's allocation (bytes of data, compressed data, zeroes, backing and
  * unallocated ranges in each of N equal slices of the virtual disk) and the partitions and
- * filesystems on it. Everything is read with the disk engine from the store's copy; backing
- * and external data files are never opened (uploads naming them are refused anyway).
+ * filesystems on it. Everything is read with the disk engine from the stored data itself, in
+ * whichever store holds it (a StoreSource: only the ranges the engine asks for are fetched);
+ * backing and external data files are never opened (uploads naming them are refused anyway).
  */
 import {
-  closeChain, contentDevices, filesystemOf, getFormat, inspectFile, isDiskError, openImage, readPartitionTable,
-  type FilesystemInfo, type Image, type InspectionReport,
+  closeChain, contentDevices, filesystemOf, getFormat, inspectSource, isDiskError, openSource, readPartitionTable,
+  type ByteSource, type FilesystemInfo, type Image, type InspectionReport,
 } from '@diskhub/disk';
 
 /** Order of the per-bucket byte counts in `allocation.buckets`. */
@@ -102,9 +103,9 @@ function inspectionView(r: InspectionReport): InsideView['inspection'] {
   return { format: r.format, safe: r.safe, detected: r.detected, subformat: r.subformat, issues: r.issues.map((i) => ({ code: i.code, message: i.message })) };
 }
 
-/** Everything the extension reports about the image data at `path`. */
-export async function describeInside(path: string, buckets = DEFAULT_BUCKETS): Promise<InsideView> {
-  const report = await inspectFile(path);
+/** Everything the extension reports about the image data `source` reads (it is not closed here). */
+export async function describeInside(source: ByteSource, buckets = DEFAULT_BUCKETS): Promise<InsideView> {
+  const report = await inspectSource(source);
   const view: InsideView = { format: report.format, virtual_size: report.virtualSize, inspection: inspectionView(report), allocation: null, partitions: null };
   // The images that the engine can open safely: a format it has a driver for, and nothing
   // that would make it read another file.
@@ -118,7 +119,7 @@ export async function describeInside(path: string, buckets = DEFAULT_BUCKETS): P
   }
   let image: Image | undefined;
   try {
-    image = await openImage(path, { format, backing: false });
+    image = await openSource(source, { format });
     view.virtual_size = image.size;
     view.allocation = await allocationOf(image, buckets);
     view.partitions = await partitionsOf(image);

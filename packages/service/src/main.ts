@@ -5,6 +5,7 @@ import { parseArgs } from 'node:util';
 import { ConfigError, loadConfig } from './config.js';
 import { DatabaseUrlError } from './db/connect.js';
 import { startService } from './server.js';
+import { redactCredentials } from './stores/credentials.js';
 
 const USAGE = `usage: diskhub serve [--config FILE] [--data-dir DIR] [--bind ADDR] [--port N] [--database-url URL]
 
@@ -12,7 +13,10 @@ Runs the image service (Glance Image API v2 with a built-in Keystone v3 identity
 Environment: DISKHUB_DATA_DIR (./data), DISKHUB_PORT (9292), DISKHUB_BIND (127.0.0.1),
 DISKHUB_ADMIN_PASSWORD (generated and printed on first start when unset),
 DISKHUB_DATABASE_URL (sqlite:DATA_DIR/diskhub.sqlite; postgres://… or mysql://…),
-DISKHUB_PUBLIC_URL, DISKHUB_REGION, DISKHUB_LOG_LEVEL, DISKHUB_CONFIG (JSON config file).
+DISKHUB_PUBLIC_URL, DISKHUB_REGION, DISKHUB_LOG_LEVEL, DISKHUB_CONFIG (JSON config file),
+DISKHUB_STORES (image stores: id:type or id:file:PATH, comma-separated; default one file
+store 'file' in DATA_DIR/images), DISKHUB_DEFAULT_STORE, DISKHUB_SHOW_MULTIPLE_LOCATIONS,
+DISKHUB_SHOW_IMAGE_DIRECT_URL.
 `;
 
 export async function serveMain(argv: string[]): Promise<number> {
@@ -54,7 +58,8 @@ export async function serveMain(argv: string[]): Promise<number> {
     if (e instanceof ConfigError || e instanceof DatabaseUrlError) { process.stderr.write(`diskhub serve: ${e.message}\n`); return 1; }
     const err = e as NodeJS.ErrnoException;
     if (err.code === 'EADDRINUSE' || err.code === 'EACCES' || err.code === 'EADDRNOTAVAIL') { process.stderr.write(`diskhub serve: cannot listen: ${err.message}\n`); return 1; }
-    process.stderr.write(`diskhub serve: ${err.message}\n`);
+    // (a store that cannot connect may say why with its configuration: its credentials are cut)
+    process.stderr.write(`diskhub serve: ${redactCredentials(err.message)}\n`);
     return 1;
   }
 }

@@ -50,7 +50,14 @@ import { metadefRoutes } from './routes/metadefs.js';
 import { MetadefService } from './domain/metadefs.js';
 import { MetadefRepo } from './repo/metadefs.js';
 import { jsonLogger, type Logger } from './log.js';
-import { FileStore } from './store.js';
+import './stores/builtin.js';
+import { FileStore } from './stores/file/file-store.js';
+import { StoreSet, buildStore } from './stores/registry.js';
+import { StoreInfo } from './domain/stores.js';
+import { storeFailure } from './domain/store-failures.js';
+import { redactCredentials } from './stores/credentials.js';
+import { StoreError } from './stores/store.js';
+import { storeRoutes } from './routes/stores.js';
 import { DownloadUrls } from './download-urls.js';
 import { findStatic, sendStatic } from './static.js';
 import { discoveryRoutes } from './routes/discovery.js';
@@ -80,6 +87,10 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
   // A policy file that cannot be used stops the start before anything is opened.
   const policy = await Policy.load(cfg.policyFile);
   await mkdir(cfg.dataDir, { recursive: true });
+  // The configured stores (one file store `file` in <data dir>/images without configuration):
+  // a store that cannot be used stops the start before the database is opened.
+  const stores = new StoreSet(cfg.stores.map((spec) => buildStore(spec, { dataDir: cfg.dataDir })), cfg.defaultStore);
+  await stores.init();
   const db = await openDatabase(cfg.databaseUrl, cfg.dataDir);
   const identity = new Identity(db, {
     tokenTtlSeconds: cfg.tokenTtlSeconds, region: cfg.region,
@@ -90,8 +101,6 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
     url: cfg.keystoneUrl, username: cfg.keystoneUser, password: cfg.keystonePassword ?? '', project: cfg.keystoneProject,
   }) : null;
   const { generatedPassword } = external ? { generatedPassword: undefined } : await identity.bootstrap(cfg.adminPassword);
-  const store = new FileStore(join(cfg.dataDir, 'images'));
-  await store.init();
 
   const registry = new Registry();
   collectDefaultMetrics({ register: registry });
@@ -195,11 +204,14 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
       status = 415; message = `The request media type ${request.headers['content-type'] || '(none)'} is not supported by this server.`;
     } else if (typeof err.statusCode === 'number' && err.statusCode >= 400 && err.statusCode < 500) {
       status = err.statusCode; message = err.message;
+    } else if (err instanceof StoreError && (storage = storeFailure(err, null, 'answering the request'))) {
+      log.error('store failure', { request_id: request.id, error: storage.message });
+      ({ status, message } = storage);
     } else if ((storage = storageError(err))) {
       log.error('storage full', { request_id: request.id, error: String(err?.message ?? err) });
       ({ status, message } = storage);
     } else {
-      log.error('unhandled error', { request_id: request.id, error: err?.stack ?? String(err) });
+      log.error('unhandled error', { request_id: request.id, error: redactCredentials(err?.stack ?? String(err)) });
       status = 500; message = 'The server has either erred or is incapable of performing the requested operation.';
     }
     drainUnread(request.raw);
@@ -231,21 +243,32 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
   const node = `${hostname()}:${cfg.dataDir}`;
   const repo = new ImageRepo(db);
   const stagingDir = join(cfg.dataDir, 'staging');
-  const images = new ImageService(repo, store, policy, { projectImageQuota: cfg.projectImageQuota, stagingDir }, log);
-  const data = new ImageDataService(images, repo, store, {
+  const images = new ImageService(repo, stores, policy, { projectImageQuota: cfg.projectImageQuota, stagingDir, showMultipleLocations: cfg.showMultipleLocations }, log);
+  const data = new ImageDataService(images, repo, stores, {
     imageSizeCap: cfg.imageSizeCap, projectStorageQuota: cfg.projectStorageQuota, stagingDir, node, downloadUrls: await DownloadUrls.open(db),
   }, log);
+  // Locations written before they were URLs are bare file names of the file store `file`.
+  const legacy = stores.get('file');
+  if (legacy instanceof FileStore) {
+    const upgraded = await repo.upgradeBareLocations(legacy.id, (key) => legacy.locationOf(key));
+    if (upgraded) log.info('store locations upgraded to URLs', { store: legacy.id, count: upgraded });
+  }
   await data.recover();
 
   await app.register(async (scope) => {
     acceptJson(scope);
-    discoveryRoutes(scope, { db, metrics: registry, webDir, auth, storeId: store.id });
+    const storeInfo = new StoreInfo(stores, policy);
+    discoveryRoutes(scope, { db, metrics: registry, webDir, auth });
     schemaRoutes(scope, { auth });
-    imageRoutes(scope, { auth, images, storeId: store.id, limitMax: cfg.limitMax, limitDefault: cfg.limitDefault });
-    imageDataRoutes(scope, { auth, data, store });
+    imageRoutes(scope, {
+      auth, images, storeIds: storeInfo.ids(), limitMax: cfg.limitMax, limitDefault: cfg.limitDefault,
+      showImageDirectUrl: cfg.showImageDirectUrl, showMultipleLocations: cfg.showMultipleLocations,
+    });
+    imageDataRoutes(scope, { auth, data, storeIds: storeInfo.ids() });
     tagRoutes(scope, { auth, images });
     memberRoutes(scope, { auth, images });
-    extensionRoutes(scope, { auth, images, data, store });
+    extensionRoutes(scope, { auth, images, data });
+    storeRoutes(scope, { auth, images, stores: storeInfo });
   });
   if (!external) {
     await app.register(async (scope) => {
@@ -287,6 +310,7 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
       await Promise.allSettled([...data.inFlight]);
       await stopped;
       await identity.close();
+      await stores.close();
       await db.close();
     })(),
   };

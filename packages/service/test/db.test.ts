@@ -13,8 +13,9 @@ import { Kysely, PostgresDialect, MysqlDialect, sql } from 'kysely';
 import pg from 'pg';
 import mysql from 'mysql2';
 import { tempDir } from '@diskhub/testkit';
-import { openDatabase } from '../src/index.js';
-import { addProjectUser, api, startTestService, token } from './helpers.js';
+import { mkdir, writeFile } from 'node:fs/promises';
+import { jsonLogger, loadConfig, openDatabase, startService } from '../src/index.js';
+import { ADMIN_PASSWORD, addProjectUser, api, startTestService, token } from './helpers.js';
 
 const PG_URL = process.env.DISKHUB_TEST_POSTGRES_URL ?? 'postgres://diskhub:diskhub@127.0.0.1:5432/diskhub_test';
 const MYSQL_URL = process.env.DISKHUB_TEST_MYSQL_URL ?? 'mysql://diskhub:diskhub@127.0.0.1:3306/diskhub_test';
@@ -135,6 +136,43 @@ for (const [dialect, provision] of Object.entries(provisioners)) {
     assert.equal((await a('DELETE', `/v2/images/${ids.gamma}`)).status, 204);
     assert.deepEqual((await other('GET', '/v2/images')).json.images, []);
     assert.equal((await a('POST', '/v2/images', { body: { id: ids.beta } })).status, 409);
+  });
+
+  test(`database ${dialect}: a database from before image_locations keeps its images' data (bare keys become file:// URLs)`, async (t) => {
+    const provisioned = await provision(t);
+    if (!provisioned) return;
+    const { url } = provisioned;
+    const dataDir = await tempDir(t);
+    // The schema as it was (0003), with an active image whose location is a bare key of the file store.
+    const old = await openDatabase(url, dataDir, { migrateTo: '0003_identity_lockout_revocation' });
+    const id = '5b8e1a6e-2a0b-4c35-9a51-2f5d3a0c9d11';
+    const data = randomBytes(70_000);
+    const ts = '2026-01-01T00:00:00.000Z';
+    await old.kysely.insertInto('images').values({
+      id, name: 'legacy', disk_format: 'raw', container_format: 'bare', size: data.length, virtual_size: data.length, status: 'active',
+      visibility: 'private', protected: 0, os_hidden: 0, checksum: null, os_hash_algo: null, os_hash_value: null, min_disk: 0, min_ram: 0,
+      owner: null, location: id, store: 'file', created_at: ts, updated_at: ts, revision: 1, deleted: 0, deleted_at: null,
+    } as any).execute();
+    await old.close();
+    await mkdir(join(dataDir, 'images'), { recursive: true });
+    await writeFile(join(dataDir, 'images', id), data);
+
+    const cfg = loadConfig({ DISKHUB_DATA_DIR: dataDir, DISKHUB_PORT: '0', DISKHUB_ADMIN_PASSWORD: ADMIN_PASSWORD, DISKHUB_DATABASE_URL: url, DISKHUB_SHOW_MULTIPLE_LOCATIONS: 'true' });
+    const svc = await startService(cfg, jsonLogger({ write: () => true }, 'silent'));
+    t.after(() => svc.close());
+    t.after(provisioned.drop);
+    const tok = await token(svc.url);
+    const shown = await api(svc.url, tok)('GET', `/v2/images/${id}`);
+    assert.equal(shown.status, 200, shown.text);
+    assert.equal(shown.json.stores, 'file');
+    assert.deepEqual(shown.json.locations, [{ url: `file://${join(dataDir, 'images', id)}`, metadata: { store: 'file' } }]);
+    const dl = await fetch(`${svc.url}/v2/images/${id}/file`, { headers: { 'X-Auth-Token': tok } });
+    assert.equal(dl.status, 200);
+    assert.ok(Buffer.from(await dl.arrayBuffer()).equals(data));
+    // The old columns are gone: image_locations is the one record of where data is.
+    const cols = await svc.db.kysely.introspection.getTables().then((ts) => ts.find((x) => x.name === 'images')!.columns.map((c) => c.name));
+    assert.ok(!cols.includes('location') && !cols.includes('store'), cols.join(','));
+    assert.equal((await api(svc.url, tok)('DELETE', `/v2/images/${id}`)).status, 204);
   });
 
   test(`database ${dialect}: two API nodes share one database (tokens, images)`, async (t) => {

@@ -74,6 +74,10 @@ test('x-diskhub/inside: allocation, inspection and partitions of stored images',
   assert.equal(ri.partitions.entries[0].start, 2048 * 512);
   assert.equal(ri.partitions.entries[0].filesystem.type, 'ext4');
   assert.equal(ri.partitions.entries[0].filesystem.label, 'rootfs');
+  // The stored file's holes show as holes (read through the file store): qemu-img map of the stored copy agrees.
+  const stored = join(svc.dataDir, 'images', rid);
+  assert.equal(ri.allocation.totals.data, await mappedData(stored));
+  assert.ok(ri.allocation.totals.data < 32 << 20, `data ${ri.allocation.totals.data}`);
 
   // Errors in Glance's shape: bad bucket counts, no data yet, images others cannot see.
   assert.equal((await a('GET', `/v2/images/${qid}/x-diskhub/inside?buckets=0`)).status, 400);

@@ -74,12 +74,12 @@ function makeDialect(url: string, baseDir: string): Dialect {
   });
 }
 
-/** Connect and bring the schema up to date. */
-export async function openDatabase(url: string, baseDir: string): Promise<Db> {
+/** Connect and bring the schema up to date (`migrateTo`: only up to that migration, for upgrade tests). */
+export async function openDatabase(url: string, baseDir: string, options: { migrateTo?: string } = {}): Promise<Db> {
   const kysely = new Kysely<Database>({ dialect: makeDialect(url, baseDir) });
   const db: Db = { kysely, dialect: dialectOf(url), close: () => kysely.destroy() };
   try {
-    await migrate(db);
+    await migrate(db, options.migrateTo);
   } catch (e) {
     await kysely.destroy().catch(() => {});
     throw e;

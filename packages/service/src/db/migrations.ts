@@ -2,6 +2,7 @@
  * Schema migrations, in order. Kysely's Migrator records what ran (kysely_migration) and
  * takes a lock, so several API nodes starting at once migrate exactly once.
  */
+import { randomUUID } from 'node:crypto';
 import { Migrator, sql, type Kysely, type Migration, type MigrationProvider } from 'kysely';
 import type { Db } from './connect.js';
 
@@ -164,10 +165,42 @@ const migrations = (dialect: Db['dialect']): Record<string, Migration> => ({
       await db.schema.alterTable('users').addColumn('tokens_revoked_before', 'bigint').execute();
     },
   },
+  '0004_image_locations': {
+    // Several locations per image, as Glance's image_locations keeps them (multi-store: one per
+    // store holding a copy, in the order downloads try them). The images' location/store
+    // columns move here; a bare key (written before locations were URLs) is kept as it is and
+    // rewritten as its file store's URL at start, where the store's directory is known.
+    async up(db: Kysely<any>): Promise<void> {
+      await db.schema.createTable('image_locations')
+        .addColumn('id', sql`varchar(36)`, (c) => c.primaryKey())
+        .addColumn('image_id', sql`varchar(36)`, (c) => c.notNull())
+        .addColumn('url', 'text', (c) => c.notNull())
+        .addColumn('store_id', sql`varchar(64)`)
+        .addColumn('status', sql`varchar(30)`, (c) => c.notNull())
+        .addColumn('metadata', 'text', (c) => c.notNull())
+        .addColumn('position', 'integer', (c) => c.notNull())
+        .addColumn('created_at', sql.raw(TS), (c) => c.notNull())
+        .addColumn('updated_at', sql.raw(TS), (c) => c.notNull())
+        .execute();
+      await db.schema.createIndex('ix_image_locations_image_id').on('image_locations').column('image_id').execute();
+      if (dialect === 'mysql') await sql`ALTER TABLE image_locations CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_bin`.execute(db);
+      const rows = await db.selectFrom('images').select(['id', 'location', 'store', 'updated_at']).where('location', 'is not', null).where('deleted', '=', 0).execute();
+      for (const r of rows) {
+        await db.insertInto('image_locations').values({
+          id: randomUUID(), image_id: r.id, url: r.location, store_id: r.store ?? 'file', status: 'active',
+          metadata: JSON.stringify({ store: r.store ?? 'file' }), position: 0, created_at: r.updated_at, updated_at: r.updated_at,
+        }).execute();
+      }
+      await db.schema.alterTable('images').dropColumn('location').execute();
+      await db.schema.alterTable('images').dropColumn('store').execute();
+    },
+  },
 });
 
-export async function migrate(db: Db): Promise<void> {
-  const { error, results } = await new Migrator({ db: db.kysely, provider: { getMigrations: async () => migrations(db.dialect) } satisfies MigrationProvider }).migrateToLatest();
+/** Bring the schema to the latest migration (or, for upgrade tests, to `target`). */
+export async function migrate(db: Db, target?: string): Promise<void> {
+  const migrator = new Migrator({ db: db.kysely, provider: { getMigrations: async () => migrations(db.dialect) } satisfies MigrationProvider });
+  const { error, results } = await (target === undefined ? migrator.migrateToLatest() : migrator.migrateTo(target));
   if (error) {
     const failed = results?.find((r) => r.status === 'Error');
     throw new Error(`database migration ${failed?.migrationName ?? ''} failed: ${(error as Error).message ?? error}`, { cause: error });

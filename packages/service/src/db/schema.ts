@@ -21,16 +21,31 @@ export interface ImagesTable {
   min_disk: number;
   min_ram: number;
   owner: string | null;
-  /** Where the data lives in the store (a store-specific key); null without data. */
-  location: string | null;
-  /** Which store holds it (`file`), null without data. */
-  store: string | null;
   created_at: string;
   updated_at: string;
   /** Bumped on every change: updates are compare-and-set on it, so concurrent nodes never lose writes. */
   revision: number;
   deleted: number;
   deleted_at: string | null;
+}
+
+/**
+ * Where an image's data is (Glance's image_locations): a URL in one of the configured stores
+ * (or, for locations added through the API, any store's), in the order downloads try them.
+ */
+export interface ImageLocationsTable {
+  id: string;
+  image_id: string;
+  url: string;
+  /** The configured store holding it (its metadata's `store`). */
+  store_id: string | null;
+  /** active; pending_delete / deleted once the data is (to be) removed. */
+  status: string;
+  /** JSON object: the location's metadata as the API shows it ({"store": id, ...}). */
+  metadata: string;
+  position: number;
+  created_at: string;
+  updated_at: string;
 }
 
 export interface ImagePropertiesTable {
@@ -80,6 +95,7 @@ export interface MetadefResourceTypesTable { name: string; protected: number; cr
 export interface Database {
   images: ImagesTable;
   image_properties: ImagePropertiesTable;
+  image_locations: ImageLocationsTable;
   image_tags: ImageTagsTable;
   image_members: ImageMembersTable;
   domains: DomainsTable;

@@ -16,7 +16,9 @@ import type { ImageRecord } from '../images-model.js';
 import { UploadInspection } from '../inspect.js';
 import { UploadHasher } from '../hashing.js';
 import type { DownloadUrls } from '../download-urls.js';
-import type { StagedWrite, Store } from '../store.js';
+import { StoreError, type Store, type StoreWriter } from '../stores/store.js';
+import type { StoreSet } from '../stores/registry.js';
+import { storeFailure } from './store-failures.js';
 import type { Logger } from '../log.js';
 import type { ImageRepo } from '../repo/images.js';
 import type { ImageService } from './images.js';
@@ -45,9 +47,12 @@ export const FAILED_IMPORT_PROPERTY = 'os_glance_failed_import';
 const DEACTIVATED = 'The requested image has been deactivated. Image data download is forbidden.';
 const INTERRUPTED = 'Image upload was interrupted; no data was kept.';
 
-/** The storage under the data is full: Glance's 413 (HTTPRequestEntityTooLarge, "Image storage media is full"). */
+/** The storage under the staging area is full: Glance's 413 (HTTPRequestEntityTooLarge, "Image storage media is full"). */
 const storageFull = () => new HttpError(413, 'Image storage media is full: there is no space left on the device for this image; no data was kept.');
 const isNoSpace = (e: unknown) => (e as NodeJS.ErrnoException | null)?.code === 'ENOSPC' || (e as NodeJS.ErrnoException | null)?.code === 'EDQUOT';
+
+/** A stored copy of an image's data that answers: where downloads and inspection read. */
+export interface ReadableData { store: Store; url: string; size: number }
 
 export class ImageDataService {
   /** Uploads and imports in progress (shutdown waits for them). */
@@ -56,7 +61,7 @@ export class ImageDataService {
   constructor(
     private readonly images: ImageService,
     private readonly repo: ImageRepo,
-    private readonly store: Store,
+    private readonly stores: StoreSet,
     private readonly opts: ImageDataOptions,
     private readonly log: Logger,
   ) {}
@@ -105,28 +110,45 @@ export class ImageDataService {
     };
   }
 
-  /** PUT /file: queued → saving → active, the data streamed into the store. `complete` says whether the body arrived whole. */
-  async upload(a: AuthContext, id: string, input: Readable, declaredLength: number | null, complete: () => boolean): Promise<void> {
+  /**
+   * A configured store by id (X-Image-Meta-Store), or the default one: Glance's 400 for a
+   * store it does not have (glance_store's UnknownScheme).
+   */
+  store(id: string | undefined): Store {
+    if (id === undefined) return this.stores.default;
+    const store = this.stores.get(id);
+    if (!store) throw badRequest(`Unknown scheme '${id}' found in URI`);
+    return store;
+  }
+
+  /**
+   * PUT /file: queued → saving → active, the data streamed into `storeId` (the default store
+   * when absent). `complete` says whether the body arrived whole.
+   */
+  async upload(a: AuthContext, id: string, input: Readable, declaredLength: number | null, complete: () => boolean, storeId?: string): Promise<void> {
+    const store = this.store(storeId);
     const img = await this.images.get(a, id);
     this.images.imagePolicy(a, img).uploadImage();
-    const tempKey = this.store.newTempKey(img.id);
+    const tempKey = store.newTempKey(img.id);
     const saving = await this.transition(img, 'saving', { claim: tempKey });
-    await this.track(this.ingest(saving, tempKey, input, declaredLength, 'queued', complete));
+    await this.track(this.ingest(saving, store, tempKey, input, declaredLength, 'queued', complete));
   }
 
   /**
    * Stream `input` into the store while hashing, counting and inspecting; verify; make the
    * image active. `tempKey`: the temporary data the status transition claimed.
    */
-  private async ingest(img: ImageRecord, tempKey: string, input: Readable, declaredLength: number | null, revertTo: ImageStatus, complete: () => boolean): Promise<void> {
+  private async ingest(img: ImageRecord, store: Store, tempKey: string, input: Readable, declaredLength: number | null, revertTo: ImageStatus, complete: () => boolean): Promise<void> {
     const inspection = new UploadInspection(img.id, img.container_format);
     let size = 0;
-    let staged: StagedWrite;
+    let staged: StoreWriter;
     try {
-      staged = await this.store.begin(tempKey);
+      staged = await store.begin(tempKey, declaredLength ?? undefined);
     } catch (e) {
       await this.abandon(img.id, revertTo);
-      throw isNoSpace(e) ? storageFull() : e;
+      const failure = storeFailure(e, store.id, 'starting the upload');
+      if (failure) this.log.warn('upload failed: store', { image: img.id, store: store.id, error: failure.message });
+      throw failure ?? e;
     }
     const { cap, tooBig } = await this.uploadLimit(img.owner);
     // Hashing batches the data into 1 MiB page-aligned buffers; the file is written from those.
@@ -153,9 +175,10 @@ export class ImageDataService {
       if (declaredLength !== null && size !== declaredLength) throw badRequest(`Image data ended after ${size} of ${declaredLength} bytes.`);
     } catch (e) {
       if (e instanceof HttpError) return fail(e);
-      if (isNoSpace(e)) {
-        this.log.warn('upload failed: storage full', { image: img.id, bytes: size });
-        return fail(storageFull());
+      const failure = storeFailure(e, store.id, 'writing the data');
+      if (failure) {
+        this.log.warn('upload failed: store', { image: img.id, store: store.id, bytes: size, error: failure.message });
+        return fail(failure);
       }
       this.log.warn('upload interrupted', { image: img.id, bytes: size, error: (e as Error).message });
       return fail(new HttpError(400, INTERRUPTED));
@@ -164,20 +187,30 @@ export class ImageDataService {
     const verdict = await inspection.finish(img.disk_format, img.container_format)
       .catch((e): { virtualSize: null; refusal: string } => ({ virtualSize: null, refusal: `Image data could not be inspected: ${(e as Error).message}` }));
     if (verdict.refusal) return fail(badRequest(verdict.refusal));
-    const location = img.id;
+    let location: string;
     try {
-      await staged.commit(location);
+      location = await staged.commit(img.id);
     } catch (e) {
-      return fail(isNoSpace(e) ? storageFull() : e);
+      const failure = storeFailure(e, store.id, 'committing the data');
+      if (failure) this.log.warn('upload failed: store', { image: img.id, store: store.id, bytes: size, error: failure.message });
+      return fail(failure ?? e);
     }
     assertTransition(img.status, 'active');
-    const activated = await this.repo.activate(img.id, [img.status], {
-      size, virtual_size: verdict.virtualSize, checksum: digests.md5,
-      os_hash_algo: 'sha512', os_hash_value: digests.sha512, location, store: this.store.id,
-    });
+    let activated: boolean;
+    try {
+      activated = await this.repo.activate(img.id, [img.status], {
+        size, virtual_size: verdict.virtualSize, checksum: digests.md5,
+        os_hash_algo: 'sha512', os_hash_value: digests.sha512, location: { url: location, store_id: store.id },
+      });
+    } catch (e) {
+      // The database refused the new location: the committed data must not stay behind unnamed.
+      await store.delete(location).catch(() => {});
+      await this.abandon(img.id, revertTo);
+      throw e;
+    }
     if (!activated) {
       // Deleted (or otherwise changed) while we were writing: keep nothing.
-      await this.store.delete(location).catch(() => {});
+      await store.delete(location).catch(() => {});
       throw conflict('Image was deleted or changed during the upload; the data was discarded.');
     }
   }
@@ -221,20 +254,21 @@ export class ImageDataService {
     if (img.status !== 'uploading') throw conflict(`Image status transition from ${img.status} to importing is not allowed`);
     if (!img.container_format || !img.disk_format) throw conflict("'disk_format' and 'container_format' must be set before import.");
     const path = join(this.opts.stagingDir, img.id);
-    const tempKey = this.store.newTempKey(img.id);
+    const store = this.stores.default;
+    const tempKey = store.newTempKey(img.id);
     const importing = await this.transition(img, 'importing', { claim: tempKey });
     await this.repo.setProperty(img.id, FAILED_IMPORT_PROPERTY, null);
     void this.track((async () => {
       try {
         const length = (await stat(path)).size;
-        await this.ingest(importing, tempKey, createReadStream(path, { highWaterMark: 1 << 20 }), length, 'queued', () => true);
+        await this.ingest(importing, store, tempKey, createReadStream(path, { highWaterMark: 1 << 20 }), length, 'queued', () => true);
       } catch (e) {
         // The outcome shows on the image, as Glance's import task leaves it: back to queued,
         // with the store it failed for in os_glance_failed_import and the reason logged.
         const reason = (e as Error).message;
         this.log.warn('import failed', { image: img.id, error: reason });
         await this.abandon(img.id, 'queued'); // (when the staged data was gone before ingest began)
-        await this.repo.setProperty(img.id, FAILED_IMPORT_PROPERTY, this.store.id).catch(() => {});
+        await this.repo.setProperty(img.id, FAILED_IMPORT_PROPERTY, store.id).catch(() => {});
       } finally {
         await rm(path, { force: true });
       }
@@ -262,8 +296,29 @@ export class ImageDataService {
   /** A signed, short-lived download URL's query for an image the caller may download. */
   async signDownload(a: AuthContext, id: string): Promise<{ img: ImageRecord; query: string; expires: number }> {
     const img = await this.downloadable(a, id, null);
-    if (!img.location || img.status !== 'active') throw conflict(`Image ${img.id} has no data to download (status ${img.status}).`);
+    if (img.locations.length === 0 || img.status !== 'active') throw conflict(`Image ${img.id} has no data to download (status ${img.status}).`);
     return { img, ...this.opts.downloadUrls.sign(img.id) };
+  }
+
+  /**
+   * The first of the image's locations whose store answers (as Glance's get_data tries each
+   * location in turn): a store that is down, or lost the data, falls through to the next.
+   * When none answers: null when the data is gone everywhere (Glance's 204), 503 when a store failed.
+   */
+  async readable(img: ImageRecord): Promise<ReadableData | null> {
+    let failure: unknown = null;
+    for (const loc of img.locations) {
+      const store = (loc.store_id !== null ? this.stores.get(loc.store_id) : undefined) ?? this.stores.ownerOf(loc.url);
+      if (!store) { this.log.warn('image location in no configured store', { image: img.id, store: loc.store_id }); continue; }
+      try {
+        return { store, url: loc.url, size: await store.size(loc.url) };
+      } catch (e) {
+        this.log.warn('image data not readable from store', { image: img.id, store: store.id, error: storeFailure(e, store.id, 'reading')?.message ?? String(e) });
+        if (!(e instanceof StoreError && e.kind === 'not-found')) failure = storeFailure(e, store.id, 'reading') ?? e;
+      }
+    }
+    if (failure) throw failure instanceof HttpError ? failure : new HttpError(503, 'The image data could not be read from any of its stores; try again later.');
+    return null;
   }
 
   /** After a crash: uploads this node had in flight are gone; put their images back and drop partial data. */
@@ -273,8 +328,15 @@ export class ImageDataService {
       await this.repo.revertStatus(u.image_id, ['saving', 'importing'], 'queued');
       this.log.info('recovered interrupted upload', { image: u.image_id });
     }
-    const removed = await this.store.sweep(await this.repo.liveTempKeys());
-    if (removed.length) this.log.info('removed partial data files', { count: removed.length });
+    // Every store: a crash may have cut off uploads to any of them.
+    const live = await this.repo.liveTempKeys();
+    for (const store of this.stores.all) {
+      const removed = await store.sweep(live).catch((e) => {
+        this.log.warn('store sweep failed', { store: store.id, error: storeFailure(e, store.id, 'sweeping')?.message ?? String(e) });
+        return [];
+      });
+      if (removed.length) this.log.info('removed partial data', { store: store.id, count: removed.length });
+    }
     // Staging cut off by a crash: drop the partial file; an image whose staged data is not
     // whole goes back to queued (one whose staging completed keeps it, ready for import).
     await mkdir(this.opts.stagingDir, { recursive: true });

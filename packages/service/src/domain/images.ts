@@ -14,11 +14,13 @@ import { ImageApiPolicy, MemberApiPolicy, type Policy, type PolicyCredentials, t
 import { num } from '../db/schema.js';
 import type { ImageRepo, ListResult } from '../repo/images.js';
 import type { ImageMembersTable, ImagesTable } from '../db/schema.js';
-import type { Store } from '../store.js';
+import type { StoreSet } from '../stores/registry.js';
+import { ImageLocations, type LocationOptions } from './locations.js';
+import { PolicyNotAuthorized } from '../policy/index.js';
 import type { Logger } from '../log.js';
 import { assertTransition } from './status.js';
 
-export interface ImageLimits {
+export interface ImageLimits extends LocationOptions {
   /** Images a project may own; 0 = unlimited. */
   projectImageQuota: number;
   /** The image data's staging directory (removed with the image). */
@@ -26,7 +28,11 @@ export interface ImageLimits {
 }
 
 /** One change of a JSON-patch request, its pointer already resolved to an attribute name. */
-export interface ImageChange { op: 'add' | 'replace' | 'remove'; key: string; path: string; value?: unknown; hasValue: boolean }
+export interface ImageChange {
+  op: 'add' | 'replace' | 'remove'; key: string; path: string; value?: unknown; hasValue: boolean;
+  /** The pointer's second segment (`/locations/1`, `/locations/-`), only the locations list has one. */
+  position?: string;
+}
 
 export const MAX_MEMBERS = 128;
 export const MAX_TAGS_PER_IMAGE = 128;
@@ -38,13 +44,29 @@ export function credentials(a: AuthContext): PolicyCredentials {
 }
 
 export class ImageService {
+  /** The image's locations: the locations API, and its data's removal. */
+  readonly locations: ImageLocations;
+
   constructor(
     readonly repo: ImageRepo,
-    private readonly store: Store,
+    stores: StoreSet,
     private readonly policy: Policy,
     private readonly limits: ImageLimits,
-    private readonly log: Logger,
-  ) {}
+    log: Logger,
+  ) {
+    this.locations = new ImageLocations(this, repo, stores, limits, log);
+  }
+
+  /** Whether `a` may see the image's locations (Glance shows none when get_image_location refuses). */
+  locationsVisible(a: AuthContext, img: ImageRecord): boolean {
+    try {
+      this.imagePolicy(a, img).getImageLocation();
+      return true;
+    } catch (e) {
+      if (e instanceof PolicyNotAuthorized || e instanceof HttpError) return false;
+      throw e;
+    }
+  }
 
   /** The policy's checks of `a` on `img` (or on a proposed image for create and list). */
   imagePolicy(a: AuthContext, img: ImageRecord | { owner?: string | null; visibility?: string }): ImageApiPolicy {
@@ -82,7 +104,7 @@ export class ImageService {
       container_format: (body.container_format as string | null | undefined) ?? null, size: null, virtual_size: null,
       status: 'queued', visibility, protected: body.protected ? 1 : 0, os_hidden: body.os_hidden ? 1 : 0,
       checksum: null, os_hash_algo: null, os_hash_value: null, min_disk: (body.min_disk as number | undefined) ?? 0,
-      min_ram: (body.min_ram as number | undefined) ?? 0, owner, location: null, store: null,
+      min_ram: (body.min_ram as number | undefined) ?? 0, owner,
       created_at: ts, updated_at: ts, revision: 0, deleted: 0, deleted_at: null,
     };
     try {
@@ -94,8 +116,17 @@ export class ImageService {
     return (await this.repo.load(id))!;
   }
 
-  /** Apply a JSON patch's changes (all or none). */
+  /**
+   * Apply a JSON patch's changes: changes of the locations list first, each saved as it is
+   * applied (their data moves with them), then all other changes at once (all or none).
+   */
   async update(a: AuthContext, id: string, changes: ImageChange[]): Promise<ImageRecord> {
+    const locationChanges = changes.filter((c) => c.key === 'locations');
+    if (locationChanges.length) {
+      await this.locations.apply(a, id, locationChanges);
+      changes = changes.filter((c) => c.key !== 'locations');
+      if (changes.length === 0) return (await this.repo.load(id))!;
+    }
     const img = await this.get(a, id);
     const pol = this.imagePolicy(a, img);
     pol.modifyImage();
@@ -144,7 +175,7 @@ export class ImageService {
     if (img.protected) throw forbidden(`Image ${img.id} is protected and cannot be deleted.`);
     assertTransition(img.status, 'deleted');
     if (!(await this.repo.softDelete(img))) throw notFound(`No image found with ID ${img.id}`);
-    if (img.location) await this.store.delete(img.location).catch((e) => this.log.warn('store delete failed', { image: img.id, error: String(e) }));
+    await this.locations.deleteAllData(img);
     await rm(join(this.limits.stagingDir, img.id), { force: true });
   }
 

@@ -145,8 +145,18 @@ export class ImageApiPolicy {
   uploadImage(): void { this.enforce('upload_image'); this.mutable('upload_image'); }
   deactivate(): void { this.enforce('deactivate'); this.mutable('deactivate'); }
   reactivate(): void { this.enforce('reactivate'); this.mutable('reactivate'); }
-  setImageLocation(): void { this.enforce('set_image_location'); }
+  /** The locations API's add and replace: the rule, then (as Glance's database layer refuses to save another's image) ownership. */
+  setImageLocation(): void { this.enforce('set_image_location'); this.mutable('set_image_location'); }
   deleteImageLocation(): void { this.enforce('delete_image_location'); this.mutable('delete_image_location'); }
+}
+
+/** Glance's DiscoveryAPIPolicy: what the /v2/info resources check (on an empty target). */
+export class DiscoveryApiPolicy {
+  constructor(private readonly policy: Policy, private readonly creds: PolicyCredentials) {}
+
+  storesInfoDetail(): void {
+    if (!this.policy.enforce('stores_info_detail', {}, this.creds)) throw new PolicyNotAuthorized('stores_info_detail');
+  }
 }
 
 /**

@@ -2,4 +2,4 @@
 export { Policy, PolicyNotAuthorized, PolicyFileError, type PolicyCredentials, type PolicyOptions } from './policy.js';
 export { PolicySyntaxError, parseRule } from './language.js';
 export { GLANCE_DEFAULTS, type RuleDefault } from './glance-defaults.js';
-export { ImageApiPolicy, MemberApiPolicy, PolicyForbidden, PolicyHidesImage, imageTarget, proposedImageTarget, type PolicyImage } from './image-api.js';
+export { DiscoveryApiPolicy, ImageApiPolicy, MemberApiPolicy, PolicyForbidden, PolicyHidesImage, imageTarget, proposedImageTarget, type PolicyImage } from './image-api.js';

@@ -7,8 +7,9 @@
  */
 import { sql, type ExpressionBuilder, type Expression, type SqlBool, type Transaction } from 'kysely';
 import type { Db } from '../db/connect.js';
+import { randomUUID } from 'node:crypto';
 import type { Database, ImageMembersTable, ImagesTable } from '../db/schema.js';
-import type { ImageRecord } from '../images-model.js';
+import type { ImageLocation, ImageRecord } from '../images-model.js';
 import { badRequest } from '../http.js';
 import { insertIgnore, now } from '../identity.js';
 
@@ -19,6 +20,15 @@ export interface Viewer { projectId: string | null; isAdmin: boolean }
 
 /** An upload in progress, recorded with the status change that starts it. */
 export interface UploadClaim { node: string; tempKey: string }
+
+/** A location to keep or add (`id` absent: a new one). */
+export interface LocationInput { id?: string; url: string; store_id: string | null; metadata: Record<string, unknown> }
+
+/** What a location change may also set on the image (a queued image becoming active with data). */
+export type LocationImageChanges = Partial<Pick<ImagesTable, 'status' | 'size' | 'checksum' | 'os_hash_algo' | 'os_hash_value'>>;
+
+/** The data an upload leaves: the image's checksums and sizes, and where it was stored. */
+export type UploadedData = Pick<ImagesTable, 'size' | 'virtual_size' | 'checksum' | 'os_hash_algo' | 'os_hash_value'> & { location: { url: string; store_id: string } };
 
 /** Columns a client may change (PATCH). */
 export type ImageChanges = Pick<ImagesTable, 'name' | 'visibility' | 'protected' | 'os_hidden' | 'owner' | 'container_format' | 'disk_format' | 'min_ram' | 'min_disk'>;
@@ -37,14 +47,17 @@ export class ImageRepo {
   async hydrate(rows: Database['images'][]): Promise<ImageRecord[]> {
     if (rows.length === 0) return [];
     const ids = rows.map((r) => r.id);
-    const [props, tags] = await Promise.all([
+    const [props, tags, locations] = await Promise.all([
       this.k.selectFrom('image_properties').select(['image_id', 'name', 'value']).where('image_id', 'in', ids).execute(),
       this.k.selectFrom('image_tags').select(['image_id', 'value']).where('image_id', 'in', ids).execute(),
+      this.k.selectFrom('image_locations').select(['id', 'image_id', 'url', 'store_id', 'metadata']).where('image_id', 'in', ids)
+        .where('status', '=', 'active').orderBy('position').orderBy('created_at').execute(),
     ]);
     // (a null-prototype object: a property named __proto__ is a property like any other)
-    const byId = new Map(rows.map((r) => [r.id, { ...r, properties: Object.create(null) as Record<string, string>, tags: [] as string[] }]));
+    const byId = new Map(rows.map((r) => [r.id, { ...r, properties: Object.create(null) as Record<string, string>, tags: [] as string[], locations: [] as ImageLocation[] }]));
     for (const p of props) byId.get(p.image_id)!.properties[p.name] = p.value;
     for (const t of tags) byId.get(t.image_id)!.tags.push(t.value);
+    for (const l of locations) byId.get(l.image_id)!.locations.push({ id: l.id, url: l.url, store_id: l.store_id, metadata: parseMetadata(l.metadata) });
     return ids.map((id) => byId.get(id)!);
   }
 
@@ -88,6 +101,41 @@ export class ImageRepo {
     });
   }
 
+  /** The image's data at `ids` was removed from its stores: its location rows say so. */
+  async markLocationsDeleted(imageId: string, ids: string[]): Promise<void> {
+    if (ids.length === 0) return;
+    await this.k.updateTable('image_locations').set({ status: 'deleted', updated_at: now() }).where('image_id', '=', imageId).where('id', 'in', ids).execute();
+  }
+
+  /**
+   * Make `next` the image's active locations, in that order, in one transaction with a
+   * compare-and-set of its revision (and `changes` to the image): rows not in `next` become
+   * deleted, new ones are added. False when the image changed meanwhile.
+   */
+  async setLocations(img: Pick<ImageRecord, 'id' | 'revision'>, next: LocationInput[], changes: LocationImageChanges = {}): Promise<boolean> {
+    return this.k.transaction().execute(async (tx) => {
+      const ts = now();
+      const r = await tx.updateTable('images').set({ ...changes, updated_at: ts, revision: img.revision + 1 })
+        .where('id', '=', img.id).where('revision', '=', img.revision).where('deleted', '=', 0).executeTakeFirst();
+      if (Number(r.numUpdatedRows) !== 1) return false;
+      const current = await tx.selectFrom('image_locations').select('id').where('image_id', '=', img.id).where('status', '=', 'active').execute();
+      const kept = new Set(next.map((l) => l.id).filter(Boolean));
+      const gone = current.map((c) => c.id).filter((id) => !kept.has(id));
+      if (gone.length) await tx.updateTable('image_locations').set({ status: 'deleted', updated_at: ts }).where('id', 'in', gone).execute();
+      for (const [position, l] of next.entries()) {
+        if (l.id) {
+          await tx.updateTable('image_locations').set({ position, metadata: JSON.stringify(l.metadata), updated_at: ts }).where('id', '=', l.id).execute();
+        } else {
+          await tx.insertInto('image_locations').values({
+            id: randomUUID(), image_id: img.id, url: l.url, store_id: l.store_id, status: 'active',
+            metadata: JSON.stringify(l.metadata), position, created_at: ts, updated_at: ts,
+          }).execute();
+        }
+      }
+      return true;
+    });
+  }
+
   /**
    * Move the status from `img`'s (at its revision) to `to`, in one transaction with the
    * `uploads` rows: `claim` records this node's upload (replacing any earlier row of the
@@ -112,13 +160,26 @@ export class ImageRepo {
     });
   }
 
-  /** The upload is whole and verified: the image becomes active with its data; false when it was deleted or changed meanwhile. */
-  async activate(id: string, from: string[], data: Pick<ImagesTable, 'size' | 'virtual_size' | 'checksum' | 'os_hash_algo' | 'os_hash_value' | 'location' | 'store'>): Promise<boolean> {
+  /**
+   * The upload is whole and verified: the image becomes active with its data at its first
+   * location, its upload rows dropped, in one transaction; false when it was deleted or
+   * changed meanwhile (nothing is written then).
+   */
+  async activate(id: string, from: string[], data: UploadedData): Promise<boolean> {
+    const { location, ...columns } = data;
     return this.k.transaction().execute(async (tx) => {
-      const r = await tx.updateTable('images').set({ ...data, status: 'active', updated_at: now() })
+      const ts = now();
+      const r = await tx.updateTable('images').set({ ...columns, status: 'active', updated_at: ts })
         .where('id', '=', id).where('deleted', '=', 0).where('status', 'in', from).executeTakeFirst();
       await tx.deleteFrom('uploads').where('image_id', '=', id).execute();
-      return Number(r.numUpdatedRows) === 1;
+      if (Number(r.numUpdatedRows) !== 1) return false;
+      // (after any location the image already has: an upload gives a queued image its first)
+      const last = await tx.selectFrom('image_locations').select((eb) => eb.fn.max('position').as('p')).where('image_id', '=', id).where('status', '=', 'active').executeTakeFirst();
+      await tx.insertInto('image_locations').values({
+        id: randomUUID(), image_id: id, url: location.url, store_id: location.store_id, status: 'active',
+        metadata: JSON.stringify({ store: location.store_id }), position: last?.p === null || last?.p === undefined ? 0 : Number(last.p) + 1, created_at: ts, updated_at: ts,
+      }).execute();
+      return true;
     });
   }
 
@@ -198,6 +259,16 @@ export class ImageRepo {
     return this.k.selectFrom('uploads').select('temp_key').execute().then((rows) => new Set(rows.map((r) => r.temp_key)));
   }
 
+  /**
+   * Locations written before stores had URLs were bare keys of the `file` store (its file
+   * name): rewrite them as that store's URLs. Returns how many were rewritten.
+   */
+  async upgradeBareLocations(storeId: string, urlOf: (key: string) => string): Promise<number> {
+    const rows = await this.k.selectFrom('image_locations').select(['id', 'url']).where('store_id', '=', storeId).where('url', 'not like', '%:%').execute();
+    for (const r of rows) await this.k.updateTable('image_locations').set({ url: urlOf(r.url) }).where('id', '=', r.id).where('url', '=', r.url).execute();
+    return rows.length;
+  }
+
   async dropUploads(id: string): Promise<void> {
     await this.k.deleteFrom('uploads').where('image_id', '=', id).execute();
   }
@@ -212,6 +283,15 @@ export class ImageRepo {
 
   list(viewer: Viewer, sp: URLSearchParams, limit: number): Promise<ListResult> {
     return listImages(this, this.db, viewer, sp, limit);
+  }
+}
+
+function parseMetadata(text: string): Record<string, unknown> {
+  try {
+    const v = JSON.parse(text) as unknown;
+    return typeof v === 'object' && v !== null && !Array.isArray(v) ? v as Record<string, unknown> : {};
+  } catch {
+    return {};
   }
 }
 

@@ -1,7 +1,7 @@
 /**
  * Discovery and operations: the version documents Glance answers at / and /versions, what
- * the Images API offers (/v2/info/import, /v2/info/stores), the health check load balancers
- * poll, and Prometheus metrics.
+ * the Images API offers (/v2/info/import; the stores are stores.ts's), the health check load
+ * balancers poll, and Prometheus metrics.
  */
 import type { FastifyInstance } from 'fastify';
 import type { Registry } from 'prom-client';
@@ -12,10 +12,11 @@ import { findStatic, sendStatic, wantsHtml } from '../static.js';
 
 /**
  * The Image API versions this service implements (newest first): what Glance 25 lists for a
- * deployment like this one — no image cache (so no 2.14 and 2.16, the cache API) and one
- * store instead of enabled_backends (so no 2.8 and 2.10–2.13, the multi-store APIs).
+ * deployment like this one — no image cache (so no 2.14 and 2.16, the cache API), and stores
+ * configured as enabled_backends (there is always at least one), so the multi-store versions
+ * 2.8 and 2.10–2.13.
  */
-export const VERSIONS = ['2.15', '2.9', '2.7', '2.6', '2.5', '2.4', '2.3', '2.2', '2.1', '2.0'];
+export const VERSIONS = ['2.15', '2.13', '2.12', '2.11', '2.10', '2.9', '2.8', '2.7', '2.6', '2.5', '2.4', '2.3', '2.2', '2.1', '2.0'];
 
 export interface DiscoveryDeps {
   db: Db;
@@ -23,7 +24,6 @@ export interface DiscoveryDeps {
   /** The dashboard's files, served to a browser opening `/`. */
   webDir: string | null;
   auth: Authenticate;
-  storeId: string;
 }
 
 export function discoveryRoutes(app: FastifyInstance, deps: DiscoveryDeps): void {
@@ -38,10 +38,6 @@ export function discoveryRoutes(app: FastifyInstance, deps: DiscoveryDeps): void
   app.get('/v2/info/import', async (request, reply) => {
     await deps.auth(request);
     return replyJson(reply, 200, { 'import-methods': { description: 'Import methods available.', type: 'array', value: IMPORT_METHODS } });
-  });
-  app.get('/v2/info/stores', async (request, reply) => {
-    await deps.auth(request);
-    return replyJson(reply, 200, { stores: [{ id: deps.storeId, default: 'true', description: 'Local file store' }] });
   });
   app.get('/healthcheck', async (_request, reply) => {
     await deps.db.kysely.selectFrom('settings').select('name').limit(1).execute();

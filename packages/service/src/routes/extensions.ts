@@ -7,13 +7,13 @@ import { badRequest, conflict, replyJson, searchParams, type Authenticate } from
 import type { ImageService } from '../domain/images.js';
 import type { ImageDataService } from '../domain/image-data.js';
 import { DEFAULT_BUCKETS, MAX_BUCKETS, describeInside } from '../inside.js';
-import type { Store } from '../store.js';
+import { StoreSource } from '../stores/store-source.js';
 
-export interface ExtensionRouteDeps { auth: Authenticate; images: ImageService; data: ImageDataService; store: Store }
+export interface ExtensionRouteDeps { auth: Authenticate; images: ImageService; data: ImageDataService }
 
 type IdParams = { Params: { id: string } };
 
-export function extensionRoutes(app: FastifyInstance, { auth, images, data, store }: ExtensionRouteDeps): void {
+export function extensionRoutes(app: FastifyInstance, { auth, images, data }: ExtensionRouteDeps): void {
   app.post<IdParams>('/v2/images/:id/x-diskhub/download-url', async (request, reply) => {
     const a = await auth(request);
     const { img, query, expires } = await data.signDownload(a, request.params.id);
@@ -23,10 +23,13 @@ export function extensionRoutes(app: FastifyInstance, { auth, images, data, stor
   app.get<IdParams>('/v2/images/:id/x-diskhub/inside', async (request, reply) => {
     const a = await auth(request);
     const img = await images.get(a, request.params.id);
-    if (!img.location || (img.status !== 'active' && img.status !== 'deactivated')) throw conflict(`Image ${img.id} has no data (status ${img.status}).`);
+    if (img.locations.length === 0 || (img.status !== 'active' && img.status !== 'deactivated')) throw conflict(`Image ${img.id} has no data (status ${img.status}).`);
     const raw = searchParams(request).get('buckets');
     const buckets = raw === null ? DEFAULT_BUCKETS : Number(raw);
     if (!Number.isInteger(buckets) || buckets < 1 || buckets > MAX_BUCKETS) throw badRequest(`Invalid value for buckets: ${raw}. It must be an integer from 1 to ${MAX_BUCKETS}.`);
-    return replyJson(reply, 200, { image_id: img.id, ...await describeInside(store.pathOf(img.location), buckets) });
+    // Read where the data is, through the store (no local copy): the first location that answers.
+    const stored = await data.readable(img);
+    if (!stored) throw conflict(`Image ${img.id} has no data in any configured store.`);
+    return replyJson(reply, 200, { image_id: img.id, ...await describeInside(new StoreSource(stored.store, stored.url), buckets) });
   });
 }

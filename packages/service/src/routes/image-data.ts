@@ -8,13 +8,17 @@ import { HttpError, isObject, jsonBody, mediaTypeOf, replyEmpty, searchParams, t
 import type { ImageRecord } from '../images-model.js';
 import { IMPORT_METHODS, type ImageDataService } from '../domain/image-data.js';
 import { SIGNATURE_PARAM } from '../download-urls.js';
-import type { Store } from '../store.js';
 
-export interface ImageDataRouteDeps { auth: Authenticate; data: ImageDataService; store: Store }
+export interface ImageDataRouteDeps {
+  auth: Authenticate;
+  data: ImageDataService;
+  /** The configured stores' ids, comma-separated (OpenStack-image-store-ids). */
+  storeIds: string;
+}
 
 type IdParams = { Params: { id: string } };
 
-export function imageDataRoutes(app: FastifyInstance, { auth, data, store }: ImageDataRouteDeps): void {
+export function imageDataRoutes(app: FastifyInstance, { auth, data, storeIds }: ImageDataRouteDeps): void {
   const requireOctets = (request: FastifyRequest) => {
     const t = mediaTypeOf(request);
     if (t !== 'application/octet-stream') throw new HttpError(415, `The request media type ${t || '(none)'} is not supported by this server.`);
@@ -27,7 +31,9 @@ export function imageDataRoutes(app: FastifyInstance, { auth, data, store }: Ima
   app.put<IdParams>('/v2/images/:id/file', async (request, reply) => {
     const a = await auth(request);
     requireOctets(request);
-    await data.upload(a, request.params.id, request.raw, contentLength(request), () => request.raw.complete);
+    // X-Image-Meta-Store: the store to write to (Glance's multi-store upload); the default one without it.
+    const store = request.headers['x-image-meta-store'];
+    await data.upload(a, request.params.id, request.raw, contentLength(request), () => request.raw.complete, typeof store === 'string' ? store : undefined);
     return replyEmpty(reply, 204);
   });
 
@@ -42,7 +48,7 @@ export function imageDataRoutes(app: FastifyInstance, { auth, data, store }: Ima
     const a = await auth(request);
     const body = await jsonBody(request);
     await data.import(a, request.params.id, isObject(body) && isObject(body.method) ? body.method.name : undefined);
-    return replyEmpty(reply, 202, { 'OpenStack-image-import-methods': IMPORT_METHODS.join(','), 'OpenStack-image-store-ids': store.id });
+    return replyEmpty(reply, 202, { 'OpenStack-image-import-methods': IMPORT_METHODS.join(','), 'OpenStack-image-store-ids': storeIds });
   });
 
   app.get<IdParams>('/v2/images/:id/file', async (request, reply) => {
@@ -56,7 +62,10 @@ export function imageDataRoutes(app: FastifyInstance, { auth, data, store }: Ima
     } else {
       img = await data.downloadable(await auth(request), request.params.id, null);
     }
-    if (!img.location || img.status !== 'active' && img.status !== 'deactivated') return replyEmpty(reply, 204);
+    if (img.locations.length === 0 || img.status !== 'active' && img.status !== 'deactivated') return replyEmpty(reply, 204);
+    // The first location whose store answers (a store that is down falls through to the next).
+    const source = await data.readable(img);
+    if (!source) return replyEmpty(reply, 204);
     const size = Number(img.size);
     if (img.checksum) headers['Content-MD5'] = img.checksum;
     const range = parseRange(request.headers.range, size);
@@ -71,7 +80,7 @@ export function imageDataRoutes(app: FastifyInstance, { auth, data, store }: Ima
       res.writeHead(200, headers);
     }
     if (request.method === 'HEAD') { res.end(); return; }
-    await store.send(img.location, res, range ?? undefined).catch(() => { res.destroy(); });
+    await source.store.send(source.url, res, range ?? undefined).catch(() => { res.destroy(); });
   });
 }
 

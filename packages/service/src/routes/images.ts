@@ -4,22 +4,32 @@
  */
 import type { FastifyInstance } from 'fastify';
 import { HttpError, PATCH_TYPES, badRequest, isObject, jsonBody, mediaTypeOf, replyEmpty, replyJson, searchParams, type Authenticate } from '../http.js';
-import { imageView } from '../images-model.js';
+import { imageView, type ImageRecord } from '../images-model.js';
+import type { AuthContext } from '../identity.js';
 import type { ImageChange, ImageService } from '../domain/images.js';
 import { IMPORT_METHODS } from '../domain/image-data.js';
 
 export interface ImageRouteDeps {
   auth: Authenticate;
   images: ImageService;
-  storeId: string;
+  /** The configured stores' ids, comma-separated (OpenStack-image-store-ids). */
+  storeIds: string;
+  /** Glance's show_image_direct_url and show_multiple_locations. */
+  showImageDirectUrl: boolean;
+  showMultipleLocations: boolean;
   /** Largest page a list returns (Glance's api_limit_max) and the default page size. */
   limitMax: number;
   limitDefault: number;
 }
 
 export function imageRoutes(app: FastifyInstance, deps: ImageRouteDeps): void {
-  const { auth, images, storeId } = deps;
-  const importHeaders = { 'OpenStack-image-import-methods': IMPORT_METHODS.join(','), 'OpenStack-image-store-ids': storeId };
+  const { auth, images } = deps;
+  const importHeaders = { 'OpenStack-image-import-methods': IMPORT_METHODS.join(','), 'OpenStack-image-store-ids': deps.storeIds };
+  /** The image as `a` sees it: its locations only where configured and the policy lets `a` see them. */
+  const view = (a: AuthContext, img: ImageRecord) => {
+    const visible = (deps.showImageDirectUrl || deps.showMultipleLocations) && images.locationsVisible(a, img);
+    return imageView(img, { directUrl: visible && deps.showImageDirectUrl, locations: visible && deps.showMultipleLocations });
+  };
   const unsupported = (type: string, headers?: Record<string, string>) =>
     new HttpError(415, `The request media type ${type || '(none)'} is not supported by this server.`, headers);
 
@@ -29,7 +39,7 @@ export function imageRoutes(app: FastifyInstance, deps: ImageRouteDeps): void {
     const body = await jsonBody(request);
     if (!isObject(body)) throw badRequest('Body must be a JSON object describing the image.');
     const img = await images.create(a, body);
-    return replyJson(reply, 201, imageView(img, storeId), { Location: `${request.baseUrl}/v2/images/${img.id}`, ...importHeaders });
+    return replyJson(reply, 201, view(a, img), { Location: `${request.baseUrl}/v2/images/${img.id}`, ...importHeaders });
   });
 
   app.get('/v2/images', async (request, reply) => {
@@ -44,7 +54,7 @@ export function imageRoutes(app: FastifyInstance, deps: ImageRouteDeps): void {
       limit = Math.min(limit, deps.limitMax);
     }
     const page = await images.list(a, sp, limit);
-    const body: Record<string, unknown> = { images: page.images.map((i) => imageView(i, storeId)), first: `/v2/images${sp.toString() ? `?${sp}` : ''}`, schema: '/v2/schemas/images' };
+    const body: Record<string, unknown> = { images: page.images.map((i) => view(a, i)), first: `/v2/images${sp.toString() ? `?${sp}` : ''}`, schema: '/v2/schemas/images' };
     if (page.more && page.last) {
       const next = new URLSearchParams(sp);
       next.delete('marker');
@@ -56,7 +66,7 @@ export function imageRoutes(app: FastifyInstance, deps: ImageRouteDeps): void {
 
   app.get<{ Params: { id: string } }>('/v2/images/:id', async (request, reply) => {
     const a = await auth(request);
-    return replyJson(reply, 200, imageView(await images.get(a, request.params.id), storeId));
+    return replyJson(reply, 200, view(a, await images.get(a, request.params.id)));
   });
 
   app.patch<{ Params: { id: string } }>('/v2/images/:id', async (request, reply) => {
@@ -66,7 +76,7 @@ export function imageRoutes(app: FastifyInstance, deps: ImageRouteDeps): void {
     const ops = await jsonBody(request);
     if (!Array.isArray(ops)) throw badRequest('Request body must be a JSON array of operation objects.');
     const changes = ops.map((raw) => parseChange(raw, type));
-    return replyJson(reply, 200, imageView(await images.update(a, request.params.id, changes), storeId));
+    return replyJson(reply, 200, view(a, await images.update(a, request.params.id, changes)));
   });
 
   app.delete<{ Params: { id: string } }>('/v2/images/:id', async (request, reply) => {
@@ -101,8 +111,16 @@ function parseChange(raw: unknown, type: string): ImageChange {
     if (!['add', 'replace', 'remove'].includes(op)) throw badRequest(`Invalid operation: \`${op}\`. It must be one of the following: add, remove, replace.`);
   }
   if (typeof path !== 'string') throw badRequest('Unable to find `path` in operation.');
-  // RFC 6901: ~1 is '/', ~0 is '~'; an image's attributes are one level deep.
-  const key = path.slice(1).replace(/~1/g, '/').replace(/~0/g, '~');
-  if (!path.startsWith('/') || key.includes('/') || key === '') throw badRequest(`Invalid JSON pointer for this resource: '${path}'`);
+  // RFC 6901: ~1 is '/', ~0 is '~'; an image's attributes are one level deep, except the
+  // locations list: /locations/N (or /locations/-) for add and remove, /locations for replace.
+  const parts = path.slice(1).split('/').map((p) => p.replace(/~1/g, '/').replace(/~0/g, '~'));
+  const key = parts[0]!;
+  const invalid = () => badRequest(`Invalid JSON pointer for this resource: '${path}'`);
+  if (!path.startsWith('/') || key === '') throw invalid();
+  if (key === 'locations') {
+    if (parts.length !== (op === 'replace' ? 1 : 2)) throw invalid();
+    return { op: op as ImageChange['op'], key, path, value: raw.value, hasValue: 'value' in raw, position: parts[1] };
+  }
+  if (parts.length !== 1) throw invalid();
   return { op: op as ImageChange['op'], key, path, value: raw.value, hasValue: 'value' in raw };
 }
