@@ -50,6 +50,10 @@ export interface ServiceConfig {
   showImageDirectUrl: boolean;
   /** Glance's show_multiple_locations: images show `locations`, and the locations API is open (off by default). */
   showMultipleLocations: boolean;
+  /** Seconds x-diskhub/inside may spend inspecting and linting an image's operating systems. */
+  insideTimeBudget: number;
+  /** Bytes of an image x-diskhub/inside may read to inspect and lint its operating systems. */
+  insideReadBudget: number;
 }
 
 export class ConfigError extends Error {}
@@ -80,10 +84,12 @@ const ENV: Record<string, keyof ServiceConfig> = {
   DISKHUB_DEFAULT_STORE: 'defaultStore',
   DISKHUB_SHOW_IMAGE_DIRECT_URL: 'showImageDirectUrl',
   DISKHUB_SHOW_MULTIPLE_LOCATIONS: 'showMultipleLocations',
+  DISKHUB_INSIDE_TIME_BUDGET: 'insideTimeBudget',
+  DISKHUB_INSIDE_READ_BUDGET: 'insideReadBudget',
 };
 
 const BOOLEAN = new Set<keyof ServiceConfig>(['showImageDirectUrl', 'showMultipleLocations']);
-const NUMERIC = new Set<keyof ServiceConfig>(['port', 'tokenTtlSeconds', 'imageSizeCap', 'projectImageQuota', 'projectStorageQuota', 'limitMax', 'limitDefault', 'shutdownGraceSeconds', 'lockoutFailureAttempts', 'lockoutDuration']);
+const NUMERIC = new Set<keyof ServiceConfig>(['port', 'tokenTtlSeconds', 'imageSizeCap', 'projectImageQuota', 'projectStorageQuota', 'limitMax', 'limitDefault', 'shutdownGraceSeconds', 'lockoutFailureAttempts', 'lockoutDuration', 'insideTimeBudget', 'insideReadBudget']);
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Partial<Record<keyof ServiceConfig, string | number>> = {}, configFile?: string): ServiceConfig {
   const raw: Record<string, unknown> = {};
@@ -120,6 +126,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
     stores: [{ id: 'file', type: 'file', path: 'images' }],
     showImageDirectUrl: false,
     showMultipleLocations: false,
+    insideTimeBudget: 20,
+    insideReadBudget: 512 * 1024 * 1024,
     keystoneUser: 'glance',
     keystoneProject: 'service',
     webDir: fileURLToPath(new URL('../../../web/dist/app', import.meta.url)),

@@ -267,7 +267,7 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
     imageDataRoutes(scope, { auth, data, storeIds: storeInfo.ids() });
     tagRoutes(scope, { auth, images });
     memberRoutes(scope, { auth, images });
-    extensionRoutes(scope, { auth, images, data });
+    extensionRoutes(scope, { auth, images, data, insideLimits: { timeMs: cfg.insideTimeBudget * 1000, maxBytes: cfg.insideReadBudget } });
     storeRoutes(scope, { auth, images, stores: storeInfo });
   });
   if (!external) {
