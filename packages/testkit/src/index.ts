@@ -53,3 +53,4 @@ export * from './vhdx.js';
 export * from './dmg.js';
 export * from './fstree.js';
 export * from './rpm.js';
+export * from './osimage.js';
