@@ -54,3 +54,4 @@ export * from './dmg.js';
 export * from './fstree.js';
 export * from './rpm.js';
 export * from './osimage.js';
+export * from './debian-rootfs.js';

@@ -361,6 +361,9 @@ async function nonEmptyFiles(tree: OsTree, dir: string): Promise<string[]> {
     for (const n of names) {
       if (++visited > MAX_WALK) break;
       const p = `${d}/${n}`;
+      // A symlink is not a log kept (Debian's /var/log/README points into /usr/share/doc), and
+      // a symlinked directory leads out of /var/log.
+      if ((await tree.kind(p)) === 'symlink') continue;
       const f = await tree.open(p);
       if (f !== null) { if (f.size > 0) out.push(`${p} (${f.size} bytes)`); continue; }
       stack.push(p);
