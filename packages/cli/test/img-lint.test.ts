@@ -7,11 +7,11 @@
  */
 import test from 'node:test';
 import assert from 'node:assert/strict';
-import { copyFile, mkdir, readFile, rm, symlink, truncate, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { gzipSync } from 'node:zlib';
 import { join } from 'node:path';
-import { needs, tempDir, runOk, diskhub, qemuImg } from '@diskhub/testkit';
+import { needs, tempDir, runOk, diskhub, gptExt4Disk } from '@diskhub/testkit';
 import { listInitramfs } from '@diskhub/disk';
 
 const MiB = 1 << 20;
@@ -57,18 +57,7 @@ async function goodRoot(dir: string): Promise<string> {
 }
 
 /** A GPT disk with the root on partition 1 (mkfs.ext4 -d at its offset), as a qcow2. */
-async function gptQcow2(dir: string, root: string, name: string): Promise<string> {
-  const disk = join(dir, `${name}.img`);
-  await rm(disk, { force: true });
-  await writeFile(disk, '');
-  await truncate(disk, 40 * MiB);
-  await runOk('sgdisk', ['-n1:2048:0', disk]);
-  await runOk('mkfs.ext4', ['-q', '-F', '-L', 'root', '-E', `offset=${2048 * 512}`, '-d', root, disk, '36M']);
-  const qcow2 = join(dir, `${name}.qcow2`);
-  await rm(qcow2, { force: true });
-  await qemuImg('convert', '-O', 'qcow2', disk, qcow2);
-  return qcow2;
-}
+const gptQcow2 = async (dir: string, root: string, name: string) => (await gptExt4Disk(dir, root, name)).qcow2;
 
 interface Check { id: string; title: string; result: string; evidence: string[] }
 

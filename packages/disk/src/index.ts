@@ -1,6 +1,7 @@
 export * from './errors.js';
 export * from './blockdev.js';
 export * from './source.js';
+export * from './budget.js';
 export * from './format.js';
 export * from './formats.js';
 export * from './open.js';

@@ -95,6 +95,10 @@ export interface ServiceConfig {
   imageCacheDir?: string;
   /** Glance's image_cache_max_size: the cache is pruned to this many bytes (least recently used first). */
   imageCacheMaxSize: number;
+  /** Seconds x-diskhub/inside may spend inspecting and linting an image's operating systems. */
+  insideTimeBudget: number;
+  /** Bytes of an image x-diskhub/inside may read to inspect and lint its operating systems. */
+  insideReadBudget: number;
 }
 
 export class ConfigError extends Error {}
@@ -151,10 +155,12 @@ const ENV: Record<string, keyof ServiceConfig> = {
   DISKHUB_IMAGE_CACHE: 'imageCache',
   DISKHUB_IMAGE_CACHE_DIR: 'imageCacheDir',
   DISKHUB_IMAGE_CACHE_MAX_SIZE: 'imageCacheMaxSize',
+  DISKHUB_INSIDE_TIME_BUDGET: 'insideTimeBudget',
+  DISKHUB_INSIDE_READ_BUDGET: 'insideReadBudget',
 };
 
 const BOOLEAN = new Set<keyof ServiceConfig>(['showImageDirectUrl', 'showMultipleLocations', 'delayedDelete']);
-const NUMERIC = new Set<keyof ServiceConfig>(['webDownloadTimeout', 'webDownloadMaxRedirects', 'taskLeaseSeconds', 'taskPollSeconds', 'taskMaxAttempts', 'taskConcurrency', 'taskTimeToLive', 'port', 'tokenTtlSeconds', 'imageSizeCap', 'projectImageQuota', 'projectStorageQuota', 'limitMax', 'limitDefault', 'shutdownGraceSeconds', 'lockoutFailureAttempts', 'lockoutDuration', 'scrubTime', 'scrubWakeupTime', 'imageCacheMaxSize']);
+const NUMERIC = new Set<keyof ServiceConfig>(['webDownloadTimeout', 'webDownloadMaxRedirects', 'taskLeaseSeconds', 'taskPollSeconds', 'taskMaxAttempts', 'taskConcurrency', 'taskTimeToLive', 'port', 'tokenTtlSeconds', 'imageSizeCap', 'projectImageQuota', 'projectStorageQuota', 'limitMax', 'limitDefault', 'shutdownGraceSeconds', 'lockoutFailureAttempts', 'lockoutDuration', 'scrubTime', 'scrubWakeupTime', 'imageCacheMaxSize', 'insideTimeBudget', 'insideReadBudget']);
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Partial<Record<keyof ServiceConfig, string | number>> = {}, configFile?: string): ServiceConfig {
   const raw: Record<string, unknown> = {};
@@ -217,6 +223,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
     scrubWakeupTime: 300,
     imageCache: 'auto',
     imageCacheMaxSize: 10 * 1024 ** 3,
+    insideTimeBudget: 20,
+    insideReadBudget: 512 * 1024 * 1024,
     keystoneUser: 'glance',
     keystoneProject: 'service',
     webDir: fileURLToPath(new URL('../../../web/dist/app', import.meta.url)),

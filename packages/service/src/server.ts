@@ -294,7 +294,7 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
     cacheRoutes(scope, { auth, cache: cacheService });
     tagRoutes(scope, { auth, images });
     memberRoutes(scope, { auth, images });
-    extensionRoutes(scope, { auth, images, data });
+    extensionRoutes(scope, { auth, images, data, insideLimits: { timeMs: cfg.insideTimeBudget * 1000, maxBytes: cfg.insideReadBudget } });
     storeRoutes(scope, { auth, images, stores: storeInfo });
     taskRoutes(scope, { auth, tasks, imports, images, storeIds: storeInfo.ids(), limitMax: cfg.limitMax, limitDefault: cfg.limitDefault });
   });

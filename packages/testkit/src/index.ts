@@ -53,3 +53,5 @@ export * from './vhdx.js';
 export * from './dmg.js';
 export * from './fstree.js';
 export * from './rpm.js';
+export * from './osimage.js';
+export * from './debian-rootfs.js';

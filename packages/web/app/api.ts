@@ -240,6 +240,22 @@ export interface Inside {
     entries: { number: number; start: number; size: number; kind: string; type: string; type_name?: string; name?: string; filesystem: Filesystem | null }[];
     filesystem?: Filesystem | null;
   } | null;
+  /** Operating systems found (empty: none), or null with the reason in operating_systems_unavailable. */
+  operating_systems: OperatingSystem[] | null;
+  operating_systems_unavailable?: string;
+  computed_at: string;
+}
+export type LintResult = 'pass' | 'fail' | 'n/a';
+export interface OperatingSystem {
+  root: string; name: string; arch: string | null; distro: string | null; product_name: string | null;
+  major_version: number; minor_version: number; hostname: string | null;
+  package_format: string | null; package_management: string | null; application_count: number | null;
+  kernels: { version: string; path: string; initramfs: string | null }[];
+  bootloader: { type: string | null; config: string | null; entries: { title: string | null; kernel: string; cmdline: string }[] } | null;
+  cloud_init: { config_files: string[]; datasource_list: string[] | null; datasource_list_from: string | null } | null;
+  users: { name: string; uid: number; shell: string; password: string }[];
+  notes: string[];
+  lint: { checks: { id: string; title: string; result: LintResult; evidence: string[] }[]; summary: { pass: number; fail: number; na: number } } | null;
 }
 export interface Filesystem { type: string; label?: string; uuid?: string; size?: number }
 export const getInside = (id: string, buckets: number) => call<Inside>('GET', `/v2/images/${encodeURIComponent(id)}/x-diskhub/inside?buckets=${buckets}`);

@@ -7,7 +7,7 @@
  * Exit codes: 0 an operating system was inspected, 1 none was found (as virt-inspector), 2 an
  * error (the image cannot be opened, a bad option), so scripts can tell "no OS" from failure.
  */
-import { inspectOperatingSystems, type InspectedOs, type OsInspection } from '@diskhub/disk';
+import { inspectOperatingSystems, inspectionJson, type OsInspection } from '@diskhub/disk';
 import { err, out } from './common.js';
 import { insideCommand } from './inside-command.js';
 
@@ -30,41 +30,6 @@ export async function inspectCommand(argv: string[]): Promise<number> {
     }
     return 0;
   });
-}
-
-/** The JSON document (keys as virt-inspector's XML elements; documented in the README). */
-export function inspectionJson(r: OsInspection): unknown {
-  return {
-    operatingsystems: r.operatingSystems.map(osJson),
-    filesystems: r.filesystems.map((f) => ({ device: f.device, where: f.where, type: f.type, uuid: f.uuid ?? null, label: f.label ?? null, readable: f.readable })),
-  };
-}
-
-function osJson(os: InspectedOs): unknown {
-  return {
-    root: os.root,
-    name: os.type,
-    arch: os.arch,
-    distro: os.distro,
-    product_name: os.productName,
-    major_version: os.majorVersion,
-    minor_version: os.minorVersion,
-    hostname: os.hostname,
-    package_format: os.packageFormat,
-    package_management: os.packageManagement,
-    mountpoints: os.mountpoints.map((m) => ({ mountpoint: m.mountpoint, device: m.device, spec: m.spec, fstype: m.fstype })),
-    kernels: os.kernels.map((k) => ({ version: k.version, path: k.path, initramfs: k.initramfs })),
-    bootloader: os.bootLoader && {
-      type: os.bootLoader.type,
-      config: os.bootLoader.config,
-      grub_defaults: os.bootLoader.defaults,
-      entries: os.bootLoader.entries.map((e) => ({ title: e.title, kernel: e.kernel, cmdline: e.cmdline })),
-    },
-    cloud_init: os.cloudInit && { config_files: os.cloudInit.configFiles, datasource_list: os.cloudInit.datasourceList, datasource_list_from: os.cloudInit.datasourceListFrom },
-    users: os.users.map((u) => ({ name: u.name, uid: u.uid, gid: u.gid, home: u.home, shell: u.shell, password: u.password })),
-    applications: os.packages && os.packages.map((p) => ({ name: p.name, version: p.version, arch: p.arch })),
-    notes: os.notes,
-  };
 }
 
 function humanText(r: OsInspection): string {

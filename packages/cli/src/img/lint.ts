@@ -5,7 +5,7 @@
  * Exit codes for CI: 0 no item failed, 1 an item failed, 2 an error — a bad option, an image
  * that cannot be opened or read, or no Linux system on it (nothing to check is not a pass).
  */
-import { inspectWithTrees, lintLinux, type InspectedOs, type LintCheck } from '@diskhub/disk';
+import { lintChecksJson, lintCounts, lintDisk, type LintedOs } from '@diskhub/disk';
 import { CliError, out } from './common.js';
 import { insideCommand } from './inside-command.js';
 
@@ -18,19 +18,9 @@ leases, cloud-init instance state). Each item is PASS, FAIL or N/A with its evid
 Exit status: 0 no failure, 1 at least one FAIL, 2 error (or no Linux system found).
 `;
 
-interface LintedOs {
-  os: InspectedOs;
-  checks: LintCheck[];
-}
-
 export async function lintCommand(argv: string[]): Promise<number> {
   return insideCommand('lint', LINT_HELP, argv, async (image, output) => {
-    const { inspection, trees } = await inspectWithTrees(image);
-    const linted: LintedOs[] = [];
-    for (const os of inspection.operatingSystems) {
-      const tree = trees.get(os.root);
-      if (os.type === 'linux' && tree) linted.push({ os, checks: await lintLinux(os, tree) });
-    }
+    const { inspection, linted } = await lintDisk(image);
     if (linted.length === 0) {
       const found = inspection.operatingSystems.map((o) => `${o.type} on ${o.root}`);
       const unread = inspection.filesystems.filter((f) => !f.readable).map((f) => `${f.type} on ${f.device}`);
@@ -42,10 +32,6 @@ export async function lintCommand(argv: string[]): Promise<number> {
   });
 }
 
-function counts(checks: LintCheck[]): { pass: number; fail: number; na: number } {
-  return { pass: checks.filter((c) => c.result === 'pass').length, fail: checks.filter((c) => c.result === 'fail').length, na: checks.filter((c) => c.result === 'n/a').length };
-}
-
 /** The JSON document (documented in the README). */
 export function lintJson(linted: LintedOs[]): unknown {
   return {
@@ -54,8 +40,7 @@ export function lintJson(linted: LintedOs[]): unknown {
       distro: os.distro,
       major_version: os.majorVersion,
       minor_version: os.minorVersion,
-      checks: checks.map((c) => ({ id: c.id, title: c.title, result: c.result, evidence: c.evidence })),
-      summary: counts(checks),
+      ...lintChecksJson(checks),
       notes: os.notes,
     })),
   };
@@ -67,7 +52,7 @@ function humanText(linted: LintedOs[]): string {
     if (lines.length > 0) lines.push('');
     lines.push(`${os.root}: ${os.productName ?? os.distro ?? 'unknown Linux'}`);
     for (const c of checks) lines.push(`${{ pass: 'PASS', fail: 'FAIL', 'n/a': 'N/A' }[c.result].padEnd(6)}${c.id.padEnd(22)}${c.evidence.join('; ')}`);
-    const n = counts(checks);
+    const n = lintCounts(checks);
     lines.push(`${n.pass} passed, ${n.fail} failed, ${n.na} not applicable`);
     for (const note of os.notes) lines.push(`note: ${note}`);
   }

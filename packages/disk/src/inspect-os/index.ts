@@ -26,6 +26,7 @@ export { readRpmSqlite, parseRpmHeader } from './rpm.js';
 export { parseFstab, resolveSpec, type FstabEntry, type KnownFilesystem } from './fstab.js';
 export { elfArchitecture } from './elf.js';
 export { OsTree } from './tree.js';
+export { inspectedOsJson, inspectionJson } from './json.js';
 export { parseOsRelease } from './release.js';
 export { parseDatasourceList, parseGrubCfg, parseGrubDefaults, type BootEntry, type BootLoader, type CloudInit, type Kernel, type User } from './linux.js';
 

@@ -6,7 +6,7 @@
  * a mounted filesystem is not followed across the mount, a simplification noted in the README).
  */
 import { isDiskError } from '../errors.js';
-import type { Filesystem } from '../filesystem.js';
+import type { FileKind, Filesystem } from '../filesystem.js';
 import { resolvePath } from '../filesystems.js';
 
 /** The most bytes read from one file (a dpkg status of a large install is a few MiB). */
@@ -101,6 +101,16 @@ export class OsTree {
         names.push(e.name);
       }
       return names.sort();
+    } catch (e) {
+      return this.missing(path, e);
+    }
+  }
+
+  /** What a path is, without following a last symlink (lstat's file type), or null when it does not exist. */
+  async kind(path: string): Promise<FileKind | null> {
+    const { fs, rest } = this.place(path);
+    try {
+      return (await resolvePath(fs, rest)).stat.kind;
     } catch (e) {
       return this.missing(path, e);
     }

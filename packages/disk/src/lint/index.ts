@@ -7,7 +7,8 @@
  * Items and how each is decided are listed in the README ("diskhub img lint"); the choices
  * that are ours (not the checklist's wording) are commented where they are made.
  */
-import type { InspectedOs } from '../inspect-os/index.js';
+import type { BlockDevice } from '../blockdev.js';
+import { inspectWithTrees, type InspectedOs, type OsInspection } from '../inspect-os/index.js';
 import type { OsTree } from '../inspect-os/tree.js';
 import { listInitramfs } from './initramfs.js';
 
@@ -72,6 +73,31 @@ function installed(os: InspectedOs, ...names: string[]): string | null {
 async function firstExisting(tree: OsTree, paths: string[]): Promise<string | null> {
   for (const p of paths) if (await tree.exists(p)) return p;
   return null;
+}
+
+export interface LintedOs {
+  os: InspectedOs;
+  checks: LintCheck[];
+}
+
+/** Inspect a disk and check every Linux system found on it (Windows systems are inspected, not checked). */
+export async function lintDisk(disk: BlockDevice): Promise<{ inspection: OsInspection; linted: LintedOs[] }> {
+  const { inspection, trees } = await inspectWithTrees(disk);
+  const linted: LintedOs[] = [];
+  for (const os of inspection.operatingSystems) {
+    const tree = trees.get(os.root);
+    if (os.type === 'linux' && tree) linted.push({ os, checks: await lintLinux(os, tree) });
+  }
+  return { inspection, linted };
+}
+
+export function lintCounts(checks: LintCheck[]): { pass: number; fail: number; na: number } {
+  return { pass: checks.filter((c) => c.result === 'pass').length, fail: checks.filter((c) => c.result === 'fail').length, na: checks.filter((c) => c.result === 'n/a').length };
+}
+
+/** One system's items and their counts as JSON (`img lint --output=json` and x-diskhub/inside). */
+export function lintChecksJson(checks: LintCheck[]) {
+  return { checks: checks.map((c) => ({ id: c.id, title: c.title, result: c.result, evidence: c.evidence })), summary: lintCounts(checks) };
 }
 
 /** Every item of the checklist for one Linux system. */
@@ -335,6 +361,9 @@ async function nonEmptyFiles(tree: OsTree, dir: string): Promise<string[]> {
     for (const n of names) {
       if (++visited > MAX_WALK) break;
       const p = `${d}/${n}`;
+      // A symlink is not a log kept (Debian's /var/log/README points into /usr/share/doc), and
+      // a symlinked directory leads out of /var/log.
+      if ((await tree.kind(p)) === 'symlink') continue;
       const f = await tree.open(p);
       if (f !== null) { if (f.size > 0) out.push(`${p} (${f.size} bytes)`); continue; }
       stack.push(p);

@@ -6,14 +6,19 @@ import type { FastifyInstance } from 'fastify';
 import { badRequest, conflict, replyJson, searchParams, type Authenticate } from '../http.js';
 import type { ImageService } from '../domain/images.js';
 import type { ImageDataService } from '../domain/image-data.js';
-import { DEFAULT_BUCKETS, MAX_BUCKETS, describeInside } from '../inside.js';
+import { DEFAULT_BUCKETS, DEFAULT_INSIDE_LIMITS, InsideCache, MAX_BUCKETS, describeInside, type InsideLimits } from '../inside.js';
 import { StoreSource } from '../stores/store-source.js';
 
-export interface ExtensionRouteDeps { auth: Authenticate; images: ImageService; data: ImageDataService }
+export interface ExtensionRouteDeps {
+  auth: Authenticate; images: ImageService; data: ImageDataService;
+  /** What looking for operating systems inside an image may cost (default: DEFAULT_INSIDE_LIMITS). */
+  insideLimits?: InsideLimits;
+}
 
 type IdParams = { Params: { id: string } };
 
-export function extensionRoutes(app: FastifyInstance, { auth, images, data }: ExtensionRouteDeps): void {
+export function extensionRoutes(app: FastifyInstance, { auth, images, data, insideLimits = DEFAULT_INSIDE_LIMITS }: ExtensionRouteDeps): void {
+  const insideCache = new InsideCache();
   app.post<IdParams>('/v2/images/:id/x-diskhub/download-url', async (request, reply) => {
     const a = await auth(request);
     const { img, query, expires } = await data.signDownload(a, request.params.id);
@@ -30,6 +35,9 @@ export function extensionRoutes(app: FastifyInstance, { auth, images, data }: Ex
     // Read where the data is, through the store (no local copy): the first location that answers.
     const stored = await data.readable(img);
     if (!stored) throw conflict(`Image ${img.id} has no data in any configured store.`);
-    return replyJson(reply, 200, { image_id: img.id, ...await describeInside(new StoreSource(stored.store, stored.url), buckets) });
+    // The image's data does not change while it has this location: the answer is cached (after
+    // the policy check above, so it is only ever given to those who may read the image).
+    const view = await insideCache.get(`${img.id}\n${stored.url}\n${buckets}`, () => describeInside(new StoreSource(stored.store, stored.url), buckets, insideLimits));
+    return replyJson(reply, 200, { image_id: img.id, ...view });
   });
 }

@@ -1,13 +1,14 @@
 /**
  * What is inside an image (the x-diskhub/inside extension): an allocation picture (one column
  * per slice of the virtual disk, stacked by what its bytes are), the safety inspector's
- * findings, and the partitions and filesystems.
+ * findings, the partitions and filesystems, and the operating systems with their checklist.
  */
 import { useEffect, useState } from 'preact/hooks';
 import { getInside, type Filesystem, type Image, type Inside as InsideData } from '../api.js';
 import { useApp } from '../context.js';
 import { describeError } from '../errors.js';
 import { formatBytes, percent } from '../format.js';
+import { OperatingSystems } from './OperatingSystems.js';
 import type { MessageKey } from '../i18n.js';
 
 const BUCKETS = 256;
@@ -108,6 +109,7 @@ export function Inside({ image }: { image: Image }) {
               )}
             </>
           )}
+          <OperatingSystems inside={inside} />
         </>
       )}
     </section>
