@@ -126,6 +126,9 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
     loggerInstance: log.pino,
     // One access-log line per request is written below (with the route and the user).
     logController: new LogController({ disableRequestLogging: true }),
+    // No per-request child logger (a pino child per request, unused: the access line above
+    // carries the request id).
+    childLoggerFactory: (logger) => logger,
     genReqId: () => `req-${randomUUID()}`,
     requestIdHeader: false,
     bodyLimit: JSON_BODY_LIMIT,
