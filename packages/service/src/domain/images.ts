@@ -9,7 +9,7 @@ import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { HttpError, conflict, forbidden, notFound } from '../http.js';
 import { now, type AuthContext } from '../identity.js';
-import { BASE_ATTRS, MAX_PROPERTIES, apiTime, checkWritable, validateAttr, type ImageRecord } from '../images-model.js';
+import { BASE_ATTRS, MAX_PROPERTIES, apiTime, checkLimits, type ImageRecord } from '../images-model.js';
 import { ImageApiPolicy, MemberApiPolicy, type Policy, type PolicyCredentials, type PolicyImage } from '../policy/index.js';
 import { num } from '../db/schema.js';
 import type { ImageRepo, ListResult } from '../repo/images.js';
@@ -65,9 +65,9 @@ export class ImageService {
     return { images: await this.repo.hydrate(rows), more, last: rows[rows.length - 1]?.id };
   }
 
-  /** A new queued image from a create request's attributes (each checked against the schema). */
+  /** A new queued image from a create request's attributes (writable, and valid against the image schema: the route checked). */
   async create(a: AuthContext, body: Record<string, unknown>): Promise<ImageRecord> {
-    for (const [key, v] of Object.entries(body)) { checkWritable(key, true); validateAttr(key, v); }
+    for (const [key, v] of Object.entries(body)) checkLimits(key, v);
     const owner = body.owner === undefined ? a.projectId : (body.owner as string | null);
     const visibility = (body.visibility as string | undefined) ?? 'shared';
     this.imagePolicy(a, { owner, visibility }).addImage();
@@ -94,7 +94,7 @@ export class ImageService {
     return (await this.repo.load(id))!;
   }
 
-  /** Apply a JSON patch's changes (all or none). */
+  /** Apply a JSON patch's changes (all or none; each writable and valid against the image schema: the route checked). */
   async update(a: AuthContext, id: string, changes: ImageChange[]): Promise<ImageRecord> {
     const img = await this.get(a, id);
     const pol = this.imagePolicy(a, img);
@@ -106,15 +106,14 @@ export class ImageService {
     };
     const props: Record<string, string> = Object.assign(Object.create(null) as Record<string, string>, img.properties);
     for (const { op, key, path, value, hasValue } of changes) {
-      checkWritable(key, false);
       if (op === 'remove') {
         if (BASE_ATTRS.has(key)) throw forbidden(`Property ${key} may not be removed.`);
         if (!(key in props)) throw conflict(`Property ${key} does not exist.`);
         delete props[key];
         continue;
       }
-      if (!hasValue) throw new HttpError(400, 'Operation objects must contain exactly one member named "value".');
-      validateAttr(key, value);
+      if (!hasValue) throw new HttpError(400, `Operation "${op}" requires a member named "value".`);
+      checkLimits(key, value);
       if (BASE_ATTRS.has(key)) {
         if (op === 'add' && key !== 'tags' && !(key in base)) throw new HttpError(400, `Invalid JSON pointer for this resource: '${path}'`);
         base[key] = key === 'tags' ? [...new Set(value as string[])] : value;
@@ -164,7 +163,6 @@ export class ImageService {
   async addTag(a: AuthContext, id: string, tag: string): Promise<void> {
     const img = await this.get(a, id);
     this.imagePolicy(a, img).modifyImage();
-    validateAttr('tags', [tag]);
     if (!img.tags.includes(tag) && img.tags.length >= MAX_TAGS_PER_IMAGE) throw new HttpError(413, `Maximum number of tags exceeded (${MAX_TAGS_PER_IMAGE}).`);
     await this.repo.addTag(img.id, tag);
   }

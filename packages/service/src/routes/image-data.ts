@@ -4,7 +4,8 @@
  * unparsed and the domain streams `request.raw` into the store.
  */
 import type { FastifyInstance, FastifyRequest } from 'fastify';
-import { HttpError, isObject, jsonBody, mediaTypeOf, replyEmpty, searchParams, type Authenticate } from '../http.js';
+import { HttpError, badRequest, mediaTypeOf, replyEmpty, searchParams, type Authenticate } from '../http.js';
+import { checkedBody, pyStr, topKey, valueAt, type SchemaError } from './validation.js';
 import type { ImageRecord } from '../images-model.js';
 import { IMPORT_METHODS, type ImageDataService } from '../domain/image-data.js';
 import { SIGNATURE_PARAM } from '../download-urls.js';
@@ -38,10 +39,11 @@ export function imageDataRoutes(app: FastifyInstance, { auth, data, store }: Ima
     return replyEmpty(reply, 204);
   });
 
-  app.post<IdParams>('/v2/images/:id/import', async (request, reply) => {
+  app.post<IdParams>('/v2/images/:id/import', { schema: { body: IMPORT }, attachValidation: true }, async (request, reply) => {
     const a = await auth(request);
-    const body = await jsonBody(request);
-    await data.import(a, request.params.id, isObject(body) && isObject(body.method) ? body.method.name : undefined);
+    const { body, error } = await checkedBody(request);
+    if (error) throw importError(error, body);
+    await data.import(a, request.params.id, (body as { method: { name: string } }).method.name);
     return replyEmpty(reply, 202, { 'OpenStack-image-import-methods': IMPORT_METHODS.join(','), 'OpenStack-image-store-ids': store.id });
   });
 
@@ -73,6 +75,27 @@ export function imageDataRoutes(app: FastifyInstance, { auth, data, store }: Ima
     if (request.method === 'HEAD') { res.end(); return; }
     await store.send(img.location, res, range ?? undefined).catch(() => { res.destroy(); });
   });
+}
+
+/** POST /v2/images/{id}/import: Glance's body (the method, and the stores it copies to). */
+const IMPORT = {
+  type: 'object',
+  required: ['method'],
+  properties: {
+    method: { type: 'object', required: ['name'], properties: { name: { type: 'string' }, uri: { type: 'string' }, glance_image_id: { type: 'string' }, glance_region: { type: 'string' }, glance_service_interface: { type: 'string' } } },
+    stores: { type: 'array', items: { type: 'string' }, maxItems: 64 },
+    all_stores: { type: 'boolean' },
+    all_stores_must_succeed: { type: 'boolean' },
+  },
+};
+
+/** Glance's answer to an invalid import body. */
+function importError(e: SchemaError, body: unknown): HttpError {
+  const field = topKey(e);
+  if (e.instancePath === '' && e.keyword === 'type' || field === 'method' && e.keyword === 'required' && e.instancePath === '') return badRequest("Import request requires a 'method' field.");
+  if (field === 'method') return badRequest(`Unknown import method name '${pyStr(valueAt(body, '/method/name') ?? valueAt(body, '/method'))}'.`);
+  if (field === 'stores') return badRequest("'stores' must be a list of store identifiers.");
+  return badRequest(`'${field}' must be boolean value only`);
 }
 
 /**
