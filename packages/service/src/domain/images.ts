@@ -119,7 +119,8 @@ export class ImageService {
         base[key] = key === 'tags' ? [...new Set(value as string[])] : value;
       } else {
         if (op === 'replace' && !(key in props)) throw conflict(`Property ${key} does not exist.`);
-        props[key] = value as string;
+        // kernel_id and ramdisk_id may be null in the schema: a property row holds a string, so null unsets it.
+        if (value === null) delete props[key]; else props[key] = value as string;
       }
     }
     if (Object.keys(props).length > MAX_PROPERTIES) throw new HttpError(413, `Maximum number of image properties exceeded (${MAX_PROPERTIES}).`);
@@ -235,7 +236,8 @@ function policyImage(img: ImageRecord): PolicyImage {
 function extraProperties(body: Record<string, unknown>): Record<string, string> {
   // (a null-prototype object, so a property named __proto__ is stored like any other)
   const props: Record<string, string> = Object.create(null) as Record<string, string>;
-  for (const [key, v] of Object.entries(body)) if (!BASE_ATTRS.has(key)) props[key] = v as string;
+  // (kernel_id and ramdisk_id may be null in the schema: not set)
+  for (const [key, v] of Object.entries(body)) if (!BASE_ATTRS.has(key) && v !== null) props[key] = v as string;
   if (Object.keys(props).length > MAX_PROPERTIES) throw new HttpError(413, `Maximum number of image properties exceeded (${MAX_PROPERTIES}).`);
   return props;
 }
