@@ -136,3 +136,34 @@ test('valid spellings Glance accepts pass the schemas', async (t) => {
   assert.equal(patched.json.name, 'q');
   assert.equal(patched.json.x, 'y');
 });
+
+test("malformed identity requests get Keystone's {\"error\": {...}} with its validation sentences", async (t) => {
+  const svc = await startTestService(t);
+  const call = api(svc.url, await token(svc.url));
+  const keystone: [string, string, unknown, string][] = [
+    ['POST', '/identity/v3/projects', { project: { name: 5 } }, "Invalid input for field 'name': 5 is not of type 'string'"],
+    ['POST', '/identity/v3/projects', { project: {} }, "'name' is a required property"],
+    ['POST', '/identity/v3/projects', {}, "'name' is a required property"],
+    ['POST', '/identity/v3/projects', { project: 5 }, "5 is not of type 'object'"],
+    ['POST', '/identity/v3/projects', { project: { name: 'p'.repeat(65) } }, `Invalid input for field 'name': '${'p'.repeat(65)}' is too long`],
+    ['POST', '/identity/v3/projects', { project: { name: 'ok', enabled: 'yes' } }, "Invalid input for field 'enabled': 'yes' is not of type 'boolean'"],
+    ['POST', '/identity/v3/projects', { project: { name: 'ok', tags: Array.from({ length: 81 }, (_, i) => `t${i}`) } }, `Invalid input for field 'tags': [${Array.from({ length: 81 }, (_, i) => `'t${i}'`).join(', ')}] is too long`],
+    ['PATCH', '/identity/v3/projects/x', { project: {} }, '{} does not have enough properties'],
+    ['POST', '/identity/v3/users', { user: { name: '' } }, "Invalid input for field 'name': '' is too short"],
+    ['POST', '/identity/v3/users', { user: { name: 'u1', default_project_id: 'bad id!' } }, "Invalid input for field 'default_project_id': 'bad id!' does not match '^[a-zA-Z0-9-]+$'"],
+    ['POST', '/identity/v3/roles', { role: { name: '   ' } }, "Invalid input for field 'name': '   ' does not match '[\\\\S]+'"],
+    ['POST', '/identity/v3/auth/tokens', { auth: { identity: { methods: 'password' } } }, "Invalid input for field 'identity/methods': 'password' is not of type 'array'"],
+    ['POST', '/identity/v3/auth/tokens', { auth: { identity: {} } }, "Invalid input for field 'identity': 'methods' is a required property"],
+    ['POST', '/identity/v3/auth/tokens', { auth: { identity: { methods: ['password'], password: { user: { name: 5, password: 'x' } } } } }, "Invalid input for field 'identity/password/user/name': 5 is not of type 'string'"],
+    ['POST', '/identity/v3/auth/tokens', {}, 'Expecting to find auth in request body.'],
+  ];
+  for (const [method, path, body, message] of keystone) {
+    const r = await call(method, path, { body });
+    assert.deepEqual(r.json, { error: { code: 400, message, title: 'Bad Request' } }, `${method} ${path} ${JSON.stringify(body).slice(0, 100)}`);
+  }
+  // Valid bodies still work: a project, a user in it, and a token for that user.
+  const p = await call('POST', '/identity/v3/projects', { body: { project: { name: 'valid-p', description: null } } });
+  assert.equal(p.status, 201, p.text);
+  const u = await call('POST', '/identity/v3/users', { body: { user: { name: 'valid-u', password: 'pw', default_project_id: p.json.project.id, email: null } } });
+  assert.equal(u.status, 201, u.text);
+});

@@ -96,6 +96,7 @@ export function jsonschemaMessage(e: SchemaError, root: unknown): string {
     case 'maxLength': case 'maxItems': return `${pyRepr(instance)} is too long`;
     case 'minLength': case 'minItems': return `${pyRepr(instance)} is too short`;
     case 'maxProperties': return `${pyRepr(instance)} has too many properties`;
+    case 'minProperties': return `${pyRepr(instance)} does not have enough properties`;
     case 'pattern': return `${pyRepr(instance)} does not match ${pyRepr(p.pattern)}`;
     case 'format': return `${pyRepr(instance)} is not a ${pyRepr(p.format)}`;
     case 'required': return `${pyRepr(p.missingProperty)} is a required property`;
