@@ -135,8 +135,9 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
     // Bodies are checked as Glance's jsonschema checks them: a number is not a string.
     // Unknown keywords stay errors (a typo in a schema is caught at start), except Glance's
     // `is_base` annotation in the served image schema, which requests are checked against too.
-    // Types are not demanded next to `properties` inside if/then (the patch schemas).
-    ajv: { customOptions: { coerceTypes: false, removeAdditional: false, keywords: ['is_base'], strictTypes: false } },
+    // Types are not demanded next to `properties` inside if/then (the patch schemas). Defaults
+    // in the served schemas (metadefs' minLength: 0, …) are documentation: a request is not filled in.
+    ajv: { customOptions: { coerceTypes: false, removeAdditional: false, useDefaults: false, keywords: ['is_base'], strictTypes: false } },
     return503OnClosing: false,
     // A path segment is a tag, a member or a metadef name: their own schemas and checks bound
     // them (tags 255 characters, in Glance's words), not the router's default of 100, whose

@@ -93,9 +93,31 @@ const cases: Case[] = [
   ['POST', '/v2/images/IMG/import', {}, null, 400, "Import request requires a 'method' field."],
   ['POST', '/v2/images/IMG/import', { method: { name: 5 } }, null, 400, "Unknown import method name '5'."],
   ['POST', '/v2/images/IMG/import', { method: { name: 'glance-direct' }, all_stores: 'x' }, null, 400, "'all_stores' must be boolean value only"],
+
+  // --- metadata definitions: the schemas served at /v2/schemas/metadefs/* (unknown keys refused)
+  ['POST', '/v2/metadefs/namespaces', { namespace: 'ns1', foo: 1 }, null, 400, "Provided object does not match schema 'namespace': Additional properties are not allowed ('foo' was unexpected)"],
+  ['POST', '/v2/metadefs/namespaces', { namespace: 5 }, null, 400, "Provided object does not match schema 'namespace': 5 is not of type 'string'"],
+  ['POST', '/v2/metadefs/namespaces', {}, null, 400, "Provided object does not match schema 'namespace': 'namespace' is a required property"],
+  ['POST', '/v2/metadefs/namespaces', { namespace: 'ns1', visibility: 'x' }, null, 400, "Provided object does not match schema 'namespace': 'x' is not one of ['public', 'private']"],
+  ['POST', '/v2/metadefs/namespaces', { namespace: 'n'.repeat(81) }, null, 400, `Provided object does not match schema 'namespace': '${'n'.repeat(81)}' is too long`],
+  ['PUT', '/v2/metadefs/namespaces/ns1', { namespace: 'ns1', protected: 'x' }, null, 400, "Provided object does not match schema 'namespace': 'x' is not of type 'boolean'"],
+  ['POST', '/v2/metadefs/namespaces/ns1/properties', { name: 'p1', type: 'string' }, null, 400, "Provided object does not match schema 'property': 'title' is a required property"],
+  ['POST', '/v2/metadefs/namespaces/ns1/properties', { name: 'p1', title: 't', type: 'bogus' }, null, 400, "Provided object does not match schema 'property': 'bogus' is not one of ['array', 'boolean', 'integer', 'number', 'object', 'string', None]"],
+  ['POST', '/v2/metadefs/namespaces/ns1/properties', { name: 'p1', title: 't', type: 'string', extra: 1 }, null, 400, "Provided object does not match schema 'property': Additional properties are not allowed ('extra' was unexpected)"],
+  ['POST', '/v2/metadefs/namespaces/ns1/objects', { name: 5 }, null, 400, "Provided object does not match schema 'object': 5 is not of type 'string'"],
+  ['POST', '/v2/metadefs/namespaces/ns1/objects', { name: 'o1', properties: { a: { type: 'string' } } }, null, 400, "Provided object does not match schema 'object': 'title' is a required property"],
+  ['POST', '/v2/metadefs/namespaces/ns1/objects', { name: 'o1', x: 1 }, null, 400, "Provided object does not match schema 'object': Additional properties are not allowed ('x' was unexpected)"],
+  ['POST', '/v2/metadefs/namespaces/ns1/tags', { tags: [{ name: 5 }] }, null, 400, "Provided object does not match schema 'tags': 5 is not of type 'string'"],
+  ['POST', '/v2/metadefs/namespaces/ns1/tags', { tags: 'x' }, null, 400, "Provided object does not match schema 'tags': 'x' is not of type 'array'"],
+  ['PUT', '/v2/metadefs/namespaces/ns1/tags/t1', { name: 5 }, null, 400, "Provided object does not match schema 'tag': 5 is not of type 'string'"],
+  ['POST', '/v2/metadefs/namespaces/ns1/resource_types', { name: 5 }, null, 400, "Provided object does not match schema 'resource_type_association': 5 is not of type 'string'"],
+  ['POST', '/v2/metadefs/namespaces/ns1/resource_types', { prefix: 'x' }, null, 400, "Provided object does not match schema 'resource_type_association': 'name' is a required property"],
+  ['GET', '/v2/metadefs/namespaces?visibility=bad', undefined, null, 400, 'Invalid visibility value: bad'],
+  ['GET', '/v2/metadefs/namespaces?sort_dir=bad', undefined, null, 400, 'Invalid sort direction: bad'],
+  ['GET', '/v2/metadefs/namespaces?limit=abc', undefined, null, 400, 'limit param must be an integer'],
 ];
 
-test("malformed image requests get Glance's status and message", async (t) => {
+test("malformed image and metadef requests get Glance's status and message", async (t) => {
   const svc = await startTestService(t);
   const call = api(svc.url, await token(svc.url));
   const created = await call('POST', '/v2/images', { body: { name: 'target' } });

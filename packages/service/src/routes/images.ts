@@ -9,7 +9,7 @@ import type { ImageChange, ImageService } from '../domain/images.js';
 import { IMPORT_METHODS } from '../domain/image-data.js';
 import { NAME_CONTAINS_PARAM, SORT_KEYS } from '../repo/images.js';
 import { imageSchema } from '../schemas.js';
-import { checkedBody, firstError, jsonschemaMessage, oneOrMany, pyStr, topKey, valueAt, type SchemaError } from './validation.js';
+import { checkedBody, firstError, jsonschemaMessage, oneOrMany, pyStr, requestSchema, topKey, valueAt, type SchemaError } from './validation.js';
 
 export interface ImageRouteDeps {
   auth: Authenticate;
@@ -96,8 +96,7 @@ export function imageRoutes(app: FastifyInstance, deps: ImageRouteDeps): void {
 // --- request schemas (Fastify validates; the routes turn the first error into Glance's words)
 
 /** The image schema served at /v2/schemas/image, as Glance validates requests against it. */
-const { name: _name, links: _links, ...served } = imageSchema() as { name: string; links: unknown; properties: Record<string, object>; additionalProperties: object };
-const IMAGE = { type: 'object', ...served };
+const IMAGE = requestSchema(imageSchema()) as { properties: Record<string, object>; additionalProperties: object };
 const OPS = ['add', 'remove', 'replace'];
 
 /**

@@ -109,6 +109,27 @@ export function jsonschemaMessage(e: SchemaError, root: unknown): string {
 }
 
 /**
+ * A schema served at /v2/schemas/* as requests are validated against it (Glance validates
+ * bodies against the very schemas it serves): an object, without the served document's
+ * `name` and `links` (which are not validation keywords).
+ */
+export function requestSchema(served: Record<string, unknown>): Record<string, any> {
+  return { type: 'object', ...withoutDocumentKeys(served) as object };
+}
+
+/** A schema without `name`/`links` wherever a served document nests another (a list's items). */
+function withoutDocumentKeys(node: unknown, isSchemaMap = false): unknown {
+  if (Array.isArray(node)) return node.map((x) => withoutDocumentKeys(x));
+  if (node === null || typeof node !== 'object') return node;
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(node)) {
+    if (!isSchemaMap && (k === 'links' || k === 'name' && typeof v === 'string')) continue;
+    out[k] = withoutDocumentKeys(v, !isSchemaMap && (k === 'properties' || k === 'definitions' || k === 'patternProperties'));
+  }
+  return out;
+}
+
+/**
  * A query-string parameter that may be given once or repeated: Fastify's parser makes a
  * repeated one an array. `maxItems` bounds how many times (a hostile list of thousands of
  * filters would otherwise become thousands of SQL conditions).
