@@ -1,9 +1,9 @@
 /**
  * The image record: its attributes as the API shows them, which of them a client may set,
- * and validation of values against the image schema (types, enums, patterns, lengths).
+ * and the limits on values beyond the image schema (which the routes validate requests
+ * against: schemas.ts).
  */
 import { HttpError, badRequest, forbidden } from './http.js';
-import { CONTAINER_FORMATS, DISK_FORMATS, UUID_PATTERN, VISIBILITIES } from './schemas.js';
 import { num, type ImagesTable } from './db/schema.js';
 
 /** Attributes stored as columns (everything else is an extra property). */
@@ -83,92 +83,31 @@ export function imageView(img: ImageRecord, show: LocationView = NO_LOCATIONS): 
   return out;
 }
 
-const uuidRe = new RegExp(UUID_PATTERN);
-
-/** Length in characters (code points), as Glance's schema validation counts it, not UTF-16 units. */
+/** Length in characters (code points), as Glance counts it, not UTF-16 units. */
 const tooLong = (s: string, max: number) => s.length > max && [...s].length > max;
 
-function schemaError(detail: string): HttpError {
-  return badRequest(`Provided object does not match schema 'image': ${detail}`);
-}
-
-/** Check one attribute's value against the image schema. */
-export function validateAttr(key: string, value: unknown): void {
-  const isStrOrNull = (max: number) => {
-    if (value !== null && typeof value !== 'string') throw schemaError(`${JSON.stringify(value)} is not of type 'null', 'string'`);
-    if (typeof value === 'string' && tooLong(value, max)) throw schemaError(`'${key}' is too long (maximum ${max})`);
-  };
-  const oneOf = (values: readonly (string | null)[]) => {
-    if (!values.includes(value as string | null)) throw schemaError(`${JSON.stringify(value)} is not one of [${values.map((v) => (v === null ? 'None' : `'${v}'`)).join(', ')}]`);
-  };
+/**
+ * The limits Glance's domain (not its schema) puts on a value that passed the image schema
+ * (the route's JSON-schema validation): the int32 range of min_ram and min_disk, the tag
+ * count, and the lengths the database columns hold.
+ */
+export function checkLimits(key: string, value: unknown): void {
   switch (key) {
-    case 'id':
-      if (typeof value !== 'string' || !uuidRe.test(value)) throw schemaError(`${JSON.stringify(value)} does not match '${UUID_PATTERN}'`);
-      return;
-    case 'name': return isStrOrNull(255);
-    case 'owner': return isStrOrNull(255);
-    case 'visibility': return oneOf(VISIBILITIES);
-    case 'container_format': return oneOf([null, ...CONTAINER_FORMATS]);
-    case 'disk_format': return oneOf([null, ...DISK_FORMATS]);
-    case 'protected':
-    case 'os_hidden':
-      if (typeof value !== 'boolean') throw schemaError(`${JSON.stringify(value)} is not of type 'boolean'`);
-      return;
     case 'min_ram':
-    case 'min_disk':
-      if (typeof value !== 'number' || !Number.isInteger(value)) throw schemaError(`${JSON.stringify(value)} is not of type 'integer'`);
-      if (value < 0 || value > 2 ** 31 - 1) throw badRequest(`'${key}' must be between 0 and ${2 ** 31 - 1}`);
+    case 'min_disk': {
+      const n = value as number;
+      if (n < 0) throw badRequest(`Invalid value '${n}' for parameter '${key}': Cannot be a negative value`);
+      if (n > 2 ** 31 - 1) throw badRequest(`'${key}' value out of range, must not exceed ${2 ** 31 - 1}.`);
       return;
+    }
     case 'tags':
-      if (!Array.isArray(value)) throw schemaError(`${JSON.stringify(value)} is not of type 'array'`);
-      for (const t of value) validateTag(t);
-      if (value.length > MAX_TAGS) throw new HttpError(413, `Maximum number of tags exceeded (${MAX_TAGS}).`);
+      if ((value as string[]).length > MAX_TAGS) throw new HttpError(413, `Maximum number of tags exceeded (${MAX_TAGS}).`);
       return;
-    case 'locations':
-      // The image schema's locations: [{url (≤255), metadata (object), validation_data?}]
-      if (!Array.isArray(value)) throw schemaError(`${JSON.stringify(value)} is not of type 'array'`);
-      for (const loc of value) {
-        if (typeof loc !== 'object' || loc === null || Array.isArray(loc)) throw schemaError(`${JSON.stringify(loc)} is not of type 'object'`);
-        const l = loc as Record<string, unknown>;
-        for (const req of ['url', 'metadata']) if (!(req in l)) throw schemaError(`'${req}' is a required property`);
-        if (typeof l.url !== 'string') throw schemaError(`${JSON.stringify(l.url)} is not of type 'string'`);
-        if (tooLong(l.url, 255)) throw schemaError(`'${l.url}' is too long`);
-        if (typeof l.metadata !== 'object' || l.metadata === null || Array.isArray(l.metadata)) throw schemaError(`${JSON.stringify(l.metadata)} is not of type 'object'`);
-        if (l.validation_data !== undefined) validateValidationData(l.validation_data);
-      }
-      return;
-    case 'kernel_id':
-    case 'ramdisk_id':
-      if (value === null) return;
-      if (typeof value !== 'string' || !uuidRe.test(value)) throw schemaError(`${JSON.stringify(value)} does not match '${UUID_PATTERN}'`);
-      return;
-    case 'cinder_encryption_key_deletion_policy':
-      return oneOf(['on_image_deletion', 'do_not_delete']);
     default:
-      if (typeof value !== 'string') throw schemaError(`${JSON.stringify(value)} is not of type 'string'`);
+      if (BASE_ATTRS.has(key) || typeof value !== 'string') return;
       if (tooLong(key, 255)) throw badRequest(`Property name '${key.slice(0, 40)}…' is longer than 255 characters.`);
       if (tooLong(value, 65535)) throw badRequest(`Property '${key}' value is longer than 65535 characters.`);
   }
-}
-
-function validateValidationData(v: unknown): void {
-  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw schemaError(`${JSON.stringify(v)} is not of type 'object'`);
-  const d = v as Record<string, unknown>;
-  const limits: Record<string, [number, number]> = { checksum: [32, 32], os_hash_algo: [0, 64], os_hash_value: [0, 128] };
-  for (const k of Object.keys(d)) if (!(k in limits)) throw schemaError(`Additional properties are not allowed ('${k}' was unexpected)`);
-  for (const req of ['os_hash_algo', 'os_hash_value']) if (!(req in d)) throw schemaError(`'${req}' is a required property`);
-  for (const [k, [min, max]] of Object.entries(limits)) {
-    const x = d[k];
-    if (x === undefined) continue;
-    if (typeof x !== 'string') throw schemaError(`${JSON.stringify(x)} is not of type 'string'`);
-    if (x.length < min) throw schemaError(`'${x}' is too short`);
-    if (x.length > max) throw schemaError(`'${x}' is too long`);
-  }
-}
-
-export function validateTag(t: unknown): asserts t is string {
-  if (typeof t !== 'string') throw schemaError(`${JSON.stringify(t)} is not of type 'string'`);
-  if (tooLong(t, 255)) throw badRequest(`Tag '${t.slice(0, 40)}…' is longer than 255 characters.`);
 }
 
 /** What a client may write: 403 for read-only and reserved names, as Glance answers. */

@@ -142,12 +142,23 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
     loggerInstance: log.pino,
     // One access-log line per request is written below (with the route and the user).
     logController: new LogController({ disableRequestLogging: true }),
+    // No per-request child logger (a pino child per request, unused: the access line above
+    // carries the request id).
+    childLoggerFactory: (logger) => logger,
     genReqId: () => `req-${randomUUID()}`,
     requestIdHeader: false,
     bodyLimit: JSON_BODY_LIMIT,
     // Bodies are checked as Glance's jsonschema checks them: a number is not a string.
-    ajv: { customOptions: { coerceTypes: false, removeAdditional: false } },
+    // Unknown keywords stay errors (a typo in a schema is caught at start), except Glance's
+    // `is_base` annotation in the served image schema, which requests are checked against too.
+    // Types are not demanded next to `properties` inside if/then (the patch schemas). Defaults
+    // in the served schemas (metadefs' minLength: 0, …) are documentation: a request is not filled in.
+    ajv: { customOptions: { coerceTypes: false, removeAdditional: false, useDefaults: false, keywords: ['is_base'], strictTypes: false } },
     return503OnClosing: false,
+    // A path segment is a tag, a member or a metadef name: their own schemas and checks bound
+    // them (tags 255 characters, in Glance's words), not the router's default of 100, whose
+    // 414 is Fastify's own shape rather than the API's.
+    routerOptions: { maxParamLength: 4096 },
     // Paths are matched as the hand-written router did: repeated and trailing slashes do not
     // count — except that /v2/images/ names an image with an empty id (Glance: 404).
     rewriteUrl: (req) => {

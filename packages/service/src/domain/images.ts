@@ -9,7 +9,7 @@ import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { HttpError, badRequest, conflict, forbidden, notFound } from '../http.js';
 import { now, type AuthContext } from '../identity.js';
-import { BASE_ATTRS, MAX_PROPERTIES, apiTime, checkWritable, validateAttr, type ImageRecord } from '../images-model.js';
+import { BASE_ATTRS, MAX_PROPERTIES, apiTime, checkLimits, type ImageRecord } from '../images-model.js';
 import { ImageApiPolicy, MemberApiPolicy, type Policy, type PolicyCredentials, type PolicyImage } from '../policy/index.js';
 import { num } from '../db/schema.js';
 import type { ImageRepo, ListResult } from '../repo/images.js';
@@ -89,9 +89,9 @@ export class ImageService {
     return { images: await this.repo.hydrate(rows), more, last: rows[rows.length - 1]?.id };
   }
 
-  /** A new queued image from a create request's attributes (each checked against the schema). */
+  /** A new queued image from a create request's attributes (writable, and valid against the image schema: the route checked). */
   async create(a: AuthContext, body: Record<string, unknown>): Promise<ImageRecord> {
-    for (const [key, v] of Object.entries(body)) { checkWritable(key, true); validateAttr(key, v); }
+    for (const [key, v] of Object.entries(body)) checkLimits(key, v);
     const owner = body.owner === undefined ? a.projectId : (body.owner as string | null);
     const visibility = (body.visibility as string | undefined) ?? 'shared';
     this.imagePolicy(a, { owner, visibility }).addImage();
@@ -119,8 +119,9 @@ export class ImageService {
   }
 
   /**
-   * Apply a JSON patch's changes: changes of the locations list first, each saved as it is
-   * applied (their data moves with them), then all other changes at once (all or none).
+   * Apply a JSON patch's changes (each writable and valid against the image schema: the route
+   * checked): changes of the locations list first, each saved as it is applied (their data
+   * moves with them), then all other changes at once (all or none).
    */
   async update(a: AuthContext, id: string, changes: ImageChange[]): Promise<ImageRecord> {
     const locationChanges = changes.filter((c) => c.key === 'locations');
@@ -139,21 +140,21 @@ export class ImageService {
     };
     const props: Record<string, string> = Object.assign(Object.create(null) as Record<string, string>, img.properties);
     for (const { op, key, path, value, hasValue } of changes) {
-      checkWritable(key, false);
       if (op === 'remove') {
         if (BASE_ATTRS.has(key)) throw forbidden(`Property ${key} may not be removed.`);
         if (!(key in props)) throw conflict(`Property ${key} does not exist.`);
         delete props[key];
         continue;
       }
-      if (!hasValue) throw new HttpError(400, 'Operation objects must contain exactly one member named "value".');
-      validateAttr(key, value);
+      if (!hasValue) throw new HttpError(400, `Operation "${op}" requires a member named "value".`);
+      checkLimits(key, value);
       if (BASE_ATTRS.has(key)) {
         if (op === 'add' && key !== 'tags' && !(key in base)) throw new HttpError(400, `Invalid JSON pointer for this resource: '${path}'`);
         base[key] = key === 'tags' ? [...new Set(value as string[])] : value;
       } else {
         if (op === 'replace' && !(key in props)) throw conflict(`Property ${key} does not exist.`);
-        props[key] = value as string;
+        // kernel_id and ramdisk_id may be null in the schema: a property row holds a string, so null unsets it.
+        if (value === null) delete props[key]; else props[key] = value as string;
       }
     }
     if (Object.keys(props).length > MAX_PROPERTIES) throw new HttpError(413, `Maximum number of image properties exceeded (${MAX_PROPERTIES}).`);
@@ -204,7 +205,6 @@ export class ImageService {
   async addTag(a: AuthContext, id: string, tag: string): Promise<void> {
     const img = await this.get(a, id);
     this.imagePolicy(a, img).modifyImage();
-    validateAttr('tags', [tag]);
     if (!img.tags.includes(tag) && img.tags.length >= MAX_TAGS_PER_IMAGE) throw new HttpError(413, `Maximum number of tags exceeded (${MAX_TAGS_PER_IMAGE}).`);
     await this.repo.addTag(img.id, tag);
   }
@@ -277,7 +277,8 @@ function policyImage(img: ImageRecord): PolicyImage {
 function extraProperties(body: Record<string, unknown>): Record<string, string> {
   // (a null-prototype object, so a property named __proto__ is stored like any other)
   const props: Record<string, string> = Object.create(null) as Record<string, string>;
-  for (const [key, v] of Object.entries(body)) if (!BASE_ATTRS.has(key)) props[key] = v as string;
+  // (kernel_id and ramdisk_id may be null in the schema: not set)
+  for (const [key, v] of Object.entries(body)) if (!BASE_ATTRS.has(key) && v !== null) props[key] = v as string;
   if (Object.keys(props).length > MAX_PROPERTIES) throw new HttpError(413, `Maximum number of image properties exceeded (${MAX_PROPERTIES}).`);
   return props;
 }

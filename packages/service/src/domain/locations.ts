@@ -11,7 +11,7 @@
  */
 import { HttpError, badRequest, conflict, forbidden, notFound } from '../http.js';
 import type { AuthContext } from '../identity.js';
-import { validateAttr, type ImageLocation, type ImageRecord } from '../images-model.js';
+import type { ImageLocation, ImageRecord } from '../images-model.js';
 import type { ImageRepo, LocationImageChanges, LocationInput } from '../repo/images.js';
 import type { StoreSet } from '../stores/registry.js';
 import type { Logger } from '../log.js';
@@ -24,7 +24,7 @@ export interface LocationOptions {
   showMultipleLocations: boolean;
 }
 
-/** A location as a client sends it (validated against the image schema by validateAttr). */
+/** A location as a client sends it (validated against the image schema's `locations` by validateLocations). */
 interface LocationValue { url: string; metadata: Record<string, unknown>; validation_data?: Record<string, string> }
 
 /** Glance's restricted schemes for locations set through the API (store_utils.RESTRICTED_URI_SCHEMAS). */
@@ -48,7 +48,7 @@ export class ImageLocations {
     for (const change of changes) {
       if (change.op === 'remove') continue;
       if (!change.hasValue) throw badRequest('Operation objects must contain exactly one member named "value".');
-      validateAttr('locations', change.op === 'add' ? [change.value] : change.value);
+      validateLocations(change.op === 'add' ? [change.value] : change.value);
     }
     for (const change of changes) {
       const img = await this.images.get(a, id);
@@ -265,4 +265,41 @@ function pythonRepr(v: unknown): string {
   if (Array.isArray(v)) return `[${v.map(pythonRepr).join(', ')}]`;
   if (typeof v === 'object') return `{${Object.entries(v as Record<string, unknown>).map(([k, x]) => `${pythonRepr(k)}: ${pythonRepr(x)}`).join(', ')}}`;
   return String(v);
+}
+
+const schemaError = (detail: string) => badRequest(`Provided object does not match schema 'image': ${detail}`);
+/** Length in characters (code points), as Glance counts it, not UTF-16 units. */
+const tooLong = (s: string, max: number) => s.length > max && [...s].length > max;
+
+/**
+ * The image schema's `locations`: [{url (≤255), metadata (object), validation_data?}], in the
+ * schema library's words. (A location added at /locations/N is one item of it, which the
+ * route's JSON schema of the whole attribute does not see.)
+ */
+function validateLocations(value: unknown): void {
+  if (!Array.isArray(value)) throw schemaError(`${JSON.stringify(value)} is not of type 'array'`);
+  for (const loc of value) {
+    if (typeof loc !== 'object' || loc === null || Array.isArray(loc)) throw schemaError(`${JSON.stringify(loc)} is not of type 'object'`);
+    const l = loc as Record<string, unknown>;
+    for (const req of ['url', 'metadata']) if (!(req in l)) throw schemaError(`'${req}' is a required property`);
+    if (typeof l.url !== 'string') throw schemaError(`${JSON.stringify(l.url)} is not of type 'string'`);
+    if (tooLong(l.url, 255)) throw schemaError(`'${l.url}' is too long`);
+    if (typeof l.metadata !== 'object' || l.metadata === null || Array.isArray(l.metadata)) throw schemaError(`${JSON.stringify(l.metadata)} is not of type 'object'`);
+    if (l.validation_data !== undefined) validateValidationData(l.validation_data);
+  }
+}
+
+function validateValidationData(v: unknown): void {
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw schemaError(`${JSON.stringify(v)} is not of type 'object'`);
+  const d = v as Record<string, unknown>;
+  const limits: Record<string, [number, number]> = { checksum: [32, 32], os_hash_algo: [0, 64], os_hash_value: [0, 128] };
+  for (const k of Object.keys(d)) if (!(k in limits)) throw schemaError(`Additional properties are not allowed ('${k}' was unexpected)`);
+  for (const req of ['os_hash_algo', 'os_hash_value']) if (!(req in d)) throw schemaError(`'${req}' is a required property`);
+  for (const [k, [min, max]] of Object.entries(limits)) {
+    const x = d[k];
+    if (x === undefined) continue;
+    if (typeof x !== 'string') throw schemaError(`${JSON.stringify(x)} is not of type 'string'`);
+    if (x.length < min) throw schemaError(`'${x}' is too short`);
+    if (x.length > max) throw schemaError(`'${x}' is too long`);
+  }
 }

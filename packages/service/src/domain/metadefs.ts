@@ -6,7 +6,7 @@
  * writes are metadef_admin by default). HTTP-free: routes hand in parsed bodies; the
  * repository does the SQL. The standard set (metadefs-catalog.ts) is loaded at the first start.
  */
-import { badRequest, conflict, forbidden, isObject, notFound } from '../http.js';
+import { badRequest, conflict, forbidden, notFound } from '../http.js';
 import { now, type AuthContext } from '../identity.js';
 import { PolicyNotAuthorized, type Policy } from '../policy/index.js';
 import type { MetadefRepo, NamespaceRow } from '../repo/metadefs.js';
@@ -28,57 +28,48 @@ export interface NamespaceDoc {
 export type { NamespaceRow };
 
 const NAME_MAX = 80;
-const PROPERTY_TYPES = ['array', 'boolean', 'integer', 'number', 'object', 'string'];
 const stamp = (ts: string): Stamped => ({ created_at: ts, updated_at: ts });
 export const docOf = (r: NamespaceRow): NamespaceDoc => JSON.parse(r.document) as NamespaceDoc;
 
-// --- the records' rules (Glance's metadef schemas)
-function str(body: Json, key: string, max: number, required = false): string | undefined {
-  const v = body[key];
-  if (v === undefined || v === null) { if (required) throw badRequest(`'${key}' is a required property`); return undefined; }
-  if (typeof v !== 'string') throw badRequest(`Invalid type for '${key}': expected a string`);
-  if (v.length > max) throw badRequest(`'${key}' is too long (at most ${max} characters)`);
-  if (required && !v.trim()) throw badRequest(`'${key}' must not be empty`);
+// --- the records (bodies valid against the schemas served at /v2/schemas/metadefs/*: the
+// routes checked types, enums, lengths and required members; what is left here are the rules
+// beyond the schema)
+
+/** A string member of a valid body (null: not given). */
+const text = (body: Json, key: string): string | undefined => (body[key] ?? undefined) as string | undefined;
+
+/** A name the record is found by: not blank. */
+function nameOf(body: Json, key: string): string {
+  const v = text(body, key) ?? '';
+  if (!v.trim()) throw badRequest(`'${key}' must not be empty`);
   return v;
 }
 
-/** A property definition as a client sent it: title and type required, as Glance's schema says. */
+/** A property definition as a client sent it (its name is the map key or the URL's). */
 export function propertyDef(body: Json, name: string): Json {
   if (!name || name.length > NAME_MAX) throw badRequest(`Property name '${name}' must be 1 to ${NAME_MAX} characters`);
   const { name: _n, ...def } = body;
-  if (typeof def.title !== 'string') throw badRequest(`Property '${name}': 'title' is a required property`);
-  if (typeof def.type !== 'string' || !PROPERTY_TYPES.includes(def.type)) throw badRequest(`Property '${name}': 'type' must be one of ${PROPERTY_TYPES.join(', ')}`);
-  if (def.enum !== undefined && !Array.isArray(def.enum)) throw badRequest(`Property '${name}': 'enum' must be an array`);
-  for (const k of ['minimum', 'maximum']) if (def[k] !== undefined && typeof def[k] !== 'number') throw badRequest(`Property '${name}': '${k}' must be a number`);
   return def;
 }
 
 function propertyMap(v: unknown): Record<string, Json> {
-  if (v === undefined || v === null) return {};
-  if (!isObject(v)) throw badRequest("'properties' must be an object");
-  return Object.fromEntries(Object.entries(v).map(([k, d]) => {
-    if (!isObject(d)) throw badRequest(`Property '${k}' must be an object`);
-    return [k, propertyDef(d, k)];
-  }));
+  return Object.fromEntries(Object.entries((v ?? {}) as Record<string, Json>).map(([k, d]) => [k, propertyDef(d, k)]));
 }
 
 function objectDef(body: Json, ts: string, created = ts): MetadefObject {
-  const name = str(body, 'name', NAME_MAX, true)!;
-  const required = body.required ?? [];
-  if (!Array.isArray(required) || required.some((r) => typeof r !== 'string')) throw badRequest("'required' must be a list of property names");
-  return { name, description: str(body, 'description', 2000) ?? '', required, properties: propertyMap(body.properties), created_at: created, updated_at: ts };
+  return { name: nameOf(body, 'name'), description: text(body, 'description') ?? '', required: (body.required ?? []) as string[], properties: propertyMap(body.properties), created_at: created, updated_at: ts };
 }
 
+/** A tag name (from a body, or from the URL, which no schema checks). */
 export function tagName(v: unknown): string {
   if (typeof v !== 'string' || !v.trim() || v.length > NAME_MAX) throw badRequest(`A tag name must be 1 to ${NAME_MAX} characters`);
   return v;
 }
 
 function association(body: Json, ts: string): Association {
-  const name = str(body, 'name', NAME_MAX, true)!;
-  const prefix = str(body, 'prefix', NAME_MAX);
-  const target = str(body, 'properties_target', NAME_MAX);
-  return { name, ...(prefix !== undefined ? { prefix } : {}), ...(target !== undefined ? { properties_target: target } : {}), ...stamp(ts) };
+  const prefix = text(body, 'prefix');
+  const target = text(body, 'properties_target');
+  return { name: nameOf(body, 'name'), ...(prefix !== undefined ? { prefix } : {}), ...(target !== undefined ? { properties_target: target } : {}), ...stamp(ts) };
 }
 
 export interface NamespaceQuery { resourceTypes?: string[]; visibility?: string; limit: number; sortKey: string; sortDir: string; marker?: string }
@@ -157,20 +148,18 @@ export class MetadefService {
 
   async create(a: AuthContext, b: Json): Promise<NamespaceRow> {
     this.authorize(a, 'add_metadef_namespace', null);
-    const name = str(b, 'namespace', NAME_MAX, true)!;
-    const visibility = str(b, 'visibility', 16) ?? 'private';
-    if (visibility !== 'public' && visibility !== 'private') throw badRequest(`Invalid visibility value: ${visibility}`);
-    if (b.protected !== undefined && typeof b.protected !== 'boolean') throw badRequest("'protected' must be a boolean");
+    const name = nameOf(b, 'namespace');
+    const visibility = text(b, 'visibility') ?? 'private';
     const ts = now();
     const doc: NamespaceDoc = {
       properties: propertyMap(b.properties),
-      objects: (Array.isArray(b.objects) ? b.objects : []).map((o) => { if (!isObject(o)) throw badRequest('An object must be a JSON object'); return objectDef(o, ts); }),
-      tags: (Array.isArray(b.tags) ? b.tags : []).map((t) => ({ name: tagName(isObject(t) ? t.name : t), ...stamp(ts) })),
-      resource_type_associations: (Array.isArray(b.resource_type_associations) ? b.resource_type_associations : []).map((x) => { if (!isObject(x)) throw badRequest('A resource type association must be an object'); return association(x, ts); }),
+      objects: ((b.objects ?? []) as Json[]).map((o) => objectDef(o, ts)),
+      tags: ((b.tags ?? []) as Json[]).map((t) => ({ name: tagName(t.name), ...stamp(ts) })),
+      resource_type_associations: ((b.resource_type_associations ?? []) as Json[]).map((x) => association(x, ts)),
     };
     const row: NamespaceRow = {
-      namespace: name, owner: str(b, 'owner', 255) ?? a.projectId ?? null, visibility, protected: b.protected ? 1 : 0,
-      display_name: str(b, 'display_name', NAME_MAX) ?? null, description: str(b, 'description', 500) ?? null,
+      namespace: name, owner: text(b, 'owner') ?? a.projectId ?? null, visibility, protected: b.protected ? 1 : 0,
+      display_name: text(b, 'display_name') ?? null, description: text(b, 'description') ?? null,
       document: JSON.stringify(doc), created_at: ts, updated_at: ts, revision: 0,
     };
     if (!(await this.repo.insertNamespace(row))) throw conflict(`Namespace ${name} already exists.`);
@@ -180,16 +169,14 @@ export class MetadefService {
 
   async update(a: AuthContext, current: string, b: Json): Promise<NamespaceRow> {
     const row = await this.namespace(a, current, 'modify_metadef_namespace');
-    const name = str(b, 'namespace', NAME_MAX, true)!;
-    const visibility = str(b, 'visibility', 16) ?? row.visibility;
-    if (visibility !== 'public' && visibility !== 'private') throw badRequest(`Invalid visibility value: ${visibility}`);
-    if (b.protected !== undefined && typeof b.protected !== 'boolean') throw badRequest("'protected' must be a boolean");
+    const name = nameOf(b, 'namespace');
+    const visibility = text(b, 'visibility') ?? row.visibility;
     if (name !== row.namespace && await this.repo.namespace(name)) throw conflict(`Namespace ${name} already exists.`);
     const set = {
       namespace: name, visibility, protected: b.protected === undefined ? row.protected : b.protected ? 1 : 0,
-      display_name: b.display_name === undefined ? row.display_name : str(b, 'display_name', NAME_MAX) ?? null,
-      description: b.description === undefined ? row.description : str(b, 'description', 500) ?? null,
-      owner: b.owner === undefined ? row.owner : str(b, 'owner', 255) ?? null, updated_at: now(),
+      display_name: b.display_name === undefined ? row.display_name : text(b, 'display_name') ?? null,
+      description: b.description === undefined ? row.description : text(b, 'description') ?? null,
+      owner: b.owner === undefined ? row.owner : text(b, 'owner') ?? null, updated_at: now(),
     };
     if (!(await this.repo.updateNamespace(row.namespace, row.revision, set))) throw conflict(`Metadata definition namespace=${row.namespace} was changed concurrently; try again.`);
     return { ...row, ...set, revision: row.revision + 1 };
@@ -236,7 +223,7 @@ export class MetadefService {
     return this.findProperty(docOf(await this.namespace(a, ns, 'get_metadef_property')), ns, name);
   }
   async addProperty(a: AuthContext, ns: string, b: Json): Promise<{ name: string; def: Json }> {
-    const name = str(b, 'name', NAME_MAX, true)!;
+    const name = nameOf(b, 'name');
     const def = propertyDef(b, name);
     await this.change(a, ns, 'add_metadef_property', (doc) => {
       if (doc.properties[name]) throw conflict(`A metadata definition property with name=${name} already exists in namespace=${ns}.`);
@@ -245,7 +232,7 @@ export class MetadefService {
     return { name, def };
   }
   async updateProperty(a: AuthContext, ns: string, current: string, b: Json): Promise<{ name: string; def: Json }> {
-    const name = str(b, 'name', NAME_MAX, true)!;
+    const name = nameOf(b, 'name');
     const def = propertyDef(b, name);
     await this.change(a, ns, 'modify_metadef_property', (doc) => {
       this.findProperty(doc, ns, current);
@@ -312,8 +299,7 @@ export class MetadefService {
   }
   /** POST …/tags: Glance replaces the namespace's tags, unless `append` (X-Openstack-Append) adds to them. */
   addTags(a: AuthContext, ns: string, b: Json, append: boolean): Promise<MetadefTag[]> {
-    if (!Array.isArray(b.tags)) throw badRequest("'tags' must be a list of {\"name\": ...}");
-    const names = b.tags.map((t) => tagName(isObject(t) ? t.name : undefined));
+    const names = ((b.tags ?? []) as Json[]).map((t) => tagName(t.name));
     if (new Set(names).size !== names.length) throw conflict('Duplicate tag names in the request.');
     return this.change(a, ns, 'add_metadef_tags', (doc, _row, ts) => {
       if (append && names.some((n) => doc.tags.some((t) => t.name === n))) throw conflict('A tag with one of these names already exists in the namespace.');

@@ -5,7 +5,8 @@
  * change is the identity service's, every query its repository's.
  */
 import type { FastifyInstance, FastifyRequest } from 'fastify';
-import { HttpError, isObject, jsonBody, replyEmpty, replyJson, searchParams, type Authenticate } from '../http.js';
+import { HttpError, isObject, replyEmpty, replyJson, searchParams, type Authenticate } from '../http.js';
+import { checkedBody, jsonschemaMessage, type SchemaError } from './validation.js';
 import { AuthError, DEFAULT_DOMAIN, type AuthContext, type Identity } from '../domain/identity.js';
 import { IdentityForbidden, IdentityPolicy } from '../policy/identity.js';
 import type { ProjectRow, UserRow } from '../repo/identity.js';
@@ -17,6 +18,58 @@ export interface IdentityDeps {
 }
 
 const UPDATED = '2022-09-07T00:00:00Z';
+
+// --- request schemas: Keystone's own (keystone/resource, identity, assignment and auth
+// schema.py: the same types, lengths, patterns and required members), checked by Fastify.
+const NAME = (max: number) => ({ type: 'string', minLength: 1, maxLength: max, pattern: '[\\S]+' });
+const ID = { type: 'string', minLength: 1, maxLength: 64, pattern: '^[a-zA-Z0-9-]+$' };
+const NULLABLE_ID = { type: ['string', 'null'], minLength: 1, maxLength: 64, pattern: '^[a-zA-Z0-9-]+$' };
+const DESCRIPTION = { type: ['string', 'null'] };
+const project = { description: DESCRIPTION, domain_id: NULLABLE_ID, enabled: { type: 'boolean' }, is_domain: { type: 'boolean' }, parent_id: NULLABLE_ID, name: NAME(64), tags: { type: 'array', items: { type: 'string', minLength: 1, maxLength: 255 }, maxItems: 80 } };
+const PROJECT_CREATE = { type: 'object', properties: project, required: ['name'] };
+const PROJECT_UPDATE = { type: 'object', properties: { ...project, domain_id: undefined, is_domain: undefined }, minProperties: 1 };
+const user = { default_project_id: NULLABLE_ID, description: DESCRIPTION, domain_id: ID, enabled: { type: 'boolean' }, name: NAME(255), password: { type: ['string', 'null'] }, email: { type: ['string', 'null'] } };
+const USER_CREATE = { type: 'object', properties: user, required: ['name'] };
+const USER_UPDATE = { type: 'object', properties: user, minProperties: 1 };
+const PASSWORD_CHANGE = { type: 'object', properties: { original_password: { type: 'string' }, password: { type: 'string' } }, required: ['original_password', 'password'] };
+const ROLE_CREATE = { type: 'object', properties: { name: NAME(255), description: DESCRIPTION, domain_id: NULLABLE_ID }, required: ['name'] };
+const wrapped = (key: string, inner: Record<string, unknown>) => ({ type: 'object', properties: { [key]: JSON.parse(JSON.stringify(inner)) as object } });
+
+/** POST /v3/auth/tokens: Keystone's token_issue schema (what `auth` holds). */
+const NAMED = { type: 'object', properties: { id: { type: 'string' }, name: { type: 'string' } } };
+const SCOPED = { type: 'object', properties: { id: { type: 'string' }, name: { type: 'string' }, domain: NAMED } };
+const TOKEN_REQUEST = {
+  type: 'object',
+  properties: {
+    auth: {
+      type: 'object',
+      properties: {
+        identity: {
+          type: 'object',
+          properties: {
+            methods: { type: 'array', items: { type: 'string' }, maxItems: 16 },
+            password: { type: 'object', properties: { user: { type: 'object', properties: { id: { type: 'string' }, name: { type: 'string' }, password: { type: 'string' }, domain: NAMED } } } },
+            token: { type: 'object', properties: { id: { type: 'string' } }, required: ['id'] },
+          },
+          required: ['methods'],
+        },
+        scope: { type: ['object', 'string', 'null'], properties: { project: SCOPED, domain: NAMED, system: { type: 'object' } } },
+      },
+      required: ['identity'],
+    },
+  },
+};
+
+/**
+ * Keystone's answer to a schema error (keystone.common.validation): "Invalid input for field
+ * 'a/b': <jsonschema's sentence>", the path taken inside the object Keystone validates
+ * (`within`: the body's member holding it), or the bare sentence at its top.
+ */
+function keystoneSchemaError(e: SchemaError, root: unknown, within: string): HttpError {
+  const path = e.instancePath.startsWith(within) ? e.instancePath.slice(within.length).split('/').filter(Boolean).join('/') : '';
+  const sentence = jsonschemaMessage(e, root);
+  return new HttpError(400, path ? `Invalid input for field '${path}': ${sentence}` : sentence);
+}
 
 function versionDoc(baseUrl: string) {
   return {
@@ -37,10 +90,21 @@ export function identityRoutes(app: FastifyInstance, deps: IdentityDeps): void {
     throw err;
   });
 
+  /**
+   * The `key` object of a request body, valid against the route's schema ({key: inner}).
+   * Keystone validates `body.get(key, {})`: a missing key answers what {} would.
+   */
   const body = async (request: FastifyRequest, key: string): Promise<Record<string, any>> => {
-    const b = await jsonBody(request);
-    if (!isObject(b) || !isObject(b[key])) throw new HttpError(400, `Invalid input for field '${key}': the request body must contain an object '${key}'.`);
-    return b[key] as Record<string, any>;
+    const { body: b, error } = await checkedBody(request);
+    const inner = isObject(b) ? b[key] : undefined;
+    if (inner === undefined) {
+      const { properties } = request.routeOptions.schema!.body as { properties: Record<string, object> };
+      const validate = request.compileValidationSchema(properties[key]!) as ((v: unknown) => boolean) & { errors?: SchemaError[] | null };
+      if (!validate({})) throw keystoneSchemaError(validate.errors![0]!, {}, '');
+      return {};
+    }
+    if (error) throw keystoneSchemaError(error, b, `/${key}`);
+    return inner as Record<string, any>;
   };
   const link = (request: FastifyRequest, path: string) => ({ self: `${request.baseUrl}/identity/v3/${path}` });
   const listLinks = (request: FastifyRequest, path: string) => ({ ...link(request, path), previous: null, next: null });
@@ -50,9 +114,10 @@ export function identityRoutes(app: FastifyInstance, deps: IdentityDeps): void {
   app.get('/identity/v3', async (request, reply) => replyJson(reply, 200, { version: versionDoc(request.baseUrl) }));
 
   // --- tokens
-  app.post('/identity/v3/auth/tokens', async (request, reply) => {
-    const b = await jsonBody(request);
+  app.post('/identity/v3/auth/tokens', { schema: { body: TOKEN_REQUEST }, attachValidation: true }, async (request, reply) => {
+    const { body: b, error } = await checkedBody(request);
     if (!isObject(b) || !isObject(b.auth)) throw new HttpError(400, 'Expecting to find auth in request body.');
+    if (error) throw keystoneSchemaError(error, b, '/auth');
     let t: AuthContext;
     try { t = await identity.authenticate(b.auth, { address: request.ip }); } catch (e) {
       if (e instanceof AuthError && e.status === 401) throw new HttpError(401, e.message, { ...e.headers, 'WWW-Authenticate': `Keystone uri="${request.baseUrl}/identity"` });
@@ -118,13 +183,11 @@ export function identityRoutes(app: FastifyInstance, deps: IdentityDeps): void {
     const rows = await identity.repo.projects({ name: sp.get('name') ?? undefined, domainId: sp.get('domain_id') ?? undefined, memberOf: a.isAdmin ? undefined : a.userId });
     return replyJson(reply, 200, { projects: rows.map((p) => projectView(request, p)), links: listLinks(request, 'projects') });
   });
-  app.post('/identity/v3/projects', async (request, reply) => {
+  app.post('/identity/v3/projects', { schema: { body: wrapped('project', PROJECT_CREATE) }, attachValidation: true }, async (request, reply) => {
     policy.authorize('identity:create_project', await deps.auth(request));
     const p = await body(request, 'project');
-    if (typeof p.name !== 'string' || !p.name || p.name.length > 64) throw new HttpError(400, "Invalid input for field 'name': a project name of 1 to 64 characters is required.");
     const row = await identity.createProject({
-      name: p.name, domainId: typeof p.domain_id === 'string' ? p.domain_id : DEFAULT_DOMAIN.id,
-      enabled: p.enabled !== false, description: typeof p.description === 'string' ? p.description : '',
+      name: p.name, domainId: p.domain_id ?? DEFAULT_DOMAIN.id, enabled: p.enabled !== false, description: p.description ?? '',
     });
     return replyJson(reply, 201, { project: projectView(request, row) });
   });
@@ -134,14 +197,10 @@ export function identityRoutes(app: FastifyInstance, deps: IdentityDeps): void {
     policy.authorize('identity:get_project', a, { 'target.project.id': p.id });
     return replyJson(reply, 200, { project: projectView(request, p) });
   });
-  app.patch('/identity/v3/projects/:id', async (request, reply) => {
+  app.patch('/identity/v3/projects/:id', { schema: { body: wrapped('project', PROJECT_UPDATE) }, attachValidation: true }, async (request, reply) => {
     policy.authorize('identity:update_project', await deps.auth(request));
     const b = await body(request, 'project');
-    const p = await identity.updateProject(params(request).id!, {
-      name: typeof b.name === 'string' && b.name ? b.name : undefined,
-      description: typeof b.description === 'string' ? b.description : undefined,
-      enabled: typeof b.enabled === 'boolean' ? b.enabled : undefined,
-    });
+    const p = await identity.updateProject(params(request).id!, { name: b.name, description: b.description ?? undefined, enabled: b.enabled });
     return replyJson(reply, 200, { project: projectView(request, p) });
   });
   app.delete('/identity/v3/projects/:id', async (request, reply) => {
@@ -162,15 +221,12 @@ export function identityRoutes(app: FastifyInstance, deps: IdentityDeps): void {
     const rows = await identity.repo.users(searchParams(request).get('name') ?? undefined);
     return replyJson(reply, 200, { users: rows.map((u) => userView(request, u)), links: listLinks(request, 'users') });
   });
-  app.post('/identity/v3/users', async (request, reply) => {
+  app.post('/identity/v3/users', { schema: { body: wrapped('user', USER_CREATE) }, attachValidation: true }, async (request, reply) => {
     policy.authorize('identity:create_user', await deps.auth(request));
     const u = await body(request, 'user');
-    if (typeof u.name !== 'string' || !u.name || u.name.length > 255) throw new HttpError(400, "Invalid input for field 'name': a user name of 1 to 255 characters is required.");
     const row = await identity.createUser({
-      name: u.name, domainId: typeof u.domain_id === 'string' ? u.domain_id : DEFAULT_DOMAIN.id, enabled: u.enabled !== false,
-      password: typeof u.password === 'string' ? u.password : null,
-      defaultProjectId: u.default_project_id == null ? null : String(u.default_project_id),
-      email: typeof u.email === 'string' ? u.email : null,
+      name: u.name, domainId: u.domain_id ?? DEFAULT_DOMAIN.id, enabled: u.enabled !== false,
+      password: u.password ?? null, defaultProjectId: u.default_project_id ?? null, email: u.email ?? null,
     });
     return replyJson(reply, 201, { user: userView(request, row) });
   });
@@ -179,25 +235,18 @@ export function identityRoutes(app: FastifyInstance, deps: IdentityDeps): void {
     policy.authorize('identity:get_user', a, { user_id: params(request).id });
     return replyJson(reply, 200, { user: userView(request, await identity.user(params(request).id!)) });
   });
-  app.patch('/identity/v3/users/:id', async (request, reply) => {
+  app.patch('/identity/v3/users/:id', { schema: { body: wrapped('user', USER_UPDATE) }, attachValidation: true }, async (request, reply) => {
     policy.authorize('identity:update_user', await deps.auth(request));
     const b = await body(request, 'user');
     const u = await identity.updateUser(params(request).id!, {
-      name: typeof b.name === 'string' && b.name ? b.name : undefined,
-      enabled: typeof b.enabled === 'boolean' ? b.enabled : undefined,
-      password: typeof b.password === 'string' ? b.password : undefined,
-      email: typeof b.email === 'string' ? b.email : undefined,
-      defaultProjectId: typeof b.default_project_id === 'string' ? b.default_project_id : undefined,
+      name: b.name, enabled: b.enabled, password: b.password ?? undefined, email: b.email ?? undefined, defaultProjectId: b.default_project_id ?? undefined,
     });
     return replyJson(reply, 200, { user: userView(request, u) });
   });
-  app.post('/identity/v3/users/:id/password', async (request, reply) => {
+  app.post('/identity/v3/users/:id/password', { schema: { body: wrapped('user', PASSWORD_CHANGE) }, attachValidation: true }, async (request, reply) => {
     const a = await deps.auth(request);
     policy.authorize('identity:change_password', a, { user_id: params(request).id });
     const b = await body(request, 'user');
-    if (typeof b.password !== 'string' || typeof b.original_password !== 'string') {
-      throw new HttpError(400, "Invalid input for field 'user': 'password' and 'original_password' are required.");
-    }
     await identity.changeOwnPassword(params(request).id!, b.original_password, b.password, { address: request.ip });
     return replyEmpty(reply, 204);
   });
@@ -214,10 +263,9 @@ export function identityRoutes(app: FastifyInstance, deps: IdentityDeps): void {
     const rows = await identity.repo.roles(searchParams(request).get('name') ?? undefined);
     return replyJson(reply, 200, { roles: rows.map((r) => roleView(request, r)), links: listLinks(request, 'roles') });
   });
-  app.post('/identity/v3/roles', async (request, reply) => {
+  app.post('/identity/v3/roles', { schema: { body: wrapped('role', ROLE_CREATE) }, attachValidation: true }, async (request, reply) => {
     policy.authorize('identity:create_role', await deps.auth(request));
     const r = await body(request, 'role');
-    if (typeof r.name !== 'string' || !r.name) throw new HttpError(400, "Invalid input for field 'name'.");
     return replyJson(reply, 201, { role: roleView(request, await identity.createRole(r.name)) });
   });
   app.get('/identity/v3/roles/:id', async (request, reply) => {

@@ -4,9 +4,10 @@
  * metadef domain's (domain/metadefs.ts).
  */
 import type { FastifyInstance, FastifyRequest } from 'fastify';
-import { badRequest, isObject, jsonBody, notFound, replyEmpty, replyJson, searchParams, type Authenticate } from '../http.js';
+import { badRequest, notFound, replyEmpty, replyJson, searchParams, type Authenticate } from '../http.js';
 import { docOf, type Association, type Json, type MetadefObject, type MetadefService, type MetadefTag, type NamespaceRow } from '../domain/metadefs.js';
 import { metadefSchemas } from '../schemas.js';
+import { checkedBody, firstError, jsonschemaMessage, requestSchema, topKey, valueAt } from './validation.js';
 
 export interface MetadefRouteDeps { auth: Authenticate; metadefs: MetadefService }
 
@@ -36,11 +37,33 @@ function namespaceView(r: NamespaceRow, full: boolean): Json {
   return JSON.parse(JSON.stringify(v)) as Json; // drop undefined keys
 }
 
+/** The schemas served at /v2/schemas/metadefs/*, which Glance validates these bodies against. */
+const SERVED = metadefSchemas();
+/** A route's body schema: the served schema `name`, checked by Fastify (attachValidation: authentication answers first). */
+const bodyOf = (name: string) => ({ schema: { body: requestSchema(SERVED[name]!) }, attachValidation: true, config: { schemaName: SERVED[name]!.name as string } });
+
+/** The body, valid against the route's served schema (Glance's 400 in its words otherwise). */
 async function objectBody(request: FastifyRequest): Promise<Json> {
-  const b = await jsonBody(request);
-  if (!isObject(b)) throw badRequest('The request body must be a JSON object.');
-  return b;
+  const { body, error } = await checkedBody(request);
+  if (error) {
+    const { schemaName } = request.routeOptions.config as { schemaName?: string };
+    throw badRequest(`Provided object does not match schema '${schemaName}': ${jsonschemaMessage(error, body)}`);
+  }
+  return body as Json;
 }
+
+/** GET /v2/metadefs/namespaces: paging, sorting, filters. */
+const NAMESPACE_QUERY = {
+  type: 'object',
+  properties: {
+    limit: { type: 'string', allOf: [{ pattern: '^[0-9]+$' }, { pattern: '[1-9]' }] },
+    marker: { type: 'string', maxLength: 80 },
+    sort_key: { enum: ['namespace', 'created_at', 'updated_at'] },
+    sort_dir: { enum: ['asc', 'desc'] },
+    visibility: { enum: ['public', 'private'] },
+    resource_types: { type: 'string', maxLength: 4096 },
+  },
+};
 
 type P = { Params: { ns: string; name: string; tag: string; rt: string } };
 
@@ -54,17 +77,23 @@ export function metadefRoutes(app: FastifyInstance, { auth, metadefs }: MetadefR
   });
 
   // --- namespaces
-  app.get('/v2/metadefs/namespaces', async (request, reply) => {
+  app.get('/v2/metadefs/namespaces', { schema: { querystring: NAMESPACE_QUERY }, attachValidation: true }, async (request, reply) => {
     const a = await auth(request);
+    const invalid = firstError(request, 'querystring');
+    if (invalid) {
+      const name = topKey(invalid);
+      const given = valueAt(request.query, `/${name}`);
+      if (name === 'limit') throw badRequest(/^\d+$/.test(String(given)) ? 'limit param must be positive' : 'limit param must be an integer');
+      if (name === 'visibility') throw badRequest(`Invalid visibility value: ${String(given)}`);
+      if (name === 'sort_key') throw badRequest(`Invalid sort key: ${String(given)}`);
+      if (name === 'sort_dir') throw badRequest(`Invalid sort direction: ${String(given)}`);
+      throw badRequest(`Invalid value for ${name}.`);
+    }
     const sp = searchParams(request);
     const vis = sp.get('visibility');
-    if (vis !== null && vis !== 'public' && vis !== 'private') throw badRequest(`Invalid visibility value: ${vis}`);
     const limit = Math.min(Number(sp.get('limit') ?? 1000), 1000);
-    if (!Number.isInteger(limit) || limit < 1) throw badRequest(`Invalid limit: ${sp.get('limit')}`);
     const sortKey = sp.get('sort_key') ?? 'created_at';
-    if (!['namespace', 'created_at', 'updated_at'].includes(sortKey)) throw badRequest(`Invalid sort key: ${sortKey}`);
     const sortDir = sp.get('sort_dir') ?? 'desc';
-    if (sortDir !== 'asc' && sortDir !== 'desc') throw badRequest(`Invalid sort direction: ${sortDir}`);
     const { page, more } = await metadefs.list(a, {
       resourceTypes: sp.get('resource_types')?.split(',').map((s) => s.trim()).filter(Boolean),
       visibility: vis ?? undefined, limit, sortKey, sortDir, marker: sp.get('marker') ?? undefined,
@@ -77,7 +106,7 @@ export function metadefRoutes(app: FastifyInstance, { auth, metadefs }: MetadefR
     }
     return replyJson(reply, 200, out);
   });
-  app.post('/v2/metadefs/namespaces', async (request, reply) => {
+  app.post('/v2/metadefs/namespaces', bodyOf('namespace'), async (request, reply) => {
     const a = await auth(request);
     return replyJson(reply, 201, namespaceView(await metadefs.create(a, await objectBody(request)), true));
   });
@@ -85,7 +114,7 @@ export function metadefRoutes(app: FastifyInstance, { auth, metadefs }: MetadefR
     const a = await auth(request);
     return replyJson(reply, 200, namespaceView(await metadefs.namespace(a, request.params.ns), true));
   });
-  app.put<P>('/v2/metadefs/namespaces/:ns', async (request, reply) => {
+  app.put<P>('/v2/metadefs/namespaces/:ns', bodyOf('namespace'), async (request, reply) => {
     const a = await auth(request);
     return replyJson(reply, 200, namespaceView(await metadefs.update(a, request.params.ns, await objectBody(request)), true));
   });
@@ -104,7 +133,7 @@ export function metadefRoutes(app: FastifyInstance, { auth, metadefs }: MetadefR
   app.get<P>('/v2/metadefs/namespaces/:ns/properties', async (request, reply) => {
     return replyJson(reply, 200, { properties: await metadefs.properties(await auth(request), request.params.ns) });
   });
-  app.post<P>('/v2/metadefs/namespaces/:ns/properties', async (request, reply) => {
+  app.post<P>('/v2/metadefs/namespaces/:ns/properties', bodyOf('property'), async (request, reply) => {
     const a = await auth(request);
     const { name, def } = await metadefs.addProperty(a, request.params.ns, await objectBody(request));
     return replyJson(reply, 201, { name, ...def });
@@ -113,7 +142,7 @@ export function metadefRoutes(app: FastifyInstance, { auth, metadefs }: MetadefR
     const def = await metadefs.property(await auth(request), request.params.ns, request.params.name);
     return replyJson(reply, 200, { name: request.params.name, ...def });
   });
-  app.put<P>('/v2/metadefs/namespaces/:ns/properties/:name', async (request, reply) => {
+  app.put<P>('/v2/metadefs/namespaces/:ns/properties/:name', bodyOf('property'), async (request, reply) => {
     const a = await auth(request);
     const { name, def } = await metadefs.updateProperty(a, request.params.ns, request.params.name, await objectBody(request));
     return replyJson(reply, 200, { name, ...def });
@@ -128,14 +157,14 @@ export function metadefRoutes(app: FastifyInstance, { auth, metadefs }: MetadefR
     const objects = await metadefs.objects(await auth(request), request.params.ns);
     return replyJson(reply, 200, { objects: objects.map((o) => objectView(request.params.ns, o)), schema: 'v2/schemas/metadefs/objects' });
   });
-  app.post<P>('/v2/metadefs/namespaces/:ns/objects', async (request, reply) => {
+  app.post<P>('/v2/metadefs/namespaces/:ns/objects', bodyOf('object'), async (request, reply) => {
     const a = await auth(request);
     return replyJson(reply, 201, objectView(request.params.ns, await metadefs.addObject(a, request.params.ns, await objectBody(request))));
   });
   app.get<P>('/v2/metadefs/namespaces/:ns/objects/:name', async (request, reply) => {
     return replyJson(reply, 200, objectView(request.params.ns, await metadefs.object(await auth(request), request.params.ns, request.params.name)));
   });
-  app.put<P>('/v2/metadefs/namespaces/:ns/objects/:name', async (request, reply) => {
+  app.put<P>('/v2/metadefs/namespaces/:ns/objects/:name', bodyOf('object'), async (request, reply) => {
     const a = await auth(request);
     return replyJson(reply, 200, objectView(request.params.ns, await metadefs.updateObject(a, request.params.ns, request.params.name, await objectBody(request))));
   });
@@ -148,7 +177,7 @@ export function metadefRoutes(app: FastifyInstance, { auth, metadefs }: MetadefR
   app.get<P>('/v2/metadefs/namespaces/:ns/tags', async (request, reply) => {
     return replyJson(reply, 200, { tags: (await metadefs.tags(await auth(request), request.params.ns)).map(tagView) });
   });
-  app.post<P>('/v2/metadefs/namespaces/:ns/tags', async (request, reply) => {
+  app.post<P>('/v2/metadefs/namespaces/:ns/tags', bodyOf('tags'), async (request, reply) => {
     const a = await auth(request);
     const append = /^true$/i.test(String(request.headers['x-openstack-append'] ?? ''));
     const tags = await metadefs.addTags(a, request.params.ns, await objectBody(request), append);
@@ -160,7 +189,7 @@ export function metadefRoutes(app: FastifyInstance, { auth, metadefs }: MetadefR
   app.get<P>('/v2/metadefs/namespaces/:ns/tags/:tag', async (request, reply) => {
     return replyJson(reply, 200, tagView(await metadefs.tag(await auth(request), request.params.ns, request.params.tag)));
   });
-  app.put<P>('/v2/metadefs/namespaces/:ns/tags/:tag', async (request, reply) => {
+  app.put<P>('/v2/metadefs/namespaces/:ns/tags/:tag', bodyOf('tag'), async (request, reply) => {
     const a = await auth(request);
     return replyJson(reply, 200, tagView(await metadefs.updateTag(a, request.params.ns, request.params.tag, await objectBody(request))));
   });
@@ -177,7 +206,7 @@ export function metadefRoutes(app: FastifyInstance, { auth, metadefs }: MetadefR
   app.get<P>('/v2/metadefs/namespaces/:ns/resource_types', async (request, reply) => {
     return replyJson(reply, 200, { resource_type_associations: (await metadefs.associations(await auth(request), request.params.ns)).map(assocView) });
   });
-  app.post<P>('/v2/metadefs/namespaces/:ns/resource_types', async (request, reply) => {
+  app.post<P>('/v2/metadefs/namespaces/:ns/resource_types', bodyOf('resource_type'), async (request, reply) => {
     const a = await auth(request);
     return replyJson(reply, 201, assocView(await metadefs.associate(a, request.params.ns, await objectBody(request))));
   });
