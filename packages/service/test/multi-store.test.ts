@@ -34,6 +34,8 @@ async function start(t: TestContext, settings: Record<string, unknown> = {}, dat
       mem: { type: 'memory', secret: SECRET },
     },
     defaultStore: 'fast',
+    // (these tests are about the stores: no per-node image cache in front of them)
+    imageCache: 'off',
     ...settings,
   }));
   const cfg = loadConfig({ DISKHUB_DATA_DIR: dir, DISKHUB_PORT: '0', DISKHUB_BIND: '127.0.0.1', DISKHUB_ADMIN_PASSWORD: ADMIN_PASSWORD }, {}, configFile);

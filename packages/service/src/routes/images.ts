@@ -82,7 +82,8 @@ export function imageRoutes(app: FastifyInstance, deps: ImageRouteDeps): void {
     const changes = (ops as Record<string, unknown>[]).map((raw, i) => {
       if (i === failing && !isValueError(error!)) throw patchError(error!, ops, type);
       const change = parseChange(raw, type);
-      checkWritable(change.key, false);
+      // (the locations list is the locations domain's: its policy and validation)
+      if (change.key !== 'locations') checkWritable(change.key, false);
       if (i === failing) throw patchError(error!, ops, type);
       return change;
     });
@@ -115,11 +116,13 @@ const OPS = ['add', 'remove', 'replace'];
  * property's against additionalProperties), as Glance validates {key: value} for each
  * change. `pathIs` says how an operation names its path in the media type.
  */
-function valueChecks(pathIs: (pointer: string) => object): object[] {
-  const pointers = Object.keys(IMAGE.properties).map((k) => `/${k}`);
+function valueChecks(pathIs: (path: object) => object): object[] {
+  const pointers = Object.keys(IMAGE.properties).map((k) => ({ const: `/${k}` }));
+  // One item of the locations list (/locations/N, /locations/-) is checked by the domain.
+  const locationItem = { type: 'string', pattern: '^/locations/' };
   return [
-    ...Object.entries(IMAGE.properties).map(([k, schema]) => ({ if: pathIs(`/${k}`), then: { properties: { value: schema } } })),
-    { if: { not: { anyOf: pointers.map(pathIs) } }, then: { properties: { value: IMAGE.additionalProperties } } },
+    ...Object.entries(IMAGE.properties).map(([k, schema]) => ({ if: pathIs({ const: `/${k}` }), then: { properties: { value: schema } } })),
+    { if: { not: { anyOf: [...pointers, locationItem].map(pathIs) } }, then: { properties: { value: IMAGE.additionalProperties } } },
   ];
 }
 const PATH = { type: 'string', pattern: '^/' };
@@ -142,7 +145,7 @@ const PATCH = {
             { required: ['path'] },
             { properties: { path: PATH } },
             { if: { properties: { op: { const: 'remove' } } }, else: { required: ['value'] } },
-            ...valueChecks((p) => ({ properties: { path: { const: p } }, required: ['path'] })),
+            ...valueChecks((p) => ({ properties: { path: p }, required: ['path'] })),
           ],
         },
       },
@@ -157,7 +160,7 @@ const PATCH = {
             { anyOf: OPS.map((o) => ({ required: [o] })) },
             { not: { anyOf: [['add', 'remove'], ['add', 'replace'], ['remove', 'replace']].map((r) => ({ required: r })) } },
             { if: { required: ['remove'] }, else: { required: ['value'] } },
-            ...valueChecks((p) => ({ anyOf: OPS.map((o) => ({ properties: { [o]: { const: p } }, required: [o] })) })),
+            ...valueChecks((p) => ({ anyOf: OPS.map((o) => ({ properties: { [o]: p }, required: [o] })) })),
           ],
         },
       },
