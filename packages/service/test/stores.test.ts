@@ -186,7 +186,8 @@ test('StoreSource on a slow remote store: x-diskhub/inside reads a few blocks, n
   assert.equal(inside.format, 'qcow2');
   assert.equal(inside.virtual_size, 64 << 20);
   assert.equal(inside.allocation!.totals.data, (1 + 2 + 16) << 20);
-  assert.ok(store.bytesRead < 2 << 20, `fetched ${store.bytesRead} of ${withMore.length} bytes`);
+  // (the allocation picture reads the qcow2 tables; the OS inspection probes for partition tables and filesystems)
+  assert.ok(store.bytesRead < 3 << 20, `fetched ${store.bytesRead} of ${withMore.length} bytes`);
   assert.ok(store.readCalls < 20, `${store.readCalls} store reads`);
 });
 
