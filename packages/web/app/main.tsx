@@ -35,7 +35,9 @@ function App() {
   }), []);
 
   useEffect(() => {
-    if (!session && loc.path !== '/login') navigate(`/login?next=${encodeURIComponent(loc.path + (loc.query.size ? `?${loc.query}` : ''))}`, true);
+    // (the real location, not loc: an expiry has just navigated to /login?expired=1, and loc may
+    // not have caught up yet — sending the user to /login?next= then lost the expiry notice)
+    if (!session && loc.path !== '/login' && location.pathname !== '/login') navigate(`/login?next=${encodeURIComponent(loc.path + (loc.query.size ? `?${loc.query}` : ''))}`, true);
     if (session && (loc.path === '/' || loc.path === '/login')) navigate(loc.query.get('next') ?? '/images', true);
   }, [session, loc.path]);
 
