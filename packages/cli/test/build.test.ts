@@ -52,7 +52,7 @@ test('build --check: the example recipe is valid and read with its defaults', as
 test('build --check: bad recipes are refused with the path of every bad key (exit 2)', async (t) => {
   const cases: [string, string, RegExp[]][] = [
     ['unknown keys', 'base:\n  debootstrap:\n    suite: bookworm\n    suit: x\npackage: [vim]\n', [
-      /base\.debootstrap\.suit: unknown key \(expected one of: suite, mirror, variant, components\)/, /\n {2}package: unknown key/]],
+      /base\.debootstrap\.suit: unknown key \(expected one of: suite, distribution, mirror, variant, components\)/, /\n {2}package: unknown key/]],
     ['wrong types', 'base:\n  debootstrap: {suite: 12}\npackages: vim\ndisk:\n  size: huge\n  filesystem: btrfs\n', [
       /base\.debootstrap\.suite: expected a string, got a number/, /packages: expected a list, got a string/,
       /disk\.size: expected a size .*got "huge"/, /disk\.filesystem: "btrfs" is not one of ext4, xfs/]],
@@ -250,7 +250,7 @@ test('build: the example recipe builds an image that the peers read, lint passes
     assert.match(await cat('/etc/group'), /^sudo:x:27:debian$/m);
     assert.match(await cat('/home/debian/.ssh/authorized_keys'), /^ssh-ed25519 \S+ example@diskhub$/m);
     assert.match(await cat('/etc/sudoers.d/90-diskhub-debian'), /^debian ALL=\(ALL\) NOPASSWD:ALL$/m);
-    assert.match(await cat('/etc/cloud/cloud.cfg.d/90-diskhub.cfg'), /datasource_list:\n {2}- ConfigDrive\n {2}- OpenStack\n {2}- NoCloud\n {2}- None\nlocale: C.UTF-8\nsystem_info:\n {2}default_user:\n {4}name: debian\n/);
+    assert.match(await cat('/etc/cloud/cloud.cfg.d/99-diskhub.cfg'), /datasource_list:\n {2}- ConfigDrive\n {2}- OpenStack\n {2}- NoCloud\n {2}- None\nlocale: C.UTF-8\nsystem_info:\n {2}default_user:\n {4}name: debian\n/);
     const fstab = await cat('/etc/fstab');
     const blkid = await runOk('blkid', ['-o', 'value', '-s', 'UUID', dev]);
     assert.match(fstab, new RegExp(`^UUID=${blkid.trim()} / ext4 `, 'm'));

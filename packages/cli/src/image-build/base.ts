@@ -16,6 +16,7 @@ import { convertFile, openImage, readPartitionTable, identifyFilesystem, WindowD
 import type { Base, DebootstrapBase } from './recipe.js';
 import { attachLoop, mountAt } from './disk.js';
 import { BuildError, type BuildSession } from './session.js';
+import { type DebootstrapPlan, suiteDistribution, ubuntuKeyring, ubuntuSources, UBUNTU_MIRROR } from './distribution.js';
 
 export const DEFAULT_MIRROR = 'http://deb.debian.org/debian';
 
@@ -90,7 +91,11 @@ export async function unpackBase(session: BuildSession, base: Base, root: string
  * The image's apt sources: the suite from the mirror, and the suite's -updates and -security
  * from wherever the machine's apt configuration takes them (debootstrap writes only the first).
  */
-async function writeAptSources(root: string, d: DebootstrapBase, mirror: string): Promise<void> {
+async function writeAptSources(root: string, d: DebootstrapBase, plan: DebootstrapPlan): Promise<void> {
+  const mirror = plan.mirror;
+  if (plan.distribution === 'ubuntu') {
+    return void await writeInRoot(root, '/etc/apt/sources.list', `${['# written by diskhub build', ...ubuntuSources(d, mirror)].join('\n')}\n`);
+  }
   const lines = ['# written by diskhub build', `deb ${mirror} ${d.suite} ${d.components.join(' ')}`];
   for (const s of await aptSources()) {
     for (const x of s.suites) {
@@ -103,15 +108,24 @@ async function writeAptSources(root: string, d: DebootstrapBase, mirror: string)
 }
 
 async function debootstrapBase(session: BuildSession, d: DebootstrapBase, root: string): Promise<void> {
-  const mirror = d.mirror ?? (await machineMirror()) ?? DEFAULT_MIRROR;
-  await debootstrapInto(session, d, mirror, root);
-  await writeAptSources(root, d, mirror);
+  const plan = await debootstrapPlan(d);
+  await debootstrapInto(session, d, plan, root);
+  await writeAptSources(root, d, plan);
 }
 
-async function debootstrapInto(session: BuildSession, d: DebootstrapBase, mirror: string, root: string): Promise<void> {
+/** The distribution and mirror of a debootstrap base (the keyring is fetched only when debootstrap runs). */
+export async function debootstrapPlan(d: DebootstrapBase): Promise<DebootstrapPlan> {
+  const { distribution, script } = await suiteDistribution(d);
+  // The machine's apt configuration names a Debian mirror: it is the default for Debian suites only.
+  const mirror = d.mirror ?? (distribution === 'ubuntu' ? UBUNTU_MIRROR : (await machineMirror()) ?? DEFAULT_MIRROR);
+  return { distribution, mirror, ...(script ? { script } : {}) };
+}
+
+async function debootstrapInto(session: BuildSession, d: DebootstrapBase, plan: DebootstrapPlan, root: string): Promise<void> {
+  const { mirror } = plan;
   const variant = d.variant ?? 'default';
   const arch = 'amd64';
-  const key = createHash('sha256').update(JSON.stringify({ suite: d.suite, mirror, variant, components: d.components, arch })).digest('hex').slice(0, 16);
+  const key = createHash('sha256').update(JSON.stringify({ suite: d.suite, distribution: plan.distribution, mirror, variant, components: d.components, arch })).digest('hex').slice(0, 16);
   const cache = cacheDir();
   const tarball = join(cache, 'debootstrap', `${d.suite}-${variant}-${arch}-${key}.tar.zst`);
   if (await stat(tarball).then(() => true, () => false)) {
@@ -122,9 +136,10 @@ async function debootstrapInto(session: BuildSession, d: DebootstrapBase, mirror
   session.info(`  base: debootstrap ${d.suite} from ${mirror} (not cached yet: a few minutes)`);
   const debs = join(cache, 'debs', `${d.suite}-${arch}`);
   await mkdir(debs, { recursive: true });
+  const keyring = plan.distribution === 'ubuntu' ? await ubuntuKeyring(session, mirror, d.suite, cache) : undefined;
   await session.run('debootstrap', [
     `--arch=${arch}`, ...(variant === 'default' ? [] : [`--variant=${variant}`]), `--components=${d.components.join(',')}`,
-    `--cache-dir=${debs}`, d.suite, root, mirror,
+    ...(keyring ? [`--keyring=${keyring}`] : []), `--cache-dir=${debs}`, d.suite, root, mirror, ...(plan.script ? [plan.script] : []),
   ]);
   // debootstrap unmounts what it mounted in the target; the tarball must hold only the target,
   // without the packages it also keeps in the target's apt cache (they are in debs/).

@@ -4,7 +4,7 @@
  * fstab — and the clean-up a cloud image needs before it is shipped (what `diskhub img lint`
  * checks: no SSH host keys, an empty machine-id, empty logs, no shell history or instance state).
  */
-import { chmod, lstat, mkdir, readdir, readFile, rm, truncate, unlink } from 'node:fs/promises';
+import { chmod, lstat, mkdir, readdir, readFile, rm, stat, truncate, unlink } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { stringify as toYaml } from 'yaml';
 import type { Recipe } from './recipe.js';
@@ -40,7 +40,7 @@ export async function finishChroot(root: string): Promise<void> {
 }
 
 /** The kernel, cloud-init and the recipe's packages, from a package cache shared between builds. */
-export async function installPackages(session: BuildSession, root: string, recipe: Recipe, suite: string): Promise<void> {
+export async function installPackages(session: BuildSession, root: string, recipe: Recipe, suite: string): Promise<KernelLinks> {
   const wanted = [recipe.kernel, ...(recipe.cloudInit.enabled ? ['cloud-init'] : []), ...recipe.packages];
   const archives = join(cacheDir(), 'apt', suite);
   await mkdir(join(archives, 'partial'), { recursive: true });
@@ -52,11 +52,29 @@ export async function installPackages(session: BuildSession, root: string, recip
   } finally {
     await session.unwindTo(mark);
   }
-  // The kernel's postinst keeps /vmlinuz and /initrd.img pointing at the newest kernel
-  // (linux-update-symlinks): grub.cfg boots those, so it survives kernel updates.
-  for (const link of ['/vmlinuz', '/initrd.img']) {
-    if (!(await lstat(await inRoot(root, link)).catch(() => null))) throw new BuildError(`${link} is missing after installing ${recipe.kernel}: is it a kernel package?`);
+  return await kernelLinks(root, recipe.kernel);
+}
+
+/** The kernel and initramfs links grub.cfg boots (see `kernelLinks`). */
+export interface KernelLinks { linux: string; initrd: string }
+
+/**
+ * The kernel's postinst keeps /vmlinuz and /initrd.img pointing at the newest kernel
+ * (linux-update-symlinks; in /boot instead when /etc/kernel-img.conf says `link_in_boot`, as
+ * Ubuntu's images do): grub.cfg boots those, so it survives kernel updates.
+ */
+async function kernelLinks(root: string, kernel: string): Promise<KernelLinks> {
+  for (const dir of ['/', '/boot/']) {
+    const links = { linux: `${dir}vmlinuz`, initrd: `${dir}initrd.img` };
+    if (!(await lstat(await inRoot(root, links.linux)).catch(() => null))) continue;
+    // The links are there before their targets: an initramfs generator that is not installed
+    // (Ubuntu's kernel only recommends initramfs-tools) leaves initrd.img dangling.
+    if (!(await stat(await inRoot(root, links.initrd, { followLast: true })).catch(() => null))) {
+      throw new BuildError(`${links.initrd} is missing or dangling after installing ${kernel}: add initramfs-tools (or another initramfs generator) to the packages`);
+    }
+    return links;
   }
+  throw new BuildError(`/vmlinuz (or /boot/vmlinuz) is missing after installing ${kernel}: is it a kernel package?`);
 }
 
 export interface RootIds { rootUuid: string; espUuid?: string }
@@ -100,7 +118,9 @@ export async function configureSystem(session: BuildSession, root: string, recip
     // cloud-init's locale module otherwise sets en_US.UTF-8, which Debian's locale-gen does
     // not make unless /etc/locale.gen lists it: the module fails and cloud-init reports an error.
     const cfg = { datasource_list: recipe.cloudInit.datasources, locale: 'C.UTF-8', ...recipe.cloudInit.config };
-    await writeInRoot(root, '/etc/cloud/cloud.cfg.d/90-diskhub.cfg', `# written by diskhub build (the recipe's cloud_init section)\n${toYaml(cfg)}`);
+    // cloud-init reads cloud.cfg.d in name order, a later file's keys winning: after the
+    // distribution's own 90_dpkg.cfg (its datasource_list would otherwise replace the recipe's).
+    await writeInRoot(root, '/etc/cloud/cloud.cfg.d/99-diskhub.cfg', `# written by diskhub build (the recipe's cloud_init section)\n${toYaml(cfg)}`);
   }
   if (recipe.services.enable.length > 0) await session.run('systemctl', ['enable', ...recipe.services.enable], { chroot: root });
   if (recipe.services.disable.length > 0) await session.run('systemctl', ['disable', ...recipe.services.disable], { chroot: root });

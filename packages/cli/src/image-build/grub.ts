@@ -16,6 +16,7 @@
 import { cp, mkdir, open, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Recipe } from './recipe.js';
+import type { KernelLinks } from './configure.js';
 import { BuildError, type BuildSession } from './session.js';
 import { inRoot, writeInRoot } from './rootpath.js';
 
@@ -34,11 +35,11 @@ const FIRST_BLOCKLIST = 512 - 12;
 
 const FS_MODULE = { ext4: 'ext2', xfs: 'xfs' } as const;
 
-/** The grub.cfg of the image: the kernel and initrd links at the root, root=UUID and the recipe's command line. */
-export function grubConfig(recipe: Recipe, rootUuid: string, title: string): string {
+/** The grub.cfg of the image: the kernel and initrd links, root=UUID and the recipe's command line. */
+export function grubConfig(recipe: Recipe, rootUuid: string, title: string, kernel: KernelLinks): string {
   const speed = /console=ttyS\d+,(\d+)/.exec(recipe.kernelCmdline)?.[1] ?? '115200';
   return [
-    '# written by diskhub build: boots /vmlinuz and /initrd.img, the links the kernel package',
+    `# written by diskhub build: boots ${kernel.linux} and ${kernel.initrd}, the links the kernel package`,
     '# keeps pointing at the newest kernel, so kernel updates need no change here.',
     `serial --unit=0 --speed=${speed}`,
     'terminal_input serial console',
@@ -48,15 +49,15 @@ export function grubConfig(recipe: Recipe, rootUuid: string, title: string): str
     `insmod ${FS_MODULE[recipe.disk.filesystem]}`,
     `search --no-floppy --fs-uuid --set=root ${rootUuid}`,
     `menuentry '${title.replace(/'/g, '')}' {`,
-    `\tlinux /vmlinuz root=UUID=${rootUuid} ro ${recipe.kernelCmdline}`.trimEnd(),
-    '\tinitrd /initrd.img',
+    `\tlinux ${kernel.linux} root=UUID=${rootUuid} ro ${recipe.kernelCmdline}`.trimEnd(),
+    `\tinitrd ${kernel.initrd}`,
     '}',
     '',
   ].join('\n');
 }
 
 /** The files under /boot/grub of the root filesystem: grub.cfg and the platforms' modules. */
-export async function writeGrubFiles(root: string, recipe: Recipe, rootUuid: string, title: string): Promise<void> {
+export async function writeGrubFiles(root: string, recipe: Recipe, rootUuid: string, title: string, kernel: KernelLinks): Promise<void> {
   const dir = await inRoot(root, '/boot/grub', { followLast: true });
   await mkdir(dir, { recursive: true });
   for (const platform of platforms(recipe)) {
@@ -65,7 +66,7 @@ export async function writeGrubFiles(root: string, recipe: Recipe, rootUuid: str
     const src = join(GRUB_LIB, platform);
     await cp(src, join(dir, platform), { recursive: true, filter: (s) => s === src || /\.(mod|lst)$/.test(s) });
   }
-  await writeInRoot(root, '/boot/grub/grub.cfg', grubConfig(recipe, rootUuid, title));
+  await writeInRoot(root, '/boot/grub/grub.cfg', grubConfig(recipe, rootUuid, title, kernel));
 }
 
 function platforms(recipe: Recipe): string[] {

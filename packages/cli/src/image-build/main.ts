@@ -178,7 +178,7 @@ async function buildImage(session: BuildSession, recipe: Recipe, args: BuildArgs
   await mountChrootFilesystems(session, root);
   await prepareChroot(root);
   await writeFstab(root, recipe, { rootUuid, ...(layout.esp ? { espUuid } : {}) });
-  await installPackages(session, root, recipe, recipe.base.kind === 'debootstrap' ? recipe.base.debootstrap.suite : 'other');
+  const kernel = await installPackages(session, root, recipe, recipe.base.kind === 'debootstrap' ? recipe.base.debootstrap.suite : 'other');
 
   session.progress(`configuring: ${recipe.users.length} users, ${recipe.groups.length} groups, ${recipe.files.length} files, ${recipe.services.enable.length + recipe.services.disable.length} services, cloud-init ${recipe.cloudInit.enabled ? recipe.cloudInit.datasources.join(', ') : 'off'}`);
   await configureSystem(session, root, recipe);
@@ -189,7 +189,7 @@ async function buildImage(session: BuildSession, recipe: Recipe, args: BuildArgs
   await cleanImage(root);
 
   session.progress(`boot loader files: /boot/grub (${[recipe.bootloader.bios ? 'BIOS' : '', recipe.bootloader.uefi ? 'UEFI' : ''].filter(Boolean).join(' and ')})`);
-  await writeGrubFiles(root, recipe, rootUuid, title);
+  await writeGrubFiles(root, recipe, rootUuid, title, kernel);
 
   session.progress('unmounting the root filesystem');
   // Discarded blocks become holes in the raw file: the conversion skips them.

@@ -10,9 +10,13 @@ import { parseSize } from '../img/output.js';
 
 export type Filesystem = 'ext4' | 'xfs';
 
+export type Distribution = 'debian' | 'ubuntu';
+
 export interface DebootstrapBase {
   suite: string;
-  /** Absent: the machine's apt configuration decides (see mirror.ts). */
+  /** Absent: the machine's debootstrap knows the suite (its script names the distribution). */
+  distribution?: Distribution;
+  /** Absent: the machine's apt configuration decides for Debian, archive.ubuntu.com for Ubuntu. */
   mirror?: string;
   variant?: 'minbase' | 'buildd' | 'default';
   components: string[];
@@ -48,7 +52,7 @@ export interface FileSpec {
 export interface CloudInitSpec {
   enabled: boolean;
   datasources: string[];
-  /** Written as /etc/cloud/cloud.cfg.d/90-diskhub.cfg together with datasource_list. */
+  /** Written as /etc/cloud/cloud.cfg.d/99-diskhub.cfg together with datasource_list. */
   config: Record<string, unknown>;
 }
 
@@ -176,13 +180,14 @@ export function checkRecipe(doc: Value, file: string, baseDir: string): Recipe {
     const given = Object.keys(b);
     if (given.length !== 1) c.bad('base', `exactly one of debootstrap, image, tarball is needed, got ${given.length === 0 ? 'none' : given.join(', ')}`);
     else if (b.debootstrap !== undefined) {
-      const d = c.object(b.debootstrap, 'base.debootstrap', ['suite', 'mirror', 'variant', 'components'], ['suite']);
+      const d = c.object(b.debootstrap, 'base.debootstrap', ['suite', 'distribution', 'mirror', 'variant', 'components'], ['suite']);
       if (d) {
         const suite = d.suite === undefined ? undefined : c.string(d.suite, 'base.debootstrap.suite', /^[a-z][a-z0-9-]*$/, 'a suite name (bookworm, trixie, jammy...)');
+        const distribution = d.distribution === undefined ? undefined : c.oneOf(d.distribution, 'base.debootstrap.distribution', ['debian', 'ubuntu'] as const);
         const mirror = d.mirror === undefined ? undefined : c.string(d.mirror, 'base.debootstrap.mirror', /^(https?|file):\/\/\S+$/, 'an http(s):// or file:// URL');
         const variant = d.variant === undefined ? undefined : c.oneOf(d.variant, 'base.debootstrap.variant', ['minbase', 'buildd', 'default'] as const);
         const components = d.components === undefined ? ['main'] : c.list(d.components, 'base.debootstrap.components', (x, p) => c.string(x, p, /^[a-z][a-z0-9-]*$/, 'a component name'));
-        if (suite && components) base = { kind: 'debootstrap', debootstrap: { suite, ...(mirror ? { mirror } : {}), ...(variant ? { variant } : {}), components } };
+        if (suite && components) base = { kind: 'debootstrap', debootstrap: { suite, ...(distribution ? { distribution } : {}), ...(mirror ? { mirror } : {}), ...(variant ? { variant } : {}), components } };
       }
     } else if (b.image !== undefined) {
       const i = typeof b.image === 'string' ? { path: b.image } : c.object(b.image, 'base.image', ['path', 'format'], ['path']);
