@@ -642,24 +642,43 @@ function decompress(type: number, input: Uint8Array, size: number, sectorSize: n
     } else if (type === COMPRESS_LZO) {
       btrfsLzoDecompress(input, out, sectorSize);
     } else if (type === COMPRESS_ZSTD) {
-      // One zstd frame, then zeroes to the sector's end: decode until the extent is full.
+      // One zstd frame, then zeroes to the sector's end (which are no frame): decode the frame alone.
       let filled = 0;
       const d = new Decompress((chunk) => {
         const n = Math.min(chunk.length, out.length - filled);
         out.set(chunk.subarray(0, n), filled);
         filled += n;
       });
-      try {
-        d.push(input, true);
-      } catch (e) {
-        if (filled !== out.length) throw e;
-      }
+      d.push(input.subarray(0, zstdFrameLength(input)), true);
     }
   } catch (e) {
     if (e instanceof DiskError) throw e;
     throw corrupt(`${what} does not decompress: ${(e as Error).message}`);
   }
   return out;
+}
+
+/** The bytes of the zstd frame at the start of `b` (RFC 8878 §3.1.1: header, blocks to the last one, optional checksum). */
+function zstdFrameLength(b: Uint8Array): number {
+  const need = (n: number) => {
+    if (n > b.length) throw corrupt('a zstd frame runs past its extent');
+  };
+  need(5);
+  if (b[0] !== 0x28 || b[1] !== 0xb5 || b[2] !== 0x2f || b[3] !== 0xfd) throw corrupt('a zstd extent does not start with a zstd frame');
+  const fhd = b[4]!;
+  const singleSegment = (fhd >> 5) & 1;
+  const fcsFlag = fhd >> 6;
+  let at = 5 + (singleSegment ? 0 : 1) + [0, 1, 2, 4][fhd & 3]! + (fcsFlag ? 1 << fcsFlag : singleSegment);
+  for (;;) {
+    need(at + 3);
+    const h = b[at]! | (b[at + 1]! << 8) | (b[at + 2]! << 16);
+    const type = (h >> 1) & 3;
+    at += 3 + (type === 1 ? 1 : h >>> 3);
+    if (h & 1) break;
+  }
+  at += (fhd >> 2) & 1 ? 4 : 0;
+  need(at);
+  return at;
 }
 
 function checksumSize(type: number): number {
