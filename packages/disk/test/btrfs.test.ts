@@ -7,11 +7,13 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdir, open, writeFile } from 'node:fs/promises';
+import { mkdir, open, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { makeSourceTree, needs, needsLoopDevices, loopDevicesUsable, tempDir, runOk, run, withLoopMount } from '@diskhub/testkit';
-import { openFilesystem, resolvePath, Btrfs, type BtrfsNode } from '../src/index.js';
-import { directoryTree, openRaw, readerTree, sorted, without, type Tree } from './fs-tree.js';
+import { isDiskError, openFilesystem, resolvePath, Btrfs, type BtrfsNode } from '../src/index.js';
+import { BTRFS_SUPER_INFO_OFFSET, HEADER, KEY_PTR, SUPERBLOCK } from '../src/btrfs/index.js';
+import { crc32c } from '../src/crc32c.js';
+import { directoryTree, expectDiskError, openBytes, openRaw, readerTree, sorted, without, type Tree } from './fs-tree.js';
 
 /** The kernel's view of the image (a read-only loop mount). */
 async function kernelTree(img: string, dir: string): Promise<Tree> {
@@ -165,4 +167,69 @@ test('btrfs subvolumes: shown as directories where the kernel shows them, the de
   const fs2 = (await openFilesystem(dev2)) as Btrfs;
   assert.equal(fs2.subvolumeId, rootId);
   assert.deepEqual(sorted(await readerTree(fs2)), sorted(await kernelTree(img, dir)));
+});
+
+test('btrfs hostile: checksum mismatches, keys out of order, a pointer repeated or outside every chunk, a huge item count, blake2b checksums and several devices end in typed errors', needs('mkfs.btrfs'), async (t) => {
+  const dir = await tempDir(t);
+  const src = join(dir, 'src');
+  await makeSmallTree(src);
+  const img = join(dir, 'fs.img');
+  await runOk('truncate', ['-s', '16M', img]);
+  // Mixed block groups with 4 KiB nodes: the 800-entry directory puts an internal node above the fs tree's leaves.
+  await runOk('mkfs.btrfs', ['-q', '-f', '-M', '--rootdir', src, img]);
+  const pristine = new Uint8Array(await readFile(img));
+  const SB = BTRFS_SUPER_INFO_OFFSET;
+  // The fs tree's root, an internal node: the block stamped with the filesystem's UUID and the root's address.
+  const dev0 = await openBytes(pristine);
+  t.after(() => dev0.close());
+  const top = (await Btrfs.open(dev0)).top;
+  assert.equal(top.level, 1);
+  const fsid = pristine.slice(SB + 0x20, SB + 0x30);
+  let node = -1;
+  for (let at = 0; at + 4096 <= pristine.length && node < 0; at += 4096) {
+    if (at !== SB && fsid.every((x, i) => pristine[at + 0x20 + i] === x) && HEADER.get(pristine, 'bytenr', at) === BigInt(top.bytenr)) node = at;
+  }
+  assert.ok(node > 0, 'an internal node of the fs tree');
+  const nritems = HEADER.get(pristine, 'nritems', node);
+  assert.ok(nritems >= 2, `${nritems} pointers`);
+  const ptr = (i: number) => node + HEADER.size + i * KEY_PTR.size;
+  const fixCsum = (b: Uint8Array, at: number, size: number) => new DataView(b.buffer).setUint32(at, crc32c(b.subarray(at + 32, at + size)), true);
+  const walkAll = async (b: Uint8Array) => {
+    const dev = await openBytes(b);
+    t.after(() => dev.close());
+    const fs = await Btrfs.open(dev);
+    return readerTree(fs);
+  };
+  const variant = (patch: (b: Uint8Array) => void, fix = true) => {
+    const b = pristine.slice();
+    patch(b);
+    if (fix) fixCsum(b, node, 4096);
+    return b;
+  };
+  assert.equal((await walkAll(pristine)).size, 803);
+  await assert.rejects(walkAll(variant((b) => { b[ptr(0) + 20] ^= 1; }, false)), /checksum mismatch in tree block/);
+  // Two pointers swapped: keys out of order.
+  await expectDiskError(walkAll(variant((b) => {
+    const first = b.slice(ptr(0), ptr(1));
+    b.copyWithin(ptr(0), ptr(1), ptr(2));
+    b.set(first, ptr(1));
+  })), 'ECORRUPT');
+  // The last pointer (to the last files' inodes, which a walk reads) to the block before it (a fan-out of one
+  // block, or a loop): its first key is not the pointer's.
+  const last = ptr(nritems - 1);
+  await expectDiskError(walkAll(variant((b) => KEY_PTR.encode({ blockptr: KEY_PTR.get(b, 'blockptr', ptr(nritems - 2)) }, b, last))), 'ECORRUPT');
+  // A pointer to itself, and one outside every chunk.
+  await expectDiskError(walkAll(variant((b) => KEY_PTR.encode({ blockptr: HEADER.get(b, 'bytenr', node) }, b, last))), 'ECORRUPT');
+  await assert.rejects(walkAll(variant((b) => KEY_PTR.encode({ blockptr: 1n << 50n }, b, last))), /in no chunk/);
+  await expectDiskError(walkAll(variant((b) => HEADER.encode({ nritems: 0x7fffffff }, b, node))), 'ECORRUPT');
+  // Superblock: blake2b checksums are refused by name; several devices too.
+  const sbVariant = (values: Parameters<typeof SUPERBLOCK.encode>[0]) => {
+    const b = pristine.slice();
+    SUPERBLOCK.encode(values, b, SB);
+    fixCsum(b, SB, 4096);
+    return b;
+  };
+  await assert.rejects(walkAll(sbVariant({ csumType: 3 })), (e: Error) => isDiskError(e, 'EUNSUPPORTED') && /blake2b/.test(e.message));
+  await expectDiskError(walkAll(sbVariant({ numDevices: 2n })), 'EUNSUPPORTED');
+  await expectDiskError(walkAll(sbVariant({ incompatFlags: 1n << 13n })), 'EUNSUPPORTED');
 });
