@@ -9,8 +9,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdir, open, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { makeSourceTree, needs, needsLoopDevices, loopDevicesUsable, tempDir, runOk, run, withLoopMount } from '@diskhub/testkit';
-import { isDiskError, openFilesystem, resolvePath, Btrfs, type BtrfsNode } from '../src/index.js';
+import { diskhub, makeSourceTree, needs, needsLoopDevices, loopDevicesUsable, tempDir, runOk, run, withLoopMount } from '@diskhub/testkit';
+import { inspectOperatingSystems, isDiskError, openFilesystem, resolvePath, Btrfs, type BtrfsNode } from '../src/index.js';
 import { BTRFS_SUPER_INFO_OFFSET, HEADER, KEY_PTR, SUPERBLOCK } from '../src/btrfs/index.js';
 import { crc32c } from '../src/crc32c.js';
 import { directoryTree, expectDiskError, openBytes, openRaw, readerTree, sorted, without, type Tree } from './fs-tree.js';
@@ -158,6 +158,14 @@ test('btrfs subvolumes: shown as directories where the kernel shows them, the de
   // A named subvolume as the root, as mount -o subvol= shows it.
   const root = await Btrfs.open(dev, { subvolume: 'root' });
   assert.equal((await resolvePath(root, '/etc/os-release')).stat.size, 24);
+
+  // Inspection and the file commands find the operating system in subvolume "root", as libguestfs does.
+  const inspection = await inspectOperatingSystems(dev);
+  assert.deepEqual(inspection.operatingSystems.map((o) => [o.type, o.distro, o.majorVersion]), [['linux', 'fedora', 39]]);
+  const cat = await diskhub(['img', 'cat', '-f', 'raw', img, '/etc/os-release']);
+  assert.equal(cat.stdout, 'ID=fedora\nVERSION_ID=39\n', cat.stderr);
+  const ls = await diskhub(['img', 'ls', '-R', '-f', 'raw', img, '/var']);
+  assert.equal(ls.stdout, 'lib\nlib/machines\nlib/machines/inside\n', ls.stderr);
 
   // The default changed to "root": the reader shows what a plain mount shows.
   const rootId = (await fs.subvolumes()).find((s) => s.path === 'root')!.id;

@@ -184,6 +184,14 @@ export class Btrfs implements Filesystem {
     return new Btrfs(this.vol, await this.tree(id), this.warnings);
   }
 
+  /** Every other subvolume as a root of its own (for inspection: an operating system may live in any). */
+  async subvolumeViews(): Promise<Btrfs[]> {
+    const out: Btrfs[] = [];
+    const ids = [FS_TREE_OBJECTID, ...(await this.subvolumes()).map((s) => s.id)];
+    for (const id of ids) if (id !== this.top.id) out.push(await this.atSubvolume(id));
+    return out;
+  }
+
   /** The id of the subvolume mounted by default: the root tree directory's "default" entry, else the top level. */
   private async defaultSubvolume(): Promise<bigint> {
     const root = await this.tree(ROOT_TREE_OBJECTID);
