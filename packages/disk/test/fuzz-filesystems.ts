@@ -131,11 +131,23 @@ function extSeeds(dir: string, tree: string): FilesystemSeed[] {
     { name: 'ext2 indirect blocks', type: 'ext2', args: ['-t', 'ext2'] },
     { name: 'ext4 inline_data without checksums', type: 'ext4', args: ['-t', 'ext4', '-O', 'inline_data,^metadata_csum,^has_journal'] },
   ];
-  return layouts.map((l, i) => {
+  const seeds: FilesystemSeed[] = layouts.map((l, i) => {
     const path = join(dir, `ext-seed-${i}.img`);
     execFileSync('mkfs.ext4', ['-q', '-F', ...l.args, '-b', '1024', '-N', '256', '-d', src, path, '4M']);
     return { name: `filesystem ${l.name}`, format: 'raw', filesystem: l.type, bytes: new Uint8Array(readFileSync(path)), hot: [[0, 64 << 10]] };
   });
+  // A journal that needs recovery (debugfs's journal writer, csum v3): transactions logging the
+  // root directory's and hello.txt's blocks, one revoked; the journal's first blocks are hot too.
+  const path = join(dir, 'ext-seed-journal.img');
+  execFileSync('mkfs.ext4', ['-q', '-F', '-t', 'ext4', '-b', '1024', '-N', '256', '-d', src, path, '4M']);
+  const bmap = (p: string) => execFileSync('debugfs', ['-R', `bmap ${p} 0`, path], { stdio: ['ignore', 'pipe', 'ignore'] }).toString().trim();
+  const data = join(dir, 'journal-block');
+  writeFileSync(data, new Uint8Array(2048).map((_, i) => (i === 0 ? 0xc0 : i & 0xff)));
+  const [root, hello] = [bmap('/'), bmap('/hello.txt')];
+  execFileSync('debugfs', ['-w', '-f', '-', path], { input: `jo -c\njw -b ${hello} ${data}\njw -r ${hello} ${data}\njw -b ${root},${hello} ${data}\njc\n`, stdio: ['pipe', 'ignore', 'ignore'] });
+  const journal = Number(execFileSync('debugfs', ['-R', 'bmap <8> 0', path], { stdio: ['ignore', 'pipe', 'ignore'] }).toString().trim()) * 1024;
+  seeds.push({ name: 'filesystem ext4 with a journal to replay', format: 'raw', filesystem: 'ext4', bytes: new Uint8Array(readFileSync(path)), hot: [[0, 64 << 10], [journal, journal + (16 << 10)]] });
+  return seeds;
 }
 
 /** Everything a mutant filesystem meets: identification, opening, a bounded walk reading every file and link. */

@@ -34,7 +34,7 @@ export interface InspectedFilesystem extends KnownFilesystem {
   /** Where it is: "partition 1", "LV vg/root", "whole disk". */
   where: string;
   type: string;
-  /** A reader exists for it (ntfs, btrfs, ... are identified but not read). */
+  /** A reader exists for it (ntfs, swap, ... are identified but not read). */
   readable: boolean;
 }
 
