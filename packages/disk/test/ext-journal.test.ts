@@ -91,7 +91,7 @@ const WRITER_VARIANTS = [
 ];
 
 for (const v of WRITER_VARIANTS) {
-  test(`ext journal replay (debugfs journal writer, ${v.name}): a revoked block is not replayed, an escaped block gets its magic back, later copies win`, needs('mkfs.ext4', 'e2fsck', 'debugfs'), async (t) => {
+  test(`ext journal replay (debugfs journal writer, ${v.name}): a revoked block is not replayed, an escaped block gets its magic back, later copies win${v.open === 'jo -c' ? '; a damaged tag or commit checksum as e2fsck takes it' : ''}`, needs('mkfs.ext4', 'e2fsck', 'debugfs'), async (t) => {
     const dir = await tempDir(t);
     const img = join(dir, 'fs.img');
     await runOk('mkfs.ext4', ['-q', '-F', '-t', 'ext4', ...v.mkfs, img, '16M']);
@@ -135,5 +135,36 @@ for (const v of WRITER_VARIANTS) {
     assert.deepEqual([...(await cat('third')).subarray(0, 5)], [0xc0, 0x3b, 0x39, 0x98, 0x5a]);
     const md5 = (b: Uint8Array) => createHash('md5').update(b).digest('hex');
     assert.equal(ours.get('/target')!.md5, md5(Buffer.from('original\n')));
+    if (v.open !== 'jo -c') return;
+
+    // With checksums: the escaped block's copy damaged in the journal (its tag checksum fails:
+    // recovery skips that block), and separately the last commit block damaged (the log ends before it).
+    const journalBlock = async (n: number) => Number((await runOk('debugfs', ['-R', `bmap <8> ${n}`, img])).trim()) * 1024;
+    const zAt = await journalBlock(Number(new RegExp(`FS block ${b3} logged at journal block (\\d+)`).exec(log)![1]));
+    const commits = [...log.matchAll(/type 2 \(commit block\) at block (\d+)/g)].map((m) => Number(m[1]));
+    const lastCommitAt = await journalBlock(commits[commits.length - 1]!);
+    const pristine = await readFile(img);
+    for (const [what, at, note] of [['a logged block', zAt + 100, /block \d+ in transaction \d+ has a bad checksum and was not replayed/], ['the last commit block', lastCommitAt + 200, /commit block of transaction \d+ has a bad checksum/]] as const) {
+      const damaged = join(dir, 'damaged.img');
+      const b = Buffer.from(pristine);
+      b[at] ^= 0xff;
+      await writeFile(damaged, b);
+      const repaired = join(dir, 'repaired.img');
+      await copyFile(damaged, repaired);
+      await run('e2fsck', ['-fy', repaired]);
+      const d = await openRaw(damaged);
+      const r = await openRaw(repaired);
+      try {
+        const dfs = await openFilesystem(d);
+        assert.match(dfs.warnings.join('\n'), note, what);
+        const got = await readerTree(dfs);
+        assert.deepEqual(sorted(got), sorted(await readerTree(await openFilesystem(r))), what);
+        // Either way /third keeps its bytes from before the journal.
+        assert.equal(got.get('/third')!.md5, md5(Buffer.from('t'.repeat(3000))), what);
+      } finally {
+        await d.close();
+        await r.close();
+      }
+    }
   });
 }
