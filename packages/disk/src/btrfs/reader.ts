@@ -481,7 +481,8 @@ export class Btrfs implements Filesystem {
       mtime: time(i.mtimeSec, i.mtimeNsec),
       ctime: time(i.ctimeSec, i.ctimeNsec),
       birthtime: time(i.otimeSec, i.otimeNsec),
-      blocks: safe(i.nbytes, `inode ${objectid} byte count`) / 512,
+      // As the kernel's btrfs_getattr: the bytes allocated, rounded up to whole sectors.
+      blocks: (Math.ceil(safe(i.nbytes, `inode ${objectid} byte count`) / this.vol.sb.sectorSize) * this.vol.sb.sectorSize) / 512,
       // The kernel's dev_t (MAJOR << 20 | MINOR), as btrfs_inode_rdev stores it.
       ...(kind === 'char' || kind === 'block' ? { rdev: { major: rdev >>> 20, minor: rdev & 0xfffff } } : {}),
     };
