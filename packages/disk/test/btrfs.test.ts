@@ -178,6 +178,28 @@ test('btrfs subvolumes: shown as directories where the kernel shows them, the de
   assert.deepEqual(sorted(await readerTree(fs2)), sorted(await kernelTree(img, dir)));
 });
 
+test('btrfs RAID profiles: RAID0 on one device (one stripe) reads as the kernel reads it; a filesystem over two devices (RAID1) is refused clearly', { ...needs('mkfs.btrfs'), ...needsLoopDevices() }, async (t) => {
+  const dir = await tempDir(t);
+  const img = join(dir, 'raid0.img');
+  await runOk('truncate', ['-s', '300M', img]);
+  await runOk('mkfs.btrfs', ['-q', '-f', '-d', 'raid0', img]);
+  assert.match(await runOk('btrfs', ['inspect-internal', 'dump-tree', '-t', 'chunk', img]), /type DATA\|RAID0/);
+  const mnt = join(dir, 'mnt');
+  await withMounted(img, mnt, '', async () => {
+    await writeFile(join(mnt, 'striped'), Buffer.alloc(1 << 20).map((_, i) => (i * 13) & 0xff));
+    await writeFile(join(mnt, 'small'), 'small\n');
+  });
+  const dev = await openRaw(img);
+  t.after(() => dev.close());
+  assert.deepEqual(sorted(await readerTree(await openFilesystem(dev))), sorted(await kernelTree(img, dir)));
+  const [a, b] = [join(dir, 'a.img'), join(dir, 'b.img')];
+  await runOk('truncate', ['-s', '200M', a, b]);
+  await runOk('mkfs.btrfs', ['-q', '-f', '-d', 'raid1', '-m', 'raid1', a, b]);
+  const two = await openRaw(a);
+  t.after(() => two.close());
+  await assert.rejects(openFilesystem(two), (e: Error) => isDiskError(e, 'EUNSUPPORTED') && /spans 2 devices/.test(e.message));
+});
+
 test('btrfs hostile: checksum mismatches, keys out of order, a pointer repeated or outside every chunk, a huge item count, blake2b checksums and several devices end in typed errors', needs('mkfs.btrfs'), async (t) => {
   const dir = await tempDir(t);
   const src = join(dir, 'src');

@@ -1,5 +1,6 @@
 /**
- * A read-only btrfs filesystem over a BlockDevice (one device: SINGLE and DUP chunks).
+ * A read-only btrfs filesystem over a BlockDevice (one device: SINGLE and DUP chunks, and RAID0
+ * over a single stripe; other RAID profiles are EUNSUPPORTED where a read meets them).
  *
  * Opening reads the primary superblock (checksum verified), maps logical addresses through
  * the superblock's sys_chunk_array and then the chunk tree, and finds the subvolume the
@@ -31,7 +32,7 @@ import { RecentDirectories } from '../fscache.js';
 import { kindOfMode } from '../fsmode.js';
 import { cString } from '../fsid/model.js';
 import {
-  BLOCK_GROUP_DUP, BLOCK_GROUP_PROFILES, BTRFS_CSUM_SIZE, BTRFS_CSUM_TYPE_BLAKE2, BTRFS_CSUM_TYPE_CRC32, BTRFS_CSUM_TYPE_SHA256,
+  BLOCK_GROUP_DUP, BLOCK_GROUP_PROFILES, BLOCK_GROUP_RAID0, BTRFS_CSUM_SIZE, BTRFS_CSUM_TYPE_BLAKE2, BTRFS_CSUM_TYPE_CRC32, BTRFS_CSUM_TYPE_SHA256,
   BTRFS_CSUM_TYPE_XXHASH, BTRFS_FT, BTRFS_MAGIC, BTRFS_MAX_LEVEL, BTRFS_SUPER_INFO_OFFSET, BTRFS_SUPER_INFO_SIZE, CHUNK, CHUNK_ITEM_KEY,
   COMPRESS_LZO, COMPRESS_NONE, COMPRESS_ZLIB, COMPRESS_ZSTD, DIR_INDEX_KEY, DIR_ITEM, DIR_ITEM_KEY, DISK_KEY_SIZE, EXTENT_DATA_KEY,
   FILE_EXTENT, FILE_EXTENT_INLINE, FILE_EXTENT_INLINE_DATA_START, FILE_EXTENT_PREALLOC, FILE_EXTENT_REG, FIRST_CHUNK_TREE_OBJECTID,
@@ -322,7 +323,8 @@ export class Btrfs implements Filesystem {
     const logical = safe(key.offset, 'chunk address');
     const length = safe(c.length, 'chunk length');
     if (length === 0) throw corrupt(`chunk at ${logical} is empty`);
-    const profile = BLOCK_GROUP_PROFILES.find(([bit]) => c.type & bit)?.[1];
+    // RAID0 over one stripe (mkfs.btrfs -d raid0 on one device) maps linearly, as SINGLE does.
+    const profile = c.type & BLOCK_GROUP_RAID0 && c.numStripes === 1 ? undefined : BLOCK_GROUP_PROFILES.find(([bit]) => c.type & bit)?.[1];
     // SINGLE has one stripe, DUP two on this device holding the same bytes: either serves.
     let physical = -1;
     for (let i = 0; i < c.numStripes && physical < 0; i++) {
