@@ -19,7 +19,7 @@ try {
   // Format seeds, then filesystem seeds (mkfs.ext4, genisoimage, mkfs.vfat + mcopy, mkfs.xfs), which go through the readers.
   for (const seed of [...makeSeeds(dir), ...makeFilesystemSeeds(dir)]) {
     if (only && !only.test(seed.name)) continue;
-    const reader = seed.filesystem ? { hot: seed.hot, exercise: (b) => exerciseFilesystem(seed.filesystem, b) } : {};
+    const reader = seed.filesystem ? { hot: seed.hot, exercise: (b) => exerciseFilesystem(seed.filesystem, b, seed.refresh) } : {};
     const r = await fuzzSeed(seed, { seconds, ...reader, ...(process.env.FUZZ_SEED ? { rngSeed: Number(process.env.FUZZ_SEED) } : {}) });
     total += r.runs;
     console.log(`${seed.name.padEnd(45)} ${String(r.runs).padStart(8)} mutants${r.failure ? `  FAILED\n${r.failure}` : ''}`);

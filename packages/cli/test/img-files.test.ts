@@ -224,7 +224,7 @@ test('img ls: a journal that needs recovery is reported on stderr and the listin
   const r = await diskhub(['img', 'ls', img, '/']);
   assert.equal(r.code, 0);
   assert.equal(r.stdout, 'lost+found\n');
-  assert.match(r.stderr, /^warning: .*fs\.img: the journal needs recovery/);
+  assert.match(r.stderr, /^warning: .*fs\.img: the journal needed recovery .*replayed in memory/);
 
   // A directory loop (a hard link to the root, made by debugfs): a clear error and exit 1, not a hang.
   await runOk('debugfs', ['-w', '-R', 'ln / /lost+found/loop', img]);

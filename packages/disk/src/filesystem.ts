@@ -66,6 +66,12 @@ export interface Filesystem {
   read(file: FsNode, buf: Uint8Array, offset: number): Promise<number>;
   /** A symlink's target. */
   readlink(link: FsNode): Promise<string>;
+  /**
+   * The same filesystem seen from each of its other subvolumes (btrfs), where an operating
+   * system may be installed as libguestfs inspection looks for one (Fedora's root in subvolume
+   * "root"). Optional: filesystems without subvolumes have none.
+   */
+  subvolumeViews?(): Promise<Filesystem[]>;
   /** Anything the filesystem found while opening that a user should know (a journal needing recovery, ...). */
   readonly warnings: string[];
 }

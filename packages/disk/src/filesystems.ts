@@ -12,6 +12,7 @@ import { openExt } from './ext/index.js';
 import { openXfs } from './xfs/index.js';
 import { openFat } from './fat/index.js';
 import { openIso9660 } from './iso9660/index.js';
+import { openBtrfs } from './btrfs/index.js';
 
 export type FilesystemOpener = (device: BlockDevice, type: string) => Promise<Filesystem>;
 
@@ -24,6 +25,7 @@ const OPENERS = new Map<string, FilesystemOpener>([
   ['xfs', openXfs],
   ['vfat', openFat],
   ['iso9660', openIso9660],
+  ['btrfs', openBtrfs],
 ]);
 
 /** The filesystem types a reader exists for. */

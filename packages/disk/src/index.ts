@@ -19,6 +19,7 @@ export { ExtFilesystem, ExtNode, openExt, type ExtInode, type Timestamp } from '
 export { Xfs, openXfs, type XfsNode } from './xfs/index.js';
 export { Fat, openFat, type FatNode } from './fat/index.js';
 export { Iso9660, openIso9660, type IsoNode } from './iso9660/index.js';
+export { Btrfs, openBtrfs, type BtrfsNode, type Subvolume } from './btrfs/index.js';
 export { inspectReader, inspectSource, inspectFile, StreamInspector, checkDeclaredFormat, describeIssues, SourceReader, StreamReader, type InspectReader, type InspectionReport, type FormatFinding, type Issue, type IssueCode } from './inspect/index.js';
 export * from './inspect-os/index.js';
 export * from './lint/index.js';

@@ -10,14 +10,14 @@ import { exerciseFilesystem, makeFilesystemSeeds } from './fuzz-filesystems.js';
 
 const RUNS = Number(process.env.FUZZ_RUNS ?? 100);
 
-test('fuzz: the ext, iso9660, vfat and xfs readers take mutated filesystems with only DiskErrors, quickly', needs('mkfs.ext4', 'genisoimage', 'mkfs.vfat', 'mcopy', 'mkfs.xfs'), async (t) => {
+test('fuzz: the ext, iso9660, vfat, xfs and btrfs readers take mutated filesystems with only DiskErrors, quickly', needs('mkfs.ext4', 'genisoimage', 'mkfs.vfat', 'mcopy', 'mkfs.xfs', 'mkfs.btrfs'), async (t) => {
   const seeds = makeFilesystemSeeds(await tempDir(t));
-  assert.deepEqual([...new Set(seeds.map((s) => s.filesystem))].sort(), ['ext2', 'ext4', 'iso9660', 'vfat', 'xfs']);
+  assert.deepEqual([...new Set(seeds.map((s) => s.filesystem))].sort(), ['btrfs', 'ext2', 'ext4', 'iso9660', 'vfat', 'xfs']);
   // Every seed is a valid filesystem the walk gets through without error.
   for (const seed of seeds) await exerciseFilesystem(seed.filesystem, seed.bytes);
   const failures: string[] = [];
   for (const [i, seed] of seeds.entries()) {
-    const r = await fuzzSeed(seed, { runs: RUNS, rngSeed: 2000 + i, hot: seed.hot, exercise: (b) => exerciseFilesystem(seed.filesystem, b) });
+    const r = await fuzzSeed(seed, { runs: RUNS, rngSeed: 2000 + i, hot: seed.hot, exercise: (b) => exerciseFilesystem(seed.filesystem, b, seed.refresh) });
     if (r.failure) failures.push(r.failure);
   }
   assert.deepEqual(failures, []);

@@ -5,7 +5,7 @@
  * every symlink read) up to a bounded number of nodes. Only DiskErrors may escape, within the
  * harness's CPU limit. Mutations go half the time into the seed's metadata ("hot" ranges: the
  * ext superblock, group descriptors and inode tables of a 1 KiB-block filesystem, the ISO
- * directories, the FAT and its directories, the XFS inode chunk and directory blocks).
+ * directories, the FAT and its directories, the XFS inode chunk and directory blocks, the btrfs tree blocks).
  *
  * Used by test/fuzz-filesystems.test.ts (bounded, in CI) and fuzz/run.mjs (long runs).
  */
@@ -15,11 +15,15 @@ import { join } from 'node:path';
 import { MemorySource, identifyFilesystem, isDiskError, openFilesystem, openSource, resolvePath } from '../src/index.js';
 import type { FsNode } from '../src/filesystem.js';
 import { SUPERBLOCK } from '../src/xfs/index.js';
+import { BTRFS_SUPER_INFO_OFFSET } from '../src/btrfs/index.js';
+import { crc32c } from '../src/crc32c.js';
 import { FuzzFailure, MAX_MS, guarded, type Seed } from './fuzz-harness.js';
 
 export interface FilesystemSeed extends Seed {
   filesystem: string;
   hot: [number, number][];
+  /** Applied to each mutant first: checksums made right again, so that mutations reach the parsers behind them. */
+  refresh?: (bytes: Uint8Array) => void;
 }
 
 /** Nodes a walk visits and bytes it reads from each file. */
@@ -75,7 +79,41 @@ export function makeFilesystemSeeds(dir: string): FilesystemSeed[] {
     const rootAt = Number(sb.rootIno >> BigInt(sb.inopbLog)) * sb.blockSize;
     seeds.push({ name: `xfs v${crc ? 5 : 4}`, format: 'raw', filesystem: 'xfs', bytes, hot: [[0, 4 * sb.sectSize], [rootAt, rootAt + (64 << 10)]] });
   }
+  seeds.push(...btrfsSeeds(dir, src));
   return seeds;
+}
+
+/**
+ * A btrfs seed, 16 MiB in mixed block groups with 4 KiB nodes; the superblock and its tree blocks (found
+ * by the filesystem's UUID in their headers) are the hot ranges. Twice: mutants as they are (the
+ * checksums catch most), and with every tree block's CRC-32C recomputed (the tree parser meets the mutation).
+ */
+function btrfsSeeds(dir: string, src: string): FilesystemSeed[] {
+  const img = join(dir, 'seed-btrfs.img');
+  execFileSync('truncate', ['-s', '16M', img]);
+  execFileSync('mkfs.btrfs', ['-q', '-f', '-M', '--rootdir', src, img], { stdio: 'ignore' });
+  const bytes = new Uint8Array(readFileSync(img));
+  const fsid = bytes.slice(BTRFS_SUPER_INFO_OFFSET + 0x20, BTRFS_SUPER_INFO_OFFSET + 0x30);
+  const blocks = treeBlocks(bytes, fsid);
+  // The superblock, and the span of the tree blocks (the harness weighs 1, 2 or 4 hot ranges evenly).
+  const hot: [number, number][] = [[BTRFS_SUPER_INFO_OFFSET, BTRFS_SUPER_INFO_OFFSET + 4096], [blocks[0]!, blocks[blocks.length - 1]! + 4096]];
+  const refresh = (b: Uint8Array) => {
+    for (const at of blocks) if (at + 4096 <= b.length) new DataView(b.buffer, b.byteOffset).setUint32(at, crc32c(b.subarray(at + 32, at + 4096)), true);
+  };
+  return [
+    { name: 'btrfs mixed block groups', format: 'raw', filesystem: 'btrfs', bytes, hot },
+    { name: 'btrfs, tree block checksums recomputed', format: 'raw', filesystem: 'btrfs', bytes, hot, refresh },
+  ];
+}
+
+/** The 4 KiB blocks of a btrfs image whose header carries the filesystem's UUID. */
+function treeBlocks(bytes: Uint8Array, fsid: Uint8Array): number[] {
+  const out: number[] = [];
+  for (let at = 0; at + 4096 <= bytes.length; at += 4096) {
+    if (at === BTRFS_SUPER_INFO_OFFSET) continue;
+    if (fsid.every((x, i) => bytes[at + 0x20 + i] === x)) out.push(at);
+  }
+  return out;
 }
 
 /**
@@ -93,16 +131,29 @@ function extSeeds(dir: string, tree: string): FilesystemSeed[] {
     { name: 'ext2 indirect blocks', type: 'ext2', args: ['-t', 'ext2'] },
     { name: 'ext4 inline_data without checksums', type: 'ext4', args: ['-t', 'ext4', '-O', 'inline_data,^metadata_csum,^has_journal'] },
   ];
-  return layouts.map((l, i) => {
+  const seeds: FilesystemSeed[] = layouts.map((l, i) => {
     const path = join(dir, `ext-seed-${i}.img`);
     execFileSync('mkfs.ext4', ['-q', '-F', ...l.args, '-b', '1024', '-N', '256', '-d', src, path, '4M']);
     return { name: `filesystem ${l.name}`, format: 'raw', filesystem: l.type, bytes: new Uint8Array(readFileSync(path)), hot: [[0, 64 << 10]] };
   });
+  // A journal that needs recovery (debugfs's journal writer, csum v3): transactions logging the
+  // root directory's and hello.txt's blocks, one revoked; the journal's first blocks are hot too.
+  const path = join(dir, 'ext-seed-journal.img');
+  execFileSync('mkfs.ext4', ['-q', '-F', '-t', 'ext4', '-b', '1024', '-N', '256', '-d', src, path, '4M']);
+  const bmap = (p: string) => execFileSync('debugfs', ['-R', `bmap ${p} 0`, path], { stdio: ['ignore', 'pipe', 'ignore'] }).toString().trim();
+  const data = join(dir, 'journal-block');
+  writeFileSync(data, new Uint8Array(2048).map((_, i) => (i === 0 ? 0xc0 : i & 0xff)));
+  const [root, hello] = [bmap('/'), bmap('/hello.txt')];
+  execFileSync('debugfs', ['-w', '-f', '-', path], { input: `jo -c\njw -b ${hello} ${data}\njw -r ${hello} ${data}\njw -b ${root},${hello} ${data}\njc\n`, stdio: ['pipe', 'ignore', 'ignore'] });
+  const journal = Number(execFileSync('debugfs', ['-R', 'bmap <8> 0', path], { stdio: ['ignore', 'pipe', 'ignore'] }).toString().trim()) * 1024;
+  seeds.push({ name: 'filesystem ext4 with a journal to replay', format: 'raw', filesystem: 'ext4', bytes: new Uint8Array(readFileSync(path)), hot: [[0, 64 << 10], [journal, journal + (16 << 10)]] });
+  return seeds;
 }
 
 /** Everything a mutant filesystem meets: identification, opening, a bounded walk reading every file and link. */
-export async function exerciseFilesystem(filesystem: string, bytes: Uint8Array): Promise<void> {
+export async function exerciseFilesystem(filesystem: string, bytes: Uint8Array, refresh?: (bytes: Uint8Array) => void): Promise<void> {
   const started = process.cpuUsage();
+  refresh?.(bytes);
   const device = await openSource(new MemorySource(bytes, 'mutant', true), { format: 'raw' });
   await guarded('identifyFilesystem', () => identifyFilesystem(device));
   await guarded(`${filesystem} walk`, async () => {

@@ -27,6 +27,8 @@ export const SB = defineStruct('superblock', SUPERBLOCK_SIZE, {
   featureIncompat: [0x60, u32le],
   featureRoCompat: [0x64, u32le],
   uuid: [0x68, bytes(16)],
+  journalInum: [0xe0, u32le],
+  journalDev: [0xe4, u32le],
   descSize: [0xfe, u16le],
   firstMetaBg: [0x104, u32le],
   blocksCountHi: [0x150, u32le],

@@ -12,6 +12,7 @@ import { settled } from '../blockdev.js';
 import { DiskError } from '../errors.js';
 import { crc32cRegister, crcTable, crcUpdate } from '../crc32c.js';
 import { u32le } from '../struct.js';
+import { ReplayedDevice, replayJournal } from './journal.js';
 import { kindOfMode, decodeDev, S_IFMT, S_IFREG } from '../fsmode.js';
 import type { DirEntry, FileStat, Filesystem, FsNode } from '../filesystem.js';
 import {
@@ -131,7 +132,7 @@ export class ExtFilesystem implements Filesystem {
   }
 
   /** Open the filesystem on `device`; `type` is what fsid calls it (ext2, ext3, ext4). */
-  static async open(device: BlockDevice, type = 'ext4'): Promise<ExtFilesystem> {
+  static async open(device: BlockDevice, type = 'ext4', replayed = false): Promise<ExtFilesystem> {
     if (device.size < SUPERBLOCK_OFFSET + SUPERBLOCK_SIZE) throw new DiskError('EFORMAT', 'ext: the device is too small for a superblock');
     const sb = new Uint8Array(SUPERBLOCK_SIZE);
     await device.read(sb, SUPERBLOCK_OFFSET);
@@ -151,12 +152,43 @@ export class ExtFilesystem implements Filesystem {
     if (logBlock > 6) throw corrupt(`block size 2^${10 + logBlock} is out of range`);
     const fs = new ExtFilesystem(device, sb, type);
     fs.checkGeometry();
-    if (incompat & INCOMPAT.recover) fs.warnings.push('the journal needs recovery (the filesystem was not cleanly unmounted; its latest changes are in the journal and are not shown)');
+    if (incompat & INCOMPAT.recover && !replayed && SB.get(sb, 'featureCompat') & COMPAT_HAS_JOURNAL) return fs.withJournalReplayed(sb, type);
     const state = SB.get(sb, 'state');
     if (state & STATE_ERROR) fs.warnings.push('the filesystem has errors recorded (e2fsck would check it)');
     else if (!(state & STATE_VALID) && !(incompat & INCOMPAT.recover)) fs.warnings.push('the filesystem was not cleanly unmounted (e2fsck would check it)');
     if ((SB.get(sb, 'featureCompat') & COMPAT_HAS_JOURNAL) === 0 && incompat & INCOMPAT.recover) fs.warnings.push('needs_recovery is set without a journal');
     return fs;
+  }
+
+  /**
+   * A filesystem whose journal needs recovery, as the kernel would show it after replaying the
+   * journal (journal.ts): reopened over the device with the committed transactions laid over
+   * it in memory. The image is not written. When the journal cannot be replayed (an external
+   * journal, a damaged one), this filesystem as it is, with a warning that the latest changes are not shown.
+   */
+  private async withJournalReplayed(sb: Uint8Array, type: string): Promise<ExtFilesystem> {
+    const notShown = 'its latest changes are in the journal and are not shown';
+    const inum = SB.get(sb, 'journalInum');
+    if (inum === 0 || SB.get(sb, 'journalDev') !== 0) {
+      this.warnings.push(`the journal needs recovery and is on another device: ${notShown}`);
+      return this;
+    }
+    try {
+      const journal = await this.node(inum);
+      const bs = this.blockSize;
+      const blocks = Math.floor(journal.inode.size / bs);
+      const readJournal = async (n: number, buf: Uint8Array) => {
+        if (n >= blocks || (await this.readBytes(journal, buf, n * bs)) !== bs) throw corrupt(`journal block ${n} is past the journal's ${blocks}`);
+      };
+      const replay = await replayJournal(readJournal, blocks, bs, this.blocksCount);
+      const fs = await ExtFilesystem.open(new ReplayedDevice(this.device, bs, replay, readJournal), type, true);
+      fs.warnings.unshift(`the journal needed recovery (the filesystem was not cleanly unmounted): ${replay.transactions} committed transaction${replay.transactions === 1 ? '' : 's'} replayed in memory, the image is unchanged`, ...replay.notes.map((n) => `journal: ${n}`));
+      return fs;
+    } catch (e) {
+      if (!(e instanceof DiskError)) throw e;
+      this.warnings.push(`the journal needs recovery and could not be replayed (${e.message}): ${notShown}`);
+      return this;
+    }
   }
 
   /** The kernel's ext4_fill_super sanity checks, as far as a reader depends on them. */

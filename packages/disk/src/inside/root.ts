@@ -69,6 +69,16 @@ export async function isRoot(fs: Filesystem): Promise<boolean> {
   return false;
 }
 
+/**
+ * The operating system root in `fs`: itself, or else one of its subvolumes that is one (btrfs:
+ * libguestfs inspects every subvolume; Fedora installs its root in subvolume "root"). Null when none is.
+ */
+export async function osRoot(fs: Filesystem): Promise<Filesystem | null> {
+  if (await isRoot(fs)) return fs;
+  for (const view of (await fs.subvolumeViews?.()) ?? []) if (await isRoot(view)) return view;
+  return null;
+}
+
 export interface OpenedFilesystem {
   fs: Filesystem;
   /** Where it was found ("partition 1", "LV vg/root", "whole disk"). */
@@ -87,7 +97,11 @@ export async function openSelectedFilesystem(disk: BlockDevice, selection: Insid
   }
   const candidates = await readableFilesystems(disk);
   if (candidates.length === 0) throw new DiskError('EFORMAT', 'no filesystem that can be read was found in the image');
-  if (candidates.length === 1) return { fs: await openFilesystem(candidates[0]!.device, candidates[0]!.info.type), where: candidates[0]!.name };
+  if (candidates.length === 1) {
+    const fs = await openFilesystem(candidates[0]!.device, candidates[0]!.info.type);
+    // With subvolumes, the one holding the operating system (the default one may be only their parent).
+    return { fs: fs.subvolumeViews ? (await osRoot(fs)) ?? fs : fs, where: candidates[0]!.name };
+  }
   const roots: OpenedFilesystem[] = [];
   for (const c of candidates) {
     let fs: Filesystem;
@@ -95,7 +109,8 @@ export async function openSelectedFilesystem(disk: BlockDevice, selection: Insid
       if (isDiskError(e)) continue;
       throw e;
     }
-    if (await isRoot(fs)) roots.push({ fs, where: c.name });
+    const root = await osRoot(fs);
+    if (root) roots.push({ fs: root, where: c.name });
   }
   const list = candidates.map((c) => `${c.name} (${c.info.type})`).join(', ');
   if (roots.length === 1) return roots[0]!;

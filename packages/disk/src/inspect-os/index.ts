@@ -14,7 +14,7 @@ import { isDiskError } from '../errors.js';
 import type { Filesystem } from '../filesystem.js';
 import { openFilesystem } from '../filesystems.js';
 import { readPartitionTable } from '../partition/index.js';
-import { readableFilesystems, isRoot, type CandidateFilesystem } from '../inside/root.js';
+import { readableFilesystems, osRoot, type CandidateFilesystem } from '../inside/root.js';
 import { OsTree } from './tree.js';
 import { detectRelease } from './release.js';
 import { parseFstab, isDiskMount, resolveSpec, type KnownFilesystem } from './fstab.js';
@@ -34,7 +34,7 @@ export interface InspectedFilesystem extends KnownFilesystem {
   /** Where it is: "partition 1", "LV vg/root", "whole disk". */
   where: string;
   type: string;
-  /** A reader exists for it (ntfs, btrfs, ... are identified but not read). */
+  /** A reader exists for it (ntfs, swap, ... are identified but not read). */
   readable: boolean;
 }
 
@@ -129,8 +129,9 @@ export async function inspectWithTrees(disk: BlockDevice): Promise<{ inspection:
 
   const operatingSystems: InspectedOs[] = [];
   for (const f of filesystems) {
-    const fs = opened.get(f.device);
-    if (!fs || !(await isRoot(fs))) continue;
+    const candidate = opened.get(f.device);
+    const fs = candidate && (await osRoot(candidate));
+    if (!fs) continue;
     const tree = new OsTree(fs);
     let windows = false;
     for (const m of WINDOWS_MARKERS) if (await tree.exists(m)) windows = true;
