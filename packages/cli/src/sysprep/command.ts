@@ -111,7 +111,7 @@ async function sysprep(args: SysprepArgs): Promise<number> {
     image = await openCliImage(args.image, { ...(args.format ? { format: args.format } : {}), writable: !args.dryRun }, args.image);
     if (!args.dryRun && !image.write) throw new SysprepError(`${args.image}: the ${image.format} format is read-only here: convert it to a writable format (qcow2, raw) first`);
     const users = await imageUsers(session, args.image);
-    if (users.length > 0) throw new SysprepError(`${args.image} is in use (${users.join('; ')}): running virt-sysprep-like changes on a live guest would corrupt it`);
+    if (users.length > 0) throw new SysprepError(`${args.image} is in use (${users.join('; ')}): changing the disk of a running guest would corrupt it`);
     const { inspection } = await inspectWithTrees(image);
     const systems = inspection.operatingSystems;
     if (systems.length === 0) throw new SysprepError('no operating systems were found in the guest image');
