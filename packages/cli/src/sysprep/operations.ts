@@ -17,7 +17,7 @@ export interface SysprepOperation {
   /** virt-sysprep's heading style: no final period. */
   heading: string;
   /** Only Linux guests are changed; virt-sysprep's operations that apply to Windows are not among these. */
-  perform(files: GuestFiles, os: InspectedOs): Promise<void>;
+  perform(files: GuestFiles, os: Pick<InspectedOs, 'packageManagement'>): Promise<void>;
 }
 
 /** sysprep_operation_logfiles.ml's list, in its (sorted) order. */
