@@ -12,7 +12,7 @@
  */
 import test from 'node:test';
 import assert from 'node:assert/strict';
-import { copyFile, mkdir, readdir, readFile } from 'node:fs/promises';
+import { copyFile, mkdir, readdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { diskhub, hasTool, runOk, tempDir } from '@diskhub/testkit';
 import { ADMIN_PASSWORD, freePort, osEnv, serve } from '@diskhub/service/test-helpers';
@@ -52,7 +52,10 @@ async function chain(t: test.TestContext, name: string, recipe: string) {
   const env = osEnv(svc.url);
   const created = JSON.parse(await runOk('openstack', ['image', 'create', '-f', 'json', '--disk-format', 'qcow2', '--container-format', 'bare',
     '--property', 'hw_disk_bus=virtio', '--property', 'os_distro=debian', '--file', image, name], { env, timeoutMs: 5 * 60_000 }));
-  assert.equal(created.status, 'active');
+  // The client prints the image as created; the upload follows it.
+  const shown = JSON.parse(await runOk('openstack', ['image', 'show', '-f', 'json', created.id], { env }));
+  assert.equal(shown.status, 'active');
+  assert.equal(shown.size, (await stat(image)).size);
   step('upload');
 
   const tmp = join(work, 'tmp');

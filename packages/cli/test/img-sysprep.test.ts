@@ -96,7 +96,7 @@ async function asRaw(image: string): Promise<string> {
 }
 
 /** `img ls -lR --checksum IMAGE /`: path -> line (type, mode, size, MD5 of regular files). */
-async function listing(image: string): Promise<Map<string, string>> {
+async function listing(image: string, least = 1000): Promise<Map<string, string>> {
   const r = await img('ls', '-lR', '--checksum', image, '/');
   assert.equal(r.code, 0, r.stderr);
   const map = new Map<string, string>();
@@ -104,7 +104,7 @@ async function listing(image: string): Promise<Map<string, string>> {
     const m = /^(\S) (\d{4})\s+(\d+) (?:([0-9a-f]{32}) )?(\/.*?)(?: -> (.*))?$/.exec(line);
     if (m) map.set(m[5]!, line);
   }
-  assert.ok(map.size > 1000, `img ls listed ${map.size} paths`);
+  assert.ok(map.size > least, `img ls listed ${map.size} paths`);
   return map;
 }
 
@@ -355,6 +355,13 @@ test('sysprep refuses a read-only format, an image a running VM holds, and a dis
   qemu.kill('SIGKILL');
   assert.equal(await sha256(inUse), hash);
 
+  // A streamOptimized vmdk cannot rewrite a grain: refused before anything is written.
+  const stream = join(work, 'stream.vmdk');
+  await qemuImg('create', '-q', '-f', 'vmdk', '-o', 'subformat=streamOptimized', stream, '64M');
+  const so = await img('sysprep', stream);
+  assert.equal(so.code, 1);
+  assert.match(so.stderr, /stream\.vmdk: a streamOptimized vmdk cannot be changed in place: convert it/);
+
   const blank = join(work, 'blank.img');
   await writeFile(blank, '');
   await truncate(blank, 16 * MiB);
@@ -393,5 +400,37 @@ test('sysprep side by side with virt-sysprep on copies of the same image: the sa
       const fsck = await run('e2fsck', ['-fn', dev]);
       assert.equal(fsck.code, 0, `${image}: ${fsck.stdout}${fsck.stderr}`);
     });
+  }
+});
+
+test('sysprep through the engine in vmdk, vdi, vhdx and qed images: qemu-img check and e2fsck clean, the files gone, the rest identical', skip, async (t) => {
+  const work = await tempDir(t);
+  const small = join(work, 'small');
+  for (const d of ['etc/ssh', 'usr/lib', 'root', 'var/lib/dhcp']) await mkdir(join(small, d), { recursive: true });
+  await copyFile(join(tree, 'usr/lib/os-release'), join(small, 'usr/lib/os-release'));
+  await symlink('../usr/lib/os-release', join(small, 'etc/os-release'));
+  await writeFile(join(small, 'etc/fstab'), '');
+  await writeFile(join(small, 'etc/machine-id'), 'a6943c54bd4f422e86fa1784a6d6188e\n');
+  await writeFile(join(small, 'etc/ssh/ssh_host_ed25519_key'), randomBytes(400));
+  await writeFile(join(small, 'root/.bash_history'), 'history\n');
+  await writeFile(join(small, 'var/lib/dhcp/dhclient.leases'), 'lease {}\n');
+  await writeFile(join(small, 'etc/keep'), randomBytes(300_000));
+  const raw = await ext4Disk(work, small, 'small', 64);
+  for (const format of ['vmdk', 'vdi', 'vhdx', 'qed']) {
+    const image = join(work, `small.${format}`);
+    await qemuImg('convert', '-O', format, raw, image);
+    const before = await listing(image, 5);
+    const r = await img('sysprep', '-q', image);
+    assert.equal(r.code, 0, `${format}: ${r.stderr}`);
+    await qemuImg('check', image);
+    const checked = await asRaw(image);
+    await withPartition(checked, async (dev) => {
+      const fsck = await run('e2fsck', ['-fn', dev]);
+      assert.equal(fsck.code, 0, `${format}: ${fsck.stdout}${fsck.stderr}`);
+    });
+    const afterList = await listing(image, 5);
+    assert.deepEqual(gone(before, afterList), ['/etc/ssh/ssh_host_ed25519_key', '/root/.bash_history', '/var/lib/dhcp/dhclient.leases'], format);
+    assert.equal(afterList.get('/etc/keep'), before.get('/etc/keep'), format);
+    assert.match(afterList.get('/etc/machine-id')!, /^- \d{4} +0 d41d8cd98f00b204e9800998ecf8427e /, format);
   }
 });

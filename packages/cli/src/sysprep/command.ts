@@ -110,6 +110,12 @@ async function sysprep(args: SysprepArgs): Promise<number> {
     message('Examining the guest ...');
     image = await openCliImage(args.image, { ...(args.format ? { format: args.format } : {}), writable: !args.dryRun }, args.image);
     if (!args.dryRun && !image.write) throw new SysprepError(`${args.image}: the ${image.format} format is read-only here: convert it to a writable format (qcow2, raw) first`);
+    // A streamOptimized vmdk only appends grains: an allocated one cannot be rewritten (QEMU
+    // refuses too), so the write-back would stop half-way. Refused before anything is changed.
+    const specific = (await image.info())['format-specific'] as { data?: { 'create-type'?: string } } | undefined;
+    if (!args.dryRun && image.format === 'vmdk' && specific?.data?.['create-type'] === 'streamOptimized') {
+      throw new SysprepError(`${args.image}: a streamOptimized vmdk cannot be changed in place: convert it (to qcow2, or to a monolithicSparse vmdk) first`);
+    }
     const users = await imageUsers(session, args.image);
     if (users.length > 0) throw new SysprepError(`${args.image} is in use (${users.join('; ')}): changing the disk of a running guest would corrupt it`);
     const { inspection } = await inspectWithTrees(image);
