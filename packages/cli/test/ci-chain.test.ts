@@ -11,11 +11,12 @@
  * with a warm cache each chain takes 2-5 min, nearly all of it the TCG boot.
  */
 import test from 'node:test';
+import { spawn } from 'node:child_process';
 import assert from 'node:assert/strict';
 import { copyFile, mkdir, readdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { diskhub, hasTool, runOk, tempDir } from '@diskhub/testkit';
-import { ADMIN_PASSWORD, freePort, osEnv, serve } from '@diskhub/service/test-helpers';
+import { diskhub, diskhubBin, hasTool, runOk, tempDir } from '@diskhub/testkit';
+import { ADMIN_PASSWORD, osEnv } from '@diskhub/service/test-helpers';
 import { builtImage, cloudInitDisabledRecipe, EXAMPLE_RECIPE } from './built-image.js';
 
 const TOOLS = ['debootstrap', 'qemu-system-x86_64', 'qemu-img', 'ssh', 'ssh-keygen', 'openstack', 'losetup'];
@@ -24,6 +25,28 @@ const notRoot = process.getuid?.() !== 0;
 const skip = (missing.length > 0 || notRoot) && process.env.CI !== 'true' ? { skip: `needs root and ${missing.join(', ') || 'the tools'}` } : {};
 
 interface Check { id: string; result: string; evidence: string[] }
+
+/** `diskhub serve` on a port of its choosing (port 0): its URL is the one it prints when listening. */
+async function serve(t: test.TestContext, dataDir: string): Promise<string> {
+  const child = spawn(process.execPath, [diskhubBin, 'serve'], {
+    env: { ...process.env, DISKHUB_DATA_DIR: dataDir, DISKHUB_PORT: '0', DISKHUB_BIND: '127.0.0.1', DISKHUB_ADMIN_PASSWORD: ADMIN_PASSWORD, DISKHUB_LOG_LEVEL: 'warn' },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const exited = new Promise<void>((resolve) => child.on('exit', () => resolve()));
+  t.after(() => { child.kill('SIGTERM'); return exited; });
+  let output = '';
+  return await new Promise<string>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`diskhub serve did not start in 120 s: ${output}`)), 120_000);
+    const onData = (b: Buffer) => {
+      output += b.toString();
+      const url = /diskhub image service on (http:\/\/127\.0\.0\.1:\d+)/.exec(output)?.[1];
+      if (url) { clearTimeout(timer); resolve(url); }
+    };
+    child.stdout!.on('data', onData);
+    child.stderr!.on('data', onData);
+    child.on('exit', (code) => { clearTimeout(timer); reject(new Error(`diskhub serve exited ${code}: ${output}`)); });
+  });
+}
 
 /** Build (cached) -> copy -> sysprep -> lint -> upload -> boot-test, timing each step. */
 async function chain(t: test.TestContext, name: string, recipe: string) {
@@ -47,9 +70,7 @@ async function chain(t: test.TestContext, name: string, recipe: string) {
 
   const dataDir = join(work, 'service');
   await mkdir(dataDir);
-  const svc = await serve(dataDir, await freePort(), { DISKHUB_BIND: '127.0.0.1', DISKHUB_ADMIN_PASSWORD: ADMIN_PASSWORD });
-  t.after(() => { svc.child.kill('SIGTERM'); return svc.exited; });
-  const env = osEnv(svc.url);
+  const env = osEnv(await serve(t, dataDir));
   const created = JSON.parse(await runOk('openstack', ['image', 'create', '-f', 'json', '--disk-format', 'qcow2', '--container-format', 'bare',
     '--property', 'hw_disk_bus=virtio', '--property', 'os_distro=debian', '--file', image, name], { env, timeoutMs: 5 * 60_000 }));
   // The client prints the image as created; the upload follows it.
