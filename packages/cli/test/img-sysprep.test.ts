@@ -19,9 +19,9 @@ import { createHash, randomBytes } from 'node:crypto';
 import { copyFile, mkdir, mkdtemp, readdir, readFile, rm, stat, symlink, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { debianRootfs, diskhub, diskhubBin, hasTool, qemuImg, run, runOk, tempDir, treeCopy } from '@diskhub/testkit';
+import { debianRootfs, diskhub, diskhubBin, hasTool, inactiveLogicalVolumes, qemuImg, run, runOk, tempDir, treeCopy } from '@diskhub/testkit';
 
-const TOOLS = ['debootstrap', 'mkfs.ext4', 'mkfs.xfs', 'e2fsck', 'xfs_repair', 'debugfs', 'sgdisk', 'losetup', 'qemu-img', 'qemu-system-x86_64', 'virt-sysprep'];
+const TOOLS = ['lvm', 'debootstrap', 'mkfs.ext4', 'mkfs.xfs', 'e2fsck', 'xfs_repair', 'debugfs', 'sgdisk', 'losetup', 'qemu-img', 'qemu-system-x86_64', 'virt-sysprep'];
 const missing = TOOLS.filter((t) => !hasTool(t));
 const notRoot = process.getuid?.() !== 0;
 const skip = (missing.length > 0 || notRoot) && process.env.CI !== 'true' ? { skip: `needs root and ${missing.join(', ') || 'the tools'}` } : {};
@@ -134,6 +134,21 @@ function expectedRemoved(before: Map<string, string>): string[] {
 /** The paths gone from `after` (with everything below them). */
 const gone = (before: Map<string, string>, afterList: Map<string, string>) => [...before.keys()].filter((p) => !afterList.has(p)).sort();
 const withChildren = (before: Map<string, string>, roots: string[]) => [...before.keys()].filter((p) => roots.some((r) => p === r || p.startsWith(`${r}/`))).sort();
+
+/** A tiny root (os-release, fstab) with a host key, a history, a lease and a machine-id to remove, and a file to keep. */
+async function smallTree(work: string): Promise<string> {
+  const small = join(work, 'small');
+  for (const d of ['etc/ssh', 'usr/lib', 'root', 'var/lib/dhcp']) await mkdir(join(small, d), { recursive: true });
+  await copyFile(join(tree, 'usr/lib/os-release'), join(small, 'usr/lib/os-release'));
+  await symlink('../usr/lib/os-release', join(small, 'etc/os-release'));
+  await writeFile(join(small, 'etc/fstab'), '');
+  await writeFile(join(small, 'etc/machine-id'), 'a6943c54bd4f422e86fa1784a6d6188e\n');
+  await writeFile(join(small, 'etc/ssh/ssh_host_ed25519_key'), randomBytes(400));
+  await writeFile(join(small, 'root/.bash_history'), 'history\n');
+  await writeFile(join(small, 'var/lib/dhcp/dhclient.leases'), 'lease {}\n');
+  await writeFile(join(small, 'etc/keep'), randomBytes(300_000));
+  return small;
+}
 
 let dir = '';
 let tree = '';
@@ -405,16 +420,7 @@ test('sysprep side by side with virt-sysprep on copies of the same image: the sa
 
 test('sysprep through the engine in vmdk, vdi, vhdx and qed images: qemu-img check and e2fsck clean, the files gone, the rest identical', skip, async (t) => {
   const work = await tempDir(t);
-  const small = join(work, 'small');
-  for (const d of ['etc/ssh', 'usr/lib', 'root', 'var/lib/dhcp']) await mkdir(join(small, d), { recursive: true });
-  await copyFile(join(tree, 'usr/lib/os-release'), join(small, 'usr/lib/os-release'));
-  await symlink('../usr/lib/os-release', join(small, 'etc/os-release'));
-  await writeFile(join(small, 'etc/fstab'), '');
-  await writeFile(join(small, 'etc/machine-id'), 'a6943c54bd4f422e86fa1784a6d6188e\n');
-  await writeFile(join(small, 'etc/ssh/ssh_host_ed25519_key'), randomBytes(400));
-  await writeFile(join(small, 'root/.bash_history'), 'history\n');
-  await writeFile(join(small, 'var/lib/dhcp/dhclient.leases'), 'lease {}\n');
-  await writeFile(join(small, 'etc/keep'), randomBytes(300_000));
+  const small = await smallTree(work);
   const raw = await ext4Disk(work, small, 'small', 64);
   for (const format of ['vmdk', 'vdi', 'vhdx', 'qed']) {
     const image = join(work, `small.${format}`);
@@ -432,5 +438,33 @@ test('sysprep through the engine in vmdk, vdi, vhdx and qed images: qemu-img che
     assert.deepEqual(gone(before, afterList), ['/etc/ssh/ssh_host_ed25519_key', '/root/.bash_history', '/var/lib/dhcp/dhclient.leases'], format);
     assert.equal(afterList.get('/etc/keep'), before.get('/etc/keep'), format);
     assert.match(afterList.get('/etc/machine-id')!, /^- \d{4} +0 d41d8cd98f00b204e9800998ecf8427e /, format);
+  }
+});
+
+test('sysprep of a root on an LVM logical volume (no device-mapper: through the engine\'s LVM layer), raw and qcow2: e2fsck clean, the files gone', skip, async (t) => {
+  const work = await tempDir(t);
+  const small = await smallTree(work);
+  const pv = join(work, 'pv.img');
+  await writeFile(pv, '');
+  await truncate(pv, 128 * MiB);
+  const offset = (await inactiveLogicalVolumes(pv, 'vgsysprep', [{ name: 'root', size: '100M' }])).get('root')!;
+  await runOk('mkfs.ext4', ['-q', '-F', '-E', `offset=${offset}`, '-d', small, pv, '100M']);
+  const qcow2 = join(work, 'pv.qcow2');
+  await qemuImg('convert', '-O', 'qcow2', pv, qcow2);
+  for (const image of [pv, qcow2]) {
+    const before = await listing(image, 5);
+    const r = await img('sysprep', '-v', image);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /Writing the changed blocks back/, 'a logical volume goes through the copy, raw or not');
+    if (image === qcow2) await qemuImg('check', image);
+    const raw = image === pv ? pv : await asRaw(image);
+    const dev = (await runOk('losetup', ['--find', '--show', '--read-only', `--offset=${offset}`, `--sizelimit=${100 * MiB}`, raw])).trim();
+    try {
+      const fsck = await run('e2fsck', ['-fn', dev]);
+      assert.equal(fsck.code, 0, fsck.stdout + fsck.stderr);
+    } finally { await runOk('losetup', ['--detach', dev]); }
+    const afterList = await listing(image, 5);
+    assert.deepEqual(gone(before, afterList), ['/etc/ssh/ssh_host_ed25519_key', '/root/.bash_history', '/var/lib/dhcp/dhclient.leases'], image);
+    assert.equal(afterList.get('/etc/keep'), before.get('/etc/keep'));
   }
 });

@@ -8,7 +8,9 @@
  * (`losetup --offset --sizelimit`, as `diskhub build` does):
  *
  * - raw image: the loop device is over the image file itself; the kernel writes in place.
- * - any other writable format (qcow2, vmdk, vhdx, ...): the filesystem's partition is copied
+ * - any other writable format (qcow2, vmdk, vhdx, ...), and any filesystem on an LVM logical
+ *   volume (whose extents need not be contiguous, and device-mapper is what would join them):
+ *   the filesystem's bytes (the partition, or the LV read through the engine's LVM layer) are copied
  *   into a sparse temporary raw file (the engine reads the image, holes stay holes), that file
  *   is mounted and changed, and after the unmount every 64 KiB block whose content differs from
  *   the image's is written back through the engine (compared by SHA-1 digests taken during the
@@ -17,24 +19,38 @@
  *   dependable in the containers this runs in; the copy costs the allocated size of the
  *   filesystems changed, in TMPDIR.
  *
- * LVM logical volumes cannot be mounted without device-mapper: a guest whose root (or /etc, /var,
- * /home, ...) is on one is refused with that reason.
+ * LVM: linear and striped logical volumes are reached through the engine's LVM layer, which
+ * writes each block back to the physical volume extents it lives in; thin, cache and RAID
+ * volumes are not (the engine does not map them), and neither are LVs whose PVs span disks.
  */
 import { createHash } from 'node:crypto';
 import { readFile, stat, truncate, writeFile } from 'node:fs/promises';
-import { openImage, readPartitionTable, type Image, type InspectedFilesystem, type InspectedOs } from '@diskhub/disk';
+import { openImage, openLogicalVolume, readPartitionTable, scanDiskLvm, type BlockDevice, type Image, type InspectedFilesystem, type InspectedOs, type LvmScan } from '@diskhub/disk';
 import { attachLoop, mountAt } from '../image-build/disk.js';
 import type { BuildSession } from '../image-build/session.js';
 
 export class SysprepError extends Error {}
 
-/** One filesystem of the guest to mount: where in the guest, and its bytes on the disk. */
+/** One filesystem of the guest to mount: where in the guest, and its bytes on the disk (or in its logical volume). */
 export interface GuestFilesystem {
   mountpoint: string;
   device: string;
   fstype: string;
+  /** "VG/LV" when the filesystem is on a logical volume: then start is 0 and size the LV's. */
+  lv?: string;
   start: number;
   size: number;
+}
+
+/** The block device a filesystem's start and size refer to: the disk, or its logical volume (writable when the disk is). */
+export class FilesystemDevices {
+  private scan: LvmScan | null = null;
+  constructor(private readonly image: Image) {}
+  async deviceOf(fs: GuestFilesystem): Promise<BlockDevice> {
+    if (!fs.lv) return this.image;
+    this.scan ??= await scanDiskLvm(this.image);
+    return openLogicalVolume(this.scan, fs.lv);
+  }
 }
 
 /** The kernel's filesystem type for the engine's identification. */
@@ -58,8 +74,11 @@ export async function planFilesystems(image: Image, os: InspectedOs, filesystems
     }
     const kernelType = KERNEL_TYPES[fs.type];
     if (!kernelType) throw new SysprepError(`${m.mountpoint} (${fs.device}) is ${fs.type}: not supported`);
-    if (fs.lv) throw new SysprepError(`${m.mountpoint} is on the LVM logical volume ${fs.lv.vg}/${fs.lv.name}: not supported (a logical volume needs device-mapper to be mounted, which this machine does not have)`);
-    if (fs.wholeDisk) out.push({ mountpoint: m.mountpoint, device: fs.device, fstype: kernelType, start: 0, size: image.size });
+    if (fs.lv) {
+      const lv = `${fs.lv.vg}/${fs.lv.name}`;
+      const size = (await openLogicalVolume(await scanDiskLvm(image), lv)).size;
+      out.push({ mountpoint: m.mountpoint, device: fs.device, fstype: kernelType, lv, start: 0, size });
+    } else if (fs.wholeDisk) out.push({ mountpoint: m.mountpoint, device: fs.device, fstype: kernelType, start: 0, size: image.size });
     else {
       const p = table?.partitions.find((x) => x.number === fs.partition);
       if (!p) throw new SysprepError(`${fs.device}: no such partition`);
@@ -86,7 +105,7 @@ export class CopiedFilesystem {
   private constructor(readonly fs: GuestFilesystem, readonly file: string, private readonly digests: Buffer, private readonly present: Uint8Array) {}
 
   /** Copy [start, start + size) of the image into `file` (holes and zero extents are skipped). */
-  static async copy(image: Image, fs: GuestFilesystem, file: string, signal: AbortSignal): Promise<CopiedFilesystem> {
+  static async copy(image: BlockDevice, fs: GuestFilesystem, file: string, signal: AbortSignal): Promise<CopiedFilesystem> {
     const blocks = Math.ceil(fs.size / BLOCK);
     const digests = Buffer.alloc(blocks * DIGEST);
     const present = new Uint8Array(blocks);
@@ -134,8 +153,8 @@ export class CopiedFilesystem {
    * writes). Returns the bytes written. Not interruptible: a half-written filesystem would be
    * worse than either state.
    */
-  async writeBack(image: Image): Promise<number> {
-    if (!image.write) throw new SysprepError(`the ${image.format} image is not writable`);
+  async writeBack(image: BlockDevice): Promise<number> {
+    if (!image.write) throw new SysprepError(`${this.fs.device} is not writable`);
     const write = image.write.bind(image);
     const temp = await openImage(this.file, { format: 'raw' });
     let written = 0;

@@ -14,7 +14,7 @@ import { CliError, errorMessage, openCliImage } from '../img/common.js';
 import { BuildError, BuildSession, Interrupted, signalExitCode } from '../image-build/session.js';
 import { inRoot } from '../image-build/rootpath.js';
 import { removeTree } from '../image-build/disk.js';
-import { CopiedFilesystem, SysprepError, imageUsers, mountInPlace, planFilesystems, type GuestFilesystem } from './access.js';
+import { CopiedFilesystem, FilesystemDevices, SysprepError, imageUsers, mountInPlace, planFilesystems, type GuestFilesystem } from './access.js';
 import { GuestFiles } from './guest-files.js';
 import { listOperations, OperationChoice, OperationError } from './operations.js';
 
@@ -128,9 +128,11 @@ async function sysprep(args: SysprepArgs): Promise<number> {
     for (const os of systems.filter((s) => s.type === 'linux')) plans.push({ os, filesystems: await planFilesystems(image, os, inspection.filesystems) });
     work = await mkdtemp(join(tmpdir(), 'diskhub-sysprep-'));
 
-    // A raw image is changed in place by the kernel; any other format, and a dry run, through copies.
-    const inPlace = image.format === 'raw' && !image.backing && !args.dryRun;
-    if (inPlace) { await image.close(); image = null; }
+    // A raw image's partitions are changed in place by the kernel; any other format, a logical
+    // volume, and a dry run, through copies.
+    const rawInPlace = image.format === 'raw' && !image.backing && !args.dryRun;
+    const inPlace = (fs: GuestFilesystem) => rawInPlace && !fs.lv;
+    const devices = new FilesystemDevices(image);
     const ops = args.choice.chosen();
     for (const [n, { os, filesystems }] of plans.entries()) {
       const root = join(work, `root${n}`);
@@ -140,9 +142,9 @@ async function sysprep(args: SysprepArgs): Promise<number> {
         session.checkInterrupted();
         // Later mount points lie inside the guest's root: resolved there, as the guest would.
         const target = fs.mountpoint === '/' ? root : await inRoot(root, fs.mountpoint, { followLast: true });
-        if (inPlace) await mountInPlace(session, args.image, fs, target);
+        if (inPlace(fs)) await mountInPlace(session, args.image, fs, target);
         else {
-          const copy = await CopiedFilesystem.copy(image!, fs, join(work, `fs${n}-${i}.raw`), session.signal);
+          const copy = await CopiedFilesystem.copy(await devices.deviceOf(fs), fs, join(work, `fs${n}-${i}.raw`), session.signal);
           copies.push(copy);
           await copy.mount(session, target, false);
         }
@@ -162,7 +164,8 @@ async function sysprep(args: SysprepArgs): Promise<number> {
         session.checkInterrupted();
         message('Writing the changed blocks back to the image ...');
         let bytes = 0;
-        for (const c of copies) bytes += await c.writeBack(image!);
+        for (const c of copies) bytes += await c.writeBack(await devices.deviceOf(c.fs));
+        await image.flush?.();
         session.note(`wrote ${bytes} bytes back`);
       }
       for (const c of copies) await rm(c.file, { force: true });
