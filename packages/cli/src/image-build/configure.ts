@@ -10,7 +10,9 @@ import { stringify as toYaml } from 'yaml';
 import type { Recipe } from './recipe.js';
 import { mountAt } from './disk.js';
 import { inRoot, writeInRoot } from './rootpath.js';
-import { cacheDir, removeDebs } from './base.js';
+import { cacheDir } from './base.js';
+import { GuestFiles } from '../sysprep/guest-files.js';
+import { OPERATIONS } from '../sysprep/operations.js';
 import { BuildError, type BuildSession } from './session.js';
 
 
@@ -132,28 +134,19 @@ export async function configureSystem(session: BuildSession, root: string, recip
  * logs, shell history, DHCP leases, cloud-init's instance state, apt's lists and caches.
  */
 export async function cleanImage(root: string): Promise<void> {
-  const sshDir = await inRoot(root, '/etc/ssh', { followLast: true });
-  for (const n of await readdir(sshDir).catch(() => [] as string[])) {
-    if (/^ssh_host_.*_key(\.pub)?$/.test(n)) await unlink(join(sshDir, n));
-  }
-  await writeInRoot(root, '/etc/machine-id', '', 0o444);
-  await rm(await inRoot(root, '/var/lib/dbus/machine-id'), { force: true });
+  // `diskhub img sysprep`'s default operations (host keys, machine-id, histories, leases,
+  // cloud-init state, package files, backups, random seed, ...), then what only a fresh build leaves.
+  const files = new GuestFiles(root);
+  for (const op of OPERATIONS.filter((o) => o.enabledByDefault)) await op.perform(files, { packageManagement: 'apt' });
+  // An empty machine-id, not a missing one: systemd then treats the next boot as the first.
+  if (!(await files.lstat('/etc/machine-id'))) await writeInRoot(root, '/etc/machine-id', '', 0o444);
+  // Logs that logfiles' list does not name (debootstrap's, the runit and private directories) are emptied.
   await truncateTree(await inRoot(root, '/var/log', { followLast: true }));
-  for (const d of ['/var/lib/apt/lists', '/var/lib/cloud', '/var/lib/dhcp', '/tmp', '/var/tmp']) {
-    const dir = await inRoot(root, d, { followLast: true });
-    for (const n of await readdir(dir).catch(() => [] as string[])) {
-      if (d === '/var/lib/apt/lists' && n === 'partial') continue;
-      await rm(join(dir, n), { recursive: true, force: true });
-    }
-  }
-  // Packages debootstrap or apt left in the image's own cache (the build's downloads are in
-  // DISKHUB_BUILD_CACHE): dead weight in every copy of the image.
-  await removeDebs(await inRoot(root, '/var/cache/apt/archives', { followLast: true }));
-  for (const f of ['/var/cache/apt/pkgcache.bin', '/var/cache/apt/srcpkgcache.bin', '/root/.bash_history', '/var/cache/debconf/config.dat-old', '/var/cache/debconf/templates.dat-old']) {
+  const lists = await inRoot(root, '/var/lib/apt/lists', { followLast: true });
+  for (const n of await readdir(lists).catch(() => [] as string[])) if (n !== 'partial') await rm(join(lists, n), { recursive: true, force: true });
+  for (const f of ['/var/cache/apt/pkgcache.bin', '/var/cache/apt/srcpkgcache.bin', '/var/cache/debconf/config.dat-old', '/var/cache/debconf/templates.dat-old']) {
     await rm(await inRoot(root, f), { force: true });
   }
-  const shadowBackups = ['/etc/passwd-', '/etc/shadow-', '/etc/group-', '/etc/gshadow-'];
-  for (const f of shadowBackups) await rm(await inRoot(root, f), { force: true });
 }
 
 /**

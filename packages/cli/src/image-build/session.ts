@@ -31,7 +31,8 @@ export interface RunOptions {
 }
 
 export class BuildSession {
-  private readonly log: WriteStream;
+  /** Null: no log file (`diskhub img sysprep`), the notes go to stderr when verbose. */
+  private readonly log: WriteStream | null;
   private readonly teardown: { what: string; fn: () => Promise<void> }[] = [];
   private child: ChildProcess | null = null;
   private interrupted: NodeJS.Signals | null = null;
@@ -41,8 +42,8 @@ export class BuildSession {
   private readonly chroots = new Set<string>();
   private step = 0;
 
-  constructor(readonly logPath: string, private readonly totalSteps: number, private readonly quiet: boolean) {
-    this.log = createWriteStream(logPath, { flags: 'w' });
+  constructor(readonly logPath: string | null, private readonly totalSteps: number, private readonly quiet: boolean, private readonly verbose = false) {
+    this.log = logPath === null ? null : createWriteStream(logPath, { flags: 'w' });
     for (const s of SIGNALS) process.on(s, this.onSignal);
   }
 
@@ -52,7 +53,12 @@ export class BuildSession {
   }
 
   /** A line in the log file only. */
-  note(text: string): void { this.log.write(`${text}\n`); }
+  note(text: string): void { this.write(`${text}\n`); }
+
+  private write(data: string | Buffer): void {
+    if (this.log) this.log.write(data);
+    else if (this.verbose) process.stderr.write(data);
+  }
 
   /** The next step: on the terminal ([3/12] ...) and in the log. */
   progress(text: string): void {
@@ -108,8 +114,8 @@ export class BuildSession {
       const out: Buffer[] = [];
       let tail = '';
       const keepTail = (b: Buffer) => { tail = (tail + b.toString('utf8')).slice(-2000); };
-      child.stdout!.on('data', (b: Buffer) => { if (options.capture) out.push(b); else { this.log.write(b); keepTail(b); } });
-      child.stderr!.on('data', (b: Buffer) => { this.log.write(b); keepTail(b); });
+      child.stdout!.on('data', (b: Buffer) => { if (options.capture) out.push(b); else { this.write(b); keepTail(b); } });
+      child.stderr!.on('data', (b: Buffer) => { this.write(b); keepTail(b); });
       if (options.input !== undefined) child.stdin!.end(options.input);
       child.on('error', (e) => { if (interruptible) this.child = null; reject(new BuildError(`${argv[0]}: ${e.message}`)); });
       child.on('close', (code, signal) => {
@@ -117,7 +123,7 @@ export class BuildSession {
         if (interruptible && this.interrupted) return reject(new Interrupted(this.interrupted));
         if (code === 0) return resolve(Buffer.concat(out).toString('utf8'));
         const last = tail.trim().split('\n').slice(-5).join('\n  ');
-        reject(new BuildError(`${argv.join(' ').slice(0, 300)} failed (${signal ?? `exit status ${code}`})${last ? `:\n  ${last}` : ''}\n  (the whole output is in ${this.logPath})`));
+        reject(new BuildError(`${argv.join(' ').slice(0, 300)} failed (${signal ?? `exit status ${code}`})${last ? `:\n  ${last}` : ''}${this.logPath ? `\n  (the whole output is in ${this.logPath})` : ''}`));
       });
     });
   }
@@ -150,7 +156,7 @@ export class BuildSession {
     }
     for (const s of SIGNALS) process.off(s, this.onSignal);
     this.note(`finished after ${this.elapsed()}`);
-    await new Promise<void>((resolve) => this.log.end(resolve));
+    if (this.log) await new Promise<void>((resolve) => this.log!.end(resolve));
     return failures;
   }
 

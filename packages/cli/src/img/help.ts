@@ -41,6 +41,7 @@ Command syntax:
   lint [-f fmt] [--output=ofmt] filename   (the cloud-image checklist; exit 0 no failure, 1 failures, 2 error)
   boot-test [--accel kvm|tcg|auto] [--timeout S] [--disk-size [+]size] [--json] filename|url|image-id
           (boots it in QEMU with a config drive and checks it as an operator would; exit 0 passed, 1 failed, 2 error)
+  sysprep [--format fmt] [--list-operations] [--enable ops] [--operations ops] [-n] [-q] [-v] [-a] filename   (virt-sysprep's clean-up, in place; root)
   measure [--output=ofmt] [-O output_fmt] [-o options] [--size N | [-f fmt] [-l snapshot_param] filename]
 
 Sizes take the suffixes k, M, G, T, P, E (powers of 1024) or b for bytes.

@@ -30,6 +30,7 @@ import { resizeCommand } from './resize.js';
 import { inspectCommand } from './inspect.js';
 import { lintCommand } from './lint.js';
 import { bootTestCommand } from '../boot-test/command.js';
+import { sysprepCommand } from '../sysprep/command.js';
 
 /** A command gets argv with its own name at argv[0], as qemu-img's commands do. */
 export type ImgCommand = (argv: string[]) => Promise<number>;
@@ -59,6 +60,7 @@ const COMMANDS: Record<string, ImgCommand> = {
   rebase: rebaseCommand,
   resize: resizeCommand,
   snapshot: snapshotCommand,
+  sysprep: sysprepCommand,
 };
 
 /** A reader that went away (`diskhub img map ... | head`): stop quietly, as qemu-img dies of SIGPIPE. */
