@@ -51,6 +51,8 @@ export class StreamedSource implements ByteSource {
   private failure: unknown = null;
   private readonly waiters: Waiter[] = [];
   private pumping: Promise<void> | null = null;
+  /** The part of the last chunk pulled that no read has reached yet. */
+  private pending: Uint8Array | null = null;
   /** The last bytes pulled: [windowStart, pos). */
   private readonly window: Uint8Array[] = [];
   private windowBytes = 0;
@@ -164,14 +166,26 @@ export class StreamedSource implements ByteSource {
   }
 
   private async pullOne(): Promise<void> {
-    const r = await this.input.next();
-    if (r.done) {
-      this.ended = true;
-      return;
+    let chunk = this.pending;
+    this.pending = null;
+    if (!chunk) {
+      const r = await this.input.next();
+      if (r.done) {
+        this.ended = true;
+        return;
+      }
+      chunk = r.value;
+      if (!chunk.length) return;
+      await this.opts.onChunk?.(chunk);
     }
-    const chunk = r.value;
-    if (!chunk.length) return;
-    await this.opts.onChunk?.(chunk);
+    // Only up to the end of the reads waiting: the rest of a large chunk waits for the next
+    // read instead of going to the spill file.
+    let want = 0;
+    for (const w of this.waiters) want = Math.max(want, w.end);
+    if (!this.keepAll && !this.keepNone && want > this.pos && want < this.pos + chunk.length) {
+      this.pending = chunk.subarray(want - this.pos);
+      chunk = chunk.subarray(0, want - this.pos);
+    }
     const start = this.pos;
     const end = start + chunk.length;
     // Into the reads that wait for these bytes; what none takes is kept.
