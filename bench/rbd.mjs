@@ -150,7 +150,10 @@ const data = join(work, `random-${SIZE / MiB}M.raw`);
 await makeData(data);
 const store = new RbdStore({ id: 'bench', pool, user: env.DISKHUB_CEPH_USER ?? 'glance', confFile: conf, keyring: env.DISKHUB_CEPH_GLANCE_KEYRING });
 await store.init();
-const best = { store: [Infinity, Infinity], cli: [Infinity, Infinity], piped: [Infinity, Infinity], glanceCli: [Infinity] };
+// The download read-ahead the store had before (four 8 MiB reads in flight), timed in the same runs.
+const before = new RbdStore({ id: 'bench-before', pool, user: env.DISKHUB_CEPH_USER ?? 'glance', confFile: conf, keyring: env.DISKHUB_CEPH_GLANCE_KEYRING, sendDepth: 4, sendChunk: 8 * MiB });
+await before.init();
+const best = { store: [Infinity, Infinity], cli: [Infinity, Infinity], piped: [Infinity, Infinity], glanceCli: [Infinity], before: [Infinity] };
 const take = (side, i, s) => { best[side][i] = Math.min(best[side][i], s); };
 const clean = async (name, snapshot = false) => {
   if (snapshot) {
@@ -180,16 +183,19 @@ try {
     take('store', 1, down);
     const cliDown = await cliExport(spec);
     take('cli', 1, cliDown);
+    const beforeDown = await storeDownload(before, up.location);
+    take('before', 0, beforeDown);
     const pipeDown = await pipedExport(spec);
     take('piped', 1, pipeDown);
     console.log(`run ${run}: upload store ${rate(up.s).toFixed(0)} MiB/s, rbd import ${rate(cliUp).toFixed(0)} (with snap create + protect ${rate(withSnapshot).toFixed(0)}), rbd import - (piped from Node) ${rate(pipeUp).toFixed(0)}; ` +
-      `download store ${rate(down).toFixed(0)} MiB/s, rbd export ${rate(cliDown).toFixed(0)}, rbd export - (piped to Node) ${rate(pipeDown).toFixed(0)}`);
+      `download store ${rate(down).toFixed(0)} MiB/s (with 4 x 8 MiB reads ${rate(beforeDown).toFixed(0)}), rbd export ${rate(cliDown).toFixed(0)}, rbd export - (piped to Node) ${rate(pipeDown).toFixed(0)}`);
     await store.delete(up.location);
     await clean(name, true);
     await clean(piped);
   }
 } finally {
   await store.close();
+  await before.close();
 }
 const [su, sd] = best.store;
 const [cu, cd] = best.cli;
@@ -197,6 +203,7 @@ const [pu, pd] = best.piped;
 const [gu] = best.glanceCli;
 console.log(`best: upload store ${rate(su).toFixed(0)} MiB/s (${su.toFixed(2)} s), rbd import ${rate(cu).toFixed(0)} MiB/s (${cu.toFixed(2)} s), piped rbd import - ${rate(pu).toFixed(0)} MiB/s (${pu.toFixed(2)} s)`);
 console.log(`best: download store ${rate(sd).toFixed(0)} MiB/s (${sd.toFixed(2)} s), rbd export ${rate(cd).toFixed(0)} MiB/s (${cd.toFixed(2)} s), piped rbd export - ${rate(pd).toFixed(0)} MiB/s (${pd.toFixed(2)} s)`);
+console.log(`best: download store with 4 x 8 MiB reads in flight (before) ${rate(best.before[0]).toFixed(0)} MiB/s; ratios to rbd export: store ${(cd / sd).toFixed(2)}, before ${(cd / best.before[0]).toFixed(2)}`);
 console.log(`best: rbd import + snap create + snap protect ${rate(gu).toFixed(0)} MiB/s (${gu.toFixed(2)} s)`);
 console.log(`ratio upload   store / rbd import = ${(cu / su).toFixed(2)} (target >= 0.90); store / (rbd import + snap create + protect) = ${(gu / su).toFixed(2)}; piped CLI / rbd import = ${(cu / pu).toFixed(2)}`);
 console.log(`ratio download store / rbd export = ${(cd / sd).toFixed(2)} (target >= 1.00); piped CLI / rbd export = ${(cd / pd).toFixed(2)}`);

@@ -27,3 +27,4 @@ export { crc32c } from './crc32.js';
 export { vhdChecksum, vpcVirtualSize } from './vpc/header.js';
 export { LuksImage, luksDriver, INVALID_PASSWORD, MAX_KDF_ITERATIONS, LUKS_KEY_SECRET_REQUIRED } from './luks/index.js';
 export { KEY_SECRET_REQUIRED, isEncryptedHead } from './qcow2/crypto.js';
+export * from './streamed/index.js';

@@ -9,3 +9,4 @@ export * from './dispatch.js';
 export * from './concat.js';
 export * from './rebase.js';
 export * from './commit.js';
+export * from './read-raw.js';

@@ -202,6 +202,12 @@ export class Qcow2Image implements Image {
         pos = tableEnd;
         continue;
       }
+      if (cur && !this.l2Cache.has(l2Offset)) {
+        // The run so far goes out before the next table is read: a reader of a stream (an
+        // import converted as it arrives) reads the data before the table that follows it.
+        yield cur;
+        cur = undefined;
+      }
       const table = await this.l2Table(l2Offset);
       const tv = new DataView(table.buffer, table.byteOffset, table.byteLength);
       while (pos < tableEnd) {

@@ -15,13 +15,17 @@
  *   the size the ingest caps, so a decompression bomb stops at image_size_cap / the quota.
  * - `image_conversion`: the image is stored in `[image_conversion] output_format` (raw, qcow2
  *   or vmdk) with the disk engine, and its disk_format becomes that (container_format bare),
- *   as Glance's plugin sets them. The source is staged to a temporary file first, capped at
- *   image_size_cap while it is written: a qcow2, vmdk or vhdx source's metadata (L1/L2 tables,
- *   grain directories, BAT) may sit anywhere in the file, after the data it maps, so it cannot
- *   be read as it streams in; and the qcow2 and vmdk writers fill their tables as data lands,
- *   so their output is a file, not a stream. The safety inspector runs on the staged source
- *   (a backing file, an external data file, extents elsewhere: refused before anything is
- *   converted) and, through the ingest, on the converted data that is stored.
+ *   as Glance's plugin sets them. To raw (the usual choice, for Ceph) the source is converted
+ *   as it streams (@diskhub/disk openStreamedImage): a qcow2 whose tables come before the data
+ *   they map, as qemu-img writes them, is read cluster by cluster as it arrives and its guest
+ *   data goes on to the store in order, without staging (data that arrives before its table
+ *   waits in a spill file, capped at image_size_cap); any other source is staged to that file
+ *   first and read from it by the engine, with no second, converted copy. To qcow2 or vmdk
+ *   the source is staged and converted to a temporary file (the writers fill their tables as
+ *   data lands, so their output is a file, not a stream), which is then stored. Either way,
+ *   the safety inspector judges the source as it streams (a backing file, an external data
+ *   file, extents elsewhere: refused; a staged source before anything is converted) and,
+ *   through the ingest, the converted data that is stored.
  * - `inject_image_metadata`: `[inject_metadata_properties] inject` properties set on the
  *   image when the import succeeds, unless the requester has one of `ignore_user_roles`
  *   (Glance's default: admin).
@@ -33,7 +37,7 @@ import { join } from 'node:path';
 import { Readable, Transform, pipeline } from 'node:stream';
 import { pipeline as pipelineAsync } from 'node:stream/promises';
 import { createGunzip, createInflateRaw } from 'node:zlib';
-import { convertFile, crc32, describeIssues, inspectFile } from '@diskhub/disk';
+import { DiskError, convertFile, crc32, describeIssues, inspectFile, openStreamedImage, type InspectionReport, type StreamedImage } from '@diskhub/disk';
 import { HttpError, badRequest } from '../../http.js';
 import type { ImageRecord } from '../../images-model.js';
 import type { Logger } from '../../log.js';
@@ -91,6 +95,7 @@ function injectMetadata(out: PluginOutput, ctx: PluginContext, o: ImportPluginOp
 
 async function conversion(out: PluginOutput, ctx: PluginContext, o: ImportPluginOptions): Promise<PluginOutput> {
   await mkdir(o.workDir, { recursive: true });
+  if (o.outputFormat === 'raw') return convertStreamed(out, ctx, o);
   const src = join(o.workDir, `${ctx.image.id}.convert-source`);
   const dst = join(o.workDir, `${ctx.image.id}.convert-${o.outputFormat}`);
   try {
@@ -103,19 +108,69 @@ async function conversion(out: PluginOutput, ctx: PluginContext, o: ImportPlugin
   }
 }
 
+/** The source, failing with Glance's 413 once it passes the image size cap. */
+function capped(source: Readable, cap: number): Transform {
+  let size = 0;
+  const t = new Transform({
+    transform(chunk: Buffer, _e, cb) {
+      size += chunk.length;
+      cb(size > cap ? new HttpError(413, `Image exceeds the storage quota: the image size cap is ${cap} bytes.`) : null, chunk);
+    },
+  });
+  pipeline(source, t, () => {});
+  return t;
+}
+
+const refuseUnsafe = (report: InspectionReport) => {
+  if (!report.safe) throw badRequest(`Image data was refused: ${describeIssues(report)}`);
+};
+
+/** An engine error while converting, as the 400 the import task reports (the ingest passes HTTP errors on). */
+function conversionFailure(e: unknown): unknown {
+  return e instanceof DiskError ? badRequest(`Image conversion failed: ${e.message}`) : e;
+}
+
+/** To raw, as the source streams in: the guest data in order, straight into the ingest. */
+async function convertStreamed(out: PluginOutput, ctx: PluginContext, o: ImportPluginOptions): Promise<PluginOutput> {
+  const spill = join(o.workDir, `${ctx.image.id}.convert-source`);
+  const input = capped(out.stream, o.sizeCap);
+  let image: StreamedImage;
+  try {
+    image = await openStreamedImage(input, { spillPath: spill, spillCap: o.sizeCap, name: ctx.image.id, signal: ctx.signal, judge: refuseUnsafe });
+  } catch (e) {
+    input.destroy();
+    await rm(spill, { force: true });
+    throw conversionFailure(e);
+  }
+  ctx.log.info('import converting', {
+    image: ctx.image.id, from: image.format, to: 'raw', mode: image.mode, ...(image.stagedBecause ? { staged_because: image.stagedBecause } : {}),
+  });
+  const log = ctx.log;
+  const stream = Readable.from((async function* () {
+    try {
+      yield* image.data();
+      log.info('import converted', { image: ctx.image.id, from: image.format, to: 'raw', mode: image.mode, spilled: image.spilled });
+    } catch (e) {
+      throw conversionFailure(e);
+    } finally {
+      input.destroy();
+      await image.close();
+    }
+  })(), { objectMode: false });
+  const converted = { ...ctx.image, ...out.image, disk_format: 'raw', container_format: 'bare' };
+  return { ...out, stream, length: image.size, image: converted, temporary: [...out.temporary, spill] };
+}
+
 async function convertStaged(out: PluginOutput, ctx: PluginContext, o: ImportPluginOptions, src: string, dst: string): Promise<PluginOutput> {
   const temporary = [...out.temporary, src, dst];
   await rm(dst, { force: true });
   let size = 0;
   const cap = o.sizeCap;
-  await pipelineAsync(out.stream, new Transform({
-    transform(chunk: Buffer, _e, cb) {
-      size += chunk.length;
-      cb(size > cap ? new HttpError(413, `Image exceeds the storage quota: the image size cap is ${cap} bytes.`) : null, chunk);
-    },
+  await pipelineAsync(capped(out.stream, cap), new Transform({
+    transform(chunk: Buffer, _e, cb) { size += chunk.length; cb(null, chunk); },
   }), createWriteStream(src), { signal: ctx.signal });
   const report = await inspectFile(src);
-  if (!report.safe) throw badRequest(`Image data was refused: ${describeIssues(report)}`);
+  refuseUnsafe(report);
   const converted = { ...ctx.image, ...out.image, disk_format: o.outputFormat, container_format: 'bare' };
   if (report.format === o.outputFormat) {
     return { ...out, stream: createReadStream(src, { highWaterMark: 1 << 20 }), length: size, image: converted, temporary };
