@@ -11,59 +11,14 @@ import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { watch } from 'node:fs';
-import { readdir, readFile, writeFile } from 'node:fs/promises';
-import { createServer } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { tempDir } from '@diskhub/testkit';
-import { jsonLogger, loadConfig, startService } from '../src/index.js';
-import { register, registeredTypes, type StoreSpec } from '../src/stores/registry.js';
 import { ADMIN_PASSWORD, api, assertStored, freePort, serve, token, until, type Api } from './helpers.js';
-import { MemoryStore } from './memory-store.js';
-
-/** Memory stores shared by every service of this process that configures `{"type": "shared-memory"}` (two nodes, one store). */
-const shared = new Map<string, MemoryStore>();
-if (!registeredTypes().includes('shared-memory')) {
-  register('shared-memory', (spec: StoreSpec) => {
-    let store = shared.get(spec.id);
-    if (!store) shared.set(spec.id, store = new MemoryStore(spec.id));
-    return store;
-  });
-}
-
-interface Node { url: string; dataDir: string; admin: Api; mem: MemoryStore }
-
-/** A service (node `node`) on `dataDir` with stores fast (file, default), cheap (file) and mem (shared memory store). */
-async function start(t: TestContext, dataDir: string, node = 'node-a', settings: Record<string, unknown> = {}): Promise<Node> {
-  const configFile = join(await tempDir(t), 'config.json');
-  await writeFile(configFile, JSON.stringify({
-    stores: { fast: { type: 'file', path: 'fast' }, cheap: { type: 'file', path: 'cheap' }, mem: { type: 'shared-memory' } },
-    defaultStore: 'fast', imageCache: 'off', nodeId: node, taskPollSeconds: 1, shutdownGraceSeconds: 1, ...settings,
-  }));
-  const cfg = loadConfig({ DISKHUB_DATA_DIR: dataDir, DISKHUB_PORT: '0', DISKHUB_BIND: '127.0.0.1', DISKHUB_ADMIN_PASSWORD: ADMIN_PASSWORD }, {}, configFile);
-  const svc = await startService(cfg, jsonLogger(process.stdout, 'silent'));
-  t.after(() => svc.close());
-  return { url: svc.url, dataDir, admin: api(svc.url, await token(svc.url)), mem: shared.get('mem')! };
-}
-
-/** A web server on 127.0.0.1 serving `data` at /disk.raw. */
-async function webServer(t: TestContext, data: Buffer): Promise<{ url: string; port: number }> {
-  const server = createServer((_req, res) => { res.writeHead(200, { 'Content-Length': String(data.length) }); res.end(data); });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  t.after(() => new Promise<void>((r) => server.close(() => r())));
-  const port = (server.address() as AddressInfo).port;
-  return { url: `http://127.0.0.1:${port}/disk.raw`, port };
-}
+import { ended, startNode as start, webServer, type StoreNode as Node } from './store-nodes.js';
 
 const newImage = async (a: Api) => (await a('POST', '/v2/images', { body: { name: 'multi', disk_format: 'raw', container_format: 'bare' } })).json.id as string;
 const show = async (a: Api, id: string) => (await a('GET', `/v2/images/${id}`)).json;
-
-/** The image's last import task once it has ended. */
-async function ended(a: Api, id: string): Promise<any> {
-  const tasks = await until(`the import of ${id}`, async () => (await a('GET', `/v2/images/${id}/tasks`)).json.tasks as any[],
-    (ts) => ts.length > 0 && ['success', 'failure'].includes(ts[ts.length - 1].status));
-  return tasks[tasks.length - 1];
-}
 
 /** Files of a file store's directory holding `id` (the image's file, and any temporary data named after it). */
 const filesOf = async (n: Node, store: string, id: string) => (await readdir(join(n.dataDir, store)).catch(() => [] as string[])).filter((f) => f.includes(id));
