@@ -197,8 +197,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
     stores: [{ id: 'file', type: 'file', path: 'images' }],
     showImageDirectUrl: false,
     showMultipleLocations: false,
-    // Glance 25's defaults, less copy-image (opt-in here: add it to enabledImportMethods).
-    enabledImportMethods: 'glance-direct,web-download',
+    // Glance 25's default (copy-image included: copy_image is admin-only by policy).
+    enabledImportMethods: 'glance-direct,web-download,copy-image',
     importAllowedSchemes: 'http,https',
     importDisallowedSchemes: '',
     importAllowedHosts: '',

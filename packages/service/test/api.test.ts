@@ -68,7 +68,7 @@ test('images: create, errors in Glance shapes, JSON patch rules', async (t) => {
   const created = await a('POST', '/v2/images', { body: { name: 'n', disk_format: 'raw', container_format: 'bare', foo: 'bar', tags: ['x', 'x', 'y'] } });
   assert.equal(created.status, 201);
   assert.equal(created.headers.get('location'), `${svc.url}/v2/images/${created.json.id}`);
-  assert.equal(created.headers.get('openstack-image-import-methods'), 'glance-direct,web-download');
+  assert.equal(created.headers.get('openstack-image-import-methods'), 'glance-direct,web-download,copy-image');
   const img = created.json;
   assert.equal(img.status, 'queued');
   assert.equal(img.visibility, 'shared');
@@ -199,7 +199,7 @@ test('staging and glance-direct import', async (t) => {
   const svc = await startTestService(t);
   const a = api(svc.url, await token(svc.url));
   const info = await a('GET', '/v2/info/import');
-  assert.deepEqual(info.json['import-methods'].value, ['glance-direct', 'web-download']);
+  assert.deepEqual(info.json['import-methods'].value, ['glance-direct', 'web-download', 'copy-image']);
   assert.equal((await a('GET', '/v2/info/stores')).json.stores[0].id, 'file');
   const img = (await a('POST', '/v2/images', { body: { name: 'i', disk_format: 'raw', container_format: 'bare' } })).json;
   assert.equal((await a('POST', `/v2/images/${img.id}/import`, { body: { method: { name: 'glance-direct' } } })).status, 409, 'nothing staged');

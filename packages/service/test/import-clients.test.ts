@@ -29,7 +29,7 @@ test('glance client: image-create-via-import (web-download, glance-direct), imag
 
   // (glanceclient wraps a long value over several rows of the table: join its Value cells)
   const info = (await glance('import-info')).split('\n').filter((l) => l.startsWith('| ')).slice(1).map((l) => l.split('|')[2]!.slice(1).trimEnd()).join('');
-  assert.deepEqual(JSON.parse(info).value, ['glance-direct', 'web-download']);
+  assert.deepEqual(JSON.parse(info).value, ['glance-direct', 'web-download', 'copy-image']);
   const viaWeb = JSON.parse(toJson(await glance('image-create-via-import', '--name', 'from-web', '--disk-format', 'raw', '--container-format', 'bare',
     '--import-method', 'web-download', '--uri', `http://127.0.0.1:${port}/disk.raw`)));
   assert.ok(viaWeb.id);

@@ -81,13 +81,13 @@ test('glance-direct import is a task: tasks API, image tasks, os_glance_* proper
   assert.equal((await a('PUT', `/v2/images/${img.id}/stage`, { raw: data })).status, 204);
   const r = await a('POST', `/v2/images/${img.id}/import`, { body: { method: { name: 'glance-direct' } } });
   assert.equal(r.status, 202);
-  assert.equal(r.headers.get('openstack-image-import-methods'), 'glance-direct,web-download');
+  assert.equal(r.headers.get('openstack-image-import-methods'), 'glance-direct,web-download,copy-image');
   const task = await importEnded(a, img.id);
   assert.equal(task.status, 'success', task.message);
   assert.equal(task.type, 'api_image_import');
   assert.equal(task.image_id, img.id);
   assert.deepEqual(task.result, { image_id: img.id });
-  assert.deepEqual(task.input, { image_id: img.id, import_req: { method: { name: 'glance-direct' } }, backend: [null] });
+  assert.deepEqual(task.input, { image_id: img.id, import_req: { method: { name: 'glance-direct' } }, backend: ['file'] });
   assert.equal(task.deleted, false);
   assert.match(task.created_at, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}$/);
   assert.match(task.request_id, /^req-/);
@@ -148,16 +148,18 @@ test('web-download streams the URL into the store; the import checks of Glance',
   const task = await importEnded(a, img.id);
   assert.equal(task.status, 'success', task.message);
   const done = await assertStored(svc.url, img.id, data);
-  assert.equal(done.os_glance_failed_import, undefined);
+  assert.equal(done.os_glance_failed_import, '', 'Glance keeps the key, empty');
 
   // Glance's request checks.
   const q = await newImage(a);
   assert.match((await a('POST', `/v2/images/${q.id}/import`, { body: {} })).json.message, /requires a 'method' field/);
   assert.match((await a('POST', `/v2/images/${q.id}/import`, { body: { method: {} } })).json.message, /requires a 'name' field/);
-  assert.match((await a('POST', `/v2/images/${q.id}/import`, { body: { method: { name: 'copy-image' } } })).json.message, /Unknown import method name 'copy-image'/);
+  assert.match((await a('POST', `/v2/images/${q.id}/import`, { body: { method: { name: 'glance-download' } } })).json.message, /Unknown import method name 'glance-download'/);
+  assert.match((await a('POST', `/v2/images/${q.id}/import`, { body: { method: { name: 'copy-image' } } })).json.message, /Only images with status active can be targeted for copying/);
   assert.equal((await a('POST', `/v2/images/${q.id}/import`, { body: { method: { name: 'glance-direct' } } })).status, 409);
-  assert.match((await a('POST', `/v2/images/${q.id}/import`, { body: { method: { name: 'web-download', uri: `${web.url}/disk.raw` }, stores: ['elsewhere'] } })).json.message, /not supported by this service yet/);
-  assert.match((await a('POST', `/v2/images/${q.id}/import`, { body: { method: { name: 'web-download', uri: `${web.url}/disk.raw` }, all_stores: true } })).json.message, /not supported by this service yet/);
+  const elsewhere = await a('POST', `/v2/images/${q.id}/import`, { body: { method: { name: 'web-download', uri: `${web.url}/disk.raw` }, stores: ['elsewhere'] } });
+  assert.equal(elsewhere.status, 409);
+  assert.equal(elsewhere.json.message, 'Store for identifier elsewhere not found');
   assert.match((await a('POST', `/v2/images/${q.id}/import`, { body: { method: { name: 'web-download', uri: `${web.url}/disk.raw` }, all_stores: 'yes' } })).json.message, /'all_stores' must be boolean value only/);
   assert.equal((await webImport(a, img.id, `${web.url}/disk.raw`)).status, 409, 'active image');
   const noFormat = (await a('POST', '/v2/images', { body: { name: 'nf' } })).json;

@@ -4,22 +4,20 @@
  * protected snapshot, the download is byte-identical, a Range download reads through librbd, and
  * deleting the image removes the RBD image.
  */
-import { test } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { needs, qemuImg, runOk, tempDir } from '@diskhub/testkit';
-import { osEnv, startTestService, token } from './helpers.js';
-import { ceph, rbdCli, rbdExport, removeImageWithCli } from './ceph.js';
+import { needs, qemuImg, run, runOk, tempDir } from '@diskhub/testkit';
+import { api, osEnv, startTestService, token } from './helpers.js';
+import { ceph, rbdCli, rbdExport, removeImageWithCli, type CephCluster } from './ceph.js';
 
 const os = (env: NodeJS.ProcessEnv, ...args: string[]) => runOk('openstack', args, { env });
 const osJson = async (env: NodeJS.ProcessEnv, ...args: string[]) => JSON.parse(await os(env, ...args, '-f', 'json'));
 
-test('openstack client with the RBD store as the default: upload, download, Range, delete', needs('openstack', 'qemu-img'), async (t) => {
-  const c = ceph(t);
-  if (!c) return;
-  const dir = await tempDir(t);
+/** The service with the Ceph pool as its default store ("ceph", described) and a file store ("local"); `extra`: more settings. */
+async function serviceOnCeph(t: TestContext, c: CephCluster, dir: string, extra: Record<string, unknown>) {
   const config = join(dir, 'diskhub.json');
   await writeFile(config, JSON.stringify({
     stores: {
@@ -27,9 +25,16 @@ test('openstack client with the RBD store as the default: upload, download, Rang
       local: { type: 'file', path: 'images' },
     },
     defaultStore: 'ceph',
-    showImageDirectUrl: true,
+    ...extra,
   }));
-  const svc = await startTestService(t, { DISKHUB_CONFIG: config });
+  return startTestService(t, { DISKHUB_CONFIG: config });
+}
+
+test('openstack client with the RBD store as the default: upload, download, Range, delete', needs('openstack', 'qemu-img'), async (t) => {
+  const c = ceph(t);
+  if (!c) return;
+  const dir = await tempDir(t);
+  const svc = await serviceOnCeph(t, c, dir, { showImageDirectUrl: true });
   const env = osEnv(svc.url);
 
   // A raw disk: a qemu-img-made image with data in places and zero runs between.
@@ -71,4 +76,56 @@ test('openstack client with the RBD store as the default: upload, download, Rang
   const left = JSON.parse(await rbdCli(c, ['ls', '--format', 'json', c.pool])) as string[];
   assert.ok(!left.includes(id), 'the RBD image is removed');
   assert.ok(!left.some((n) => n.includes(id)), 'and no temporary image of the upload is left');
+});
+
+test('an image whose RBD snapshot has a clone is in use: delete answers 409 and keeps it (Glance\'s InUseByStore)', needs('openstack'), async (t) => {
+  const c = ceph(t);
+  if (!c) return;
+  const dir = await tempDir(t);
+  const svc = await serviceOnCeph(t, c, dir, { enabledImportMethods: 'glance-direct,web-download,copy-image' });
+  const env = osEnv(svc.url);
+  const raw = join(dir, 'disk.raw');
+  const bytes = Buffer.alloc(3 << 20, 0x6b);
+  await writeFile(raw, bytes);
+  const id = (await osJson(env, 'image', 'create', '--file', raw, '--disk-format', 'raw', '--container-format', 'bare', 'cloned')).id as string;
+  t.after(() => removeImageWithCli(c, `${c.pool}/${id}`));
+  // Nova's clone of the image's snapshot, in the vms pool (made by the admin: client.glance may not write there).
+  const clone = `${c.clonePool}/clone-${id}`;
+  await rbdCli(c, ['clone', `${c.pool}/${id}@snap`, clone], 'admin');
+  let cloned = true;
+  t.after(async () => { if (cloned) await rbdCli(c, ['rm', '--no-progress', clone], 'admin'); });
+
+  const call = api(svc.url, await token(svc.url));
+  const refused = await call('DELETE', `/v2/images/${id}`);
+  assert.equal(refused.status, 409);
+  assert.match(refused.text, new RegExp(`Image ${id} could not be deleted because it is in use: The image cannot be deleted because it is in use through the backend store outside of Glance\\.`));
+  // The openstack client reports the failure too, and the image is still there, whole.
+  const cli = await run('openstack', ['image', 'delete', id], { env });
+  assert.notEqual(cli.code, 0);
+  assert.match(cli.stderr, /Failed to delete 1 of 1 images/);
+  const shown = await osJson(env, 'image', 'show', id);
+  assert.equal(shown.status, 'active');
+  assert.equal(shown.properties.stores, 'ceph');
+  const info = JSON.parse(await rbdCli(c, ['info', '--format', 'json', `${c.pool}/${id}@snap`])) as { protected: string };
+  assert.equal(info.protected, 'true', 'the snapshot stays protected');
+  assert.ok((await rbdExport(c, clone, 'admin')).equals(bytes), 'the clone still reads the image');
+  const saved = join(dir, 'saved.raw');
+  await os(env, 'image', 'save', '--file', saved, id);
+  assert.ok((await readFile(saved)).equals(bytes), 'the image still downloads');
+
+  // Copied to the file store too: deleting the Ceph copy alone (DELETE /v2/stores/ceph/{id}) is in use as well.
+  const copied = await call('POST', `/v2/images/${id}/import`, { body: { method: { name: 'copy-image' }, stores: ['local'] } });
+  assert.equal(copied.status, 202, copied.text);
+  for (let i = 0; i < 100 && (await osJson(env, 'image', 'show', id)).properties.stores !== 'ceph,local'; i++) await new Promise((r) => setTimeout(r, 100));
+  const fromStore = await call('DELETE', `/v2/stores/ceph/${id}`);
+  assert.equal(fromStore.status, 409);
+  assert.match(fromStore.text, new RegExp(`The data for Image ${id} could not be deleted because it is in use: `));
+  assert.equal((await osJson(env, 'image', 'show', id)).properties.stores, 'ceph,local');
+
+  // The clone gone (flattened or deleted by Nova), the delete goes through and removes the RBD image.
+  await rbdCli(c, ['rm', '--no-progress', clone], 'admin');
+  cloned = false;
+  await os(env, 'image', 'delete', id);
+  const left = JSON.parse(await rbdCli(c, ['ls', '--format', 'json', c.pool])) as string[];
+  assert.ok(!left.includes(id), 'the RBD image is removed');
 });

@@ -48,6 +48,25 @@ const INTERRUPTED = 'Image upload was interrupted; no data was kept.';
 const storageFull = () => new HttpError(413, 'Image storage media is full: there is no space left on the device for this image; no data was kept.');
 const isNoSpace = (e: unknown) => (e as NodeJS.ErrnoException | null)?.code === 'ENOSPC' || (e as NodeJS.ErrnoException | null)?.code === 'EDQUOT';
 
+/** A store an ingest writes to, and the temporary key its image's upload row records. */
+export interface IngestTarget { store: Store; tempKey: string }
+
+/** How an ingest into several stores treats one store's failure (Glance's all_stores_must_succeed). */
+export interface IngestPolicy {
+  /** true: any store's failure fails the ingest; false: that store is dropped and the others go on. */
+  allMustSucceed: boolean;
+  /** A store failed (it is dropped, or the ingest fails with `error`). */
+  storeFailed?(storeId: string, error: HttpError): Promise<void>;
+  /** A store's data is committed (the image becomes active once every remaining store's is). */
+  storeCommitted?(storeId: string): Promise<void>;
+}
+
+/** The stores an ingest wrote the data to, and those that failed and were dropped. */
+export interface IngestResult { stored: string[]; failed: string[] }
+
+/** One target while the data is written: its writer until committed (or dropped), then its location. */
+interface Writing { target: IngestTarget; writer: StoreWriter | null; location: string | null }
+
 /** A stored copy of an image's data that answers: where downloads and inspection read. */
 export interface ReadableData { store: Store; url: string; size: number }
 
@@ -128,35 +147,75 @@ export class ImageDataService {
     this.images.imagePolicy(a, img).uploadImage();
     const tempKey = store.newTempKey(img.id);
     const saving = await this.transition(img, 'saving', { claim: tempKey });
-    await this.track(this.ingest(saving, store, tempKey, input, declaredLength, 'queued', complete));
+    await this.track(this.ingest(saving, [{ store, tempKey }], input, declaredLength, 'queued', complete));
   }
 
   /**
-   * Stream `input` into the store while hashing, counting and inspecting; verify; make the
-   * image active. `tempKey`: the temporary data the status transition claimed. Uploads and
-   * every import source (domain/import/) feed their data through here as a Readable.
+   * Stream `input` into the targets' stores while hashing, counting and inspecting (once,
+   * whatever the number of stores: the data is read once and written to each); verify; make
+   * the image active with one location per store written. `tempKey`s: the temporary data the
+   * status transition claimed. Uploads and every import source (domain/import/) feed their
+   * data through here as a Readable. With several targets, `policy` says whether one store's
+   * failure fails the whole (Glance's all_stores_must_succeed, the default) or only drops that
+   * store; the ingest fails when no store is left.
    */
-  async ingest(img: ImageRecord, store: Store, tempKey: string, input: Readable, declaredLength: number | null, revertTo: ImageStatus, complete: () => boolean): Promise<void> {
+  async ingest(img: ImageRecord, targets: IngestTarget[], input: Readable, declaredLength: number | null, revertTo: ImageStatus | null, complete: () => boolean, policy: IngestPolicy = { allMustSucceed: true }): Promise<IngestResult> {
     const inspection = new UploadInspection(img.id, img.container_format);
     let size = 0;
-    let staged: StoreWriter;
-    try {
-      staged = await store.begin(tempKey, declaredLength ?? undefined);
-    } catch (e) {
-      await this.abandon(img.id, revertTo);
-      const failure = storeFailure(e, store.id, 'starting the upload');
-      if (failure) this.log.warn('upload failed: store', { image: img.id, store: store.id, error: failure.message });
-      throw failure ?? e;
-    }
-    const { cap, tooBig } = await this.uploadLimit(img.owner);
-    // Hashing batches the data into 1 MiB page-aligned buffers; the file is written from those.
-    const hasher = new UploadHasher((batch) => staged.write([Buffer.from(batch.buffer, batch.byteOffset, batch.length)]));
-    const fail = async (e: unknown) => {
-      await hasher.drop();
-      await staged.discard().catch(() => {});
-      await this.abandon(img.id, revertTo);
+    const writing: Writing[] = targets.map((target) => ({ target, writer: null, location: null }));
+    const failed: string[] = [];
+    let hasher: UploadHasher | null = null;
+    /**
+     * Nothing is kept: partial data discarded, committed data deleted, the image back to
+     * `revertTo` (null: the caller moves it, with what else its failure changes — an import task's end).
+     */
+    const fail = async (e: unknown): Promise<never> => {
+      await hasher?.drop();
+      for (const w of writing) {
+        if (w.location) await w.target.store.delete(w.location).catch(() => {});
+        else await w.writer?.discard().catch(() => {});
+      }
+      if (revertTo) await this.abandon(img.id, revertTo);
       throw e;
     };
+    /** One store failed: the ingest's failure (all must succeed, or none is left), else that store is dropped. */
+    const storeFailed = async (w: Writing, e: unknown, what: string): Promise<void> => {
+      const failure = storeFailure(e, w.target.store.id, what);
+      if (!failure) throw e;
+      this.log.warn('upload failed: store', { image: img.id, store: w.target.store.id, bytes: size, error: failure.message });
+      failed.push(w.target.store.id);
+      const writer = w.writer;
+      w.writer = null;
+      await writer?.discard().catch(() => {});
+      await policy.storeFailed?.(w.target.store.id, failure);
+      if (policy.allMustSucceed || failed.length === writing.length) throw failure;
+    };
+    try {
+      for (const w of writing) {
+        try {
+          w.writer = await w.target.store.begin(w.target.tempKey, declaredLength ?? undefined);
+        } catch (e) {
+          await storeFailed(w, e, 'starting the upload');
+        }
+      }
+    } catch (e) {
+      return fail(e);
+    }
+    const { cap, tooBig } = await this.uploadLimit(img.owner);
+    // Hashing batches the data into 1 MiB page-aligned buffers; each store is written from those.
+    hasher = new UploadHasher(async (batch) => {
+      const buf = Buffer.from(batch.buffer, batch.byteOffset, batch.length);
+      const writes = await Promise.allSettled(writing.map(async (w) => {
+        if (!w.writer) return;
+        try {
+          await w.writer.write([buf]);
+        } catch (e) {
+          await storeFailed(w, e, 'writing the data');
+        }
+      }));
+      const refused = writes.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+      if (refused) throw refused.reason;
+    });
     try {
       if (declaredLength !== null && declaredLength > cap) throw tooBig(declaredLength);
       // (leaving the loop early must not destroy a request body: the error answer is sent
@@ -173,11 +232,6 @@ export class ImageDataService {
       if (declaredLength !== null && size !== declaredLength) throw badRequest(`Image data ended after ${size} of ${declaredLength} bytes.`);
     } catch (e) {
       if (e instanceof HttpError) return fail(e);
-      const failure = storeFailure(e, store.id, 'writing the data');
-      if (failure) {
-        this.log.warn('upload failed: store', { image: img.id, store: store.id, bytes: size, error: failure.message });
-        return fail(failure);
-      }
       this.log.warn('upload interrupted', { image: img.id, bytes: size, error: (e as Error).message });
       return fail(new HttpError(400, INTERRUPTED));
     }
@@ -185,32 +239,38 @@ export class ImageDataService {
     const verdict = await inspection.finish(img.disk_format, img.container_format)
       .catch((e): { virtualSize: null; refusal: string } => ({ virtualSize: null, refusal: `Image data could not be inspected: ${(e as Error).message}` }));
     if (verdict.refusal) return fail(badRequest(verdict.refusal));
-    let location: string;
-    try {
-      location = await staged.commit(img.id);
-    } catch (e) {
-      const failure = storeFailure(e, store.id, 'committing the data');
-      if (failure) this.log.warn('upload failed: store', { image: img.id, store: store.id, bytes: size, error: failure.message });
-      return fail(failure ?? e);
+    for (const w of writing) {
+      if (!w.writer) continue;
+      try {
+        w.location = await w.writer.commit(img.id);
+      } catch (e) {
+        try {
+          await storeFailed(w, e, 'committing the data');
+        } catch (f) {
+          return fail(f);
+        }
+        continue;
+      }
+      await policy.storeCommitted?.(w.target.store.id).catch(fail);
     }
+    const locations = writing.filter((w) => w.location !== null).map((w) => ({ url: w.location!, store_id: w.target.store.id }));
     assertTransition(img.status, 'active');
     let activated: boolean;
     try {
       activated = await this.repo.activate(img.id, [img.status], {
         size, virtual_size: verdict.virtualSize, checksum: digests.md5,
-        os_hash_algo: 'sha512', os_hash_value: digests.sha512, location: { url: location, store_id: store.id },
+        os_hash_algo: 'sha512', os_hash_value: digests.sha512, locations,
       });
     } catch (e) {
-      // The database refused the new location: the committed data must not stay behind unnamed.
-      await store.delete(location).catch(() => {});
-      await this.abandon(img.id, revertTo);
-      throw e;
+      // The database refused the new locations: the committed data must not stay behind unnamed.
+      return fail(e);
     }
     if (!activated) {
       // Deleted (or otherwise changed) while we were writing: keep nothing.
-      await store.delete(location).catch(() => {});
+      for (const l of locations) await this.stores.get(l.store_id)!.delete(l.url).catch(() => {});
       throw conflict('Image was deleted or changed during the upload; the data was discarded.');
     }
+    return { stored: locations.map((l) => l.store_id), failed };
   }
 
   /** PUT /stage: queued → uploading, the data written to the staging area for a later import. */

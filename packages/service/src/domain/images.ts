@@ -183,8 +183,9 @@ export class ImageService {
       if (!(await this.repo.markPendingDelete(img))) throw notFound(`No image found with ID ${img.id}`);
     } else {
       assertTransition(img.status, 'deleted');
-      if (!(await this.repo.softDelete(img))) throw notFound(`No image found with ID ${img.id}`);
+      // The data first, as Glance's Image.delete: a store that keeps it in use (409) keeps the image too.
       await this.locations.deleteAllData(img);
+      if (!(await this.repo.softDelete(img))) throw notFound(`No image found with ID ${img.id}`);
     }
     await rm(join(this.limits.stagingDir, img.id), { force: true });
   }

@@ -30,6 +30,9 @@ interface LocationValue { url: string; metadata: Record<string, unknown>; valida
 /** Glance's restricted schemes for locations set through the API (store_utils.RESTRICTED_URI_SCHEMAS). */
 const RESTRICTED_SCHEMES = new Set(['file', 'filesystem', 'swift+config']);
 
+/** glance_store's InUseByStore message, which Glance's 409 quotes (the store's own message, naming pools and images, goes to the log). */
+const IN_USE = 'The image cannot be deleted because it is in use through the backend store outside of Glance.';
+
 /** Digest sizes in bytes (the service hashes with sha512, Glance's default hashing_algorithm). */
 const HASH_SIZES: Record<string, number> = { sha512: 64 };
 
@@ -140,17 +143,33 @@ export class ImageLocations {
     }
   }
 
-  /** After the image is deleted: its data goes from every store holding it (failures are logged, as Glance's safe delete does). */
+  /**
+   * Before the image is deleted (as Glance's Image.delete removes the data before the row): its
+   * data goes from every store holding it (failures are logged, as Glance's safe delete does),
+   * but data a store keeps because it is in use (an RBD snapshot with clones) stops the delete
+   * with Glance's 409: the image stays, without the locations whose data was already removed.
+   */
   async deleteAllData(img: ImageRecord): Promise<void> {
     const done: string[] = [];
     for (const loc of img.locations) {
-      if (await this.deleteData(img, loc, false)) done.push(loc.id);
+      let removed: boolean;
+      try {
+        removed = await this.deleteData(img, loc, false, `Image ${img.id} could not be deleted because it is in use: ${IN_USE}`);
+      } catch (e) {
+        if (done.length) await this.repo.setLocations(img, img.locations.filter((l) => !done.includes(l.id)).map(keep)).catch(() => false);
+        throw e;
+      }
+      if (removed) done.push(loc.id);
     }
     await this.repo.markLocationsDeleted(img.id, done);
   }
 
-  /** Remove one location's data from its store; `strict`: a store failure is the request's failure (503). */
-  private async deleteData(img: ImageRecord, loc: ImageLocation, strict: boolean): Promise<boolean> {
+  /**
+   * Remove one location's data from its store; `strict`: a store failure is the request's
+   * failure (503). Data a store keeps in use is always the request's failure: 409 with `inUse`
+   * (Glance's words for the data of one store by default).
+   */
+  private async deleteData(img: ImageRecord, loc: ImageLocation, strict: boolean, inUse = `The data for Image ${img.id} could not be deleted because it is in use: ${IN_USE}`): Promise<boolean> {
     const store = this.stores.locate(loc.store_id, loc.url);
     if (!store) {
       this.log.warn('image location in no configured store: data left in place', { image: img.id, store: loc.store_id });
@@ -162,6 +181,7 @@ export class ImageLocations {
     } catch (e) {
       const failure = storeFailure(e, store.id, 'deleting the data');
       this.log.warn('store delete failed', { image: img.id, store: store.id, error: failure?.message ?? String(e) });
+      if (e instanceof StoreError && e.kind === 'in-use') throw conflict(inUse);
       if (strict) throw failure ?? new HttpError(503, `The image store '${store.id}' could not delete the data; try again later.`);
       return false;
     }

@@ -18,6 +18,7 @@ import type { Policy } from '../policy/index.js';
 import { PolicyNotAuthorized } from '../policy/index.js';
 import type { ImageChange, NewTask, TaskRecord, TaskRepo } from '../repo/tasks.js';
 import { TASK_STATUSES } from '../repo/tasks.js';
+import { joinTempKeys } from '../repo/images.js';
 
 export interface TaskOptions {
   /** This API node's name in leases. */
@@ -32,15 +33,16 @@ export interface TaskOptions {
   concurrency: number;
   /** Glance's [task] task_time_to_live (hours): a finished task is listed until then. */
   timeToLiveHours: number;
-  /** A fresh temporary data key for an image (the store's), recorded in the claim's upload row. */
-  tempKey(imageId: string): string;
 }
 
 /** What a runner gets while it runs one task. */
 export interface TaskRun {
   task: TaskRecord;
-  /** The temporary data key this run writes its image's data to, recorded with the claim (null: the task has no image). */
-  tempKey: string | null;
+  /**
+   * The temporary data keys this run writes its image's data to (the runner's tempKeys, one per
+   * store it writes), recorded with the claim; empty when the task has no image.
+   */
+  tempKeys: string[];
   /** Aborted when this node lost the lease, or stops. */
   signal: AbortSignal;
   /** Record bytes moved so far (saved with the next lease renewal). */
@@ -60,6 +62,8 @@ export interface TaskRunner {
   run(run: TaskRun): Promise<TaskOutcome>;
   /** The image change when a task is failed without running (too many attempts). */
   abandoned(task: TaskRecord, reason: string): Promise<ImageChange | undefined>;
+  /** Fresh temporary data keys for a run of `task` (its image's upload row records them before the run writes). */
+  tempKeys(task: TaskRecord): string[];
 }
 
 /** How long stopping waits for aborted runs to end. */
@@ -186,23 +190,26 @@ export class TaskService {
   private async poll(): Promise<void> {
     while (!this.stopped && this.running.size < this.opts.concurrency) {
       const nowMs = Date.now();
-      let tempKey: string | null = null;
-      const task = await this.repo.claim(this.opts.node, nowMs, nowMs + this.opts.leaseMs, (imageId) => (tempKey = this.opts.tempKey(imageId)));
+      let tempKeys: string[] = [];
+      const task = await this.repo.claim(this.opts.node, nowMs, nowMs + this.opts.leaseMs, (claimed) => {
+        tempKeys = this.runners[claimed.type]?.tempKeys(claimed) ?? [];
+        return joinTempKeys(tempKeys);
+      });
       if (!task) return;
-      this.launch(task, tempKey);
+      this.launch(task, tempKeys);
     }
   }
 
-  private launch(task: TaskRecord, tempKey: string | null): void {
+  private launch(task: TaskRecord, tempKeys: string[]): void {
     const abort = new AbortController();
-    const done = this.execute(task, tempKey, abort).finally(() => {
+    const done = this.execute(task, tempKeys, abort).finally(() => {
       this.running.delete(task.id);
       this.kick();
     });
     this.running.set(task.id, { abort, done });
   }
 
-  private async execute(task: TaskRecord, tempKey: string | null, abort: AbortController): Promise<void> {
+  private async execute(task: TaskRecord, tempKeys: string[], abort: AbortController): Promise<void> {
     const runner = this.runners[task.type];
     const expiresAt = () => new Date(Date.now() + this.opts.timeToLiveHours * 3600_000).toISOString();
     const fail = async (message: string, image?: ImageChange) => {
@@ -223,7 +230,7 @@ export class TaskService {
     }, Math.max(50, Math.floor(this.opts.leaseMs / 3)));
     try {
       this.log.info('task started', { task: task.id, type: task.type, image: task.image_id, attempt: task.attempts });
-      const outcome = await runner.run({ task, tempKey, signal: abort.signal, progress: (n) => { progress = n; } });
+      const outcome = await runner.run({ task, tempKeys, signal: abort.signal, progress: (n) => { progress = n; } });
       clearInterval(renewal);
       await renewing;
       const ok = await this.repo.finish(task.id, this.opts.node, { status: 'success', result: outcome.result, message: '', expiresAt: expiresAt() }, outcome.image);

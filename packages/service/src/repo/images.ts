@@ -28,7 +28,14 @@ export interface LocationInput { id?: string; url: string; store_id: string | nu
 export type LocationImageChanges = Partial<Pick<ImagesTable, 'status' | 'size' | 'checksum' | 'os_hash_algo' | 'os_hash_value'>>;
 
 /** The data an upload leaves: the image's checksums and sizes, and where it was stored. */
-export type UploadedData = Pick<ImagesTable, 'size' | 'virtual_size' | 'checksum' | 'os_hash_algo' | 'os_hash_value'> & { location: { url: string; store_id: string } };
+export type UploadedData = Pick<ImagesTable, 'size' | 'virtual_size' | 'checksum' | 'os_hash_algo' | 'os_hash_value'> & { locations: { url: string; store_id: string }[] };
+
+/**
+ * An `uploads` row's temp_key names the temporary data of every store one transfer writes to
+ * (an import into several stores, copy-image), space-separated: store keys never hold a space.
+ */
+export const joinTempKeys = (keys: string[]): string => keys.join(' ');
+export const splitTempKeys = (column: string): string[] => column.split(' ').filter(Boolean);
 
 /** Columns a client may change (PATCH). */
 export type ImageChanges = Pick<ImagesTable, 'name' | 'visibility' | 'protected' | 'os_hidden' | 'owner' | 'container_format' | 'disk_format' | 'min_ram' | 'min_disk'>;
@@ -178,11 +185,11 @@ export class ImageRepo {
 
   /**
    * The upload is whole and verified: the image becomes active with its data at its first
-   * location, its upload rows dropped, in one transaction; false when it was deleted or
+   * locations (one per store written), its upload rows dropped, in one transaction; false when it was deleted or
    * changed meanwhile (nothing is written then).
    */
   async activate(id: string, from: string[], data: UploadedData): Promise<boolean> {
-    const { location, ...columns } = data;
+    const { locations, ...columns } = data;
     return this.k.transaction().execute(async (tx) => {
       const ts = now();
       const r = await tx.updateTable('images').set({ ...columns, status: 'active', updated_at: ts })
@@ -191,10 +198,13 @@ export class ImageRepo {
       if (Number(r.numUpdatedRows) !== 1) return false;
       // (after any location the image already has: an upload gives a queued image its first)
       const last = await tx.selectFrom('image_locations').select((eb) => eb.fn.max('position').as('p')).where('image_id', '=', id).where('status', '=', 'active').executeTakeFirst();
-      await tx.insertInto('image_locations').values({
-        id: randomUUID(), image_id: id, url: location.url, store_id: location.store_id, status: 'active',
-        metadata: JSON.stringify({ store: location.store_id }), position: last?.p === null || last?.p === undefined ? 0 : Number(last.p) + 1, created_at: ts, updated_at: ts,
-      }).execute();
+      const first = last?.p === null || last?.p === undefined ? 0 : Number(last.p) + 1;
+      for (const [i, location] of locations.entries()) {
+        await tx.insertInto('image_locations').values({
+          id: randomUUID(), image_id: id, url: location.url, store_id: location.store_id, status: 'active',
+          metadata: JSON.stringify({ store: location.store_id }), position: first + i, created_at: ts, updated_at: ts,
+        }).execute();
+      }
       return true;
     });
   }
@@ -273,7 +283,7 @@ export class ImageRepo {
 
   /** The temporary data keys some node is still writing (any node: they share the store). */
   liveTempKeys(): Promise<Set<string>> {
-    return this.k.selectFrom('uploads').select('temp_key').execute().then((rows) => new Set(rows.map((r) => r.temp_key)));
+    return this.k.selectFrom('uploads').select('temp_key').execute().then((rows) => new Set(rows.flatMap((r) => splitTempKeys(r.temp_key))));
   }
 
   /**

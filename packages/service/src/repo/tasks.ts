@@ -112,10 +112,10 @@ export class TaskRepo {
 
   /**
    * Take one runnable task (pending, or processing with its lease run out) for `node` until
-   * `leaseUntil`; `upload` names the temporary data key its image's upload row records
+   * `leaseUntil`; `upload` names the temporary data key(s) its image's upload row records
    * (taken in the same transaction, so a sweep on another node never deletes it).
    */
-  async claim(node: string, nowMs: number, leaseUntil: number, upload: (imageId: string) => string): Promise<TaskRecord | undefined> {
+  async claim(node: string, nowMs: number, leaseUntil: number, upload: (task: TaskRecord) => string): Promise<TaskRecord | undefined> {
     if (this.db.dialect === 'sqlite') return this.claimSqlite(node, nowMs, leaseUntil, upload);
     for (;;) {
       const outcome = await this.k.transaction().execute(async (tx): Promise<TaskRecord | 'raced' | undefined> => {
@@ -132,11 +132,12 @@ export class TaskRepo {
         })).where('id', '=', row.id).where('attempts', '=', row.attempts).where('status', 'in', ['pending', 'processing'])
           .where((eb) => eb.or([eb('lease_until', 'is', null), eb('lease_until', '<', nowMs)])).executeTakeFirst();
         if (Number(r.numUpdatedRows) !== 1) return 'raced';
+        const claimed = record({ ...row, status: 'processing', node, lease_until: leaseUntil, progress: 0, attempts: row.attempts + 1 });
         if (row.image_id) {
           await tx.deleteFrom('uploads').where('image_id', '=', row.image_id).execute();
-          await tx.insertInto('uploads').values({ image_id: row.image_id, node, temp_key: upload(row.image_id), started_at: now() }).execute();
+          await tx.insertInto('uploads').values({ image_id: row.image_id, node, temp_key: upload(claimed), started_at: now() }).execute();
         }
-        return record({ ...row, status: 'processing', node, lease_until: leaseUntil, progress: 0, attempts: row.attempts + 1 });
+        return claimed;
       });
       if (outcome !== 'raced') return outcome;
     }
@@ -148,7 +149,7 @@ export class TaskRepo {
    * wrote would fail with SQLITE_BUSY when another process (a second node on the same file)
    * wrote in between, whatever the busy timeout.
    */
-  private claimSqlite(node: string, nowMs: number, leaseUntil: number, upload: (imageId: string) => string): Promise<TaskRecord | undefined> {
+  private claimSqlite(node: string, nowMs: number, leaseUntil: number, upload: (task: TaskRecord) => string): Promise<TaskRecord | undefined> {
     return this.k.transaction().execute(async (tx) => {
       const runnable = tx.selectFrom('tasks').select('id')
         .where('deleted', '=', 0).where('status', 'in', ['pending', 'processing'])
@@ -158,11 +159,12 @@ export class TaskRepo {
         status: 'processing', node, lease_until: leaseUntil, progress: 0, attempts: eb('attempts', '+', 1), updated_at: now(),
       })).where('id', '=', runnable).returningAll().executeTakeFirst();
       if (!row) return undefined;
+      const claimed = record(row);
       if (row.image_id) {
         await tx.deleteFrom('uploads').where('image_id', '=', row.image_id).execute();
-        await tx.insertInto('uploads').values({ image_id: row.image_id, node, temp_key: upload(row.image_id), started_at: now() }).execute();
+        await tx.insertInto('uploads').values({ image_id: row.image_id, node, temp_key: upload(claimed), started_at: now() }).execute();
       }
-      return record(row);
+      return claimed;
     });
   }
 

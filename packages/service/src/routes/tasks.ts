@@ -108,7 +108,9 @@ export function taskRoutes(app: FastifyInstance, deps: TaskRouteDeps): void {
 
   app.post<IdParams>('/v2/images/:id/import', async (request, reply) => {
     const a = await auth(request);
-    await imports.start(a, request.id, request.params.id, await jsonBody(request));
+    // X-Image-Meta-Store: the store to import into when the body names none (Glance's get_stores_from_request).
+    const store = request.headers['x-image-meta-store'];
+    await imports.start(a, request.id, request.params.id, await jsonBody(request), Array.isArray(store) ? store[0] : store);
     return replyEmpty(reply, 202, { 'OpenStack-image-import-methods': imports.methods.join(','), 'OpenStack-image-store-ids': deps.storeIds });
   });
 

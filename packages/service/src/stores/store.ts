@@ -27,8 +27,12 @@ export type StoreType = 'file' | 'rbd' | 'swift' | 's3';
 export class StoreError extends Error {
   constructor(
     message: string,
-    /** not-found: no such object; full: out of space/quota; unavailable: the backend cannot be reached; failed: anything else. */
-    readonly kind: 'not-found' | 'full' | 'unavailable' | 'failed' = 'failed',
+    /**
+     * not-found: no such object; full: out of space/quota; unavailable: the backend cannot be
+     * reached; in-use: the object is used outside the service and was kept (glance_store's
+     * InUseByStore: an RBD snapshot with clones); failed: anything else.
+     */
+    readonly kind: 'not-found' | 'full' | 'unavailable' | 'in-use' | 'failed' = 'failed',
   ) {
     super(message);
   }
@@ -66,7 +70,7 @@ export interface Store {
   /** Write the data (or bytes start..end, inclusive) to `out`, and end it; stops early when `out` is destroyed. */
   send(location: string, out: Writable, range?: { start: number; end: number }): Promise<void>;
   size(location: string): Promise<number>;
-  /** Remove the object; a missing object is not an error. */
+  /** Remove the object; a missing object is not an error; an object in use is kept (StoreError 'in-use'). */
   delete(location: string): Promise<void>;
   /** Remove temporary data whose key is not in `live` (left by a crash); returns the keys removed. */
   sweep(live: Set<string>): Promise<string[]>;

@@ -12,7 +12,8 @@
 import { createReadStream } from 'node:fs';
 import { readdir, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { PassThrough, Transform, type Readable } from 'node:stream';
+import { Transform, Writable, type Readable } from 'node:stream';
+import { finished } from 'node:stream/promises';
 import { randomUUID } from 'node:crypto';
 import { HttpError, badRequest, conflict, isObject } from '../../http.js';
 import type { AuthContext } from '../../identity.js';
@@ -20,7 +21,9 @@ import type { ImageRecord } from '../../images-model.js';
 import type { Logger } from '../../log.js';
 import type { ImageRepo } from '../../repo/images.js';
 import type { ImageChange, TaskRecord, TaskRepo } from '../../repo/tasks.js';
+import { joinTempKeys } from '../../repo/images.js';
 import type { ImageDataService } from '../image-data.js';
+import { UploadHasher } from '../../hashing.js';
 import type { ImageService } from '../images.js';
 import { TaskFailure, type TaskOutcome, type TaskRun, type TaskRunner, type TaskService } from '../tasks.js';
 import { filteringRefusal, openWebSource, passesImportFiltering, type ImportFilteringOptions } from './web-download.js';
@@ -70,7 +73,7 @@ export class ImportService implements TaskRunner {
   get methods(): string[] { return this.opts.enabledMethods; }
 
   /** POST /v2/images/{id}/import: the checks of Glance's import_image, then the task, committed with the image's move to importing. */
-  async start(a: AuthContext, requestId: string, id: string, body: unknown): Promise<void> {
+  async start(a: AuthContext, requestId: string, id: string, body: unknown, storeHeader?: string): Promise<void> {
     if (!isObject(body) || !('method' in body)) throw badRequest("Import request requires a 'method' field.");
     const method = body.method;
     if (!isObject(method) || !('name' in method)) throw badRequest("Import request requires a 'name' field.");
@@ -80,29 +83,23 @@ export class ImportService implements TaskRunner {
       if (key in body && typeof body[key] !== 'boolean') throw badRequest(`'${key}' must be boolean value only`);
     }
     const img = await this.images.get(a, id);
-    if (name === 'copy-image') return this.startCopy(a, requestId, img, body);
+    if (name === 'copy-image') return this.startCopy(a, requestId, img, body, storeHeader);
     if (img.status === 'active') throw conflict('Image with status active cannot be target for import');
     if (img.status !== 'queued' && name === 'web-download') throw conflict(`Image needs to be in 'queued' state to use '${name}' method`);
     if (img.status !== 'uploading' && name === 'glance-direct') throw conflict("Image needs to be staged before 'glance-direct' method can be used");
     if (!img.container_format) throw conflict("'container_format' needs to be set before import");
     if (!img.disk_format) throw conflict("'disk_format' needs to be set before import");
     this.images.imagePolicy(a, img).modifyImage();
-    // Imports go to the default store only (for now): a request for other stores is refused
-    // rather than quietly imported elsewhere. (all_stores_must_succeed then says nothing more.)
-    const stores = 'stores' in body ? body.stores : undefined;
-    if (stores !== undefined && (!Array.isArray(stores) || stores.some((s) => s !== this.opts.storeId))) {
-      throw badRequest(`Importing into stores other than the default store '${this.opts.storeId}' is not supported by this service yet.`);
-    }
-    if (body.all_stores === true) throw badRequest(`Importing into all stores is not supported by this service yet; imports go to the default store '${this.opts.storeId}'.`);
+    const stores = this.requestedStores(body, storeHeader);
     if (name === 'web-download') {
       const uri = typeof method.uri === 'string' ? method.uri : '';
       if (!passesImportFiltering(uri, this.opts.filtering)) throw filteringRefusal(typeof method.uri === 'string' ? uri : 'None');
     }
     const taskId = randomUUID();
-    const input = { image_id: img.id, import_req: body, backend: [null], [REQUESTER_ROLES]: [...a.roleNames] };
+    const input = { image_id: img.id, import_req: body, backend: stores, [REQUESTER_ROLES]: [...a.roleNames] };
     const created = await this.tasks.create(a, requestId, IMPORT_TASK, input, {
       id: img.id, revision: img.revision, status: { from: [img.status], to: 'importing' },
-      properties: { [IMPORT_TASK_PROPERTY]: taskId, [IMPORTING_TO_STORES]: this.opts.storeId, [FAILED_IMPORT]: null },
+      properties: this.startProperties(img, taskId, stores),
       upload: 'release',
     }, taskId);
     if (!created) {
@@ -111,6 +108,38 @@ export class ImportService implements TaskRunner {
         ? `New operation on image '${img.id}' is not permitted as prior operation is still in progress`
         : `Image status transition from ${cur?.status ?? 'deleted'} to importing is not allowed`);
     }
+  }
+
+  /**
+   * The stores an import writes to, as Glance's get_stores_from_request picks them: `all_stores`
+   * (every store), the body's `stores`, else the X-Image-Meta-Store header, else the default
+   * store. Glance's 400s for the combinations it refuses and 409 for a store it does not have.
+   */
+  private requestedStores(body: Record<string, unknown>, header: string | undefined): string[] {
+    if (body.all_stores === true) {
+      if ('stores' in body || header !== undefined) throw badRequest("All_stores parameter can't be used with x-image-meta-store header or stores parameter");
+      return [...this.opts.allStoreIds];
+    }
+    let stores: string[];
+    if ('stores' in body) {
+      if (header !== undefined) throw badRequest("Stores parameter and x-image-meta-store header can't be both specified");
+      // (Glance iterates whatever it is given; a list of store ids is what it means)
+      if (!Array.isArray(body.stores) || body.stores.length === 0 || body.stores.some((s) => typeof s !== 'string')) throw badRequest("'stores' must be a non-empty list of store identifiers");
+      stores = body.stores as string[];
+    } else {
+      stores = [header ?? this.opts.storeId];
+    }
+    for (const s of stores) if (!this.opts.allStoreIds.includes(s)) throw conflict(`Store for identifier ${s} not found`);
+    return [...new Set(stores)];
+  }
+
+  /** The import's properties as Glance's get_flow sets them: the task lock, the stores added to importing and taken out of failed. */
+  private startProperties(img: ImageRecord, taskId: string, stores: string[]): Record<string, string> {
+    return {
+      [IMPORT_TASK_PROPERTY]: taskId,
+      [IMPORTING_TO_STORES]: mergeStores(img.properties[IMPORTING_TO_STORES], stores, []),
+      [FAILED_IMPORT]: mergeStores(img.properties[FAILED_IMPORT], [], stores),
+    };
   }
 
   /**
@@ -153,83 +182,131 @@ export class ImportService implements TaskRunner {
 
   /**
    * copy-image (Glance's checks, images.py import_image): an active image, the copy_image rule
-   * (admin by default), `stores` that exist and do not hold the image yet, or `all_stores`
-   * (those that do not); nothing to copy answers 202 without a task, as Glance does. The
-   * image stays active; os_glance_importing_to_stores lists the stores still to copy to.
+   * (admin by default), the stores chosen as for any import that do not hold the image yet — or
+   * with `all_stores`, those that do not; nothing to copy answers 202 without a task, as Glance
+   * does. The image stays active; os_glance_importing_to_stores lists the stores still to copy to.
    */
-  private async startCopy(a: AuthContext, requestId: string, img: ImageRecord, body: Record<string, unknown>): Promise<void> {
+  private async startCopy(a: AuthContext, requestId: string, img: ImageRecord, body: Record<string, unknown>, storeHeader: string | undefined): Promise<void> {
     if (img.status !== 'active') throw conflict('Only images with status active can be targeted for copying');
     this.images.imagePolicy(a, img).copyImage();
-    const have = new Set(img.locations.map((l) => l.store_id));
+    const stores = this.requestedStores(body, storeHeader);
+    const have = new Set(img.locations.map((l) => String(l.metadata.store ?? l.store_id)));
     let targets: string[];
     if (body.all_stores === true) {
-      targets = this.opts.allStoreIds.filter((s) => !have.has(s));
+      targets = stores.filter((s) => !have.has(s));
     } else {
-      const stores = body.stores;
-      if (!Array.isArray(stores) || stores.length === 0 || stores.some((s) => typeof s !== 'string')) throw badRequest("copy-image needs 'stores' (a list of store ids) or 'all_stores'.");
-      for (const s of stores as string[]) {
-        if (!this.opts.allStoreIds.includes(s)) throw conflict(`Unknown scheme '${s}' found in URI`);
-        if (have.has(s)) throw badRequest(`Image is already present at store '${s}'`);
-      }
-      targets = [...new Set(stores as string[])];
+      for (const s of stores) if (have.has(s)) throw badRequest(`Image is already present at store '${s}'`);
+      targets = stores;
     }
     if (targets.length === 0) return;
     const taskId = randomUUID();
     const input = { image_id: img.id, import_req: body, backend: targets, [REQUESTER_ROLES]: [...a.roleNames] };
     const created = await this.tasks.create(a, requestId, IMPORT_TASK, input, {
       id: img.id, revision: img.revision, status: { from: ['active'], to: 'active' },
-      properties: { [IMPORT_TASK_PROPERTY]: taskId, [IMPORTING_TO_STORES]: targets.join(','), [FAILED_IMPORT]: null },
+      properties: this.startProperties(img, taskId, targets),
     }, taskId);
     if (!created) throw conflict(`New operation on image '${img.id}' is not permitted as prior operation is still in progress`);
   }
 
-  /** Run copy-image: the data read from the image's first readable location into each store still listed, each copy a new location. */
-  private async copy(task: TaskRecord, img: ImageRecord, signal: AbortSignal, progress: (n: number) => void): Promise<TaskOutcome> {
-    const req = task.input?.import_req;
-    const mustSucceed = !(isObject(req) && req.all_stores_must_succeed === false);
-    const remaining = (img.properties[IMPORTING_TO_STORES] ?? '').split(',').filter(Boolean);
-    const failed: string[] = [];
-    const end = (extra: Record<string, string | null> = {}): ImageChange => ({ id: img.id, properties: { [IMPORT_TASK_PROPERTY]: null, [IMPORTING_TO_STORES]: '', ...extra } });
-    for (const storeId of [...remaining]) {
+  /**
+   * Run copy-image: the data read from the image's first readable location into each store
+   * still importing, in turn, each copy a new location, written under the temporary key the
+   * claim recorded for that store (so a crash leaves nothing a sweep would not remove). A store
+   * that fails goes to os_glance_failed_import; when all stores must succeed it ends the task
+   * and, as Glance's revert does, the copies this run made are removed again.
+   */
+  private async copy(task: TaskRecord, img: ImageRecord, keys: Map<string, string>, signal: AbortSignal, progress: (n: number) => void): Promise<TaskOutcome> {
+    const mustSucceed = allStoresMustSucceed(task);
+    let importing = storeList(img.properties[IMPORTING_TO_STORES]);
+    let failed = storeList(img.properties[FAILED_IMPORT]);
+    const copied: string[] = [];
+    const end = (): ImageChange => ({
+      id: img.id, upload: 'release',
+      properties: { [IMPORT_TASK_PROPERTY]: null, [IMPORTING_TO_STORES]: importing.join(','), [FAILED_IMPORT]: failed.join(',') },
+    });
+    let moved = 0;
+    for (const storeId of [...importing]) {
+      const before = moved;
       try {
-        await this.copyTo(img.id, storeId, signal, progress);
-        remaining.splice(remaining.indexOf(storeId), 1);
-        await this.taskRepo.updateImage({ id: img.id, properties: { [IMPORTING_TO_STORES]: remaining.join(',') } });
+        const key = keys.get(storeId);
+        if (!key) throw conflict(`Store for identifier ${storeId} not found`);
+        await this.copyTo(img.id, storeId, key, signal, (n) => { moved = before + n; progress(moved); });
+        copied.push(storeId);
+        importing = storeList(mergeStores(importing.join(','), [], [storeId]));
+        await this.taskRepo.updateImage({ id: img.id, properties: { [IMPORTING_TO_STORES]: importing.join(',') } });
       } catch (e) {
         if (signal.aborted) throw e;
-        failed.push(storeId);
+        failed = storeList(mergeStores(failed.join(','), [storeId], []));
         const message = `Copying image ${img.id} to store '${storeId}' failed: ${(e as Error).message}`;
         this.log.warn('copy-image failed', { image: img.id, store: storeId, error: (e as Error).message });
-        if (mustSucceed) throw new TaskFailure(message, end({ [FAILED_IMPORT]: failed.join(',') }));
+        if (mustSucceed) {
+          // (the stores not tried yet leave the importing list too: nothing copies to them any more)
+          importing = [];
+          await this.removeCopies(img.id, copied);
+          throw new TaskFailure(message, end());
+        }
+        importing = storeList(mergeStores(importing.join(','), [], [storeId]));
+        await this.taskRepo.updateImage({ id: img.id, properties: { [IMPORTING_TO_STORES]: importing.join(','), [FAILED_IMPORT]: failed.join(',') } });
       }
     }
-    return { result: { image_id: img.id }, image: end(failed.length ? { [FAILED_IMPORT]: failed.join(',') } : {}) };
+    return { result: { image_id: img.id }, image: end() };
   }
 
-  private async copyTo(imageId: string, storeId: string, signal: AbortSignal, progress: (n: number) => void): Promise<void> {
+  /** Glance's revert of a failed copy: the locations this run added go, and their data. */
+  private async removeCopies(imageId: string, stores: string[]): Promise<void> {
+    if (stores.length === 0) return;
+    const cur = await this.repo.load(imageId);
+    if (!cur) return;
+    const gone = cur.locations.filter((l) => l.store_id !== null && stores.includes(l.store_id));
+    const kept = cur.locations.filter((l) => !gone.includes(l)).map((l) => ({ id: l.id, url: l.url, store_id: l.store_id, metadata: l.metadata }));
+    if (!(await this.repo.setLocations(cur, kept))) return;
+    for (const l of gone) await this.data.store(l.store_id!).delete(l.url).catch((e) => this.log.warn('copy-image revert: data left in store', { image: imageId, store: l.store_id, error: (e as Error).message }));
+  }
+
+  /**
+   * One copy: the source store sends into a sink that takes each chunk only once it is copied
+   * into the hasher's batches (a store may reuse its send buffers as soon as a write is taken),
+   * the batches go to the target's writer, and the copy is committed only when its size and
+   * digests are the image's (a copy is never a location with other data).
+   */
+  private async copyTo(imageId: string, storeId: string, tempKey: string, signal: AbortSignal, progress: (n: number) => void): Promise<void> {
     const img = await this.repo.load(imageId);
     if (!img || img.status !== 'active') throw conflict(`Image ${imageId} is no longer active.`);
     const source = await this.data.readable(img);
     if (!source) throw conflict(`Image ${imageId} has no readable data.`);
     const target = this.data.store(storeId);
-    const writer = await target.begin(target.newTempKey(imageId), source.size);
+    const writer = await target.begin(tempKey, source.size);
+    const hasher = new UploadHasher((batch) => writer.write([Buffer.from(batch.buffer, batch.byteOffset, batch.length)]));
     let url: string | null = null;
     try {
-      const pass = new PassThrough({ highWaterMark: 1 << 20 });
-      const stop = () => pass.destroy(signal.reason instanceof Error ? signal.reason : new Error('aborted'));
-      signal.addEventListener('abort', stop, { once: true });
-      const sending = source.store.send(source.url, pass).catch((e) => { pass.destroy(e); });
       let n = 0;
+      const sink = new Writable({
+        highWaterMark: 1 << 20,
+        write(chunk: Buffer, _encoding, cb) {
+          n += chunk.length;
+          progress(n);
+          hasher.update(chunk).then(() => cb(), cb);
+        },
+      });
+      const copied = finished(sink);
+      const stop = () => sink.destroy(signal.reason instanceof Error ? signal.reason : new Error('aborted'));
+      signal.addEventListener('abort', stop, { once: true });
       try {
-        for await (const chunk of pass) { n += (chunk as Buffer).length; progress(n); await writer.write([chunk as Buffer]); }
+        await source.store.send(source.url, sink).catch((e) => { sink.destroy(e); });
+        await copied;
       } finally { signal.removeEventListener('abort', stop); }
-      await sending;
+      await hasher.finish();
+      const digests = await hasher.digest();
       if (n !== source.size) throw badRequest(`read ${n} of ${source.size} bytes`);
+      if ((img.checksum && digests.md5 !== img.checksum) || (img.os_hash_algo === 'sha512' && img.os_hash_value && digests.sha512 !== img.os_hash_value)) {
+        throw conflict(`The data read from store '${source.store.id}' does not match the image's checksum; the copy was discarded.`);
+      }
       url = await writer.commit(imageId);
       const cur = (await this.repo.load(imageId))!;
       const next = [...cur.locations.map((l) => ({ id: l.id, url: l.url, store_id: l.store_id, metadata: l.metadata })), { url, store_id: storeId, metadata: { store: storeId } }];
       if (!(await this.repo.setLocations(cur, next))) throw conflict(`Image ${imageId} changed while it was copied.`);
     } catch (e) {
+      await hasher.drop();
       if (url) await target.delete(url).catch(() => {});
       else await writer.discard().catch(() => {});
       throw e;
@@ -238,41 +315,78 @@ export class ImportService implements TaskRunner {
 
   // --- the task runner
 
-  /** The image change ending an import that failed: back to queued, the store in os_glance_failed_import, the lock dropped. */
-  private failedChange(imageId: string): ImageChange {
+  /**
+   * The image change ending an import that failed (Glance's reverts): back to queued, the lock
+   * dropped, nothing importing any more, `failed` (the stores that failed, or all of them when
+   * the source did) added to os_glance_failed_import.
+   */
+  private failedChange(img: ImageRecord, failed: string[]): ImageChange {
     return {
-      id: imageId, status: { from: ['importing', 'queued', 'uploading'], to: 'queued' }, upload: 'release',
-      properties: { [IMPORT_TASK_PROPERTY]: null, [IMPORTING_TO_STORES]: '', [FAILED_IMPORT]: this.opts.storeId },
+      id: img.id, status: { from: ['importing', 'queued', 'uploading'], to: 'queued' }, upload: 'release',
+      properties: { [IMPORT_TASK_PROPERTY]: null, [IMPORTING_TO_STORES]: '', [FAILED_IMPORT]: mergeStores(img.properties[FAILED_IMPORT], failed, []) },
     };
   }
 
   async abandoned(task: TaskRecord): Promise<ImageChange | undefined> {
     if (!task.image_id) return undefined;
     await this.dropStaged(task);
-    return this.failedChange(task.image_id);
+    const img = await this.repo.load(task.image_id);
+    if (!img) return undefined;
+    const remaining = storeList(img.properties[IMPORTING_TO_STORES]);
+    if (importMethod(task) === 'copy-image') {
+      // (the image stays active with the copies made; those not made are failed)
+      return { id: img.id, upload: 'release', properties: { [IMPORT_TASK_PROPERTY]: null, [IMPORTING_TO_STORES]: '', [FAILED_IMPORT]: mergeStores(img.properties[FAILED_IMPORT], remaining, []) } };
+    }
+    return this.failedChange(img, this.targets(task));
+  }
+
+  /** The stores a task writes to (its input's `backend`; an import recorded before imports chose stores: the default store), those configured. */
+  private targets(task: TaskRecord): string[] {
+    const backend = task.input?.backend;
+    const ids = Array.isArray(backend) ? backend.map((b) => (typeof b === 'string' ? b : this.opts.storeId)) : [this.opts.storeId];
+    return ids.filter((id) => this.opts.allStoreIds.includes(id));
+  }
+
+  /** One fresh temporary key per target store (the claim records them before the run writes). */
+  tempKeys(task: TaskRecord): string[] {
+    if (!task.image_id) return [];
+    const imageId = task.image_id;
+    return this.targets(task).map((id) => this.data.store(id).newTempKey(imageId));
   }
 
   private async dropStaged(task: TaskRecord): Promise<void> {
     if (task.image_id && importMethod(task) === 'glance-direct') await rm(join(this.opts.stagingDir, task.image_id), { force: true });
   }
 
-  async run({ task, tempKey, signal, progress }: TaskRun): Promise<TaskOutcome> {
+  async run({ task, tempKeys, signal, progress }: TaskRun): Promise<TaskOutcome> {
     const imageId = task.image_id;
-    if (!imageId || !tempKey) throw new TaskFailure(`Task ${task.id} names no image.`);
-    const done: ImageChange = { id: imageId, properties: { [IMPORT_TASK_PROPERTY]: null, [IMPORTING_TO_STORES]: '' } };
+    if (!imageId) throw new TaskFailure(`Task ${task.id} names no image.`);
     let img = await this.repo.load(imageId);
     if (!img) throw new TaskFailure(`Image ${imageId} could not be found.`);
+    const targets = this.targets(task);
+    const keys = new Map(targets.map((id, i) => [id, tempKeys[i]!]));
     if (importMethod(task) === 'copy-image') {
       if (img.properties[IMPORT_TASK_PROPERTY] !== task.id) throw new TaskFailure(`Image ${imageId} is no longer copied by task ${task.id}.`);
-      return this.copy(task, img, signal, progress);
+      return this.copy(task, img, keys, signal, progress);
     }
+    const failedBefore = img.properties[FAILED_IMPORT];
+    const done = (failed: string[]): ImageChange => ({
+      id: imageId, upload: 'release',
+      properties: { [IMPORT_TASK_PROPERTY]: null, [IMPORTING_TO_STORES]: '', [FAILED_IMPORT]: mergeStores(failedBefore, failed, []) },
+    });
     // An earlier run activated the image and its node died before ending the task.
-    if (img.status === 'active' && img.properties[IMPORT_TASK_PROPERTY] === task.id) return { result: { image_id: imageId }, image: done };
+    if (img.status === 'active' && img.properties[IMPORT_TASK_PROPERTY] === task.id) {
+      return { result: { image_id: imageId }, image: done(targets.filter((t) => !img!.locations.some((l) => l.store_id === t))) };
+    }
     const opened: Readable[] = [];
     const temporary: string[] = [];
     let restoreFormats: ImageChange['formats'];
+    /** The stores that failed (with all_stores_must_succeed=false, the import goes on without them). */
+    const storesFailed: string[] = [];
     try {
-      img = await this.importing(img, task, tempKey);
+      const missing = (Array.isArray(task.input?.backend) ? task.input!.backend as unknown[] : []).filter((b) => typeof b === 'string' && !targets.includes(b));
+      if (missing.length) throw conflict(`Store for identifier ${String(missing[0])} not found`);
+      img = await this.importing(img, task, joinTempKeys(tempKeys));
       const method = importMethod(task);
       let source: Readable;
       let length: number | null;
@@ -306,15 +420,34 @@ export class ImportService implements TaskRunner {
       }));
       staged.stream.on('error', (e) => counted.destroy(e));
       opened.push(staged.stream, counted);
-      // (the default store: its id is what os_glance_importing_to_stores names, and it made the claim's temporary key)
-      await this.data.ingest(staged.image, this.data.store(undefined), tempKey, counted, staged.length, 'queued', () => true);
+      // Every store written from the one pass over the data; os_glance_importing_to_stores
+      // shrinks as each store's data is committed, a failed store moves to os_glance_failed_import.
+      const mustSucceed = allStoresMustSucceed(task);
+      let importing = [...targets].sort();
+      const shown = () => ({ [IMPORTING_TO_STORES]: importing.join(','), [FAILED_IMPORT]: mergeStores(failedBefore, storesFailed, []) });
+      const result = await this.data.ingest(staged.image, targets.map((id) => ({ store: this.data.store(id), tempKey: keys.get(id)! })), counted, staged.length, null, () => true, {
+        allMustSucceed: mustSucceed,
+        storeFailed: async (storeId) => {
+          storesFailed.push(storeId);
+          if (mustSucceed) return;
+          importing = importing.filter((s) => s !== storeId);
+          await this.taskRepo.updateImage({ id: imageId, properties: shown() });
+        },
+        storeCommitted: async (storeId) => {
+          importing = importing.filter((s) => s !== storeId);
+          await this.taskRepo.updateImage({ id: imageId, properties: shown() });
+        },
+      });
       await this.dropStaged(task);
-      return { result: { image_id: imageId }, image: { ...done, properties: { ...done.properties, ...staged.properties } } };
+      const end = done(result.failed);
+      return { result: { image_id: imageId }, image: { ...end, properties: { ...end.properties, ...staged.properties } } };
     } catch (e) {
       if (signal.aborted) throw e;
       await this.dropStaged(task);
       const message = e instanceof HttpError ? e.message : `Import failed: ${(e as Error).message}`;
-      throw new TaskFailure(message, { ...this.failedChange(imageId), ...(restoreFormats ? { formats: restoreFormats } : {}) });
+      // (a failure of the source, a plugin or the inspection fails every store, as Glance's download revert does)
+      const failed = storesFailed.length ? storesFailed : targets;
+      throw new TaskFailure(message, { ...this.failedChange(img, failed), ...(restoreFormats ? { formats: restoreFormats } : {}) });
     } finally {
       // The ingest stops reading early on a refusal (size cap, quota) without destroying its
       // input: the download, a decompressor, must not run on.
@@ -332,6 +465,24 @@ export class ImportService implements TaskRunner {
     if (!moved) throw conflict(`Image ${img.id} changed while its import was resumed.`);
     return { ...img, status: 'importing', revision: img.revision + 1 };
   }
+}
+
+/** A comma-separated store list (os_glance_importing_to_stores, os_glance_failed_import) as its stores. */
+function storeList(value: string | undefined): string[] {
+  return (value ?? '').split(',').filter(Boolean);
+}
+
+/** Glance's merge_store_list: the list with `add` added and `remove` taken out, sorted, comma-separated ('' when empty). */
+export function mergeStores(value: string | undefined, add: string[], remove: string[]): string {
+  const merged = new Set([...storeList(value), ...add]);
+  for (const s of remove) merged.delete(s);
+  return [...merged].sort().join(',');
+}
+
+/** The import's all_stores_must_succeed (Glance's default: true). */
+function allStoresMustSucceed(task: TaskRecord): boolean {
+  const req = task.input?.import_req;
+  return !(isObject(req) && req.all_stores_must_succeed === false);
 }
 
 function importRequest(task: TaskRecord): { method: Record<string, unknown> } {

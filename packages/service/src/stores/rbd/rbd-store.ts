@@ -566,7 +566,9 @@ export class RbdStore implements Store {
  * An image that is in use (Glance's InUseByStore): open elsewhere, or its snapshot has clones.
  * The image is kept whole.
  */
-export class RbdImageBusy extends StoreError {}
+export class RbdImageBusy extends StoreError {
+  constructor(message: string) { super(message, 'in-use'); }
+}
 
 /** An RBD image name librbd accepts: no '/', '@' or NUL, and not empty. */
 function validName(name: string): boolean {
