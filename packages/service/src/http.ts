@@ -164,11 +164,13 @@ export function searchParams(request: FastifyRequest): URLSearchParams {
 export const mediaTypeOf = (request: FastifyRequest) => (request.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase();
 
 /**
- * A JSON answer, typed as Glance and Keystone type it (application/json, no charset: a
- * Buffer, since Fastify adds a charset to string payloads).
+ * A JSON answer, typed as Glance and Keystone type it (application/json, no charset). The
+ * reply's own serializer writes it: Fastify adds a charset to a JSON string sent without one,
+ * and a Buffer made here first is a second copy of every list (the string goes to the socket
+ * as it is, headers and body in one write).
  */
 export function replyJson(reply: FastifyReply, status: number, body: unknown, headers: Record<string, string> = {}): FastifyReply {
-  return reply.code(status).headers(headers).header('content-type', 'application/json').send(Buffer.from(JSON.stringify(body)));
+  return reply.code(status).headers(headers).header('content-type', 'application/json').serializer(JSON.stringify).send(body);
 }
 
 /** An answer without a body. */

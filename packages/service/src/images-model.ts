@@ -47,8 +47,12 @@ export interface LocationView { directUrl: boolean; locations: boolean }
 export const NO_LOCATIONS: LocationView = { directUrl: false, locations: false };
 
 export function imageView(img: ImageRecord, show: LocationView = NO_LOCATIONS): Record<string, unknown> {
-  const out: Record<string, unknown> = { ...img.properties };
-  Object.assign(out, {
+  // One object literal, the properties spread first (a base attribute of the same name takes
+  // its value, not its place): V8 keeps such an object in fast mode, where building it with
+  // Object.assign made a dictionary, about 3x the time to build and 2x to serialise for a
+  // page of 100 images (BENCHMARKS.md, issue 18).
+  const out: Record<string, unknown> = {
+    ...img.properties,
     name: img.name,
     disk_format: img.disk_format,
     container_format: img.container_format,
@@ -67,19 +71,21 @@ export function imageView(img: ImageRecord, show: LocationView = NO_LOCATIONS): 
     id: img.id,
     created_at: apiTime(img.created_at),
     updated_at: apiTime(img.updated_at),
-  });
-  // Glance's order: the locations, then direct_url (the first location's URL), then the links.
-  if (show.locations) out.locations = img.locations.map((l) => ({ url: l.url, metadata: l.metadata }));
-  if (show.directUrl && img.locations.length) out.direct_url = img.locations[0]!.url;
-  Object.assign(out, {
+    // Glance's order: the locations, then direct_url (the first location's URL), then the links.
+    // Shown only where configured and allowed; undefined is left out of the JSON (a delete
+    // would turn the object into a dictionary again).
+    locations: show.locations ? img.locations.map((l) => ({ url: l.url, metadata: l.metadata })) : undefined,
+    direct_url: show.directUrl && img.locations.length ? img.locations[0]!.url : undefined,
     tags: [...img.tags].sort(),
     self: `/v2/images/${img.id}`,
     file: `/v2/images/${img.id}/file`,
     schema: '/v2/schemas/image',
-  });
+  };
   // The stores holding the data, as Glance shows them with enabled_backends.
-  const stores = img.locations.map((l) => l.metadata.store).filter((s): s is string => typeof s === 'string' && s !== '');
-  if (stores.length) out.stores = stores.join(',');
+  if (img.locations.length) {
+    const stores = img.locations.map((l) => l.metadata.store).filter((s): s is string => typeof s === 'string' && s !== '');
+    if (stores.length) out.stores = stores.join(',');
+  }
   return out;
 }
 

@@ -5,7 +5,7 @@
  * keyset pagination. No HTTP and no policy here: callers pass who is asking only where the
  * visibility rules are SQL.
  */
-import { sql, type ExpressionBuilder, type Expression, type SqlBool, type Transaction } from 'kysely';
+import { sql, type CompiledQuery, type ExpressionBuilder, type Expression, type SqlBool, type Transaction } from 'kysely';
 import type { Db } from '../db/connect.js';
 import { randomUUID } from 'node:crypto';
 import type { Database, ImageMembersTable, ImagesTable } from '../db/schema.js';
@@ -40,32 +40,71 @@ export const splitTempKeys = (column: string): string[] => column.split(' ').fil
 /** Columns a client may change (PATCH). */
 export type ImageChanges = Pick<ImagesTable, 'name' | 'visibility' | 'protected' | 'os_hidden' | 'owner' | 'container_format' | 'disk_format' | 'min_ram' | 'min_disk'>;
 
+/** The properties of an image that has none (shared, so frozen: a record's properties are never changed in place). */
+const NO_PROPERTIES: Record<string, string> = Object.freeze(Object.create(null) as Record<string, string>);
+
 export class ImageRepo {
+  /** hydrate's queries, compiled once per kind and number of ids (see forImages). */
+  private readonly compiledForImages = new Map<string, CompiledQuery<unknown>>();
   constructor(private readonly db: Db) {}
   private get k() { return this.db.kysely; }
 
+  /**
+   * One image with its properties, tags and active locations, in one statement: the row joined
+   * to its children (a row per child, or one row with no child). A show was three statements.
+   */
   async load(id: string): Promise<ImageRecord | undefined> {
-    const row = await this.k.selectFrom('images').selectAll().where('id', '=', id).where('deleted', '=', 0).executeTakeFirst();
-    if (!row) return undefined;
-    return (await this.hydrate([row]))[0];
+    const joined = await this.forImages('load', [id], () => this.k.selectFrom('images')
+      .leftJoin(this.children([id]).as('c'), 'c.image_id', 'images.id')
+      .selectAll('images')
+      .select(['c.kind as c_kind', 'c.a as c_a', 'c.b as c_b', 'c.c as c_c', 'c.d as c_d', 'c.position as c_position', 'c.created_at as c_created_at'])
+      .where('images.id', '=', id).where('images.deleted', '=', sql.lit(0)));
+    if (joined.length === 0) return undefined;
+    const { c_kind, c_a, c_b, c_c, c_d, c_position, c_created_at, ...row } = joined[0]!;
+    const children = c_kind === null ? [] : joined.map((j) => ({ kind: j.c_kind!, image_id: id, a: j.c_a!, b: j.c_b!, c: j.c_c, d: j.c_d, position: j.c_position!, created_at: j.c_created_at! }));
+    return attachChildren([row], children)[0];
   }
 
-  /** Attach properties and tags to many rows with two queries. */
+  /** Attach properties, tags and active locations to many rows: one query (see children). */
   async hydrate(rows: Database['images'][]): Promise<ImageRecord[]> {
     if (rows.length === 0) return [];
     const ids = rows.map((r) => r.id);
-    const [props, tags, locations] = await Promise.all([
-      this.k.selectFrom('image_properties').select(['image_id', 'name', 'value']).where('image_id', 'in', ids).execute(),
-      this.k.selectFrom('image_tags').select(['image_id', 'value']).where('image_id', 'in', ids).execute(),
-      this.k.selectFrom('image_locations').select(['id', 'image_id', 'url', 'store_id', 'metadata']).where('image_id', 'in', ids)
-        .where('status', '=', 'active').orderBy('position').orderBy('created_at').execute(),
-    ]);
-    // (a null-prototype object: a property named __proto__ is a property like any other)
-    const byId = new Map(rows.map((r) => [r.id, { ...r, properties: Object.create(null) as Record<string, string>, tags: [] as string[], locations: [] as ImageLocation[] }]));
-    for (const p of props) byId.get(p.image_id)!.properties[p.name] = p.value;
-    for (const t of tags) byId.get(t.image_id)!.tags.push(t.value);
-    for (const l of locations) byId.get(l.image_id)!.locations.push({ id: l.id, url: l.url, store_id: l.store_id, metadata: parseMetadata(l.metadata) });
-    return ids.map((id) => byId.get(id)!);
+    return attachChildren(rows, await this.forImages('children', ids, () => this.children(ids)));
+  }
+
+  /**
+   * The properties, tags and active locations of images, the three child tables' rows in one
+   * UNION ALL told apart by `kind` (one statement where there were three: on PostgreSQL and
+   * MariaDB also two round trips fewer per show and per page).
+   */
+  private children(ids: string[]) {
+    return this.k
+      .selectFrom('image_properties').where('image_id', 'in', ids)
+      .select([sql<number>`0`.as('kind'), 'image_id', 'name as a', 'value as b', sql<string | null>`null`.as('c'), sql<string | null>`null`.as('d'), sql<number>`0`.as('position'), sql<string>`''`.as('created_at')])
+      .unionAll(this.k.selectFrom('image_tags').where('image_id', 'in', ids)
+        .select([sql<number>`1`.as('kind'), 'image_id', 'value as a', sql<string>`''`.as('b'), sql<string | null>`null`.as('c'), sql<string | null>`null`.as('d'), sql<number>`0`.as('position'), sql<string>`''`.as('created_at')]))
+      .unionAll(this.k.selectFrom('image_locations').where('image_id', 'in', ids).where('status', '=', sql.lit('active'))
+        .select([sql<number>`2`.as('kind'), 'image_id', 'id as a', 'url as b', 'store_id as c', 'metadata as d', 'position', 'created_at']));
+  }
+
+  /**
+   * Runs a query whose only parameters are `ids` (each `in` list of it): Kysely builds and
+   * compiles it once per kind and list length, and later calls reuse the SQL with other ids.
+   * Building the `in` lists of a 100-image page was about a tenth of a list request's CPU.
+   */
+  private async forImages<R>(kind: string, ids: string[], build: () => { compile(): CompiledQuery<R> }): Promise<R[]> {
+    const key = `${kind}:${ids.length}`;
+    let compiled = this.compiledForImages.get(key) as CompiledQuery<R> | undefined;
+    if (!compiled) {
+      compiled = build().compile();
+      // Only a query whose parameters are the ids, in order, once per list, can take other ids.
+      const params = compiled.parameters;
+      if (params.length % ids.length !== 0 || params.some((v, i) => v !== ids[i % ids.length])) return (await this.k.executeQuery(compiled)).rows;
+      if (this.compiledForImages.size >= 256) this.compiledForImages.clear();
+      this.compiledForImages.set(key, compiled);
+    }
+    const lists = compiled.parameters.length / ids.length;
+    return (await this.k.executeQuery<R>({ ...compiled, parameters: lists === 1 ? ids : Array.from({ length: lists }, () => ids).flat() })).rows;
   }
 
   exists(id: string): Promise<boolean> {
@@ -328,6 +367,34 @@ function parseMetadata(text: string): Record<string, unknown> {
  * deleted.
  */
 const notGone = (eb: EB) => eb.or([eb('deleted', '=', 0), eb('status', '=', 'pending_delete')]);
+
+/** One row of ImageRepo.children: a property (kind 0: a = name, b = value), a tag (1: a) or an active location (2: a = id, b = url, c = store, d = metadata). */
+interface ChildRow { kind: number; image_id: string; a: string; b: string; c: string | null; d: string | null; position: number; created_at: string }
+
+/** Image records from image rows and their children (ImageRepo.children), in the rows' order. */
+function attachChildren(rows: Database['images'][], children: ChildRow[]): ImageRecord[] {
+  const byId = new Map<string, ImageRecord>();
+  for (const r of rows) byId.set(r.id, { ...r, properties: NO_PROPERTIES, tags: [], locations: [] });
+  const locations: ChildRow[] = [];
+  for (const c of children) {
+    const img = byId.get(c.image_id)!;
+    if (Number(c.kind) === 0) {
+      // (a null-prototype object: a property named __proto__ is a property like any other;
+      // made only for an image that has properties, as most in a list have none)
+      if (img.properties === NO_PROPERTIES) img.properties = Object.create(null) as Record<string, string>;
+      img.properties[c.a] = c.b;
+    } else if (Number(c.kind) === 1) {
+      img.tags.push(c.a);
+    } else {
+      locations.push(c);
+    }
+  }
+  // Locations in the order downloads try them, position then age (the query has no ORDER BY:
+  // it would order the properties, whose order the API shows, as well).
+  if (locations.length > 1) locations.sort((x, y) => Number(x.position) - Number(y.position) || (x.created_at < y.created_at ? -1 : x.created_at > y.created_at ? 1 : 0));
+  for (const l of locations) byId.get(l.image_id)!.locations.push({ id: l.a, url: l.b, store_id: l.c, metadata: parseMetadata(l.d!) });
+  return rows.map((r) => byId.get(r.id)!);
+}
 
 async function writeChildren(tx: Transaction<Database>, id: string, props: Record<string, string>, tags: string[]): Promise<void> {
   const entries = Object.entries(props);
