@@ -4,7 +4,9 @@
 #
 #   mon "a" (127.0.0.1:3300 msgr2, :6789 v1), mgr "x", one BlueStore OSD on a sparse file;
 #   pools `images` and `vms` (one replica, rbd application), as in the Ceph/OpenStack guide;
-#   cephx user client.glance: mon 'profile rbd', osd/mgr 'profile rbd pool=images'.
+#   cephx user client.glance: mon 'profile rbd', osd/mgr 'profile rbd pool=images';
+#   cephx user client.nova (the compute node's, as the guide's client.cinder): mon 'profile rbd',
+#   osd 'profile rbd pool=vms, profile rbd-read-only pool=images', mgr 'profile rbd pool=vms'.
 #
 # Safe to run again: it reuses the cluster in $DISKHUB_CEPH_DIR and starts only the daemons that
 # are not running, then waits until `rbd ls images` works as client.glance. It ends by writing
@@ -193,6 +195,14 @@ fi
 until_ok "rbd ls images as client.glance" timeout 20 rbd --id glance ls images
 mgr_up() { admin mgr stat | grep -q '"available": true'; }
 until_ok "mgr" mgr_up
+# The compute node's user (diskhub compute's RBD instance disks): clones of images' snapshots into
+# vms. Made here rather than in create() so that a cluster made before it gets it too.
+if [ ! -s "$DIR/ceph.client.nova.keyring" ]; then
+  admin auth get-or-create client.nova mon 'profile rbd' \
+    osd 'profile rbd pool=vms, profile rbd-read-only pool=images' mgr 'profile rbd pool=vms' \
+    -o "$DIR/ceph.client.nova.keyring" || fail "cannot create client.nova"
+  chmod 600 "$DIR/ceph.client.nova.keyring"
+fi
 
 cat >"$DIR/env" <<EOF
 CEPH_CONF=$CONF
@@ -202,5 +212,7 @@ DISKHUB_CEPH_GLANCE_KEYRING=$DIR/ceph.client.glance.keyring
 DISKHUB_CEPH_USER=glance
 DISKHUB_CEPH_POOL=images
 DISKHUB_CEPH_CLONE_POOL=vms
+DISKHUB_CEPH_NOVA_USER=nova
+DISKHUB_CEPH_NOVA_KEYRING=$DIR/ceph.client.nova.keyring
 EOF
-echo "ceph on 127.0.0.1:3300 (conf $CONF, user client.glance, pools images and vms; env in $DIR/env)"
+echo "ceph on 127.0.0.1:3300 (conf $CONF, users client.glance and client.nova, pools images and vms; env in $DIR/env)"

@@ -116,19 +116,49 @@ test('convert --salvage: unreadable sectors become zeroes, with qemu-img\'s warn
   assert.ok(ours.subarray(196608, 262144).every((b) => b === 0) && ours[0] === 5);
 });
 
-test('convert -C copies data as it is read (zero blocks inside data stay data); -r limits the rate', needs('qemu-img', 'qemu-io'), async (t) => {
+/** The copy_file_range calls a command makes (strace -f), and its exit code. */
+async function copyRangeCalls(dir: string, command: string[]): Promise<number> {
+  const log = join(dir, 'cfr.log');
+  const r = await run('strace', ['-f', '-o', log, '-e', 'trace=copy_file_range', ...command], { cwd: dir });
+  assert.equal(r.code, 0, r.stderr);
+  return (await readFile(log, 'utf8')).split('\n').filter((l) => /copy_file_range\(/.test(l) && !/= -1/.test(l)).length;
+}
+
+const mapWithoutOffsets = async (file: string, format: string) => (await qemuImg('map', '-f', format, '--output=json', file)).replace(/, "offset": \d+/g, '');
+
+test('convert -C copies data ranges with copy_file_range where qemu-img does, and falls back where it falls back', needs('qemu-img', 'qemu-io', 'strace'), async (t) => {
   const dir = await tempDir(t);
+  // 4 MiB of data with a zero MiB inside it: a copy keeps that MiB as data, a fallback
+  // (read and write with -S detection) makes it a hole.
   await qemuImg('create', '-q', '-f', 'raw', join(dir, 'z.raw'), '4M');
   await qemuIo('-f', 'raw', '-c', 'write -P 7 0 4M', '-c', 'write -P 0 1M 1M', join(dir, 'z.raw'));
-  for (const side of ['peer', 'ours']) {
-    const args = ['convert', '-C', '-O', 'qcow2', 'z.raw', `${side}.qcow2`];
-    const r = side === 'peer' ? await run('qemu-img', args, { cwd: dir }) : await diskhub(['img', ...args], { cwd: dir });
-    assert.equal(r.code, 0, r.stderr);
+  await qemuImg('convert', '-O', 'qcow2', join(dir, 'z.raw'), join(dir, 'z.qcow2'));
+  await qemuImg('convert', '-O', 'vdi', join(dir, 'z.raw'), join(dir, 'z.vdi'));
+  await qemuImg('convert', '-c', '-O', 'qcow2', join(dir, 'z.raw'), join(dir, 'zc.qcow2'));
+  await qemuImg('create', '-q', '-f', 'qcow2', '-b', 'z.qcow2', '-F', 'qcow2', join(dir, 'top.qcow2'));
+  await qemuIo('-c', 'write -P 9 3M 64k', join(dir, 'top.qcow2'));
+  const cases: [string, string, string][] = [
+    ['z.raw', 'raw', 'raw'], ['z.raw', 'raw', 'qcow2'], ['z.raw', 'raw', 'vdi'],
+    ['z.qcow2', 'qcow2', 'raw'], ['z.qcow2', 'qcow2', 'qcow2'], ['z.vdi', 'vdi', 'raw'],
+    ['zc.qcow2', 'qcow2', 'raw'], ['top.qcow2', 'qcow2', 'raw'],
+  ];
+  for (const [src, from, to] of cases) {
+    const what = `${src} (${from}) -> ${to}`;
+    const peer = await copyRangeCalls(dir, ['qemu-img', 'convert', '-C', '-f', from, '-O', to, src, `peer.${to}`]);
+    const ours = await copyRangeCalls(dir, [process.execPath, diskhubBin, 'img', 'convert', '-C', '-f', from, '-O', to, src, `ours.${to}`]);
+    assert.equal(ours > 0, peer > 0, `${what}: copy_file_range used by qemu-img ${peer} times, by diskhub ${ours} times`);
+    assert.equal(await mapWithoutOffsets(join(dir, `ours.${to}`), to), await mapWithoutOffsets(join(dir, `peer.${to}`), to), what);
+    assert.equal((await run('qemu-img', ['compare', '-f', to, '-F', to, join(dir, `ours.${to}`), join(dir, `peer.${to}`)])).code, 0, what);
   }
-  assert.equal(await qemuImg('map', '--output=json', join(dir, 'ours.qcow2')).then((m) => m.replace(/"offset": \d+/g, '')),
-    await qemuImg('map', '--output=json', join(dir, 'peer.qcow2')).then((m) => m.replace(/"offset": \d+/g, '')));
-  assert.equal((await run('qemu-img', ['compare', join(dir, 'z.raw'), join(dir, 'ours.qcow2')])).code, 0);
+  // The zero MiB inside the data: copied, it stays data; without -C (and where -C falls back) a hole.
+  assert.ok(await copyRangeCalls(dir, [process.execPath, diskhubBin, 'img', 'convert', '-C', '-f', 'raw', '-O', 'raw', 'z.raw', 'copied.raw']) > 0);
+  assert.doesNotMatch(await mapWithoutOffsets(join(dir, 'copied.raw'), 'raw'), /"zero": true/);
+  assert.equal((await diskhub(['img', 'convert', '-f', 'raw', '-O', 'raw', 'z.raw', 'plain.raw'], { cwd: dir })).code, 0);
+  assert.match(await mapWithoutOffsets(join(dir, 'plain.raw'), 'raw'), /"zero": true/);
+});
 
+test('convert -r limits the rate', needs('qemu-img', 'qemu-io'), async (t) => {
+  const dir = await tempDir(t);
   await qemuImg('create', '-q', '-f', 'raw', join(dir, 'r.raw'), '12M');
   await qemuIo('-f', 'raw', '-c', 'write -P 3 0 12M', join(dir, 'r.raw'));
   const started = performance.now();

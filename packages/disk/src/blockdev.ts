@@ -5,6 +5,7 @@
  * check, map, ...) are functions over BlockDevices.
  */
 import { DiskError } from './errors.js';
+import type { ByteSource } from './source.js';
 
 /**
  * One run of the virtual disk with uniform allocation status, as `qemu-img map` reports it.
@@ -51,6 +52,20 @@ export interface BlockDevice {
   blockStatus(offset: number, length: number): AsyncIterable<Extent>;
   flush?(): Promise<void>;
   close(): Promise<void>;
+  /**
+   * Copy offloading (`qemu-img convert -C`), source side (QEMU's bdrv_co_copy_range_from):
+   * make [offset, offset+length) of this device appear at `dstOffset` of `dst` by handing the
+   * host ranges that store it to `dst.copyRangeFrom` (ranges that read as zeroes become
+   * writeZeroes). Throws where the device cannot (compressed or encrypted data, a target
+   * without copyRangeFrom, the kernel refusing); the caller then reads and writes instead.
+   */
+  copyRangeTo?(offset: number, length: number, dst: BlockDevice, dstOffset: number): Promise<void>;
+  /**
+   * Copy offloading, target side (QEMU's bdrv_co_copy_range_to): store the `length` bytes at
+   * `fromOffset` of the host file `from` at guest `offset` of this device, copied by the kernel
+   * where the device maps them to its own file. Throws where it cannot.
+   */
+  copyRangeFrom?(from: ByteSource, fromOffset: number, offset: number, length: number): Promise<void>;
 }
 
 /**

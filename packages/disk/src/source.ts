@@ -36,6 +36,13 @@ export interface ByteSource {
   writev?(bufs: Uint8Array[], offset: number): Promise<void>;
   truncate(size: number): Promise<void>;
   /**
+   * Copy `length` bytes of `from` at `fromOffset` to `offset` of this source inside the kernel
+   * (copy_file_range; `qemu-img convert -C`). Optional: only a host file can, and only from
+   * another host file; EUNSUPPORTED (or the kernel's refusal, as EIO) where it cannot, and the
+   * caller then reads and writes instead.
+   */
+  copyFrom?(from: ByteSource, fromOffset: number, offset: number, length: number): Promise<void>;
+  /**
    * Which parts of [offset, offset+length) hold data and which are holes (SEEK_DATA /
    * SEEK_HOLE). Sources that cannot tell report everything as data.
    */
@@ -218,6 +225,20 @@ export class FileSource implements ByteSource {
     const done = hostio!.writerWrite!(this.writer!, views, offset, this.reserving && length >= RESERVE_MIN);
     this.lastWrite = done.catch(() => {});
     return done;
+  }
+
+  async copyFrom(from: ByteSource, fromOffset: number, offset: number, length: number): Promise<void> {
+    if (this.readOnly) throw new DiskError('EROFS', `${this.name}: opened read-only`);
+    if (!(from instanceof FileSource) || !hostio?.copyRange) throw new DiskError('EUNSUPPORTED', `${this.name}: copy offloading needs two host files`);
+    if (length === 0) return;
+    const done = hostio.copyRange(from.fd, fromOffset, this.fh.fd, offset, length);
+    // truncate, flush and close wait for it as for a queued write.
+    this.lastWrite = Promise.all([this.lastWrite, done.catch(() => {})]);
+    try {
+      await done;
+    } catch (e) {
+      throw fromNodeError(e, this.name);
+    }
   }
 
   private async reserve(offset: number, length: number): Promise<void> {

@@ -6,6 +6,8 @@
  *   fallocate(ZERO_RANGE)         - zero a range without writing it;
  *   fallocate(0)                  - preallocate (qemu-img's preallocation=falloc);
  *   fallocate(KEEP_SIZE), async   - reserve blocks just before a large write (reserve);
+ *   copy_file_range, async        - copy a range between two files inside the kernel
+ *                                   (qemu-img convert -C; copyRange, see below);
  *   pageOffset(view)              - where a typed array's bytes start within a memory page,
  *                                   so I/O buffers can be page-aligned as qemu-img's are;
  *   openWriter / writerWrite /    - a file's writes made one after another, in the order
@@ -16,7 +18,7 @@
  *                                   (LUKS payloads; see below);
  *   digestOpen / digestUpdate /   - md5 / sha512 of a stream, each update on a libuv worker
  *   digestFinal                     thread (upload checksums; see below).
- * All calls but reserve, the writer, inflateRaw, xtsSectors and digestUpdate are synchronous: they touch metadata only and return in microseconds
+ * All calls but reserve, copyRange, the writer, inflateRaw, xtsSectors and digestUpdate are synchronous: they touch metadata only and return in microseconds
  * on local filesystems. Offsets travel as JavaScript numbers (exact up to 2^53).
  * Errors are thrown as Error objects whose `code` is the errno name (ENXIO, EOPNOTSUPP, ...).
  */
@@ -49,6 +51,8 @@ static const char *errno_name(int e) {
     case ESPIPE: return "ESPIPE";
     case EPERM: return "EPERM";
     case EROFS: return "EROFS";
+    case EXDEV: return "EXDEV";
+    case ENOSYS: return "ENOSYS";
     default: return "EIO";
   }
 }
@@ -155,12 +159,31 @@ static napi_value allocate(napi_env env, napi_callback_info info) {
  * fails never leaves a longer file behind. Asynchronous because the call takes a journal
  * handle and may wait for it.
  */
+/* A promise settled by a worker's errno (0: resolved); the head of reserve's and copyRange's jobs. */
 typedef struct {
   napi_async_work work;
   napi_deferred deferred;
+  const char *what; /* the call, for the rejection's message */
+  int err;
+} errno_job;
+
+static void errno_job_complete(napi_env env, napi_status status, void *data) {
+  errno_job *job = data;
+  if (status == napi_ok && job->err == 0) {
+    napi_value undefined;
+    napi_get_undefined(env, &undefined);
+    napi_resolve_deferred(env, job->deferred, undefined);
+  } else {
+    napi_reject_deferred(env, job->deferred, errno_error(env, job->what, status == napi_ok ? job->err : EIO));
+  }
+  napi_delete_async_work(env, job->work);
+  free(job);
+}
+
+typedef struct {
+  errno_job head;
   int fd;
   off_t offset, length;
-  int err;
 } reserve_job;
 
 static void reserve_execute(napi_env env, void *data) {
@@ -169,20 +192,7 @@ static void reserve_execute(napi_env env, void *data) {
   int r;
   do r = fallocate(job->fd, FALLOC_FL_KEEP_SIZE, job->offset, job->length);
   while (r < 0 && errno == EINTR);
-  job->err = r < 0 ? errno : 0;
-}
-
-static void reserve_complete(napi_env env, napi_status status, void *data) {
-  reserve_job *job = data;
-  if (status == napi_ok && job->err == 0) {
-    napi_value undefined;
-    napi_get_undefined(env, &undefined);
-    napi_resolve_deferred(env, job->deferred, undefined);
-  } else {
-    napi_reject_deferred(env, job->deferred, errno_error(env, "fallocate", status == napi_ok ? job->err : EIO));
-  }
-  napi_delete_async_work(env, job->work);
-  free(job);
+  job->head.err = r < 0 ? errno : 0;
 }
 
 static napi_value reserve(napi_env env, napi_callback_info info) {
@@ -191,19 +201,95 @@ static napi_value reserve(napi_env env, napi_callback_info info) {
   if (!get_args(env, info, 3, &fd, nums)) return NULL;
   reserve_job *job = calloc(1, sizeof *job);
   if (!job) return throw_oom(env);
+  job->head.what = "fallocate";
   job->fd = fd;
   job->offset = (off_t)nums[0];
   job->length = (off_t)nums[1];
   napi_value promise, name;
-  napi_create_promise(env, &job->deferred, &promise);
+  napi_create_promise(env, &job->head.deferred, &promise);
   napi_create_string_utf8(env, "hostio.reserve", NAPI_AUTO_LENGTH, &name);
   if (job->length == 0 ||
-      napi_create_async_work(env, NULL, name, reserve_execute, reserve_complete, job, &job->work) != napi_ok ||
-      napi_queue_async_work(env, job->work) != napi_ok) {
+      napi_create_async_work(env, NULL, name, reserve_execute, errno_job_complete, job, &job->head.work) != napi_ok ||
+      napi_queue_async_work(env, job->head.work) != napi_ok) {
     napi_value undefined;
     napi_get_undefined(env, &undefined);
-    napi_resolve_deferred(env, job->deferred, undefined);
-    if (job->work) napi_delete_async_work(env, job->work);
+    napi_resolve_deferred(env, job->head.deferred, undefined);
+    if (job->head.work) napi_delete_async_work(env, job->head.work);
+    free(job);
+  }
+  return promise;
+}
+
+/*
+ * copyRange(fdIn, offsetIn, fdOut, offsetOut, length) -> Promise: copy_file_range(2) on a libuv
+ * worker thread until the whole range is copied, as QEMU's file driver does for
+ * `qemu-img convert -C` (block/file-posix.c handle_aiocb_copy_range): the data goes from one
+ * file to the other inside the kernel (or as a reflink / server-side copy where the filesystem
+ * offers one) without passing through this process. A call that copies nothing (the source
+ * ends early) fails with ENOSPC, as QEMU's does, and the caller falls back to reading and
+ * writing; ENOSYS is reported as ENOTSUP. Rejects with the errno `code`.
+ */
+typedef struct {
+  errno_job head;
+  int fd_in, fd_out;
+  off_t in, out, length;
+} copy_job;
+
+static void copy_execute(napi_env env, void *data) {
+  (void)env;
+  copy_job *job = data;
+  loff_t in = job->in, out = job->out;
+  off_t left = job->length;
+  job->head.err = 0;
+  while (left > 0) {
+    size_t want = left > (off_t)(1 << 30) ? (size_t)(1 << 30) : (size_t)left;
+    ssize_t r = copy_file_range(job->fd_in, &in, job->fd_out, &out, want, 0);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      job->head.err = errno == ENOSYS ? ENOTSUP : errno;
+      return;
+    }
+    if (r == 0) {
+      job->head.err = ENOSPC;
+      return;
+    }
+    left -= r;
+  }
+}
+
+static napi_value copy_range(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5];
+  int32_t fds[2];
+  double nums[3];
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 5 ||
+      napi_get_value_int32(env, argv[0], &fds[0]) != napi_ok || napi_get_value_double(env, argv[1], &nums[0]) != napi_ok ||
+      napi_get_value_int32(env, argv[2], &fds[1]) != napi_ok || napi_get_value_double(env, argv[3], &nums[1]) != napi_ok ||
+      napi_get_value_double(env, argv[4], &nums[2]) != napi_ok) {
+    napi_throw_type_error(env, NULL, "hostio: copyRange(fdIn, offsetIn, fdOut, offsetOut, length)");
+    return NULL;
+  }
+  for (int i = 0; i < 3; i++) {
+    if (!(nums[i] >= 0 && nums[i] <= 9007199254740992.0)) {
+      napi_throw_range_error(env, NULL, "hostio: offsets must be non-negative safe integers");
+      return NULL;
+    }
+  }
+  copy_job *job = calloc(1, sizeof *job);
+  if (!job) return throw_oom(env);
+  job->head.what = "copy_file_range";
+  job->fd_in = fds[0];
+  job->fd_out = fds[1];
+  job->in = (off_t)nums[0];
+  job->out = (off_t)nums[1];
+  job->length = (off_t)nums[2];
+  napi_value promise, name;
+  napi_create_promise(env, &job->head.deferred, &promise);
+  napi_create_string_utf8(env, "hostio.copyRange", NAPI_AUTO_LENGTH, &name);
+  if (napi_create_async_work(env, NULL, name, copy_execute, errno_job_complete, job, &job->head.work) != napi_ok ||
+      napi_queue_async_work(env, job->head.work) != napi_ok) {
+    napi_reject_deferred(env, job->head.deferred, errno_error(env, "copy_file_range", EIO));
+    if (job->head.work) napi_delete_async_work(env, job->head.work);
     free(job);
   }
   return promise;
@@ -992,6 +1078,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"zeroRange", NULL, zero_range, NULL, NULL, NULL, napi_default_jsproperty, NULL},
     {"allocate", NULL, allocate, NULL, NULL, NULL, napi_default_jsproperty, NULL},
     {"reserve", NULL, reserve, NULL, NULL, NULL, napi_default_jsproperty, NULL},
+    {"copyRange", NULL, copy_range, NULL, NULL, NULL, napi_default_jsproperty, NULL},
     {"pageOffset", NULL, page_offset, NULL, NULL, NULL, napi_default_jsproperty, NULL},
     {"openWriter", NULL, open_writer, NULL, NULL, NULL, napi_default_jsproperty, NULL},
     {"writerWrite", NULL, writer_write, NULL, NULL, NULL, napi_default_jsproperty, NULL},

@@ -24,6 +24,13 @@ export interface HostIo {
    */
   reserve?(fd: number, offset: number, length: number): Promise<void>;
   /**
+   * copy_file_range(2) of `length` bytes from `fdIn` at `offsetIn` to `fdOut` at `offsetOut`, on
+   * a libuv I/O thread, until all are copied (qemu-img convert -C). Rejects with an errno
+   * `code`: ENOSPC when the kernel copies nothing (the source ended), ENOTSUP without the
+   * system call, EXDEV and the like where the kernel refuses the pair. Optional, as reserve is.
+   */
+  copyRange?(fdIn: number, offsetIn: number, fdOut: number, offsetOut: number, length: number): Promise<void>;
+  /**
    * fcntl(F_SETLK, F_WRLCK) on the whole file, without waiting: true when taken, false when
    * another process holds it (the record lock oslo.concurrency's external locks use). Released
    * when the fd closes. Optional, as reserve is.

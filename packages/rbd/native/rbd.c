@@ -75,7 +75,7 @@ typedef struct {
 enum op {
   OP_CONNECT, OP_SHUTDOWN, OP_OPEN_POOL, OP_CREATE, OP_REMOVE, OP_RENAME, OP_LIST, OP_OPEN,
   OP_CLOSE, OP_RESIZE, OP_WRITE, OP_DRAIN, OP_SNAP_CREATE, OP_SNAP_PROTECT,
-  OP_SNAP_UNPROTECT, OP_SNAP_REMOVE, OP_CHILDREN, OP_WATCHERS,
+  OP_SNAP_UNPROTECT, OP_SNAP_REMOVE, OP_CHILDREN, OP_WATCHERS, OP_CLONE,
 };
 
 typedef struct {
@@ -86,6 +86,7 @@ typedef struct {
   int rc;           /* 0 or -errno */
   cluster_t *cl;
   pool_t *pool;
+  pool_t *pool2; /* clone: the child's pool */
   image_t *im;
   char *s1, *s2, *s3;
   uint64_t off, len;
@@ -413,6 +414,16 @@ static void execute(napi_env env, void *data) {
       break;
     }
     case OP_REMOVE: r = rbd_remove(j->pool->io, j->s1); break;
+    case OP_CLONE: {
+      /* A copy-on-write child of a protected snapshot, as Nova's rbd_utils.RBDDriver.clone makes
+       * it: the features are the cluster's rbd_default_features (librbd's default when none are
+       * given), the object size the parent's. */
+      rbd_image_options_t opts;
+      rbd_image_options_create(&opts);
+      r = rbd_clone3(j->pool->io, j->s1, j->s2, j->pool2->io, j->s3, opts);
+      rbd_image_options_destroy(opts);
+      break;
+    }
     case OP_RENAME: r = rbd_rename(j->pool->io, j->s1, j->s2); break;
     case OP_LIST: r = do_list(j); break;
     case OP_OPEN: {
@@ -611,6 +622,25 @@ static napi_value js_create(napi_env env, napi_callback_info info) { return pool
 static napi_value js_remove(napi_env env, napi_callback_info info) { return pool_job(env, info, OP_REMOVE, "removing the image", 1); }
 static napi_value js_rename(napi_env env, napi_callback_info info) { return pool_job(env, info, OP_RENAME, "renaming the image", 2); }
 static napi_value js_list(napi_env env, napi_callback_info info) { return pool_job(env, info, OP_LIST, "listing the pool's images", 0); }
+
+/* clone(parentPool, parent, snapshot, childPool, child) -> Promise<void> */
+static napi_value js_clone(napi_env env, napi_callback_info info) {
+  ARGS(5);
+  pool_t *p = handle(env, argv[0], POOL), *p2 = handle(env, argv[3], POOL);
+  if (!p || !p2) return throw_type(env, "rbd: not a pool handle");
+  job_t *j = new_job(env, OP_CLONE, "cloning the snapshot");
+  if (!j) return NULL;
+  j->pool = p;
+  j->pool2 = p2;
+  j->s1 = string_arg(env, argv[1]);
+  j->s2 = string_arg(env, argv[2]);
+  j->s3 = string_arg(env, argv[4]);
+  if (!j->s1 || !j->s2 || !j->s3) {
+    free_job(env, j);
+    return throw_type(env, "rbd: clone(parentPool, parent, snapshot, childPool, child)");
+  }
+  return start(env, j);
+}
 
 /* open(pool, name, snapshot ("" for the head), readOnly) -> Promise<image> */
 static napi_value js_open(napi_env env, napi_callback_info info) {
@@ -825,6 +855,7 @@ NAPI_MODULE_INIT() {
     {"rename", NULL, js_rename, NULL, NULL, NULL, napi_default, NULL},
     {"list", NULL, js_list, NULL, NULL, NULL, napi_default, NULL},
     {"open", NULL, js_open, NULL, NULL, NULL, napi_default, NULL},
+    {"clone", NULL, js_clone, NULL, NULL, NULL, napi_default, NULL},
     {"close", NULL, js_close, NULL, NULL, NULL, napi_default, NULL},
     {"size", NULL, js_size, NULL, NULL, NULL, napi_default, NULL},
     {"resize", NULL, js_resize, NULL, NULL, NULL, napi_default, NULL},

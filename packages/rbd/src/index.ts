@@ -32,6 +32,11 @@ export interface Librbd {
   remove(pool: Pool, name: string): Promise<void>;
   rename(pool: Pool, from: string, to: string): Promise<void>;
   list(pool: Pool): Promise<string[]>;
+  /**
+   * A copy-on-write clone `child` in `childPool` of `parent@snapshot` in `parentPool` (the
+   * snapshot protected), with the cluster's default features: Nova's rbd image backend.
+   */
+  clone(parentPool: Pool, parent: string, snapshot: string, childPool: Pool, child: string): Promise<void>;
   /** Open an image's head (`snapshot` "") or one of its snapshots (read-only then). */
   open(pool: Pool, name: string, snapshot: string, readOnly: boolean): Promise<Image>;
   /** Waits for the image's writes in flight, then closes it. */

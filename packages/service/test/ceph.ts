@@ -18,6 +18,9 @@ export interface CephCluster {
   user: string;
   pool: string;
   clonePool: string;
+  /** The compute node's user (client.nova: rbd on the clone pool, read-only on the images pool) and its keyring. */
+  novaUser: string;
+  novaKeyring: string;
 }
 
 const execFileP = promisify(execFile);
@@ -39,6 +42,8 @@ function load(): CephCluster | string {
     user: env['DISKHUB_CEPH_USER'] ?? 'glance',
     pool: env['DISKHUB_CEPH_POOL'] ?? 'images',
     clonePool: env['DISKHUB_CEPH_CLONE_POOL'] ?? 'vms',
+    novaUser: env['DISKHUB_CEPH_NOVA_USER'] ?? 'nova',
+    novaKeyring: env['DISKHUB_CEPH_NOVA_KEYRING'] ?? '',
   };
 }
 

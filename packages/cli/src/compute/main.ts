@@ -9,7 +9,8 @@ import { parseSize } from '../img/output.js';
 import { AUTH_OPTIONS, authFromEnv, ImageServiceClient, type AuthSettings } from './client.js';
 import { ComputeError } from './errors.js';
 import { cacheLayout, cachedImage, cleanCache, DEFAULT_INSTANCES_PATH } from './imagecache.js';
-import { createDisks, EPHEMERAL_FILESYSTEMS, DEFAULT_EPHEMERAL_FS } from './disks.js';
+import { createDisks, deleteDisks, EPHEMERAL_FILESYSTEMS, DEFAULT_EPHEMERAL_FS } from './disks.js';
+import { DEFAULT_RBD_POOL, type RbdSettings } from './rbd.js';
 import { snapshotInstance } from './snapshot.js';
 import { buildConfigDrive, configDriveInput, CONFIG_DRIVE_LONG_OPTIONS } from '../img/config-drive.js';
 
@@ -34,8 +35,22 @@ What a Nova compute node does with an image (Nova's file names, locks and checks
       formatted base), disk.swap (on a cached swap base), disk.config (the config drive, as
       diskhub img config-drive makes it); sizes in G (root, ephemeral) and M (swap) unless
       suffixed; ephemeral filesystems: ${EPHEMERAL_FILESYSTEMS.join(', ')} (default ${DEFAULT_EPHEMERAL_FS})
+      with --images-type rbd: RBD images <instance uuid>_disk, _disk.eph0, _disk.swap,
+      _disk.config in the pool; the root disk a copy-on-write clone of the image's protected
+      snapshot when Glance keeps it in the same cluster (else imported from the cache)
   snapshot INSTANCE_DIR --name NAME [--instance-uuid U] [--base-image-ref ID] [--instances-path P]
       flatten the root disk and upload it as a snapshot image; prints the new image's id
+      (with --images-type rbd: the root disk's RBD image read through its parent, uploaded raw)
+  delete-disks INSTANCE_DIR [--images-type rbd ...]
+      remove the instance's disks: disk, disk.eph0, disk.swap, disk.config, disk.info, and with
+      --images-type rbd every <instance uuid>_* image of the pool
+
+RBD instance disks (Nova's [libvirt] options; create-disks, snapshot, delete-disks):
+  --images-type qcow2|rbd         default qcow2
+  --images-rbd-pool POOL          default ${DEFAULT_RBD_POOL}
+  --images-rbd-ceph-conf FILE     default: librados's search path
+  --rbd-user USER                 cephx user without "client." (default: the conf's, admin)
+  --rbd-keyring FILE              default: the keyring the conf names
   cache-clean [--base-dir DIR] [--instances-path P] --max-age SECONDS [--output json]
       remove base files no instance disk uses and older than --max-age
 
@@ -44,6 +59,31 @@ base directory's parent, or ${DEFAULT_INSTANCES_PATH}.
 
 ${AUTH_HELP}
 `;
+
+const RBD_OPTIONS: LongOption[] = [
+  { name: 'images-type', hasArg: 1, val: 'images-type' },
+  { name: 'images-rbd-pool', hasArg: 1, val: 'images-rbd-pool' },
+  { name: 'images-rbd-ceph-conf', hasArg: 1, val: 'images-rbd-ceph-conf' },
+  { name: 'rbd-user', hasArg: 1, val: 'rbd-user' },
+  { name: 'rbd-keyring', hasArg: 1, val: 'rbd-keyring' },
+];
+
+/** The RBD settings when --images-type is rbd; undefined for qcow2 (refusing rbd options then). */
+function rbdSettings(p: Parsed): RbdSettings | undefined {
+  const type = p.values.get('images-type') ?? 'qcow2';
+  if (type !== 'qcow2' && type !== 'rbd') throw new UsageError(`unknown --images-type '${type}' (qcow2 or rbd)`);
+  if (type === 'qcow2') {
+    const stray = RBD_OPTIONS.find((o) => o.val !== 'images-type' && p.values.has(o.val));
+    if (stray) throw new UsageError(`--${stray.name} needs --images-type rbd`);
+    return undefined;
+  }
+  return {
+    pool: p.values.get('images-rbd-pool') ?? DEFAULT_RBD_POOL,
+    conf: p.values.get('images-rbd-ceph-conf') ?? '',
+    user: p.values.get('rbd-user') ?? '',
+    keyring: p.values.get('rbd-keyring') ?? '',
+  };
+}
 
 const COMMON: LongOption[] = [
   { name: 'help', hasArg: 0, val: 'h' },
@@ -131,6 +171,7 @@ async function createDisksCommand(argv: string[], signal: AbortSignal): Promise<
     { name: 'force-raw', hasArg: 0, val: 'force-raw' },
     { name: 'config-drive', hasArg: 0, val: 'config-drive' },
     ...CONFIG_DRIVE_LONG_OPTIONS.filter((o) => o.val !== 'uuid'),
+    ...RBD_OPTIONS,
   ];
   const p = parse(argv, extra, [...extra.map((e) => e.val), 'base-dir', 'instances-path']);
   if (p.flags.has('help')) { print(COMPUTE_USAGE); return 0; }
@@ -155,7 +196,9 @@ async function createDisksCommand(argv: string[], signal: AbortSignal): Promise<
     uuid: basename(instanceDir), nocloud: p.flags.has('nocloud'),
   }) : undefined;
   const layout = cacheLayout({ baseDir: p.values.get('base-dir'), instancesPath: p.values.get('instances-path') ?? (p.values.has('base-dir') ? undefined : dirname(instanceDir)) });
+  const rbd = rbdSettings(p);
   const disks = await createDisks(lazyConnect(p, signal), instanceDir, layout, {
+    ...(rbd ? { rbd } : {}),
     imageId, rootBytes, ephemeralGB, swapMB, forceRaw: p.flags.has('force-raw'), signal, ...(ephemeralFs ? { ephemeralFs } : {}),
     ...(drive ? { configDrive: (path: string) => writeFile(path, buildConfigDrive(drive), { flag: 'wx' }) } : {}),
   });
@@ -170,6 +213,7 @@ async function snapshotCommand(argv: string[], signal: AbortSignal): Promise<num
     { name: 'name', hasArg: 1, val: 'name' },
     { name: 'instance-uuid', hasArg: 1, val: 'instance-uuid' },
     { name: 'base-image-ref', hasArg: 1, val: 'base-image-ref' },
+    ...RBD_OPTIONS,
   ];
   const p = parse(argv, extra, [...extra.map((e) => e.val), 'instances-path', 'output']);
   if (p.flags.has('help')) { print(COMPUTE_USAGE); return 0; }
@@ -178,11 +222,22 @@ async function snapshotCommand(argv: string[], signal: AbortSignal): Promise<num
   if (!name) throw new UsageError('snapshot needs --name NAME');
   const instanceDir = resolve(p.positional[0]!);
   const layout = cacheLayout({ instancesPath: p.values.get('instances-path') ?? dirname(instanceDir) });
+  const rbd = rbdSettings(p);
   const client = await connect(p, signal);
   const image = await snapshotInstance(client, instanceDir, layout, {
-    name, instanceUuid: p.values.get('instance-uuid'), baseImageRef: p.values.get('base-image-ref'), signal,
+    name, ...(rbd ? { rbd } : {}), instanceUuid: p.values.get('instance-uuid'), baseImageRef: p.values.get('base-image-ref'), signal,
   });
   print(p.values.get('output') === 'json' ? `${JSON.stringify(image, null, 4)}\n` : `${image.id}\n`);
+  return 0;
+}
+
+async function deleteDisksCommand(argv: string[]): Promise<number> {
+  const p = parse(argv, RBD_OPTIONS, [...RBD_OPTIONS.map((o) => o.val), 'output']);
+  if (p.flags.has('help')) { print(COMPUTE_USAGE); return 0; }
+  if (p.positional.length !== 1) throw new UsageError('delete-disks takes one instance directory');
+  const removed = await deleteDisks(resolve(p.positional[0]!), rbdSettings(p));
+  if (p.values.get('output') === 'json') print(`${JSON.stringify({ removed }, null, 4)}\n`);
+  else for (const r of removed) print(`removed ${r}\n`);
   return 0;
 }
 
@@ -205,6 +260,7 @@ const COMMANDS: Record<string, (argv: string[], signal: AbortSignal) => Promise<
   'create-disks': createDisksCommand,
   snapshot: snapshotCommand,
   'cache-clean': cacheCleanCommand,
+  'delete-disks': deleteDisksCommand,
 };
 
 export async function computeMain(argv: string[]): Promise<number> {

@@ -16,6 +16,7 @@ import { convertFile, openImage, resolveBackingPath } from '@diskhub/disk';
 import type { ImageRecord, ImageServiceClient } from './client.js';
 import { ComputeError } from './errors.js';
 import { cacheFileName, type CacheLayout } from './imagecache.js';
+import { RbdDisks, type RbdSettings } from './rbd.js';
 
 /** [DEFAULT] non_inheritable_image_properties (Nova's default). */
 const NON_INHERITABLE = new Set(['cache_in_nova', 'bittorrent', 'img_signature_hash_method', 'img_signature', 'img_signature_key_type', 'img_signature_certificate_uuid']);
@@ -40,19 +41,38 @@ export interface SnapshotRequest {
   /** The image the instance was booted from; default: the image whose cache name is the root disk's base file. */
   baseImageRef?: string;
   signal?: AbortSignal;
+  /** images_type = rbd: the root disk is the RBD image `<uuid>_disk` of this pool. */
+  rbd?: RbdSettings;
 }
 
 export async function snapshotInstance(client: ImageServiceClient, instanceDir: string, layout: CacheLayout, req: SnapshotRequest): Promise<ImageRecord> {
   const disk = join(instanceDir, 'disk');
   const instanceUuid = req.instanceUuid ?? basename(instanceDir);
   if (!UUID.test(instanceUuid)) throw new ComputeError(`the instance directory's name '${instanceUuid}' is not an instance uuid; give --instance-uuid`, 'usage');
-  const { backing: basePath, size: rootSize } = await rootDiskFacts(disk);
+  // An RBD root disk is read through librbd (a clone through its parent), as Nova's
+  // Rbd.snapshot_extract converts rbd:pool/<uuid>_disk, and uploaded raw (its source format).
+  const rbd = req.rbd ? await RbdDisks.connect(req.rbd) : undefined;
+  try {
+    return await snapshotWith(client, disk, instanceUuid, layout, req, rbd);
+  } finally {
+    await rbd?.close();
+  }
+}
+
+async function snapshotWith(client: ImageServiceClient, disk: string, instanceUuid: string, layout: CacheLayout, req: SnapshotRequest, rbd?: RbdDisks): Promise<ImageRecord> {
+  const rbdName = RbdDisks.diskName(instanceUuid, 'disk');
+  let rootSize: number, basePath: string | undefined;
+  if (rbd) {
+    const size = await rbd.sizeOf(rbdName);
+    if (size === undefined) throw new ComputeError(`the instance's root disk ${rbd.spec(rbdName)} does not exist`, 'not-found');
+    rootSize = size;
+  } else ({ backing: basePath, size: rootSize } = await rootDiskFacts(disk));
   const baseImageRef = req.baseImageRef ?? (basePath ? await imageIdOfCacheName(client, basename(basePath)) : undefined);
   const base = baseImageRef ? await client.getImage(baseImageRef).catch(() => undefined) : undefined;
 
   const meta: Record<string, unknown> = {
     name: req.name,
-    disk_format: 'qcow2',
+    disk_format: rbd ? 'raw' : 'qcow2',
     container_format: base?.container_format ?? 'bare',
     visibility: 'private',
     // Nova records an instance's min_disk as the larger of the image's and the flavor's root
@@ -83,7 +103,8 @@ export async function snapshotInstance(client: ImageServiceClient, instanceDir: 
   const workDir = await mkdtemp(join(snapshotsDir, 'tmp'));
   try {
     const flat = join(workDir, created.id);
-    await convertFile(disk, 'qcow2', flat, 'qcow2', { backing: true, ...(req.signal ? { signal: req.signal } : {}) });
+    if (rbd) await rbd.exportTo(rbdName, flat);
+    else await convertFile(disk, 'qcow2', flat, 'qcow2', { backing: true, ...(req.signal ? { signal: req.signal } : {}) });
     const size = (await stat(flat)).size;
     await client.upload(created.id, createReadStream(flat, { highWaterMark: UPLOAD_CHUNK }), size);
     return await client.getImage(created.id);

@@ -226,8 +226,8 @@ export async function convertCommand(argv: string[]): Promise<number> {
       sparseSize, compress, parallel, outOfOrder, flush: cacheMode !== 'unsafe',
       targetIsZero: noCreate ? targetIsZero : dst.zeroInit ?? true,
       targetHasBacking: backingFile !== undefined,
-      // -C copies data ranges as they are, without looking for zeroes in them (qemu-img's copy_range path).
-      keepZeroesInData: copyOffload,
+      // -C: data ranges copied by the kernel (copy_file_range) where both images allow it.
+      copyRange: copyOffload,
       ...(rateLimit ? { rateLimit } : {}),
       ...(salvage ? { onReadError: (offset: number, e: unknown) => warn(`error while reading offset ${offset}: Input/output error`) } : {}),
       signal: controller.signal,

@@ -29,8 +29,14 @@ export interface ConvertOptions extends OperationOptions {
   chunkSize?: number;
   /** Flush the target to stable storage at the end (default true; qemu-img's default cache mode "unsafe" does not). */
   flush?: boolean;
-  /** `-C`: data ranges are written as read, zero runs inside them included (no `-S` detection). */
-  keepZeroesInData?: boolean;
+  /**
+   * `-C` (copy offloading, qemu-img's copy_range): each data range is handed from the source's
+   * copyRangeTo to the target's copyRangeFrom (copy_file_range between host files), so it is
+   * stored as data, zero blocks inside it included. The first range that cannot be copied so
+   * (a format without it, compressed or encrypted data, the kernel refusing) turns it off for
+   * the rest of the convert, which then reads and writes with `-S` detection, as qemu-img does.
+   */
+  copyRange?: boolean;
   /**
    * `--salvage`: a read that fails is retried sector by sector, and each sector that still
    * cannot be read is copied as zeroes and reported here (qemu-img prints a warning) instead of
@@ -62,7 +68,7 @@ const SALVAGE_SECTOR = 512;
 export const MAX_PARALLEL = 16;
 
 type Job =
-  | { kind: 'data'; offset: number; length: number; buf?: Uint8Array; runs?: Run[] }
+  | { kind: 'data'; offset: number; length: number; buf?: Uint8Array; runs?: Run[]; copy?: boolean }
   | { kind: 'zero'; offset: number; length: number }
   | { kind: 'fill'; offset: number; length: number };
 
@@ -137,8 +143,12 @@ export async function convertImage(src: BlockDevice, dst: ConvertTarget, options
     }
   }
 
+  /** -C: still copying ranges (cleared by the first range that cannot be copied). */
+  let copying = !!options.copyRange && !!src.copyRangeTo;
+
   async function read(job: Job): Promise<Job> {
-    if (job.kind === 'data') {
+    if (job.kind === 'data' && copying) job.copy = true;
+    else if (job.kind === 'data') {
       const buf = takeBuffer().subarray(0, job.length);
       await src.read(buf, job.offset).catch((e) => {
         if (!options.onReadError) throw located(e, 'reading', job.offset);
@@ -204,7 +214,7 @@ export async function convertImage(src: BlockDevice, dst: ConvertTarget, options
         else data(piece, abs, whole);
         p = next;
       }
-    } else if (sparse === 0 || options.keepZeroesInData) data(buf, offset, false);
+    } else if (sparse === 0) data(buf, offset, false);
     else {
       for (const r of runs ?? zeroRuns(buf, offset)) {
         if (r.zero) work.push(writeZeroes(offset + r.start, r.end - r.start));
@@ -240,7 +250,7 @@ export async function convertImage(src: BlockDevice, dst: ConvertTarget, options
 
   /** After a read: find the chunk's zero runs now, while earlier chunks are still being written. */
   function prepare(job: Job): Job {
-    if (job.kind === 'data' && sparse > 0 && !options.compress && !options.keepZeroesInData) job.runs = zeroRuns(job.buf!, job.offset);
+    if (job.kind === 'data' && !job.copy && sparse > 0 && !options.compress) job.runs = zeroRuns(job.buf!, job.offset);
     return job;
   }
 
@@ -263,6 +273,14 @@ export async function convertImage(src: BlockDevice, dst: ConvertTarget, options
         stats.bytesWritten += n;
       }
       return settled(work);
+    }
+    if (job.copy) {
+      return src.copyRangeTo!(job.offset, job.length, dst, job.offset).then(() => { stats.bytesWritten += job.length; }, async () => {
+        // qemu-img's convert_co_do_copy: copy_range is turned off and the range retried.
+        copying = false;
+        job.copy = false;
+        await writeJob(prepare(await read(job)));
+      });
     }
     return writeData(job.buf!, job.offset, job.runs).then(() => {
       giveBuffer(new Uint8Array(job.buf!.buffer, job.buf!.byteOffset, chunk));

@@ -10,7 +10,7 @@
 import * as zlib from 'node:zlib';
 import { Decompress } from 'fzstd';
 import { hostio, type HostIo } from '@diskhub/hostio';
-import { backingStatus, checkRange, readBacking, settled, type Extent } from '../blockdev.js';
+import { backingStatus, checkRange, readBacking, settled, type BlockDevice, type Extent } from '../blockdev.js';
 import { DiskError } from '../errors.js';
 import { SNAPSHOT_NOT_FOUND, type BackingRef, type PersistentBitmap, type Image, type ImageInfo, type OpenOptions, type SnapshotInfo } from '../format.js';
 import { backingInfo } from '../backing.js';
@@ -308,6 +308,41 @@ export class Qcow2Image implements Image {
         if (reads.length >= 16) await settled(reads.splice(0));
       }
       if (compressed.length) reads.push(this.readCompressed(compressed));
+    });
+  }
+
+  /**
+   * `convert -C` from this image (QEMU's qcow2_co_copy_range_from): data clusters are handed to
+   * the target as ranges of the data file, clusters that read as zeroes become writeZeroes,
+   * unallocated ones go to the backing image's own copyRangeTo (zeroes without one).
+   * Compressed and encrypted clusters cannot be copied as they are stored: EUNSUPPORTED, and
+   * the caller reads and writes instead, as qemu-img falls back.
+   */
+  async copyRangeTo(offset: number, length: number, dst: BlockDevice, dstOffset: number): Promise<void> {
+    checkRange(this.size, offset, length, 'copy');
+    const unsupported = (why: string) => new DiskError('EUNSUPPORTED', `${this.source.name}: copy offloading: ${why}`);
+    if (this.guestCipher || this.luks) throw unsupported('encrypted image');
+    if (!dst.copyRangeFrom) throw unsupported('not supported by the target');
+    const zeroes = (at: number, n: number) => {
+      if (!dst.writeZeroes) throw unsupported('the target cannot write zeroes');
+      return dst.writeZeroes(at, n);
+    };
+    const work: Promise<void>[] = [];
+    await settled(work, async () => {
+      for await (const r of this.runs(offset, length)) {
+        const at = dstOffset + (r.offset - offset);
+        if (r.kind === 'compressed') throw unsupported('compressed cluster');
+        if (r.kind === 'data') work.push(dst.copyRangeFrom!(this.dataSource, r.hostOffset!, at, r.length));
+        else if (r.kind === 'unallocated' && this.backing) {
+          const inside = Math.max(0, Math.min(r.length, this.backing.size - r.offset));
+          if (inside > 0) {
+            if (!this.backing.copyRangeTo) throw unsupported('the backing image cannot be copied from');
+            work.push(this.backing.copyRangeTo(r.offset, inside, dst, at));
+          }
+          if (inside < r.length) work.push(zeroes(at + inside, r.length - inside));
+        } else work.push(zeroes(at, r.length));
+        if (work.length >= 16) await settled(work.splice(0));
+      }
     });
   }
 

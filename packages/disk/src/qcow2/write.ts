@@ -12,7 +12,7 @@
  */
 import * as zlib from 'node:zlib';
 import { promisify } from 'node:util';
-import { checkRange, readBacking, type WriteZeroesOptions } from '../blockdev.js';
+import { checkRange, readBacking, settled, type WriteZeroesOptions } from '../blockdev.js';
 import { DiskError } from '../errors.js';
 import type { PersistentBitmap } from '../format.js';
 import type { ByteSource } from '../source.js';
@@ -38,6 +38,14 @@ const ZERO_FLAG = 1;
 interface DataWrite {
   host: number;
   data: Uint8Array;
+}
+
+/** `convert -C`: `length` bytes at `at` of the host file `from`, to be copied by the kernel to `host`. */
+interface HostCopy {
+  host: number;
+  from: ByteSource;
+  at: number;
+  length: number;
 }
 
 export class Qcow2WritableImage extends Qcow2Image {
@@ -343,9 +351,12 @@ export class Qcow2WritableImage extends Qcow2Image {
   /** Data writes still in flight, with the host ranges they cover. */
   private readonly inflight = new Map<Promise<void>, Array<[number, number]>>();
 
-  private track(pending: DataWrite[]): Promise<void> {
+  private track(pending: DataWrite[], copies: HostCopy[] = []): Promise<void> {
     const ranges = pending.map((d): [number, number] => [d.host, d.host + d.data.length]);
-    const p = this.flushData(pending);
+    for (const c of copies) ranges.push([c.host, c.host + c.length]);
+    const p = copies.length
+      ? settled([this.flushData(pending), ...copies.map((c) => this.dataSource.copyFrom!(c.from, c.at, c.host, c.length))])
+      : this.flushData(pending);
     this.inflight.set(p, ranges);
     const done = () => { this.inflight.delete(p); };
     p.then(done, done);
@@ -360,10 +371,34 @@ export class Qcow2WritableImage extends Qcow2Image {
   }
 
   /**
-   * Write `data` (or zeroes when null) over [offset, offset+length). With `out`, the data
-   * writes are handed back to the caller instead of being written here.
+   * `convert -C` into this image (QEMU's qcow2_co_copy_range_to): the range's clusters are
+   * allocated as a write would allocate them and the kernel copies the bytes of `from` into
+   * them (copy_file_range). Pieces that do not fill new clusters of their own (a cluster's
+   * edge, a cluster already mapped, extended L2, an external data file) are read from `from`
+   * and written; either way every byte is stored as data, as QEMU's copy stores it. Throws
+   * EUNSUPPORTED where the data file cannot take copies (encrypted images).
    */
-  private async writeRange(offset: number, length: number, data: Uint8Array | null, out?: DataWrite[]): Promise<void> {
+  async copyRangeFrom(from: ByteSource, fromOffset: number, offset: number, length: number): Promise<void> {
+    checkRange(this.size, offset, length, 'copy');
+    if (!this.dataSource.copyFrom) throw new DiskError('EUNSUPPORTED', `${this.source.name}: copy offloading is not supported for this image`);
+    if (length === 0) return;
+    const pending: DataWrite[] = [];
+    const copies: HostCopy[] = [];
+    let flight: Promise<void> | undefined;
+    await this.serial(async () => {
+      await this.writeRange(offset, length, null, pending, { from, at: fromOffset, out: copies });
+      flight = this.track(pending, copies);
+    });
+    await flight;
+  }
+
+  /**
+   * Write `data` (or zeroes when null) over [offset, offset+length). With `out`, the data
+   * writes are handed back to the caller instead of being written here. With `copy`, the
+   * bytes are those of `copy.from` from `copy.at` on, and whole new clusters are handed back
+   * in `copy.out` for the kernel to copy instead of being read.
+   */
+  private async writeRange(offset: number, length: number, data: Uint8Array | null, out?: DataWrite[], copy?: { from: ByteSource; at: number; out: HostCopy[] }): Promise<void> {
     const cs = this.clusterSize;
     const span = this.l2Span;
     const pending: DataWrite[] = out ?? [];
@@ -376,13 +411,14 @@ export class Qcow2WritableImage extends Qcow2Image {
       while (pos < tableEnd) {
         const clusterStart = Math.floor(pos / cs) * cs;
         const index = (clusterStart - l1i * span) / cs;
-        if (data && pos === clusterStart) {
+        if ((data || copy) && pos === clusterStart) {
           // Whole clusters nothing maps yet (an image being filled, as by convert): one
           // allocation for the run and one data write, no per-cluster round trips.
           const run = this.newClusterRun(l2.view, index, Math.floor((tableEnd - pos) / cs));
           if (run > 0) {
             const host = await this.allocate(run);
-            pending.push({ host, data: data.subarray(pos - offset, pos - offset + run * cs) });
+            if (data) pending.push({ host, data: data.subarray(pos - offset, pos - offset + run * cs) });
+            else copy!.out.push({ host, from: copy!.from, at: copy!.at + (pos - offset), length: run * cs });
             for (let k = 0; k < run; k++) this.setL2(l2.view, (index + k) * this.geo.l2EntrySize, host + k * cs, 0);
             pos += run * cs;
             continue;
@@ -390,6 +426,8 @@ export class Qcow2WritableImage extends Qcow2Image {
         }
         const clusterEnd = Math.min(tableEnd, clusterStart + cs);
         const piece = data ? data.subarray(pos - offset, clusterEnd - offset) : new Uint8Array(clusterEnd - pos);
+        // (Past the end of `from`: zeroes.)
+        if (copy) await copy.from.read(piece, copy.at + (pos - offset));
         await this.writeInCluster(l2.view, index, clusterStart, pos, piece, pending);
         pos = clusterEnd;
       }

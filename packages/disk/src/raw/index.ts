@@ -3,7 +3,7 @@
  * comes from the host file's holes (SEEK_DATA/SEEK_HOLE via ByteSource.hostExtents), and
  * writeZeroes/discard punch holes instead of writing zero bytes.
  */
-import { checkRange, type Extent, type WriteZeroesOptions } from '../blockdev.js';
+import { checkRange, type BlockDevice, type Extent, type WriteZeroesOptions } from '../blockdev.js';
 import { DiskError } from '../errors.js';
 import type { FormatDriver, Image, ImageInfo, OpenOptions, CreateRequest, MeasureRequest, MeasureResult, ResizeOptions } from '../format.js';
 import { preallocateHostRange, type ByteSource } from '../source.js';
@@ -34,6 +34,22 @@ export class RawImage implements Image {
 
   async discard(offset: number, length: number): Promise<void> {
     await this.writeZeroes(offset, length);
+  }
+
+  /** `convert -C` from a raw image: the virtual disk is the file, so the range is handed on as it is. */
+  async copyRangeTo(offset: number, length: number, dst: BlockDevice, dstOffset: number): Promise<void> {
+    checkRange(this.size, offset, length, 'copy');
+    if (!dst.copyRangeFrom) throw new DiskError('EUNSUPPORTED', 'copy offloading is not supported by the target');
+    // A file shorter than its size: what lies past its end reads as zeroes, which the kernel
+    // cannot copy (QEMU's copy then fails with ENOSPC and it falls back the same way).
+    await dst.copyRangeFrom(this.source, offset, dstOffset, length);
+  }
+
+  async copyRangeFrom(from: ByteSource, fromOffset: number, offset: number, length: number): Promise<void> {
+    this.checkWritable();
+    checkRange(this.size, offset, length, 'copy');
+    if (!this.source.copyFrom) throw new DiskError('EUNSUPPORTED', 'copy offloading is not supported by the target');
+    await this.source.copyFrom(from, fromOffset, offset, length);
   }
 
   async *blockStatus(offset: number, length: number): AsyncIterable<Extent> {
