@@ -227,7 +227,8 @@ test('img inspect: a RHEL-family root on LVM (release file fallback, /var on its
   const dir = await tempDir(t);
   const root = join(dir, 'root');
   const varTree = join(dir, 'var');
-  for (const d of ['etc/sysconfig', 'etc/cloud', 'usr/bin', 'boot/loader/entries', 'boot/grub2']) await mkdir(join(root, d), { recursive: true });
+  // var: the directory /var is mounted on (as in any root; libguestfs cannot mount where there is none, neither do we).
+  for (const d of ['etc/sysconfig', 'etc/cloud', 'usr/bin', 'boot/loader/entries', 'boot/grub2', 'var']) await mkdir(join(root, d), { recursive: true });
   await mkdir(join(varTree, 'lib/rpm'), { recursive: true });
   const rpmQa = await rpmDatabase(dir, join(varTree, 'lib/rpm'), 300);
   assert.equal(rpmQa.length, 301);

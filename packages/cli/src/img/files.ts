@@ -41,13 +41,14 @@ export async function withImageFiles<T>(filename: string, opts: ImageFileOptions
   const image = await openCliImage(arg.path, { ...openOptionsOf(arg), blockingReadMax: FILESYSTEM_BLOCKING_READ_MAX }, arg.display);
   try {
     let fs: Filesystem;
+    let notes: string[] | undefined;
     try {
-      ({ fs } = await openSelectedFilesystem(image, opts.inside));
+      ({ fs, notes } = await openSelectedFilesystem(image, opts.inside));
     } catch (e) {
       if (isDiskError(e)) throw new CliError(`${arg.display}: ${e.message}`);
       throw e;
     }
-    for (const w of fs.warnings) err(`warning: ${arg.display}: ${w}\n`);
+    for (const w of [...fs.warnings, ...(notes ?? [])]) err(`warning: ${arg.display}: ${w}\n`);
     return await body({ image, fs });
   } finally {
     await closeChain(image);
