@@ -123,3 +123,8 @@ export async function multiPartitionDisk(dir: string, root: string, name: string
   await qemuImg('convert', '-O', 'qcow2', raw, qcow2);
   return { raw, qcow2 };
 }
+
+/** An `applications` item of `img inspect --output=json` back as its package manager prints it ([epoch:]version[-release]), to compare with dpkg-query or rpm -q. */
+export function packageVersionOf(app: { epoch: number; version: string; release: string }): string {
+  return `${app.epoch ? `${app.epoch}:` : ''}${app.version}${app.release ? `-${app.release}` : ''}`;
+}

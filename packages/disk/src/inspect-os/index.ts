@@ -22,7 +22,7 @@ import type { KnownFilesystem } from './fstab.js';
 import { detectArchitecture, detectBootLoader, detectCloudInit, detectHostname, detectKernels, detectUsers, type BootLoader, type CloudInit, type Kernel, type User } from './linux.js';
 import { detectPackages, type InstalledPackage } from './packages.js';
 
-export { parseDpkgStatus, parseApkInstalled, type InstalledPackage } from './packages.js';
+export { parseDpkgStatus, parseApkInstalled, splitPackageVersion, type InstalledPackage } from './packages.js';
 export { readRpmSqlite, parseRpmHeader } from './rpm.js';
 export { parseFstab, resolveSpec, type FstabEntry, type KnownFilesystem } from './fstab.js';
 export { elfArchitecture } from './elf.js';
