@@ -134,23 +134,41 @@ export interface WalkOptions {
  */
 export async function* walk(fs: Filesystem, start: FsNode, path: string, options: WalkOptions = {}): AsyncIterable<WalkEntry> {
   const maxDepth = options.maxDepth ?? 4096;
+  const sorted = options.sorted !== false;
   const seen = new Set<bigint>();
-  async function* visit(node: FsNode, p: string, depth: number): AsyncIterable<WalkEntry> {
-    yield { path: p, depth, node };
+  /**
+   * The directories being walked, innermost last (an explicit stack: nested async generators
+   * would pass every entry up through one generator per level). `nodes` are the opened nodes
+   * of entries [opened, opened + nodes.length).
+   */
+  const stack: { path: string; depth: number; dir: FsNode; entries: DirEntry[]; next: number; opened: number; nodes: FsNode[] }[] = [];
+  const enter = async (node: FsNode, p: string, depth: number): Promise<void> => {
     if (node.stat.kind !== 'directory') return;
     if (seen.has(node.stat.ino)) throw new DiskError('ELOOP', `${p}: directory inode ${node.stat.ino} is reachable twice (a directory loop)`);
     seen.add(node.stat.ino);
     if (depth >= maxDepth) throw new DiskError('ELIMIT', `${p}: directories nested deeper than ${maxDepth}`);
-    const entries = await listDirectory(fs, node, p, options.sorted !== false);
-    // The entries' nodes are opened a batch at a time, concurrently: on an image file each is a read, and
-    // waiting for them one by one costs a thread-pool round trip each.
-    for (let i = 0; i < entries.length; i += OPEN_BATCH) {
-      const batch = entries.slice(i, i + OPEN_BATCH);
-      const nodes = await Promise.all(batch.map((e) => entryNode(fs, node, e)));
-      for (const [k, e] of batch.entries()) yield* visit(nodes[k]!, joinPath(p, e.name), depth + 1);
+    stack.push({ path: p, depth, dir: node, entries: await listDirectory(fs, node, p, sorted), next: 0, opened: 0, nodes: [] });
+  };
+  yield { path, depth: 0, node: start };
+  await enter(start, path, 0);
+  while (stack.length > 0) {
+    const f = stack[stack.length - 1]!;
+    if (f.next >= f.entries.length) {
+      stack.pop();
+      continue;
     }
+    if (f.next >= f.opened + f.nodes.length) {
+      // The entries' nodes are opened a batch at a time, concurrently: on an image file each is a read, and
+      // waiting for them one by one costs a thread-pool round trip each.
+      f.opened = f.next;
+      f.nodes = await Promise.all(f.entries.slice(f.next, f.next + OPEN_BATCH).map((e) => entryNode(fs, f.dir, e)));
+    }
+    const node = f.nodes[f.next - f.opened]!;
+    const p = joinPath(f.path, f.entries[f.next]!.name);
+    f.next++;
+    yield { path: p, depth: f.depth + 1, node };
+    await enter(node, p, f.depth + 1);
   }
-  yield* visit(start, path, 0);
 }
 
 /**
@@ -168,7 +186,12 @@ export async function listDirectory(fs: Filesystem, dir: FsNode, path: string, s
   return sorted ? sortEntries(entries) : entries;
 }
 
+const SURROGATE = /[\uD800-\uDFFF]/;
+
 /** Entries in strcmp order of their names' UTF-8 bytes (what guestfs_ls and sort(1) in the C locale give). */
 export function sortEntries<T extends { name: string }>(entries: T[]): T[] {
+  // Without surrogate pairs, UTF-16 code unit order is code point order, which is UTF-8 byte
+  // order: the names compare as they are, without encoding each (the usual case).
+  if (!entries.some((e) => SURROGATE.test(e.name))) return [...entries].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   return entries.map((e) => ({ key: Buffer.from(e.name), e })).sort((a, b) => Buffer.compare(a.key, b.key)).map((x) => x.e);
 }

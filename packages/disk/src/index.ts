@@ -13,6 +13,7 @@ export * from './fsid/index.js';
 export { crc32, crcRegister } from './crc32.js';
 export * from './inside/index.js';
 export * from './inside/root.js';
+export * from './inside/mounts.js';
 export * from './filesystem.js';
 export * from './filesystems.js';
 export { ExtFilesystem, ExtNode, openExt, type ExtInode, type Timestamp } from './ext/index.js';

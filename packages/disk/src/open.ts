@@ -32,6 +32,8 @@ export interface OpenImageOptions extends OpenOptions {
   reserveWrites?: boolean;
   /** Write each file one write at a time, in order, on a thread of its own (FileSourceOptions.serialWrites; convert targets). */
   serialWrites?: boolean;
+  /** Make reads of at most this many bytes on the calling thread (FileSourceOptions.blockingReadMax; filesystem walks of a CLI). */
+  blockingReadMax?: number;
 }
 
 export async function openSource(source: ByteSource, options: OpenImageOptions = {}): Promise<Image> {
@@ -99,7 +101,7 @@ async function openOne(path: string, options: OpenImageOptions, seen: Set<string
   }
   if (seen.has(id)) throw new DiskError('ELOOP', `Backing file loop: '${path}' appears twice in the chain of images`);
   seen.add(id);
-  const fileOptions = { noFlush: options.noFlush, reserveWrites: options.reserveWrites, serialWrites: options.serialWrites };
+  const fileOptions = { noFlush: options.noFlush, reserveWrites: options.reserveWrites, serialWrites: options.serialWrites, blockingReadMax: options.blockingReadMax };
   const source = await FileSource.open(path, { readOnly: !options.writable, ...fileOptions });
   try {
     const image = await openSource(source, {

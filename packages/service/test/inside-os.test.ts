@@ -46,7 +46,9 @@ test('x-diskhub/inside: the operating system and its lint, read through the stor
   assert.equal(os.root, '/dev/sda1');
   assert.equal(os.name, 'linux');
   assert.equal(os.distro, release.ID);
-  assert.equal(os.product_name, release.PRETTY_NAME);
+  // libguestfs's rule: Debian's os-release has no point release, so the product name is debian_version's line.
+  const debianVersion = release.ID === 'debian' && !String(release.VERSION_ID).includes('.') ? (await readFile('/etc/debian_version', 'utf8')).split('\n')[0] : undefined;
+  assert.equal(os.product_name, debianVersion ?? release.PRETTY_NAME);
   assert.equal(os.major_version, Number(release.VERSION_ID));
   assert.equal(os.hostname, 'inside-lint-host');
   assert.equal(os.arch, 'x86_64');

@@ -29,6 +29,13 @@ export async function openCliImage(path: string, options: OpenImageOptions = {},
   }
 }
 
+/**
+ * Reads up to this size are made on the main thread by the commands that walk a filesystem
+ * inside an image (ls, cat, copy-out, inspect, lint): their metadata reads are small and each
+ * depends on the last, so a trip to the I/O threads per read cost more than the reads.
+ */
+export const FILESYSTEM_BLOCKING_READ_MAX = 64 * 1024;
+
 export function errorMessage(e: unknown): string {
   if (isDiskError(e) || e instanceof Error) return e.message;
   return String(e);

@@ -6,7 +6,7 @@
  */
 import { closeChain, openSelectedFilesystem, isDiskError, type Filesystem, type Image, type InsideSelection } from '@diskhub/disk';
 import { UsageError, type LongOption, type ParsedOption } from './getopt.js';
-import { CliError, errorMessage, err, openCliImage } from './common.js';
+import { CliError, FILESYSTEM_BLOCKING_READ_MAX, errorMessage, err, openCliImage } from './common.js';
 import { SECRET_LONG_OPTIONS, Secrets, openOptionsOf } from './secrets.js';
 import { INSIDE_OPTIONS, insideOption } from './inside.js';
 
@@ -38,16 +38,17 @@ export interface OpenedImageFiles {
 /** Run `body` with the image's filesystem open; the image is closed on every path. */
 export async function withImageFiles<T>(filename: string, opts: ImageFileOptions, body: (o: OpenedImageFiles) => Promise<T>): Promise<T> {
   const arg = opts.secrets.image(filename, opts.format);
-  const image = await openCliImage(arg.path, openOptionsOf(arg), arg.display);
+  const image = await openCliImage(arg.path, { ...openOptionsOf(arg), blockingReadMax: FILESYSTEM_BLOCKING_READ_MAX }, arg.display);
   try {
     let fs: Filesystem;
+    let notes: string[] | undefined;
     try {
-      ({ fs } = await openSelectedFilesystem(image, opts.inside));
+      ({ fs, notes } = await openSelectedFilesystem(image, opts.inside));
     } catch (e) {
       if (isDiskError(e)) throw new CliError(`${arg.display}: ${e.message}`);
       throw e;
     }
-    for (const w of fs.warnings) err(`warning: ${arg.display}: ${w}\n`);
+    for (const w of [...fs.warnings, ...(notes ?? [])]) err(`warning: ${arg.display}: ${w}\n`);
     return await body({ image, fs });
   } finally {
     await closeChain(image);

@@ -6,7 +6,7 @@
  */
 import { closeChain, isDiskError, type Image } from '@diskhub/disk';
 import { getopt, UsageError } from './getopt.js';
-import { CliError, errorMessage, err, openCliImage, out, parseOutputFormat, type OutputFormat } from './common.js';
+import { CliError, FILESYSTEM_BLOCKING_READ_MAX, errorMessage, err, openCliImage, out, parseOutputFormat, type OutputFormat } from './common.js';
 import { SECRET_LONG_OPTIONS, Secrets, openOptionsOf } from './secrets.js';
 
 /** Parse the options, open IMAGE, run `body` on it; `body` returns the exit status. */
@@ -29,7 +29,7 @@ export async function insideCommand(name: string, help: string, argv: string[], 
     }
     if (positional.length !== 1) throw new UsageError(positional.length === 0 ? 'Expecting one image file name' : `Invalid parameter '${positional[1]}'`);
     const arg = secrets.image(positional[0]!, format);
-    const image = await openCliImage(arg.path, openOptionsOf(arg), arg.display);
+    const image = await openCliImage(arg.path, { ...openOptionsOf(arg), blockingReadMax: FILESYSTEM_BLOCKING_READ_MAX }, arg.display);
     try {
       return await body(image, output);
     } catch (e) {

@@ -9,7 +9,9 @@ import type { BlockDevice } from '../blockdev.js';
 import { DiskError, isDiskError } from '../errors.js';
 import type { Filesystem } from '../filesystem.js';
 import { openFilesystem, readableFilesystemTypes, resolvePath } from '../filesystems.js';
-import { readPartitionTable } from '../partition/index.js';
+import { readPartitionTable, type PartitionTable } from '../partition/index.js';
+import type { KnownFilesystem } from '../inspect-os/fstab.js';
+import { mountFstab } from './mounts.js';
 import { openLogicalVolume } from '../lvm/index.js';
 import type { FilesystemInfo } from '../fsid/index.js';
 import { contentDevices, filesystemOf, openInside, scanDevicesLvm, type InsideSelection } from './index.js';
@@ -79,10 +81,34 @@ export async function osRoot(fs: Filesystem): Promise<Filesystem | null> {
   return null;
 }
 
+/** libguestfs's device name of a filesystem found at `where` ("partition 2" is /dev/sda2, "LV vg/root" /dev/vg/root, the whole disk /dev/sda). */
+export function deviceName(where: string): { device: string; partition?: number; lv?: { vg: string; name: string }; wholeDisk?: boolean } {
+  const p = /^partition (\d+)$/.exec(where);
+  if (p) return { device: `/dev/sda${p[1]}`, partition: Number(p[1]) };
+  const lv = /^LV ([^/]+)\/(.+)$/.exec(where);
+  if (lv) return { device: `/dev/${lv[1]}/${lv[2]}`, lv: { vg: lv[1]!, name: lv[2]! } };
+  return { device: '/dev/sda', wholeDisk: true };
+}
+
+/** What an fstab spec can name a found filesystem by: device name, UUID, LABEL, and its partition's PARTUUID and PARTLABEL. */
+export function knownFilesystem(c: CandidateFilesystem, table: PartitionTable | null): KnownFilesystem {
+  const name = deviceName(c.name);
+  const part = name.partition !== undefined ? table?.partitions.find((p) => p.number === name.partition) : undefined;
+  return {
+    ...name,
+    ...(c.info.uuid !== undefined ? { uuid: c.info.uuid } : {}),
+    ...(c.info.label !== undefined ? { label: c.info.label } : {}),
+    ...(part?.uuid !== undefined ? { partuuid: part.uuid } : {}),
+    ...(part?.name !== undefined ? { partlabel: part.name } : {}),
+  };
+}
+
 export interface OpenedFilesystem {
   fs: Filesystem;
   /** Where it was found ("partition 1", "LV vg/root", "whole disk"). */
   where: string;
+  /** fstab entries of the root that could not be mounted under it. */
+  notes?: string[];
 }
 
 /**
@@ -102,18 +128,28 @@ export async function openSelectedFilesystem(disk: BlockDevice, selection: Insid
     // With subvolumes, the one holding the operating system (the default one may be only their parent).
     return { fs: fs.subvolumeViews ? (await osRoot(fs)) ?? fs : fs, where: candidates[0]!.name };
   }
-  const roots: OpenedFilesystem[] = [];
+  const opened = new Map<CandidateFilesystem, Filesystem>();
+  const roots: { fs: Filesystem; candidate: CandidateFilesystem }[] = [];
   for (const c of candidates) {
     let fs: Filesystem;
     try { fs = await openFilesystem(c.device, c.info.type); } catch (e) {
       if (isDiskError(e)) continue;
       throw e;
     }
+    opened.set(c, fs);
     const root = await osRoot(fs);
-    if (root) roots.push({ fs: root, where: c.name });
+    if (root) roots.push({ fs: root, candidate: c });
   }
   const list = candidates.map((c) => `${c.name} (${c.info.type})`).join(', ');
-  if (roots.length === 1) return roots[0]!;
   if (roots.length === 0) throw new DiskError('EINVAL', `no operating system root filesystem found among ${list}: choose one with --partition or --lv`);
-  throw new DiskError('EINVAL', `several operating system root filesystems found (${roots.map((r) => r.where).join(', ')}): choose one with --partition or --lv`);
+  if (roots.length > 1) throw new DiskError('EINVAL', `several operating system root filesystems found (${roots.map((r) => r.candidate.name).join(', ')}): choose one with --partition or --lv`);
+  // The root's /etc/fstab mounts the disk's other filesystems under it, as libguestfs's inspection does before virt-ls and virt-cat.
+  const { fs: root, candidate } = roots[0]!;
+  const table = await readPartitionTable(disk);
+  const known = candidates.map((c) => ({ ...knownFilesystem(c, table), candidate: c }));
+  const mounted = await mountFstab(root, deviceName(candidate.name).device, known, async (device) => {
+    const k = known.find((x) => x.device === device);
+    return k ? opened.get(k.candidate) : undefined;
+  });
+  return { fs: mounted.mounts > 0 ? mounted.fs : root, where: candidate.name, notes: mounted.notes };
 }

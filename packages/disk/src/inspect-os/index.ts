@@ -14,14 +14,15 @@ import { isDiskError } from '../errors.js';
 import type { Filesystem } from '../filesystem.js';
 import { openFilesystem } from '../filesystems.js';
 import { readPartitionTable } from '../partition/index.js';
-import { readableFilesystems, osRoot, type CandidateFilesystem } from '../inside/root.js';
+import { readableFilesystems, osRoot, deviceName, knownFilesystem, type CandidateFilesystem } from '../inside/root.js';
+import { mountFstab, type FstabMountpoint } from '../inside/mounts.js';
 import { OsTree } from './tree.js';
 import { detectRelease } from './release.js';
-import { parseFstab, isDiskMount, resolveSpec, type KnownFilesystem } from './fstab.js';
+import type { KnownFilesystem } from './fstab.js';
 import { detectArchitecture, detectBootLoader, detectCloudInit, detectHostname, detectKernels, detectUsers, type BootLoader, type CloudInit, type Kernel, type User } from './linux.js';
 import { detectPackages, type InstalledPackage } from './packages.js';
 
-export { parseDpkgStatus, parseApkInstalled, type InstalledPackage } from './packages.js';
+export { parseDpkgStatus, parseApkInstalled, splitPackageVersion, type InstalledPackage } from './packages.js';
 export { readRpmSqlite, parseRpmHeader } from './rpm.js';
 export { parseFstab, resolveSpec, type FstabEntry, type KnownFilesystem } from './fstab.js';
 export { elfArchitecture } from './elf.js';
@@ -38,14 +39,7 @@ export interface InspectedFilesystem extends KnownFilesystem {
   readable: boolean;
 }
 
-export interface OsMountpoint {
-  mountpoint: string;
-  /** The fstab spec as written (UUID=..., /dev/sda1, ...). */
-  spec: string;
-  fstype: string;
-  /** The disk's filesystem it names (libguestfs's device name), or null when none matches. */
-  device: string | null;
-}
+export type OsMountpoint = FstabMountpoint;
 
 export interface InspectedOs {
   /** The root filesystem's device (/dev/sda2, /dev/vg/root). */
@@ -80,15 +74,6 @@ export interface OsInspection {
 /** Windows's system directory (libguestfs looks for it in any case). */
 const WINDOWS_MARKERS = ['/Windows/System32', '/WINDOWS/system32', '/windows/system32', '/WINNT/system32'];
 
-/** libguestfs's device name of a filesystem we found. */
-function deviceName(where: string): { device: string; partition?: number; lv?: { vg: string; name: string }; wholeDisk?: boolean } {
-  const p = /^partition (\d+)$/.exec(where);
-  if (p) return { device: `/dev/sda${p[1]}`, partition: Number(p[1]) };
-  const lv = /^LV ([^/]+)\/(.+)$/.exec(where);
-  if (lv) return { device: `/dev/${lv[1]}/${lv[2]}`, lv: { vg: lv[1]!, name: lv[2]! } };
-  return { device: '/dev/sda', wholeDisk: true };
-}
-
 /** Inspect every operating system on a disk. */
 export async function inspectOperatingSystems(disk: BlockDevice): Promise<OsInspection> {
   return (await inspectWithTrees(disk)).inspection;
@@ -103,17 +88,7 @@ export async function inspectWithTrees(disk: BlockDevice): Promise<{ inspection:
   const table = await readPartitionTable(disk);
   const unread: CandidateFilesystem[] = [];
   const readable = await readableFilesystems(disk, unread);
-  const describe = (c: CandidateFilesystem, isReadable: boolean): InspectedFilesystem => {
-    const name = deviceName(c.name);
-    const part = name.partition !== undefined ? table?.partitions.find((p) => p.number === name.partition) : undefined;
-    return {
-      ...name, where: c.name, type: c.info.type, readable: isReadable,
-      ...(c.info.uuid !== undefined ? { uuid: c.info.uuid } : {}),
-      ...(c.info.label !== undefined ? { label: c.info.label } : {}),
-      ...(part?.uuid !== undefined ? { partuuid: part.uuid } : {}),
-      ...(part?.name !== undefined ? { partlabel: part.name } : {}),
-    };
-  };
+  const describe = (c: CandidateFilesystem, isReadable: boolean): InspectedFilesystem => ({ ...knownFilesystem(c, table), where: c.name, type: c.info.type, readable: isReadable });
   const filesystems = [...readable.map((c) => describe(c, true)), ...unread.map((c) => describe(c, false))];
   filesystems.sort((a, b) => a.device.localeCompare(b.device, 'en', { numeric: true }));
 
@@ -132,11 +107,13 @@ export async function inspectWithTrees(disk: BlockDevice): Promise<{ inspection:
     const candidate = opened.get(f.device);
     const fs = candidate && (await osRoot(candidate));
     if (!fs) continue;
-    const tree = new OsTree(fs);
     let windows = false;
-    for (const m of WINDOWS_MARKERS) if (await tree.exists(m)) windows = true;
-    if (windows) operatingSystems.push(inspectWindows(f));
-    else { operatingSystems.push(await inspectLinux(f, tree, filesystems, opened)); trees.set(f.device, tree); }
+    for (const m of WINDOWS_MARKERS) if (await new OsTree(fs).exists(m)) windows = true;
+    if (windows) { operatingSystems.push(inspectWindows(f)); continue; }
+    const mounted = await mountFstab(fs, f.device, filesystems, async (device) => opened.get(device));
+    const tree = new OsTree(mounted.fs);
+    operatingSystems.push(await inspectLinux(f, tree, mounted.mountpoints, mounted.notes));
+    trees.set(f.device, tree);
   }
   if (openErrors.length > 0) for (const os of operatingSystems) os.notes.push(...openErrors.map((m) => `not read: ${m}`));
   return { inspection: { filesystems, operatingSystems }, trees };
@@ -151,21 +128,9 @@ function inspectWindows(f: InspectedFilesystem): InspectedOs {
   };
 }
 
-async function inspectLinux(root: InspectedFilesystem, tree: OsTree, filesystems: InspectedFilesystem[], opened: Map<string, Filesystem>): Promise<InspectedOs> {
-  const notes: string[] = [];
-  const mountpoints: OsMountpoint[] = [];
-  const fstab = await tree.text('/etc/fstab', 1 << 20);
-  if (fstab !== null) {
-    for (const e of parseFstab(fstab)) {
-      if (!isDiskMount(e)) continue;
-      const known = resolveSpec(e.spec, filesystems);
-      mountpoints.push({ mountpoint: e.mountpoint, spec: e.spec, fstype: e.fstype, device: known?.device ?? null });
-      if (!known) { notes.push(`fstab: ${e.spec} (${e.mountpoint}) matches no filesystem of the disk`); continue; }
-      const fs = opened.get(known.device);
-      if (e.mountpoint !== '/' && fs && known.device !== root.device) tree.mount(e.mountpoint, fs);
-      else if (e.mountpoint !== '/' && !fs) notes.push(`${e.mountpoint}: ${known.device} is not read`);
-    }
-  }
+async function inspectLinux(root: InspectedFilesystem, tree: OsTree, fstabMounts: OsMountpoint[], mountNotes: string[]): Promise<InspectedOs> {
+  const notes = [...mountNotes];
+  const mountpoints = [...fstabMounts];
   if (!mountpoints.some((m) => m.mountpoint === '/')) mountpoints.unshift({ mountpoint: '/', spec: root.device, fstype: root.type, device: root.device });
 
   const release = await detectRelease(tree);

@@ -4,6 +4,7 @@
  * the same thing in the same words. Documented in the README ("diskhub img inspect").
  */
 import type { InspectedOs, OsInspection } from './index.js';
+import { splitPackageVersion } from './packages.js';
 
 export function inspectedOsJson(os: InspectedOs) {
   return {
@@ -27,7 +28,8 @@ export function inspectedOsJson(os: InspectedOs) {
     },
     cloud_init: os.cloudInit && { config_files: os.cloudInit.configFiles, datasource_list: os.cloudInit.datasourceList, datasource_list_from: os.cloudInit.datasourceListFrom },
     users: os.users.map((u) => ({ name: u.name, uid: u.uid, gid: u.gid, home: u.home, shell: u.shell, password: u.password })),
-    applications: os.packages && os.packages.map((p) => ({ name: p.name, version: p.version, arch: p.arch })),
+    // virt-inspector's <application>: epoch, version and release apart (splitPackageVersion).
+    applications: os.packages && os.packages.map((p) => ({ name: p.name, ...splitPackageVersion(p.version), arch: p.arch })),
     notes: os.notes,
   };
 }

@@ -15,6 +15,25 @@ export interface InstalledPackage {
 }
 
 /**
+ * A package version in virt-inspector's three parts (guestfs_application2: epoch, version,
+ * release): the epoch before a ':' (0 without one), the release after the last '-' (empty
+ * without one), the version between. dpkg and rpm both put the revision/release after the
+ * last hyphen (Debian Policy §5.6.12: the upstream version may itself contain hyphens; rpm
+ * forbids them in VERSION). libguestfs splits a dpkg version at the *first* hyphen instead
+ * (lib/inspect-apps.c), so for the few upstream versions with a hyphen it reports part of the
+ * upstream version as the release — on Debian 12, isc-dhcp-client 4.4.3-P1-2 is virt-inspector's
+ * version 4.4.3 release P1-2, and libedit2 3.1-20221030-2 its 3.1 and 20221030-2, where dpkg's
+ * own fields are 4.4.3-P1 / 2 and 3.1-20221030 / 2 (dpkg-query -f '${source:Upstream-Version}').
+ * Ours follows dpkg; version + '-' + release is the same string either way.
+ */
+export function splitPackageVersion(full: string): { epoch: number; version: string; release: string } {
+  const colon = /^(\d+):/.exec(full);
+  const rest = colon ? full.slice(colon[0].length) : full;
+  const dash = rest.lastIndexOf('-');
+  return { epoch: colon ? Number(colon[1]) : 0, version: dash < 0 ? rest : rest.slice(0, dash), release: dash < 0 ? '' : rest.slice(dash + 1) };
+}
+
+/**
  * dpkg's status file (deb-control(5) stanzas). A package is installed when the third word of
  * its Status field (the package state) is "installed" — what `dpkg-query -W -f '${db:Status-Status}'`
  * reports, whatever the selection (install, hold) says.

@@ -60,10 +60,17 @@ export async function detectRelease(tree: OsTree): Promise<Release | null> {
       const distro = DISTRO_OF_ID[id] ?? id;
       const version = parseVersion(kv.get('VERSION_ID')) ?? { major: 0, minor: 0 };
       const rel: Release = { distro, productName: kv.get('PRETTY_NAME') ?? kv.get('NAME') ?? null, ...version };
-      // Debian's os-release carries the major version only; /etc/debian_version has the point release (12.5).
-      if (distro === 'debian') {
-        const dv = parseVersion((await tree.text('/etc/debian_version', 4096))?.trim());
-        if (dv && dv.major === rel.major) rel.minor = dv.minor;
+      // Debian's and CentOS's os-release carry the major version only: libguestfs then takes the
+      // release file instead (inspect_fs_unix.ml parse_os_release), its first line as the product
+      // name ("12.5", as virt-inspector prints it) and its version when it has one.
+      if (rel.minor === 0 && (distro === 'debian' || distro === 'centos')) {
+        const file = distro === 'debian' ? '/etc/debian_version' : (await tree.exists('/etc/centos-release')) ? '/etc/centos-release' : '/etc/redhat-release';
+        const line = (await tree.text(file, 4096))?.split('\n')[0]!.trim();
+        if (line) {
+          rel.productName = line;
+          const v = parseVersion(distro === 'debian' ? line : /release (\d+(?:\.\d+)?)/.exec(line)?.[1]);
+          if (v) Object.assign(rel, v);
+        }
       }
       return rel;
     }

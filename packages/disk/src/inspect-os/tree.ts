@@ -1,9 +1,8 @@
 /**
- * An operating system's files as its fstab mounts them: the root filesystem with the other
- * filesystems of the disk at their mount points (a separate /boot, /var, ...), read without
- * mounting anything. Paths are resolved in the filesystem of the longest mount point that
- * prefixes them; symlinks are followed within that filesystem (an absolute link that leaves
- * a mounted filesystem is not followed across the mount, a simplification noted in the README).
+ * An operating system's files, read the way inspection and lint read them: whole small files,
+ * directory listings, kinds, with missing files as null and other failures collected as
+ * problems. Over the root filesystem with its fstab mounts joined (inside/mounts.ts), so
+ * paths and symlinks cross into a separate /boot or /var as they do on a running system.
  */
 import { isDiskError } from '../errors.js';
 import type { FileKind, Filesystem } from '../filesystem.js';
@@ -15,33 +14,17 @@ export const MAX_FILE_BYTES = 64 << 20;
 const MAX_DIR_ENTRIES = 65536;
 
 export class OsTree {
-  /** Mount points, longest first. */
-  private readonly mounts: { at: string; fs: Filesystem }[];
   /** Files that could not be read for another reason than not existing (corrupt metadata, too large). */
   readonly problems: string[] = [];
 
-  constructor(root: Filesystem) {
-    this.mounts = [{ at: '/', fs: root }];
-  }
-
-  mount(at: string, fs: Filesystem): void {
-    if (at === '/' || this.mounts.some((m) => m.at === at)) return;
-    this.mounts.push({ at, fs });
-    this.mounts.sort((a, b) => b.at.length - a.at.length);
-  }
-
-  private place(path: string): { fs: Filesystem; rest: string } {
-    for (const m of this.mounts) {
-      if (m.at === '/' || path === m.at || path.startsWith(`${m.at}/`)) return { fs: m.fs, rest: m.at === '/' ? path : path.slice(m.at.length) || '/' };
-    }
-    return { fs: this.mounts[this.mounts.length - 1]!.fs, rest: path };
-  }
+  /** `fs`: the system's root, with its other filesystems mounted (inside/mounts.ts). */
+  constructor(private readonly fs: Filesystem) {}
 
   /** A regular file's bytes, or null when it does not exist (or is not a regular file). */
   async read(path: string, max = MAX_FILE_BYTES): Promise<Buffer | null> {
-    const { fs, rest } = this.place(path);
+    const { fs } = this;
     try {
-      const node = await resolvePath(fs, rest, { follow: true });
+      const node = await resolvePath(fs, path, { follow: true });
       if (node.stat.kind !== 'file') return null;
       if (node.stat.size > max) { this.problems.push(`${path}: larger than ${max} bytes, not read`); return null; }
       const buf = Buffer.alloc(node.stat.size);
@@ -71,9 +54,9 @@ export class OsTree {
 
   /** A regular file for reads anywhere in it (a database too large to read whole), or null. */
   async open(path: string): Promise<{ size: number; read: (offset: number, length: number) => Promise<Uint8Array> } | null> {
-    const { fs, rest } = this.place(path);
+    const { fs } = this;
     try {
-      const node = await resolvePath(fs, rest, { follow: true });
+      const node = await resolvePath(fs, path, { follow: true });
       if (node.stat.kind !== 'file') return null;
       const size = node.stat.size;
       return {
@@ -91,9 +74,9 @@ export class OsTree {
 
   /** The names in a directory (sorted), or null when it does not exist. */
   async list(path: string): Promise<string[] | null> {
-    const { fs, rest } = this.place(path);
+    const { fs } = this;
     try {
-      const node = await resolvePath(fs, rest, { follow: true });
+      const node = await resolvePath(fs, path, { follow: true });
       if (node.stat.kind !== 'directory') return null;
       const names: string[] = [];
       for await (const e of fs.readdir(node)) {
@@ -108,9 +91,9 @@ export class OsTree {
 
   /** What a path is, without following a last symlink (lstat's file type), or null when it does not exist. */
   async kind(path: string): Promise<FileKind | null> {
-    const { fs, rest } = this.place(path);
+    const { fs } = this;
     try {
-      return (await resolvePath(fs, rest)).stat.kind;
+      return (await resolvePath(fs, path)).stat.kind;
     } catch (e) {
       return this.missing(path, e);
     }
@@ -118,9 +101,9 @@ export class OsTree {
 
   /** Whether a path exists (any kind). */
   async exists(path: string): Promise<boolean> {
-    const { fs, rest } = this.place(path);
+    const { fs } = this;
     try {
-      await resolvePath(fs, rest);
+      await resolvePath(fs, path);
       return true;
     } catch (e) {
       this.missing(path, e);
