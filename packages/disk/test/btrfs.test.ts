@@ -11,7 +11,8 @@ import { mkdir, open, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { diskhub, makeSourceTree, needs, needsLoopDevices, loopDevicesUsable, tempDir, runOk, run, withLoopMount } from '@diskhub/testkit';
 import { inspectOperatingSystems, isDiskError, openFilesystem, resolvePath, Btrfs, type BtrfsNode } from '../src/index.js';
-import { BTRFS_SUPER_INFO_OFFSET, HEADER, KEY_PTR, SUPERBLOCK } from '../src/btrfs/index.js';
+import { BTRFS_SUPER_INFO_OFFSET, HEADER, KEY_PTR, SUPERBLOCK, blake2b, xxhash64 } from '../src/btrfs/index.js';
+import { createHash, randomBytes } from 'node:crypto';
 import { crc32c } from '../src/crc32c.js';
 import { directoryTree, expectDiskError, openBytes, openRaw, readerTree, sorted, without, type Tree } from './fs-tree.js';
 
@@ -198,6 +199,16 @@ test('btrfs RAID profiles: RAID0 on one device (one stripe) reads as the kernel 
   const two = await openRaw(a);
   t.after(() => two.close());
   await assert.rejects(openFilesystem(two), (e: Error) => isDiskError(e, 'EUNSUPPORTED') && /spans 2 devices/.test(e.message));
+});
+
+test('btrfs checksums: BLAKE2b equals Node\'s blake2b512 at 64 bytes (and RFC 7693\'s "abc" vector at 32), xxHash64 the reference vectors', () => {
+  for (const n of [0, 1, 127, 128, 129, 1000, 16384]) {
+    const data = randomBytes(n);
+    assert.equal(Buffer.from(blake2b(data, 64)).toString('hex'), createHash('blake2b512').update(data).digest('hex'), `${n} bytes`);
+  }
+  assert.equal(Buffer.from(blake2b(Buffer.from('abc'), 32)).toString('hex'), 'bddd813c634239723171ef3fee98579b94964e3bb1cb3e427262c8c068d52319');
+  assert.equal(xxhash64(new Uint8Array(0)), 0xef46db3751d8e999n);
+  assert.equal(xxhash64(Buffer.from('abc')), 0x44bc2cf5ad770999n);
 });
 
 test('btrfs hostile: checksum mismatches, keys out of order, a pointer repeated or outside every chunk, a huge item count, an unknown checksum type and several devices end in typed errors', needs('mkfs.btrfs'), async (t) => {
