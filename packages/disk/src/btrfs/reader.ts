@@ -35,7 +35,8 @@ import {
   COMPRESS_LZO, COMPRESS_NONE, COMPRESS_ZLIB, COMPRESS_ZSTD, DIR_INDEX_KEY, DIR_ITEM, DIR_ITEM_KEY, DISK_KEY_SIZE, EXTENT_DATA_KEY,
   FILE_EXTENT, FILE_EXTENT_INLINE, FILE_EXTENT_INLINE_DATA_START, FILE_EXTENT_PREALLOC, FILE_EXTENT_REG, FIRST_CHUNK_TREE_OBJECTID,
   FIRST_FREE_OBJECTID, FS_TREE_OBJECTID, HEADER, INCOMPAT_METADATA_UUID, INCOMPAT_READABLE, INODE_ITEM, INODE_ITEM_KEY, INODE_REF,
-  INODE_REF_KEY, ITEM, KEY_PTR, LAST_FREE_OBJECTID, ROOT_BACKREF_KEY, ROOT_ITEM, ROOT_ITEM_KEY, ROOT_REF, ROOT_TREE_DIR_OBJECTID,
+  INODE_REF_KEY, ITEM, KEY_PTR, LAST_FREE_OBJECTID, ROOT_BACKREF_KEY, ROOT_ITEM, ROOT_ITEM_KEY, ROOT_REF, ROOT_REF_KEY, ROOT_TREE_DIR_OBJECTID,
+  EMPTY_SUBVOL_DIR_OBJECTID,
   ROOT_TREE_OBJECTID, STRIPE, SUPERBLOCK,
 } from './layout.js';
 import { btrfsLzoDecompress } from './lzo.js';
@@ -257,12 +258,12 @@ export class Btrfs implements Filesystem {
     if (d.stat.kind !== 'directory') throw new DiskError('EINVAL', 'btrfs: not a directory');
     const cached = this.recent.get(dirKey(d));
     const entry = cached ? cached.find((e) => e.name === name) : await this.dirItem(d.tree, d.objectid, name);
-    return entry ? this.locate(d.tree, entry.location) : null;
+    return entry ? this.locate(d, entry.location, name) : null;
   }
 
   async open(dir: FsNode, entry: DirEntry): Promise<BtrfsNode> {
     const location = (entry as Partial<BtrfsDirEntry>).location;
-    if (location) return this.locate(asBtrfs(dir).tree, location);
+    if (location) return this.locate(asBtrfs(dir), location, entry.name);
     const node = await this.lookup(dir, entry.name);
     if (!node) throw corrupt(`${entry.name}: listed in its directory but not found there`);
     return node;
@@ -452,11 +453,38 @@ export class Btrfs implements Filesystem {
     return root;
   }
 
-  /** The node a directory entry's location names. */
-  private async locate(tree: Tree, location: Key): Promise<BtrfsNode> {
-    if (location.type === ROOT_ITEM_KEY) return this.subvolumeRoot(await this.tree(location.objectid));
+  /** The node the entry `name` of directory `dir` names by its location. */
+  private async locate(dir: BtrfsNode, location: Key, name: string): Promise<BtrfsNode> {
+    if (location.type === ROOT_ITEM_KEY) {
+      // A subvolume is shown where its ROOT_REF says it lives; a snapshot's copy of the entry
+      // of a subvolume nested in the original is an empty directory (the kernel's new_simple_dir).
+      if (!(await this.rootRef(dir.tree.id, location.objectid, dir.objectid, name))) return this.emptyDirectory(dir, location.objectid);
+      return this.subvolumeRoot(await this.tree(location.objectid));
+    }
     if (location.type !== INODE_ITEM_KEY) throw corrupt(`a directory entry points to an item of type ${location.type}`);
-    return this.inode(tree, location.objectid);
+    return this.inode(dir.tree, location.objectid);
+  }
+
+  /** Does subvolume `parent` hold subvolume `child` as entry `name` of directory `dirid` (a ROOT_REF item)? */
+  private async rootRef(parent: bigint, child: bigint, dirid: bigint, name: string): Promise<boolean> {
+    const key = { objectid: parent, type: ROOT_REF_KEY, offset: child };
+    for await (const item of this.items(await this.tree(ROOT_TREE_OBJECTID), key, key)) {
+      const ref = ROOT_REF.decode(item.data);
+      if (ROOT_REF.size + ref.nameLen > item.data.length) throw corrupt(`root ref ${keyString(item.key)} runs past its item`);
+      return ref.dirid === dirid && utf8(item.data.subarray(ROOT_REF.size, ROOT_REF.size + ref.nameLen)) === name;
+    }
+    return false;
+  }
+
+  /** The empty directory the kernel shows in place of a subvolume that is not there (inode 2, BTRFS_EMPTY_SUBVOL_DIR_OBJECTID). */
+  private emptyDirectory(parent: BtrfsNode, subvolume: bigint): BtrfsNode {
+    const p = parent.stat;
+    const stat: FileStat = {
+      ino: (subvolume << 48n) | EMPTY_SUBVOL_DIR_OBJECTID, kind: 'directory', perm: 0o755, uid: 0, gid: 0, size: 0, nlink: 1,
+      atime: p.atime, mtime: p.mtime, ctime: p.ctime, blocks: 0,
+    };
+    // Objectid 2 holds no items in any tree: it lists as empty.
+    return { stat, tree: parent.tree, objectid: EMPTY_SUBVOL_DIR_OBJECTID };
   }
 
   private async inode(tree: Tree, objectid: bigint): Promise<BtrfsNode> {
