@@ -96,6 +96,7 @@ export interface BtrfsNode extends FsNode {
 
 /** A directory entry with where it points (an inode of the same tree, or a subvolume's root). */
 interface BtrfsDirEntry extends DirEntry { location: Key }
+interface ListedDirectory { entries: BtrfsDirEntry[]; byName: Map<string, BtrfsDirEntry> }
 
 export interface Subvolume {
   id: bigint;
@@ -130,7 +131,7 @@ class Volume {
 export class Btrfs implements Filesystem {
   readonly type = 'btrfs';
   readonly warnings: string[];
-  private readonly recent = new RecentDirectories<string, BtrfsDirEntry[]>();
+  private readonly recent = new RecentDirectories<string, ListedDirectory>();
 
   private constructor(private readonly vol: Volume, readonly top: Tree, warnings: string[]) {
     this.warnings = warnings;
@@ -250,14 +251,14 @@ export class Btrfs implements Filesystem {
   }
 
   async *readdir(dir: FsNode): AsyncIterable<DirEntry> {
-    yield* await this.listed(asBtrfs(dir));
+    yield* (await this.listed(asBtrfs(dir))).entries;
   }
 
   async lookup(dir: FsNode, name: string): Promise<BtrfsNode | null> {
     const d = asBtrfs(dir);
     if (d.stat.kind !== 'directory') throw new DiskError('EINVAL', 'btrfs: not a directory');
     const cached = this.recent.get(dirKey(d));
-    const entry = cached ? cached.find((e) => e.name === name) : await this.dirItem(d.tree, d.objectid, name);
+    const entry = cached ? cached.byName.get(name) : await this.dirItem(d.tree, d.objectid, name);
     return entry ? this.locate(d, entry.location, name) : null;
   }
 
@@ -519,7 +520,7 @@ export class Btrfs implements Filesystem {
   }
 
   /** A directory's DIR_INDEX entries (creation order), listed once while it is among the recent ones. */
-  private async listed(d: BtrfsNode): Promise<BtrfsDirEntry[]> {
+  private async listed(d: BtrfsNode): Promise<ListedDirectory> {
     if (d.stat.kind !== 'directory') throw new DiskError('EINVAL', 'btrfs: not a directory');
     const cached = this.recent.get(dirKey(d));
     if (cached) return cached;
@@ -529,8 +530,9 @@ export class Btrfs implements Filesystem {
       if (entries.length >= MAX_DIRECTORY_ENTRIES) throw new DiskError('ELIMIT', `btrfs: directory ${d.objectid} has too many entries`);
       for (const e of decodeDirItems(item)) entries.push(this.entry(d.tree, e.location, e.name, e.type));
     }
-    if (entries.length <= CACHED_DIRECTORY_ENTRIES) this.recent.set(dirKey(d), entries);
-    return entries;
+    const listed = { entries, byName: new Map(entries.map((e) => [e.name, e])) };
+    if (entries.length <= CACHED_DIRECTORY_ENTRIES) this.recent.set(dirKey(d), listed);
+    return listed;
   }
 
   private entry(tree: Tree, location: Key, name: string, type: number): BtrfsDirEntry {
