@@ -116,6 +116,7 @@ export const DIR_ITEM_KEY = 84;
 export const DIR_INDEX_KEY = 96;
 export const EXTENT_DATA_KEY = 108;
 export const ROOT_ITEM_KEY = 132;
+export const ROOT_REF_KEY = 156;
 export const ROOT_BACKREF_KEY = 144;
 export const CHUNK_ITEM_KEY = 228;
 
@@ -123,6 +124,8 @@ export const CHUNK_ITEM_KEY = 228;
 export const ROOT_TREE_OBJECTID = 1n;
 export const FS_TREE_OBJECTID = 5n;
 export const ROOT_TREE_DIR_OBJECTID = 6n;
+/** The inode number of the empty directory shown for a subvolume a snapshot does not hold. */
+export const EMPTY_SUBVOL_DIR_OBJECTID = 2n;
 export const FIRST_FREE_OBJECTID = 256n;
 /** Subvolume ids run from 256 to -256 (BTRFS_LAST_FREE_OBJECTID). */
 export const LAST_FREE_OBJECTID = 0xffffffffffffff00n;
@@ -214,7 +217,7 @@ export const INODE_REF = defineStruct('btrfs inode ref', 10, {
   nameLen: [8, u16le],
 });
 
-/** btrfs_root_ref (ROOT_BACKREF: subvolume → the directory of its parent that holds it, and its name). */
+/** btrfs_root_ref (ROOT_REF: parent → subvolume, ROOT_BACKREF: subvolume → parent; the directory of the parent that holds it, and its name). */
 export const ROOT_REF = defineStruct('btrfs root ref', 18, {
   dirid: [0, u64le],
   sequence: [8, u64le],

@@ -21,26 +21,26 @@
  * (subvolume id << 48) | inode (the kernel tells them apart by st_dev, which a FileStat
  * does not have), so hard-link detection and loop checks never mix two subvolumes up.
  */
-import { createHash } from 'node:crypto';
 import { inflateSync } from 'node:zlib';
 import { Decompress } from 'fzstd';
 import type { BlockDevice } from '../blockdev.js';
-import { crc32c, crc32cRegister } from '../crc32c.js';
+import { crc32cRegister } from '../crc32c.js';
 import { DiskError } from '../errors.js';
 import type { DirEntry, FileKind, FileStat, Filesystem, FsNode } from '../filesystem.js';
 import { RecentDirectories } from '../fscache.js';
 import { kindOfMode } from '../fsmode.js';
 import { cString } from '../fsid/model.js';
 import {
-  BLOCK_GROUP_DUP, BLOCK_GROUP_PROFILES, BLOCK_GROUP_RAID0, BTRFS_CSUM_SIZE, BTRFS_CSUM_TYPE_BLAKE2, BTRFS_CSUM_TYPE_CRC32, BTRFS_CSUM_TYPE_SHA256,
-  BTRFS_CSUM_TYPE_XXHASH, BTRFS_FT, BTRFS_MAGIC, BTRFS_MAX_LEVEL, BTRFS_SUPER_INFO_OFFSET, BTRFS_SUPER_INFO_SIZE, CHUNK, CHUNK_ITEM_KEY,
+  BLOCK_GROUP_DUP, BLOCK_GROUP_PROFILES, BLOCK_GROUP_RAID0, BTRFS_FT, BTRFS_MAGIC, BTRFS_MAX_LEVEL, BTRFS_SUPER_INFO_OFFSET, BTRFS_SUPER_INFO_SIZE, CHUNK, CHUNK_ITEM_KEY,
   COMPRESS_LZO, COMPRESS_NONE, COMPRESS_ZLIB, COMPRESS_ZSTD, DIR_INDEX_KEY, DIR_ITEM, DIR_ITEM_KEY, DISK_KEY_SIZE, EXTENT_DATA_KEY,
   FILE_EXTENT, FILE_EXTENT_INLINE, FILE_EXTENT_INLINE_DATA_START, FILE_EXTENT_PREALLOC, FILE_EXTENT_REG, FIRST_CHUNK_TREE_OBJECTID,
   FIRST_FREE_OBJECTID, FS_TREE_OBJECTID, HEADER, INCOMPAT_METADATA_UUID, INCOMPAT_READABLE, INODE_ITEM, INODE_ITEM_KEY, INODE_REF,
-  INODE_REF_KEY, ITEM, KEY_PTR, LAST_FREE_OBJECTID, ROOT_BACKREF_KEY, ROOT_ITEM, ROOT_ITEM_KEY, ROOT_REF, ROOT_TREE_DIR_OBJECTID,
+  INODE_REF_KEY, ITEM, KEY_PTR, LAST_FREE_OBJECTID, ROOT_BACKREF_KEY, ROOT_ITEM, ROOT_ITEM_KEY, ROOT_REF, ROOT_REF_KEY, ROOT_TREE_DIR_OBJECTID,
+  EMPTY_SUBVOL_DIR_OBJECTID,
   ROOT_TREE_OBJECTID, STRIPE, SUPERBLOCK,
 } from './layout.js';
 import { btrfsLzoDecompress } from './lzo.js';
+import { checksumSize, verifyChecksum } from './checksum.js';
 
 /** Extents of one file held in memory. */
 export const MAX_EXTENTS = 1 << 20;
@@ -96,6 +96,7 @@ export interface BtrfsNode extends FsNode {
 
 /** A directory entry with where it points (an inode of the same tree, or a subvolume's root). */
 interface BtrfsDirEntry extends DirEntry { location: Key }
+interface ListedDirectory { entries: BtrfsDirEntry[]; byName: Map<string, BtrfsDirEntry> }
 
 export interface Subvolume {
   id: bigint;
@@ -130,7 +131,7 @@ class Volume {
 export class Btrfs implements Filesystem {
   readonly type = 'btrfs';
   readonly warnings: string[];
-  private readonly recent = new RecentDirectories<string, BtrfsDirEntry[]>();
+  private readonly recent = new RecentDirectories<string, ListedDirectory>();
 
   private constructor(private readonly vol: Volume, readonly top: Tree, warnings: string[]) {
     this.warnings = warnings;
@@ -250,20 +251,20 @@ export class Btrfs implements Filesystem {
   }
 
   async *readdir(dir: FsNode): AsyncIterable<DirEntry> {
-    yield* await this.listed(asBtrfs(dir));
+    yield* (await this.listed(asBtrfs(dir))).entries;
   }
 
   async lookup(dir: FsNode, name: string): Promise<BtrfsNode | null> {
     const d = asBtrfs(dir);
     if (d.stat.kind !== 'directory') throw new DiskError('EINVAL', 'btrfs: not a directory');
     const cached = this.recent.get(dirKey(d));
-    const entry = cached ? cached.find((e) => e.name === name) : await this.dirItem(d.tree, d.objectid, name);
-    return entry ? this.locate(d.tree, entry.location) : null;
+    const entry = cached ? cached.byName.get(name) : await this.dirItem(d.tree, d.objectid, name);
+    return entry ? this.locate(d, entry.location, name) : null;
   }
 
   async open(dir: FsNode, entry: DirEntry): Promise<BtrfsNode> {
     const location = (entry as Partial<BtrfsDirEntry>).location;
-    if (location) return this.locate(asBtrfs(dir).tree, location);
+    if (location) return this.locate(asBtrfs(dir), location, entry.name);
     const node = await this.lookup(dir, entry.name);
     if (!node) throw corrupt(`${entry.name}: listed in its directory but not found there`);
     return node;
@@ -453,11 +454,38 @@ export class Btrfs implements Filesystem {
     return root;
   }
 
-  /** The node a directory entry's location names. */
-  private async locate(tree: Tree, location: Key): Promise<BtrfsNode> {
-    if (location.type === ROOT_ITEM_KEY) return this.subvolumeRoot(await this.tree(location.objectid));
+  /** The node the entry `name` of directory `dir` names by its location. */
+  private async locate(dir: BtrfsNode, location: Key, name: string): Promise<BtrfsNode> {
+    if (location.type === ROOT_ITEM_KEY) {
+      // A subvolume is shown where its ROOT_REF says it lives; a snapshot's copy of the entry
+      // of a subvolume nested in the original is an empty directory (the kernel's new_simple_dir).
+      if (!(await this.rootRef(dir.tree.id, location.objectid, dir.objectid, name))) return this.emptyDirectory(dir, location.objectid);
+      return this.subvolumeRoot(await this.tree(location.objectid));
+    }
     if (location.type !== INODE_ITEM_KEY) throw corrupt(`a directory entry points to an item of type ${location.type}`);
-    return this.inode(tree, location.objectid);
+    return this.inode(dir.tree, location.objectid);
+  }
+
+  /** Does subvolume `parent` hold subvolume `child` as entry `name` of directory `dirid` (a ROOT_REF item)? */
+  private async rootRef(parent: bigint, child: bigint, dirid: bigint, name: string): Promise<boolean> {
+    const key = { objectid: parent, type: ROOT_REF_KEY, offset: child };
+    for await (const item of this.items(await this.tree(ROOT_TREE_OBJECTID), key, key)) {
+      const ref = ROOT_REF.decode(item.data);
+      if (ROOT_REF.size + ref.nameLen > item.data.length) throw corrupt(`root ref ${keyString(item.key)} runs past its item`);
+      return ref.dirid === dirid && utf8(item.data.subarray(ROOT_REF.size, ROOT_REF.size + ref.nameLen)) === name;
+    }
+    return false;
+  }
+
+  /** The empty directory the kernel shows in place of a subvolume that is not there (inode 2, BTRFS_EMPTY_SUBVOL_DIR_OBJECTID). */
+  private emptyDirectory(parent: BtrfsNode, subvolume: bigint): BtrfsNode {
+    const p = parent.stat;
+    const stat: FileStat = {
+      ino: (subvolume << 48n) | EMPTY_SUBVOL_DIR_OBJECTID, kind: 'directory', perm: 0o755, uid: 0, gid: 0, size: 0, nlink: 1,
+      atime: p.atime, mtime: p.mtime, ctime: p.ctime, blocks: 0,
+    };
+    // Objectid 2 holds no items in any tree: it lists as empty.
+    return { stat, tree: parent.tree, objectid: EMPTY_SUBVOL_DIR_OBJECTID };
   }
 
   private async inode(tree: Tree, objectid: bigint): Promise<BtrfsNode> {
@@ -492,7 +520,7 @@ export class Btrfs implements Filesystem {
   }
 
   /** A directory's DIR_INDEX entries (creation order), listed once while it is among the recent ones. */
-  private async listed(d: BtrfsNode): Promise<BtrfsDirEntry[]> {
+  private async listed(d: BtrfsNode): Promise<ListedDirectory> {
     if (d.stat.kind !== 'directory') throw new DiskError('EINVAL', 'btrfs: not a directory');
     const cached = this.recent.get(dirKey(d));
     if (cached) return cached;
@@ -502,8 +530,9 @@ export class Btrfs implements Filesystem {
       if (entries.length >= MAX_DIRECTORY_ENTRIES) throw new DiskError('ELIMIT', `btrfs: directory ${d.objectid} has too many entries`);
       for (const e of decodeDirItems(item)) entries.push(this.entry(d.tree, e.location, e.name, e.type));
     }
-    if (entries.length <= CACHED_DIRECTORY_ENTRIES) this.recent.set(dirKey(d), entries);
-    return entries;
+    const listed = { entries, byName: new Map(entries.map((e) => [e.name, e])) };
+    if (entries.length <= CACHED_DIRECTORY_ENTRIES) this.recent.set(dirKey(d), listed);
+    return listed;
   }
 
   private entry(tree: Tree, location: Key, name: string, type: number): BtrfsDirEntry {
@@ -692,31 +721,6 @@ function zstdFrameLength(b: Uint8Array): number {
   return at;
 }
 
-function checksumSize(type: number): number {
-  switch (type) {
-    case BTRFS_CSUM_TYPE_CRC32: return 4;
-    case BTRFS_CSUM_TYPE_XXHASH: return 8;
-    case BTRFS_CSUM_TYPE_SHA256: return 32;
-    case BTRFS_CSUM_TYPE_BLAKE2: throw new DiskError('EUNSUPPORTED', 'btrfs: blake2b checksums are not supported (crc32c, xxhash64 and sha256 are)');
-    default: throw new DiskError('EUNSUPPORTED', `btrfs: checksum type ${type}`);
-  }
-}
-
-/** The checksum of a superblock or tree block: over everything after the 32-byte csum field, stored at its start. */
-function verifyChecksum(type: number, b: Uint8Array, size: number, what: string): void {
-  const body = b.subarray(BTRFS_CSUM_SIZE);
-  let computed: Uint8Array;
-  if (type === BTRFS_CSUM_TYPE_CRC32) {
-    computed = new Uint8Array(4);
-    new DataView(computed.buffer).setUint32(0, crc32c(body), true);
-  } else if (type === BTRFS_CSUM_TYPE_SHA256) computed = createHash('sha256').update(body).digest();
-  else {
-    computed = new Uint8Array(8);
-    new DataView(computed.buffer).setBigUint64(0, xxhash64(body), true);
-  }
-  if (!sameBytes(b.subarray(0, size), computed)) throw corrupt(`checksum mismatch in ${what}`);
-}
-
 const dirKey = (d: BtrfsNode) => `${d.tree.id}:${d.objectid}`;
 
 function asBtrfs(n: FsNode): BtrfsNode {
@@ -725,44 +729,3 @@ function asBtrfs(n: FsNode): BtrfsNode {
 }
 
 export const openBtrfs = (device: BlockDevice): Promise<Btrfs> => Btrfs.open(device);
-
-// xxHash64 (the algorithm's specification, github.com/Cyan4973/xxHash doc/xxhash_spec.md), seed 0.
-const P1 = 11400714785074694791n;
-const P2 = 14029467366897019727n;
-const P3 = 1609587929392839161n;
-const P4 = 9650029242287828579n;
-const P5 = 2870177450012600261n;
-const M64 = 0xffffffffffffffffn;
-const rotl = (x: bigint, r: bigint) => ((x << r) | (x >> (64n - r))) & M64;
-const round = (acc: bigint, lane: bigint) => (rotl((acc + lane * P2) & M64, 31n) * P1) & M64;
-const mergeRound = (acc: bigint, v: bigint) => (((acc ^ round(0n, v)) * P1) & M64) + P4 & M64;
-
-export function xxhash64(b: Uint8Array): bigint {
-  const v = new DataView(b.buffer, b.byteOffset, b.byteLength);
-  const len = b.length;
-  let at = 0;
-  let acc: bigint;
-  if (len >= 32) {
-    let a1 = (P1 + P2) & M64, a2 = P2, a3 = 0n, a4 = (M64 + 1n - P1) & M64;
-    for (; at + 32 <= len; at += 32) {
-      a1 = round(a1, v.getBigUint64(at, true));
-      a2 = round(a2, v.getBigUint64(at + 8, true));
-      a3 = round(a3, v.getBigUint64(at + 16, true));
-      a4 = round(a4, v.getBigUint64(at + 24, true));
-    }
-    acc = (rotl(a1, 1n) + rotl(a2, 7n) + rotl(a3, 12n) + rotl(a4, 18n)) & M64;
-    acc = mergeRound(mergeRound(mergeRound(mergeRound(acc, a1), a2), a3), a4);
-  } else acc = P5;
-  acc = (acc + BigInt(len)) & M64;
-  for (; at + 8 <= len; at += 8) acc = ((rotl(acc ^ round(0n, v.getBigUint64(at, true)), 27n) * P1) & M64) + P4 & M64;
-  if (at + 4 <= len) {
-    acc = ((rotl(acc ^ ((BigInt(v.getUint32(at, true)) * P1) & M64), 23n) * P2) & M64) + P3 & M64;
-    at += 4;
-  }
-  for (; at < len; at++) acc = (rotl(acc ^ ((BigInt(b[at]!) * P5) & M64), 11n) * P1) & M64;
-  acc ^= acc >> 33n;
-  acc = (acc * P2) & M64;
-  acc ^= acc >> 29n;
-  acc = (acc * P3) & M64;
-  return acc ^ (acc >> 32n);
-}
