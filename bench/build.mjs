@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// `diskhub build` of examples/debian-12-minimal.yaml: a cold build (an empty DISKHUB_BUILD_CACHE:
+// `diskhub build` of a recipe (BENCH_RECIPE, default examples/debian-12-minimal.yaml): a cold build (an empty DISKHUB_BUILD_CACHE:
 // debootstrap downloads and installs the base, apt downloads the packages) and then a warm one
 // (the same cache: the debootstrap tarball is unpacked, the packages come from the cache), with
 // the time of each step from the build's progress lines and the size of the output.
@@ -8,6 +8,7 @@
 // device-mapper for a partitioned image, which this machine does not have — that is why the
 // build puts each filesystem on its own loop device. The numbers are absolute, not a ratio.
 //   sudo node bench/build.mjs    (after npm run build; root, debootstrap, grub-*-bin, mtools...)
+//   sudo BENCH_RECIPE=examples/ubuntu-24.04-minimal.yaml node bench/build.mjs
 import { spawn } from 'node:child_process';
 import { mkdirSync, rmSync, statSync } from 'node:fs';
 import { join, dirname, resolve } from 'node:path';
@@ -17,6 +18,7 @@ import { loadavg } from 'node:os';
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const work = join(root, 'bench', 'work', 'build');
 const cache = join(work, 'cache');
+const recipe = resolve(root, process.env.BENCH_RECIPE ?? 'examples/debian-12-minimal.yaml');
 rmSync(work, { recursive: true, force: true });
 mkdirSync(work, { recursive: true });
 
@@ -24,7 +26,7 @@ function build(name) {
   const out = join(work, `${name}.qcow2`);
   const started = Date.now();
   return new Promise((resolvePromise, reject) => {
-    const child = spawn(process.execPath, [join(root, 'packages/cli/bin/diskhub.js'), 'build', join(root, 'examples/debian-12-minimal.yaml'), '-o', out],
+    const child = spawn(process.execPath, [join(root, 'packages/cli/bin/diskhub.js'), 'build', recipe, '-o', out],
       { env: { ...process.env, DISKHUB_BUILD_CACHE: cache }, stdio: ['ignore', 'inherit', 'pipe'] });
     const steps = [];
     let text = '';
