@@ -3,7 +3,8 @@
  * same file. qcow2 images made by qemu-img stream (only their tables are kept); one rewritten
  * so its L2 table comes after the data it maps streams through the spill file; other formats
  * are staged. Hostile streams (truncated, tables pointing past the end, a cluster mapped twice,
- * a backing file) never give a wrong byte: either qemu-img's bytes or an error.
+ * a backing file) never give a wrong byte: either qemu-img's bytes or an error. vmdk sparse
+ * extents qemu-img made (streamOptimized, monolithicSparse: tables before grains) stream too.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -98,7 +99,7 @@ test('qcow2 made by qemu-img (plain, compressed zlib and zstd, small clusters) s
   }
 });
 
-test('a qcow2 whose L2 table follows its data streams through the spill file; other formats are staged; both byte-exact', needs('qemu-img', 'qemu-io'), async (t) => {
+test('a qcow2 whose L2 table follows its data streams through the spill file; vmdk sparse extents made by qemu-img stream; other formats are staged; all byte-exact', needs('qemu-img', 'qemu-io'), async (t) => {
   const dir = await tempDir(t);
   const raw = await sourceRaw(dir);
   const expected = await qemuRaw(raw, dir);
@@ -112,14 +113,25 @@ test('a qcow2 whose L2 table follows its data streams through the spill file; ot
   assert.equal(got.mode, 'streamed');
   assert.equal(got.hash, (expected as { hash: string }).hash);
   assert.ok(got.spilled > 10 * MiB, 'the data before its table waited in the spill file');
-  for (const [fmt, opts] of [['vmdk', ['-o', 'subformat=streamOptimized']], ['vhdx', []], ['vpc', []], ['raw', []]] as const) {
-    const file = join(dir, `copy.${fmt}`);
+  for (const [fmt, opts, mode] of [
+    ['vmdk', ['-o', 'subformat=streamOptimized'], 'streamed'], ['vmdk', ['-o', 'subformat=monolithicSparse'], 'streamed'],
+    ['vhdx', [], 'staged'], ['vpc', [], 'staged'], ['raw', [], 'staged'],
+  ] as const) {
+    const file = join(dir, `copy-${opts.join('')}.${fmt}`);
     await qemuImg('convert', '-f', 'raw', '-O', fmt, ...opts, raw, file);
     const want = await qemuRaw(file, dir);
     const r = await streamed(file, dir);
-    assert.equal(r.mode, 'staged', fmt);
+    assert.equal(r.mode, mode, `${fmt} ${opts.join(' ')}`);
     assert.equal(r.hash, (want as { hash: string }).hash, fmt);
+    // A vmdk streams with only its header, descriptor and grain tables kept.
+    if (mode === 'streamed') assert.ok(r.spilled <= 256 * 1024, `${fmt}: ${r.spilled} bytes spilled`);
   }
+  // A cut vmdk stream: qemu-img's bytes or an error.
+  const cut = join(dir, 'cut.vmdk');
+  await writeFile(cut, (await readFile(join(dir, 'copy--osubformat=streamOptimized.vmdk'))).subarray(0, 300 * 1024));
+  const wantCut = await qemuRaw(cut, dir);
+  const gotCut = await streamed(cut, dir).then((r) => ({ hash: r.hash }), (e: Error) => ({ error: e.message }));
+  if ('hash' in gotCut) assert.deepEqual(gotCut, wantCut);
 });
 
 test('hostile qcow2 streams: qemu-img\'s bytes or an error, never a wrong byte', needs('qemu-img', 'qemu-io'), async (t) => {

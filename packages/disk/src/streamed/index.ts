@@ -7,9 +7,12 @@
  *   the engine's qcow2 reader over a StreamedSource: each data cluster (compressed ones too) is
  *   read as it arrives and passed on; what arrives before its table is kept in the spill file
  *   (a sparse partial copy, capped) and read from there when its turn comes.
- * - Every other source (another format, or a qcow2 whose header needs structures anywhere in
- *   the file: snapshots, bitmaps, encryption, a backing or data file) is staged whole into the
- *   spill file, judged, and read from there by the engine.
+ * - A vmdk sparse extent whose grain directory and tables come before its grains (qemu-img's
+ *   streamOptimized and monolithicSparse) is read the same way by the engine's vmdk reader.
+ * - Every other source (another format, a qcow2 whose header needs structures anywhere in the
+ *   file: snapshots, bitmaps, encryption, a backing or data file; a vmdk stream with its grain
+ *   directory at the end, as VMware writes them) is staged whole into the spill file, judged,
+ *   and read from there by the engine.
  *
  * The safety inspector reads the source as it streams (the same StreamInspector uploads use);
  * `judge` gets its report before any byte of a staged source is given, and for a streamed
@@ -22,6 +25,7 @@ import { StreamInspector, type InspectionReport } from '../inspect/index.js';
 import { readRaw } from '../ops/read-raw.js';
 import { isQcow2, parseHeader, MAX_CLUSTER_BITS } from '../qcow2/layout.js';
 import { metadataClusters, streamingObstacle } from '../qcow2/stream.js';
+import { vmdkStreamingPlan } from '../vmdk/stream.js';
 import { StreamedSource } from './source.js';
 
 export { StreamedSource, type StreamedSourceOptions } from './source.js';
@@ -84,8 +88,16 @@ export async function openStreamedImage(input: AsyncIterable<Uint8Array>, o: Str
           for (let c = Math.floor(offset / cs); c * cs < offset + length; c++) if (metadata.has(c)) return true;
           return false;
         };
-        return streamed(image, source, inspector, o);
+        return streamed(image, 'qcow2', source, inspector, o);
       }
+    } else {
+      const plan = vmdkStreamingPlan(head.subarray(0, got));
+      if ('metadataEnd' in plan) {
+        image = await openSource(source, { format: 'vmdk', backing: false });
+        source.keep = (offset) => offset < plan.metadataEnd;
+        return streamed(image, 'vmdk', source, inspector, o);
+      }
+      if (plan.obstacle !== 'not a vmdk sparse extent') obstacle = plan.obstacle;
     }
     await source.stageRest();
     const report = await inspector.end();
@@ -99,9 +111,9 @@ export async function openStreamedImage(input: AsyncIterable<Uint8Array>, o: Str
   }
 }
 
-function streamed(image: BlockDevice, source: StreamedSource, inspector: StreamInspector, o: StreamedImageOptions): StreamedImage {
+function streamed(image: BlockDevice, format: string, source: StreamedSource, inspector: StreamInspector, o: StreamedImageOptions): StreamedImage {
   return {
-    format: 'qcow2',
+    format,
     size: image.size,
     mode: 'streamed',
     get spilled() { return source.spilledBytes; },
@@ -110,7 +122,7 @@ function streamed(image: BlockDevice, source: StreamedSource, inspector: StreamI
       // What follows the last data cluster (refcount blocks, nothing) is read for the inspector only.
       await source.discardRest();
       const report = await inspector.end();
-      if (report.format !== 'qcow2') throw new DiskError('EFORMAT', `${source.name}: the data was streamed as qcow2 but is in ${report.format} format`);
+      if (report.format !== format) throw new DiskError('EFORMAT', `${source.name}: the data was streamed as ${format} but is in ${report.format} format`);
       o.judge(report);
     },
     close: async () => {

@@ -17,7 +17,8 @@
  *   or vmdk) with the disk engine, and its disk_format becomes that (container_format bare),
  *   as Glance's plugin sets them. To raw (the usual choice, for Ceph) the source is converted
  *   as it streams (@diskhub/disk openStreamedImage): a qcow2 whose tables come before the data
- *   they map, as qemu-img writes them, is read cluster by cluster as it arrives and its guest
+ *   they map, as qemu-img writes them (and a vmdk sparse extent whose grain tables come before
+ *   its grains), is read cluster by cluster as it arrives and its guest
  *   data goes on to the store in order, without staging (data that arrives before its table
  *   waits in a spill file, capped at image_size_cap); any other source is staged to that file
  *   first and read from it by the engine, with no second, converted copy. To qcow2 or vmdk
