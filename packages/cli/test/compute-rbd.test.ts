@@ -123,3 +123,18 @@ test('compute with images_type rbd: clone of the image snapshot, import fallback
   assert.equal(stray.code, 1);
   assert.match(stray.stderr, /--rbd-user needs --images-type rbd/);
 });
+
+test('compute delete-disks (qcow2 instances): the disk files go, other files and the directory stay', needs('qemu-img'), async (t) => {
+  const inst = join(await tempDir(t), randomUUID());
+  await mkdir(inst);
+  await qemuImg('create', '-q', '-f', 'qcow2', join(inst, 'disk'), '1M');
+  await writeFile(join(inst, 'disk.info'), '{}');
+  await writeFile(join(inst, 'console.log'), 'boot\n');
+  const r = await compute(['delete-disks', inst], {});
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(r.stdout, `removed ${join(inst, 'disk')}\nremoved ${join(inst, 'disk.info')}\n`);
+  assert.deepEqual(await readdir(inst), ['console.log']);
+  const rbdOnly = await compute(['delete-disks', inst, '--images-rbd-pool', 'vms'], {});
+  assert.equal(rbdOnly.code, 1);
+  assert.match(rbdOnly.stderr, /--images-rbd-pool needs --images-type rbd/);
+});

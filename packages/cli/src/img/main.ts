@@ -61,6 +61,36 @@ const COMMANDS: Record<string, ImgCommand> = {
   resize: resizeCommand,
   snapshot: snapshotCommand,
   sysprep: sysprepCommand,
+/**
+ * Each command's module is loaded when the command runs: loading all of them (and what they
+ * import: the boot test's network stack, the filesystem readers, ...) was most of the start-up
+ * of a short command such as `img info` (BENCHMARKS.md, issue 22's start-up).
+ */
+const COMMANDS: Record<string, () => Promise<ImgCommand>> = {
+  cat: async () => (await import('./cat.js')).catCommand,
+  bench: async () => (await import('./bench.js')).benchCommand,
+  amend: async () => (await import('./amend.js')).amendCommand,
+  bitmap: async () => (await import('./bitmap.js')).bitmapCommand,
+  'boot-test': async () => (await import('../boot-test/command.js')).bootTestCommand,
+  check: async () => (await import('./check.js')).checkCommand,
+  commit: async () => (await import('./commit.js')).commitCommand,
+  compare: async () => (await import('./compare.js')).compareCommand,
+  'config-drive': async () => (await import('./config-drive.js')).configDriveCommand,
+  convert: async () => (await import('./convert.js')).convertCommand,
+  'copy-out': async () => (await import('./copy-out.js')).copyOutCommand,
+  create: async () => (await import('./create.js')).createCommand,
+  dd: async () => (await import('./dd.js')).ddCommand,
+  info: async () => (await import('./info.js')).infoCommand,
+  inspect: async () => (await import('./inspect.js')).inspectCommand,
+  lint: async () => (await import('./lint.js')).lintCommand,
+  ls: async () => (await import('./ls.js')).lsCommand,
+  map: async () => (await import('./map.js')).mapCommand,
+  measure: async () => (await import('./measure.js')).measureCommand,
+  partitions: async () => (await import('./partitions.js')).partitionsCommand,
+  probe: async () => (await import('./probe.js')).probeCommand,
+  rebase: async () => (await import('./rebase.js')).rebaseCommand,
+  resize: async () => (await import('./resize.js')).resizeCommand,
+  snapshot: async () => (await import('./snapshot.js')).snapshotCommand,
 };
 
 /** A reader that went away (`diskhub img map ... | head`): stop quietly, as qemu-img dies of SIGPIPE. */
@@ -86,9 +116,9 @@ export async function imgMain(argv: string[]): Promise<number> {
     }
     const cmd = argv[i];
     if (cmd === undefined) throw new UsageError('Not enough arguments');
-    const command = Object.hasOwn(COMMANDS, cmd) ? COMMANDS[cmd] : undefined;
-    if (!command) throw new UsageError(`Command not found: ${cmd}`);
-    return await command(argv.slice(i));
+    const load = Object.hasOwn(COMMANDS, cmd) ? COMMANDS[cmd] : undefined;
+    if (!load) throw new UsageError(`Command not found: ${cmd}`);
+    return await (await load())(argv.slice(i));
   } catch (e) {
     return report(e);
   }

@@ -4,7 +4,7 @@
  * n+1 big-endian uint64 offsets; block i is the zlib stream between offsets i and i+1 and must
  * inflate to exactly one block. QEMU cannot create these; `create_compressed_fs` does.
  */
-import zlib from 'node:zlib';
+import { zlib } from '../builtins.js';
 import { promisify } from 'node:util';
 import { checkRange, type Extent } from '../blockdev.js';
 import { DiskError } from '../errors.js';
@@ -13,7 +13,7 @@ import { readExact, type ByteSource } from '../source.js';
 import { CLOOP_HEADER_BYTES, CLOOP_MAX_BLOCK_SIZE, parseCloopHeader, probeCloop } from './header.js';
 import { inspectCloop } from './inspect.js';
 
-const inflate = promisify(zlib.inflate);
+const inflate = (input: Uint8Array, options: import('node:zlib').ZlibOptions = {}): Promise<Buffer> => promisify(zlib().inflate)(input, options);
 interface CloopLayout {
   blockSize: number;
   offsets: Float64Array;

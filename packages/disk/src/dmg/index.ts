@@ -8,7 +8,7 @@
  * dmg-bz2 module and fails reads of them), and a read the image cannot serve (a sector no chunk
  * covers, an lzfse chunk, data outside the file) says why instead of a bare I/O error.
  */
-import zlib from 'node:zlib';
+import { zlib } from '../builtins.js';
 import { promisify } from 'node:util';
 import { checkRange, type Extent } from '../blockdev.js';
 import { DiskError } from '../errors.js';
@@ -21,7 +21,7 @@ import {
 } from './layout.js';
 import { inspectDmg } from './inspect.js';
 
-const inflate = promisify(zlib.inflate);
+const inflate = (input: Uint8Array, options: import('node:zlib').ZlibOptions = {}): Promise<Buffer> => promisify(zlib().inflate)(input, options);
 /**
  * Decoded chunks kept for reads that continue in the same chunk (convert reads in pieces
  * smaller than hdiutil's 1 MiB chunks, several at a time); a chunk may be up to 64 MiB.

@@ -4,7 +4,7 @@
  * with CPU microcode followed by a compressed one with the rest. gzip is read with node:zlib;
  * zstd, xz, lzma, bzip2 and lz4 are recognised by their magic and reported as not read.
  */
-import { gunzipSync } from 'node:zlib';
+import { zlib } from '../builtins.js';
 
 /** The most bytes a compressed member may expand to (a large initramfs is ~100 MiB). */
 const MAX_EXPANDED = 256 << 20;
@@ -47,7 +47,7 @@ function walk(data: Buffer, out: InitramfsListing, depth: number): void {
       // A gzip member runs to the end (the kernel decompresses the rest of the buffer).
       if (depth > 0) { out.notRead.push('gzip inside gzip'); return; }
       let inner: Buffer;
-      try { inner = gunzipSync(data.subarray(at), { maxOutputLength: MAX_EXPANDED }); } catch (e) { out.notRead.push(`gzip (${(e as Error).message})`); return; }
+      try { inner = zlib().gunzipSync(data.subarray(at), { maxOutputLength: MAX_EXPANDED }); } catch (e) { out.notRead.push(`gzip (${(e as Error).message})`); return; }
       walk(inner, out, depth + 1);
       return;
     }

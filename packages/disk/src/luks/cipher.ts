@@ -5,13 +5,12 @@
  * OpenSSL supplies AES (ECB, CBC, CTR, XTS) and the hashes; serpent, twofish and cast5 are
  * not in it, so volumes using them are refused with EUNSUPPORTED.
  */
-import { createCipheriv, createDecipheriv, createHash, pbkdf2 as pbkdf2Callback, randomBytes, timingSafeEqual } from 'node:crypto';
+import { crypto } from '../builtins.js';
 import { promisify } from 'node:util';
 import { hostio } from '@diskhub/hostio';
 import { settled } from '../blockdev.js';
 import { DiskError } from '../errors.js';
 
-const pbkdf2Async = promisify(pbkdf2Callback);
 
 /** Sectors are 512 bytes in LUKS1, for the key material as for the payload. */
 export const SECTOR_SIZE = 512;
@@ -49,7 +48,7 @@ export function checkHash(name: string): void {
 
 /** PBKDF2 on the threadpool (RFC 8018), the KDF of LUKS1 key slots and the master key digest. */
 export async function pbkdf2(hash: string, password: Uint8Array, salt: Uint8Array, iterations: number, length: number): Promise<Buffer> {
-  return pbkdf2Async(password, salt, iterations, length, hash);
+  return promisify(crypto().pbkdf2)(password, salt, iterations, length, hash);
 }
 
 /** How many PBKDF2 iterations of `hash` this machine does in one second (for `iter-time`). */
@@ -74,7 +73,7 @@ function diffuse(hash: string, buf: Uint8Array): void {
   for (let i = 0, at = 0; at < buf.length; i++, at += d) {
     const n = Math.min(d, buf.length - at);
     new DataView(index.buffer).setUint32(0, i, false);
-    const digest = createHash(hash).update(index).update(buf.subarray(at, at + n)).digest();
+    const digest = crypto().createHash(hash).update(index).update(buf.subarray(at, at + n)).digest();
     buf.set(digest.subarray(0, n), at);
   }
 }
@@ -83,7 +82,7 @@ function diffuse(hash: string, buf: Uint8Array): void {
 export function afSplit(hash: string, key: Uint8Array, stripes: number): Uint8Array {
   const n = key.length;
   const out = new Uint8Array(n * stripes);
-  out.set(randomBytes(n * (stripes - 1)));
+  out.set(crypto().randomBytes(n * (stripes - 1)));
   const acc = new Uint8Array(n);
   for (let s = 0; s < stripes - 1; s++) {
     xorInto(acc, out.subarray(s * n, (s + 1) * n));
@@ -121,7 +120,7 @@ function checkWholeSectors(length: number): void {
 
 /** AES-ECB over a whole buffer (a multiple of 16 bytes), no padding. */
 function ecb(algorithm: string, key: Uint8Array, data: Uint8Array, encrypt: boolean): Buffer {
-  const c = encrypt ? createCipheriv(algorithm, key, null) : createDecipheriv(algorithm, key, null);
+  const c = encrypt ? crypto().createCipheriv(algorithm, key, null) : crypto().createDecipheriv(algorithm, key, null);
   c.setAutoPadding(false);
   const out = c.update(data);
   c.final();
@@ -165,7 +164,7 @@ function xorWords(data: Uint8Array, words: Uint32Array): Uint8Array {
 }
 
 export function digestsEqual(a: Uint8Array, b: Uint8Array): boolean {
-  return a.length === b.length && timingSafeEqual(a, b);
+  return a.length === b.length && crypto().timingSafeEqual(a, b);
 }
 
 export interface CipherSpec {
@@ -223,7 +222,7 @@ export class SectorCipher {
     if (key.length !== spec.keyBytes) throw new DiskError('EINVAL', `cipher key is ${key.length} bytes, not ${spec.keyBytes}`);
     this.algorithm = `aes-${cipherKeyBytes(spec) * 8}-${spec.mode}`;
     if (spec.ivgen === 'essiv') {
-      this.essivKey = createHash(spec.ivgenHash!).update(key).digest();
+      this.essivKey = crypto().createHash(spec.ivgenHash!).update(key).digest();
       this.essivAlgorithm = `aes-${this.essivKey.length * 8}-ecb`;
     }
     const half = spec.keyBytes / 2;
@@ -279,7 +278,7 @@ export class SectorCipher {
     if (this.spec.ivgen === 'plain') iv.writeUInt32LE(sector % 2 ** 32, 0);
     else iv.writeBigUInt64LE(BigInt(sector), 0);
     if (this.essivKey) {
-      const c = createCipheriv(this.essivAlgorithm!, this.essivKey, null).setAutoPadding(false);
+      const c = crypto().createCipheriv(this.essivAlgorithm!, this.essivKey, null).setAutoPadding(false);
       return Buffer.concat([c.update(iv), c.final()]);
     }
     return iv;
@@ -331,7 +330,7 @@ export class SectorCipher {
     if (LITTLE_ENDIAN && this.spec.mode === 'cbc' && !encrypt) { this.cbcDecryptBulk(src, dst, firstSector); return; }
     if (this.spec.mode === 'ecb') {
       // No IV: the whole run in one call.
-      const c = encrypt ? createCipheriv(this.algorithm, this.key, null) : createDecipheriv(this.algorithm, this.key, null);
+      const c = encrypt ? crypto().createCipheriv(this.algorithm, this.key, null) : crypto().createDecipheriv(this.algorithm, this.key, null);
       c.setAutoPadding(false);
       dst.set(c.update(src));
       c.final();
@@ -339,7 +338,7 @@ export class SectorCipher {
     }
     for (let at = 0, sector = firstSector; at < src.length; at += SECTOR_SIZE, sector++) {
       const iv = this.iv(sector);
-      const c = encrypt ? createCipheriv(this.algorithm, this.key, iv) : createDecipheriv(this.algorithm, this.key, iv);
+      const c = encrypt ? crypto().createCipheriv(this.algorithm, this.key, iv) : crypto().createDecipheriv(this.algorithm, this.key, iv);
       c.setAutoPadding(false);
       const out = c.update(src.subarray(at, at + SECTOR_SIZE));
       c.final();

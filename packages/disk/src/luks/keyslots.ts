@@ -9,7 +9,7 @@
  * inactive in the header first, then its material is overwritten with random data several
  * times (a crash leaves an inactive slot with material that no header points at as live).
  */
-import { randomBytes } from 'node:crypto';
+import { crypto } from '../builtins.js';
 import { DiskError } from '../errors.js';
 import type { AmendContext, CreateOption } from '../format.js';
 import { serializeLuksHeader, type LuksHeader } from './header.js';
@@ -126,7 +126,7 @@ async function eraseKeySlots(h: LuksHeader, area: LuksArea, options: ReadonlyMap
     await area.write(serializeLuksHeader(h), 0);
     await area.flush();
     const bytes = h.keyBytes * slot.stripes;
-    for (let pass = 0; pass < ERASE_PASSES; pass++) await area.write(randomBytes(bytes), slot.keyOffset * 512);
+    for (let pass = 0; pass < ERASE_PASSES; pass++) await area.write(crypto().randomBytes(bytes), slot.keyOffset * 512);
     await area.flush();
   }
 }

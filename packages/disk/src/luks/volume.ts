@@ -4,7 +4,7 @@
  * right when its PBKDF2 digest matches the header's (LUKS spec §3.2). Formatting does the
  * reverse for key slot 0 with a fresh random master key, the way QEMU lays volumes out.
  */
-import { randomBytes, randomUUID } from 'node:crypto';
+import { crypto } from '../builtins.js';
 import { DiskError } from '../errors.js';
 import {
   HASH_DIGEST_BYTES, SECTOR_SIZE, SectorCipher, afMerge, afSplit, checkCipherSpec, digestsEqual, parseCipherAlg,
@@ -61,7 +61,7 @@ export async function unlockLuks(h: LuksHeader, read: AreaReader, passphrase: Ui
  */
 export async function sealKeySlot(h: LuksHeader, index: number, passphrase: Uint8Array, masterKey: Uint8Array, iterTime: number): Promise<Uint8Array> {
   const slot = h.slots[index]!;
-  const salt = randomBytes(SALT_BYTES);
+  const salt = crypto().randomBytes(SALT_BYTES);
   const rate = await pbkdf2PerSecond(h.hashSpec, passphrase, salt, h.keyBytes);
   const iterations = clampIterations(Math.floor((rate * iterTime) / 1000));
   const slotKey = await pbkdf2(h.hashSpec, passphrase, salt, iterations, h.keyBytes);
@@ -136,8 +136,8 @@ export interface FormattedLuks {
 /** A new LUKS1 volume with one key slot opened by `passphrase`. */
 export async function formatLuks(options: LuksCreateOptions, passphrase: Uint8Array): Promise<FormattedLuks> {
   const { spec, hash, iterTime } = luksSpecFromOptions(options);
-  const masterKey = randomBytes(spec.keyBytes);
-  const mkDigestSalt = randomBytes(SALT_BYTES);
+  const masterKey = crypto().randomBytes(spec.keyBytes);
+  const mkDigestSalt = crypto().randomBytes(SALT_BYTES);
   // iter-time is the time one slot's PBKDF2 takes; the master key digest gets an eighth of it.
   const mkRate = await pbkdf2PerSecond(hash, masterKey, mkDigestSalt, DIGEST_BYTES);
   const mkDigestIterations = clampIterations(Math.floor(Math.floor((mkRate * iterTime) / 1000) / 8));
@@ -152,7 +152,7 @@ export async function formatLuks(options: LuksCreateOptions, passphrase: Uint8Ar
     payloadOffset: firstSlot + slotSectors * KEY_SLOTS,
     keyBytes: spec.keyBytes,
     mkDigest, mkDigestSalt, mkDigestIterations,
-    uuid: randomUUID(),
+    uuid: crypto().randomUUID(),
     slots: Array.from({ length: KEY_SLOTS }, (_, i) => ({
       active: false,
       iterations: 0,

@@ -4,7 +4,7 @@
  * compressed cluster (raw deflate, its compressed size in the bits above the offset). 0 means
  * unallocated: the backing file's data, or zeroes. Read-only; encrypted images are refused.
  */
-import zlib from 'node:zlib';
+import { zlib } from '../builtins.js';
 import { backingStatus, checkRange, readBacking, type Extent } from '../blockdev.js';
 import { DiskError } from '../errors.js';
 import type { BackingRef, Image, ImageInfo } from '../format.js';
@@ -156,7 +156,7 @@ export class Qcow1Image implements Image {
     const got = await this.source.read(input, at);
     let out: Uint8Array;
     try {
-      out = zlib.inflateRawSync(input.subarray(0, got), { maxOutputLength: cs, finishFlush: zlib.constants.Z_SYNC_FLUSH });
+      out = zlib().inflateRawSync(input.subarray(0, got), { maxOutputLength: cs, finishFlush: zlib().constants.Z_SYNC_FLUSH });
     } catch (e) {
       throw new DiskError('ECORRUPT', `${this.source.name}: qcow compressed cluster at offset ${at} (${csize} bytes) does not inflate to ${cs} bytes: ${(e as Error).message}`);
     }

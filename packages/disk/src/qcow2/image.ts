@@ -7,7 +7,7 @@
  * This file is the read side; writes (allocation, refcounts, compression) live in write.ts
  * and extend this class through the hooks marked "write path".
  */
-import * as zlib from 'node:zlib';
+import { zlib } from '../builtins.js';
 import { Decompress } from 'fzstd';
 import { hostio, type HostIo } from '@diskhub/hostio';
 import { backingStatus, checkRange, readBacking, settled, type BlockDevice, type Extent } from '../blockdev.js';
@@ -463,7 +463,7 @@ export class Qcow2Image implements Image {
       // Raw deflate (QEMU: window bits -12); the input may run on past the stream's end.
       // An output chunk a little larger than the cluster: one output buffer instead of growing
       // zlib's default 16 KiB chunks (measured about 20% less CPU per 64 KiB cluster).
-      out = zlib.inflateRawSync(input, { maxOutputLength: this.clusterSize, chunkSize: this.clusterSize + 512, finishFlush: zlib.constants.Z_SYNC_FLUSH });
+      out = zlib().inflateRawSync(input, { maxOutputLength: this.clusterSize, chunkSize: this.clusterSize + 512, finishFlush: zlib().constants.Z_SYNC_FLUSH });
     } catch (e) {
       throw this.inflateError(hostOffset, (e as Error).message);
     }

@@ -10,7 +10,7 @@
  * One operation runs at a time (allocation and copy-on-write need it); the callers' own
  * parallelism still overlaps compression and reads.
  */
-import * as zlib from 'node:zlib';
+import { zlib } from '../builtins.js';
 import { promisify } from 'node:util';
 import { checkRange, readBacking, settled, type WriteZeroesOptions } from '../blockdev.js';
 import { DiskError } from '../errors.js';
@@ -23,7 +23,7 @@ import {
 } from './layout.js';
 import { Qcow2Image, type Qcow2State } from './image.js';
 
-const deflateRaw = promisify(zlib.deflateRaw);
+const deflateRaw = (input: Uint8Array, options: import('node:zlib').ZlibOptions = {}): Promise<Buffer> => promisify(zlib().deflateRaw)(input, options);
 
 /** The zstd encoder, loaded on first use (QEMU writes one zstd frame per compressed cluster). */
 let zstdModule: Promise<{ compress(data: Uint8Array, level: number): Uint8Array }> | undefined;

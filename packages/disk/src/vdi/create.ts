@@ -3,7 +3,7 @@
  * then the data area. Dynamic images start with every block unallocated; static ones
  * (`-o static=on`) map block i to data block i and size the file to hold them all.
  */
-import { randomBytes } from 'node:crypto';
+import { crypto } from '../builtins.js';
 import { DiskError } from '../errors.js';
 import type { CreateOption, CreateRequest } from '../format.js';
 import type { ByteSource } from '../source.js';
@@ -19,7 +19,7 @@ export const VDI_CREATE_OPTIONS: readonly CreateOption[] = [
 
 /** A random (version 4) UUID in VirtualBox's byte order (first three fields little-endian). */
 function newUuid(): Uint8Array {
-  const u = randomBytes(16);
+  const u = crypto().randomBytes(16);
   u[6] = (u[6]! & 0x0f) | 0x40;
   u[8] = (u[8]! & 0x3f) | 0x80;
   u.subarray(0, 4).reverse();

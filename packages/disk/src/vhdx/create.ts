@@ -4,7 +4,7 @@
  * from 5 MiB past the BAT's end. Dynamic images start with every block ZERO (block_state_zero,
  * QEMU's default) or NOT_PRESENT; fixed ones map block i to the data area in order.
  */
-import { randomBytes } from 'node:crypto';
+import { crypto } from '../builtins.js';
 import { DiskError } from '../errors.js';
 import type { CreateOption, CreateRequest } from '../format.js';
 import type { ByteSource } from '../source.js';
@@ -65,9 +65,9 @@ export async function createVhdx(target: ByteSource, request: CreateRequest): Pr
 
   // Two headers: the second has the higher sequence number and is current.
   const header = {
-    sequenceNumber: BigInt(randomBytes(4).readUInt32LE(0)),
-    fileWriteGuid: formatGuid(randomBytes(16)),
-    dataWriteGuid: formatGuid(randomBytes(16)),
+    sequenceNumber: BigInt(crypto().randomBytes(4).readUInt32LE(0)),
+    fileWriteGuid: formatGuid(crypto().randomBytes(16)),
+    dataWriteGuid: formatGuid(crypto().randomBytes(16)),
     logGuid: ZERO_GUID,
     logVersion: 0,
     version: 1,
@@ -119,7 +119,7 @@ export async function createVhdx(target: ByteSource, request: CreateRequest): Pr
   new DataView(vsize.buffer).setBigUint64(0, BigInt(size), true);
   items.push([FILE_PARAMETERS_GUID, params, METADATA_FLAG_IS_REQUIRED]);
   items.push([VIRTUAL_DISK_SIZE_GUID, vsize, METADATA_FLAG_IS_REQUIRED | METADATA_FLAG_IS_VIRTUAL_DISK]);
-  items.push([PAGE83_GUID, randomBytes(16), METADATA_FLAG_IS_REQUIRED | METADATA_FLAG_IS_VIRTUAL_DISK]);
+  items.push([PAGE83_GUID, crypto().randomBytes(16), METADATA_FLAG_IS_REQUIRED | METADATA_FLAG_IS_VIRTUAL_DISK]);
   items.push([LOGICAL_SECTOR_SIZE_GUID, u32(sectorSize), METADATA_FLAG_IS_REQUIRED | METADATA_FLAG_IS_VIRTUAL_DISK]);
   items.push([PHYSICAL_SECTOR_SIZE_GUID, u32(sectorSize), METADATA_FLAG_IS_REQUIRED | METADATA_FLAG_IS_VIRTUAL_DISK]);
   const table = new Uint8Array(64 * KiB);

@@ -12,7 +12,7 @@
  * header updates. Metadata writes (BAT entries) go through the log the same way: one entry is
  * written, flushed, replayed and the log emptied again.
  */
-import { randomBytes } from 'node:crypto';
+import { crypto } from '../builtins.js';
 import { DiskError } from '../errors.js';
 import { crc32c } from '../crc32c.js';
 import { formatGuid } from '../partition/guid.js';
@@ -25,7 +25,7 @@ import {
 const ascii = (b: Uint8Array) => new TextDecoder('latin1').decode(b);
 const dv = (b: Uint8Array) => new DataView(b.buffer, b.byteOffset, b.byteLength);
 
-export const newGuid = (): string => formatGuid(randomBytes(16));
+export const newGuid = (): string => formatGuid(crypto().randomBytes(16));
 
 /**
  * The two headers: which one is current, and the update procedure of §2.2.2.1 (write the

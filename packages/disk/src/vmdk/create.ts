@@ -6,7 +6,7 @@
  * streamOptimized is a sparse extent whose grains are compressed (written by convert).
  */
 import { basename, dirname, extname, join } from 'node:path';
-import { randomBytes } from 'node:crypto';
+import { crypto } from '../builtins.js';
 import { DiskError } from '../errors.js';
 import type { CreateOption, CreateRequest } from '../format.js';
 import type { ByteSource } from '../source.js';
@@ -160,7 +160,7 @@ export async function createVmdk(target: ByteSource, request: CreateRequest, par
       done += bytes;
     }
   }
-  const cid = randomBytes(4).readUInt32LE(0);
+  const cid = crypto().randomBytes(4).readUInt32LE(0);
   const text = new Uint8Array(Buffer.from(descriptorText(s, size, lines, cid, parentCid, backing), 'latin1'));
   if (!split && !flat) {
     if (text.length > 20 * SECTOR) throw new DiskError('EINVAL', `vmdk descriptor of ${text.length} bytes does not fit the 10240 bytes reserved for it`);

@@ -8,7 +8,7 @@
  * grains are deflate-compressed behind a 12-byte marker, written once each, in any order.
  */
 import { promisify } from 'node:util';
-import { deflate, inflateSync } from 'node:zlib';
+import { zlib } from '../builtins.js';
 import { checkRange, settled, type Extent } from '../blockdev.js';
 import { QueuedWriteImage } from '../blockwalk.js';
 import { DiskError } from '../errors.js';
@@ -18,7 +18,7 @@ import type { ByteSource } from '../source.js';
 import { GRAIN_MARKER_SIZE, GTE_ZEROED, SECTOR, SESPARSE_GRAIN_SECTORS } from './header.js';
 import type { OpenedVmdk, SparseExtent, VmdkExtent } from './open.js';
 
-const deflateAsync = promisify(deflate);
+const deflateAsync = (input: Uint8Array): Promise<Buffer> => promisify(zlib().deflate)(input);
 
 /** Grain tables kept in memory per extent (each at most 512 entries, 2 KiB); the cache is dropped when it fills. */
 const GT_CACHE_ENTRIES = 1024;
@@ -277,7 +277,7 @@ export class VmdkImage extends QueuedWriteImage implements Image {
   private inflate(ext: SparseExtent, at: number, input: Uint8Array): Uint8Array {
     try {
       // An output chunk a little larger than the grain: one output buffer rather than growing 16 KiB ones.
-      return inflateSync(input, { maxOutputLength: ext.grainBytes, chunkSize: ext.grainBytes + 512 });
+      return zlib().inflateSync(input, { maxOutputLength: ext.grainBytes, chunkSize: ext.grainBytes + 512 });
     } catch (e) {
       throw this.corrupt(ext, `compressed grain at offset ${at} does not inflate: ${(e as Error).message}`);
     }

@@ -3,7 +3,7 @@
  * `force_size`), a footer, and for dynamic disks the footer copy at 0, the dynamic header at
  * 512, the BAT at 1536 (all unallocated) and the footer again after it. 2 MiB blocks.
  */
-import { randomBytes } from 'node:crypto';
+import { crypto } from '../builtins.js';
 import { DiskError } from '../errors.js';
 import type { CreateOption, CreateRequest } from '../format.js';
 import type { ByteSource } from '../source.js';
@@ -57,7 +57,7 @@ export async function createVpc(target: ByteSource, request: CreateRequest): Pro
     size,
     geometry,
     diskType: dynamic ? DISK_DYNAMIC : DISK_FIXED,
-    uuid: randomBytes(16),
+    uuid: crypto().randomBytes(16),
     timestamp: Math.floor(Date.now() / 1000) - VHD_TIMESTAMP_BASE,
   });
   if (!dynamic) {
