@@ -6,61 +6,10 @@
 import { getopt, UsageError } from './getopt.js';
 import { report, out } from './common.js';
 import { HELP, VERSION } from './help.js';
-import { infoCommand } from './info.js';
-import { amendCommand } from './amend.js';
-import { bitmapCommand } from './bitmap.js';
-import { checkCommand } from './check.js';
-import { createCommand } from './create.js';
-import { convertCommand } from './convert.js';
-import { compareCommand } from './compare.js';
-import { mapCommand } from './map.js';
-import { measureCommand } from './measure.js';
-import { snapshotCommand } from './snapshot.js';
-import { partitionsCommand } from './partitions.js';
-import { probeCommand } from './probe.js';
-import { configDriveCommand } from './config-drive.js';
-import { lsCommand } from './ls.js';
-import { catCommand } from './cat.js';
-import { copyOutCommand } from './copy-out.js';
-import { rebaseCommand } from './rebase.js';
-import { commitCommand } from './commit.js';
-import { ddCommand } from './dd.js';
-import { benchCommand } from './bench.js';
-import { resizeCommand } from './resize.js';
-import { inspectCommand } from './inspect.js';
-import { lintCommand } from './lint.js';
-import { bootTestCommand } from '../boot-test/command.js';
-import { sysprepCommand } from '../sysprep/command.js';
 
 /** A command gets argv with its own name at argv[0], as qemu-img's commands do. */
 export type ImgCommand = (argv: string[]) => Promise<number>;
 
-const COMMANDS: Record<string, ImgCommand> = {
-  cat: catCommand,
-  bench: benchCommand,
-  amend: amendCommand,
-  bitmap: bitmapCommand,
-  'boot-test': bootTestCommand,
-  check: checkCommand,
-  commit: commitCommand,
-  compare: compareCommand,
-  'config-drive': configDriveCommand,
-  convert: convertCommand,
-  'copy-out': copyOutCommand,
-  create: createCommand,
-  dd: ddCommand,
-  info: infoCommand,
-  inspect: inspectCommand,
-  lint: lintCommand,
-  ls: lsCommand,
-  map: mapCommand,
-  measure: measureCommand,
-  partitions: partitionsCommand,
-  probe: probeCommand,
-  rebase: rebaseCommand,
-  resize: resizeCommand,
-  snapshot: snapshotCommand,
-  sysprep: sysprepCommand,
 /**
  * Each command's module is loaded when the command runs: loading all of them (and what they
  * import: the boot test's network stack, the filesystem readers, ...) was most of the start-up
@@ -91,6 +40,7 @@ const COMMANDS: Record<string, () => Promise<ImgCommand>> = {
   rebase: async () => (await import('./rebase.js')).rebaseCommand,
   resize: async () => (await import('./resize.js')).resizeCommand,
   snapshot: async () => (await import('./snapshot.js')).snapshotCommand,
+  sysprep: async () => (await import('../sysprep/command.js')).sysprepCommand,
 };
 
 /** A reader that went away (`diskhub img map ... | head`): stop quietly, as qemu-img dies of SIGPIPE. */
