@@ -113,9 +113,10 @@ export class TaskRepo {
   /**
    * Take one runnable task (pending, or processing with its lease run out) for `node` until
    * `leaseUntil`; `upload` names the temporary data key its image's upload row records
-   * (taken in the same transaction, so a sweep on another node never deletes it).
+   * (taken in the same transaction, so a sweep on another node never deletes it), and is told
+   * the keys of the rows it replaces: an earlier run's, whose node died mid-write.
    */
-  async claim(node: string, nowMs: number, leaseUntil: number, upload: (imageId: string) => string): Promise<TaskRecord | undefined> {
+  async claim(node: string, nowMs: number, leaseUntil: number, upload: (imageId: string, replaced: string[]) => string): Promise<TaskRecord | undefined> {
     if (this.db.dialect === 'sqlite') return this.claimSqlite(node, nowMs, leaseUntil, upload);
     for (;;) {
       const outcome = await this.k.transaction().execute(async (tx): Promise<TaskRecord | 'raced' | undefined> => {
@@ -133,8 +134,7 @@ export class TaskRepo {
           .where((eb) => eb.or([eb('lease_until', 'is', null), eb('lease_until', '<', nowMs)])).executeTakeFirst();
         if (Number(r.numUpdatedRows) !== 1) return 'raced';
         if (row.image_id) {
-          await tx.deleteFrom('uploads').where('image_id', '=', row.image_id).execute();
-          await tx.insertInto('uploads').values({ image_id: row.image_id, node, temp_key: upload(row.image_id), started_at: now() }).execute();
+          await this.replaceUpload(tx, row.image_id, node, upload);
         }
         return record({ ...row, status: 'processing', node, lease_until: leaseUntil, progress: 0, attempts: row.attempts + 1 });
       });
@@ -148,7 +148,7 @@ export class TaskRepo {
    * wrote would fail with SQLITE_BUSY when another process (a second node on the same file)
    * wrote in between, whatever the busy timeout.
    */
-  private claimSqlite(node: string, nowMs: number, leaseUntil: number, upload: (imageId: string) => string): Promise<TaskRecord | undefined> {
+  private claimSqlite(node: string, nowMs: number, leaseUntil: number, upload: (imageId: string, replaced: string[]) => string): Promise<TaskRecord | undefined> {
     return this.k.transaction().execute(async (tx) => {
       const runnable = tx.selectFrom('tasks').select('id')
         .where('deleted', '=', 0).where('status', 'in', ['pending', 'processing'])
@@ -159,11 +159,17 @@ export class TaskRepo {
       })).where('id', '=', runnable).returningAll().executeTakeFirst();
       if (!row) return undefined;
       if (row.image_id) {
-        await tx.deleteFrom('uploads').where('image_id', '=', row.image_id).execute();
-        await tx.insertInto('uploads').values({ image_id: row.image_id, node, temp_key: upload(row.image_id), started_at: now() }).execute();
+        await this.replaceUpload(tx, row.image_id, node, upload);
       }
       return record(row);
     });
+  }
+
+  /** The claim's upload row for `imageId`, in place of the earlier run's (whose keys `upload` is told). */
+  private async replaceUpload(tx: Tx, imageId: string, node: string, upload: (imageId: string, replaced: string[]) => string): Promise<void> {
+    const replaced = (await tx.selectFrom('uploads').select('temp_key').where('image_id', '=', imageId).execute()).map((r) => r.temp_key);
+    await tx.deleteFrom('uploads').where('image_id', '=', imageId).execute();
+    await tx.insertInto('uploads').values({ image_id: imageId, node, temp_key: upload(imageId, replaced), started_at: now() }).execute();
   }
 
   /** Extend `node`'s lease and record progress; false when the node no longer holds it (it ran out and another node took the task). */
