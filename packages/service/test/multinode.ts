@@ -8,8 +8,9 @@
  * - takeover: a web-download import whose node is SIGKILLed mid-transfer is finished by the
  *   other node once the lease has run out, and no partial object is left in the store.
  *
- * The store's own client is the oracle for what is in the store (`StoreOracle`). Without
- * PostgreSQL a test skips outside CI; under CI=true it fails (databases.ts).
+ * The store's own client is the oracle for what is in the store (`StoreOracle`, made in
+ * multinode-stores.ts). Without PostgreSQL a test skips outside CI; under CI=true it fails
+ * (databases.ts).
  */
 import type { TestContext } from 'node:test';
 import assert from 'node:assert/strict';
@@ -184,7 +185,7 @@ export async function sharedImages(t: TestContext, nodes: TwoNodes, store: Store
 export function takeoverEnv(port: number): Record<string, string> {
   return {
     DISKHUB_IMPORT_ALLOWED_NETWORKS: '127.0.0.1/32', DISKHUB_IMPORT_ALLOWED_PORTS: String(port),
-    DISKHUB_TASK_LEASE_SECONDS: '2', DISKHUB_TASK_POLL_SECONDS: '1',
+    DISKHUB_TASK_LEASE_SECONDS: '3', DISKHUB_TASK_POLL_SECONDS: '1',
   };
 }
 
@@ -205,14 +206,16 @@ async function holder(databaseUrl: string, taskId: string): Promise<string | nul
  * A web-download import started on a, its node SIGKILLed while the body flows, finished by the
  * other node; the image active on both with the right checksum, nothing partial in the store.
  * `web` serves `qcow` (its first answer trickles); the nodes run with takeoverEnv(web.port).
+ * The node is killed once `killAfter` bytes were sent (more than the store's first segment or
+ * part, so that it has written something).
  */
-export async function takeover(nodes: TwoNodes, store: StoreOracle, web: WebSource, qcow: Buffer): Promise<void> {
+export async function takeover(nodes: TwoNodes, store: StoreOracle, web: WebSource, qcow: Buffer, killAfter = 1536 << 10): Promise<string> {
   const a = api(nodes.a.url, await token(nodes.a.url));
   const img = (await a('POST', '/v2/images', { body: { name: 'web-download', disk_format: 'qcow2', container_format: 'bare' } })).json;
   const started = await a('POST', `/v2/images/${img.id}/import`, { body: { method: { name: 'web-download', uri: web.url } } });
   assert.equal(started.status, 202, started.text);
   // Some of the body has reached the node that claimed the task, not all of it.
-  await until('the import to be downloading', async () => web.sent[0] ?? 0, (n) => n >= 512 << 10);
+  await until('the import to be downloading', async () => web.sent[0] ?? 0, (n) => n >= killAfter);
   const [task] = await tasksOf(a, img.id);
   assert.equal(task.status, 'processing');
   // The node that claimed the task (a, which was told first, all but always) is killed; the other finishes.
@@ -222,6 +225,10 @@ export async function takeover(nodes: TwoNodes, store: StoreOracle, web: WebSour
   dead.child.kill('SIGKILL');
   await dead.exited;
   assert.ok(web.sent[0]! > 0 && web.sent[0]! < qcow.length, `${dead.name} died mid-transfer (${web.sent[0]} of ${qcow.length} bytes sent)`);
+  // Until its lease runs out the dead node's partial data is in the store (seen only when the
+  // store's listing beats the takeover: the task still the dead node's after it).
+  const cutOff = await store.contents(img.id);
+  if (await holder(nodes.databaseUrl, task.id) === dead.name) assert.notDeepEqual(cutOff.partial, [], `${dead.name} left partial data`);
 
   const s = api(survivor.url, await token(survivor.url));
   const [done] = await until('the task to end on the other node', () => tasksOf(s, img.id), (ts) => ts.length === 1 && !['pending', 'processing'].includes(ts[0].status), 45_000);
@@ -245,5 +252,6 @@ export async function takeover(nodes: TwoNodes, store: StoreOracle, web: WebSour
   const got = await fetch(`${back.url}/v2/images/${img.id}/file`, { headers: { 'X-Auth-Token': await token(back.url) } });
   assert.ok(Buffer.from(await got.arrayBuffer()).equals(qcow), 'the imported data, byte-identical, from the node that died');
   assert.equal((await tasksOf(again, img.id))[0].status, 'success');
+  return img.id as string;
 }
 

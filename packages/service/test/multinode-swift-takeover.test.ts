@@ -1,0 +1,26 @@
+/**
+ * Two API nodes on one PostgreSQL database and one Swift store: a web-download import whose
+ * node is SIGKILLed mid-transfer is finished by the other node, and the killed node's segments
+ * and upload marker do not stay in the store (multinode.ts takeover); the `swift` client
+ * confirms what is left: the image's manifest and its own segments.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { needs, tempDir } from '@diskhub/testkit';
+import { randomQcow2, takeover, takeoverEnv, twoNodes } from './multinode.js';
+import { swiftOracle } from './multinode-stores.js';
+import { swiftCliList, swiftManifest } from './swift-peer.js';
+import { slowServer } from './web-source.js';
+
+test('two API nodes on PostgreSQL and Swift: a web-download whose node is SIGKILLed is finished by the other', needs('qemu-img', 'swift'), async (t) => {
+  const store = await swiftOracle(t);
+  if (!store) return;
+  const qcow = await randomQcow2(await tempDir(t), 4);
+  const web = await slowServer(t, qcow.bytes, 1, 'disk.qcow2');
+  const nodes = await twoNodes(t, store, takeoverEnv(web.port));
+  if (!nodes) return;
+  const id = await takeover(nodes, store, web, qcow.bytes);
+  assert.deepEqual((await swiftCliList(store.container)).filter((n) => n.includes(id)), [id]);
+  const segments = (await swiftCliList(`${store.container}_segments`)).filter((n) => n.includes(id));
+  assert.deepEqual(segments.map((n) => `${store.container}_segments/${n}`), await swiftManifest(store.container, id));
+});
