@@ -99,7 +99,8 @@ export async function serve(dataDir: string, port: number, env: Record<string, s
   child.stderr!.on('data', (d) => { err += d; });
   const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
   const bound = () => (port ? `http://127.0.0.1:${port}` : /^diskhub image service on (http:\/\/127\.0\.0\.1:\d+) /m.exec(err)?.[1]);
-  for (let i = 0; i < 400; i++) {
+  // (60 s: several nodes starting at once on a busy machine take long to load their modules)
+  for (const end = Date.now() + 60_000; Date.now() < end;) {
     if (child.exitCode !== null) throw new Error(`diskhub serve exited: ${err}`);
     const url = bound();
     if (url && await fetch(`${url}/healthcheck`).then((r) => r.ok, () => false)) return { child, url, stderr: () => err, exited };
