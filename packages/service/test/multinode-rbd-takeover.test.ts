@@ -4,16 +4,11 @@
  * image does not stay in the pool (multinode.ts takeover; `rbd ls` is the oracle).
  */
 import { test } from 'node:test';
-import { needs, tempDir } from '@diskhub/testkit';
-import { randomQcow2, takeover, takeoverEnv, twoNodes } from './multinode.js';
+import { needs } from '@diskhub/testkit';
+import { takeoverFromScratch } from './multinode.js';
 import { rbdOracle } from './multinode-stores.js';
-import { slowServer } from './web-source.js';
 
 test('two API nodes on PostgreSQL and RBD: a web-download whose node is SIGKILLed is finished by the other', needs('qemu-img', 'rbd'), async (t) => {
   const store = rbdOracle(t);
-  if (!store) return;
-  const qcow = await randomQcow2(await tempDir(t), 4);
-  const web = await slowServer(t, qcow.bytes, 1, 'disk.qcow2');
-  const nodes = await twoNodes(t, store, takeoverEnv(web.port));
-  if (nodes) await takeover(nodes, store, web, qcow.bytes);
+  if (store) await takeoverFromScratch(t, store);
 });

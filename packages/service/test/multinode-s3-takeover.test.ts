@@ -6,21 +6,16 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { needs, tempDir } from '@diskhub/testkit';
-import { randomQcow2, takeover, takeoverEnv, twoNodes } from './multinode.js';
+import { needs } from '@diskhub/testkit';
+import { takeoverFromScratch } from './multinode.js';
 import { s3Oracle } from './multinode-stores.js';
 import { boto3 } from './swift-peer.js';
-import { slowServer } from './web-source.js';
 
 test('two API nodes on PostgreSQL and S3: a web-download whose node is SIGKILLed is finished by the other', needs('qemu-img', 'python3'), async (t) => {
   const store = await s3Oracle(t);
-  if (!store) return;
-  const qcow = await randomQcow2(await tempDir(t), 8);
-  const web = await slowServer(t, qcow.bytes, 1, 'disk.qcow2');
-  const nodes = await twoNodes(t, store, takeoverEnv(web.port));
-  if (!nodes) return;
-  // killed after 6 MiB: past the first 5 MiB part
-  const id = await takeover(nodes, store, web, qcow.bytes, 6 << 20);
+  // 8 MiB, the node killed after 6 MiB: past the first 5 MiB part
+  const id = store && await takeoverFromScratch(t, store, 8, 6 << 20);
+  if (!store || !id) return;
   const seen = JSON.parse(await boto3(`b = sys.argv[1]; p = sys.argv[2]
 objs = [o["Key"] for o in s3.list_objects_v2(Bucket=b, Prefix=p).get("Contents", [])]
 ups = [u["Key"] for u in s3.list_multipart_uploads(Bucket=b, Prefix=p).get("Uploads", [])]

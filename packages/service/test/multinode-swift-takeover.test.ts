@@ -6,20 +6,15 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { needs, tempDir } from '@diskhub/testkit';
-import { randomQcow2, takeover, takeoverEnv, twoNodes } from './multinode.js';
+import { needs } from '@diskhub/testkit';
+import { takeoverFromScratch } from './multinode.js';
 import { swiftOracle } from './multinode-stores.js';
 import { swiftCliList, swiftManifest } from './swift-peer.js';
-import { slowServer } from './web-source.js';
 
 test('two API nodes on PostgreSQL and Swift: a web-download whose node is SIGKILLed is finished by the other', needs('qemu-img', 'swift'), async (t) => {
   const store = await swiftOracle(t);
-  if (!store) return;
-  const qcow = await randomQcow2(await tempDir(t), 4);
-  const web = await slowServer(t, qcow.bytes, 1, 'disk.qcow2');
-  const nodes = await twoNodes(t, store, takeoverEnv(web.port));
-  if (!nodes) return;
-  const id = await takeover(nodes, store, web, qcow.bytes);
+  const id = store && await takeoverFromScratch(t, store);
+  if (!store || !id) return;
   assert.deepEqual((await swiftCliList(store.container)).filter((n) => n.includes(id)), [id]);
   const segments = (await swiftCliList(`${store.container}_segments`)).filter((n) => n.includes(id));
   assert.deepEqual(segments.map((n) => `${store.container}_segments/${n}`), await swiftManifest(store.container, id));

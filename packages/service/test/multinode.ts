@@ -21,7 +21,7 @@ import pg from 'pg';
 import { qemuImg, runOk, tempDir } from '@diskhub/testkit';
 import { ADMIN_PASSWORD, addProjectUser, api, osEnv, serve, token, until, type Api, type Proc } from './helpers.js';
 import { provisioners } from './databases.js';
-import type { WebSource } from './web-source.js';
+import { slowServer, type WebSource } from './web-source.js';
 
 /** What the store holds, read with the store's own client (rbd, swift, boto3). */
 export interface StoreOracle {
@@ -182,7 +182,7 @@ export async function sharedImages(t: TestContext, nodes: TwoNodes, store: Store
 }
 
 /** The env the takeover scenario adds to every node: a short lease, and the loopback source allowed. */
-export function takeoverEnv(port: number): Record<string, string> {
+function takeoverEnv(port: number): Record<string, string> {
   return {
     DISKHUB_IMPORT_ALLOWED_NETWORKS: '127.0.0.1/32', DISKHUB_IMPORT_ALLOWED_PORTS: String(port),
     DISKHUB_TASK_LEASE_SECONDS: '3', DISKHUB_TASK_POLL_SECONDS: '1',
@@ -209,7 +209,7 @@ async function holder(databaseUrl: string, taskId: string): Promise<string | nul
  * The node is killed once `killAfter` bytes were sent (more than the store's first segment or
  * part, so that it has written something).
  */
-export async function takeover(nodes: TwoNodes, store: StoreOracle, web: WebSource, qcow: Buffer, killAfter = 1536 << 10): Promise<string> {
+async function takeover(nodes: TwoNodes, store: StoreOracle, web: WebSource, qcow: Buffer, killAfter = 1536 << 10): Promise<string> {
   const a = api(nodes.a.url, await token(nodes.a.url));
   const img = (await a('POST', '/v2/images', { body: { name: 'web-download', disk_format: 'qcow2', container_format: 'bare' } })).json;
   const started = await a('POST', `/v2/images/${img.id}/import`, { body: { method: { name: 'web-download', uri: web.url } } });
@@ -255,3 +255,14 @@ export async function takeover(nodes: TwoNodes, store: StoreOracle, web: WebSour
   return img.id as string;
 }
 
+/**
+ * The takeover scenario from scratch: a qcow2 of `mib` MiB of random data on a trickling
+ * loopback source, nodes a and b allowed to fetch it, `takeover` run. Returns the image id,
+ * or null when the test skipped (PostgreSQL missing, outside CI).
+ */
+export async function takeoverFromScratch(t: TestContext, store: StoreOracle, mib = 4, killAfter?: number): Promise<string | null> {
+  const qcow = await randomQcow2(await tempDir(t), mib);
+  const web = await slowServer(t, qcow.bytes, 1, 'disk.qcow2');
+  const nodes = await twoNodes(t, store, takeoverEnv(web.port));
+  return nodes && takeover(nodes, store, web, qcow.bytes, killAfter);
+}
