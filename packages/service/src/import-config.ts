@@ -47,9 +47,9 @@ export function importOptions(cfg: ServiceConfig, stagingDir: string, storeId: s
   };
 }
 
-export function taskOptions(cfg: ServiceConfig, node: string): TaskOptions {
+export function taskOptions(cfg: ServiceConfig, node: string, data: Pick<TaskOptions, 'dropTempData'>): TaskOptions {
   return {
-    node, leaseMs: cfg.taskLeaseSeconds * 1000, pollMs: cfg.taskPollSeconds * 1000, maxAttempts: cfg.taskMaxAttempts,
+    node, ...data, leaseMs: cfg.taskLeaseSeconds * 1000, pollMs: cfg.taskPollSeconds * 1000, maxAttempts: cfg.taskMaxAttempts,
     concurrency: cfg.taskConcurrency, timeToLiveHours: cfg.taskTimeToLive,
   };
 }

@@ -275,7 +275,7 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
   const imports = new ImportService(images, repo, taskRepo, data, {
     ...importOptions(cfg, stagingDir, stores.default.id), allStoreIds: stores.ids(), imageQuota: cfg.projectImageQuota, storageQuota: cfg.projectStorageQuota,
   }, log);
-  const tasks = new TaskService(taskRepo, policy, { [IMPORT_TASK]: imports }, taskOptions(cfg, node), log);
+  const tasks = new TaskService(taskRepo, policy, { [IMPORT_TASK]: imports }, taskOptions(cfg, node, { dropTempData: (keys) => data.dropTempData(keys) }), log);
   imports.attach(tasks);
   // (tasks first: it gives back the tasks this node held, whose upload rows recovery must not
   // revert; claiming starts after recovery, which would take a new claim's row for a dead one)

@@ -86,19 +86,24 @@ export async function freePort(): Promise<number> {
 /** A `diskhub serve` process. */
 export interface Proc { child: ChildProcess; url: string; stderr: () => string; exited: Promise<number | null> }
 
-/** Start `diskhub serve` on `dataDir` and `port` and wait for its health check. */
+/**
+ * Start `diskhub serve` on `dataDir` and `port` and wait for its health check. Port 0: the
+ * system picks a free port, read back from the process's start-up line.
+ */
 export async function serve(dataDir: string, port: number, env: Record<string, string> = {}): Promise<Proc> {
   const child = spawn(process.execPath, [diskhubBin, 'serve'], {
-    env: { ...process.env, DISKHUB_DATA_DIR: dataDir, DISKHUB_PORT: String(port), DISKHUB_LOG_LEVEL: 'warn', ...env },
+    env: { ...process.env, DISKHUB_DATA_DIR: dataDir, DISKHUB_PORT: String(port), DISKHUB_BIND: '127.0.0.1', DISKHUB_LOG_LEVEL: 'warn', ...env },
     stdio: ['ignore', 'ignore', 'pipe'],
   });
   let err = '';
   child.stderr!.on('data', (d) => { err += d; });
   const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
-  const url = `http://127.0.0.1:${port}`;
-  for (let i = 0; i < 200; i++) {
+  const bound = () => (port ? `http://127.0.0.1:${port}` : /^diskhub image service on (http:\/\/127\.0\.0\.1:\d+) /m.exec(err)?.[1]);
+  // (60 s: several nodes starting at once on a busy machine take long to load their modules)
+  for (const end = Date.now() + 60_000; Date.now() < end;) {
     if (child.exitCode !== null) throw new Error(`diskhub serve exited: ${err}`);
-    if (await fetch(`${url}/healthcheck`).then((r) => r.ok, () => false)) return { child, url, stderr: () => err, exited };
+    const url = bound();
+    if (url && await fetch(`${url}/healthcheck`).then((r) => r.ok, () => false)) return { child, url, stderr: () => err, exited };
     await new Promise((r) => setTimeout(r, 50));
   }
   child.kill('SIGKILL');

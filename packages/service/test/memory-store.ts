@@ -6,7 +6,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import type { Writable } from 'node:stream';
-import { StoreError, type Store, type StoreType, type StoreWriter } from '../src/stores/store.js';
+import { StoreError, type LiveKeys, type Store, type StoreType, type StoreWriter } from '../src/stores/store.js';
 import { register, registeredTypes, type StoreSpec } from '../src/stores/registry.js';
 
 export interface MemoryStoreFaults {
@@ -119,7 +119,7 @@ export class MemoryStore implements Store {
     this.objects.delete(this.keyOf(location));
   }
 
-  async sweep(live: Set<string>): Promise<string[]> {
+  async sweep(live: LiveKeys): Promise<string[]> {
     await this.step();
     const removed = [...this.temp.keys()].filter((k) => !live.has(k));
     for (const k of removed) this.temp.delete(k);

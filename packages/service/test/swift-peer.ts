@@ -109,3 +109,10 @@ export async function swiftHead(container: string, object: string): Promise<Head
   return r.headers;
 }
 
+
+/** The segment paths (`container/object`) a static large object's manifest lists (?multipart-manifest=get). */
+export async function swiftManifest(container: string, object: string): Promise<string[]> {
+  const r = await swiftApi('GET', `${encodeURIComponent(container)}/${encodeURIComponent(object)}?multipart-manifest=get&format=raw`);
+  if (!r.ok) throw new Error(`manifest of ${container}/${object}: ${r.status}`);
+  return (await r.json() as { path: string }[]).map((s) => s.path.replace(/^\//, ''));
+}

@@ -3,43 +3,19 @@
  * one data directory and one SQLite database. Node a claims a web-download import from a slow
  * local server and is SIGKILLed halfway; node b, once a's lease has run out, claims the task
  * again (second attempt), downloads from the start and the image ends active with the right
- * checksum — never left importing. The same with a node stopped in an orderly way (SIGTERM,
- * shortest grace): it gives the task back at once.
+ * checksum — never left importing — and removes node a's partial data from the store. The
+ * same with a node stopped in an orderly way (SIGTERM, shortest grace): it gives the task
+ * back at once.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { createServer, type ServerResponse } from 'node:http';
 import { randomBytes } from 'node:crypto';
-import type { AddressInfo, Socket } from 'node:net';
+import { readdir } from 'node:fs/promises';
+import { join } from 'node:path';
 import { tempDir } from '@diskhub/testkit';
 import { ADMIN_PASSWORD, api, freePort, serve, token, type Api } from './helpers.js';
 import { assertStored, until } from './helpers.js';
-
-/** Serves `data`; the first `slowRequests` answers trickle (64 KiB every 100 ms), later ones go at full speed. */
-async function slowServer(t: { after(fn: () => unknown): void }, data: Buffer, slowRequests: number) {
-  let requests = 0;
-  const sent: number[] = [];
-  const sockets = new Set<Socket>();
-  const server = createServer((_req, res: ServerResponse) => {
-    const n = requests++;
-    sent[n] = 0;
-    res.writeHead(200, { 'Content-Length': String(data.length) });
-    if (n >= slowRequests) { res.end(data); sent[n] = data.length; return; }
-    let off = 0;
-    const timer = setInterval(() => {
-      if (res.destroyed) { clearInterval(timer); return; }
-      const piece = data.subarray(off, off + 65536);
-      off += piece.length;
-      sent[n] = off;
-      if (off >= data.length) { clearInterval(timer); res.end(piece); } else res.write(piece);
-    }, 100);
-    res.on('close', () => clearInterval(timer));
-  });
-  server.on('connection', (s) => { sockets.add(s); s.on('close', () => sockets.delete(s)); });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  t.after(() => { for (const s of sockets) s.destroy(); return new Promise<void>((r) => server.close(() => r())); });
-  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/disk.raw`, port: (server.address() as AddressInfo).port, requests: () => requests, sent };
-}
+import { slowServer } from './web-source.js';
 
 const tasksOf = async (a: Api, id: string) => (await a('GET', `/v2/images/${id}/tasks`)).json.tasks as any[];
 
@@ -74,6 +50,9 @@ for (const how of ['SIGKILL', 'SIGTERM'] as const) {
     assert.equal(web.requests(), 2, 'node b downloaded again from the start');
     const done = await assertStored(nodeB.url, img.id, data);
     assert.equal(done.os_glance_import_task, undefined);
+    // Node a's partial file is gone: removed by node b when it took the task over (not left
+    // until node a starts again), or by node a itself when it stopped in an orderly way.
+    assert.deepEqual((await readdir(join(dir, 'images'))).filter((n) => n.startsWith('.partial-')), [], 'no partial data left in the store');
     nodeB.child.kill('SIGTERM');
     assert.equal(await nodeB.exited, 0);
   });

@@ -349,6 +349,17 @@ export class ImageDataService {
     return null;
   }
 
+  /**
+   * Remove the temporary data named `keys` (runs that died mid-write, whose upload rows are
+   * gone) from every store, as the sweep at start would; returns the keys removed. The sweep
+   * is told every other key is live, so it touches nothing else.
+   */
+  async dropTempData(keys: ReadonlySet<string>): Promise<string[]> {
+    const removed: string[] = [];
+    for (const store of this.stores.all) removed.push(...await store.sweep({ has: (key) => !keys.has(key) }));
+    return removed;
+  }
+
   /** After a crash: uploads this node had in flight are gone; put their images back and drop partial data. */
   async recover(): Promise<void> {
     const rows = await this.repo.uploadsOf(this.opts.node);

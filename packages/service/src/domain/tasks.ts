@@ -9,6 +9,12 @@
  * runner makes the image importing again if the dead run's cleanup left it queued), and a task
  * that has been started `maxAttempts` times is failed cleanly instead, its image back to queued.
  * A node that stops in an orderly way gives its tasks back at once.
+ *
+ * The dead run's partial data (its upload row's temporary key, which the claim replaces) is
+ * removed by the node that took the task over, while that node runs — not left until the dead
+ * node starts again, which it may never do. A key the store cannot remove yet (an RBD image
+ * the dead client's watch holds, up to the OSDs' 30 s watch timeout) is tried again at each
+ * poll, for ABANDONED_RETRY_MS; what is still there then is left to the next start's sweep.
  */
 import { randomUUID } from 'node:crypto';
 import type { AuthContext } from '../identity.js';
@@ -18,7 +24,7 @@ import type { Policy } from '../policy/index.js';
 import { PolicyNotAuthorized } from '../policy/index.js';
 import type { ImageChange, NewTask, TaskRecord, TaskRepo } from '../repo/tasks.js';
 import { TASK_STATUSES } from '../repo/tasks.js';
-import { joinTempKeys } from '../repo/images.js';
+import { joinTempKeys, splitTempKeys } from '../repo/images.js';
 
 export interface TaskOptions {
   /** This API node's name in leases. */
@@ -33,6 +39,8 @@ export interface TaskOptions {
   concurrency: number;
   /** Glance's [task] task_time_to_live (hours): a finished task is listed until then. */
   timeToLiveHours: number;
+  /** Remove the temporary data of runs that died mid-write from the stores; returns the keys removed. */
+  dropTempData(keys: ReadonlySet<string>): Promise<string[]>;
 }
 
 /** What a runner gets while it runs one task. */
@@ -68,6 +76,8 @@ export interface TaskRunner {
 
 /** How long stopping waits for aborted runs to end. */
 const ABORT_WAIT_MS = 5000;
+/** How long a dead run's temporary data is tried again (longer than Ceph's 30 s watch timeout). */
+const ABANDONED_RETRY_MS = 5 * 60_000;
 
 /** Why a run was aborted: this node stops (the task goes back to the pool), or lost its lease. */
 class Stopping extends Error {}
@@ -75,6 +85,9 @@ class LeaseLost extends Error {}
 
 export class TaskService {
   private readonly running = new Map<string, { abort: AbortController; done: Promise<void> }>();
+  /** Temporary data keys of dead runs still to remove, with when to stop trying. */
+  private readonly abandoned = new Map<string, number>();
+  private dropping: Promise<void> | null = null;
   private timer: NodeJS.Timeout | undefined;
   private polling: Promise<void> | null = null;
   private again = false;
@@ -171,7 +184,7 @@ export class TaskService {
   /** Start claiming tasks (after recovery: a claim writes an upload row recovery would take for a dead one). */
   start(): void {
     this.stopped = false;
-    this.timer = setInterval(() => this.kick(), this.opts.pollMs);
+    this.timer = setInterval(() => { this.kick(); this.dropAbandoned(); }, this.opts.pollMs);
     this.timer.unref();
     this.kick();
   }
@@ -191,13 +204,37 @@ export class TaskService {
     while (!this.stopped && this.running.size < this.opts.concurrency) {
       const nowMs = Date.now();
       let tempKeys: string[] = [];
-      const task = await this.repo.claim(this.opts.node, nowMs, nowMs + this.opts.leaseMs, (claimed) => {
+      let replaced: string[] = [];
+      const task = await this.repo.claim(this.opts.node, nowMs, nowMs + this.opts.leaseMs, (claimed, earlier) => {
+        replaced = earlier.flatMap(splitTempKeys);
         tempKeys = this.runners[claimed.type]?.tempKeys(claimed) ?? [];
         return joinTempKeys(tempKeys);
       });
       if (!task) return;
       this.launch(task, tempKeys);
+      if (replaced.length) {
+        this.log.info('task taken over from a run that stopped; removing its partial data', { task: task.id, attempt: task.attempts });
+        for (const key of replaced) this.abandoned.set(key, Date.now() + ABANDONED_RETRY_MS);
+        this.dropAbandoned();
+      }
     }
+  }
+
+  /** One pass over the dead runs' temporary data (not two at once). */
+  private dropAbandoned(): void {
+    if (this.dropping || this.abandoned.size === 0) return;
+    this.dropping = this.opts.dropTempData(new Set(this.abandoned.keys())).then((removed) => {
+      for (const key of removed) this.abandoned.delete(key);
+      if (removed.length) this.log.info('removed the partial data of runs that stopped', { keys: removed });
+    }, (e) => this.log.warn('removing the partial data of runs that stopped failed', { error: (e as Error).message })).finally(() => {
+      const nowMs = Date.now();
+      for (const [key, until] of this.abandoned) {
+        if (until > nowMs) continue;
+        this.abandoned.delete(key);
+        this.log.warn('partial data of a run that stopped is still in a store; the next start\'s sweep removes it', { key });
+      }
+      this.dropping = null;
+    });
   }
 
   private launch(task: TaskRecord, tempKeys: string[]): void {
@@ -255,6 +292,7 @@ export class TaskService {
     this.stopped = true;
     clearInterval(this.timer);
     await this.polling;
+    await this.dropping;
     const all = () => Promise.allSettled([...this.running.values()].map((r) => r.done));
     let timer: NodeJS.Timeout | undefined;
     await Promise.race([all(), new Promise<void>((r) => { timer = setTimeout(r, graceMs); })]);

@@ -57,6 +57,9 @@ function record(r: TasksTable): TaskRecord {
   };
 }
 
+/** Names the claim's temporary data key(s) for its upload row, told the temp_key columns of the rows it replaces. */
+export type ClaimUpload = (claimed: TaskRecord, replaced: string[]) => string;
+
 export class TaskRepo {
   constructor(private readonly db: Db) {}
   private get k() { return this.db.kysely; }
@@ -113,9 +116,10 @@ export class TaskRepo {
   /**
    * Take one runnable task (pending, or processing with its lease run out) for `node` until
    * `leaseUntil`; `upload` names the temporary data key(s) its image's upload row records
-   * (taken in the same transaction, so a sweep on another node never deletes it).
+   * (taken in the same transaction, so a sweep on another node never deletes it), and is told
+   * the keys of the rows it replaces: an earlier run's, whose node died mid-write.
    */
-  async claim(node: string, nowMs: number, leaseUntil: number, upload: (task: TaskRecord) => string): Promise<TaskRecord | undefined> {
+  async claim(node: string, nowMs: number, leaseUntil: number, upload: ClaimUpload): Promise<TaskRecord | undefined> {
     if (this.db.dialect === 'sqlite') return this.claimSqlite(node, nowMs, leaseUntil, upload);
     for (;;) {
       const outcome = await this.k.transaction().execute(async (tx): Promise<TaskRecord | 'raced' | undefined> => {
@@ -134,8 +138,7 @@ export class TaskRepo {
         if (Number(r.numUpdatedRows) !== 1) return 'raced';
         const claimed = record({ ...row, status: 'processing', node, lease_until: leaseUntil, progress: 0, attempts: row.attempts + 1 });
         if (row.image_id) {
-          await tx.deleteFrom('uploads').where('image_id', '=', row.image_id).execute();
-          await tx.insertInto('uploads').values({ image_id: row.image_id, node, temp_key: upload(claimed), started_at: now() }).execute();
+          await this.replaceUpload(tx, claimed, node, upload);
         }
         return claimed;
       });
@@ -149,7 +152,7 @@ export class TaskRepo {
    * wrote would fail with SQLITE_BUSY when another process (a second node on the same file)
    * wrote in between, whatever the busy timeout.
    */
-  private claimSqlite(node: string, nowMs: number, leaseUntil: number, upload: (task: TaskRecord) => string): Promise<TaskRecord | undefined> {
+  private claimSqlite(node: string, nowMs: number, leaseUntil: number, upload: ClaimUpload): Promise<TaskRecord | undefined> {
     return this.k.transaction().execute(async (tx) => {
       const runnable = tx.selectFrom('tasks').select('id')
         .where('deleted', '=', 0).where('status', 'in', ['pending', 'processing'])
@@ -161,11 +164,18 @@ export class TaskRepo {
       if (!row) return undefined;
       const claimed = record(row);
       if (row.image_id) {
-        await tx.deleteFrom('uploads').where('image_id', '=', row.image_id).execute();
-        await tx.insertInto('uploads').values({ image_id: row.image_id, node, temp_key: upload(claimed), started_at: now() }).execute();
+        await this.replaceUpload(tx, claimed, node, upload);
       }
       return claimed;
     });
+  }
+
+  /** The claim's upload row for the task's image, in place of the earlier run's (whose temp_key columns `upload` is told). */
+  private async replaceUpload(tx: Tx, claimed: TaskRecord, node: string, upload: ClaimUpload): Promise<void> {
+    const imageId = claimed.image_id!;
+    const replaced = (await tx.selectFrom('uploads').select('temp_key').where('image_id', '=', imageId).execute()).map((r) => r.temp_key);
+    await tx.deleteFrom('uploads').where('image_id', '=', imageId).execute();
+    await tx.insertInto('uploads').values({ image_id: imageId, node, temp_key: upload(claimed, replaced), started_at: now() }).execute();
   }
 
   /** Extend `node`'s lease and record progress; false when the node no longer holds it (it ran out and another node took the task). */

@@ -8,7 +8,8 @@
  *   database recorded *before* the write began (the `uploads` row), `commit` makes the data
  *   visible under the image's name and returns its location, `discard` leaves nothing. A
  *   crash between the two leaves only temporary data, which `sweep` removes on the next
- *   start of the node that wrote it (the database says which keys are still live).
+ *   start of the node that wrote it (the database says which keys are still live), or as soon
+ *   as it can when another node takes the dead node's task over (that run's key alone is dead).
  * - Reads are ranged (`read`) and streamed (`send`): downloads with `Range`, the safety
  *   inspector and `x-diskhub/inside` read a stored image through `read` (see StoreSource),
  *   never through a full local copy.
@@ -37,6 +38,9 @@ export class StoreError extends Error {
     super(message);
   }
 }
+
+/** The temporary keys a sweep leaves alone: the database's upload rows, or all but a dead run's. */
+export type LiveKeys = Pick<ReadonlySet<string>, 'has'>;
 
 export interface StoreWriter {
   /** The temporary key this write stages under (recorded in the database before begin). */
@@ -73,7 +77,7 @@ export interface Store {
   /** Remove the object; a missing object is not an error; an object in use is kept (StoreError 'in-use'). */
   delete(location: string): Promise<void>;
   /** Remove temporary data whose key is not in `live` (left by a crash); returns the keys removed. */
-  sweep(live: Set<string>): Promise<string[]>;
+  sweep(live: LiveKeys): Promise<string[]>;
   /** Whether `location` names an object of this store (the locations API validates with it). */
   owns(location: string): boolean;
   /** Properties for /v2/info/stores/detail (admin): pool, container, endpoint… never a credential. */

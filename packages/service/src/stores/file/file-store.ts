@@ -11,7 +11,7 @@ import { basename, dirname, join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import type { Writable } from 'node:stream';
 import { FileSource, pageAlignedBytes, type HostExtent } from '@diskhub/disk';
-import { StoreError, type Store, type StoreType, type StoreWriter } from '../store.js';
+import { StoreError, type LiveKeys, type Store, type StoreType, type StoreWriter } from '../store.js';
 import { drained } from '../drained.js';
 import { ZERO_BLOCK, dataRuns, dropBytes } from './sparse-writes.js';
 
@@ -224,7 +224,7 @@ export class FileStore implements Store {
     await rm(this.pathOf(location), { force: true }).catch((e) => { throw fileStoreError(e, `file store '${this.id}': cannot delete ${location}`); });
   }
 
-  async sweep(live: Set<string>): Promise<string[]> {
+  async sweep(live: LiveKeys): Promise<string[]> {
     const removed: string[] = [];
     for (const name of await readdir(this.dir)) {
       if (name.startsWith(TEMP_PREFIX) && !live.has(name)) {

@@ -18,7 +18,7 @@ import { randomBytes } from 'node:crypto';
 import type { Writable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { loadLibrbd, type Cluster, type Image, type Librbd, type Pool, type RbdError } from '@diskhub/rbd';
-import { StoreError, type Store, type StoreType, type StoreWriter } from '../store.js';
+import { StoreError, type LiveKeys, type Store, type StoreType, type StoreWriter } from '../store.js';
 import { drained } from '../drained.js';
 // Zero blocks left unwritten: the service's write unit, as the file store leaves holes.
 import { ZERO_BLOCK } from '../file/sparse-writes.js';
@@ -320,7 +320,7 @@ export class RbdStore implements Store {
     await this.removeImage(loc.pool ?? this.pool, loc.image, loc.snapshot);
   }
 
-  async sweep(live: Set<string>): Promise<string[]> {
+  async sweep(live: LiveKeys): Promise<string[]> {
     const rbd = this.connected();
     const pool = await this.poolHandle(this.pool);
     let names: string[];

@@ -22,7 +22,7 @@ import {
   CreateMultipartUploadCommand, UploadPartCommand, CompleteMultipartUploadCommand, AbortMultipartUploadCommand, ListMultipartUploadsCommand,
 } from '@aws-sdk/client-s3';
 import { NodeHttpHandler } from '@smithy/node-http-handler';
-import { StoreError, type Store, type StoreWriter } from '../store.js';
+import { StoreError, type LiveKeys, type Store, type StoreWriter } from '../store.js';
 import { isTransient, readAll, sendResuming, withRetries } from '../remote-read.js';
 import { imageIdOf, newObjectTempKey, ObjectUploadWriter } from '../object-upload.js';
 
@@ -196,7 +196,7 @@ export class S3Store implements Store {
   }
 
   /** Abort every open multipart upload whose key is not a live temporary key. */
-  async sweep(live: Set<string>): Promise<string[]> {
+  async sweep(live: LiveKeys): Promise<string[]> {
     const removed: string[] = [];
     let KeyMarker: string | undefined;
     let UploadIdMarker: string | undefined;

@@ -20,7 +20,7 @@
  * delete removes an SLO with its segments (?multipart-manifest=delete).
  */
 import type { Writable } from 'node:stream';
-import { StoreError, type Store, type StoreWriter } from '../store.js';
+import { StoreError, type LiveKeys, type Store, type StoreWriter } from '../store.js';
 import { readAll, sendResuming, withRetries } from '../remote-read.js';
 import { imageIdOf, newObjectTempKey, ObjectUploadWriter } from '../object-upload.js';
 import { SwiftConnection, statusError, type StreamingPut, type SwiftAuthOptions } from './connection.js';
@@ -222,7 +222,7 @@ export class SwiftStore implements Store {
     await this.deleteObjects(segments, [MARKERS + tempKey]);
   }
 
-  async sweep(live: Set<string>): Promise<string[]> {
+  async sweep(live: LiveKeys): Promise<string[]> {
     const removed: string[] = [];
     for (const segments of await this.segmentContainers()) {
       for (const name of await this.list(segments, MARKERS)) {

@@ -1,0 +1,36 @@
+/**
+ * A web-download source on loopback for import tests: serves one body, the first
+ * `slowRequests` answers trickled (64 KiB every 100 ms) so that a test can stop a node while
+ * the body is still flowing, later answers at full speed. `sent[n]` counts the bytes written
+ * to the n-th request: the proof that a node was mid-transfer.
+ */
+import { createServer, type ServerResponse } from 'node:http';
+import type { AddressInfo, Socket } from 'node:net';
+
+export interface WebSource { url: string; port: number; requests(): number; sent: number[] }
+
+export async function slowServer(t: { after(fn: () => unknown): void }, data: Buffer, slowRequests: number, name = 'disk.raw'): Promise<WebSource> {
+  let requests = 0;
+  const sent: number[] = [];
+  const sockets = new Set<Socket>();
+  const server = createServer((_req, res: ServerResponse) => {
+    const n = requests++;
+    sent[n] = 0;
+    res.writeHead(200, { 'Content-Length': String(data.length) });
+    if (n >= slowRequests) { res.end(data); sent[n] = data.length; return; }
+    let off = 0;
+    const timer = setInterval(() => {
+      if (res.destroyed) { clearInterval(timer); return; }
+      const piece = data.subarray(off, off + 65536);
+      off += piece.length;
+      sent[n] = off;
+      if (off >= data.length) { clearInterval(timer); res.end(piece); } else res.write(piece);
+    }, 100);
+    res.on('close', () => clearInterval(timer));
+  });
+  server.on('connection', (s) => { sockets.add(s); s.on('close', () => sockets.delete(s)); });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  t.after(() => { for (const s of sockets) s.destroy(); return new Promise<void>((r) => server.close(() => r())); });
+  const port = (server.address() as AddressInfo).port;
+  return { url: `http://127.0.0.1:${port}/${name}`, port, requests: () => requests, sent };
+}
