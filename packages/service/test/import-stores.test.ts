@@ -107,6 +107,7 @@ test('a store failing mid-import: with all_stores_must_succeed the import fails 
   assert.equal((await a('POST', `/v2/images/${lenient}/import`, { body: { method: { name: 'glance-direct' }, stores: ['fast', 'mem', 'cheap'], all_stores_must_succeed: false } })).status, 202);
   const task = await ended(a, lenient);
   assert.equal(task.status, 'success', task.message);
+  assert.equal(task.message, 'Copied 3 MiB', 'Glance\'s progress message, left on the finished task');
   img = await assertStored(n.url, lenient, data);
   assert.equal(img.stores, 'fast,cheap');
   assert.equal(img.os_glance_failed_import, 'mem');
@@ -143,7 +144,8 @@ test('os_glance_importing_to_stores shrinks as each store is done', async (t) =>
 
 test('copy-image writes under keys the database records: another node starting meanwhile sweeps nothing of it', async (t) => {
   const dataDir = await tempDir(t);
-  const nodeA = await start(t, dataDir, 'node-a');
+  // (a short lease: renewed every second, each renewal writing the task's progress message)
+  const nodeA = await start(t, dataDir, 'node-a', { taskLeaseSeconds: 3 });
   const data = randomBytes(4 << 20);
   const id = await newImage(nodeA.admin);
   assert.equal((await nodeA.admin('PUT', `/v2/images/${id}/file`, { raw: data })).status, 204);
@@ -152,6 +154,10 @@ test('copy-image writes under keys the database records: another node starting m
   t.after(() => { nodeA.mem.faults = {}; });
   assert.equal((await nodeA.admin('POST', `/v2/images/${id}/import`, { body: { method: { name: 'copy-image' }, stores: ['mem'] } })).status, 202);
   await until('node a copying', async () => nodeA.mem.temp.size, (size) => size === 1);
+  // Progress the Glance way (the tasks API has no progress field): the running task's message.
+  const taskId = (await show(nodeA.admin, id)).os_glance_import_task as string;
+  const running = await until('a progress message', async () => (await nodeA.admin('GET', `/v2/tasks/${taskId}`)).json, (tk) => /^Copied \d+ MiB$/.test(tk.message));
+  assert.equal(running.status, 'processing');
   // Node b starts on the same database and stores: its recovery sweeps every store.
   await start(t, dataDir, 'node-b');
   assert.equal(nodeA.mem.objects.has(id), false, 'node b started while the copy was still being written');
@@ -199,10 +205,10 @@ test('a node killed (SIGKILL) mid-copy leaves no temporary data once restarted, 
   const first = await serve(dataDir, await freePort(), env);
   t.after(() => { first.child.kill('SIGKILL'); });
   const a = api(first.url, await token(first.url));
-  const data = randomBytes(48 << 20);
+  const data = randomBytes(32 << 20);
   const id = await newImage(a);
   assert.equal((await a('PUT', `/v2/images/${id}/file`, { raw: data })).status, 204);
-  // Killed the moment its temporary file appears in the target store (inotify), long before 48 MiB are copied.
+  // Killed the moment its temporary file appears in the target store (inotify), long before 32 MiB are copied.
   const partial = new Promise<string>((resolve) => {
     const watcher = watch(cheap, (_event, name) => {
       if (name && name.startsWith('.partial-')) { first.child.kill('SIGKILL'); watcher.close(); resolve(name); }

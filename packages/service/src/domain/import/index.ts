@@ -224,13 +224,12 @@ export class ImportService implements TaskRunner {
       id: img.id, upload: 'release',
       properties: { [IMPORT_TASK_PROPERTY]: null, [IMPORTING_TO_STORES]: importing.join(','), [FAILED_IMPORT]: failed.join(',') },
     });
-    let moved = 0;
     for (const storeId of [...importing]) {
-      const before = moved;
       try {
         const key = keys.get(storeId);
         if (!key) throw conflict(`Store for identifier ${storeId} not found`);
-        await this.copyTo(img.id, storeId, key, signal, (n) => { moved = before + n; progress(moved); });
+        // (progress per store, as Glance's message counts each store's copy)
+        await this.copyTo(img.id, storeId, key, signal, progress);
         copied.push(storeId);
         importing = storeList(mergeStores(importing.join(','), [], [storeId]));
         await this.taskRepo.updateImage({ id: img.id, properties: { [IMPORTING_TO_STORES]: importing.join(',') } });
