@@ -18,6 +18,8 @@ export interface ServiceConfig {
   /** URL clients use to reach us (catalog, Location headers); derived from the Host header when absent. */
   publicUrl?: string;
   region: string;
+  /** Image endpoints of other regions the built-in Keystone's catalog lists (`RegionTwo=https://…,…`): where glance-download finds them. */
+  catalogImageEndpoints: string;
   tokenTtlSeconds: number;
   imageSizeCap: number;
   /** Images a project may own (0: unlimited). */
@@ -111,6 +113,7 @@ const ENV: Record<string, keyof ServiceConfig> = {
   DISKHUB_DATABASE_URL: 'databaseUrl',
   DISKHUB_PUBLIC_URL: 'publicUrl',
   DISKHUB_REGION: 'region',
+  DISKHUB_CATALOG_IMAGE_ENDPOINTS: 'catalogImageEndpoints',
   DISKHUB_TOKEN_TTL: 'tokenTtlSeconds',
   DISKHUB_IMAGE_SIZE_CAP: 'imageSizeCap',
   DISKHUB_PROJECT_IMAGE_QUOTA: 'projectImageQuota',
@@ -183,6 +186,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
     bind: '127.0.0.1',
     databaseUrl: `sqlite:${resolve(dataDir, 'diskhub.sqlite')}`,
     region: 'RegionOne',
+    catalogImageEndpoints: '',
     tokenTtlSeconds: 3600,
     imageSizeCap: 1099511627776, // 1 TiB, Glance's default image_size_cap
     projectImageQuota: 0,

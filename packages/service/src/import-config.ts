@@ -53,3 +53,15 @@ export function taskOptions(cfg: ServiceConfig, node: string, data: Pick<TaskOpt
     concurrency: cfg.taskConcurrency, timeToLiveHours: cfg.taskTimeToLive,
   };
 }
+
+/** `RegionTwo=https://…,RegionThree=…`: image endpoints of other regions for the built-in Keystone's catalog. */
+export function catalogImageEndpoints(value: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const pair of list(value)) {
+    const i = pair.indexOf('=');
+    const url = pair.slice(i + 1).trim();
+    if (i <= 0 || !/^https?:\/\/[^\s]+$/.test(url)) throw new ConfigError(`catalogImageEndpoints: '${pair}' is not region=http(s)://url`);
+    out[pair.slice(0, i).trim()] = url;
+  }
+  return out;
+}

@@ -57,6 +57,13 @@ export class KeystoneClient {
     return this.serviceToken.id;
   }
 
+  /** The catalog `token` sees (GET /v3/auth/catalog with the user's own token). */
+  async catalog(token: string): Promise<unknown[]> {
+    const r = await fetch(`${this.base}/auth/catalog`, { headers: { 'X-Auth-Token': token, Accept: 'application/json' }, signal: AbortSignal.timeout(10_000) });
+    if (r.status !== 200) throw new Error(`external Keystone refused the catalog (${r.status})`);
+    return ((await r.json()) as { catalog?: unknown[] }).catalog ?? [];
+  }
+
   async validate(token: string): Promise<AuthContext> {
     const cached = this.cache.get(token);
     if (cached && cached.until > Date.now()) return cached.ctx;

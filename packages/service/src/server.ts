@@ -78,7 +78,8 @@ import { Policy, PolicyNotAuthorized, PolicyHidesImage } from './policy/index.js
 import { TaskRepo } from './repo/tasks.js';
 import { TaskService } from './domain/tasks.js';
 import { IMPORT_TASK, ImportService } from './domain/import/index.js';
-import { importOptions, taskOptions } from './import-config.js';
+import { catalogImageEndpoints, importOptions, taskOptions } from './import-config.js';
+import { findImageEndpoint } from './domain/import/glance-download.js';
 import { taskRoutes } from './routes/tasks.js';
 
 export interface Service {
@@ -100,7 +101,7 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
   const stores = await openConfiguredStores(cfg);
   const db = await openDatabase(cfg.databaseUrl, cfg.dataDir);
   const identity = new Identity(db, {
-    tokenTtlSeconds: cfg.tokenTtlSeconds, region: cfg.region,
+    tokenTtlSeconds: cfg.tokenTtlSeconds, region: cfg.region, otherImageEndpoints: catalogImageEndpoints(cfg.catalogImageEndpoints),
     lockoutFailureAttempts: cfg.lockoutFailureAttempts, lockoutDurationSeconds: cfg.lockoutDuration,
   });
   // With an external Keystone, it is the only source of users and tokens: nothing is bootstrapped here.
@@ -274,6 +275,8 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
   const taskRepo = new TaskRepo(db);
   const imports = new ImportService(images, repo, taskRepo, data, {
     ...importOptions(cfg, stagingDir, stores.default.id), allStoreIds: stores.ids(), imageQuota: cfg.projectImageQuota, storageQuota: cfg.projectStorageQuota,
+    // glance-download: the catalog the user's token sees (the external Keystone's, or the built-in one's)
+    imageEndpoint: async (token, region, iface) => findImageEndpoint(external ? await external.catalog(token) : identity.catalog(selfUrl), region, iface),
   }, log);
   const tasks = new TaskService(taskRepo, policy, { [IMPORT_TASK]: imports }, taskOptions(cfg, node, { dropTempData: (keys) => data.dropTempData(keys) }), log);
   imports.attach(tasks);

@@ -86,7 +86,7 @@ test('stores: /v2/info/stores and its admin detail, store ids on create, uploads
   const id = await createImage(s.admin);
   const unknown = await s.admin('PUT', `/v2/images/${id}/file`, { raw: data, headers: { 'X-Image-Meta-Store': 'nope' } });
   assert.equal(unknown.status, 400);
-  assert.match(unknown.json.message, /Unknown scheme 'nope' found in URI/);
+  assert.match(unknown.json.message, /Store for identifier nope not found/);
   assert.equal((await s.admin('GET', `/v2/images/${id}`)).json.status, 'queued');
   assert.equal((await s.admin('PUT', `/v2/images/${id}/file`, { raw: data, headers: { 'X-Image-Meta-Store': 'cheap' } })).status, 204);
   const shown = (await s.admin('GET', `/v2/images/${id}`)).json;

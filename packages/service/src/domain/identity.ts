@@ -55,6 +55,8 @@ const b64u = (b: Buffer) => b.toString('base64url');
 export interface IdentityOptions {
   tokenTtlSeconds: number;
   region: string;
+  /** Image endpoints of other regions listed in the catalog (region → URL). */
+  otherImageEndpoints?: Record<string, string>;
   /** Keystone's [security_compliance] lockout_failure_attempts (0: no lockout, Keystone's default). */
   lockoutFailureAttempts?: number;
   /** Keystone's lockout_duration in seconds (0: locked until an administrator unlocks; Keystone's default 1800). */
@@ -482,10 +484,11 @@ export class Identity {
         id: `${id}-${iface}`, interface: iface, region_id: region, region, url,
       })),
     });
-    return [
-      entry('image0000000000000000000000000001', 'image', 'glance', baseUrl),
-      entry('identity00000000000000000000001', 'identity', 'keystone', `${baseUrl}/identity`),
-    ];
+    const image = entry('image0000000000000000000000000001', 'image', 'glance', baseUrl);
+    for (const [other, url] of Object.entries(this.options.otherImageEndpoints ?? {})) {
+      image.endpoints.push(...['public', 'internal', 'admin'].map((iface) => ({ id: `image-${other}-${iface}`, interface: iface, region_id: other, region: other, url })));
+    }
+    return [image, entry('identity00000000000000000000001', 'identity', 'keystone', `${baseUrl}/identity`)];
   }
 }
 

@@ -133,7 +133,7 @@ export class ImageDataService {
   store(id: string | undefined): Store {
     if (id === undefined) return this.stores.default;
     const store = this.stores.get(id);
-    if (!store) throw badRequest(`Unknown scheme '${id}' found in URI`);
+    if (!store) throw badRequest(`Store for identifier ${id} not found`);
     return store;
   }
 

@@ -53,7 +53,7 @@ export interface TaskRun {
   tempKeys: string[];
   /** Aborted when this node lost the lease, or stops. */
   signal: AbortSignal;
-  /** Record bytes moved so far (saved with the next lease renewal). */
+  /** Record bytes moved so far (saved, with the task's message saying so, at the next lease renewal). */
   progress(bytes: number): void;
 }
 
@@ -72,6 +72,15 @@ export interface TaskRunner {
   abandoned(task: TaskRecord, reason: string): Promise<ImageChange | undefined>;
   /** Fresh temporary data keys for a run of `task` (its image's upload row records them before the run writes). */
   tempKeys(task: TaskRecord): string[];
+}
+
+/**
+ * A running task's progress as Glance shows it: the task's message, written while the data
+ * moves (its _ImportToStore status callback) and left in place when the task succeeds. The
+ * tasks API has no progress field; this is the one Glance clients already display.
+ */
+export function progressMessage(bytes: number): string {
+  return `Copied ${Math.floor(bytes / (1 << 20))} MiB`;
 }
 
 /** How long stopping waits for aborted runs to end. */
@@ -259,18 +268,20 @@ export class TaskService {
       return fail(reason, await runner.abandoned(task, reason));
     }
     let progress = task.progress;
+    let moved = false;
     let renewing: Promise<unknown> = Promise.resolve();
     const renewal = setInterval(() => {
-      renewing = this.repo.renew(task.id, this.opts.node, Date.now() + this.opts.leaseMs, progress).then((held) => {
+      renewing = this.repo.renew(task.id, this.opts.node, Date.now() + this.opts.leaseMs, progress, moved ? progressMessage(progress) : undefined).then((held) => {
         if (!held) abort.abort(new LeaseLost(`Task ${task.id}: this node's lease ran out and another node took the task.`));
       }).catch((e) => this.log.warn('task lease renewal failed', { task: task.id, error: (e as Error).message }));
     }, Math.max(50, Math.floor(this.opts.leaseMs / 3)));
     try {
       this.log.info('task started', { task: task.id, type: task.type, image: task.image_id, attempt: task.attempts });
-      const outcome = await runner.run({ task, tempKeys, signal: abort.signal, progress: (n) => { progress = n; } });
+      const outcome = await runner.run({ task, tempKeys, signal: abort.signal, progress: (n) => { progress = n; moved = true; } });
       clearInterval(renewal);
       await renewing;
-      const ok = await this.repo.finish(task.id, this.opts.node, { status: 'success', result: outcome.result, message: '', expiresAt: expiresAt() }, outcome.image);
+      const message = moved ? progressMessage(progress) : '';
+      const ok = await this.repo.finish(task.id, this.opts.node, { status: 'success', result: outcome.result, message, expiresAt: expiresAt() }, outcome.image);
       if (ok) this.log.info('task succeeded', { task: task.id, image: task.image_id });
     } catch (e) {
       clearInterval(renewal);

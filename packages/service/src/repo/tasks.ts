@@ -178,9 +178,9 @@ export class TaskRepo {
     await tx.insertInto('uploads').values({ image_id: imageId, node, temp_key: upload(claimed, replaced), started_at: now() }).execute();
   }
 
-  /** Extend `node`'s lease and record progress; false when the node no longer holds it (it ran out and another node took the task). */
-  async renew(id: string, node: string, leaseUntil: number, progress: number): Promise<boolean> {
-    const r = await this.k.updateTable('tasks').set({ lease_until: leaseUntil, progress, updated_at: now() })
+  /** Extend `node`'s lease and record progress (and the message showing it); false when the node no longer holds it (it ran out and another node took the task). */
+  async renew(id: string, node: string, leaseUntil: number, progress: number, message?: string): Promise<boolean> {
+    const r = await this.k.updateTable('tasks').set({ lease_until: leaseUntil, progress, ...(message === undefined ? {} : { message }), updated_at: now() })
       .where('id', '=', id).where('node', '=', node).where('status', '=', 'processing').executeTakeFirst();
     return Number(r.numUpdatedRows) === 1;
   }

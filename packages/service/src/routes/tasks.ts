@@ -110,7 +110,9 @@ export function taskRoutes(app: FastifyInstance, deps: TaskRouteDeps): void {
     const a = await auth(request);
     // X-Image-Meta-Store: the store to import into when the body names none (Glance's get_stores_from_request).
     const store = request.headers['x-image-meta-store'];
-    await imports.start(a, request.id, request.params.id, await jsonBody(request), Array.isArray(store) ? store[0] : store);
+    // (the token: glance-download reads the remote region's image with it, as Glance does with its request context)
+    const token = request.headers['x-auth-token'];
+    await imports.start(a, request.id, request.params.id, await jsonBody(request), Array.isArray(store) ? store[0] : store, typeof token === 'string' ? token : undefined);
     return replyEmpty(reply, 202, { 'OpenStack-image-import-methods': imports.methods.join(','), 'OpenStack-image-store-ids': deps.storeIds });
   });
 

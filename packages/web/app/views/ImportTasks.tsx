@@ -3,8 +3,8 @@
  * /v2/info/stores) and its import tasks (GET /v2/images/{id}/tasks): status, method and
  * source, and the task's message — the failure reason when it failed. Tasks are read again
  * whenever the image changes, and every second while one is pending or processing. (The
- * service keeps the bytes a task has moved to itself: the tasks API has no progress field,
- * so a running task shows a bar without a value.)
+ * tasks API has no progress field: a running task's message says how much it has copied, as
+ * Glance's does — "Copied 120 MiB" — and its bar has no value.)
  */
 import { Fragment } from 'preact';
 import { useEffect, useState } from 'preact/hooks';

@@ -28,9 +28,10 @@ import type { ImageService } from '../images.js';
 import { TaskFailure, type TaskOutcome, type TaskRun, type TaskRunner, type TaskService } from '../tasks.js';
 import { filteringRefusal, openWebSource, passesImportFiltering, type ImportFilteringOptions } from './web-download.js';
 import { applyPlugins, type ImportPluginOptions, type PluginContext } from './plugins.js';
+import { checkGlanceDownloadRequest, openRemoteImage, type ImageEndpointLookup } from './glance-download.js';
 
 /** The methods this service can run (Glance's enabled_import_methods chooses among them). */
-export const KNOWN_IMPORT_METHODS = ['glance-direct', 'web-download', 'copy-image'];
+export const KNOWN_IMPORT_METHODS = ['glance-direct', 'web-download', 'copy-image', 'glance-download'];
 export const IMPORT_TASK = 'api_image_import';
 export const IMPORT_TASK_PROPERTY = 'os_glance_import_task';
 export const IMPORTING_TO_STORES = 'os_glance_importing_to_stores';
@@ -47,6 +48,8 @@ export interface ImportOptions {
   /** The default store (imports go there), and every configured store (copy-image's targets). */
   storeId: string;
   allStoreIds: string[];
+  /** glance-download: the image endpoint of a region in the user's Keystone catalog. */
+  imageEndpoint?: ImageEndpointLookup;
   /** The project quotas /v2/info/usage reports (0: unlimited). */
   imageQuota?: number;
   storageQuota?: number;
@@ -57,6 +60,8 @@ export interface Usage { usage: number; limit: number }
 
 export class ImportService implements TaskRunner {
   private tasks!: TaskService;
+  /** glance-download: the requester's token by task, kept in this process only (as Glance keeps its request context). */
+  private readonly tokens = new Map<string, string>();
 
   constructor(
     private readonly images: ImageService,
@@ -73,7 +78,7 @@ export class ImportService implements TaskRunner {
   get methods(): string[] { return this.opts.enabledMethods; }
 
   /** POST /v2/images/{id}/import: the checks of Glance's import_image, then the task, committed with the image's move to importing. */
-  async start(a: AuthContext, requestId: string, id: string, body: unknown, storeHeader?: string): Promise<void> {
+  async start(a: AuthContext, requestId: string, id: string, body: unknown, storeHeader?: string, token?: string): Promise<void> {
     if (!isObject(body) || !('method' in body)) throw badRequest("Import request requires a 'method' field.");
     const method = body.method;
     if (!isObject(method) || !('name' in method)) throw badRequest("Import request requires a 'name' field.");
@@ -85,10 +90,11 @@ export class ImportService implements TaskRunner {
     const img = await this.images.get(a, id);
     if (name === 'copy-image') return this.startCopy(a, requestId, img, body, storeHeader);
     if (img.status === 'active') throw conflict('Image with status active cannot be target for import');
-    if (img.status !== 'queued' && name === 'web-download') throw conflict(`Image needs to be in 'queued' state to use '${name}' method`);
+    if (img.status !== 'queued' && (name === 'web-download' || name === 'glance-download')) throw conflict(`Image needs to be in 'queued' state to use '${name}' method`);
     if (img.status !== 'uploading' && name === 'glance-direct') throw conflict("Image needs to be staged before 'glance-direct' method can be used");
     if (!img.container_format) throw conflict("'container_format' needs to be set before import");
     if (!img.disk_format) throw conflict("'disk_format' needs to be set before import");
+    if (name === 'glance-download') checkGlanceDownloadRequest(method);
     this.images.imagePolicy(a, img).modifyImage();
     const stores = this.requestedStores(body, storeHeader);
     if (name === 'web-download') {
@@ -97,12 +103,14 @@ export class ImportService implements TaskRunner {
     }
     const taskId = randomUUID();
     const input = { image_id: img.id, import_req: body, backend: stores, [REQUESTER_ROLES]: [...a.roleNames] };
+    if (name === 'glance-download' && token) this.tokens.set(taskId, token);
     const created = await this.tasks.create(a, requestId, IMPORT_TASK, input, {
       id: img.id, revision: img.revision, status: { from: [img.status], to: 'importing' },
       properties: this.startProperties(img, taskId, stores),
       upload: 'release',
     }, taskId);
     if (!created) {
+      this.tokens.delete(taskId);
       const cur = await this.repo.load(img.id);
       throw conflict(cur && cur.properties[IMPORT_TASK_PROPERTY]
         ? `New operation on image '${img.id}' is not permitted as prior operation is still in progress`
@@ -224,13 +232,12 @@ export class ImportService implements TaskRunner {
       id: img.id, upload: 'release',
       properties: { [IMPORT_TASK_PROPERTY]: null, [IMPORTING_TO_STORES]: importing.join(','), [FAILED_IMPORT]: failed.join(',') },
     });
-    let moved = 0;
     for (const storeId of [...importing]) {
-      const before = moved;
       try {
         const key = keys.get(storeId);
         if (!key) throw conflict(`Store for identifier ${storeId} not found`);
-        await this.copyTo(img.id, storeId, key, signal, (n) => { moved = before + n; progress(moved); });
+        // (progress per store, as Glance's message counts each store's copy)
+        await this.copyTo(img.id, storeId, key, signal, progress);
         copied.push(storeId);
         importing = storeList(mergeStores(importing.join(','), [], [storeId]));
         await this.taskRepo.updateImage({ id: img.id, properties: { [IMPORTING_TO_STORES]: importing.join(',') } });
@@ -328,6 +335,7 @@ export class ImportService implements TaskRunner {
   }
 
   async abandoned(task: TaskRecord): Promise<ImageChange | undefined> {
+    this.tokens.delete(task.id);
     if (!task.image_id) return undefined;
     await this.dropStaged(task);
     const img = await this.repo.load(task.image_id);
@@ -383,6 +391,9 @@ export class ImportService implements TaskRunner {
     let restoreFormats: ImageChange['formats'];
     /** The stores that failed (with all_stores_must_succeed=false, the import goes on without them). */
     const storesFailed: string[] = [];
+    const originalFormats = { disk_format: img.disk_format ?? '', container_format: img.container_format ?? '' };
+    /** glance-download: the remote image's properties the import copies. */
+    let remoteProperties: Record<string, string> = {};
     try {
       const missing = (Array.isArray(task.input?.backend) ? task.input!.backend as unknown[] : []).filter((b) => typeof b === 'string' && !targets.includes(b));
       if (missing.length) throw conflict(`Store for identifier ${String(missing[0])} not found`);
@@ -398,6 +409,20 @@ export class ImportService implements TaskRunner {
         const web = await openWebSource(String(importRequest(task).method.uri ?? ''), this.opts.filtering, signal);
         source = web.body;
         length = web.length;
+      } else if (method === 'glance-download') {
+        const token = this.tokens.get(task.id);
+        if (!token) throw badRequest(`The requester's token for this glance-download is not held by this node (${task.node ?? 'unknown'}): Glance keeps it only in the process that took the request; import again.`);
+        if (!this.opts.imageEndpoint) throw badRequest('glance-download is not available: no Keystone catalog to find the remote region in.');
+        const remote = await openRemoteImage(importRequest(task).method, token, this.opts.imageEndpoint, this.opts.filtering, signal);
+        opened.push(remote.data.body);
+        source = remote.data.body;
+        length = remote.size;
+        remoteProperties = remote.properties;
+        // (Glance's _ImportMetadata: the remote image's formats become the image's, put back if the import fails)
+        const formats = { disk_format: remote.diskFormat, container_format: remote.containerFormat };
+        if (!(await this.taskRepo.updateImage({ id: imageId, status: { from: ['importing'], to: 'importing' }, formats }))) throw conflict(`Image ${imageId} changed during its import.`);
+        restoreFormats = originalFormats;
+        img = { ...img, ...formats };
       } else {
         throw badRequest(`Import method ${method} is not available.`);
       }
@@ -412,7 +437,7 @@ export class ImportService implements TaskRunner {
         // As Glance's image_conversion sets them; put back if the import fails.
         const formats = { disk_format: staged.image.disk_format ?? '', container_format: staged.image.container_format ?? '' };
         if (!(await this.taskRepo.updateImage({ id: imageId, status: { from: ['importing'], to: 'importing' }, formats }))) throw conflict(`Image ${imageId} changed during its import.`);
-        restoreFormats = { disk_format: img.disk_format ?? '', container_format: img.container_format ?? '' };
+        restoreFormats = originalFormats;
       }
       let bytes = 0;
       const counted = staged.stream.pipe(new Transform({
@@ -440,7 +465,7 @@ export class ImportService implements TaskRunner {
       });
       await this.dropStaged(task);
       const end = done(result.failed);
-      return { result: { image_id: imageId }, image: { ...end, properties: { ...end.properties, ...staged.properties } } };
+      return { result: { image_id: imageId }, image: { ...end, properties: { ...end.properties, ...remoteProperties, ...staged.properties } } };
     } catch (e) {
       if (signal.aborted) throw e;
       await this.dropStaged(task);
@@ -449,6 +474,7 @@ export class ImportService implements TaskRunner {
       const failed = storesFailed.length ? storesFailed : targets;
       throw new TaskFailure(message, { ...this.failedChange(img, failed), ...(restoreFormats ? { formats: restoreFormats } : {}) });
     } finally {
+      this.tokens.delete(task.id);
       // The ingest stops reading early on a refusal (size cap, quota) without destroying its
       // input: the download, a decompressor, must not run on.
       for (const s of opened) s.destroy();

@@ -116,12 +116,15 @@ export interface WebSource { body: IncomingMessage; length: number | null; url: 
  * with the body once a 2xx answer's headers arrive. Stalls longer than `timeoutMs`, on the
  * way or in the body, end it with an error; so does `signal`.
  */
-export async function openWebSource(uri: string, o: ImportFilteringOptions, signal?: AbortSignal): Promise<WebSource> {
+export async function openWebSource(uri: string, o: ImportFilteringOptions, signal?: AbortSignal, headers: Record<string, string> = {}): Promise<WebSource> {
   const addresses = new AddressPolicy(o.allowedNetworks);
+  let origin = '';
   let url = uri;
   for (let redirects = 0; ; redirects++) {
     if (!passesImportFiltering(url, o)) throw filteringRefusal(url);
-    const res = await get(url, addresses, o.timeoutMs, signal);
+    if (redirects === 0) origin = new URL(url).origin;
+    // (`headers` may hold the user's token: they go to the first URL's origin only, never to where it redirects elsewhere)
+    const res = await get(url, addresses, o.timeoutMs, signal, new URL(url).origin === origin ? headers : {});
     const status = res.statusCode ?? 0;
     if ([301, 302, 303, 307, 308].includes(status) && res.headers.location) {
       res.resume();
@@ -139,7 +142,7 @@ export async function openWebSource(uri: string, o: ImportFilteringOptions, sign
   }
 }
 
-function get(url: string, addresses: AddressPolicy, timeoutMs: number, signal?: AbortSignal): Promise<IncomingMessage> {
+function get(url: string, addresses: AddressPolicy, timeoutMs: number, signal: AbortSignal | undefined, headers: Record<string, string>): Promise<IncomingMessage> {
   const u = new URL(url);
   const host = u.hostname.replace(/^\[|\]$/g, '');
   if (isIP(host)) {
@@ -162,7 +165,7 @@ function get(url: string, addresses: AddressPolicy, timeoutMs: number, signal?: 
   return new Promise((resolve, reject) => {
     let res: IncomingMessage | undefined;
     const fail = (e: Error) => { if (res) res.destroy(e); else req.destroy(e); };
-    const req: ClientRequest = send(u, { method: 'GET', lookup, agent: false, headers: { 'User-Agent': 'diskhub-web-download', Accept: '*/*' } }, (r) => {
+    const req: ClientRequest = send(u, { method: 'GET', lookup, agent: false, headers: { 'User-Agent': 'diskhub-web-download', Accept: '*/*', ...headers } }, (r) => {
       res = r;
       resolve(r);
     });
