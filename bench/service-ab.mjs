@@ -13,7 +13,7 @@
 //   Slow (about 50x): use small counts, e.g. AB_ROUNDS=2 AB_IMAGES=150 AB_SCALE=0.05.
 //   AB_SCALE (default 1) multiplies each phase's request count; AB_ONLY=list_c1,show_c1 picks rows.
 import { spawn, execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { mkdtempSync, openSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { request, Agent } from 'node:http';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -28,10 +28,18 @@ const CALLGRIND = process.env.AB_CALLGRIND === '1';
 const ONLY = process.env.AB_ONLY?.split(',');
 const work = mkdtempSync(join(tmpdir(), 'service-ab-'));
 const agent = new Agent({ keepAlive: true, maxSockets: 64 });
+/** The servers started: stopped however this script ends. */
+const started = [];
+process.on('exit', () => { for (const c of started) if (c.exitCode === null) c.kill('SIGTERM'); });
 
 const freePort = () => new Promise((res) => { const s = createServer(); s.listen(0, '127.0.0.1', () => { const p = s.address().port; s.close(() => res(p)); }); });
 
-function http(s, method, path, body) {
+async function http(s, method, path, body) {
+  // A kept-alive socket the server closed while idle (its keep-alive timeout passes while the
+  // other build runs, under valgrind) resets the next request: once more on a new socket.
+  try { return await http1(s, method, path, body); } catch (e) { if (e.code !== 'ECONNRESET') throw e; return http1(s, method, path, body); }
+}
+function http1(s, method, path, body) {
   return new Promise((res, rej) => {
     const headers = { 'X-Auth-Token': s.token ?? '', ...(body ? { 'Content-Type': 'application/json' } : {}) };
     const r = request({ host: '127.0.0.1', port: s.port, path, method, headers, agent }, (x) => {
@@ -57,11 +65,13 @@ async function start(name, tree) {
   const cmd = CALLGRIND
     ? ['valgrind', ['--tool=callgrind', '--instr-atstart=no', `--callgrind-out-file=${dir}-callgrind.%p`, process.execPath, ...node]]
     : [process.execPath, node];
-  const child = spawn(cmd[0], cmd[1], { env: { ...process.env, DISKHUB_DATA_DIR: dir, DISKHUB_PORT: String(port), DISKHUB_ADMIN_PASSWORD: 'bench', DISKHUB_LOG_LEVEL: 'warn' }, stdio: 'ignore' });
+  const child = spawn(cmd[0], cmd[1], { env: { ...process.env, DISKHUB_DATA_DIR: dir, DISKHUB_PORT: String(port), DISKHUB_ADMIN_PASSWORD: 'bench', DISKHUB_LOG_LEVEL: 'warn' }, stdio: ['ignore', 'ignore', openSync(`${dir}.stderr`, 'w')] });
   const s = { name, tree, port, pid: child.pid, child, dir };
+  started.push(child);
   for (let i = 0; ; i++) {
     try { if ((await http(s, 'GET', '/healthcheck')).status === 200) break; } catch { /* starting */ }
-    if (i > 2400) throw new Error(`${name} did not start`);
+    // (valgrind runs the start about 50x slower: up to 20 minutes on a busy machine)
+    if (i > (CALLGRIND ? 24_000 : 2400) || child.exitCode !== null) throw new Error(`${name} did not start: ${readFileSync(`${dir}.stderr`, 'utf8').slice(-2000)}`);
     await new Promise((r) => setTimeout(r, 50));
   }
   const auth = { auth: { identity: { methods: ['password'], password: { user: { name: 'admin', domain: { id: 'default' }, password: 'bench' } } }, scope: { project: { name: 'admin', domain: { id: 'default' } } } } };
