@@ -10,9 +10,29 @@ import { diskhub, repoRoot } from '@diskhub/testkit';
 
 export const EXAMPLE_RECIPE = join(repoRoot, 'examples', 'debian-12-minimal.yaml');
 
-/** The example recipe with cloud-init switched off by its documented switch (/etc/cloud/cloud-init.disabled): a broken cloud image. */
-export function cloudInitDisabledRecipe(recipe: string): string {
-  const broken = recipe.replace(/^files:\n/m, 'files:\n  - path: /etc/cloud/cloud-init.disabled\n    content: ""\n');
+/**
+ * The example recipe broken the two ways issue 21 names: cloud-init switched off, and a network
+ * configuration that pins the NIC by its MAC address (a netplan `match: macaddress:`, which
+ * sysprep rightly leaves alone — its udev-persistent-net and net-hwaddr operations remove the
+ * other two kinds, so they cannot survive to the lint).
+ */
+export function brokenRecipe(recipe: string): string {
+  const broken = recipe.replace(/^files:\n/m, [
+    'files:',
+    '  - path: /etc/cloud/cloud-init.disabled',
+    '    content: ""',
+    '  - path: /etc/netplan/50-pinned-nic.yaml',
+    '    mode: "0600"',
+    '    content: |',
+    '      network:',
+    '        version: 2',
+    '        ethernets:',
+    '          nic0:',
+    '            match:',
+    '              macaddress: "52:54:00:12:34:56"',
+    '            dhcp4: true',
+    '',
+  ].join('\n'));
   assert.notEqual(broken, recipe, 'the example recipe has a files section');
   return broken;
 }

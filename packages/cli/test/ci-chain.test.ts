@@ -3,8 +3,8 @@
  * (cached per recipe and build code, as boot-test.test.ts caches it: built-image.ts), cleaned by
  * `diskhub img sysprep`, checked by `diskhub img lint`, uploaded with the real `openstack`
  * client to a `diskhub serve` started here, and boot-tested from the service by its image id.
- * The same chain with a broken recipe (cloud-init switched off) fails lint and boot-test, each
- * with that reason.
+ * The same chain with a broken recipe (cloud-init switched off, the NIC pinned by its MAC address)
+ * fails lint on both and boot-test on cloud-init, each with that reason.
  *
  * Needs root (build, sysprep), debootstrap and Debian's mirror the first time, qemu-system-x86_64,
  * ssh and the openstack client. Time: the two builds (about 5 min each, cold) are cached;
@@ -17,7 +17,7 @@ import { copyFile, mkdir, readdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { diskhub, diskhubBin, hasTool, runOk, tempDir } from '@diskhub/testkit';
 import { ADMIN_PASSWORD, osEnv } from '@diskhub/service/test-helpers';
-import { builtImage, cloudInitDisabledRecipe, EXAMPLE_RECIPE } from './built-image.js';
+import { builtImage, brokenRecipe, EXAMPLE_RECIPE } from './built-image.js';
 
 const TOOLS = ['debootstrap', 'qemu-system-x86_64', 'qemu-img', 'ssh', 'ssh-keygen', 'openstack', 'losetup'];
 const missing = TOOLS.filter((t) => !hasTool(t));
@@ -100,10 +100,13 @@ test('CI chain: the example recipe, built, sysprepped, linted, uploaded and boot
     [['boot', true], ['cloud-init', true], ['ssh', true], ['hostname', true], ['user-data', true], ['root-filesystem', true]]);
 });
 
-test('CI chain: the recipe with cloud-init disabled fails lint and boot-test, each with that reason', { ...skip, timeout: 40 * 60_000 }, async (t) => {
-  const r = await chain(t, 'debian-12-cloud-init-disabled', cloudInitDisabledRecipe(await readFile(EXAMPLE_RECIPE, 'utf8')));
+test('CI chain: the recipe with cloud-init disabled and a MAC-pinned NIC fails lint and boot-test, each with the reason', { ...skip, timeout: 40 * 60_000 }, async (t) => {
+  const r = await chain(t, 'debian-12-broken', brokenRecipe(await readFile(EXAMPLE_RECIPE, 'utf8')));
   assert.equal(r.lint.code, 1);
-  assert.deepEqual(r.lint.checks.filter((c) => c.result === 'fail').map((c) => [c.id, c.evidence]), [['cloud-init-enabled', ['/etc/cloud/cloud-init.disabled exists']]]);
+  assert.deepEqual(r.lint.checks.filter((c) => c.result === 'fail').map((c) => [c.id, c.evidence]), [
+    ['cloud-init-enabled', ['/etc/cloud/cloud-init.disabled exists']],
+    ['no-hardcoded-mac', ['/etc/netplan/50-pinned-nic.yaml:6: macaddress: "52:54:00:12:34:56"']],
+  ]);
   assert.equal(r.boot.code, 1, r.boot.stderr);
   assert.equal(r.boot.report.image, `image ${r.id}`);
   assert.match(r.boot.report.reason, /^cloud-init did not run: the login prompt \('\S+ login:'\) came with no cloud-init output before it/);
