@@ -13,7 +13,7 @@ import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { lstat, mkdir, readFile, readdir, readlink } from 'node:fs/promises';
 import { join } from 'node:path';
-import { MULTI_PARTITION, diskhub, makeSmallOsTree, multiPartitionDisk, needs, needsLoopDevices, run, runOk, tempDir } from '@diskhub/testkit';
+import { diskhub, multiPartitionLayout, makeSmallOsTree, multiPartitionDisk, needs, needsLoopDevices, run, runOk, tempDir } from '@diskhub/testkit';
 
 const MiB = 1 << 20;
 const ESP = '/boot/efi';
@@ -21,9 +21,10 @@ const rootOnly = process.getuid?.() === 0 || process.env.CI === 'true' ? {} : { 
 
 /** Mount the disk's ext4 partitions read-only as its fstab says (shortest mount point first), run `fn`, unmount all. */
 async function withMountedDisk<T>(raw: string, mnt: string, fn: () => Promise<T>): Promise<T> {
+  const layout = multiPartitionLayout();
   const mounted: string[] = [];
   try {
-    for (const p of [...MULTI_PARTITION.partitions].sort((a, b) => a.mountpoint.length - b.mountpoint.length)) {
+    for (const p of [...layout].sort((a, b) => a.mountpoint.length - b.mountpoint.length)) {
       if (p.mountpoint === ESP) continue;
       const at = join(mnt, p.mountpoint);
       await mkdir(at, { recursive: true }).catch(() => undefined);

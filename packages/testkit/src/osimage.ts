@@ -40,18 +40,24 @@ export async function makeSmallOsTree(root: string, hostname = 'inside-lint-host
   await writeFile(join(root, 'etc/fstab'), 'LABEL=root / ext4 defaults 0 1\n');
 }
 
-/** The partitions of multiPartitionDisk: what fstab names them by, and where they are. */
+/** What the root's fstab on multiPartitionDisk names the root and the ESP by. */
 export const MULTI_PARTITION = {
   rootUuid: '6a0f8c2e-5d1b-4e0a-9a47-3c2b1d0e9f11',
   espPartuuid: '0c9e4b7a-1f2d-4c3b-8a5e-6d7f8091a2b3',
-  /** sfdisk start and size in MiB, and the mount point each gets from the root's fstab. */
-  partitions: [
-    { number: 1, startMiB: 1, sizeMiB: 34, mountpoint: '/boot/efi' },
-    { number: 2, startMiB: 35, sizeMiB: 40, mountpoint: '/boot' },
-    { number: 3, startMiB: 75, sizeMiB: 64, mountpoint: '/' },
-    { number: 4, startMiB: 139, sizeMiB: 36, mountpoint: '/var' },
-  ],
 };
+
+export interface MultiPartition { number: number; startMiB: number; sizeMiB: number; mountpoint: string }
+
+/** The partitions of multiPartitionDisk: start and size in MiB, and the mount point each gets from the root's fstab. */
+export function multiPartitionLayout(rootMiB = 64, varMiB = 36): MultiPartition[] {
+  const sizes: [number, string][] = [[34, '/boot/efi'], [40, '/boot'], [rootMiB, '/'], [varMiB, '/var']];
+  let start = 1;
+  return sizes.map(([sizeMiB, mountpoint], i) => {
+    const p = { number: i + 1, startMiB: start, sizeMiB, mountpoint };
+    start += sizeMiB;
+    return p;
+  });
+}
 
 /**
  * A GPT disk laid out as a distribution installer lays one out, made by the real tools: sfdisk
@@ -59,18 +65,23 @@ export const MULTI_PARTITION = {
  * /boot (2, label "boot"), the root (3) and /var (4), each made apart and written into place.
  * The root's /etc/fstab names them four ways: the root by UUID=, /boot by LABEL=, /boot/efi by
  * PARTUUID=, /var as /dev/sda4 (a swap line and /proc are there too, to be left out). `root`
- * is the small OS tree (makeSmallOsTree); its var/ goes to partition 4 and the directories the
- * others are mounted on are left empty. Returns the raw image and its qcow2 conversion.
+ * is an OS tree (makeSmallOsTree, or a hard-linked copy of debianRootfs: files are replaced,
+ * never written into); its var/ goes to partition 4 and the directories the others are
+ * mounted on are left empty. Returns the raw image, its qcow2 conversion and the layout.
  */
-export async function multiPartitionDisk(dir: string, root: string, name: string): Promise<{ raw: string; qcow2: string }> {
-  const { rootUuid, espPartuuid, partitions } = MULTI_PARTITION;
+export async function multiPartitionDisk(dir: string, root: string, name: string, sizes: { rootMiB?: number; varMiB?: number } = {}): Promise<{ raw: string; qcow2: string; partitions: MultiPartition[] }> {
+  const { rootUuid, espPartuuid } = MULTI_PARTITION;
+  const partitions = multiPartitionLayout(sizes.rootMiB, sizes.varMiB);
   const trees = { boot: join(dir, `${name}-boot`), var: join(dir, `${name}-var`), esp: join(dir, `${name}-esp`) };
   // The tree's var/ becomes partition 4; an empty /var stays in the root to mount it on.
   await runOk('cp', ['-a', join(root, 'var'), trees.var]);
   await rm(join(root, 'var'), { recursive: true });
   await mkdir(join(trees.var, 'log'), { recursive: true });
   await writeFile(join(trees.var, 'log/installer.log'), 'installed\n');
+  // Emptied, as a separate /boot hides the root's own; the fstab replaced (unlinked first: the tree may be hard links).
+  await rm(join(root, 'boot'), { recursive: true, force: true });
   for (const d of ['boot', 'var', 'proc']) await mkdir(join(root, d), { recursive: true });
+  await rm(join(root, 'etc/fstab'), { force: true });
   await writeFile(join(root, 'etc/fstab'), [
     '# /etc/fstab: static file system information.',
     `UUID=${rootUuid} / ext4 errors=remount-ro 0 1`,
@@ -121,7 +132,7 @@ export async function multiPartitionDisk(dir: string, root: string, name: string
   const qcow2 = join(dir, `${name}.qcow2`);
   await rm(qcow2, { force: true });
   await qemuImg('convert', '-O', 'qcow2', raw, qcow2);
-  return { raw, qcow2 };
+  return { raw, qcow2, partitions };
 }
 
 /** An `applications` item of `img inspect --output=json` back as its package manager prints it ([epoch:]version[-release]), to compare with dpkg-query or rpm -q. */

@@ -36,7 +36,7 @@ export async function catCommand(argv: string[]): Promise<number> {
         await streamFile(fs, node, (piece) => write(process.stdout, piece));
       }
       return 0;
-    });
+    }, false);
   });
 }
 

@@ -31,8 +31,9 @@ export async function openCliImage(path: string, options: OpenImageOptions = {},
 
 /**
  * Reads up to this size are made on the main thread by the commands that walk a filesystem
- * inside an image (ls, cat, copy-out, inspect, lint): their metadata reads are small and each
- * depends on the last, so a trip to the I/O threads per read cost more than the reads.
+ * inside an image (ls, copy-out, inspect, lint; not cat, whose data reads read ahead on the
+ * I/O threads): their metadata reads are small and each depends on the last, so a trip to the
+ * I/O threads per read cost more than the read.
  */
 export const FILESYSTEM_BLOCKING_READ_MAX = 64 * 1024;
 

@@ -35,10 +35,14 @@ export interface OpenedImageFiles {
   fs: Filesystem;
 }
 
-/** Run `body` with the image's filesystem open; the image is closed on every path. */
-export async function withImageFiles<T>(filename: string, opts: ImageFileOptions, body: (o: OpenedImageFiles) => Promise<T>): Promise<T> {
+/**
+ * Run `body` with the image's filesystem open; the image is closed on every path. `walk`: the
+ * command reads metadata more than data (ls, copy-out), so small reads stay on the main thread
+ * (FILESYSTEM_BLOCKING_READ_MAX); cat's data reads keep the I/O threads, reading ahead.
+ */
+export async function withImageFiles<T>(filename: string, opts: ImageFileOptions, body: (o: OpenedImageFiles) => Promise<T>, walk = true): Promise<T> {
   const arg = opts.secrets.image(filename, opts.format);
-  const image = await openCliImage(arg.path, { ...openOptionsOf(arg), blockingReadMax: FILESYSTEM_BLOCKING_READ_MAX }, arg.display);
+  const image = await openCliImage(arg.path, { ...openOptionsOf(arg), ...(walk ? { blockingReadMax: FILESYSTEM_BLOCKING_READ_MAX } : {}) }, arg.display);
   try {
     let fs: Filesystem;
     let notes: string[] | undefined;

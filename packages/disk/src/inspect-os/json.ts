@@ -5,6 +5,7 @@
  */
 import type { InspectedOs, OsInspection } from './index.js';
 import { splitPackageVersion } from './packages.js';
+import { osinfoOf } from './osinfo.js';
 
 export function inspectedOsJson(os: InspectedOs) {
   return {
@@ -16,6 +17,7 @@ export function inspectedOsJson(os: InspectedOs) {
     major_version: os.majorVersion,
     minor_version: os.minorVersion,
     hostname: os.hostname,
+    osinfo: osinfoOf(os.type, os.distro, os.majorVersion, os.minorVersion),
     package_format: os.packageFormat,
     package_management: os.packageManagement,
     mountpoints: os.mountpoints.map((m) => ({ mountpoint: m.mountpoint, device: m.device, spec: m.spec, fstype: m.fstype })),

@@ -7,16 +7,16 @@ import { elfArchitecture } from './elf.js';
 import { unquote } from './release.js';
 import type { OsTree } from './tree.js';
 
-/** libguestfs's hostname sources, in its order. */
+/** libguestfs's hostname sources, in its order (inspect_fs_unix.ml check_hostname_linux): /etc/HOSTNAME, /etc/hostname, then /etc/sysconfig/network. */
 export async function detectHostname(tree: OsTree): Promise<string | null> {
-  const etcHostname = await tree.text('/etc/hostname', 4096);
-  const first = etcHostname?.split('\n').map((l) => l.trim()).find((l) => l !== '' && !l.startsWith('#'));
-  if (first) return first;
+  for (const file of ['/etc/HOSTNAME', '/etc/hostname']) {
+    const text = await tree.text(file, 4096);
+    const first = text?.split('\n').map((l) => l.trim()).find((l) => l !== '' && !l.startsWith('#'));
+    if (first) return first;
+  }
   const network = await tree.text('/etc/sysconfig/network', 1 << 16);
   const m = network !== null ? /^\s*HOSTNAME=(.*)$/m.exec(network) : null;
-  if (m) return unquote(m[1]!.trim()) || null;
-  const suse = (await tree.text('/etc/HOSTNAME', 4096))?.trim();
-  return suse || null;
+  return m ? unquote(m[1]!.trim()) || null : null;
 }
 
 /** Programs whose ELF header gives the architecture (libguestfs tries these in order). */
