@@ -38,6 +38,13 @@ await build({
   },
   logLevel: 'warning',
   legalComments: 'none',
+  // No comments or indentation, shorter equivalent syntax: 0.36 MB less to read, hash and scan
+  // at every start, and (with ASCII escapes in strings) a pure-ASCII file, which load-bundle.js
+  // turns into a V8 string by copying instead of UTF-8 decoding (23 M instructions of
+  // `img info`'s 178 M). Identifiers keep their names, so stack traces still name functions.
+  minifyWhitespace: true,
+  minifySyntax: true,
+  charset: 'ascii',
   plugins: [
     {
       name: 'external-but-engine',

@@ -9,6 +9,7 @@
  * bundle, so a rebuilt bundle never runs with stale code.
  */
 'use strict';
+const { isAscii } = require('node:buffer');
 const { readFileSync, statSync } = require('node:fs');
 const { createRequire } = require('node:module');
 const { dirname, join } = require('node:path');
@@ -43,7 +44,11 @@ function loadBundle({ useCache = true, require: bundleRequire = createRequire(BU
   // A module wrapper as Node's, plus __import: the bundle's import() of external packages (the
   // service, the zstd encoder) comes here, because functions restored from a code cache lose the
   // script's own import() callback (ERR_VM_DYNAMIC_IMPORT_CALLBACK_MISSING in Node 20).
-  const source = `(function (exports, require, module, __filename, __dirname, __import) {${readFileSync(BUNDLE, 'utf8')}\n})`;
+  // build.mjs makes the bundle pure ASCII, read then as latin1 (a copy) rather than as UTF-8 (a
+  // decoding pass over every byte, and a two-byte string if one character is not ASCII).
+  const bytes = readFileSync(BUNDLE);
+  const text = isAscii(bytes) ? bytes.latin1Slice() : bytes.utf8Slice();
+  const source = `(function (exports, require, module, __filename, __dirname, __import) {${text}\n})`;
   const script = new vm.Script(source, { filename: BUNDLE, cachedData });
   const module = { exports: {} };
   const load = (specifier) => import(specifier);

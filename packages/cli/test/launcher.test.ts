@@ -5,7 +5,8 @@
  */
 import test from 'node:test';
 import assert from 'node:assert/strict';
-import { statSync, writeFileSync } from 'node:fs';
+import { isAscii } from 'node:buffer';
+import { readFileSync, statSync, writeFileSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -20,6 +21,8 @@ test('the build leaves a bundle the launcher will run', () => {
     assert.ok(mtime(input) <= bundle, `${input} is newer than the bundle: run npm run build`);
   }
   assert.ok(mtime('dist/bundle/main.cjs.cache') >= bundle, 'the code cache was written after the bundle');
+  // load-bundle.js copies an ASCII bundle into a one-byte string instead of decoding UTF-8.
+  assert.ok(isAscii(readFileSync(join(pkg, 'dist/bundle/main.cjs'))), 'the bundle is pure ASCII');
 });
 
 test('a fresh node accepts the code cache (same V8, same flags as the warm-up)', () => {

@@ -178,9 +178,8 @@ export class Qcow2WritableImage extends Qcow2Image {
     return true;
   }
 
-  /** Add `delta` to cluster `cluster`'s entry in the refcount block `block` (at `rb`). */
-  private changeRef(block: Uint8Array, rb: number, cluster: number, delta: number): void {
-    const i = cluster % this.geo.refcountBlockEntries;
+  /** Add `delta` to cluster `cluster`'s entry (`i`) in the refcount block `block` (at `rb`). */
+  private changeRef(block: Uint8Array, rb: number, cluster: number, delta: number, i = cluster % this.geo.refcountBlockEntries): void {
     const value = getRefcount(block, i, this.geo.refcountBits) + delta;
     if (value < 0) throw new DiskError('ECORRUPT', `${this.source.name}: refcount of cluster ${cluster} would drop below zero`);
     if (value > refcountMax(this.geo.refcountBits)) throw new DiskError('ELIMIT', `${this.source.name}: refcount of cluster ${cluster} would overflow ${this.geo.refcountBits} bits`);
@@ -245,11 +244,35 @@ export class Qcow2WritableImage extends Qcow2Image {
   protected async allocate(n: number): Promise<number> {
     const at = this.fileEnd;
     this.fileEnd += n * this.clusterSize;
-    for (let i = 0; i < n; i++) {
-      const host = at + i * this.clusterSize;
-      if (!this.addRefCached(host, 1)) await this.addRef(host, 1);
+    const first = Math.floor(at / this.clusterSize);
+    for (let c = first; c < first + n;) {
+      // A convert allocates runs of up to an L2 table's clusters: count them a refcount block
+      // at a time rather than looking the block up for every cluster.
+      const counted = this.addRefsCached(c, first + n - c);
+      if (counted > 0) {
+        c += counted;
+        continue;
+      }
+      await this.addRef(c * this.clusterSize, 1);
+      c++;
     }
     return at;
+  }
+
+  /**
+   * addRef(+1) without waiting on clusters [cluster, cluster + count) as far as they share one
+   * refcount block that exists and is cached: returns how many it counted (0 when that block
+   * is not cached; nothing changed then).
+   */
+  private addRefsCached(cluster: number, count: number): number {
+    const per = this.geo.refcountBlockEntries;
+    const rb = this.reftable[Math.floor(cluster / per)];
+    const block = rb ? this.refblocks.get(rb) : undefined;
+    if (!block) return 0;
+    const first = cluster % per;
+    const end = Math.min(per, first + count);
+    for (let i = first; i < end; i++) this.changeRef(block, rb!, cluster + (i - first), 1, i);
+    return end - first;
   }
 
   /**
