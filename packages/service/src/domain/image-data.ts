@@ -139,6 +139,13 @@ export class ImageDataService {
   async ingest(img: ImageRecord, store: Store, tempKey: string, input: Readable, declaredLength: number | null, revertTo: ImageStatus, complete: () => boolean): Promise<void> {
     const inspection = new UploadInspection(img.id, img.container_format);
     let size = 0;
+    const { cap, tooBig } = await this.uploadLimit(img.owner);
+    // A length known to pass the cap is refused before the store is asked for anything (an RBD
+    // image of that size, a file).
+    if (declaredLength !== null && declaredLength > cap) {
+      await this.abandon(img.id, revertTo);
+      throw tooBig(declaredLength);
+    }
     let staged: StoreWriter;
     try {
       staged = await store.begin(tempKey, declaredLength ?? undefined);
@@ -148,7 +155,6 @@ export class ImageDataService {
       if (failure) this.log.warn('upload failed: store', { image: img.id, store: store.id, error: failure.message });
       throw failure ?? e;
     }
-    const { cap, tooBig } = await this.uploadLimit(img.owner);
     // Hashing batches the data into 1 MiB page-aligned buffers; the file is written from those.
     const hasher = new UploadHasher((batch) => staged.write([Buffer.from(batch.buffer, batch.byteOffset, batch.length)]));
     const fail = async (e: unknown) => {
@@ -158,7 +164,6 @@ export class ImageDataService {
       throw e;
     };
     try {
-      if (declaredLength !== null && declaredLength > cap) throw tooBig(declaredLength);
       // (leaving the loop early must not destroy a request body: the error answer is sent
       // after the rest of it is drained, so the client reads the answer instead of a reset)
       for await (const chunk of input.iterator({ destroyOnReturn: false }) as AsyncIterable<Buffer>) {

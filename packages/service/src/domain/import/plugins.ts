@@ -109,13 +109,16 @@ async function conversion(out: PluginOutput, ctx: PluginContext, o: ImportPlugin
   }
 }
 
+/** Glance's 413 for data past the image size cap. */
+const overCap = (cap: number) => new HttpError(413, `Image exceeds the storage quota: the image size cap is ${cap} bytes.`);
+
 /** The source, failing with Glance's 413 once it passes the image size cap. */
 function capped(source: Readable, cap: number): Transform {
   let size = 0;
   const t = new Transform({
     transform(chunk: Buffer, _e, cb) {
       size += chunk.length;
-      cb(size > cap ? new HttpError(413, `Image exceeds the storage quota: the image size cap is ${cap} bytes.`) : null, chunk);
+      cb(size > cap ? overCap(cap) : null, chunk);
     },
   });
   pipeline(source, t, () => {});
@@ -142,6 +145,14 @@ async function convertStreamed(out: PluginOutput, ctx: PluginContext, o: ImportP
     input.destroy();
     await rm(spill, { force: true });
     throw conversionFailure(e);
+  }
+  // The raw data is the virtual size, known from the header: a disk larger than the cap is
+  // refused now, before its data is read, spilled or stored.
+  if (image.size > o.sizeCap) {
+    input.destroy();
+    await image.close().catch(() => {});
+    await rm(spill, { force: true });
+    throw overCap(o.sizeCap);
   }
   ctx.log.info('import converting', {
     image: ctx.image.id, from: image.format, to: 'raw', mode: image.mode, ...(image.stagedBecause ? { staged_because: image.stagedBecause } : {}),
