@@ -125,6 +125,20 @@ function capped(source: Readable, cap: number): Transform {
   return t;
 }
 
+/**
+ * The source's chunks as the engine reads them, failing with Glance's 413 once they pass the
+ * image size cap: counted as they are taken, with no stream between (a web download comes in
+ * 64 KiB pieces, and a Transform's buffering costs each of them more than the count).
+ */
+async function* cappedChunks(source: Readable, cap: number): AsyncGenerator<Uint8Array> {
+  let size = 0;
+  for await (const chunk of source as AsyncIterable<Buffer>) {
+    size += chunk.length;
+    if (size > cap) throw overCap(cap);
+    yield chunk;
+  }
+}
+
 const refuseUnsafe = (report: InspectionReport) => {
   if (!report.safe) throw badRequest(`Image data was refused: ${describeIssues(report)}`);
 };
@@ -137,10 +151,10 @@ function conversionFailure(e: unknown): unknown {
 /** To raw, as the source streams in: the guest data in order, straight into the ingest. */
 async function convertStreamed(out: PluginOutput, ctx: PluginContext, o: ImportPluginOptions): Promise<PluginOutput> {
   const spill = join(o.workDir, `${ctx.image.id}.convert-source`);
-  const input = capped(out.stream, o.sizeCap);
+  const input = out.stream;
   let image: StreamedImage;
   try {
-    image = await openStreamedImage(input, { spillPath: spill, spillCap: o.sizeCap, name: ctx.image.id, signal: ctx.signal, judge: refuseUnsafe });
+    image = await openStreamedImage(cappedChunks(input, o.sizeCap), { spillPath: spill, spillCap: o.sizeCap, name: ctx.image.id, signal: ctx.signal, judge: refuseUnsafe });
   } catch (e) {
     input.destroy();
     await rm(spill, { force: true });
