@@ -4,7 +4,8 @@
  * qcow2 images qemu-img made (plain, compressed, with holes), one whose L2 table follows its
  * data, a vmdk streamOptimized (staged), and a cut qcow2 (read as qemu-img reads it: zeroes
  * past the end); hostile streams (a body that stops, a lying virtual size, a cluster mapped
- * twice) fail the import and store nothing.
+ * twice) fail the import and store nothing; a real qcow2 whose virtual size passes the size cap
+ * is refused from its header, before its data arrives and without asking the store.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
