@@ -15,6 +15,11 @@
 // 64 MiB qcow2, the BENCH_SIZE_MB one, and BENCH_CONCURRENT (default 3) of those at once
 // into the file store: flat means it does not grow with the image size or the number of imports.
 //
+// BENCH_BASELINE=DIR (another diskhub checkout, built, e.g. a copy made before a change) also
+// imports with that checkout's service in the same rounds (ours, the baseline's, Glance's), and
+// prints ours against it: a change's effect measured under the same load. BENCH_MEMORY=0 skips
+// the memory lines.
+//
 // RBD needs the cluster of .ci/services/ceph.sh ($DISKHUB_CEPH_ENV, default
 // /var/tmp/diskhub-ceph/env); without it only the file store is measured.
 import { spawn } from 'node:child_process';
@@ -32,6 +37,15 @@ const SIZE = Number(process.env.BENCH_SIZE_MB ?? 1024) << 20;
 const RUNS = Number(process.env.BENCH_RUNS ?? 3);
 const CONCURRENT = Number(process.env.BENCH_CONCURRENT ?? 3);
 const MiB = 1 << 20;
+const BASELINE = process.env.BENCH_BASELINE ? resolve(process.env.BENCH_BASELINE) : null;
+const MEMORY = process.env.BENCH_MEMORY !== '0';
+/**
+ * How often an import's image is polled for its status. Each GET is work for the service (token
+ * check, a database read): polled every 25 ms, as this bench did first, that was 0.46-0.56 s of
+ * its CPU per 10 s, counted as the import's; every 200 ms it is about 0.1 s, and the wall time
+ * is late by 100 ms on average.
+ */
+const POLL_MS = Number(process.env.BENCH_POLL_MS ?? 200);
 
 const envFile = process.env.DISKHUB_CEPH_ENV ?? '/var/tmp/diskhub-ceph/env';
 const ceph = await readFile(envFile, 'utf8').then((t) => Object.fromEntries(t.split('\n').filter((l) => l.includes('=')).map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)])), () => null);
@@ -86,14 +100,14 @@ s.writeHead(200,{'Content-Length':st.size});fs.createReadStream(f,{highWaterMark
   return { url: `http://127.0.0.1:${port}`, port, stop: () => child.kill() };
 }
 
-async function startDiskhub(name, web, stores) {
+async function startDiskhub(name, web, stores, checkout = root) {
   const dir = join(work, name);
   await rm(dir, { recursive: true, force: true });
   await mkdir(dir, { recursive: true });
   const config = join(dir, 'diskhub.json');
   await writeFile(config, JSON.stringify({ stores, defaultStore: Object.keys(stores)[0] }));
   const port = await freePort();
-  const child = spawn(process.execPath, [join(root, 'packages/cli/bin/diskhub.js'), 'serve'], {
+  const child = spawn(process.execPath, [join(checkout, 'packages/cli/bin/diskhub.js'), 'serve'], {
     env: {
       ...process.env, DISKHUB_CONFIG: config, DISKHUB_DATA_DIR: dir, DISKHUB_PORT: String(port), DISKHUB_ADMIN_PASSWORD: 'bench', DISKHUB_LOG_LEVEL: 'warn',
       DISKHUB_IMPORT_ALLOWED_NETWORKS: '127.0.0.1/32', DISKHUB_IMPORT_ALLOWED_PORTS: String(web.port), DISKHUB_TASK_POLL_SECONDS: '1',
@@ -116,7 +130,7 @@ async function importOnce(svc, uri) {
   const r = await fetch(`${svc.url}/v2/images/${img.id}/import`, { method: 'POST', headers: svc.headers, body: JSON.stringify({ method: { name: 'web-download', uri } }) });
   if (r.status !== 202) throw new Error(`import: ${r.status} ${await r.text()}`);
   for (;;) {
-    await sleep(25);
+    await sleep(POLL_MS);
     const cur = await (await fetch(`${svc.url}/v2/images/${img.id}`, { headers: svc.headers })).json();
     if (cur.status === 'active') return { s: seconds(t0), cpu: cpuOf(svc.pid) - c0, id: img.id };
     if (cur.status === 'queued' && cur.os_glance_failed_import) throw new Error(`import failed: ${JSON.stringify(cur)}`);
@@ -185,12 +199,22 @@ if (ceph) stores.rbd = { ceph: { type: 'rbd', rbd_store_pool: pool, rbd_store_us
 else console.log('no Ceph cluster: the RBD store is not measured');
 const services = {};
 try {
-  for (const [store, cfg] of Object.entries(stores)) services[store] = await startDiskhub(`diskhub-${store}`, web, cfg);
-  const times = Object.fromEntries(Object.keys(stores).map((s) => [s, { ours: [], glance: [], oursCpu: [], glanceCpu: [], hashS: [], hashCpu: [] }]));
+  for (const [store, cfg] of Object.entries(stores)) {
+    services[store] = await startDiskhub(`diskhub-${store}`, web, cfg);
+    if (BASELINE) services[`${store}-baseline`] = await startDiskhub(`diskhub-${store}-baseline`, web, cfg, BASELINE);
+  }
+  const times = Object.fromEntries(Object.keys(stores).map((s) => [s, { ours: [], glance: [], oursCpu: [], glanceCpu: [], hashS: [], hashCpu: [], base: [], baseCpu: [] }]));
   for (let i = 1; i <= RUNS; i++) {
     for (const store of Object.keys(stores)) {
       const ours = await importOnce(services[store], bigUri);
       await deleteImage(services[store], ours.id);
+      if (BASELINE) {
+        const base = await importOnce(services[`${store}-baseline`], bigUri);
+        await deleteImage(services[`${store}-baseline`], base.id);
+        times[store].base.push(base.s);
+        times[store].baseCpu.push(base.cpu);
+        console.log(`run ${i} ${store}: baseline diskhub (${BASELINE}) ${base.s.toFixed(2)} s (CPU ${base.cpu.toFixed(2)} s)`);
+      }
       const theirs = await glanceWay(bigUri, store);
       times[store].ours.push(ours.s);
       times[store].glance.push(theirs.s);
@@ -208,9 +232,13 @@ try {
     const hs = median(t.hashS), hc = median(t.hashCpu);
     console.log(`median ${store} with Glance's hashing added (md5sum and sha512sum of the converted file, run at once): Glance's way ${(g + hs).toFixed(2)} s, CPU ${(gc + hc).toFixed(2)} s; diskhub's wall time ratio ${(o / (g + hs)).toFixed(2)}, CPU ratio ${(oc / (gc + hc)).toFixed(2)}`);
     console.log(`median ${store} CPU (user + system; the service's threads vs the commands'; the web server and Ceph's daemons not counted): diskhub ${oc.toFixed(2)} s, Glance's way ${gc.toFixed(2)} s; ratio ${(oc / gc).toFixed(2)}`);
+    if (BASELINE) {
+      const b = median(t.base), bc = median(t.baseCpu);
+      console.log(`median ${store} against the baseline: diskhub ${o.toFixed(2)} s (CPU ${oc.toFixed(2)} s), baseline ${b.toFixed(2)} s (CPU ${bc.toFixed(2)} s); wall ratio ${(o / b).toFixed(2)}, CPU ratio ${(oc / bc).toFixed(2)}`);
+    }
   }
   // Memory: a fresh service per measurement, so each peak is that import's.
-  for (const [label, uris] of [['64 MiB', [smallUri]], [`${SIZE / MiB} MiB`, [bigUri]], [`${CONCURRENT} x ${SIZE / MiB} MiB at once`, Array(CONCURRENT).fill(bigUri)]]) {
+  for (const [label, uris] of !MEMORY ? [] : [['64 MiB', [smallUri]], [`${SIZE / MiB} MiB`, [bigUri]], [`${CONCURRENT} x ${SIZE / MiB} MiB at once`, Array(CONCURRENT).fill(bigUri)]]) {
     const svc = await startDiskhub('diskhub-memory', web, stores.file);
     const idle = await peakRss(svc.pid, () => sleep(200));
     const peak = await peakRss(svc.pid, () => Promise.all(uris.map((u) => importOnce(svc, u))));

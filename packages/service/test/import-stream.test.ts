@@ -4,13 +4,14 @@
  * qcow2 images qemu-img made (plain, compressed, with holes), one whose L2 table follows its
  * data, a vmdk streamOptimized (staged), and a cut qcow2 (read as qemu-img reads it: zeroes
  * past the end); hostile streams (a body that stops, a lying virtual size, a cluster mapped
- * twice) fail the import and store nothing.
+ * twice) fail the import and store nothing; a real qcow2 whose virtual size passes the size cap
+ * is refused from its header, before its data arrives and without asking the store.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer, type ServerResponse } from 'node:http';
 import { createHash } from 'node:crypto';
-import { readFile, readdir, writeFile } from 'node:fs/promises';
+import { readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { needs, qemuImg, qemuIo, tempDir } from '@diskhub/testkit';
 import { api, startTestService, token, until, type Api } from './helpers.js';
@@ -119,4 +120,52 @@ test('image_conversion to raw as the source streams: byte-exact with qemu-img co
     assert.equal(img.disk_format, 'qcow2', `${path}: the formats are put back`);
   }
   assert.deepEqual((await readdir(join(svc.dataDir, 'staging'))).filter((f) => f.includes('convert')), [], 'no spill file left');
+});
+
+test('a qcow2 with a valid header and a virtual size past the size cap is refused before its data is read, spilled or stored', needs('qemu-img', 'qemu-io'), async (t) => {
+  const dir = await tempDir(t);
+  const file = join(dir, 'huge.qcow2');
+  // A real qcow2 (qemu-img's own header, L1 and refcount tables) of a 2 TiB disk, 8 MiB written.
+  await qemuImg('create', '-f', 'qcow2', file, '2T');
+  await qemuIo('-f', 'qcow2', '-c', 'write -P 0x33 0 8M', file);
+  const image = await readFile(file);
+  const l1 = Number(image.readBigUInt64BE(40)), mask = 0x00fffffffffffe00n;
+  const l2 = Number(image.readBigUInt64BE(l1) & mask);
+  const firstData = Number(image.readBigUInt64BE(l2) & mask);
+  assert.ok(firstData > l2, 'qemu-img put the data after its tables');
+  // The server sends everything before the first data cluster, then holds the connection
+  // open without sending more: an import that waited for the data would hang there.
+  const held = new Set<import('node:net').Socket>();
+  const server = createServer((req, res) => {
+    held.add(req.socket);
+    res.writeHead(200, { 'Content-Length': String(image.length) });
+    res.write(image.subarray(0, firstData));
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  t.after(() => { for (const s of held) s.destroy(); return new Promise<void>((r) => server.close(() => r())); });
+  const port = (server.address() as import('node:net').AddressInfo).port;
+  const cap = 1 << 30;
+  const svc = await startTestService(t, {
+    DISKHUB_IMPORT_ALLOWED_NETWORKS: '127.0.0.1/32', DISKHUB_IMPORT_ALLOWED_PORTS: String(port),
+    DISKHUB_SHUTDOWN_GRACE: '1', DISKHUB_TASK_POLL_SECONDS: '1', DISKHUB_IMAGE_SIZE_CAP: String(cap),
+    DISKHUB_IMAGE_IMPORT_PLUGINS: 'image_conversion', DISKHUB_IMAGE_CONVERSION_OUTPUT_FORMAT: 'raw',
+  });
+  // The file store's directory becomes a plain file: had the import asked the store for
+  // anything, it would fail with the store's error, not the size cap's.
+  const storeDir = join(svc.dataDir, 'images');
+  await rm(storeDir, { recursive: true, force: true });
+  await writeFile(storeDir, 'not a directory');
+  const a = api(svc.url, await token(svc.url));
+  const img = (await a('POST', '/v2/images', { body: { name: 'huge', disk_format: 'qcow2', container_format: 'bare' } })).json;
+  assert.equal((await a('POST', `/v2/images/${img.id}/import`, { body: { method: { name: 'web-download', uri: `http://127.0.0.1:${port}/huge.qcow2` } } })).status, 202);
+  const task = await importEnded(a, img.id);
+  assert.equal(task.status, 'failure');
+  assert.equal(task.message, `Image exceeds the storage quota: the image size cap is ${cap} bytes.`);
+  const after = (await a('GET', `/v2/images/${img.id}`)).json;
+  assert.equal(after.status, 'queued');
+  assert.equal(after.disk_format, 'qcow2', 'the formats are put back');
+  assert.equal(await readFile(storeDir, 'utf8'), 'not a directory');
+  assert.deepEqual((await readdir(join(svc.dataDir, 'staging'))).filter((f) => f.includes('convert')), [], 'no spill file left');
+  // The download was stopped (the service closed its connection to the server).
+  await until('the download connection closed', async () => [...held].every((s) => s.destroyed || s.readableEnded), (v) => v, 10_000);
 });

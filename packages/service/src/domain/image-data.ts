@@ -162,6 +162,13 @@ export class ImageDataService {
   async ingest(img: ImageRecord, targets: IngestTarget[], input: Readable, declaredLength: number | null, revertTo: ImageStatus | null, complete: () => boolean, policy: IngestPolicy = { allMustSucceed: true }): Promise<IngestResult> {
     const inspection = new UploadInspection(img.id, img.container_format);
     let size = 0;
+    const { cap, tooBig } = await this.uploadLimit(img.owner);
+    // A length known to pass the cap is refused before any store is asked for anything (an RBD
+    // image of that size, a file).
+    if (declaredLength !== null && declaredLength > cap) {
+      if (revertTo) await this.abandon(img.id, revertTo);
+      throw tooBig(declaredLength);
+    }
     const writing: Writing[] = targets.map((target) => ({ target, writer: null, location: null }));
     const failed: string[] = [];
     let hasher: UploadHasher | null = null;
@@ -201,7 +208,6 @@ export class ImageDataService {
     } catch (e) {
       return fail(e);
     }
-    const { cap, tooBig } = await this.uploadLimit(img.owner);
     // Hashing batches the data into 1 MiB page-aligned buffers; each store is written from those.
     hasher = new UploadHasher(async (batch) => {
       const buf = Buffer.from(batch.buffer, batch.byteOffset, batch.length);
@@ -217,7 +223,6 @@ export class ImageDataService {
       if (refused) throw refused.reason;
     });
     try {
-      if (declaredLength !== null && declaredLength > cap) throw tooBig(declaredLength);
       // (leaving the loop early must not destroy a request body: the error answer is sent
       // after the rest of it is drained, so the client reads the answer instead of a reset)
       for await (const chunk of input.iterator({ destroyOnReturn: false }) as AsyncIterable<Buffer>) {

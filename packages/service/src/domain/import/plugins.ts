@@ -109,17 +109,34 @@ async function conversion(out: PluginOutput, ctx: PluginContext, o: ImportPlugin
   }
 }
 
+/** Glance's 413 for data past the image size cap. */
+const overCap = (cap: number) => new HttpError(413, `Image exceeds the storage quota: the image size cap is ${cap} bytes.`);
+
 /** The source, failing with Glance's 413 once it passes the image size cap. */
 function capped(source: Readable, cap: number): Transform {
   let size = 0;
   const t = new Transform({
     transform(chunk: Buffer, _e, cb) {
       size += chunk.length;
-      cb(size > cap ? new HttpError(413, `Image exceeds the storage quota: the image size cap is ${cap} bytes.`) : null, chunk);
+      cb(size > cap ? overCap(cap) : null, chunk);
     },
   });
   pipeline(source, t, () => {});
   return t;
+}
+
+/**
+ * The source's chunks as the engine reads them, failing with Glance's 413 once they pass the
+ * image size cap: counted as they are taken, with no stream between (a web download comes in
+ * 64 KiB pieces, and a Transform's buffering costs each of them more than the count).
+ */
+async function* cappedChunks(source: Readable, cap: number): AsyncGenerator<Uint8Array> {
+  let size = 0;
+  for await (const chunk of source as AsyncIterable<Buffer>) {
+    size += chunk.length;
+    if (size > cap) throw overCap(cap);
+    yield chunk;
+  }
 }
 
 const refuseUnsafe = (report: InspectionReport) => {
@@ -134,14 +151,22 @@ function conversionFailure(e: unknown): unknown {
 /** To raw, as the source streams in: the guest data in order, straight into the ingest. */
 async function convertStreamed(out: PluginOutput, ctx: PluginContext, o: ImportPluginOptions): Promise<PluginOutput> {
   const spill = join(o.workDir, `${ctx.image.id}.convert-source`);
-  const input = capped(out.stream, o.sizeCap);
+  const input = out.stream;
   let image: StreamedImage;
   try {
-    image = await openStreamedImage(input, { spillPath: spill, spillCap: o.sizeCap, name: ctx.image.id, signal: ctx.signal, judge: refuseUnsafe });
+    image = await openStreamedImage(cappedChunks(input, o.sizeCap), { spillPath: spill, spillCap: o.sizeCap, name: ctx.image.id, signal: ctx.signal, judge: refuseUnsafe });
   } catch (e) {
     input.destroy();
     await rm(spill, { force: true });
     throw conversionFailure(e);
+  }
+  // The raw data is the virtual size, known from the header: a disk larger than the cap is
+  // refused now, before its data is read, spilled or stored.
+  if (image.size > o.sizeCap) {
+    input.destroy();
+    await image.close().catch(() => {});
+    await rm(spill, { force: true });
+    throw overCap(o.sizeCap);
   }
   ctx.log.info('import converting', {
     image: ctx.image.id, from: image.format, to: 'raw', mode: image.mode, ...(image.stagedBecause ? { staged_because: image.stagedBecause } : {}),
