@@ -137,6 +137,26 @@ for (const [dialect, provision] of Object.entries(provisioners)) {
     assert.equal((await api(svc.url, tok)('DELETE', `/v2/images/${id}`)).status, 204);
   });
 
+  test(`database ${dialect}: a database from before 0007 takes an upload row naming many stores' temporary keys (temp_key widened to text)`, async (t) => {
+    const provisioned = await provision(t);
+    if (!provisioned) return;
+    const dir = await tempDir(t);
+    const old = await openDatabase(provisioned.url, dir, { migrateTo: '0006_image_scrubs' });
+    await old.close();
+    const db = await openDatabase(provisioned.url, dir);
+    t.after(async () => { await db.close(); await provisioned.drop(); });
+    // 40 stores' keys (`<image id>.<uuid>` each, joined): past the varchar(1024) the column was.
+    const imageId = randomUUID();
+    const tempKey = Array.from({ length: 40 }, () => `${imageId}.${randomUUID()}`).join(',');
+    assert.ok(tempKey.length > 1024);
+    await db.kysely.insertInto('uploads').values({ image_id: imageId, node: 'node-a', temp_key: tempKey, started_at: new Date().toISOString() }).execute();
+    const row = await db.kysely.selectFrom('uploads').select('temp_key').where('image_id', '=', imageId).executeTakeFirstOrThrow();
+    assert.equal(row.temp_key, tempKey, 'the whole key list is kept, not cut off');
+    // 0008: tasks name their stage host (null for the tasks of before).
+    const cols = (await db.kysely.introspection.getTables()).find((x) => x.name === 'tasks')!.columns;
+    assert.equal(cols.find((c) => c.name === 'stage_host')?.isNullable, true);
+  });
+
   test(`database ${dialect}: two API nodes share one database (tokens, images)`, async (t) => {
     const provisioned = await provision(t);
     if (!provisioned) return;
