@@ -1,0 +1,135 @@
+/**
+ * glance-direct on two API nodes that do not share a staging directory (Glance 25's
+ * os_glance_stage_host, worker_self_reference_url): two `diskhub serve` processes on one
+ * PostgreSQL database, each with its own data directory (so its own staging area), one file
+ * store both write to. Data staged on a and imported through b is proxied to a and imported
+ * there (the real glance client stages and imports, pointed at different nodes); the stage host
+ * is never shown nor settable; an import whose stage host is down is Glance's 504.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { readdir, readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import pg from 'pg';
+import { needs, qemuImg, runOk, tempDir } from '@diskhub/testkit';
+import { api, osEnv, token } from './helpers.js';
+import { randomQcow2, twoNodes, type StoreOracle } from './multinode.js';
+
+const md5 = (b: Buffer) => createHash('md5').update(b).digest('hex');
+const sha512 = (b: Buffer) => createHash('sha512').update(b).digest('hex');
+
+/** One file store in a directory both nodes use (the shared store; staging stays per node). */
+function sharedFileStore(dir: string): StoreOracle {
+  return {
+    config: { type: 'file', path: dir },
+    async contents(id) {
+      const names = (await readdir(dir).catch(() => [] as string[])).filter((n) => n.includes(id));
+      return { image: names.includes(id), partial: names.filter((n) => n !== id) };
+    },
+  };
+}
+
+/** The image's properties as the database holds them (hidden ones too). */
+async function storedProperties(databaseUrl: string, id: string): Promise<Record<string, string>> {
+  const client = new pg.Client({ connectionString: databaseUrl });
+  await client.connect();
+  try {
+    const rows = (await client.query<{ name: string; value: string }>('SELECT name, value FROM image_properties WHERE image_id = $1', [id])).rows;
+    return Object.fromEntries(rows.map((r) => [r.name, r.value]));
+  } finally {
+    await client.end();
+  }
+}
+
+async function taskRow(databaseUrl: string, imageId: string): Promise<{ stage_host: string | null; node: string | null; status: string; message: string }> {
+  const client = new pg.Client({ connectionString: databaseUrl });
+  await client.connect();
+  try {
+    return (await client.query('SELECT stage_host, node, status, message FROM tasks WHERE image_id = $1', [imageId])).rows[0];
+  } finally {
+    await client.end();
+  }
+}
+
+const staged = async (dataDir: string) => (await readdir(join(dataDir, 'staging')).catch(() => [] as string[])).filter((n) => !n.startsWith('.'));
+
+test('two API nodes, separate staging: glance image-stage on a, glance image-import on b is proxied to a and imported there', needs('glance', 'qemu-img'), async (t) => {
+  const dir = await tempDir(t, 'diskhub-stage-host-');
+  const store = sharedFileStore(join(dir, 'shared-images'));
+  // Every node's own URL (port 0: the port it listens on), a short lease for the dead-host case.
+  const nodes = await twoNodes(t, store, { DISKHUB_WORKER_SELF_REFERENCE_URL: 'http://127.0.0.1:0', DISKHUB_TASK_POLL_SECONDS: '1', DISKHUB_TASK_LEASE_SECONDS: '3' });
+  if (!nodes) return;
+  const { a, b } = nodes;
+  const adminA = api(a.url, await token(a.url));
+  const adminB = api(b.url, await token(b.url));
+  const qcow = await randomQcow2(dir, 3);
+
+  // Staged on a with the glance client: the data is in a's staging area, a's URL is recorded, not shown.
+  const img = (await adminA('POST', '/v2/images', { body: { name: 'staged-on-a', disk_format: 'qcow2', container_format: 'bare' } })).json;
+  await runOk('glance', ['image-stage', '--file', qcow.path, img.id], { env: osEnv(a.url) });
+  assert.deepEqual(await staged(a.dataDir), [img.id]);
+  assert.deepEqual(await staged(b.dataDir), []);
+  assert.equal((await storedProperties(nodes.databaseUrl, img.id)).os_glance_stage_host, a.url);
+  for (const node of [adminA, adminB]) {
+    const shown = (await node('GET', `/v2/images/${img.id}`)).json;
+    assert.equal(shown.status, 'uploading');
+    assert.equal('os_glance_stage_host' in shown, false, 'the stage host is never shown');
+  }
+  // Reserved: a client can neither set nor replace it.
+  const patched = await adminB('PATCH', `/v2/images/${img.id}`, {
+    raw: JSON.stringify([{ op: 'add', path: '/os_glance_stage_host', value: b.url }]), type: 'application/openstack-images-v2.1-json-patch',
+  });
+  assert.equal(patched.status, 403, patched.text);
+  assert.equal((await storedProperties(nodes.databaseUrl, img.id)).os_glance_stage_host, a.url);
+
+  // Imported through b with the glance client: b proxies the request to a, whose task it is.
+  await runOk('glance', ['image-import', '--import-method', 'glance-direct', img.id], { env: osEnv(b.url) });
+  const done = await until(adminB, img.id);
+  assert.equal(done.status, 'active');
+  assert.equal(done.size, qcow.bytes.length);
+  assert.equal(done.checksum, md5(qcow.bytes));
+  assert.equal(done.os_hash_value, sha512(qcow.bytes));
+  const task = await taskRow(nodes.databaseUrl, img.id);
+  assert.equal(task.status, 'success', task.message);
+  assert.equal(task.stage_host, a.url, 'the task was tied to the stage host');
+  assert.equal((await storedProperties(nodes.databaseUrl, img.id)).os_glance_stage_host, undefined, 'taken off the image when the import starts, as Glance does');
+  assert.deepEqual(await staged(a.dataDir), [], 'the staged data is gone once imported');
+  assert.deepEqual(await store.contents(img.id), { image: true, partial: [] });
+  // Served by both nodes, byte-identical.
+  for (const node of [a, b]) {
+    const saved = join(dir, `saved-from-${node.name}.qcow2`);
+    await runOk('glance', ['image-download', '--file', saved, img.id], { env: osEnv(node.url) });
+    assert.ok((await readFile(saved)).equals(qcow.bytes), `download from ${node.name}`);
+    await qemuImg('compare', qcow.path, saved);
+  }
+
+  // The same through the API, staged on b and imported on a (the other direction).
+  const back = (await adminB('POST', '/v2/images', { body: { name: 'staged-on-b', disk_format: 'qcow2', container_format: 'bare' } })).json;
+  assert.equal((await adminB('PUT', `/v2/images/${back.id}/stage`, { raw: qcow.bytes })).status, 204);
+  const imported = await adminA('POST', `/v2/images/${back.id}/import`, { body: { method: { name: 'glance-direct' } } });
+  assert.equal(imported.status, 202, imported.text);
+  assert.equal((await until(adminA, back.id)).checksum, md5(qcow.bytes));
+  assert.equal((await taskRow(nodes.databaseUrl, back.id)).stage_host, b.url);
+
+  // Stage host down: staged on a, a killed, the import through b is Glance's 504; the image stays staged.
+  const orphan = (await adminA('POST', '/v2/images', { body: { name: 'host-down', disk_format: 'qcow2', container_format: 'bare' } })).json;
+  assert.equal((await adminA('PUT', `/v2/images/${orphan.id}/stage`, { raw: qcow.bytes })).status, 204);
+  a.child.kill('SIGKILL');
+  await a.exited;
+  const down = await adminB('POST', `/v2/images/${orphan.id}/import`, { body: { method: { name: 'glance-direct' } } });
+  assert.equal(down.status, 504, down.text);
+  assert.equal(down.json.message, 'Stage host is unavailable');
+  assert.equal((await adminB('GET', `/v2/images/${orphan.id}`)).json.status, 'uploading', 'the image is still staged, for when its node is back');
+  assert.equal(await taskRow(nodes.databaseUrl, orphan.id), undefined, 'no task was made');
+});
+
+/** The image once its import ended (not importing). */
+async function until(as: ReturnType<typeof api>, id: string): Promise<any> {
+  for (const end = Date.now() + 30_000; ;) {
+    const img = (await as('GET', `/v2/images/${id}`)).json;
+    if (img.status !== 'importing' && img.status !== 'uploading') return img;
+    if (Date.now() > end) throw new Error(`image ${id} still ${img.status}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
