@@ -9,11 +9,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { readdir, readFile } from 'node:fs/promises';
+import { readdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import pg from 'pg';
 import { needs, qemuImg, runOk, tempDir } from '@diskhub/testkit';
-import { api, osEnv, token } from './helpers.js';
+import { api, osEnv, token, until, type Api } from './helpers.js';
 import { randomQcow2, twoNodes, type StoreOracle } from './multinode.js';
 
 const md5 = (b: Buffer) => createHash('md5').update(b).digest('hex');
@@ -85,7 +85,7 @@ test('two API nodes, separate staging: glance image-stage on a, glance image-imp
 
   // Imported through b with the glance client: b proxies the request to a, whose task it is.
   await runOk('glance', ['image-import', '--import-method', 'glance-direct', img.id], { env: osEnv(b.url) });
-  const done = await until(adminB, img.id);
+  const done = await importEnded(adminB, img.id);
   assert.equal(done.status, 'active');
   assert.equal(done.size, qcow.bytes.length);
   assert.equal(done.checksum, md5(qcow.bytes));
@@ -96,27 +96,40 @@ test('two API nodes, separate staging: glance image-stage on a, glance image-imp
   assert.equal((await storedProperties(nodes.databaseUrl, img.id)).os_glance_stage_host, undefined, 'taken off the image when the import starts, as Glance does');
   assert.deepEqual(await staged(a.dataDir), [], 'the staged data is gone once imported');
   assert.deepEqual(await store.contents(img.id), { image: true, partial: [] });
-  // Served by both nodes, byte-identical.
-  for (const node of [a, b]) {
-    const saved = join(dir, `saved-from-${node.name}.qcow2`);
-    await runOk('glance', ['image-download', '--file', saved, img.id], { env: osEnv(node.url) });
-    assert.ok((await readFile(saved)).equals(qcow.bytes), `download from ${node.name}`);
-    await qemuImg('compare', qcow.path, saved);
-  }
+  // Served by both nodes, byte-identical (glance image-download from b, the API from a).
+  const saved = join(dir, 'saved-from-b.qcow2');
+  await runOk('glance', ['image-download', '--file', saved, img.id], { env: osEnv(b.url) });
+  assert.ok((await readFile(saved)).equals(qcow.bytes), 'download from b');
+  await qemuImg('compare', qcow.path, saved);
+  const fromA = await fetch(`${a.url}/v2/images/${img.id}/file`, { headers: { 'X-Auth-Token': await token(a.url) } });
+  assert.ok(Buffer.from(await fromA.arrayBuffer()).equals(qcow.bytes), 'download from a');
 
   // The same through the API, staged on b and imported on a (the other direction).
   const back = (await adminB('POST', '/v2/images', { body: { name: 'staged-on-b', disk_format: 'qcow2', container_format: 'bare' } })).json;
   assert.equal((await adminB('PUT', `/v2/images/${back.id}/stage`, { raw: qcow.bytes })).status, 204);
   const imported = await adminA('POST', `/v2/images/${back.id}/import`, { body: { method: { name: 'glance-direct' } } });
   assert.equal(imported.status, 202, imported.text);
-  assert.equal((await until(adminA, back.id)).checksum, md5(qcow.bytes));
+  assert.equal((await importEnded(adminA, back.id)).checksum, md5(qcow.bytes));
   assert.equal((await taskRow(nodes.databaseUrl, back.id)).stage_host, b.url);
 
   // Stage host down: staged on a, a killed, the import through b is Glance's 504; the image stays staged.
   const orphan = (await adminA('POST', '/v2/images', { body: { name: 'host-down', disk_format: 'qcow2', container_format: 'bare' } })).json;
   assert.equal((await adminA('PUT', `/v2/images/${orphan.id}/stage`, { raw: qcow.bytes })).status, 204);
+  // The stage host dies mid-import: its staged file swapped for a FIFO nobody writes, a's run
+  // blocks reading it (the task processing, a's), then a is killed. Once a's lease ran out b
+  // claims the task, only to fail it saying where the data was.
+  const stuck = (await adminA('POST', '/v2/images', { body: { name: 'host-died', disk_format: 'qcow2', container_format: 'bare' } })).json;
+  assert.equal((await adminA('PUT', `/v2/images/${stuck.id}/stage`, { raw: qcow.bytes })).status, 204);
+  await rm(join(a.dataDir, 'staging', stuck.id));
+  await runOk('mkfifo', [join(a.dataDir, 'staging', stuck.id)]);
+  assert.equal((await adminA('POST', `/v2/images/${stuck.id}/import`, { body: { method: { name: 'glance-direct' } } })).status, 202);
+  await until('a to run the import', () => taskRow(nodes.databaseUrl, stuck.id), (r) => r?.status === 'processing' && r.node === 'node-a');
   a.child.kill('SIGKILL');
   await a.exited;
+  const failed = await until('the task to end', () => taskRow(nodes.databaseUrl, stuck.id), (r) => r.status !== 'processing', 30_000);
+  assert.equal(failed.status, 'failure');
+  assert.equal(failed.message, `The staged data of image ${stuck.id} is on its stage host ${a.url}, which stopped running this import (its lease ran out); stage the data again and import it.`);
+  assert.equal((await adminB('GET', `/v2/images/${stuck.id}`)).json.status, 'queued', 'the image can be staged again');
   const down = await adminB('POST', `/v2/images/${orphan.id}/import`, { body: { method: { name: 'glance-direct' } } });
   assert.equal(down.status, 504, down.text);
   assert.equal(down.json.message, 'Stage host is unavailable');
@@ -125,11 +138,6 @@ test('two API nodes, separate staging: glance image-stage on a, glance image-imp
 });
 
 /** The image once its import ended (not importing). */
-async function until(as: ReturnType<typeof api>, id: string): Promise<any> {
-  for (const end = Date.now() + 30_000; ;) {
-    const img = (await as('GET', `/v2/images/${id}`)).json;
-    if (img.status !== 'importing' && img.status !== 'uploading') return img;
-    if (Date.now() > end) throw new Error(`image ${id} still ${img.status}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
+function importEnded(as: Api, id: string): Promise<any> {
+  return until(`image ${id}'s import to end`, async () => (await as('GET', `/v2/images/${id}`)).json, (img) => img.status !== 'importing' && img.status !== 'uploading');
 }
