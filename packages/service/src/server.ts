@@ -266,7 +266,7 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
   const stageHost = () => selfReferenceUrl;
   const repo = new ImageRepo(db);
   const stagingDir = join(cfg.dataDir, 'staging');
-  const images = new ImageService(repo, stores, policy, { projectImageQuota: cfg.projectImageQuota, stagingDir, showMultipleLocations: cfg.showMultipleLocations, delayedDelete: cfg.delayedDelete }, log);
+  const images = new ImageService(repo, stores, policy, { projectImageQuota: cfg.projectImageQuota, stagingDir, showMultipleLocations: cfg.showMultipleLocations, delayedDelete: cfg.delayedDelete, stageHost }, log);
   const data = new ImageDataService(images, repo, stores, {
     imageSizeCap: cfg.imageSizeCap, projectStorageQuota: cfg.projectStorageQuota, stagingDir, node, downloadUrls: await DownloadUrls.open(db), stageHost,
   }, log);

@@ -112,6 +112,14 @@ test('two API nodes, separate staging: glance image-stage on a, glance image-imp
   assert.equal((await importEnded(adminA, back.id)).checksum, md5(qcow.bytes));
   assert.equal((await taskRow(nodes.databaseUrl, back.id)).stage_host, b.url);
 
+  // A staged image deleted through b is deleted on a, its staged data with it (Glance's _delete_image_on_remote).
+  const dropped = (await adminA('POST', '/v2/images', { body: { name: 'deleted-via-b', disk_format: 'qcow2', container_format: 'bare' } })).json;
+  assert.equal((await adminA('PUT', `/v2/images/${dropped.id}/stage`, { raw: qcow.bytes })).status, 204);
+  assert.ok((await staged(a.dataDir)).includes(dropped.id));
+  assert.equal((await adminB('DELETE', `/v2/images/${dropped.id}`)).status, 204);
+  assert.equal((await adminA('GET', `/v2/images/${dropped.id}`)).status, 404);
+  assert.ok(!(await staged(a.dataDir)).includes(dropped.id), 'the staged data went with the image');
+
   // Stage host down: staged on a, a killed, the import through b is Glance's 504; the image stays staged.
   const orphan = (await adminA('POST', '/v2/images', { body: { name: 'host-down', disk_format: 'qcow2', container_format: 'bare' } })).json;
   assert.equal((await adminA('PUT', `/v2/images/${orphan.id}/stage`, { raw: qcow.bytes })).status, 204);
@@ -135,6 +143,9 @@ test('two API nodes, separate staging: glance image-stage on a, glance image-imp
   assert.equal(down.json.message, 'Stage host is unavailable');
   assert.equal((await adminB('GET', `/v2/images/${orphan.id}`)).json.status, 'uploading', 'the image is still staged, for when its node is back');
   assert.equal(await taskRow(nodes.databaseUrl, orphan.id), undefined, 'no task was made');
+  // Its delete through b cannot reach a either: the image is deleted on b (a's staged file stays, as in Glance).
+  assert.equal((await adminB('DELETE', `/v2/images/${orphan.id}`)).status, 204);
+  assert.equal((await adminB('GET', `/v2/images/${orphan.id}`)).status, 404);
 });
 
 /** The image once its import ended (not importing). */

@@ -92,7 +92,9 @@ export function imageRoutes(app: FastifyInstance, deps: ImageRouteDeps): void {
 
   app.delete<{ Params: { id: string } }>('/v2/images/:id', async (request, reply) => {
     const a = await auth(request);
-    await images.delete(a, request.params.id);
+    // (the token: an image staged on another node is deleted there, as the user)
+    const token = request.headers['x-auth-token'];
+    await images.delete(a, request.params.id, typeof token === 'string' ? token : undefined);
     return replyEmpty(reply, 204);
   });
 

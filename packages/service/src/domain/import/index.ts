@@ -110,7 +110,7 @@ export class ImportService implements TaskRunner {
       const host = otherStageHost(img.properties, self);
       if (host) {
         this.log.info('import proxied to the stage host', { image: img.id, stage_host: host });
-        return proxyToStageHost(host, `/v2/images/${img.id}/import`, token, body, storeHeader === undefined ? {} : { 'X-Image-Meta-Store': storeHeader });
+        return proxyToStageHost(host, 'POST', `/v2/images/${img.id}/import`, token, body, storeHeader === undefined ? {} : { 'X-Image-Meta-Store': storeHeader });
       }
     }
     // The task of data staged here is this node's alone (os_glance_stage_host is taken off the image, as Glance does).

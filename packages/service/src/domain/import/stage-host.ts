@@ -36,18 +36,18 @@ export function otherStageHost(properties: Record<string, string>, self: string 
 }
 
 /**
- * Replay an import request against its stage host with the user's token (as if the user had
- * called it), and answer as Glance does: the remote's 2xx is success; its 4xx/5xx is returned
- * with the same status; a host that cannot be reached is 504 (a refused or timed-out
- * connection) or 502 (any other failure), "Stage host is unavailable".
+ * Replay a request (an import, a delete) against the stage host with the user's token (as if
+ * the user had called it), and answer as Glance does: the remote's 2xx is success; its 4xx/5xx
+ * is returned with the same status; a host that cannot be reached is 504 (a refused or
+ * timed-out connection) or 502 (any other failure), "Stage host is unavailable".
  */
-export async function proxyToStageHost(host: string, path: string, token: string | undefined, body: unknown, headers: Record<string, string>): Promise<void> {
+export async function proxyToStageHost(host: string, method: 'POST' | 'DELETE', path: string, token: string | undefined, body?: unknown, headers: Record<string, string> = {}): Promise<void> {
   let r: Response;
   try {
     r = await fetch(`${host}${path}`, {
-      method: 'POST',
-      headers: { 'Content-Type': 'application/json', Accept: 'application/json', ...(token ? { 'X-Auth-Token': token } : {}), ...headers },
-      body: JSON.stringify(body),
+      method,
+      headers: { Accept: 'application/json', ...(body === undefined ? {} : { 'Content-Type': 'application/json' }), ...(token ? { 'X-Auth-Token': token } : {}), ...headers },
+      body: body === undefined ? undefined : JSON.stringify(body),
       redirect: 'manual',
       signal: AbortSignal.timeout(PROXY_TIMEOUT_MS),
     });
