@@ -4,15 +4,19 @@
  * PostgreSQL database, each with its own data directory (so its own staging area), one file
  * store both write to. Data staged on a and imported through b is proxied to a and imported
  * there (the real glance client stages and imports, pointed at different nodes); the stage host
- * is never shown nor settable; an import whose stage host is down is Glance's 504.
+ * is never shown nor settable; a delete through the other node is done by the stage host; an
+ * import whose stage host is down is Glance's 504; a stage host that dies mid-import has its
+ * task failed by the other node once the lease ran out.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { readdir, readFile, rm } from 'node:fs/promises';
+import { readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import pg from 'pg';
 import { needs, qemuImg, runOk, tempDir } from '@diskhub/testkit';
+import { loadConfig } from '../src/index.js';
+import { selfReference } from '../src/domain/import/stage-host.js';
 import { api, osEnv, token, until, type Api } from './helpers.js';
 import { randomQcow2, twoNodes, type StoreOracle } from './multinode.js';
 
@@ -152,3 +156,17 @@ test('two API nodes, separate staging: glance image-stage on a, glance image-imp
 function importEnded(as: Api, id: string): Promise<any> {
   return until(`image ${id}'s import to end`, async () => (await as('GET', `/v2/images/${id}`)).json, (img) => img.status !== 'importing' && img.status !== 'uploading');
 }
+
+test('worker_self_reference_url: DISKHUB_WORKER_SELF_REFERENCE_URL or the config file, an http(s) URL; its port 0 is the port listened on', async (t) => {
+  const dir = await tempDir(t);
+  const base = { DISKHUB_DATA_DIR: dir };
+  assert.equal(loadConfig(base).workerSelfReferenceUrl, undefined, 'unset by default: staged data tied to no node');
+  assert.equal(loadConfig({ ...base, DISKHUB_WORKER_SELF_REFERENCE_URL: 'http://node-a.internal:9292/' }).workerSelfReferenceUrl, 'http://node-a.internal:9292');
+  const file = join(dir, 'diskhub.json');
+  await writeFile(file, JSON.stringify({ workerSelfReferenceUrl: 'https://node-b.internal:9292' }));
+  assert.equal(loadConfig({ ...base, DISKHUB_CONFIG: file }).workerSelfReferenceUrl, 'https://node-b.internal:9292');
+  assert.throws(() => loadConfig({ ...base, DISKHUB_WORKER_SELF_REFERENCE_URL: 'node-a:9292' }), /workerSelfReferenceUrl must be an http:\/\/ or https:\/\/ URL, got 'node-a:9292'/);
+  assert.equal(selfReference('http://127.0.0.1:0', 40123), 'http://127.0.0.1:40123');
+  assert.equal(selfReference('http://node-a.internal:9292', 40123), 'http://node-a.internal:9292');
+  assert.equal(selfReference(undefined, 40123), undefined);
+});
