@@ -111,6 +111,10 @@ test('two API nodes, separate staging: glance image-stage on a, glance image-imp
   // The same through the API, staged on b and imported on a (the other direction).
   const back = (await adminB('POST', '/v2/images', { body: { name: 'staged-on-b', disk_format: 'qcow2', container_format: 'bare' } })).json;
   assert.equal((await adminB('PUT', `/v2/images/${back.id}/stage`, { raw: qcow.bytes })).status, 204);
+  // A request another node replayed is never replayed again (a URL reaching the wrong node would loop).
+  const looped = await adminA('POST', `/v2/images/${back.id}/import`, { body: { method: { name: 'glance-direct' } }, headers: { 'X-Diskhub-Proxied-By': b.url } });
+  assert.equal(looped.status, 502, looped.text);
+  assert.equal(looped.json.message, `Stage host is unavailable: ${b.url} is answered by a node whose worker_self_reference_url is ${a.url}`);
   const imported = await adminA('POST', `/v2/images/${back.id}/import`, { body: { method: { name: 'glance-direct' } } });
   assert.equal(imported.status, 202, imported.text);
   assert.equal((await importEnded(adminA, back.id)).checksum, md5(qcow.bytes));

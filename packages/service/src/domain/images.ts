@@ -178,15 +178,16 @@ export class ImageService {
     return (await this.repo.load(img.id))!;
   }
 
-  async delete(a: AuthContext, id: string, token?: string): Promise<void> {
+  async delete(a: AuthContext, id: string, token?: string, proxiedBy?: string): Promise<void> {
     let img = await this.get(a, id);
     this.imagePolicy(a, img).deleteImage();
-    const host = otherStageHost(img.properties, this.limits.stageHost?.());
+    const self = this.limits.stageHost?.();
+    const host = otherStageHost(img.properties, self, proxiedBy);
     if (host) {
       // Staged on another node: deleted there, with its staged data (Glance's _delete_image_on_remote).
       // A stage host that cannot do it (5xx, unreachable) leaves its staged file; the image is deleted here.
       try {
-        return await proxyToStageHost(host, 'DELETE', `/v2/images/${img.id}`, token);
+        return await proxyToStageHost(host, self, 'DELETE', `/v2/images/${img.id}`, token);
       } catch (e) {
         if (!(e instanceof HttpError) || e.status < 500) throw e;
         this.log.warn('the stage host did not delete the image; deleting it here (its staged data stays there)', { image: img.id, stage_host: host, error: e.message });

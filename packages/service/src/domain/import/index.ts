@@ -81,7 +81,7 @@ export class ImportService implements TaskRunner {
   get methods(): string[] { return this.opts.enabledMethods; }
 
   /** POST /v2/images/{id}/import: the checks of Glance's import_image, then the task, committed with the image's move to importing. */
-  async start(a: AuthContext, requestId: string, id: string, body: unknown, storeHeader?: string, token?: string): Promise<void> {
+  async start(a: AuthContext, requestId: string, id: string, body: unknown, storeHeader?: string, token?: string, proxiedBy?: string): Promise<void> {
     if (!isObject(body) || !('method' in body)) throw badRequest("Import request requires a 'method' field.");
     const method = body.method;
     if (!isObject(method) || !('name' in method)) throw badRequest("Import request requires a 'name' field.");
@@ -107,10 +107,10 @@ export class ImportService implements TaskRunner {
     const self = this.opts.stageHost?.();
     if (name === 'glance-direct') {
       // Staged on another node: the import is that node's (Glance's _proxy_request_to_host).
-      const host = otherStageHost(img.properties, self);
+      const host = otherStageHost(img.properties, self, proxiedBy);
       if (host) {
         this.log.info('import proxied to the stage host', { image: img.id, stage_host: host });
-        return proxyToStageHost(host, 'POST', `/v2/images/${img.id}/import`, token, body, storeHeader === undefined ? {} : { 'X-Image-Meta-Store': storeHeader });
+        return proxyToStageHost(host, self, 'POST', `/v2/images/${img.id}/import`, token, body, storeHeader === undefined ? {} : { 'X-Image-Meta-Store': storeHeader });
       }
     }
     // The task of data staged here is this node's alone (os_glance_stage_host is taken off the image, as Glance does).

@@ -11,6 +11,12 @@ import { STAGE_HOST_PROPERTY } from '../../images-model.js';
 
 export { STAGE_HOST_PROPERTY };
 
+/**
+ * Marks a request one node replayed against another: that one never replays it again (a stage
+ * host URL that reaches a node other than the one that recorded it would otherwise loop).
+ */
+export const PROXIED_HEADER = 'x-diskhub-proxied-by';
+
 /** Glance's proxy timeout (requests' timeout=60 in _proxy_request_to_host). */
 const PROXY_TIMEOUT_MS = 60_000;
 
@@ -27,12 +33,15 @@ export function selfReference(configured: string | undefined, listeningPort: num
 }
 
 /**
- * The stage host an import of `properties`' image must be sent to: the recorded one when it is
- * not this node (Glance's is_proxyable); undefined when the import runs here.
+ * The stage host a request for `properties`' image must be sent to: the recorded one when it is
+ * not this node (Glance's is_proxyable); undefined when it is done here. `proxiedBy`: the
+ * request was replayed here by that node, so this node was meant to be the stage host.
  */
-export function otherStageHost(properties: Record<string, string>, self: string | undefined): string | undefined {
+export function otherStageHost(properties: Record<string, string>, self: string | undefined, proxiedBy?: string): string | undefined {
   const host = properties[STAGE_HOST_PROPERTY];
-  return host && host !== self ? host : undefined;
+  if (!host || host === self) return undefined;
+  if (proxiedBy !== undefined) throw new HttpError(502, `Stage host is unavailable: ${host} is answered by a node whose worker_self_reference_url is ${self ?? 'not set'}`);
+  return host;
 }
 
 /**
@@ -41,12 +50,12 @@ export function otherStageHost(properties: Record<string, string>, self: string 
  * is returned with the same status; a host that cannot be reached is 504 (a refused or
  * timed-out connection) or 502 (any other failure), "Stage host is unavailable".
  */
-export async function proxyToStageHost(host: string, method: 'POST' | 'DELETE', path: string, token: string | undefined, body?: unknown, headers: Record<string, string> = {}): Promise<void> {
+export async function proxyToStageHost(host: string, self: string | undefined, method: 'POST' | 'DELETE', path: string, token: string | undefined, body?: unknown, headers: Record<string, string> = {}): Promise<void> {
   let r: Response;
   try {
     r = await fetch(`${host}${path}`, {
       method,
-      headers: { Accept: 'application/json', ...(body === undefined ? {} : { 'Content-Type': 'application/json' }), ...(token ? { 'X-Auth-Token': token } : {}), ...headers },
+      headers: { Accept: 'application/json', ...(body === undefined ? {} : { 'Content-Type': 'application/json' }), ...(token ? { 'X-Auth-Token': token } : {}), [PROXIED_HEADER]: self ?? '', ...headers },
       body: body === undefined ? undefined : JSON.stringify(body),
       redirect: 'manual',
       signal: AbortSignal.timeout(PROXY_TIMEOUT_MS),
