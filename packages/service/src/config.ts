@@ -54,6 +54,13 @@ export interface ServiceConfig {
   showMultipleLocations: boolean;
   /** This API node's name in upload records and task leases (default host:dataDir); two processes sharing a data dir need different names. */
   nodeId?: string;
+  /**
+   * Glance's worker_self_reference_url: the URL other API nodes reach this one at. Staging
+   * (PUT /stage) records it on the image (os_glance_stage_host); an import of that image
+   * arriving at another node is proxied here, and only this node runs it. Unset: staged data
+   * is not tied to a node (one node, or a staging directory the nodes share).
+   */
+  workerSelfReferenceUrl?: string;
   /** Glance's enabled_import_methods (comma-separated). */
   enabledImportMethods: string;
   /** Glance's [import_filtering_opts] (comma-separated lists; an allow list makes its deny list ignored). */
@@ -133,6 +140,7 @@ const ENV: Record<string, keyof ServiceConfig> = {
   DISKHUB_SHOW_IMAGE_DIRECT_URL: 'showImageDirectUrl',
   DISKHUB_SHOW_MULTIPLE_LOCATIONS: 'showMultipleLocations',
   DISKHUB_NODE_ID: 'nodeId',
+  DISKHUB_WORKER_SELF_REFERENCE_URL: 'workerSelfReferenceUrl',
   DISKHUB_ENABLED_IMPORT_METHODS: 'enabledImportMethods',
   DISKHUB_IMPORT_ALLOWED_SCHEMES: 'importAllowedSchemes',
   DISKHUB_IMPORT_DISALLOWED_SCHEMES: 'importDisallowedSchemes',
@@ -235,7 +243,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
   };
   for (const [key, v] of Object.entries(raw)) {
     if (key === 'dataDir' || v === undefined) continue;
-    if (!(key in cfg) && key !== 'adminPassword' && key !== 'publicUrl' && key !== 'webDir' && key !== 'keystoneUrl' && key !== 'keystonePassword' && key !== 'policyFile' && key !== 'defaultStore' && key !== 'nodeId' && key !== 'imageCacheDir') throw new ConfigError(`unknown configuration setting '${key}'`);
+    if (!(key in cfg) && key !== 'adminPassword' && key !== 'publicUrl' && key !== 'webDir' && key !== 'keystoneUrl' && key !== 'keystonePassword' && key !== 'policyFile' && key !== 'defaultStore' && key !== 'nodeId' && key !== 'workerSelfReferenceUrl' && key !== 'imageCacheDir') throw new ConfigError(`unknown configuration setting '${key}'`);
     if (key === 'stores') {
       cfg.stores = typeof v === 'string' ? parseStoresList(v, fileStores) : storeSpecs(v);
     } else if (BOOLEAN.has(key as keyof ServiceConfig)) {
@@ -257,6 +265,10 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
   if (!['auto', 'on', 'off'].includes(cfg.imageCache)) throw new ConfigError(`imageCache must be auto, on or off`);
   if (cfg.imageCacheDir) cfg.imageCacheDir = resolve(cfg.imageCacheDir);
   if (cfg.publicUrl) cfg.publicUrl = cfg.publicUrl.replace(/\/+$/, '');
+  if (cfg.workerSelfReferenceUrl !== undefined) {
+    if (!/^https?:\/\/[^/]/.test(cfg.workerSelfReferenceUrl)) throw new ConfigError(`workerSelfReferenceUrl must be an http:// or https:// URL, got '${cfg.workerSelfReferenceUrl}'`);
+    cfg.workerSelfReferenceUrl = cfg.workerSelfReferenceUrl.replace(/\/+$/, '');
+  }
   if (cfg.defaultStore !== undefined && !cfg.stores.some((s) => s.id === cfg.defaultStore)) {
     throw new ConfigError(`defaultStore '${cfg.defaultStore}' is not one of the configured stores (${cfg.stores.map((s) => s.id).join(', ')})`);
   }

@@ -19,6 +19,8 @@ export const READ_ONLY = new Set(['created_at', 'updated_at', 'status', 'checksu
 // properties there (Nova sends owner_id with every snapshot it uploads).
 export const RESERVED = new Set(['deleted', 'deleted_at', 'location']);
 export const isReserved = (key: string) => RESERVED.has(key) || key.startsWith('os_glance');
+/** The node holding an image's staged data (domain/import/stage-host.ts): kept, never shown (Glance's _hidden_properties). */
+export const STAGE_HOST_PROPERTY = 'os_glance_stage_host';
 
 export const MAX_PROPERTIES = 128;
 export const MAX_TAGS = 128;
@@ -81,6 +83,8 @@ export function imageView(img: ImageRecord, show: LocationView = NO_LOCATIONS): 
     file: `/v2/images/${img.id}/file`,
     schema: '/v2/schemas/image',
   };
+  // (undefined is left out of the JSON, and keeps the object's shape where a delete would not)
+  if (STAGE_HOST_PROPERTY in img.properties) out[STAGE_HOST_PROPERTY] = undefined;
   // The stores holding the data, as Glance shows them with enabled_backends.
   if (img.locations.length) {
     const stores = img.locations.map((l) => l.metadata.store).filter((s): s is string => typeof s === 'string' && s !== '');

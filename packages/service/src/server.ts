@@ -80,6 +80,7 @@ import { TaskService } from './domain/tasks.js';
 import { IMPORT_TASK, ImportService } from './domain/import/index.js';
 import { catalogImageEndpoints, importOptions, taskOptions } from './import-config.js';
 import { findImageEndpoint } from './domain/import/glance-download.js';
+import { selfReference } from './domain/import/stage-host.js';
 import { taskRoutes } from './routes/tasks.js';
 
 export interface Service {
@@ -260,11 +261,14 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
   });
 
   const node = cfg.nodeId ?? `${hostname()}:${cfg.dataDir}`;
+  // worker_self_reference_url (its port 0: the port listened on, known once listening).
+  let selfReferenceUrl: string | undefined;
+  const stageHost = () => selfReferenceUrl;
   const repo = new ImageRepo(db);
   const stagingDir = join(cfg.dataDir, 'staging');
-  const images = new ImageService(repo, stores, policy, { projectImageQuota: cfg.projectImageQuota, stagingDir, showMultipleLocations: cfg.showMultipleLocations, delayedDelete: cfg.delayedDelete }, log);
+  const images = new ImageService(repo, stores, policy, { projectImageQuota: cfg.projectImageQuota, stagingDir, showMultipleLocations: cfg.showMultipleLocations, delayedDelete: cfg.delayedDelete, stageHost }, log);
   const data = new ImageDataService(images, repo, stores, {
-    imageSizeCap: cfg.imageSizeCap, projectStorageQuota: cfg.projectStorageQuota, stagingDir, node, downloadUrls: await DownloadUrls.open(db),
+    imageSizeCap: cfg.imageSizeCap, projectStorageQuota: cfg.projectStorageQuota, stagingDir, node, downloadUrls: await DownloadUrls.open(db), stageHost,
   }, log);
   // Locations written before they were URLs are bare file names of the file store `file`.
   const legacy = stores.get('file');
@@ -274,11 +278,11 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
   }
   const taskRepo = new TaskRepo(db);
   const imports = new ImportService(images, repo, taskRepo, data, {
-    ...importOptions(cfg, stagingDir, stores.default.id), allStoreIds: stores.ids(), imageQuota: cfg.projectImageQuota, storageQuota: cfg.projectStorageQuota,
+    ...importOptions(cfg, stagingDir, stores.default.id), allStoreIds: stores.ids(), imageQuota: cfg.projectImageQuota, storageQuota: cfg.projectStorageQuota, stageHost,
     // glance-download: the catalog the user's token sees (the external Keystone's, or the built-in one's)
     imageEndpoint: async (token, region, iface) => findImageEndpoint(external ? await external.catalog(token) : identity.catalog(selfUrl), region, iface),
   }, log);
-  const tasks = new TaskService(taskRepo, policy, { [IMPORT_TASK]: imports }, taskOptions(cfg, node, { dropTempData: (keys) => data.dropTempData(keys) }), log);
+  const tasks = new TaskService(taskRepo, policy, { [IMPORT_TASK]: imports }, taskOptions(cfg, node, { dropTempData: (keys) => data.dropTempData(keys), stageHost }), log);
   imports.attach(tasks);
   // (tasks first: it gives back the tasks this node held, whose upload rows recovery must not
   // revert; claiming starts after recovery, which would take a new claim's row for a dead one)
@@ -331,9 +335,10 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
   const addr = server.address();
   const port = typeof addr === 'object' && addr ? addr.port : cfg.port;
   const url = `http://${cfg.bind.includes(':') ? `[${cfg.bind}]` : cfg.bind}:${port}`;
+  selfReferenceUrl = selfReference(cfg.workerSelfReferenceUrl, port);
   // A wildcard bind is not an address anyone can reach: name this host instead.
   selfUrl ||= cfg.bind === '0.0.0.0' || cfg.bind === '::' ? `http://${hostname()}:${port}` : url;
-  log.info('listening', { url, data_dir: cfg.dataDir, database: db.dialect });
+  log.info('listening', { url, data_dir: cfg.dataDir, database: db.dialect, ...(selfReferenceUrl ? { worker_self_reference_url: selfReferenceUrl } : {}) });
 
   let closing: Promise<void> | null = null;
   return {

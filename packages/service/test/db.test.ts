@@ -137,6 +137,26 @@ for (const [dialect, provision] of Object.entries(provisioners)) {
     assert.equal((await api(svc.url, tok)('DELETE', `/v2/images/${id}`)).status, 204);
   });
 
+  test(`database ${dialect}: a database from before 0007 takes an upload row naming many stores' temporary keys (temp_key widened to text)`, async (t) => {
+    const provisioned = await provision(t);
+    if (!provisioned) return;
+    const dir = await tempDir(t);
+    const old = await openDatabase(provisioned.url, dir, { migrateTo: '0006_image_scrubs' });
+    await old.close();
+    const db = await openDatabase(provisioned.url, dir);
+    t.after(async () => { await db.close(); await provisioned.drop(); });
+    // 40 stores' keys (`<image id>.<uuid>` each, joined): past the varchar(1024) the column was.
+    const imageId = randomUUID();
+    const tempKey = Array.from({ length: 40 }, () => `${imageId}.${randomUUID()}`).join(',');
+    assert.ok(tempKey.length > 1024);
+    await db.kysely.insertInto('uploads').values({ image_id: imageId, node: 'node-a', temp_key: tempKey, started_at: new Date().toISOString() }).execute();
+    const row = await db.kysely.selectFrom('uploads').select('temp_key').where('image_id', '=', imageId).executeTakeFirstOrThrow();
+    assert.equal(row.temp_key, tempKey, 'the whole key list is kept, not cut off');
+    // 0008: tasks name their stage host (null for the tasks of before).
+    const cols = (await db.kysely.introspection.getTables()).find((x) => x.name === 'tasks')!.columns;
+    assert.equal(cols.find((c) => c.name === 'stage_host')?.isNullable, true);
+  });
+
   test(`database ${dialect}: two API nodes share one database (tokens, images)`, async (t) => {
     const provisioned = await provision(t);
     if (!provisioned) return;
@@ -218,5 +238,47 @@ for (const [dialect, provision] of Object.entries(provisioners)) {
     }
     assert.deepEqual([...seen].sort(), [...ids].sort());
     assert.equal((await a.list({ projectId: 'other', isAdmin: false }, { sortKey: 'created_at', sortDir: 'desc', limit: 50 })).length, 0);
+  });
+
+  test(`database ${dialect}: a task tied to a stage host is claimed by that node only; by another once its holder's lease ran out, not once given back`, async (t) => {
+    const provisioned = await provision(t);
+    if (!provisioned) return;
+    const dir = await tempDir(t);
+    const dbA = await openDatabase(provisioned.url, dir);
+    const dbB = dialect === 'sqlite' ? dbA : await openDatabase(provisioned.url, dir);
+    t.after(async () => { await dbA.close(); if (dbB !== dbA) await dbB.close(); await provisioned.drop(); });
+    const [a, b] = [new TaskRepo(dbA), new TaskRepo(dbB)];
+    const [hostA, hostB] = ['http://node-a:9292', 'http://node-b:9292'];
+    const make = async (stageHost: string | null) => {
+      const id = randomUUID();
+      assert.equal(await a.create({ id, type: 'api_image_import', owner: 'p', image_id: null, request_id: null, user_id: null, input: {}, stage_host: stageHost }), true);
+      return id;
+    };
+    const tied = await make(hostA);
+    const free = await make(null);
+    const now = Date.now();
+    const lease = 60_000;
+    // b (and a node with no self URL) take the free task, never a's.
+    assert.equal((await b.claim('node-b', now, now + lease, () => 'k', hostB))?.id, free);
+    assert.equal(await b.claim('node-b', now, now + lease, () => 'k', hostB), undefined);
+    assert.equal(await b.claim('node-c', now, now + lease, () => 'k'), undefined);
+    const mine = await a.claim('node-a', now, now + lease, () => 'k', hostA);
+    assert.equal(mine?.id, tied);
+    assert.equal(mine.stage_host, hostA);
+    // a stops holding it without giving it back (killed): once the lease ran out, b claims it (to fail it).
+    const later = now + 2 * lease;
+    const taken = await b.claim('node-b', later, later + lease, () => 'k', hostB);
+    assert.equal(taken?.id, tied);
+    assert.equal(taken.attempts, 2);
+    const end = { status: 'failure' as const, result: null, message: '', expiresAt: new Date(later + 1e9).toISOString() };
+    assert.equal(await b.finish(free, 'node-b', end), true);
+    assert.equal(await b.finish(tied, 'node-b', end), true);
+    // Given back by its stage host (a stop, a restart): it waits for that node.
+    const waiting = await make(hostA);
+    assert.equal((await a.claim('node-a', later, later + lease, () => 'k', hostA))?.id, waiting);
+    await a.release(waiting, 'node-a');
+    const after = later + 3 * lease;
+    assert.equal(await b.claim('node-b', after, after + lease, () => 'k', hostB), undefined);
+    assert.equal((await a.claim('node-a', after, after + lease, () => 'k', hostA))?.id, waiting);
   });
 }

@@ -242,6 +242,23 @@ const migrations = (dialect: Db['dialect']): Record<string, Migration> => ({
       if (dialect === 'mysql') await sql`ALTER TABLE image_scrubs CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_bin`.execute(db);
     },
   },
+  '0007_upload_temp_key_text': {
+    // An import into several stores records one temporary key per store, joined, in one
+    // uploads row: more than varchar(1024) holds for enough stores. SQLite does not enforce
+    // varchar lengths; PostgreSQL and MariaDB widen the column to text (it is not indexed).
+    async up(db: Kysely<any>): Promise<void> {
+      if (dialect === 'postgres') await sql`ALTER TABLE uploads ALTER COLUMN temp_key TYPE text`.execute(db);
+      if (dialect === 'mysql') await sql`ALTER TABLE uploads MODIFY temp_key text CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL`.execute(db);
+    },
+  },
+  '0008_task_stage_host': {
+    // The stage host of a glance-direct import (the os_glance_stage_host of its image, the
+    // worker_self_reference_url of the node holding the staged data): only that node claims
+    // the task (domain/tasks.ts). Null: any node may.
+    async up(db: Kysely<any>): Promise<void> {
+      await db.schema.alterTable('tasks').addColumn('stage_host', 'text').execute();
+    },
+  },
 });
 
 /** Bring the schema to the latest migration (or, for upgrade tests, to `target`). */

@@ -100,6 +100,8 @@ export interface TasksTable {
   progress: number | string;
   /** Runs started (claims); a task that keeps losing its node is failed instead of retried forever. */
   attempts: number;
+  /** The worker_self_reference_url of the only node that may claim the task (the glance-direct import's stage host); null: any node. */
+  stage_host: string | null;
 }
 
 export interface MetadefNamespacesTable {

@@ -23,6 +23,7 @@ import type { Logger } from '../log.js';
 import type { ImageRepo } from '../repo/images.js';
 import type { ImageService } from './images.js';
 import { assertTransition, sourcesOf, type ImageStatus } from './status.js';
+import { STAGE_HOST_PROPERTY } from './import/stage-host.js';
 
 export interface ImageDataOptions {
   /** Largest image accepted, in bytes (Glance's image_size_cap). */
@@ -34,6 +35,8 @@ export interface ImageDataOptions {
   node: string;
   /** Signs and checks the x-diskhub download URLs. */
   downloadUrls: DownloadUrls;
+  /** This node's worker_self_reference_url, known once it listens: staging records it on the image (os_glance_stage_host). */
+  stageHost?: () => string | undefined;
 }
 
 /** Suffix of staging files still being written. */
@@ -297,6 +300,9 @@ export class ImageDataService {
       }), createWriteStream(partial)));
       if (!complete()) throw new Error('request body ended early');
       await rename(partial, path);
+      // Where the staged data is, for an import that reaches another node (Glance's image_data.stage).
+      const self = this.opts.stageHost?.();
+      if (self) await this.repo.setProperty(img.id, STAGE_HOST_PROPERTY, self);
       // Staged whole: the row's work is done (the image stays uploading, ready for import).
       await this.repo.dropUploads(img.id);
     } catch (e) {

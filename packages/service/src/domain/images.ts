@@ -19,6 +19,7 @@ import { ImageLocations, type LocationOptions } from './locations.js';
 import { PolicyNotAuthorized } from '../policy/index.js';
 import type { Logger } from '../log.js';
 import { assertTransition, canTransition } from './status.js';
+import { otherStageHost, proxyToStageHost } from './import/stage-host.js';
 
 export interface ImageLimits extends LocationOptions {
   /** Images a project may own; 0 = unlimited. */
@@ -27,6 +28,8 @@ export interface ImageLimits extends LocationOptions {
   stagingDir: string;
   /** Glance's delayed_delete: an image with data becomes pending_delete and a scrubber removes the data later. */
   delayedDelete?: boolean;
+  /** This node's worker_self_reference_url: an image staged on another node is deleted there (its staged data with it). */
+  stageHost?: () => string | undefined;
 }
 
 /** One change of a JSON-patch request, its pointer already resolved to an attribute name. */
@@ -54,7 +57,7 @@ export class ImageService {
     stores: StoreSet,
     private readonly policy: Policy,
     private readonly limits: ImageLimits,
-    log: Logger,
+    private readonly log: Logger,
   ) {
     this.locations = new ImageLocations(this, repo, stores, limits, log);
   }
@@ -175,9 +178,22 @@ export class ImageService {
     return (await this.repo.load(img.id))!;
   }
 
-  async delete(a: AuthContext, id: string): Promise<void> {
-    const img = await this.get(a, id);
+  async delete(a: AuthContext, id: string, token?: string, proxiedBy?: string): Promise<void> {
+    let img = await this.get(a, id);
     this.imagePolicy(a, img).deleteImage();
+    const self = this.limits.stageHost?.();
+    const host = otherStageHost(img.properties, self, proxiedBy);
+    if (host) {
+      // Staged on another node: deleted there, with its staged data (Glance's _delete_image_on_remote).
+      // A stage host that cannot do it (5xx, unreachable) leaves its staged file; the image is deleted here.
+      try {
+        return await proxyToStageHost(host, self, 'DELETE', `/v2/images/${img.id}`, token);
+      } catch (e) {
+        if (!(e instanceof HttpError) || e.status < 500) throw e;
+        this.log.warn('the stage host did not delete the image; deleting it here (its staged data stays there)', { image: img.id, stage_host: host, error: e.message });
+        img = await this.get(a, id);
+      }
+    }
     if (img.protected) throw forbidden(`Image ${img.id} is protected and cannot be deleted.`);
     if (this.limits.delayedDelete && img.locations.length > 0) {
       // Glance's Image.delete: pending_delete when the image has data; its status setter refuses

@@ -41,6 +41,8 @@ export interface TaskOptions {
   timeToLiveHours: number;
   /** Remove the temporary data of runs that died mid-write from the stores; returns the keys removed. */
   dropTempData(keys: ReadonlySet<string>): Promise<string[]>;
+  /** This node's worker_self_reference_url (known once it listens): it claims the tasks tied to it as their stage host. */
+  stageHost?: () => string | undefined;
 }
 
 /** What a runner gets while it runs one task. */
@@ -169,11 +171,11 @@ export class TaskService {
   /**
    * A new task of `type` for `a`, committed with `image`'s change (false: the image changed
    * first, nothing written); the worker is told at once. `id` when the image change must name
-   * the task (os_glance_import_task).
+   * the task (os_glance_import_task); `stageHost` when only that node may run it.
    */
-  async create(a: AuthContext, requestId: string, type: string, input: Record<string, unknown>, image?: ImageChange, id: string = randomUUID()): Promise<TaskRecord | false> {
+  async create(a: AuthContext, requestId: string, type: string, input: Record<string, unknown>, image?: ImageChange, id: string = randomUUID(), stageHost: string | null = null): Promise<TaskRecord | false> {
     if (!this.runners[type]) throw badRequest(`Task type ${type} is not supported.`);
-    const task: NewTask = { id, type, owner: a.projectId, image_id: image?.id ?? null, request_id: requestId, user_id: a.userId, input };
+    const task: NewTask = { id, type, owner: a.projectId, image_id: image?.id ?? null, request_id: requestId, user_id: a.userId, input, stage_host: stageHost };
     if (!(await this.repo.create(task, image))) return false;
     this.kick();
     return (await this.repo.get(task.id))!;
@@ -218,7 +220,7 @@ export class TaskService {
         replaced = earlier.flatMap(splitTempKeys);
         tempKeys = this.runners[claimed.type]?.tempKeys(claimed) ?? [];
         return joinTempKeys(tempKeys);
-      });
+      }, this.opts.stageHost?.());
       if (!task) return;
       this.launch(task, tempKeys);
       if (replaced.length) {

@@ -7,7 +7,7 @@
  * different tasks; on every database the claim itself is a compare-and-set on the lease
  * (SQLite has one writer at a time, and two processes on one file cannot both win it).
  */
-import type { Transaction } from 'kysely';
+import type { ExpressionBuilder, Transaction } from 'kysely';
 import type { Db } from '../db/connect.js';
 import { num, type Database, type TasksTable } from '../db/schema.js';
 import { badRequest } from '../http.js';
@@ -23,10 +23,12 @@ export interface TaskRecord {
   input: Record<string, unknown> | null; result: Record<string, unknown> | null; message: string;
   expires_at: string | null; created_at: string; updated_at: string;
   node: string | null; lease_until: number | null; progress: number; attempts: number;
+  /** The worker_self_reference_url of the one node that may run the task (a glance-direct import's stage host); null: any node. */
+  stage_host: string | null;
 }
 
-/** A new task: pending, nobody's. */
-export type NewTask = Pick<TaskRecord, 'id' | 'type' | 'owner' | 'image_id' | 'request_id' | 'user_id' | 'input'>;
+/** A new task: pending, nobody's (`stage_host`: only that node claims it). */
+export type NewTask = Pick<TaskRecord, 'id' | 'type' | 'owner' | 'image_id' | 'request_id' | 'user_id' | 'input'> & { stage_host?: string | null };
 
 /** Image changes committed with a task change: a status move (from one of `from`), properties to set or (null) remove. */
 export interface ImageChange {
@@ -53,8 +55,22 @@ function record(r: TasksTable): TaskRecord {
     id: r.id, type: r.type, status: r.status as TaskStatus, owner: r.owner, image_id: r.image_id,
     request_id: r.request_id, user_id: r.user_id, input: json(r.input), result: json(r.result), message: r.message ?? '',
     expires_at: r.expires_at, created_at: r.created_at, updated_at: r.updated_at,
-    node: r.node, lease_until: num(r.lease_until), progress: num(r.progress) ?? 0, attempts: r.attempts,
+    node: r.node, lease_until: num(r.lease_until), progress: num(r.progress) ?? 0, attempts: r.attempts, stage_host: r.stage_host ?? null,
   };
+}
+
+/**
+ * The claim's filter by stage host: a task tied to none, or to this node (`stageHost`), or one
+ * a node held and stopped holding without giving back (its lease ran out: the claim's lease
+ * condition), which another node takes to fail it. A task its stage host gave back (a stop, a
+ * restart: node null) waits for that node.
+ */
+function claimableHere(eb: ExpressionBuilder<Database, 'tasks'>, stageHost: string | undefined) {
+  return eb.or([
+    eb('stage_host', 'is', null),
+    ...(stageHost ? [eb('stage_host', '=', stageHost)] : []),
+    eb('node', 'is not', null),
+  ]);
 }
 
 /** Names the claim's temporary data key(s) for its upload row, told the temp_key columns of the rows it replaces. */
@@ -101,7 +117,7 @@ export class TaskRepo {
       if (image && !(await this.changeImage(tx, image))) return false;
       const ts = now();
       await tx.insertInto('tasks').values({
-        ...task, input: task.input ? JSON.stringify(task.input) : null, status: 'pending', result: null, message: '',
+        ...task, stage_host: task.stage_host ?? null, input: task.input ? JSON.stringify(task.input) : null, status: 'pending', result: null, message: '',
         expires_at: null, created_at: ts, updated_at: ts, deleted: 0, deleted_at: null, node: null, lease_until: null, progress: 0, attempts: 0,
       }).execute();
       return true;
@@ -118,14 +134,18 @@ export class TaskRepo {
    * `leaseUntil`; `upload` names the temporary data key(s) its image's upload row records
    * (taken in the same transaction, so a sweep on another node never deletes it), and is told
    * the keys of the rows it replaces: an earlier run's, whose node died mid-write.
+   * `stageHost` is the node's worker_self_reference_url: a task tied to a stage host is
+   * claimed by that node only — by another only when the node that held it stopped holding
+   * it mid-run (its lease ran out), so that the task is failed rather than left forever.
    */
-  async claim(node: string, nowMs: number, leaseUntil: number, upload: ClaimUpload): Promise<TaskRecord | undefined> {
-    if (this.db.dialect === 'sqlite') return this.claimSqlite(node, nowMs, leaseUntil, upload);
+  async claim(node: string, nowMs: number, leaseUntil: number, upload: ClaimUpload, stageHost?: string): Promise<TaskRecord | undefined> {
+    if (this.db.dialect === 'sqlite') return this.claimSqlite(node, nowMs, leaseUntil, upload, stageHost);
     for (;;) {
       const outcome = await this.k.transaction().execute(async (tx): Promise<TaskRecord | 'raced' | undefined> => {
         let q = tx.selectFrom('tasks').selectAll()
           .where('deleted', '=', 0).where('status', 'in', ['pending', 'processing'])
           .where((eb) => eb.or([eb('lease_until', 'is', null), eb('lease_until', '<', nowMs)]))
+          .where((eb) => claimableHere(eb, stageHost))
           .orderBy('created_at').orderBy('id').limit(1);
         if (this.db.dialect !== 'sqlite') q = q.forUpdate().skipLocked();
         const row = await q.executeTakeFirst();
@@ -152,11 +172,12 @@ export class TaskRepo {
    * wrote would fail with SQLITE_BUSY when another process (a second node on the same file)
    * wrote in between, whatever the busy timeout.
    */
-  private claimSqlite(node: string, nowMs: number, leaseUntil: number, upload: ClaimUpload): Promise<TaskRecord | undefined> {
+  private claimSqlite(node: string, nowMs: number, leaseUntil: number, upload: ClaimUpload, stageHost: string | undefined): Promise<TaskRecord | undefined> {
     return this.k.transaction().execute(async (tx) => {
       const runnable = tx.selectFrom('tasks').select('id')
         .where('deleted', '=', 0).where('status', 'in', ['pending', 'processing'])
         .where((eb) => eb.or([eb('lease_until', 'is', null), eb('lease_until', '<', nowMs)]))
+        .where((eb) => claimableHere(eb, stageHost))
         .orderBy('created_at').orderBy('id').limit(1);
       const row = await tx.updateTable('tasks').set((eb) => ({
         status: 'processing', node, lease_until: leaseUntil, progress: 0, attempts: eb('attempts', '+', 1), updated_at: now(),

@@ -10,6 +10,7 @@ import type { ImageChange, ImageService } from '../domain/images.js';
 import { NAME_CONTAINS_PARAM, SORT_KEYS } from '../repo/images.js';
 import { imageSchema } from '../schemas.js';
 import { checkedBody, firstError, jsonschemaMessage, oneOrMany, pyStr, requestSchema, topKey, valueAt, type SchemaError } from './validation.js';
+import { PROXIED_HEADER } from '../domain/import/stage-host.js';
 
 export interface ImageRouteDeps {
   auth: Authenticate;
@@ -92,7 +93,10 @@ export function imageRoutes(app: FastifyInstance, deps: ImageRouteDeps): void {
 
   app.delete<{ Params: { id: string } }>('/v2/images/:id', async (request, reply) => {
     const a = await auth(request);
-    await images.delete(a, request.params.id);
+    // (the token: an image staged on another node is deleted there, as the user)
+    const token = request.headers['x-auth-token'];
+    const proxiedBy = request.headers[PROXIED_HEADER];
+    await images.delete(a, request.params.id, typeof token === 'string' ? token : undefined, typeof proxiedBy === 'string' ? proxiedBy : undefined);
     return replyEmpty(reply, 204);
   });
 

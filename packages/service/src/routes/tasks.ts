@@ -13,6 +13,7 @@ import type { TaskService } from '../domain/tasks.js';
 import { REQUESTER_ROLES, type ImportService } from '../domain/import/index.js';
 import type { TaskRecord } from '../repo/tasks.js';
 import { UUID_PATTERN } from '../schemas.js';
+import { PROXIED_HEADER } from '../domain/import/stage-host.js';
 
 export interface TaskRouteDeps {
   auth: Authenticate;
@@ -112,7 +113,9 @@ export function taskRoutes(app: FastifyInstance, deps: TaskRouteDeps): void {
     const store = request.headers['x-image-meta-store'];
     // (the token: glance-download reads the remote region's image with it, as Glance does with its request context)
     const token = request.headers['x-auth-token'];
-    await imports.start(a, request.id, request.params.id, await jsonBody(request), Array.isArray(store) ? store[0] : store, typeof token === 'string' ? token : undefined);
+    // (replayed here by another node: this node is the stage host, it never replays it again)
+    const proxiedBy = request.headers[PROXIED_HEADER];
+    await imports.start(a, request.id, request.params.id, await jsonBody(request), Array.isArray(store) ? store[0] : store, typeof token === 'string' ? token : undefined, typeof proxiedBy === 'string' ? proxiedBy : undefined);
     return replyEmpty(reply, 202, { 'OpenStack-image-import-methods': imports.methods.join(','), 'OpenStack-image-store-ids': deps.storeIds });
   });
 

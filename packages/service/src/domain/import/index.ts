@@ -29,6 +29,7 @@ import { TaskFailure, type TaskOutcome, type TaskRun, type TaskRunner, type Task
 import { filteringRefusal, openWebSource, passesImportFiltering, type ImportFilteringOptions } from './web-download.js';
 import { applyPlugins, type ImportPluginOptions, type PluginContext } from './plugins.js';
 import { checkGlanceDownloadRequest, openRemoteImage, type ImageEndpointLookup } from './glance-download.js';
+import { STAGE_HOST_PROPERTY, otherStageHost, proxyToStageHost } from './stage-host.js';
 
 /** The methods this service can run (Glance's enabled_import_methods chooses among them). */
 export const KNOWN_IMPORT_METHODS = ['glance-direct', 'web-download', 'copy-image', 'glance-download'];
@@ -53,6 +54,8 @@ export interface ImportOptions {
   /** The project quotas /v2/info/usage reports (0: unlimited). */
   imageQuota?: number;
   storageQuota?: number;
+  /** This node's worker_self_reference_url, known once it listens (unset: staged data is not tied to a node). */
+  stageHost?: () => string | undefined;
 }
 
 /** One counter of GET /v2/info/usage. */
@@ -78,7 +81,7 @@ export class ImportService implements TaskRunner {
   get methods(): string[] { return this.opts.enabledMethods; }
 
   /** POST /v2/images/{id}/import: the checks of Glance's import_image, then the task, committed with the image's move to importing. */
-  async start(a: AuthContext, requestId: string, id: string, body: unknown, storeHeader?: string, token?: string): Promise<void> {
+  async start(a: AuthContext, requestId: string, id: string, body: unknown, storeHeader?: string, token?: string, proxiedBy?: string): Promise<void> {
     if (!isObject(body) || !('method' in body)) throw badRequest("Import request requires a 'method' field.");
     const method = body.method;
     if (!isObject(method) || !('name' in method)) throw badRequest("Import request requires a 'name' field.");
@@ -101,14 +104,25 @@ export class ImportService implements TaskRunner {
       const uri = typeof method.uri === 'string' ? method.uri : '';
       if (!passesImportFiltering(uri, this.opts.filtering)) throw filteringRefusal(typeof method.uri === 'string' ? uri : 'None');
     }
+    const self = this.opts.stageHost?.();
+    if (name === 'glance-direct') {
+      // Staged on another node: the import is that node's (Glance's _proxy_request_to_host).
+      const host = otherStageHost(img.properties, self, proxiedBy);
+      if (host) {
+        this.log.info('import proxied to the stage host', { image: img.id, stage_host: host });
+        return proxyToStageHost(host, self, 'POST', `/v2/images/${img.id}/import`, token, body, storeHeader === undefined ? {} : { 'X-Image-Meta-Store': storeHeader });
+      }
+    }
+    // The task of data staged here is this node's alone (os_glance_stage_host is taken off the image, as Glance does).
+    const stageHost = name === 'glance-direct' && self && img.properties[STAGE_HOST_PROPERTY] === self ? self : null;
     const taskId = randomUUID();
     const input = { image_id: img.id, import_req: body, backend: stores, [REQUESTER_ROLES]: [...a.roleNames] };
     if (name === 'glance-download' && token) this.tokens.set(taskId, token);
     const created = await this.tasks.create(a, requestId, IMPORT_TASK, input, {
       id: img.id, revision: img.revision, status: { from: [img.status], to: 'importing' },
-      properties: this.startProperties(img, taskId, stores),
+      properties: { ...this.startProperties(img, taskId, stores), ...(img.properties[STAGE_HOST_PROPERTY] !== undefined ? { [STAGE_HOST_PROPERTY]: null } : {}) },
       upload: 'release',
-    }, taskId);
+    }, taskId, stageHost);
     if (!created) {
       this.tokens.delete(taskId);
       const cur = await this.repo.load(img.id);
@@ -403,7 +417,12 @@ export class ImportService implements TaskRunner {
       let length: number | null;
       if (method === 'glance-direct') {
         const path = join(this.opts.stagingDir, imageId);
-        length = await stat(path).then((s) => s.size, () => { throw badRequest(`The staged data of image ${imageId} is not on this node (${path}).`); });
+        length = await stat(path).then((s) => s.size, () => {
+          // A task tied to its stage host reaches another node only when that node stopped holding it mid-run.
+          throw badRequest(task.stage_host && task.stage_host !== this.opts.stageHost?.()
+            ? `The staged data of image ${imageId} is on its stage host ${task.stage_host}, which stopped running this import (its lease ran out); stage the data again and import it.`
+            : `The staged data of image ${imageId} is not on this node (${path}).`);
+        });
         source = createReadStream(path, { highWaterMark: 1 << 20 });
       } else if (method === 'web-download') {
         const web = await openWebSource(String(importRequest(task).method.uri ?? ''), this.opts.filtering, signal);
