@@ -69,10 +69,14 @@ export async function readLayout(raw: string): Promise<DiskLayout> {
 
 /** A loop device over [offset, offset + size) of the file, detached at tear-down. */
 export async function attachLoop(session: BuildSession, file: string, offset: number, size: number): Promise<string> {
-  const dev = (await session.run('losetup', ['--find', '--show', `--offset=${offset}`, `--sizelimit=${size}`, file], { capture: true })).trim();
+  session.checkInterrupted();
+  // Not stopped by an interruption: a signal that came after the kernel attached the device but
+  // before losetup printed its name would leave a loop device nobody detaches.
+  const dev = (await session.runTeardown('losetup', ['--find', '--show', `--offset=${offset}`, `--sizelimit=${size}`, file], { capture: true })).trim();
   if (!/^\/dev\/loop\d+$/.test(dev)) throw new BuildError(`losetup printed ${JSON.stringify(dev)}, not a loop device`);
   session.note(`attached ${dev} at ${offset}+${size} of ${file}`);
   session.onTeardown(`losetup -d ${dev}`, () => detachLoop(session, dev));
+  session.checkInterrupted();
   return dev;
 }
 
@@ -89,8 +93,10 @@ async function detachLoop(session: BuildSession, dev: string): Promise<void> {
 /** Mount and register the unmount. */
 export async function mountAt(session: BuildSession, source: string, target: string, args: string[] = []): Promise<void> {
   await mkdir(target, { recursive: true });
-  await session.run('mount', [...args, source, target]);
+  // Registered before mount runs: a signal may stop mount after the kernel mounted the
+  // filesystem (the unmount then finds it mounted; it does nothing when it is not).
   session.onTeardown(`umount ${target}`, () => unmount(session, target));
+  await session.run('mount', [...args, source, target]);
 }
 
 async function unmount(session: BuildSession, target: string): Promise<void> {

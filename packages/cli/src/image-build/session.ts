@@ -99,8 +99,8 @@ export class BuildSession {
   }
 
   /** Run an undo program (umount, losetup -d): also after an interruption, and not stopped by one. */
-  async runTeardown(cmd: string, args: string[]): Promise<string> {
-    return await this.exec(cmd, args, {}, false);
+  async runTeardown(cmd: string, args: string[], options: RunOptions = {}): Promise<string> {
+    return await this.exec(cmd, args, options, false);
   }
 
   private async exec(cmd: string, args: string[], options: RunOptions, interruptible: boolean): Promise<string> {
