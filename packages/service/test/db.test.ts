@@ -266,12 +266,13 @@ for (const [dialect, provision] of Object.entries(provisioners)) {
     assert.equal(mine?.id, tied);
     assert.equal(mine.stage_host, hostA);
     // a stops holding it without giving it back (killed): once the lease ran out, b claims it (to fail it).
+    // (b's own task ends first: with both leases run out, which of the two comes first is the database's choice)
     const later = now + 2 * lease;
+    const end = { status: 'failure' as const, result: null, message: '', expiresAt: new Date(later + 1e9).toISOString() };
+    assert.equal(await b.finish(free, 'node-b', end), true);
     const taken = await b.claim('node-b', later, later + lease, () => 'k', hostB);
     assert.equal(taken?.id, tied);
     assert.equal(taken.attempts, 2);
-    const end = { status: 'failure' as const, result: null, message: '', expiresAt: new Date(later + 1e9).toISOString() };
-    assert.equal(await b.finish(free, 'node-b', end), true);
     assert.equal(await b.finish(tied, 'node-b', end), true);
     // Given back by its stage host (a stop, a restart): it waits for that node.
     const waiting = await make(hostA);
