@@ -17,7 +17,7 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import { jsonLogger, loadConfig, openDatabase, startService } from '../src/index.js';
 import { TaskRepo } from '../src/repo/tasks.js';
 import { ADMIN_PASSWORD, addProjectUser, api, startTestService, token } from './helpers.js';
-import { provisioners } from './databases.js';
+import { provisioners, type Provision } from './databases.js';
 
 for (const [dialect, provision] of Object.entries(provisioners)) {
   test(`database ${dialect}: migrations are idempotent; the API scenario gives the same answers`, async (t) => {
@@ -175,17 +175,26 @@ for (const [dialect, provision] of Object.entries(provisioners)) {
   });
 }
 
+/**
+ * Two nodes' task repositories on one fresh database (null when the database is not here).
+ * SQLite: one node per database file in one process — two better-sqlite3 connections of one
+ * process wait for each other's locks synchronously; two processes are the kill test's case.
+ */
+async function twoNodes(t: TestContext, dialect: string, provision: Provision): Promise<{ a: TaskRepo; b: TaskRepo } | null> {
+  const provisioned = await provision(t);
+  if (!provisioned) return null;
+  const dir = await tempDir(t);
+  const dbA = await openDatabase(provisioned.url, dir);
+  const dbB = dialect === 'sqlite' ? dbA : await openDatabase(provisioned.url, dir);
+  t.after(async () => { await dbA.close(); if (dbB !== dbA) await dbB.close(); await provisioned.drop(); });
+  return { a: new TaskRepo(dbA), b: new TaskRepo(dbB) };
+}
+
 for (const [dialect, provision] of Object.entries(provisioners)) {
   test(`database ${dialect}: task claims are exclusive between nodes; a lapsed lease is taken over, a held one is not`, async (t) => {
-    const provisioned = await provision(t);
-    if (!provisioned) return;
-    const dir = await tempDir(t);
-    // (SQLite: one node per database file in one process — two better-sqlite3 connections of one
-    // process wait for each other's locks synchronously; two processes are the kill test's case)
-    const dbA = await openDatabase(provisioned.url, dir);
-    const dbB = dialect === 'sqlite' ? dbA : await openDatabase(provisioned.url, dir);
-    t.after(async () => { await dbA.close(); if (dbB !== dbA) await dbB.close(); await provisioned.drop(); });
-    const [a, b] = [new TaskRepo(dbA), new TaskRepo(dbB)];
+    const nodes = await twoNodes(t, dialect, provision);
+    if (!nodes) return;
+    const { a, b } = nodes;
     const ids: string[] = [];
     for (let i = 0; i < 12; i++) {
       const id = randomUUID();
@@ -241,13 +250,9 @@ for (const [dialect, provision] of Object.entries(provisioners)) {
   });
 
   test(`database ${dialect}: a task tied to a stage host is claimed by that node only; by another once its holder's lease ran out, not once given back`, async (t) => {
-    const provisioned = await provision(t);
-    if (!provisioned) return;
-    const dir = await tempDir(t);
-    const dbA = await openDatabase(provisioned.url, dir);
-    const dbB = dialect === 'sqlite' ? dbA : await openDatabase(provisioned.url, dir);
-    t.after(async () => { await dbA.close(); if (dbB !== dbA) await dbB.close(); await provisioned.drop(); });
-    const [a, b] = [new TaskRepo(dbA), new TaskRepo(dbB)];
+    const nodes = await twoNodes(t, dialect, provision);
+    if (!nodes) return;
+    const { a, b } = nodes;
     const [hostA, hostB] = ['http://node-a:9292', 'http://node-b:9292'];
     const make = async (stageHost: string | null) => {
       const id = randomUUID();
