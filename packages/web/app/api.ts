@@ -274,8 +274,19 @@ export async function listStores(): Promise<StoreInfo[]> {
 /** The import methods the service has enabled (GET /v2/info/import). */
 export const importMethods = () => call<{ 'import-methods': { value: string[] } }>('GET', '/v2/info/import').then((r) => r['import-methods'].value);
 
+/**
+ * An import request as Glance's API takes it: the method, and with several stores the stores to
+ * import into (all of them unless `all_stores_must_succeed` is false, when the image keeps the
+ * stores that worked).
+ */
+export interface ImportRequest {
+  method: { name: 'web-download'; uri: string } | { name: 'copy-image' } | { name: string; uri?: string };
+  stores?: string[];
+  all_stores_must_succeed?: boolean;
+}
+
 /** Interoperable image import: POST /v2/images/{id}/import (202; the work runs as a task). */
-export const importImage = (id: string, body: { method: { name: string; uri?: string } }) =>
+export const importImage = (id: string, body: ImportRequest) =>
   call('POST', `/v2/images/${encodeURIComponent(id)}/import`, { body });
 
 /** A task as GET /v2/images/{id}/tasks lists it (the database's row, as Glance shows it). */

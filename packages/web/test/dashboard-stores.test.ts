@@ -5,8 +5,10 @@
  * directory is the uploaded file, and the image page says where it lives); an image created
  * from a URL served by a local HTTP server is imported by a task the page follows, without a
  * reload, from processing (the server holds back half the data) to success (the data
- * qemu-img reads back is the served file); and an import from a URL that answers
- * 404 shows the task's failure reason as the service words it.
+ * qemu-img reads back is the served file); an import from a URL into both stores ticked lands
+ * in both; an admin copies an image into the store it is not in (copy-image), the page
+ * following the task; and an import from a URL that answers 404 shows the task's failure
+ * reason as the service words it.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -78,6 +80,8 @@ test('dashboard: upload into a chosen store, create from a URL, a failed import'
   await logIn(page, 'admin', ADMIN_PASSWORD, 'admin');
 
   const imageIdOfPage = () => new URL(page.url()).pathname.split('/').pop()!;
+  const storesOf = async (id: string) => String((await admin('GET', `/v2/images/${id}`)).json.stores).split(',').sort();
+  let uploadedId = '';
 
   await t.test('upload into the store that is not the default', async () => {
     await page.goto(`${svc.url}/images/new`);
@@ -92,7 +96,7 @@ test('dashboard: upload into a chosen store, create from a URL, a failed import'
     await shot(page, '11-create-store');
     await page.getByRole('button', { name: 'Create and upload' }).click();
     await page.waitForURL(/\/images\/[0-9a-f-]{36}$/);
-    const id = imageIdOfPage();
+    const id = uploadedId = imageIdOfPage();
     await page.getByTestId('status').getByText('Active').waitFor();
     // The page says where the data lives, with the store's description.
     const where = page.getByTestId('stores');
@@ -111,8 +115,16 @@ test('dashboard: upload into a chosen store, create from a URL, a failed import'
   await t.test('create from a URL: the import task succeeds and the image is active', async () => {
     await page.goto(`${svc.url}/images/new`);
     await page.getByLabel('Download from a URL (web-download)').check();
-    // An import goes to the default store (the service does not yet import into a chosen one): no picker.
+    // An import can go to several stores: check boxes, the default store ticked (no upload select).
     assert.equal(await page.getByRole('combobox', { name: /^Store\b/ }).count(), 0);
+    const choice = page.getByRole('group', { name: 'Import into the stores' });
+    assert.equal(await choice.getByRole('checkbox', { name: 'fast — NVMe pool (default)' }).isChecked(), true);
+    assert.equal(await choice.getByRole('checkbox', { name: 'cheap — Spinning disks' }).isChecked(), false);
+    // None ticked is refused on the page, before anything is created.
+    await choice.getByRole('checkbox', { name: 'fast — NVMe pool (default)' }).uncheck();
+    await page.getByRole('button', { name: 'Create and import' }).click();
+    await page.getByRole('alert').getByText('Choose at least one store to import into.').waitFor();
+    await choice.getByRole('checkbox', { name: 'fast — NVMe pool (default)' }).check();
     await page.getByLabel('Image URL').fill(`${webUrl}/images/served.qcow2`);
     await page.getByLabel('Disk format').selectOption('qcow2');
     await page.getByLabel('Name').fill('from-the-web');
@@ -145,6 +157,60 @@ test('dashboard: upload into a chosen store, create from a URL, a failed import'
     assert.deepEqual(tasks.map((x: { status: string; id: string }) => [x.status, x.id]), [['success', await task.getAttribute('data-task')]]);
     // What the store holds is the served image, as qemu-img sees it.
     assert.match(await qemuImg('compare', '-f', 'qcow2', '-F', 'qcow2', join(fastDir, id), served), /Images are identical/);
+  });
+
+  await t.test('create from a URL into both stores: the data lands in each', async () => {
+    await page.goto(`${svc.url}/images/new`);
+    await page.getByLabel('Download from a URL (web-download)').check();
+    await page.getByLabel('Image URL').fill(`${webUrl}/images/served.qcow2`);
+    await page.getByLabel('Disk format').selectOption('qcow2');
+    await page.getByLabel('Name').fill('in-both-stores');
+    await page.getByRole('group', { name: 'Import into the stores' }).getByRole('checkbox', { name: 'cheap — Spinning disks' }).check();
+    // With two stores ticked, whether a failure in one of them keeps the image is asked.
+    assert.equal(await page.getByLabel('Keep the image if the import into some of the stores fails').isChecked(), false);
+    await page.getByRole('button', { name: 'Create and import' }).click();
+    await page.waitForURL(/\/images\/[0-9a-f-]{36}$/);
+    const id = imageIdOfPage();
+    await page.getByTestId('tasks').locator('tbody tr[data-status=success]').waitFor({ timeout: 30_000 });
+    await page.getByTestId('stores').locator('dd[data-store=cheap]').getByText('Spinning disks').waitFor();
+    await page.getByTestId('stores').locator('dd[data-store=fast]').getByText('NVMe pool').waitFor();
+    // Every store is held, so there is nothing to copy to.
+    assert.equal(await page.getByTestId('copy-image').count(), 0);
+    assert.deepEqual(await storesOf(id), ['cheap', 'fast']);
+    const [task] = (await admin('GET', `/v2/images/${id}/tasks`)).json.tasks;
+    assert.deepEqual(task.input.import_req.stores, ['fast', 'cheap']);
+    assert.equal(task.input.import_req.all_stores_must_succeed, true);
+    for (const store of [fastDir, cheapDir]) {
+      assert.match(await qemuImg('compare', '-f', 'qcow2', '-F', 'qcow2', join(store, id), served), /Images are identical/);
+    }
+  });
+
+  await t.test('copy an image into the store it is not in (copy-image), the page following the task', async () => {
+    assert.ok(uploadedId, 'the upload test ran');
+    await page.goto(`${svc.url}/images/${uploadedId}`);
+    const form = page.getByTestId('copy-image');
+    const choice = form.getByRole('group', { name: 'Copy to other stores' });
+    // Only the stores the image is not in are offered.
+    await choice.waitFor();
+    assert.deepEqual(await choice.getByRole('checkbox').evaluateAll((boxes) => boxes.map((b) => (b as HTMLInputElement).value)), ['fast']);
+    await form.getByRole('button', { name: 'Copy' }).click();
+    await form.getByRole('alert').getByText('Choose at least one store to copy into.').waitFor();
+    await choice.getByRole('checkbox', { name: 'fast — NVMe pool (default)' }).check();
+    await shot(page, '17-detail-copy');
+    await form.getByRole('button', { name: 'Copy' }).click();
+    // The task, followed without a reload, and the image then in both stores.
+    const task = page.getByTestId('tasks').locator('tbody tr');
+    await task.and(page.locator('[data-status=success]')).getByText('Succeeded').waitFor({ timeout: 30_000 });
+    assert.match(await task.textContent() ?? '', /copy-image/);
+    await page.getByTestId('stores').locator('dd[data-store=fast]').getByText('NVMe pool').waitFor();
+    assert.equal(await page.getByTestId('copy-image').count(), 0, 'nothing left to copy to');
+    await shot(page, '18-detail-copied');
+    assert.deepEqual(await storesOf(uploadedId), ['cheap', 'fast']);
+    assert.deepEqual(await readFile(join(fastDir, uploadedId)), await readFile(upload));
+    const r = await admin('GET', `/v2/images/${uploadedId}`);
+    assert.equal(r.json.status, 'active');
+    assert.equal(r.json.os_glance_importing_to_stores, '');
+    assert.equal(r.json.os_glance_failed_import, '');
   });
 
   await t.test('an import from a URL that fails shows the reason', async () => {

@@ -4,7 +4,8 @@
  * warn before a long upload; the upload shows bytes, rate and time left, and can be cancelled.
  * With several stores the upload goes to the one picked (X-Image-Meta-Store); where the
  * service offers web-download, the data can come from a URL instead: the image is created,
- * then imported, and its page follows the import task.
+ * then imported into the stores ticked (all of them, or with "keep the image if some fail",
+ * Glance's all_stores_must_succeed=false, those that worked), and its page follows the task.
  */
 import type { JSX } from 'preact';
 import { useEffect, useRef, useState } from 'preact/hooks';
@@ -15,7 +16,7 @@ import { describeError } from '../errors.js';
 import { formatBytes, formatDuration } from '../format.js';
 import type { MessageKey } from '../i18n.js';
 import { navigate } from '../router.js';
-import { onEvent, useImageSchema, useImportMethods, useStores } from './common.js';
+import { StoreChoice, onEvent, useImageSchema, useImportMethods, useStores } from './common.js';
 import { EMPTY_FIELDS, ImageFields, NameField, validateFields, type ImageFieldValues } from './ImageFields.js';
 import { usePropertyDefs } from './PropertyEditor.js';
 
@@ -41,8 +42,16 @@ export function CreateImage() {
   const [store, setStore] = useState('');
   const [source, setSource] = useState<'file' | 'url'>('file');
   const [url, setUrl] = useState('');
-  // The default store is preselected once the list arrives.
-  useEffect(() => { if (stores && !store) setStore(stores.find((s) => s.default)?.id ?? stores[0]?.id ?? ''); }, [stores]);
+  const [importStores, setImportStores] = useState<string[]>([]);
+  const [allowFailure, setAllowFailure] = useState(false);
+  // The default store is preselected once the list arrives (for an upload and for an import).
+  useEffect(() => {
+    if (!stores || store) return;
+    const first = stores.find((s) => s.default)?.id ?? stores[0]?.id ?? '';
+    setStore(first);
+    setImportStores(first ? [first] : []);
+  }, [stores]);
+  const severalStores = !!stores && stores.length > 1;
   const fromUrl = source === 'url' && !!methods?.includes('web-download');
   // Leaving the page mid-upload cancels it.
   useEffect(() => () => abort.current?.(), []);
@@ -77,6 +86,7 @@ export function CreateImage() {
     const problems = validateFields(t, values, defs, schema);
     if (fromUrl) {
       if (!/^https?:\/\/[^/?#]+/i.test(url.trim())) problems.unshift(t('create.needUrl'));
+      if (severalStores && !importStores.length) problems.unshift(t('create.needStore'));
     } else if (!file) problems.unshift(t('create.needFile'));
     setErrors(problems);
     if (problems.length) return;
@@ -94,7 +104,10 @@ export function CreateImage() {
     }
     if (fromUrl) {
       try {
-        await importImage(image.id, { method: { name: 'web-download', uri: url.trim() } });
+        await importImage(image.id, {
+          method: { name: 'web-download', uri: url.trim() },
+          ...(severalStores ? { stores: importStores, all_stores_must_succeed: !(allowFailure && importStores.length > 1) } : {}),
+        });
       } catch (err) {
         // Refused before any task ran (a URL the service does not allow): nothing half-made stays.
         await deleteImage(image.id).catch(() => {});
@@ -111,7 +124,7 @@ export function CreateImage() {
     const transfer = uploadData(image.id, file, (p) => {
       const seconds = (performance.now() - started) / 1000;
       setUpload({ loaded: p.loaded, total: p.total, started, rate: seconds > 0 ? p.loaded / seconds : 0 });
-    }, stores && stores.length > 1 ? store : undefined);
+    }, severalStores ? store : undefined);
     abort.current = transfer.abort;
     try {
       await transfer.done;
@@ -154,7 +167,15 @@ export function CreateImage() {
             <input type="file" name="file" disabled={!!upload} onChange={onEvent((e: Event) => choose((e.target as HTMLInputElement).files?.[0] ?? null))} />
           </label>
         )}
-        {!fromUrl && stores && stores.length > 1 && (
+        {fromUrl && severalStores && (
+          <>
+            <StoreChoice legend={t('create.importStores')} choices={stores} chosen={importStores} onChange={setImportStores} />
+            {importStores.length > 1 && (
+              <label class="check"><input type="checkbox" name="allow_failure" checked={allowFailure} onChange={(e) => setAllowFailure((e.target as HTMLInputElement).checked)} />{t('create.allowFailure')}</label>
+            )}
+          </>
+        )}
+        {!fromUrl && severalStores && (
           <label>{t('create.store')}
             <select name="store" value={store} disabled={!!upload} onChange={(e) => setStore((e.target as HTMLSelectElement).value)}>
               {stores.map((s) => <option key={s.id} value={s.id}>{s.description ? `${s.id} — ${s.description}` : s.id}{s.default ? ` (${t('create.storeDefault')})` : ''}</option>)}

@@ -21,9 +21,10 @@ export function ImageDetail({ id }: { id: string }) {
 
   const load = () => getImage(id).then(setImage, (e) => setError(describeError(t, e)));
   useEffect(() => { setImage(null); setError(''); void load(); }, [id]);
-  // An image on its way to active (an upload being verified, an import) is followed until it settles.
+  // An image on its way to active (an upload being verified, an import) is followed until it
+  // settles, and so is an active one being copied into other stores (copy-image).
   useEffect(() => {
-    if (!image || !['saving', 'importing', 'uploading'].includes(image.status)) return;
+    if (!image || (!['saving', 'importing', 'uploading'].includes(image.status) && !image.os_glance_importing_to_stores)) return;
     const timer = setTimeout(load, 1000);
     return () => clearTimeout(timer);
   }, [image]);
@@ -110,7 +111,7 @@ export function ImageDetail({ id }: { id: string }) {
         </section>
       </div>
       <div class="grid">
-        <DataLocation image={image} />
+        <DataLocation image={image} onImportStarted={() => void load()} />
         <ImportTasks image={image} />
       </div>
       <Inside image={image} />

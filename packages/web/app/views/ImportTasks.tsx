@@ -1,6 +1,8 @@
 /**
  * Where an image's data lives (its `stores`, with each store's description from
- * /v2/info/stores) and its import tasks (GET /v2/images/{id}/tasks): status, method and
+ * /v2/info/stores), copying it into other stores (the copy-image import: offered to admins, as
+ * Glance's default policy allows copy_image to them only; a service that refuses still answers
+ * with its reason), and its import tasks (GET /v2/images/{id}/tasks): status, method and
  * source, and the task's message — the failure reason when it failed. Tasks are read again
  * whenever the image changes, and every second while one is pending or processing. (The
  * tasks API has no progress field: a running task's message says how much it has copied, as
@@ -8,20 +10,44 @@
  */
 import { Fragment } from 'preact';
 import { useEffect, useState } from 'preact/hooks';
-import { imageTasks, type Image, type ImageTask } from '../api.js';
-import { useApp } from '../context.js';
+import { importImage, imageTasks, isAdmin, type Image, type ImageTask } from '../api.js';
+import { notice, useApp } from '../context.js';
 import { describeError } from '../errors.js';
 import { formatDate, type MessageKey } from '../i18n.js';
-import { useStores } from './common.js';
+import { StoreChoice, onEvent, useImportMethods, useStores } from './common.js';
 
 const csv = (v: unknown) => (typeof v === 'string' ? v.split(',').map((s) => s.trim()).filter(Boolean) : []);
 
-export function DataLocation({ image }: { image: Image }) {
-  const { t } = useApp();
+export function DataLocation({ image, onImportStarted }: { image: Image; onImportStarted(): void }) {
+  const { t, session, notify } = useApp();
   const stores = useStores();
+  const methods = useImportMethods();
   const held = csv(image.stores);
   const failed = csv(image.os_glance_failed_import);
   const importing = csv(image.os_glance_importing_to_stores);
+  const elsewhere = stores?.filter((s) => !held.includes(s.id)) ?? [];
+  const [copyTo, setCopyTo] = useState<string[]>([]);
+  const [copyError, setCopyError] = useState('');
+  const [copying, setCopying] = useState(false);
+  const mayCopy = !!session && isAdmin(session) && image.status === 'active' && !importing.length
+    && !!methods?.includes('copy-image') && elsewhere.length > 0;
+
+  const copy = async (e: Event) => {
+    e.preventDefault();
+    if (!copyTo.length) { setCopyError(t('detail.copyNeedStore')); return; }
+    setCopyError('');
+    setCopying(true);
+    try {
+      await importImage(image.id, { method: { name: 'copy-image' }, stores: copyTo });
+      notify(notice('info', (tr) => tr('detail.copyStarted', { stores: copyTo.join(', ') })));
+      setCopyTo([]);
+      onImportStarted();
+    } catch (err) {
+      setCopyError(describeError(t, err));
+    } finally {
+      setCopying(false);
+    }
+  };
   return (
     <section class="card" aria-labelledby="stores-heading">
       <h2 id="stores-heading">{t('detail.stores')}</h2>
@@ -32,6 +58,13 @@ export function DataLocation({ image }: { image: Image }) {
       ) : <p>{t('detail.noStores')}</p>}
       {importing.length > 0 && <p data-testid="importing-to">{t('detail.importingTo', { stores: importing.join(', ') })}</p>}
       {failed.length > 0 && <p class="notice warn" data-testid="failed-import">{t('detail.failedImport', { stores: failed.join(', ') })}</p>}
+      {mayCopy && (
+        <form class="form" data-testid="copy-image" onSubmit={onEvent(copy)} noValidate aria-busy={copying}>
+          <StoreChoice legend={t('detail.copyTo')} choices={elsewhere} chosen={copyTo} onChange={(ids) => { setCopyTo(ids); setCopyError(''); }} disabled={copying} />
+          {copyError && <p class="notice error" role="alert">{copyError}</p>}
+          <div class="actions"><button type="submit" disabled={copying}>{t('detail.copy')}</button></div>
+        </form>
+      )}
     </section>
   );
 }

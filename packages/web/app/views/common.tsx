@@ -41,6 +41,29 @@ export const useStores = (): StoreInfo[] | null => useServiceFact(listStores);
 /** The import methods the service has enabled. */
 export const useImportMethods = (): string[] | null => useServiceFact(importMethods);
 
+/**
+ * Stores to import into, as check boxes (an import can go to several stores at once; an upload
+ * goes to one and uses a select instead). `choices` are the stores offered, `chosen` their ids.
+ */
+export function StoreChoice({ legend, choices, chosen, onChange, disabled }: {
+  legend: string; choices: StoreInfo[]; chosen: string[]; onChange(ids: string[]): void; disabled?: boolean;
+}) {
+  const { t } = useApp();
+  const toggle = (id: string, on: boolean) => onChange(choices.map((s) => s.id).filter((s) => (s === id ? on : chosen.includes(s))));
+  return (
+    <fieldset data-testid="store-choice">
+      <legend>{legend}</legend>
+      {choices.map((s) => (
+        <label class="check" key={s.id}>
+          <input type="checkbox" name="stores" value={s.id} checked={chosen.includes(s.id)} disabled={disabled}
+            onChange={(e) => toggle(s.id, (e.target as HTMLInputElement).checked)} />
+          {s.description ? `${s.id} — ${s.description}` : s.id}{s.default ? ` (${t('create.storeDefault')})` : ''}
+        </label>
+      ))}
+    </fieldset>
+  );
+}
+
 /** A modal confirmation (the native <dialog>: focus trapped, Escape cancels). */
 export function Confirm({ open, message, confirmLabel, onConfirm, onCancel, danger }: {
   open: boolean; message: ComponentChildren; confirmLabel: string; onConfirm(): void; onCancel(): void; danger?: boolean;
