@@ -4,7 +4,6 @@
  * SIGTERM removes the temporary file. Sources are opened read-only.
  */
 import { randomBytes } from 'node:crypto';
-import { setFlagsFromString } from 'node:v8';
 import { lstat, open, rename, stat, unlink } from 'node:fs/promises';
 import { constants, unlinkSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
@@ -16,6 +15,7 @@ import { hostio } from '@diskhub/hostio';
 import { getopt, UsageError } from './getopt.js';
 import { SECRET_LONG_OPTIONS, Secrets, openOptionsOf } from './secrets.js';
 import { CliError, checkCacheMode, errorMessage, openCliImage, out, warn, Progress } from './common.js';
+import { optimiseLess } from './optimise.js';
 import { cvtnum, parseSize, SUFFIX_HELP } from './output.js';
 import { parseOptionString, optionHelp, validateOptions } from './createopts.js';
 import { snapshotParam } from './measure.js';
@@ -26,19 +26,9 @@ const MAX_SPARSE = 16 << 20;
 /** qcow2 bitmap directory flag: the bitmap was in use when its writer stopped (inconsistent). */
 const BITMAP_IN_USE = 1;
 
-/**
- * How long V8 runs a function before its optimising compiler takes it (in "ticks" of executed
- * bytecode; V8's default is 3). A convert's JavaScript is per-chunk bookkeeping around system
- * calls and native zlib/crypto work: compiling it with TurboFan cost 0.15-0.2 s of CPU on
- * background threads for a 2 GiB image and saved less main-thread time than that, on a machine
- * whose cores are busy with the copy itself. Raising the threshold leaves that code to the
- * baseline compiler while loops that run millions of times are still optimised (BENCHMARKS.md:
- * qcow2→raw user time 0.44 → 0.30 s, wall time level with qemu-img).
- */
-const CONVERT_TICKS_BEFORE_OPTIMIZATION = 40;
 
 export async function convertCommand(argv: string[]): Promise<number> {
-  setFlagsFromString(`--ticks-before-optimization=${CONVERT_TICKS_BEFORE_OPTIMIZATION}`);
+  optimiseLess();
   const { options, positional } = getopt(argv, ':hf:O:B:CcF:o:l:s:S:pt:T:qnm:WUr:', [
     { name: 'help', hasArg: 0, val: 'h' },
     ...SECRET_LONG_OPTIONS,
