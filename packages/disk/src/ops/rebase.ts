@@ -49,11 +49,23 @@ async function readPadded(dev: BlockDevice | undefined, buf: Uint8Array, offset:
   buf.fill(0, inside);
 }
 
+/** Does sector [s, s + SECTOR) differ between the two 32-bit views? (Random data: at the first word.) */
+function sectorDiffers(a: Int32Array, b: Int32Array, s: number): boolean {
+  const from = s >> 2, to = from + (SECTOR >> 2);
+  for (let i = from; i < to; i++) if (a[i] !== b[i]) return true;
+  return false;
+}
+
 /** Runs [start, end) of sectors where `a` and `b` differ. */
 export function differingRuns(a: Uint8Array, b: Uint8Array): Array<[number, number]> {
   const runs: Array<[number, number]> = [];
   const A = Buffer.from(a.buffer, a.byteOffset, a.length);
   const B = Buffer.from(b.buffer, b.byteOffset, b.length);
+  // Sectors of a differing block are told apart in JavaScript over 32-bit words (one native
+  // call per sector cost 0.3 s for 1 GiB of data): where both views are 4-byte aligned.
+  const words = a.byteOffset % 4 === 0 && b.byteOffset % 4 === 0 && a.length % SECTOR === 0
+    ? [new Int32Array(a.buffer, a.byteOffset, a.length >> 2), new Int32Array(b.buffer, b.byteOffset, b.length >> 2)] as const
+    : undefined;
   let open = -1;
   for (let blk = 0; blk < a.length; blk += BLOCK) {
     const blkEnd = Math.min(a.length, blk + BLOCK);
@@ -63,7 +75,7 @@ export function differingRuns(a: Uint8Array, b: Uint8Array): Array<[number, numb
     }
     for (let s = blk; s < blkEnd; s += SECTOR) {
       const e = Math.min(blkEnd, s + SECTOR);
-      const differs = A.compare(B, s, e, s, e) !== 0;
+      const differs = words ? sectorDiffers(words[0], words[1], s) : A.compare(B, s, e, s, e) !== 0;
       if (differs && open < 0) open = s;
       else if (!differs && open >= 0) { runs.push([open, s]); open = -1; }
     }
