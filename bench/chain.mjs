@@ -5,7 +5,9 @@
 // bytes); top.qcow2 over it with 256 MiB of other random data (the second MiB of every 8 MiB);
 // data.raw, the base's content as raw. Every timed command gets fresh copies of the images it
 // changes, made before the clock starts; the tools alternate, the order rotating each round.
-// Prints best and median wall time of BENCH_RUNS (default 5) per tool and the median ratio.
+// Prints best and median wall time of BENCH_RUNS (default 5) per tool, median user and system
+// time, and the median ratio. BENCH_BASELINE=<other tree>/packages/cli/bin/diskhub.js adds that
+// build (say, the tree before a change) as a third tool in the same rounds.
 //   node bench/chain.mjs        (after npm run build; needs qemu-img, qemu-io, /usr/bin/time)
 import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, openSync, writeSync, closeSync, ftruncateSync, rmSync, copyFileSync } from 'node:fs';
@@ -18,6 +20,9 @@ const work = join(root, 'bench', 'work', 'chain');
 const RUNS = Number(process.env.BENCH_RUNS ?? 5);
 const MiB = 2 ** 20, GiB = 2 ** 30;
 const diskhub = [process.execPath, join(root, 'packages', 'cli', 'bin', 'diskhub.js'), 'img'];
+const baseline = process.env.BENCH_BASELINE ? [process.execPath, resolve(process.env.BENCH_BASELINE), 'img'] : undefined;
+const tools = { q: ['qemu-img'], d: diskhub, ...(baseline ? { b: baseline } : {}) };
+const labels = { q: 'qemu-img', d: 'diskhub', b: 'baseline' };
 mkdirSync(work, { recursive: true });
 const at = (f) => join(work, f);
 const env = { ...process.env };
@@ -42,10 +47,11 @@ if (!existsSync(at('base.qcow2'))) {
   for (let i = 0; i < 32; i++) rmSync(`${piece}.${i}`, { force: true });
 }
 
+/** Wall, user and system seconds of one run. */
 function timed(cmd, args) {
-  const r = spawnSync('/usr/bin/time', ['-f', '%e', cmd, ...args], { encoding: 'utf8', env, cwd: work });
+  const r = spawnSync('/usr/bin/time', ['-f', '%e %U %S', cmd, ...args], { encoding: 'utf8', env, cwd: work });
   if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')}: ${r.stderr}`);
-  return Number(r.stderr.trim().split('\n').pop());
+  return r.stderr.trim().split('\n').pop().split(' ').map(Number);
 }
 
 /** Fresh copies of the files a case changes, named per tool (q-*, d-*), chain links intact. */
@@ -72,12 +78,14 @@ const cases = [
 
 const filter = process.env.BENCH_CASES ? new RegExp(process.env.BENCH_CASES) : undefined;
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor((xs.length - 1) / 2)];
+const order = Object.keys(tools);
 for (const c of cases) {
   if (filter && !filter.test(c.name)) continue;
-  const times = { q: [], d: [] };
+  const times = Object.fromEntries(order.map((p) => [p, []]));
   for (let round = 0; round < RUNS; round++) {
-    for (const p of round % 2 ? ['d', 'q'] : ['q', 'd']) {
-      const tool = p === 'q' ? ['qemu-img'] : diskhub;
+    // The order rotates every round, so that no tool always runs right after another's.
+    for (const p of order.map((_, i) => order[(i + round) % order.length])) {
+      const tool = tools[p];
       const run = (args) => execFileSync(tool[0], [...tool.slice(1), ...args], { cwd: work, env, stdio: 'ignore' });
       fresh(p, c.files);
       c.prepare?.(p, run);
@@ -85,7 +93,8 @@ for (const c of cases) {
       times[p].push(timed(tool[0], [...tool.slice(1), ...c.args(p)]));
     }
   }
-  const [q, d] = [median(times.q), median(times.d)];
-  console.log(`${c.name}: qemu-img best ${Math.min(...times.q).toFixed(2)} s median ${q.toFixed(2)} s; diskhub best ${Math.min(...times.d).toFixed(2)} s median ${d.toFixed(2)} s; ratio ${(d / q).toFixed(2)}`);
+  const wall = (p) => median(times[p].map((t) => t[0]));
+  const parts = order.map((p) => `${labels[p]} best ${Math.min(...times[p].map((t) => t[0])).toFixed(2)} s median ${wall(p).toFixed(2)} s (user ${median(times[p].map((t) => t[1])).toFixed(2)}, sys ${median(times[p].map((t) => t[2])).toFixed(2)})`);
+  console.log(`${c.name}: ${parts.join('; ')}; ratio ${(wall('d') / wall('q')).toFixed(2)}${baseline ? `, baseline's ${(wall('b') / wall('q')).toFixed(2)}` : ''}`);
 }
-for (const p of ['q', 'd']) for (const f of ['top.qcow2', 'base.qcow2', 'out.qcow2']) rmSync(at(`${p}-${f}`), { force: true });
+for (const p of order) for (const f of ['top.qcow2', 'base.qcow2', 'out.qcow2']) rmSync(at(`${p}-${f}`), { force: true });

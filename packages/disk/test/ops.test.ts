@@ -4,7 +4,8 @@
  */
 import test from 'node:test';
 import assert from 'node:assert/strict';
-import { convertImage, compareImages, mapImage, ConcatDevice, isDiskError, type BlockDevice, type Extent } from '@diskhub/disk';
+import { convertImage, compareImages, differingRuns, mapImage, ConcatDevice, isDiskError, type BlockDevice, type Extent } from '@diskhub/disk';
+import { randomBytes } from 'node:crypto';
 
 type State = 'data' | 'zero' | 'unalloc';
 const CL = 64 * 1024;
@@ -263,4 +264,26 @@ test('settled: a failure is thrown only after every pending piece of work has se
   assert.deepEqual(log, ['b', 'a', 'c']);
   await settled([later(1, 'only')]);
   await settled([]);
+});
+
+test('rebase\'s differingRuns: the runs of differing 512-byte sectors, whether a sector differs in its first byte, its last or not at all, aligned or not', () => {
+  const size = 300 * 1024; // several 64 KiB blocks and a partial one
+  const a = new Uint8Array(randomBytes(size));
+  const b = a.slice();
+  const touched = [0, 1, 2, 130, 131, 300, 301, 302, 303, 599];
+  for (const [k, sector] of touched.entries()) b[sector * 512 + (k % 2 ? 511 : 0)]! ^= 0x80; // first or last byte
+  b[128 * 512 + 260] ^= 1; // a byte in the middle of sector 128, alone in its 64 KiB block
+  const expected: Array<[number, number]> = [];
+  for (let s = 0; s < size / 512; s++) {
+    let differs = false;
+    for (let i = s * 512; i < (s + 1) * 512; i++) if (a[i] !== b[i]) { differs = true; break; }
+    const last = expected[expected.length - 1];
+    if (differs && last && last[1] === s * 512) last[1] += 512;
+    else if (differs) expected.push([s * 512, (s + 1) * 512]);
+  }
+  assert.deepEqual(differingRuns(a, b), expected);
+  // Views that start one byte into their buffers (not 4-byte aligned): the same runs.
+  const shift = (x: Uint8Array) => { const c = new Uint8Array(x.length + 1); c.set(x, 1); return c.subarray(1); };
+  assert.deepEqual(differingRuns(shift(a), shift(b)), expected);
+  assert.deepEqual(differingRuns(a, a.slice()), []);
 });

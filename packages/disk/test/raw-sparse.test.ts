@@ -4,7 +4,8 @@
  */
 import test from 'node:test';
 import assert from 'node:assert/strict';
-import { open, stat } from 'node:fs/promises';
+import { open, readFile, stat, writeFile } from 'node:fs/promises';
+import { release } from 'node:os';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { deflateRawSync } from 'node:zlib';
@@ -236,4 +237,46 @@ test('raw: reserveWrites — large writes land whole, the size is the writes\' o
   } finally {
     await sink.close();
   }
+});
+
+test('hostio: exchange swaps two names at once; a missing name is ENOENT and nothing moves', addon(), async (t) => {
+  if (!hostio) return;
+  assert.ok(hostio.exchange, 'the addon has exchange');
+  const dir = await tempDir(t);
+  const a = join(dir, 'a'), b = join(dir, 'b');
+  await writeFile(a, 'first');
+  await writeFile(b, 'second');
+  const inoA = (await stat(a)).ino;
+  hostio.exchange(a, b);
+  assert.equal(await readFile(a, 'utf8'), 'second');
+  assert.equal(await readFile(b, 'utf8'), 'first');
+  assert.equal((await stat(b)).ino, inoA, 'the same file, under the other name');
+  assert.throws(() => hostio!.exchange!(a, join(dir, 'missing')), (e: NodeJS.ErrnoException) => e.code === 'ENOENT');
+  assert.equal(await readFile(a, 'utf8'), 'second');
+});
+
+test('hostio: dropCleanCache frees a clean file\'s cached pages and keeps its content; a dirty file is left alone (fincore counts them)', addon(), async (t) => {
+  if (!hostio) return;
+  assert.ok(hostio.dropCleanCache, 'the addon has dropCleanCache');
+  const [major, minor] = release().split('.').map(Number) as [number, number];
+  if (major < 6 || (major === 6 && minor < 5)) { t.skip('cachestat needs Linux 6.5'); return; }
+  const dir = await tempDir(t);
+  const resident = (p: string) => Number(spawnSync('fincore', ['-b', '-n', '-o', 'RES', p], { encoding: 'utf8' }).stdout.trim());
+  const clean = join(dir, 'clean'), dirty = join(dir, 'dirty');
+  const content = new Uint8Array(4 * MiB).map((_, i) => i * 7);
+  await writeFile(clean, content);
+  assert.equal(spawnSync('sync', [clean]).status, 0);
+  await readFile(clean);
+  assert.ok(resident(clean) > 0, 'cached after reading');
+  const fh = await open(clean, 'r');
+  await hostio.dropCleanCache(fh.fd);
+  await fh.close();
+  assert.equal(resident(clean), 0, 'the clean pages are gone');
+  assert.deepEqual(new Uint8Array(await readFile(clean)), content);
+  await writeFile(dirty, content); // (not synced: dirty in the page cache)
+  const fd = await open(dirty, 'r');
+  await hostio.dropCleanCache(fd.fd);
+  await fd.close();
+  assert.equal(resident(dirty), 4 * MiB, 'a file with dirty pages keeps them all');
+  await assert.rejects(hostio.dropCleanCache(999999), (e: NodeJS.ErrnoException) => e.code === 'EBADF');
 });

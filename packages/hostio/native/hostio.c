@@ -18,7 +18,7 @@
  *                                   (LUKS payloads; see below);
  *   digestOpen / digestUpdate /   - md5 / sha512 of a stream, each update on a libuv worker
  *   digestFinal                     thread (upload checksums; see below).
- * All calls but reserve, copyRange, the writer, inflateRaw, xtsSectors and digestUpdate are synchronous: they touch metadata only and return in microseconds
+ * All calls but reserve, copyRange, dropCleanCache, the writer, inflateRaw, xtsSectors and digestUpdate are synchronous: they touch metadata only and return in microseconds
  * on local filesystems. Offsets travel as JavaScript numbers (exact up to 2^53).
  * Errors are thrown as Error objects whose `code` is the errno name (ENXIO, EOPNOTSUPP, ...).
  */
@@ -34,6 +34,7 @@
 #include <pthread.h>
 #include <dlfcn.h>
 #include <sys/uio.h>
+#include <sys/syscall.h>
 #include <linux/falloc.h>
 #include <node_api.h>
 #include <zlib.h> /* Node.js's own zlib: its headers ship with Node and the node binary exports it */
@@ -53,6 +54,12 @@ static const char *errno_name(int e) {
     case EROFS: return "EROFS";
     case EXDEV: return "EXDEV";
     case ENOSYS: return "ENOSYS";
+    case ENOENT: return "ENOENT";
+    case ENOTDIR: return "ENOTDIR";
+    case EISDIR: return "EISDIR";
+    case EACCES: return "EACCES";
+    case EBUSY: return "EBUSY";
+    case ENAMETOOLONG: return "ENAMETOOLONG";
     default: return "EIO";
   }
 }
@@ -1070,6 +1077,102 @@ static napi_value try_lock(napi_env env, napi_callback_info info) {
   return result;
 }
 
+/*
+ * dropCleanCache(fd) -> Promise: on a libuv worker thread, when cachestat(2) (Linux 6.5)
+ * reports no dirty page and no page under writeback in the file, posix_fadvise(DONTNEED) frees
+ * its cached pages; otherwise (dirty pages, or no cachestat) nothing is done. The file's content
+ * is untouched. For a file that is about to be replaced (convert onto an existing destination):
+ * qemu-img truncates it first, which frees those pages before it writes; keeping the file
+ * intact but dropping its pages gives the writes the same freshly freed memory (BENCHMARKS.md,
+ * "Convert onto an existing destination: the old image's cached pages"). Dirty pages are left
+ * alone because DONTNEED would first start writing back a file that is about to be deleted.
+ * Asynchronous because freeing a large file's pages takes a fraction of a second.
+ */
+#ifndef __NR_cachestat
+#define __NR_cachestat 451 /* the same number on every architecture (the unified syscall table) */
+#endif
+struct hostio_cachestat_range { uint64_t off, len; };
+struct hostio_cachestat { uint64_t nr_cache, nr_dirty, nr_writeback, nr_evicted, nr_recently_evicted; };
+
+typedef struct {
+  errno_job head;
+  int fd;
+} drop_cache_job;
+
+static void drop_cache_execute(napi_env env, void *data) {
+  (void)env;
+  drop_cache_job *job = data;
+  struct hostio_cachestat_range range = {0, 0}; /* len 0: to the end of the file */
+  struct hostio_cachestat cs;
+  job->head.err = 0;
+  if (syscall(__NR_cachestat, job->fd, &range, &cs, 0) != 0) {
+    if (errno == EBADF) job->head.err = EBADF; /* ENOSYS and the like: the kernel cannot tell */
+    return;
+  }
+  if (cs.nr_dirty == 0 && cs.nr_writeback == 0 && cs.nr_cache > 0) {
+    job->head.what = "posix_fadvise(DONTNEED)";
+    job->head.err = posix_fadvise(job->fd, 0, 0, POSIX_FADV_DONTNEED);
+  }
+}
+
+static napi_value drop_clean_cache(napi_env env, napi_callback_info info) {
+  int fd;
+  double nums[1];
+  if (!get_args(env, info, 1, &fd, nums)) return NULL;
+  drop_cache_job *job = calloc(1, sizeof *job);
+  if (!job) return throw_oom(env);
+  job->head.what = "cachestat";
+  job->fd = fd;
+  napi_value promise, name;
+  napi_create_promise(env, &job->head.deferred, &promise);
+  napi_create_string_utf8(env, "hostio.dropCleanCache", NAPI_AUTO_LENGTH, &name);
+  if (napi_create_async_work(env, NULL, name, drop_cache_execute, errno_job_complete, job, &job->head.work) != napi_ok ||
+      napi_queue_async_work(env, job->head.work) != napi_ok) {
+    napi_reject_deferred(env, job->head.deferred, errno_error(env, "hostio.dropCleanCache", EIO));
+    if (job->head.work) napi_delete_async_work(env, job->head.work);
+    free(job);
+  }
+  return promise;
+}
+
+/*
+ * exchange(pathA, pathB): renameat2(RENAME_EXCHANGE), both names swapped at once. convert puts a
+ * finished image in place of an existing one this way: the name never shows a partial image nor
+ * none, and unlike a rename over an existing file, ext4 does not flush the new file first (its
+ * auto_da_alloc heuristic applies to ext4_rename, not to the exchange). Throws with the errno
+ * `code` (EINVAL or EOPNOTSUPP where the filesystem cannot exchange, ENOSYS before Linux 3.15).
+ */
+static int path_arg(napi_env env, napi_value v, char *buf, size_t size) {
+  size_t len;
+  if (napi_get_value_string_utf8(env, v, buf, size, &len) != napi_ok) {
+    napi_throw_type_error(env, NULL, "hostio: a path must be a string");
+    return 0;
+  }
+  if (len + 1 >= size) {
+    napi_throw(env, errno_error(env, "renameat2", ENAMETOOLONG));
+    return 0;
+  }
+  return 1;
+}
+
+static napi_value exchange(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  size_t argc = 2;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 2) {
+    napi_throw_type_error(env, NULL, "hostio: wrong number of arguments");
+    return NULL;
+  }
+  char *a = malloc(PATH_MAX + 1), *b = malloc(PATH_MAX + 1);
+  napi_value result = NULL;
+  if (!a || !b) result = throw_oom(env);
+  else if (path_arg(env, argv[0], a, PATH_MAX + 1) && path_arg(env, argv[1], b, PATH_MAX + 1)) {
+    if (syscall(SYS_renameat2, AT_FDCWD, a, AT_FDCWD, b, 1 << 1 /* RENAME_EXCHANGE */) != 0) throw_errno(env, "renameat2(RENAME_EXCHANGE)");
+  }
+  free(a);
+  free(b);
+  return result;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   /* Plain writable properties, like a JavaScript module's exports (tests switch a call off). */
   napi_property_descriptor props[] = {
@@ -1084,6 +1187,8 @@ static napi_value init(napi_env env, napi_value exports) {
     {"writerWrite", NULL, writer_write, NULL, NULL, NULL, napi_default_jsproperty, NULL},
     {"closeWriter", NULL, close_writer, NULL, NULL, NULL, napi_default_jsproperty, NULL},
     {"tryLock", NULL, try_lock, NULL, NULL, NULL, napi_default_jsproperty, NULL},
+    {"exchange", NULL, exchange, NULL, NULL, NULL, napi_default_jsproperty, NULL},
+    {"dropCleanCache", NULL, drop_clean_cache, NULL, NULL, NULL, napi_default_jsproperty, NULL},
     {"inflateRaw", NULL, inflate_raw, NULL, NULL, NULL, napi_default_jsproperty, NULL},
     {"xtsSectors", NULL, xts_sectors, NULL, NULL, NULL, napi_default_jsproperty, NULL},
   };

@@ -36,6 +36,19 @@ export interface HostIo {
    * when the fd closes. Optional, as reserve is.
    */
   tryLock?(fd: number): boolean;
+  /**
+   * On a libuv I/O thread, free the file's cached pages (posix_fadvise DONTNEED) when cachestat
+   * (Linux 6.5) says none is dirty or under writeback; otherwise (or without cachestat) do
+   * nothing. The content is untouched. Rejects with an errno `code` (EBADF). Optional, as
+   * reserve is.
+   */
+  dropCleanCache?(fd: number): Promise<void>;
+  /**
+   * renameat2(RENAME_EXCHANGE): the two names swap their files at once. Throws with an errno
+   * `code` (EINVAL / EOPNOTSUPP where the filesystem cannot, ENOSYS on old kernels, ENOENT).
+   * Optional, as reserve is.
+   */
+  exchange?(pathA: string, pathB: string): void;
   /** Where the view's first byte lies within its memory page (address modulo 4096). */
   pageOffset(view: Uint8Array): number;
   /**

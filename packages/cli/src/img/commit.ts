@@ -8,11 +8,13 @@ import { closeChain, commitImage, openImage, resolveBackingPath, chainOf, isDisk
 import { getopt, UsageError } from './getopt.js';
 import { SECRET_LONG_OPTIONS, Secrets, openOptionsOf } from './secrets.js';
 import { CliError, checkCacheMode, errorMessage, openCliImage, out, Progress } from './common.js';
+import { optimiseLess } from './optimise.js';
 import { cvtnum } from './output.js';
 import { depthInChain } from './rebase.js';
 import { printHelp } from './help.js';
 
 export async function commitCommand(argv: string[]): Promise<number> {
+  optimiseLess();
   const { options, positional } = getopt(argv, ':f:ht:b:dpqr:', [
     { name: 'help', hasArg: 0, val: 'h' },
     ...SECRET_LONG_OPTIONS,

@@ -4,17 +4,18 @@
  * SIGTERM removes the temporary file. Sources are opened read-only.
  */
 import { randomBytes } from 'node:crypto';
-import { setFlagsFromString } from 'node:v8';
-import { rename, stat, unlink } from 'node:fs/promises';
-import { unlinkSync } from 'node:fs';
+import { lstat, open, rename, stat, unlink } from 'node:fs/promises';
+import { constants, unlinkSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import {
   chainOf, closeChain, convertImage, createImage, getFormat, openImage, ConcatDevice, DEFAULT_SPARSE_SIZE, MAX_PARALLEL,
   isDiskError, type BlockDevice, type FormatDriver, type Image, type PersistentBitmap,
 } from '@diskhub/disk';
+import { hostio } from '@diskhub/hostio';
 import { getopt, UsageError } from './getopt.js';
 import { SECRET_LONG_OPTIONS, Secrets, openOptionsOf } from './secrets.js';
 import { CliError, checkCacheMode, errorMessage, openCliImage, out, warn, Progress } from './common.js';
+import { optimiseLess } from './optimise.js';
 import { cvtnum, parseSize, SUFFIX_HELP } from './output.js';
 import { parseOptionString, optionHelp, validateOptions } from './createopts.js';
 import { snapshotParam } from './measure.js';
@@ -25,19 +26,9 @@ const MAX_SPARSE = 16 << 20;
 /** qcow2 bitmap directory flag: the bitmap was in use when its writer stopped (inconsistent). */
 const BITMAP_IN_USE = 1;
 
-/**
- * How long V8 runs a function before its optimising compiler takes it (in "ticks" of executed
- * bytecode; V8's default is 3). A convert's JavaScript is per-chunk bookkeeping around system
- * calls and native zlib/crypto work: compiling it with TurboFan cost 0.15-0.2 s of CPU on
- * background threads for a 2 GiB image and saved less main-thread time than that, on a machine
- * whose cores are busy with the copy itself. Raising the threshold leaves that code to the
- * baseline compiler while loops that run millions of times are still optimised (BENCHMARKS.md:
- * qcow2→raw user time 0.44 → 0.30 s, wall time level with qemu-img).
- */
-const CONVERT_TICKS_BEFORE_OPTIMIZATION = 40;
 
 export async function convertCommand(argv: string[]): Promise<number> {
-  setFlagsFromString(`--ticks-before-optimization=${CONVERT_TICKS_BEFORE_OPTIMIZATION}`);
+  optimiseLess();
   const { options, positional } = getopt(argv, ':hf:O:B:CcF:o:l:s:S:pt:T:qnm:WUr:', [
     { name: 'help', hasArg: 0, val: 'h' },
     ...SECRET_LONG_OPTIONS,
@@ -146,6 +137,7 @@ export async function convertCommand(argv: string[]): Promise<number> {
   const sources: Image[] = [];
   let dst: Image | undefined;
   let tempPath: string | undefined;
+  let droppingOldCache: Promise<void> | undefined;
   const controller = new AbortController();
   // While preparing (opening, creating: driver work we cannot interrupt), a signal ends the
   // process at once after removing the temporary file; while copying, it aborts the copy,
@@ -206,6 +198,8 @@ export async function convertCommand(argv: string[]): Promise<number> {
       dst = await openCliImage(arg.path, { format: outFormat, ...openOptionsOf(arg), writable: true, noFlush: cacheMode === 'unsafe', reserveWrites: true, serialWrites: true, ...(targetSecret ? { secret: targetSecret } : {}) }, arg.display);
     } else {
       tempPath = join(dirname(target), `.${basename(target)}.${process.pid}-${randomBytes(4).toString('hex')}.diskhub-tmp`);
+      // Alongside creating the new image and the copy's first writes.
+      droppingOldCache = dropOldCache(target);
       try {
         await createImage(tempPath, driver, { size: src.size, options: formatOptions, backingFile, backingFormat, ...(targetSecret ? { secret: targetSecret } : {}) }, { exclusive: true });
       } catch (e) {
@@ -239,6 +233,7 @@ export async function convertCommand(argv: string[]): Promise<number> {
     }
     bar.finish();
     phase = 'finishing';
+    await droppingOldCache;
     await closeChain(dst);
     dst = undefined;
     if (tempPath) {
@@ -253,6 +248,7 @@ export async function convertCommand(argv: string[]): Promise<number> {
     const message = errorMessage(e);
     throw new CliError(message.startsWith('error while') ? message : `error while converting ${driver.name}: ${message}`);
   } finally {
+    await droppingOldCache;
     await closeChain(dst).catch(() => undefined);
     for (const s of sources) await closeChain(s).catch(() => undefined);
     if (tempPath) await unlink(tempPath).catch(() => undefined);
@@ -264,14 +260,27 @@ export async function convertCommand(argv: string[]): Promise<number> {
 }
 
 /**
- * Put the finished image at `target`. When `target` exists, it is first moved aside and removed
- * only after the new image has its name: ext4 (auto_da_alloc) flushes a file that is renamed
- * over another one — seconds for a large image, and the reason a second convert onto the same
- * destination took 2.5–4× qemu-img's time — but not one renamed to a free name. The name never
- * shows a half-written image; for a moment it shows none. Should the second rename fail, the
- * old image gets its name back.
+ * Put the finished image at `target`. When `target` exists, the two names are exchanged at once
+ * (renameat2 RENAME_EXCHANGE) and the old image, now under the temporary name, is removed: the
+ * name shows the old image or the new one, never a partial one nor none. A plain rename over
+ * the old file would make ext4 (auto_da_alloc) flush the new image first — seconds for a large
+ * one, and the reason a second convert onto the same destination took 2.5–4× qemu-img's time.
+ * Where the filesystem cannot exchange names, the old image is moved aside, the new one renamed
+ * to the free name and the old one removed (for a moment the name shows none; should the second
+ * rename fail, the old image gets its name back).
  */
 async function moveIntoPlace(temp: string, target: string): Promise<void> {
+  if (hostio?.exchange && (await lstat(target).then((st) => !st.isDirectory(), () => false))) {
+    try {
+      hostio.exchange(temp, target);
+      await unlink(temp).catch(() => undefined);
+      return;
+    } catch (e) {
+      // Gone meanwhile: a plain rename below. Not exchangeable here: the two renames below.
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code !== 'ENOENT' && code !== 'EINVAL' && code !== 'EOPNOTSUPP' && code !== 'ENOSYS') throw e;
+    }
+  }
   const aside = `${temp}.old`;
   const moved = await rename(target, aside).then(() => true, (e: NodeJS.ErrnoException) => {
     if (e.code === 'ENOENT') return false;
@@ -284,6 +293,27 @@ async function moveIntoPlace(temp: string, target: string): Promise<void> {
     throw e;
   }
   if (moved) await unlink(aside).catch(() => undefined);
+}
+
+/**
+ * The image about to be replaced keeps its content (it is the one left if the convert fails) but
+ * not its cached pages: qemu-img truncates the old file before writing, which frees them, and
+ * the writes then fill freshly freed memory; without this, a second convert onto the same
+ * destination wrote into memory the kernel had to find elsewhere (on this machine's VM, memory
+ * handed back to the host: 1 GiB of writes took 1.0 s more system time; BENCHMARKS.md).
+ * Skipped when some of those pages are dirty (dropping them would first write back a file that
+ * is about to be deleted) and wherever the kernel or addon cannot tell.
+ */
+async function dropOldCache(target: string): Promise<void> {
+  if (!hostio?.dropCleanCache) return;
+  // (O_NONBLOCK: opening a FIFO that stands at the destination must not wait for a writer.)
+  const fh = await open(target, constants.O_RDONLY | constants.O_NONBLOCK).catch(() => undefined);
+  if (!fh) return;
+  try {
+    if ((await fh.stat()).isFile()) await hostio.dropCleanCache(fh.fd);
+  } catch { /* only a hint */ } finally {
+    await fh.close().catch(() => undefined);
+  }
 }
 
 /** A destination that is a directory fails before any work, as qemu-img's create does. */

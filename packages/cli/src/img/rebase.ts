@@ -12,9 +12,11 @@ import {
 import { getopt, UsageError } from './getopt.js';
 import { SECRET_LONG_OPTIONS, Secrets, openOptionsOf } from './secrets.js';
 import { CliError, checkCacheMode, errorMessage, openCliImage, Progress } from './common.js';
+import { optimiseLess } from './optimise.js';
 import { printHelp } from './help.js';
 
 export async function rebaseCommand(argv: string[]): Promise<number> {
+  optimiseLess();
   const { options, positional } = getopt(argv, ':hf:F:b:upt:T:qU', [
     { name: 'help', hasArg: 0, val: 'h' },
     ...SECRET_LONG_OPTIONS,
