@@ -249,7 +249,7 @@ for (const [dialect, provision] of Object.entries(provisioners)) {
     assert.equal((await a.list({ projectId: 'other', isAdmin: false }, { sortKey: 'created_at', sortDir: 'desc', limit: 50 })).length, 0);
   });
 
-  test(`database ${dialect}: a task tied to a stage host is claimed by that node only; by another once its holder's lease ran out, not once given back`, async (t) => {
+  test(`database ${dialect}: a task tied to a stage host is claimed by that node only while its heartbeat runs; by another once it ran out (never claimed, given back, or mid-run)`, async (t) => {
     const nodes = await twoNodes(t, dialect, provision);
     if (!nodes) return;
     const { a, b } = nodes;
@@ -259,32 +259,42 @@ for (const [dialect, provision] of Object.entries(provisioners)) {
       assert.equal(await a.create({ id, type: 'api_image_import', owner: 'p', image_id: null, request_id: null, user_id: null, input: {}, stage_host: stageHost }), true);
       return id;
     };
+    const lease = 60_000;
+    const t0 = Date.now();
+    assert.equal(await a.beat(hostA, 'node-a', t0, t0 + lease), false, 'a first beat');
+    assert.equal(await b.beat(hostB, 'node-b', t0, t0 + lease), false);
+    assert.deepEqual((await b.aliveStageHosts(t0)).sort(), [hostA, hostB]);
     const tied = await make(hostA);
     const free = await make(null);
-    const now = Date.now();
-    const lease = 60_000;
-    // b (and a node with no self URL) take the free task, never a's.
-    assert.equal((await b.claim('node-b', now, now + lease, () => 'k', hostB))?.id, free);
-    assert.equal(await b.claim('node-b', now, now + lease, () => 'k', hostB), undefined);
-    assert.equal(await b.claim('node-c', now, now + lease, () => 'k'), undefined);
-    const mine = await a.claim('node-a', now, now + lease, () => 'k', hostA);
+    // b (and a node with no self URL) take the free task, never a's while a beats.
+    assert.equal((await b.claim('node-b', t0, t0 + lease, () => 'k', hostB))?.id, free);
+    assert.equal(await b.claim('node-b', t0, t0 + lease, () => 'k', hostB), undefined);
+    assert.equal(await b.claim('node-c', t0, t0 + lease, () => 'k'), undefined);
+    const mine = await a.claim('node-a', t0, t0 + lease, () => 'k', hostA);
     assert.equal(mine?.id, tied);
     assert.equal(mine.stage_host, hostA);
-    // a stops holding it without giving it back (killed): once the lease ran out, b claims it (to fail it).
-    // (b's own task ends first: with both leases run out, which of the two comes first is the database's choice)
-    const later = now + 2 * lease;
-    const end = { status: 'failure' as const, result: null, message: '', expiresAt: new Date(later + 1e9).toISOString() };
+    const end = { status: 'failure' as const, result: null, message: '', expiresAt: new Date(t0 + 1e9).toISOString() };
     assert.equal(await b.finish(free, 'node-b', end), true);
-    const taken = await b.claim('node-b', later, later + lease, () => 'k', hostB);
-    assert.equal(taken?.id, tied);
-    assert.equal(taken.attempts, 2);
-    assert.equal(await b.finish(tied, 'node-b', end), true);
-    // Given back by its stage host (a stop, a restart): it waits for that node.
+    // a's lease on the task runs out while a still beats: the task is still a's alone.
+    const t1 = t0 + lease / 2;
+    assert.equal(await a.beat(hostA, 'node-a', t1, t1 + lease), false);
+    const t2 = t0 + lease + 1000;
+    assert.equal(await b.claim('node-b', t2, t2 + lease, () => 'k', hostB), undefined);
+    assert.equal((await a.claim('node-a', t2, t2 + lease, () => 'k', hostA))?.id, tied);
+    // Given back (a stop), and one a never claimed: both wait for a while it beats.
+    await a.release(tied, 'node-a');
     const waiting = await make(hostA);
-    assert.equal((await a.claim('node-a', later, later + lease, () => 'k', hostA))?.id, waiting);
-    await a.release(waiting, 'node-a');
-    const after = later + 3 * lease;
-    assert.equal(await b.claim('node-b', after, after + lease, () => 'k', hostB), undefined);
-    assert.equal((await a.claim('node-a', after, after + lease, () => 'k', hostA))?.id, waiting);
+    assert.equal(await b.claim('node-b', t2, t2 + lease, () => 'k', hostB), undefined);
+    assert.equal(await b.claim('node-c', t2, t2 + lease, () => 'k'), undefined);
+    // a dies: once its heartbeat ran out, any other node claims both (to fail them).
+    const t3 = t1 + lease + 1;
+    assert.deepEqual(await b.aliveStageHosts(t3), []);
+    const taken = [await b.claim('node-b', t3, t3 + lease, () => 'k', hostB), await b.claim('node-c', t3, t3 + lease, () => 'k')];
+    assert.deepEqual(taken.map((x) => x?.id).sort(), [tied, waiting].sort());
+    assert.equal(taken.find((x) => x?.id === tied)!.attempts, 3);
+    assert.equal(taken.find((x) => x?.id === waiting)!.attempts, 1);
+    // a comes back: its beat says its heartbeat had run out meanwhile.
+    assert.equal(await a.beat(hostA, 'node-a', t3, t3 + lease), true);
+    assert.deepEqual(await b.aliveStageHosts(t3), [hostA]);
   });
 }

@@ -403,5 +403,16 @@ export class ImageDataService {
         await this.repo.dropUploads(id);
       }
     }
+    // Staged data no import will read: its image was deleted, or its import failed meanwhile
+    // (another node fails the imports of a stage host that was down) — the image is neither
+    // staged (uploading) nor importing any more.
+    for (const id of staged) {
+      // (only an image's staged data: image_conversion's work files are the import recovery's)
+      if (!/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/.test(id)) continue;
+      const img = await this.repo.load(id);
+      if (img && (img.status === 'uploading' || img.status === 'importing')) continue;
+      await rm(join(this.opts.stagingDir, id), { force: true });
+      this.log.info('removed staged data no import will read', { image: id, status: img?.status ?? 'gone' });
+    }
   }
 }

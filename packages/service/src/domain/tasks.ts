@@ -100,6 +100,7 @@ export class TaskService {
   private readonly abandoned = new Map<string, number>();
   private dropping: Promise<void> | null = null;
   private timer: NodeJS.Timeout | undefined;
+  private heartbeat: NodeJS.Timeout | undefined;
   private polling: Promise<void> | null = null;
   private again = false;
   private stopped = true;
@@ -192,12 +193,34 @@ export class TaskService {
     if (released.length) this.log.info('released tasks of an earlier run of this node', { tasks: released });
   }
 
-  /** Start claiming tasks (after recovery: a claim writes an upload row recovery would take for a dead one). */
-  start(): void {
+  /**
+   * Start claiming tasks (after recovery: a claim writes an upload row recovery would take for a
+   * dead one; and once this node's worker_self_reference_url is known: its first heartbeat is
+   * written before it claims, so that it takes its own staged imports back rather than taking
+   * them for a dead node's).
+   */
+  async start(): Promise<void> {
+    await this.beat();
     this.stopped = false;
     this.timer = setInterval(() => { this.kick(); this.dropAbandoned(); }, this.opts.pollMs);
     this.timer.unref();
+    this.heartbeat = setInterval(() => { this.beat().catch((e) => this.log.warn('stage host heartbeat failed', { error: (e as Error).message })); }, Math.max(50, Math.floor(this.opts.leaseMs / 3)));
+    this.heartbeat.unref();
     this.kick();
+  }
+
+  /**
+   * The stage host's heartbeat (a node with a worker_self_reference_url): while it beats, the
+   * imports of data staged here are this node's alone; once it has not beaten for a lease,
+   * other nodes take them to fail them (repo/tasks.ts claimableHere).
+   */
+  private async beat(): Promise<void> {
+    const url = this.opts.stageHost?.();
+    if (!url) return;
+    const nowMs = Date.now();
+    if (await this.repo.beat(url, this.opts.node, nowMs, nowMs + this.opts.leaseMs)) {
+      this.log.warn('this stage host\'s heartbeat had run out: other nodes may have failed the imports of data staged here', { worker_self_reference_url: url });
+    }
   }
 
   /** Look for runnable tasks now (a task was created, or one finished and a slot is free). */
@@ -304,6 +327,8 @@ export class TaskService {
   async stop(graceMs: number): Promise<void> {
     this.stopped = true;
     clearInterval(this.timer);
+    // (the heartbeat stops too: a node that does not come back within a lease has its staged imports failed by the others)
+    clearInterval(this.heartbeat);
     await this.polling;
     await this.dropping;
     const all = () => Promise.allSettled([...this.running.values()].map((r) => r.done));

@@ -418,9 +418,9 @@ export class ImportService implements TaskRunner {
       if (method === 'glance-direct') {
         const path = join(this.opts.stagingDir, imageId);
         length = await stat(path).then((s) => s.size, () => {
-          // A task tied to its stage host reaches another node only when that node stopped holding it mid-run.
+          // A task tied to its stage host reaches another node only when that node is not running (its heartbeat ran out).
           throw badRequest(task.stage_host && task.stage_host !== this.opts.stageHost?.()
-            ? `The staged data of image ${imageId} is on its stage host ${task.stage_host}, which stopped running this import (its lease ran out); stage the data again and import it.`
+            ? `The staged data of image ${imageId} is on its stage host ${task.stage_host}, which is not running (its heartbeat ran out before it finished this import); stage the data again and import it.`
             : `The staged data of image ${imageId} is not on this node (${path}).`);
         });
         source = createReadStream(path, { highWaterMark: 1 << 20 });
