@@ -282,7 +282,7 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
     // glance-download: the catalog the user's token sees (the external Keystone's, or the built-in one's)
     imageEndpoint: async (token, region, iface) => findImageEndpoint(external ? await external.catalog(token) : identity.catalog(selfUrl), region, iface),
   }, log);
-  const tasks = new TaskService(taskRepo, policy, { [IMPORT_TASK]: imports }, taskOptions(cfg, node, { dropTempData: (keys) => data.dropTempData(keys), stageHost }), log);
+  const tasks = new TaskService(taskRepo, policy, { [IMPORT_TASK]: imports }, taskOptions(cfg, node, { dropTempData: (keys) => data.dropTempData(keys), stageHost, reapDeadUploads: () => data.reapDeadUploads() }), log);
   imports.attach(tasks);
   // (tasks first: it gives back the tasks this node held, whose upload rows recovery must not
   // revert; claiming starts after recovery, which would take a new claim's row for a dead one)

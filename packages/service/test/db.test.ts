@@ -261,8 +261,8 @@ for (const [dialect, provision] of Object.entries(provisioners)) {
     };
     const lease = 60_000;
     const t0 = Date.now();
-    assert.equal(await a.beat(hostA, 'node-a', t0, t0 + lease), false, 'a first beat');
-    assert.equal(await b.beat(hostB, 'node-b', t0, t0 + lease), false);
+    assert.equal(await a.beat('node-a', hostA, t0, t0 + lease), false, 'a first beat');
+    assert.equal(await b.beat('node-b', hostB, t0, t0 + lease), false);
     assert.deepEqual((await b.aliveStageHosts(t0)).sort(), [hostA, hostB]);
     const tied = await make(hostA);
     const free = await make(null);
@@ -277,7 +277,7 @@ for (const [dialect, provision] of Object.entries(provisioners)) {
     assert.equal(await b.finish(free, 'node-b', end), true);
     // a's lease on the task runs out while a still beats: the task is still a's alone.
     const t1 = t0 + lease / 2;
-    assert.equal(await a.beat(hostA, 'node-a', t1, t1 + lease), false);
+    assert.equal(await a.beat('node-a', hostA, t1, t1 + lease), false);
     const t2 = t0 + lease + 1000;
     assert.equal(await b.claim('node-b', t2, t2 + lease, () => 'k', hostB), undefined);
     assert.equal((await a.claim('node-a', t2, t2 + lease, () => 'k', hostA))?.id, tied);
@@ -294,7 +294,7 @@ for (const [dialect, provision] of Object.entries(provisioners)) {
     assert.equal(taken.find((x) => x?.id === tied)!.attempts, 3);
     assert.equal(taken.find((x) => x?.id === waiting)!.attempts, 1);
     // a comes back: its beat says its heartbeat had run out meanwhile.
-    assert.equal(await a.beat(hostA, 'node-a', t3, t3 + lease), true);
+    assert.equal(await a.beat('node-a', hostA, t3, t3 + lease), true);
     assert.deepEqual(await b.aliveStageHosts(t3), [hostA]);
   });
 }

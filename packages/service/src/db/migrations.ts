@@ -259,18 +259,19 @@ const migrations = (dialect: Db['dialect']): Record<string, Migration> => ({
       await db.schema.alterTable('tasks').addColumn('stage_host', 'text').execute();
     },
   },
-  '0009_stage_hosts': {
-    // Each stage host's heartbeat (its worker_self_reference_url, until when it counts as
-    // running, ms): a task tied to a stage host whose heartbeat ran out is no longer that
-    // node's alone — another node claims it to fail it (domain/tasks.ts), instead of it
-    // waiting forever for a node that died before it claimed the task.
+  '0009_api_nodes': {
+    // Each API node's heartbeat (its name, its worker_self_reference_url if any, until when it
+    // counts as running, ms). A task tied to a stage host whose heartbeat ran out is no longer
+    // that node's alone — another node claims it to fail it (domain/tasks.ts), instead of it
+    // waiting forever for a node that died before it claimed the task; an upload or a staging
+    // a dead node was writing is put back to queued by another node (domain/image-data.ts).
     async up(db: Kysely<any>): Promise<void> {
-      await db.schema.createTable('stage_hosts')
-        .addColumn('url', sql`varchar(512)`, (c) => c.primaryKey())
-        .addColumn('node', sql.raw(NAME), (c) => c.notNull())
+      await db.schema.createTable('api_nodes')
+        .addColumn('node', sql.raw(NAME), (c) => c.primaryKey())
+        .addColumn('url', sql`varchar(512)`)
         .addColumn('alive_until', 'bigint', (c) => c.notNull())
         .execute();
-      if (dialect === 'mysql') await sql`ALTER TABLE stage_hosts CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_bin`.execute(db);
+      if (dialect === 'mysql') await sql`ALTER TABLE api_nodes CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_bin`.execute(db);
     },
   },
 });

@@ -104,8 +104,8 @@ export interface TasksTable {
   stage_host: string | null;
 }
 
-/** A stage host's heartbeat: its worker_self_reference_url, the node name behind it, until when (ms since the epoch) it counts as running. */
-export interface StageHostsTable { url: string; node: string; alive_until: number | string }
+/** An API node's heartbeat: its name, its worker_self_reference_url (null: none), until when (ms since the epoch) it counts as running. */
+export interface ApiNodesTable { node: string; url: string | null; alive_until: number | string }
 
 export interface MetadefNamespacesTable {
   namespace: string; owner: string | null; visibility: string; protected: number; display_name: string | null; description: string | null;
@@ -130,7 +130,7 @@ export interface Database {
   uploads: UploadsTable;
   tasks: TasksTable;
   image_scrubs: ImageScrubsTable;
-  stage_hosts: StageHostsTable;
+  api_nodes: ApiNodesTable;
   metadef_namespaces: MetadefNamespacesTable;
   metadef_resource_types: MetadefResourceTypesTable;
 }

@@ -43,6 +43,8 @@ export interface TaskOptions {
   dropTempData(keys: ReadonlySet<string>): Promise<string[]>;
   /** This node's worker_self_reference_url (known once it listens): it claims the tasks tied to it as their stage host. */
   stageHost?: () => string | undefined;
+  /** Put back the uploads of nodes whose heartbeat ran out (run at each poll, one pass at a time). */
+  reapDeadUploads?: () => Promise<void>;
 }
 
 /** What a runner gets while it runs one task. */
@@ -99,6 +101,7 @@ export class TaskService {
   /** Temporary data keys of dead runs still to remove, with when to stop trying. */
   private readonly abandoned = new Map<string, number>();
   private dropping: Promise<void> | null = null;
+  private reaping: Promise<void> | null = null;
   private timer: NodeJS.Timeout | undefined;
   private heartbeat: NodeJS.Timeout | undefined;
   private polling: Promise<void> | null = null;
@@ -202,24 +205,24 @@ export class TaskService {
   async start(): Promise<void> {
     await this.beat();
     this.stopped = false;
-    this.timer = setInterval(() => { this.kick(); this.dropAbandoned(); }, this.opts.pollMs);
+    this.timer = setInterval(() => { this.kick(); this.dropAbandoned(); this.reap(); }, this.opts.pollMs);
     this.timer.unref();
-    this.heartbeat = setInterval(() => { this.beat().catch((e) => this.log.warn('stage host heartbeat failed', { error: (e as Error).message })); }, Math.max(50, Math.floor(this.opts.leaseMs / 3)));
+    this.heartbeat = setInterval(() => { this.beat().catch((e) => this.log.warn('heartbeat failed', { error: (e as Error).message })); }, Math.max(50, Math.floor(this.opts.leaseMs / 3)));
     this.heartbeat.unref();
     this.kick();
   }
 
   /**
-   * The stage host's heartbeat (a node with a worker_self_reference_url): while it beats, the
-   * imports of data staged here are this node's alone; once it has not beaten for a lease,
-   * other nodes take them to fail them (repo/tasks.ts claimableHere).
+   * This node's heartbeat, with its worker_self_reference_url if it has one: while it beats,
+   * the imports of data staged here are this node's alone and its uploads are its own; once it
+   * has not beaten for a lease, other nodes take its staged imports to fail them (repo/tasks.ts
+   * claimableHere) and put back the uploads it was writing (ImageDataService.reapDeadUploads).
    */
   private async beat(): Promise<void> {
-    const url = this.opts.stageHost?.();
-    if (!url) return;
+    const url = this.opts.stageHost?.() ?? null;
     const nowMs = Date.now();
-    if (await this.repo.beat(url, this.opts.node, nowMs, nowMs + this.opts.leaseMs)) {
-      this.log.warn('this stage host\'s heartbeat had run out: other nodes may have failed the imports of data staged here', { worker_self_reference_url: url });
+    if (await this.repo.beat(this.opts.node, url, nowMs, nowMs + this.opts.leaseMs)) {
+      this.log.warn('this node\'s heartbeat had run out: other nodes may have failed the imports of data staged here and put back its uploads', { node: this.opts.node });
     }
   }
 
@@ -252,6 +255,13 @@ export class TaskService {
         this.dropAbandoned();
       }
     }
+  }
+
+  /** One pass over dead nodes' uploads (not two at once). */
+  private reap(): void {
+    if (this.reaping || !this.opts.reapDeadUploads) return;
+    this.reaping = this.opts.reapDeadUploads().catch((e) => this.log.warn('putting back dead nodes\' uploads failed', { error: (e as Error).message }))
+      .finally(() => { this.reaping = null; });
   }
 
   /** One pass over the dead runs' temporary data (not two at once). */
@@ -331,6 +341,7 @@ export class TaskService {
     clearInterval(this.heartbeat);
     await this.polling;
     await this.dropping;
+    await this.reaping;
     const all = () => Promise.allSettled([...this.running.values()].map((r) => r.done));
     let timer: NodeJS.Timeout | undefined;
     await Promise.race([all(), new Promise<void>((r) => { timer = setTimeout(r, graceMs); })]);

@@ -204,23 +204,24 @@ export class TaskRepo {
   }
 
   /**
-   * The heartbeat of the stage host `url` (this node's worker_self_reference_url): it counts
-   * as running until `aliveUntil` (ms). Returns whether it had run out before this beat (other
-   * nodes may have failed its tasks meanwhile).
+   * `node`'s heartbeat, with its worker_self_reference_url (`url`, if any): it counts as running
+   * until `aliveUntil` (ms). Returns whether its last one had run out before this beat (other
+   * nodes may have failed its staged imports and put back its uploads meanwhile).
    */
-  async beat(url: string, node: string, nowMs: number, aliveUntil: number): Promise<boolean> {
-    const before = await this.k.selectFrom('stage_hosts').select('alive_until').where('url', '=', url).executeTakeFirst();
-    const r = await this.k.updateTable('stage_hosts').set({ node, alive_until: aliveUntil }).where('url', '=', url).executeTakeFirst();
+  async beat(node: string, url: string | null, nowMs: number, aliveUntil: number): Promise<boolean> {
+    const before = await this.k.selectFrom('api_nodes').select('alive_until').where('node', '=', node).executeTakeFirst();
+    const r = await this.k.updateTable('api_nodes').set({ url, alive_until: aliveUntil }).where('node', '=', node).executeTakeFirst();
     if (Number(r.numUpdatedRows) === 0) {
-      await insertIgnore(this.db, 'stage_hosts', { url, node, alive_until: aliveUntil });
-      await this.k.updateTable('stage_hosts').set({ node, alive_until: aliveUntil }).where('url', '=', url).execute();
+      await insertIgnore(this.db, 'api_nodes', { node, url, alive_until: aliveUntil });
+      await this.k.updateTable('api_nodes').set({ url, alive_until: aliveUntil }).where('node', '=', node).execute();
     }
     return before !== undefined && num(before.alive_until)! < nowMs;
   }
 
-  /** The stage hosts whose heartbeat has not run out at `nowMs`. */
+  /** The worker_self_reference_urls of the nodes whose heartbeat has not run out at `nowMs`. */
   async aliveStageHosts(nowMs: number): Promise<string[]> {
-    return (await this.k.selectFrom('stage_hosts').select('url').where('alive_until', '>=', nowMs).execute()).map((r) => r.url);
+    const rows = await this.k.selectFrom('api_nodes').select('url').where('alive_until', '>=', nowMs).where('url', 'is not', null).execute();
+    return rows.map((r) => r.url!);
   }
 
   /** Extend `node`'s lease and record progress (and the message showing it); false when the node no longer holds it (it ran out and another node took the task). */
