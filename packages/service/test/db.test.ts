@@ -16,6 +16,7 @@ import { tempDir } from '@diskhub/testkit';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { jsonLogger, loadConfig, openDatabase, startService } from '../src/index.js';
 import { TaskRepo } from '../src/repo/tasks.js';
+import { ImageRepo } from '../src/repo/images.js';
 import { ADMIN_PASSWORD, addProjectUser, api, startTestService, token } from './helpers.js';
 import { provisioners, type Provision } from './databases.js';
 
@@ -247,6 +248,44 @@ for (const [dialect, provision] of Object.entries(provisioners)) {
     }
     assert.deepEqual([...seen].sort(), [...ids].sort());
     assert.equal((await a.list({ projectId: 'other', isAdmin: false }, { sortKey: 'created_at', sortDir: 'desc', limit: 50 })).length, 0);
+  });
+
+  test(`database ${dialect}: the uploads and stagings of a node whose heartbeat ran out are put back to queued; a live node's, an unknown node's and an import's are not`, async (t) => {
+    const provisioned = await provision(t);
+    if (!provisioned) return;
+    const dir = await tempDir(t);
+    const db = await openDatabase(provisioned.url, dir);
+    t.after(async () => { await db.close(); await provisioned.drop(); });
+    const tasks = new TaskRepo(db);
+    const images = new ImageRepo(db);
+    const ts = new Date().toISOString();
+    const image = async (status: string, node: string, tempKey: string) => {
+      const id = randomUUID();
+      await db.kysely.insertInto('images').values({
+        id, name: status, disk_format: 'raw', container_format: 'bare', size: null, virtual_size: null, status, visibility: 'private', protected: 0,
+        os_hidden: 0, checksum: null, os_hash_algo: null, os_hash_value: null, min_disk: 0, min_ram: 0, owner: 'p', created_at: ts, updated_at: ts, revision: 1, deleted: 0, deleted_at: null,
+      } as any).execute();
+      await db.kysely.insertInto('uploads').values({ image_id: id, node, temp_key: tempKey, started_at: ts }).execute();
+      return id;
+    };
+    const t0 = Date.now();
+    await tasks.beat('node-dead', null, t0 - 10_000, t0 - 1);
+    await tasks.beat('node-live', 'http://live:9292', t0, t0 + 60_000);
+    const saving = await image('saving', 'node-dead', 'k1,k2');
+    const staging = await image('uploading', 'node-dead', 'stage');
+    const importing = await image('importing', 'node-dead', 'k3');
+    const live = await image('saving', 'node-live', 'k4');
+    const unknown = await image('saving', 'node-never-beat', 'k5');
+    const dead = await images.deadUploads(t0);
+    assert.deepEqual(dead.map((r) => r.image_id).sort(), [saving, staging].sort());
+    assert.deepEqual(dead.find((r) => r.image_id === saving), { image_id: saving, node: 'node-dead', temp_key: 'k1,k2' });
+    // Two nodes at once: one of them puts each back.
+    const done = await Promise.all(dead.flatMap((r) => [images.revertDeadUpload(r), images.revertDeadUpload(r)]));
+    assert.equal(done.filter(Boolean).length, 2);
+    const status = async (id: string) => (await db.kysely.selectFrom('images').select('status').where('id', '=', id).executeTakeFirstOrThrow()).status;
+    assert.deepEqual([await status(saving), await status(staging), await status(importing), await status(live), await status(unknown)], ['queued', 'queued', 'importing', 'saving', 'saving']);
+    assert.deepEqual(await images.deadUploads(t0), []);
+    assert.deepEqual((await db.kysely.selectFrom('uploads').select('image_id').execute()).map((r) => r.image_id).sort(), [importing, live, unknown].sort());
   });
 
   test(`database ${dialect}: a task tied to a stage host is claimed by that node only while its heartbeat runs; by another once it ran out (never claimed, given back, or mid-run)`, async (t) => {

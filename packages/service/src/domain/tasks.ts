@@ -10,6 +10,12 @@
  * that has been started `maxAttempts` times is failed cleanly instead, its image back to queued.
  * A node that stops in an orderly way gives its tasks back at once.
  *
+ * Each node also writes a heartbeat (with its worker_self_reference_url, if any). A task tied
+ * to a stage host (a glance-direct import of data staged there) is that node's alone while it
+ * beats — even pending, or given back; once the heartbeat has run out any node claims it, to
+ * fail it (the staged data is on the dead node), rather than leave it pending forever. The
+ * heartbeat also tells other nodes which uploads are a dead node's (ImageDataService.reapDeadUploads).
+ *
  * The dead run's partial data (its upload row's temporary key, which the claim replaces) is
  * removed by the node that took the task over, while that node runs — not left until the dead
  * node starts again, which it may never do. A key the store cannot remove yet (an RBD image

@@ -6,6 +6,7 @@
  * pick the row with `SELECT … FOR UPDATE SKIP LOCKED`, so nodes polling at once take
  * different tasks; on every database the claim itself is a compare-and-set on the lease
  * (SQLite has one writer at a time, and two processes on one file cannot both win it).
+ * Nodes' heartbeats (api_nodes) decide which stage hosts' tasks other nodes may claim.
  */
 import type { ExpressionBuilder, Transaction } from 'kysely';
 import type { Db } from '../db/connect.js';
