@@ -276,7 +276,8 @@ for (const [dialect, provision] of Object.entries(provisioners)) {
     const importing = await image('importing', 'node-dead', 'k3');
     const live = await image('saving', 'node-live', 'k4');
     const unknown = await image('saving', 'node-never-beat', 'k5');
-    const dead = await images.deadUploads(t0);
+    assert.deepEqual(await images.deadUploads(t0, 'node-dead'), [], 'a node never takes itself for dead');
+    const dead = await images.deadUploads(t0, 'node-live');
     assert.deepEqual(dead.map((r) => r.image_id).sort(), [saving, staging].sort());
     assert.deepEqual(dead.find((r) => r.image_id === saving), { image_id: saving, node: 'node-dead', temp_key: 'k1,k2' });
     // Two nodes at once: one of them puts each back.
@@ -284,7 +285,7 @@ for (const [dialect, provision] of Object.entries(provisioners)) {
     assert.equal(done.filter(Boolean).length, 2);
     const status = async (id: string) => (await db.kysely.selectFrom('images').select('status').where('id', '=', id).executeTakeFirstOrThrow()).status;
     assert.deepEqual([await status(saving), await status(staging), await status(importing), await status(live), await status(unknown)], ['queued', 'queued', 'importing', 'saving', 'saving']);
-    assert.deepEqual(await images.deadUploads(t0), []);
+    assert.deepEqual(await images.deadUploads(t0, 'node-live'), []);
     assert.deepEqual((await db.kysely.selectFrom('uploads').select('image_id').execute()).map((r) => r.image_id).sort(), [importing, live, unknown].sort());
   });
 

@@ -379,7 +379,7 @@ export class ImageDataService {
    * staging's partial file is on the dead node's disk: its next start removes it).
    */
   async reapDeadUploads(): Promise<void> {
-    for (const row of await this.repo.deadUploads(Date.now())) {
+    for (const row of await this.repo.deadUploads(Date.now(), this.opts.node)) {
       if (!(await this.repo.revertDeadUpload(row))) continue;
       this.log.warn('an upload whose node stopped is put back to queued', { image: row.image_id, node: row.node });
       if (row.temp_key === STAGE_KEY) continue;

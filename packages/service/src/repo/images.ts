@@ -361,16 +361,18 @@ export class ImageRepo {
 
   /**
    * Upload rows (a PUT /file into a store, or a staging) of images still saving or uploading
-   * whose node's heartbeat ran out before `nowMs` — never of a node that has no heartbeat row
+   * whose node's heartbeat ran out before `nowMs` — never `self`'s, nor of a node that has no heartbeat row
    * (one that never beat is not known dead). An import's rows are its task's (the claim
    * replaces them when another node takes the task over).
    */
-  deadUploads(nowMs: number): Promise<{ image_id: string; node: string; temp_key: string }[]> {
+  deadUploads(nowMs: number, self: string): Promise<{ image_id: string; node: string; temp_key: string }[]> {
     return this.k.selectFrom('uploads')
       .innerJoin('api_nodes', 'api_nodes.node', 'uploads.node')
       .innerJoin('images', 'images.id', 'uploads.image_id')
       .select(['uploads.image_id', 'uploads.node', 'uploads.temp_key'])
-      .where('api_nodes.alive_until', '<', nowMs).where('images.status', 'in', ['saving', 'uploading']).execute();
+      .where('api_nodes.alive_until', '<', nowMs).where('images.status', 'in', ['saving', 'uploading'])
+      // (never the asking node's own: it runs, whatever its last heartbeat write did; its restart recovers its own)
+      .where('uploads.node', '!=', self).execute();
   }
 
   /** The dead node's upload row taken and its image put back to queued, in one transaction; false when the row was gone (another node did it, or the upload ended). */
