@@ -106,6 +106,7 @@ export class ImportService implements TaskRunner {
     if (!img.disk_format) throw conflict("'disk_format' needs to be set before import");
     if (name === 'glance-download') checkGlanceDownloadRequest(method);
     this.images.imagePolicy(a, img).modifyImage();
+    const stale = await this.enforceImportLock(img);
     const stores = this.requestedStores(body, storeHeader);
     if (name === 'web-download') {
       const uri = typeof method.uri === 'string' ? method.uri : '';
@@ -130,7 +131,7 @@ export class ImportService implements TaskRunner {
     if (name === 'glance-download' && token) this.tokens.set(taskId, token);
     const created = await this.tasks.create(a, requestId, IMPORT_TASK, input, {
       id: img.id, revision: img.revision, status: { from: [img.status], to: 'importing' },
-      properties: { ...this.startProperties(img, taskId, stores), ...(img.properties[STAGE_HOST_PROPERTY] !== undefined ? { [STAGE_HOST_PROPERTY]: null } : {}) },
+      properties: { ...this.startProperties(img, taskId, stores, stale), ...(img.properties[STAGE_HOST_PROPERTY] !== undefined ? { [STAGE_HOST_PROPERTY]: null } : {}) },
       upload: 'release',
     }, taskId, stageHost);
     if (!created) {
@@ -165,13 +166,35 @@ export class ImportService implements TaskRunner {
     return [...new Set(stores)];
   }
 
-  /** The import's properties as Glance's get_flow sets them: the task lock, the stores added to importing and taken out of failed. */
-  private startProperties(img: ImageRecord, taskId: string, stores: string[]): Record<string, string> {
+  /**
+   * The import's properties as Glance's get_flow sets them: the task lock, the stores added to
+   * importing and taken out of failed — after, when the lock was taken from an ended task
+   * (`stale`), that task's stores were taken out of both (Glance's _cleanup_stale_task_progress).
+   */
+  private startProperties(img: ImageRecord, taskId: string, stores: string[], stale: string[] = []): Record<string, string> {
     return {
       [IMPORT_TASK_PROPERTY]: taskId,
-      [IMPORTING_TO_STORES]: mergeStores(img.properties[IMPORTING_TO_STORES], stores, []),
-      [FAILED_IMPORT]: mergeStores(img.properties[FAILED_IMPORT], [], stores),
+      [IMPORTING_TO_STORES]: mergeStores(mergeStores(img.properties[IMPORTING_TO_STORES], [], stale), stores, []),
+      [FAILED_IMPORT]: mergeStores(img.properties[FAILED_IMPORT], [], [...stale, ...stores]),
     };
+  }
+
+  /**
+   * Glance's _enforce_import_lock: an image whose import lock (os_glance_import_task) names a
+   * task still pending or processing is 409 `Image has active task`. A lock whose task ended,
+   * or is gone, is stale: the new task takes it (the create's compare-and-set on the image's
+   * revision settles a race), and the stores of the stale task are returned for the clean-up.
+   * Glance also breaks the lock of a task not updated for 60 minutes (120 pending), a run its
+   * API process lost; here such a task is never left so — its node's lease (or, for a stage
+   * host, its heartbeat) runs out and another node takes it over or fails it.
+   */
+  private async enforceImportLock(img: ImageRecord): Promise<string[]> {
+    const other = img.properties[IMPORT_TASK_PROPERTY];
+    if (!other) return [];
+    const task = await this.taskRepo.get(other);
+    if (task && (task.status === 'pending' || task.status === 'processing')) throw conflict('Image has active task');
+    this.log.warn('image had a stale import lock; taken over', { image: img.id, task: other, status: task?.status ?? 'missing' });
+    return task ? this.targets(task) : [];
   }
 
   /**
@@ -221,6 +244,7 @@ export class ImportService implements TaskRunner {
   private async startCopy(a: AuthContext, requestId: string, img: ImageRecord, body: Record<string, unknown>, storeHeader: string | undefined): Promise<void> {
     if (img.status !== 'active') throw conflict('Only images with status active can be targeted for copying');
     this.images.imagePolicy(a, img).copyImage();
+    const stale = await this.enforceImportLock(img);
     const stores = this.requestedStores(body, storeHeader);
     const have = new Set(img.locations.map((l) => String(l.metadata.store ?? l.store_id)));
     let targets: string[];
@@ -235,7 +259,7 @@ export class ImportService implements TaskRunner {
     const input = { image_id: img.id, import_req: body, backend: targets, [REQUESTER_ROLES]: [...a.roleNames] };
     const created = await this.tasks.create(a, requestId, IMPORT_TASK, input, {
       id: img.id, revision: img.revision, status: { from: ['active'], to: 'active' },
-      properties: this.startProperties(img, taskId, targets),
+      properties: this.startProperties(img, taskId, targets, stale),
     }, taskId);
     if (!created) throw conflict(`New operation on image '${img.id}' is not permitted as prior operation is still in progress`);
   }
