@@ -47,7 +47,7 @@ export function importOptions(cfg: ServiceConfig, stagingDir: string, storeId: s
   };
 }
 
-export function taskOptions(cfg: ServiceConfig, node: string, data: Pick<TaskOptions, 'dropTempData' | 'stageHost'>): TaskOptions {
+export function taskOptions(cfg: ServiceConfig, node: string, data: Pick<TaskOptions, 'dropTempData' | 'stageHost' | 'reapDeadUploads'>): TaskOptions {
   return {
     node, ...data, leaseMs: cfg.taskLeaseSeconds * 1000, pollMs: cfg.taskPollSeconds * 1000, maxAttempts: cfg.taskMaxAttempts,
     concurrency: cfg.taskConcurrency, timeToLiveHours: cfg.taskTimeToLive,

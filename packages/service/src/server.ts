@@ -282,14 +282,18 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
     // glance-download: the catalog the user's token sees (the external Keystone's, or the built-in one's)
     imageEndpoint: async (token, region, iface) => findImageEndpoint(external ? await external.catalog(token) : identity.catalog(selfUrl), region, iface),
   }, log);
-  const tasks = new TaskService(taskRepo, policy, { [IMPORT_TASK]: imports }, taskOptions(cfg, node, { dropTempData: (keys) => data.dropTempData(keys), stageHost }), log);
+  const tasks = new TaskService(taskRepo, policy, { [IMPORT_TASK]: imports }, taskOptions(cfg, node, { dropTempData: (keys) => data.dropTempData(keys), stageHost, reapDeadUploads: () => data.reapDeadUploads() }), log);
   imports.attach(tasks);
   // (tasks first: it gives back the tasks this node held, whose upload rows recovery must not
   // revert; claiming starts after recovery, which would take a new claim's row for a dead one)
   await tasks.recover();
   await data.recover();
   await imports.recover();
-  tasks.start();
+  // Requests wait for the task worker's start (after listening, below): a stage host's first
+  // heartbeat is written before anything is staged here and tied to its URL.
+  let workerStarted!: () => void;
+  const started = new Promise<void>((resolve) => { workerStarted = resolve; });
+  app.addHook('onRequest', async () => { await started; });
   // The image cache: worth it only in front of a remote store (auto); a local file store's files it would only copy.
   const imageCache = cfg.imageCache === 'on' || (cfg.imageCache === 'auto' && stores.all.some((s) => s.type !== 'file'))
     ? new ImageCache(cfg.imageCacheDir ?? join(cfg.dataDir, 'image-cache'), cfg.imageCacheMaxSize, log) : null;
@@ -336,6 +340,8 @@ export async function startService(cfg: ServiceConfig, log: Logger = jsonLogger(
   const port = typeof addr === 'object' && addr ? addr.port : cfg.port;
   const url = `http://${cfg.bind.includes(':') ? `[${cfg.bind}]` : cfg.bind}:${port}`;
   selfReferenceUrl = selfReference(cfg.workerSelfReferenceUrl, port);
+  await tasks.start();
+  workerStarted();
   // A wildcard bind is not an address anyone can reach: name this host instead.
   selfUrl ||= cfg.bind === '0.0.0.0' || cfg.bind === '::' ? `http://${hostname()}:${port}` : url;
   log.info('listening', { url, data_dir: cfg.dataDir, database: db.dialect, ...(selfReferenceUrl ? { worker_self_reference_url: selfReferenceUrl } : {}) });

@@ -4,6 +4,7 @@
  * test is skipped, except under CI=true, where a missing Ceph is a failure.
  */
 import { execFile } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { promisify } from 'node:util';
 import type { TestContext } from 'node:test';
@@ -57,9 +58,17 @@ export function ceph(t: TestContext): CephCluster | null {
   return null;
 }
 
-/** An RBD store on the test cluster as client.glance (not yet initialised). */
+/**
+ * This test process's partial-upload tag (rbd_store_partial_tag): every test shares the one
+ * pool, and other test processes (other test files, other checkouts) run at the same time; a
+ * store sweep — a test's, or a service's start-up sweep — removes only the partial uploads of
+ * its own tag, never another test's upload in flight.
+ */
+export const PARTIAL_TAG = `test${process.pid}-${randomBytes(4).toString('hex')}`;
+
+/** An RBD store on the test cluster as client.glance (not yet initialised), with this process's partial-upload tag. */
 export function glanceStore(c: CephCluster, opts: RbdStoreOptions = {}): RbdStore {
-  return new RbdStore({ id: 'ceph', pool: c.pool, user: c.user, confFile: c.conf, keyring: c.glanceKeyring, connectTimeout: 20, ...opts });
+  return new RbdStore({ id: 'ceph', pool: c.pool, user: c.user, confFile: c.conf, keyring: c.glanceKeyring, connectTimeout: 20, partialTag: PARTIAL_TAG, ...opts });
 }
 
 /** The real rbd CLI, as client.glance (or client.admin). */

@@ -16,6 +16,7 @@ import { tempDir } from '@diskhub/testkit';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { jsonLogger, loadConfig, openDatabase, startService } from '../src/index.js';
 import { TaskRepo } from '../src/repo/tasks.js';
+import { ImageRepo } from '../src/repo/images.js';
 import { ADMIN_PASSWORD, addProjectUser, api, startTestService, token } from './helpers.js';
 import { provisioners, type Provision } from './databases.js';
 
@@ -249,7 +250,46 @@ for (const [dialect, provision] of Object.entries(provisioners)) {
     assert.equal((await a.list({ projectId: 'other', isAdmin: false }, { sortKey: 'created_at', sortDir: 'desc', limit: 50 })).length, 0);
   });
 
-  test(`database ${dialect}: a task tied to a stage host is claimed by that node only; by another once its holder's lease ran out, not once given back`, async (t) => {
+  test(`database ${dialect}: the uploads and stagings of a node whose heartbeat ran out are put back to queued; a live node's, an unknown node's and an import's are not`, async (t) => {
+    const provisioned = await provision(t);
+    if (!provisioned) return;
+    const dir = await tempDir(t);
+    const db = await openDatabase(provisioned.url, dir);
+    t.after(async () => { await db.close(); await provisioned.drop(); });
+    const tasks = new TaskRepo(db);
+    const images = new ImageRepo(db);
+    const ts = new Date().toISOString();
+    const image = async (status: string, node: string, tempKey: string) => {
+      const id = randomUUID();
+      await db.kysely.insertInto('images').values({
+        id, name: status, disk_format: 'raw', container_format: 'bare', size: null, virtual_size: null, status, visibility: 'private', protected: 0,
+        os_hidden: 0, checksum: null, os_hash_algo: null, os_hash_value: null, min_disk: 0, min_ram: 0, owner: 'p', created_at: ts, updated_at: ts, revision: 1, deleted: 0, deleted_at: null,
+      } as any).execute();
+      await db.kysely.insertInto('uploads').values({ image_id: id, node, temp_key: tempKey, started_at: ts }).execute();
+      return id;
+    };
+    const t0 = Date.now();
+    await tasks.beat('node-dead', null, t0 - 10_000, t0 - 1);
+    await tasks.beat('node-live', 'http://live:9292', t0, t0 + 60_000);
+    const saving = await image('saving', 'node-dead', 'k1,k2');
+    const staging = await image('uploading', 'node-dead', 'stage');
+    const importing = await image('importing', 'node-dead', 'k3');
+    const live = await image('saving', 'node-live', 'k4');
+    const unknown = await image('saving', 'node-never-beat', 'k5');
+    assert.deepEqual(await images.deadUploads(t0, 'node-dead'), [], 'a node never takes itself for dead');
+    const dead = await images.deadUploads(t0, 'node-live');
+    assert.deepEqual(dead.map((r) => r.image_id).sort(), [saving, staging].sort());
+    assert.deepEqual(dead.find((r) => r.image_id === saving), { image_id: saving, node: 'node-dead', temp_key: 'k1,k2' });
+    // Two nodes at once: one of them puts each back.
+    const done = await Promise.all(dead.flatMap((r) => [images.revertDeadUpload(r), images.revertDeadUpload(r)]));
+    assert.equal(done.filter(Boolean).length, 2);
+    const status = async (id: string) => (await db.kysely.selectFrom('images').select('status').where('id', '=', id).executeTakeFirstOrThrow()).status;
+    assert.deepEqual([await status(saving), await status(staging), await status(importing), await status(live), await status(unknown)], ['queued', 'queued', 'importing', 'saving', 'saving']);
+    assert.deepEqual(await images.deadUploads(t0, 'node-live'), []);
+    assert.deepEqual((await db.kysely.selectFrom('uploads').select('image_id').execute()).map((r) => r.image_id).sort(), [importing, live, unknown].sort());
+  });
+
+  test(`database ${dialect}: a task tied to a stage host is claimed by that node only while its heartbeat runs; by another once it ran out (never claimed, given back, or mid-run)`, async (t) => {
     const nodes = await twoNodes(t, dialect, provision);
     if (!nodes) return;
     const { a, b } = nodes;
@@ -259,32 +299,42 @@ for (const [dialect, provision] of Object.entries(provisioners)) {
       assert.equal(await a.create({ id, type: 'api_image_import', owner: 'p', image_id: null, request_id: null, user_id: null, input: {}, stage_host: stageHost }), true);
       return id;
     };
+    const lease = 60_000;
+    const t0 = Date.now();
+    assert.equal(await a.beat('node-a', hostA, t0, t0 + lease), false, 'a first beat');
+    assert.equal(await b.beat('node-b', hostB, t0, t0 + lease), false);
+    assert.deepEqual((await b.aliveStageHosts(t0)).sort(), [hostA, hostB]);
     const tied = await make(hostA);
     const free = await make(null);
-    const now = Date.now();
-    const lease = 60_000;
-    // b (and a node with no self URL) take the free task, never a's.
-    assert.equal((await b.claim('node-b', now, now + lease, () => 'k', hostB))?.id, free);
-    assert.equal(await b.claim('node-b', now, now + lease, () => 'k', hostB), undefined);
-    assert.equal(await b.claim('node-c', now, now + lease, () => 'k'), undefined);
-    const mine = await a.claim('node-a', now, now + lease, () => 'k', hostA);
+    // b (and a node with no self URL) take the free task, never a's while a beats.
+    assert.equal((await b.claim('node-b', t0, t0 + lease, () => 'k', hostB))?.id, free);
+    assert.equal(await b.claim('node-b', t0, t0 + lease, () => 'k', hostB), undefined);
+    assert.equal(await b.claim('node-c', t0, t0 + lease, () => 'k'), undefined);
+    const mine = await a.claim('node-a', t0, t0 + lease, () => 'k', hostA);
     assert.equal(mine?.id, tied);
     assert.equal(mine.stage_host, hostA);
-    // a stops holding it without giving it back (killed): once the lease ran out, b claims it (to fail it).
-    // (b's own task ends first: with both leases run out, which of the two comes first is the database's choice)
-    const later = now + 2 * lease;
-    const end = { status: 'failure' as const, result: null, message: '', expiresAt: new Date(later + 1e9).toISOString() };
+    const end = { status: 'failure' as const, result: null, message: '', expiresAt: new Date(t0 + 1e9).toISOString() };
     assert.equal(await b.finish(free, 'node-b', end), true);
-    const taken = await b.claim('node-b', later, later + lease, () => 'k', hostB);
-    assert.equal(taken?.id, tied);
-    assert.equal(taken.attempts, 2);
-    assert.equal(await b.finish(tied, 'node-b', end), true);
-    // Given back by its stage host (a stop, a restart): it waits for that node.
+    // a's lease on the task runs out while a still beats: the task is still a's alone.
+    const t1 = t0 + lease / 2;
+    assert.equal(await a.beat('node-a', hostA, t1, t1 + lease), false);
+    const t2 = t0 + lease + 1000;
+    assert.equal(await b.claim('node-b', t2, t2 + lease, () => 'k', hostB), undefined);
+    assert.equal((await a.claim('node-a', t2, t2 + lease, () => 'k', hostA))?.id, tied);
+    // Given back (a stop), and one a never claimed: both wait for a while it beats.
+    await a.release(tied, 'node-a');
     const waiting = await make(hostA);
-    assert.equal((await a.claim('node-a', later, later + lease, () => 'k', hostA))?.id, waiting);
-    await a.release(waiting, 'node-a');
-    const after = later + 3 * lease;
-    assert.equal(await b.claim('node-b', after, after + lease, () => 'k', hostB), undefined);
-    assert.equal((await a.claim('node-a', after, after + lease, () => 'k', hostA))?.id, waiting);
+    assert.equal(await b.claim('node-b', t2, t2 + lease, () => 'k', hostB), undefined);
+    assert.equal(await b.claim('node-c', t2, t2 + lease, () => 'k'), undefined);
+    // a dies: once its heartbeat ran out, any other node claims both (to fail them).
+    const t3 = t1 + lease + 1;
+    assert.deepEqual(await b.aliveStageHosts(t3), []);
+    const taken = [await b.claim('node-b', t3, t3 + lease, () => 'k', hostB), await b.claim('node-c', t3, t3 + lease, () => 'k')];
+    assert.deepEqual(taken.map((x) => x?.id).sort(), [tied, waiting].sort());
+    assert.equal(taken.find((x) => x?.id === tied)!.attempts, 3);
+    assert.equal(taken.find((x) => x?.id === waiting)!.attempts, 1);
+    // a comes back: its beat says its heartbeat had run out meanwhile.
+    assert.equal(await a.beat('node-a', hostA, t3, t3 + lease), true);
+    assert.deepEqual(await b.aliveStageHosts(t3), [hostA]);
   });
 }

@@ -9,13 +9,13 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer, type Server, type ServerResponse } from 'node:http';
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import { gzipSync } from 'node:zlib';
 import { spawnSync } from 'node:child_process';
 import { readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { needs, qemuImg, runOk, tempDir } from '@diskhub/testkit';
-import { addProjectUser, api, startTestService, token, type Api } from './helpers.js';
+import { needs, qemuImg, run, runOk, tempDir } from '@diskhub/testkit';
+import { addProjectUser, api, osEnv, startTestService, token, type Api } from './helpers.js';
 import { assertStored, until } from './helpers.js';
 
 interface WebServer { url: string; port: number; hits: string[] }
@@ -460,4 +460,49 @@ test('copy-image: an active image copied to another store (admin), as Glance che
   // all_stores with nothing left to copy: 202 and no task.
   assert.equal((await copy({ all_stores: true })).status, 202);
   assert.equal((await a('GET', `/v2/images/${img.id}/tasks`)).json.tasks.length, 1);
+});
+
+test('the import lock (Glance\'s _enforce_import_lock): a copy-image while the image\'s import task is pending is 409 Image has active task; a lock whose task is gone is taken over', needs('glance'), async (t) => {
+  const web = await webServer(t);
+  const dirs = [await tempDir(t), await tempDir(t), await tempDir(t)];
+  const svc = await serviceFor(t, web, {
+    DISKHUB_STORES: `fast:file:${dirs[0]},cheap:file:${dirs[1]},cold:file:${dirs[2]}`, DISKHUB_ENABLED_IMPORT_METHODS: 'glance-direct,web-download,copy-image',
+    DISKHUB_TASK_CONCURRENCY: '1', DISKHUB_WEB_DOWNLOAD_TIMEOUT: '60',
+  });
+  const a = api(svc.url, await token(svc.url));
+  const data = randomBytes(300_000);
+  const img = await newImage(a);
+  assert.equal((await a('PUT', `/v2/images/${img.id}/file`, { raw: data })).status, 204);
+  // The node's one task slot: a web-download that stalls.
+  const blocker = await newImage(a);
+  assert.equal((await webImport(a, blocker.id, `${web.url}/stall`)).status, 202);
+  await until('the stalled download to run', async () => (await a('GET', `/v2/images/${blocker.id}/tasks`)).json.tasks, (ts: any[]) => ts[0]?.status === 'processing');
+  const copy = (id: string, stores: string[]) => a('POST', `/v2/images/${id}/import`, { body: { method: { name: 'copy-image' }, stores } });
+  assert.equal((await copy(img.id, ['cheap'])).status, 202);
+  assert.equal((await a('GET', `/v2/images/${img.id}/tasks`)).json.tasks[0].status, 'pending');
+  // A second copy while the first is pending: refused, with the glance client as with the API.
+  const refused = await run('glance', ['image-import', '--import-method', 'copy-image', '--stores', 'cold', img.id], { env: osEnv(svc.url) });
+  assert.notEqual(refused.code, 0);
+  assert.match(refused.stderr, /409 Conflict: Image has active task/);
+  const again = await copy(img.id, ['cold']);
+  assert.equal(again.status, 409);
+  assert.equal(again.json.message, 'Image has active task');
+  const shown = (await a('GET', `/v2/images/${img.id}`)).json;
+  assert.equal(shown.os_glance_importing_to_stores, 'cheap', 'the pending copy\'s stores only');
+  assert.equal((await a('GET', `/v2/images/${img.id}/tasks`)).json.tasks.length, 1);
+
+  // A lock naming a task that is gone (its record culled) is stale: the copy takes it over.
+  const other = await newImage(a);
+  assert.equal((await a('PUT', `/v2/images/${other.id}/file`, { raw: data })).status, 204);
+  await svc.db.kysely.insertInto('image_properties').values([
+    { image_id: other.id, name: 'os_glance_import_task', value: randomUUID() },
+  ]).execute();
+  const taken = await copy(other.id, ['cold']);
+  assert.equal(taken.status, 202, taken.text);
+  const [task] = (await a('GET', `/v2/images/${other.id}/tasks`)).json.tasks;
+  // (pending: the node's one slot is still the stalled download's)
+  assert.equal(task.status, 'pending');
+  const locked = (await a('GET', `/v2/images/${other.id}`)).json;
+  assert.equal(locked.os_glance_import_task, task.id, 'the lock is the new task\'s');
+  assert.equal(locked.os_glance_importing_to_stores, 'cold');
 });

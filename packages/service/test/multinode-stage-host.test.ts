@@ -11,52 +11,17 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import pg from 'pg';
 import { needs, qemuImg, runOk, tempDir } from '@diskhub/testkit';
 import { loadConfig } from '../src/index.js';
 import { selfReference } from '../src/domain/import/stage-host.js';
 import { api, osEnv, token, until, type Api } from './helpers.js';
-import { randomQcow2, twoNodes, type StoreOracle } from './multinode.js';
+import { randomQcow2, sharedFileStore, staged, storedProperties, taskRow, twoNodes } from './multinode.js';
 
 const md5 = (b: Buffer) => createHash('md5').update(b).digest('hex');
 const sha512 = (b: Buffer) => createHash('sha512').update(b).digest('hex');
 
-/** One file store in a directory both nodes use (the shared store; staging stays per node). */
-function sharedFileStore(dir: string): StoreOracle {
-  return {
-    config: { type: 'file', path: dir },
-    async contents(id) {
-      const names = (await readdir(dir).catch(() => [] as string[])).filter((n) => n.includes(id));
-      return { image: names.includes(id), partial: names.filter((n) => n !== id) };
-    },
-  };
-}
-
-/** The image's properties as the database holds them (hidden ones too). */
-async function storedProperties(databaseUrl: string, id: string): Promise<Record<string, string>> {
-  const client = new pg.Client({ connectionString: databaseUrl });
-  await client.connect();
-  try {
-    const rows = (await client.query<{ name: string; value: string }>('SELECT name, value FROM image_properties WHERE image_id = $1', [id])).rows;
-    return Object.fromEntries(rows.map((r) => [r.name, r.value]));
-  } finally {
-    await client.end();
-  }
-}
-
-async function taskRow(databaseUrl: string, imageId: string): Promise<{ stage_host: string | null; node: string | null; status: string; message: string }> {
-  const client = new pg.Client({ connectionString: databaseUrl });
-  await client.connect();
-  try {
-    return (await client.query('SELECT stage_host, node, status, message FROM tasks WHERE image_id = $1', [imageId])).rows[0];
-  } finally {
-    await client.end();
-  }
-}
-
-const staged = async (dataDir: string) => (await readdir(join(dataDir, 'staging')).catch(() => [] as string[])).filter((n) => !n.startsWith('.'));
 
 test('two API nodes, separate staging: glance image-stage on a, glance image-import on b is proxied to a and imported there', needs('glance', 'qemu-img'), async (t) => {
   const dir = await tempDir(t, 'diskhub-stage-host-');
@@ -144,7 +109,7 @@ test('two API nodes, separate staging: glance image-stage on a, glance image-imp
   await a.exited;
   const failed = await until('the task to end', () => taskRow(nodes.databaseUrl, stuck.id), (r) => r.status !== 'processing', 30_000);
   assert.equal(failed.status, 'failure');
-  assert.equal(failed.message, `The staged data of image ${stuck.id} is on its stage host ${a.url}, which stopped running this import (its lease ran out); stage the data again and import it.`);
+  assert.equal(failed.message, `The staged data of image ${stuck.id} is on its stage host ${a.url}, which is not running (its heartbeat ran out before it finished this import); stage the data again and import it.`);
   assert.equal((await adminB('GET', `/v2/images/${stuck.id}`)).json.status, 'queued', 'the image can be staged again');
   const down = await adminB('POST', `/v2/images/${orphan.id}/import`, { body: { method: { name: 'glance-direct' } } });
   assert.equal(down.status, 504, down.text);

@@ -5,7 +5,7 @@
  */
 import type { TestContext } from 'node:test';
 import { AbortMultipartUploadCommand, DeleteBucketCommand, DeleteObjectCommand, ListMultipartUploadsCommand, ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
-import { ceph, rbdCli, removeImageWithCli } from './ceph.js';
+import { ceph, PARTIAL_TAG, rbdCli, removeImageWithCli } from './ceph.js';
 import type { StoreOracle } from './multinode.js';
 import { freshName, needSwift, swiftDrop, swiftList, swiftManifest, S3_ENDPOINT, SWIFT_AUTH, SWIFT_KEY, SWIFT_USER } from './swift-peer.js';
 
@@ -18,7 +18,7 @@ export function rbdOracle(t: TestContext): StoreOracle | null {
   // a killed node still watches cannot be, for 30 s: that is left, not waited for).
   t.after(async () => { for (const name of seen) await removeImageWithCli(c, `${c.pool}/${name}`).catch(() => {}); });
   return {
-    config: { type: 'rbd', rbd_store_pool: c.pool, rbd_store_user: c.user, rbd_store_ceph_conf: c.conf, rbd_store_keyring: c.glanceKeyring, rados_connect_timeout: 20 },
+    config: { type: 'rbd', rbd_store_pool: c.pool, rbd_store_user: c.user, rbd_store_ceph_conf: c.conf, rbd_store_keyring: c.glanceKeyring, rados_connect_timeout: 20, rbd_store_partial_tag: PARTIAL_TAG },
     async contents(id) {
       const names = (JSON.parse(await rbdCli(c, ['ls', '--format', 'json', c.pool])) as string[]).filter((n) => n.includes(id));
       for (const n of names) seen.add(n);

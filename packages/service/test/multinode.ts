@@ -15,7 +15,7 @@
 import type { TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
-import { readFile, writeFile } from 'node:fs/promises';
+import { readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import pg from 'pg';
 import { qemuImg, runOk, tempDir } from '@diskhub/testkit';
@@ -266,3 +266,39 @@ export async function takeoverFromScratch(t: TestContext, store: StoreOracle, mi
   const nodes = await twoNodes(t, store, takeoverEnv(web.port));
   return nodes && takeover(nodes, store, web, qcow.bytes, killAfter);
 }
+
+/** One file store in a directory both nodes use (the shared store; staging stays per node, for the glance-direct tests). */
+export function sharedFileStore(dir: string): StoreOracle {
+  return {
+    config: { type: 'file', path: dir },
+    async contents(id) {
+      const names = (await readdir(dir).catch(() => [] as string[])).filter((n) => n.includes(id));
+      return { image: names.includes(id), partial: names.filter((n) => n !== id) };
+    },
+  };
+}
+
+/** The image's properties as the database holds them (hidden ones too). */
+export async function storedProperties(databaseUrl: string, id: string): Promise<Record<string, string>> {
+  const client = new pg.Client({ connectionString: databaseUrl });
+  await client.connect();
+  try {
+    const rows = (await client.query<{ name: string; value: string }>('SELECT name, value FROM image_properties WHERE image_id = $1', [id])).rows;
+    return Object.fromEntries(rows.map((r) => [r.name, r.value]));
+  } finally {
+    await client.end();
+  }
+}
+
+export async function taskRow(databaseUrl: string, imageId: string): Promise<{ stage_host: string | null; node: string | null; status: string; message: string }> {
+  const client = new pg.Client({ connectionString: databaseUrl });
+  await client.connect();
+  try {
+    return (await client.query('SELECT stage_host, node, status, message FROM tasks WHERE image_id = $1', [imageId])).rows[0];
+  } finally {
+    await client.end();
+  }
+}
+
+/** The image files in a node's staging area. */
+export const staged = async (dataDir: string) => (await readdir(join(dataDir, 'staging')).catch(() => [] as string[])).filter((n) => !n.startsWith('.'));

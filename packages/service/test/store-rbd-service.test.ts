@@ -11,7 +11,7 @@ import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { needs, qemuImg, run, runOk, tempDir } from '@diskhub/testkit';
 import { api, osEnv, startTestService, token } from './helpers.js';
-import { ceph, rbdCli, rbdExport, removeImageWithCli, type CephCluster } from './ceph.js';
+import { ceph, PARTIAL_TAG, rbdCli, rbdExport, removeImageWithCli, type CephCluster } from './ceph.js';
 
 const os = (env: NodeJS.ProcessEnv, ...args: string[]) => runOk('openstack', args, { env });
 const osJson = async (env: NodeJS.ProcessEnv, ...args: string[]) => JSON.parse(await os(env, ...args, '-f', 'json'));
@@ -21,7 +21,7 @@ async function serviceOnCeph(t: TestContext, c: CephCluster, dir: string, extra:
   const config = join(dir, 'diskhub.json');
   await writeFile(config, JSON.stringify({
     stores: {
-      ceph: { type: 'rbd', description: 'Ceph images pool', rbd_store_pool: c.pool, rbd_store_user: c.user, rbd_store_ceph_conf: c.conf, rbd_store_keyring: c.glanceKeyring, rados_connect_timeout: 20 },
+      ceph: { type: 'rbd', description: 'Ceph images pool', rbd_store_pool: c.pool, rbd_store_user: c.user, rbd_store_ceph_conf: c.conf, rbd_store_keyring: c.glanceKeyring, rados_connect_timeout: 20, rbd_store_partial_tag: PARTIAL_TAG },
       local: { type: 'file', path: 'images' },
     },
     defaultStore: 'ceph',

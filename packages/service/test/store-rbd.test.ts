@@ -18,7 +18,7 @@ import '../src/stores/builtin.js';
 import { storeContractTests } from './store-contract.js';
 import { parseRbdLocation, formatRbdLocation } from '../src/stores/rbd/location.js';
 import { loadLibrbd } from '@diskhub/rbd';
-import { ceph, glanceStore, rbdCli, rbdExport, type CephCluster } from './ceph.js';
+import { ceph, glanceStore, PARTIAL_TAG, rbdCli, rbdExport, type CephCluster } from './ceph.js';
 
 const MiB = 1 << 20;
 
@@ -226,9 +226,22 @@ test('a failed upload leaves no image in the pool; a crashed one is swept', asyn
   await elsewhere.init();
   defer(() => elsewhere.close());
   const busy = await upload(elsewhere, busyId, randomBytes(MiB));
+  // Another deployment on the same pool (another partial tag): its dead upload is its own sweep's, never this one's.
+  const neighbour = glanceStore(c, { partialTag: `${PARTIAL_TAG}-other` });
+  await neighbour.init();
+  const neighbourId = randomUUID();
+  const theirs = await upload(neighbour, neighbourId, randomBytes(MiB));
+  assert.ok(theirs.tempKey.startsWith(`diskhub-partial-${PARTIAL_TAG}-other.${neighbourId}-`), theirs.tempKey);
+  assert.ok(crashedDead.tempKey.startsWith(`diskhub-partial-${PARTIAL_TAG}.${deadId}-`), crashedDead.tempKey);
+  await neighbour.close();
   await stopped.close();
   const removed = await store.sweep(new Set([crashedLive.tempKey]));
   assert.ok(removed.includes(crashedDead.tempKey) && !removed.includes(crashedLive.tempKey) && !removed.includes(busy.tempKey));
+  assert.ok(!removed.includes(theirs.tempKey) && (await images(c)).includes(theirs.tempKey), 'another tag\'s partial upload is left alone');
+  const sweeper = glanceStore(c, { partialTag: `${PARTIAL_TAG}-other` });
+  await sweeper.init();
+  defer(() => sweeper.close());
+  assert.deepEqual(await sweeper.sweep(new Set()), [theirs.tempKey], 'its own deployment\'s sweep removes it');
   assert.ok(!(await images(c)).includes(crashedDead.tempKey));
   // (the service test's start-up sweep may run at the same time, with its own live set: only
   // what this sweep answered and what is left at the end are checked)
@@ -309,7 +322,8 @@ test('locations: Glance\'s forms parsed and written; foreign ones not owned', as
 
 test('configuration: Glance\'s option names through the store registry', () => {
   assert.deepEqual(rbdStoreOptions({ id: 'ceph', type: 'rbd', rbd_store_pool: 'p', rbd_store_user: 'glance', rbd_store_ceph_conf: '/etc/ceph/ceph.conf', rbd_store_chunk_size: '4', rados_connect_timeout: -1, rbd_thin_provisioning: 'False' }),
-    { id: 'ceph', description: undefined, pool: 'p', user: 'glance', confFile: '/etc/ceph/ceph.conf', keyring: undefined, chunkSizeMiB: 4, connectTimeout: undefined, thinProvisioning: false });
+    { id: 'ceph', description: undefined, pool: 'p', user: 'glance', confFile: '/etc/ceph/ceph.conf', keyring: undefined, chunkSizeMiB: 4, connectTimeout: undefined, thinProvisioning: false, partialTag: undefined });
+  assert.equal(rbdStoreOptions({ id: 'ceph', type: 'rbd', rbd_store_partial_tag: 'region-two' }).partialTag, 'region-two');
   const store = buildStore({ id: 'ceph', type: 'rbd', rbd_store_pool: 'images', rbd_store_chunk_size: 16, rbd_thin_provisioning: true }, { dataDir: '/nonexistent' });
   assert.ok(store instanceof RbdStore);
   assert.equal(store.type, 'rbd');
@@ -321,6 +335,10 @@ test('configuration: Glance\'s option names through the store registry', () => {
     [{ rbd_store_pol: 'images' }, /unknown option 'rbd_store_pol'/],
   ] as const) {
     assert.throws(() => buildStore({ id: 'ceph', type: 'rbd', ...spec }, { dataDir: '/nonexistent' }), (e: unknown) => e instanceof StoreConfigError && message.test(e.message));
+  }
+  // (a tag ends at its '.': one with a '.' would read as another tag's)
+  for (const tag of ['a.b', 'x'.repeat(33), 'a/b']) {
+    assert.throws(() => buildStore({ id: 'ceph', type: 'rbd', rbd_store_partial_tag: tag }, { dataDir: '/nonexistent' }), /rbd_store_partial_tag must be 1 to 32 letters, digits, '-' or '_'/);
   }
 });
 

@@ -259,6 +259,21 @@ const migrations = (dialect: Db['dialect']): Record<string, Migration> => ({
       await db.schema.alterTable('tasks').addColumn('stage_host', 'text').execute();
     },
   },
+  '0009_api_nodes': {
+    // Each API node's heartbeat (its name, its worker_self_reference_url if any, until when it
+    // counts as running, ms). A task tied to a stage host whose heartbeat ran out is no longer
+    // that node's alone — another node claims it to fail it (domain/tasks.ts), instead of it
+    // waiting forever for a node that died before it claimed the task; an upload or a staging
+    // a dead node was writing is put back to queued by another node (domain/image-data.ts).
+    async up(db: Kysely<any>): Promise<void> {
+      await db.schema.createTable('api_nodes')
+        .addColumn('node', sql.raw(NAME), (c) => c.primaryKey())
+        .addColumn('url', sql`varchar(512)`)
+        .addColumn('alive_until', 'bigint', (c) => c.notNull())
+        .execute();
+      if (dialect === 'mysql') await sql`ALTER TABLE api_nodes CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_bin`.execute(db);
+    },
+  },
 });
 
 /** Bring the schema to the latest migration (or, for upgrade tests, to `target`). */

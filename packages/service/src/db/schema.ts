@@ -104,6 +104,9 @@ export interface TasksTable {
   stage_host: string | null;
 }
 
+/** An API node's heartbeat: its name, its worker_self_reference_url (null: none), until when (ms since the epoch) it counts as running. */
+export interface ApiNodesTable { node: string; url: string | null; alive_until: number | string }
+
 export interface MetadefNamespacesTable {
   namespace: string; owner: string | null; visibility: string; protected: number; display_name: string | null; description: string | null;
   /** JSON: { properties, objects, tags, resource_type_associations } */
@@ -127,6 +130,7 @@ export interface Database {
   uploads: UploadsTable;
   tasks: TasksTable;
   image_scrubs: ImageScrubsTable;
+  api_nodes: ApiNodesTable;
   metadef_namespaces: MetadefNamespacesTable;
   metadef_resource_types: MetadefResourceTypesTable;
 }

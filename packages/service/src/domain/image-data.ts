@@ -20,7 +20,7 @@ import { StoreError, type Store, type StoreWriter } from '../stores/store.js';
 import type { StoreSet } from '../stores/registry.js';
 import { storeFailure } from './store-failures.js';
 import type { Logger } from '../log.js';
-import type { ImageRepo } from '../repo/images.js';
+import { splitTempKeys, type ImageRepo } from '../repo/images.js';
 import type { ImageService } from './images.js';
 import { assertTransition, sourcesOf, type ImageStatus } from './status.js';
 import { STAGE_HOST_PROPERTY } from './import/stage-host.js';
@@ -372,6 +372,27 @@ export class ImageDataService {
   }
 
   /** After a crash: uploads this node had in flight are gone; put their images back and drop partial data. */
+  /**
+   * Put back what dead nodes were writing (any node runs this, at each task poll): an upload or
+   * a staging whose node's heartbeat ran out goes back to queued — Glance leaves such an image
+   * saving for good — and the upload's partial data is removed from the shared store (the
+   * staging's partial file is on the dead node's disk: its next start removes it).
+   */
+  async reapDeadUploads(): Promise<void> {
+    for (const row of await this.repo.deadUploads(Date.now(), this.opts.node)) {
+      if (!(await this.repo.revertDeadUpload(row))) continue;
+      this.log.warn('an upload whose node stopped is put back to queued', { image: row.image_id, node: row.node });
+      if (row.temp_key === STAGE_KEY) continue;
+      const keys = new Set(splitTempKeys(row.temp_key));
+      const removed = await this.dropTempData(keys).catch((e) => {
+        this.log.warn('removing the partial data of an upload whose node stopped failed', { image: row.image_id, error: (e as Error).message });
+        return [] as string[];
+      });
+      // (an RBD image its dead client still watches cannot be removed for 30 s: the next start's sweep takes it)
+      if (removed.length < keys.size) this.log.warn('partial data of an upload whose node stopped is still in a store; the next start\'s sweep removes it', { image: row.image_id });
+    }
+  }
+
   async recover(): Promise<void> {
     const rows = await this.repo.uploadsOf(this.opts.node);
     for (const u of rows.filter((r) => r.temp_key !== STAGE_KEY)) {
@@ -402,6 +423,17 @@ export class ImageDataService {
       } else {
         await this.repo.dropUploads(id);
       }
+    }
+    // Staged data no import will read: its image was deleted, or its import failed meanwhile
+    // (another node fails the imports of a stage host that was down) — the image is neither
+    // staged (uploading) nor importing any more.
+    for (const id of staged) {
+      // (only an image's staged data: image_conversion's work files are the import recovery's)
+      if (!/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/.test(id)) continue;
+      const img = await this.repo.load(id);
+      if (img && (img.status === 'uploading' || img.status === 'importing')) continue;
+      await rm(join(this.opts.stagingDir, id), { force: true });
+      this.log.info('removed staged data no import will read', { image: id, status: img?.status ?? 'gone' });
     }
   }
 }

@@ -10,6 +10,12 @@
  * that has been started `maxAttempts` times is failed cleanly instead, its image back to queued.
  * A node that stops in an orderly way gives its tasks back at once.
  *
+ * Each node also writes a heartbeat (with its worker_self_reference_url, if any). A task tied
+ * to a stage host (a glance-direct import of data staged there) is that node's alone while it
+ * beats — even pending, or given back; once the heartbeat has run out any node claims it, to
+ * fail it (the staged data is on the dead node), rather than leave it pending forever. The
+ * heartbeat also tells other nodes which uploads are a dead node's (ImageDataService.reapDeadUploads).
+ *
  * The dead run's partial data (its upload row's temporary key, which the claim replaces) is
  * removed by the node that took the task over, while that node runs — not left until the dead
  * node starts again, which it may never do. A key the store cannot remove yet (an RBD image
@@ -43,6 +49,8 @@ export interface TaskOptions {
   dropTempData(keys: ReadonlySet<string>): Promise<string[]>;
   /** This node's worker_self_reference_url (known once it listens): it claims the tasks tied to it as their stage host. */
   stageHost?: () => string | undefined;
+  /** Put back the uploads of nodes whose heartbeat ran out (run at each poll, one pass at a time). */
+  reapDeadUploads?: () => Promise<void>;
 }
 
 /** What a runner gets while it runs one task. */
@@ -99,7 +107,9 @@ export class TaskService {
   /** Temporary data keys of dead runs still to remove, with when to stop trying. */
   private readonly abandoned = new Map<string, number>();
   private dropping: Promise<void> | null = null;
+  private reaping: Promise<void> | null = null;
   private timer: NodeJS.Timeout | undefined;
+  private heartbeat: NodeJS.Timeout | undefined;
   private polling: Promise<void> | null = null;
   private again = false;
   private stopped = true;
@@ -192,12 +202,34 @@ export class TaskService {
     if (released.length) this.log.info('released tasks of an earlier run of this node', { tasks: released });
   }
 
-  /** Start claiming tasks (after recovery: a claim writes an upload row recovery would take for a dead one). */
-  start(): void {
+  /**
+   * Start claiming tasks (after recovery: a claim writes an upload row recovery would take for a
+   * dead one; and once this node's worker_self_reference_url is known: its first heartbeat is
+   * written before it claims, so that it takes its own staged imports back rather than taking
+   * them for a dead node's).
+   */
+  async start(): Promise<void> {
+    await this.beat();
     this.stopped = false;
-    this.timer = setInterval(() => { this.kick(); this.dropAbandoned(); }, this.opts.pollMs);
+    this.timer = setInterval(() => { this.kick(); this.dropAbandoned(); this.reap(); }, this.opts.pollMs);
     this.timer.unref();
+    this.heartbeat = setInterval(() => { this.beat().catch((e) => this.log.warn('heartbeat failed', { error: (e as Error).message })); }, Math.max(50, Math.floor(this.opts.leaseMs / 3)));
+    this.heartbeat.unref();
     this.kick();
+  }
+
+  /**
+   * This node's heartbeat, with its worker_self_reference_url if it has one: while it beats,
+   * the imports of data staged here are this node's alone and its uploads are its own; once it
+   * has not beaten for a lease, other nodes take its staged imports to fail them (repo/tasks.ts
+   * claimableHere) and put back the uploads it was writing (ImageDataService.reapDeadUploads).
+   */
+  private async beat(): Promise<void> {
+    const url = this.opts.stageHost?.() ?? null;
+    const nowMs = Date.now();
+    if (await this.repo.beat(this.opts.node, url, nowMs, nowMs + this.opts.leaseMs)) {
+      this.log.warn('this node\'s heartbeat had run out: other nodes may have failed the imports of data staged here and put back its uploads', { node: this.opts.node });
+    }
   }
 
   /** Look for runnable tasks now (a task was created, or one finished and a slot is free). */
@@ -229,6 +261,13 @@ export class TaskService {
         this.dropAbandoned();
       }
     }
+  }
+
+  /** One pass over dead nodes' uploads (not two at once). */
+  private reap(): void {
+    if (this.reaping || !this.opts.reapDeadUploads) return;
+    this.reaping = this.opts.reapDeadUploads().catch((e) => this.log.warn('putting back dead nodes\' uploads failed', { error: (e as Error).message }))
+      .finally(() => { this.reaping = null; });
   }
 
   /** One pass over the dead runs' temporary data (not two at once). */
@@ -304,8 +343,11 @@ export class TaskService {
   async stop(graceMs: number): Promise<void> {
     this.stopped = true;
     clearInterval(this.timer);
+    // (the heartbeat stops too: a node that does not come back within a lease has its staged imports failed by the others)
+    clearInterval(this.heartbeat);
     await this.polling;
     await this.dropping;
+    await this.reaping;
     const all = () => Promise.allSettled([...this.running.values()].map((r) => r.done));
     let timer: NodeJS.Timeout | undefined;
     await Promise.race([all(), new Promise<void>((r) => { timer = setTimeout(r, graceMs); })]);

@@ -359,6 +359,32 @@ export class ImageRepo {
     return rows.length;
   }
 
+  /**
+   * Upload rows (a PUT /file into a store, or a staging) of images still saving or uploading
+   * whose node's heartbeat ran out before `nowMs` — never `self`'s, nor of a node that has no heartbeat row
+   * (one that never beat is not known dead). An import's rows are its task's (the claim
+   * replaces them when another node takes the task over).
+   */
+  deadUploads(nowMs: number, self: string): Promise<{ image_id: string; node: string; temp_key: string }[]> {
+    return this.k.selectFrom('uploads')
+      .innerJoin('api_nodes', 'api_nodes.node', 'uploads.node')
+      .innerJoin('images', 'images.id', 'uploads.image_id')
+      .select(['uploads.image_id', 'uploads.node', 'uploads.temp_key'])
+      .where('api_nodes.alive_until', '<', nowMs).where('images.status', 'in', ['saving', 'uploading'])
+      // (never the asking node's own: it runs, whatever its last heartbeat write did; its restart recovers its own)
+      .where('uploads.node', '!=', self).execute();
+  }
+
+  /** The dead node's upload row taken and its image put back to queued, in one transaction; false when the row was gone (another node did it, or the upload ended). */
+  async revertDeadUpload(row: { image_id: string; node: string; temp_key: string }): Promise<boolean> {
+    return this.k.transaction().execute(async (tx) => {
+      const r = await tx.deleteFrom('uploads').where('image_id', '=', row.image_id).where('node', '=', row.node).where('temp_key', '=', row.temp_key).executeTakeFirst();
+      if (Number(r.numDeletedRows) !== 1) return false;
+      await tx.updateTable('images').set({ status: 'queued', updated_at: now() }).where('id', '=', row.image_id).where('status', 'in', ['saving', 'uploading']).execute();
+      return true;
+    });
+  }
+
   async dropUploads(id: string): Promise<void> {
     await this.k.deleteFrom('uploads').where('image_id', '=', id).execute();
   }

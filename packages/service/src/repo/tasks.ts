@@ -6,9 +6,11 @@
  * pick the row with `SELECT … FOR UPDATE SKIP LOCKED`, so nodes polling at once take
  * different tasks; on every database the claim itself is a compare-and-set on the lease
  * (SQLite has one writer at a time, and two processes on one file cannot both win it).
+ * Nodes' heartbeats (api_nodes) decide which stage hosts' tasks other nodes may claim.
  */
 import type { ExpressionBuilder, Transaction } from 'kysely';
 import type { Db } from '../db/connect.js';
+import { insertIgnore } from '../db/insert-ignore.js';
 import { num, type Database, type TasksTable } from '../db/schema.js';
 import { badRequest } from '../http.js';
 import { now } from '../identity.js';
@@ -60,16 +62,17 @@ function record(r: TasksTable): TaskRecord {
 }
 
 /**
- * The claim's filter by stage host: a task tied to none, or to this node (`stageHost`), or one
- * a node held and stopped holding without giving back (its lease ran out: the claim's lease
- * condition), which another node takes to fail it. A task its stage host gave back (a stop, a
- * restart: node null) waits for that node.
+ * The claim's filter by stage host: a task tied to none, or to this node (`stageHost`), or to a
+ * stage host that is not running — whose heartbeat is not among `alive` (it died before it
+ * claimed the task, or while it ran it, or stopped and has not come back within a lease):
+ * another node takes it to fail it, rather than it waiting forever. A task whose stage host
+ * runs is that node's alone, even when the node lost its lease or gave the task back.
  */
-function claimableHere(eb: ExpressionBuilder<Database, 'tasks'>, stageHost: string | undefined) {
+function claimableHere(eb: ExpressionBuilder<Database, 'tasks'>, stageHost: string | undefined, alive: string[]) {
   return eb.or([
     eb('stage_host', 'is', null),
     ...(stageHost ? [eb('stage_host', '=', stageHost)] : []),
-    eb('node', 'is not', null),
+    alive.length ? eb('stage_host', 'not in', alive) : eb('stage_host', 'is not', null),
   ]);
 }
 
@@ -135,17 +138,19 @@ export class TaskRepo {
    * (taken in the same transaction, so a sweep on another node never deletes it), and is told
    * the keys of the rows it replaces: an earlier run's, whose node died mid-write.
    * `stageHost` is the node's worker_self_reference_url: a task tied to a stage host is
-   * claimed by that node only — by another only when the node that held it stopped holding
-   * it mid-run (its lease ran out), so that the task is failed rather than left forever.
+   * claimed by that node only — by another only when that stage host's heartbeat ran out
+   * (beat()), so that the task is failed rather than left forever.
    */
   async claim(node: string, nowMs: number, leaseUntil: number, upload: ClaimUpload, stageHost?: string): Promise<TaskRecord | undefined> {
-    if (this.db.dialect === 'sqlite') return this.claimSqlite(node, nowMs, leaseUntil, upload, stageHost);
+    // (read before the claim, on its own: a locking read would skip a heartbeat row being renewed)
+    const alive = await this.aliveStageHosts(nowMs);
+    if (this.db.dialect === 'sqlite') return this.claimSqlite(node, nowMs, leaseUntil, upload, stageHost, alive);
     for (;;) {
       const outcome = await this.k.transaction().execute(async (tx): Promise<TaskRecord | 'raced' | undefined> => {
         let q = tx.selectFrom('tasks').selectAll()
           .where('deleted', '=', 0).where('status', 'in', ['pending', 'processing'])
           .where((eb) => eb.or([eb('lease_until', 'is', null), eb('lease_until', '<', nowMs)]))
-          .where((eb) => claimableHere(eb, stageHost))
+          .where((eb) => claimableHere(eb, stageHost, alive))
           .orderBy('created_at').orderBy('id').limit(1);
         if (this.db.dialect !== 'sqlite') q = q.forUpdate().skipLocked();
         const row = await q.executeTakeFirst();
@@ -172,12 +177,12 @@ export class TaskRepo {
    * wrote would fail with SQLITE_BUSY when another process (a second node on the same file)
    * wrote in between, whatever the busy timeout.
    */
-  private claimSqlite(node: string, nowMs: number, leaseUntil: number, upload: ClaimUpload, stageHost: string | undefined): Promise<TaskRecord | undefined> {
+  private claimSqlite(node: string, nowMs: number, leaseUntil: number, upload: ClaimUpload, stageHost: string | undefined, alive: string[]): Promise<TaskRecord | undefined> {
     return this.k.transaction().execute(async (tx) => {
       const runnable = tx.selectFrom('tasks').select('id')
         .where('deleted', '=', 0).where('status', 'in', ['pending', 'processing'])
         .where((eb) => eb.or([eb('lease_until', 'is', null), eb('lease_until', '<', nowMs)]))
-        .where((eb) => claimableHere(eb, stageHost))
+        .where((eb) => claimableHere(eb, stageHost, alive))
         .orderBy('created_at').orderBy('id').limit(1);
       const row = await tx.updateTable('tasks').set((eb) => ({
         status: 'processing', node, lease_until: leaseUntil, progress: 0, attempts: eb('attempts', '+', 1), updated_at: now(),
@@ -197,6 +202,27 @@ export class TaskRepo {
     const replaced = (await tx.selectFrom('uploads').select('temp_key').where('image_id', '=', imageId).execute()).map((r) => r.temp_key);
     await tx.deleteFrom('uploads').where('image_id', '=', imageId).execute();
     await tx.insertInto('uploads').values({ image_id: imageId, node, temp_key: upload(claimed, replaced), started_at: now() }).execute();
+  }
+
+  /**
+   * `node`'s heartbeat, with its worker_self_reference_url (`url`, if any): it counts as running
+   * until `aliveUntil` (ms). Returns whether its last one had run out before this beat (other
+   * nodes may have failed its staged imports and put back its uploads meanwhile).
+   */
+  async beat(node: string, url: string | null, nowMs: number, aliveUntil: number): Promise<boolean> {
+    const before = await this.k.selectFrom('api_nodes').select('alive_until').where('node', '=', node).executeTakeFirst();
+    const r = await this.k.updateTable('api_nodes').set({ url, alive_until: aliveUntil }).where('node', '=', node).executeTakeFirst();
+    if (Number(r.numUpdatedRows) === 0) {
+      await insertIgnore(this.db, 'api_nodes', { node, url, alive_until: aliveUntil });
+      await this.k.updateTable('api_nodes').set({ url, alive_until: aliveUntil }).where('node', '=', node).execute();
+    }
+    return before !== undefined && num(before.alive_until)! < nowMs;
+  }
+
+  /** The worker_self_reference_urls of the nodes whose heartbeat has not run out at `nowMs`. */
+  async aliveStageHosts(nowMs: number): Promise<string[]> {
+    const rows = await this.k.selectFrom('api_nodes').select('url').where('alive_until', '>=', nowMs).where('url', 'is not', null).execute();
+    return rows.map((r) => r.url!);
   }
 
   /** Extend `node`'s lease and record progress (and the message showing it); false when the node no longer holds it (it ran out and another node took the task). */

@@ -10,7 +10,7 @@ import { HttpError, badRequest, isObject, jsonBody, replyEmpty, replyJson, searc
 import { apiTime } from '../images-model.js';
 import type { ImageService } from '../domain/images.js';
 import type { TaskService } from '../domain/tasks.js';
-import { REQUESTER_ROLES, type ImportService } from '../domain/import/index.js';
+import { IMAGE_FORMATS, REQUESTER_ROLES, type ImportService } from '../domain/import/index.js';
 import type { TaskRecord } from '../repo/tasks.js';
 import { UUID_PATTERN } from '../schemas.js';
 import { PROXIED_HEADER } from '../domain/import/stage-host.js';
@@ -31,7 +31,7 @@ type IdParams = { Params: { id: string } };
 /** The task input as shown (without what the service keeps for itself). */
 function shownInput(t: TaskRecord): Record<string, unknown> | null {
   if (!t.input) return null;
-  const { [REQUESTER_ROLES]: _roles, ...shown } = t.input;
+  const { [REQUESTER_ROLES]: _roles, [IMAGE_FORMATS]: _formats, ...shown } = t.input;
   return shown;
 }
 

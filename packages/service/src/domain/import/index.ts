@@ -39,6 +39,13 @@ export const IMPORTING_TO_STORES = 'os_glance_importing_to_stores';
 export const FAILED_IMPORT = 'os_glance_failed_import';
 /** Task input key (not shown by the API) keeping the requester's roles for the plugins that look at them. */
 export const REQUESTER_ROLES = 'diskhub_requester_roles';
+/**
+ * Task input key (not shown by the API) keeping the image's disk and container formats when the
+ * import started: glance-download and image_conversion change them mid-run, and a failed import
+ * puts them back (Glance's _ImportMetadata revert) — also when the run that changed them died
+ * and another node ends or restarts the task.
+ */
+export const IMAGE_FORMATS = 'diskhub_image_formats';
 
 export interface ImportOptions {
   /** Glance's enabled_import_methods. */
@@ -99,6 +106,7 @@ export class ImportService implements TaskRunner {
     if (!img.disk_format) throw conflict("'disk_format' needs to be set before import");
     if (name === 'glance-download') checkGlanceDownloadRequest(method);
     this.images.imagePolicy(a, img).modifyImage();
+    const stale = await this.enforceImportLock(img);
     const stores = this.requestedStores(body, storeHeader);
     if (name === 'web-download') {
       const uri = typeof method.uri === 'string' ? method.uri : '';
@@ -116,11 +124,14 @@ export class ImportService implements TaskRunner {
     // The task of data staged here is this node's alone (os_glance_stage_host is taken off the image, as Glance does).
     const stageHost = name === 'glance-direct' && self && img.properties[STAGE_HOST_PROPERTY] === self ? self : null;
     const taskId = randomUUID();
-    const input = { image_id: img.id, import_req: body, backend: stores, [REQUESTER_ROLES]: [...a.roleNames] };
+    const input = {
+      image_id: img.id, import_req: body, backend: stores, [REQUESTER_ROLES]: [...a.roleNames],
+      [IMAGE_FORMATS]: { disk_format: img.disk_format ?? '', container_format: img.container_format ?? '' },
+    };
     if (name === 'glance-download' && token) this.tokens.set(taskId, token);
     const created = await this.tasks.create(a, requestId, IMPORT_TASK, input, {
       id: img.id, revision: img.revision, status: { from: [img.status], to: 'importing' },
-      properties: { ...this.startProperties(img, taskId, stores), ...(img.properties[STAGE_HOST_PROPERTY] !== undefined ? { [STAGE_HOST_PROPERTY]: null } : {}) },
+      properties: { ...this.startProperties(img, taskId, stores, stale), ...(img.properties[STAGE_HOST_PROPERTY] !== undefined ? { [STAGE_HOST_PROPERTY]: null } : {}) },
       upload: 'release',
     }, taskId, stageHost);
     if (!created) {
@@ -155,13 +166,35 @@ export class ImportService implements TaskRunner {
     return [...new Set(stores)];
   }
 
-  /** The import's properties as Glance's get_flow sets them: the task lock, the stores added to importing and taken out of failed. */
-  private startProperties(img: ImageRecord, taskId: string, stores: string[]): Record<string, string> {
+  /**
+   * The import's properties as Glance's get_flow sets them: the task lock, the stores added to
+   * importing and taken out of failed — after, when the lock was taken from an ended task
+   * (`stale`), that task's stores were taken out of both (Glance's _cleanup_stale_task_progress).
+   */
+  private startProperties(img: ImageRecord, taskId: string, stores: string[], stale: string[] = []): Record<string, string> {
     return {
       [IMPORT_TASK_PROPERTY]: taskId,
-      [IMPORTING_TO_STORES]: mergeStores(img.properties[IMPORTING_TO_STORES], stores, []),
-      [FAILED_IMPORT]: mergeStores(img.properties[FAILED_IMPORT], [], stores),
+      [IMPORTING_TO_STORES]: mergeStores(mergeStores(img.properties[IMPORTING_TO_STORES], [], stale), stores, []),
+      [FAILED_IMPORT]: mergeStores(img.properties[FAILED_IMPORT], [], [...stale, ...stores]),
     };
+  }
+
+  /**
+   * Glance's _enforce_import_lock: an image whose import lock (os_glance_import_task) names a
+   * task still pending or processing is 409 `Image has active task`. A lock whose task ended,
+   * or is gone, is stale: the new task takes it (the create's compare-and-set on the image's
+   * revision settles a race), and the stores of the stale task are returned for the clean-up.
+   * Glance also breaks the lock of a task not updated for 60 minutes (120 pending), a run its
+   * API process lost; here such a task is never left so — its node's lease (or, for a stage
+   * host, its heartbeat) runs out and another node takes it over or fails it.
+   */
+  private async enforceImportLock(img: ImageRecord): Promise<string[]> {
+    const other = img.properties[IMPORT_TASK_PROPERTY];
+    if (!other) return [];
+    const task = await this.taskRepo.get(other);
+    if (task && (task.status === 'pending' || task.status === 'processing')) throw conflict('Image has active task');
+    this.log.warn('image had a stale import lock; taken over', { image: img.id, task: other, status: task?.status ?? 'missing' });
+    return task ? this.targets(task) : [];
   }
 
   /**
@@ -211,6 +244,7 @@ export class ImportService implements TaskRunner {
   private async startCopy(a: AuthContext, requestId: string, img: ImageRecord, body: Record<string, unknown>, storeHeader: string | undefined): Promise<void> {
     if (img.status !== 'active') throw conflict('Only images with status active can be targeted for copying');
     this.images.imagePolicy(a, img).copyImage();
+    const stale = await this.enforceImportLock(img);
     const stores = this.requestedStores(body, storeHeader);
     const have = new Set(img.locations.map((l) => String(l.metadata.store ?? l.store_id)));
     let targets: string[];
@@ -225,7 +259,7 @@ export class ImportService implements TaskRunner {
     const input = { image_id: img.id, import_req: body, backend: targets, [REQUESTER_ROLES]: [...a.roleNames] };
     const created = await this.tasks.create(a, requestId, IMPORT_TASK, input, {
       id: img.id, revision: img.revision, status: { from: ['active'], to: 'active' },
-      properties: this.startProperties(img, taskId, targets),
+      properties: this.startProperties(img, taskId, targets, stale),
     }, taskId);
     if (!created) throw conflict(`New operation on image '${img.id}' is not permitted as prior operation is still in progress`);
   }
@@ -359,7 +393,7 @@ export class ImportService implements TaskRunner {
       // (the image stays active with the copies made; those not made are failed)
       return { id: img.id, upload: 'release', properties: { [IMPORT_TASK_PROPERTY]: null, [IMPORTING_TO_STORES]: '', [FAILED_IMPORT]: mergeStores(img.properties[FAILED_IMPORT], remaining, []) } };
     }
-    return this.failedChange(img, this.targets(task));
+    return { ...this.failedChange(img, this.targets(task)), ...formatsChange(task, img) };
   }
 
   /** The stores a task writes to (its input's `backend`; an import recorded before imports chose stores: the default store), those configured. */
@@ -402,25 +436,33 @@ export class ImportService implements TaskRunner {
     }
     const opened: Readable[] = [];
     const temporary: string[] = [];
-    let restoreFormats: ImageChange['formats'];
     /** The stores that failed (with all_stores_must_succeed=false, the import goes on without them). */
     const storesFailed: string[] = [];
-    const originalFormats = { disk_format: img.disk_format ?? '', container_format: img.container_format ?? '' };
+    // A run that died may have changed the formats (glance-download, image_conversion): this
+    // run starts from those the import started with, and a failure puts them back.
+    let restoreFormats = formatsChange(task, img).formats;
+    const originalFormats = restoreFormats ?? { disk_format: img.disk_format ?? '', container_format: img.container_format ?? '' };
     /** glance-download: the remote image's properties the import copies. */
     let remoteProperties: Record<string, string> = {};
     try {
       const missing = (Array.isArray(task.input?.backend) ? task.input!.backend as unknown[] : []).filter((b) => typeof b === 'string' && !targets.includes(b));
       if (missing.length) throw conflict(`Store for identifier ${String(missing[0])} not found`);
       img = await this.importing(img, task, joinTempKeys(tempKeys));
+      if (restoreFormats) {
+        if (!(await this.taskRepo.updateImage({ id: imageId, status: { from: ['importing'], to: 'importing' }, formats: restoreFormats }))) throw conflict(`Image ${imageId} changed during its import.`);
+        this.log.info('formats an earlier run of the import set are put back', { task: task.id, image: imageId, ...restoreFormats });
+        img = { ...img, ...restoreFormats };
+        restoreFormats = undefined;
+      }
       const method = importMethod(task);
       let source: Readable;
       let length: number | null;
       if (method === 'glance-direct') {
         const path = join(this.opts.stagingDir, imageId);
         length = await stat(path).then((s) => s.size, () => {
-          // A task tied to its stage host reaches another node only when that node stopped holding it mid-run.
+          // A task tied to its stage host reaches another node only when that node is not running (its heartbeat ran out).
           throw badRequest(task.stage_host && task.stage_host !== this.opts.stageHost?.()
-            ? `The staged data of image ${imageId} is on its stage host ${task.stage_host}, which stopped running this import (its lease ran out); stage the data again and import it.`
+            ? `The staged data of image ${imageId} is on its stage host ${task.stage_host}, which is not running (its heartbeat ran out before it finished this import); stage the data again and import it.`
             : `The staged data of image ${imageId} is not on this node (${path}).`);
         });
         source = createReadStream(path, { highWaterMark: 1 << 20 });
@@ -430,7 +472,8 @@ export class ImportService implements TaskRunner {
         length = web.length;
       } else if (method === 'glance-download') {
         const token = this.tokens.get(task.id);
-        if (!token) throw badRequest(`The requester's token for this glance-download is not held by this node (${task.node ?? 'unknown'}): Glance keeps it only in the process that took the request; import again.`);
+        // (as Glance, which runs the task in the API process that took the request; a bearer token is never written to the database)
+        if (!token) throw badRequest(`The glance-download of image ${imageId} lost the requester's token: it is kept only in the memory of the API node that took the request, which stopped before the import ended; import the image again.`);
         if (!this.opts.imageEndpoint) throw badRequest('glance-download is not available: no Keystone catalog to find the remote region in.');
         const remote = await openRemoteImage(importRequest(task).method, token, this.opts.imageEndpoint, this.opts.filtering, signal);
         opened.push(remote.data.body);
@@ -533,6 +576,14 @@ function allStoresMustSucceed(task: TaskRecord): boolean {
 function importRequest(task: TaskRecord): { method: Record<string, unknown> } {
   const req = task.input?.import_req;
   return isObject(req) && isObject(req.method) ? { method: req.method } : { method: {} };
+}
+
+/** The formats the import started with (task input), as an image change — none when the image still has them, or the task did not record them. */
+function formatsChange(task: TaskRecord, img: ImageRecord): Pick<ImageChange, 'formats'> {
+  const started = task.input?.[IMAGE_FORMATS];
+  if (!isObject(started) || typeof started.disk_format !== 'string' || typeof started.container_format !== 'string') return {};
+  if (started.disk_format === (img.disk_format ?? '') && started.container_format === (img.container_format ?? '')) return {};
+  return { formats: { disk_format: started.disk_format, container_format: started.container_format } };
 }
 
 function importMethod(task: TaskRecord): string {

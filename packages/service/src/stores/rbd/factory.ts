@@ -2,13 +2,13 @@
  * The RBD store's configuration, under glance_store's option names (a backend's section of
  * glance-api.conf): rbd_store_pool, rbd_store_user, rbd_store_ceph_conf, rbd_store_chunk_size,
  * rados_connect_timeout, rbd_thin_provisioning; and diskhub's rbd_store_keyring (Glance relies on
- * ceph.conf's [client] keyring). Numbers and booleans may be given as JSON values or strings.
+ * ceph.conf's [client] keyring) and rbd_store_partial_tag (whose partial uploads a sweep removes). Numbers and booleans may be given as JSON values or strings.
  */
 import { stringOption, StoreConfigError, type StoreFactory, type StoreSpec } from '../registry.js';
 import { RbdStore, type RbdStoreOptions } from './rbd-store.js';
 
 const OPTIONS = new Set(['id', 'type', 'description', 'rbd_store_pool', 'rbd_store_user', 'rbd_store_ceph_conf', 'rbd_store_keyring',
-  'rbd_store_chunk_size', 'rados_connect_timeout', 'rbd_thin_provisioning']);
+  'rbd_store_chunk_size', 'rados_connect_timeout', 'rbd_thin_provisioning', 'rbd_store_partial_tag']);
 
 function intOption(spec: StoreSpec, name: string): number | undefined {
   const v = spec[name];
@@ -45,6 +45,7 @@ export function rbdStoreOptions(spec: StoreSpec): RbdStoreOptions {
     // Glance's -1 (or 0): no limit of its own; diskhub keeps its default rather than none.
     connectTimeout: timeout !== undefined && timeout > 0 ? timeout : undefined,
     thinProvisioning: boolOption(spec, 'rbd_thin_provisioning'),
+    partialTag: stringOption(spec, 'rbd_store_partial_tag'),
   };
 }
 

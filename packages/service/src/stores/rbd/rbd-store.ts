@@ -51,9 +51,18 @@ export interface RbdStoreOptions {
   /** A download's reads in flight and their size (default SEND_DEPTH of SEND_CHUNK; bench/rbd.mjs compares others). */
   sendDepth?: number;
   sendChunk?: number;
+  /**
+   * rbd_store_partial_tag (diskhub's): a tag in the names of this deployment's partial uploads
+   * (`diskhub-partial-<tag>.<image>-<random>`), so that its sweep removes only its own. Several
+   * diskhub deployments (or test runs) writing to one pool each take their own; without one,
+   * a sweep removes only untagged partial uploads. Committed images keep Glance's names.
+   */
+  partialTag?: string;
 }
 
 const TEMP_PREFIX = 'diskhub-partial-';
+/** What a partial-upload tag may be: it ends at the first '.', which no image id has. */
+const PARTIAL_TAG = /^[A-Za-z0-9_-]{1,32}$/;
 /** Glance's snapshot name (glance_store DEFAULT_SNAPNAME), which Nova and Cinder clone. */
 const SNAPSHOT = 'snap';
 /**
@@ -85,6 +94,8 @@ export class RbdStore implements Store {
   private readonly order: number;
   private readonly timeout: number;
   private readonly thin: boolean;
+  /** The name prefix of this store's partial uploads (TEMP_PREFIX and its tag). */
+  private readonly partialPrefix: string;
   private readonly sendDepth: number;
   private readonly sendChunk: number;
   private rbd: Librbd | null = null;
@@ -114,6 +125,13 @@ export class RbdStore implements Store {
     this.sendDepth = opts.sendDepth ?? SEND_DEPTH;
     this.sendChunk = opts.sendChunk ?? SEND_CHUNK;
     this.description = opts.description ?? `Ceph RBD pool ${this.pool}`;
+    if (opts.partialTag !== undefined && !PARTIAL_TAG.test(opts.partialTag)) throw new StoreError(`rbd store '${this.id}': rbd_store_partial_tag must be 1 to 32 letters, digits, '-' or '_', not '${opts.partialTag}'`);
+    this.partialPrefix = `${TEMP_PREFIX}${opts.partialTag ? `${opts.partialTag}.` : ''}`;
+  }
+
+  /** Whether `name` is one of this store's partial uploads (its tag, or untagged when it has none). */
+  private ownPartial(name: string): boolean {
+    return name.startsWith(this.partialPrefix) && !name.slice(this.partialPrefix.length).includes('.');
   }
 
   /** "client.glance" (or librados's default user). */
@@ -156,12 +174,12 @@ export class RbdStore implements Store {
   }
 
   newTempKey(imageId: string): string {
-    return `${TEMP_PREFIX}${imageId}-${randomBytes(6).toString('hex')}`;
+    return `${this.partialPrefix}${imageId}-${randomBytes(6).toString('hex')}`;
   }
 
   async begin(tempKey: string, sizeHint?: number): Promise<StoreWriter> {
     const rbd = this.connected();
-    if (!tempKey.startsWith(TEMP_PREFIX) || !validName(tempKey)) throw new StoreError(`rbd store '${this.id}': bad temporary key '${tempKey}'`);
+    if (!this.ownPartial(tempKey) || !validName(tempKey)) throw new StoreError(`rbd store '${this.id}': bad temporary key '${tempKey}'`);
     const pool = await this.poolHandle(this.pool);
     // Without a size the image grows as glance_store grows it: doubling steps, at most 8 GiB.
     let capacity = sizeHint && sizeHint > 0 ? sizeHint : 0;
@@ -331,7 +349,7 @@ export class RbdStore implements Store {
     }
     const removed: string[] = [];
     for (const name of names) {
-      if (!name.startsWith(TEMP_PREFIX) || live.has(name)) continue;
+      if (!this.ownPartial(name) || live.has(name)) continue;
       // A write of this process that the database does not list is abandoned: its image closes
       // (its writer's next call fails), or the open image would keep it from being removed.
       const abandoned = this.writing.get(name);
