@@ -212,12 +212,13 @@ export class ImageDataService {
       return fail(e);
     }
     // Hashing batches the data into 1 MiB page-aligned buffers; each store is written from those.
-    hasher = new UploadHasher(async (batch) => {
+    hasher = new UploadHasher(async (batch, zero) => {
       const buf = Buffer.from(batch.buffer, batch.byteOffset, batch.length);
       const writes = await Promise.allSettled(writing.map(async (w) => {
         if (!w.writer) return;
         try {
-          await w.writer.write([buf]);
+          if (zero && w.writer.writeZeroes) await w.writer.writeZeroes(buf.length);
+          else await w.writer.write([buf]);
         } catch (e) {
           await storeFailed(w, e, 'writing the data');
         }
