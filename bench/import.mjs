@@ -154,7 +154,10 @@ async function importOnce(svc, uri) {
     await (tail ? sleep(POLL_MS) : Promise.race([sent, sleep(1000)]));
     const cur = await (await fetch(`${svc.url}/v2/images/${img.id}`, { headers: svc.headers })).json();
     if (cur.status === 'active') return { s: seconds(t0), cpu: cpuOf(svc.pid) - c0, id: img.id };
-    if (cur.status === 'queued' && cur.os_glance_failed_import) throw new Error(`import failed: ${JSON.stringify(cur)}`);
+    if (cur.status === 'queued' && cur.os_glance_failed_import) {
+      const tasks = await (await fetch(`${svc.url}/v2/images/${img.id}/tasks`, { headers: svc.headers })).json();
+      throw new Error(`import failed: ${tasks.tasks?.map((t) => t.message).join('; ')}`);
+    }
   }
 }
 
