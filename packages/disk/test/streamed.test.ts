@@ -12,7 +12,7 @@ import { createReadStream } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createHash } from 'node:crypto';
-import { openStreamedImage, type InspectionReport } from '@diskhub/disk';
+import { isSharedZeroes, openStreamedImage, type InspectionReport } from '@diskhub/disk';
 import { needs, qemuImg, qemuIo, run, tempDir } from '@diskhub/testkit';
 
 const MiB = 1 << 20;
@@ -27,14 +27,24 @@ async function qemuRaw(file: string, dir: string): Promise<{ hash: string } | { 
 
 const refuse = (report: InspectionReport) => { if (!report.safe) throw new Error(`unsafe: ${report.issues.map((i) => i.code).join(', ')}`); };
 
-/** Stream `file` in chunks of `chunk` bytes through openStreamedImage. */
-async function streamed(file: string, dir: string, chunk = 64 * 1024) {
+/**
+ * Stream `file` in chunks of `chunk` bytes through openStreamedImage. `reuse`: data() reads into
+ * reused buffers (each chunk is hashed before the next is asked for); at most two buffers
+ * besides the shared zeroes are then seen.
+ */
+async function streamed(file: string, dir: string, chunk = 64 * 1024, reuse = false) {
   const img = await openStreamedImage(createReadStream(file, { highWaterMark: chunk }), { spillPath: join(dir, 'spill'), spillCap: 1 << 30, judge: refuse });
   try {
     const h = createHash('sha256');
     let n = 0;
-    for await (const c of img.data()) { h.update(c); n += c.length; }
+    const buffers = new Set<ArrayBufferLike>();
+    for await (const c of img.data({ reuse })) {
+      h.update(c);
+      n += c.length;
+      if (!isSharedZeroes(c)) buffers.add(c.buffer);
+    }
     assert.equal(n, img.size);
+    if (reuse) assert.ok(buffers.size <= 2, `${buffers.size} buffers`);
     return { mode: img.mode, format: img.format, spilled: img.spilled, hash: h.digest('hex') };
   } finally {
     await img.close();
@@ -87,10 +97,10 @@ test('qcow2 made by qemu-img (plain, compressed zlib and zstd, small clusters) s
     const file = join(dir, `${name}.qcow2`);
     await qemuImg('convert', '-f', 'raw', '-O', 'qcow2', ...args, raw, file);
     assert.deepEqual(await qemuRaw(file, dir), expected);
-    for (const chunk of [65536, 1000, 4 * MiB]) {
-      const got = await streamed(file, dir, chunk);
+    for (const [chunk, reuse] of [[65536, false], [1000, false], [4 * MiB, false], [65536, true]] as const) {
+      const got = await streamed(file, dir, chunk, reuse);
       assert.equal(got.mode, 'streamed', name);
-      assert.equal(got.hash, (expected as { hash: string }).hash, `${name}, chunks of ${chunk}`);
+      assert.equal(got.hash, (expected as { hash: string }).hash, `${name}, chunks of ${chunk}${reuse ? ', buffers reused' : ''}`);
       // Only the metadata is kept: the header, refcount table and blocks, L1 and L2 clusters, never the data.
       const cs = 2 ** (await readFile(file)).readUInt32BE(20);
       const l2Tables = Math.ceil((64 * MiB) / ((cs / 8) * cs));

@@ -6,7 +6,11 @@ import test from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { spawnSync } from 'node:child_process';
+import { open, readFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { hostio } from '@diskhub/hostio';
+import { isSharedZeroes, openImage, readRaw } from '@diskhub/disk';
+import { tempDir } from '@diskhub/testkit';
 import { UploadHasher } from '../src/hashing.js';
 
 const expected = (data: Buffer) => ({
@@ -52,6 +56,48 @@ test('with a sink, the data is written in order from the batches, and a failed w
   const failing = new UploadHasher(async () => { throw new Error('disk full'); });
   await assert.rejects(async () => { await feed(failing, data, 1 << 20); await failing.finish(); }, /disk full/);
   await failing.drop();
+});
+
+test('readRaw\'s shared zeroes (a converted image\'s holes) are hashed and written as zero batches without a copy, on the workers and on the thread pool', async (t) => {
+  // A sparse raw disk: data runs that end off the 1 MiB batch grid, holes between them.
+  const dir = await tempDir(t);
+  const file = join(dir, 'disk.raw');
+  const fh = await open(file, 'w');
+  await fh.truncate(23 << 20);
+  const runs = [[(1 << 20) + 4096, (3 << 20) + 8192], [13 << 20, 1 << 20], [(22 << 20) + 8192, 4096]];
+  for (const [at, n] of runs) await fh.write(randomBytes(n), 0, n, at);
+  await fh.close();
+  const image = await openImage(file, { format: 'raw' });
+  const chunks: Buffer[] = [];
+  let zeroViews = 0;
+  try {
+    for await (const c of readRaw(image)) {
+      if (isSharedZeroes(c)) zeroViews++;
+      chunks.push(Buffer.from(c.buffer, c.byteOffset, c.length));
+    }
+  } finally {
+    await image.close();
+  }
+  assert.ok(zeroViews >= 2, `${zeroViews} zero views`);
+  const data = await readFile(file);
+  for (const mode of ['workers', 'threadpool']) {
+    if (mode === 'threadpool' && !hostio?.digestUpdate) continue;
+    process.env.DISKHUB_UPLOAD_HASHING = mode === 'threadpool' ? 'threadpool' : '';
+    try {
+      const written: Buffer[] = [];
+      let zeroBatches = 0;
+      const h = new UploadHasher(async (batch, zero) => {
+        if (zero) zeroBatches++;
+        written.push(Buffer.from(batch));
+      });
+      for (const c of chunks) await h.update(c);
+      assert.deepEqual(await h.digest(), expected(data), mode);
+      assert.ok(Buffer.concat(written).equals(data), mode);
+      assert.ok(zeroBatches >= 10, `${mode}: ${zeroBatches} zero batches`);
+    } finally {
+      delete process.env.DISKHUB_UPLOAD_HASHING;
+    }
+  }
 });
 
 test('the sha512 worker does not keep a process alive after its uploads finish', () => {

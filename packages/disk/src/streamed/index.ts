@@ -50,8 +50,11 @@ export interface StreamedImage {
   readonly mode: 'streamed' | 'staged';
   /** Why a qcow2 source was staged rather than streamed. */
   readonly stagedBecause?: string;
-  /** The guest data as raw bytes, in order; ends only once the whole source was read and judged. */
-  data(): AsyncGenerator<Uint8Array>;
+  /**
+   * The guest data as raw bytes, in order; ends only once the whole source was read and judged.
+   * `reuse`: readRaw's: a slice is valid only until the next is asked for.
+   */
+  data(options?: { reuse?: boolean }): AsyncGenerator<Uint8Array>;
   /** How many bytes went to the spill file. */
   readonly spilled: number;
   close(): Promise<void>;
@@ -117,8 +120,8 @@ function streamed(image: BlockDevice, format: string, source: StreamedSource, in
     size: image.size,
     mode: 'streamed',
     get spilled() { return source.spilledBytes; },
-    async *data() {
-      yield* readRaw(image, { ...(o.signal ? { signal: o.signal } : {}) });
+    async *data(options = {}) {
+      yield* readRaw(image, { ...options, ...(o.signal ? { signal: o.signal } : {}) });
       // What follows the last data cluster (refcount blocks, nothing) is read for the inspector only.
       await source.discardRest();
       const report = await inspector.end();
@@ -139,7 +142,7 @@ function staged(image: BlockDevice, format: string, source: StreamedSource, why:
     mode: 'staged',
     stagedBecause: why,
     get spilled() { return source.spilledBytes; },
-    data: () => readRaw(image, { ...(o.signal ? { signal: o.signal } : {}) }),
+    data: (options = {}) => readRaw(image, { ...options, ...(o.signal ? { signal: o.signal } : {}) }),
     close: async () => {
       await image.close().catch(() => {});
       await source.close();

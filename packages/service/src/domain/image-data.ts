@@ -6,7 +6,7 @@
  * without a row that says which node was writing what.
  */
 import { pipeline } from 'node:stream/promises';
-import { Transform, type Readable } from 'node:stream';
+import { Readable, Transform } from 'node:stream';
 import { createWriteStream } from 'node:fs';
 import { mkdir, readdir, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -162,7 +162,7 @@ export class ImageDataService {
    * failure fails the whole (Glance's all_stores_must_succeed, the default) or only drops that
    * store; the ingest fails when no store is left.
    */
-  async ingest(img: ImageRecord, targets: IngestTarget[], input: Readable, declaredLength: number | null, revertTo: ImageStatus | null, complete: () => boolean, policy: IngestPolicy = { allMustSucceed: true }): Promise<IngestResult> {
+  async ingest(img: ImageRecord, targets: IngestTarget[], input: Readable | AsyncIterable<Uint8Array>, declaredLength: number | null, revertTo: ImageStatus | null, complete: () => boolean, policy: IngestPolicy = { allMustSucceed: true }): Promise<IngestResult> {
     const inspection = new UploadInspection(img.id, img.container_format);
     let size = 0;
     const { cap, tooBig } = await this.uploadLimit(img.owner);
@@ -212,12 +212,13 @@ export class ImageDataService {
       return fail(e);
     }
     // Hashing batches the data into 1 MiB page-aligned buffers; each store is written from those.
-    hasher = new UploadHasher(async (batch) => {
+    hasher = new UploadHasher(async (batch, zero) => {
       const buf = Buffer.from(batch.buffer, batch.byteOffset, batch.length);
       const writes = await Promise.allSettled(writing.map(async (w) => {
         if (!w.writer) return;
         try {
-          await w.writer.write([buf]);
+          if (zero && w.writer.writeZeroes) await w.writer.writeZeroes(buf.length);
+          else await w.writer.write([buf]);
         } catch (e) {
           await storeFailed(w, e, 'writing the data');
         }
@@ -228,7 +229,8 @@ export class ImageDataService {
     try {
       // (leaving the loop early must not destroy a request body: the error answer is sent
       // after the rest of it is drained, so the client reads the answer instead of a reset)
-      for await (const chunk of input.iterator({ destroyOnReturn: false }) as AsyncIterable<Buffer>) {
+      // (an iterable's chunk may be valid only until the next is asked for: inspection and hashing copy what they keep)
+      for await (const chunk of input instanceof Readable ? input.iterator({ destroyOnReturn: false }) as AsyncIterable<Uint8Array> : input) {
         size += chunk.length;
         if (size > cap) throw tooBig(size);
         await inspection.write(chunk);

@@ -51,6 +51,11 @@ export interface StoreWriter {
    * (thin provisioning: the file store leaves holes, RBD does not write them).
    */
   write(chunks: Buffer[]): Promise<void>;
+  /**
+   * Append `length` zero bytes (same rules as write) without being given them: a store whose
+   * unwritten ranges read as zeroes only moves on. Absent: the caller writes zeroes.
+   */
+  writeZeroes?(length: number): Promise<void>;
   /** Make the data visible as image `imageId`'s; returns its location URL. */
   commit(imageId: string): Promise<string>;
   /** Throw the partial data away (safe to call twice, or after a failed commit). */

@@ -12,7 +12,7 @@
 import { createReadStream } from 'node:fs';
 import { readdir, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { Transform, Writable, type Readable } from 'node:stream';
+import { Readable, Writable } from 'node:stream';
 import { finished } from 'node:stream/promises';
 import { randomUUID } from 'node:crypto';
 import { HttpError, badRequest, conflict, isObject } from '../../http.js';
@@ -27,7 +27,7 @@ import { UploadHasher } from '../../hashing.js';
 import type { ImageService } from '../images.js';
 import { TaskFailure, type TaskOutcome, type TaskRun, type TaskRunner, type TaskService } from '../tasks.js';
 import { filteringRefusal, openWebSource, passesImportFiltering, type ImportFilteringOptions } from './web-download.js';
-import { applyPlugins, type ImportPluginOptions, type PluginContext } from './plugins.js';
+import { applyPlugins, closeData, type ImportPluginOptions, type PluginContext } from './plugins.js';
 import { checkGlanceDownloadRequest, openRemoteImage, type ImageEndpointLookup } from './glance-download.js';
 import { STAGE_HOST_PROPERTY, otherStageHost, proxyToStageHost } from './stage-host.js';
 
@@ -435,6 +435,8 @@ export class ImportService implements TaskRunner {
       return { result: { image_id: imageId }, image: done(targets.filter((t) => !img!.locations.some((l) => l.store_id === t))) };
     }
     const opened: Readable[] = [];
+    /** The streamed conversion's chunks, when they go to the ingest directly. */
+    let converted: AsyncGenerator<Uint8Array> | null = null;
     const temporary: string[] = [];
     /** The stores that failed (with all_stores_must_succeed=false, the import goes on without them). */
     const storesFailed: string[] = [];
@@ -501,12 +503,18 @@ export class ImportService implements TaskRunner {
         if (!(await this.taskRepo.updateImage({ id: imageId, status: { from: ['importing'], to: 'importing' }, formats }))) throw conflict(`Image ${imageId} changed during its import.`);
         restoreFormats = originalFormats;
       }
-      let bytes = 0;
-      const counted = staged.stream.pipe(new Transform({
-        transform(chunk: Buffer, _e, cb) { bytes += chunk.length; progress(bytes); cb(null, chunk); },
-      }));
-      staged.stream.on('error', (e) => counted.destroy(e));
-      opened.push(staged.stream, counted);
+      const data = staged.stream;
+      if (data instanceof Readable) opened.push(data);
+      else converted = data;
+      // (a generator, not a stream: each chunk goes on as it came, which the converter's reused chunks need)
+      const counted = (async function* () {
+        let bytes = 0;
+        for await (const chunk of data as AsyncIterable<Uint8Array>) {
+          bytes += chunk.length;
+          progress(bytes);
+          yield chunk;
+        }
+      })();
       // Every store written from the one pass over the data; os_glance_importing_to_stores
       // shrinks as each store's data is committed, a failed store moves to os_glance_failed_import.
       const mustSucceed = allStoresMustSucceed(task);
@@ -540,6 +548,7 @@ export class ImportService implements TaskRunner {
       // The ingest stops reading early on a refusal (size cap, quota) without destroying its
       // input: the download, a decompressor, must not run on.
       for (const s of opened) s.destroy();
+      if (converted) closeData(converted);
       for (const f of temporary) await rm(f, { force: true });
     }
   }

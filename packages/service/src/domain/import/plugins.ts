@@ -75,13 +75,30 @@ export interface PluginContext {
  * as it will be stored (formats), properties to set on success, and temporary files to remove
  * when the import ends.
  */
-export interface PluginOutput { stream: Readable; length: number | null; image: ImageRecord; properties: Record<string, string>; temporary: string[] }
+export interface PluginOutput { stream: ImportData; length: number | null; image: ImageRecord; properties: Record<string, string>; temporary: string[] }
+
+/**
+ * The data between plugins: a stream, or the streamed conversion's chunks themselves when no
+ * later plugin reads the data — each chunk then valid only until the next is asked for (the
+ * converter reads into two buffers in turn; the ingest copies every chunk into its hash batches
+ * before it asks again), so a conversion allocates nothing per slice.
+ */
+export type ImportData = Readable | AsyncGenerator<Uint8Array>;
+
+/** Stops `data` (a stream is destroyed, the chunks' generator returns and closes what it reads). */
+export function closeData(data: ImportData, e?: Error): void {
+  if (data instanceof Readable) data.destroy(e);
+  else data.return(undefined).catch(() => {});
+}
+
+/** Plugins that read the data they are given (those that only set properties do not). */
+const READS_DATA = new Set(['image_decompression', 'image_conversion']);
 
 export async function applyPlugins(source: Readable, length: number | null, ctx: PluginContext, o: ImportPluginOptions): Promise<PluginOutput> {
   let out: PluginOutput = { stream: source, length, image: ctx.image, properties: {}, temporary: [] };
-  for (const name of o.enabled) {
+  for (const [i, name] of o.enabled.entries()) {
     if (name === 'image_decompression') out = await decompression(out);
-    else if (name === 'image_conversion') out = await conversion(out, ctx, o);
+    else if (name === 'image_conversion') out = await conversion(out, ctx, o, !o.enabled.slice(i + 1).some((n) => READS_DATA.has(n)));
     else if (name === 'inject_image_metadata') out = injectMetadata(out, ctx, o);
   }
   return out;
@@ -94,9 +111,10 @@ function injectMetadata(out: PluginOutput, ctx: PluginContext, o: ImportPluginOp
 
 // --- image_conversion
 
-async function conversion(out: PluginOutput, ctx: PluginContext, o: ImportPluginOptions): Promise<PluginOutput> {
+/** `last`: no later plugin reads the data (the streamed conversion may then hand its chunks on directly). */
+async function conversion(out: PluginOutput, ctx: PluginContext, o: ImportPluginOptions, last: boolean): Promise<PluginOutput> {
   await mkdir(o.workDir, { recursive: true });
-  if (o.outputFormat === 'raw') return convertStreamed(out, ctx, o);
+  if (o.outputFormat === 'raw') return convertStreamed(out, ctx, o, last);
   const src = join(o.workDir, `${ctx.image.id}.convert-source`);
   const dst = join(o.workDir, `${ctx.image.id}.convert-${o.outputFormat}`);
   try {
@@ -113,7 +131,7 @@ async function conversion(out: PluginOutput, ctx: PluginContext, o: ImportPlugin
 const overCap = (cap: number) => new HttpError(413, `Image exceeds the storage quota: the image size cap is ${cap} bytes.`);
 
 /** The source, failing with Glance's 413 once it passes the image size cap. */
-function capped(source: Readable, cap: number): Transform {
+function capped(source: ImportData, cap: number): Transform {
   let size = 0;
   const t = new Transform({
     transform(chunk: Buffer, _e, cb) {
@@ -130,9 +148,9 @@ function capped(source: Readable, cap: number): Transform {
  * image size cap: counted as they are taken, with no stream between (a web download comes in
  * 64 KiB pieces, and a Transform's buffering costs each of them more than the count).
  */
-async function* cappedChunks(source: Readable, cap: number): AsyncGenerator<Uint8Array> {
+async function* cappedChunks(source: ImportData, cap: number): AsyncGenerator<Uint8Array> {
   let size = 0;
-  for await (const chunk of source as AsyncIterable<Buffer>) {
+  for await (const chunk of source as AsyncIterable<Uint8Array>) {
     size += chunk.length;
     if (size > cap) throw overCap(cap);
     yield chunk;
@@ -148,22 +166,22 @@ function conversionFailure(e: unknown): unknown {
   return e instanceof DiskError ? badRequest(`Image conversion failed: ${e.message}`) : e;
 }
 
-/** To raw, as the source streams in: the guest data in order, straight into the ingest. */
-async function convertStreamed(out: PluginOutput, ctx: PluginContext, o: ImportPluginOptions): Promise<PluginOutput> {
+/** To raw, as the source streams in: the guest data in order, straight into the ingest (`direct`: as chunks, not a stream). */
+async function convertStreamed(out: PluginOutput, ctx: PluginContext, o: ImportPluginOptions, direct: boolean): Promise<PluginOutput> {
   const spill = join(o.workDir, `${ctx.image.id}.convert-source`);
   const input = out.stream;
   let image: StreamedImage;
   try {
     image = await openStreamedImage(cappedChunks(input, o.sizeCap), { spillPath: spill, spillCap: o.sizeCap, name: ctx.image.id, signal: ctx.signal, judge: refuseUnsafe });
   } catch (e) {
-    input.destroy();
+    closeData(input);
     await rm(spill, { force: true });
     throw conversionFailure(e);
   }
   // The raw data is the virtual size, known from the header: a disk larger than the cap is
   // refused now, before its data is read, spilled or stored.
   if (image.size > o.sizeCap) {
-    input.destroy();
+    closeData(input);
     await image.close().catch(() => {});
     await rm(spill, { force: true });
     throw overCap(o.sizeCap);
@@ -172,17 +190,18 @@ async function convertStreamed(out: PluginOutput, ctx: PluginContext, o: ImportP
     image: ctx.image.id, from: image.format, to: 'raw', mode: image.mode, ...(image.stagedBecause ? { staged_because: image.stagedBecause } : {}),
   });
   const log = ctx.log;
-  const stream = Readable.from((async function* () {
+  const chunks = (async function* () {
     try {
-      yield* image.data();
+      yield* image.data({ reuse: direct });
       log.info('import converted', { image: ctx.image.id, from: image.format, to: 'raw', mode: image.mode, spilled: image.spilled });
     } catch (e) {
       throw conversionFailure(e);
     } finally {
-      input.destroy();
+      closeData(input);
       await image.close();
     }
-  })(), { objectMode: false });
+  })();
+  const stream = direct ? chunks : Readable.from(chunks, { objectMode: false });
   const converted = { ...ctx.image, ...out.image, disk_format: 'raw', container_format: 'bare' };
   return { ...out, stream, length: image.size, image: converted, temporary: [...out.temporary, spill] };
 }
@@ -218,7 +237,7 @@ const MAGIC: { name: 'gzip' | 'xz' | 'zstd' | 'zip'; bytes: number[] }[] = [
 const HEADER = Math.max(...MAGIC.map((m) => m.bytes.length));
 
 /** The first `n` bytes of `src` (fewer if it is shorter), and a stream of all of it. */
-async function peek(src: Readable, n: number): Promise<{ head: Buffer; all: Readable }> {
+async function peek(src: ImportData, n: number): Promise<{ head: Buffer; all: Readable }> {
   const it = src[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
   const chunks: Buffer[] = [];
   let len = 0;

@@ -10,13 +10,16 @@
  * their network in `allowedNetworks` — and the connection goes to exactly the address that was
  * checked (the check is the socket's DNS lookup), so a name that resolves differently the
  * second time (DNS rebinding) cannot reach what the check refused. Every redirect is checked
- * the same way, up to `maxRedirects` (urllib's limit, 10, by default).
+ * the same way, up to `maxRedirects` (urllib's limit, 10, by default). Plain http goes through
+ * httpGet (http-get.ts: large reads, no per-read buffers), https through Node's client.
  */
-import { request as httpRequest, type IncomingMessage, type ClientRequest } from 'node:http';
+import type { IncomingMessage, ClientRequest } from 'node:http';
 import { request as httpsRequest } from 'node:https';
+import type { Readable } from 'node:stream';
 import { BlockList, isIP, type LookupFunction } from 'node:net';
 import { lookup as dnsLookup, type LookupAddress } from 'node:dns';
 import { HttpError, badRequest } from '../../http.js';
+import { httpGet } from './http-get.js';
 
 export interface ImportFilteringOptions {
   allowedSchemes: string[];
@@ -109,7 +112,10 @@ const addressRefusal = (host: string, address: string, kind: string) =>
   badRequest(`Image download from ${host} refused: it resolves to ${address}, a ${kind} address this service does not download from.`);
 
 /** A response whose body is the image data, and the length it announced. */
-export interface WebSource { body: IncomingMessage; length: number | null; url: string }
+export interface WebSource { body: Readable; length: number | null; url: string }
+
+/** A response as openWebSource looks at it (Node's https client's, or httpGet's). */
+interface Response { statusCode: number; statusMessage: string; headers: Record<string, string | string[] | undefined>; body: Readable }
 
 /**
  * GET `uri` (after filtering and address checks, redirects followed and checked), resolving
@@ -125,24 +131,25 @@ export async function openWebSource(uri: string, o: ImportFilteringOptions, sign
     if (redirects === 0) origin = new URL(url).origin;
     // (`headers` may hold the user's token: they go to the first URL's origin only, never to where it redirects elsewhere)
     const res = await get(url, addresses, o.timeoutMs, signal, new URL(url).origin === origin ? headers : {});
-    const status = res.statusCode ?? 0;
-    if ([301, 302, 303, 307, 308].includes(status) && res.headers.location) {
-      res.resume();
+    const status = res.statusCode;
+    const location = res.headers.location;
+    if ([301, 302, 303, 307, 308].includes(status) && typeof location === 'string' && location) {
+      res.body.destroy();
       if (redirects >= o.maxRedirects) throw badRequest(`Image download from ${uri} stopped: more than ${o.maxRedirects} redirects.`);
-      url = new URL(res.headers.location, url).toString();
+      url = new URL(location, url).toString();
       continue;
     }
     if (status < 200 || status > 299) {
-      res.resume();
-      throw badRequest(`Image download from ${url} failed: HTTP Error ${status}: ${res.statusMessage ?? ''}`.trimEnd());
+      res.body.destroy();
+      throw badRequest(`Image download from ${url} failed: HTTP Error ${status}: ${res.statusMessage}`.trimEnd());
     }
     const cl = res.headers['content-length'];
-    const length = cl !== undefined && /^\d+$/.test(cl) ? Number(cl) : null;
-    return { body: res, length, url };
+    const length = typeof cl === 'string' && /^\d+$/.test(cl) ? Number(cl) : null;
+    return { body: res.body, length, url };
   }
 }
 
-function get(url: string, addresses: AddressPolicy, timeoutMs: number, signal: AbortSignal | undefined, headers: Record<string, string>): Promise<IncomingMessage> {
+function get(url: string, addresses: AddressPolicy, timeoutMs: number, signal: AbortSignal | undefined, headers: Record<string, string>): Promise<Response> {
   const u = new URL(url);
   const host = u.hostname.replace(/^\[|\]$/g, '');
   if (isIP(host)) {
@@ -161,17 +168,34 @@ function get(url: string, addresses: AddressPolicy, timeoutMs: number, signal: A
       else callback(null, found[0]!.address, found[0]!.family);
     });
   };
-  const send = u.protocol === 'https:' ? httpsRequest : httpRequest;
+  const timedOut = () => new HttpError(504, `Image download from ${u.host} timed out: nothing received for ${timeoutMs / 1000} s.`);
+  const failed = (e: Error) => (e instanceof HttpError ? e : badRequest(`Image download from ${u.host} failed: ${e.message}`));
+  if (u.protocol === 'http:') {
+    const port = u.port ? Number(u.port) : 80;
+    const request = httpGet({
+      host, port, path: `${u.pathname}${u.search}`, hostHeader: u.host, lookup, timeoutMs, onTimeout: timedOut,
+      headers: { 'User-Agent': 'diskhub-web-download', Accept: '*/*', ...headers },
+    });
+    if (signal) {
+      const onAbort = () => request.destroy(signal.reason instanceof Error ? signal.reason : new Error('aborted'));
+      if (signal.aborted) onAbort();
+      else {
+        signal.addEventListener('abort', onAbort, { once: true });
+        void request.response.then((r) => r.body.once('close', () => signal.removeEventListener('abort', onAbort)), () => signal.removeEventListener('abort', onAbort));
+      }
+    }
+    return request.response.catch((e: Error) => { throw failed(e); });
+  }
   return new Promise((resolve, reject) => {
     let res: IncomingMessage | undefined;
     const fail = (e: Error) => { if (res) res.destroy(e); else req.destroy(e); };
-    const req: ClientRequest = send(u, { method: 'GET', lookup, agent: false, headers: { 'User-Agent': 'diskhub-web-download', Accept: '*/*', ...headers } }, (r) => {
+    const req: ClientRequest = httpsRequest(u, { method: 'GET', lookup, agent: false, headers: { 'User-Agent': 'diskhub-web-download', Accept: '*/*', ...headers } }, (r) => {
       res = r;
-      resolve(r);
+      resolve({ statusCode: r.statusCode ?? 0, statusMessage: r.statusMessage ?? '', headers: r.headers, body: r });
     });
     // An idle socket for timeoutMs (connecting, waiting for headers, or between pieces of the body).
-    req.setTimeout(timeoutMs, () => fail(new HttpError(504, `Image download from ${u.host} timed out: nothing received for ${timeoutMs / 1000} s.`)));
-    req.on('error', (e) => reject(e instanceof HttpError ? e : badRequest(`Image download from ${u.host} failed: ${e.message}`)));
+    req.setTimeout(timeoutMs, () => fail(timedOut()));
+    req.on('error', (e) => reject(failed(e)));
     if (signal) {
       const onAbort = () => fail(signal.reason instanceof Error ? signal.reason : new Error('aborted'));
       if (signal.aborted) onAbort();

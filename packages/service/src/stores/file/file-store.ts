@@ -115,6 +115,8 @@ export class FileStore implements Store {
         }
         for (const c of chunks) length += c.length;
       },
+      // (a hole, as a written zero block would be: commit's truncate sets the size if it ends the file)
+      writeZeroes: async (n: number) => { length += n; },
       commit: async (imageId: string) => {
         if (!SAFE_NAME.test(imageId) || imageId.startsWith('.')) throw new StoreError(`bad image id '${imageId}'`);
         try {
