@@ -24,6 +24,13 @@ export interface HostIo {
    */
   reserve?(fd: number, offset: number, length: number): Promise<void>;
   /**
+   * pread(2) into `view` at `offset` on a libuv I/O thread, repeated until the view is full or
+   * the file ends; resolves with the bytes read. Rejects with an errno `code` and strerror's
+   * message. Much cheaper on the main thread than fs/promises' FileHandle.read. Optional, as
+   * reserve is.
+   */
+  read?(fd: number, view: Uint8Array, offset: number): Promise<number>;
+  /**
    * copy_file_range(2) of `length` bytes from `fdIn` at `offsetIn` to `fdOut` at `offsetOut`, on
    * a libuv I/O thread, until all are copied (qemu-img convert -C). Rejects with an errno
    * `code`: ENOSPC when the kernel copies nothing (the source ended), ENOTSUP without the
