@@ -229,9 +229,17 @@ export async function convertImage(src: BlockDevice, dst: ConvertTarget, options
     const runs: Run[] = [];
     let cur: Run | undefined;
     for (let p = 0; p < buf.length;) {
-      let next = Math.min(buf.length, (Math.floor((offset + p) / sparse) + 1) * sparse - offset);
+      let next = Math.min(buf.length, p + sparse - ((offset + p) % sparse));
       const zero = isZeroRange(buf, p, next);
-      if (zero) {
+      if (!zero) {
+        // Data blocks run on: a block whose first or last byte is not zero is data without a
+        // call (random data nearly always; this loop sees every block of a convert).
+        while (next < buf.length) {
+          const blockEnd = Math.min(buf.length, next + sparse);
+          if (buf[next] === 0 && buf[blockEnd - 1] === 0 && isZeroRange(buf, next, blockEnd)) break;
+          next = blockEnd;
+        }
+      } else {
         // Zero runs are seldom one block long: test the blocks after this one many at a time,
         // doubling the span while they stay zero (one memcmp per span instead of one call
         // per block; a span that is not all zero falls back to block by block).
