@@ -117,30 +117,34 @@ export async function convertImage(src: BlockDevice, dst: ConvertTarget, options
     return targetIsZero ? 'skip' : 'zero';
   };
 
-  /** Ranges with one action, adjacent extents merged (drivers may report cluster by cluster). */
-  async function* ranges(): AsyncIterable<{ action: Action; offset: number; length: number }> {
+  /** A range with one action cut into jobs: data chunks aligned to the chunk size, so that target clusters are written whole. */
+  function jobsOf(r: { action: Action; offset: number; length: number }): Job[] {
+    if (r.action === 'skip') return [];
+    if (r.action === 'zero') return [{ kind: 'zero', offset: r.offset, length: r.length }];
+    // Data (or, with -S 0, zeroes written as data).
+    const jobs: Job[] = [];
+    for (let pos = r.offset; pos < r.offset + r.length;) {
+      const next = Math.min(r.offset + r.length, (Math.floor(pos / chunk) + 1) * chunk);
+      jobs.push(r.action === 'fill' ? { kind: 'fill', offset: pos, length: next - pos } : { kind: 'data', offset: pos, length: next - pos });
+      pos = next;
+    }
+    return jobs;
+  }
+
+  /**
+   * The jobs in guest order, from ranges with one action (adjacent extents merged: drivers may
+   * report cluster by cluster). One generator, not one for the ranges and one for the jobs: every
+   * level of async generator costs each item a round of promises.
+   */
+  async function* plan(): AsyncIterable<Job> {
     let cur: { action: Action; offset: number; length: number } | undefined;
     for await (const e of walkExtents(src, 0, src.size, signal)) {
       const action = actionOf(e);
       if (cur && cur.action === action && cur.offset + cur.length === e.offset) { cur.length += e.length; continue; }
-      if (cur) yield cur;
+      if (cur) for (const job of jobsOf(cur)) yield job;
       cur = { action, offset: e.offset, length: e.length };
     }
-    if (cur) yield cur;
-  }
-
-  async function* plan(): AsyncIterable<Job> {
-    for await (const r of ranges()) {
-      if (r.action === 'skip') continue;
-      if (r.action === 'zero') { yield { kind: 'zero', offset: r.offset, length: r.length }; continue; }
-      // Data (or, with -S 0, zeroes written as data): chunks aligned to the chunk size so
-      // that target clusters are written whole.
-      for (let pos = r.offset; pos < r.offset + r.length;) {
-        const next = Math.min(r.offset + r.length, (Math.floor(pos / chunk) + 1) * chunk);
-        yield r.action === 'fill' ? { kind: 'fill', offset: pos, length: next - pos } : { kind: 'data', offset: pos, length: next - pos };
-        pos = next;
-      }
-    }
+    if (cur) for (const job of jobsOf(cur)) yield job;
   }
 
   /** -C: still copying ranges (cleared by the first range that cannot be copied). */
