@@ -238,8 +238,11 @@ export async function convertImage(src: BlockDevice, dst: ConvertTarget, options
       if (!zero) {
         // Data blocks run on: a block whose first or last byte is not zero is data without a
         // call (random data nearly always; this loop sees every block of a convert).
-        while (next < buf.length) {
-          const blockEnd = Math.min(buf.length, next + sparse);
+        const length = buf.length;
+        while (next < length) {
+          while (next + sparse <= length && buf[next] !== 0) next += sparse;
+          if (next >= length) break;
+          const blockEnd = Math.min(length, next + sparse);
           if (buf[next] === 0 && buf[blockEnd - 1] === 0 && isZeroRange(buf, next, blockEnd)) break;
           next = blockEnd;
         }
