@@ -105,6 +105,30 @@ test('hostio: read fills the view from the offset, short only at the end of the 
   }
 });
 
+test('hostio: zeroBlock finds the first all-zero block from `from` on, blocks cut at the end of the view, at any alignment of the view', addon(), () => {
+  if (!hostio) return;
+  assert.ok(hostio.zeroBlock, 'the addon has zeroBlock');
+  const backing = new Uint8Array(64 * 1024 + 3).fill(0x5a);
+  for (const shift of [0, 1, 3]) {
+    const view = backing.subarray(shift, shift + 64 * 1024);
+    view.fill(0x5a);
+    assert.equal(hostio.zeroBlock(view, 0, 4096), view.length, 'no zero block');
+    view.fill(0, 8192 + 1, 12288); // one non-zero byte left at the block's start
+    view.fill(0, 20480, 24575); // ... and one at its end
+    assert.equal(hostio.zeroBlock(view, 0, 4096), view.length);
+    view[24575] = 0;
+    assert.equal(hostio.zeroBlock(view, 0, 4096), 20480);
+    assert.equal(hostio.zeroBlock(view, 512, 4096), view.length, 'blocks counted from `from`: none of them all zero');
+    view[8192] = 0;
+    assert.equal(hostio.zeroBlock(view, 0, 4096), 8192);
+    assert.equal(hostio.zeroBlock(view, 12288, 4096), 20480);
+    // The last block is cut at the end of the view.
+    view.fill(0, view.length - 100);
+    assert.equal(hostio.zeroBlock(view, view.length - 100 - 2 * 4096, 4096), view.length - 100);
+    assert.equal(hostio.zeroBlock(view, view.length, 4096), view.length);
+  }
+});
+
 test('raw: host extents come from SEEK_DATA/SEEK_HOLE, holes are never read', addon(), async (t) => {
   const dir = await tempDir(t);
   const { path, data } = await sparseFile(dir);

@@ -11,6 +11,7 @@
  *                                   (qemu-img convert -C; copyRange, see below);
  *   pageOffset(view)              - where a typed array's bytes start within a memory page,
  *                                   so I/O buffers can be page-aligned as qemu-img's are;
+ *   zeroBlock(view, from, size)   - the first all-zero block of a buffer (convert's -S scan);
  *   openWriter / writerWrite /    - a file's writes made one after another, in the order
  *   closeWriter                     they were queued, on a thread of their own (see below);
  *   inflateRaw                    - raw deflate streams inflated on a libuv worker thread
@@ -1128,6 +1129,52 @@ static napi_value page_offset(napi_env env, napi_callback_info info) {
   return number(env, (double)((uintptr_t)data & 4095));
 }
 
+/*
+ * zeroBlock(view, from, blockSize) -> number: where the first all-zero block of `view` starts,
+ * looking at the blocks [from + k * blockSize, from + (k + 1) * blockSize) (the last one cut at
+ * the view's end), or the view's length when none is all zero. convert's `-S` scan of a data
+ * chunk: one call per chunk instead of a JavaScript loop over its blocks (a 2 GiB convert has
+ * half a million 4 KiB blocks), as qemu-img scans its buffers in C. A block of real data nearly
+ * always shows a non-zero word at once.
+ */
+static int block_is_zero(const uint8_t *p, size_t n) {
+  size_t i = 0;
+  for (; i < n && ((uintptr_t)(p + i) & 7); i++) if (p[i]) return 0;
+  for (; i + 32 <= n; i += 32) {
+    uint64_t a, b, c, d;
+    memcpy(&a, p + i, 8);
+    memcpy(&b, p + i + 8, 8);
+    memcpy(&c, p + i + 16, 8);
+    memcpy(&d, p + i + 24, 8);
+    if (a | b | c | d) return 0;
+  }
+  for (; i < n; i++) if (p[i]) return 0;
+  return 1;
+}
+
+static napi_value zero_block(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  napi_typedarray_type type;
+  size_t length;
+  void *data;
+  double from, block;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 3 ||
+      napi_get_typedarray_info(env, argv[0], &type, &length, &data, NULL, NULL) != napi_ok || type != napi_uint8_array ||
+      napi_get_value_double(env, argv[1], &from) != napi_ok || napi_get_value_double(env, argv[2], &block) != napi_ok ||
+      !(from >= 0) || !(block >= 1) || from != (double)(size_t)from || block != (double)(size_t)block) {
+    napi_throw_type_error(env, NULL, "hostio: zeroBlock(Uint8Array, from, blockSize)");
+    return NULL;
+  }
+  const uint8_t *bytes = data;
+  size_t bs = (size_t)block;
+  for (size_t at = (size_t)from; at < length; at += bs) {
+    size_t n = length - at < bs ? length - at : bs;
+    if (block_is_zero(bytes + at, n)) return number(env, (double)at);
+  }
+  return number(env, (double)length);
+}
+
 /* tryLock(fd): a POSIX record lock (fcntl F_SETLK, F_WRLCK) on the whole file without waiting;
  * true when taken, false when another process holds it. The lock oslo.concurrency's external
  * locks take (fcntl.lockf), so a lock file is shared with Nova's own lockutils. Released when
@@ -1164,6 +1211,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"read", NULL, read_into, NULL, NULL, NULL, napi_default_jsproperty, NULL},
     {"copyRange", NULL, copy_range, NULL, NULL, NULL, napi_default_jsproperty, NULL},
     {"pageOffset", NULL, page_offset, NULL, NULL, NULL, napi_default_jsproperty, NULL},
+    {"zeroBlock", NULL, zero_block, NULL, NULL, NULL, napi_default_jsproperty, NULL},
     {"openWriter", NULL, open_writer, NULL, NULL, NULL, napi_default_jsproperty, NULL},
     {"writerWrite", NULL, writer_write, NULL, NULL, NULL, napi_default_jsproperty, NULL},
     {"closeWriter", NULL, close_writer, NULL, NULL, NULL, napi_default_jsproperty, NULL},

@@ -46,6 +46,12 @@ export interface HostIo {
   /** Where the view's first byte lies within its memory page (address modulo 4096). */
   pageOffset(view: Uint8Array): number;
   /**
+   * Where the first all-zero block of `view` starts, of the blocks [from + k * blockSize,
+   * from + (k + 1) * blockSize) (the last cut at the view's end); the view's length when none
+   * is. Optional, as reserve is.
+   */
+  zeroBlock?(view: Uint8Array, from: number, blockSize: number): number;
+  /**
    * A serial writer for `fd`: a thread of its own makes the writes queued to it one at a time,
    * in queue order (as qemu-img convert writes its target). Optional, as reserve is.
    */
