@@ -179,6 +179,12 @@ export class FileSource implements ByteSource {
 
   async read(buf: Uint8Array, offset: number): Promise<number> {
     if (buf.length <= this.blockingReadMax) return this.readSync(buf, offset);
+    if (hostio?.read && Number.isSafeInteger(offset) && offset >= 0) {
+      // One pread loop on an I/O thread: a convert reads every chunk here, and fs/promises'
+      // FileHandle.read costs several times the main-thread CPU (BENCHMARKS.md, issue 22).
+      // (An offset past 2^53, from a damaged table, takes the general path as before.)
+      return hostio.read(this.fh.fd, buf, offset);
+    }
     let done = 0;
     while (done < buf.length) {
       const { bytesRead } = await this.fh.read(buf, done, buf.length - done, offset + done);

@@ -70,6 +70,66 @@ test('hostio: inflateRaw — streams fill their outputs on the threadpool; bytes
   assert.throws(() => hostio!.inflateRaw!([stream, [] as unknown as Uint8Array]), TypeError);
 });
 
+test('hostio: read fills the view from the offset, short only at the end of the file; past the end 0; a directory rejects with EISDIR; FileSource.read gives the same bytes as a plain read', addon(), async (t) => {
+  if (!hostio) return;
+  assert.ok(hostio.read, 'the addon has read');
+  const dir = await tempDir(t);
+  const path = join(dir, 'f.bin');
+  const bytes = new Uint8Array(3 * MiB + 123).map((_, i) => (i * 7 + (i >> 12)) & 0xff);
+  const fh = await open(path, 'w+');
+  await fh.write(bytes, 0, bytes.length, 0);
+  try {
+    const view = new Uint8Array(MiB + 5);
+    assert.equal(await hostio.read(fh.fd, view, 4097), view.length);
+    assert.deepEqual(view, bytes.subarray(4097, 4097 + view.length));
+    const tail = new Uint8Array(4096).fill(0xee);
+    assert.equal(await hostio.read(fh.fd, tail, bytes.length - 100), 100);
+    assert.deepEqual(tail.subarray(0, 100), bytes.subarray(bytes.length - 100));
+    assert.equal(tail[100], 0xee, 'nothing written past what was read');
+    assert.equal(await hostio.read(fh.fd, tail, bytes.length + MiB), 0);
+    const src = await FileSource.open(path);
+    try {
+      const got = new Uint8Array(2 * MiB);
+      assert.equal(await src.read(got, MiB - 1), got.length);
+      assert.deepEqual(got, bytes.subarray(MiB - 1, 3 * MiB - 1));
+    } finally {
+      await src.close();
+    }
+  } finally {
+    await fh.close();
+  }
+  const d = await open(dir, 'r');
+  try {
+    await assert.rejects(hostio.read(d.fd, new Uint8Array(16), 0), (e: NodeJS.ErrnoException) => e.code === 'EISDIR' && /Is a directory/.test(e.message));
+  } finally {
+    await d.close();
+  }
+});
+
+test('hostio: zeroBlock finds the first all-zero block from `from` on, blocks cut at the end of the view, at any alignment of the view', addon(), () => {
+  if (!hostio) return;
+  assert.ok(hostio.zeroBlock, 'the addon has zeroBlock');
+  const backing = new Uint8Array(64 * 1024 + 3).fill(0x5a);
+  for (const shift of [0, 1, 3]) {
+    const view = backing.subarray(shift, shift + 64 * 1024);
+    view.fill(0x5a);
+    assert.equal(hostio.zeroBlock(view, 0, 4096), view.length, 'no zero block');
+    view.fill(0, 8192 + 1, 12288); // one non-zero byte left at the block's start
+    view.fill(0, 20480, 24575); // ... and one at its end
+    assert.equal(hostio.zeroBlock(view, 0, 4096), view.length);
+    view[24575] = 0;
+    assert.equal(hostio.zeroBlock(view, 0, 4096), 20480);
+    assert.equal(hostio.zeroBlock(view, 512, 4096), view.length, 'blocks counted from `from`: none of them all zero');
+    view[8192] = 0;
+    assert.equal(hostio.zeroBlock(view, 0, 4096), 8192);
+    assert.equal(hostio.zeroBlock(view, 12288, 4096), 20480);
+    // The last block is cut at the end of the view.
+    view.fill(0, view.length - 100);
+    assert.equal(hostio.zeroBlock(view, view.length - 100 - 2 * 4096, 4096), view.length - 100);
+    assert.equal(hostio.zeroBlock(view, view.length, 4096), view.length);
+  }
+});
+
 test('raw: host extents come from SEEK_DATA/SEEK_HOLE, holes are never read', addon(), async (t) => {
   const dir = await tempDir(t);
   const { path, data } = await sparseFile(dir);

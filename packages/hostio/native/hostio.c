@@ -6,10 +6,12 @@
  *   fallocate(ZERO_RANGE)         - zero a range without writing it;
  *   fallocate(0)                  - preallocate (qemu-img's preallocation=falloc);
  *   fallocate(KEEP_SIZE), async   - reserve blocks just before a large write (reserve);
+ *   pread, async                  - read into a buffer on a libuv worker thread (read);
  *   copy_file_range, async        - copy a range between two files inside the kernel
  *                                   (qemu-img convert -C; copyRange, see below);
  *   pageOffset(view)              - where a typed array's bytes start within a memory page,
  *                                   so I/O buffers can be page-aligned as qemu-img's are;
+ *   zeroBlock(view, from, size)   - the first all-zero block of a buffer (convert's -S scan);
  *   openWriter / writerWrite /    - a file's writes made one after another, in the order
  *   closeWriter                     they were queued, on a thread of their own (see below);
  *   inflateRaw                    - raw deflate streams inflated on a libuv worker thread
@@ -18,7 +20,7 @@
  *                                   (LUKS payloads; see below);
  *   digestOpen / digestUpdate /   - md5 / sha512 of a stream, each update on a libuv worker
  *   digestFinal                     thread (upload checksums; see below).
- * All calls but reserve, copyRange, dropCleanCache, the writer, inflateRaw, xtsSectors and digestUpdate are synchronous: they touch metadata only and return in microseconds
+ * All calls but read, reserve, copyRange, dropCleanCache, the writer, inflateRaw, xtsSectors and digestUpdate are synchronous: they touch metadata only and return in microseconds
  * on local filesystems. Offsets travel as JavaScript numbers (exact up to 2^53).
  * Errors are thrown as Error objects whose `code` is the errno name (ENXIO, EOPNOTSUPP, ...).
  */
@@ -222,6 +224,87 @@ static napi_value reserve(napi_env env, napi_callback_info info) {
     napi_get_undefined(env, &undefined);
     napi_resolve_deferred(env, job->head.deferred, undefined);
     if (job->head.work) napi_delete_async_work(env, job->head.work);
+    free(job);
+  }
+  return promise;
+}
+
+/*
+ * read(fd, view, offset) -> Promise<number>: pread(2) into `view` on a libuv worker thread until
+ * it is full or the file ends; resolves with the bytes read (fewer only at the end of the file).
+ * Rejects with the errno `code` and strerror's message. What fs/promises' FileHandle.read does,
+ * at a tenth of its cost on the main thread (measured with callgrind: about 90 000 instructions
+ * per call through FileHandle.read, its validation, reference counting and promise plumbing,
+ * against under 10 000 here); a convert makes one such read per chunk.
+ */
+typedef struct {
+  napi_async_work work;
+  napi_deferred deferred;
+  napi_ref keep; /* the view, alive until the read is done */
+  int fd;
+  uint8_t *data;
+  size_t length, done;
+  off_t offset;
+  int err;
+} read_job;
+
+static void read_execute(napi_env env, void *data) {
+  (void)env;
+  read_job *job = data;
+  while (job->done < job->length) {
+    ssize_t r = pread(job->fd, job->data + job->done, job->length - job->done, job->offset + (off_t)job->done);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      job->err = errno;
+      return;
+    }
+    if (r == 0) return; /* the end of the file */
+    job->done += (size_t)r;
+  }
+}
+
+static void read_complete(napi_env env, napi_status status, void *data) {
+  read_job *job = data;
+  if (status == napi_ok && job->err == 0) napi_resolve_deferred(env, job->deferred, number(env, (double)job->done));
+  else napi_reject_deferred(env, job->deferred, errno_error(env, NULL, status == napi_ok ? job->err : EIO));
+  napi_delete_reference(env, job->keep);
+  napi_delete_async_work(env, job->work);
+  free(job);
+}
+
+static napi_value read_into(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  int32_t fd;
+  double offset;
+  napi_typedarray_type type;
+  size_t length;
+  void *bytes;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 3 || napi_get_value_int32(env, argv[0], &fd) != napi_ok ||
+      napi_get_typedarray_info(env, argv[1], &type, &length, &bytes, NULL, NULL) != napi_ok || type != napi_uint8_array ||
+      napi_get_value_double(env, argv[2], &offset) != napi_ok) {
+    napi_throw_type_error(env, NULL, "hostio: read(fd, Uint8Array, offset)");
+    return NULL;
+  }
+  if (!(offset >= 0 && offset <= 9007199254740992.0)) {
+    napi_throw_range_error(env, NULL, "hostio: offsets must be non-negative safe integers");
+    return NULL;
+  }
+  read_job *job = calloc(1, sizeof *job);
+  if (!job) return throw_oom(env);
+  job->fd = fd;
+  job->data = bytes;
+  job->length = length;
+  job->offset = (off_t)offset;
+  napi_value promise, name;
+  napi_create_promise(env, &job->deferred, &promise);
+  napi_create_reference(env, argv[1], 1, &job->keep);
+  napi_create_string_utf8(env, "hostio.read", NAPI_AUTO_LENGTH, &name);
+  if (napi_create_async_work(env, NULL, name, read_execute, read_complete, job, &job->work) != napi_ok ||
+      napi_queue_async_work(env, job->work) != napi_ok) {
+    napi_reject_deferred(env, job->deferred, errno_error(env, "pread", EIO));
+    if (job->work) napi_delete_async_work(env, job->work);
+    napi_delete_reference(env, job->keep);
     free(job);
   }
   return promise;
@@ -1052,6 +1135,52 @@ static napi_value page_offset(napi_env env, napi_callback_info info) {
   return number(env, (double)((uintptr_t)data & 4095));
 }
 
+/*
+ * zeroBlock(view, from, blockSize) -> number: where the first all-zero block of `view` starts,
+ * looking at the blocks [from + k * blockSize, from + (k + 1) * blockSize) (the last one cut at
+ * the view's end), or the view's length when none is all zero. convert's `-S` scan of a data
+ * chunk: one call per chunk instead of a JavaScript loop over its blocks (a 2 GiB convert has
+ * half a million 4 KiB blocks), as qemu-img scans its buffers in C. A block of real data nearly
+ * always shows a non-zero word at once.
+ */
+static int block_is_zero(const uint8_t *p, size_t n) {
+  size_t i = 0;
+  for (; i < n && ((uintptr_t)(p + i) & 7); i++) if (p[i]) return 0;
+  for (; i + 32 <= n; i += 32) {
+    uint64_t a, b, c, d;
+    memcpy(&a, p + i, 8);
+    memcpy(&b, p + i + 8, 8);
+    memcpy(&c, p + i + 16, 8);
+    memcpy(&d, p + i + 24, 8);
+    if (a | b | c | d) return 0;
+  }
+  for (; i < n; i++) if (p[i]) return 0;
+  return 1;
+}
+
+static napi_value zero_block(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  napi_typedarray_type type;
+  size_t length;
+  void *data;
+  double from, block;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 3 ||
+      napi_get_typedarray_info(env, argv[0], &type, &length, &data, NULL, NULL) != napi_ok || type != napi_uint8_array ||
+      napi_get_value_double(env, argv[1], &from) != napi_ok || napi_get_value_double(env, argv[2], &block) != napi_ok ||
+      !(from >= 0) || !(block >= 1) || from != (double)(size_t)from || block != (double)(size_t)block) {
+    napi_throw_type_error(env, NULL, "hostio: zeroBlock(Uint8Array, from, blockSize)");
+    return NULL;
+  }
+  const uint8_t *bytes = data;
+  size_t bs = (size_t)block;
+  for (size_t at = (size_t)from; at < length; at += bs) {
+    size_t n = length - at < bs ? length - at : bs;
+    if (block_is_zero(bytes + at, n)) return number(env, (double)at);
+  }
+  return number(env, (double)length);
+}
+
 /* tryLock(fd): a POSIX record lock (fcntl F_SETLK, F_WRLCK) on the whole file without waiting;
  * true when taken, false when another process holds it. The lock oslo.concurrency's external
  * locks take (fcntl.lockf), so a lock file is shared with Nova's own lockutils. Released when
@@ -1181,8 +1310,10 @@ static napi_value init(napi_env env, napi_value exports) {
     {"zeroRange", NULL, zero_range, NULL, NULL, NULL, napi_default_jsproperty, NULL},
     {"allocate", NULL, allocate, NULL, NULL, NULL, napi_default_jsproperty, NULL},
     {"reserve", NULL, reserve, NULL, NULL, NULL, napi_default_jsproperty, NULL},
+    {"read", NULL, read_into, NULL, NULL, NULL, napi_default_jsproperty, NULL},
     {"copyRange", NULL, copy_range, NULL, NULL, NULL, napi_default_jsproperty, NULL},
     {"pageOffset", NULL, page_offset, NULL, NULL, NULL, napi_default_jsproperty, NULL},
+    {"zeroBlock", NULL, zero_block, NULL, NULL, NULL, napi_default_jsproperty, NULL},
     {"openWriter", NULL, open_writer, NULL, NULL, NULL, napi_default_jsproperty, NULL},
     {"writerWrite", NULL, writer_write, NULL, NULL, NULL, napi_default_jsproperty, NULL},
     {"closeWriter", NULL, close_writer, NULL, NULL, NULL, napi_default_jsproperty, NULL},

@@ -24,6 +24,13 @@ export interface HostIo {
    */
   reserve?(fd: number, offset: number, length: number): Promise<void>;
   /**
+   * pread(2) into `view` at `offset` on a libuv I/O thread, repeated until the view is full or
+   * the file ends; resolves with the bytes read. Rejects with an errno `code` and strerror's
+   * message. Much cheaper on the main thread than fs/promises' FileHandle.read. Optional, as
+   * reserve is.
+   */
+  read?(fd: number, view: Uint8Array, offset: number): Promise<number>;
+  /**
    * copy_file_range(2) of `length` bytes from `fdIn` at `offsetIn` to `fdOut` at `offsetOut`, on
    * a libuv I/O thread, until all are copied (qemu-img convert -C). Rejects with an errno
    * `code`: ENOSPC when the kernel copies nothing (the source ended), ENOTSUP without the
@@ -51,6 +58,12 @@ export interface HostIo {
   exchange?(pathA: string, pathB: string): void;
   /** Where the view's first byte lies within its memory page (address modulo 4096). */
   pageOffset(view: Uint8Array): number;
+  /**
+   * Where the first all-zero block of `view` starts, of the blocks [from + k * blockSize,
+   * from + (k + 1) * blockSize) (the last cut at the view's end); the view's length when none
+   * is. Optional, as reserve is.
+   */
+  zeroBlock?(view: Uint8Array, from: number, blockSize: number): number;
   /**
    * A serial writer for `fd`: a thread of its own makes the writes queued to it one at a time,
    * in queue order (as qemu-img convert writes its target). Optional, as reserve is.

@@ -212,24 +212,34 @@ export class Qcow2Image implements Image {
   }
 
   /**
-   * Where guest byte `offset` lies in the data file when that is known without waiting: its L2
-   * table is cached and maps the cluster as plain allocated data (not compressed, not zero,
-   * no subclusters, no legacy encryption). Undefined otherwise: the general path decides.
+   * Where guest bytes [offset, offset+length) lie in the data file when that is known without
+   * waiting: they are inside one L2 table, which is cached and maps each of their clusters as
+   * plain allocated data (not compressed, not zero, no subclusters, no legacy encryption), the
+   * clusters one after another in the file. Undefined otherwise: the general path decides.
    */
-  private cachedDataOffset(offset: number): number | undefined {
+  private cachedDataOffset(offset: number, length: number): number | undefined {
     if (this.guestCipher || this.geo.extendedL2) return undefined;
     const span = this.l2Span;
     const l1Index = Math.floor(offset / span);
+    if (offset + length > (l1Index + 1) * span) return undefined;
     const table = this.l2Cache.get(this.l1Entry(l1Index));
     if (!table) return undefined;
     const cs = this.clusterSize;
-    const at = Math.floor((offset - l1Index * span) / cs) * 8;
-    const hi = (table[at]! << 24 | table[at + 1]! << 16 | table[at + 2]! << 8 | table[at + 3]!) >>> 0;
-    const lo = (table[at + 4]! << 24 | table[at + 5]! << 16 | table[at + 6]! << 8 | table[at + 7]!) >>> 0;
-    if (hi & 0x40000000 || (this.header.version >= 3 && lo & 1)) return undefined;
-    const host = entryOffset(hi, lo);
-    if (host === 0 || host % cs !== 0) return undefined;
-    return host + (offset % cs);
+    const first = Math.floor((offset - l1Index * span) / cs);
+    const last = Math.floor((offset + length - 1 - l1Index * span) / cs);
+    const v3 = this.header.version >= 3;
+    let start = 0;
+    for (let i = first; i <= last; i++) {
+      const at = i * 8;
+      const hi = (table[at]! << 24 | table[at + 1]! << 16 | table[at + 2]! << 8 | table[at + 3]!) >>> 0;
+      const lo = (table[at + 4]! << 24 | table[at + 5]! << 16 | table[at + 6]! << 8 | table[at + 7]!) >>> 0;
+      if (hi & 0x40000000 || (v3 && lo & 1)) return undefined;
+      const host = entryOffset(hi, lo);
+      if (host === 0 || host % cs !== 0) return undefined;
+      if (i === first) start = host;
+      else if (host !== start + (i - first) * cs) return undefined;
+    }
+    return start + (offset % cs);
   }
 
   /** The runs of [pos, tableEnd) in the L2 table `table` (at `l2Offset`, L1 index `l1Index`), to `emit` in order. */
@@ -307,9 +317,9 @@ export class Qcow2Image implements Image {
     checkRange(this.size, offset, buf.length, 'read');
     // A read inside one data cluster whose table is cached (a filesystem walk's metadata reads,
     // thousands of 4 KiB blocks): one read of the data file, without the general path's run list.
-    const cs = this.clusterSize;
-    if (buf.length > 0 && offset % cs + buf.length <= cs) {
-      const host = this.cachedDataOffset(offset);
+    // The same for a run of whole data clusters stored one after another (a convert's chunks).
+    if (buf.length > 0) {
+      const host = this.cachedDataOffset(offset, buf.length);
       if (host !== undefined) {
         const n = await this.dataSource.read(buf, host);
         if (n < buf.length) buf.fill(0, n);
