@@ -67,8 +67,11 @@ writeFileSync(bundle, readFileSync(bundle, 'utf8').replace(/\bimport\((?=["'])/g
 // V8's code cache for the bundle (bin/load-bundle.js), made under V8's default flags
 // (NODE_OPTIONS could change them). Without it the bundle still runs, compiling as it loads.
 const { NODE_OPTIONS, ...env } = process.env;
-const warm = spawnSync(process.execPath, [join(here, 'warm-code-cache.cjs')], { stdio: 'inherit', env });
+// The commands it runs print their reports (with write(2), past process.stdout): stdout is
+// dropped, stderr shown only when the warm-up fails.
+const warm = spawnSync(process.execPath, [join(here, 'warm-code-cache.cjs')], { stdio: ['ignore', 'ignore', 'pipe'], env, encoding: 'utf8' });
 if (warm.status !== 0) {
+  process.stderr.write(warm.stderr ?? '');
   console.error(`warm-code-cache.cjs failed (${warm.error?.message ?? `status ${warm.status}`}); the bundle runs without a code cache`);
   if (process.env.CI === 'true') process.exit(1);
 }
