@@ -5,7 +5,8 @@
 // stale code. DISKHUB_NO_BUNDLE=1 forces the compiled modules. CommonJS (bin/package.json), like
 // the bundle: an ES-module entry point costs every command the set-up of Node's ES module loader.
 'use strict';
-const { bundleFresh, loadBundle } = require('./load-bundle.js');
+const { bundleFresh, codeCacheFor, loadBundle } = require('./load-bundle.js');
 
-const cli = !process.env.DISKHUB_NO_BUNDLE && bundleFresh() ? Promise.resolve(loadBundle().exports) : import('../dist/src/main.js');
-cli.then(({ main }) => main(process.argv.slice(2))).then((code) => { process.exitCode = code; });
+const argv = process.argv.slice(2);
+const cli = !process.env.DISKHUB_NO_BUNDLE && bundleFresh() ? Promise.resolve(loadBundle({ cache: codeCacheFor(argv) }).exports) : import('../dist/src/main.js');
+cli.then(({ main }) => main(argv)).then((code) => { process.exitCode = code; });

@@ -18,6 +18,21 @@ const vm = require('node:vm');
 const BUNDLE = join(__dirname, '..', 'dist', 'bundle', 'main.cjs');
 const CODE_CACHE = `${BUNDLE}.cache`;
 
+/**
+ * `img` commands with a code cache of their own (main.cjs.NAME.cache), written after running
+ * only that command: V8 deserialises the whole cache at every start, and the one made after
+ * every command (converts of each format included) is twice what `img info` needs (8 M
+ * instructions of its start-up). Other commands use main.cjs.cache.
+ */
+const COMMAND_CACHES = ['info', 'check', 'map', 'resize', 'snapshot'];
+
+const codeCacheFile = (name) => (name === 'full' ? CODE_CACHE : `${BUNDLE}.${name}.cache`);
+
+/** The code cache for a command line (`img info ...`: main.cjs.info.cache). */
+function codeCacheFor(argv) {
+  return argv[0] === 'img' && COMMAND_CACHES.includes(argv[1]) ? codeCacheFile(argv[1]) : CODE_CACHE;
+}
+
 function mtime(path) {
   try {
     return statSync(path).mtimeMs;
@@ -37,10 +52,13 @@ function bundleFresh() {
 
 /**
  * Runs the bundle and returns its exports and the vm.Script it ran as (for createCachedData).
- * `useCache`: start from the code cache. `require`: the bundle's require (the warm-up wraps it).
+ * `useCache`: start from the code cache `cache` (the full one when that one is missing or
+ * older than the bundle). `require`: the bundle's require (the warm-up wraps it).
  */
-function loadBundle({ useCache = true, require: bundleRequire = createRequire(BUNDLE) } = {}) {
-  const cachedData = useCache && mtime(CODE_CACHE) >= mtime(BUNDLE) ? readFileSync(CODE_CACHE) : undefined;
+function loadBundle({ useCache = true, cache = CODE_CACHE, require: bundleRequire = createRequire(BUNDLE) } = {}) {
+  const built = mtime(BUNDLE);
+  const file = mtime(cache) >= built ? cache : CODE_CACHE;
+  const cachedData = useCache && mtime(file) >= built ? readFileSync(file) : undefined;
   // A module wrapper as Node's, plus __import: the bundle's import() of external packages (the
   // service, the zstd encoder) comes here, because functions restored from a code cache lose the
   // script's own import() callback (ERR_VM_DYNAMIC_IMPORT_CALLBACK_MISSING in Node 20).
@@ -56,4 +74,4 @@ function loadBundle({ useCache = true, require: bundleRequire = createRequire(BU
   return { exports: module.exports, script, cacheRejected: cachedData ? script.cachedDataRejected : undefined };
 }
 
-module.exports = { BUNDLE, CODE_CACHE, bundleFresh, loadBundle };
+module.exports = { BUNDLE, CODE_CACHE, COMMAND_CACHES, bundleFresh, codeCacheFile, codeCacheFor, loadBundle };

@@ -3,7 +3,7 @@
  * against the directory of the image that names them, as QEMU does), a depth cap and loop
  * detection by (device, inode).
  */
-import { stat } from 'node:fs/promises';
+import { stat } from './host-fs.js';
 import { DiskError } from './errors.js';
 import type { Image, OpenOptions } from './format.js';
 import { formats } from './formats.js';

@@ -3,12 +3,12 @@
  * buffer, or remote object) addressed by byte offset; format drivers read their metadata
  * and data clusters from one.
  */
-import { open as fsOpen, type FileHandle } from 'node:fs/promises';
 import { constants as fsConstants, readSync } from 'node:fs';
 import { hostio, type Writer } from '@diskhub/hostio';
 /** Page-aligned I/O buffers (much cheaper kernel copies on some CPUs; see hostio). */
 export { pageAlignedBytes } from '@diskhub/hostio';
 import { DiskError, fromNodeError } from './errors.js';
+import * as hostFs from './host-fs.js';
 
 /** A run of the host file that holds data (`data: true`) or is a hole (`data: false`). */
 export interface HostExtent {
@@ -144,13 +144,21 @@ export class FileSource implements ByteSource {
   private writer?: Writer;
   private lastWrite: Promise<unknown> = Promise.resolve();
   private readonly blockingReadMax: number;
-  private constructor(private readonly fh: FileHandle, name: string, readOnly: boolean, options: FileSourceOptions) {
+  /**
+   * Calls in flight on the descriptor, and close()'s wait for them to end: as a FileHandle's
+   * close does, so that the number is never closed (and perhaps reused by the next file
+   * opened) under a pending read or write.
+   */
+  private inFlight = 0;
+  private idle?: () => void;
+  private closed = false;
+  private constructor(private readonly descriptor: number, name: string, readOnly: boolean, options: FileSourceOptions) {
     this.name = name;
     this.readOnly = readOnly;
     this.blockingReadMax = options.blockingReadMax ?? 0;
     this.noFlush = !!options.noFlush;
     this.reserving = !!options.reserveWrites && !readOnly && !!hostio?.reserve;
-    if (options.serialWrites && !readOnly && hostio?.openWriter && hostio.writerWrite && hostio.closeWriter) this.writer = hostio.openWriter(fh.fd);
+    if (options.serialWrites && !readOnly && hostio?.openWriter && hostio.writerWrite && hostio.closeWriter) this.writer = hostio.openWriter(descriptor);
   }
 
   static async open(path: string, options: FileSourceOptions = {}): Promise<FileSource> {
@@ -158,23 +166,32 @@ export class FileSource implements ByteSource {
     let flags = readOnly ? fsConstants.O_RDONLY : fsConstants.O_RDWR;
     if (options.create) flags |= fsConstants.O_CREAT | (options.exclusive ? fsConstants.O_EXCL : fsConstants.O_TRUNC);
     try {
-      const fh = await fsOpen(path, flags, 0o644);
-      const st = await fh.stat();
+      const fd = await hostFs.open(path, flags, 0o644);
+      const st = await hostFs.fstat(fd).catch(async (e) => { await hostFs.close(fd); throw e; });
       if (st.isDirectory()) {
-        await fh.close();
+        await hostFs.close(fd);
         // QEMU's wording: its 'file' protocol driver opens regular files only.
         throw new DiskError('EINVAL', `'file' driver requires '${path}' to be a regular file`);
       }
-      return new FileSource(fh, path, readOnly, options);
+      return new FileSource(fd, path, readOnly, options);
     } catch (e) {
       throw fromNodeError(e, path);
     }
   }
 
-  get fd(): number { return this.fh.fd; }
+  get fd(): number { return this.descriptor; }
+
+  /** One call on the descriptor, counted for close(); after close(), EBADF as a FileHandle's. */
+  private call<T>(start: (fd: number) => Promise<T>): Promise<T> {
+    if (this.closed) return Promise.reject(Object.assign(new Error('file closed'), { code: 'EBADF', syscall: 'read' }));
+    this.inFlight++;
+    return start(this.descriptor).finally(() => {
+      if (--this.inFlight === 0) this.idle?.();
+    });
+  }
 
   async size(): Promise<number> {
-    return (await this.fh.stat()).size;
+    return (await this.call(hostFs.fstat)).size;
   }
 
   async read(buf: Uint8Array, offset: number): Promise<number> {
@@ -186,8 +203,10 @@ export class FileSource implements ByteSource {
       return hostio.read(this.fh.fd, buf, offset);
     }
     let done = 0;
-    while (done < buf.length) {
-      const { bytesRead } = await this.fh.read(buf, done, buf.length - done, offset + done);
+    // No file reaches past 2^53 bytes (node:fs refuses such positions): a read there is past the
+    // end, as a damaged table's offset can ask for.
+    while (done < buf.length && offset + done <= Number.MAX_SAFE_INTEGER) {
+      const bytesRead = await this.call((fd) => hostFs.read(fd, buf, done, buf.length - done, offset + done));
       if (bytesRead === 0) break;
       done += bytesRead;
     }
@@ -198,7 +217,7 @@ export class FileSource implements ByteSource {
     let done = 0;
     try {
       while (done < buf.length) {
-        const n = readSync(this.fh.fd, buf, done, buf.length - done, offset + done);
+        const n = readSync(this.descriptor, buf, done, buf.length - done, offset + done);
         if (n === 0) break;
         done += n;
       }
@@ -214,7 +233,7 @@ export class FileSource implements ByteSource {
     if (this.reserving && buf.length >= RESERVE_MIN) await this.reserve(offset, buf.length);
     let done = 0;
     while (done < buf.length) {
-      const { bytesWritten } = await this.fh.write(buf, done, buf.length - done, offset + done);
+      const bytesWritten = await this.call((fd) => hostFs.write(fd, buf, done, buf.length - done, offset + done));
       done += bytesWritten;
     }
   }
@@ -228,7 +247,8 @@ export class FileSource implements ByteSource {
     if (this.reserving && length >= RESERVE_MIN) await this.reserve(offset, length);
     let pos = offset;
     while (rest.length) {
-      const { bytesWritten } = await this.fh.writev(rest, pos);
+      const pieces = rest;
+      const bytesWritten = await this.call((fd) => hostFs.writev(fd, pieces, pos));
       pos += bytesWritten;
       // A short write: drop what went out and continue with the remainder.
       let skip = bytesWritten;
@@ -248,7 +268,7 @@ export class FileSource implements ByteSource {
     if (this.readOnly) throw new DiskError('EROFS', `${this.name}: opened read-only`);
     if (!(from instanceof FileSource) || !hostio?.copyRange) throw new DiskError('EUNSUPPORTED', `${this.name}: copy offloading needs two host files`);
     if (length === 0) return;
-    const done = hostio.copyRange(from.fd, fromOffset, this.fh.fd, offset, length);
+    const done = hostio.copyRange(from.fd, fromOffset, this.descriptor, offset, length);
     // truncate, flush and close wait for it as for a queued write.
     this.lastWrite = Promise.all([this.lastWrite, done.catch(() => {})]);
     try {
@@ -260,7 +280,7 @@ export class FileSource implements ByteSource {
 
   private async reserve(offset: number, length: number): Promise<void> {
     try {
-      await hostio!.reserve!(this.fh.fd, offset, length);
+      await hostio!.reserve!(this.descriptor, offset, length);
     } catch {
       // Not supported here (a block device, some filesystems), or no space left: the write
       // itself then reports what matters.
@@ -271,7 +291,7 @@ export class FileSource implements ByteSource {
   async truncate(size: number): Promise<void> {
     if (this.readOnly) throw new DiskError('EROFS', `${this.name}: opened read-only`);
     await this.lastWrite; // the writer's writes finish in order: the last one is enough
-    await this.fh.truncate(size);
+    await this.call((fd) => hostFs.ftruncate(fd, size));
   }
 
   /**
@@ -286,14 +306,14 @@ export class FileSource implements ByteSource {
     if (hostio && this.seekWorks) {
       try {
         while (pos < end && pos < size) {
-          const data = hostio.seek(this.fh.fd, pos, 0);
+          const data = hostio.seek(this.descriptor, pos, 0);
           const dataAt = data < 0 ? size : Math.min(data, size);
           if (dataAt > pos) {
             yield { offset: pos, length: Math.min(dataAt, end) - pos, data: false };
             pos = Math.min(dataAt, end);
             if (pos >= end || pos >= size) break;
           }
-          const hole = Math.min(hostio.seek(this.fh.fd, pos, 1), size, end);
+          const hole = Math.min(hostio.seek(this.descriptor, pos, 1), size, end);
           // A file that changes under us could report a hole at pos; never loop in place.
           const next = hole > pos ? hole : Math.min(pos + 512, end);
           yield { offset: pos, length: next - pos, data: true };
@@ -317,10 +337,10 @@ export class FileSource implements ByteSource {
     if (length === 0) return;
     if (hostio && this.punchWorks) {
       try {
-        hostio.punchHole(this.fh.fd, offset, length);
+        hostio.punchHole(this.descriptor, offset, length);
         // KEEP_SIZE leaves the size alone; a range past the end must still extend the file
         // so that it reads as zeroes of the expected length.
-        if ((await this.size()) < offset + length) await this.fh.truncate(offset + length);
+        if ((await this.size()) < offset + length) await this.call((fd) => hostFs.ftruncate(fd, offset + length));
         return;
       } catch (e) {
         if ((e as { code?: string }).code !== 'EOPNOTSUPP') throw fromNodeError(e, this.name);
@@ -338,23 +358,23 @@ export class FileSource implements ByteSource {
     if (length === 0) return;
     if (hostio) {
       try {
-        hostio.allocate(this.fh.fd, offset, length);
+        hostio.allocate(this.descriptor, offset, length);
         return;
       } catch (e) {
         if ((e as { code?: string }).code !== 'EOPNOTSUPP') throw fromNodeError(e, this.name);
       }
     }
-    if ((await this.size()) < offset + length) await this.fh.truncate(offset + length);
+    if ((await this.size()) < offset + length) await this.call((fd) => hostFs.ftruncate(fd, offset + length));
   }
 
   async allocatedSize(): Promise<number> {
-    const st = await this.fh.stat();
+    const st = await this.call(hostFs.fstat);
     return st.blocks * 512;
   }
 
   async flush(): Promise<void> {
     await this.lastWrite;
-    if (!this.readOnly && !this.noFlush) await this.fh.datasync();
+    if (!this.readOnly && !this.noFlush) await this.call(hostFs.fdatasync);
   }
 
   async close(): Promise<void> {
@@ -362,7 +382,10 @@ export class FileSource implements ByteSource {
     const writer = this.writer;
     this.writer = undefined;
     if (writer) await hostio!.closeWriter!(writer);
-    await this.fh.close();
+    if (this.closed) return;
+    this.closed = true;
+    if (this.inFlight > 0) await new Promise<void>((resolve) => { this.idle = resolve; });
+    await hostFs.close(this.descriptor);
   }
 }
 

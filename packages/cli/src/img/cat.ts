@@ -5,7 +5,7 @@
  */
 import { resolvePath, type Filesystem, type FsNode } from '@diskhub/disk';
 import { getopt, UsageError } from './getopt.js';
-import { CliError, out } from './common.js';
+import { CliError, out, stdoutStream } from './common.js';
 import { FILE_LONG_OPTIONS, ImageFileOptions, runFileCommand, withImageFiles } from './files.js';
 
 export const CAT_HELP = `usage: diskhub img cat [-f fmt] [--partition N | --lv VG/LV] [--object ...] [--image-opts] IMAGE FILE [FILE...]
@@ -33,7 +33,7 @@ export async function catCommand(argv: string[]): Promise<number> {
         const node = await resolvePath(fs, path, { follow: true });
         if (node.stat.kind === 'directory') throw new CliError(`${path}: Is a directory`);
         if (node.stat.kind !== 'file') throw new CliError(`${path}: not a regular file`);
-        await streamFile(fs, node, (piece) => write(process.stdout, piece));
+        await streamFile(fs, node, (piece) => write(stdoutStream(), piece));
       }
       return 0;
     }, false);

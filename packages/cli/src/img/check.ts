@@ -1,5 +1,11 @@
 /** `diskhub img check`: qemu-img check (exit 0 clean, 1 check failed, 2 corruptions, 3 leaks, 63 unsupported). */
-import { FileSource, checkSource, closeChain, getFormat, probeFormat, readHead, isDiskError, isEncryptedHead, CheckNotSupported, type CheckResult } from '@diskhub/disk';
+import type { CheckResult } from '@diskhub/disk';
+import { CheckNotSupported, isDiskError } from '@diskhub/disk/errors';
+import { getFormat, probeFormat } from '@diskhub/disk/formats';
+import { closeChain } from '@diskhub/disk/open';
+import { checkSource } from '@diskhub/disk/ops/dispatch';
+import { isEncryptedHead } from '@diskhub/disk/qcow2/crypto';
+import { FileSource, readHead } from '@diskhub/disk/source';
 import { getopt, UsageError } from './getopt.js';
 import { SECRET_LONG_OPTIONS, Secrets, openOptionsOf } from './secrets.js';
 import { CliError, checkCacheMode, errorMessage, openCliImage, parseOutputFormat, out, err, warnProbedRaw, type OutputFormat } from './common.js';

@@ -1,5 +1,11 @@
 /** What every `diskhub img` command shares: errors and exit codes, opening images, --output. */
-import { openImage, isDiskError, SNAPSHOT_NOT_FOUND, type Image, type OpenImageOptions } from '@diskhub/disk';
+// The engine's modules by name rather than its index (which loads every filesystem reader,
+// the inspectors and the linters): what `info` loads is its start-up (BENCHMARKS.md, issue 22).
+import type { Image, OpenImageOptions } from '@diskhub/disk';
+import { isDiskError } from '@diskhub/disk/errors';
+import { SNAPSHOT_NOT_FOUND } from '@diskhub/disk/format';
+import { openImage } from '@diskhub/disk/open';
+import { writeSync } from 'node:fs';
 import { UsageError } from './getopt.js';
 
 /** A failure with qemu-img's message (printed after "qemu-img: ") and exit code. */
@@ -42,7 +48,49 @@ export function errorMessage(e: unknown): string {
   return String(e);
 }
 
-export const out = (s: string): void => { process.stdout.write(s); };
+/**
+ * Text to standard output or error with plain write(2) calls. Creating Node's process.stdout
+ * stream loads its stream machinery (9 M instructions of `img info`'s start-up under callgrind,
+ * 15 M when stdout is a pipe) for what is, for most commands, one short report. Once a
+ * command takes the stream itself (stdoutStream: long listings that wait for a slow reader),
+ * or a write would block (a non-blocking descriptor), the text goes through the stream, so
+ * that nothing overtakes what it still holds.
+ */
+function writeText(fd: 1 | 2, s: string): void {
+  if (streams[fd]) { streams[fd]!.write(s); return; }
+  const bytes = Buffer.from(s);
+  for (let done = 0; done < bytes.length;) {
+    try {
+      done += writeSync(fd, bytes, done);
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code === 'EAGAIN') { takeStream(fd).write(bytes.subarray(done)); return; }
+      if (code === 'EPIPE') {
+        if (fd === 1) exitOnClosedStdout(e as NodeJS.ErrnoException);
+        return; // nobody is reading the messages
+      }
+      throw e;
+    }
+  }
+}
+
+const streams: { 1?: NodeJS.WriteStream; 2?: NodeJS.WriteStream } = {};
+
+/** A reader that went away (`diskhub img map ... | head`): stop quietly, as qemu-img dies of SIGPIPE. */
+function exitOnClosedStdout(e: NodeJS.ErrnoException): void {
+  if (e.code === 'EPIPE') process.exit(128 + 13);
+  throw e;
+}
+
+function takeStream(fd: 1 | 2): NodeJS.WriteStream {
+  if (fd === 1 && !streams[1]) process.stdout.on('error', exitOnClosedStdout);
+  return (streams[fd] ??= fd === 1 ? process.stdout : process.stderr);
+}
+
+/** process.stdout, for a command that writes a lot and waits for 'drain'; out() then writes through it too. */
+export const stdoutStream = (): NodeJS.WriteStream => takeStream(1);
+
+export const out = (s: string): void => writeText(1, s);
 
 /**
  * Batched stdout for long listings (map of a fragmented image): text is written in blocks of
@@ -61,10 +109,11 @@ export class OutputBuffer {
     const text = this.parts.join('');
     this.parts = [];
     this.size = 0;
-    if (!process.stdout.write(text)) await new Promise<void>((resolve) => process.stdout.once('drain', resolve));
+    const stdout = stdoutStream();
+    if (!stdout.write(text)) await new Promise<void>((resolve) => stdout.once('drain', resolve));
   }
 }
-export const err = (s: string): void => { process.stderr.write(s); };
+export const err = (s: string): void => writeText(2, s);
 /** qemu-img's warn_report: "qemu-img: warning: ..." on stderr. */
 export const warn = (message: string): void => err(`qemu-img: warning: ${message}\n`);
 

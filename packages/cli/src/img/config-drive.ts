@@ -13,7 +13,7 @@ import { readFile, rename, unlink, writeFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { writeIso9660, type IsoFile } from '@diskhub/disk/iso9660/index';
 import { getopt, UsageError } from './getopt.js';
-import { CliError } from './common.js';
+import { CliError, stdoutStream } from './common.js';
 
 /** The OpenStack metadata versions Nova serves, oldest first (base.py OPENSTACK_VERSIONS). */
 const OPENSTACK_VERSIONS = ['2012-08-10', '2013-04-04', '2013-10-17', '2015-10-15', '2016-06-30', '2016-10-06', '2017-02-22', '2018-08-27', '2020-10-14'];
@@ -168,7 +168,7 @@ export async function configDriveCommand(argv: string[]): Promise<number> {
   const opts: Record<string, string | true> = {};
   let out: string | undefined;
   for (const o of options) {
-    if (o.opt === 'h') { process.stdout.write(USAGE); return 0; }
+    if (o.opt === 'h') { stdoutStream().write(USAGE); return 0; }
     if (o.opt === 'o') { out = o.arg; continue; }
     opts[o.opt] = o.arg ?? true;
   }

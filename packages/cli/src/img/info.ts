@@ -1,5 +1,7 @@
 /** `diskhub img info`: qemu-img info. */
-import { closeChain, infoChain, type ImageInfo, type SnapshotInfo } from '@diskhub/disk';
+import type { ImageInfo, SnapshotInfo } from '@diskhub/disk';
+import { closeChain } from '@diskhub/disk/open';
+import { infoChain } from '@diskhub/disk/ops/info';
 import { getopt, UsageError } from './getopt.js';
 import { openCliImage, parseOutputFormat, out, type OutputFormat } from './common.js';
 import { SECRET_LONG_OPTIONS, Secrets, openOptionsOf } from './secrets.js';

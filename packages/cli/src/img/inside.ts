@@ -3,7 +3,8 @@
  * partition or an LVM logical volume of an image for `info`, `map` and `convert` (and
  * `partitions` lists what there is to select). The syntax follows qemu-nbd's --partition.
  */
-import { openInside, filesystemOf, isDiskError, type Image, type InsideSelection, type OpenedInside } from '@diskhub/disk';
+import type { Image, InsideSelection, OpenedInside } from '@diskhub/disk';
+import { isDiskError } from '@diskhub/disk/errors';
 import { UsageError, type LongOption } from './getopt.js';
 import { CliError } from './common.js';
 
@@ -36,7 +37,8 @@ export const hasSelection = (sel: InsideSelection) => sel.partition !== undefine
 /** Apply a selection to an opened image; errors read "Could not open 'NAME': ..." like qemu-img's. */
 export async function selectInside(image: Image, filename: string, sel: InsideSelection): Promise<OpenedInside> {
   try {
-    return await openInside(image, sel);
+    // Loaded here: the partition, LVM and filesystem readers are for a selection only.
+    return await (await import('@diskhub/disk/inside/index')).openInside(image, sel);
   } catch (e) {
     if (isDiskError(e)) throw new CliError(`Could not open '${filename}': ${e.message}`);
     throw e;
@@ -48,7 +50,7 @@ export async function selectInside(image: Image, filename: string, sel: InsideSe
  * virtual size (the host file's disk size no longer describes it), and what the part is.
  */
 export async function selectionInfo<T extends { 'virtual-size': number; [key: string]: unknown }>(info: T, sel: OpenedInside): Promise<{ info: T; human: string }> {
-  const fs = await filesystemOf(sel.device);
+  const fs = await (await import('@diskhub/disk/inside/index')).filesystemOf(sel.device);
   const copy: T = { ...info, 'virtual-size': sel.device.size };
   delete copy['actual-size'];
   delete copy['format-specific'];

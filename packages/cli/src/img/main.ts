@@ -43,14 +43,7 @@ const COMMANDS: Record<string, () => Promise<ImgCommand>> = {
   sysprep: async () => (await import('../sysprep/command.js')).sysprepCommand,
 };
 
-/** A reader that went away (`diskhub img map ... | head`): stop quietly, as qemu-img dies of SIGPIPE. */
-function exitOnClosedStdout(e: NodeJS.ErrnoException): void {
-  if (e.code === 'EPIPE') process.exit(128 + 13);
-  throw e;
-}
-
 export async function imgMain(argv: string[]): Promise<number> {
-  if (!process.stdout.listeners('error').includes(exitOnClosedStdout)) process.stdout.on('error', exitOnClosedStdout);
   try {
     // Global options stop at the first non-option (the command), as with getopt's '+'.
     let i = 0;

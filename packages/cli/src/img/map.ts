@@ -1,5 +1,7 @@
 /** `diskhub img map`: qemu-img map (human and json). */
-import { closeChain, mapImage, type Extent } from '@diskhub/disk';
+import type { Extent } from '@diskhub/disk';
+import { closeChain } from '@diskhub/disk/open';
+import { mapImage } from '@diskhub/disk/ops/map';
 import { getopt, UsageError } from './getopt.js';
 import { SECRET_LONG_OPTIONS, Secrets, openOptionsOf } from './secrets.js';
 import { CliError, OutputBuffer, openCliImage, parseOutputFormat, type OutputFormat } from './common.js';

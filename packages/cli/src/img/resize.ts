@@ -3,7 +3,9 @@
  * 7.2's img_resize. The size is taken off the end of argv before the options are parsed, so
  * "-1G" is a size and not an option, as in qemu-img.
  */
-import { closeChain, isDiskError, type Preallocation } from '@diskhub/disk';
+import type { Preallocation } from '@diskhub/disk';
+import { isDiskError } from '@diskhub/disk/errors';
+import { closeChain } from '@diskhub/disk/open';
 import { getopt, UsageError } from './getopt.js';
 import { SECRET_LONG_OPTIONS, Secrets, openOptionsOf } from './secrets.js';
 import { CliError, errorMessage, openCliImage, out, err, warnProbedRaw } from './common.js';

@@ -3,7 +3,9 @@
  * img_snapshot. Like qemu-img it takes no -f (the format is probed) and opens the image
  * for writing except for -l; the messages and exit codes are qemu-img's, errno included.
  */
-import { closeChain, isDiskError, type DiskErrorCode } from '@diskhub/disk';
+import type { DiskErrorCode } from '@diskhub/disk';
+import { isDiskError } from '@diskhub/disk/errors';
+import { closeChain } from '@diskhub/disk/open';
 import { getopt, UsageError } from './getopt.js';
 import { SECRET_LONG_OPTIONS, Secrets, openOptionsOf } from './secrets.js';
 import { CliError, errorMessage, openCliImage, out, warnProbedRaw } from './common.js';

@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { inspectWithTrees, isDiskError, type Image, type InspectedOs } from '@diskhub/disk';
 import { getopt, UsageError, type LongOption } from '../img/getopt.js';
-import { CliError, errorMessage, openCliImage } from '../img/common.js';
+import { CliError, errorMessage, openCliImage, stdoutStream } from '../img/common.js';
 import { BuildError, BuildSession, Interrupted, signalExitCode } from '../image-build/session.js';
 import { inRoot } from '../image-build/rootpath.js';
 import { removeTree } from '../image-build/disk.js';
@@ -72,8 +72,8 @@ export async function sysprepCommand(argv: string[]): Promise<number> {
     let formatConsumed = true;
     let dryRun = false, quiet = false, verbose = false;
     for (const o of options) {
-      if (o.opt === 'h') { process.stdout.write(SYSPREP_USAGE); return 0; }
-      if (o.opt === 'list-operations') { process.stdout.write(listOperations()); return 0; }
+      if (o.opt === 'h') { stdoutStream().write(SYSPREP_USAGE); return 0; }
+      if (o.opt === 'list-operations') { stdoutStream().write(listOperations()); return 0; }
       if (o.opt === 'a') { images.push({ path: o.arg!, format }); formatConsumed = true; }
       else if (o.opt === 'format') { format = o.arg === 'auto' ? undefined : o.arg!; formatConsumed = false; }
       else if (o.opt === 'enable') choice.enable(o.arg!);
@@ -102,7 +102,7 @@ async function sysprep(args: SysprepArgs): Promise<number> {
   const session = new BuildSession(null, 0, args.quiet, args.verbose);
   const started = Date.now();
   // virt-sysprep's progress lines: "[   1.2] Examining the guest ...".
-  const message = (text: string) => { if (!args.quiet) process.stdout.write(`[${((Date.now() - started) / 1000).toFixed(1).padStart(6)}] ${text}\n`); };
+  const message = (text: string) => { if (!args.quiet) stdoutStream().write(`[${((Date.now() - started) / 1000).toFixed(1).padStart(6)}] ${text}\n`); };
   let work: string | null = null;
   let image: Image | null = null;
   let failure: unknown = null;
@@ -156,7 +156,7 @@ async function sysprep(args: SysprepArgs): Promise<number> {
         message(`Performing "${op.name}" ...`);
         const from = files.changes.length;
         await op.perform(files, os);
-        if (args.verbose || args.dryRun) for (const c of files.changes.slice(from)) process.stdout.write(`  ${args.dryRun ? 'would have ' : ''}${c}\n`);
+        if (args.verbose || args.dryRun) for (const c of files.changes.slice(from)) stdoutStream().write(`  ${args.dryRun ? 'would have ' : ''}${c}\n`);
       }
       // Unmount (the kernel writes everything out) and detach, then copy the changes back.
       await session.unwindTo(mark);

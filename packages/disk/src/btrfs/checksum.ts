@@ -5,7 +5,7 @@
  * and BLAKE2b with a 256-bit digest (Node's blake2b512 is another parameter block) are written
  * from their specifications.
  */
-import { createHash } from 'node:crypto';
+import { crypto } from '../builtins.js';
 import { crc32c } from '../crc32c.js';
 import { DiskError } from '../errors.js';
 import { BTRFS_CSUM_SIZE, BTRFS_CSUM_TYPE_BLAKE2, BTRFS_CSUM_TYPE_CRC32, BTRFS_CSUM_TYPE_SHA256, BTRFS_CSUM_TYPE_XXHASH } from './layout.js';
@@ -30,7 +30,7 @@ export function verifyChecksum(type: number, b: Uint8Array, size: number, what: 
   if (type === BTRFS_CSUM_TYPE_CRC32) {
     computed = new Uint8Array(4);
     new DataView(computed.buffer).setUint32(0, crc32c(body), true);
-  } else if (type === BTRFS_CSUM_TYPE_SHA256) computed = createHash('sha256').update(body).digest();
+  } else if (type === BTRFS_CSUM_TYPE_SHA256) computed = crypto().createHash('sha256').update(body).digest();
   else if (type === BTRFS_CSUM_TYPE_BLAKE2) computed = blake2b(body, 32);
   else {
     computed = new Uint8Array(8);

@@ -21,9 +21,9 @@
  * (subvolume id << 48) | inode (the kernel tells them apart by st_dev, which a FileStat
  * does not have), so hard-link detection and loop checks never mix two subvolumes up.
  */
-import { inflateSync } from 'node:zlib';
 import { Decompress } from 'fzstd';
 import type { BlockDevice } from '../blockdev.js';
+import { zlib } from '../builtins.js';
 import { crc32cRegister } from '../crc32c.js';
 import { DiskError } from '../errors.js';
 import type { DirEntry, FileKind, FileStat, Filesystem, FsNode } from '../filesystem.js';
@@ -677,7 +677,7 @@ function decompress(type: number, input: Uint8Array, size: number, sectorSize: n
   const out = new Uint8Array(size);
   try {
     if (type === COMPRESS_ZLIB) {
-      const data = inflateSync(input, { maxOutputLength: Math.max(size, 1) });
+      const data = zlib().inflateSync(input, { maxOutputLength: Math.max(size, 1) });
       out.set(data.subarray(0, size));
     } else if (type === COMPRESS_LZO) {
       btrfsLzoDecompress(input, out, sectorSize);

@@ -20,7 +20,9 @@ const MAX_CODE_LENGTH = 20;
 /** bzip2 1.0.8 reads any selector count but keeps at most this many. */
 const MAX_SELECTORS = 18002;
 
-const CRC_TABLE = (() => {
+/** The CRC-32 table (bzip2's, MSB first), made on first use: not every command decodes bzip2. */
+let crcTable: Uint32Array | undefined;
+const makeCrcTable = () => {
   const t = new Uint32Array(256);
   for (let i = 0; i < 256; i++) {
     let c = i << 24;
@@ -28,7 +30,7 @@ const CRC_TABLE = (() => {
     t[i] = c >>> 0;
   }
   return t;
-})();
+};
 
 class BitReader {
   private pos = 0; // in bits
@@ -92,6 +94,7 @@ function decodeSymbol(r: BitReader, h: HuffmanCode, fail: (m: string) => DiskErr
  * libbz2's one-stream decode ignores them.
  */
 export function bunzip2(input: Uint8Array, expected: number, fail: (message: string) => DiskError): Uint8Array {
+  const CRC_TABLE = (crcTable ??= makeCrcTable());
   const r = new BitReader(input, fail);
   if (r.bits(8) !== 0x42 || r.bits(8) !== 0x5a || r.bits(8) !== 0x68) throw fail('is not a bzip2 stream (no "BZh" header)');
   const level = r.bits(8) - 0x30;

@@ -3,7 +3,7 @@
  * Glance's image_conversion import plugin run it: the target is created, filled and flushed,
  * and removed again on any failure.
  */
-import { unlink } from 'node:fs/promises';
+import { unlink } from '../host-fs.js';
 import { closeChain, openImage } from '../open.js';
 import { convertImage } from './convert.js';
 import { createImage } from './dispatch.js';

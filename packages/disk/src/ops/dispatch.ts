@@ -2,7 +2,7 @@
  * create / check / measure: thin dispatch to the format driver's hooks (format.ts), with
  * the file handling and the errors qemu-img gives when a format lacks the hook.
  */
-import { unlink } from 'node:fs/promises';
+import { unlink } from '../host-fs.js';
 import { CheckNotSupported, DiskError } from '../errors.js';
 import { checkEncryptionAlias, type CheckResult, type CreateRequest, type MeasureRequest, type MeasureResult, type FormatDriver } from '../format.js';
 import { formats } from '../formats.js';

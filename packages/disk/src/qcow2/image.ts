@@ -8,7 +8,7 @@
  * and extend this class through the hooks marked "write path".
  */
 import { zlib } from '../builtins.js';
-import { Decompress } from 'fzstd';
+import type * as Fzstd from 'fzstd';
 import { hostio, type HostIo } from '@diskhub/hostio';
 import { backingStatus, checkRange, readBacking, settled, type BlockDevice, type Extent } from '../blockdev.js';
 import { DiskError } from '../errors.js';
@@ -492,7 +492,8 @@ export class Qcow2Image implements Image {
     // decoder does.
     const out = new Uint8Array(this.clusterSize);
     let filled = 0;
-    const d = new Decompress((chunk) => {
+    if (!zstdDecoder) throw new Error('qcow2: the zstd decoder is loaded when an image using it is opened');
+    const d = new zstdDecoder.Decompress((chunk) => {
       const n = Math.min(chunk.length, out.length - filled);
       out.set(chunk.subarray(0, n), filled);
       filled += n;
@@ -651,6 +652,12 @@ export async function readBitmapBits(source: ByteSource, entry: BitmapEntry, siz
   return bits;
 }
 
+/**
+ * The zstd decoder, loaded when an image with zstd compression is opened (readQcow2State): its
+ * tables cost every command's start-up 1.1 M instructions, and few images use it.
+ */
+let zstdDecoder: typeof Fzstd | undefined;
+
 /** Read and check what opening needs: header, snapshot table, and the L1 table to use. */
 export async function readQcow2State(source: ByteSource, snapshot?: string): Promise<Qcow2State & { view?: Qcow2Snapshot }> {
   const fileSize = await source.size();
@@ -661,6 +668,7 @@ export async function readQcow2State(source: ByteSource, snapshot?: string): Pro
   const head = new Uint8Array(headLen);
   await readExact(source, head, 0, 'qcow2 header cluster');
   const header = parseHeader(head, fileSize, source.name);
+  if (header.compressionType === COMPRESSION_ZSTD) zstdDecoder ??= await import('fzstd');
   const geo = geometry(header);
   let snapshots: Qcow2Snapshot[] = [];
   if (header.nbSnapshots > 0) {
