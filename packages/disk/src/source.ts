@@ -200,7 +200,8 @@ export class FileSource implements ByteSource {
       // One pread loop on an I/O thread: a convert reads every chunk here, and fs/promises'
       // FileHandle.read costs several times the main-thread CPU (BENCHMARKS.md, issue 22).
       // (An offset past 2^53, from a damaged table, takes the general path as before.)
-      return hostio.read(this.fh.fd, buf, offset);
+      const read = hostio.read;
+      return this.call((fd) => read(fd, buf, offset));
     }
     let done = 0;
     // No file reaches past 2^53 bytes (node:fs refuses such positions): a read there is past the
