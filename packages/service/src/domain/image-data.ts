@@ -62,6 +62,8 @@ export interface IngestPolicy {
   storeFailed?(storeId: string, error: HttpError): Promise<void>;
   /** A store's data is committed (the image becomes active once every remaining store's is). */
   storeCommitted?(storeId: string): Promise<void>;
+  /** Properties the image takes in the transaction that makes it active (never shown active without them). */
+  properties?: Record<string, string>;
 }
 
 /** The stores an ingest wrote the data to, and those that failed and were dropped. */
@@ -269,7 +271,7 @@ export class ImageDataService {
     try {
       activated = await this.repo.activate(img.id, [img.status], {
         size, virtual_size: verdict.virtualSize, checksum: digests.md5,
-        os_hash_algo: 'sha512', os_hash_value: digests.sha512, locations,
+        os_hash_algo: 'sha512', os_hash_value: digests.sha512, locations, properties: policy.properties,
       });
     } catch (e) {
       // The database refused the new locations: the committed data must not stay behind unnamed.

@@ -28,7 +28,11 @@ export interface LocationInput { id?: string; url: string; store_id: string | nu
 export type LocationImageChanges = Partial<Pick<ImagesTable, 'status' | 'size' | 'checksum' | 'os_hash_algo' | 'os_hash_value'>>;
 
 /** The data an upload leaves: the image's checksums and sizes, and where it was stored. */
-export type UploadedData = Pick<ImagesTable, 'size' | 'virtual_size' | 'checksum' | 'os_hash_algo' | 'os_hash_value'> & { locations: { url: string; store_id: string }[] };
+export type UploadedData = Pick<ImagesTable, 'size' | 'virtual_size' | 'checksum' | 'os_hash_algo' | 'os_hash_value'> & {
+  locations: { url: string; store_id: string }[];
+  /** Properties the image takes as it becomes active (an import's: the remote image's, the injected ones). */
+  properties?: Record<string, string>;
+};
 
 /**
  * An `uploads` row's temp_key names the temporary data of every store one transfer writes to
@@ -252,13 +256,14 @@ export class ImageRepo {
    * changed meanwhile (nothing is written then).
    */
   async activate(id: string, from: string[], data: UploadedData): Promise<boolean> {
-    const { locations, ...columns } = data;
+    const { locations, properties, ...columns } = data;
     return this.k.transaction().execute(async (tx) => {
       const ts = now();
       const r = await tx.updateTable('images').set({ ...columns, status: 'active', updated_at: ts })
         .where('id', '=', id).where('deleted', '=', 0).where('status', 'in', from).executeTakeFirst();
       await tx.deleteFrom('uploads').where('image_id', '=', id).execute();
       if (Number(r.numUpdatedRows) !== 1) return false;
+      if (properties) await setProperties(tx, id, properties);
       // (after any location the image already has: an upload gives a queued image its first)
       const last = await tx.selectFrom('image_locations').select((eb) => eb.fn.max('position').as('p')).where('image_id', '=', id).where('status', '=', 'active').executeTakeFirst();
       const first = last?.p === null || last?.p === undefined ? 0 : Number(last.p) + 1;
@@ -286,10 +291,7 @@ export class ImageRepo {
 
   /** Set (or with null, remove) one property the service itself keeps (os_glance_*). */
   async setProperty(id: string, name: string, value: string | null): Promise<void> {
-    await this.k.transaction().execute(async (tx) => {
-      await tx.deleteFrom('image_properties').where('image_id', '=', id).where('name', '=', name).execute();
-      if (value !== null) await tx.insertInto('image_properties').values({ image_id: id, name, value }).execute();
-    });
+    await this.k.transaction().execute((tx) => setProperties(tx, id, { [name]: value }));
   }
 
   // --- tags
@@ -444,6 +446,14 @@ function attachChildren(rows: Database['images'][], children: Children): ImageRe
     : children.locations;
   for (const l of locations) byId.get(l.image_id)!.locations.push({ id: l.id, url: l.url, store_id: l.store_id, metadata: parseMetadata(l.metadata) });
   return rows.map((r) => byId.get(r.id)!);
+}
+
+/** Set (or, null, remove) the image's properties `props` inside `tx`. */
+export async function setProperties(tx: Transaction<Database>, id: string, props: Record<string, string | null>): Promise<void> {
+  for (const [name, value] of Object.entries(props)) {
+    await tx.deleteFrom('image_properties').where('image_id', '=', id).where('name', '=', name).execute();
+    if (value !== null) await tx.insertInto('image_properties').values({ image_id: id, name, value }).execute();
+  }
 }
 
 async function writeChildren(tx: Transaction<Database>, id: string, props: Record<string, string>, tags: string[]): Promise<void> {

@@ -14,7 +14,7 @@ import { insertIgnore } from '../db/insert-ignore.js';
 import { num, type Database, type TasksTable } from '../db/schema.js';
 import { badRequest } from '../http.js';
 import { now } from '../identity.js';
-import type { Viewer } from './images.js';
+import { setProperties, type Viewer } from './images.js';
 
 export type TaskStatus = 'pending' | 'processing' | 'success' | 'failure';
 export const TASK_STATUSES: readonly TaskStatus[] = ['pending', 'processing', 'success', 'failure'];
@@ -98,10 +98,7 @@ export class TaskRepo {
     if (change.revision !== undefined) q = q.where('revision', '=', change.revision);
     const r = await q.executeTakeFirst();
     if (Number(r.numUpdatedRows) !== 1) return false;
-    for (const [name, value] of Object.entries(change.properties ?? {})) {
-      await tx.deleteFrom('image_properties').where('image_id', '=', change.id).where('name', '=', name).execute();
-      if (value !== null) await tx.insertInto('image_properties').values({ image_id: change.id, name, value }).execute();
-    }
+    await setProperties(tx, change.id, change.properties ?? {});
     if (change.upload) await tx.deleteFrom('uploads').where('image_id', '=', change.id).execute();
     if (change.upload && change.upload !== 'release') {
       await tx.insertInto('uploads').values({ image_id: change.id, node: change.upload.node, temp_key: change.upload.tempKey, started_at: ts }).execute();

@@ -522,6 +522,8 @@ export class ImportService implements TaskRunner {
       const shown = () => ({ [IMPORTING_TO_STORES]: importing.join(','), [FAILED_IMPORT]: mergeStores(failedBefore, storesFailed, []) });
       const result = await this.data.ingest(staged.image, targets.map((id) => ({ store: this.data.store(id), tempKey: keys.get(id)! })), counted, staged.length, null, () => true, {
         allMustSucceed: mustSucceed,
+        // (with the activation, not the task's end: an active image is never shown without them)
+        properties: { ...remoteProperties, ...staged.properties },
         storeFailed: async (storeId) => {
           storesFailed.push(storeId);
           if (mustSucceed) return;
@@ -534,8 +536,7 @@ export class ImportService implements TaskRunner {
         },
       });
       await this.dropStaged(task);
-      const end = done(result.failed);
-      return { result: { image_id: imageId }, image: { ...end, properties: { ...end.properties, ...remoteProperties, ...staged.properties } } };
+      return { result: { image_id: imageId }, image: done(result.failed) };
     } catch (e) {
       if (signal.aborted) throw e;
       await this.dropStaged(task);
