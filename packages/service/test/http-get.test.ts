@@ -1,8 +1,8 @@
 /**
  * httpGet (web-download's plain-http client) against Node's http server and raw responses: the
  * body framings of RFC 9112 (Content-Length, chunked, the connection's close) give exactly the
- * bytes sent, a body cut short or badly framed is an error (never a shorter image), and a slow
- * reader gets every byte.
+ * bytes sent, an interim 1xx response is skipped, a body cut short or badly framed is an error
+ * (never a shorter image), and a slow reader gets every byte.
  */
 import test from 'node:test';
 import assert from 'node:assert/strict';
@@ -29,6 +29,7 @@ async function serve(t: test.TestContext): Promise<number> {
         more();
         break;
       }
+      case '/early-hints': raw(Buffer.concat([Buffer.from('HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n'), data.subarray(0, 5)])); break;
       case '/close': raw(Buffer.concat([Buffer.from('HTTP/1.0 200 OK\r\nX-A: 1\r\nX-A: 2\r\n\r\n'), data])); break;
       case '/short': raw(Buffer.concat([Buffer.from(`HTTP/1.1 200 OK\r\nContent-Length: ${data.length + 10}\r\n\r\n`), data])); break;
       case '/bad-chunk': raw('HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nabcde\r\nzz\r\n'); break;
@@ -68,6 +69,8 @@ test('Content-Length, chunked and close-delimited bodies are the bytes sent; a s
   assert.equal(md5(slow.body), md5(data));
   const close = await get(port, '/close');
   assert.equal(close.headers['x-a'], '1, 2');
+  const hinted = await get(port, '/early-hints');
+  assert.deepEqual([hinted.status, hinted.body], [200, data.subarray(0, 5)]);
   const empty = await get(port, '/no-content');
   assert.deepEqual([empty.status, empty.message, empty.body.length], [204, 'No Content', 0]);
   const missing = await get(port, '/nothing');
