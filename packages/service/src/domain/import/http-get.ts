@@ -175,22 +175,29 @@ export function httpGet(o: HttpGetOptions): { response: Promise<HttpResponse>; d
     if (head) {
       head.push(chunk);
       headBytes += n;
-      const all = head.length === 1 ? chunk : Buffer.concat(head);
-      const end = all.indexOf('\r\n\r\n', Math.max(0, headBytes - n - 3), 'latin1');
-      if (end < 0) {
-        if (headBytes > MAX_HEAD) fail(new HttpProtocolError(`a response head longer than ${MAX_HEAD} bytes`));
-        else head = [all];
-        return true;
+      let all = head.length === 1 ? chunk : Buffer.concat(head);
+      let from = Math.max(0, headBytes - n - 3);
+      let end: number;
+      let parsed: ReturnType<typeof parseHead>;
+      for (;;) {
+        end = all.indexOf('\r\n\r\n', from, 'latin1');
+        if (end < 0) {
+          if (all.length > MAX_HEAD) fail(new HttpProtocolError(`a response head longer than ${MAX_HEAD} bytes`));
+          else { head = [all]; headBytes = all.length; }
+          return true;
+        }
+        if (end + 4 > MAX_HEAD) { fail(new HttpProtocolError(`a response head longer than ${MAX_HEAD} bytes`)); return true; }
+        try {
+          parsed = parseHead(all.subarray(0, end));
+        } catch (e) {
+          fail(e as Error);
+          return true;
+        }
+        // An interim response (100 Continue, 103 Early Hints: RFC 9110 §15.2) comes before the final one.
+        if (parsed.statusCode < 200 && parsed.statusCode !== 101) { all = all.subarray(end + 4); from = 0; continue; }
+        break;
       }
-      if (end + 4 > MAX_HEAD) { fail(new HttpProtocolError(`a response head longer than ${MAX_HEAD} bytes`)); return true; }
       head = null;
-      let parsed;
-      try {
-        parsed = parseHead(all.subarray(0, end));
-      } catch (e) {
-        fail(e as Error);
-        return true;
-      }
       const te = (parsed.headers['transfer-encoding'] ?? '').toLowerCase();
       const cl = parsed.headers['content-length'];
       if (parsed.statusCode === 204 || parsed.statusCode === 304) decoder = lengthBody(0);

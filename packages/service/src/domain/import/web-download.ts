@@ -172,9 +172,11 @@ function get(url: string, addresses: AddressPolicy, timeoutMs: number, signal: A
   const failed = (e: Error) => (e instanceof HttpError ? e : badRequest(`Image download from ${u.host} failed: ${e.message}`));
   if (u.protocol === 'http:') {
     const port = u.port ? Number(u.port) : 80;
+    // (credentials in the URL are sent as Basic authorization, as Node's client sends them)
+    const auth: Record<string, string> = u.username || u.password ? { Authorization: `Basic ${Buffer.from(`${decodeURIComponent(u.username)}:${decodeURIComponent(u.password)}`).toString('base64')}` } : {};
     const request = httpGet({
       host, port, path: `${u.pathname}${u.search}`, hostHeader: u.host, lookup, timeoutMs, onTimeout: timedOut,
-      headers: { 'User-Agent': 'diskhub-web-download', Accept: '*/*', ...headers },
+      headers: { 'User-Agent': 'diskhub-web-download', Accept: '*/*', ...auth, ...headers },
     });
     if (signal) {
       const onAbort = () => request.destroy(signal.reason instanceof Error ? signal.reason : new Error('aborted'));
