@@ -435,13 +435,18 @@ export class VmdkImage extends QueuedWriteImage implements Image {
     }
     // A new grain is written whole: around the new data, the parent's bytes (or zeroes for a
     // zeroed grain and without a parent).
-    const grain = new Uint8Array(ext.grainBytes);
-    const grainPos = pos - inGrain;
-    const grainLen = Math.min(ext.grainBytes, this.size - grainPos);
-    if (st.kind === 'unallocated' && this.backing && (inGrain > 0 || part.length < grainLen)) {
-      await this.readBacking(grain.subarray(0, grainLen), grainPos);
+    // A whole grain goes out from the caller's buffer as it is (the staged writes land before
+    // write() returns): no copy of every byte a convert writes.
+    let grain = part;
+    if (inGrain !== 0 || part.length !== ext.grainBytes) {
+      grain = new Uint8Array(ext.grainBytes);
+      const grainPos = pos - inGrain;
+      const grainLen = Math.min(ext.grainBytes, this.size - grainPos);
+      if (st.kind === 'unallocated' && this.backing && (inGrain > 0 || part.length < grainLen)) {
+        await this.readBacking(grain.subarray(0, grainLen), grainPos);
+      }
+      grain.set(part, inGrain);
     }
-    grain.set(part, inGrain);
     const sector = ext.nextGrainSector;
     if (sector >= 0xffffffff) throw new DiskError('ENOSPC', `${ext.file.name}: vmdk extent is full`);
     this.staged.appends.push({ ext, at: sector * SECTOR, data: grain });
