@@ -197,7 +197,9 @@ export class Qcow2ResizableImage extends Qcow2BitmapTrackingImage {
   protected async punchFreed(hosts: number[]): Promise<void> {
     const cs = this.clusterSize;
     const free: number[] = [];
-    for (const h of [...new Set(hosts)].sort((a, b) => a - b)) if ((this.cachedRefcountOf(h) ?? await this.refcountOf(h)) === 0) free.push(h);
+    // A typed array sorts numerically without a comparator call per comparison (tens of
+    // thousands of clusters after a snapshot's tree is released).
+    for (const h of Float64Array.from(new Set(hosts)).sort()) if ((this.cachedRefcountOf(h) ?? await this.refcountOf(h)) === 0) free.push(h);
     for (let i = 0; i < free.length;) {
       let j = i + 1;
       while (j < free.length && free[j] === free[j - 1]! + cs) j++;
