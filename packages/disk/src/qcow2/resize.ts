@@ -179,7 +179,8 @@ export class Qcow2ResizableImage extends Qcow2BitmapTrackingImage {
     }
     await this.writeBack();
     await this.source.flush();
-    for (const host of released) await this.addRef(host, -1);
+    // The refcount block is nearly always cached: no promise per cluster then.
+    for (const host of released) if (!this.addRefCached(host, -1)) await this.addRef(host, -1);
     await this.writeBack();
     await this.source.flush();
     await this.punchFreed(released);
@@ -263,7 +264,7 @@ export class Qcow2ResizableImage extends Qcow2BitmapTrackingImage {
   private async lastUsedCluster(): Promise<number> {
     const cs = this.clusterSize;
     for (let c = Math.ceil((await this.source.size()) / cs) - 1; c >= 0; c--) {
-      if (await this.refcountOf(c * cs) > 0) return c;
+      if ((this.cachedRefcountOf(c * cs) ?? await this.refcountOf(c * cs)) > 0) return c;
     }
     return 0;
   }
