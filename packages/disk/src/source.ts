@@ -152,11 +152,21 @@ export class FileSource implements ByteSource {
   private inFlight = 0;
   private idle?: () => void;
   private closed = false;
+  /**
+   * Counts changes made to the file (raised when one starts and when it ends) and the count the
+   * last fdatasync covered: flush() with nothing written since is no system call, as QEMU's
+   * bdrv_co_flush skips a flush when no write came after the last one (a resize paid for an
+   * fdatasync of nothing).
+   */
+  private changes = 0;
+  private flushedChanges = 0;
   private constructor(private readonly descriptor: number, name: string, readOnly: boolean, options: FileSourceOptions) {
     this.name = name;
     this.readOnly = readOnly;
     this.blockingReadMax = options.blockingReadMax ?? 0;
     this.noFlush = !!options.noFlush;
+    // Creating (or truncating) the file is a change a flush must cover.
+    if (options.create) this.changes = 1;
     this.reserving = !!options.reserveWrites && !readOnly && !!hostio?.reserve;
     if (options.serialWrites && !readOnly && hostio?.openWriter && hostio.writerWrite && hostio.closeWriter) this.writer = hostio.openWriter(descriptor);
   }
@@ -181,11 +191,16 @@ export class FileSource implements ByteSource {
 
   get fd(): number { return this.descriptor; }
 
-  /** One call on the descriptor, counted for close(); after close(), EBADF as a FileHandle's. */
-  private call<T>(start: (fd: number) => Promise<T>): Promise<T> {
+  /**
+   * One call on the descriptor, counted for close(); after close(), EBADF as a FileHandle's.
+   * `changes`: the call changes the file (see `changes`).
+   */
+  private call<T>(start: (fd: number) => Promise<T>, changes = false): Promise<T> {
     if (this.closed) return Promise.reject(Object.assign(new Error('file closed'), { code: 'EBADF', syscall: 'read' }));
     this.inFlight++;
+    if (changes) this.changes++;
     return start(this.descriptor).finally(() => {
+      if (changes) this.changes++;
       if (--this.inFlight === 0) this.idle?.();
     });
   }
@@ -234,7 +249,7 @@ export class FileSource implements ByteSource {
     if (this.reserving && buf.length >= RESERVE_MIN) await this.reserve(offset, buf.length);
     let done = 0;
     while (done < buf.length) {
-      const bytesWritten = await this.call((fd) => hostFs.write(fd, buf, done, buf.length - done, offset + done));
+      const bytesWritten = await this.call((fd) => hostFs.write(fd, buf, done, buf.length - done, offset + done), true);
       done += bytesWritten;
     }
   }
@@ -249,7 +264,7 @@ export class FileSource implements ByteSource {
     let pos = offset;
     while (rest.length) {
       const pieces = rest;
-      const bytesWritten = await this.call((fd) => hostFs.writev(fd, pieces, pos));
+      const bytesWritten = await this.call((fd) => hostFs.writev(fd, pieces, pos), true);
       pos += bytesWritten;
       // A short write: drop what went out and continue with the remainder.
       let skip = bytesWritten;
@@ -261,7 +276,8 @@ export class FileSource implements ByteSource {
   /** One write through the serial writer (which reserves, when asked, and finishes short writes). */
   private queue(views: Uint8Array[], offset: number, length: number): Promise<void> {
     const done = hostio!.writerWrite!(this.writer!, views, offset, this.reserving && length >= RESERVE_MIN);
-    this.lastWrite = done.catch(() => {});
+    this.changes++;
+    this.lastWrite = done.catch(() => {}).finally(() => { this.changes++; });
     return done;
   }
 
@@ -270,8 +286,9 @@ export class FileSource implements ByteSource {
     if (!(from instanceof FileSource) || !hostio?.copyRange) throw new DiskError('EUNSUPPORTED', `${this.name}: copy offloading needs two host files`);
     if (length === 0) return;
     const done = hostio.copyRange(from.fd, fromOffset, this.descriptor, offset, length);
+    this.changes++;
     // truncate, flush and close wait for it as for a queued write.
-    this.lastWrite = Promise.all([this.lastWrite, done.catch(() => {})]);
+    this.lastWrite = Promise.all([this.lastWrite, done.catch(() => {}).finally(() => { this.changes++; })]);
     try {
       await done;
     } catch (e) {
@@ -281,6 +298,7 @@ export class FileSource implements ByteSource {
 
   private async reserve(offset: number, length: number): Promise<void> {
     try {
+      this.changes++;
       await hostio!.reserve!(this.descriptor, offset, length);
     } catch {
       // Not supported here (a block device, some filesystems), or no space left: the write
@@ -292,7 +310,7 @@ export class FileSource implements ByteSource {
   async truncate(size: number): Promise<void> {
     if (this.readOnly) throw new DiskError('EROFS', `${this.name}: opened read-only`);
     await this.lastWrite; // the writer's writes finish in order: the last one is enough
-    await this.call((fd) => hostFs.ftruncate(fd, size));
+    await this.call((fd) => hostFs.ftruncate(fd, size), true);
   }
 
   /**
@@ -338,10 +356,11 @@ export class FileSource implements ByteSource {
     if (length === 0) return;
     if (hostio && this.punchWorks) {
       try {
+        this.changes++;
         hostio.punchHole(this.descriptor, offset, length);
         // KEEP_SIZE leaves the size alone; a range past the end must still extend the file
         // so that it reads as zeroes of the expected length.
-        if ((await this.size()) < offset + length) await this.call((fd) => hostFs.ftruncate(fd, offset + length));
+        if ((await this.size()) < offset + length) await this.call((fd) => hostFs.ftruncate(fd, offset + length), true);
         return;
       } catch (e) {
         if ((e as { code?: string }).code !== 'EOPNOTSUPP') throw fromNodeError(e, this.name);
@@ -359,13 +378,14 @@ export class FileSource implements ByteSource {
     if (length === 0) return;
     if (hostio) {
       try {
+        this.changes++;
         hostio.allocate(this.descriptor, offset, length);
         return;
       } catch (e) {
         if ((e as { code?: string }).code !== 'EOPNOTSUPP') throw fromNodeError(e, this.name);
       }
     }
-    if ((await this.size()) < offset + length) await this.call((fd) => hostFs.ftruncate(fd, offset + length));
+    if ((await this.size()) < offset + length) await this.call((fd) => hostFs.ftruncate(fd, offset + length), true);
   }
 
   async allocatedSize(): Promise<number> {
@@ -375,7 +395,10 @@ export class FileSource implements ByteSource {
 
   async flush(): Promise<void> {
     await this.lastWrite;
-    if (!this.readOnly && !this.noFlush) await this.call(hostFs.fdatasync);
+    if (this.readOnly || this.noFlush || this.changes === this.flushedChanges) return;
+    const covered = this.changes;
+    await this.call(hostFs.fdatasync);
+    this.flushedChanges = covered;
   }
 
   async close(): Promise<void> {

@@ -547,9 +547,12 @@ export function setRefcount(block: Uint8Array, i: number, bits: number, value: n
   }
 }
 
+/** refcountMax of each width (0..64 bits), worked out once: it is asked once per cluster counted. */
+const REFCOUNT_MAXIMA = Array.from({ length: 65 }, (_, bits) => (bits >= 53 ? Number.MAX_SAFE_INTEGER : 2 ** bits - 1));
+
 /** The largest refcount an entry of `bits` holds (capped at what a JS number counts exactly). */
 export function refcountMax(bits: number): number {
-  return bits >= 53 ? Number.MAX_SAFE_INTEGER : 2 ** bits - 1;
+  return REFCOUNT_MAXIMA[bits] ?? Number.MAX_SAFE_INTEGER;
 }
 
 // ---- Persistent dirty bitmaps (qcow2.txt "Bitmaps extension", "Bitmap directory") ----

@@ -179,9 +179,12 @@ export class Qcow2SnapshotImage extends Qcow2ResizableImage {
         if (this.externalData) refcount = host || (ehi & COPIED) ? 1 : 0;
         else if (host) {
           // The refcount block is nearly always cached: no promise per cluster then.
-          if (addend !== 0 && !this.addRefCached(host, addend)) await this.addRef(host, addend);
+          refcount = this.adjustCachedRefcount(host, addend);
+          if (refcount < 0) {
+            if (addend !== 0) await this.addRef(host, addend);
+            refcount = await this.refcountOf(host);
+          }
           released?.push(host);
-          refcount = this.cachedRefcountOf(host) ?? await this.refcountOf(host);
         }
         const flagged = refcount === 1 ? (ehi | COPIED) >>> 0 : (ehi & ~COPIED) >>> 0;
         if (flagged !== ehi) {

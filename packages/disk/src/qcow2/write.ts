@@ -183,13 +183,29 @@ export class Qcow2WritableImage extends Qcow2Image {
     return true;
   }
 
-  /** Add `delta` to cluster `cluster`'s entry (`i`) in the refcount block `block` (at `rb`). */
-  private changeRef(block: Uint8Array, rb: number, cluster: number, delta: number, i = cluster % this.geo.refcountBlockEntries): void {
+  /**
+   * The refcount of the cluster at `host` after adding `delta` (0: only read it), without
+   * waiting: -1, changing nothing, when its refcount block is not cached. A walk over a whole
+   * tree (snapshots) changes and then reads each cluster's refcount: one lookup for both.
+   */
+  protected adjustCachedRefcount(host: number, delta: number): number {
+    const cluster = Math.floor(host / this.clusterSize);
+    const per = this.geo.refcountBlockEntries;
+    const rb = this.reftable[Math.floor(cluster / per)];
+    if (!rb) return delta === 0 ? 0 : -1;
+    const block = this.refblocks.get(rb);
+    if (!block) return -1;
+    return delta === 0 ? getRefcount(block, cluster % per, this.geo.refcountBits) : this.changeRef(block, rb, cluster, delta);
+  }
+
+  /** Add `delta` to cluster `cluster`'s entry (`i`) in the refcount block `block` (at `rb`); returns the new refcount. */
+  private changeRef(block: Uint8Array, rb: number, cluster: number, delta: number, i = cluster % this.geo.refcountBlockEntries): number {
     const value = getRefcount(block, i, this.geo.refcountBits) + delta;
     if (value < 0) throw new DiskError('ECORRUPT', `${this.source.name}: refcount of cluster ${cluster} would drop below zero`);
     if (value > refcountMax(this.geo.refcountBits)) throw new DiskError('ELIMIT', `${this.source.name}: refcount of cluster ${cluster} would overflow ${this.geo.refcountBits} bits`);
     setRefcount(block, i, this.geo.refcountBits, value);
     this.dirtyRefblocks.add(rb);
+    return value;
   }
 
   /** Add `delta` to the refcount of the cluster at `host`, creating refcount blocks as needed. */
