@@ -66,6 +66,21 @@ export async function swiftList(container: string): Promise<string[]> {
   return (await r.json() as { name: string }[]).map((o) => o.name);
 }
 
+/**
+ * The container's listing once `settled` holds, or the last listing after `timeoutMs`. A
+ * container listing is updated by the object server after each PUT or DELETE; when the
+ * container server is slow to answer (a loaded machine), the update is queued for Swift's
+ * object-updater and the listing lags behind the objects for a while (Swift's "async pending").
+ */
+export async function swiftListSettled(container: string, settled: (names: string[]) => boolean, timeoutMs = 15_000): Promise<string[]> {
+  const until = Date.now() + timeoutMs;
+  for (;;) {
+    const names = await swiftList(container);
+    if (settled(names) || Date.now() > until) return names;
+    await new Promise((r) => setTimeout(r, 250));
+  }
+}
+
 /** Names in a container by the `swift` command line client. */
 export async function swiftCliList(container: string): Promise<string[]> {
   return (await swiftCli('list', container)).split('\n').filter(Boolean);
