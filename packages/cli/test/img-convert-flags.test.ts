@@ -170,7 +170,7 @@ test('convert -r limits the rate', needs('qemu-img', 'qemu-io'), async (t) => {
   assert.equal((await run('qemu-img', ['compare', join(dir, 'r.raw'), join(dir, 'r2.raw')])).code, 0);
 });
 
-test('convert onto an existing destination: names exchanged, not renamed over; a failure keeps the old image', needs('qemu-img', 'qemu-io', 'strace'), async (t) => {
+test('convert onto an existing destination: names exchanged, not renamed over; a failure keeps the old image', needs('qemu-img', 'qemu-io', 'strace', 'fincore'), async (t) => {
   const dir = await tempDir(t);
   await qemuImg('create', '-q', '-f', 'raw', join(dir, 'a.raw'), '8M');
   await qemuIo('-f', 'raw', '-c', 'write -P 1 0 8M', join(dir, 'a.raw'));
