@@ -168,7 +168,7 @@ static napi_value allocate(napi_env env, napi_callback_info info) {
  * fails never leaves a longer file behind. Asynchronous because the call takes a journal
  * handle and may wait for it.
  */
-/* A promise settled by a worker's errno (0: resolved); the head of reserve's and copyRange's jobs. */
+/* A promise settled by a worker's errno (0: resolved); the head of reserve's, copyRange's and dropCleanCache's jobs. */
 typedef struct {
   napi_async_work work;
   napi_deferred deferred;
@@ -186,6 +186,18 @@ static void errno_job_complete(napi_env env, napi_status status, void *data) {
     napi_reject_deferred(env, job->deferred, errno_error(env, job->what, status == napi_ok ? job->err : EIO));
   }
   napi_delete_async_work(env, job->work);
+  free(job);
+}
+
+/* Makes the job's promise into *promise and queues `run` on a libuv worker, settled by
+ * errno_job_complete. When it cannot be queued the promise is rejected (EIO) and the job freed. */
+static void errno_queue(napi_env env, errno_job *job, const char *name, napi_async_execute_callback run, napi_value *promise) {
+  napi_value label;
+  napi_create_promise(env, &job->deferred, promise);
+  napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH, &label);
+  if (napi_create_async_work(env, NULL, label, run, errno_job_complete, job, &job->work) == napi_ok && napi_queue_async_work(env, job->work) == napi_ok) return;
+  if (job->work) napi_delete_async_work(env, job->work);
+  napi_reject_deferred(env, job->deferred, errno_error(env, name, EIO));
   free(job);
 }
 
@@ -373,15 +385,8 @@ static napi_value copy_range(napi_env env, napi_callback_info info) {
   job->in = (off_t)nums[0];
   job->out = (off_t)nums[1];
   job->length = (off_t)nums[2];
-  napi_value promise, name;
-  napi_create_promise(env, &job->head.deferred, &promise);
-  napi_create_string_utf8(env, "hostio.copyRange", NAPI_AUTO_LENGTH, &name);
-  if (napi_create_async_work(env, NULL, name, copy_execute, errno_job_complete, job, &job->head.work) != napi_ok ||
-      napi_queue_async_work(env, job->head.work) != napi_ok) {
-    napi_reject_deferred(env, job->head.deferred, errno_error(env, "copy_file_range", EIO));
-    if (job->head.work) napi_delete_async_work(env, job->head.work);
-    free(job);
-  }
+  napi_value promise;
+  errno_queue(env, &job->head, "hostio.copyRange", copy_execute, &promise);
   return promise;
 }
 
@@ -1252,15 +1257,8 @@ static napi_value drop_clean_cache(napi_env env, napi_callback_info info) {
   if (!job) return throw_oom(env);
   job->head.what = "cachestat";
   job->fd = fd;
-  napi_value promise, name;
-  napi_create_promise(env, &job->head.deferred, &promise);
-  napi_create_string_utf8(env, "hostio.dropCleanCache", NAPI_AUTO_LENGTH, &name);
-  if (napi_create_async_work(env, NULL, name, drop_cache_execute, errno_job_complete, job, &job->head.work) != napi_ok ||
-      napi_queue_async_work(env, job->head.work) != napi_ok) {
-    napi_reject_deferred(env, job->head.deferred, errno_error(env, "hostio.dropCleanCache", EIO));
-    if (job->head.work) napi_delete_async_work(env, job->head.work);
-    free(job);
-  }
+  napi_value promise;
+  errno_queue(env, &job->head, "hostio.dropCleanCache", drop_cache_execute, &promise);
   return promise;
 }
 

@@ -43,16 +43,6 @@ export async function openCliImage(path: string, options: OpenImageOptions = {},
  */
 export const FILESYSTEM_BLOCKING_READ_MAX = 64 * 1024;
 
-/**
- * V8 flags for a short command whose JavaScript is a few loops over tables (resize, snapshot):
- * the baseline compiler only. TurboFan compiled the writable open's and the refcount walk's
- * loops on a background thread for more instructions than it saved (`img resize +1G` of a
- * 2 GiB qcow2: 184 M -> 150 M instructions under callgrind, BENCHMARKS.md). The command sets
- * them with node:v8's setFlagsFromString, imported by the command's own module: loading node:v8
- * costs 7.5 M, and the code cache's warm-up stubs that import out (warm-code-cache.cjs).
- */
-export const BASELINE_ONLY = '--max-opt=1';
-
 export function errorMessage(e: unknown): string {
   if (isDiskError(e) || e instanceof Error) return e.message;
   return String(e);

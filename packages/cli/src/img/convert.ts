@@ -26,7 +26,6 @@ const MAX_SPARSE = 16 << 20;
 /** qcow2 bitmap directory flag: the bitmap was in use when its writer stopped (inconsistent). */
 const BITMAP_IN_USE = 1;
 
-
 export async function convertCommand(argv: string[]): Promise<number> {
   optimiseLess();
   const { options, positional } = getopt(argv, ':hf:O:B:CcF:o:l:s:S:pt:T:qnm:WUr:', [

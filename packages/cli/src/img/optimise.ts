@@ -1,4 +1,8 @@
-/** V8 tuning for the commands that move gigabytes (its own module: node:v8 costs every command that loads it 9 M instructions). */
+/**
+ * V8 tuning for commands whose JavaScript is little next to their I/O, in its own module:
+ * loading node:v8 costs every command that imports it 7.5-9 M instructions of start-up (the
+ * code cache's warm-up stubs the flag calls out: warm-code-cache.cjs).
+ */
 import { setFlagsFromString } from 'node:v8';
 
 /**
@@ -15,4 +19,14 @@ const TICKS_BEFORE_OPTIMIZATION = 40;
 /** For commands that move gigabytes through little JavaScript: see TICKS_BEFORE_OPTIMIZATION. */
 export function optimiseLess(): void {
   setFlagsFromString(`--ticks-before-optimization=${TICKS_BEFORE_OPTIMIZATION}`);
+}
+
+/**
+ * For a short command whose JavaScript is a few loops over tables (resize, snapshot): the
+ * baseline compiler only. TurboFan compiled the writable open's and the refcount walk's loops on
+ * a background thread for more instructions than it saved (`img resize +1G` of a 2 GiB qcow2:
+ * 184 M -> 150 M instructions under callgrind, BENCHMARKS.md). Set before any of their code is hot.
+ */
+export function baselineOnly(): void {
+  setFlagsFromString('--max-opt=1');
 }

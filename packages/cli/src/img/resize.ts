@@ -8,8 +8,8 @@ import { isDiskError } from '@diskhub/disk/errors';
 import { closeChain } from '@diskhub/disk/open';
 import { getopt, UsageError } from './getopt.js';
 import { SECRET_LONG_OPTIONS, Secrets, openOptionsOf } from './secrets.js';
-import { setFlagsFromString } from 'node:v8';
-import { BASELINE_ONLY, CliError, errorMessage, openCliImage, out, err, warnProbedRaw } from './common.js';
+import { CliError, errorMessage, openCliImage, out, err, warnProbedRaw } from './common.js';
+import { baselineOnly } from './optimise.js';
 import { INT64_MAX, parseSize } from './output.js';
 import { printHelp } from './help.js';
 
@@ -20,7 +20,7 @@ export const SIZE_OPTION_HELP = "Parameter 'size' expects a non-negative number 
   'Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\nand exabytes, respectively.';
 
 export async function resizeCommand(argv: string[]): Promise<number> {
-  setFlagsFromString(BASELINE_ONLY);
+  baselineOnly();
   if (argv.length < 3) throw new UsageError('Not enough arguments');
   let size = argv[argv.length - 1]!;
   const { options, positional } = getopt(argv.slice(0, -1), ':f:hqU', [

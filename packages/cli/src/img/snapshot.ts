@@ -8,8 +8,8 @@ import { isDiskError } from '@diskhub/disk/errors';
 import { closeChain } from '@diskhub/disk/open';
 import { getopt, UsageError } from './getopt.js';
 import { SECRET_LONG_OPTIONS, Secrets, openOptionsOf } from './secrets.js';
-import { setFlagsFromString } from 'node:v8';
-import { BASELINE_ONLY, CliError, errorMessage, openCliImage, out, warnProbedRaw } from './common.js';
+import { CliError, errorMessage, openCliImage, out, warnProbedRaw } from './common.js';
+import { baselineOnly } from './optimise.js';
 import { snapshotHeader, snapshotLine } from './info.js';
 import { printHelp } from './help.js';
 
@@ -34,7 +34,7 @@ function realTime(): { sec: number; nsec: number } {
 }
 
 export async function snapshotCommand(argv: string[]): Promise<number> {
-  setFlagsFromString(BASELINE_ONLY);
+  baselineOnly();
   const { options, positional } = getopt(argv, ':la:c:d:hqU', [
     { name: 'help', hasArg: 0, val: 'h' },
     ...SECRET_LONG_OPTIONS,

@@ -375,7 +375,6 @@ export class ImageDataService {
     return removed;
   }
 
-  /** After a crash: uploads this node had in flight are gone; put their images back and drop partial data. */
   /**
    * Put back what dead nodes were writing (any node runs this, at each task poll): an upload or
    * a staging whose node's heartbeat ran out goes back to queued — Glance leaves such an image
@@ -397,6 +396,7 @@ export class ImageDataService {
     }
   }
 
+  /** After a crash: uploads this node had in flight are gone; put their images back and drop partial data. */
   async recover(): Promise<void> {
     const rows = await this.repo.uploadsOf(this.opts.node);
     for (const u of rows.filter((r) => r.temp_key !== STAGE_KEY)) {

@@ -215,26 +215,26 @@ export class RbdStore implements Store {
       this.writing.delete(tempKey);
       await rbd.close(image);
     };
-    /** Room for `bytes` more: the image grows as glance_store grows it. */
-    const grow = async (bytes: number) => {
-      const end = length + bytes;
-      if (end > capacity) {
-        capacity = Math.max(end, capacity + step);
-        step = Math.min(step * 2, 8 * 2 ** 30);
-        await rbd.resize(image, capacity);
-      }
-    };
-    const write = async (chunks: Buffer[]) => {
+    /**
+     * Appends `bytes` bytes: `chunks`, or (null) zeroes left unwritten — a thin image's new
+     * range reads as zeroes, as write() skips zero blocks. The image grows as glance_store grows it.
+     */
+    const append = async (bytes: number, chunks: Buffer[] | null) => {
       if (finished) throw new StoreError(`rbd store '${this.id}': write after commit or discard`);
       swept();
-      let bytes = 0;
-      for (const c of chunks) bytes += c.length;
       try {
-        await grow(bytes);
-        // Waiting for room here, not in the addon: a write waiting there holds one of libuv's
-        // four worker threads (file reads, hashing), and a slow cluster would hold them all.
-        for (let pause = 1; !rbd.room(image); pause = Math.min(pause * 2, 20)) await sleep(pause);
-        await rbd.write(image, length, chunks, this.thin ? ZERO_BLOCK : 0);
+        const end = length + bytes;
+        if (end > capacity) {
+          capacity = Math.max(end, capacity + step);
+          step = Math.min(step * 2, 8 * 2 ** 30);
+          await rbd.resize(image, capacity);
+        }
+        if (chunks) {
+          // Waiting for room here, not in the addon: a write waiting there holds one of libuv's
+          // four worker threads (file reads, hashing), and a slow cluster would hold them all.
+          for (let pause = 1; !rbd.room(image); pause = Math.min(pause * 2, 20)) await sleep(pause);
+          await rbd.write(image, length, chunks, this.thin ? ZERO_BLOCK : 0);
+        }
       } catch (e) {
         throw this.error(e, `cannot write image ${this.pool}/${tempKey}`);
       }
@@ -242,20 +242,12 @@ export class RbdStore implements Store {
     };
     return {
       tempKey,
-      write,
-      // Thin: the range stays unwritten (a new image reads zeroes there), as write() skips zero blocks.
-      ...(this.thin ? {
-        writeZeroes: async (bytes: number) => {
-          if (finished) throw new StoreError(`rbd store '${this.id}': write after commit or discard`);
-          swept();
-          try {
-            await grow(bytes);
-          } catch (e) {
-            throw this.error(e, `cannot write image ${this.pool}/${tempKey}`);
-          }
-          length += bytes;
-        },
-      } : {}),
+      write: (chunks: Buffer[]) => {
+        let bytes = 0;
+        for (const c of chunks) bytes += c.length;
+        return append(bytes, chunks);
+      },
+      ...(this.thin ? { writeZeroes: (bytes: number) => append(bytes, null) } : {}),
       commit: async (imageId: string) => {
         if (finished) throw new StoreError(`rbd store '${this.id}': commit after commit or discard`);
         if (!validName(imageId) || imageId.startsWith(TEMP_PREFIX)) throw new StoreError(`rbd store '${this.id}': bad image name '${imageId}'`);
